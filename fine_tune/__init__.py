@@ -1,0 +1,1 @@
+"""fine_tune: see README."""

@@ -1,0 +1,79 @@
+"""The parameter-block list: the fixed order in which every method, policy and checkpoint indexes weights.
+
+A *block* is one parameter tensor. Tied weights (OPT's / Llama's `lm_head.weight` sharing storage with
+`embed_tokens.weight`) are one block: a shared tensor is perturbed and updated once, under the name it
+is first reached by in `named_parameters()` order (module registration order, which transformers keeps
+stable across versions for a given architecture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+# Weight decay is skipped on biases and norm weights, as MeZO does (it matches names containing "bias" or
+# "layer_norm"/"layernorm"); we also match other norm spellings and every 1-D tensor, which covers norm
+# layers whose names say nothing (e.g. `net.1.weight` of an nn.LayerNorm).
+_NO_DECAY_MARKERS = ("bias", "norm", "ln_")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One parameter tensor as the optimizers see it."""
+
+    index: int
+    name: str
+    param: torch.Tensor
+
+    @property
+    def decays(self) -> bool:
+        """MeZO's rule: weight decay applies to everything except biases and norm weights."""
+        lowered = self.name.lower()
+        return self.param.ndim >= 2 and not any(m in lowered for m in _NO_DECAY_MARKERS)
+
+
+def named_blocks(model: nn.Module, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
+    """Ordered (name, parameter) pairs with tied tensors listed once.
+
+    `model.named_parameters()` already skips duplicates by identity; we additionally deduplicate by
+    storage so two Parameter objects viewing the same memory (some tying schemes) count once.
+    """
+    out: list[tuple[str, nn.Parameter]] = []
+    seen: set[tuple[int, int]] = set()
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if trainable_only and not p.requires_grad:
+            continue
+        key = (p.untyped_storage().data_ptr(), p.storage_offset()) if p.numel() else (id(p), 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((name, p))
+    return out
+
+
+def as_blocks(params: Iterable[torch.Tensor] | nn.Module, names: Iterable[str] | None = None) -> list[Block]:
+    """Normalise a module, a list of tensors, or (name, tensor) pairs into an ordered block list."""
+    if isinstance(params, nn.Module):
+        pairs = named_blocks(params)
+    else:
+        items = list(params)
+        if items and isinstance(items[0], tuple):
+            pairs = [(str(n), p) for n, p in items]
+        else:
+            given = list(names) if names is not None else [f"param{i}" for i in range(len(items))]
+            if len(given) != len(items):
+                raise ValueError(f"got {len(items)} parameters but {len(given)} names")
+            pairs = list(zip(given, items))
+    seen: set[int] = set()
+    blocks: list[Block] = []
+    for name, p in pairs:
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        blocks.append(Block(len(blocks), name, p))
+    if not blocks:
+        raise ValueError("no trainable parameters: nothing for a zeroth-order optimizer to update")
+    return blocks

@@ -1,0 +1,271 @@
+"""The noise engine: the only code that perturbs or updates weights.
+
+Every zeroth-order method here needs two operations (DESIGN.md):
+
+    evaluate:  loss at  theta_b + eps * s_b * sum_j w_j z(seed_j, b)   for every block b
+    update:    theta_b <- theta_b - step * s_b * sum_j w_j z(seed_j, b)  (- decay * theta_b)
+
+A `Direction` is (seeds, weights, optional per-block scales s_b). Methods only choose directions.
+
+Evaluation never mutates the stored weights, so they are bit-identical afterwards in every dtype
+(MeZO's in-place +eps/-2eps/+eps is not exact, least of all in bf16/fp16). Instead, forward
+pre-hooks on the modules that own each block swap in a temporary perturbed tensor for the duration
+of that module's forward and put the original tensor object back right after. At most one
+tensor-sized temporary is alive at a time (two for multi-seed directions with Gaussian noise), and
+each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
+update) against the reference code's 4 (+eps, -2eps, +eps restore, update).
+
+Updates accumulate in float32 and, for bf16/fp16 weights, write back with stochastic rounding keyed
+by (rounding seed, block), which makes them unbiased and reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from l2o.blocks import Block, as_blocks
+from l2o.noise import NoiseSource, make_noise, mix
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """d_b = s_b * sum_j weights[j] * z(seeds[j], b)."""
+
+    seeds: tuple[int, ...]
+    weights: tuple[float, ...] = ()
+    block_scales: Sequence[float] | torch.Tensor | None = None
+
+    def __post_init__(self):
+        seeds = tuple(int(s) for s in self.seeds)
+        weights = tuple(float(w) for w in self.weights) if self.weights else (1.0,) * len(seeds)
+        if not seeds:
+            raise ValueError("a direction needs at least one seed")
+        if len(weights) != len(seeds):
+            raise ValueError(f"{len(seeds)} seeds but {len(weights)} weights")
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "weights", weights)
+
+    @classmethod
+    def single(cls, seed: int, block_scales=None) -> "Direction":
+        return cls((seed,), (1.0,), block_scales)
+
+    def scale(self, b: int) -> float:
+        if self.block_scales is None:
+            return 1.0
+        return float(self.block_scales[b])
+
+    def terms(self, b: int, alpha: float) -> list[tuple[int, float]]:
+        """(seed, coefficient) pairs for block b, scaled by alpha and s_b; zero terms dropped."""
+        c = alpha * self.scale(b)
+        return [(s, c * w) for s, w in zip(self.seeds, self.weights) if c * w != 0.0]
+
+
+@dataclass
+class Counters:
+    """Work done, for tests and benchmarks. A *sweep* is one pass over all blocks' weights;
+    `noise_blocks` counts z(seed, b) generations in units of whole-model sweeps (element-weighted)."""
+
+    forwards: int = 0
+    sweeps: int = 0
+    noise_elems: int = 0
+    total_elems: int = 1
+
+    @property
+    def noise_sweeps(self) -> float:
+        return self.noise_elems / self.total_elems
+
+    def as_dict(self) -> dict:
+        return {"forwards": self.forwards, "sweeps": self.sweeps, "noise_sweeps": self.noise_sweeps}
+
+
+class Engine:
+    """Applies directions to a model's trainable blocks: `evaluate(closure, d, eps)`, `update(d, step)`.
+
+    `model`: an `nn.Module` (its trainable parameters, tie-deduplicated, in `named_parameters` order,
+    are the blocks). `noise`: "gaussian" (default), "table", or a `NoiseSource`.
+    """
+
+    def __init__(self, model: nn.Module, noise: str | NoiseSource | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "zeroth-order optimizers take the model (an nn.Module), not a parameter list: they "
+                "perturb weights inside each module's forward so the stored weights stay exact")
+        self.model = model
+        self.blocks: list[Block] = as_blocks(model)
+        self.noise = make_noise(noise)
+        self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
+        self._owners = self._find_owners()
+        self._hooks: list = []
+        self._active: tuple[Direction, float] | None = None
+        self._stash: dict[tuple[int, str], torch.Tensor] = {}
+        self._hit: set[int] = set()
+        self._warned_unused = False
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _find_owners(self) -> dict[nn.Module, list[tuple[str, Block]]]:
+        by_id = {id(b.param): b for b in self.blocks}
+        owners: dict[nn.Module, list[tuple[str, Block]]] = {}
+        for module in self.model.modules():
+            for name, p in module._parameters.items():
+                if p is not None and id(p) in by_id:
+                    owners.setdefault(module, []).append((name, by_id[id(p)]))
+        missing = set(by_id) - {id(b.param) for lst in owners.values() for _, b in lst}
+        if missing:
+            raise ValueError("some trainable parameters are not owned by any submodule of the model")
+        return owners
+
+    def _install_hooks(self) -> None:
+        if self._hooks:
+            return
+        for module in self._owners:
+            self._hooks.append(module.register_forward_pre_hook(self._pre_hook))
+            self._hooks.append(module.register_forward_hook(self._post_hook, always_call=True))
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @property
+    def num_params(self) -> int:
+        return self.counters.total_elems
+
+    def block_names(self) -> list[str]:
+        return [b.name for b in self.blocks]
+
+    # ------------------------------------------------------------------ direction arithmetic
+    def _accumulate(self, out: torch.Tensor, b: Block, terms, buf: torch.Tensor | None = None) -> None:
+        """out (float32) += sum_j coeff_j * z(seed_j, b)."""
+        for seed, coeff in terms:
+            self.noise.add(out, seed, b.index, coeff, buf)
+            self.counters.noise_elems += b.param.numel()
+
+    def direction_tensor(self, d: Direction, b: Block) -> torch.Tensor:
+        """d_b materialised as a float32 tensor (tests and diagnostics only)."""
+        out = torch.zeros(b.param.shape, dtype=torch.float32, device=b.param.device)
+        self._accumulate(out, b, d.terms(b.index, 1.0))
+        return out
+
+    def _perturbed(self, b: Block, d: Direction, eps: float) -> torch.Tensor:
+        p = b.param.detach()
+        terms = d.terms(b.index, eps)
+        if not terms:
+            return p
+        if p.dtype == torch.float32 and len(terms) == 1:
+            out = torch.empty_like(p)
+            seed, coeff = terms[0]
+            self.noise.write(out, seed, b.index)
+            self.counters.noise_elems += p.numel()
+            return out.mul_(coeff).add_(p)
+        out = p.to(torch.float32, copy=True)
+        buf = torch.empty_like(out) if len(terms) > 1 else None
+        self._accumulate(out, b, terms, buf)
+        return out.to(p.dtype)
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, module, args):
+        if self._active is None:
+            return
+        d, eps = self._active
+        for name, b in self._owners[module]:
+            key = (id(module), name)
+            if key in self._stash:  # re-entrant call of the same module: already perturbed
+                continue
+            self._stash[key] = module._parameters[name]
+            module._parameters[name] = self._perturbed(b, d, eps)
+            self._hit.add(b.index)
+
+    def _post_hook(self, module, args, output):
+        if not self._stash:
+            return
+        for name, _ in self._owners[module]:
+            original = self._stash.pop((id(module), name), None)
+            if original is not None:
+                module._parameters[name] = original
+
+    # ------------------------------------------------------------------ public operations
+    @torch.no_grad()
+    def evaluate(self, closure: Callable[[], torch.Tensor | float], d: Direction, eps: float) -> float:
+        """The loss at theta + eps * d; theta is bit-identical afterwards (it is never written)."""
+        self._install_hooks()
+        self._active, self._stash, self._hit = (d, float(eps)), {}, set()
+        try:
+            loss = closure()
+        finally:
+            self._active = None
+            for (mid, name), original in list(self._stash.items()):  # only after an exception
+                for module in self._owners:
+                    if id(module) == mid:
+                        module._parameters[name] = original
+            self._stash = {}
+        self.counters.forwards += 1
+        self.counters.sweeps += 1
+        if len(self._hit) != len(self.blocks) and not self._warned_unused:
+            unused = [b.name for b in self.blocks if b.index not in self._hit]
+            warnings.warn(
+                f"{len(unused)} trainable block(s) were not used by the forward and so were not "
+                f"perturbed (e.g. {unused[:3]}); they still receive updates, as in MeZO", stacklevel=2)
+            self._warned_unused = True
+        return float(loss)
+
+    @torch.no_grad()
+    def loss(self, closure: Callable[[], torch.Tensor | float]) -> float:
+        """The unperturbed loss (counted as a forward)."""
+        self.counters.forwards += 1
+        return float(closure())
+
+    @torch.no_grad()
+    def update(self, d: Direction, step: float, decay: float = 0.0, rounding_seed: int = 0) -> None:
+        """theta_b <- theta_b - step * d_b - decay * theta_b (decay only on blocks that decay)."""
+        for b in self.blocks:
+            terms = d.terms(b.index, -step)
+            wd = decay if (decay and b.decays) else 0.0
+            if not terms and not wd:
+                continue
+            p = b.param.data
+            if p.dtype not in _LOW_PRECISION:
+                if wd:
+                    p.mul_(1.0 - wd)
+                if terms:
+                    buf = torch.empty_like(p, dtype=torch.float32) if p.dtype == torch.float32 else None
+                    acc = p if p.dtype == torch.float32 else p.to(torch.float32)
+                    self._accumulate(acc, b, terms, buf)
+                    if acc is not p:
+                        p.copy_(acc)
+                continue
+            acc = p.to(torch.float32)
+            if wd:
+                acc.mul_(1.0 - wd)
+            buf = torch.empty_like(acc) if terms else None
+            self._accumulate(acc, b, terms, buf)
+            stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index))
+        self.counters.sweeps += 1
+
+
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+    """dst <- src (float32) rounded to dst.dtype, up or down with probabilities that make it unbiased.
+
+    E[dst] = src exactly (for finite values inside the dtype's range): with lo <= src <= hi the two
+    neighbouring representable values, hi is chosen with probability (src - lo) / (hi - lo).
+    """
+    near = src.to(dst.dtype)
+    near32 = near.to(torch.float32)
+    other = torch.where(near32 > src,
+                        torch.nextafter(near, torch.full_like(near, -math.inf)),
+                        torch.nextafter(near, torch.full_like(near, math.inf)))
+    other32 = other.to(torch.float32)
+    gap = (other32 - near32).abs_()
+    p_other = torch.where(gap > 0, (src - near32).abs_() / gap, torch.zeros_like(gap))
+    g = torch.Generator(device=src.device)
+    g.manual_seed(seed)
+    u = torch.rand(src.shape, generator=g, device=src.device, dtype=torch.float32)
+    take_other = (u < p_other) & torch.isfinite(other32)
+    dst.copy_(torch.where(take_other, other, near))

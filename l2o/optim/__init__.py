@@ -1,0 +1,45 @@
+"""The zeroth-order optimizers, one module per method, and a registry of names -> (class, paper defaults).
+
+    from l2o.optim import build_optimizer
+    opt = build_optimizer("mezo-gv", model, lr=1e-6)
+"""
+
+from __future__ import annotations
+
+from l2o.optim.base import StepResult, ZOOptimizer
+from l2o.optim.bszo import BSZO, BSZOB
+from l2o.optim.mezo import MeZO
+from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
+
+# name -> (class, the papers' defaults for full-parameter fine-tuning)
+REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
+    "mezo": (MeZO, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
+    "mezo-gv": (MeZOGV, dict(lr=1e-6, eps=1e-3, pool_size=2, alpha=0.5)),
+    "mezo-greedy": (MeZOGreedy, dict(lr=1e-6, eps=1e-3, pool_size=2)),
+    "bszo": (BSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),   # m None -> k + 1
+    "bszo-b": (BSZOB, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
+}
+
+
+def optimizer_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def optimizer_defaults(name: str) -> dict:
+    return dict(_lookup(name)[1])
+
+
+def _lookup(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizer_names())}")
+    return REGISTRY[name]
+
+
+def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
+    """Instantiate a registered optimizer with the papers' defaults, overridden by `overrides`."""
+    cls, defaults = _lookup(name)
+    return cls(model, **{**defaults, **overrides})
+
+
+__all__ = ["REGISTRY", "BSZO", "BSZOB", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
+           "build_optimizer", "optimizer_defaults", "optimizer_names"]

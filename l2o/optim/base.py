@@ -1,0 +1,169 @@
+"""What every zeroth-order optimizer shares: hyperparameter checks, seeds, the engine, logging, resume.
+
+A method subclasses `ZOOptimizer` and implements `_step(closure) -> StepResult`, choosing which
+directions to evaluate (`self.engine.evaluate`) and which update to take (`self._apply_update`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from l2o.engine import Direction, Engine
+from l2o.noise import NoiseSource, derive_seed
+
+
+class NonFiniteLoss(Exception):
+    """Raised inside a step when a loss is NaN/inf; the base class skips the update."""
+
+
+@dataclass
+class StepResult:
+    """What one step measured, for logging."""
+
+    loss: float                                   # the loss to log as "train loss" (L+ or f0, as the papers)
+    projected_grads: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)   # every loss the step evaluated, in order
+    forwards: int = 0
+    skipped: bool = False
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base class: a real `torch.optim.Optimizer` whose `step(closure)` uses forward passes only.
+
+    Args:
+        model: the module whose trainable (requires_grad) parameters are optimised.
+        lr: learning rate eta (>= 0). Kept in `param_groups[0]["lr"]` so LR schedulers work.
+        eps: perturbation scale epsilon (> 0).
+        weight_decay: lambda, applied as MeZO does (not on biases and norm weights).
+        seed: base seed; the seeds of step t are derived from (seed, t, j), so no RNG state exists.
+        noise: "gaussian" (exact, default) or "table" (shared noise table), or a NoiseSource.
+        block_scales: optional per-block perturbation scales s_b (e.g. a learned policy's output);
+            a sequence/tensor of length `len(self.blocks)`, or a callable `(optimizer) -> scales`
+            evaluated at the start of each step.
+    """
+
+    method = "zo"
+
+    def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
+                 seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None, **defaults):
+        _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0,
+               f"{self.method}: lr must be a finite number >= 0, got {lr!r}")
+        _check(isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0,
+               f"{self.method}: eps must be a finite number > 0, got {eps!r}")
+        _check(isinstance(weight_decay, (int, float)) and weight_decay >= 0,
+               f"{self.method}: weight_decay must be >= 0, got {weight_decay!r}")
+        self.engine = Engine(model, noise)
+        self.blocks = self.engine.blocks
+        super().__init__([b.param for b in self.blocks],
+                         dict(lr=float(lr), eps=float(eps), weight_decay=float(weight_decay), **defaults))
+        self.seed = int(seed)
+        self.block_scales = block_scales
+        self.state["zo"] = {"step": 0, "skipped": 0, "forwards": 0}
+        self.last: StepResult | None = None
+
+    # ------------------------------------------------------------------ helpers for methods
+    @property
+    def hp(self) -> dict:
+        return self.param_groups[0]
+
+    @property
+    def step_count(self) -> int:
+        return self.state["zo"]["step"]
+
+    def seeds(self, n: int, offset: int = 0) -> list[int]:
+        """n fresh seeds for the current step (deterministic in (seed, step))."""
+        t = self.step_count
+        return [derive_seed(self.seed, t, offset + j) for j in range(n)]
+
+    def current_scales(self):
+        s = self.block_scales
+        if callable(s):
+            s = s(self)
+        if s is not None and len(s) != len(self.blocks):
+            raise ValueError(f"block_scales has {len(s)} entries but the model has {len(self.blocks)} blocks")
+        return s
+
+    def direction(self, seeds, weights=None, scales=None) -> Direction:
+        return Direction(tuple(seeds), tuple(weights) if weights is not None else (), scales)
+
+    def evaluate(self, closure, d: Direction, eps: float | None = None) -> float:
+        loss = self.engine.evaluate(closure, d, self.hp["eps"] if eps is None else eps)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        return loss
+
+    def plain_loss(self, closure) -> float:
+        loss = self.engine.loss(closure)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        return loss
+
+    def _apply_update(self, d: Direction, coeff: float) -> None:
+        """theta <- theta - lr * (coeff * d + wd * theta)."""
+        lr = self.hp["lr"]
+        self.engine.update(d, lr * coeff, decay=lr * self.hp["weight_decay"],
+                           rounding_seed=derive_seed(self.seed, self.step_count, 1 << 20))
+
+    # ------------------------------------------------------------------ torch.optim API
+    def _step(self, closure) -> StepResult:
+        raise NotImplementedError
+
+    def step(self, closure: Callable[[], torch.Tensor | float] | None = None):
+        """One ZO step. `closure()` must return the loss of the current batch (called under no_grad)."""
+        if closure is None:
+            raise ValueError(f"{self.method}: step() needs a closure that returns the batch loss")
+        zo = self.state["zo"]
+        before = self.engine.counters.forwards
+        try:
+            result = self._step(closure)
+        except NonFiniteLoss as err:
+            zo["skipped"] += 1
+            warnings.warn(f"{self.method}: non-finite loss ({err.args[0]}) at step {zo['step']}; "
+                          f"update skipped, weights untouched ({zo['skipped']} skipped so far)", stacklevel=2)
+            result = StepResult(loss=float("nan"), skipped=True)
+        result.forwards = self.engine.counters.forwards - before
+        zo["forwards"] += result.forwards
+        zo["step"] += 1
+        self.last = result
+        return torch.tensor(result.loss)
+
+    @property
+    def forward_passes(self) -> int:
+        return self.state["zo"]["forwards"]
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.state["zo"]["skipped"]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # nothing to zero: no gradients exist
+        return None
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["zo_meta"] = {"method": self.method, "seed": self.seed, "block_names": self.engine.block_names(),
+                         "noise": self.engine.noise.config()}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        meta = state_dict.get("zo_meta")
+        if meta is not None:
+            if meta["method"] != self.method:
+                raise ValueError(f"this state was saved by {meta['method']!r}, not {self.method!r}")
+            if meta["block_names"] != self.engine.block_names():
+                raise ValueError("this optimizer state was saved for a model with different parameter blocks")
+            self.seed = int(meta["seed"])
+        state_dict = {k: v for k, v in state_dict.items() if k != "zo_meta"}
+        super().load_state_dict(state_dict)
+        # torch may cast tensors in state; keep our plain-python scalars as they were saved
+        self.state["zo"] = dict(state_dict["state"]["zo"])

@@ -1,0 +1,43 @@
+"""MeZO / ZO-SGD (Malladi et al. 2023, arXiv 2305.17333): SPSA along seeded Gaussian directions.
+
+    g_j   = [L(theta + eps z_j) - L(theta - eps z_j)] / (2 eps)     (projected gradient, a scalar)
+    theta <- theta - lr * ( (1/q) sum_j g_j z_j + wd * theta )
+
+`num_directions` q > 1 averages q estimates (n-SPSA). `one_sided=True` uses
+g_j = [L(theta + eps z_j) - L(theta)] / eps with one shared L(theta): 1 + q forwards instead of 2q.
+"""
+
+from __future__ import annotations
+
+from l2o.optim.base import StepResult, ZOOptimizer, _check
+
+
+class MeZO(ZOOptimizer):
+    method = "mezo"
+
+    def __init__(self, model, lr=1e-6, eps=1e-3, weight_decay=0.0, num_directions: int = 1,
+                 one_sided: bool = False, **kw):
+        _check(isinstance(num_directions, int) and num_directions >= 1,
+               f"mezo: num_directions must be an integer >= 1, got {num_directions!r}")
+        super().__init__(model, lr, eps, weight_decay, num_directions=num_directions,
+                         one_sided=bool(one_sided), **kw)
+
+    def _step(self, closure) -> StepResult:
+        q, eps, scales = self.hp["num_directions"], self.hp["eps"], self.current_scales()
+        seeds = self.seeds(q)
+        losses, grads = [], []
+        f0 = self.plain_loss(closure) if self.hp["one_sided"] else None
+        if f0 is not None:
+            losses.append(f0)
+        for s in seeds:
+            d = self.direction([s], scales=scales)
+            plus = self.evaluate(closure, d, eps)
+            if f0 is None:
+                minus = self.evaluate(closure, d, -eps)
+                losses += [plus, minus]
+                grads.append((plus - minus) / (2 * eps))
+            else:
+                losses.append(plus)
+                grads.append((plus - f0) / eps)
+        self._apply_update(self.direction(seeds, [g / q for g in grads], scales), 1.0)
+        return StepResult(loss=losses[0], projected_grads=grads, losses=losses)

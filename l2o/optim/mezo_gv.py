@@ -1,0 +1,61 @@
+"""MeZO-GV and MeZO-Greedy (Jin, Cen, Tan 2026, arXiv 2601.04710): steer the noise with a pool.
+
+    pool:    l_i = L(theta + eps z_i),  i = 1..M              (one-sided, M forwards)
+    GV:      v = mean(z_i, i in lowest floor(alpha M)) - mean(z_i, rest)      (not normalised)
+    Greedy:  v = z_{argmin l}
+    then a two-point step along v:  g = [L(theta + eps v) - L(theta - eps v)] / (2 eps),
+             theta <- theta - lr (g v + wd theta)                 (M + 2 forwards per step)
+
+The published code rebuilds v by re-seeding before every tensor, so v is not built from the z_i it
+evaluated (only the first tensor matches). Here z_i is regenerated from the same (seed_i, block)
+keys that were evaluated, always; tests/test_optim.py proves it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from l2o.optim.base import StepResult, ZOOptimizer, _check
+
+
+class MeZOGV(ZOOptimizer):
+    method = "mezo-gv"
+    greedy = False
+
+    def __init__(self, model, lr=1e-6, eps=1e-3, weight_decay=0.0, pool_size: int = 2, alpha: float = 0.5, **kw):
+        _check(isinstance(pool_size, int) and pool_size >= 2,
+               f"{self.method}: pool_size must be an integer >= 2, got {pool_size!r}")
+        _check(0 < alpha < 1 and math.floor(alpha * pool_size) >= 1,
+               f"{self.method}: alpha must be in (0, 1) with floor(alpha * pool_size) >= 1, got {alpha!r}")
+        super().__init__(model, lr, eps, weight_decay, pool_size=pool_size, alpha=float(alpha), **kw)
+
+    def guide_weights(self, pool_losses: list[float]) -> list[float]:
+        """Weights w_i of the guide v = sum_i w_i z_i, from the pool's one-sided losses."""
+        m = len(pool_losses)
+        order = sorted(range(m), key=lambda i: pool_losses[i])
+        w = [0.0] * m
+        if self.greedy:
+            w[order[0]] = 1.0
+            return w
+        n_top = math.floor(self.hp["alpha"] * m)
+        for i in order[:n_top]:
+            w[i] = 1.0 / n_top
+        for i in order[n_top:]:
+            w[i] = -1.0 / (m - n_top)
+        return w
+
+    def _step(self, closure) -> StepResult:
+        eps, scales = self.hp["eps"], self.current_scales()
+        seeds = self.seeds(self.hp["pool_size"])
+        pool = [self.evaluate(closure, self.direction([s], scales=scales), eps) for s in seeds]
+        v = self.direction(seeds, self.guide_weights(pool), scales)
+        plus = self.evaluate(closure, v, eps)
+        minus = self.evaluate(closure, v, -eps)
+        g = (plus - minus) / (2 * eps)
+        self._apply_update(v, g)
+        return StepResult(loss=plus, projected_grads=[g], losses=pool + [plus, minus])
+
+
+class MeZOGreedy(MeZOGV):
+    method = "mezo-greedy"
+    greedy = True

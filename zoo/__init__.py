@@ -1,0 +1,42 @@
+"""zoo: publish, list, download and verify pretrained optimizers (files, manifests, hashes).
+
+Knows files, manifests and hashes; never imports training code. torch, safetensors and
+huggingface_hub are imported lazily, so ``import zoo`` and ``zoo --help`` stay fast.
+
+Public API (attributes load on first use)::
+
+    from zoo import (ZooError, save_artefact, load_artefact, load, resolve, verify,
+                     publish, mirror, import_zo_finetuner, parse_id)
+"""
+
+from .errors import ZooError
+
+_LAZY = {
+    "save_artefact": "artefact",
+    "load_artefact": "artefact",
+    "read_config": "artefact",
+    "render_card": "artefact",
+    "load": "resolve",
+    "resolve": "resolve",
+    "verify": "resolve",
+    "catalog": "resolve",
+    "cache_root": "resolve",
+    "publish": "publish",
+    "mirror": "publish",
+    "import_zo_finetuner": "convert",
+    "read_zo_finetuner": "convert",
+    "parse_id": "ids",
+    "sha256_file": "manifest",
+}
+
+__all__ = ["ZooError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -5,8 +5,9 @@ huggingface_hub are imported lazily, so ``import zoo`` and ``zoo --help`` stay f
 
 Public API (attributes load on first use)::
 
-    from zoo import (ZooError, save_artefact, load_artefact, load, resolve, verify,
+    from zoo import (ZooError, save_artefact, load_artefact, load, verify,
                      publish, mirror, import_zo_finetuner, parse_id)
+    from zoo.resolve import resolve   # the module zoo.resolve holds the resolver
 """
 
 from .errors import ZooError
@@ -17,12 +18,10 @@ _LAZY = {
     "read_config": "artefact",
     "render_card": "artefact",
     "load": "resolve",
-    "resolve": "resolve",
     "verify": "resolve",
-    "catalog": "resolve",
     "cache_root": "resolve",
-    "publish": "publish",
-    "mirror": "publish",
+    "publish": "registry",
+    "mirror": "registry",
     "import_zo_finetuner": "convert",
     "read_zo_finetuner": "convert",
     "parse_id": "ids",

@@ -1,0 +1,566 @@
+"""Zoo: artefacts, manifests, publish -> list -> download -> verify, and every refusal path (offline)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import zoo
+from zoo import ZooError
+from zoo.artefact import card_front_matter, load_artefact, save_artefact
+from zoo.cli import main
+from zoo.ids import parse_id
+from zoo.registry import mirror, publish
+from zoo.resolve import load, resolve, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+FP_A = "sha256:" + "ab12" * 16
+FP_B = "sha256:" + "cd34" * 16
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test gets its own cache and HF home, no registry, Hub offline, no proxies."""
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("L2O_ZOO_TIMEOUT", "10")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ["L2O_CACHE"]) / "zoo"
+
+
+def snapshot(path: Path) -> dict:
+    """Every file under ``path`` with its sha256 (directories as None): compare before/after."""
+    if not path.exists():
+        return {}
+    out = {}
+    for p in sorted(path.rglob("*")):
+        out[str(p.relative_to(path))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return out
+
+
+def policy_tensors(blocks=3, seed=0, hidden=64):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "w1": torch.randn(blocks, hidden, 5, generator=g),
+        "b1": torch.randn(blocks, hidden, generator=g),
+        "w2": torch.randn(blocks, 1, hidden, generator=g),
+        "b2": torch.randn(blocks, 1, generator=g),
+    }
+
+
+def policy_config(blocks=3, base="smollm2-135m", fp=FP_A, hidden=64):
+    return {
+        "kind": "zo-finetuner-policy",
+        "base_model": base,
+        "base_fingerprint": fp,
+        "arch": {"in_features": 5, "hidden": hidden, "block_names": [f"layer{i}.weight" for i in range(blocks)],
+                 "normalize": True},
+        "training": {"tasks": ["copa"], "steps": 10, "metrics": {"meta_loss": 0.5}},
+    }
+
+
+def make_policy(directory: Path, seed=0, base="smollm2-135m", fp=FP_A, blocks=3) -> Path:
+    save_artefact(directory, policy_tensors(blocks, seed), policy_config(blocks, base, fp),
+                  {"license": "apache-2.0", "tasks": ["copa"], "steps": 10, "metrics": {"meta_loss": 0.5}})
+    return directory
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A registry directory holding smollm2-135m/zo-finetuner@1 (seed 0) and @2 (seed 1)."""
+    reg = tmp_path / "registry"
+    publish(make_policy(tmp_path / "art1", seed=0), reg)
+    publish(make_policy(tmp_path / "art2", seed=1), reg)
+    return reg
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("zoo: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@contextlib.contextmanager
+def serve(directory: Path, mode: str = "ok"):
+    """http.server on 127.0.0.1:<free port> serving ``directory``; mode "kill" cuts model.safetensors midway."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(directory), **k)
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if mode == "kill" and self.path.endswith("model.safetensors"):
+                data = (directory / self.path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            super().do_GET()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.timeout = 5
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+# ----------------------------------------------------------------------------- ids
+@pytest.mark.parametrize("text", ["smollm2-135m/zo-finetuner", "smollm2-135m/zo-finetuner@1", "a/b@1.2.3", "A.b/c_d@10"])
+def test_valid_ids(text):
+    zid = parse_id(text)
+    assert str(zid) == text
+
+
+@pytest.mark.parametrize("text", ["../x", "/abs", "a/../../b", "a/b/c", "a/b@0", "a/b@x", "a/b@-1", "a\\b", "C:/x",
+                                  "a/..", "./a", "a/.b", "", "a", "a/b@1/../c", "~/x", "a/b@01"])
+def test_invalid_ids_are_refused(text):
+    with pytest.raises(ZooError, match="invalid"):
+        parse_id(text)
+
+
+# ----------------------------------------------------------------------------- artefacts
+def test_save_and_load_policy_roundtrip(tmp_path):
+    tensors = policy_tensors()
+    art = tmp_path / "art"
+    save_artefact(art, tensors, policy_config(), {"license": "apache-2.0", "tasks": ["copa", "sst2"], "steps": 10,
+                                                   "metrics": {"acc": 0.9}})
+    assert sorted(p.name for p in art.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded, config = load_artefact(art, expected_fingerprint=FP_A, expected_kind="zo-finetuner-policy",
+                                   expected_keys=["w1", "b1", "w2", "b2"])
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == torch.float32
+    assert config["schema_version"] == 1 and config["arch"]["block_names"][0] == "layer0.weight"
+    card = (art / "README.md").read_text()
+    front = card_front_matter(card)
+    assert front["license"] == "apache-2.0" and front["base_model"] == "smollm2-135m"
+    assert "learned-optimizer" in front["tags"] and "zo-finetuner-policy" in front["tags"]
+    for section in ("## Tasks", "## Steps", "## Metrics", "## How to use"):
+        assert section in card
+
+
+def test_meta_init_roundtrip(tmp_path):
+    delta = {"model.layers.0.mlp.weight": torch.randn(4, 3, dtype=torch.bfloat16), "lm_head.bias": torch.randn(7)}
+    cfg = {"kind": "bilevel-meta-init", "base_model": "opt-125m", "base_fingerprint": FP_B, "arch": {"delta": True}}
+    save_artefact(tmp_path / "mi", delta, cfg, "---\nlicense: mit\n---\n# meta-init\n")
+    loaded, config = load_artefact(tmp_path / "mi", expected_fingerprint=FP_B, expected_kind="bilevel-meta-init",
+                                   expected_keys=delta)
+    assert all(torch.equal(loaded[k], delta[k]) for k in delta) and config["arch"] == {"delta": True}
+
+
+def test_wrong_base_fingerprint_is_one_sentence(tmp_path):
+    art = make_policy(tmp_path / "art")
+    with pytest.raises(ZooError) as exc:
+        load_artefact(art, expected_fingerprint=FP_B, model_name="opt-125m")
+    msg = str(exc.value)
+    assert msg == ("policy was made for base 'smollm2-135m' (sha256:ab12ab12\u2026) "
+                   "but the model is 'opt-125m' (sha256:cd34cd34\u2026)")
+
+
+def test_strict_keys_kind_and_layout(tmp_path):
+    art = make_policy(tmp_path / "art")
+    with pytest.raises(ZooError, match="missing extra"):
+        load_artefact(art, expected_keys=["w1", "b1", "w2", "b2", "extra"])
+    with pytest.raises(ZooError, match="is a zo-finetuner-policy, not a bilevel-meta-init"):
+        load_artefact(art, expected_kind="bilevel-meta-init")
+    bad = policy_tensors()
+    bad["w1"] = bad["w1"][:, :, :4]
+    with pytest.raises(ZooError, match=r"tensor w1 has shape \[3, 64, 4\], expected \[3, 64, 5\]"):
+        save_artefact(tmp_path / "bad", bad, policy_config(), {})
+    with pytest.raises(ZooError, match="is F16, expected F32"):
+        save_artefact(tmp_path / "bad", {k: v.half() for k, v in policy_tensors().items()}, policy_config(), {})
+    # config.json edited to another base while the safetensors header still names the old one
+    cfg = json.loads((art / "config.json").read_text())
+    cfg["base_fingerprint"] = FP_B
+    (art / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ZooError, match="inconsistent"):
+        load_artefact(art, expected_fingerprint=FP_B)
+
+
+def test_load_never_unpickles(tmp_path):
+    art = make_policy(tmp_path / "art")
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    (art / "model.safetensors").write_bytes(pickle.dumps({"w1": Evil()}))
+    with pytest.raises(ZooError, match="not a readable safetensors file"):
+        load_artefact(art)
+    assert not sentinel.exists()
+
+
+# ----------------------------------------------------------------------------- publish / list / download / verify
+def test_publish_list_download_verify_local_registry(registry, tmp_path, capsys):
+    manifest = json.loads((registry / "zoo.json").read_text())
+    assert manifest["schema_version"] == 1
+    e1 = manifest["entries"]["smollm2-135m/zo-finetuner@1"]
+    assert e1["kind"] == "zo-finetuner-policy" and e1["base_fingerprint"] == FP_A and e1["license"] == "apache-2.0"
+    assert e1["created"].endswith("Z") and set(e1["files"]) == {"config.json", "model.safetensors", "README.md"}
+    assert e1["sources"] == [{"type": "registry", "path": "smollm2-135m/zo-finetuner/1"}]
+
+    rc, out, _ = run_cli(capsys, "list", "--registry", str(registry))
+    assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out and "smollm2-135m/zo-finetuner@2" in out
+    rc, out, _ = run_cli(capsys, "info", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert rc == 0 and json.loads(out)["files"] == e1["files"]
+
+    before = snapshot(registry)
+    rc, out, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner", "--registry", str(registry))
+    assert rc == 0, err
+    latest = Path(out.strip())
+    assert latest.is_relative_to(cache_dir()) and "/2/" in str(latest)
+    tensors, _ = load_artefact(latest)
+    assert torch.equal(tensors["w1"], policy_tensors(seed=1)["w1"])
+    rc, out, err = run_cli(capsys, "verify", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert rc == 0 and out.startswith("ok:"), err
+    assert snapshot(registry) == before
+
+    # the cache index now answers without any registry; both versions live side by side
+    rc, out, _ = run_cli(capsys, "list")
+    assert "smollm2-135m/zo-finetuner@1" in out and "cache" in out
+    v1 = resolve("smollm2-135m/zo-finetuner@1").path
+    v2 = resolve("smollm2-135m/zo-finetuner@2").path
+    assert v1 != v2 and v1.is_dir() and v2.is_dir()
+    t1, cfg = load("smollm2-135m/zo-finetuner@1", expected_fingerprint=FP_A, expected_kind="zo-finetuner-policy",
+                   expected_keys=["w1", "b1", "w2", "b2"])
+    assert torch.equal(t1["b2"], policy_tensors(seed=0)["b2"])
+    blobs = list((cache_dir() / "blobs" / "sha256").iterdir())
+    assert all(b.name == hashlib.sha256(b.read_bytes()).hexdigest() for b in blobs)
+
+
+def test_publish_refuses_different_content_and_is_idempotent(registry, tmp_path, capsys):
+    again = publish(make_policy(tmp_path / "same", seed=0), registry, version=1)
+    assert again["id"] == "smollm2-135m/zo-finetuner@1"
+    before = snapshot(registry)
+    rc, _, err = run_cli(capsys, "publish", str(make_policy(tmp_path / "other", seed=5)), "--registry", str(registry),
+                         "--version", "1")
+    assert_one_line_error(rc, err, "already exists", "different content")
+    assert snapshot(registry) == before
+    rc, out, err = run_cli(capsys, "publish", str(tmp_path / "other"), "--registry", str(registry), "--name", "mine",
+                           "--version", "1.0.0", "--license", "mit")
+    assert rc == 0 and "smollm2-135m/mine@1.0.0" in out, err
+    entry = json.loads((registry / "zoo.json").read_text())["entries"]["smollm2-135m/mine@1.0.0"]
+    assert entry["license"] == "mit"
+
+
+def test_publish_refuses_artefact_without_fingerprint(tmp_path):
+    art = make_policy(tmp_path / "art", fp=None)
+    with pytest.raises(ZooError, match="records no base fingerprint"):
+        publish(art, tmp_path / "reg")
+    assert not (tmp_path / "reg").exists()
+
+
+def test_file_url_registry_via_environment(registry, monkeypatch, capsys):
+    monkeypatch.setenv("L2O_ZOO_REGISTRY", registry.as_uri())
+    rc, out, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1")
+    assert rc == 0, err
+    assert verify("smollm2-135m/zo-finetuner@1")
+    # an explicit artefact folder or file:// URL is used as is
+    assert resolve((registry / "smollm2-135m/zo-finetuner/1").as_uri()).origin == "path"
+
+
+def test_http_registry_roundtrip(registry, capsys):
+    with serve(registry) as url:
+        rc, out, err = run_cli(capsys, "list", "--registry", url)
+        assert rc == 0 and "smollm2-135m/zo-finetuner@2" in out, err
+        rc, out, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", url)
+        assert rc == 0, err
+        rc, out, err = run_cli(capsys, "verify", "smollm2-135m/zo-finetuner@1", "--registry", url)
+        assert rc == 0, err
+    tensors, _ = load("smollm2-135m/zo-finetuner@1")  # server is gone: served from the cache
+    assert torch.equal(tensors["w2"], policy_tensors(seed=0)["w2"])
+
+
+def test_killed_http_download_leaves_cache_unchanged(registry, capsys):
+    load("smollm2-135m/zo-finetuner@1", registry=registry)  # cache holds something already
+    before = snapshot(cache_dir())
+    with serve(registry, mode="kill") as url:
+        rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@2", "--registry", url)
+    assert_one_line_error(rc, err, "could not get a verified copy of model.safetensors", "interrupted")
+    assert snapshot(cache_dir()) == before
+
+
+def test_stream_raising_midway_leaves_no_cache(registry, monkeypatch, capsys):
+    import zoo.transfer as transfer
+
+    real_open = transfer._open_source
+
+    class Flaky:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def read(self, n):
+            self.n += 1
+            if self.n == 2:
+                raise ConnectionResetError("peer went away")
+            return self.f.read(min(n, 100))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(transfer, "_open_source", lambda src: Flaky(real_open(src)))
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert_one_line_error(rc, err, "interrupted after 100 of")
+    assert not cache_dir().exists() and not cache_dir().parent.exists()
+
+
+def test_tampered_and_truncated_registry_files(registry, capsys):
+    load("smollm2-135m/zo-finetuner@2", registry=registry)
+    before = snapshot(cache_dir())
+    weights = registry / "smollm2-135m/zo-finetuner/1/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert_one_line_error(rc, err, "failed its sha256 check")
+    rc, _, err = run_cli(capsys, "verify", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert_one_line_error(rc, err, "is corrupt", "model.safetensors failed its sha256 check")
+    weights.write_bytes(bytes(data[:-10]))
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    assert_one_line_error(rc, err, "truncated")
+    with serve(registry) as url:  # the same truncated file over http
+        rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", url)
+    assert_one_line_error(rc, err, "truncated")
+    assert snapshot(cache_dir()) == before
+
+
+def test_tampered_cache_copy_is_detected_and_repaired(registry):
+    folder = resolve("smollm2-135m/zo-finetuner@1", registry=registry).path
+    blob = next(p for p in (cache_dir() / "blobs/sha256").iterdir()
+                if p.stat().st_size == (folder / "model.safetensors").stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match=r"cached copy of 'smollm2-135m/zo-finetuner@1' is corrupt \(model.safetensors "
+                                       "failed its sha256 check"):
+        verify("smollm2-135m/zo-finetuner@1")  # verify reports, it does not repair silently
+    again = resolve("smollm2-135m/zo-finetuner@1", registry=registry).path  # re-fetched from the registry
+    assert again == folder and verify("smollm2-135m/zo-finetuner@1")
+    assert hashlib.sha256((again / "model.safetensors").read_bytes()).hexdigest() == blob.name
+
+
+def test_unknown_id_wrong_version_and_traversal(registry, capsys):
+    load("smollm2-135m/zo-finetuner@1", registry=registry)
+    before = snapshot(cache_dir())
+    rc, _, err = run_cli(capsys, "download", "nope/zo-finetuner", "--registry", str(registry))
+    assert_one_line_error(rc, err, "unknown zoo id 'nope/zo-finetuner'")
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@7", "--registry", str(registry))
+    assert_one_line_error(rc, err, "has no version 7", "available: 1, 2")
+    for bad in ("../x", "/abs", "a/../../b"):
+        for cmd in ("download", "info", "verify"):
+            rc, _, err = run_cli(capsys, cmd, bad, "--registry", str(registry))
+            assert_one_line_error(rc, err, "invalid zoo id")
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner", "--registry", "/does/not/exist")
+    assert_one_line_error(rc, err, "no zoo.json in registry")
+    with serve(registry) as url:
+        pass  # server is shut down: the registry URL is unreachable
+    rc, _, err = run_cli(capsys, "download", "other/zo-finetuner", "--registry", url)
+    assert_one_line_error(rc, err, "unknown zoo id", "cannot reach")
+    assert snapshot(cache_dir()) == before
+
+
+def test_manifest_with_unsafe_entry_is_refused(registry, capsys):
+    doc = json.loads((registry / "zoo.json").read_text())
+    entry = doc["entries"]["smollm2-135m/zo-finetuner@1"]
+    entry["files"]["../../evil"] = {"sha256": "0" * 64, "size": 1}
+    (registry / "zoo.json").write_text(json.dumps(doc))
+    rc, _, err = run_cli(capsys, "list", "--registry", str(registry))
+    assert_one_line_error(rc, err, "invalid entry", "unsafe file name")
+
+
+def _hub_only_registry(tmp_path, art) -> Path:
+    """A registry whose entry can only come from the Hub (its folder is absent)."""
+    reg = tmp_path / "hubreg"
+    entry = publish(art, reg)
+    import shutil
+
+    shutil.rmtree(reg / "smollm2-135m")
+    doc = json.loads((reg / "zoo.json").read_text())
+    doc["entries"][entry["id"]]["sources"] = [{"type": "hf", "repo_id": "org/policy", "revision": COMMIT}]
+    (reg / "zoo.json").write_text(json.dumps(doc))
+    return reg
+
+
+def test_offline_hub_is_skipped_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    reg = _hub_only_registry(tmp_path, make_policy(tmp_path / "art"))
+    real_connect = socket.socket.connect
+
+    def no_network(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"network attempt to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(reg))
+    assert_one_line_error(rc, err, "Hub skipped (HF_HUB_OFFLINE=1", "org/policy@01234567")
+    assert not cache_dir().exists()
+
+
+def test_hub_source_download_and_push(tmp_path, monkeypatch, capsys):
+    art = make_policy(tmp_path / "art")
+    # push while offline: clear error, nothing written
+    rc, _, err = run_cli(capsys, "publish", str(art), "--registry", str(tmp_path / "reg"), "--push-to-hub", "org/policy")
+    assert_one_line_error(rc, err, "cannot push", "HF_HUB_OFFLINE=1")
+    assert not (tmp_path / "reg").exists()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, **kw):
+            calls.append(("create_repo", kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+            return SimpleNamespace(oid=COMMIT, commit_url="https://huggingface.co/org/policy/commit/" + COMMIT)
+
+    import zoo.hub
+
+    monkeypatch.setattr(zoo.hub, "_hf_api", FakeApi)
+    entry = publish(art, tmp_path / "reg", push_to_hub="org/policy")
+    assert {"type": "hf", "repo_id": "org/policy", "revision": COMMIT} in entry["sources"]
+    assert calls[1][1]["repo_id"] == "org/policy" and Path(calls[1][1]["folder_path"]) == art.resolve()
+
+    # resolution through the Hub (registry copy gone): hf_hub_download is called with the pinned commit
+    reg = _hub_only_registry(tmp_path, art)
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo_id, filename, *, revision=None, local_files_only=False, **kw):
+        asked.append((repo_id, filename, revision, local_files_only))
+        return str(art / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    tensors, _ = load("smollm2-135m/zo-finetuner@1", registry=reg, expected_fingerprint=FP_A)
+    assert torch.equal(tensors["w1"], policy_tensors()["w1"])
+    assert {a[2] for a in asked} == {COMMIT} and not any(a[3] for a in asked)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: only the Hugging Face cache may be consulted
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache-2"))
+    load("smollm2-135m/zo-finetuner@1", registry=reg)
+    assert asked[-1][3] is True
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def unreachable(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "fresh-cache"))
+    rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(reg))
+    assert_one_line_error(rc, err, "Hub repo org/policy@01234567 is unreachable")
+    assert not (tmp_path / "fresh-cache").exists()
+
+
+def test_mirror_for_offline_machines(registry, tmp_path, monkeypatch, capsys):
+    with serve(registry) as url:
+        rc, out, err = run_cli(capsys, "mirror", "--to", str(tmp_path / "mirror"), "--registry", url)
+    assert rc == 0 and "mirrored 2 entries" in out, err
+    rc, out, err = run_cli(capsys, "mirror", "--to", str(tmp_path / "mirror"), "--registry", str(registry),
+                           "smollm2-135m/zo-finetuner@1")
+    assert rc == 0 and "mirrored 1 entry" in out, err
+    # a fresh machine: only the mirror, empty cache
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "other-machine"))
+    monkeypatch.setenv("L2O_ZOO_REGISTRY", str(tmp_path / "mirror"))
+    tensors, _ = load("smollm2-135m/zo-finetuner", expected_fingerprint=FP_A)
+    assert torch.equal(tensors["w1"], policy_tensors(seed=1)["w1"])
+    assert verify("smollm2-135m/zo-finetuner@1")
+
+
+# ----------------------------------------------------------------------------- CLI surface
+def test_cli_help_and_usage_errors(capsys):
+    rc, out, _ = run_cli(capsys, "--help")
+    assert rc == 0 and "publish" in out and "import-zo-finetuner" in out
+    rc, _, err = run_cli(capsys, "frobnicate")
+    assert_one_line_error(rc, err, "invalid choice")
+    rc, _, err = run_cli(capsys, "publish", "somewhere")
+    assert_one_line_error(rc, err, "needs a registry directory")
+    rc, out, _ = run_cli(capsys, "list")
+    assert rc == 0 and "no entries" in out
+
+
+def test_python_m_zoo_entry_point(tmp_path):
+    env = dict(os.environ)
+    code = ("import sys, zoo.cli; rc = zoo.cli.main(['list']); "
+            "print('HEAVY' if {'torch', 'safetensors', 'huggingface_hub'} & set(sys.modules) else 'LIGHT')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip().endswith("LIGHT"), res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "zoo", "download", "../x"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("zoo: error: invalid zoo id '../x'") and len(res.stderr.splitlines()) == 1
+
+
+def test_public_api_is_lazy():
+    assert zoo.publish is publish and zoo.mirror is mirror and zoo.load is load and zoo.verify is verify
+    assert zoo.load_artefact is load_artefact and zoo.save_artefact is save_artefact
+    assert callable(zoo.import_zo_finetuner) and zoo.parse_id is parse_id
+    with pytest.raises(AttributeError):
+        zoo.does_not_exist  # noqa: B018
+
+
+def test_builtin_defaults_are_the_last_resort(tmp_path, monkeypatch, capsys):
+    import zoo.manifest
+
+    assert zoo.manifest.builtin_manifest().entries == {}  # the shipped manifest parses (empty for now)
+    shipped = tmp_path / "builtin"
+    publish(make_policy(tmp_path / "art"), shipped)
+    monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: shipped)
+    rc, out, _ = run_cli(capsys, "list")
+    assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out and "builtin" in out
+    folder = resolve("smollm2-135m/zo-finetuner").path
+    assert folder.is_relative_to(cache_dir())
+    # the cache index now shadows the built-in entry; losing the cached copy still resolves from the package
+    import shutil
+
+    shutil.rmtree(cache_dir() / "blobs")
+    shutil.rmtree(cache_dir() / "entries")
+    tensors, _ = load("smollm2-135m/zo-finetuner@1", expected_fingerprint=FP_A)
+    assert torch.equal(tensors["w1"], policy_tensors()["w1"])

@@ -1,0 +1,1 @@
+"""Defaults shipped inside the package: zoo.json plus artefact folders at <base>/<name>/<version>/."""

@@ -1,0 +1,194 @@
+"""``zoo``: publish, list, download and verify pretrained optimizers.
+
+Every user-caused failure prints one line ``zoo: error: <sentence>`` and exits non-zero.
+Heavy modules (torch, safetensors, huggingface_hub) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ZooError
+
+EPILOG = (
+    "Ids are base/name[@version] (latest version when omitted). Lookup order: explicit path or "
+    "file:// URL, --registry or $L2O_ZOO_REGISTRY, the cache ($L2O_CACHE/zoo or ~/.cache/l2o/zoo), "
+    "http(s) sources, the Hugging Face Hub at a pinned commit (skipped when HF_HUB_OFFLINE=1), "
+    "built-in defaults. Every file is sha256-checked before use."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other zoo error
+        self.exit(2, f"zoo: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--registry", metavar="DIR|URL",
+                        help="registry directory, file:// or http(s):// URL holding zoo.json (default: $L2O_ZOO_REGISTRY)")
+    common.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $L2O_CACHE/zoo or ~/.cache/l2o/zoo)")
+
+    p = _Parser(prog="zoo", description="Publish, list, download and verify pretrained optimizers.",
+                                epilog=EPILOG)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("list", parents=[common], help="list known entries")
+    s.add_argument("--json", action="store_true", help="print the entries as JSON")
+
+    s = sub.add_parser("info", parents=[common], help="show one entry's manifest record")
+    s.add_argument("id", metavar="ID[@VERSION]")
+
+    s = sub.add_parser("download", parents=[common], help="fetch and verify an entry into the cache; print its folder")
+    s.add_argument("id", metavar="ID[@VERSION]")
+
+    s = sub.add_parser("verify", parents=[common], help="re-check every file of an entry (or an artefact folder)")
+    s.add_argument("id", metavar="ID[@VERSION]|PATH")
+
+    s = sub.add_parser("publish", help="add an artefact folder to a registry directory")
+    s.add_argument("artefact_dir", metavar="ARTEFACT_DIR")
+    s.add_argument("--registry", metavar="DIR", help="registry directory to write, created if missing (default: $L2O_ZOO_REGISTRY)")
+    s.add_argument("--name", help="entry name (default: zo-finetuner or meta-init by kind)")
+    s.add_argument("--base", help="id base (default: last part of config.base_model, lower-cased)")
+    s.add_argument("--version", help="positive integer or semver-like (default: next integer)")
+    s.add_argument("--license", help="license (default: the model card's)")
+    s.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hugging Face Hub model repo and pin its commit")
+
+    s = sub.add_parser("mirror", parents=[common], help="copy entries into a registry directory for offline machines")
+    s.add_argument("--to", required=True, metavar="DIR", help="target registry directory")
+    s.add_argument("ids", nargs="*", metavar="ID", help="entries to copy (default: all known)")
+
+    s = sub.add_parser("import-zo-finetuner", help="convert a released ZO Fine-tuner .pth (no pickle is executed)")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--base", required=True, metavar="ID", help="base model id or alias the policy was trained for")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--fingerprint", metavar="FP", help="base fingerprint sha256:<hex> (default: computed by l2o.models)")
+    g.add_argument("--no-fingerprint", action="store_true", help="record no fingerprint (the result cannot be published)")
+    s.add_argument("--out", required=True, metavar="DIR", help="artefact folder to write")
+    s.add_argument("--license", help="license for the model card (default: other)")
+    return p
+
+
+def _cmd_list(a) -> int:
+    from .resolve import catalog, entry_folder
+
+    cat = catalog(a.registry, a.cache_dir)
+    rows = []
+    for entry, m in sorted(cat.all_entries(), key=lambda em: em[0]["id"]):
+        cached = entry_folder(entry, cat.cache).is_dir()
+        rows.append({**entry, "origin": m.origin, "cached": cached})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for note in cat.notes:
+        print(f"zoo: warning: {note}", file=sys.stderr)
+    if not rows:
+        where = "no registry configured (set $L2O_ZOO_REGISTRY or pass --registry)" if not (
+            a.registry or os.environ.get("L2O_ZOO_REGISTRY")) else "the registry, the cache and the built-in defaults are empty"
+        print(f"no entries: {where}")
+        return 0
+    header = ("ID", "KIND", "LICENSE", "CREATED", "FROM", "CACHED")
+    table = [header] + [(r["id"], r["kind"], r["license"], r["created"], r["origin"], "yes" if r["cached"] else "no")
+                        for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_info(a) -> int:
+    from .resolve import catalog, entry_folder
+
+    cat = catalog(a.registry, a.cache_dir)
+    entry, m = cat.find(a.id)
+    folder = entry_folder(entry, cat.cache)
+    print(json.dumps({**entry, "origin": f"{m.origin} {m.root}", "cached": str(folder) if folder.is_dir() else None},
+                     indent=2))
+    return 0
+
+
+def _cmd_download(a) -> int:
+    from .ids import parse_id
+    from .resolve import resolve
+
+    parse_id(a.id)  # ids only: never a path here
+    print(resolve(a.id, registry=a.registry, cache_dir=a.cache_dir).path)
+    return 0
+
+
+def _cmd_verify(a) -> int:
+    from .resolve import is_explicit_path, verify
+
+    if not is_explicit_path(a.id):
+        from .ids import parse_id
+
+        parse_id(a.id)
+    checked = verify(a.id, registry=a.registry, cache_dir=a.cache_dir)
+    print(f"ok: {a.id} verified ({'; '.join(checked)})")
+    return 0
+
+
+def _cmd_publish(a) -> int:
+    from .registry import publish
+
+    registry = a.registry or os.environ.get("L2O_ZOO_REGISTRY")
+    if not registry:
+        raise ZooError("publish needs a registry directory: pass --registry DIR or set $L2O_ZOO_REGISTRY")
+    entry = publish(a.artefact_dir, registry, name=a.name, version=a.version, license=a.license, base=a.base,
+                    push_to_hub=a.push_to_hub)
+    print(f"published {entry['id']} to {registry}")
+    return 0
+
+
+def _cmd_mirror(a) -> int:
+    from .registry import mirror
+
+    done = mirror(a.to, a.ids, registry=a.registry, cache_dir=a.cache_dir)
+    print(f"mirrored {len(done)} entr{'y' if len(done) == 1 else 'ies'} to {a.to}" + (f": {', '.join(done)}" if done else ""))
+    return 0
+
+
+def _cmd_import(a) -> int:
+    from .convert import import_zo_finetuner
+
+    out = import_zo_finetuner(a.file, a.base, a.out, fingerprint=a.fingerprint, compute_fingerprint=not a.no_fingerprint,
+                              license=a.license)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"list": _cmd_list, "info": _cmd_info, "download": _cmd_download, "verify": _cmd_verify,
+            "publish": _cmd_publish, "mirror": _cmd_mirror, "import-zo-finetuner": _cmd_import}
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, message already printed by argparse)
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.cmd](args)
+    except ZooError as err:
+        print(f"zoo: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zoo: error: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"zoo: error: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - never a traceback for users; ZOO_DEBUG=1 shows it
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"zoo: error: unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+              "(set ZOO_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

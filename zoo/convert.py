@@ -1,0 +1,144 @@
+"""Importing the policies released by the ZO Fine-tuner authors (arXiv 2510.00419).
+
+Their ``*_finetuner.pth`` files are ``torch.save`` of a dict ``{parameter name: nn.Sequential(
+Linear(5, 64), Tanh(), Linear(64, 1))}`` (whole pickled modules, some in fp16). We read them with
+:mod:`zoo.safe_pickle` (no arbitrary code runs), convert to float32 and stack them into the
+agreed ``zo-finetuner-policy`` layout: ``w1`` [B, 64, 5], ``b1`` [B, 64], ``w2`` [B, 1, 64],
+``b2`` [B, 1], with ``arch.block_names`` = the file's dict order.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import ZooError
+from .ids import check_fingerprint
+from .manifest import sha256_file
+from .safe_pickle import ModuleRecord, restricted_load
+
+
+def _layers(label: str, name: str, module) -> list:
+    """``[w1, b1, w2, b2]`` of one block from a Sequential record or a plain state dict."""
+    if isinstance(module, ModuleRecord):
+        if module.cls_name != "Sequential":
+            raise ZooError(f"{label}: block {name!r} is a {module.cls_name}, expected Sequential(Linear, Tanh, Linear)")
+        subs = list((module.state.get("_modules") or {}).values())
+        kinds = [getattr(m, "cls_name", type(m).__name__) for m in subs]
+        if kinds != ["Linear", "Tanh", "Linear"]:
+            raise ZooError(f"{label}: block {name!r} is Sequential({', '.join(kinds)}), expected (Linear, Tanh, Linear)")
+        out = []
+        for lin in (subs[0], subs[2]):
+            params = lin.state.get("_parameters") or {}
+            out += [params.get("weight"), params.get("bias")]
+    elif isinstance(module, dict):
+        out = [module.get(k) for k in ("0.weight", "0.bias", "2.weight", "2.bias")]
+    else:
+        raise ZooError(f"{label}: block {name!r} holds a {type(module).__name__}, expected an nn.Sequential")
+    import torch
+
+    if not all(isinstance(t, torch.Tensor) for t in out):
+        raise ZooError(f"{label}: block {name!r} lacks a weight or bias")
+    return out
+
+
+def read_zo_finetuner(path) -> tuple[dict, list, dict]:
+    """``(tensors, block_names, info)`` from a released ZO Fine-tuner ``.pth`` (restricted unpickling)."""
+    import torch
+
+    label = str(path)
+    obj = restricted_load(path)
+    if not isinstance(obj, dict) or not obj:
+        raise ZooError(f"{label}: expected a non-empty dict of parameter name -> nn.Sequential")
+    names, w1, b1, w2, b2, dtypes = [], [], [], [], [], set()
+    shape = None
+    for name, module in obj.items():
+        if not isinstance(name, str) or not name:
+            raise ZooError(f"{label}: block names must be non-empty strings")
+        layers = _layers(label, name, module)
+        dtypes.update(str(t.dtype).replace("torch.", "") for t in layers)
+        this = tuple(tuple(t.shape) for t in layers)
+        h, f = this[0] if len(this[0]) == 2 else (None, None)
+        if h is None or this != ((h, f), (h,), (1, h), (1,)):
+            raise ZooError(f"{label}: block {name!r} has shapes {list(this)}, expected Linear(F, H) -> Tanh -> Linear(H, 1)")
+        if shape is not None and (h, f) != shape:
+            raise ZooError(f"{label}: block {name!r} has hidden/in sizes {(h, f)} unlike the first block's {shape}")
+        shape = (h, f)
+        names.append(name)
+        for dst, t in zip((w1, b1, w2, b2), layers):
+            dst.append(t.detach().to(torch.float32))
+    tensors = {"w1": torch.stack(w1), "b1": torch.stack(b1), "w2": torch.stack(w2), "b2": torch.stack(b2)}
+    info = {"hidden": shape[0], "in_features": shape[1], "source_dtypes": sorted(dtypes)}
+    return tensors, names, info
+
+
+def _clip(err: BaseException, limit: int = 300) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 1].rstrip(" ,;") + "\u2026"
+
+
+def _compute_fingerprint(base: str) -> str:
+    try:
+        from l2o.models import base_fingerprint
+    except Exception as err:  # noqa: BLE001 - the l2o side may be missing or broken
+        raise ZooError(
+            f"cannot compute the fingerprint of base '{base}' (l2o.models.base_fingerprint is unavailable: "
+            f"{type(err).__name__}); pass --fingerprint sha256:<hex>"
+        ) from None
+    try:
+        fp = base_fingerprint(base)
+    except Exception as err:  # noqa: BLE001
+        raise ZooError(
+            f"cannot compute the fingerprint of base '{base}' ({type(err).__name__}: {_clip(err)}); "
+            "pass --fingerprint sha256:<hex>"
+        ) from None
+    return check_fingerprint(fp)
+
+
+def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None, compute_fingerprint: bool = True,
+                        license: str | None = None) -> Path:
+    """Convert a released ZO Fine-tuner ``.pth`` into a ``zo-finetuner-policy`` artefact folder ``out``.
+
+    The base fingerprint is ``fingerprint`` if given, else ``l2o.models.base_fingerprint(base)``;
+    with ``compute_fingerprint=False`` and no ``fingerprint`` none is recorded (such an artefact
+    can be inspected but not published).
+    """
+    from .artefact import save_artefact
+
+    file = Path(file)
+    if not file.is_file():
+        raise ZooError(f"{file} does not exist")
+    if fingerprint is not None:
+        fingerprint = check_fingerprint(fingerprint)
+    tensors, names, info = read_zo_finetuner(file)
+    if fingerprint is None and compute_fingerprint:
+        fingerprint = _compute_fingerprint(base)
+    if fingerprint is None:
+        print(f"zoo: warning: no base fingerprint recorded for '{base}'", file=sys.stderr)
+    digest, size = sha256_file(file)
+    config = {
+        "kind": "zo-finetuner-policy",
+        "base_model": base,
+        "base_fingerprint": fingerprint,
+        "arch": {"in_features": info["in_features"], "hidden": info["hidden"], "block_names": names,
+                 "normalize": True},
+        "training": {
+            "source": "ZO Fine-tuner released policy (arXiv 2510.00419, github.com/ASTRAL-Group/ZO_Fine_tuner)",
+            "imported_from": file.name,
+            "imported_sha256": digest,
+            "imported_size": size,
+            "source_dtypes": info["source_dtypes"],
+            "blocks": len(names),
+        },
+    }
+    card = {
+        "license": license or "other",
+        "tags": ["zo-fine-tuner", "imported"],
+        "title": f"ZO Fine-tuner policy for {base} (imported)",
+        "description": (
+            f"Converted from `{file.name}` (sha256 {digest}) by `zoo import-zo-finetuner`: {len(names)} "
+            "per-tensor MLPs Linear(5,64)-Tanh-Linear(64,1) stacked to float32; no pickle is shipped."
+        ),
+        "tasks": ["as released by the ZO Fine-tuner authors (meta-trained on COPA)"],
+    }
+    return save_artefact(out, tensors, config, card)

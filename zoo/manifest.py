@@ -1,0 +1,258 @@
+"""Versioned ``zoo.json`` manifests, entries, registry locations and sha256 helpers (stdlib only).
+
+A manifest is ``{"schema_version": 1, "entries": {"base/name@version": ENTRY}}`` where ENTRY is::
+
+    {"id": "smollm2-135m/zo-finetuner@1", "kind": "zo-finetuner-policy",
+     "base_model": "smollm2-135m", "base_fingerprint": "sha256:<64 hex>",
+     "license": "apache-2.0", "created": "2026-11-23T22:30:00Z",
+     "files": {"config.json": {"sha256": "<64 hex>", "size": 123}, ...},
+     "sources": [{"type": "registry", "path": "smollm2-135m/zo-finetuner/1"},
+                 {"type": "file", "url": "file:///srv/zoo/smollm2-135m/zo-finetuner/1/"},
+                 {"type": "url", "url": "https://example.org/zoo/smollm2-135m/zo-finetuner/1/"},
+                 {"type": "hf", "repo_id": "org/repo", "revision": "<40 hex commit>"}]}
+
+``registry`` sources are relative to the root of the manifest that lists the entry (a registry
+directory, a registry URL, or the built-in package folder).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ZooError
+from .ids import check_fingerprint, is_commit, is_sha256, parse_id
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "zoo.json"
+KINDS = {"zo-finetuner-policy": "policy", "bilevel-meta-init": "meta-initialisation"}
+DEFAULT_NAMES = {"zo-finetuner-policy": "zo-finetuner", "bilevel-meta-init": "meta-init"}
+REQUIRED_FILES = ("config.json", "model.safetensors", "README.md")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+CHUNK = 1 << 20
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
+    """Stream a file through sha256; return ``(hexdigest, size)``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def short_hash(hexdigest: str) -> str:
+    return hexdigest[:12] + "\u2026"
+
+
+def entry_layout(entry_id: str) -> str:
+    """Relative folder of an entry inside a registry: ``base/name/version``."""
+    zid = parse_id(entry_id, require_version=True)
+    return f"{zid.base}/{zid.name}/{zid.version}"
+
+
+def entry_digest(entry: dict) -> str:
+    """A short digest of an entry's file hashes: the cache keys entry folders by it."""
+    files = {k: entry["files"][k]["sha256"] for k in sorted(entry["files"])}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- locations
+@dataclass(frozen=True)
+class Location:
+    """Where a registry lives: a local directory or an http(s) URL prefix."""
+
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else str(self.url)
+
+    def join(self, rel: str) -> "Location":
+        if self.path is not None:
+            return Location(path=self.path / rel)
+        return Location(url=self.url.rstrip("/") + "/" + urllib.parse.quote(rel))
+
+
+def file_url_to_path(url: str) -> Path:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ZooError(f"unsupported file URL {url!r}: use file:///absolute/path")
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def parse_location(text: str | os.PathLike) -> Location:
+    """``/dir``, ``./dir``, ``file:///dir`` -> local; ``http(s)://host/prefix`` -> URL."""
+    text = os.fspath(text)
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme == "file":
+            return Location(path=file_url_to_path(text))
+        if scheme in ("http", "https"):
+            return Location(url=text)
+        raise ZooError(f"unsupported registry location {text!r}: use a directory, file://, http:// or https://")
+    return Location(path=Path(text).expanduser().resolve())
+
+
+# ----------------------------------------------------------------------------- entries
+def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
+    """Validate one untrusted manifest entry; raise ZooError naming the manifest otherwise."""
+
+    def bad(why: str) -> ZooError:
+        return ZooError(f"{label} has an invalid entry {key!r}: {why}")
+
+    try:
+        zid = parse_id(key, require_version=True)
+    except ZooError as err:
+        raise bad(str(err)) from None
+    if not isinstance(entry, dict):
+        raise bad("not an object")
+    if entry.get("id", key) != key:
+        raise bad(f"its id {entry.get('id')!r} differs from its key")
+    if entry.get("kind") not in KINDS:
+        raise bad(f"unknown kind {entry.get('kind')!r} (expected one of {', '.join(KINDS)})")
+    fp = entry.get("base_fingerprint")
+    try:
+        check_fingerprint(fp)
+    except ZooError as err:
+        raise bad(str(err)) from None
+    files = entry.get("files")
+    if not isinstance(files, dict) or not files:
+        raise bad("no files")
+    for req in ("config.json", "model.safetensors"):
+        if req not in files:
+            raise bad(f"missing file {req}")
+    for name, meta in files.items():
+        if not _FILE_NAME.match(name) or ".." in name:
+            raise bad(f"unsafe file name {name!r}")
+        if not isinstance(meta, dict) or not is_sha256(meta.get("sha256")):
+            raise bad(f"file {name} has no valid sha256")
+        if not isinstance(meta.get("size"), int) or isinstance(meta.get("size"), bool) or meta["size"] < 0:
+            raise bad(f"file {name} has no valid size")
+    sources = entry.get("sources", [])
+    if not isinstance(sources, list):
+        raise bad("sources is not a list")
+    for src in sources:
+        t = src.get("type") if isinstance(src, dict) else None
+        if t == "registry":
+            if src.get("path") != f"{zid.base}/{zid.name}/{zid.version}":
+                raise bad(f"registry source path must be {zid.base}/{zid.name}/{zid.version}")
+        elif t == "file":
+            if not str(src.get("url", "")).startswith("file://"):
+                raise bad("a file source needs a file:// url")
+        elif t == "url":
+            if not str(src.get("url", "")).lower().startswith(("http://", "https://")):
+                raise bad("a url source needs an http:// or https:// url")
+        elif t == "hf":
+            if not _HF_REPO.match(str(src.get("repo_id", ""))) or ".." in str(src.get("repo_id")):
+                raise bad(f"invalid Hub repo id {src.get('repo_id')!r}")
+            if not is_commit(src.get("revision")):
+                raise bad("a Hub source must pin a 40-hex commit revision")
+        else:
+            raise bad(f"unknown source {src!r}")
+    for fieldname in ("license", "created", "base_model"):
+        if not isinstance(entry.get(fieldname), str):
+            raise bad(f"missing {fieldname}")
+    return entry
+
+
+# ----------------------------------------------------------------------------- manifests
+@dataclass
+class Manifest:
+    entries: dict = field(default_factory=dict)
+    root: Location | None = None  # what ``registry`` sources are relative to
+    origin: str = "registry"  # "registry" | "cache" | "builtin"
+    label: str = "manifest"
+
+    def versions(self, key: str) -> list[str]:
+        out = []
+        for eid in self.entries:
+            k, _, v = eid.partition("@")
+            if k == key:
+                out.append(v)
+        return out
+
+
+def parse_manifest(data: bytes | str, label: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ZooError(f"{label} is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
+        raise ZooError(f"{label} is not a zoo manifest (expected an object with 'entries')")
+    sv = doc.get("schema_version")
+    if sv != SCHEMA_VERSION:
+        raise ZooError(f"{label} has schema_version {sv!r} but this zoo reads schema_version {SCHEMA_VERSION}")
+    for key, entry in doc["entries"].items():
+        check_entry(key, entry, label)
+    return doc["entries"]
+
+
+def read_manifest(location: Location, origin: str = "registry", *, missing_ok: bool = False,
+                  timeout: float | None = None) -> Manifest:
+    """Read ``zoo.json`` at a registry root (local or URL)."""
+    label = f"{origin} manifest {location.join(MANIFEST_NAME)}"
+    if location.is_local:
+        path = location.path / MANIFEST_NAME
+        if not path.is_file():
+            if missing_ok:
+                return Manifest({}, location, origin, label)
+            raise ZooError(f"no {MANIFEST_NAME} in registry {location.path}")
+        data = path.read_bytes()
+    else:
+        from .transfer import fetch_small
+
+        data = fetch_small(location.join(MANIFEST_NAME).url, _MAX_MANIFEST_BYTES, timeout=timeout)
+    return Manifest(parse_manifest(data, label), location, origin, label)
+
+
+def write_manifest(directory: Path, entries: dict) -> None:
+    """Atomically (temp file + rename) write ``directory/zoo.json``."""
+    doc = {"schema_version": SCHEMA_VERSION, "entries": dict(sorted(entries.items()))}
+    write_json_atomic(Path(directory) / MANIFEST_NAME, doc)
+
+
+def write_json_atomic(path: Path, doc) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def builtin_root() -> Path:
+    return Path(__file__).resolve().parent / "builtin"
+
+
+def builtin_manifest() -> Manifest:
+    return read_manifest(Location(path=builtin_root()), "builtin", missing_ok=True)

@@ -1,0 +1,159 @@
+"""Publishing artefacts into a registry directory (and optionally the Hugging Face Hub), and
+mirroring entries into a registry for machines without internet."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .artefact import CARD_NAME, check_artefact_dir, card_front_matter
+from .errors import ZooError
+from .ids import check_component, check_version
+from .manifest import (
+    DEFAULT_NAMES,
+    REQUIRED_FILES,
+    Location,
+    entry_layout,
+    parse_location,
+    read_manifest,
+    sha256_file,
+    utc_now,
+    write_manifest,
+)
+from .transfer import TransferError, copy_verified
+
+
+def _local_registry(registry) -> Path:
+    loc = parse_location(registry)
+    if not loc.is_local:
+        raise ZooError(f"cannot write to registry {registry}: publishing and mirroring need a local directory")
+    return loc.path
+
+
+def default_base(base_model: str) -> str:
+    """``HuggingFaceTB/SmolLM2-135M`` -> ``smollm2-135m`` (the id's base component)."""
+    return base_model.rstrip("/").split("/")[-1].lower()
+
+
+def _install(root: Path, entry_id: str, files: dict, src_folder: Path) -> None:
+    """Copy ``files`` from ``src_folder`` to ``root/base/name/version`` (verified, via staging)."""
+    target = root / entry_layout(entry_id)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        for name, meta in files.items():
+            try:
+                copy_verified(src_folder / name, staging / name, meta["sha256"], meta["size"], name)
+            except TransferError as err:
+                raise ZooError(f"cannot copy {name} of '{entry_id}' ({err})") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # an orphan folder without a manifest entry: replace it
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(artefact_dir, registry, *, name: str | None = None, version: str | int | None = None,
+            license: str | None = None, base: str | None = None, push_to_hub: str | None = None) -> dict:
+    """Publish an artefact folder into the registry directory ``registry``; return its manifest entry.
+
+    - id = ``base/name@version``: ``base`` defaults to the last component of ``config.base_model``
+      (lower-cased), ``name`` to ``zo-finetuner`` / ``meta-init`` by kind, ``version`` to the next
+      integer after the highest published one;
+    - refuses to overwrite an existing id@version with different content (same content: no-op);
+    - ``push_to_hub="org/repo"`` first uploads the folder with ``HfApi().upload_folder`` and records
+      the returned commit as a pinned ``hf`` source; if that fails nothing is written.
+    """
+    src = Path(artefact_dir).expanduser().resolve()
+    config, _ = check_artefact_dir(src)
+    for req in REQUIRED_FILES:
+        if not (src / req).is_file():
+            raise ZooError(f"artefact {src} has no {req}")
+    if not config.get("base_fingerprint"):
+        raise ZooError(
+            f"artefact {src} records no base fingerprint, so users could not check it against their model; "
+            "re-create it with a fingerprint"
+        )
+    root = _local_registry(registry)
+    base = check_component(base or default_base(config["base_model"]), "base")
+    name = check_component(name or DEFAULT_NAMES[config["kind"]], "name")
+    manifest = read_manifest(Location(path=root), "registry", missing_ok=True)
+    entries = dict(manifest.entries)
+    if version is None:
+        existing = [int(v.split(".")[0]) for v in manifest.versions(f"{base}/{name}")]
+        version = str(max(existing, default=0) + 1)
+    version = check_version(str(version))
+    entry_id = f"{base}/{name}@{version}"
+    files = {}
+    for req in REQUIRED_FILES:
+        digest, size = sha256_file(src / req)
+        files[req] = {"sha256": digest, "size": size}
+    if license is None:
+        license = str(card_front_matter((src / CARD_NAME).read_text(encoding="utf-8")).get("license") or "other")
+    old = entries.get(entry_id)
+    if old is not None and (old["files"] != files or old["kind"] != config["kind"]):
+        raise ZooError(
+            f"'{entry_id}' already exists in registry {root} with different content; publish it under a new --version"
+        )
+    sources = list(old["sources"]) if old else [{"type": "registry", "path": entry_layout(entry_id)}]
+    if push_to_hub:
+        from .hub import push_folder
+
+        oid = push_folder(push_to_hub, str(src), f"publish {entry_id}")
+        sources = [s for s in sources if not (s["type"] == "hf" and s["repo_id"] == push_to_hub)]
+        sources.append({"type": "hf", "repo_id": push_to_hub, "revision": oid})
+    entry = {
+        "id": entry_id,
+        "kind": config["kind"],
+        "base_model": config["base_model"],
+        "base_fingerprint": config["base_fingerprint"],
+        "license": old["license"] if old else license,
+        "created": old["created"] if old else utc_now(),
+        "files": files,
+        "sources": sources,
+    }
+    if old is None or not (root / entry_layout(entry_id)).is_dir():
+        _install(root, entry_id, files, src)
+    entries[entry_id] = entry
+    write_manifest(root, entries)
+    return entry
+
+
+def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
+    """Copy entries (all known ones when ``ids`` is empty) into the registry directory ``to``.
+
+    Each entry is first fetched and verified into the cache; the mirror's manifest keeps the
+    entry's hashes and its remote (``http(s)``/Hub) sources, so the mirror is self-contained.
+    """
+    from .resolve import catalog, fetch
+
+    root = _local_registry(to)
+    cat = catalog(registry, cache_dir)
+    chosen = [cat.find(i) for i in ids] if ids else cat.all_entries()
+    target = read_manifest(Location(path=root), "registry", missing_ok=True)
+    entries = dict(target.entries)
+    done = []
+    for entry, manifest in chosen:
+        eid = entry["id"]
+        if eid in entries:
+            if entries[eid]["files"] != entry["files"]:
+                raise ZooError(f"'{eid}' already exists in registry {root} with different content")
+            if (root / entry_layout(eid)).is_dir():
+                done.append(eid)
+                continue
+        folder = fetch(entry, manifest, cat.cache)
+        _install(root, eid, entry["files"], folder)
+        new = dict(entry)
+        new["sources"] = [{"type": "registry", "path": entry_layout(eid)}] + [
+            dict(s) for s in entry.get("sources", []) if s["type"] in ("url", "hf")
+        ]
+        entries[eid] = new
+        write_manifest(root, entries)
+        done.append(eid)
+    if not chosen:
+        root.mkdir(parents=True, exist_ok=True)
+        write_manifest(root, entries)
+    return done

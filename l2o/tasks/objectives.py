@@ -1,0 +1,283 @@
+"""Losses and evaluation over rendered examples (MeZO's `large_models` conventions).
+
+- `CandidateCE` ("ce"): per candidate the MEAN log-prob of its tokens given the prompt; softmax
+  cross-entropy over the candidates against the gold index. Default for cls and mch tasks.
+- `AnswerLM` ("lm"): token cross-entropy on the gold continuation only (for gen: " <answer>\\n"), the
+  prompt masked. Default for gen tasks.
+- `NonDiffF1` ("nondiff-f1"): minus the mean token F1 of greedy generations (stop at "\\n"); not
+  differentiable, meant for zeroth-order optimisation (MeZO's --non_diff).
+
+All sequences of a batch (prompt + each candidate) are encoded into one right-padded batch with an
+attention mask; prompts are truncated from the left to `max_length` (keeping BOS) so the candidate
+stays intact. Only the logits at candidate positions are materialised (`logits_to_keep` where the
+model supports it), counted from the end of the sequence, which also makes the code indifferent to
+the virtual tokens PEFT prompt tuning prepends.
+
+`evaluate` returns {"accuracy"} for examples with candidates and {"f1"} for generation examples.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from l2o.tasks.base import Rendered, Task, TaskError
+from l2o.tasks.metrics import max_f1
+
+DEFAULT_MAX_LENGTH = 256
+OBJECTIVE_KINDS = ("ce", "lm", "nondiff-f1")
+_ALIASES = {"classification": "ce", "cls": "ce", "candidate-ce": "ce", "ce": "ce", "lm": "lm",
+            "teacher-forcing": "lm", "nondiff-f1": "nondiff-f1", "non-diff": "nondiff-f1", "f1": "nondiff-f1"}
+
+
+# -------------------------------------------------------------------------------------- encoding
+def _device(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def encode_pairs(tokenizer, prompts: list[str], continuations: list[str], max_length: int = DEFAULT_MAX_LENGTH):
+    """Token ids of prompt + continuation for each pair, and where the continuation starts.
+
+    The continuation tokens are those the joint encoding adds after the prompt's encoding (as MeZO
+    does); where a tokenizer merges across the boundary, the continuation is encoded on its own.
+    Prompts are cut from the left (BOS kept) so that the whole sequence fits in `max_length`.
+    Returns (list of id lists, list of continuation start indices).
+    """
+    uniq = list(dict.fromkeys(prompts))
+    enc_p = dict(zip(uniq, tokenizer(uniq, add_special_tokens=True)["input_ids"]))
+    full = tokenizer([p + c for p, c in zip(prompts, continuations)], add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    seqs, starts = [], []
+    for p, c, f in zip(prompts, continuations, full):
+        p_ids = list(enc_p[p])
+        f = list(f)
+        if len(f) > len(p_ids) and f[:len(p_ids)] == p_ids:
+            c_ids = f[len(p_ids):]
+        else:
+            c_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
+        if not c_ids:
+            raise TaskError(f"the continuation {c!r} encodes to no tokens")
+        c_ids = c_ids[: max(1, max_length - 1)]
+        room = max_length - len(c_ids)
+        if len(p_ids) > room:
+            keep_bos = bos is not None and p_ids and p_ids[0] == bos and room >= 2
+            p_ids = ([bos] + p_ids[len(p_ids) - (room - 1):]) if keep_bos else p_ids[len(p_ids) - room:]
+        if not p_ids:  # a prompt must leave at least one token to predict the first candidate token from
+            p_ids = [bos if bos is not None else _pad_id(tokenizer)]
+        seqs.append(p_ids + c_ids)
+        starts.append(len(p_ids))
+    return seqs, starts
+
+
+_KEEP_CACHE: dict[type, bool] = {}
+
+
+def _supports_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    t = type(base)
+    if t not in _KEEP_CACHE:
+        try:
+            _KEEP_CACHE[t] = "logits_to_keep" in inspect.signature(base.forward).parameters
+        except (TypeError, ValueError):
+            _KEEP_CACHE[t] = False
+    return _KEEP_CACHE[t]
+
+
+def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str],
+                          max_length: int = DEFAULT_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of continuation-token log-probs and continuation lengths, one entry per pair (one forward)."""
+    if not prompts:
+        raise TaskError("the batch is empty: there is nothing to score")
+    seqs, starts = encode_pairs(tokenizer, prompts, continuations, max_length)
+    device = _device(model)
+    n, t = len(seqs), max(len(s) for s in seqs)
+    ids = torch.full((n, t), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((n, t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    # logits at position q-1 predict the token at q; keep from the earliest continuation start - 1 on
+    keep = t - (min(starts) - 1)
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[:, -keep:, :]
+    rows, cols, targets, owner = [], [], [], []
+    offset = t - keep
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        for q in range(st, len(s)):
+            rows.append(i)
+            cols.append(q - 1 - offset)
+            targets.append(s[q])
+            owner.append(i)
+    rows_t = torch.tensor(rows, device=logits.device)
+    cols_t = torch.tensor(cols, device=logits.device)
+    tgt_t = torch.tensor(targets, device=logits.device)
+    picked = logits[rows_t, cols_t].float()  # [M, V]
+    token_lp = picked.log_softmax(-1).gather(1, tgt_t[:, None]).squeeze(1)
+    sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add(
+        0, torch.tensor(owner, device=token_lp.device), token_lp)
+    lens = torch.tensor([len(s) - st for s, st in zip(seqs, starts)], dtype=token_lp.dtype, device=token_lp.device)
+    return sums, lens
+
+
+def candidate_scores(model, tokenizer, batch: list[Rendered], max_length: int = DEFAULT_MAX_LENGTH) -> list[torch.Tensor]:
+    """Per example, the mean token log-prob of each candidate (a 1-D tensor per example)."""
+    prompts, conts, sizes = [], [], []
+    for ex in batch:
+        if not ex.candidates:
+            raise TaskError("candidate scoring needs examples with candidates (this one is a generation example)")
+        prompts += [ex.prompt] * len(ex.candidates)
+        conts += list(ex.candidates)
+        sizes.append(len(ex.candidates))
+    sums, lens = continuation_logprobs(model, tokenizer, prompts, conts, max_length)
+    return list(torch.split(sums / lens, sizes))
+
+
+# ------------------------------------------------------------------------------------ generation
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 50,
+                    max_length: int = DEFAULT_MAX_LENGTH) -> list[str]:
+    """Greedy continuations, cut at the first newline (MeZO's stop criterion)."""
+    if not prompts:
+        raise TaskError("the batch is empty: there is nothing to generate from")
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if len(prompts) > 1 and getattr(peft_cfg, "is_prompt_learning", False):
+        # peft drops position_ids for prefix/prompt tuning, so left-padded batches would shift positions:
+        # generate one prompt at a time instead (no padding)
+        return [greedy_generate(model, tokenizer, [p], max_new_tokens, max_length)[0] for p in prompts]
+    room = max(1, max_length - max_new_tokens)
+    bos = tokenizer.bos_token_id
+    encoded = []
+    for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]:
+        ids = list(ids)
+        if len(ids) > room:
+            ids = ([bos] + ids[len(ids) - room + 1:]) if bos is not None and ids[0] == bos and room >= 2 else ids[-room:]
+        encoded.append(ids)
+    pad = _pad_id(tokenizer)
+    n, t = len(encoded), max(len(e) for e in encoded)
+    ids = torch.full((n, t), pad, dtype=torch.long)
+    mask = torch.zeros((n, t), dtype=torch.long)
+    for i, e in enumerate(encoded):  # left padding for batched generation
+        ids[i, t - len(e):] = torch.tensor(e, dtype=torch.long)
+        mask[i, t - len(e):] = 1
+
+    class _StopAtNewline(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            texts = tokenizer.batch_decode(input_ids[:, t:], skip_special_tokens=True)
+            return torch.tensor(["\n" in x for x in texts], dtype=torch.bool, device=input_ids.device)
+
+    eos = tokenizer.eos_token_id
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                           pad_token_id=pad, eos_token_id=eos, bos_token_id=bos)
+    device = _device(model)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
+                         stopping_criteria=StoppingCriteriaList([_StopAtNewline()]))
+    texts = tokenizer.batch_decode(out[:, t:], skip_special_tokens=True)
+    return [x.split("\n")[0].strip() for x in texts]
+
+
+# ------------------------------------------------------------------------------------ objectives
+@dataclass
+class Objective:
+    """Base class: `loss(model, tokenizer, batch)` and `evaluate(model, tokenizer, examples)`."""
+
+    max_length: int = DEFAULT_MAX_LENGTH
+    max_new_tokens: int = 50
+    name: str = "objective"
+    differentiable: bool = True
+
+    def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> dict:
+        """Accuracy (argmax of mean candidate log-prob) for cls/mch examples, token F1 for gen ones."""
+        if not examples:
+            raise TaskError("nothing to evaluate: the example list is empty")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if examples[0].candidates:
+                    correct = 0
+                    for i in range(0, len(examples), batch_size):
+                        chunk = examples[i:i + batch_size]
+                        for ex, sc in zip(chunk, candidate_scores(model, tokenizer, chunk, self.max_length)):
+                            correct += int(int(sc.argmax()) == ex.gold)
+                    return {"accuracy": correct / len(examples)}
+                total = 0.0
+                for i in range(0, len(examples), batch_size):
+                    chunk = examples[i:i + batch_size]
+                    preds = greedy_generate(model, tokenizer, [e.prompt for e in chunk], self.max_new_tokens,
+                                            self.max_length)
+                    total += sum(max_f1(p, e.answers) for p, e in zip(preds, chunk))
+                return {"f1": total / len(examples)}
+        finally:
+            model.train(was_training)
+
+
+@dataclass
+class CandidateCE(Objective):
+    name: str = "ce"
+
+    def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
+        scores = candidate_scores(model, tokenizer, batch, self.max_length)
+        losses = []
+        for ex, sc in zip(batch, scores):
+            if ex.gold is None:
+                raise TaskError("candidate cross-entropy needs a gold candidate")
+            losses.append(-F.log_softmax(sc, dim=0)[ex.gold])
+        return torch.stack(losses).mean()
+
+
+@dataclass
+class AnswerLM(Objective):
+    name: str = "lm"
+
+    def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
+        sums, lens = continuation_logprobs(model, tokenizer, [e.prompt for e in batch],
+                                           [e.target for e in batch], self.max_length)
+        return -sums.sum() / lens.sum()
+
+
+@dataclass
+class NonDiffF1(Objective):
+    name: str = "nondiff-f1"
+    differentiable: bool = False
+
+    def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
+        with torch.no_grad():
+            preds = greedy_generate(model, tokenizer, [e.prompt for e in batch], self.max_new_tokens, self.max_length)
+        answers = [e.answers if e.answers else [e.target] for e in batch]
+        f1 = sum(max_f1(p, a) for p, a in zip(preds, answers)) / len(batch)
+        return torch.tensor(0.0 - f1, dtype=torch.float32)
+
+
+def objective_for(task: Task | str | None = None, kind: str | None = None, **kw) -> Objective:
+    """The default objective for a task (ce for cls/mch, lm for gen) or the one named by `kind`."""
+    if isinstance(task, str):
+        from l2o.tasks import get_task
+
+        task = get_task(task)
+    if kind is None:
+        kind = "lm" if task is not None and task.kind == "gen" else "ce"
+    key = _ALIASES.get(str(kind).lower())
+    if key is None:
+        raise TaskError(f"unknown objective {kind!r}; choose one of {', '.join(OBJECTIVE_KINDS)}")
+    if key == "ce" and task is not None and task.kind == "gen":
+        raise TaskError(f"task {task.name!r} is a generation task: use objective 'lm' or 'nondiff-f1', not 'ce'")
+    cls = {"ce": CandidateCE, "lm": AnswerLM, "nondiff-f1": NonDiffF1}[key]
+    return cls(**kw)

@@ -1,0 +1,132 @@
+"""Tiny models and tokenizers for tests: no hub, no downloads, milliseconds to build.
+
+    tok = tiny_tokenizer()                       # byte-level BPE (~600 tokens), <s> prepended, pad/eos/unk
+    model = tiny_model("opt")                    # also "llama", "gpt2", "roberta" (masked LM), seeded init
+    model = tiny_model("llama", num_hidden_layers=3, tie_word_embeddings=False)   # config overrides
+    tok = smollm2_tokenizer()                    # the real SmolLM2 tokenizer (extracted once into the cache)
+
+Models are in eval mode, fp32, eager attention, vocabulary sized to `tiny_tokenizer()` unless overridden.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+_CORPUS = [
+    "The movie was great and the acting was wonderful. It was great.",
+    "The film was terrible, boring and far too long. It was terrible.",
+    "It was okay, neither good nor bad. The sentiment of this review is mixed, positive, negative or neutral.",
+    "Does this mean that the hypothesis is true? Yes or No? Yes. No. Maybe.",
+    "Suppose the premise holds. Can we infer that it follows? Yes, No, or Maybe?",
+    "In the previous sentence, does the pronoun refer to the man? Yes or No?",
+    "Does the word have the same meaning in these two sentences? Yes, No?",
+    "I found this answer. Is that correct? Yes or No?",
+    "The man broke his toe because he dropped a hammer on his foot, so he went to the doctor.",
+    "Title: Paris\nContext: Paris is the capital and largest city of France.\nQuestion: What is the capital of France?\nAnswer: Paris",
+    "Passage: The team kicked three field goals in the second quarter.\nQuestion: How many field goals?\nAnswer: 3",
+    "What is the answer type? Description Entity Expression Human Location Number",
+    "Question: Where do you keep milk?\nAnswer: in the refrigerator",
+    "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid.",
+    "Once upon a time there was a little girl who lived in a small house near the forest.",
+    "Statement: the player scored a goal. Is this statement plausible? True False Neither",
+    "add to playlist, book restaurant, get weather, play music, search screening event, rate book",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 first second third one two three four five",
+    "@highlight\n- The query mentions @placeholder and an entity such as Obama or London.",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_CORPUS * 3, trainer=trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                      special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    return tk.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 600, add_bos: bool = True):
+    """A byte-level BPE trained on a few template sentences (any text encodes; ~10 ms, cached)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer.from_str(_tiny_tokenizer_json(vocab_size))
+    if not add_bos:
+        tk.post_processor = None
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer (49 152 tokens), from the cache; extracted from the GGUF once (~5-12 s)."""
+    from transformers import AutoTokenizer
+
+    from l2o.models import smollm2_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _config(arch: str, vocab_size: int, overrides: dict):
+    from transformers import GPT2Config, LlamaConfig, OPTConfig, RobertaConfig
+
+    tok = tiny_tokenizer()
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    if arch == "opt":
+        kw = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                  word_embed_proj_dim=32, max_position_embeddings=512, dropout=0.0, attention_dropout=0.0,
+                  activation_dropout=0.0, layerdrop=0.0, **ids)
+        cls = OPTConfig
+    elif arch == "llama":
+        kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=True, **ids)
+        cls = LlamaConfig
+    elif arch == "gpt2":
+        kw = dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0,
+                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"])
+        cls = GPT2Config
+    elif arch == "roberta":
+        kw = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=520, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, pad_token_id=ids["pad_token_id"])
+        cls = RobertaConfig
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}; use opt, llama, gpt2 or roberta")
+    kw.update(overrides)
+    cfg = cls(**kw)
+    try:
+        cfg._attn_implementation = "eager"
+    except Exception:  # noqa: BLE001 - older configs without the setter
+        pass
+    return cfg
+
+
+def tiny_config(arch: str = "opt", **overrides):
+    vocab = overrides.pop("vocab_size", len(tiny_tokenizer()))
+    return _config(arch, vocab, overrides)
+
+
+def tiny_model(arch: str = "opt", seed: int = 0, **overrides):
+    """A tiny randomly initialised model (seeded; the global RNG is left as it was)."""
+    from transformers import AutoModelForCausalLM, RobertaForMaskedLM
+
+    cfg = tiny_config(arch, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if arch == "roberta":
+            model = RobertaForMaskedLM(cfg)
+        else:
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    return model.eval()

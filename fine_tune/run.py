@@ -1,0 +1,225 @@
+"""One fine-tuning run: load base + task, zero-shot eval, ZO training under Lightning, best-on-dev
+selection, final eval, and the run's artefacts (results.json, loss.png, TensorBoard logs, model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to --out {out}: {err.strerror or err}") from None
+    saved = out / "config.yaml"
+    if not resume and (out / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not (out / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
+    if resume and saved.exists():
+        import yaml
+
+        old = yaml.safe_load(saved.read_text())
+        old.pop("resume", None)
+        old.pop("resolved_optimizer_kwargs", None)
+        return old
+
+
+def _quiet_libraries() -> None:
+    """Drop library chatter that does not apply to forward-only training (the run prints its own summary)."""
+    import logging
+
+    for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*module\\(s\\) in eval mode.*",
+                    ".*no pre-optimization state was saved.*", ".*does not have many workers.*",
+                    ".*limit_val_batches.*", ".*exists and is not empty.*",
+                    # batches are a pure function of global_step (StepStream), so mid-epoch resume is exact
+                    ".*dataloader is not resumable.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _peak_memory_bytes(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in history if r["loss"] == r["loss"]]  # drop NaN (skipped) steps
+    if not rows:
+        return
+    x = [r["forwards"] for r in rows]
+    y = [r["loss"] for r in rows]
+    w = max(1, len(y) // 20)
+    smooth = [sum(y[max(0, i - w + 1):i + 1]) / len(y[max(0, i - w + 1):i + 1]) for i in range(len(y))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, y, alpha=0.3, label="train loss (per step)")
+    ax.plot(x, smooth, label=f"moving mean ({w} steps)")
+    ax.set_xlabel("forward passes")
+    ax.set_ylabel("train loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: FineTuneConfig, log=print) -> dict:
+    """Run a fine-tuning described by `cfg`; returns the results dict (also written to results.json)."""
+    cfg.validate()
+    from l2o.models import resolve_base
+    from l2o.tasks import get_task
+
+    resolve_base(cfg.base)  # fail fast on a bad name, before any data or weights are loaded
+    task = get_task(cfg.task)
+    out = cfg.resolved_out()
+    old = _check_out_dir(out, cfg.resume)
+    if old is not None:
+        now = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+        diff = sorted(k for k in now if old.get(k) != now[k])
+        if diff:
+            raise ConfigError(f"--resume with a different configuration ({', '.join(diff)}); use the original flags")
+
+    t_start = time.perf_counter()
+    import torch
+
+    _quiet_libraries()
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from fine_tune.module import ZOFineTuneModule
+    from l2o.models import load_base
+    from l2o.peft_modes import apply_peft
+    from l2o.tasks import sample_splits
+    from l2o.tasks.objectives import objective_for
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
+    splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
+                           num_eval=cfg.num_eval, source=cfg.source)
+    log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
+        f"(data seed {cfg.data_seed}); objective {objective.name}")
+    model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
+        f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}")
+
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    kwargs = cfg.optimizer_kwargs()
+    module = ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, cfg.seed, cfg.data_seed,
+                              cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
+    tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
+    ckpt_dir = out / "checkpoints"
+    last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", every_n_train_steps=cfg.checkpoint_every(),
+                              save_top_k=0, save_last=True)
+    callbacks = [last_cb]
+    best_cb = None
+    if cfg.eval_every:
+        best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=f"dev/{module.metric}", mode="max",
+                                  save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
+        callbacks.append(best_cb)
+    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=cfg.steps,
+                        logger=tb, callbacks=callbacks, val_check_interval=cfg.eval_every or None,
+                        check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
+                        log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
+                        enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
+    (out / "tb").mkdir(parents=True, exist_ok=True)
+    (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
+
+    zero_path = out / "zero_shot.json"
+    if cfg.resume and zero_path.exists():
+        zero_shot = json.loads(zero_path.read_text())
+    elif not cfg.zero_shot:
+        zero_shot = {}
+    else:
+        log("zero-shot evaluation ...")
+        zero_shot = evaluate_splits(module, splits)
+        zero_path.write_text(json.dumps(zero_shot))
+        for split, v in zero_shot.items():
+            tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
+    if zero_shot:
+        log("zero-shot: " + ", ".join(f"{k} {module.metric} {v:.4f}" for k, v in zero_shot.items()))
+
+    t_fit = time.perf_counter()
+    trainer.fit(module, ckpt_path=str(ckpt_dir / "last.ckpt") if cfg.resume else None)
+    fit_s = time.perf_counter() - t_fit
+    opt = module.optimizers().optimizer if trainer.optimizers else None
+
+    best_step = None
+    if best_cb is not None and best_cb.best_model_path:
+        module.load_trainable(best_cb.best_model_path)
+        best_step = int(torch.load(best_cb.best_model_path, map_location="cpu", weights_only=True)["global_step"])
+        log(f"best-on-dev checkpoint: step {best_step}")
+    final = evaluate_splits(module, splits)
+    for split, v in final.items():
+        tb.experiment.add_scalar(f"final/{split}_{module.metric}", v, trainer.global_step)
+    tb.experiment.flush()
+
+    losses = [r["loss"] for r in module.history if r["loss"] == r["loss"]]
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    results = {
+        "config": cfg.to_dict(), "optimizer_kwargs": kwargs,
+        "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
+        "base": info.to_dict(), "task": task.name, "metric": module.metric,
+        "splits": {"train": len(splits.train), "dev": len(splits.dev), "eval": len(splits.eval)},
+        "zero_shot": zero_shot, "final": final, "best_step": best_step,
+        "steps": trainer.global_step, "forward_passes": opt.forward_passes if opt else 0,
+        "skipped_steps": opt.skipped_steps if opt else 0,
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "fit_time_s": fit_s, "wall_time_s": time.perf_counter() - t_start,
+        "peak_memory_bytes": _peak_memory_bytes(device),
+        "trainable_params": n_train,
+        "paths": {"tensorboard": str(out / "tb"), "plot": str(out / "loss.png"), "history": str(out / "history.json"),
+                  "model": str(out / "model") if cfg.save_model else None},
+    }
+    (out / "history.json").write_text(json.dumps(module.history))
+    plot_history(module.history, out / "loss.png",
+                 f"{cfg.optimizer} on {task.name} ({info.model_id}, {cfg.peft}); {module.metric}: zero-shot "
+                 f"{zero_shot.get('eval', float('nan')):.3f} -> {final.get('eval', float('nan')):.3f}")
+    if cfg.save_model:
+        save_model(module.model, tokenizer, out / "model", info, cfg)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def evaluate_splits(module, splits) -> dict:
+    res = {}
+    for split in ("dev", "eval"):
+        examples = getattr(splits, split)
+        if examples:
+            res[split] = module.objective.evaluate(module.model, module.tokenizer, examples,
+                                                   batch_size=module.eval_batch_size)[module.metric]
+    return res
+
+
+def save_model(model, tokenizer, path: Path, info, cfg: FineTuneConfig) -> None:
+    """`save_pretrained` (PEFT: only the adapter) plus the base's identity and fingerprint."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    (path / "base.json").write_text(json.dumps({"base": cfg.base, "model_id": info.model_id,
+                                                "fingerprint": info.fingerprint, "peft": cfg.peft}, indent=1))

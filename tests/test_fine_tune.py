@@ -1,0 +1,195 @@
+"""fine_tune end to end on a tiny OPT and the SST-2 fixture: artefacts, resume equality, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fine_tune.cli import main
+from fine_tune.config import FineTuneConfig
+from tests.helpers import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny-opt"
+    tiny_model("opt").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def _args(base, out, *extra):
+    return ["--base", base, "--task", "sst2", "--source", SST2, "--out", str(out), "--batch-size", "8",
+            "--num-dev", "2", "--eval-batch-size", "8", *extra]
+
+
+def test_short_fine_tuning_lowers_the_loss_and_writes_its_artefacts(tiny_base, tmp_path, capsys):
+    out = tmp_path / "run"
+    # batch 8 >= the 6 train examples: every step sees the same batch, so losses are comparable
+    assert main(_args(tiny_base, out, "--steps", "40", "--lr", "2e-3", "--eps", "1e-3", "--eval-every", "20")) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot" in printed and "TensorBoard" in printed and str(out / "loss.png") in printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 40 and results["forward_passes"] == 80
+    assert set(results["zero_shot"]) == {"dev", "eval"} and set(results["final"]) == {"dev", "eval"}
+    assert results["base"]["fingerprint"].startswith("sha256:")
+    assert results["config"]["optimizer"] == "mezo" and results["seeds"] == {"seed": 0, "data_seed": 0}
+    assert results["peak_memory_bytes"] > 0 and results["wall_time_s"] > 0
+
+    losses = [r["loss"] for r in json.loads((out / "history.json").read_text())]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < losses[0]
+
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    saved = json.loads((out / "model" / "base.json").read_text())
+    assert saved["fingerprint"] == results["base"]["fingerprint"]
+    assert (out / "model" / "model.safetensors").exists() and (out / "tb" / "config.yaml").exists()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/projected_grad", "train/lr", "train/forward_passes", "train/step_time_s",
+                "dev/accuracy", "eval/accuracy"):
+        assert tag in tags, tag
+    assert len(acc.Scalars("train/loss")) == 40
+
+
+def _trainable(ckpt_path):
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
+    common = ["--steps", "8", "--save-every", "2", "--optimizer", "mezo-gv", "--lr", "1e-3", "--eval-every", "4",
+              "--save-model", "false"]
+    full = tmp_path / "full"
+    assert main(_args(tiny_base, full, *common)) == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "L2O_FAULT_KILL_AT_STEP": "5"}
+    proc = subprocess.run([sys.executable, "-m", "fine_tune", *_args(tiny_base, killed, *common)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert not (killed / "results.json").exists()
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    assert main(_args(tiny_base, killed, *common, "--resume")) == 0
+    a, b = _trainable(full / "checkpoints" / "last.ckpt"), _trainable(killed / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hist = json.loads((killed / "history.json").read_text())
+    assert [r["step"] for r in hist] == list(range(1, 9))  # steps completed, as on TensorBoard
+    assert json.loads((killed / "results.json").read_text())["forward_passes"] == 8 * 4
+
+
+def test_checkpoints_hold_only_the_trainable_tensors(tiny_base, tmp_path):
+    out = tmp_path / "lora"
+    assert main(_args(tiny_base, out, "--steps", "2", "--peft", "lora", "--lr", "1e-3", "--save-model", "false")) == 0
+    keys = set(_trainable(out / "checkpoints" / "last.ckpt"))
+    assert keys and all("lora_" in k for k in keys)
+
+
+def test_non_finite_losses_are_skipped_and_counted(tiny_base, tmp_path, monkeypatch):
+    from l2o.tasks import objectives
+
+    calls = {"n": 0}
+    real = objectives.CandidateCE.loss
+
+    def flaky(self, model, tokenizer, batch):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] % 3 == 0 else real(self, model, tokenizer, batch)
+
+    monkeypatch.setattr(objectives.CandidateCE, "loss", flaky)
+    out = tmp_path / "nan"
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        assert main(_args(tiny_base, out, "--steps", "6", "--save-model", "false")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["skipped_steps"] >= 2 and results["steps"] == 6
+    state = _trainable(out / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--task", "sst2", "--base", "no-such-model-zz"], "no-such-model-zz"),
+    (["--task", "no_such_task"], "unknown task 'no_such_task'"),
+    (["--task", "sst2", "--optimizer", "adamw"], "unknown optimizer 'adamw'"),
+    (["--task", "sst2", "--eps", "0"], "eps must be"),
+    (["--task", "sst2", "--lr", "-1"], "lr must be"),
+    (["--task", "sst2", "--optimizer", "mezo-gv", "--pool-size", "1"], "pool_size must be"),
+    (["--task", "sst2", "--optimizer", "bszo", "--k", "0"], "k must be"),
+    (["--task", "sst2", "--pool-size", "4"], "--pool-size does not apply to optimizer 'mezo'"),
+    (["--task", "sst2", "--steps", "0"], "--steps must be a positive integer"),
+    (["--task", "sst2", "--peft", "bogus"], "invalid choice"),
+    (["--task", "sst2", "--steps", "ten"], "invalid int value"),
+    (["--base", "x"], "choose a task"),
+    (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
+])
+def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) if "invalid" in needle else _no_raise():
+        rc = main([*argv, "--out", str(tmp_path / "o"), "--source", SST2])
+        assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and err.startswith("fine_tune: error:"), err
+
+
+def test_unwritable_out_is_refused(tiny_base, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(_args(tiny_base, blocker / "run", "--steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fine_tune: error: cannot write to --out") and len(err.splitlines()) == 1
+
+
+def test_existing_run_needs_resume_and_resume_needs_the_same_config(tiny_base, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_base, out, "--steps", "2", "--save-model", "false")) == 0
+    assert main(_args(tiny_base, out, "--steps", "2", "--save-model", "false")) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(_args(tiny_base, out, "--steps", "2", "--lr", "5", "--save-model", "false", "--resume")) == 2
+    assert "different configuration (lr)" in capsys.readouterr().err
+
+
+def test_print_config_merges_yaml_and_flags(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: boolq\noptimizer: mezo-gv\nlr: 2.0e-7\nsteps: 50\n")
+    assert main(["--config", str(cfg), "--steps", "70", "--print-config"]) == 0
+    import yaml
+
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["task"] == "boolq" and shown["steps"] == 70 and shown["lr"] == 2e-7
+    assert shown["resolved_optimizer_kwargs"]["pool_size"] == 2
+
+
+def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: boolq\nlearning_rate: 1\n")
+    assert main(["--config", str(cfg), "--print-config"]) == 2
+    assert "unknown option(s): learning_rate" in capsys.readouterr().err
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys; from fine_tune.cli import build_parser; build_parser().format_help(); "
+            "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_default_out_folder_names_the_run():
+    assert str(FineTuneConfig(task="boolq", optimizer="bszo", seed=3).resolved_out()) == "runs/boolq-bszo-full-s3"
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -90,16 +90,18 @@ class Engine:
     """Applies directions to a model's trainable blocks: `evaluate(closure, d, eps)`, `update(d, step)`.
 
     `model`: an `nn.Module` (its trainable parameters, tie-deduplicated, in `named_parameters` order,
-    are the blocks). `noise`: "gaussian" (default), "table", or a `NoiseSource`.
+    are the blocks). `noise`: "gaussian" (default), "table", or a `NoiseSource`. `named_params`: an
+    explicit (name, parameter) list to drive instead (e.g. a frozen backbone under a trainable adapter,
+    as Bilevel-ZOFO's outer ZO step does); each must belong to a submodule of `model`.
     """
 
-    def __init__(self, model: nn.Module, noise: str | NoiseSource | None = None):
+    def __init__(self, model: nn.Module, noise: str | NoiseSource | None = None, named_params=None):
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "zeroth-order optimizers take the model (an nn.Module), not a parameter list: they "
                 "perturb weights inside each module's forward so the stored weights stay exact")
         self.model = model
-        self.blocks: list[Block] = as_blocks(model)
+        self.blocks: list[Block] = as_blocks(list(named_params) if named_params is not None else model)
         self.noise = make_noise(noise)
         self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
         self._owners = self._find_owners()

@@ -212,3 +212,20 @@ def test_regenerated_z_equals_evaluated_z(name, seed, pool, k):
         opt.step(model)
     assert rec.used["update"], "no update happened"
     assert rec.used["update"] <= rec.used["eval"], "the update used a z that was never evaluated"
+
+
+def test_engine_can_drive_an_explicit_frozen_parameter_set():
+    """Bilevel-ZOFO moves the frozen backbone by ZO while an adapter trains by backprop."""
+    model = TwoBlock()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen = [(n, p) for n, p in model.named_parameters() if n.startswith("net.0")]
+    engine = Engine(model, named_params=chosen)
+    assert engine.block_names() == ["net.0.weight", "net.0.bias"]
+    before = snapshot(model)
+    engine.evaluate(model, Direction.single(3), 1e-2)
+    assert same_bits(before, snapshot(model))
+    engine.update(Direction.single(3), 0.1)
+    after = snapshot(model)
+    assert not torch.equal(before["net.0.weight"], after["net.0.weight"])
+    assert torch.equal(before["net.3.weight"], after["net.3.weight"])

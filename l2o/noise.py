@@ -87,7 +87,7 @@ class GaussianNoise(NoiseSource):
 
     name = "gaussian"
 
-    def __init__(self, chunk_size: int = 1 << 20):
+    def __init__(self, chunk_size: int = 1 << 18):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.chunk_size = int(chunk_size)
@@ -132,7 +132,7 @@ class NoiseTable(NoiseSource):
 
     name = "table"
 
-    def __init__(self, size: int = 1 << 22, seed: int = 0, chunk_size: int = 1 << 14):
+    def __init__(self, size: int = 1 << 22, seed: int = 0, chunk_size: int = 1 << 16):
         if size < 2 or chunk_size < 1:
             raise ValueError(f"noise table needs size >= 2 and chunk_size >= 1, got {size}, {chunk_size}")
         self.size = int(size)

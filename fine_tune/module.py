@@ -40,14 +40,18 @@ class StepStream:
         return [self.examples[i] for i in idx.tolist()]
 
 
-class ZOFineTuneModule(L.LightningModule):
-    def __init__(self, model, tokenizer, objective, splits, optimizer: str, optimizer_kwargs: dict, seed: int,
-                 data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str):
+class FineTuneModuleBase(L.LightningModule):
+    """What every fine-tuning LightningModule here shares: manual optimization with the HF model kept in
+    eval mode, text batches, step-indexed training, dev/eval evaluation, and checkpoints that hold only
+    the trainable tensors. Subclasses add `configure_optimizers` and `training_step`."""
+
+    checkpoint_method = "zo"  # recorded in checkpoints; a checkpoint of another method is refused
+
+    def __init__(self, model, tokenizer, objective, splits, seed: int, data_seed: int, eval_batch_size: int,
+                 steps: int, fingerprint: str):
         super().__init__()
-        self.model, self.tokenizer, self.objective = model, tokenizer, objective
-        self.splits = splits
-        self.optimizer_name, self.optimizer_kwargs, self.seed = optimizer, dict(optimizer_kwargs), seed
-        self.stream = StepStream(splits.train, batch_size, data_seed)
+        self.model, self.tokenizer, self.objective, self.splits = model, tokenizer, objective, splits
+        self.seed, self.data_seed = seed, data_seed
         self.eval_batch_size, self.steps, self.fingerprint = eval_batch_size, steps, fingerprint
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable tensors
@@ -67,11 +71,81 @@ class ZOFineTuneModule(L.LightningModule):
     def trainable_names(self) -> list[str]:
         return ["model." + n for n, p in self.model.named_parameters() if p.requires_grad]
 
-    def configure_optimizers(self):
-        return build_optimizer(self.optimizer_name, self.model, seed=self.seed, **self.optimizer_kwargs)
-
     def train_dataloader(self):
         return DataLoader(range(self.steps), batch_size=None, shuffle=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # fault injection for the kill-and-resume test: die like `kill -9` right after step N's checkpoint
+        if os.environ.get("L2O_FAULT_KILL_AT_STEP") == str(self.global_step):
+            os._exit(137)
+
+    # ------------------------------------------------------------------ evaluation (dev, eval)
+    @property
+    def val_splits(self) -> list[str]:
+        """The evaluated splits that have examples; with no dev split there is no dev metric (and no
+        best-on-dev selection), never a silent fallback to the eval split."""
+        return [name for name in ("dev", "eval") if getattr(self.splits, name)]
+
+    def val_dataloader(self):
+        return [DataLoader(getattr(self.splits, name), batch_size=self.eval_batch_size, collate_fn=_as_list)
+                for name in self.val_splits]
+
+    def on_validation_epoch_start(self):
+        self._val = {name: [0.0, 0] for name in self.val_splits}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        split = self.val_splits[dataloader_idx]
+        value = self.objective.evaluate(self.model, self.tokenizer, batch, batch_size=len(batch))[self.metric]
+        self._val[split][0] += value * len(batch)
+        self._val[split][1] += len(batch)
+
+    def on_validation_epoch_end(self):
+        for split, (total, n) in self._val.items():
+            if n:
+                self.log(f"{split}/{self.metric}", total / n, prog_bar=(split == "dev"))
+
+    def validation_results(self) -> dict:
+        return {split: total / n for split, (total, n) in self._val.items() if n}
+
+    # ------------------------------------------------------------------ checkpoints: what resuming needs
+    def on_save_checkpoint(self, checkpoint):
+        keep = set(self.trainable_names())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["l2o"] = {"fingerprint": self.fingerprint, "history": self.history,
+                             "method": self.checkpoint_method}
+
+    def _check_checkpoint(self, checkpoint) -> None:
+        meta = checkpoint.get("l2o", {})
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
+        if meta.get("method", "zo") != self.checkpoint_method:
+            raise ValueError(f"this checkpoint was made by {meta.get('method')!r}, not {self.checkpoint_method!r}")
+        missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
+
+    def on_load_checkpoint(self, checkpoint):
+        self._check_checkpoint(checkpoint)
+        self.history = list(checkpoint["l2o"].get("history", []))
+
+    def load_trainable(self, path: str) -> None:
+        """Load only the trainable tensors of a checkpoint (best-on-dev selection); history is kept."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self._check_checkpoint(ckpt)
+        self.load_state_dict(ckpt["state_dict"], strict=False)
+
+
+class ZOFineTuneModule(FineTuneModuleBase):
+    """One ZO step per training step, through the optimizer's `step(closure)`."""
+
+    def __init__(self, model, tokenizer, objective, splits, optimizer: str, optimizer_kwargs: dict, seed: int,
+                 data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str):
+        super().__init__(model, tokenizer, objective, splits, seed, data_seed, eval_batch_size, steps, fingerprint)
+        self.optimizer_name, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
+        self.stream = StepStream(splits.train, batch_size, data_seed)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.optimizer_name, self.model, seed=self.seed, **self.optimizer_kwargs)
 
     def training_step(self, _, batch_idx):
         batch = self.stream.batch(self.global_step)
@@ -93,53 +167,3 @@ class ZOFineTuneModule(L.LightningModule):
             logs["train/projected_grad_norm"] = math.sqrt(sum(g * g for g in last.projected_grads))
         self.log_dict(logs, on_step=True, prog_bar=False)
         self.log("loss", last.loss if math.isfinite(last.loss) else float("nan"), prog_bar=True, logger=False)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        # fault injection for the kill-and-resume test: die like `kill -9` right after step N's checkpoint
-        if os.environ.get("L2O_FAULT_KILL_AT_STEP") == str(self.global_step):
-            os._exit(137)
-
-    # ------------------------------------------------------------------ evaluation (dev, eval)
-    def val_dataloader(self):
-        return [DataLoader(self.splits.dev or self.splits.eval, batch_size=self.eval_batch_size, collate_fn=_as_list),
-                DataLoader(self.splits.eval, batch_size=self.eval_batch_size, collate_fn=_as_list)]
-
-    def on_validation_epoch_start(self):
-        self._val = {"dev": [0.0, 0], "eval": [0.0, 0]}
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        split = "dev" if dataloader_idx == 0 else "eval"
-        value = self.objective.evaluate(self.model, self.tokenizer, batch, batch_size=len(batch))[self.metric]
-        self._val[split][0] += value * len(batch)
-        self._val[split][1] += len(batch)
-
-    def on_validation_epoch_end(self):
-        for split, (total, n) in self._val.items():
-            if n:
-                self.log(f"{split}/{self.metric}", total / n, prog_bar=(split == "dev"))
-
-    def validation_results(self) -> dict:
-        return {split: total / n for split, (total, n) in self._val.items() if n}
-
-    # ------------------------------------------------------------------ checkpoints: what resuming needs
-    def on_save_checkpoint(self, checkpoint):
-        keep = set(self.trainable_names())
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["l2o"] = {"fingerprint": self.fingerprint, "history": self.history}
-
-    def _check_checkpoint(self, checkpoint) -> None:
-        if checkpoint.get("l2o", {}).get("fingerprint") != self.fingerprint:
-            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
-        missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
-        if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
-
-    def on_load_checkpoint(self, checkpoint):
-        self._check_checkpoint(checkpoint)
-        self.history = list(checkpoint["l2o"].get("history", []))
-
-    def load_trainable(self, path: str) -> None:
-        """Load only the trainable tensors of a checkpoint (best-on-dev selection); history is kept."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self._check_checkpoint(ckpt)
-        self.load_state_dict(ckpt["state_dict"], strict=False)

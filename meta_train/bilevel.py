@@ -1,0 +1,307 @@
+"""Meta-training a backbone initialisation with Bilevel-ZOFO over a task family (`meta_train --method bilevel-zofo`).
+
+    BilevelTaskData   LightningDataModule: a TaskFamily, each training task's sample split 2:1 into (D_g, D_f),
+                      and per held-out task a handful of adaptation examples plus an evaluation set.
+    BilevelMetaInit   LightningModule: one PEFT copy pair (p, w) per training task; every global step a lower
+                      FO step on one task of the current cycle; every t_low steps an upper step over
+                      `tasks_per_step` sampled tasks whose ZO backbone estimates are all combined. Validation
+                      is quick adaptation on the held-out tasks (fresh adapter, a few FO steps), against the
+                      same adaptation from the original base (computed once, before training) and zero-shot.
+                      At the end the backbone's change from the base is written as a `bilevel-meta-init` zoo
+                      artefact (and published to a registry when one is given).
+
+Both classes take only type-annotated scalars/lists, so LightningCLI can build them from flags.
+TensorBoard tags: lower/loss, upper/loss, upper/lower_g_loss, upper/penalty, upper/objective,
+upper/projected_grad (mean over the step's tasks), upper/projected_grad_norm, heldout/<task>/adapted,
+heldout/<task>/zero_shot, heldout/<task>/base_adapted, heldout/mean_adapted, heldout/mean_base_adapted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from l2o.bilevel import BilevelStreams, BilevelZOFO, export_meta_init, split_dg_df
+
+
+class BilevelTaskData(L.LightningDataModule):
+    """Tasks for Bilevel-ZOFO meta-training.
+
+    Args:
+        tasks: task names of the family (None with no tags: every offline task).
+        tags: task tags to include (union with `tasks`).
+        holdout: held-out task names, or a fraction of the family (seeded by `family_seed`; None: 0.25).
+        family_seed: the task split's seed. data_seed: each task's sample and its D_g/D_f split.
+        num_train: training examples per training task (split 2:1 into D_g and D_f).
+        adapt_examples: examples per held-out task for quick adaptation. num_eval: evaluation examples per
+            held-out task. max_length: tokens per example. source_root: a folder holding `<task>/` data files
+            for hub-only tasks (e.g. tests/fixtures/hub).
+    """
+
+    def __init__(self, tasks: list[str] | None = None, tags: list[str] | None = None,
+                 holdout: list[str] | float | None = 0.25, family_seed: int = 0, data_seed: int = 0, num_train: int = 300,
+                 adapt_examples: int = 5, num_eval: int = 100, max_length: int = 256, source_root: str | None = None):
+        super().__init__()
+        self.task_names, self.tags = tasks, tags
+        self.holdout = 0.25 if holdout is None else holdout
+        self.family_seed, self.data_seed = family_seed, data_seed
+        self.num_train, self.adapt_examples, self.num_eval = num_train, adapt_examples, num_eval
+        self.max_length, self.source_root = max_length, source_root
+        self.train_tasks: list[dict] = []
+        self.heldout_tasks: list[dict] = []
+        self.family = None
+
+    def _source(self, name: str):
+        if self.source_root and (Path(self.source_root) / name).is_dir():
+            return str(Path(self.source_root) / name)
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_tasks:
+            return
+        from l2o.tasks import TaskFamily, sample_splits
+        from l2o.tasks.objectives import objective_for
+
+        self.family = TaskFamily(self.task_names, self.tags, seed=self.family_seed, holdout=self.holdout)
+        for task in self.family.train_tasks:
+            s = sample_splits(task, seed=self.data_seed, num_train=self.num_train, num_dev=0, num_eval=0,
+                              source=self._source(task.name))
+            d_g, d_f = split_dg_df(s.train, self.data_seed)
+            self.train_tasks.append({"name": task.name, "d_g": d_g, "d_f": d_f,
+                                     "objective": objective_for(task, max_length=self.max_length)})
+        for task in self.family.heldout_tasks:
+            s = sample_splits(task, seed=self.data_seed, num_train=self.adapt_examples, num_dev=0,
+                              num_eval=self.num_eval, source=self._source(task.name))
+            self.heldout_tasks.append({"name": task.name, "train": s.train, "eval": s.eval,
+                                       "objective": objective_for(task, max_length=self.max_length)})
+
+    def train_dataloader(self):
+        n = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 1_000_000
+        return DataLoader(range(n), batch_size=None, shuffle=False)
+
+    def val_dataloader(self):
+        return DataLoader([0], batch_size=None)  # one token batch: validation is held-out adaptation
+
+
+def _component(text: str) -> str:
+    last = str(text).rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", last).strip(".-").lower() or "base"
+
+
+class BilevelMetaInit(L.LightningModule):
+    """Bilevel-ZOFO meta-training of a backbone initialisation (defaults: the official multi-task sweep,
+    lam 1e4, lower/upper lr 1e-4, T_low 10; theta_lr is the ZO-SGD step on the backbone).
+
+    Args:
+        base: base model (alias, hub id or local folder). peft: lora | prefix | prompt. dtype: fp32 | bf16 | fp16.
+        lam, lower_lr, upper_lr, theta_lr, eps, t_low, one_sided, num_directions, theta_clip: see
+            `l2o.bilevel.BilevelZOFO`. tasks_per_step: tasks per upper step (their estimates are combined).
+        batch_size: examples per lower/upper batch. seed: directions and adapter init. device: auto | cpu | cuda.
+        adapt_steps, adapt_lr, adapt_batch_size: quick adaptation on held-out tasks (fresh adapter, AdamW).
+        eval_batch_size: evaluation batch size.
+        out: where the meta-init artefact and results go (default: the trainer's default_root_dir).
+        registry: a zoo registry folder to publish into at the end (default $L2O_ZOO_REGISTRY; neither: only
+            write the artefact to <out>/meta-init).
+        publish_name, publish_version: the published id's name and version (defaults: meta-init, next version).
+    """
+
+    def __init__(self, base: str = "smollm2-135m", peft: str = "lora", dtype: str = "fp32", lam: float = 1e4,
+                 lower_lr: float = 1e-4, upper_lr: float = 1e-4, theta_lr: float = 1e-7, eps: float = 1e-3,
+                 t_low: int = 10, one_sided: bool = True, num_directions: int = 1, theta_clip: float | None = None,
+                 tasks_per_step: int = 5, batch_size: int = 8, seed: int = 0, device: str = "auto",
+                 adapt_steps: int = 5, adapt_lr: float = 2e-4, adapt_batch_size: int = 1, eval_batch_size: int = 16,
+                 out: str | None = None, registry: str | None = None, publish_name: str | None = None,
+                 publish_version: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        if peft not in ("lora", "prefix", "prompt"):
+            raise ValueError(f"bilevel-zofo needs peft lora, prefix or prompt, not {peft!r}")
+        from l2o.bilevel import check_hyperparameters
+
+        check_hyperparameters(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
+                              one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip)
+        self.automatic_optimization = False
+        self.strict_loading = False
+        self.model = None
+        self.tokenizer = None
+        self.info = None
+        self.method: BilevelZOFO | None = None
+        self.streams: BilevelStreams | None = None
+        self.baseline: dict = {}
+        self.adaptation: list[dict] = []
+        self.results: dict = {}
+
+    # ------------------------------------------------------------------ building
+    def _data(self) -> BilevelTaskData:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not isinstance(dm, BilevelTaskData):
+            raise ValueError("BilevelMetaInit needs a BilevelTaskData datamodule")
+        return dm
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.model is not None:
+            return
+        from l2o.models import load_base
+        from l2o.peft_modes import apply_peft
+
+        hp = self.hparams
+        dm = self._data()
+        dm.setup(stage)
+        device = hp.device if hp.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        model, self.tokenizer, self.info = load_base(hp.base, dtype=hp.dtype, device=device)
+        self.model = apply_peft(model, hp.peft, seed=hp.seed)
+        self.method = BilevelZOFO(self.model, self.tokenizer, [t["objective"] for t in dm.train_tasks],
+                                  num_tasks=len(dm.train_tasks), lam=hp.lam, lower_lr=hp.lower_lr,
+                                  upper_lr=hp.upper_lr, theta_lr=hp.theta_lr, eps=hp.eps, t_low=hp.t_low,
+                                  one_sided=hp.one_sided, num_directions=hp.num_directions,
+                                  theta_clip=hp.theta_clip, seed=hp.seed)
+        self.streams = BilevelStreams([(t["d_g"], t["d_f"]) for t in dm.train_tasks], hp.batch_size, hp.t_low,
+                                      hp.tasks_per_step, seed=dm.data_seed)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.model is not None:
+            self.model.eval()
+        return self
+
+    def configure_optimizers(self):
+        return self.method
+
+    # ------------------------------------------------------------------ held-out adaptation
+    def adapt_all(self) -> dict:
+        hp, out = self.hparams, {}
+        for t in self._data().heldout_tasks:
+            out[t["name"]] = self.method.quick_adapt(t["train"], t["eval"], steps=hp.adapt_steps, lr=hp.adapt_lr,
+                                                     batch_size=hp.adapt_batch_size,
+                                                     eval_batch_size=hp.eval_batch_size, seed=hp.seed,
+                                                     objective=t["objective"])
+        return out
+
+    def on_fit_start(self):
+        if not self.baseline and self.method.log == [] and self._data().heldout_tasks:
+            self.baseline = {k: {"zero_shot": v["zero_shot"], "adapted": v["adapted"]}
+                             for k, v in self.adapt_all().items()}
+            for name, v in self.baseline.items():
+                self.logger_scalar(f"heldout/{name}/base_adapted", v["adapted"], 0)
+                self.logger_scalar(f"heldout/{name}/base_zero_shot", v["zero_shot"], 0)
+
+    def logger_scalar(self, tag: str, value: float, step: int) -> None:
+        exp = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if exp is not None and hasattr(exp, "add_scalar"):
+            exp.add_scalar(tag, value, step)
+
+    # ------------------------------------------------------------------ training
+    def train_dataloader(self):
+        return self._data().train_dataloader()
+
+    def training_step(self, _, batch_idx):
+        step = self.global_step
+        opt = self.optimizers()
+        t0 = time.perf_counter()
+        opt.step(closure=lambda: self.streams.batch(step))
+        dt = time.perf_counter() - t0
+        m: BilevelZOFO = opt.optimizer
+        logs = {"train/step_time_s": dt, "train/forward_passes": float(m.forward_passes),
+                "train/backward_passes": float(m.backward_passes)}
+        if math.isfinite(m.last_lower):
+            logs["lower/loss"] = m.last_lower
+        up = m.last_upper
+        if up is not None and not up.skipped:
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            upper = {"upper/loss": mean(up.upper_loss), "upper/lower_g_loss": mean(up.lower_g_loss),
+                     "upper/upper_g_loss": mean(up.upper_g_loss), "upper/penalty": mean(up.penalty),
+                     "upper/objective": mean(up.objective), "upper/projected_grad": mean(up.projected_grads),
+                     "upper/projected_grad_norm": math.sqrt(sum(g * g for g in up.projected_grads)),
+                     "upper/tasks": float(len(up.tasks))}
+            # sparse metrics go straight to the logger: Lightning's on_step cache would repeat them every step
+            if self.logger is not None:
+                self.logger.log_metrics(upper, step=self.global_step)
+        self.log_dict(logs, on_step=True, prog_bar=False)
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking or not self._data().heldout_tasks:
+            return
+        res = self.adapt_all()
+        row = {"step": self.global_step}
+        for name, v in res.items():
+            self.log(f"heldout/{name}/adapted", v["adapted"])
+            self.log(f"heldout/{name}/zero_shot", v["zero_shot"])
+            row[name] = {"adapted": v["adapted"], "zero_shot": v["zero_shot"]}
+        self.log("heldout/mean_adapted", sum(v["adapted"] for v in res.values()) / len(res))
+        if self.baseline:
+            self.log("heldout/mean_base_adapted", sum(v["adapted"] for v in self.baseline.values()) / len(self.baseline))
+        self.adaptation.append(row)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {}  # everything lives in the optimizer state (copies, Adam, backbone log)
+        checkpoint["l2o"] = {"fingerprint": self.info.fingerprint, "baseline": self.baseline,
+                             "adaptation": self.adaptation, "method": "bilevel-zofo-meta"}
+
+    def on_load_checkpoint(self, checkpoint):
+        meta = checkpoint.get("l2o", {})
+        if self.info is not None and meta.get("fingerprint") != self.info.fingerprint:
+            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
+        self.baseline = dict(meta.get("baseline", {}))
+        self.adaptation = list(meta.get("adaptation", []))
+
+    # ------------------------------------------------------------------ the artefact
+    def out_dir(self) -> Path:
+        if self.hparams.out:
+            return Path(self.hparams.out)
+        return Path(self.trainer.default_root_dir)
+
+    def training_summary(self) -> dict:
+        """What `meta_train` writes to results.json (filled at the end of fit)."""
+        return dict(self.results)
+
+    def on_fit_end(self):
+        self.results = self.export()
+
+    def export(self) -> dict:
+        """Final held-out adaptation, the meta-init artefact (and its publication); returns the results."""
+        dm, hp = self._data(), self.hparams
+        final = self.adapt_all() if dm.heldout_tasks else {}
+        summary = {name: {"meta_adapted": v["adapted"], "meta_zero_shot": v["zero_shot"],
+                          "base_adapted": self.baseline.get(name, {}).get("adapted"),
+                          "base_zero_shot": self.baseline.get(name, {}).get("zero_shot")} for name, v in final.items()}
+        out = self.out_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        delta = self.method.backbone_delta()
+        metrics = {}
+        for name, v in summary.items():
+            metrics[f"{name}_adapted"] = round(v["meta_adapted"], 4)
+            if v["base_adapted"] is not None:
+                metrics[f"{name}_base_adapted"] = round(v["base_adapted"], 4)
+        training = {"method": "bilevel-zofo", "tasks": [t["name"] for t in dm.train_tasks],
+                    "heldout_tasks": [t["name"] for t in dm.heldout_tasks], "steps": self.global_step,
+                    "upper_steps": self.method.counters["upper_steps"], "peft": hp.peft,
+                    "hyperparameters": {k: hp[k] for k in ("lam", "lower_lr", "upper_lr", "theta_lr", "eps", "t_low",
+                                                           "one_sided", "num_directions", "tasks_per_step",
+                                                           "batch_size", "seed")},
+                    "metrics": metrics}
+        results = {"heldout": summary, "training": training, "artefact": None, "published": None,
+                   "forward_passes": self.method.forward_passes, "backward_passes": self.method.backward_passes}
+        if delta:
+            art = export_meta_init(out / "meta-init", delta, hp.base, self.info.fingerprint, training)
+            results["artefact"] = str(art)
+            registry = hp.registry or os.environ.get("L2O_ZOO_REGISTRY")
+            if registry:
+                from zoo import publish
+
+                entry = publish(art, registry, name=hp.publish_name, version=hp.publish_version,
+                                base=_component(hp.base))
+                results["published"] = entry.get("id")
+        (out / "meta_results.json").write_text(json.dumps(results, indent=1, default=str))
+        return results

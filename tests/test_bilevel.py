@@ -1,0 +1,324 @@
+"""Bilevel-ZOFO: the penalty objective and its gradients, LoRA learning, the engine as the only weight
+writer, multi-task estimates, resume, the meta-init artefact, and both Lightning modules (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_model, tiny_tokenizer
+from l2o.bilevel import (BilevelBatch, BilevelStreams, BilevelZOFO, apply_meta_init, backbone_params,
+                         export_meta_init, split_dg_df)
+from l2o.engine import Direction
+from l2o.noise import derive_seed
+from l2o.peft_modes import apply_peft
+from l2o.tasks import Rendered
+from l2o.tasks.objectives import CandidateCE
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB = ROOT / "tests" / "fixtures" / "hub"
+EXAMPLES = [Rendered(f"review {i}: the film was {'great fun' if i % 2 else 'dull'}. It was", [" terrible", " great"],
+                     i % 2, []) for i in range(12)]
+OBJ = CandidateCE(max_length=64)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _method(tok, mode="lora", num_tasks=1, seed=0, **kw):
+    model = apply_peft(tiny_model("llama", seed=seed), mode, seed=seed)
+    args = dict(lam=3.0, lower_lr=5e-2, upper_lr=1e-2, theta_lr=1e-3, eps=1e-3, t_low=2)
+    args.update(kw)
+    return BilevelZOFO(model, tok, OBJ, num_tasks=num_tasks, **args)
+
+
+def _backbone(m):
+    return [p.detach().clone() for _, p in m.backbone]
+
+
+def _run(m, streams, steps, start=0):
+    for t in range(start, start + steps):
+        m.step(lambda: streams.batch(t))
+
+
+def test_split_is_seeded_2_to_1_and_streams_schedule_upper_steps():
+    d_g, d_f = split_dg_df(EXAMPLES, seed=3)
+    assert (len(d_g), len(d_f)) == (8, 4) and sorted(e.prompt for e in d_g + d_f) == sorted(e.prompt for e in EXAMPLES)
+    assert split_dg_df(EXAMPLES, seed=3) == (d_g, d_f) and split_dg_df(EXAMPLES, seed=4) != (d_g, d_f)
+    s = BilevelStreams([(d_g, d_f)] * 3, batch_size=2, t_low=3, tasks_per_step=2, seed=0)
+    batches = [s.batch(t) for t in range(6)]
+    assert [b.upper is not None for b in batches] == [False, False, True] * 2
+    assert len(batches[2].upper) == 2 and batches[2].task in s.cycle_tasks(0)
+    assert s.batch(4).lower == BilevelStreams([(d_g, d_f)] * 3, 2, 3, 2, 0).batch(4).lower  # a pure function of t
+
+
+def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(tok):
+    m = _method(tok, lam=3.0, theta_lr=0.0, one_sided=False, eps=1e-3)
+    d_g, d_f = split_dg_df(EXAMPLES, 0)
+    bf, bg = d_f[:3], d_g[:4]
+    for _ in range(3):  # make w differ from p so the penalty is not trivially zero
+        m.lower_step(d_g[:4], 0)
+    # direct computation of F and of its pieces with the copies swapped in by hand
+    m.slots.install(m.p[0])
+    lf = OBJ.loss(m.model, tok, bf)
+    lgp = OBJ.loss(m.model, tok, bg)
+    gp_direct = torch.autograd.grad(lf + 3.0 * lgp, m.p[0], allow_unused=True)
+    m.slots.install(m.w[0])
+    with torch.no_grad():
+        lgw = OBJ.loss(m.model, tok, bg)
+    f_direct = float(lf) + 3.0 * (float(lgp) - float(lgw))
+    terms = m.terms(0, bf, bg)
+    assert terms["objective"] == pytest.approx(f_direct, rel=1e-6)
+    assert terms["penalty"] == pytest.approx(3.0 * (float(lgp) - float(lgw)), rel=1e-5, abs=1e-7)
+    # directional derivative of F along the step's z, by autograd through the backbone
+    for _, p in m.backbone:
+        p.requires_grad_(True)
+    try:
+        m.slots.install(m.p[0])
+        f_p = OBJ.loss(m.model, tok, bf) + 3.0 * OBJ.loss(m.model, tok, bg)
+        m.slots.install(m.w[0])
+        f_w = -3.0 * OBJ.loss(m.model, tok, bg)
+        gp_theta = torch.autograd.grad(f_p, [p for _, p in m.backbone], allow_unused=True)
+        gw_theta = torch.autograd.grad(f_w, [p for _, p in m.backbone], allow_unused=True)
+    finally:
+        for _, p in m.backbone:
+            p.requires_grad_(False)
+    d = Direction.single(derive_seed(m.seed, 0, 0))
+    dir_deriv = sum(float(((a if a is not None else 0) + (b if b is not None else 0)).mul(m.engine.direction_tensor(d, blk)).sum())
+                    for a, b, blk in zip(gp_theta, gw_theta, m.engine.blocks))
+    captured = []
+    real_step = m.upper_opt[0].step
+    m.upper_opt[0].step = lambda: (captured.append([q.grad.clone() for q in m.p[0]]), real_step())
+    res = m.upper_step([(0, bf, bg)])
+    assert res.objective[0] == pytest.approx(f_direct, rel=1e-6)
+    assert res.seeds == [d.seeds[0]]
+    assert res.projected_grads[0] == pytest.approx(dir_deriv, rel=3e-2, abs=1e-3)
+    for a, b in zip(captured[0], gp_direct):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["lora", "prefix", "prompt"])
+def test_adapter_parameters_actually_learn(tok, mode):
+    m = _method(tok, mode)
+    if mode == "lora":  # peft's init: A Kaiming-uniform, B zero (the official code zeroes both)
+        a = [t for n, t in zip(m.slots.names, m.init_copy) if "lora_A" in n]
+        b = [t for n, t in zip(m.slots.names, m.init_copy) if "lora_B" in n]
+        assert a and all(t.abs().sum() > 0 for t in a) and all(t.abs().sum() == 0 for t in b)
+    streams = BilevelStreams([split_dg_df(EXAMPLES, 0)], 4, 2)
+    _run(m, streams, 4)
+    for copy in (m.p[0], m.w[0]):
+        for name, before, now in zip(m.slots.names, m.init_copy, copy):
+            assert not torch.equal(before, now.detach()), name
+    assert m.counters["upper_steps"] == 2 and m.counters["step"] == 4
+
+
+def test_backbone_moves_only_by_the_engines_update(tok):
+    m = _method(tok)
+    streams = BilevelStreams([split_dg_df(EXAMPLES, 0)], 4, 2)
+    start = _backbone(m)
+    calls = []
+    real_update = m.engine.update
+    m.engine.update = lambda d, step, decay=0.0, rounding_seed=0: calls.append((d, step, rounding_seed))
+    _run(m, streams, 4)  # 4 lower FO steps, 2 upper steps: 12 ZO evaluations, 4 PEFT backward passes
+    assert all(torch.equal(a, b) for a, b in zip(start, _backbone(m)))  # evaluations restored bit-exactly
+    assert len(calls) == 2 and calls[0][0].seeds == (derive_seed(0, 0, 0),) and calls[1][0].seeds == (derive_seed(0, 1, 0),)
+    assert m.forward_passes == 4 + 2 * 6 and m.backward_passes == 4 + 2 * 2
+    # the real update moves theta by -theta_lr * g * z, nothing more
+    m.engine.update = real_update
+    d, step, rs = calls[1]
+    m.engine.update(d, step, rounding_seed=rs)
+    for blk, a, b in zip(m.engine.blocks, start, _backbone(m)):
+        torch.testing.assert_close(b - a, -step * m.engine.direction_tensor(d, blk), rtol=1e-5, atol=1e-7)
+
+
+def test_multi_task_estimate_uses_every_task(tok):
+    m = _method(tok, num_tasks=3, theta_lr=1e-3)
+    pairs = [split_dg_df(EXAMPLES[i:i + 6], 0) for i in (0, 3, 6)]
+    start = _backbone(m)
+    res = m.upper_step([(k, pairs[k][1][:2], pairs[k][0][:2]) for k in range(3)])
+    assert res.tasks == [0, 1, 2] and len(set(res.seeds)) == 3 and all(g != 0 for g in res.projected_grads)
+    total = {blk.index: torch.zeros_like(a) for blk, a in zip(m.engine.blocks, start)}
+    for s, g in zip(res.seeds, res.projected_grads):
+        for blk in m.engine.blocks:
+            total[blk.index] -= 1e-3 * g / 3 * m.engine.direction_tensor(Direction.single(s), blk)
+    last_only = [-1e-3 * res.projected_grads[-1] * m.engine.direction_tensor(Direction.single(res.seeds[-1]), blk)
+                 for blk in m.engine.blocks]
+    for blk, a, b, lo in zip(m.engine.blocks, start, _backbone(m), last_only):
+        torch.testing.assert_close(b - a, total[blk.index], rtol=1e-4, atol=1e-7)
+        assert not torch.allclose(b - a, lo, rtol=1e-2, atol=1e-6)
+    # every task's upper copy got its own first-order step; the log records all three seeds
+    assert all(not torch.equal(p[0].detach(), m.init_copy[0]) or not torch.equal(p[1].detach(), m.init_copy[1])
+               for p in m.p)
+    assert m.log[-1]["seeds"] == res.seeds
+
+
+def test_state_round_trip_replays_the_backbone_bit_exactly(tok):
+    streams = BilevelStreams([split_dg_df(EXAMPLES, 0)], 4, 2)
+    a = _method(tok)
+    _run(a, streams, 4)
+    state = a.state_dict()
+    b = _method(tok)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(_backbone(a), _backbone(b)))
+    _run(a, streams, 2, start=4)
+    _run(b, streams, 2, start=4)
+    assert all(torch.equal(x, y) for x, y in zip(_backbone(a), _backbone(b)))
+    for ca, cb in zip(a.p + a.w, b.p + b.w):
+        assert all(torch.equal(x, y) for x, y in zip(ca, cb))
+    with pytest.raises(ValueError, match="cannot resume"):
+        a.load_state_dict(state)  # a is past that point: its backbone cannot be rewound
+
+
+def test_meta_init_round_trips_through_the_zoo_and_is_refused_on_another_base(tok, tmp_path, monkeypatch):
+    from l2o.models import fingerprint
+    from zoo import ZooError, publish
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    m = _method(tok, theta_lr=1e-2)
+    _run(m, BilevelStreams([split_dg_df(EXAMPLES, 0)], 4, 2), 4)
+    delta = m.backbone_delta()
+    assert set(delta) == {n for n, _ in m.backbone}  # names of the plain base model
+    art = export_meta_init(tmp_path / "art", delta, "tiny-llama", fingerprint(m.model), {"tasks": ["toy"], "steps": 4})
+    card = (art / "README.md").read_text()
+    assert "apply_meta_init" in card and "bilevel-meta-init" in card
+    entry = publish(art, tmp_path / "reg")
+    assert entry["id"] == "tiny-llama/meta-init@1"
+
+    fresh = tiny_model("llama")  # the same base, before any training
+    changed = apply_meta_init(fresh, "zoo:tiny-llama/meta-init@1", registry=str(tmp_path / "reg"))
+    assert changed == sorted(delta)
+    trained = dict(m.backbone)
+    for name, p in backbone_params(fresh, exclude=set()):
+        torch.testing.assert_close(p, trained[name].detach(), rtol=0, atol=1e-6)
+    # also through a PEFT wrapper (names looked through)
+    wrapped = apply_peft(tiny_model("llama"), "lora")
+    apply_meta_init(wrapped, str(art))
+    with pytest.raises(ZooError, match="made for base 'tiny-llama'"):
+        apply_meta_init(tiny_model("opt"), str(art))
+    with pytest.raises(ZooError, match="made for base"):
+        apply_meta_init(tiny_model("llama", num_hidden_layers=3), str(art))
+
+
+def test_bad_hyperparameters_are_one_sentence(tok):
+    for kw, needle in ((dict(lam=-1.0), "lam must be"), (dict(eps=0.0), "eps must be"),
+                       (dict(t_low=0), "t_low must be"), (dict(theta_clip=-1.0), "theta_clip must be")):
+        with pytest.raises(ValueError, match=needle):
+            _method(tok, **kw)
+    with pytest.raises(ValueError, match="needs a PEFT adapter"):
+        model = tiny_model("llama")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        BilevelZOFO(model, tok, OBJ)
+    m = _method(tok)
+    with pytest.raises(ValueError, match="is an upper step"):
+        m.step(lambda: BilevelBatch(lower=EXAMPLES[:2]))  # t_low 2: step 0 is lower only, step 1 upper
+        m.step(lambda: BilevelBatch(lower=EXAMPLES[:2]))
+
+
+# ---------------------------------------------------------------------------------------------- Lightning
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny-llama"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def _trainer(tmp_path, steps, **kw):
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                     default_root_dir=str(tmp_path), **kw)
+
+
+def _ft_module(tok):
+    from fine_tune.bilevel import BilevelFineTuneModule
+    from l2o.models import fingerprint
+    from l2o.tasks import Splits
+
+    model = apply_peft(tiny_model("llama"), "lora")
+    splits = Splits(train=EXAMPLES[:9], dev=EXAMPLES[9:], eval=EXAMPLES[9:], seed=0)
+    return BilevelFineTuneModule(model, tok, OBJ, splits, dict(lam=3.0, lower_lr=5e-2, upper_lr=1e-2, theta_lr=1e-3,
+                                                               t_low=2), batch_size=3, steps=6,
+                                 fingerprint=fingerprint(model))
+
+
+def test_fine_tune_module_runs_under_lightning_and_resumes_exactly(tok, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    full = _ft_module(tok)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ck"), filename="s{step}", every_n_train_steps=3, save_top_k=-1)
+    tr = _trainer(tmp_path, 6, callbacks=[ckpt])
+    tr.fit(full)
+    assert tr.global_step == 6 and full.method.counters["upper_steps"] == 3 and len(full.history) == 6
+    saved = torch.load(tmp_path / "ck" / "sstep=3.ckpt", map_location="cpu", weights_only=True)
+    assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    resumed = _ft_module(tok)
+    _trainer(tmp_path / "r", 6).fit(resumed, ckpt_path=str(tmp_path / "ck" / "sstep=3.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(_backbone(full.method), _backbone(resumed.method)))
+    for ca, cb in zip(full.method.p + full.method.w, resumed.method.p + resumed.method.w):
+        assert all(torch.equal(x, y) for x, y in zip(ca, cb))
+    assert [r["step"] for r in resumed.history] == list(range(6))
+    out = full.export(tmp_path / "model")
+    assert (out / "backbone_delta.safetensors").is_file() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_run_bilevel_writes_results(tiny_base, tmp_path):
+    from fine_tune.bilevel import run_bilevel
+    from fine_tune.config import ConfigError, FineTuneConfig
+
+    cfg = FineTuneConfig(base=tiny_base, task="sst2", source=str(HUB / "sst2"), peft="lora", steps=4, batch_size=2,
+                         num_dev=2, eval_batch_size=8, out=str(tmp_path / "run"), save_model=False, max_length=64)
+    res = run_bilevel(cfg, dict(t_low=2, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4), log=lambda *a: None)
+    assert res["steps"] == 4 and res["upper_steps"] == 2 and res["forward_passes"] == 4 + 2 * 6
+    assert set(res["final"]) == {"dev", "eval"} and (tmp_path / "run" / "results.json").is_file()
+    cfg.resume = True
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_bilevel(cfg, dict(t_low=2, lam=11.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4))
+    with pytest.raises(ConfigError, match="needs --peft lora, prefix or prompt"):
+        run_bilevel(FineTuneConfig(base=tiny_base, task="sst2", peft="full", out=str(tmp_path / "x")), {})
+    with pytest.raises(ConfigError, match="lam must be"):
+        run_bilevel(FineTuneConfig(base=tiny_base, task="sst2", peft="lora", out=str(tmp_path / "x")), {"lam": -2.0})
+
+
+def test_meta_training_publishes_a_meta_init_and_reports_heldout_adaptation(tiny_base, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from meta_train.bilevel import BilevelMetaInit, BilevelTaskData
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    dm = BilevelTaskData(tasks=["sst2", "rte", "cb", "boolq"], holdout=["boolq"], num_train=6, adapt_examples=2,
+                         num_eval=2, max_length=64, source_root=str(HUB))
+    module = BilevelMetaInit(base=tiny_base, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-3, t_low=2,
+                             tasks_per_step=2, batch_size=2, adapt_steps=2, out=str(tmp_path / "out"),
+                             registry=str(tmp_path / "reg"))
+    import lightning as L
+
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    tr = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=tb, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=4,
+                   check_val_every_n_epoch=None, log_every_n_steps=1)
+    tr.fit(module, datamodule=dm)
+    assert [t["name"] for t in dm.train_tasks] == ["sst2", "rte", "cb"]
+    res = json.loads((tmp_path / "out" / "meta_results.json").read_text())
+    assert set(res["heldout"]) == {"boolq"} and res["heldout"]["boolq"]["base_adapted"] is not None
+    assert res["published"] == "tiny-llama/meta-init@1" and res["training"]["upper_steps"] == 2
+    ups = [e for e in module.method.log]
+    assert all(len(e["seeds"]) == 2 for e in ups)  # two tasks per upper step, both estimates used
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("lower/loss", "upper/loss", "upper/penalty", "upper/projected_grad", "heldout/boolq/adapted",
+                "heldout/boolq/base_adapted", "heldout/mean_adapted"):
+        assert tag in tags, tag
+    assert [e.step for e in acc.Scalars("upper/penalty")] == [2, 4]  # upper steps only, as steps completed
+    fresh = tiny_model("llama")
+    assert apply_meta_init(fresh, "tiny-llama/meta-init@1", registry=str(tmp_path / "reg"))

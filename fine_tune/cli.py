@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=DTYPES, default=S)
     g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ...")
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
-    o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b")
+    o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
+                   "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, or zoo:<policy id> (= zo-finetuner)")
+    o.add_argument("--policy", default=S, help="zo-finetuner*: learned policy (zoo id, artefact folder, file:// URL)")
     o.add_argument("--lr", type=float, default=S)
     o.add_argument("--eps", type=float, default=S)
     o.add_argument("--weight-decay", type=float, default=S)
@@ -59,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
     o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
+    b = p.add_argument_group("bilevel-zofo (--optimizer bilevel-zofo; needs --peft lora|prefix|prompt)")
+    b.add_argument("--lam", type=float, default=S, help="lambda, weight of the penalty term")
+    b.add_argument("--lower-lr", type=float, default=S, help="Adam lr of the lower PEFT copy w")
+    b.add_argument("--upper-lr", type=float, default=S, help="Adam lr of the upper PEFT copy p")
+    b.add_argument("--theta-lr", type=float, default=S, help="ZO-SGD lr of the backbone")
+    b.add_argument("--t-low", type=int, default=S, help="lower steps per upper step")
+    b.add_argument("--theta-clip", type=float, default=S, help="clip on the backbone's projected gradient")
     r = p.add_argument_group("the run")
+    r.add_argument("--init", default=S, help="zoo id/folder of a bilevel-meta-init applied to the base first")
     r.add_argument("--steps", type=int, default=S)
     r.add_argument("--batch-size", type=int, default=S)
     r.add_argument("--eval-every", type=int, default=S, help="steps between dev/eval evaluations (0: only at the end)")
@@ -104,8 +114,11 @@ def main(argv=None) -> int:
         if args.list_optimizers:
             from l2o.optim import REGISTRY
 
+            from l2o.bilevel import DEFAULTS
+
             for name, (cls, defaults) in sorted(REGISTRY.items()):
-                print(f"{name:12s} {defaults}")
+                print(f"{name:20s} {defaults}")
+            print(f"{'bilevel-zofo':20s} {DEFAULTS}")
             return 0
         cfg = resolve_config(args)
         if args.print_config:

@@ -32,6 +32,7 @@ class FineTuneConfig:
     device: str = "auto"
     # the optimizer (None -> the paper's default from the registry)
     optimizer: str = "mezo"
+    policy: str | None = None    # zo-finetuner*: learned policy (zoo id, artefact folder or file:// URL)
     lr: float | None = None
     eps: float | None = None
     weight_decay: float | None = None
@@ -63,6 +64,37 @@ class FineTuneConfig:
     save_model: bool = True
     zero_shot: bool = True        # evaluate the base before training (benchmarks compute it once per task)
     resume: bool = False
+    # a zoo "bilevel-meta-init" backbone initialisation applied to the base before training (any optimizer)
+    init: str | None = None
+    # --optimizer bilevel-zofo (Bilevel-ZOFO: first-order PEFT inside, ZO backbone outside); None -> defaults
+    lam: float | None = None
+    lower_lr: float | None = None
+    upper_lr: float | None = None
+    theta_lr: float | None = None
+    t_low: int | None = None
+    theta_clip: float | None = None
+
+    def __post_init__(self):
+        # `--optimizer zoo:<id>` is shorthand for `--optimizer zo-finetuner --policy <id>`
+        if isinstance(self.optimizer, str) and self.optimizer.startswith("zoo:"):
+            spec = self.optimizer[4:]
+            if not spec:
+                raise ConfigError("--optimizer zoo:<id> needs a zoo id or artefact folder after 'zoo:'")
+            if self.policy not in (None, spec):
+                raise ConfigError(f"--optimizer {self.optimizer} and --policy {self.policy} name different policies")
+            self.optimizer, self.policy = "zo-finetuner", spec
+
+    def is_bilevel(self) -> bool:
+        return self.optimizer == "bilevel-zofo"
+
+    def bilevel_kwargs(self) -> dict:
+        """The Bilevel-ZOFO hyperparameters given (the method fills in the paper's defaults)."""
+        from fine_tune.bilevel import BILEVEL_FLAGS
+
+        return {k: getattr(self, k) for k in BILEVEL_FLAGS if getattr(self, k, None) is not None}
+
+    def uses_policy(self) -> bool:
+        return isinstance(self.optimizer, str) and self.optimizer.startswith("zo-finetuner")
 
     def resolved_out(self) -> Path:
         if self.out:
@@ -83,6 +115,13 @@ class FineTuneConfig:
 
         from l2o.optim import REGISTRY, optimizer_defaults
 
+        if self.is_bilevel():
+            from fine_tune.bilevel import check_bilevel_kwargs
+
+            try:
+                return check_bilevel_kwargs(self.bilevel_kwargs())
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if self.optimizer not in REGISTRY:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(sorted(REGISTRY))}")
         cls = REGISTRY[self.optimizer][0]
@@ -120,6 +159,15 @@ class FineTuneConfig:
             if v is not None and not math.isfinite(v):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
         kwargs = self.optimizer_kwargs()
+        if self.is_bilevel():
+            if self.peft not in ("lora", "prefix", "prompt"):
+                raise ConfigError(f"bilevel-zofo needs --peft lora, prefix or prompt (its first-order inner level), "
+                                  f"not {self.peft!r}")
+            return self
+        if self.uses_policy() and not self.policy:
+            raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: --policy <zoo id or artefact folder>")
+        if self.policy and not self.uses_policy():
+            raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
         # let the optimizer's own checks speak (eps <= 0, lr < 0, pool size < 2, k < 1, ...) before any loading
         import torch
 

@@ -88,6 +88,10 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
 def run(cfg: FineTuneConfig, log=print) -> dict:
     """Run a fine-tuning described by `cfg`; returns the results dict (also written to results.json)."""
+    if cfg.is_bilevel():
+        from fine_tune.bilevel import run_bilevel
+
+        return run_bilevel(cfg, cfg.bilevel_kwargs(), init=cfg.init, log=log)
     cfg.validate()
     from l2o.models import resolve_base
     from l2o.tasks import get_task
@@ -123,6 +127,20 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
     model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    if cfg.init:
+        from l2o.bilevel import apply_meta_init
+
+        apply_meta_init(model, cfg.init, model_name=cfg.base)
+        log(f"applied the meta-initialisation {cfg.init}")
+    zero_path = out / "zero_shot.json"
+    if cfg.resume and zero_path.exists():
+        zero_shot = json.loads(zero_path.read_text())
+    elif not cfg.zero_shot:
+        zero_shot = {}
+    else:  # the base model itself, before any PEFT module (a fresh prefix/prompt already changes outputs)
+        log("zero-shot evaluation of the base model ...")
+        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
+        zero_path.write_text(json.dumps(zero_shot))
     model = apply_peft(model, cfg.peft, seed=cfg.seed)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
@@ -130,7 +148,10 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
 
     (out / "config.yaml").write_text(dump_yaml(cfg))
     kwargs = cfg.optimizer_kwargs()
-    module = ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, cfg.seed, cfg.data_seed,
+    module_kwargs = dict(kwargs)
+    if cfg.uses_policy():
+        module_kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
+    module = ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, module_kwargs, cfg.seed, cfg.data_seed,
                               cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     ckpt_dir = out / "checkpoints"
@@ -138,7 +159,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                               save_top_k=0, save_last=True)
     callbacks = [last_cb]
     best_cb = None
-    if cfg.eval_every:
+    if cfg.eval_every and splits.dev:
         best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=f"dev/{module.metric}", mode="max",
                                   save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
         callbacks.append(best_cb)
@@ -150,17 +171,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     (out / "tb").mkdir(parents=True, exist_ok=True)
     (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
 
-    zero_path = out / "zero_shot.json"
-    if cfg.resume and zero_path.exists():
-        zero_shot = json.loads(zero_path.read_text())
-    elif not cfg.zero_shot:
-        zero_shot = {}
-    else:
-        log("zero-shot evaluation ...")
-        zero_shot = evaluate_splits(module, splits)
-        zero_path.write_text(json.dumps(zero_shot))
-        for split, v in zero_shot.items():
-            tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
+    for split, v in zero_shot.items():
+        tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
     if zero_shot:
         log("zero-shot: " + ", ".join(f"{k} {module.metric} {v:.4f}" for k, v in zero_shot.items()))
 
@@ -206,13 +218,31 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     return results
 
 
+def load_policy(cfg: FineTuneConfig, model, info):
+    """The learned policy named by --policy, checked against the loaded base (fingerprint) and its blocks."""
+    from l2o.blocks import as_blocks
+    from l2o.policy import PolicyScales, ZOPolicy
+
+    policy = ZOPolicy.load(cfg.policy, expected_fingerprint=info.fingerprint, model_name=cfg.base)
+    try:
+        PolicyScales(policy, batch_size=cfg.batch_size).bind(model, as_blocks(model))
+    except ValueError as err:
+        raise ConfigError(f"policy {cfg.policy}: {err}") from None
+    return policy
+
+
 def evaluate_splits(module, splits) -> dict:
+    """`evaluate_model` for a fine-tuning LightningModule's model, objective and batch size."""
+    return evaluate_model(module.objective, module.model, module.tokenizer, splits, module.eval_batch_size)
+
+
+def evaluate_model(objective, model, tokenizer, splits, batch_size: int) -> dict:
+    """{"dev": metric, "eval": metric} (accuracy or F1) for the splits that have examples."""
     res = {}
     for split in ("dev", "eval"):
         examples = getattr(splits, split)
         if examples:
-            res[split] = module.objective.evaluate(module.model, module.tokenizer, examples,
-                                                   batch_size=module.eval_batch_size)[module.metric]
+            res[split] = next(iter(objective.evaluate(model, tokenizer, examples, batch_size=batch_size).values()))
     return res
 
 

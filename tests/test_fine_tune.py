@@ -193,3 +193,32 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_without_a_dev_split_nothing_is_selected_on_the_eval_split(tiny_base, tmp_path):
+    out = tmp_path / "nodev"
+    argv = ["--base", tiny_base, "--task", "sst2", "--source", SST2, "--out", str(out), "--batch-size", "8",
+            "--num-dev", "0", "--steps", "4", "--eval-every", "2", "--save-model", "false"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_step"] is None and "dev" not in results["final"]
+    assert not (out / "checkpoints" / "best.ckpt").exists()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert "eval/accuracy" in acc.Tags()["scalars"] and "dev/accuracy" not in acc.Tags()["scalars"]
+
+
+def test_bilevel_zofo_runs_through_the_fine_tune_cli(tiny_base, tmp_path):
+    out = tmp_path / "bilevel"
+    assert main(_args(tiny_base, out, "--optimizer", "bilevel-zofo", "--peft", "lora", "--steps", "4",
+                      "--t-low", "2", "--theta-lr", "1e-4", "--save-model", "false")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 4 and results["forward_passes"] > 0
+
+
+def test_bilevel_zofo_refuses_full_parameter_mode(capsys):
+    assert main(["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "full", "--print-config"]) == 2
+    assert "needs --peft lora, prefix or prompt" in capsys.readouterr().err

@@ -515,7 +515,10 @@ def test_mirror_for_offline_machines(registry, tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- CLI surface
-def test_cli_help_and_usage_errors(capsys):
+def test_cli_help_and_usage_errors(capsys, tmp_path, monkeypatch):
+    import zoo.manifest
+
+    monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: tmp_path / "no-builtin")  # an empty zoo
     rc, out, _ = run_cli(capsys, "--help")
     assert rc == 0 and "publish" in out and "import-zo-finetuner" in out
     rc, _, err = run_cli(capsys, "frobnicate")
@@ -549,7 +552,8 @@ def test_public_api_is_lazy():
 def test_builtin_defaults_are_the_last_resort(tmp_path, monkeypatch, capsys):
     import zoo.manifest
 
-    assert zoo.manifest.builtin_manifest().entries == {}  # the shipped manifest parses (empty for now)
+    shipped_entries = zoo.manifest.builtin_manifest().entries  # the shipped manifest parses
+    assert "smollm2-135m/zo-finetuner@1" in shipped_entries  # the default policy ships inside the package
     shipped = tmp_path / "builtin"
     publish(make_policy(tmp_path / "art"), shipped)
     monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: shipped)

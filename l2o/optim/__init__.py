@@ -10,6 +10,7 @@ from l2o.optim.base import StepResult, ZOOptimizer
 from l2o.optim.bszo import BSZO, BSZOB
 from l2o.optim.mezo import MeZO
 from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
+from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGreedy, ZOFineTunerGV
 
 # name -> (class, the papers' defaults for full-parameter fine-tuning)
 REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
@@ -18,6 +19,11 @@ REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
     "mezo-greedy": (MeZOGreedy, dict(lr=1e-6, eps=1e-3, pool_size=2)),
     "bszo": (BSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),   # m None -> k + 1
     "bszo-b": (BSZOB, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
+    # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
+    "zo-finetuner": (ZOFineTuner, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
+    "zo-finetuner+gv": (ZOFineTunerGV, dict(lr=1e-6, eps=1e-3, pool_size=2, alpha=0.5)),
+    "zo-finetuner+greedy": (ZOFineTunerGreedy, dict(lr=1e-6, eps=1e-3, pool_size=2)),
+    "zo-finetuner+bszo": (ZOFineTunerBSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
 }
 
 
@@ -42,4 +48,5 @@ def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
 
 
 __all__ = ["REGISTRY", "BSZO", "BSZOB", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
+           "ZOFineTuner", "ZOFineTunerBSZO", "ZOFineTunerGV", "ZOFineTunerGreedy",
            "build_optimizer", "optimizer_defaults", "optimizer_names"]

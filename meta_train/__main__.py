@@ -1,0 +1,3 @@
+from meta_train.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""`meta_train`: learn an optimizer for a base LLM on a family of tasks, then publish it to the zoo.
+
+    meta_train --base smollm2-135m --tasks sports_understanding strategyqa implicatures \\
+               --holdout winowhy --max_steps 300 --out runs/meta-smollm2 --registry ./zoo-registry
+
+A LightningCLI: every --model.*, --data.* and --trainer.* option can also come from YAML (--config run.yaml);
+--print_config shows the resolved configuration; the run folder gets config.yaml, TensorBoard logs (tb/),
+checkpoints (policy + its optimizer state) and the exported policy (policy/). --resume continues a run.
+Heavy libraries are imported only after --help has been answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+METHODS = ("zo-finetuner", "bilevel-zofo")
+
+HELP = """usage: meta_train [--method {zo-finetuner,bilevel-zofo}] --base BASE [--tasks T [T ...]] [--holdout T [T ...]]
+                  [--max_steps N] [--out DIR] [--registry DIR] [--publish_name NAME] [--publish_version V]
+                  [--resume] [--config FILE] [--print_config] [--model.* ...] [--data.* ...] [--trainer.* ...]
+
+Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the zoo.
+
+  --method           zo-finetuner (default: a per-block perturbation policy, arXiv 2510.00419) or
+                     bilevel-zofo (a meta-learned initialisation, arXiv 2502.03604; meta_train.bilevel)
+  --base             base model: alias (smollm2-135m, opt-125m, ...), hub id or local folder
+  --tasks            training tasks (default: every offline task); see `fine_tune --list-tasks`
+  --holdout          tasks held out for meta-validation (policy vs MeZO at equal forward passes)
+  --max_steps        meta-training steps
+  --out              run folder (default runs/meta-<method>-<base>)
+  --registry         zoo registry folder to publish the result into (default $L2O_ZOO_REGISTRY;
+                     without either the artefact stays in <out>/policy)
+  --publish_name     zoo entry name (default zo-finetuner / meta-init); --publish_version (default: next)
+  --resume           continue the run in --out from checkpoints/last.ckpt
+  --config FILE      YAML with any of these options; --print_config prints the resolved configuration
+
+zo-finetuner options (--model.*): lr_policy 0.1, lr_llm 0.01, momentum 0.8, eta_meta 1e-6, eps 1e-3,
+  unroll 1 (look-ahead length T), reset_every 100, dtype fp32|bf16, gradient_checkpointing false,
+  val_every 0, val_steps 20, val_lr 1e-5, val_tasks 2, seed 0
+data options (--data.*): batch_size 8, num_train 200, num_eval 32, max_length 128, seed 0, objective
+
+`meta_train --help-all` lists every option with its documentation (imports Lightning; a few seconds).
+"""
+
+
+def _fail(message: str) -> int:
+    print(f"meta_train: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _method_and_rest(argv: list[str]) -> tuple[str | None, list[str]]:
+    method, rest, i = "zo-finetuner", [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--method":
+            if i + 1 >= len(argv):
+                return None, argv
+            method, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--method="):
+            method = a.split("=", 1)[1]
+            i += 1
+            continue
+        if a in ("--tasks", "--holdout", "--data.tags"):  # space-separated names -> one JSON list
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            rest.append(f"{a}={json.dumps(argv[i + 1:j])}")
+            i = j
+            continue
+        if a == "--resume" and (i + 1 >= len(argv) or argv[i + 1].lower() not in ("true", "false")):
+            a = "--resume=true"
+        rest.append(a)
+        i += 1
+    return method, rest
+
+
+def _classes(method: str):
+    if method == "zo-finetuner":
+        from meta_train.data import TaskFamilyData
+        from meta_train.module import ZOFineTunerMeta
+
+        return ZOFineTunerMeta, TaskFamilyData
+    try:
+        import importlib
+
+        mod = importlib.import_module("meta_train.bilevel")
+    except ModuleNotFoundError as err:
+        if err.name in ("meta_train.bilevel",):
+            raise _UserError("--method bilevel-zofo needs meta_train/bilevel.py, which this installation lacks") from None
+        raise
+    missing = [n for n in ("BilevelMetaInit", "BilevelTaskData") if not hasattr(mod, n)]
+    if missing:
+        raise _UserError(f"meta_train.bilevel does not define {' and '.join(missing)}, so --method bilevel-zofo "
+                         "cannot run")
+    return mod.BilevelMetaInit, mod.BilevelTaskData
+
+
+class _UserError(Exception):
+    pass
+
+
+def _is_user_error(err: BaseException) -> bool:
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"_UserError", "BaseModelError", "TaskError", "ZooError", "ConfigError", "ArgumentError",
+                         "ParserError"})
+
+
+def default_out(method: str, base) -> str:
+    return f"runs/meta-{method}-{Path(str(base)).name}"
+
+
+def _build_cli(model_cls, data_cls, method: str, args: list[str]):
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    model_params = set(inspect.signature(model_cls.__init__).parameters)
+    data_params = set(inspect.signature(data_cls.__init__).parameters)
+
+    class MetaTrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_argument("--method", default="zo-finetuner", choices=list(METHODS),
+                                help="which learned optimizer to meta-train")
+            parser.add_argument("--base", default="smollm2-135m", help="base model: alias, hub id or local folder")
+            parser.add_argument("--tasks", type=Optional[list[str]], default=None, help="training tasks")
+            parser.add_argument("--holdout", type=Optional[list[str]], default=None, help="held-out tasks")
+            parser.add_argument("--max_steps", type=int, default=100, help="meta-training steps")
+            parser.add_argument("--out", type=str | None, default=None, help="run folder")
+            parser.add_argument("--registry", type=str | None, default=None, help="zoo registry to publish into")
+            parser.add_argument("--publish_name", type=str | None, default=None, help="zoo entry name")
+            parser.add_argument("--publish_version", type=str | None, default=None, help="zoo entry version")
+            parser.add_argument("--license", default="apache-2.0", help="license recorded in the model card")
+            parser.add_argument("--save_every", type=int | None, default=None, help="steps between checkpoints")
+            parser.add_argument("--resume", type=bool, default=False, help="continue the run in --out")
+            if "base" in model_params:
+                parser.link_arguments("base", "model.base")
+            if "out" in model_params:  # modules that write their own artefacts (meta_train.bilevel)
+                parser.link_arguments(("out", "base"), "model.out",
+                                      compute_fn=lambda out, base: out or default_out(method, base))
+            for name in ("registry", "publish_name", "publish_version"):
+                if name in model_params:
+                    parser.link_arguments(name, f"model.{name}")
+            if "tasks" in data_params:
+                parser.link_arguments("tasks", "data.tasks")
+            if "holdout" in data_params:
+                parser.link_arguments("holdout", "data.holdout")
+            parser.link_arguments("max_steps", "trainer.max_steps")
+
+        def instantiate_trainer(self, **kwargs):
+            from lightning.pytorch.callbacks import ModelCheckpoint
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            if not self.config["out"]:
+                self.config["out"] = default_out(method, self.config["base"])
+            out = Path(self.config["out"])
+            every = self.config["save_every"] or max(1, self.config["max_steps"] // 10)
+            logger = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
+            ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}", every_n_train_steps=every,
+                                   save_top_k=0, save_last=True)
+            return super().instantiate_trainer(logger=logger, callbacks=[ckpt], default_root_dir=str(out), **kwargs)
+
+    trainer_defaults = {"accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+                        "log_every_n_steps": 1, "enable_model_summary": False, "max_epochs": -1,
+                        "enable_progress_bar": sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1"}
+    return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=trainer_defaults,
+                        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                        seed_everything_default=False,
+                        parser_kwargs={"exit_on_error": False, "prog": "meta_train",
+                                       "description": f"meta_train --method {method}"})
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*module\\(s\\) in eval mode.*",
+                    ".*does not have many workers.*", ".*exists and is not empty.*",
+                    ".*dataloader is not resumable.*", ".*limit_val_batches.*", ".*were not used by the forward.*",
+                    ".*`training_step` returned `None`.*", ".*no pre-optimization state was saved.*", ".*LightningCLI's args parameter.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(HELP, end="")
+        return 0
+    method, rest = _method_and_rest(argv)
+    if method not in METHODS:
+        return _fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    rest = ["--help" if a == "--help-all" else a for a in rest]
+    try:
+        _quiet()
+        model_cls, data_cls = _classes(method)
+        try:
+            cli = _build_cli(model_cls, data_cls, method, rest + ["--method", method])
+        except SystemExit as exit_:  # --help-all / --print_config exit 0 by design
+            return int(exit_.code or 0)
+        return _run(cli, method)
+    except KeyboardInterrupt:
+        print("meta_train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors become one sentence; real bugs keep their traceback
+        if not _is_user_error(err) and not (isinstance(err, (ValueError, TypeError)) and _from_config(err)):
+            raise
+        text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+        return _fail(text[:400] if text else type(err).__name__)
+
+
+def _from_config(err: BaseException) -> bool:
+    """ValueErrors raised while checking hyperparameters (model __init__) are user errors."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "__init__" and "meta_train" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _run(cli, method: str) -> int:
+    import json
+
+    cfg = cli.config
+    base = cfg["base"]
+    out = Path(cfg["out"])
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg["resume"] and not last.exists():
+        raise _UserError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
+    if not cfg["resume"] and last.exists():
+        raise _UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = cli.trainer
+    (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None)
+    module = cli.model
+    if not hasattr(module, "export_policy"):
+        summary = getattr(module, "training_summary", lambda: {})()
+        (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+        return 0
+    artefact = module.export_policy(out / "policy", license=cfg["license"])
+    registry = cfg["registry"] or os.environ.get("L2O_ZOO_REGISTRY")
+    entry = None
+    if registry:
+        from zoo import publish
+
+        entry = publish(artefact, registry, name=cfg["publish_name"], version=cfg["publish_version"],
+                        license=cfg["license"])
+    summary = module.training_summary()
+    summary["artefact"] = str(artefact)
+    summary["published"] = entry["id"] if entry else None
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    mv = summary["meta_validation"]
+    print(f"meta-trained a zo-finetuner policy for {base}: {summary['steps']} steps on {', '.join(summary['tasks'])}")
+    if mv:
+        print(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
+              f"{mv['mezo_loss']:.4f} at equal forward passes")
+    print(f"  policy:      {artefact}")
+    if entry:
+        print(f"  published:   {entry['id']} in {registry}")
+    print(f"  TensorBoard: tensorboard --logdir {out / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

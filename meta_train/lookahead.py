@@ -1,0 +1,188 @@
+"""ZO Fine-tuner's meta-gradient: the one-step (or T-step) look-ahead estimator, in plain torch.
+
+At the current LLM weights theta (a point on a first-order training trajectory), per unrolled step t:
+
+    sigma_t  = policy(features(theta_t))                      WITH autograd to the policy's parameters
+    s_t      = nf_t * sigma_t       (nf_t detached by default, as the authors' code)
+    L+, L-   = L(theta_t +/- eps s_t z_t)                     no gradient (the Engine at t = 0)
+    c_t      = (L+ - L-) / (2 eps)                            a detached scalar
+    theta_{t+1} = theta_t - eta_meta * c_t * s_t * z_t        differentiable in sigma (and, t > 0, in theta_t)
+    meta-loss = L(theta_T; same batch)                        with autograd through the LLM
+
+The LLM is evaluated at theta_T with `torch.func.functional_call`. Tied weights are handled generically:
+each tie-deduplicated block is mapped back to every parameter name that shares its storage, and all of
+them receive the same substituted tensor. The backward pass runs while the substitution is still in
+place, so activation checkpointing (which recomputes forwards during backward) sees theta_T too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from l2o.engine import Direction, Engine
+from l2o.noise import mix
+from l2o.policy import ZOPolicy, effective_sizes, features, normalization_factor, weight_stats
+
+
+@dataclass
+class TaskState:
+    """The policy's recurrent inputs for one task: previous L+, L- and sigma (per-task in multi-task runs)."""
+
+    prev_plus: float = 0.0
+    prev_minus: float = 0.0
+    prev_sigma: torch.Tensor | None = None
+
+    def copy(self) -> "TaskState":
+        return TaskState(self.prev_plus, self.prev_minus,
+                         None if self.prev_sigma is None else self.prev_sigma.clone())
+
+    def to_dict(self) -> dict:
+        return {"prev_plus": self.prev_plus, "prev_minus": self.prev_minus,
+                "prev_sigma": None if self.prev_sigma is None else self.prev_sigma.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskState":
+        ps = d.get("prev_sigma")
+        return cls(float(d["prev_plus"]), float(d["prev_minus"]),
+                   None if ps is None else torch.tensor(ps, dtype=torch.float32))
+
+
+@dataclass
+class LookaheadResult:
+    meta_loss: float
+    plus: list[float] = field(default_factory=list)     # L+ of each unrolled step
+    minus: list[float] = field(default_factory=list)
+    c: list[float] = field(default_factory=list)        # projected gradients (L+ - L-) / 2 eps
+    nf: list[float] = field(default_factory=list)
+    sigma: torch.Tensor | None = None                   # sigma of the first step (detached)
+    state: TaskState | None = None                      # the task state after the unroll
+
+
+class _LossModule(nn.Module):
+    """Wraps `loss_fn(model, batch)` as a module so functional_call can substitute the model's tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.fn: Callable | None = None
+        self.after: Callable | None = None
+
+    def forward(self, batch):
+        loss = self.fn(self.model, batch)
+        if self.after is not None:
+            self.after(loss)  # e.g. backward while the substituted tensors are in place
+        return loss
+
+
+class FunctionalLoss:
+    """loss_fn(model, batch) evaluated at substituted block tensors (one per optimizer block)."""
+
+    def __init__(self, model: nn.Module, params: Sequence[torch.Tensor]):
+        self.wrapper = _LossModule(model)
+
+        def key(p):
+            return (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape)) if p.numel() else (id(p),)
+
+        by_key: dict = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            by_key.setdefault(key(p), []).append("model." + name)
+        self.aliases = [by_key[key(p)] for p in params]
+
+    def __call__(self, loss_fn, tensors: Sequence[torch.Tensor], batch, after=None) -> torch.Tensor:
+        params = {name: t for names, t in zip(self.aliases, tensors) for name in names}
+        self.wrapper.fn, self.wrapper.after = loss_fn, after
+        try:
+            return functional_call(self.wrapper, params, (batch,), tie_weights=False, strict=False)
+        finally:
+            self.wrapper.fn = self.wrapper.after = None
+
+
+class Lookahead:
+    """The look-ahead meta-gradient of a policy on one model.
+
+    `step(loss_fn, batch, seed, state)` computes the meta-loss; with `backward=True` the policy's
+    parameters receive its gradient (`.grad` accumulates). `freeze` = (c list, nf list) replaces the
+    measured projected gradients and normalisers (finite-difference tests use it).
+    """
+
+    def __init__(self, model: nn.Module, policy: ZOPolicy, batch_size: int, eps: float = 1e-3,
+                 eta_meta: float = 1e-6, unroll: int = 1, detach_nf: bool = True, noise=None):
+        if unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {unroll!r}")
+        self.model, self.policy = model, policy
+        self.engine = Engine(model, noise)
+        self.blocks = self.engine.blocks
+        self.eps, self.eta_meta, self.unroll, self.detach_nf = float(eps), float(eta_meta), int(unroll), bool(detach_nf)
+        pos = {n: i for i, n in enumerate(policy.block_names)}
+        missing = [b.name for b in self.blocks if b.name not in pos]
+        if missing:
+            raise ValueError(f"the policy has no network for block {missing[0]!r} ({len(missing)} missing)")
+        self.index = torch.tensor([pos[b.name] for b in self.blocks], dtype=torch.long)
+        self.sizes = effective_sizes(model, [b.param for b in self.blocks], batch_size)
+        self.floss = FunctionalLoss(model, [b.param for b in self.blocks])
+
+    def sigma(self, params: Sequence[torch.Tensor], state: TaskState) -> torch.Tensor:
+        prev = state.prev_sigma if state.prev_sigma is not None else torch.ones(len(self.blocks))
+        x = features(weight_stats(params), state.prev_plus, state.prev_minus, prev)
+        full = torch.zeros(self.policy.num_blocks, x.shape[1], dtype=x.dtype)
+        full[self.index] = x
+        return self.policy(full)[self.index]
+
+    def scales(self, sigma: torch.Tensor, nf: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.policy.normalize:
+            return sigma, torch.ones((), dtype=sigma.dtype)
+        f = normalization_factor(sigma, self.sizes) if nf is None else torch.tensor(nf, dtype=sigma.dtype)
+        if self.detach_nf:
+            f = f.detach()
+        return f * sigma, f
+
+    def noise(self, seed: int) -> list[torch.Tensor]:
+        d = Direction.single(seed)
+        return [self.engine.direction_tensor(d, b) for b in self.blocks]
+
+    def step(self, loss_fn: Callable, batch, seed: int, state: TaskState | None = None, backward: bool = True,
+             freeze: tuple[Sequence[float], Sequence[float]] | None = None) -> LookaheadResult:
+        state = (state or TaskState()).copy()
+        res = LookaheadResult(meta_loss=float("nan"))
+        cur: list[torch.Tensor] = [b.param.detach() for b in self.blocks]
+        for t in range(self.unroll):
+            sigma = self.sigma([p.detach() for p in cur], state)
+            s, nf = self.scales(sigma, None if freeze is None else freeze[1][t])
+            s_list = s.detach().tolist()
+            seed_t = mix(seed, t)
+            zs = self.noise(seed_t)
+            if t == 0:
+                closure = lambda: loss_fn(self.model, batch)  # noqa: E731
+                d = Direction.single(seed_t, s_list)
+                plus = self.engine.evaluate(closure, d, self.eps)
+                minus = self.engine.evaluate(closure, d, -self.eps)
+            else:
+                with torch.no_grad():
+                    base = [p.detach() for p in cur]
+                    plus = float(self.floss(loss_fn, [p + z * (self.eps * sc) for p, z, sc in zip(base, zs, s_list)],
+                                            batch))
+                    minus = float(self.floss(loss_fn, [p + z * (-self.eps * sc) for p, z, sc in zip(base, zs, s_list)],
+                                             batch))
+            c = (plus - minus) / (2 * self.eps) if freeze is None else float(freeze[0][t])
+            cur = [p - (self.eta_meta * c) * (s[i] * zs[i]).to(p.dtype) for i, p in enumerate(cur)]
+            res.plus.append(plus)
+            res.minus.append(minus)
+            res.c.append(c)
+            res.nf.append(float(nf))
+            if t == 0:
+                res.sigma = sigma.detach().clone()
+            state = TaskState(plus, minus, sigma.detach().float().clone())
+        after = (lambda loss: loss.backward()) if backward else None
+        if backward:
+            meta = self.floss(loss_fn, cur, batch, after=after)
+        else:
+            with torch.no_grad():
+                meta = self.floss(loss_fn, cur, batch)
+        res.meta_loss = float(meta.detach())
+        res.state = state
+        return res

@@ -1,0 +1,327 @@
+"""The ZO Fine-tuner meta-training LightningModule (arXiv 2510.00419, `trainer_l2l*.py`).
+
+One training step (manual optimization; the policy's Adam is stepped through Lightning's wrapper so
+`global_step`, `max_steps` and checkpoints work):
+
+1. sample a training task and its batch (`TaskFamilyData`); the task's own L+/L-/sigma history feeds
+   the policy;
+2. look-ahead meta-gradient (`meta_train.lookahead.Lookahead`): sigma with autograd, L+/L- by the Engine,
+   theta' = theta - eta_meta c nf sigma z, meta-loss L(theta') through the LLM; Adam step on the policy;
+3. move the LLM one first-order SGD-momentum step (momentum 0.8, lr linearly decayed to 0 within each
+   restart period) and every `reset_every` steps reset it to the pretrained weights ("periodic reset");
+4. every `val_every` steps (and at the end): meta-validation on held-out tasks, i.e. short ZO
+   fine-tunings from the pretrained weights with the current policy vs MeZO at equal forward passes.
+
+Checkpoints hold the policy, its optimizer state and the per-task features, not the LLM: a resumed run
+restarts the LLM trajectory from the pretrained weights (as a periodic reset does).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Optional
+
+import lightning as L
+import torch
+
+from l2o.noise import derive_seed
+from l2o.policy import ZOPolicy
+from meta_train.lookahead import Lookahead, TaskState
+
+
+class ZOFineTunerMeta(L.LightningModule):
+    """Meta-trains a ZO Fine-tuner policy for one base model.
+
+    Args:
+        base: base model (alias such as smollm2-135m, hub id, or local folder).
+        lr_policy: Adam learning rate of the policy MLPs.
+        lr_llm: first-order SGD learning rate of the LLM trajectory (linearly decayed in each restart period).
+        momentum: SGD momentum of the LLM trajectory.
+        eta_meta: step size of the look-ahead ZO step theta' = theta - eta_meta c nf sigma z.
+        eps: ZO perturbation scale.
+        unroll: look-ahead length T (1 = the paper's greedy one-step estimator).
+        reset_every: steps between resets of the LLM to its pretrained weights (0: never).
+        seed: seed of directions and policy initialisation.
+        dtype: fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32).
+        gradient_checkpointing: recompute activations in the backward passes (less memory, ~30% slower).
+        attn_implementation: eager or sdpa (default: the model's); second-order work needs eager.
+        detach_nf: treat the normaliser nf as a constant in the meta-gradient (the authors' code).
+        init_policy: start from this policy (zoo id or artefact folder) instead of a fresh one.
+        val_every: steps between meta-validations (0: only at the end).
+        val_steps: ZO steps of each meta-validation fine-tuning.
+        val_lr: learning rate of the meta-validation fine-tunings (policy and MeZO alike).
+        val_tasks: at most this many held-out tasks are meta-validated.
+        log_every: steps between sigma histograms / images in TensorBoard.
+    """
+
+    def __init__(self, base: str = "smollm2-135m", lr_policy: float = 0.1, lr_llm: float = 0.01,
+                 momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3, unroll: int = 1,
+                 reset_every: int = 100, seed: int = 0, dtype: str = "fp32", gradient_checkpointing: bool = False,
+                 attn_implementation: Optional[str] = None, detach_nf: bool = True,
+                 init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
+                 val_lr: float = 1e-5, val_tasks: int = 2, log_every: int = 10):
+        super().__init__()
+        for name, v in (("lr_policy", lr_policy), ("lr_llm", lr_llm), ("eta_meta", eta_meta), ("eps", eps)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) or (name == "eps" and v <= 0):
+                raise ValueError(f"--model.{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, "
+                                 f"got {v!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"--model.momentum must be in [0, 1), got {momentum!r}")
+        if unroll < 1 or reset_every < 0 or val_steps < 1:
+            raise ValueError("unroll and val_steps must be >= 1 and reset_every >= 0")
+        if dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the policy
+        self.model = None
+        self.policy: ZOPolicy | None = None
+        self.task_state: dict[str, TaskState] = {}
+        self.metaval_history: list[dict] = []
+        self.meta_history: list[dict] = []
+        self._scratch = None
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def dm(self):
+        return self.trainer.datamodule
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.model is not None:
+            return
+        from l2o.models import load_base
+
+        hp = self.hparams
+        model, tok, info = load_base(hp.base, dtype=hp.dtype, attn_implementation=hp.attn_implementation)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.model, self.tokenizer, self.info = model, tok, info
+        self.pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if hp.init_policy:
+            self.policy = ZOPolicy.load(hp.init_policy, expected_fingerprint=info.fingerprint, model_name=hp.base)
+        else:
+            self.policy = ZOPolicy.for_model(model, base_model=hp.base, seed=hp.seed)
+        self.policy.base_model = hp.base
+        self.policy.base_fingerprint = info.fingerprint
+        self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
+                                   eta_meta=hp.eta_meta, unroll=hp.unroll, detach_nf=hp.detach_nf)
+        self._new_llm_optimizer()
+
+    def train(self, mode: bool = True):  # dropout off; training mode only for activation checkpointing
+        super().train(mode)
+        if self.model is not None:
+            self.model.train(bool(self.hparams.gradient_checkpointing) and mode)
+        return self
+
+    def _new_llm_optimizer(self) -> None:
+        self.llm_opt = torch.optim.SGD([b.param for b in self.lookahead.blocks], lr=self.hparams.lr_llm,
+                                       momentum=self.hparams.momentum)
+
+    def reset_llm(self) -> None:
+        """Periodic reset: pretrained weights back, fresh SGD-momentum state."""
+        with torch.no_grad():
+            self.model.load_state_dict(self.pretrained, strict=False)
+        self._new_llm_optimizer()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr_policy)
+
+    # ------------------------------------------------------------------ one meta-training step
+    def _loss_fn(self, task: str):
+        objective = self.dm.objectives[task]
+        return lambda model, batch: objective.loss(model, self.tokenizer, batch)
+
+    def training_step(self, _, batch_idx):
+        hp, step = self.hparams, self.global_step
+        t0 = time.perf_counter()
+        task = self.dm.task_for_step(step)
+        batch = self.dm.batch(task, step)
+        loss_fn = self._loss_fn(task)
+        state = self.task_state.get(task, TaskState())
+        opt = self.optimizers()
+        opt.zero_grad()
+        res = self.lookahead.step(loss_fn, batch, seed=derive_seed(hp.seed, step, 0), state=state)
+        gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.policy.parameters()
+                                     if p.grad is not None)))
+        opt.step()
+        self.task_state[task] = res.state
+        # the LLM trajectory: one first-order SGD-momentum step, lr linearly decayed within the restart period
+        period = hp.reset_every or max(1, self.trainer.max_steps)
+        lr = hp.lr_llm * (1.0 - (step % period) / period)
+        for g in self.llm_opt.param_groups:
+            g["lr"] = lr
+        self.llm_opt.zero_grad(set_to_none=True)
+        llm_loss = loss_fn(self.model, batch)
+        llm_loss.backward()
+        self.llm_opt.step()
+        self.llm_opt.zero_grad(set_to_none=True)
+        if hp.reset_every and (step + 1) % hp.reset_every == 0:
+            self.reset_llm()
+        sigma = res.sigma.float()
+        row = {"step": step, "task": task, "meta_loss": res.meta_loss, "L_plus": res.plus[0], "L_minus": res.minus[0],
+               "projected_grad": res.c[0], "nf": res.nf[0], "llm_loss": float(llm_loss.detach()), "llm_lr": lr,
+               "sigma_mean": float(sigma.mean()), "sigma_std": float(sigma.std()) if sigma.numel() > 1 else 0.0,
+               "policy_grad_norm": gnorm, "step_time_s": time.perf_counter() - t0}
+        self.meta_history.append(row)
+        self.log_dict({f"meta/{k}": float(v) for k, v in row.items() if k not in ("step", "task")}, on_step=True)
+        self.log(f"meta/loss_{task}", res.meta_loss, on_step=True)
+        self.log("meta_loss", res.meta_loss, prog_bar=True, logger=False)
+        if hp.log_every and step % hp.log_every == 0:
+            self._log_sigma(sigma, step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        ve = self.hparams.val_every
+        if ve and self.global_step % ve == 0 and self.global_step < self.trainer.max_steps:
+            self.meta_validate()
+
+    def on_train_end(self):
+        if not self.metaval_history or self.metaval_history[-1]["step"] != self.global_step:
+            self.meta_validate()
+
+    # ------------------------------------------------------------------ TensorBoard extras
+    def _tb(self):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for lg in self.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                return lg.experiment
+        return None
+
+    def _log_sigma(self, sigma: torch.Tensor, step: int) -> None:
+        tb = self._tb()
+        if tb is None:
+            return
+        tb.add_histogram("sigma/all_blocks", sigma, step)
+        names = [b.name for b in self.lookahead.blocks]
+        for kind in ("weight", "bias"):
+            sel = [i for i, n in enumerate(names) if n.endswith(kind)]
+            if sel:
+                tb.add_histogram(f"sigma/{kind}", sigma[sel], step)
+        tb.add_figure("sigma/by_layer", sigma_figure(names, sigma.tolist(), f"step {step}"), step)
+
+    # ------------------------------------------------------------------ meta-validation
+    def _scratch_model(self):
+        if self._scratch is None:
+            self._scratch = copy.deepcopy(self.model).eval()
+            if self.hparams.gradient_checkpointing:
+                self._scratch.gradient_checkpointing_disable()
+        return self._scratch
+
+    @torch.no_grad()
+    def _eval_loss(self, model, task: str) -> float:
+        examples = self.dm.eval_examples(task)
+        fn = self._loss_fn(task)
+        total, n = 0.0, 0
+        for i in range(0, len(examples), self.dm.batch_size):
+            chunk = examples[i:i + self.dm.batch_size]
+            total += float(fn(model, chunk)) * len(chunk)
+            n += len(chunk)
+        return total / max(1, n)
+
+    def meta_validate(self) -> dict:
+        """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes."""
+        from l2o.optim import build_optimizer
+
+        hp = self.hparams
+        tasks = (self.dm.heldout_task_names or self.dm.train_task_names)[: max(1, hp.val_tasks)]
+        policy = ZOPolicy.from_tensors(self.policy.tensors(), self.policy.config())
+        scratch = self._scratch_model()
+        row = {"step": int(self.global_step), "tasks": {}}
+        for task in tasks:
+            fn = self._loss_fn(task)
+            res = {}
+            for method in ("zo-finetuner", "mezo"):
+                with torch.no_grad():
+                    scratch.load_state_dict(self.pretrained, strict=False)
+                kw = dict(lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
+                if method == "zo-finetuner":
+                    kw.update(policy=policy, policy_batch_size=self.dm.batch_size)
+                opt = build_optimizer(method, scratch, **kw)
+                for k in range(hp.val_steps):
+                    batch = self.dm.batch(task, 10 ** 7 + k)
+                    opt.step(lambda: fn(scratch, batch))
+                res[method] = self._eval_loss(scratch, task)
+                res[f"{method}_forwards"] = opt.forward_passes
+            row["tasks"][task] = res
+        pol = [r["zo-finetuner"] for r in row["tasks"].values()]
+        mez = [r["mezo"] for r in row["tasks"].values()]
+        row["policy_loss"], row["mezo_loss"] = sum(pol) / len(pol), sum(mez) / len(mez)
+        row["improvement"] = row["mezo_loss"] - row["policy_loss"]
+        with torch.no_grad():
+            scratch.load_state_dict(self.pretrained, strict=False)
+        self.metaval_history.append(row)
+        tb = self._tb()
+        if tb is not None:
+            for task, r in row["tasks"].items():
+                tb.add_scalars(f"metaval/{task}", {"zo_finetuner": r["zo-finetuner"], "mezo": r["mezo"]},
+                               row["step"])
+            tb.add_scalar("metaval/policy_loss", row["policy_loss"], row["step"])
+            tb.add_scalar("metaval/mezo_loss", row["mezo_loss"], row["step"])
+            tb.add_scalar("metaval/improvement", row["improvement"], row["step"])
+            tb.flush()
+        return row
+
+    # ------------------------------------------------------------------ checkpoints: the policy only
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+        checkpoint["l2o"] = {"fingerprint": self.info.fingerprint, "base": self.hparams.base,
+                             "task_state": {k: v.to_dict() for k, v in self.task_state.items()},
+                             "metaval": self.metaval_history, "history": self.meta_history}
+
+    def on_load_checkpoint(self, checkpoint):
+        extra = checkpoint.get("l2o", {})
+        if self.model is not None and extra.get("fingerprint") != self.info.fingerprint:
+            raise ValueError(f"this checkpoint was made for base {extra.get('base')!r}, not {self.hparams.base!r}")
+        self.task_state = {k: TaskState.from_dict(v) for k, v in extra.get("task_state", {}).items()}
+        self.metaval_history = list(extra.get("metaval", []))
+        self.meta_history = list(extra.get("history", []))
+
+    # ------------------------------------------------------------------ export
+    def training_summary(self) -> dict:
+        last = self.metaval_history[-1] if self.metaval_history else None
+        return {"method": "zo-finetuner", "base": self.hparams.base, "steps": int(self.global_step),
+                "tasks": self.dm.train_task_names, "heldout_tasks": self.dm.heldout_task_names,
+                "hyperparameters": {k: v for k, v in dict(self.hparams).items()},
+                "meta_validation": last}
+
+    def export_policy(self, directory, license: str = "apache-2.0"):
+        s = self.training_summary()
+        mv = s["meta_validation"]
+        metrics = {}
+        if mv:
+            metrics = {"meta-validation loss (policy)": round(mv["policy_loss"], 4),
+                       "meta-validation loss (MeZO, same forwards)": round(mv["mezo_loss"], 4)}
+        card = {"license": license, "tasks": s["tasks"], "steps": s["steps"], "metrics": metrics,
+                "description": (f"ZO Fine-tuner policy meta-trained on {', '.join(s['tasks'])} for {s['steps']} steps "
+                                f"(held out: {', '.join(s['heldout_tasks']) or 'none'}).")}
+        return self.policy.save(directory, card=card, training=s)
+
+
+def sigma_figure(names: list[str], sigma: list[float], title: str = ""):
+    """Bar chart of sigma by block, coloured by block type (the sigma-by-layer image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"attn": "tab:blue", "mlp": "tab:orange", "norm": "tab:green", "embed": "tab:red"}
+
+    def colour(n: str) -> str:
+        low = n.lower()
+        for key, c in colours.items():
+            if key in low or (key == "attn" and ("proj" in low and "mlp" not in low)):
+                return c
+        return "tab:gray"
+
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.06), 3))
+    ax.bar(range(len(sigma)), sigma, color=[colour(n) for n in names], width=1.0)
+    ax.set_xlabel("parameter block (model order)")
+    ax.set_ylabel("sigma")
+    ax.set_title(f"sigma by block {title}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,244 @@
+"""Meta-training the ZO Fine-tuner policy: meta-gradients (finite differences, higher), the Lightning
+pipeline on a tiny model, the CLI's error paths and its fast --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from l2o.noise import mix
+from l2o.policy import ZOPolicy, effective_sizes, features, normalization_factor, weight_stats
+from meta_train.lookahead import Lookahead, TaskState
+from tests.helpers import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+
+
+def _lm_loss(model, batch):
+    return model(input_ids=batch, labels=batch).loss
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama"])  # llama: tied embedding / lm_head
+def test_lookahead_meta_gradient_matches_finite_differences(arch):
+    model = tiny_model(arch).double()
+    policy = ZOPolicy.for_model(model, seed=1).double()
+    x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+    la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, unroll=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    res = la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the LLM is never written
+    assert all(p.grad is None for p in model.parameters())
+    g = torch.Generator().manual_seed(1)
+    dirs = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in policy.parameters()]
+    analytic = float(sum((p.grad * d).sum() for p, d in zip(policy.parameters(), dirs)))
+    h, vals = 1e-4, []
+    for sign in (1, -1):  # c and nf are constants of the estimator: freeze them at the measured values
+        with torch.no_grad():
+            for p, d in zip(policy.parameters(), dirs):
+                p.add_(sign * h * d)
+        vals.append(la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None), backward=False,
+                            freeze=(res.c, res.nf)).meta_loss)
+        with torch.no_grad():
+            for p, d in zip(policy.parameters(), dirs):
+                p.sub_(sign * h * d)
+    fd = (vals[0] - vals[1]) / (2 * h)
+    assert abs(analytic) > 1e-3
+    assert abs(fd - analytic) <= 2e-2 * abs(analytic), (fd, analytic)
+    # the closed form: d meta / d sigma_b = -eta c nf <grad L(theta'), z_b>
+    assert res.plus and res.minus and res.c[0] == pytest.approx((res.plus[0] - res.minus[0]) / 2e-3)
+
+
+def test_multi_step_meta_gradient_equals_higher():
+    higher = pytest.importorskip("higher")
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    X = torch.randn(16, 4, dtype=torch.float64)
+    Y = torch.randn(16, 1, dtype=torch.float64)
+
+    def loss_fn(m, batch):
+        return ((m(batch[0]) - batch[1]) ** 2).mean()
+
+    policy = ZOPolicy.for_model(model, seed=3).double()
+    T, eps, eta = 3, 1e-3, 0.05
+    la = Lookahead(model, policy, batch_size=16, eps=eps, eta_meta=eta, unroll=T)
+    res = la.step(loss_fn, (X, Y), seed=11)
+    mine = [p.grad.clone() for p in policy.parameters()]
+
+    names = [n for n, _ in model.named_parameters()]
+    sizes = effective_sizes(model, list(model.parameters()), 16)
+
+    def at(params):
+        return float(((functional_call(model, dict(zip(names, params)), (X,)) - Y) ** 2).mean())
+
+    with higher.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=eta), copy_initial_weights=True) as (fm, dopt):
+        state = TaskState()
+        for t in range(T):
+            params = list(fm.parameters())
+            prev = state.prev_sigma if state.prev_sigma is not None else torch.ones(len(params))
+            sigma = policy(features(weight_stats(params), state.prev_plus, state.prev_minus, prev))
+            s = normalization_factor(sigma, sizes).detach() * sigma
+            zs = la.noise(mix(11, t))
+            sl = s.tolist()
+            with torch.no_grad():
+                plus = at([p.detach() + z * (eps * c) for p, z, c in zip(params, zs, sl)])
+                minus = at([p.detach() + z * (-eps * c) for p, z, c in zip(params, zs, sl)])
+            c = (plus - minus) / (2 * eps)
+            assert plus == pytest.approx(res.plus[t], rel=1e-6) and minus == pytest.approx(res.minus[t], rel=1e-6)
+            dummy = sum((p * 0).sum() for p in params)
+            dopt.step(dummy, grad_callback=lambda gs, c=c, s=s, zs=zs: [c * s[i] * zs[i] for i in range(len(gs))])
+            state = TaskState(plus, minus, sigma.detach().float())
+        meta = ((fm(X) - Y) ** 2).mean()
+        oracle = torch.autograd.grad(meta, list(policy.parameters()))
+    assert float(meta) == pytest.approx(res.meta_loss, rel=1e-6)
+    for a, b in zip(mine, oracle):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------- the pipeline on a tiny model
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny-opt"
+    tiny_model("opt").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def _run_args(base, out, *extra):
+    return ["--base", base, "--tasks", "sports_understanding", "winowhy", "--holdout", "winowhy",
+            "--out", str(out), "--model.eta_meta", "1e-2", "--model.lr_llm", "0.05", "--model.reset_every", "0",
+            "--model.val_steps", "2", "--model.log_every", "5", "--data.batch_size", "4", "--data.num_train", "16",
+            "--data.num_eval", "4", "--data.max_length", "48", *extra]
+
+
+def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny_base, tmp_path, capsys):
+    from meta_train.cli import main
+
+    out, reg = tmp_path / "run", tmp_path / "registry"
+    assert main(_run_args(tiny_base, out, "--max_steps", "10", "--registry", str(reg), "--save_every", "5")) == 0
+    printed = capsys.readouterr().out
+    assert "meta-validation (winowhy)" in printed and "published:   tiny-opt/zo-finetuner@1" in printed
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("meta/meta_loss", "meta/L_plus", "meta/L_minus", "meta/nf", "meta/llm_loss", "metaval/policy_loss",
+                "metaval/mezo_loss"):
+        assert tag in tags["scalars"], tag
+    assert "sigma/all_blocks" in tags["histograms"] and "sigma/by_layer" in tags["images"]
+    meta = [e.value for e in acc.Scalars("meta/meta_loss")]
+    assert len(meta) == 10 and sum(meta[-3:]) / 3 < sum(meta[:3]) / 3  # the meta-loss goes down
+
+    assert (out / "config.yaml").exists() and (out / "tb" / "config.yaml").exists()
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == {"policy.w1", "policy.b1", "policy.w2", "policy.b2"}  # not the LLM
+    assert ckpt["optimizer_states"][0]["state"]  # Adam's moments
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 10 and results["published"] == "tiny-opt/zo-finetuner@1"
+    assert results["meta_validation"]["tasks"] == {"winowhy": results["meta_validation"]["tasks"]["winowhy"]}
+    card = (out / "policy" / "README.md").read_text()
+    assert "sports_understanding" in card and "## Steps\n\n10" in card and "meta-validation" in card
+
+    # resume continues from the checkpoint to a longer run
+    assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 0
+    assert json.loads((out / "results.json").read_text())["steps"] == 12
+    capsys.readouterr()
+
+    # fine_tune uses the published policy by id and by folder
+    from fine_tune.cli import main as ft_main
+
+    sst2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
+    common = ["--base", tiny_base, "--task", "sst2", "--source", sst2, "--steps", "3", "--batch-size", "4",
+              "--num-dev", "2", "--save-model", "false", "--zero-shot", "false", "--lr", "1e-3"]
+    assert ft_main(common + ["--out", str(tmp_path / "ft1"), "--optimizer", "zo-finetuner",
+                             "--policy", str(out / "policy")]) == 0
+    import os
+
+    os.environ["L2O_ZOO_REGISTRY"] = str(reg)
+    try:
+        assert ft_main(common + ["--out", str(tmp_path / "ft2"), "--optimizer", "zoo:tiny-opt/zo-finetuner@1"]) == 0
+    finally:
+        del os.environ["L2O_ZOO_REGISTRY"]
+    assert json.loads((tmp_path / "ft2" / "results.json").read_text())["forward_passes"] == 6
+
+
+def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
+    from meta_train.cli import main
+
+    def one_line(code, needle):
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [e for e in err if e.startswith("meta_train: error: ")]
+        assert code == 2 and len(errors) == 1 and needle in errors[0], err
+
+    one_line(main(["--method", "maml"]), "--method must be one of zo-finetuner, bilevel-zofo")
+    monkeypatch.setitem(sys.modules, "meta_train.bilevel", None)  # as if bilevel.py were missing
+    one_line(main(["--method", "bilevel-zofo", "--base", tiny_base]), "needs meta_train/bilevel.py")
+    monkeypatch.delitem(sys.modules, "meta_train.bilevel")
+    one_line(main(["--base", tiny_base, "--model.no_such_option", "1"]), "no_such_option")
+    one_line(main(_run_args(tiny_base, tmp_path / "r0", "--max_steps", "1", "--model.eps", "-1")), "eps")
+    one_line(main(_run_args(tiny_base, tmp_path / "r1", "--max_steps", "1", "--resume")), "nothing to resume")
+    one_line(main(_run_args(str(tmp_path / "no-such-model"), tmp_path / "r2", "--max_steps", "1")), "no-such-model")
+    one_line(main(["--base", tiny_base, "--tasks", "no_such_task", "--out", str(tmp_path / "r3"), "--max_steps", "1"]),
+             "no_such_task")
+
+    assert main(["--base", tiny_base, "--max_steps", "7", "--model.lr_policy", "0.05", "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr_policy: 0.05" in printed and "max_steps: 7" in printed and f"base: {tiny_base}" in printed
+    (tmp_path / "run.yaml").write_text(printed)  # --config takes the printed YAML back
+    assert main(["--config", str(tmp_path / "run.yaml"), "--model.eps", "0.01", "--print_config"]) == 0
+    again = capsys.readouterr().out
+    assert "lr_policy: 0.05" in again and "eps: 0.01" in again and "max_steps: 7" in again
+
+
+def test_help_is_fast_and_imports_no_torch_or_lightning():
+    code = ("import sys, time; t = time.perf_counter(); from meta_train.cli import main; rc = main(['--help']); "
+            "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; "
+            "assert rc == 0 and not bad, bad; print(time.perf_counter() - t)")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "--method" in proc.stdout and "bilevel-zofo" in proc.stdout
+    assert float(proc.stdout.strip().splitlines()[-1]) < 0.5 and wall < 2.0
+
+
+def test_gradient_checkpointing_gives_the_same_meta_gradient():
+    """The backward runs inside functional_call's substitution, so recomputed forwards see theta' too."""
+    x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("llama")
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+            model.train()
+        policy = ZOPolicy.for_model(model, seed=1)
+        la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5)
+        la.step(_lm_loss, x, seed=3)
+        grads.append([p.grad.clone() for p in policy.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_compare_reach_counts_forwards_to_a_target():
+    from meta_train.compare import _reach
+
+    hist = [{"loss": v, "forwards": 2 * (i + 1)} for i, v in enumerate([3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1])]
+    assert _reach(hist, 1.0) == 10  # window of 1 step (10% of 12): the 5th step reaches 1.0 at 10 forwards
+    assert _reach(hist, 2.0) == 6 and _reach(hist, 0.5) is None

@@ -1,0 +1,258 @@
+"""The ZO Fine-tuner policy (l2o.policy) and its deployment optimizers (l2o.optim.zo_finetuner)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from l2o.blocks import named_blocks
+from l2o.optim import build_optimizer
+from l2o.policy import (ZOPolicy, effective_sizes, embedding_block_ids, features,
+                        normalization_factor, weight_stats)
+from tests.helpers import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+
+
+def _batch(n=2, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 500, (n, length), generator=g)
+
+
+def test_policy_shapes_and_batched_forward_match_per_block_mlps():
+    names = [f"layer{i}.weight" for i in range(7)]
+    pol = ZOPolicy(names, seed=3)
+    assert pol.w1.shape == (7, 64, 5) and pol.b1.shape == (7, 64) and pol.w2.shape == (7, 1, 64)
+    assert pol.b2.shape == (7, 1)
+    assert sum(p.numel() for p in pol.parameters()) == 7 * 449
+    x = torch.randn(7, 5)
+    sigma = pol(x)
+    assert sigma.shape == (7,) and (sigma >= 0).all()
+    for b in range(7):  # the same as one nn.Sequential(Linear(5,64), Tanh(), Linear(64,1)) per block, then |.|
+        net = nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1))
+        with torch.no_grad():
+            net[0].weight.copy_(pol.w1[b]); net[0].bias.copy_(pol.b1[b])
+            net[2].weight.copy_(pol.w2[b]); net[2].bias.copy_(pol.b2[b])
+        torch.testing.assert_close(net(x[b]).abs().squeeze(), sigma[b], rtol=1e-6, atol=1e-6)
+    # an untrained policy starts near sigma = 1 (MeZO)
+    zero_feats = features(torch.zeros(7, 2), 0.0, 0.0, torch.ones(7))
+    assert (pol(zero_feats) - 1).abs().max() < 0.5
+
+
+def test_features_and_embedding_aware_normalisation():
+    model = tiny_model("llama")  # tied embedding / lm_head: one block
+    blocks = named_blocks(model)
+    params = [p for _, p in blocks]
+    emb = embedding_block_ids(model, params)
+    assert [blocks[i][0] for i in emb] == ["model.embed_tokens.weight"]
+
+    class Renamed(nn.Module):  # detected by module type, not by name
+        def __init__(self):
+            super().__init__()
+            self.foo = nn.Embedding(100, 8)
+            self.bar = nn.Linear(8, 8)
+
+    r = Renamed()
+    sizes = effective_sizes(r, [r.foo.weight, r.bar.weight, r.bar.bias], batch_size=2)
+    assert sizes.tolist() == [min(800, 8 * 15 * 2), 64, 8]
+
+    sizes = effective_sizes(model, params, batch_size=4)
+    hidden = model.config.hidden_size
+    assert sizes[list(emb)[0]] == min(params[list(emb)[0]].numel(), hidden * 15 * 4)
+    sigma = torch.rand(len(params)) + 0.1
+    nf = normalization_factor(sigma, sizes)
+    # E||nf sigma z||^2 over the effective sizes equals the effective dimension
+    torch.testing.assert_close((sizes * (nf.double() * sigma.double()) ** 2).sum(), sizes.sum(), rtol=1e-5, atol=0)
+
+    st = weight_stats(params)
+    assert st.shape == (len(params), 2)
+    torch.testing.assert_close(st[0, 0], params[0].detach().mean())
+    torch.testing.assert_close(st[0, 1], params[0].detach().var())
+    x = features(st, 1.5, 2.5, torch.full((len(params),), 0.7))
+    assert x.shape == (len(params), 5) and x[:, 2].eq(1.5).all() and x[:, 3].eq(2.5).all()
+
+
+def test_policy_scales_give_nf_sigma_and_track_losses():
+    model = tiny_model("opt")
+    pol = ZOPolicy.for_model(model, seed=1)
+    opt = build_optimizer("zo-finetuner", model, policy=pol, lr=1e-3, policy_batch_size=2)
+    x = _batch()
+    opt.step(lambda: model(input_ids=x, labels=x).loss)
+    ps = opt.policy_scales
+    assert ps.prev_plus == opt.last.losses[0] and ps.prev_minus == opt.last.losses[1]
+    assert opt.last.forwards == 2
+    scales = ps(opt)
+    sizes = effective_sizes(model, [b.param for b in opt.blocks], 2)
+    s = torch.tensor(scales, dtype=torch.float64)
+    torch.testing.assert_close((sizes * s ** 2).sum(), sizes.sum(), rtol=1e-5, atol=0)
+    assert all(p.requires_grad is False for p in ps.policy.parameters())
+
+
+@pytest.mark.parametrize("name", ["zo-finetuner", "zo-finetuner+gv", "zo-finetuner+greedy", "zo-finetuner+bszo"])
+def test_resume_is_bit_identical(name):
+    x = _batch()
+    closure_of = lambda m: (lambda: m(input_ids=x, labels=x).loss)  # noqa: E731
+    pol = ZOPolicy.for_model(tiny_model("opt"), seed=2)
+    full = tiny_model("opt")
+    opt = build_optimizer(name, full, policy=pol, lr=1e-3, policy_batch_size=2, seed=5)
+    for _ in range(6):
+        opt.step(closure_of(full))
+
+    part = tiny_model("opt")
+    opt = build_optimizer(name, part, policy=pol, lr=1e-3, policy_batch_size=2, seed=5)
+    for _ in range(3):
+        opt.step(closure_of(part))
+    buf = io.BytesIO()
+    torch.save({"model": part.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    assert "zo_policy" in saved["opt"]
+    resumed = tiny_model("opt", seed=9)
+    resumed.load_state_dict(saved["model"])
+    opt2 = build_optimizer(name, resumed, policy=ZOPolicy.from_tensors(pol.tensors(), pol.config()), lr=1e-3,
+                           policy_batch_size=2, seed=0)
+    opt2.load_state_dict(saved["opt"])
+    for _ in range(3):
+        opt2.step(closure_of(resumed))
+    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_constant_policy_is_mezo_and_no_policy_is_the_base_method():
+    x = _batch()
+    a, b, c = tiny_model("opt"), tiny_model("opt"), tiny_model("opt")
+    pol = ZOPolicy.for_model(a)
+    with torch.no_grad():  # sigma_b = 3 for every block: normalisation brings the scales back to 1
+        pol.w2.zero_(); pol.b2.fill_(3.0)
+    o1 = build_optimizer("mezo", a, lr=1e-3, seed=1)
+    o2 = build_optimizer("zo-finetuner", b, policy=pol, lr=1e-3, seed=1)
+    o3 = build_optimizer("zo-finetuner", c, lr=1e-3, seed=1)
+    for _ in range(3):
+        for m, o in ((a, o1), (b, o2), (c, o3)):
+            o.step(lambda: m(input_ids=x, labels=x).loss)
+    for p, q, r in zip(a.parameters(), b.parameters(), c.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert torch.equal(p, r)
+
+
+def test_policy_block_mismatch_is_refused():
+    pol = ZOPolicy(["nope.weight"])
+    with pytest.raises(ValueError, match="no network for 36 of the model's 36"):
+        build_optimizer("zo-finetuner", tiny_model("opt"), policy=pol)
+
+
+def test_policy_artefact_round_trip_and_fingerprint_refusal(tmp_path):
+    from l2o.models import fingerprint
+    from zoo import ZooError
+
+    model = tiny_model("opt")
+    pol = ZOPolicy.for_model(model, base_model="tiny-opt", seed=4)
+    pol.save(tmp_path / "pol", card={"license": "mit", "tasks": ["sst2"], "steps": 3})
+    cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
+    assert cfg["kind"] == "zo-finetuner-policy" and cfg["base_fingerprint"] == fingerprint(model)
+    assert cfg["arch"]["block_names"] == [n for n, _ in named_blocks(model)]
+    back = ZOPolicy.load(tmp_path / "pol", expected_fingerprint=fingerprint(model))
+    for k, v in pol.tensors().items():
+        assert torch.equal(v, back.tensors()[k])
+    other = fingerprint(tiny_model("llama"))
+    with pytest.raises(ZooError, match=r"made for base 'tiny-opt' .* but the model is 'tiny-llama'"):
+        ZOPolicy.load(tmp_path / "pol", expected_fingerprint=other, model_name="tiny-llama")
+
+
+def test_converted_released_policy_matches_the_authors_modules(tmp_path):
+    from zoo.convert import import_zo_finetuner
+
+    model = tiny_model("llama")
+    names = [n for n, _ in named_blocks(model)]
+    torch.manual_seed(0)
+    nets = {n: nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1)) for n in names}
+    torch.save(nets, tmp_path / "tiny_finetuner.pth")
+    from l2o.models import fingerprint
+
+    art = import_zo_finetuner(tmp_path / "tiny_finetuner.pth", "tiny-llama", tmp_path / "art",
+                              fingerprint=fingerprint(model))
+    pol = ZOPolicy.load(art, expected_fingerprint=fingerprint(model))
+    x = torch.randn(len(names), 5)
+    want = torch.stack([nets[n](x[i]).abs().squeeze() for i, n in enumerate(names)])
+    torch.testing.assert_close(pol(x), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    out = {}
+    for arch in ("opt", "llama"):
+        path = root / f"tiny-{arch}"
+        tiny_model(arch).save_pretrained(path)
+        tiny_tokenizer().save_pretrained(path)
+        out[arch] = str(path)
+    return out
+
+
+def test_fine_tune_refuses_a_converted_policy_for_another_base(tiny_bases, tmp_path, capsys):
+    """A released ZO Fine-tuner file converted for one base is refused by fine_tune on a different base."""
+    from fine_tune.cli import main
+    from l2o.models import fingerprint
+    from zoo.convert import import_zo_finetuner
+
+    llama = tiny_model("llama")
+    names = [n for n, _ in named_blocks(llama)]
+    torch.save({n: nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1)) for n in names},
+               tmp_path / "llama_finetuner.pth")
+    art = import_zo_finetuner(tmp_path / "llama_finetuner.pth", "tiny-llama", tmp_path / "art",
+                              fingerprint=fingerprint(llama))
+    sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
+    common = ["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "2", "--batch-size", "4",
+              "--num-dev", "2", "--save-model", "false", "--zero-shot", "false"]
+    code = main(common + ["--out", str(tmp_path / "r1"), "--optimizer", "zo-finetuner", "--policy", str(art)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and err[0].startswith("fine_tune: error: "), err
+    assert "made for base 'tiny-llama'" in err[0] and tiny_bases["opt"] in err[0]
+    # the `zoo:` shorthand goes through the same check
+    assert main(common + ["--out", str(tmp_path / "r2"), "--optimizer", f"zoo:{art}"]) == 2
+    assert "made for base 'tiny-llama'" in capsys.readouterr().err
+    # and a policy-less zo-finetuner is a one-line configuration error
+    assert main(common + ["--out", str(tmp_path / "r3"), "--optimizer", "zo-finetuner"]) == 2
+    assert "needs a learned policy" in capsys.readouterr().err
+
+
+def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys):
+    from fine_tune.cli import main
+    from l2o.models import fingerprint
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_bases["opt"])
+    pol = ZOPolicy.for_model(base, base_model="tiny-opt", seed=1)
+    pol.save(tmp_path / "pol", card={"license": "mit"})
+    sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
+    out = tmp_path / "run"
+    code = main(["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "4", "--batch-size", "4",
+                 "--num-dev", "2", "--save-model", "false", "--zero-shot", "false", "--out", str(out),
+                 "--optimizer", "zo-finetuner+gv", "--policy", str(tmp_path / "pol"), "--lr", "1e-3"])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["policy"] == str(tmp_path / "pol") and res["forward_passes"] == 4 * 4
+    assert fingerprint(base) == res["base"]["fingerprint"]
+
+
+def test_shipped_default_policy_for_smollm2_loads_by_id():
+    """zoo/builtin lists the meta-trained SmolLM2-135M policy; it resolves by id and covers every block."""
+    import zoo.manifest
+    from l2o.models import base_fingerprint
+
+    entries = zoo.manifest.builtin_manifest().entries
+    assert "smollm2-135m/zo-finetuner@1" in entries
+    fp = entries["smollm2-135m/zo-finetuner@1"]["base_fingerprint"]
+    pol = ZOPolicy.load("smollm2-135m/zo-finetuner@1", expected_fingerprint=fp, model_name="smollm2-135m")
+    assert pol.base_model == "smollm2-135m" and pol.base_fingerprint == fp == base_fingerprint("smollm2-135m")
+    assert pol.num_blocks == 272 and "model.embed_tokens.weight" in pol.block_names
+    sigma = pol(features(torch.zeros(pol.num_blocks, 2), 0.0, 0.0, torch.ones(pol.num_blocks)))
+    assert torch.isfinite(sigma).all() and (sigma >= 0).all()

@@ -173,7 +173,7 @@ def plot(done: dict, path: Path, args) -> None:
             ax.plot(xs, smooth, label=name)
         ax.set_title(f"{task} ({args.base}, {args.peft})", fontsize=9)
         ax.set_xlabel("forward passes")
-        ax.set_ylabel(f"train loss (mean over seeds, moving mean)")
+        ax.set_ylabel("train loss (mean over seeds, moving mean)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

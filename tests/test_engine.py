@@ -1,6 +1,5 @@
 """The noise engine: determinism, exact restore in every dtype, unbiased low-precision updates, pass counts."""
 
-import math
 
 import pytest
 import torch

@@ -123,7 +123,8 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     meta-initialisation `init` applied to the base before the adapter is attached. Writes the same
     artefacts as `fine_tune.run.run` (results.json, history.json, loss.png, tb/, checkpoints/, model/)."""
     from fine_tune.config import ConfigError
-    from fine_tune.run import _check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_splits, plot_history
+    from fine_tune.run import (_check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_model,
+                               evaluate_splits, plot_history)
 
     bilevel = dict(bilevel or {})
     if cfg.eps is not None and "eps" not in bilevel:
@@ -169,6 +170,14 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     if init:
         changed = apply_meta_init(model, init, model_name=cfg.base)
         log(f"meta-initialisation {init}: {len(changed)} backbone tensors changed")
+    zero_path = out / "zero_shot.json"
+    if cfg.resume and zero_path.exists():
+        zero_shot = json.loads(zero_path.read_text())
+    elif not cfg.zero_shot:
+        zero_shot = {}
+    else:  # the model before any adapter is attached (a fresh prefix/prompt already changes outputs)
+        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
+        zero_path.write_text(json.dumps(zero_shot))
     model = apply_peft(model, cfg.peft, seed=cfg.seed)
     module = BilevelFineTuneModule(model, tokenizer, objective, splits, kwargs, cfg.seed, cfg.data_seed,
                                    cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
@@ -185,14 +194,6 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
                         log_every_n_steps=1, enable_model_summary=False,
                         limit_val_batches=1.0 if cfg.eval_every else 0,
                         enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
-    zero_path = out / "zero_shot.json"
-    if cfg.resume and zero_path.exists():
-        zero_shot = json.loads(zero_path.read_text())
-    elif not cfg.zero_shot:
-        zero_shot = {}
-    else:
-        zero_shot = evaluate_splits(module, splits)
-        zero_path.write_text(json.dumps(zero_shot))
     t_fit = time.perf_counter()
     trainer.fit(module, ckpt_path=str(ckpt_dir / "last.ckpt") if cfg.resume else None)
     fit_s = time.perf_counter() - t_fit

@@ -44,7 +44,7 @@ def _quiet_libraries() -> None:
                     ".*no pre-optimization state was saved.*", ".*does not have many workers.*",
                     ".*limit_val_batches.*", ".*exists and is not empty.*",
                     # batches are a pure function of global_step (StepStream), so mid-epoch resume is exact
-                    ".*dataloader is not resumable.*"):
+                    ".*dataloader is not resumable.*", ".*is_gradient_checkpointing.*is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)

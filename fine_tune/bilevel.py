@@ -14,6 +14,7 @@ which gives the backbone bit-identically, without ever storing a backbone-sized 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from fine_tune.module import FineTuneModuleBase
 from l2o.bilevel import DEFAULTS, BilevelStreams, BilevelZOFO, check_hyperparameters, split_dg_df
@@ -123,9 +123,10 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     meta-initialisation `init` applied to the base before the adapter is attached. Writes the same
     artefacts as `fine_tune.run.run` (results.json, history.json, loss.png, tb/, checkpoints/, model/)."""
     from fine_tune.config import ConfigError
-    from fine_tune.run import (_check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_model,
-                               evaluate_splits, plot_history)
+    from fine_tune.run import _check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_splits, plot_history, prepare
 
+    if init is not None and cfg.init != init:
+        cfg = dataclasses.replace(cfg, init=init)
     bilevel = dict(bilevel or {})
     if cfg.eps is not None and "eps" not in bilevel:
         bilevel["eps"] = cfg.eps
@@ -156,29 +157,8 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from l2o.bilevel import apply_meta_init
-    from l2o.models import load_base
-    from l2o.peft_modes import apply_peft
-    from l2o.tasks import sample_splits
-    from l2o.tasks.objectives import objective_for
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
-    splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                           num_eval=cfg.num_eval, source=cfg.source)
-    model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
-    if init:
-        changed = apply_meta_init(model, init, model_name=cfg.base)
-        log(f"meta-initialisation {init}: {len(changed)} backbone tensors changed")
-    zero_path = out / "zero_shot.json"
-    if cfg.resume and zero_path.exists():
-        zero_shot = json.loads(zero_path.read_text())
-    elif not cfg.zero_shot:
-        zero_shot = {}
-    else:  # the model before any adapter is attached (a fresh prefix/prompt already changes outputs)
-        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
-        zero_path.write_text(json.dumps(zero_shot))
-    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log)
     module = BilevelFineTuneModule(model, tokenizer, objective, splits, kwargs, cfg.seed, cfg.data_seed,
                                    cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
     log(f"task {task.name}: {len(module.d_g)} D_g / {len(module.d_f)} D_f / {len(splits.dev)} dev / "

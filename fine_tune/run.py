@@ -115,33 +115,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from fine_tune.module import ZOFineTuneModule
-    from l2o.models import load_base
-    from l2o.peft_modes import apply_peft
-    from l2o.tasks import sample_splits
-    from l2o.tasks.objectives import objective_for
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
-    splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                           num_eval=cfg.num_eval, source=cfg.source)
-    log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
-        f"(data seed {cfg.data_seed}); objective {objective.name}")
-    model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
-    if cfg.init:
-        from l2o.bilevel import apply_meta_init
-
-        apply_meta_init(model, cfg.init, model_name=cfg.base)
-        log(f"applied the meta-initialisation {cfg.init}")
-    zero_path = out / "zero_shot.json"
-    if cfg.resume and zero_path.exists():
-        zero_shot = json.loads(zero_path.read_text())
-    elif not cfg.zero_shot:
-        zero_shot = {}
-    else:  # the base model itself, before any PEFT module (a fresh prefix/prompt already changes outputs)
-        log("zero-shot evaluation of the base model ...")
-        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
-        zero_path.write_text(json.dumps(zero_shot))
-    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
         f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}")
@@ -217,6 +192,43 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
+
+
+def prepare(cfg: FineTuneConfig, task, out: Path, log):
+    """What every fine-tuning run does before training: the data sample and objective, the base (with an
+    optional zoo meta-initialisation), its zero-shot metrics (before any PEFT module: a fresh prefix or
+    prompt already changes the outputs; read back on --resume), then the PEFT mode.
+    Returns (device, objective, splits, model, tokenizer, base info, zero-shot metrics)."""
+    import torch
+
+    from l2o.models import load_base
+    from l2o.peft_modes import apply_peft
+    from l2o.tasks import sample_splits
+    from l2o.tasks.objectives import objective_for
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
+    splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
+                           num_eval=cfg.num_eval, source=cfg.source)
+    log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
+        f"(data seed {cfg.data_seed}); objective {objective.name}")
+    model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    if cfg.init:
+        from l2o.bilevel import apply_meta_init
+
+        changed = apply_meta_init(model, cfg.init, model_name=cfg.base)
+        log(f"meta-initialisation {cfg.init}: {len(changed)} backbone tensors changed")
+    zero_path = out / "zero_shot.json"
+    if cfg.resume and zero_path.exists():
+        zero_shot = json.loads(zero_path.read_text())
+    elif not cfg.zero_shot:
+        zero_shot = {}
+    else:
+        log("zero-shot evaluation of the base model ...")
+        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
+        zero_path.write_text(json.dumps(zero_shot))
+    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    return device, objective, splits, model, tokenizer, info, zero_shot
 
 def load_policy(cfg: FineTuneConfig, model, info):
     """The learned policy named by --policy, checked against the loaded base (fingerprint) and its blocks."""

@@ -130,3 +130,13 @@ def tiny_model(arch: str = "opt", seed: int = 0, **overrides):
         else:
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     return model.eval()
+
+
+def save_tiny_base(folder, arch: str = "opt") -> str:
+    """A tiny model and tokenizer saved as a local base folder (what `--base <folder>` loads)."""
+    from pathlib import Path
+
+    path = Path(folder) / f"tiny-{arch}"
+    tiny_model(arch).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny_base, tiny_model, tiny_tokenizer
 from l2o.bilevel import (BilevelBatch, BilevelStreams, BilevelZOFO, apply_meta_init, backbone_params,
                          export_meta_init, split_dg_df)
 from l2o.engine import Direction
@@ -223,10 +223,7 @@ def test_bad_hyperparameters_are_one_sentence(tok):
 # ---------------------------------------------------------------------------------------------- Lightning
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny-llama"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "llama")
 
 
 def _trainer(tmp_path, steps, **kw):

@@ -11,7 +11,7 @@ import torch
 
 from fine_tune.cli import main
 from fine_tune.config import FineTuneConfig
-from tests.helpers import tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny_base
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
@@ -19,10 +19,7 @@ SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny-opt"
-    tiny_model("opt").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
 
 
 def _args(base, out, *extra):

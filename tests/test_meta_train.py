@@ -16,7 +16,7 @@ from torch import nn
 from l2o.noise import mix
 from l2o.policy import ZOPolicy, effective_sizes, features, normalization_factor, weight_stats
 from meta_train.lookahead import Lookahead, TaskState
-from tests.helpers import tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny_base, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,10 +112,7 @@ def test_multi_step_meta_gradient_equals_higher():
 # ---------------------------------------------------------------------- the pipeline on a tiny model
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny-opt"
-    tiny_model("opt").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
 
 
 def _run_args(base, out, *extra):

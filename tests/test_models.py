@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_config, tiny_model, tiny_tokenizer
+from tests.helpers import tiny_config, tiny_model, tiny_tokenizer
 from l2o import models
 from l2o.blocks import named_blocks
 from l2o.models import (ALIASES, BaseModelError, base_fingerprint, block_names, check_fingerprint, fingerprint,

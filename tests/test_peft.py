@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny_model, tiny_tokenizer
+from tests.helpers import tiny_model, tiny_tokenizer
 from l2o.blocks import named_blocks
 from l2o.peft_modes import PeftModeError, apply_peft, lora_targets, peft_mode, trainable_blocks
 from l2o.tasks import Rendered

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_model, tiny_tokenizer
+from tests.helpers import tiny_model, tiny_tokenizer
 from l2o.tasks import Rendered, TaskError, TaskFamily, get_task, list_tasks, sample_splits, split_pool
 from l2o.tasks import sources
 from l2o.tasks.metrics import accuracy, exact_match, max_f1, normalize_answer, token_f1

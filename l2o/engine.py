@@ -164,9 +164,9 @@ class Engine:
         if p.dtype == torch.float32 and len(terms) == 1:
             out = torch.empty_like(p)
             seed, coeff = terms[0]
-            self.noise.write(out, seed, b.index)
+            self.noise.axpy(out, p, seed, b.index, coeff)  # out = p + coeff * z, fused where possible
             self.counters.noise_elems += p.numel()
-            return out.mul_(coeff).add_(p)
+            return out
         out = p.to(torch.float32, copy=True)
         buf = torch.empty_like(out) if len(terms) > 1 else None
         self._accumulate(out, b, terms, buf)

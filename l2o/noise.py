@@ -72,6 +72,11 @@ class NoiseSource:
         """out += alpha * z(seed, block). `buf` is an optional scratch tensor shaped like `out`."""
         raise NotImplementedError
 
+    def axpy(self, out: torch.Tensor, base: torch.Tensor, seed: int, block: int, alpha: float) -> None:
+        """out <- base + alpha * z(seed, block) (float32, same shape), in as few passes as the source allows."""
+        self.write(out, seed, block)
+        torch.add(base, out, alpha=alpha, out=out)
+
     def z(self, seed: int, block: int, shape, device="cpu") -> torch.Tensor:
         """A fresh float32 tensor holding z(seed, block) (convenience for tests and small blocks)."""
         out = torch.empty(shape, dtype=torch.float32, device=device)
@@ -170,6 +175,11 @@ class NoiseTable(NoiseSource):
         flat, table = out.view(-1), self._table(out.device)
         for a, b, o, sign in self._slices(flat.numel(), seed, block):
             flat[a:b].add_(table[o:o + (b - a)], alpha=alpha * sign)
+
+    def axpy(self, out, base, seed, block, alpha):
+        flat, src, table = out.view(-1), base.reshape(-1), self._table(out.device)
+        for a, b, o, sign in self._slices(flat.numel(), seed, block):  # one pass: read base + table, write out
+            torch.add(src[a:b], table[o:o + (b - a)], alpha=alpha * sign, out=flat[a:b])
 
     def config(self) -> dict:
         return {"name": self.name, "size": self.size, "seed": self.table_seed, "chunk_size": self.chunk_size}

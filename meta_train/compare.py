@@ -17,7 +17,9 @@ import statistics
 import sys
 from pathlib import Path
 
-FORWARDS_PER_STEP = {"mezo": 2, "zo-finetuner": 2, "zo-finetuner+gv": 4, "mezo-gv": 4}
+# forwards per step at the registry defaults (pool 2, k 2): equal budgets need these step counts
+FORWARDS_PER_STEP = {"mezo": 2, "zo-finetuner": 2, "mezo-gv": 4, "zo-finetuner+gv": 4, "mezo-greedy": 4,
+                     "zo-finetuner+greedy": 4, "bszo": 3, "zo-finetuner+bszo": 3, "bszo-b": 4}
 
 
 def _run_one(args, method: str, seed: int) -> dict:

@@ -17,12 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
-import lightning as L
 
 from fine_tune.module import FineTuneModuleBase
 from l2o.bilevel import DEFAULTS, BilevelStreams, BilevelZOFO, check_hyperparameters, split_dg_df
@@ -123,7 +120,8 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     meta-initialisation `init` applied to the base before the adapter is attached. Writes the same
     artefacts as `fine_tune.run.run` (results.json, history.json, loss.png, tb/, checkpoints/, model/)."""
     from fine_tune.config import ConfigError
-    from fine_tune.run import _check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_splits, plot_history, prepare
+    from fine_tune.run import (_check_out_dir, _peak_memory_bytes, _quiet_libraries, evaluate_splits, make_trainer,
+                               plot_history, prepare)
 
     if init is not None and cfg.init != init:
         cfg = dataclasses.replace(cfg, init=init)
@@ -154,8 +152,6 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
 
     t_start = time.perf_counter()
     _quiet_libraries()
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
 
     device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log)
@@ -164,16 +160,8 @@ def run_bilevel(cfg, bilevel: dict | None = None, init: str | None = None, log=p
     log(f"task {task.name}: {len(module.d_g)} D_g / {len(module.d_f)} D_f / {len(splits.dev)} dev / "
         f"{len(splits.eval)} eval; base {info.model_id}; peft {cfg.peft}; bilevel-zofo {kwargs}")
     (out / "bilevel.json").write_text(json.dumps(now, indent=1))
-    tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     ckpt_dir = out / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", every_n_train_steps=cfg.checkpoint_every(),
-                                 save_top_k=0, save_last=True)]
-    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=cfg.steps,
-                        logger=tb, callbacks=callbacks, val_check_interval=cfg.eval_every or None,
-                        check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
-                        log_every_n_steps=1, enable_model_summary=False,
-                        limit_val_batches=1.0 if cfg.eval_every else 0,
-                        enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
+    trainer, tb = make_trainer(cfg, out, device)
     t_fit = time.perf_counter()
     trainer.fit(module, ckpt_path=str(ckpt_dir / "last.ckpt") if cfg.resume else None)
     fit_s = time.perf_counter() - t_fit

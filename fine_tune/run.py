@@ -110,9 +110,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     import torch
 
     _quiet_libraries()
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from fine_tune.module import ZOFineTuneModule
 
@@ -128,21 +126,12 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         module_kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
     module = ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, module_kwargs, cfg.seed, cfg.data_seed,
                               cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
-    tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     ckpt_dir = out / "checkpoints"
-    last_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", every_n_train_steps=cfg.checkpoint_every(),
-                              save_top_k=0, save_last=True)
-    callbacks = [last_cb]
     best_cb = None
     if cfg.eval_every and splits.dev:
         best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=f"dev/{module.metric}", mode="max",
                                   save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
-        callbacks.append(best_cb)
-    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=cfg.steps,
-                        logger=tb, callbacks=callbacks, val_check_interval=cfg.eval_every or None,
-                        check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
-                        log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
-                        enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
+    trainer, tb = make_trainer(cfg, out, device, [best_cb] if best_cb else [])
     (out / "tb").mkdir(parents=True, exist_ok=True)
     (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
 
@@ -192,6 +181,24 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
+
+
+def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()):
+    """The Lightning Trainer every fine-tuning run uses: TensorBoard in <out>/tb, `last.ckpt` every
+    `cfg.checkpoint_every()` steps, validation every `--eval-every` steps (none when 0), `max_steps`."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
+    last_cb = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}",
+                              every_n_train_steps=cfg.checkpoint_every(), save_top_k=0, save_last=True)
+    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=cfg.steps,
+                        logger=tb, callbacks=[last_cb, *extra_callbacks], val_check_interval=cfg.eval_every or None,
+                        check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
+                        log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
+                        enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
+    return trainer, tb
 
 
 def prepare(cfg: FineTuneConfig, task, out: Path, log):

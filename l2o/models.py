@@ -210,7 +210,7 @@ def smollm2_tokenizer_dir() -> Path:
 
 
 def embedded_smollm2_dir() -> Path:
-    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (~45 s)."""
+    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (~15-20 s)."""
     target = cache_dir() / "models" / DEFAULT_BASE
     if (target / ".complete").is_file():
         return target

@@ -5,6 +5,7 @@ Kept free of torch/transformers/lightning imports so `fine_tune --help` and `--p
 
 from __future__ import annotations
 
+from l2o.errors import UserError
 import dataclasses
 import math
 from dataclasses import dataclass, fields
@@ -17,7 +18,7 @@ PEFT_MODES = ("full", "lora", "prefix", "prompt")
 DTYPES = ("fp32", "bf16", "fp16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad flag value or config file: reported as one sentence by the CLI."""
 
 

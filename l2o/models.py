@@ -14,6 +14,7 @@ Errors a user can cause raise `BaseModelError` with one sentence, never a transf
 
 from __future__ import annotations
 
+from l2o.errors import UserError
 import hashlib
 import importlib.util
 import json
@@ -65,7 +66,7 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-class BaseModelError(ValueError):
+class BaseModelError(UserError):
     """A base model cannot be resolved, loaded, or does not match what was expected (one sentence)."""
 
 

@@ -11,6 +11,7 @@ Initialisation is seeded (`seed=`) and leaves the global RNG state untouched.
 
 from __future__ import annotations
 
+from l2o.errors import UserError
 import contextlib
 
 import torch
@@ -34,7 +35,7 @@ LORA_TARGETS = {
 }
 
 
-class PeftModeError(ValueError):
+class PeftModeError(UserError):
     """An unknown PEFT mode or a model it cannot be applied to (one sentence)."""
 
 

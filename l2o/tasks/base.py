@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from l2o.errors import UserError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -12,7 +13,7 @@ KINDS = ("cls", "mch", "gen")
 SPLITS = ("train", "validation")
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """A task cannot be found, loaded, or its data is malformed (one sentence, naming task and row)."""
 
 

@@ -35,7 +35,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Every test gets its own cache and HF home, no registry, Hub offline, no proxies."""
+    """Every test gets its own cache and HF home, no registry, no built-in entries, Hub offline, no proxies."""
+    import zoo.manifest
+
+    monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: tmp_path / "no-builtin")
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -516,9 +519,6 @@ def test_mirror_for_offline_machines(registry, tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- CLI surface
 def test_cli_help_and_usage_errors(capsys, tmp_path, monkeypatch):
-    import zoo.manifest
-
-    monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: tmp_path / "no-builtin")  # an empty zoo
     rc, out, _ = run_cli(capsys, "--help")
     assert rc == 0 and "publish" in out and "import-zo-finetuner" in out
     rc, _, err = run_cli(capsys, "frobnicate")
@@ -537,7 +537,7 @@ def test_python_m_zoo_entry_point(tmp_path):
     assert res.returncode == 0 and res.stdout.strip().endswith("LIGHT"), res.stdout + res.stderr
     res = subprocess.run([sys.executable, "-m", "zoo", "download", "../x"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
-    assert res.returncode == 1 and res.stdout == ""
+    assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("zoo: error: invalid zoo id '../x'") and len(res.stderr.splitlines()) == 1
 
 
@@ -552,7 +552,7 @@ def test_public_api_is_lazy():
 def test_builtin_defaults_are_the_last_resort(tmp_path, monkeypatch, capsys):
     import zoo.manifest
 
-    shipped_entries = zoo.manifest.builtin_manifest().entries  # the shipped manifest parses
+    shipped_entries = zoo.manifest.read_manifest(zoo.manifest.Location(path=ROOT / "zoo" / "builtin")).entries
     assert "smollm2-135m/zo-finetuner@1" in shipped_entries  # the default policy ships inside the package
     shipped = tmp_path / "builtin"
     publish(make_policy(tmp_path / "art"), shipped)
@@ -568,3 +568,119 @@ def test_builtin_defaults_are_the_last_resort(tmp_path, monkeypatch, capsys):
     shutil.rmtree(cache_dir() / "entries")
     tensors, _ = load("smollm2-135m/zo-finetuner@1", expected_fingerprint=FP_A)
     assert torch.equal(tensors["w1"], policy_tensors()["w1"])
+
+
+# ----------------------------------------------------------------------------- concurrency, exit codes, messages
+_RACE = """
+import os, sys, time
+import zoo.registry as reg, zoo.resolve as res
+real = reg.read_manifest
+def slow(*a, **k):  # widen the read-modify-write window so an unlocked update would lose entries
+    out = real(*a, **k)
+    time.sleep(0.15)
+    return out
+reg.read_manifest = res.read_manifest = slow
+go, cmd, arg, registry = sys.argv[1:5]
+while not os.path.exists(go):
+    time.sleep(0.01)
+print(reg.publish(arg, registry)["id"] if cmd == "publish" else res.resolve(arg, registry=registry).path)
+"""
+
+
+def _race(tmp_path, cmd, args, registry) -> list[str]:
+    go = tmp_path / f"go-{cmd}"
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(go), cmd, str(a), str(registry)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in args]
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    return [o.strip() for o, _ in outs]
+
+
+def test_concurrent_publishes_and_downloads_lose_nothing(tmp_path, capsys):
+    n = 4
+    arts = [make_policy(tmp_path / f"art{i}", seed=i, base="tiny-base") for i in range(n)]
+    reg = tmp_path / "reg"
+    ids = _race(tmp_path, "publish", arts, reg)
+    assert sorted(ids) == [f"tiny-base/zo-finetuner@{v}" for v in range(1, n + 1)]  # one version each
+    entries = json.loads((reg / "zoo.json").read_text())["entries"]
+    assert sorted(entries) == sorted(ids)
+    _race(tmp_path, "download", ids, reg)  # n downloads into one cache: its index keeps all of them
+    assert sorted(json.loads((cache_dir() / "zoo.json").read_text())["entries"]) == sorted(ids)
+    for eid, art in zip(ids, arts):
+        rc, out, err = run_cli(capsys, "verify", eid, "--registry", str(reg))
+        assert rc == 0, err
+        t, _ = load(eid)  # from the cache index alone
+        assert torch.equal(t["w1"], load_artefact(art)[0]["w1"])
+
+
+def test_publish_never_shadows_a_builtin_id_unless_asked(tmp_path, monkeypatch, capsys):
+    import zoo.manifest
+
+    shipped = tmp_path / "builtin"
+    publish(make_policy(tmp_path / "shipped", seed=0), shipped)
+    monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: shipped)
+    reg = tmp_path / "reg"
+    other = make_policy(tmp_path / "other", seed=3)
+    assert publish(other, reg)["id"] == "smollm2-135m/zo-finetuner@2"  # the next free version, not @1
+    rc, _, err = run_cli(capsys, "publish", str(other), "--registry", str(reg), "--version", "1")
+    assert_one_line_error(rc, err, "built-in entry", "--shadow-builtin")
+    assert rc == 2 and "smollm2-135m/zo-finetuner@1" not in json.loads((reg / "zoo.json").read_text())["entries"]
+    assert publish(tmp_path / "shipped", reg, version=1)["id"] == "smollm2-135m/zo-finetuner@1"  # same bytes: fine
+    reg2 = tmp_path / "reg2"
+    rc, out, err = run_cli(capsys, "publish", str(other), "--registry", str(reg2), "--version", "1", "--shadow-builtin")
+    assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out, err
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "file"])
+def test_refused_mirror_leaves_the_cache_as_it_was(registry, tmp_path, capsys, where):
+    load("smollm2-135m/zo-finetuner@2", registry=registry)  # @1 is not cached yet
+    before = snapshot(cache_dir())
+    (tmp_path / "plain-file").write_text("x")
+    to = tmp_path / "plain-file" / "mirror" if where == "under-a-file" else tmp_path / "plain-file"
+    rc, _, err = run_cli(capsys, "mirror", "--to", str(to), "--registry", str(registry))
+    assert snapshot(cache_dir()) == before
+    assert_one_line_error(rc, err, "cannot write to registry")
+    assert rc == 2
+
+
+def test_exit_codes_user_errors_2_integrity_failures_1(registry, tmp_path, capsys):
+    for argv in (["download", "nope/zo-finetuner@3"], ["download", "../x"], ["info", "a/b@x"],
+                 ["verify", str(tmp_path / "missing")], ["publish", str(tmp_path / "missing")]):
+        rc, _, err = run_cli(capsys, *argv, "--registry", str(registry))
+        assert rc == 2 and err.startswith("zoo: error: "), (argv, rc, err)
+    assert "unknown zoo id 'nope/zo-finetuner@3'" in run_cli(capsys, "info", "nope/zo-finetuner@3")[2]  # keeps @3
+    weights = registry / "smollm2-135m/zo-finetuner/1/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    for cmd in ("download", "verify"):
+        rc, _, err = run_cli(capsys, cmd, "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+        assert_one_line_error(rc, err, "sha256")
+        assert rc == 1, (cmd, err)
+
+
+def test_verify_says_what_it_checked_and_folders_name_what_they_lack(registry, tmp_path, capsys):
+    loose = make_policy(tmp_path / "loose")
+    weights = loose / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # a flipped tensor byte: the structure still parses
+    weights.write_bytes(bytes(data))
+    rc, out, err = run_cli(capsys, "verify", str(loose))
+    assert rc == 0 and out.strip() == f"structure ok: {loose}; no manifest, so hashes were not checked", err
+    listed = registry / "smollm2-135m/zo-finetuner/2"  # a folder its registry's manifest lists: hashes checked
+    rc, out, _ = run_cli(capsys, "verify", str(listed))
+    assert rc == 0 and out.startswith("ok: ") and "every sha256" in out
+    (listed / "model.safetensors").write_bytes(bytes(data))
+    rc, _, err = run_cli(capsys, "verify", str(listed))
+    assert_one_line_error(rc, err, "does not match registry manifest", "model.safetensors")
+    assert rc == 1
+    empty = tmp_path / "not-an-artefact"
+    empty.mkdir()
+    (empty / "model.safetensors").write_bytes(b"")
+    for spec in (str(empty), f"{empty}/"):
+        with pytest.raises(ZooError, match=r"not-an-artefact is not an artefact folder: it lacks config.json, README.md"):
+            load(spec)
+    rc, _, err = run_cli(capsys, "verify", str(empty))
+    assert_one_line_error(rc, err, "is not an artefact folder: it lacks config.json")
+    assert rc == 2

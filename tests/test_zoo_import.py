@@ -119,7 +119,7 @@ def test_malicious_or_foreign_pickles_are_refused_without_running(tmp_path, payl
     rc = main(["import-zo-finetuner", str(tmp_path / "evil.pth"), "--base", "x", "--fingerprint", FP,
                "--out", str(tmp_path / "art")])
     err = capsys.readouterr().err
-    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"zoo: error: refusing to load {tmp_path / 'evil.pth'}: disallowed global"), err
     assert global_name in err
     assert not sentinel.exists()
@@ -147,7 +147,7 @@ def test_fingerprint_is_computed_or_required(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "l2o.models", None)  # l2o.models unavailable -> ImportError
     rc = main(["import-zo-finetuner", str(tmp_path / "p.pth"), "--base", "opt-125m", "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
-    assert rc == 1 and "pass --fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "pass --fingerprint" in err and len(err.strip().splitlines()) == 1
 
     fake = types.ModuleType("l2o.models")
     fake.base_fingerprint = lambda base: "sha256:" + ("12" * 32 if base == "opt-125m" else "00" * 32)

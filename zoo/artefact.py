@@ -21,9 +21,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .errors import ZooError
+from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, short_fp
-from .manifest import KINDS, write_json_atomic
+from .manifest import KINDS, REQUIRED_FILES, write_json_atomic
 
 ARTEFACT_SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -52,12 +52,12 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict]:
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise ZooError(f"{path} is not a readable safetensors file ({err})") from None
+        raise IntegrityError(f"{path} is not a readable safetensors file ({err})") from None
     meta = header.pop("__metadata__", None) or {}
     out = {}
     for name, info in header.items():
         if not isinstance(info, dict) or "dtype" not in info or "shape" not in info:
-            raise ZooError(f"{path} is not a readable safetensors file (bad entry {name!r})")
+            raise IntegrityError(f"{path} is not a readable safetensors file (bad entry {name!r})")
         out[name] = {"dtype": info["dtype"], "shape": list(info["shape"])}
     return out, meta
 
@@ -123,13 +123,20 @@ def check_layout(config: dict, shapes: dict, label: str = "artefact") -> None:
                 raise ZooError(f"{label} tensor {key} is {info['dtype']}, expected a floating dtype")
 
 
+def not_an_artefact_folder(directory: Path) -> ZooError:
+    """The refusal for a folder that lacks some of the files every artefact folder holds."""
+    missing = [f for f in REQUIRED_FILES if not (Path(directory) / f).is_file()]
+    return ZooError(f"{directory} is not an artefact folder: it lacks {', '.join(missing) or CONFIG_NAME} "
+                    f"(an artefact folder holds {', '.join(REQUIRED_FILES)}; zoo ids look like base/name@version)")
+
+
 def read_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     path = directory / CONFIG_NAME
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ZooError(f"{directory} is not an artefact folder (no {CONFIG_NAME})") from None
+        raise not_an_artefact_folder(directory) from None
     except (OSError, ValueError) as err:
         raise ZooError(f"{path} is not valid JSON ({err})") from None
     return check_config(config, f"artefact {directory}")
@@ -287,7 +294,7 @@ def check_artefact_dir(directory: str | os.PathLike) -> tuple[dict, dict]:
     shapes, meta = read_safetensors_header(weights)
     for key in ("kind", "base_fingerprint"):
         if key in meta and (meta[key] or None) != (config.get(key) or None):
-            raise ZooError(
+            raise IntegrityError(
                 f"artefact {directory} is inconsistent: {WEIGHTS_NAME} says {key}={meta[key]!r} "
                 f"but {CONFIG_NAME} says {config.get(key)!r}"
             )
@@ -332,5 +339,5 @@ def load_artefact(directory, expected_fingerprint: str | None = None, expected_k
     try:
         tensors = load_file(str(directory / WEIGHTS_NAME), device=device)
     except Exception as err:  # noqa: BLE001
-        raise ZooError(f"cannot read {directory / WEIGHTS_NAME} ({type(err).__name__}: {err})") from None
+        raise IntegrityError(f"cannot read {directory / WEIGHTS_NAME} ({type(err).__name__}: {err})") from None
     return tensors, config

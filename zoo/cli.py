@@ -1,17 +1,20 @@
 """``zoo``: publish, list, download and verify pretrained optimizers.
 
-Every user-caused failure prints one line ``zoo: error: <sentence>`` and exits non-zero.
+Every failure prints one line ``zoo: error: <sentence>``. Exit codes: 0 success, 2 a user error (bad or
+unknown id, bad path, refused publish, usage), 1 an integrity failure (hash or size mismatch, corrupt or
+inconsistent copy, damaged manifest, no verified copy obtainable) or an unexpected error.
 Heavy modules (torch, safetensors, huggingface_hub) are imported only by the commands that need them.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 
-from .errors import ZooError
+from .errors import IntegrityError, ZooError
 
 EPILOG = (
     "Ids are base/name[@version] (latest version when omitted). Lookup order: explicit path or "
@@ -57,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version", help="positive integer or semver-like (default: next integer)")
     s.add_argument("--license", help="license (default: the model card's)")
     s.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hugging Face Hub model repo and pin its commit")
+    s.add_argument("--shadow-builtin", action="store_true",
+                   help="allow an id that a built-in default already has with different content (it then hides it)")
 
     s = sub.add_parser("mirror", parents=[common], help="copy entries into a registry directory for offline machines")
     s.add_argument("--to", required=True, metavar="DIR", help="target registry directory")
@@ -121,12 +126,16 @@ def _cmd_download(a) -> int:
 
 
 def _cmd_verify(a) -> int:
-    from .resolve import is_explicit_path, verify
+    from .resolve import is_explicit_path, resolve, verify, verify_artefact_folder
 
-    if not is_explicit_path(a.id):
-        from .ids import parse_id
-
-        parse_id(a.id)
+    if is_explicit_path(a.id):
+        folder = resolve(a.id).path
+        against = verify_artefact_folder(folder)
+        if against is None:
+            print(f"structure ok: {folder}; no manifest, so hashes were not checked")
+        else:
+            print(f"ok: {folder} verified (structure, and every sha256 against {against})")
+        return 0
     checked = verify(a.id, registry=a.registry, cache_dir=a.cache_dir)
     print(f"ok: {a.id} verified ({'; '.join(checked)})")
     return 0
@@ -139,7 +148,7 @@ def _cmd_publish(a) -> int:
     if not registry:
         raise ZooError("publish needs a registry directory: pass --registry DIR or set $L2O_ZOO_REGISTRY")
     entry = publish(a.artefact_dir, registry, name=a.name, version=a.version, license=a.license, base=a.base,
-                    push_to_hub=a.push_to_hub)
+                    push_to_hub=a.push_to_hub, shadow_builtin=a.shadow_builtin)
     print(f"published {entry['id']} to {registry}")
     return 0
 
@@ -161,6 +170,9 @@ def _cmd_import(a) -> int:
     return 0
 
 
+_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EEXIST,
+                errno.ENAMETOOLONG}  # a bad path the user gave, not a failing machine
+
 COMMANDS = {"list": _cmd_list, "info": _cmd_info, "download": _cmd_download, "verify": _cmd_verify,
             "publish": _cmd_publish, "mirror": _cmd_mirror, "import-zo-finetuner": _cmd_import}
 
@@ -175,13 +187,13 @@ def main(argv=None) -> int:
         return COMMANDS[args.cmd](args)
     except ZooError as err:
         print(f"zoo: error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, IntegrityError) else 2
     except KeyboardInterrupt:
         print("zoo: error: interrupted", file=sys.stderr)
         return 130
     except OSError as err:
         print(f"zoo: error: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}", file=sys.stderr)
-        return 1
+        return 2 if err.errno in _PATH_ERRNOS else 1
     except Exception as err:  # noqa: BLE001 - never a traceback for users; ZOO_DEBUG=1 shows it
         if os.environ.get("ZOO_DEBUG"):
             raise

@@ -17,6 +17,7 @@ directory, a registry URL, or the built-in package folder).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -28,11 +29,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ZooError
+from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, is_commit, is_sha256, parse_id
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "zoo.json"
+LOCK_NAME = ".zoo.lock"  # flock'ed around every read-modify-write of a directory's zoo.json
 KINDS = {"zo-finetuner-policy": "policy", "bilevel-meta-init": "meta-initialisation"}
 DEFAULT_NAMES = {"zo-finetuner-policy": "zo-finetuner", "bilevel-meta-init": "meta-init"}
 REQUIRED_FILES = ("config.json", "model.safetensors", "README.md")
@@ -119,7 +121,7 @@ def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
     """Validate one untrusted manifest entry; raise ZooError naming the manifest otherwise."""
 
     def bad(why: str) -> ZooError:
-        return ZooError(f"{label} has an invalid entry {key!r}: {why}")
+        return IntegrityError(f"{label} has an invalid entry {key!r}: {why}")
 
     try:
         zid = parse_id(key, require_version=True)
@@ -197,9 +199,9 @@ def parse_manifest(data: bytes | str, label: str) -> dict:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ZooError(f"{label} is not valid JSON ({err})") from None
+        raise IntegrityError(f"{label} is not valid JSON ({err})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
-        raise ZooError(f"{label} is not a zoo manifest (expected an object with 'entries')")
+        raise IntegrityError(f"{label} is not a zoo manifest (expected an object with 'entries')")
     sv = doc.get("schema_version")
     if sv != SCHEMA_VERSION:
         raise ZooError(f"{label} has schema_version {sv!r} but this zoo reads schema_version {SCHEMA_VERSION}")
@@ -224,6 +226,46 @@ def read_manifest(location: Location, origin: str = "registry", *, missing_ok: b
 
         data = fetch_small(location.join(MANIFEST_NAME).url, _MAX_MANIFEST_BYTES, timeout=timeout)
     return Manifest(parse_manifest(data, label), location, origin, label)
+
+
+def first_missing_ancestor(path: Path) -> Path | None:
+    """The top-most directory that ``path.mkdir(parents=True)`` would create (None if it exists)."""
+    top = None
+    while not path.exists():
+        top, path = path, path.parent
+        if path == top:
+            break
+    return top
+
+
+@contextlib.contextmanager
+def locked(directory: Path, what: str = "registry"):
+    """Hold the exclusive lock of ``directory``'s manifest (creating the directory if needed).
+
+    Every read-modify-write of ``zoo.json`` (and every choice of a version number) happens inside,
+    so concurrent publishes, mirrors and downloads never lose each other's entries. A directory that
+    cannot be created or written is refused (ZooError) before anything else happens; if the body fails
+    and this call created the directory, it is removed again.
+    """
+    from l2o.filelock import lock_fd
+
+    directory = Path(directory)
+    created = first_missing_ancestor(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = lock_fd(directory / LOCK_NAME)
+    except OSError as err:
+        raise ZooError(f"cannot write to {what} {directory} ({err.strerror or err})") from None
+    try:
+        yield
+    except BaseException:
+        if created is not None and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            import shutil
+
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
 
 
 def write_manifest(directory: Path, entries: dict) -> None:

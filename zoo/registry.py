@@ -15,7 +15,9 @@ from .manifest import (
     DEFAULT_NAMES,
     REQUIRED_FILES,
     Location,
+    builtin_manifest,
     entry_layout,
+    locked,
     parse_location,
     read_manifest,
     sha256_file,
@@ -57,17 +59,59 @@ def _install(root: Path, entry_id: str, files: dict, src_folder: Path) -> None:
 
 
 def publish(artefact_dir, registry, *, name: str | None = None, version: str | int | None = None,
-            license: str | None = None, base: str | None = None, push_to_hub: str | None = None) -> dict:
+            license: str | None = None, base: str | None = None, push_to_hub: str | None = None,
+            shadow_builtin: bool = False) -> dict:
     """Publish an artefact folder into the registry directory ``registry``; return its manifest entry.
 
     - id = ``base/name@version``: ``base`` defaults to the last component of ``config.base_model``
       (lower-cased), ``name`` to ``zo-finetuner`` / ``meta-init`` by kind, ``version`` to the next
-      integer after the highest published one;
-    - refuses to overwrite an existing id@version with different content (same content: no-op);
+      integer after the highest one published in the registry or shipped as a built-in default;
+    - the manifest's read-modify-write and the choice of the version happen under the registry's
+      exclusive lock, so concurrent publishes all land, each under its own version;
+    - refuses to overwrite an existing id@version with different content (same content: no-op), and
+      to shadow a built-in id with different content unless ``shadow_builtin=True``;
     - ``push_to_hub="org/repo"`` first uploads the folder with ``HfApi().upload_folder`` and records
       the returned commit as a pinned ``hf`` source; if that fails nothing is written.
     """
     src = Path(artefact_dir).expanduser().resolve()
+    config = _publishable(src)
+    root = _local_registry(registry)
+    base = check_component(base or default_base(config["base_model"]), "base")
+    name = check_component(name or DEFAULT_NAMES[config["kind"]], "name")
+    files = {}
+    for req in REQUIRED_FILES:
+        digest, size = sha256_file(src / req)
+        files[req] = {"sha256": digest, "size": size}
+    if license is None:
+        license = str(card_front_matter((src / CARD_NAME).read_text(encoding="utf-8")).get("license") or "other")
+    shipped = builtin_manifest()
+    with locked(root):
+        entries = dict(read_manifest(Location(path=root), "registry", missing_ok=True).entries)
+        if version is None:
+            taken = [e.partition("@")[2] for e in (*entries, *shipped.entries) if e.partition("@")[0] == f"{base}/{name}"]
+            version = max((int(v.split(".")[0]) for v in taken), default=0) + 1
+        entry_id = f"{base}/{name}@{check_version(str(version))}"
+        old = entries.get(entry_id)
+        _check_not_clobbering(entry_id, old, shipped.entries.get(entry_id), files, config, root, shadow_builtin)
+        sources = list(old["sources"]) if old else [{"type": "registry", "path": entry_layout(entry_id)}]
+        if push_to_hub:
+            from .hub import push_folder
+
+            oid = push_folder(push_to_hub, str(src), f"publish {entry_id}")
+            sources = [s for s in sources if not (s["type"] == "hf" and s["repo_id"] == push_to_hub)]
+            sources.append({"type": "hf", "repo_id": push_to_hub, "revision": oid})
+        entry = {"id": entry_id, "kind": config["kind"], "base_model": config["base_model"],
+                 "base_fingerprint": config["base_fingerprint"], "license": old["license"] if old else license,
+                 "created": old["created"] if old else utc_now(), "files": files, "sources": sources}
+        if old is None or not (root / entry_layout(entry_id)).is_dir():
+            _install(root, entry_id, files, src)
+        entries[entry_id] = entry
+        write_manifest(root, entries)
+    return entry
+
+
+def _publishable(src: Path) -> dict:
+    """The config of an artefact folder that can be published (complete, with a base fingerprint)."""
     config, _ = check_artefact_dir(src)
     for req in REQUIRED_FILES:
         if not (src / req).is_file():
@@ -77,49 +121,19 @@ def publish(artefact_dir, registry, *, name: str | None = None, version: str | i
             f"artefact {src} records no base fingerprint, so users could not check it against their model; "
             "re-create it with a fingerprint"
         )
-    root = _local_registry(registry)
-    base = check_component(base or default_base(config["base_model"]), "base")
-    name = check_component(name or DEFAULT_NAMES[config["kind"]], "name")
-    manifest = read_manifest(Location(path=root), "registry", missing_ok=True)
-    entries = dict(manifest.entries)
-    if version is None:
-        existing = [int(v.split(".")[0]) for v in manifest.versions(f"{base}/{name}")]
-        version = str(max(existing, default=0) + 1)
-    version = check_version(str(version))
-    entry_id = f"{base}/{name}@{version}"
-    files = {}
-    for req in REQUIRED_FILES:
-        digest, size = sha256_file(src / req)
-        files[req] = {"sha256": digest, "size": size}
-    if license is None:
-        license = str(card_front_matter((src / CARD_NAME).read_text(encoding="utf-8")).get("license") or "other")
-    old = entries.get(entry_id)
+    return config
+
+
+def _check_not_clobbering(entry_id, old, builtin, files, config, root, shadow_builtin) -> None:
     if old is not None and (old["files"] != files or old["kind"] != config["kind"]):
         raise ZooError(
             f"'{entry_id}' already exists in registry {root} with different content; publish it under a new --version"
         )
-    sources = list(old["sources"]) if old else [{"type": "registry", "path": entry_layout(entry_id)}]
-    if push_to_hub:
-        from .hub import push_folder
-
-        oid = push_folder(push_to_hub, str(src), f"publish {entry_id}")
-        sources = [s for s in sources if not (s["type"] == "hf" and s["repo_id"] == push_to_hub)]
-        sources.append({"type": "hf", "repo_id": push_to_hub, "revision": oid})
-    entry = {
-        "id": entry_id,
-        "kind": config["kind"],
-        "base_model": config["base_model"],
-        "base_fingerprint": config["base_fingerprint"],
-        "license": old["license"] if old else license,
-        "created": old["created"] if old else utc_now(),
-        "files": files,
-        "sources": sources,
-    }
-    if old is None or not (root / entry_layout(entry_id)).is_dir():
-        _install(root, entry_id, files, src)
-    entries[entry_id] = entry
-    write_manifest(root, entries)
-    return entry
+    if builtin is not None and builtin["files"] != files and not shadow_builtin:
+        raise ZooError(
+            f"'{entry_id}' is a built-in entry with different content, and this registry's copy would shadow it for "
+            "everyone who uses the registry; choose another --version or --name, or pass --shadow-builtin"
+        )
 
 
 def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
@@ -128,13 +142,19 @@ def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
     Each entry is first fetched and verified into the cache; the mirror's manifest keeps the
     entry's hashes and its remote (``http(s)``/Hub) sources, so the mirror is self-contained.
     """
-    from .resolve import catalog, fetch
+    from .resolve import catalog
 
     root = _local_registry(to)
     cat = catalog(registry, cache_dir)
     chosen = [cat.find(i) for i in ids] if ids else cat.all_entries()
-    target = read_manifest(Location(path=root), "registry", missing_ok=True)
-    entries = dict(target.entries)
+    with locked(root):  # an unwritable target is refused here, before the cache is touched
+        return _mirror_locked(root, chosen, cat.cache)
+
+
+def _mirror_locked(root: Path, chosen: list, cache: Path) -> list[str]:
+    from .resolve import fetch
+
+    entries = dict(read_manifest(Location(path=root), "registry", missing_ok=True).entries)
     done = []
     for entry, manifest in chosen:
         eid = entry["id"]
@@ -144,7 +164,7 @@ def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
             if (root / entry_layout(eid)).is_dir():
                 done.append(eid)
                 continue
-        folder = fetch(entry, manifest, cat.cache)
+        folder = fetch(entry, manifest, cache)
         _install(root, eid, entry["files"], folder)
         new = dict(entry)
         new["sources"] = [{"type": "registry", "path": entry_layout(eid)}] + [
@@ -154,6 +174,5 @@ def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
         write_manifest(root, entries)
         done.append(eid)
     if not chosen:
-        root.mkdir(parents=True, exist_ok=True)
         write_manifest(root, entries)
     return done

@@ -31,7 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ZooError
+from .artefact import not_an_artefact_folder
+from .errors import IntegrityError, ZooError
 from .ids import parse_id, version_key
 from .manifest import (
     MANIFEST_NAME,
@@ -41,6 +42,8 @@ from .manifest import (
     entry_digest,
     entry_layout,
     file_url_to_path,
+    first_missing_ancestor,
+    locked,
     parse_location,
     read_manifest,
     sha256_file,
@@ -94,7 +97,7 @@ class Catalog:
         note = f"; note: {'; '.join(self.notes)}" if self.notes else ""
         if available:
             raise ZooError(f"'{zid.key}' has no version {zid.version} (available: {', '.join(available)}){note}")
-        raise ZooError(f"unknown zoo id '{zid.key}' (searched {searched}; try `zoo list`){note}")
+        raise ZooError(f"unknown zoo id '{zid}' (searched {searched}; try `zoo list`){note}")
 
     def all_entries(self) -> list[tuple[dict, Manifest]]:
         seen, out = set(), []
@@ -224,7 +227,7 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
     if folder.is_dir() and not verify_folder(folder, entry):
         _update_index(root, entry, manifest)
         return folder
-    created_top = _first_missing_ancestor(root)
+    created_top = first_missing_ancestor(root)
     staging = None
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -248,7 +251,7 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
                 break
             else:
                 why = "; ".join(reasons) if reasons else "the entry lists no sources"
-                raise ZooError(f"could not get a verified copy of {fname} for '{entry['id']}' ({why})")
+                raise IntegrityError(f"could not get a verified copy of {fname} for '{entry['id']}' ({why})")
         # Every file verified: commit blobs, then (re)build the entry folder from them.
         for hexdigest, path in staged.items():
             blob = blob_path(root, hexdigest)
@@ -280,24 +283,15 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _first_missing_ancestor(path: Path) -> Path | None:
-    """The top-most directory that ``path.mkdir(parents=True)`` would create (None if it exists)."""
-    top = None
-    while not path.exists():
-        top, path = path, path.parent
-        if path == top:
-            break
-    return top
-
-
 def _update_index(root: Path, entry: dict, manifest: Manifest) -> None:
     if manifest.origin == "cache":
         return
-    current = read_manifest(Location(path=root), "cache", missing_ok=True).entries
     new = _cache_index_entry(entry, manifest)
-    if current.get(entry["id"]) != new:
-        current[entry["id"]] = new
-        write_manifest(root, current)
+    with locked(root, "cache"):  # concurrent downloads each add their entry
+        current = read_manifest(Location(path=root), "cache", missing_ok=True).entries
+        if current.get(entry["id"]) != new:
+            current[entry["id"]] = new
+            write_manifest(root, current)
 
 
 # ----------------------------------------------------------------------------- public resolution
@@ -323,8 +317,19 @@ def resolve(spec: str | os.PathLike, *, registry=None, cache_dir=None) -> Resolv
             raise ZooError(f"artefact folder {path} does not exist")
         return Resolved(path, None, None, "path")
     cat = catalog(registry, cache_dir)
-    entry, manifest = cat.find(s)
+    entry, manifest = _find(cat, s)
     return Resolved(fetch(entry, manifest, cat.cache), entry["id"], entry, manifest.origin)
+
+
+def _find(cat: Catalog, s: str) -> tuple[dict, Manifest]:
+    """``cat.find(s)``; a spec that is not a known id but names a folder gets a message about the folder."""
+    try:
+        return cat.find(s)
+    except ZooError:
+        path = Path(s).expanduser()
+        if path.is_dir():
+            raise not_an_artefact_folder(path.resolve()) from None
+        raise
 
 
 def load(spec, expected_fingerprint=None, expected_kind=None, expected_keys=None, *, model_name=None,
@@ -336,7 +341,7 @@ def load(spec, expected_fingerprint=None, expected_kind=None, expected_keys=None
     tensors, config = load_artefact(r.path, expected_fingerprint, expected_kind, expected_keys,
                                     model_name=model_name, device=device)
     if r.entry is not None and config.get("base_fingerprint") != r.entry["base_fingerprint"]:
-        raise ZooError(f"'{r.id}' is inconsistent: its config.json and the manifest name different base fingerprints")
+        raise IntegrityError(f"'{r.id}' is inconsistent: its config.json and the manifest name different base fingerprints")
     return tensors, config
 
 
@@ -350,23 +355,23 @@ def verify(spec: str, *, registry=None, cache_dir=None) -> list[str]:
 
     s = os.fspath(spec)
     if is_explicit_path(s):
-        r = resolve(s)
-        check_artefact_dir(r.path)
-        return [str(r.path)]
+        folder = resolve(s).path
+        verify_artefact_folder(folder)
+        return [str(folder)]
     cat = catalog(registry, cache_dir)
-    entry, manifest = cat.find(s)
+    entry, manifest = _find(cat, s)
     checked = []
     if manifest.origin in ("registry", "builtin") and manifest.root is not None and manifest.root.is_local:
         reg_folder = manifest.root.path / entry_layout(entry["id"])
         problems = verify_folder(reg_folder, entry)
         if problems:
-            raise ZooError(f"'{entry['id']}' in {manifest.origin} {manifest.root} is corrupt: {'; '.join(problems)}")
+            raise IntegrityError(f"'{entry['id']}' in {manifest.origin} {manifest.root} is corrupt: {'; '.join(problems)}")
         checked.append(str(reg_folder))
     folder = entry_folder(entry, cat.cache)
     if folder.is_dir():  # report a damaged cache copy instead of silently repairing it
         problems = verify_folder(folder, entry)
         if problems:
-            raise ZooError(
+            raise IntegrityError(
                 f"cached copy of '{entry['id']}' is corrupt ({'; '.join(problems)}); "
                 f"`zoo download {entry['id']}` fetches it again"
             )
@@ -374,10 +379,48 @@ def verify(spec: str, *, registry=None, cache_dir=None) -> list[str]:
         folder = fetch(entry, manifest, cat.cache)
     config, _ = check_artefact_dir(folder)
     if config["kind"] != entry["kind"] or config.get("base_fingerprint") != entry["base_fingerprint"]:
-        raise ZooError(f"'{entry['id']}' is inconsistent: its config.json disagrees with the manifest on kind or base fingerprint")
+        raise IntegrityError(f"'{entry['id']}' is inconsistent: its config.json disagrees with the manifest on kind or base fingerprint")
     checked.append(str(folder))
     return checked
 
 
+def _listing_manifest(folder: Path) -> tuple[dict, str] | None:
+    """The manifest entry that lists ``folder`` by its place (``<registry>/base/name/version`` or
+    ``<cache>/entries/base/name/version/<digest>``) and the manifest's label; None if none does."""
+    p = folder.parents
+    candidates = []
+    if len(p) >= 3:
+        candidates.append((p[2], f"{p[1].name}/{p[0].name}@{folder.name}", None))
+    if len(p) >= 5 and p[3].name == "entries":
+        candidates.append((p[4], f"{p[2].name}/{p[1].name}@{p[0].name}", folder.name))
+    for root, eid, digest in candidates:
+        if not (root / MANIFEST_NAME).is_file():
+            continue
+        m = read_manifest(Location(path=root), "registry" if digest is None else "cache")
+        entry = m.entries.get(eid)
+        if entry is not None and (digest is None or entry_digest(entry) == digest):
+            return entry, m.label
+    return None
+
+
+def verify_artefact_folder(folder: Path) -> str | None:
+    """Check an artefact folder's structure (config, tensor layout, header agreement) and, when a
+    registry or cache manifest lists the folder, every file's size and sha256 against it.
+
+    Returns the label of the manifest the hashes were checked against, or None when no manifest lists
+    the folder (then only the structure was checked). IntegrityError on any mismatch.
+    """
+    from .artefact import check_artefact_dir
+
+    folder = Path(folder).resolve()
+    listed = _listing_manifest(folder)
+    if listed is not None:
+        problems = verify_folder(folder, listed[0])
+        if problems:
+            raise IntegrityError(f"{folder} does not match {listed[1]}: {'; '.join(problems)}")
+    check_artefact_dir(folder)
+    return listed[1] if listed else None
+
+
 __all__ = ["MANIFEST_NAME", "Resolved", "cache_root", "catalog", "fetch", "load", "registry_location",
-           "resolve", "verify", "verify_folder"]
+           "resolve", "verify", "verify_artefact_folder", "verify_folder"]

@@ -1,0 +1,98 @@
+"""Advisory file locks (POSIX ``fcntl.flock``) for shared files and run folders (stdlib only).
+
+- ``exclusive(lock_path)``: wait for an exclusive lock; wrap a read-modify-write of a shared file
+  (a registry's or the cache's ``zoo.json``) in it, so concurrent writers never lose each other's entries.
+- ``RunLock(folder)``: claim a run folder (``fine_tune --out``, ``meta_train --out``) without waiting.
+  A second claimant gets a ``FolderLockedError`` naming the holder's pid. The kernel drops a
+  ``flock`` when its process dies, so the lock of a killed run is stale by construction: the next run
+  takes it over and learns the dead holder's pid (``RunLock.stale_pid``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from l2o.errors import UserError
+
+RUN_LOCK_NAME = ".lock"
+
+
+class FolderLockedError(UserError):
+    """Another live process holds the folder's lock."""
+
+
+def lock_fd(lock_path: str | os.PathLike) -> int:
+    """Open ``lock_path`` (created if missing) and wait for an exclusive ``flock`` on it; closing the
+    returned descriptor releases the lock. OSError if the file cannot be created."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike):
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the ``with`` body."""
+    fd = lock_fd(lock_path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An exclusive, non-blocking claim on a run folder, recorded as ``<folder>/.lock`` holding the pid.
+
+    ``acquire()`` raises ``FolderLockedError`` while a live process holds the folder; ``release()``
+    (or the process's death) frees it. The file stays behind; only the flock on it counts.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "--out"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / RUN_LOCK_NAME
+        self.fd: int | None = None
+        self.stale_pid: int | None = None  # pid recorded by a holder that died without releasing
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"process {holder}" if holder else "another process"
+            raise FolderLockedError(
+                f"{self.what} {self.folder} is in use by {who}; wait for it to finish or choose another {self.what}"
+            ) from None
+        old = _read_pid(fd)
+        self.stale_pid = old if old and old != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

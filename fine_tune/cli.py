@@ -13,7 +13,11 @@ import argparse
 import sys
 from dataclasses import fields
 
-from fine_tune.config import DTYPES, PEFT_MODES, ConfigError, FineTuneConfig, dump_yaml, load_yaml
+from fine_tune.config import DTYPES, PEFT_MODES, FineTuneConfig, dump_yaml, load_yaml
+from l2o.errors import UserError
+from zoo.errors import ZooError
+
+USER_ERRORS = (UserError, ZooError)  # errors a user can cause: one line and exit 2 (l2o/errors.py)
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -131,9 +135,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fine_tune: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - user errors become one sentence; real bugs keep their traceback
-        if not _is_user_error(err):
-            raise
+    except USER_ERRORS as err:  # one sentence; anything else is a bug and keeps its traceback
         print(f"fine_tune: error: {err}", file=sys.stderr)
         return 2
     m = results["metric"]
@@ -148,13 +150,6 @@ def main(argv=None) -> int:
     print(f"  loss plot:   {results['paths']['plot']}")
     print(f"  TensorBoard: tensorboard --logdir {results['paths']['tensorboard']}")
     return 0
-
-
-def _is_user_error(err: Exception) -> bool:
-    if isinstance(err, ConfigError):
-        return True
-    names = {c.__name__ for c in type(err).__mro__}
-    return bool(names & {"BaseModelError", "TaskError", "PeftModeError", "ZooError"})
 
 
 if __name__ == "__main__":

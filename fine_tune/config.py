@@ -5,21 +5,18 @@ Kept free of torch/transformers/lightning imports so `fine_tune --help` and `--p
 
 from __future__ import annotations
 
-from l2o.errors import UserError
 import dataclasses
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from l2o.errors import ConfigError
 
 # optimizer hyperparameters the CLI exposes, and the methods that accept each (checked against the registry)
 OPTIMIZER_FLAGS = ("lr", "eps", "weight_decay", "num_directions", "one_sided", "pool_size", "alpha", "k", "m",
                    "sigma_prior", "sigma_noise", "noise_ema", "adaptive_noise", "noise")
 PEFT_MODES = ("full", "lora", "prefix", "prompt")
 DTYPES = ("fp32", "bf16", "fp16")
-
-
-class ConfigError(UserError):
-    """A bad flag value or config file: reported as one sentence by the CLI."""
 
 
 @dataclass

@@ -8,14 +8,16 @@ mode throughout (dropout off during ZO forwards). The batch of step t is a pure 
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from l2o.errors import UserError
 from l2o.noise import mix
 from l2o.optim import build_optimizer
 
@@ -46,6 +48,7 @@ class FineTuneModuleBase(L.LightningModule):
     the trainable tensors. Subclasses add `configure_optimizers` and `training_step`."""
 
     checkpoint_method = "zo"  # recorded in checkpoints; a checkpoint of another method is refused
+    selects_best_on_dev = True  # a checkpoint holds the whole trained state, so the best one can be reloaded
 
     def __init__(self, model, tokenizer, objective, splits, seed: int, data_seed: int, eval_batch_size: int,
                  steps: int, fingerprint: str):
@@ -74,11 +77,6 @@ class FineTuneModuleBase(L.LightningModule):
     def train_dataloader(self):
         return DataLoader(range(self.steps), batch_size=None, shuffle=False)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        # fault injection for the kill-and-resume test: die like `kill -9` right after step N's checkpoint
-        if os.environ.get("L2O_FAULT_KILL_AT_STEP") == str(self.global_step):
-            os._exit(137)
-
     # ------------------------------------------------------------------ evaluation (dev, eval)
     @property
     def val_splits(self) -> list[str]:
@@ -104,9 +102,6 @@ class FineTuneModuleBase(L.LightningModule):
             if n:
                 self.log(f"{split}/{self.metric}", total / n, prog_bar=(split == "dev"))
 
-    def validation_results(self) -> dict:
-        return {split: total / n for split, (total, n) in self._val.items() if n}
-
     # ------------------------------------------------------------------ checkpoints: what resuming needs
     def on_save_checkpoint(self, checkpoint):
         keep = set(self.trainable_names())
@@ -117,12 +112,12 @@ class FineTuneModuleBase(L.LightningModule):
     def _check_checkpoint(self, checkpoint) -> None:
         meta = checkpoint.get("l2o", {})
         if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
+            raise UserError("this checkpoint was made for a different base model (fingerprint mismatch)")
         if meta.get("method", "zo") != self.checkpoint_method:
-            raise ValueError(f"this checkpoint was made by {meta.get('method')!r}, not {self.checkpoint_method!r}")
+            raise UserError(f"this checkpoint was made by {meta.get('method')!r}, not {self.checkpoint_method!r}")
         missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
         if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
+            raise UserError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
 
     def on_load_checkpoint(self, checkpoint):
         self._check_checkpoint(checkpoint)
@@ -133,6 +128,22 @@ class FineTuneModuleBase(L.LightningModule):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         self._check_checkpoint(ckpt)
         self.load_state_dict(ckpt["state_dict"], strict=False)
+
+
+    def run_counters(self) -> dict:
+        """The optimizer's counters for results.json (forward passes, skipped steps, ...)."""
+        raise NotImplementedError
+
+    def export(self, path: Path, tokenizer=None, base: dict | None = None) -> Path:
+        """The fine-tuned model in `path`: `save_pretrained` (PEFT: only the adapter), the tokenizer and
+        `base.json` (the base's identity and fingerprint)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+        (path / "base.json").write_text(json.dumps({**(base or {}), "fingerprint": self.fingerprint}, indent=1))
+        return path
 
 
 class ZOFineTuneModule(FineTuneModuleBase):
@@ -167,3 +178,7 @@ class ZOFineTuneModule(FineTuneModuleBase):
             logs["train/projected_grad_norm"] = math.sqrt(sum(g * g for g in last.projected_grads))
         self.log_dict(logs, on_step=True, prog_bar=False)
         self.log("loss", last.loss if math.isfinite(last.loss) else float("nan"), prog_bar=True, logger=False)
+
+    def run_counters(self) -> dict:
+        opt = self.optimizers().optimizer if self.trainer.optimizers else None
+        return {"forward_passes": opt.forward_passes if opt else 0, "skipped_steps": opt.skipped_steps if opt else 0}

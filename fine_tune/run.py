@@ -86,17 +86,14 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(cfg: FineTuneConfig, log=print) -> dict:
-    """Run a fine-tuning described by `cfg`; returns the results dict (also written to results.json)."""
-    if cfg.is_bilevel():
-        from fine_tune.bilevel import run_bilevel
-
-        return run_bilevel(cfg, cfg.bilevel_kwargs(), init=cfg.init, log=log)
+def _check_run(cfg: FineTuneConfig):
+    """Everything that can fail before data or weights are loaded: the config, the base's name, the task,
+    the run folder, and (on --resume) that the flags are the original ones. Returns (task, out)."""
     cfg.validate()
     from l2o.models import resolve_base
     from l2o.tasks import get_task
 
-    resolve_base(cfg.base)  # fail fast on a bad name, before any data or weights are loaded
+    resolve_base(cfg.base)
     task = get_task(cfg.task)
     out = cfg.resolved_out()
     old = _check_out_dir(out, cfg.resume)
@@ -105,51 +102,51 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         diff = sorted(k for k in now if old.get(k) != now[k])
         if diff:
             raise ConfigError(f"--resume with a different configuration ({', '.join(diff)}); use the original flags")
+    return task, out
 
-    t_start = time.perf_counter()
-    import torch
 
-    _quiet_libraries()
-    from lightning.pytorch.callbacks import ModelCheckpoint
+def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info):
+    """The LightningModule of `cfg.optimizer`: Bilevel-ZOFO's, or the ZO one for every registered method."""
+    common = dict(seed=cfg.seed, data_seed=cfg.data_seed, batch_size=cfg.batch_size,
+                  eval_batch_size=cfg.eval_batch_size, steps=cfg.steps, fingerprint=info.fingerprint)
+    if cfg.is_bilevel():
+        from fine_tune.bilevel import BilevelFineTuneModule
 
+        return BilevelFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer_kwargs(), **common)
     from fine_tune.module import ZOFineTuneModule
 
+    kwargs = cfg.optimizer_kwargs()
+    if cfg.uses_policy():
+        kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
+    return ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, **common)
+
+
+def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
+    """Run a fine-tuning described by `cfg` with any optimizer (the registered ZO methods, the learned
+    policy, Bilevel-ZOFO); returns the results dict (also written to results.json). `callbacks` are
+    extra Lightning callbacks for the Trainer."""
+    task, out = _check_run(cfg)
+    t_start = time.perf_counter()
+    _quiet_libraries()
     device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log)
+    module = build_module(cfg, model, tokenizer, objective, splits, info)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
         f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}")
-
     (out / "config.yaml").write_text(dump_yaml(cfg))
-    kwargs = cfg.optimizer_kwargs()
-    module_kwargs = dict(kwargs)
-    if cfg.uses_policy():
-        module_kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
-    module = ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, module_kwargs, cfg.seed, cfg.data_seed,
-                              cfg.batch_size, cfg.eval_batch_size, cfg.steps, info.fingerprint)
-    ckpt_dir = out / "checkpoints"
-    best_cb = None
-    if cfg.eval_every and splits.dev:
-        best_cb = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=f"dev/{module.metric}", mode="max",
-                                  save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
-    trainer, tb = make_trainer(cfg, out, device, [best_cb] if best_cb else [])
+    best_cb = _best_on_dev_callback(cfg, module, out)
+    trainer, tb = make_trainer(cfg, out, device, [cb for cb in (best_cb, *callbacks) if cb is not None])
     (out / "tb").mkdir(parents=True, exist_ok=True)
     (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
-
     for split, v in zero_shot.items():
         tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
     if zero_shot:
         log("zero-shot: " + ", ".join(f"{k} {module.metric} {v:.4f}" for k, v in zero_shot.items()))
 
     t_fit = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(ckpt_dir / "last.ckpt") if cfg.resume else None)
+    trainer.fit(module, ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None)
     fit_s = time.perf_counter() - t_fit
-    opt = module.optimizers().optimizer if trainer.optimizers else None
-
-    best_step = None
-    if best_cb is not None and best_cb.best_model_path:
-        module.load_trainable(best_cb.best_model_path)
-        best_step = int(torch.load(best_cb.best_model_path, map_location="cpu", weights_only=True)["global_step"])
-        log(f"best-on-dev checkpoint: step {best_step}")
+    best_step = _load_best(module, best_cb, log)
     final = evaluate_splits(module, splits)
     for split, v in final.items():
         tb.experiment.add_scalar(f"final/{split}_{module.metric}", v, trainer.global_step)
@@ -158,29 +155,55 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     losses = [r["loss"] for r in module.history if r["loss"] == r["loss"]]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     results = {
-        "config": cfg.to_dict(), "optimizer_kwargs": kwargs,
+        "config": cfg.to_dict(), "optimizer_kwargs": cfg.optimizer_kwargs(),
         "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
         "base": info.to_dict(), "task": task.name, "metric": module.metric,
         "splits": {"train": len(splits.train), "dev": len(splits.dev), "eval": len(splits.eval)},
-        "zero_shot": zero_shot, "final": final, "best_step": best_step,
-        "steps": trainer.global_step, "forward_passes": opt.forward_passes if opt else 0,
-        "skipped_steps": opt.skipped_steps if opt else 0,
+        "zero_shot": zero_shot, "final": final, "best_step": best_step, "steps": trainer.global_step,
+        **module.run_counters(),
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "fit_time_s": fit_s, "wall_time_s": time.perf_counter() - t_start,
-        "peak_memory_bytes": _peak_memory_bytes(device),
-        "trainable_params": n_train,
+        "peak_memory_bytes": _peak_memory_bytes(device), "trainable_params": n_train,
         "paths": {"tensorboard": str(out / "tb"), "plot": str(out / "loss.png"), "history": str(out / "history.json"),
                   "model": str(out / "model") if cfg.save_model else None},
     }
-    (out / "history.json").write_text(json.dumps(module.history))
-    plot_history(module.history, out / "loss.png",
-                 f"{cfg.optimizer} on {task.name} ({info.model_id}, {cfg.peft}); {module.metric}: zero-shot "
-                 f"{zero_shot.get('eval', float('nan')):.3f} -> {final.get('eval', float('nan')):.3f}")
-    if cfg.save_model:
-        save_model(module.model, tokenizer, out / "model", info, cfg)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    _write_artefacts(cfg, module, results, out, tokenizer, info)
     return results
 
+
+def _best_on_dev_callback(cfg: FineTuneConfig, module, out: Path):
+    """MeZO's best-on-dev selection, for runs with dev data, evaluations, and a module whose checkpoints
+    hold its whole trained state (not Bilevel-ZOFO's, whose backbone lives in the update log)."""
+    if not (cfg.eval_every and module.splits.dev and module.selects_best_on_dev):
+        return None
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=f"dev/{module.metric}",
+                           mode="max", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
+
+
+def _load_best(module, best_cb, log) -> int | None:
+    if best_cb is None or not best_cb.best_model_path:
+        return None
+    import torch
+
+    module.load_trainable(best_cb.best_model_path)
+    best_step = int(torch.load(best_cb.best_model_path, map_location="cpu", weights_only=True)["global_step"])
+    log(f"best-on-dev checkpoint: step {best_step}")
+    return best_step
+
+
+def _write_artefacts(cfg: FineTuneConfig, module, results: dict, out: Path, tokenizer, info) -> None:
+    """history.json, loss.png, the model (if --save-model) and results.json (last: it marks a finished run)."""
+    zs, fin = results["zero_shot"], results["final"]
+    (out / "history.json").write_text(json.dumps(module.history))
+    plot_history(module.history, out / "loss.png",
+                 f"{cfg.optimizer} on {results['task']} ({info.model_id}, {cfg.peft}); {module.metric}: zero-shot "
+                 f"{zs.get('eval', float('nan')):.3f} -> {fin.get('eval', float('nan')):.3f}")
+    if cfg.save_model:
+        module.export(out / "model", tokenizer, {"base": cfg.base, "model_id": info.model_id,
+                                                 "fingerprint": info.fingerprint, "peft": cfg.peft})
+    (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()):
@@ -263,12 +286,3 @@ def evaluate_model(objective, model, tokenizer, splits, batch_size: int) -> dict
         if examples:
             res[split] = next(iter(objective.evaluate(model, tokenizer, examples, batch_size=batch_size).values()))
     return res
-
-
-def save_model(model, tokenizer, path: Path, info, cfg: FineTuneConfig) -> None:
-    """`save_pretrained` (PEFT: only the adapter) plus the base's identity and fingerprint."""
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    (path / "base.json").write_text(json.dumps({"base": cfg.base, "model_id": info.model_id,
-                                                "fingerprint": info.fingerprint, "peft": cfg.peft}, indent=1))

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from l2o.blocks import named_blocks
+from l2o.errors import ConfigError
 from l2o.engine import Direction, Engine
 from l2o.noise import derive_seed, mix
 
@@ -67,7 +68,7 @@ DEFAULTS = dict(lam=1e4, lower_lr=1e-4, upper_lr=1e-7, theta_lr=1e-7, eps=1e-3, 
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 # ---------------------------------------------------------------------------------------------- data

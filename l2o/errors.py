@@ -8,3 +8,7 @@ anything else is a bug and keeps its traceback.
 
 class UserError(ValueError):
     """A failure the user can fix; its message is one sentence naming what to change."""
+
+
+class ConfigError(UserError):
+    """A bad option, hyperparameter or config file (both apps' flags, a module's hyperparameters)."""

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from l2o.bilevel import BilevelStreams, BilevelZOFO, export_meta_init, split_dg_df
+from l2o.errors import ConfigError, UserError
 
 
 class BilevelTaskData(L.LightningDataModule):
@@ -123,7 +124,7 @@ class BilevelMetaInit(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if peft not in ("lora", "prefix", "prompt"):
-            raise ValueError(f"bilevel-zofo needs peft lora, prefix or prompt, not {peft!r}")
+            raise ConfigError(f"bilevel-zofo needs --model.peft lora, prefix or prompt, not {peft!r}")
         from l2o.bilevel import check_hyperparameters
 
         check_hyperparameters(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
@@ -143,7 +144,7 @@ class BilevelMetaInit(L.LightningModule):
     def _data(self) -> BilevelTaskData:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if not isinstance(dm, BilevelTaskData):
-            raise ValueError("BilevelMetaInit needs a BilevelTaskData datamodule")
+            raise ConfigError("BilevelMetaInit needs a BilevelTaskData datamodule")
         return dm
 
     def setup(self, stage: str | None = None) -> None:
@@ -252,7 +253,7 @@ class BilevelMetaInit(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         meta = checkpoint.get("l2o", {})
         if self.info is not None and meta.get("fingerprint") != self.info.fingerprint:
-            raise ValueError("this checkpoint was made for a different base model (fingerprint mismatch)")
+            raise UserError("this checkpoint was made for a different base model (fingerprint mismatch)")
         self.baseline = dict(meta.get("baseline", {}))
         self.adaptation = list(meta.get("adaptation", []))
 

@@ -85,29 +85,19 @@ def _classes(method: str):
         from meta_train.module import ZOFineTunerMeta
 
         return ZOFineTunerMeta, TaskFamilyData
-    try:
-        import importlib
+    from meta_train.bilevel import BilevelMetaInit, BilevelTaskData
 
-        mod = importlib.import_module("meta_train.bilevel")
-    except ModuleNotFoundError as err:
-        if err.name in ("meta_train.bilevel",):
-            raise _UserError("--method bilevel-zofo needs meta_train/bilevel.py, which this installation lacks") from None
-        raise
-    missing = [n for n in ("BilevelMetaInit", "BilevelTaskData") if not hasattr(mod, n)]
-    if missing:
-        raise _UserError(f"meta_train.bilevel does not define {' and '.join(missing)}, so --method bilevel-zofo "
-                         "cannot run")
-    return mod.BilevelMetaInit, mod.BilevelTaskData
+    return BilevelMetaInit, BilevelTaskData
 
 
-class _UserError(Exception):
-    pass
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause: l2o's `UserError`, the zoo's `ZooError`, and LightningCLI's parse errors."""
+    from jsonargparse import ArgumentError
 
+    from l2o.errors import UserError
+    from zoo.errors import ZooError
 
-def _is_user_error(err: BaseException) -> bool:
-    names = {c.__name__ for c in type(err).__mro__}
-    return bool(names & {"_UserError", "BaseModelError", "TaskError", "ZooError", "ConfigError", "ArgumentError",
-                         "ParserError"})
+    return UserError, ZooError, ArgumentError
 
 
 def default_out(method: str, base) -> str:
@@ -199,6 +189,7 @@ def main(argv=None) -> int:
     if method not in METHODS:
         return _fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     rest = ["--help" if a == "--help-all" else a for a in rest]
+    user_errors = _user_errors()
     try:
         _quiet()
         model_cls, data_cls = _classes(method)
@@ -210,34 +201,22 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("meta_train: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - user errors become one sentence; real bugs keep their traceback
-        if not _is_user_error(err) and not (isinstance(err, (ValueError, TypeError)) and _from_config(err)):
-            raise
+    except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
         text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         return _fail(text[:400] if text else type(err).__name__)
 
 
-def _from_config(err: BaseException) -> bool:
-    """ValueErrors raised while checking hyperparameters (model __init__) are user errors."""
-    tb = err.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "__init__" and "meta_train" in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _run(cli, method: str) -> int:
-    import json
+    from l2o.errors import ConfigError
 
     cfg = cli.config
     base = cfg["base"]
     out = Path(cfg["out"])
     last = out / "checkpoints" / "last.ckpt"
     if cfg["resume"] and not last.exists():
-        raise _UserError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
+        raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
     if not cfg["resume"] and last.exists():
-        raise _UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     trainer = cli.trainer
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))

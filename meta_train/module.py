@@ -26,6 +26,7 @@ from typing import Optional
 import lightning as L
 import torch
 
+from l2o.errors import ConfigError, UserError
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
 from meta_train.lookahead import Lookahead, TaskState
@@ -65,14 +66,14 @@ class ZOFineTunerMeta(L.LightningModule):
         super().__init__()
         for name, v in (("lr_policy", lr_policy), ("lr_llm", lr_llm), ("eta_meta", eta_meta), ("eps", eps)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) or (name == "eps" and v <= 0):
-                raise ValueError(f"--model.{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, "
+                raise ConfigError(f"--model.{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, "
                                  f"got {v!r}")
         if not 0 <= momentum < 1:
-            raise ValueError(f"--model.momentum must be in [0, 1), got {momentum!r}")
+            raise ConfigError(f"--model.momentum must be in [0, 1), got {momentum!r}")
         if unroll < 1 or reset_every < 0 or val_steps < 1:
-            raise ValueError("unroll and val_steps must be >= 1 and reset_every >= 0")
+            raise ConfigError("--model.unroll and val_steps must be >= 1 and reset_every >= 0")
         if dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
+            raise ConfigError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the policy
@@ -276,7 +277,7 @@ class ZOFineTunerMeta(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         extra = checkpoint.get("l2o", {})
         if self.model is not None and extra.get("fingerprint") != self.info.fingerprint:
-            raise ValueError(f"this checkpoint was made for base {extra.get('base')!r}, not {self.hparams.base!r}")
+            raise UserError(f"this checkpoint was made for base {extra.get('base')!r}, not {self.hparams.base!r}")
         self.task_state = {k: TaskState.from_dict(v) for k, v in extra.get("task_state", {}).items()}
         self.metaval_history = list(extra.get("metaval", []))
         self.meta_history = list(extra.get("history", []))

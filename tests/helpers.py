@@ -140,3 +140,23 @@ def save_tiny_base(folder, arch: str = "opt") -> str:
     tiny_model(arch).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return str(path)
+
+
+def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
+    """`fine_tune argv` that dies like `kill -9` (exit 137, no clean-up) as soon as `step` steps are done,
+    after that step's checkpoint: the fault the kill-and-resume test injects, kept out of production code.
+    Run it in a subprocess: `python -c "from tests.helpers import run_fine_tune_killed_at; ..."`."""
+    import os
+
+    from lightning.pytorch.callbacks import Callback
+
+    from fine_tune.cli import build_parser, resolve_config
+    from fine_tune.run import run
+
+    class _DieAtStep(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                os._exit(137)
+
+    run(resolve_config(build_parser().parse_args(argv)), log=lambda msg: None, callbacks=[_DieAtStep()])
+

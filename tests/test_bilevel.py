@@ -268,22 +268,25 @@ def test_fine_tune_module_runs_under_lightning_and_resumes_exactly(tok, tmp_path
     assert (out / "backbone_delta.safetensors").is_file() and (out / "adapter_model.safetensors").is_file()
 
 
-def test_run_bilevel_writes_results(tiny_base, tmp_path):
-    from fine_tune.bilevel import run_bilevel
+def test_bilevel_runs_through_the_one_fine_tune_run_path(tiny_base, tmp_path):
+    import dataclasses
+
     from fine_tune.config import ConfigError, FineTuneConfig
+    from fine_tune.run import run
 
     cfg = FineTuneConfig(base=tiny_base, task="sst2", source=str(HUB / "sst2"), peft="lora", steps=4, batch_size=2,
-                         num_dev=2, eval_batch_size=8, out=str(tmp_path / "run"), save_model=False, max_length=64)
-    res = run_bilevel(cfg, dict(t_low=2, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4), log=lambda *a: None)
+                         num_dev=2, eval_batch_size=8, out=str(tmp_path / "run"), save_model=False, max_length=64,
+                         optimizer="bilevel-zofo", t_low=2, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4)
+    res = run(cfg, log=lambda *a: None)
     assert res["steps"] == 4 and res["upper_steps"] == 2 and res["forward_passes"] == 4 + 2 * 6
+    assert res["optimizer_kwargs"]["lam"] == 10.0 and res["splits_dg_df"] == [5, 2]  # 7 train examples, 2:1
     assert set(res["final"]) == {"dev", "eval"} and (tmp_path / "run" / "results.json").is_file()
-    cfg.resume = True
     with pytest.raises(ConfigError, match="different configuration"):
-        run_bilevel(cfg, dict(t_low=2, lam=11.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4))
+        run(dataclasses.replace(cfg, resume=True, lam=11.0))
     with pytest.raises(ConfigError, match="needs --peft lora, prefix or prompt"):
-        run_bilevel(FineTuneConfig(base=tiny_base, task="sst2", peft="full", out=str(tmp_path / "x")), {})
+        run(dataclasses.replace(cfg, peft="full", out=str(tmp_path / "x")))
     with pytest.raises(ConfigError, match="lam must be"):
-        run_bilevel(FineTuneConfig(base=tiny_base, task="sst2", peft="lora", out=str(tmp_path / "x")), {"lam": -2.0})
+        run(dataclasses.replace(cfg, lam=-2.0, out=str(tmp_path / "x")))
 
 
 def test_meta_training_publishes_a_meta_init_and_reports_heldout_adaptation(tiny_base, tmp_path, monkeypatch):

@@ -73,9 +73,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
     assert main(_args(tiny_base, full, *common)) == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "L2O_FAULT_KILL_AT_STEP": "5"}
-    proc = subprocess.run([sys.executable, "-m", "fine_tune", *_args(tiny_base, killed, *common)], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code = f"from tests.helpers import run_fine_tune_killed_at; run_fine_tune_killed_at(5, {_args(tiny_base, killed, *common)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 137, proc.stderr[-2000:]
     assert not (killed / "results.json").exists()
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
@@ -211,9 +210,20 @@ def test_without_a_dev_split_nothing_is_selected_on_the_eval_split(tiny_base, tm
 def test_bilevel_zofo_runs_through_the_fine_tune_cli(tiny_base, tmp_path):
     out = tmp_path / "bilevel"
     assert main(_args(tiny_base, out, "--optimizer", "bilevel-zofo", "--peft", "lora", "--steps", "4",
-                      "--t-low", "2", "--theta-lr", "1e-4", "--save-model", "false")) == 0
+                      "--t-low", "2", "--theta-lr", "1e-4", "--lower-lr", "1e-2")) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["steps"] == 4 and results["forward_passes"] > 0
+    # 4 lower steps (1 forward + 1 backward each); 2 upper steps (3 + 3 forwards, 2 backwards each)
+    assert results["steps"] == 4 and results["upper_steps"] == 2
+    assert results["forward_passes"] == 4 + 2 * 6 and results["backward_passes"] == 4 + 2 * 2
+    # both levels moved: the backbone by the ZO steps (delta from the update log), the adapter by Adam
+    from safetensors.torch import load_file
+
+    delta = load_file(out / "model" / "backbone_delta.safetensors")
+    assert delta and all(torch.isfinite(v).all() for v in delta.values())
+    assert sum(float(v.abs().sum()) for v in delta.values()) > 0
+    adapter = load_file(out / "model" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # lora_B starts at zero
+    assert json.loads((out / "model" / "base.json").read_text())["method"] == "bilevel-zofo"
 
 
 def test_bilevel_zofo_refuses_full_parameter_mode(capsys):

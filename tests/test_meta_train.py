@@ -184,9 +184,8 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
         assert code == 2 and len(errors) == 1 and needle in errors[0], err
 
     one_line(main(["--method", "maml"]), "--method must be one of zo-finetuner, bilevel-zofo")
-    monkeypatch.setitem(sys.modules, "meta_train.bilevel", None)  # as if bilevel.py were missing
-    one_line(main(["--method", "bilevel-zofo", "--base", tiny_base]), "needs meta_train/bilevel.py")
-    monkeypatch.delitem(sys.modules, "meta_train.bilevel")
+    one_line(main(["--method", "bilevel-zofo", "--base", tiny_base, "--model.lam", "-1"]), "lam must be")
+    one_line(main(["--method", "bilevel-zofo", "--base", tiny_base, "--model.peft", "full"]), "lora, prefix or prompt")
     one_line(main(["--base", tiny_base, "--model.no_such_option", "1"]), "no_such_option")
     one_line(main(_run_args(tiny_base, tmp_path / "r0", "--max_steps", "1", "--model.eps", "-1")), "eps")
     one_line(main(_run_args(tiny_base, tmp_path / "r1", "--max_steps", "1", "--resume")), "nothing to resume")

@@ -1,0 +1,189 @@
+"""l2o.integrations.hf.ZOTrainer: a zeroth-order drop-in for transformers.Trainer, on a tiny OPT, offline."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from l2o.integrations.hf import TrainerConfigError, ZOTrainer, check_training_args
+from l2o.optim import build_optimizer
+from l2o.policy import ZOPolicy
+from tests.helpers import tiny_model
+
+SEQ, N_EXAMPLES = 12, 16
+
+
+class Examples(torch.utils.data.Dataset):
+    """Fixed-length token sequences (no padding), labels = input_ids: plain causal LM."""
+
+    def __init__(self, n=N_EXAMPLES, vocab=500, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, vocab, (n, SEQ), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.ids[i]}
+
+
+class Recording(ZOTrainer):
+    """Records the micro-batches Trainer feeds and checks that no gradient buffer ever exists (test only)."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen = getattr(self, "seen", []) + [{k: v.clone() for k, v in inputs.items()}]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        assert all(p.grad is None for p in model.parameters())
+        return loss
+
+
+def make_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, learning_rate=1e-3,
+                max_grad_norm=0.0, max_steps=3, logging_steps=1, save_strategy="no", report_to=[],
+                use_cpu=True, seed=7, dataloader_num_workers=0, disable_tqdm=True)
+    return TrainingArguments(**{**base, **kw})
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_bits(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def plain_loop(batches, name="mezo", steps=3, **kw):
+    """The same optimizer in an ordinary loop over the same batches, with the same linear LR schedule."""
+    from transformers import get_linear_schedule_with_warmup
+
+    model = tiny_model("opt")
+    opt = build_optimizer(name, model, lr=1e-3, weight_decay=0.0, seed=7, **kw)
+    sched = get_linear_schedule_with_warmup(opt, 0, steps)
+    for batch in batches:
+        opt.step(lambda: model(**batch).loss)
+        sched.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("name,kw", [("mezo", {"eps": 1e-3}), ("mezo-gv", {"eps": 1e-3, "pool_size": 3})])
+def test_trainer_steps_equal_a_plain_loop(tmp_path, name, kw):
+    model = tiny_model("opt")
+    trainer = Recording(model=model, args=make_args(tmp_path), train_dataset=Examples(), optimizer=name,
+                        optimizer_kwargs=kw)
+    trainer.train()
+    ref_model, ref_opt = plain_loop(trainer.seen, name, **kw)
+    assert len(trainer.seen) == 3 and ref_opt.step_count == trainer.zo_optimizer.step_count == 3
+    assert_same_bits(weights(model), weights(ref_model))
+    assert weights(model)["model.decoder.embed_tokens.weight"].ne(weights(tiny_model("opt"))[
+        "model.decoder.embed_tokens.weight"]).any()   # it trained
+    assert trainer.zo_optimizer.forward_passes == ref_opt.forward_passes
+    assert all(p.grad is None for p in model.parameters())
+    # the logged loss is the optimizer's own step loss; the LR followed Trainer's linear schedule
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["zo_forward_passes"] for h in logged] == [ref_opt.forward_passes // 3 * t for t in (1, 2, 3)]
+    assert logged[-1]["loss"] == pytest.approx(ref_opt.last.loss, rel=1e-6)
+    assert logged[-1]["zo_projected_grad"] == pytest.approx(sum(ref_opt.last.projected_grads)
+                                                           / len(ref_opt.last.projected_grads), rel=1e-6)
+    assert "grad_norm" not in logged[-1]
+    assert ref_opt.hp["lr"] == trainer.zo_optimizer.hp["lr"] == 0.0
+
+
+def test_gradient_accumulation_means_more_examples_per_step(tmp_path):
+    """gas=2 x batch 2: one ZO step whose forwards each see 4 examples (2 forwards, not 4), as one batch of 4."""
+    model = tiny_model("opt")
+    trainer = Recording(model=model, args=make_args(tmp_path, gradient_accumulation_steps=2, max_steps=1),
+                        train_dataset=Examples(), optimizer="mezo")
+    trainer.train()
+    assert len(trainer.seen) == 2 and trainer.zo_optimizer.forward_passes == 2
+    batch4 = {k: torch.cat([b[k] for b in trainer.seen]) for k in trainer.seen[0]}
+    _, ref = plain_loop([batch4], "mezo", steps=1)
+    assert trainer.zo_optimizer.last.projected_grads == pytest.approx(ref.last.projected_grads, rel=1e-4)
+    assert trainer.zo_optimizer.last.loss == pytest.approx(ref.last.loss, rel=1e-5)
+
+
+def test_resume_is_bit_identical_and_tensorboard_eval_save_work(tmp_path):
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
+                     report_to=["tensorboard"])
+    full = tiny_model("opt")
+    trainer = ZOTrainer(model=full, args=args, train_dataset=Examples(), eval_dataset=Examples(4, seed=1),
+                        optimizer="mezo")
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(evals) == 2
+    resumed = tiny_model("opt", seed=3)     # other weights: the checkpoint must restore them
+    args2 = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "out"))
+    trainer2 = ZOTrainer(model=resumed, args=args2, train_dataset=Examples(), optimizer="mezo")
+    trainer2.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert_same_bits(weights(full), weights(resumed))
+    assert trainer2.zo_optimizer.state["zo"] == trainer.zo_optimizer.state["zo"]
+    # TensorBoard got our scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((tmp_path / "out").rglob("events.out.tfevents*"))
+    tags = set()
+    for ev in events:
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/zo_forward_passes", "train/zo_projected_grad", "train/loss", "eval/loss"} <= tags
+    # save_model writes a model that loads with the trained weights
+    from transformers import AutoModelForCausalLM
+
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))
+    assert_same_bits(weights(full), weights(loaded))
+
+
+def test_zoo_names_need_a_resolver_and_take_a_policy(tmp_path):
+    model = tiny_model("opt")
+    with pytest.raises(TrainerConfigError, match="policy_resolver"):
+        ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=Examples(), optimizer="zoo:some/policy")
+    policy = ZOPolicy.for_model(model, seed=1)
+    asked = []
+    trainer = ZOTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=Examples(),
+                        optimizer="zoo:some/policy", optimizer_kwargs={"eps": 1e-3},
+                        policy_resolver=lambda spec, m: asked.append(spec) or policy)
+    trainer.train()
+    assert asked == ["some/policy"] and trainer.zo_optimizer.method == "zo-finetuner"
+    assert trainer.zo_optimizer.sigma is not None and trainer.zo_optimizer.step_count == 2
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(max_grad_norm=1.0), "max_grad_norm=1.0: gradient clipping"),
+    (dict(bf16=True), "mixed precision"),
+    (dict(fp16=True), "mixed precision"),
+    (dict(deepspeed="ds_config.json"), "DeepSpeed"),
+    (dict(fsdp=["full_shard"]), "FSDP"),
+    (dict(neftune_noise_alpha=5.0), "NEFTune"),
+])
+def test_what_does_not_apply_is_refused_in_one_line(tmp_path, change, match):
+    args = copy.copy(make_args(tmp_path))
+    for k, v in change.items():
+        object.__setattr__(args, k, v)
+    with pytest.raises(TrainerConfigError, match=match) as err:
+        check_training_args(args)
+    assert "\n" not in str(err.value)
+
+
+def test_trainer_defaults_and_bad_choices_are_refused(tmp_path):
+    from transformers import TrainingArguments
+
+    model, ds = tiny_model("opt"), Examples()
+    with pytest.raises(TrainerConfigError, match="max_grad_norm"):   # Trainer's default clipping, 1.0
+        ZOTrainer(model=model, args=TrainingArguments(str(tmp_path / "o"), use_cpu=True, report_to=[]),
+                  train_dataset=ds)
+    with pytest.raises(TrainerConfigError, match="unknown optimizer 'adam'"):
+        ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=ds, optimizer="adam")
+    with pytest.raises(TrainerConfigError, match="set learning_rate in TrainingArguments"):
+        ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=ds, optimizer_kwargs={"lr": 1e-6})
+    with pytest.raises(TrainerConfigError, match="eps must be"):
+        ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=ds, optimizer_kwargs={"eps": -1.0})
+    with pytest.raises(TrainerConfigError, match="not a zeroth-order optimizer"):
+        ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=ds,
+                  optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))

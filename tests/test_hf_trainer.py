@@ -187,3 +187,49 @@ def test_trainer_defaults_and_bad_choices_are_refused(tmp_path):
     with pytest.raises(TrainerConfigError, match="not a zeroth-order optimizer"):
         ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=ds,
                   optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")  # TRL's own
+def test_trl_sft_trainer_takes_zo_steps(tmp_path):
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from l2o.integrations.trl import ZOSFTTrainer
+    from tests.helpers import tiny_tokenizer
+
+    model, tok = tiny_model("opt"), tiny_tokenizer()
+    start = weights(model)
+    ds = Dataset.from_dict({"prompt": ["The movie was", "It was okay,", "The film was", "Once upon a"] * 2,
+                            "completion": [" great.", " neither good nor bad.", " terrible.", " time."] * 2})
+    common = dict(output_dir=str(tmp_path / "sft"), per_device_train_batch_size=2, learning_rate=1e-3, max_steps=2,
+                  logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, max_length=32)
+    with pytest.raises(TrainerConfigError, match="mixed precision"):   # SFTConfig turns bf16 on by default
+        ZOSFTTrainer(model=model, args=SFTConfig(**common, max_grad_norm=0), train_dataset=ds, processing_class=tok)
+    trainer = ZOSFTTrainer(model=model, args=SFTConfig(**common, max_grad_norm=0, bf16=False), train_dataset=ds,
+                           processing_class=tok, optimizer="mezo")
+    trainer.train()
+    assert trainer.zo_optimizer.forward_passes == 4 and all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(start[k], v) for k, v in weights(model).items())
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all("mean_token_accuracy" in h and "zo_forward_passes" in h for h in logged)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["hf", "sft"])
+def test_example_runs_on_the_embedded_smollm2(tmp_path, trainer):
+    """examples/hf_trainer.py: MeZO and the shipped policy through Trainer / SFTTrainer (2 steps each)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if trainer == "sft":
+        pytest.importorskip("trl")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "hf_trainer.py"), "--trainer", trainer, "--steps",
+                          "2", "--num-train", "16", "--num-eval", "8", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=root, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| mezo |", "| zoo:smollm2-135m/zo-finetuner |"))]
+    assert len(rows) == 2 and all("| 2 | 4 |" in r for r in rows)
+    assert (tmp_path / "mezo" / "model.safetensors").is_file()

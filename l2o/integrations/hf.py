@@ -212,6 +212,7 @@ class ZOTrainerMixin:
         batches, self._zo_batches = self._zo_batches, []
         model.eval()   # dropout off: both points of a two-point difference must see the same function
         self.zo_optimizer.step(self._zo_closure(model, batches, num_items_in_batch))
+        model.train()  # the mode Trainer's own training_step leaves (callbacks and loggers read it)
         self._trainer_optimizer.pending = True
         return torch.tensor(self.zo_optimizer.last.loss, device=self.args.device)
 

@@ -27,7 +27,8 @@ gradient, the mean over its directions) and `zo_skipped_steps`, and drops `grad_
 Where the hyperparameters come from: `learning_rate`, `weight_decay` and `seed` of `TrainingArguments`
 (one source of truth, as for any Trainer optimizer); the method's own ones (`eps`, `pool_size`, `k`, ...)
 from `optimizer_kwargs`, over the paper defaults of `l2o.optim.REGISTRY`. `args.optim` and the Adam
-settings are not used: `optimizer=` names the optimizer.
+settings are not used: `optimizer=` names the optimizer. A ready optimizer passed the Trainer way,
+`optimizers=(build_optimizer(...), None)`, keeps its own hyperparameters.
 
 What does not apply to ZO is refused with one `TrainerConfigError` line, never silently ignored:
 gradient clipping (`max_grad_norm` > 0; Trainer's default is 1.0, so set `max_grad_norm=0`), fp16/bf16
@@ -181,6 +182,7 @@ class ZOTrainerMixin:
 
     def create_optimizer(self, model=None):
         """Trainer's hook: hand Trainer our optimizer (wrapped so its closure-less step() is a no-op)."""
+        self._zo_batches = []   # a new train() starts a new step
         if getattr(self, "_trainer_optimizer", None) is None:
             self._trainer_optimizer = TrainerOptimizer(self.zo_optimizer)
         self.optimizer = self._trainer_optimizer   # accelerate then wraps it

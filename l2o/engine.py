@@ -15,14 +15,21 @@ tensor-sized temporary is alive at a time (two for multi-seed directions with Ga
 each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
 update) against the reference code's 4 (+eps, -2eps, +eps restore, update).
 
+`differentiable(d, alpha, scales)` is the same swap-in with autograd to the per-block scales (the
+meta-gradient of a learned policy): the perturbed tensor of block b is the output of a tiny autograd
+function of s_b whose backward is alpha * <gradient, z_b>, and autograd saves (seed, b) for it instead of
+its values, so no perturbed tensor outlives its module's forward.
+
 Updates accumulate in float32 and, for bf16/fp16 weights, write back with stochastic rounding keyed
 by (rounding seed, block), which makes them unbiased and reproducible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -110,6 +117,8 @@ class Engine:
         self._stash: dict[tuple[int, str], torch.Tensor] = {}
         self._hit: set[int] = set()
         self._warned_unused = False
+        self._scales: torch.Tensor | None = None
+        self._live: dict = {}
 
     # ------------------------------------------------------------------ bookkeeping
     def _find_owners(self) -> dict[nn.Module, list[tuple[str, Block]]]:
@@ -167,10 +176,22 @@ class Engine:
             self.noise.axpy(out, p, seed, b.index, coeff)  # out = p + coeff * z, fused where possible
             self.counters.noise_elems += p.numel()
             return out
-        out = p.to(torch.float32, copy=True)
-        buf = torch.empty_like(out) if len(terms) > 1 else None
+        out = p.to(_acc_dtype(p), copy=True)
+        buf = torch.empty_like(out, dtype=torch.float32) if len(terms) > 1 else None
         self._accumulate(out, b, terms, buf)
         return out.to(p.dtype)
+
+    def dot(self, g: torch.Tensor, b: Block, d: Direction) -> float:
+        """<g, d_b / s_b> (the block scale left out), z regenerated one term at a time: O(one block)."""
+        acc = _acc_dtype(g)
+        gf = g.detach().to(acc)
+        buf = torch.empty(b.param.shape, dtype=torch.float32, device=g.device)
+        total = 0.0
+        for seed, w in zip(d.seeds, d.weights):
+            self.noise.write(buf, seed, b.index)
+            self.counters.noise_elems += b.param.numel()
+            total += w * float(torch.dot(gf.reshape(-1), buf.reshape(-1).to(acc)))
+        return total
 
     # ------------------------------------------------------------------ hooks
     def _pre_hook(self, module, args):
@@ -182,7 +203,12 @@ class Engine:
             if key in self._stash:  # re-entrant call of the same module: already perturbed
                 continue
             self._stash[key] = module._parameters[name]
-            module._parameters[name] = self._perturbed(b, d, eps)
+            if self._scales is None:
+                module._parameters[name] = self._perturbed(b, d, eps)
+            else:  # differentiable in s_b; remembered so that autograd saves (seed, b), not the tensor
+                out = _Shift.apply(self._scales[b.index], self, b, d, eps)
+                self._live[id(out)] = weakref.ref(out)
+                module._parameters[name] = out
             self._hit.add(b.index)
 
     def _post_hook(self, module, args, output):
@@ -203,11 +229,7 @@ class Engine:
             loss = closure()
         finally:
             self._active = None
-            for (mid, name), original in list(self._stash.items()):  # only after an exception
-                for module in self._owners:
-                    if id(module) == mid:
-                        module._parameters[name] = original
-            self._stash = {}
+            self._restore_stash()
         self.counters.forwards += 1
         self.counters.sweeps += 1
         if len(self._hit) != len(self.blocks) and not self._warned_unused:
@@ -217,6 +239,44 @@ class Engine:
                 f"perturbed (e.g. {unused[:3]}); they still receive updates, as in MeZO", stacklevel=2)
             self._warned_unused = True
         return float(loss)
+
+    @contextlib.contextmanager
+    def differentiable(self, d: Direction, alpha: float, scales: torch.Tensor):
+        """Inside: every forward sees theta_b + alpha * s_b * sum_j w_j z(seed_j, b), differentiable in `scales`.
+
+        `scales` is a [num_blocks] tensor with autograd (d.block_scales is ignored). A backward run inside
+        the context sends d loss / d s_b = alpha * <grad_b L(theta'), z_b> straight to `scales`: the
+        gradient at theta' is consumed block by block as the backward produces it, z_b regenerated from
+        its seed; neither theta' nor that gradient is ever stored whole (autograd saves (seed, b) for a
+        perturbed weight and regenerates it in the backward). The stored weights are never written.
+        The backward must run inside the context when activation checkpointing recomputes forwards.
+        """
+        self._install_hooks()
+        unit = Direction(d.seeds, d.weights)
+        self._active, self._stash, self._hit = (unit, float(alpha)), {}, set()
+        self._scales, self._live = scales, {}
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
+                yield self
+        finally:
+            self._active, self._scales, self._live = None, None, {}
+            self._restore_stash()
+        self.counters.forwards += 1
+        self.counters.sweeps += 1
+
+    def _pack(self, t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        ref = self._live.get(id(base))
+        if ref is None or ref() is not base:
+            return t
+        return _Regenerate(base._l2o_shift, tuple(t.shape), tuple(t.stride()), t.storage_offset())
+
+    def _restore_stash(self) -> None:
+        for (mid, name), original in list(self._stash.items()):  # only after an exception
+            for module in self._owners:
+                if id(module) == mid:
+                    module._parameters[name] = original
+        self._stash = {}
 
     @torch.no_grad()
     def loss(self, closure: Callable[[], torch.Tensor | float]) -> float:
@@ -250,6 +310,48 @@ class Engine:
             self._accumulate(acc, b, terms, buf)
             stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index))
         self.counters.sweeps += 1
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+class _Shift(torch.autograd.Function):
+    """theta'_b = theta_b + alpha * s_b * dir_b with d theta'_b / d s_b = alpha * dir_b (dir_b regenerated)."""
+
+    @staticmethod
+    def forward(ctx, scale, engine, b, d, alpha):
+        coeff = alpha * float(scale)
+        out = engine._perturbed(b, d, coeff) if coeff != 0.0 else b.param.detach().clone()
+        ctx.key, ctx.like = (engine, b, d, alpha), (scale.dtype, scale.device)
+        out._l2o_shift = (engine, b, d, coeff)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        engine, b, d, alpha = ctx.key
+        dtype, device = ctx.like
+        return torch.tensor(alpha * engine.dot(g, b, d), dtype=dtype, device=device), None, None, None, None
+
+
+@dataclass(frozen=True)
+class _Regenerate:
+    """A perturbed weight as autograd saves it: how to make it again, not its values."""
+
+    shift: tuple
+    size: tuple
+    stride: tuple
+    offset: int
+
+
+def _unpack(saved):
+    if not isinstance(saved, _Regenerate):
+        return saved
+    engine, b, d, coeff = saved.shift
+    with torch.no_grad():
+        full = engine._perturbed(b, d, coeff) if coeff != 0.0 else b.param.detach()
+    return full.as_strided(saved.size, saved.stride, saved.offset)
 
 
 def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:

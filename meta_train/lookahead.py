@@ -9,7 +9,18 @@ At the current LLM weights theta (a point on a first-order training trajectory),
     theta_{t+1} = theta_t - eta_meta * c_t * s_t * z_t        differentiable in sigma (and, t > 0, in theta_t)
     meta-loss = L(theta_T; same batch)                        with autograd through the LLM
 
-The LLM is evaluated at theta_T with `torch.func.functional_call`. Tied weights are handled generically:
+Two ways to get the gradient, the same number:
+
+- the lean path (default for T = 1): with c and nf detached, d meta-loss / d s_b = -eta_meta c <grad_b L(theta'), z_b>,
+  and d s_b / d sigma carries nf (plus its scalar chain term when nf is not detached). The Engine swaps
+  theta' = theta - eta_meta c s z into each module's forward as a perturbation (`Engine.differentiable`),
+  the backward hands each block's gradient at theta' to a dot product with z_b regenerated from its seed
+  as soon as it is produced, and autograd saves (seed, b) instead of theta'_b. Neither theta', the stacked
+  z nor the gradient at theta' is ever stored whole: the peak is that of one first-order backward.
+- the functional path (T > 1, or `lean=False`; small models only): theta_T is built as tensors and the LLM is
+  evaluated at it with `torch.func.functional_call`, holding theta_t and z_t for every step.
+
+In the functional path the LLM is evaluated at theta_T with `torch.func.functional_call`. Tied weights are handled generically:
 each tie-deduplicated block is mapped back to every parameter name that shares its storage, and all of
 them receive the same substituted tensor. The backward pass runs while the substitution is still in
 place, so activation checkpointing (which recomputes forwards during backward) sees theta_T too.
@@ -111,9 +122,13 @@ class Lookahead:
     """
 
     def __init__(self, model: nn.Module, policy: ZOPolicy, batch_size: int, eps: float = 1e-3,
-                 eta_meta: float = 1e-6, unroll: int = 1, detach_nf: bool = True, noise=None):
+                 eta_meta: float = 1e-6, unroll: int = 1, detach_nf: bool = True, noise=None,
+                 lean: bool | None = None):
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {unroll!r}")
+        if lean and unroll > 1:
+            raise ValueError("the lean meta-gradient is one-step (unroll 1); unroll > 1 uses the functional path")
+        self.lean = unroll == 1 if lean is None else bool(lean)
         self.model, self.policy = model, policy
         self.engine = Engine(model, noise)
         self.blocks = self.engine.blocks
@@ -148,6 +163,8 @@ class Lookahead:
     def step(self, loss_fn: Callable, batch, seed: int, state: TaskState | None = None, backward: bool = True,
              freeze: tuple[Sequence[float], Sequence[float]] | None = None) -> LookaheadResult:
         state = (state or TaskState()).copy()
+        if self.lean:
+            return self._lean_step(loss_fn, batch, seed, state, backward, freeze)
         res = LookaheadResult(meta_loss=float("nan"))
         cur: list[torch.Tensor] = [b.param.detach() for b in self.blocks]
         for t in range(self.unroll):
@@ -186,3 +203,24 @@ class Lookahead:
         res.meta_loss = float(meta.detach())
         res.state = state
         return res
+
+    def _lean_step(self, loss_fn: Callable, batch, seed: int, state: TaskState, backward: bool,
+                   freeze) -> LookaheadResult:
+        """T = 1 without stored copies: L(theta - eta c s z) through the Engine's swap-in, backward into s."""
+        sigma = self.sigma([b.param.detach() for b in self.blocks], state)
+        s, nf = self.scales(sigma, None if freeze is None else freeze[1][0])
+        seed_0 = mix(seed, 0)
+        d = Direction.single(seed_0, s.detach().tolist())
+        closure = lambda: loss_fn(self.model, batch)  # noqa: E731
+        plus = self.engine.evaluate(closure, d, self.eps)
+        minus = self.engine.evaluate(closure, d, -self.eps)
+        c = (plus - minus) / (2 * self.eps) if freeze is None else float(freeze[0][0])
+        if backward:  # theta' = theta + (-eta c) s z, differentiable in s (and through s in sigma, nf)
+            with self.engine.differentiable(Direction.single(seed_0), -self.eta_meta * c, s):
+                meta = closure()
+                meta.backward()
+            meta = float(meta.detach())
+        else:
+            meta = self.engine.evaluate(closure, d, -self.eta_meta * c)
+        return LookaheadResult(meta_loss=meta, plus=[plus], minus=[minus], c=[c], nf=[float(nf)],
+                               sigma=sigma.detach().clone(), state=TaskState(plus, minus, sigma.detach().float().clone()))

@@ -31,12 +31,12 @@ def _lm_loss(model, batch):
     return model(input_ids=batch, labels=batch).loss
 
 
-@pytest.mark.parametrize("arch", ["opt", "llama"])  # llama: tied embedding / lm_head
-def test_lookahead_meta_gradient_matches_finite_differences(arch):
+@pytest.mark.parametrize("arch,lean", [("opt", True), ("llama", True), ("llama", False)])  # llama: tied weights
+def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
     model = tiny_model(arch).double()
     policy = ZOPolicy.for_model(model, seed=1).double()
     x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
-    la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, unroll=1)
+    la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, unroll=1, lean=lean)
     before = [p.detach().clone() for p in model.parameters()]
     res = la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the LLM is never written
@@ -61,7 +61,8 @@ def test_lookahead_meta_gradient_matches_finite_differences(arch):
     assert res.plus and res.minus and res.c[0] == pytest.approx((res.plus[0] - res.minus[0]) / 2e-3)
 
 
-def test_multi_step_meta_gradient_equals_higher():
+@pytest.mark.parametrize("T", [1, 3])  # 1: the lean path; 3: the functional path
+def test_meta_gradient_equals_higher(T):
     higher = pytest.importorskip("higher")
     from torch.func import functional_call
 
@@ -74,8 +75,9 @@ def test_multi_step_meta_gradient_equals_higher():
         return ((m(batch[0]) - batch[1]) ** 2).mean()
 
     policy = ZOPolicy.for_model(model, seed=3).double()
-    T, eps, eta = 3, 1e-3, 0.05
+    eps, eta = 1e-3, 0.05
     la = Lookahead(model, policy, batch_size=16, eps=eps, eta_meta=eta, unroll=T)
+    assert la.lean == (T == 1)
     res = la.step(loss_fn, (X, Y), seed=11)
     mine = [p.grad.clone() for p in policy.parameters()]
 
@@ -107,6 +109,52 @@ def test_multi_step_meta_gradient_equals_higher():
     assert float(meta) == pytest.approx(res.meta_loss, rel=1e-6)
     for a, b in zip(mine, oracle):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch,detach_nf", [("opt", True), ("llama", True), ("llama", False)])
+def test_lean_meta_gradient_equals_the_functional_path(arch, detach_nf):
+    """The lean one-step path (Engine swap-in, per-block dot products) gives today's functional meta-gradient,
+    also with nf's scalar chain term (detach_nf False); it stores no theta'_b between forward and backward."""
+    x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+    grads, losses = [], []
+    for lean in (False, True):
+        model = tiny_model(arch).double()
+        policy = ZOPolicy.for_model(model, seed=1).double()
+        la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, detach_nf=detach_nf, lean=lean)
+        alive = []
+
+        def loss_fn(m, batch, la=la, alive=alive):
+            loss = _lm_loss(m, batch)
+            if la.engine._scales is not None:  # inside the differentiable swap-in: forward done, backward not
+                alive.append(sum(r() is not None for r in la.engine._live.values()))
+            return loss
+
+        res = la.step(loss_fn, x, seed=5, state=TaskState(0.4, 0.1, None))
+        assert all(p.grad is None for p in model.parameters())
+        if lean:
+            assert alive == [0]  # autograd keeps (seed, b) for theta'_b, not the tensor
+        grads.append([p.grad.clone() for p in policy.parameters()])
+        losses.append(res.meta_loss)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert float(grads[0][3].abs().max()) > 1e-3
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+
+
+def test_bf16_and_fp32_lean_meta_gradients_agree_in_direction():
+    """In bf16 the look-ahead step eta c s z is below the weights' resolution, but the lean path uses the
+    gradient at theta', not a weight difference, so the meta-gradient keeps its direction."""
+    x = torch.randint(4, 500, (4, 16), generator=torch.Generator().manual_seed(0))
+    flat = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny_model("llama").to(dtype)
+        policy = ZOPolicy.for_model(model, seed=1)
+        la = Lookahead(model, policy, batch_size=4, eps=1e-2, eta_meta=1e-4)
+        res = la.step(_lm_loss, x, seed=9)
+        flat.append(torch.cat([p.grad.reshape(-1) for p in policy.parameters()]))
+        assert res.c[0] != 0.0
+    cos = float(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0))
+    assert float(flat[1].norm()) > 0 and cos > 0.9, cos
 
 
 # ---------------------------------------------------------------------- the pipeline on a tiny model

@@ -311,6 +311,41 @@ class Engine:
             stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index))
         self.counters.sweeps += 1
 
+    @torch.no_grad()
+    def assign(self, b: Block, value: torch.Tensor) -> None:
+        """theta_b <- value (e.g. pretrained weights re-read from the model files), rounded to nearest."""
+        b.param.data.copy_(value.reshape(b.param.shape))
+
+    @torch.no_grad()
+    def momentum_step(self, b: Block, grad: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
+                      rounding_seed: int = 0) -> torch.Tensor:
+        """First-order SGD with momentum on one block (torch.optim.SGD's rule), fp32 arithmetic:
+
+            m_b <- momentum * m_b + g_b   (m_b <- g_b at the first step);   theta_b <- theta_b - lr * m_b
+
+        m_b is kept in the weights' dtype; in bf16/fp16 both m_b and theta_b are written back with
+        stochastic rounding (unbiased). Returns m_b (a new tensor when `buf` is None)."""
+        p = b.param.data
+        acc = grad.to(_acc_dtype(p))
+        if buf is None:
+            buf = torch.empty_like(p)
+        else:
+            acc = acc.add(buf.to(acc.dtype), alpha=momentum)
+        _write(buf, acc, mix(0xB0F, rounding_seed, b.index))
+        if p.dtype in _LOW_PRECISION:
+            _write(p, p.to(torch.float32).sub_(acc, alpha=lr), mix(0x5C0DE, rounding_seed, b.index))
+        else:
+            p.sub_(acc, alpha=lr)
+        return buf
+
+
+def _write(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+    """dst <- src (float32/64): exact in full precision, stochastic rounding into bf16/fp16."""
+    if dst.dtype in _LOW_PRECISION and src.dtype != dst.dtype:
+        stochastic_round_(dst, src.to(torch.float32), seed)
+    else:
+        dst.copy_(src)
+
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     """Accumulation dtype: float64 for float64 tensors, float32 otherwise."""
@@ -352,6 +387,7 @@ def _unpack(saved):
     with torch.no_grad():
         full = engine._perturbed(b, d, coeff) if coeff != 0.0 else b.param.detach()
     return full.as_strided(saved.size, saved.stride, saved.offset)
+
 
 
 def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:

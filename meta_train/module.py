@@ -8,9 +8,14 @@ One training step (manual optimization; the policy's Adam is stepped through Lig
 2. look-ahead meta-gradient (`meta_train.lookahead.Lookahead`): sigma with autograd, L+/L- by the Engine,
    theta' = theta - eta_meta c nf sigma z, meta-loss L(theta') through the LLM; Adam step on the policy;
 3. move the LLM one first-order SGD-momentum step (momentum 0.8, lr linearly decayed to 0 within each
-   restart period) and every `reset_every` steps reset it to the pretrained weights ("periodic reset");
+   restart period; fused into the backward, `meta_train.weights.Trajectory`) and every `reset_every` steps
+   reset it to the pretrained weights re-read from the model files ("periodic reset");
 4. every `val_every` steps (and at the end): meta-validation on held-out tasks, i.e. short ZO
-   fine-tunings from the pretrained weights with the current policy vs MeZO at equal forward passes.
+   fine-tunings from the pretrained weights with the current policy vs MeZO at equal forward passes,
+   run on the LLM itself while the trajectory's weights are parked on disk.
+
+Resident: the LLM, the momentum, the policy and one backward's activations; no pretrained copy, no
+scratch model, no theta' (the lean look-ahead), no whole gradient.
 
 Checkpoints hold the policy, its optimizer state and the per-task features, not the LLM: a resumed run
 restarts the LLM trajectory from the pretrained weights (as a periodic reset does).
@@ -18,8 +23,9 @@ restarts the LLM trajectory from the pretrained weights (as a periodic reset doe
 
 from __future__ import annotations
 
-import copy
 import math
+import os
+import tempfile
 import time
 from typing import Optional
 
@@ -30,6 +36,7 @@ from l2o.errors import ConfigError, UserError
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
 from meta_train.lookahead import Lookahead, TaskState
+from meta_train.weights import PretrainedFiles, Trajectory, model_folder, park, unpark
 
 
 class ZOFineTunerMeta(L.LightningModule):
@@ -82,7 +89,6 @@ class ZOFineTunerMeta(L.LightningModule):
         self.task_state: dict[str, TaskState] = {}
         self.metaval_history: list[dict] = []
         self.meta_history: list[dict] = []
-        self._scratch = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -102,7 +108,6 @@ class ZOFineTunerMeta(L.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.model, self.tokenizer, self.info = model, tok, info
-        self.pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if hp.init_policy:
             self.policy = ZOPolicy.load(hp.init_policy, expected_fingerprint=info.fingerprint, model_name=hp.base)
         else:
@@ -111,7 +116,8 @@ class ZOFineTunerMeta(L.LightningModule):
         self.policy.base_fingerprint = info.fingerprint
         self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
                                    eta_meta=hp.eta_meta, unroll=hp.unroll, detach_nf=hp.detach_nf)
-        self._new_llm_optimizer()
+        self.files = PretrainedFiles(model_folder(info.path), self.lookahead.engine)
+        self.trajectory = Trajectory(self.lookahead.engine, hp.lr_llm, hp.momentum)
 
     def train(self, mode: bool = True):  # dropout off; training mode only for activation checkpointing
         super().train(mode)
@@ -119,15 +125,10 @@ class ZOFineTunerMeta(L.LightningModule):
             self.model.train(bool(self.hparams.gradient_checkpointing) and mode)
         return self
 
-    def _new_llm_optimizer(self) -> None:
-        self.llm_opt = torch.optim.SGD([b.param for b in self.lookahead.blocks], lr=self.hparams.lr_llm,
-                                       momentum=self.hparams.momentum)
-
     def reset_llm(self) -> None:
-        """Periodic reset: pretrained weights back, fresh SGD-momentum state."""
-        with torch.no_grad():
-            self.model.load_state_dict(self.pretrained, strict=False)
-        self._new_llm_optimizer()
+        """Periodic reset: pretrained weights back (re-read from the model files), fresh momentum."""
+        self.files.restore()
+        self.trajectory.reset()
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr_policy)
@@ -154,18 +155,13 @@ class ZOFineTunerMeta(L.LightningModule):
         # the LLM trajectory: one first-order SGD-momentum step, lr linearly decayed within the restart period
         period = hp.reset_every or max(1, self.trainer.max_steps)
         lr = hp.lr_llm * (1.0 - (step % period) / period)
-        for g in self.llm_opt.param_groups:
-            g["lr"] = lr
-        self.llm_opt.zero_grad(set_to_none=True)
-        llm_loss = loss_fn(self.model, batch)
-        llm_loss.backward()
-        self.llm_opt.step()
-        self.llm_opt.zero_grad(set_to_none=True)
+        self.trajectory.lr = lr
+        llm_loss = self.trajectory.step(loss_fn, self.model, batch)
         if hp.reset_every and (step + 1) % hp.reset_every == 0:
             self.reset_llm()
         sigma = res.sigma.float()
         row = {"step": step, "task": task, "meta_loss": res.meta_loss, "L_plus": res.plus[0], "L_minus": res.minus[0],
-               "projected_grad": res.c[0], "nf": res.nf[0], "llm_loss": float(llm_loss.detach()), "llm_lr": lr,
+               "projected_grad": res.c[0], "nf": res.nf[0], "llm_loss": llm_loss, "llm_lr": lr,
                "sigma_mean": float(sigma.mean()), "sigma_std": float(sigma.std()) if sigma.numel() > 1 else 0.0,
                "policy_grad_norm": gnorm, "step_time_s": time.perf_counter() - t0}
         self.meta_history.append(row)
@@ -206,13 +202,6 @@ class ZOFineTunerMeta(L.LightningModule):
         tb.add_figure("sigma/by_layer", sigma_figure(names, sigma.tolist(), f"step {step}"), step)
 
     # ------------------------------------------------------------------ meta-validation
-    def _scratch_model(self):
-        if self._scratch is None:
-            self._scratch = copy.deepcopy(self.model).eval()
-            if self.hparams.gradient_checkpointing:
-                self._scratch.gradient_checkpointing_disable()
-        return self._scratch
-
     @torch.no_grad()
     def _eval_loss(self, model, task: str) -> float:
         examples = self.dm.eval_examples(task)
@@ -225,36 +214,33 @@ class ZOFineTunerMeta(L.LightningModule):
         return total / max(1, n)
 
     def meta_validate(self) -> dict:
-        """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes."""
-        from l2o.optim import build_optimizer
+        """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes.
 
+        They run on the LLM itself: the trajectory's weights are parked in a file meanwhile, every
+        fine-tuning starts from the model files, and the trajectory comes back bit-identical."""
         hp = self.hparams
         tasks = (self.dm.heldout_task_names or self.dm.train_task_names)[: max(1, hp.val_tasks)]
         policy = ZOPolicy.from_tensors(self.policy.tensors(), self.policy.config())
-        scratch = self._scratch_model()
         row = {"step": int(self.global_step), "tasks": {}}
-        for task in tasks:
-            fn = self._loss_fn(task)
-            res = {}
-            for method in ("zo-finetuner", "mezo"):
-                with torch.no_grad():
-                    scratch.load_state_dict(self.pretrained, strict=False)
-                kw = dict(lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
-                if method == "zo-finetuner":
-                    kw.update(policy=policy, policy_batch_size=self.dm.batch_size)
-                opt = build_optimizer(method, scratch, **kw)
-                for k in range(hp.val_steps):
-                    batch = self.dm.batch(task, 10 ** 7 + k)
-                    opt.step(lambda: fn(scratch, batch))
-                res[method] = self._eval_loss(scratch, task)
-                res[f"{method}_forwards"] = opt.forward_passes
-            row["tasks"][task] = res
+        fd, parked = tempfile.mkstemp(prefix="l2o-trajectory-", suffix=".bin")
+        os.close(fd)
+        training = self.model.training
+        try:
+            park(self.lookahead.engine, parked)
+            self.model.eval()
+            for task in tasks:
+                row["tasks"][task] = {}
+                for method in ("zo-finetuner", "mezo"):
+                    self.files.restore()
+                    row["tasks"][task].update(self._short_fine_tune(method, task, policy))
+        finally:
+            unpark(self.lookahead.engine, parked)
+            os.remove(parked)
+            self.model.train(training)
         pol = [r["zo-finetuner"] for r in row["tasks"].values()]
         mez = [r["mezo"] for r in row["tasks"].values()]
         row["policy_loss"], row["mezo_loss"] = sum(pol) / len(pol), sum(mez) / len(mez)
         row["improvement"] = row["mezo_loss"] - row["policy_loss"]
-        with torch.no_grad():
-            scratch.load_state_dict(self.pretrained, strict=False)
         self.metaval_history.append(row)
         tb = self._tb()
         if tb is not None:
@@ -266,6 +252,22 @@ class ZOFineTunerMeta(L.LightningModule):
             tb.add_scalar("metaval/improvement", row["improvement"], row["step"])
             tb.flush()
         return row
+
+    def _short_fine_tune(self, method: str, task: str, policy: ZOPolicy) -> dict:
+        from l2o.optim import build_optimizer
+
+        hp, fn = self.hparams, self._loss_fn(task)
+        kw = dict(lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
+        if method == "zo-finetuner":
+            kw.update(policy=policy, policy_batch_size=self.dm.batch_size)
+        opt = build_optimizer(method, self.model, **kw)
+        try:
+            for k in range(hp.val_steps):
+                batch = self.dm.batch(task, 10 ** 7 + k)
+                opt.step(lambda: fn(self.model, batch))
+        finally:
+            opt.engine.remove_hooks()
+        return {method: self._eval_loss(self.model, task), f"{method}_forwards": opt.forward_passes}
 
     # ------------------------------------------------------------------ checkpoints: the policy only
     def on_save_checkpoint(self, checkpoint):

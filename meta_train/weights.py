@@ -1,0 +1,153 @@
+"""The LLM's weights during meta-training, with no resident copy besides the LLM itself.
+
+- `Trajectory`: the first-order SGD-momentum trajectory theta moves on. The step is fused into the
+  backward: a post-accumulate-grad hook updates block b (`Engine.momentum_step`: fp32 arithmetic,
+  stochastic rounding in bf16) as soon as its gradient exists and frees that gradient, so the whole
+  gradient is never held. m_b (the momentum) is kept in the weights' dtype.
+- `PretrainedFiles`: a periodic reset re-reads the pretrained weights from the model's safetensors files
+  (memory-mapped, one tensor at a time) instead of keeping a pretrained copy in memory.
+- `park` / `unpark`: meta-validation fine-tunes the LLM itself; meanwhile the trajectory's weights wait
+  in a file on disk (written and read one block at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from l2o.engine import Engine
+
+
+class Trajectory:
+    """theta <- theta - lr * m, m <- momentum * m + grad L(theta): torch.optim.SGD's rule, fused in the backward."""
+
+    def __init__(self, engine: Engine, lr: float, momentum: float):
+        self.engine, self.lr, self.momentum = engine, float(lr), float(momentum)
+        self.buf: dict[int, torch.Tensor] = {}
+        self.steps = 0
+        self._active = False
+        self._by_param = {id(b.param): b for b in engine.blocks}
+        self._hooks = [b.param.register_post_accumulate_grad_hook(self._hook) for b in engine.blocks]
+
+    def _hook(self, p: torch.Tensor) -> None:
+        if not self._active or p.grad is None:
+            return
+        b = self._by_param[id(p)]
+        self.buf[b.index] = self.engine.momentum_step(b, p.grad, self.buf.get(b.index), self.lr, self.momentum,
+                                                      rounding_seed=self.steps)
+        p.grad = None
+
+    def step(self, loss_fn, model, batch) -> float:
+        """One first-order step on `batch`; returns the loss before the step."""
+        self._active = True
+        try:
+            loss = loss_fn(model, batch)
+            loss.backward()
+        finally:
+            self._active = False
+        self.steps += 1
+        return float(loss.detach())
+
+    def reset(self) -> None:
+        self.buf = {}
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def model_folder(path: str) -> Path:
+    """The local folder holding a base's files: the folder itself, or a hub id's snapshot in the local cache."""
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]))
+
+
+class PretrainedFiles:
+    """Block b's pretrained tensor, read from the model folder's safetensors files on demand.
+
+    Names are matched as saved, or with / without the model's base prefix (`model.`); a block whose
+    tensor is not in the files (or has another shape) is kept as a resident copy, with a warning."""
+
+    def __init__(self, folder: str | Path, engine: Engine, prefix: str = "model"):
+        self.folder, self.engine = Path(folder), engine
+        self.where: dict[int, tuple[Path, str]] = {}
+        self.resident: dict[int, torch.Tensor] = {}
+        from safetensors import safe_open
+
+        keys: dict[str, Path] = {}
+        for file in self._files():
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    keys[k] = file
+        for b in engine.blocks:
+            found = self._match(b.name, keys, prefix)
+            if found is not None and self._shape(*found) == tuple(b.param.shape):
+                self.where[b.index] = found
+            else:
+                self.resident[b.index] = b.param.detach().clone()
+        if self.resident:
+            warnings.warn(f"{len(self.resident)} block(s) are not in the safetensors files of {self.folder} "
+                          f"(e.g. {engine.blocks[next(iter(self.resident))].name}); kept as resident copies for "
+                          "resets", stacklevel=2)
+
+    def _files(self) -> list[Path]:
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            return sorted({self.folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        return sorted(self.folder.glob("*.safetensors"))
+
+    @staticmethod
+    def _match(name: str, keys: dict, prefix: str):
+        stripped = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+        for cand in (name, stripped, f"{prefix}.{name}"):
+            if cand and cand in keys:
+                return keys[cand], cand
+        return None
+
+    @staticmethod
+    def _shape(file: Path, key: str) -> tuple:
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """theta <- the pretrained weights, block by block (each read through a memory map)."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[tuple[int, str]]] = {}
+        for i, (file, key) in self.where.items():
+            by_file.setdefault(file, []).append((i, key))
+        for file, items in by_file.items():
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for i, key in items:
+                    self.engine.assign(self.engine.blocks[i], f.get_tensor(key))
+        for i, t in self.resident.items():
+            self.engine.assign(self.engine.blocks[i], t)
+
+
+@torch.no_grad()
+def park(engine: Engine, path: str | Path) -> None:
+    """Write every block's weights to `path` (raw bytes, block order), one block in host memory at a time."""
+    with open(path, "wb") as f:
+        for b in engine.blocks:
+            f.write(memoryview(b.param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
+
+
+@torch.no_grad()
+def unpark(engine: Engine, path: str | Path) -> None:
+    """Read back what `park` wrote: the weights are bit-identical to what they were."""
+    with open(path, "rb") as f:
+        for b in engine.blocks:
+            p = b.param
+            n = p.numel() * p.element_size()
+            raw = torch.from_numpy(np.fromfile(f, dtype=np.uint8, count=n))
+            engine.assign(b, raw.view(p.dtype).to(p.device))

@@ -1,0 +1,126 @@
+"""Meta-training without resident copies: the fused first-order trajectory (bf16 with stochastic rounding),
+resets from the model files, meta-validation on the LLM itself with the trajectory parked on disk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from l2o.engine import Engine
+from l2o.models import load_base
+from meta_train.weights import PretrainedFiles, Trajectory, park, unpark
+from tests.helpers import save_tiny_base, tiny_model
+
+
+def _lm_loss(model, batch):
+    return model(input_ids=batch, labels=batch).loss
+
+
+X = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "llama")  # tied embedding / lm_head
+
+
+def test_fused_trajectory_is_torch_sgd_momentum_and_never_holds_the_gradient():
+    a = tiny_model("llama")
+    b = copy.deepcopy(a)
+    traj = Trajectory(Engine(a), lr=0.1, momentum=0.8)
+    ref = torch.optim.SGD(list(b.parameters()), lr=0.1, momentum=0.8)
+    for _ in range(3):
+        traj.step(_lm_loss, a, X)
+        ref.zero_grad()
+        _lm_loss(b, X).backward()
+        ref.step()
+        assert all(p.grad is None for p in a.parameters())  # consumed block by block in the backward
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), tiny_model("llama").parameters())) > 1e-3
+
+
+def test_bf16_momentum_step_moves_by_the_fp32_step_in_expectation():
+    """A step 40x below bf16's resolution at 1.0: round-to-nearest would not move; stochastic rounding of
+    both the weights and the bf16 momentum moves by the fp32 amount on average."""
+    lin = torch.nn.Linear(1000, 1000, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    engine = Engine(lin)
+    block = engine.blocks[0]
+    grad = torch.full((1000, 1000), 1e-4, dtype=torch.bfloat16)
+    buf, expected, m = None, 1.0, 0.0
+    for step in range(3):
+        buf = engine.momentum_step(block, grad, buf, lr=1.0, momentum=0.8, rounding_seed=step)
+        m = 0.8 * m + float(grad[0, 0])
+        expected -= m
+        assert buf.dtype == torch.bfloat16
+        assert float(buf.float().mean()) == pytest.approx(m, rel=0.02)
+    assert float(lin.weight.float().mean()) == pytest.approx(expected, abs=3e-6)
+    assert float(lin.weight.float().mean()) != 1.0
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_reset_rereads_the_model_files_bit_identically(tiny_base, dtype):
+    model, _, info = load_base(tiny_base, dtype=dtype)
+    fresh = [p.detach().clone() for p in model.parameters()]
+    engine = Engine(model)
+    files = PretrainedFiles(info.path, engine)
+    assert not files.resident  # every block found in the safetensors files
+    Trajectory(engine, lr=0.5, momentum=0.8).step(_lm_loss, model, X)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), fresh))
+    files.restore()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh))
+
+
+def test_parked_trajectory_comes_back_bit_identical(tmp_path):
+    model = tiny_model("opt").to(torch.bfloat16)
+    engine = Engine(model)
+    Trajectory(engine, lr=0.5, momentum=0.8).step(_lm_loss, model, X)
+    before = [p.detach().clone() for p in model.parameters()]
+    park(engine, tmp_path / "theta.bin")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    unpark(engine, tmp_path / "theta.bin")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert (tmp_path / "theta.bin").stat().st_size == sum(b.param.numel() * 2 for b in engine.blocks)
+
+
+def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_base, monkeypatch, tmp_path):
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    from meta_train.data import TaskFamilyData
+    from meta_train.module import ZOFineTunerMeta
+
+    dm = TaskFamilyData(tasks=["sports_understanding", "winowhy"], holdout=["winowhy"], batch_size=4, num_train=8,
+                        num_eval=4, max_length=32)
+    dm.setup()
+
+    class Meta(ZOFineTunerMeta):
+        dm = None
+        global_step = 0
+
+    module = Meta(base=tiny_base, val_steps=2, val_tasks=1, lr_llm=0.5)
+    module.dm = dm
+    module.setup()
+    module._tb = lambda: None
+    assert not hasattr(module, "pretrained") and not hasattr(module, "_scratch")  # no resident copies
+    module.trajectory.step(module._loss_fn("sports_understanding"), module.model, dm.batch("sports_understanding", 0))
+    theta = [p.detach().clone() for p in module.model.parameters()]
+    momentum = {i: m.clone() for i, m in module.trajectory.buf.items()}
+    row = module.meta_validate()
+    assert set(row["tasks"]) == {"winowhy"} and row["tasks"]["winowhy"]["mezo_forwards"] == 4
+    assert all(torch.equal(p, q) for p, q in zip(module.model.parameters(), theta))
+    assert all(torch.equal(module.trajectory.buf[i], m) for i, m in momentum.items())
+    # both fine-tunings started from the pretrained weights: MeZO's result equals a fresh model's
+    from l2o.optim import build_optimizer
+
+    fresh, _, _ = load_base(tiny_base)
+    fn = module._loss_fn("winowhy")
+    opt = build_optimizer("mezo", fresh, lr=module.hparams.val_lr, eps=module.hparams.eps, seed=module.hparams.seed)
+    for k in range(2):
+        batch = dm.batch("winowhy", 10 ** 7 + k)
+        opt.step(lambda: fn(fresh, batch))
+    assert module._eval_loss(fresh, "winowhy") == pytest.approx(row["tasks"]["winowhy"]["mezo"], rel=1e-6)

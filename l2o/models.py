@@ -38,6 +38,7 @@ __all__ = [
     "ResolvedBase",
     "base_fingerprint",
     "block_names",
+    "block_shapes",
     "cache_dir",
     "check_fingerprint",
     "embedded_smollm2_dir",
@@ -318,6 +319,11 @@ def _base_blocks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
             out.append((n.replace(".base_layer.", "."), p))
         return out
     return _all_blocks(model)
+
+
+def block_shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every base block, tied weights once; works on the meta device (memory plans)."""
+    return [(n, tuple(p.shape)) for n, p in _base_blocks(model)]
 
 
 def fingerprint_of_blocks(blocks: list[tuple[str, list[int]]]) -> str:

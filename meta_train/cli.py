@@ -21,7 +21,7 @@ METHODS = ("zo-finetuner", "bilevel-zofo")
 
 HELP = """usage: meta_train [--method {zo-finetuner,bilevel-zofo}] --base BASE [--tasks T [T ...]] [--holdout T [T ...]]
                   [--max_steps N] [--out DIR] [--registry DIR] [--publish_name NAME] [--publish_version V]
-                  [--resume] [--config FILE] [--print_config] [--model.* ...] [--data.* ...] [--trainer.* ...]
+                  [--resume] [--config FILE] [--print_config] [--dry-run [--gpu-memory GB]] [--model.* ...] [--data.* ...] [--trainer.* ...]
 
 Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the zoo.
 
@@ -37,6 +37,8 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
   --publish_name     zoo entry name (default zo-finetuner / meta-init); --publish_version (default: next)
   --resume           continue the run in --out from checkpoints/last.ckpt
   --config FILE      YAML with any of these options; --print_config prints the resolved configuration
+  --dry-run          print the memory plan per device (weights, momentum, activations, policy, total) and
+                     whether it fits --gpu-memory GB (default 80), offline from shipped shapes; exit 1 if not
 
 zo-finetuner options (--model.*): lr_policy 0.1, lr_llm 0.01, momentum 0.8, eta_meta 1e-6, eps 1e-3,
   unroll 1 (look-ahead length T), reset_every 100, dtype fp32|bf16, gradient_checkpointing false,
@@ -185,6 +187,10 @@ def main(argv=None) -> int:
     if "-h" in argv or "--help" in argv:
         print(HELP, end="")
         return 0
+    if "--dry-run" in argv:  # the memory plan per device, offline, from shapes (meta_train.plan)
+        from meta_train.plan import main as dry_run
+
+        return dry_run(argv)
     method, rest = _method_and_rest(argv)
     if method not in METHODS:
         return _fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

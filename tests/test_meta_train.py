@@ -286,3 +286,32 @@ def test_compare_reach_counts_forwards_to_a_target():
     hist = [{"loss": v, "forwards": 2 * (i + 1)} for i, v in enumerate([3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1])]
     assert _reach(hist, 1.0) == 10  # window of 1 step (10% of 12): the 5th step reaches 1.0 at 10 forwards
     assert _reach(hist, 2.0) == 6 and _reach(hist, 0.5) is None
+
+
+# ---------------------------------------------------------------------- --dry-run: the memory plan
+def test_dry_run_plans_every_alias_offline_and_opt13b_bf16_fits_80gb(capsys):
+    from l2o.models import ALIASES
+    from meta_train.cli import main
+    from meta_train.plan import base_config, make_plan, shapes
+
+    assert set(shapes()) == set(ALIASES)  # shapes shipped for every alias
+    for alias in ALIASES:
+        cfg = base_config(alias)
+        assert cfg.hidden_size > 0 and cfg.num_hidden_layers > 0 and cfg.vocab_size > 0
+    published = {"opt-13b": 12.85e9, "llama-3.1-8b": 8.03e9, "qwen2.5-14b": 14.77e9}
+    for alias, n in published.items():  # built on the meta device from the shapes: the published sizes
+        assert make_plan(alias).params == pytest.approx(n, rel=2e-3)
+    plan = make_plan("opt-13b", dtype="bf16", batch=8, length=128)
+    rows = {r[0]: r[1] for r in plan.rows}
+    assert rows["weights"] == rows["momentum"] == plan.params * 2
+    assert rows["gradient"] < rows["weights"] / 20  # consumed block by block, never whole
+    assert plan.fits and plan.gpu_bytes - plan.total > 10 * 1024 ** 3  # room to spare
+    assert not make_plan("opt-13b", dtype="fp32", gpu_gb=80).fits
+    assert main(["--base", "opt-13b", "--dry-run", "--model.dtype", "bf16", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    for word in ("weights", "momentum", "activations", "policy", "total", "fits in 80 GiB"):
+        assert word in out
+    assert main(["--base", "opt-30b", "--dry-run", "--model.dtype", "bf16"]) == 1
+    assert "does NOT fit" in capsys.readouterr().out
+    assert main(["--base", "no-such-alias", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("meta_train: error: --dry-run knows")

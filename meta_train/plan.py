@@ -1,0 +1,171 @@
+"""`meta_train --base <alias> --dry-run [--gpu-memory GB]`: the per-device memory plan of ZO Fine-tuner
+meta-training, offline, from shapes alone (l2o/base_shapes.json: public config.json fields of every alias).
+
+One meta-training step on one device (every DDP rank holds the same; DDP all-reduces only the policy's
+gradients) with the lean one-step meta-gradient (unroll 1):
+
+    weights      N x bytes(dtype)                          the LLM, the only resident copy
+    momentum     N x bytes(dtype)                          SGD momentum of the first-order trajectory
+                                                           (fp32 arithmetic, stochastic rounding in bf16)
+    gradient     largest block x bytes(dtype)              consumed block by block in the backward
+    look-ahead   3 x largest block x 4                     theta'_b, z_b, fp32 accumulator (regenerated)
+    activations  at batch x length                         saved for one backward (estimate below)
+    policy       B x 449 x 4 x 4                           parameters, gradient, Adam's two moments
+    runtime      fixed reserve                             CUDA context, allocator slack, kernels' workspace
+
+Pretrained weights for resets are re-read from the model files; meta-validation fine-tunes the LLM
+itself and parks the trajectory's weights on disk meanwhile, so neither adds device memory.
+unroll > 1 takes the functional path, which also holds theta_t and z_t of every unrolled step.
+
+Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the weights' dtype:
+norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores 2 a L; logits
+tokens x vocab x (bytes + 8) for the float32 cross-entropy. With gradient checkpointing: one hidden
+state per layer plus one layer's activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHAPES = Path(__file__).resolve().parents[1] / "l2o" / "base_shapes.json"
+GiB = 1024 ** 3
+BYTES = {"fp32": 4, "bf16": 2}
+POLICY_FLOATS_PER_BLOCK = 449
+RUNTIME_RESERVE = 2 * GiB
+
+
+def shapes() -> dict:
+    return {k: v for k, v in json.loads(SHAPES.read_text()).items() if not k.startswith("_")}
+
+
+def base_config(base: str):
+    """A transformers config for an alias (from the shipped shapes) or a local model folder."""
+    from transformers import AutoConfig
+
+    from l2o.models import BaseModelError
+
+    table = shapes()
+    key = base.strip().lower()
+    if key in table:
+        fields = dict(table[key])
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    path = Path(base).expanduser()
+    if (path / "config.json").is_file():
+        return AutoConfig.from_pretrained(str(path))
+    raise BaseModelError(f"--dry-run knows the shapes of the aliases {', '.join(sorted(table))} and of local "
+                         f"model folders; {base!r} is neither")
+
+
+@dataclass
+class Plan:
+    base: str
+    params: int
+    blocks: int
+    rows: list = field(default_factory=list)  # (what, bytes, how)
+    gpu_bytes: float = 80 * GiB
+
+    @property
+    def total(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.gpu_bytes
+
+
+def _count(config) -> tuple[int, list[int]]:
+    """Parameter count (tied weights once) and block sizes, from a model built on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from l2o.models import block_shapes
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    sizes = [math.prod(shape) for _, shape in block_shapes(model)]
+    return sum(sizes), sizes
+
+
+def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool) -> int:
+    h = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    f = getattr(config, "ffn_dim", None) or config.intermediate_size
+    gated = config.model_type != "opt"
+    per_token = 9 * h + 2 * kv * head_dim + (4 if gated else 2) * f + (2 * heads * length if eager else 0)
+    tokens = batch * length
+    layers = config.num_hidden_layers
+    logits = tokens * config.vocab_size * (nbytes + 8)
+    if checkpointing:
+        return int(layers * tokens * h * nbytes + tokens * per_token * nbytes + logits)
+    return int(layers * tokens * per_token * nbytes + logits)
+
+
+def make_plan(base: str, dtype: str = "fp32", batch: int = 8, length: int = 128, checkpointing: bool = False,
+              unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0) -> Plan:
+    if dtype not in BYTES:
+        raise ValueError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
+    config = base_config(base)
+    n, sizes = _count(config)
+    b, big = BYTES[dtype], max(sizes)
+    plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB)
+    plan.rows = [
+        ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype})"),
+        ("momentum", n * b, f"SGD momentum in {dtype}" + (", fp32 arithmetic + stochastic rounding" if b < 4 else "")),
+        ("gradient", big * b, "one block at a time (consumed in the backward)"),
+        ("look-ahead", 3 * big * 4, "theta'_b, z_b, fp32 accumulator: one block"),
+        ("activations", activation_bytes(config, batch, length, b, checkpointing, eager or unroll > 1),
+         f"batch {batch} x {length} tokens" + (", checkpointed" if checkpointing else "")
+         + (", eager attention" if eager or unroll > 1 else "")),
+        ("policy", len(sizes) * POLICY_FLOATS_PER_BLOCK * 4 * 4, f"{len(sizes)} MLPs: params, grad, Adam m and v"),
+        ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)"),
+    ]
+    if unroll > 1:
+        plan.rows.insert(4, ("unrolled theta_t, z_t", 2 * unroll * n * 4,
+                             f"functional path, T = {unroll}: small models only"))
+    return plan
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [f"memory plan per device: meta_train --base {plan.base} ({plan.params / 1e9:.2f}B parameters, "
+             f"{plan.blocks} blocks)"]
+    for what, nbytes, how in plan.rows:
+        lines.append(f"  {what:<22} {nbytes / GiB:8.2f} GiB   {how}")
+    room = plan.gpu_bytes - plan.total
+    lines.append(f"  {'total':<22} {plan.total / GiB:8.2f} GiB")
+    verdict = "fits" if plan.fits else "does NOT fit"
+    lines.append(f"  {verdict} in {plan.gpu_bytes / GiB:.0f} GiB ({abs(room) / GiB:.1f} GiB "
+                 f"{'to spare' if plan.fits else 'short'}); pretrained weights for resets are re-read from the "
+                 "model files, meta-validation parks the trajectory on disk")
+    return "\n".join(lines)
+
+
+def _option(argv: list[str], name: str, default):
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def main(argv: list[str]) -> int:
+    """The --dry-run entry point of meta_train (options read from the same command line)."""
+    try:
+        plan = make_plan(
+            _option(argv, "--base", "smollm2-135m"), dtype=_option(argv, "--model.dtype", "fp32"),
+            batch=int(_option(argv, "--data.batch_size", 8)), length=int(_option(argv, "--data.max_length", 128)),
+            checkpointing=str(_option(argv, "--model.gradient_checkpointing", "false")).lower() == "true",
+            unroll=int(_option(argv, "--model.unroll", 1)),
+            eager=_option(argv, "--model.attn_implementation", "") == "eager",
+            gpu_gb=float(_option(argv, "--gpu-memory", 80)))
+    except (ValueError, OSError) as err:
+        print(f"meta_train: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_plan(plan))
+    return 0 if plan.fits else 1

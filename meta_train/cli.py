@@ -227,6 +227,8 @@ def _run(cli, method: str) -> int:
     trainer = cli.trainer
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None)
+    if trainer.global_rank != 0:  # multi-device runs: rank 0 writes the outputs
+        return 0
     module = cli.model
     if not hasattr(module, "export_policy"):
         summary = getattr(module, "training_summary", lambda: {})()

@@ -117,6 +117,9 @@ class ZOFineTunerMeta(L.LightningModule):
         self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
                                    eta_meta=hp.eta_meta, unroll=hp.unroll, detach_nf=hp.detach_nf)
         self.files = PretrainedFiles(model_folder(info.path), self.lookahead.engine)
+        # DDP leaves the LLM alone (every rank moves its own); the policy's gradients are averaged per step
+        self._ddp_params_and_buffers_to_ignore = [f"model.{n}" for n, _ in model.named_parameters()] + [
+            f"model.{n}" for n, _ in model.named_buffers()]
         self.trajectory = Trajectory(self.lookahead.engine, hp.lr_llm, hp.momentum)
 
     def train(self, mode: bool = True):  # dropout off; training mode only for activation checkpointing
@@ -141,13 +144,16 @@ class ZOFineTunerMeta(L.LightningModule):
     def training_step(self, _, batch_idx):
         hp, step = self.hparams, self.global_step
         t0 = time.perf_counter()
-        task = self.dm.task_for_step(step)
-        batch = self.dm.batch(task, step)
+        rank, world = self.global_rank, self.trainer.world_size  # each DDP rank: its own task and trajectory
+        task = self.dm.task_for_step(step * world + rank)
+        batch = self.dm.batch(task, step * world + rank)
         loss_fn = self._loss_fn(task)
         state = self.task_state.get(task, TaskState())
         opt = self.optimizers()
         opt.zero_grad()
-        res = self.lookahead.step(loss_fn, batch, seed=derive_seed(hp.seed, step, 0), state=state)
+        res = self.lookahead.step(loss_fn, batch, seed=derive_seed(hp.seed, step, rank), state=state)
+        if world > 1:
+            self._average_policy_gradients()
         gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.policy.parameters()
                                      if p.grad is not None)))
         opt.step()
@@ -170,6 +176,15 @@ class ZOFineTunerMeta(L.LightningModule):
         self.log("meta_loss", res.meta_loss, prog_bar=True, logger=False)
         if hp.log_every and step % hp.log_every == 0:
             self._log_sigma(sigma, step)
+
+    def _average_policy_gradients(self) -> None:
+        """The mean of the ranks' meta-gradients, one all-reduce of the policy's flat gradient through the
+        strategy's process group (the meta-backward runs inside training_step, where DDP's reducer is off)."""
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p.grad))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         ve = self.hparams.val_every

@@ -1,0 +1,85 @@
+"""Multi-device meta-training through Lightning's DDP, on 2 CPU processes (gloo), launched by torchrun:
+each rank meta-trains on its own task with its own LLM trajectory; DDP all-reduces the policy's gradients."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from l2o.noise import derive_seed
+from l2o.policy import ZOPolicy
+from tests.helpers import save_tiny_base, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, LR_POLICY, LR_LLM = 3, 0.05, 0.05
+
+
+def _args(base, out):
+    return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
+            "--out", str(out), "--max_steps", str(STEPS), "--model.eta_meta", "1e-2", "--model.lr_llm", str(LR_LLM),
+            "--model.lr_policy", str(LR_POLICY), "--model.reset_every", "0", "--model.val_steps", "1",
+            "--model.val_tasks", "1", "--model.log_every", "0", "--data.batch_size", "2", "--data.num_train", "8",
+            "--data.num_eval", "2", "--data.max_length", "32", "--trainer.accelerator", "cpu"]
+
+
+def _one_process_average(base, world=2):
+    """The same 2 ranks' tasks, seeds and trajectories in one process; the policy steps on the mean gradient."""
+    from l2o.models import load_base
+    from meta_train.data import TaskFamilyData
+    from meta_train.lookahead import Lookahead, TaskState
+    from meta_train.weights import Trajectory
+
+    dm = TaskFamilyData(tasks=["sports_understanding", "implicatures", "winowhy"], holdout=["winowhy"], batch_size=2,
+                        num_train=8, num_eval=2, max_length=32)
+    dm.setup()
+    ranks = []
+    for _ in range(world):
+        model, tok, info = load_base(base)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        ranks.append((model, tok))
+    policy = ZOPolicy.for_model(ranks[0][0], base_model=base, seed=0)
+    adam = torch.optim.Adam(policy.parameters(), lr=LR_POLICY)
+    las = [Lookahead(m, policy, batch_size=2, eta_meta=1e-2) for m, _ in ranks]
+    trajs = [Trajectory(la.engine, LR_LLM, 0.8) for la in las]
+    states = [{} for _ in range(world)]
+    for step in range(STEPS):
+        adam.zero_grad()
+        for r, ((model, tok), la, traj) in enumerate(zip(ranks, las, trajs)):
+            task = dm.task_for_step(step * world + r)
+            batch = dm.batch(task, step * world + r)
+            fn = (lambda obj, tok: lambda m, b: obj.loss(m, tok, b))(dm.objectives[task], tok)
+            res = la.step(fn, batch, seed=derive_seed(0, step, r), state=states[r].get(task, TaskState()))
+            states[r][task] = res.state
+            traj.lr = LR_LLM * (1.0 - step / STEPS)
+            traj.step(fn, model, batch)
+        for p in policy.parameters():
+            p.grad /= world
+        adam.step()
+    return policy
+
+
+def test_ddp_two_ranks_equal_one_process_averaging_their_meta_gradients(tmp_path):
+    base = save_tiny_base(tmp_path, "opt")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "meta_train",
+           *_args(base, out), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("meta-trained a zo-finetuner policy") == 1  # rank 0 writes the outputs
+    ddp = ZOPolicy.load(str(out / "policy"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same float reductions
+    try:
+        ref = _one_process_average(base)
+    finally:
+        torch.set_num_threads(threads)
+    start = ZOPolicy.for_model(tiny_model("opt"), seed=0).tensors()
+    assert max(float((ddp.tensors()[k] - start[k]).abs().max()) for k in start) > 1e-3  # it trained
+    for k, v in ddp.tensors().items():
+        torch.testing.assert_close(v, ref.tensors()[k], rtol=1e-5, atol=1e-7)

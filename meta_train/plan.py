@@ -25,6 +25,7 @@ state per layer plus one layer's activations.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -77,7 +78,8 @@ class Plan:
         return self.total <= self.gpu_bytes
 
 
-def _count(config) -> tuple[int, list[int]]:
+@functools.lru_cache(maxsize=8)
+def _count(base: str) -> tuple[int, tuple[int, ...]]:
     """Parameter count (tied weights once) and block sizes, from a model built on the meta device."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -85,8 +87,8 @@ def _count(config) -> tuple[int, list[int]]:
     from l2o.models import block_shapes
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    sizes = [math.prod(shape) for _, shape in block_shapes(model)]
+        model = AutoModelForCausalLM.from_config(base_config(base))
+    sizes = tuple(math.prod(shape) for _, shape in block_shapes(model))
     return sum(sizes), sizes
 
 
@@ -111,7 +113,7 @@ def make_plan(base: str, dtype: str = "fp32", batch: int = 8, length: int = 128,
     if dtype not in BYTES:
         raise ValueError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
     config = base_config(base)
-    n, sizes = _count(config)
+    n, sizes = _count(base)
     b, big = BYTES[dtype], max(sizes)
     plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB)
     plan.rows = [

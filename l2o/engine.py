@@ -318,24 +318,30 @@ class Engine:
 
     @torch.no_grad()
     def momentum_step(self, b: Block, grad: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
-                      rounding_seed: int = 0) -> torch.Tensor:
-        """First-order SGD with momentum on one block (torch.optim.SGD's rule), fp32 arithmetic:
+                      rounding_seed: int = 0, consume: bool = False) -> torch.Tensor:
+        """First-order SGD with momentum on one block (torch.optim.SGD's rule):
 
             m_b <- momentum * m_b + g_b   (m_b <- g_b at the first step);   theta_b <- theta_b - lr * m_b
 
-        m_b is kept in the weights' dtype; in bf16/fp16 both m_b and theta_b are written back with
-        stochastic rounding (unbiased). Returns m_b (a new tensor when `buf` is None)."""
+        m_b is kept in the weights' dtype. In full precision it is updated in place (with `consume` the
+        first step adopts `grad` itself as m_b: no copy); in bf16/fp16 the arithmetic is fp32 and both m_b
+        and theta_b are written back with stochastic rounding (unbiased). Returns m_b."""
         p = b.param.data
-        acc = grad.to(_acc_dtype(p))
+        if p.dtype not in _LOW_PRECISION:
+            g = grad.detach().to(p.dtype)
+            if buf is None:
+                buf = g if (consume or g is not grad) else g.clone()
+            else:
+                buf.mul_(momentum).add_(g)
+            p.sub_(buf, alpha=lr)
+            return buf
+        acc = grad.to(torch.float32)
         if buf is None:
             buf = torch.empty_like(p)
         else:
-            acc = acc.add(buf.to(acc.dtype), alpha=momentum)
+            acc = acc.add(buf.to(torch.float32), alpha=momentum)
         _write(buf, acc, mix(0xB0F, rounding_seed, b.index))
-        if p.dtype in _LOW_PRECISION:
-            _write(p, p.to(torch.float32).sub_(acc, alpha=lr), mix(0x5C0DE, rounding_seed, b.index))
-        else:
-            p.sub_(acc, alpha=lr)
+        _write(p, p.to(torch.float32).sub_(acc, alpha=lr), mix(0x5C0DE, rounding_seed, b.index))
         return buf
 
 

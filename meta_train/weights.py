@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -37,9 +38,9 @@ class Trajectory:
         if not self._active or p.grad is None:
             return
         b = self._by_param[id(p)]
-        self.buf[b.index] = self.engine.momentum_step(b, p.grad, self.buf.get(b.index), self.lr, self.momentum,
-                                                      rounding_seed=self.steps)
-        p.grad = None
+        grad, p.grad = p.grad, None  # the gradient is consumed here: it may become the momentum buffer
+        self.buf[b.index] = self.engine.momentum_step(b, grad, self.buf.get(b.index), self.lr, self.momentum,
+                                                      rounding_seed=self.steps, consume=True)
 
     def step(self, loss_fn, model, batch) -> float:
         """One first-order step on `batch`; returns the loss before the step."""
@@ -69,26 +70,28 @@ def model_folder(path: str) -> Path:
     return Path(snapshot_download(path, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]))
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
 class PretrainedFiles:
     """Block b's pretrained tensor, read from the model folder's safetensors files on demand.
 
-    Names are matched as saved, or with / without the model's base prefix (`model.`); a block whose
-    tensor is not in the files (or has another shape) is kept as a resident copy, with a warning."""
+    Each tensor is memory-mapped on its own (the file's header gives its byte range) and unmapped once
+    copied in, so a reset holds one block, not the whole file's pages. Names are matched as saved, or
+    with / without the model's base prefix (`model.`); a block whose tensor is not in the files (or has
+    another shape or dtype) is kept as a resident copy, with a warning."""
 
     def __init__(self, folder: str | Path, engine: Engine, prefix: str = "model"):
         self.folder, self.engine = Path(folder), engine
-        self.where: dict[int, tuple[Path, str]] = {}
+        self.where: dict[int, tuple[Path, int, str, tuple]] = {}
         self.resident: dict[int, torch.Tensor] = {}
-        from safetensors import safe_open
-
-        keys: dict[str, Path] = {}
+        entries: dict[str, tuple] = {}
         for file in self._files():
-            with safe_open(str(file), framework="pt") as f:
-                for k in f.keys():
-                    keys[k] = file
+            for key, (start, dtype, shape) in _header(file).items():
+                entries[key] = (file, start, dtype, shape)
         for b in engine.blocks:
-            found = self._match(b.name, keys, prefix)
-            if found is not None and self._shape(*found) == tuple(b.param.shape):
+            found = self._match(b.name, entries, prefix)
+            if found is not None and found[3] == tuple(b.param.shape) and found[2] in _DTYPES:
                 self.where[b.index] = found
             else:
                 self.resident[b.index] = b.param.detach().clone()
@@ -104,34 +107,33 @@ class PretrainedFiles:
         return sorted(self.folder.glob("*.safetensors"))
 
     @staticmethod
-    def _match(name: str, keys: dict, prefix: str):
+    def _match(name: str, entries: dict, prefix: str):
         stripped = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
         for cand in (name, stripped, f"{prefix}.{name}"):
-            if cand and cand in keys:
-                return keys[cand], cand
+            if cand and cand in entries:
+                return entries[cand]
         return None
-
-    @staticmethod
-    def _shape(file: Path, key: str) -> tuple:
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            return tuple(f.get_slice(key).get_shape())
 
     @torch.no_grad()
     def restore(self) -> None:
-        """theta <- the pretrained weights, block by block (each read through a memory map)."""
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[tuple[int, str]]] = {}
-        for i, (file, key) in self.where.items():
-            by_file.setdefault(file, []).append((i, key))
-        for file, items in by_file.items():
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for i, key in items:
-                    self.engine.assign(self.engine.blocks[i], f.get_tensor(key))
+        """theta <- the pretrained weights, block by block (each read through its own memory map)."""
+        for i, (file, start, dtype, shape) in self.where.items():
+            dt = _DTYPES[dtype]
+            n = math.prod(shape) * torch.empty((), dtype=dt).element_size()
+            raw = np.memmap(file, dtype=np.uint8, mode="c", offset=start, shape=(n,))  # copy-on-write: never written
+            self.engine.assign(self.engine.blocks[i], torch.from_numpy(np.asarray(raw)).view(dt).reshape(shape))
+            del raw
         for i, t in self.resident.items():
             self.engine.assign(self.engine.blocks[i], t)
+
+
+def _header(file: Path) -> dict[str, tuple[int, str, tuple]]:
+    """{name: (absolute byte offset, dtype, shape)} from a safetensors file's JSON header."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {k: (8 + n + v["data_offsets"][0], v["dtype"], tuple(v["shape"]))
+            for k, v in header.items() if k != "__metadata__"}
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ METHODS = ("zo-finetuner", "bilevel-zofo")
 
 HELP = """usage: meta_train [--method {zo-finetuner,bilevel-zofo}] --base BASE [--tasks T [T ...]] [--holdout T [T ...]]
                   [--max_steps N] [--out DIR] [--registry DIR] [--publish_name NAME] [--publish_version V]
-                  [--resume] [--config FILE] [--print_config] [--dry-run [--gpu-memory GB]] [--model.* ...] [--data.* ...] [--trainer.* ...]
+                  [--resume] [--config FILE] [--print_config] [--dry-run [--gpu-memory GB]]
+                  [--model.* ...] [--data.* ...] [--trainer.* ...]
 
 Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the zoo.
 

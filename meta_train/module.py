@@ -54,7 +54,8 @@ class ZOFineTunerMeta(L.LightningModule):
         seed: seed of directions and policy initialisation.
         dtype: fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32).
         gradient_checkpointing: recompute activations in the backward passes (less memory, ~30% slower).
-        attn_implementation: eager or sdpa (default: the model's); second-order work needs eager.
+        attn_implementation: eager or sdpa (default: the model's); unroll > 1 (second-order) needs eager,
+            the lean one-step path does not.
         detach_nf: treat the normaliser nf as a constant in the meta-gradient (the authors' code).
         init_policy: start from this policy (zoo id or artefact folder) instead of a fresh one.
         val_every: steps between meta-validations (0: only at the end).

@@ -34,8 +34,14 @@ class Recording(ZOTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.seen = getattr(self, "seen", []) + [{k: v.clone() for k, v in inputs.items()}]
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        assert all(p.grad is None for p in model.parameters())
+        modes = []   # every training forward runs without autograd: no activations are kept for a backward
+        hook = model.register_forward_hook(lambda *_: modes.append(torch.is_grad_enabled()))
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            hook.remove()
+        assert not any(modes) and all(p.grad is None for p in model.parameters())
+        self.forwards = getattr(self, "forwards", 0) + len(modes)
         return loss
 
 
@@ -82,7 +88,7 @@ def test_trainer_steps_equal_a_plain_loop(tmp_path, name, kw):
     assert_same_bits(weights(model), weights(ref_model))
     assert weights(model)["model.decoder.embed_tokens.weight"].ne(weights(tiny_model("opt"))[
         "model.decoder.embed_tokens.weight"]).any()   # it trained
-    assert trainer.zo_optimizer.forward_passes == ref_opt.forward_passes
+    assert trainer.zo_optimizer.forward_passes == ref_opt.forward_passes == trainer.forwards
     assert all(p.grad is None for p in model.parameters())
     # the logged loss is the optimizer's own step loss; the LR followed Trainer's linear schedule
     logged = [h for h in trainer.state.log_history if "loss" in h]
@@ -100,7 +106,7 @@ def test_gradient_accumulation_means_more_examples_per_step(tmp_path):
     trainer = Recording(model=model, args=make_args(tmp_path, gradient_accumulation_steps=2, max_steps=1),
                         train_dataset=Examples(), optimizer="mezo")
     trainer.train()
-    assert len(trainer.seen) == 2 and trainer.zo_optimizer.forward_passes == 2
+    assert len(trainer.seen) == 2 and trainer.zo_optimizer.forward_passes == 2 and trainer.forwards == 4  # 2 x 2
     batch4 = {k: torch.cat([b[k] for b in trainer.seen]) for k in trainer.seen[0]}
     _, ref = plain_loop([batch4], "mezo", steps=1)
     assert trainer.zo_optimizer.last.projected_grads == pytest.approx(ref.last.projected_grads, rel=1e-4)

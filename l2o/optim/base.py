@@ -1,7 +1,14 @@
 """What every zeroth-order optimizer shares: hyperparameter checks, seeds, the engine, logging, resume.
 
 A method subclasses `ZOOptimizer` and implements `_step(closure) -> StepResult`, choosing which
-directions to evaluate (`self.engine.evaluate`) and which update to take (`self._apply_update`).
+directions to evaluate (`self.evaluate_many` for a step's independent evaluations, `self.evaluate` for
+one) and which update to take (`self._apply_update`), and `evaluation_batches()`, the sizes of those
+batches. On several ranks (`collective`, l2o.distributed) the base splits each batch over the ranks
+(direction-parallel) or reduces per-shard losses (data-parallel); the method's code is the same.
+
+The closure returns the batch loss, or (total, weight), e.g. (sum of example losses, examples), whose
+ratio is the loss; data-parallel ranks return their shard's pair so the reduced loss is the global
+batch's example-weighted mean.
 """
 
 from __future__ import annotations
@@ -14,8 +21,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from l2o.distributed import Collective, LocalCollective, check_parallel_mode, check_replicas, gather_round_robin
+from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
 from l2o.noise import NoiseSource, derive_seed
+
+Probe = tuple[Direction | None, float]  # (d, eps): the loss at theta + eps d; d None: at theta
 
 
 class NonFiniteLoss(Exception):
@@ -51,12 +62,18 @@ class ZOOptimizer(torch.optim.Optimizer):
         block_scales: optional per-block perturbation scales s_b (e.g. a learned policy's output);
             a sequence/tensor of length `len(self.blocks)`, or a callable `(optimizer) -> scales`
             evaluated at the start of each step.
+        collective: the ranks this optimizer runs on (l2o.distributed; default: one process).
+        parallel: "direction" (split each step's evaluations over the ranks) or "data" (every rank's
+            closure evaluates its shard of the batch).
+        check_every: K > 0 compares the ranks' weight fingerprints after every K-th step.
     """
 
     method = "zo"
 
     def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None, **defaults):
+                 seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None,
+                 collective: Collective | None = None, parallel: str = "direction", check_every: int = 0,
+                 **defaults):
         _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0,
                f"{self.method}: lr must be a finite number >= 0, got {lr!r}")
         _check(isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0,
@@ -69,6 +86,12 @@ class ZOOptimizer(torch.optim.Optimizer):
                          dict(lr=float(lr), eps=float(eps), weight_decay=float(weight_decay), **defaults))
         self.seed = int(seed)
         self.block_scales = block_scales
+        self.collective = collective if collective is not None else LocalCollective()
+        self.parallel = check_parallel_mode(parallel)
+        _check(isinstance(check_every, int) and check_every >= 0,
+               f"{self.method}: check_every must be an integer >= 0, got {check_every!r}")
+        self.check_every = check_every
+        self._evaluations = 0
         self.state["zo"] = {"step": 0, "skipped": 0, "forwards": 0}
         self.last: StepResult | None = None
 
@@ -97,17 +120,51 @@ class ZOOptimizer(torch.optim.Optimizer):
     def direction(self, seeds, weights=None, scales=None) -> Direction:
         return Direction(tuple(seeds), tuple(weights) if weights is not None else (), scales)
 
+    def evaluation_batches(self) -> list[int]:
+        """Sizes of the batches of independent evaluations one step makes (the `evaluate_many` calls)."""
+        raise NotImplementedError
+
+    def evaluate_many(self, closure, probes: list[Probe]) -> list[float]:
+        """[L(theta + eps_i d_i)] for independent probes, the same list on every rank.
+
+        One process evaluates them in turn. Direction-parallel: rank r evaluates probes r, r + N, ...
+        and the losses are gathered. Data-parallel: every rank evaluates all of them on its shard and
+        the (total, weight) pairs are reduced. Non-finite losses are raised after the exchange, on
+        every rank alike."""
+        probes, c = list(probes), self.collective
+        self._evaluations += len(probes)
+        if c.world_size == 1:
+            losses = [t / w for t, w in (self._local(closure, p) for p in probes)]
+        elif self.parallel == "direction":
+            mine = [self._local(closure, probes[i]) for i in my_share(len(probes), c.world_size, c.rank)]
+            losses = gather_round_robin(c, len(probes), [t / w for t, w in mine])
+        else:
+            pairs = [self._local(closure, p) for p in probes]
+            losses = reduce_shards(c, [t for t, _ in pairs], pairs[0][1])
+        for loss in losses:
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(loss)
+        return losses
+
+    def _local(self, closure, probe: Probe) -> tuple[float, float]:
+        """(total, weight) of one probe on this rank's batch."""
+        weights = []
+
+        def total():
+            out = closure()
+            t, w = out if isinstance(out, (tuple, list)) else (out, 1.0)
+            weights.append(float(w))
+            return t
+
+        d, eps = probe
+        t = self.engine.loss(total) if d is None else self.engine.evaluate(total, d, eps)
+        return t, weights[0]
+
     def evaluate(self, closure, d: Direction, eps: float | None = None) -> float:
-        loss = self.engine.evaluate(closure, d, self.hp["eps"] if eps is None else eps)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(loss)
-        return loss
+        return self.evaluate_many(closure, [(d, self.hp["eps"] if eps is None else eps)])[0]
 
     def plain_loss(self, closure) -> float:
-        loss = self.engine.loss(closure)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(loss)
-        return loss
+        return self.evaluate_many(closure, [(None, 0.0)])[0]
 
     def _apply_update(self, d: Direction, coeff: float) -> None:
         """theta <- theta - lr * (coeff * d + wd * theta)."""
@@ -124,7 +181,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if closure is None:
             raise ValueError(f"{self.method}: step() needs a closure that returns the batch loss")
         zo = self.state["zo"]
-        before = self.engine.counters.forwards
+        before = self._evaluations
         try:
             result = self._step(closure)
         except NonFiniteLoss as err:
@@ -132,10 +189,12 @@ class ZOOptimizer(torch.optim.Optimizer):
             warnings.warn(f"{self.method}: non-finite loss ({err.args[0]}) at step {zo['step']}; "
                           f"update skipped, weights untouched ({zo['skipped']} skipped so far)", stacklevel=2)
             result = StepResult(loss=float("nan"), skipped=True)
-        result.forwards = self.engine.counters.forwards - before
+        result.forwards = self._evaluations - before  # all ranks' evaluations: independent of N
         zo["forwards"] += result.forwards
         zo["step"] += 1
         self.last = result
+        if self.check_every and zo["step"] % self.check_every == 0:
+            check_replicas(self.collective, [b.param for b in self.blocks], zo["step"])
         return torch.tensor(result.loss)
 
     @property

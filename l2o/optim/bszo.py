@@ -70,19 +70,23 @@ class BSZO(ZOOptimizer):
             zo["sigma_e"] = max(math.sqrt(var), 0.1 * hp["sigma_noise_init"])
         return kalman_update(mu, sigma, d, y, zo["sigma_e"] ** 2)
 
+    def evaluation_batches(self) -> list[int]:
+        extra = self.hp["m"] - self.hp["k"] if self.reevaluate_extra else 0
+        return [1 + self.hp["k"]] + [1] * extra
+
     def _step(self, closure) -> StepResult:
         hp, eps, scales = self.hp, self.hp["eps"], self.current_scales()
         k = hp["k"]
         seeds = self.seeds(k)
         mu = torch.zeros(k, dtype=torch.float64)
         sigma = torch.eye(k, dtype=torch.float64) * hp["sigma_prior"] ** 2
-        f0 = self.plain_loss(closure)
-        losses, ys = [f0], []
+        # f0 = L(theta) and L(theta + eps z_i), i = 1..k: 1 + k independent forwards
+        losses = self.evaluate_many(closure, [(None, 0.0)] + [(self.direction([s], scales=scales), eps)
+                                                              for s in seeds])
+        f0 = losses[0]
+        ys = [(plus - f0) / eps for plus in losses[1:]]
         eye = torch.eye(k, dtype=torch.float64)
-        for i, s in enumerate(seeds):
-            plus = self.evaluate(closure, self.direction([s], scales=scales), eps)
-            losses.append(plus)
-            ys.append((plus - f0) / eps)
+        for i in range(k):
             mu, sigma = self._observe(mu, sigma, eye[i], ys[i])
         for _ in range(hp["m"] - k):
             if self.reevaluate_extra:

@@ -22,22 +22,20 @@ class MeZO(ZOOptimizer):
         super().__init__(model, lr, eps, weight_decay, num_directions=num_directions,
                          one_sided=bool(one_sided), **kw)
 
+    def evaluation_batches(self) -> list[int]:
+        q = self.hp["num_directions"]
+        return [1 + q] if self.hp["one_sided"] else [2 * q]
+
     def _step(self, closure) -> StepResult:
         q, eps, scales = self.hp["num_directions"], self.hp["eps"], self.current_scales()
         seeds = self.seeds(q)
-        losses, grads = [], []
-        f0 = self.plain_loss(closure) if self.hp["one_sided"] else None
-        if f0 is not None:
-            losses.append(f0)
-        for s in seeds:
-            d = self.direction([s], scales=scales)
-            plus = self.evaluate(closure, d, eps)
-            if f0 is None:
-                minus = self.evaluate(closure, d, -eps)
-                losses += [plus, minus]
-                grads.append((plus - minus) / (2 * eps))
-            else:
-                losses.append(plus)
-                grads.append((plus - f0) / eps)
+        dirs = [self.direction([s], scales=scales) for s in seeds]
+        if self.hp["one_sided"]:   # f0 = L(theta) and L(theta + eps z_j): 1 + q independent forwards
+            losses = self.evaluate_many(closure, [(None, 0.0)] + [(d, eps) for d in dirs])
+            f0 = losses[0]
+            grads = [(plus - f0) / eps for plus in losses[1:]]
+        else:                      # L(theta + eps z_j), L(theta - eps z_j): 2q independent forwards
+            losses = self.evaluate_many(closure, [(d, sign * eps) for d in dirs for sign in (1, -1)])
+            grads = [(plus - minus) / (2 * eps) for plus, minus in zip(losses[0::2], losses[1::2])]
         self._apply_update(self.direction(seeds, [g / q for g in grads], scales), 1.0)
         return StepResult(loss=losses[0], projected_grads=grads, losses=losses)

@@ -44,13 +44,15 @@ class MeZOGV(ZOOptimizer):
             w[i] = -1.0 / (m - n_top)
         return w
 
+    def evaluation_batches(self) -> list[int]:
+        return [self.hp["pool_size"], 2]
+
     def _step(self, closure) -> StepResult:
         eps, scales = self.hp["eps"], self.current_scales()
         seeds = self.seeds(self.hp["pool_size"])
-        pool = [self.evaluate(closure, self.direction([s], scales=scales), eps) for s in seeds]
+        pool = self.evaluate_many(closure, [(self.direction([s], scales=scales), eps) for s in seeds])
         v = self.direction(seeds, self.guide_weights(pool), scales)
-        plus = self.evaluate(closure, v, eps)
-        minus = self.evaluate(closure, v, -eps)
+        plus, minus = self.evaluate_many(closure, [(v, eps), (v, -eps)])
         g = (plus - minus) / (2 * eps)
         self._apply_update(v, g)
         return StepResult(loss=plus, projected_grads=[g], losses=pool + [plus, minus])

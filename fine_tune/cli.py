@@ -13,7 +13,8 @@ import argparse
 import sys
 from dataclasses import fields
 
-from fine_tune.config import DTYPES, PEFT_MODES, FineTuneConfig, dump_yaml, load_yaml
+from fine_tune.config import ACCELERATORS, DTYPES, PARALLEL, PEFT_MODES, STRATEGIES, FineTuneConfig, dump_yaml
+from fine_tune.config import load_yaml
 from l2o.errors import UserError
 from zoo.errors import ZooError
 
@@ -46,7 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default=S, help="local data file/folder for the task instead of its default source")
     g.add_argument("--peft", choices=PEFT_MODES, default=S, help="which parameters the optimizer moves")
     g.add_argument("--dtype", choices=DTYPES, default=S)
-    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ... (one process)")
+    d = p.add_argument_group("processes (Lightning DDP; only losses cross the wire)")
+    d.add_argument("--devices", type=int, default=S, help="processes per node, one device each (default 1)")
+    d.add_argument("--num-nodes", type=int, default=S, help="nodes (torchrun/SLURM launch them; default 1)")
+    d.add_argument("--strategy", choices=STRATEGIES, default=S, help="ddp (auto: ddp when more than one process)")
+    d.add_argument("--accelerator", choices=ACCELERATORS, default=S, help="cpu (gloo) or gpu (nccl); auto: gpu if any")
+    d.add_argument("--parallel", choices=PARALLEL, default=S,
+                   help="data: each process evaluates a shard of the batch; direction: each evaluates a share of "
+                        "the step's directions (bit-identical to 1 process); auto (default): direction when the "
+                        "method's evaluations per step fill every process, else data")
+    d.add_argument("--check-every", type=int, default=S, help="steps between the processes' weight-fingerprint "
+                   "comparisons (default 100; 0: never)")
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
     o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
                    "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, or zoo:<policy id> (= zo-finetuner)")
@@ -132,6 +144,8 @@ def main(argv=None) -> int:
         from fine_tune.run import run
 
         results = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if results is None:  # a process other than rank 0 of a multi-process run: rank 0 reports
+            return 0
     except KeyboardInterrupt:
         print("fine_tune: interrupted; continue with --resume", file=sys.stderr)
         return 130

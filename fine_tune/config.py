@@ -17,6 +17,11 @@ OPTIMIZER_FLAGS = ("lr", "eps", "weight_decay", "num_directions", "one_sided", "
                    "sigma_prior", "sigma_noise", "noise_ema", "adaptive_noise", "noise")
 PEFT_MODES = ("full", "lora", "prefix", "prompt")
 DTYPES = ("fp32", "bf16", "fp16")
+ACCELERATORS = ("auto", "cpu", "gpu")
+STRATEGIES = ("auto", "ddp")
+PARALLEL = ("auto", "data", "direction")
+# the run's layout over processes: resuming with other values is allowed (the math does not depend on them)
+LAYOUT_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "parallel", "check_every")
 
 
 @dataclass
@@ -62,6 +67,13 @@ class FineTuneConfig:
     save_model: bool = True
     zero_shot: bool = True        # evaluate the base before training (benchmarks compute it once per task)
     resume: bool = False
+    # processes (Lightning DDP; fine_tune/distributed.py): N devices per node x M nodes
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"        # "ddp" (or "auto": ddp when devices x num_nodes > 1)
+    accelerator: str = "auto"     # cpu, gpu, or auto (gpu when CUDA is available)
+    parallel: str = "auto"        # data | direction | auto (direction when the method's evaluations fill the ranks)
+    check_every: int = 100        # steps between the ranks' weight-fingerprint comparisons (0: never)
     # a zoo "bilevel-meta-init" backbone initialisation applied to the base before training (any optimizer)
     init: str | None = None
     # --optimizer bilevel-zofo (Bilevel-ZOFO: first-order PEFT inside, ZO backbone outside); None -> defaults
@@ -93,6 +105,37 @@ class FineTuneConfig:
 
     def uses_policy(self) -> bool:
         return isinstance(self.optimizer, str) and self.optimizer.startswith("zo-finetuner")
+
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    def accelerator_name(self) -> str:
+        """cpu or gpu: --accelerator, else from --device, else gpu when CUDA is available."""
+        if self.accelerator != "auto":
+            return self.accelerator
+        if self.device != "auto":
+            return "gpu" if self.device.startswith("cuda") else "cpu"
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+
+    def _validate_layout(self) -> None:
+        for name in ("devices", "num_nodes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+        for name, choices in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("parallel", PARALLEL)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.check_every, int) or self.check_every < 0:
+            raise ConfigError(f"--check-every must be an integer >= 0, got {self.check_every!r}")
+        if self.world_size() == 1:
+            return
+        if self.is_bilevel():
+            raise ConfigError("bilevel-zofo runs on one process: its first-order inner level would need adapter "
+                              "gradients all-reduced; use --devices 1")
+        if self.parallel == "data" and self.batch_size < self.world_size():
+            raise ConfigError(f"--parallel data needs --batch-size >= the {self.world_size()} processes "
+                              f"(one example per shard at least), got {self.batch_size}")
 
     def resolved_out(self) -> Path:
         if self.out:
@@ -148,6 +191,7 @@ class FineTuneConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.save_every is not None and self.save_every < 1:
             raise ConfigError(f"--save-every must be a positive integer, got {self.save_every!r}")
+        self._validate_layout()
         if self.peft not in PEFT_MODES:
             raise ConfigError(f"--peft must be one of {', '.join(PEFT_MODES)}, got {self.peft!r}")
         if self.dtype not in DTYPES:

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
 from l2o.noise import mix
 from l2o.optim import build_optimizer
@@ -147,22 +148,46 @@ class FineTuneModuleBase(L.LightningModule):
 
 
 class ZOFineTuneModule(FineTuneModuleBase):
-    """One ZO step per training step, through the optimizer's `step(closure)`."""
+    """One ZO step per training step, through the optimizer's `step(closure)`.
+
+    On several processes (`parallel` "data" or "direction", l2o.distributed) the optimizer exchanges
+    the step's losses through a `TorchCollective` over Lightning's process group; a data-parallel
+    rank's closure evaluates its shard rows[rank::N] of the global batch as (total, weight)."""
 
     def __init__(self, model, tokenizer, objective, splits, optimizer: str, optimizer_kwargs: dict, seed: int,
-                 data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str):
+                 data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str,
+                 parallel: str = "direction", check_every: int = 0):
         super().__init__(model, tokenizer, objective, splits, seed, data_seed, eval_batch_size, steps, fingerprint)
         self.optimizer_name, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
         self.stream = StepStream(splits.train, batch_size, data_seed)
+        self.parallel, self.check_every = parallel, check_every
+        self.collective = LocalCollective()
+        self.first_step = 0
+
+    def setup(self, stage):
+        if self.trainer.world_size > 1:  # Lightning's strategy has initialised the process group
+            self.collective = TorchCollective()
 
     def configure_optimizers(self):
-        return build_optimizer(self.optimizer_name, self.model, seed=self.seed, **self.optimizer_kwargs)
+        return build_optimizer(self.optimizer_name, self.model, seed=self.seed, collective=self.collective,
+                               parallel=self.parallel, check_every=self.check_every, **self.optimizer_kwargs)
+
+    def on_train_start(self):
+        self.first_step = self.global_step  # > 0 after a resume
+        # the ranks loaded the same base and adapter from the same seeds; make sure before step 1
+        check_replicas(self.collective, [p for p in self.model.parameters() if p.requires_grad], self.global_step)
+
+    def _closure(self, batch):
+        if self.parallel == "data" and self.collective.world_size > 1:
+            shard = batch[self.collective.rank::self.collective.world_size]
+            return lambda: self.objective.weighted_loss(self.model, self.tokenizer, shard)
+        return lambda: self.objective.loss(self.model, self.tokenizer, batch)
 
     def training_step(self, _, batch_idx):
         batch = self.stream.batch(self.global_step)
         opt = self.optimizers()
         t0 = time.perf_counter()
-        opt.step(closure=lambda: self.objective.loss(self.model, self.tokenizer, batch))
+        opt.step(closure=self._closure(batch))
         dt = time.perf_counter() - t0
         raw = opt.optimizer
         last = raw.last
@@ -181,4 +206,7 @@ class ZOFineTuneModule(FineTuneModuleBase):
 
     def run_counters(self) -> dict:
         opt = self.optimizers().optimizer if self.trainer.optimizers else None
-        return {"forward_passes": opt.forward_passes if opt else 0, "skipped_steps": opt.skipped_steps if opt else 0}
+        steps = max(1, self.global_step - self.first_step)  # the steps this process ran (after a resume)
+        return {"forward_passes": opt.forward_passes if opt else 0, "skipped_steps": opt.skipped_steps if opt else 0,
+                "processes": {"world_size": self.collective.world_size, "parallel": self.parallel,
+                              "bytes_sent_per_step": self.collective.bytes_sent / steps}}

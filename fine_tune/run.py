@@ -14,12 +14,15 @@ from pathlib import Path
 from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
 
 
-def _check_out_dir(out: Path, resume: bool) -> None:
+def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
+    """Refuse an unwritable --out, a second run into one, or a resume of nothing; returns the saved
+    configuration of a run to resume. `writer`: this process writes the outputs (rank 0)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        if writer:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
     except OSError as err:
         raise ConfigError(f"cannot write to --out {out}: {err.strerror or err}") from None
     saved = out / "config.yaml"
@@ -44,7 +47,9 @@ def _quiet_libraries() -> None:
                     ".*no pre-optimization state was saved.*", ".*does not have many workers.*",
                     ".*limit_val_batches.*", ".*exists and is not empty.*",
                     # batches are a pure function of global_step (StepStream), so mid-epoch resume is exact
-                    ".*dataloader is not resumable.*", ".*is_gradient_checkpointing.*is deprecated.*"):
+                    ".*dataloader is not resumable.*", ".*is_gradient_checkpointing.*is deprecated.*",
+                    # every rank evaluates dev/eval on identical weights: nothing to synchronise
+                    ".*sync_dist=True.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -86,26 +91,43 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _check_run(cfg: FineTuneConfig):
-    """Everything that can fail before data or weights are loaded: the config, the base's name, the task,
-    the run folder, and (on --resume) that the flags are the original ones. Returns (task, out)."""
-    cfg.validate()
+def _check_run(cfg: FineTuneConfig, writer: bool = True, log=print):
+    """Everything that can fail before data or weights are loaded, after `cfg.validate()`: the base's
+    name, the task, the run folder, and (on --resume) that the flags are the original ones. Returns
+    (task, out). `writer`: this process writes the outputs (rank 0)."""
     from l2o.models import resolve_base
     from l2o.tasks import get_task
 
     resolve_base(cfg.base)
     task = get_task(cfg.task)
     out = cfg.resolved_out()
-    old = _check_out_dir(out, cfg.resume)
+    old = _check_out_dir(out, cfg.resume, writer)
     if old is not None:
-        now = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
-        diff = sorted(k for k in now if old.get(k) != now[k])
-        if diff:
-            raise ConfigError(f"--resume with a different configuration ({', '.join(diff)}); use the original flags")
+        _check_resume(cfg, old, log)
     return task, out
 
 
-def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info):
+def _check_resume(cfg: FineTuneConfig, old: dict, log) -> None:
+    """Resume only the same run. The process layout may change: the seeds and each step's global batch do
+    not depend on it (direction-parallel is bit-identical at any N; data-parallel differs only in the
+    float32 rounding of the loss sums)."""
+    from fine_tune.config import LAYOUT_FLAGS
+
+    now = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+    diff = sorted(k for k in now if k not in LAYOUT_FLAGS and old.get(k) != now[k])
+    if diff:
+        raise ConfigError(f"--resume with a different configuration ({', '.join(diff)}); use the original flags")
+    was = old.get("devices", 1) * old.get("num_nodes", 1)
+    if was != cfg.world_size():
+        log(f"resuming a run made on {was} process(es) on {cfg.world_size()}: the seeds and the global batches "
+            f"are the same; data-parallel losses may differ in float32 rounding only")
+
+
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the run."""
+
+
+def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info, parallel: str = "direction"):
     """The LightningModule of `cfg.optimizer`: Bilevel-ZOFO's, or the ZO one for every registered method."""
     common = dict(seed=cfg.seed, data_seed=cfg.data_seed, batch_size=cfg.batch_size,
                   eval_batch_size=cfg.eval_batch_size, steps=cfg.steps, fingerprint=info.fingerprint)
@@ -118,26 +140,40 @@ def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info)
     kwargs = cfg.optimizer_kwargs()
     if cfg.uses_policy():
         kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
-    return ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, **common)
+    return ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, parallel=parallel,
+                            check_every=cfg.check_every, **common)
 
 
 def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     """Run a fine-tuning described by `cfg` with any optimizer (the registered ZO methods, the learned
     policy, Bilevel-ZOFO); returns the results dict (also written to results.json). `callbacks` are
-    extra Lightning callbacks for the Trainer."""
-    task, out = _check_run(cfg)
+    extra Lightning callbacks for the Trainer. On several processes (--devices/--num-nodes) every process
+    runs this; rank 0 returns the results and writes every output, the others return None."""
+    cfg.validate()
     t_start = time.perf_counter()
     _quiet_libraries()
-    device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log)
-    module = build_module(cfg, model, tokenizer, objective, splits, info)
+    from fine_tune.distributed import launch_rank, parallel_mode
+
+    trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), callbacks)
+    rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
+    if rank:
+        log = _silent
+    task, out = _check_run(cfg, rank == 0, log)
+    device = str(trainer.strategy.root_device) if cfg.world_size() > 1 else resolve_device(cfg)
+    device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log, device, rank)
+    parallel = parallel_mode(cfg)
+    module = build_module(cfg, model, tokenizer, objective, splits, info, parallel)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
-        f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}")
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+        f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}"
+        + (f"; {cfg.world_size()} processes, {parallel}-parallel" if cfg.world_size() > 1 else ""))
     best_cb = _best_on_dev_callback(cfg, module, out)
-    trainer, tb = make_trainer(cfg, out, device, [cb for cb in (best_cb, *callbacks) if cb is not None])
-    (out / "tb").mkdir(parents=True, exist_ok=True)
-    (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
+    if best_cb is not None:
+        trainer.callbacks.append(best_cb)
+    if rank == 0:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+        (out / "tb").mkdir(parents=True, exist_ok=True)
+        (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
     for split, v in zero_shot.items():
         tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
     if zero_shot:
@@ -146,6 +182,8 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     t_fit = time.perf_counter()
     trainer.fit(module, ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None)
     fit_s = time.perf_counter() - t_fit
+    if rank:
+        return None  # rank 0 evaluates and writes the results
     best_step = _load_best(module, best_cb, log)
     final = evaluate_splits(module, splits)
     for split, v in final.items():
@@ -216,7 +254,11 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     last_cb = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}",
                               every_n_train_steps=cfg.checkpoint_every(), save_top_k=0, save_last=True)
-    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=cfg.steps,
+    from fine_tune.distributed import strategy_for
+
+    accelerator = cfg.accelerator_name() if cfg.world_size() > 1 else "gpu" if device.startswith("cuda") else "cpu"
+    trainer = L.Trainer(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                        strategy=strategy_for(cfg), use_distributed_sampler=False, max_steps=cfg.steps,
                         logger=tb, callbacks=[last_cb, *extra_callbacks], val_check_interval=cfg.eval_every or None,
                         check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
                         log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
@@ -224,19 +266,24 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
     return trainer, tb
 
 
-def prepare(cfg: FineTuneConfig, task, out: Path, log):
-    """What every fine-tuning run does before training: the data sample and objective, the base (with an
-    optional zoo meta-initialisation), its zero-shot metrics (before any PEFT module: a fresh prefix or
-    prompt already changes the outputs; read back on --resume), then the PEFT mode.
-    Returns (device, objective, splits, model, tokenizer, base info, zero-shot metrics)."""
+def resolve_device(cfg: FineTuneConfig) -> str:
+    """--device, with "auto" -> cuda when available, else cpu (one process; ranks use their own device)."""
     import torch
 
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None, rank: int = 0):
+    """What every fine-tuning run does before training: the data sample and objective, the base (with an
+    optional zoo meta-initialisation), its zero-shot metrics (before any PEFT module: a fresh prefix or
+    prompt already changes the outputs; read back on --resume; rank 0 only), then the PEFT mode.
+    Returns (device, objective, splits, model, tokenizer, base info, zero-shot metrics)."""
     from l2o.models import load_base
     from l2o.peft_modes import apply_peft
     from l2o.tasks import sample_splits
     from l2o.tasks.objectives import objective_for
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or resolve_device(cfg)
     objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
     splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
                            num_eval=cfg.num_eval, source=cfg.source)
@@ -251,7 +298,7 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log):
     zero_path = out / "zero_shot.json"
     if cfg.resume and zero_path.exists():
         zero_shot = json.loads(zero_path.read_text())
-    elif not cfg.zero_shot:
+    elif not cfg.zero_shot or rank:
         zero_shot = {}
     else:
         log("zero-shot evaluation of the base model ...")

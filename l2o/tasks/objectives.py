@@ -239,6 +239,11 @@ class Objective:
     def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
         raise NotImplementedError
 
+    def weighted_loss(self, model, tokenizer, batch: list[Rendered]) -> tuple[torch.Tensor, float]:
+        """(total, weight) with total / weight = loss: what a data-parallel shard contributes to its
+        global batch's loss (weight = examples; answer tokens for the token-averaged "lm" loss)."""
+        return self.loss(model, tokenizer, batch) * len(batch), float(len(batch))
+
     def evaluate(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> dict:
         """Accuracy (argmax of mean candidate log-prob) for cls/mch examples, token F1 for gen ones."""
         if not examples:
@@ -284,9 +289,13 @@ class AnswerLM(Objective):
     name: str = "lm"
 
     def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
+        total, weight = self.weighted_loss(model, tokenizer, batch)
+        return total / weight
+
+    def weighted_loss(self, model, tokenizer, batch: list[Rendered]) -> tuple[torch.Tensor, float]:
         sums, lens = continuation_logprobs(model, tokenizer, [e.prompt for e in batch],
                                            [e.target for e in batch], self.max_length)
-        return -sums.sum() / lens.sum()
+        return -sums.sum(), float(lens.sum())
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""`fine_tune --devices 2` on the CPU (gloo, Lightning's own launcher, 1 thread per process) against one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fine_tune.cli import main
+from tests.test_fine_tune import ROOT, _args, _trainable, tiny_base  # noqa: F401  (fixture)
+
+COMMON = ["--steps", "4", "--save-every", "2", "--lr", "1e-3", "--eval-every", "2", "--save-model", "false",
+          "--check-every", "2"]
+
+
+def _one_process(base, out, *extra):
+    """The same run in this process, with the 1 thread each rank has (kernels may sum in another order
+    with more threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(base, out, *COMMON, *extra)) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _two_processes(base, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "fine_tune", *_args(base, out, *COMMON, "--devices", "2",
+                                                                      "--accelerator", "cpu", *extra)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_direction_parallel_fine_tuning_is_bit_identical_and_rank_0_writes(tiny_base, tmp_path):  # noqa: F811
+    gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
+    proc = _two_processes(tiny_base, tmp_path / "two", *gv)
+    assert proc.stdout.count("results:") == 1  # one report, from rank 0
+    _one_process(tiny_base, tmp_path / "one", *gv)
+
+    two, one = (_trainable(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("two", "one"))
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
+    hist = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("two", "one")]
+    assert [r["loss"] for r in hist[0]] == [r["loss"] for r in hist[1]]
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert res["forward_passes"] == 4 * 6 and res["processes"]["parallel"] == "direction"
+    # per step: GV's pool of 4 and its +-eps pair, 2 + 1 values of 8 bytes; plus the fingerprints
+    # (3 values) at the start and every 2 steps
+    assert res["processes"]["bytes_sent_per_step"] == (4 * 24 + 3 * 24) / 4
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.slow
+def test_data_parallel_fine_tuning_matches_one_process(tiny_base, tmp_path):  # noqa: F811
+    mezo = ["--optimizer", "mezo", "--batch-size", "6"]
+    _two_processes(tiny_base, tmp_path / "two", *mezo, "--parallel", "data")
+    _one_process(tiny_base, tmp_path / "one", *mezo)
+    two, one = (_trainable(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("two", "one"))
+    moved = max((one[k] - _trainable_start(tiny_base)[k]).abs().max().item() for k in one)
+    diff = max((two[k] - one[k]).abs().max().item() for k in one)
+    assert diff < 1e-3 * moved, (diff, moved)  # float32 rounding of the loss sums only (tests/test_distributed.py)
+
+
+def _trainable_start(base):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    return {"model." + k: v for k, v in model.state_dict().items()}

@@ -6,9 +6,11 @@
 Two gloo processes load the embedded SmolLM2-135M and a batch of 16 tweets (64 tokens) once. For each
 case (PEFT mode x {MeZO-GV M=4 direction-parallel, MeZO data-parallel}) they time `--steps` steps
 together (after one warm-up step), then rank 0 times the same steps alone while rank 1 waits: so the
-1- and 2-process numbers of a case are taken minutes apart on the same machine load. The optimizer
-step is timed as `fine_tune` runs it (l2o.distributed through a TorchCollective); Lightning's
-per-step bookkeeping is left out. Prints one JSON line per case and a markdown table.
+1- and 2-process numbers of a case are taken minutes apart on the same machine load. On a shared
+machine the CPU seconds per step (this process's; rank 0's for 2 processes) show how the work was
+split even when the processes did not get a core each: `cpu_work_ratio` = 1-process CPU s / rank 0's.
+The optimizer step is timed as `fine_tune` runs it (l2o.distributed through a TorchCollective);
+Lightning's per-step bookkeeping is left out. Prints one JSON line per case.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ CASES = [("mezo-gv", dict(pool_size=4), "direction"), ("mezo", dict(), "data")]
 LR = {"prefix": 1e-3, "full": 1e-6}
 
 
-def _time_steps(opt, closure_of, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
+def _time_steps(opt, closure_of, steps: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and this process's CPU seconds of each step after a warm-up step."""
+    wall, cpu = [], []
+    for _ in range(steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.step(closure_of())
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall[1:], cpu[1:]
 
 
 def _case(model, objective, tok, batch, coll, name, kw, parallel, steps, lr):
@@ -46,8 +50,8 @@ def _case(model, objective, tok, batch, coll, name, kw, parallel, steps, lr):
         return lambda: objective.weighted_loss(model, tok, shard)
 
     before = coll.bytes_sent
-    times = _time_steps(opt, closure_of, steps)
-    return times, (coll.bytes_sent - before) / (steps + 1)
+    wall, cpu = _time_steps(opt, closure_of, steps)
+    return wall, cpu, (coll.bytes_sent - before) / (steps + 1)
 
 
 def worker(rank: int, world: int, init_file: str, args) -> None:
@@ -68,18 +72,21 @@ def worker(rank: int, world: int, init_file: str, args) -> None:
     objective = objective_for(task, max_length=64)
     base, tok, _ = load_base("smollm2-135m")
     for mode in args.modes:
-        model = base if mode == "full" else apply_peft(base, mode, seed=0)
+        model = apply_peft(base, mode, seed=0)  # "full" makes every base weight trainable again
         for name, kw, parallel in CASES:
-            two, wire = _case(model, objective, tok, batch, coll, name, kw, parallel, args.steps, LR[mode])
+            two, two_cpu, wire = _case(model, objective, tok, batch, coll, name, kw, parallel, args.steps, LR[mode])
             dist.barrier()
-            one = _case(model, objective, tok, batch, local, name, kw, parallel, args.steps, LR[mode])[0] \
-                if rank == 0 else None
+            if rank == 0:
+                one, one_cpu, _ = _case(model, objective, tok, batch, local, name, kw, parallel, args.steps, LR[mode])
             dist.barrier()
             if rank == 0:
                 row = {"peft": mode, "optimizer": name, **kw, "parallel": parallel, "batch": args.batch_size,
                        "steps_timed": args.steps, "s_per_step_1proc": statistics.median(one),
-                       "s_per_step_2proc": statistics.median(two), "bytes_sent_per_step_per_rank": wire}
+                       "s_per_step_2proc": statistics.median(two), "bytes_sent_per_step_per_rank": wire,
+                       "cpu_s_per_step_1proc": statistics.median(one_cpu),
+                       "cpu_s_per_step_2proc_rank0": statistics.median(two_cpu)}
                 row["speedup"] = row["s_per_step_1proc"] / row["s_per_step_2proc"]
+                row["cpu_work_ratio"] = row["cpu_s_per_step_1proc"] / row["cpu_s_per_step_2proc_rank0"]
                 print(json.dumps(row), flush=True)
     dist.destroy_process_group()
 

@@ -26,12 +26,12 @@ def _one_process(base, out, *extra):
         torch.set_num_threads(threads)
 
 
-def _two_processes(base, out, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _two_processes(base, out, *extra, env=None, returncode=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "fine_tune", *_args(base, out, *COMMON, "--devices", "2",
                                                                       "--accelerator", "cpu", *extra)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stderr[-3000:]
     return proc
 
 
@@ -69,3 +69,15 @@ def _trainable_start(base):
 
     model = AutoModelForCausalLM.from_pretrained(base)
     return {"model." + k: v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_on_one_process_to_the_same_weights(tiny_base, tmp_path):  # noqa: F811
+    gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
+    killed = tmp_path / "killed"
+    _two_processes(tiny_base, killed, *gv, env={"L2O_FAULT_KILL_AT_STEP": "3"}, returncode=137)
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    _one_process(tiny_base, killed, *gv, "--resume")        # 2 processes -> 1: allowed, and exact
+    _one_process(tiny_base, tmp_path / "one", *gv)
+    a, b = (_trainable(d / "checkpoints" / "last.ckpt") for d in (killed, tmp_path / "one"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

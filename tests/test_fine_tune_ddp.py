@@ -26,10 +26,11 @@ def _one_process(base, out, *extra):
         torch.set_num_threads(threads)
 
 
-def _two_processes(base, out, *extra, env=None, returncode=0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "fine_tune", *_args(base, out, *COMMON, "--devices", "2",
-                                                                      "--accelerator", "cpu", *extra)],
+def _two_processes(base, out, *extra, script=None, returncode=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [str(script)] if script else ["-m", "fine_tune"]
+    proc = subprocess.run([sys.executable, *command, *_args(base, out, *COMMON, "--devices", "2",
+                                                            "--accelerator", "cpu", *extra)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == returncode, proc.stderr[-3000:]
     return proc
@@ -75,7 +76,11 @@ def _trainable_start(base):
 def test_a_two_process_run_resumes_on_one_process_to_the_same_weights(tiny_base, tmp_path):  # noqa: F811
     gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
     killed = tmp_path / "killed"
-    _two_processes(tiny_base, killed, *gv, env={"L2O_FAULT_KILL_AT_STEP": "3"}, returncode=137)
+    # a script, not `python -c`: Lightning's launcher starts rank 1 by re-running sys.argv
+    script = tmp_path / "killed_at_3.py"
+    script.write_text("import sys\nfrom tests.helpers import run_fine_tune_killed_at\n"
+                      "run_fine_tune_killed_at(3, sys.argv[1:])\n")
+    _two_processes(tiny_base, killed, *gv, script=script, returncode=137)
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     _one_process(tiny_base, killed, *gv, "--resume")        # 2 processes -> 1: allowed, and exact
     _one_process(tiny_base, tmp_path / "one", *gv)

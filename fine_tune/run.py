@@ -91,20 +91,24 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _check_run(cfg: FineTuneConfig, writer: bool = True, log=print):
-    """Everything that can fail before data or weights are loaded, after `cfg.validate()`: the base's
-    name, the task, the run folder, and (on --resume) that the flags are the original ones. Returns
-    (task, out). `writer`: this process writes the outputs (rank 0)."""
+def _check_run(cfg: FineTuneConfig):
+    """What can fail before Lightning, data or weights are loaded: the config, the base's name, the task.
+    Returns the task. (The run folder is checked once the process knows its rank: `_check_folder`.)"""
+    cfg.validate()
     from l2o.models import resolve_base
     from l2o.tasks import get_task
 
     resolve_base(cfg.base)
-    task = get_task(cfg.task)
+    return get_task(cfg.task)
+
+
+def _check_folder(cfg: FineTuneConfig, writer: bool, log) -> Path:
+    """The run folder, and (on --resume) that the flags are the original ones; `writer`: rank 0."""
     out = cfg.resolved_out()
     old = _check_out_dir(out, cfg.resume, writer)
     if old is not None:
         _check_resume(cfg, old, log)
-    return task, out
+    return out
 
 
 def _check_resume(cfg: FineTuneConfig, old: dict, log) -> None:
@@ -149,7 +153,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     policy, Bilevel-ZOFO); returns the results dict (also written to results.json). `callbacks` are
     extra Lightning callbacks for the Trainer. On several processes (--devices/--num-nodes) every process
     runs this; rank 0 returns the results and writes every output, the others return None."""
-    cfg.validate()
+    task = _check_run(cfg)
     t_start = time.perf_counter()
     _quiet_libraries()
     from fine_tune.distributed import launch_rank, parallel_mode
@@ -158,7 +162,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
     if rank:
         log = _silent
-    task, out = _check_run(cfg, rank == 0, log)
+    out = _check_folder(cfg, rank == 0, log)
     device = str(trainer.strategy.root_device) if cfg.world_size() > 1 else resolve_device(cfg)
     device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log, device, rank)
     parallel = parallel_mode(cfg)

@@ -86,3 +86,14 @@ def test_a_two_process_run_resumes_on_one_process_to_the_same_weights(tiny_base,
     _one_process(tiny_base, tmp_path / "one", *gv)
     a, b = (_trainable(d / "checkpoints" / "last.ckpt") for d in (killed, tmp_path / "one"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--optimizer", "bilevel-zofo", "--peft", "lora"], "bilevel-zofo runs on one process"),
+    (["--parallel", "data", "--batch-size", "1"], "--parallel data needs --batch-size >= the 2 processes"),
+    (["--devices", "0"], "--devices must be a positive integer"),
+])
+def test_layouts_that_cannot_work_are_refused_in_one_line(tiny_base, tmp_path, capsys, extra, needle):  # noqa: F811
+    assert main(_args(tiny_base, tmp_path / "x", "--devices", "2", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err

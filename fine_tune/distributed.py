@@ -25,8 +25,6 @@ from l2o.distributed import auto_parallel
 class ZODDPStrategy(DDPStrategy):
     """Lightning's DDP without the DistributedDataParallel wrapper: only scalars cross the wire."""
 
-    strategy_name = "zo_ddp"
-
     def configure_ddp(self) -> None:
         """Keep the LightningModule as it is: no gradient buckets, no weight broadcast, no hooks. The
         ranks start from the same base and seeds, and the optimizers' guard compares their weights."""

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from l2o.blocks import Block, as_blocks
-from l2o.noise import NoiseSource, make_noise, mix
+from l2o.noise import TAG_EVAL_ROUND, TAG_ROUND, NoiseSource, keyed_generator, make_noise, mix
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -78,19 +78,30 @@ class Direction:
 @dataclass
 class Counters:
     """Work done, for tests and benchmarks. A *sweep* is one pass over all blocks' weights;
-    `noise_blocks` counts z(seed, b) generations in units of whole-model sweeps (element-weighted)."""
+    `noise_sweeps` counts z(seed, b) generations in units of whole-model sweeps (element-weighted).
+    `noise_calls` counts host-side noise calls (generator fills, table reads, index uploads) and
+    `max_calls_per_z` the most that one z(seed, b) generation took: 1-2 on the block path (accelerators)
+    whatever the block's size, one per chunk on the CPU's chunked path."""
 
     forwards: int = 0
     sweeps: int = 0
     noise_elems: int = 0
     total_elems: int = 1
+    noise_calls: int = 0
+    noise_generations: int = 0
+    max_calls_per_z: int = 0
 
     @property
     def noise_sweeps(self) -> float:
         return self.noise_elems / self.total_elems
 
+    @property
+    def noise_calls_per_sweep(self) -> float:
+        return self.noise_calls / max(1, self.sweeps)
+
     def as_dict(self) -> dict:
-        return {"forwards": self.forwards, "sweeps": self.sweeps, "noise_sweeps": self.noise_sweeps}
+        return {"forwards": self.forwards, "sweeps": self.sweeps, "noise_sweeps": self.noise_sweeps,
+                "noise_calls": self.noise_calls, "max_calls_per_z": self.max_calls_per_z}
 
 
 class Engine:
@@ -112,7 +123,7 @@ class Engine:
         self.noise = make_noise(noise)
         self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
         self._owners = self._find_owners()
-        self._hooks: list = []
+        self._hooks: list = []  # only non-empty inside `evaluate`: no trace on the model between calls
         self._active: tuple[Direction, float] | None = None
         self._stash: dict[tuple[int, str], torch.Tensor] = {}
         self._hit: set[int] = set()
@@ -134,13 +145,13 @@ class Engine:
         return owners
 
     def _install_hooks(self) -> None:
-        if self._hooks:
-            return
+        self.remove_hooks()
         for module in self._owners:
             self._hooks.append(module.register_forward_pre_hook(self._pre_hook))
             self._hooks.append(module.register_forward_hook(self._post_hook, always_call=True))
 
     def remove_hooks(self) -> None:
+        """Remove this engine's hooks (`evaluate` does it itself; kept for callers that did it by hand)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -153,11 +164,20 @@ class Engine:
         return [b.name for b in self.blocks]
 
     # ------------------------------------------------------------------ direction arithmetic
+    def _count(self, b: Block, calls_before: int) -> None:
+        """Book one z(seed, b) generation that took `noise.calls - calls_before` host calls."""
+        c, calls = self.counters, self.noise.calls - calls_before
+        c.noise_elems += b.param.numel()
+        c.noise_calls += calls
+        c.noise_generations += 1
+        c.max_calls_per_z = max(c.max_calls_per_z, calls)
+
     def _accumulate(self, out: torch.Tensor, b: Block, terms, buf: torch.Tensor | None = None) -> None:
         """out (float32) += sum_j coeff_j * z(seed_j, b)."""
         for seed, coeff in terms:
+            before = self.noise.calls
             self.noise.add(out, seed, b.index, coeff, buf)
-            self.counters.noise_elems += b.param.numel()
+            self._count(b, before)
 
     def direction_tensor(self, d: Direction, b: Block) -> torch.Tensor:
         """d_b materialised as a float32 tensor (tests and diagnostics only)."""
@@ -173,13 +193,20 @@ class Engine:
         if p.dtype == torch.float32 and len(terms) == 1:
             out = torch.empty_like(p)
             seed, coeff = terms[0]
+            before = self.noise.calls
             self.noise.axpy(out, p, seed, b.index, coeff)  # out = p + coeff * z, fused where possible
-            self.counters.noise_elems += p.numel()
+            self._count(b, before)
             return out
         out = p.to(_acc_dtype(p), copy=True)
         buf = torch.empty_like(out, dtype=torch.float32) if len(terms) > 1 else None
         self._accumulate(out, b, terms, buf)
-        return out.to(p.dtype)
+        if p.dtype not in _LOW_PRECISION:
+            return out.to(p.dtype)
+        # E[theta~] = theta + eps d: rounding to nearest would leave entries with |eps d| < ulp/2
+        # unperturbed (most bf16 weights near 1 at eps = 1e-3) while the update moves them along d.
+        rounded = torch.empty_like(p)
+        stochastic_round_(rounded, out, mix(TAG_EVAL_ROUND, b.index, *d.seeds))
+        return rounded
 
     def dot(self, g: torch.Tensor, b: Block, d: Direction) -> float:
         """<g, d_b / s_b> (the block scale left out), z regenerated one term at a time: O(one block)."""
@@ -223,11 +250,12 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, closure: Callable[[], torch.Tensor | float], d: Direction, eps: float) -> float:
         """The loss at theta + eps * d; theta is bit-identical afterwards (it is never written)."""
-        self._install_hooks()
         self._active, self._stash, self._hit = (d, float(eps)), {}, set()
         try:
+            self._install_hooks()
             loss = closure()
         finally:
+            self.remove_hooks()
             self._active = None
             self._restore_stash()
         self.counters.forwards += 1
@@ -410,8 +438,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     other32 = other.to(torch.float32)
     gap = (other32 - near32).abs_()
     p_other = torch.where(gap > 0, (src - near32).abs_() / gap, torch.zeros_like(gap))
-    g = torch.Generator(device=src.device)
-    g.manual_seed(seed)
+    g = keyed_generator(src.device, seed, 0, 0, TAG_ROUND)
     u = torch.rand(src.shape, generator=g, device=src.device, dtype=torch.float32)
     take_other = (u < p_other) & torch.isfinite(other32)
     dst.copy_(torch.where(take_other, other, near))

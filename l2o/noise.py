@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -44,6 +45,148 @@ def derive_seed(base_seed: int, step: int, index: int) -> int:
     return mix(0x5EED, base_seed, step, index)
 
 
+# ---------------------------------------------------------------- keyed generators (distinct streams)
+# torch's CPU generator is an mt19937 whose `manual_seed` keeps only the low 32 bits of the seed, so
+# hashed 63-bit keys would collapse to 2^32 streams (a 20k-step run at OPT-13B scale draws ~1e9 chunk
+# keys: ~1e8 repeats). Instead the whole 624-word mt19937 state is set from the key. Words 1-5 are
+# bijections of (seed, block, chunk, tag) separately, so distinct keys give distinct states -- no
+# hashing collision is possible (word 0 contributes only its top bit to mt19937, so it is not used).
+# The remaining words come from a splitmix64 stream of the hashed key. Accelerator generators
+# (Philox) take the whole 63-bit key as their seed.
+TAG_CHUNK, TAG_BLOCK, TAG_ROUND, TAG_EVAL_ROUND = 1, 2, 3, 4
+_GOLDEN = 0x9E3779B97F4A7C15
+_MT_N = 624
+_MT_HEADER = 24  # CPU generator state: seed u64, left i32, seeded i32, next u64, then 624 words as u64
+
+
+def _u64(x) -> np.ndarray:
+    """Integers (Python ints of any sign, or arrays) as a uint64 array, modulo 2^64 like `mix`."""
+    if isinstance(x, int):
+        x = x & _MASK64
+    arr = np.asarray(x)
+    return np.atleast_1d(arr if arr.dtype == np.uint64 else arr.astype(np.int64).astype(np.uint64))
+
+
+def splitmix64_array(x) -> np.ndarray:
+    """`splitmix64` on a uint64 array (wrapping arithmetic); a bijection of 64-bit integers."""
+    x = _u64(x) + np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def mix_array(*parts) -> np.ndarray:
+    """`mix` element-wise over broadcast integer arrays (for many chunk keys at once)."""
+    h = np.uint64(0x243F6A8885A308D3)
+    for p in parts:
+        h = splitmix64_array(h ^ _u64(p))
+    return h >> np.uint64(1)
+
+
+def fmix32(x) -> np.ndarray:
+    """MurmurHash3's finaliser: a bijection of 32-bit integers (xor-shifts and odd multiplies)."""
+    x = _u64(x) & np.uint64(0xFFFFFFFF)
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        x = ((x ^ (x >> np.uint64(shift))) * np.uint64(mult)) & np.uint64(0xFFFFFFFF)
+    return x ^ (x >> np.uint64(16))
+
+
+_FILL = np.arange(1, (_MT_N - 6) // 2 + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+
+
+def _fill_words(h: np.ndarray) -> np.ndarray:
+    """618 state words from hashed keys h (...,): both halves of splitmix64(h + i * golden)."""
+    rest = splitmix64_array(h[..., None] + _FILL)
+    return np.stack([rest & np.uint64(0xFFFFFFFF), rest >> np.uint64(32)], axis=-1).reshape(*h.shape, -1)
+
+
+def _fmix32_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _check_key(*parts: int) -> None:
+    if any(not 0 <= p < (1 << 32) for p in parts):
+        raise ValueError(f"block, chunk and tag must be in [0, 2^32), got {parts}")
+
+
+def stream_head(seed, block, chunk, tag) -> np.ndarray:
+    """Words 0-5 of the mt19937 states of arrays of keys (seed, block, chunk, tag); block, chunk, tag < 2^32.
+
+    Words 1-5 alone are injective in the key: the low and high halves of splitmix64(seed) (a
+    bijection), fmix32(block), fmix32(chunk), fmix32(tag). Word 0 is fixed (mt19937 uses its top bit only)."""
+    seed, block, chunk, tag = (_u64(v) for v in (seed, block, chunk, tag))
+    if any((v >> np.uint64(32)).any() for v in (block, chunk, tag)):
+        raise ValueError("block, chunk and tag must be < 2^32")
+    seed, block, chunk, tag = np.broadcast_arrays(seed, block, chunk, tag)
+    hs = splitmix64_array(seed)
+    return np.stack([np.full(seed.shape, 0x80000000, np.uint64), hs & np.uint64(0xFFFFFFFF), hs >> np.uint64(32),
+                     fmix32(block), fmix32(chunk), fmix32(tag)], axis=-1)
+
+
+def stream_words(seed, block, chunk, tag) -> np.ndarray:
+    """The whole mt19937 states (..., 624) of arrays of keys: `stream_head`, then 618 words hashed from
+    the whole key."""
+    head = stream_head(seed, block, chunk, tag)
+    seed, block, chunk, tag = np.broadcast_arrays(*(_u64(v) for v in (seed, block, chunk, tag)))
+    return np.concatenate([head, _fill_words(mix_array(tag, seed, block, chunk))], axis=-1)
+
+
+def _stream_words_one(seed: int, block: int, chunk: int, tag: int) -> np.ndarray:
+    """`stream_words` for one key, with the scalar parts in Python integers (this runs per chunk)."""
+    _check_key(block, chunk, tag)
+    hs = splitmix64(seed & _MASK64)
+    head = np.array([0x80000000, hs & 0xFFFFFFFF, hs >> 32, _fmix32_int(block), _fmix32_int(chunk),
+                     _fmix32_int(tag)], dtype=np.uint64)
+    return np.concatenate([head, _fill_words(np.array(mix(tag, seed, block, chunk), dtype=np.uint64))])
+
+
+_CPU_TEMPLATE: np.ndarray | None = None
+
+
+def _mt_init_words(seed32: int) -> np.ndarray:
+    """The reference mt19937 initialisation (`init_genrand`), to check the state layout once."""
+    words = [seed32 & 0xFFFFFFFF]
+    for i in range(1, _MT_N):
+        prev = words[-1]
+        words.append((1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF)
+    return np.array(words, dtype=np.uint64)
+
+
+def _cpu_state(words: np.ndarray, template: np.ndarray) -> torch.Tensor:
+    state = template.copy()
+    state[_MT_HEADER:_MT_HEADER + 8 * _MT_N].view(np.uint64)[:] = words
+    return torch.from_numpy(state)
+
+
+def _cpu_template() -> np.ndarray:
+    """A freshly seeded CPU generator's state bytes, after checking that we write the layout right."""
+    global _CPU_TEMPLATE
+    if _CPU_TEMPLATE is None:
+        template = torch.Generator().manual_seed(12345).get_state().numpy().copy()
+        g = torch.Generator()
+        g.set_state(_cpu_state(_mt_init_words(12345), template))
+        want = torch.randn(64, generator=torch.Generator().manual_seed(12345))
+        if not torch.equal(torch.randn(64, generator=g), want):  # pragma: no cover - another torch layout
+            raise RuntimeError("unexpected torch CPU generator state layout; cannot key noise streams")
+        _CPU_TEMPLATE = template
+    return _CPU_TEMPLATE
+
+
+def keyed_generator(device, seed: int, block: int = 0, chunk: int = 0, tag: int = 0) -> torch.Generator:
+    """A generator whose stream is determined by the whole key (seed, block, chunk, tag)."""
+    device = torch.device(device)
+    g = torch.Generator(device=device)
+    if device.type == "cpu":
+        g.set_state(_cpu_state(_stream_words_one(seed, block, chunk, tag), _cpu_template()))
+    else:
+        g.manual_seed(mix(tag, seed, block, chunk))  # Philox: all 63 bits of the key are its seed
+    return g
+
+
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -59,10 +202,39 @@ def _pool() -> ThreadPoolExecutor | None:
     return _POOL
 
 
+PATHS = ("chunked", "block")
+
+
+def _default_path() -> str | None:
+    path = os.environ.get("L2O_NOISE_PATH") or None
+    if path is not None and path not in PATHS:
+        raise ValueError(f"L2O_NOISE_PATH must be one of {PATHS}, got {path!r}")
+    return path
+
+
 class NoiseSource:
-    """Interface: write or add z(seed, block) into a float32 tensor of the block's shape."""
+    """Interface: write or add z(seed, block) into a float32 tensor of the block's shape.
+
+    Two code paths make the same kind of noise (`path_for`):
+    - "chunked" (the CPU's): a block is cut into fixed-size chunks, each keyed by (seed, block, chunk),
+      so two threads can generate one large block; host calls grow with the block's size.
+    - "block" (every other device): one keyed call per block whatever its size, so noise costs O(1)
+      host calls per block (counted in `calls`).
+    `path=None` picks by device type; "chunked" or "block" forces one (tests force "block" on the CPU).
+    """
 
     name = "abstract"
+    calls = 0  # host-side noise calls made so far (generator fills, table reads, index uploads)
+
+    def __init__(self, path: str | None = None):
+        if path is not None and path not in PATHS:
+            raise ValueError(f"noise path must be one of {PATHS} or None, got {path!r}")
+        self.path = path if path is not None else _default_path()
+
+    def path_for(self, device: torch.device) -> str:
+        if getattr(self, "path", None):
+            return self.path
+        return "chunked" if device.type == "cpu" else "block"
 
     def write(self, out: torch.Tensor, seed: int, block: int) -> None:
         """out <- z(seed, block). `out` is contiguous float32 on the parameter's device."""
@@ -88,33 +260,38 @@ class NoiseSource:
 
 
 class GaussianNoise(NoiseSource):
-    """Exact Gaussians from a counter-keyed generator (one generator per (seed, block, chunk))."""
+    """Exact N(0, 1) from keyed generators: one per (seed, block, chunk) on the chunked path, one per
+    (seed, block) on the block path. The two paths give different z for the same seed."""
 
     name = "gaussian"
 
-    def __init__(self, chunk_size: int = 1 << 18):
+    def __init__(self, chunk_size: int = 1 << 18, path: str | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        super().__init__(path)
         self.chunk_size = int(chunk_size)
 
-    def _fill_chunk(self, flat: torch.Tensor, key: int, start: int, stop: int) -> None:
+    def _fill_chunk(self, flat: torch.Tensor, key: tuple, start: int, stop: int) -> None:
         with torch.no_grad():  # grad mode is thread-local
-            g = torch.Generator(device=flat.device)
-            g.manual_seed(key)
+            g = keyed_generator(flat.device, *key)
             torch.randn(stop - start, generator=g, out=flat[start:stop], dtype=torch.float32)
 
     def write(self, out: torch.Tensor, seed: int, block: int) -> None:
         flat = out.view(-1)
         n = flat.numel()
-        bounds = [(c, c * self.chunk_size, min(n, (c + 1) * self.chunk_size))
+        if self.path_for(flat.device) == "block":
+            self.calls += 1
+            self._fill_chunk(flat, (seed, block, 0, TAG_BLOCK), 0, n)
+            return
+        bounds = [((seed, block, c, TAG_CHUNK), c * self.chunk_size, min(n, (c + 1) * self.chunk_size))
                   for c in range((n + self.chunk_size - 1) // self.chunk_size)]
+        self.calls += len(bounds)
         pool = _pool() if (len(bounds) > 1 and flat.device.type == "cpu") else None
         if pool is None:
-            for c, a, b in bounds:
-                self._fill_chunk(flat, mix(seed, block, c), a, b)
+            for key, a, b in bounds:
+                self._fill_chunk(flat, key, a, b)
             return
-        futures = [pool.submit(self._fill_chunk, flat, mix(seed, block, c), a, b) for c, a, b in bounds]
-        for f in futures:
+        for f in [pool.submit(self._fill_chunk, flat, key, a, b) for key, a, b in bounds]:
             f.result()
 
     def add(self, out, seed, block, alpha, buf=None):
@@ -124,7 +301,10 @@ class GaussianNoise(NoiseSource):
         out.add_(buf, alpha=alpha)
 
     def config(self) -> dict:
-        return {"name": self.name, "chunk_size": self.chunk_size}
+        cfg = {"name": self.name, "chunk_size": self.chunk_size, "keying": "mt19937-state"}
+        if self.path:
+            cfg["path"] = self.path
+        return cfg
 
 
 class NoiseTable(NoiseSource):
@@ -132,14 +312,18 @@ class NoiseTable(NoiseSource):
 
     Chunk c of block b reads `table[o : o + len]` with offset o and sign +-1 derived from
     (seed, b, c). Blocks larger than a chunk are tiled from several offsets, so different seeds give
-    nearly orthogonal directions as long as the table is much larger than a chunk.
+    nearly orthogonal directions as long as the table is much larger than a chunk. Both paths read
+    the same slices, so z is the same on every device and path: the chunked path slices chunk by
+    chunk; the block path uploads all the block's (offset, sign) pairs at once and gathers every
+    chunk in one `index_select` from the windows of [table, -table].
     """
 
     name = "table"
 
-    def __init__(self, size: int = 1 << 22, seed: int = 0, chunk_size: int = 1 << 16):
+    def __init__(self, size: int = 1 << 22, seed: int = 0, chunk_size: int = 1 << 16, path: str | None = None):
         if size < 2 or chunk_size < 1:
             raise ValueError(f"noise table needs size >= 2 and chunk_size >= 1, got {size}, {chunk_size}")
+        super().__init__(path)
         self.size = int(size)
         self.table_seed = int(seed)
         self.chunk_size = int(min(chunk_size, size))
@@ -147,6 +331,7 @@ class NoiseTable(NoiseSource):
         g.manual_seed(mix(0x7AB1E, self.table_seed))
         self._cpu = torch.randn(self.size, generator=g, dtype=torch.float32)
         self._on_device: dict[torch.device, torch.Tensor] = {}
+        self._windows: dict[torch.device, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
@@ -166,23 +351,57 @@ class NoiseTable(NoiseSource):
             h = mix(seed, block, c)
             yield start, stop, (h >> 1) % span, (1.0 if h & 1 else -1.0)
 
+    def _gather(self, n: int, seed: int, block: int, device: torch.device, out: torch.Tensor | None = None):
+        """z(seed, block) flattened, from one index upload and one gather (the block path)."""
+        if device not in self._windows:  # rows r of [table, -table] as overlapping windows of chunk_size
+            signed = torch.cat([self._table(device), -self._table(device)])
+            self._windows[device] = signed.as_strided((2 * self.size - self.chunk_size + 1, self.chunk_size), (1, 1))
+        nchunks = (n + self.chunk_size - 1) // self.chunk_size
+        h = mix_array(seed, block, np.arange(nchunks, dtype=np.uint64))  # the same (offset, sign) as _slices
+        rows = (h >> np.uint64(1)) % np.uint64(self.size - self.chunk_size + 1)
+        rows = np.where(h & np.uint64(1), rows, rows + np.uint64(self.size)).astype(np.int64)
+        self.calls += 2
+        index = torch.from_numpy(rows).to(device, non_blocking=True)
+        if out is not None and n == nchunks * self.chunk_size:
+            torch.index_select(self._windows[device], 0, index, out=out.view(nchunks, self.chunk_size))
+            return out.view(-1)
+        return self._windows[device].index_select(0, index).view(-1)[:n]
+
     def write(self, out, seed, block):
         flat, table = out.view(-1), self._table(out.device)
+        if self.path_for(out.device) == "block":
+            z = self._gather(flat.numel(), seed, block, out.device, out=flat)
+            if z.data_ptr() != flat.data_ptr():
+                flat.copy_(z)
+            return
         for a, b, o, sign in self._slices(flat.numel(), seed, block):
+            self.calls += 1
             torch.mul(table[o:o + (b - a)], sign, out=flat[a:b])
 
     def add(self, out, seed, block, alpha, buf=None):
         flat, table = out.view(-1), self._table(out.device)
+        if self.path_for(out.device) == "block":
+            flat.add_(self._gather(flat.numel(), seed, block, out.device, out=buf), alpha=alpha)
+            return
         for a, b, o, sign in self._slices(flat.numel(), seed, block):
+            self.calls += 1
             flat[a:b].add_(table[o:o + (b - a)], alpha=alpha * sign)
 
     def axpy(self, out, base, seed, block, alpha):
         flat, src, table = out.view(-1), base.reshape(-1), self._table(out.device)
+        if self.path_for(out.device) == "block":  # gather z into out, then out = base + alpha * out
+            z = self._gather(flat.numel(), seed, block, out.device, out=flat)
+            torch.add(src, z, alpha=alpha, out=flat)
+            return
         for a, b, o, sign in self._slices(flat.numel(), seed, block):  # one pass: read base + table, write out
+            self.calls += 1
             torch.add(src[a:b], table[o:o + (b - a)], alpha=alpha * sign, out=flat[a:b])
 
     def config(self) -> dict:
-        return {"name": self.name, "size": self.size, "seed": self.table_seed, "chunk_size": self.chunk_size}
+        cfg = {"name": self.name, "size": self.size, "seed": self.table_seed, "chunk_size": self.chunk_size}
+        if self.path:
+            cfg["path"] = self.path
+        return cfg
 
 
 def make_noise(spec: str | NoiseSource | None = None, **kwargs) -> NoiseSource:

@@ -7,7 +7,7 @@ import torch
 
 from l2o.optim import BSZO, build_optimizer, optimizer_names
 from l2o.optim.bszo import batch_posterior, kalman_update
-from tests.zo_fixtures import Quadratic, TwoBlock, same_bits, snapshot
+from tests.zo_fixtures import Quadratic, TwoBlock, run_split_and_resume, same_bits, snapshot
 
 METHODS = ["mezo", "mezo-gv", "mezo-greedy", "bszo", "bszo-b"]
 # BSZO's "auto" prior sqrt(n/1e6) is tuned for LLM-sized n; on 200 dims give it a prior of the gradient's scale
@@ -79,20 +79,7 @@ def test_resume_is_bit_identical(name, dtype):
         model = TwoBlock(dtype=dtype)
         return model, build_optimizer(name, model, lr=1e-3, eps=1e-3, seed=7, weight_decay=0.01)
 
-    full, opt_full = make()
-    for _ in range(6):
-        opt_full.step(full)
-
-    first, opt_first = make()
-    for _ in range(3):
-        opt_first.step(first)
-    saved_model, saved_opt = snapshot(first), opt_first.state_dict()
-
-    resumed, opt_resumed = make()
-    resumed.load_state_dict(saved_model)
-    opt_resumed.load_state_dict(saved_opt)
-    for _ in range(3):
-        opt_resumed.step(resumed)
+    (full, opt_full), (resumed, opt_resumed) = run_split_and_resume(make, 6)
     assert same_bits(snapshot(full), snapshot(resumed))
     assert opt_resumed.state_dict()["state"]["zo"] == opt_full.state_dict()["state"]["zo"]
 

@@ -63,3 +63,22 @@ def same_bits(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].view(torch.uint8) if a[k].dtype.is_floating_point
                                                     else a[k], b[k].view(torch.uint8) if b[k].dtype.is_floating_point
                                                     else b[k]) for k in a)
+
+
+def run_split_and_resume(make, steps: int = 6):
+    """Run `steps` steps straight, and again as steps/2, save, rebuild, load, steps/2 more.
+
+    `make()` returns a fresh (model, optimizer). Returns the two (model, optimizer) pairs."""
+    full, opt_full = make()
+    for _ in range(steps):
+        opt_full.step(full)
+    first, opt_first = make()
+    for _ in range(steps // 2):
+        opt_first.step(first)
+    saved_model, saved_opt = snapshot(first), opt_first.state_dict()
+    resumed, opt_resumed = make()
+    resumed.load_state_dict(saved_model)
+    opt_resumed.load_state_dict(saved_opt)
+    for _ in range(steps - steps // 2):
+        opt_resumed.step(resumed)
+    return (full, opt_full), (resumed, opt_resumed)

@@ -48,62 +48,91 @@ def _peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_one(config: str, shape: str, batch: int, seq: int, reps: int, device: str, dtype: str) -> dict:
+def build(shape: str, batch: int, seq: int, device: str, dtype: str):
+    """A random-initialised OPT of `shape` (no download) in `dtype` on `device`, and a loss closure."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
-
-    from l2o.optim import build_optimizer
 
     torch.manual_seed(0)
     h = SHAPES[shape]
     cfg = OPTConfig(**h, word_embed_proj_dim=h["hidden_size"], max_position_embeddings=max(2048, seq),
                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    with torch.device(device):
-        model = OPTForCausalLM(cfg).to(torch_dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)  # build in the target dtype: a 13B model never exists in fp32
+    try:
+        with torch.device(device):
+            model = OPTForCausalLM(cfg).to(torch_dtype).eval()
+    finally:
+        torch.set_default_dtype(default)
     ids = torch.randint(4, h["vocab_size"], (batch, seq), device=device)
-    n_params = sum(p.numel() for p in model.parameters())
 
     def closure():
         return model(input_ids=ids, labels=ids).loss
+
+    return model, closure
+
+
+def reference_mezo_step(model, closure, eps: float = 1e-3, lr: float = 1e-7, wd: float = 0.0):
+    """One MeZO step as the authors' code does it (trainer.py): `torch.manual_seed(seed)` before each of
+    the four passes, a fresh `torch.normal` per tensor, and `param.data = param.data + ...`."""
+    import torch
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    seed = int(torch.randint(0, 10**9, ()).item())
+
+    def perturb(scale):
+        torch.manual_seed(seed)
+        for _, p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data + scale * z * eps
+
+    with torch.no_grad():
+        perturb(1)
+        lp = float(closure())
+        perturb(-2)
+        lm = float(closure())
+        perturb(1)
+        g = (lp - lm) / (2 * eps)
+        torch.manual_seed(seed)
+        for n, p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            decay = wd if ("bias" not in n and "layer_norm" not in n and "layernorm" not in n) else 0.0
+            p.data = p.data - lr * (g * z + decay * p.data)
+
+
+def make_step(config: str, model, closure):
+    """The step function of one configuration ("inference", "reference-mezo", or "<optimizer>[+<noise>]")."""
+    import torch
 
     if config == "inference":
         def step():
             with torch.no_grad():
                 closure()
-    elif config == "reference-mezo":
-        params = [p for p in model.parameters() if p.requires_grad]
-        eps, lr = 1e-3, 1e-7
+        return step
+    if config == "reference-mezo":
+        return lambda: reference_mezo_step(model, closure)
+    from l2o.optim import build_optimizer
 
-        def perturb(seed, scale):
-            torch.manual_seed(seed)
-            for p in params:
-                z = torch.normal(0, 1, size=p.shape, device=p.device, dtype=p.dtype)
-                p.data = p.data + scale * z
+    name, _, noise = config.partition("+")
+    opt = build_optimizer(name, model, lr=1e-7, eps=1e-3, noise=noise or "gaussian")
+    return lambda: opt.step(closure)
 
-        def step():
-            with torch.no_grad():
-                seed = int(torch.randint(0, 10**9, ()).item())
-                perturb(seed, eps)
-                lp = float(closure())
-                perturb(seed, -2 * eps)
-                lm = float(closure())
-                perturb(seed, eps)
-                g = (lp - lm) / (2 * eps)
-                perturb(seed, -lr * g)
-    else:
-        name, _, noise = config.partition("+")
-        opt = build_optimizer(name, model, lr=1e-7, eps=1e-3, noise=noise or "gaussian")
 
-        def step():
-            opt.step(closure)
+def timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
-    def timed(fn):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
+
+def run_one(config: str, shape: str, batch: int, seq: int, reps: int, device: str, dtype: str) -> dict:
+    import torch
+
+    model, closure = build(shape, batch, seq, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    step = make_step(config, model, closure)
 
     def forward():
         with torch.no_grad():
@@ -114,12 +143,42 @@ def run_one(config: str, shape: str, batch: int, seq: int, reps: int, device: st
     # and report the median of the per-repeat ratios rather than a ratio of medians from different runs.
     fwd_times, step_times = [], []
     for _ in range(reps):
-        fwd_times.append(timed(forward))
-        step_times.append(timed(step))
+        fwd_times.append(timed(forward, device))
+        step_times.append(timed(step, device))
     ratios = [s / (FORWARDS[config] * f) for s, f in zip(step_times, fwd_times)]
     return {"config": config, "median_s": statistics.median(step_times), "times_s": step_times,
             "forward_s": statistics.median(fwd_times), "ratio": statistics.median(ratios),
             "peak_bytes": _peak_bytes(device), "params": n_params}
+
+
+def run_interleaved(configs: list[str], shape: str, batch: int, seq: int, reps: int, device: str,
+                    dtype: str) -> dict:
+    """All configurations on one model in one process, repeats interleaved (config 1, 2, ..., 1, 2, ...),
+    each step timed right after a plain forward: load on a shared machine hits every config alike."""
+    import torch
+
+    model, closure = build(shape, batch, seq, device, dtype)
+    steps = {c: make_step(c, model, closure) for c in configs}
+
+    def forward():
+        with torch.no_grad():
+            closure()
+
+    for c in configs:
+        steps[c]()  # warm-up
+    runs = {c: {"fwd": [], "step": []} for c in configs}
+    for r in range(reps):
+        for c in configs:
+            runs[c]["fwd"].append(timed(forward, device))
+            runs[c]["step"].append(timed(steps[c], device))
+        print(f"  repeat {r + 1}/{reps} done", file=sys.stderr, flush=True)
+    out = {}
+    for c, t in runs.items():
+        ratios = [s / (FORWARDS[c] * f) for s, f in zip(t["step"], t["fwd"])]
+        out[c] = {"config": c, "median_s": statistics.median(t["step"]), "times_s": t["step"],
+                  "forward_s": statistics.median(t["fwd"]), "ratio": statistics.median(ratios),
+                  "ratios": ratios}
+    return out
 
 
 def main(argv=None) -> int:
@@ -132,8 +191,26 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="one process, repeats interleaved across configs (ratios only; no memory column)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config in this process
     args = ap.parse_args(argv)
+
+    if args.interleaved:
+        import torch
+        results = run_interleaved(args.configs.split(","), args.shape, args.batch, args.seq, args.reps,
+                                  args.device, args.dtype)
+        print(f"\nshape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.dtype}, {args.device}, "
+              f"{torch.get_num_threads()} threads, {args.reps} interleaved repeats in one process (median)")
+        print("| config | step s | forward s | forwards/step | step / (forwards x forward) | per-repeat ratios |")
+        print("|---|---|---|---|---|---|")
+        for c, r in results.items():
+            print(f"| {c} | {r['median_s']:.3f} | {r['forward_s']:.3f} | {FORWARDS[c]} | {r['ratio']:.3f} | "
+                  f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=1)
+        return 0
 
     if args.one:
         print(json.dumps(run_one(args.one, args.shape, args.batch, args.seq, args.reps, args.device, args.dtype)))

@@ -190,22 +190,23 @@ class Engine:
         terms = d.terms(b.index, eps)
         if not terms:
             return p
-        if p.dtype == torch.float32 and len(terms) == 1:
-            out = torch.empty_like(p)
+        if len(terms) == 1 and p.dtype != torch.float64:
+            out = torch.empty_like(p, dtype=torch.float32)
             seed, coeff = terms[0]
             before = self.noise.calls
             self.noise.axpy(out, p, seed, b.index, coeff)  # out = p + coeff * z, fused where possible
             self._count(b, before)
-            return out
-        out = p.to(_acc_dtype(p), copy=True)
-        buf = torch.empty_like(out, dtype=torch.float32) if len(terms) > 1 else None
-        self._accumulate(out, b, terms, buf)
+            if p.dtype == torch.float32:
+                return out
+        else:
+            out = p.to(_acc_dtype(p), copy=True)
+            self._accumulate(out, b, terms, torch.empty_like(out, dtype=torch.float32) if len(terms) > 1 else None)
         if p.dtype not in _LOW_PRECISION:
             return out.to(p.dtype)
         # E[theta~] = theta + eps d: rounding to nearest would leave entries with |eps d| < ulp/2
         # unperturbed (most bf16 weights near 1 at eps = 1e-3) while the update moves them along d.
         rounded = torch.empty_like(p)
-        stochastic_round_(rounded, out, mix(TAG_EVAL_ROUND, b.index, *d.seeds))
+        stochastic_round_(rounded, out, mix(TAG_EVAL_ROUND, b.index, *d.seeds), overwrite_src=True)
         return rounded
 
     def dot(self, g: torch.Tensor, b: Block, d: Direction) -> float:
@@ -215,8 +216,9 @@ class Engine:
         buf = torch.empty(b.param.shape, dtype=torch.float32, device=g.device)
         total = 0.0
         for seed, w in zip(d.seeds, d.weights):
+            before = self.noise.calls
             self.noise.write(buf, seed, b.index)
-            self.counters.noise_elems += b.param.numel()
+            self._count(b, before)
             total += w * float(torch.dot(gf.reshape(-1), buf.reshape(-1).to(acc)))
         return total
 
@@ -336,7 +338,7 @@ class Engine:
                 acc.mul_(1.0 - wd)
             buf = torch.empty_like(acc) if terms else None
             self._accumulate(acc, b, terms, buf)
-            stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index))
+            stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index), overwrite_src=True)
         self.counters.sweeps += 1
 
     @torch.no_grad()
@@ -424,12 +426,24 @@ def _unpack(saved):
 
 
 
-def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, overwrite_src: bool = False) -> None:
     """dst <- src (float32) rounded to dst.dtype, up or down with probabilities that make it unbiased.
 
     E[dst] = src exactly (for finite values inside the dtype's range): with lo <= src <= hi the two
     neighbouring representable values, hi is chosen with probability (src - lo) / (hi - lo).
+    For bf16 (float32's top 16 bits) this is: add 16 uniform random bits to the float32's bit pattern
+    and truncate the low 16 bits. `overwrite_src=True` lets it do that in place on `src`, which then
+    only costs a 2-byte-per-element random temporary (what an accelerator's memory bound needs).
     """
+    g = keyed_generator(src.device, seed, 0, 0, TAG_ROUND)
+    if dst.dtype == torch.bfloat16 and src.dtype == torch.float32 and src.is_contiguous():
+        work = src if overwrite_src else src.clone()
+        bits = work.view(torch.int32)  # sign-magnitude: the same carry rounds |x| up for either sign
+        bits.add_(torch.randint(-(1 << 15), 1 << 15, src.shape, generator=g, device=src.device,
+                                dtype=torch.int16)).add_(1 << 15)
+        bits.bitwise_and_(-(1 << 16))
+        dst.copy_(work)  # exact: the low 16 bits are zero
+        return
     near = src.to(dst.dtype)
     near32 = near.to(torch.float32)
     other = torch.where(near32 > src,
@@ -438,7 +452,6 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     other32 = other.to(torch.float32)
     gap = (other32 - near32).abs_()
     p_other = torch.where(gap > 0, (src - near32).abs_() / gap, torch.zeros_like(gap))
-    g = keyed_generator(src.device, seed, 0, 0, TAG_ROUND)
     u = torch.rand(src.shape, generator=g, device=src.device, dtype=torch.float32)
     take_other = (u < p_other) & torch.isfinite(other32)
     dst.copy_(torch.where(take_other, other, near))

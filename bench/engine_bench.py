@@ -23,6 +23,7 @@ import sys
 import time
 
 SHAPES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4, vocab_size=1000),
     "small": dict(hidden_size=256, num_hidden_layers=4, ffn_dim=1024, num_attention_heads=4, vocab_size=8192),
     "opt-125m": dict(hidden_size=768, num_hidden_layers=12, ffn_dim=3072, num_attention_heads=12, vocab_size=50272),
     "opt-1.3b": dict(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32, vocab_size=50272),
@@ -116,7 +117,12 @@ def make_step(config: str, model, closure):
 
     name, _, noise = config.partition("+")
     opt = build_optimizer(name, model, lr=1e-7, eps=1e-3, noise=noise or "gaussian")
-    return lambda: opt.step(closure)
+
+    def step():
+        opt.step(closure)
+
+    step.optimizer = opt
+    return step
 
 
 def timed(fn, device) -> float:
@@ -181,6 +187,23 @@ def run_interleaved(configs: list[str], shape: str, batch: int, seq: int, reps: 
     return out
 
 
+def _print_interleaved(args, results: dict) -> None:
+    import torch
+    print(f"\nshape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.dtype}, {args.device}, "
+          f"{torch.get_num_threads()} threads, {args.reps} interleaved repeats in one process (median)")
+    print("| config | step s | forward s | forwards/step | step / (forwards x forward) | per-repeat ratios |")
+    print("|---|---|---|---|---|---|")
+    for c, r in results.items():
+        print(f"| {c} | {r['median_s']:.3f} | {r['forward_s']:.3f} | {FORWARDS[c]} | {r['ratio']:.3f} | "
+              f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
+
+
+def _write_json(args, results: dict) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="opt-125m", choices=sorted(SHAPES))
@@ -197,19 +220,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.interleaved:
-        import torch
         results = run_interleaved(args.configs.split(","), args.shape, args.batch, args.seq, args.reps,
                                   args.device, args.dtype)
-        print(f"\nshape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.dtype}, {args.device}, "
-              f"{torch.get_num_threads()} threads, {args.reps} interleaved repeats in one process (median)")
-        print("| config | step s | forward s | forwards/step | step / (forwards x forward) | per-repeat ratios |")
-        print("|---|---|---|---|---|---|")
-        for c, r in results.items():
-            print(f"| {c} | {r['median_s']:.3f} | {r['forward_s']:.3f} | {FORWARDS[c]} | {r['ratio']:.3f} | "
-                  f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"args": vars(args), "results": results}, f, indent=1)
+        _print_interleaved(args, results)
+        _write_json(args, results)
         return 0
 
     if args.one:
@@ -238,9 +252,7 @@ def main(argv=None) -> int:
     for config, r in results.items():
         print(f"| {config} | {r['median_s']:.3f} | {r['forward_s']:.3f} | {FORWARDS[config]} | {r['ratio']:.3f} | "
               f"{r['peak_bytes'] / base_mem:.3f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+    _write_json(args, results)
     return 0
 
 

@@ -300,16 +300,18 @@ def _expected_update(name, hp, theta, seen, losses):
 
 @settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(["mezo", "mezo-gv", "mezo-greedy", "bszo", "bszo-b"]),
-       seed=st.integers(0, 2**31 - 1), pool=st.integers(2, 5), k=st.integers(1, 4))
-def test_regenerated_z_equals_evaluated_z(name, seed, pool, k):
+       seed=st.integers(0, 2**31 - 1), pool=st.integers(2, 5), k=st.integers(1, 4),
+       source=st.sampled_from([GaussianNoise, NoiseTable]), path=st.sampled_from(["chunked", "block"]))
+def test_regenerated_z_equals_evaluated_z(name, seed, pool, k, source, path):
     """Each update is -lr times the method's combination of the directions its forwards evaluated:
     fails for an update that regenerates another z, for wrong or sign-flipped weights, and for a
-    BSZO posterior mean applied to the wrong seed."""
+    BSZO posterior mean applied to the wrong seed. Both sources, on both noise paths (CPU, accelerator)."""
     model = _Seen()
     extra = {"mezo-gv": dict(pool_size=pool, alpha=0.5), "mezo-greedy": dict(pool_size=pool),
              "bszo": dict(k=k, m=k, sigma_prior=30.0, sigma_noise=1.0, adaptive_noise=False),
              "bszo-b": dict(k=k, m=k + 1, sigma_prior=30.0, sigma_noise=1.0, adaptive_noise=False)}.get(name, {})
-    opt = build_optimizer(name, model, lr=1e-3, eps=1e-3, seed=seed, **extra)
+    noise = source(chunk_size=16, path=path) if source is GaussianNoise else source(size=4096, chunk_size=16, path=path)
+    opt = build_optimizer(name, model, lr=1e-3, eps=1e-3, seed=seed, noise=noise, **extra)
     for _ in range(2):
         theta = model.theta.detach().clone()
         model.seen, model.losses = [], []

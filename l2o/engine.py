@@ -10,7 +10,9 @@ A `Direction` is (seeds, weights, optional per-block scales s_b). Methods only c
 Evaluation never mutates the stored weights, so they are bit-identical afterwards in every dtype
 (MeZO's in-place +eps/-2eps/+eps is not exact, least of all in bf16/fp16). Instead, forward
 pre-hooks on the modules that own each block swap in a temporary perturbed tensor for the duration
-of that module's forward and put the original tensor object back right after. At most one
+of that module's forward and put the original tensor object back right after. The hooks exist only
+while `evaluate` runs: between evaluations the model holds nothing of the engine's. A bf16/fp16
+temporary is rounded stochastically, keyed by (seeds, block), so E[theta~] = theta + eps d. At most one
 tensor-sized temporary is alive at a time (two for multi-seed directions with Gaussian noise), and
 each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
 update) against the reference code's 4 (+eps, -2eps, +eps restore, update).

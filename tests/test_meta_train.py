@@ -143,8 +143,8 @@ def test_lean_meta_gradient_equals_the_functional_path(arch, detach_nf):
         losses.append(res.meta_loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert float(grads[0][3].abs().max()) > 1e-3
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+    for a, b in zip(*grads):  # rtol 3e-4: with issue 10's keyed streams (other z) 1 % of entries differ by 1.3e-4
+        torch.testing.assert_close(b, a, rtol=3e-4, atol=1e-6 * float(a.abs().max()))
 
 
 def test_bf16_and_fp32_lean_meta_gradients_agree_in_direction():

@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-train", type=int, default=S)
     r.add_argument("--num-dev", type=int, default=S)
     r.add_argument("--num-eval", type=int, default=S)
+    r.add_argument("--eval-seed", type=int, default=S, help="seed of the eval sample (default: --data-seed, as MeZO)")
+    r.add_argument("--small-pool", choices=["mezo", "shrink"], default=S,
+                   help="train pool < train+dev: mezo keeps dev (WSC 54/500), shrink shrinks dev first")
     r.add_argument("--objective", default=S, help="ce (candidates), lm (answer tokens), nondiff-f1")
-    r.add_argument("--max-length", type=int, default=S, help="prompt tokens kept (left-truncated)")
+    r.add_argument("--max-length", type=int, default=S, help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
     r.add_argument("--eval-batch-size", type=int, default=S)
     r.add_argument("--out", default=S, help="run folder (default runs/<task>-<optimizer>-<peft>-s<seed>)")
     r.add_argument("--save-model", type=_bool, default=S, help="save the final model/adapter")

@@ -60,8 +60,10 @@ class FineTuneConfig:
     num_train: int = 1000
     num_dev: int = 500
     num_eval: int = 1000
+    eval_seed: int | None = None  # None: the eval sample is drawn with data_seed (MeZO); an int fixes it
+    small_pool: str = "mezo"      # train/dev cut of a pool < num_train + num_dev: "mezo" or "shrink"
     objective: str | None = None
-    max_length: int = 256
+    max_length: int = 2048        # MeZO's; --max-length 256 cuts long prompts for faster CPU runs
     eval_batch_size: int = 16
     out: str | None = None
     save_model: bool = True
@@ -189,6 +191,10 @@ class FineTuneConfig:
         for name in ("eval_every", "num_dev"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.eval_seed is not None and (not isinstance(self.eval_seed, int) or self.eval_seed < 0):
+            raise ConfigError(f"--eval-seed must be an integer >= 0, got {self.eval_seed!r}")
+        if self.small_pool not in ("mezo", "shrink"):
+            raise ConfigError(f"--small-pool must be mezo or shrink, got {self.small_pool!r}")
         if self.save_every is not None and self.save_every < 1:
             raise ConfigError(f"--save-every must be a positive integer, got {self.save_every!r}")
         self._validate_layout()

@@ -200,7 +200,8 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
         "config": cfg.to_dict(), "optimizer_kwargs": cfg.optimizer_kwargs(),
         "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
         "base": info.to_dict(), "task": task.name, "metric": module.metric,
-        "splits": {"train": len(splits.train), "dev": len(splits.dev), "eval": len(splits.eval)},
+        "splits": {"train": len(splits.train), "dev": len(splits.dev), "eval": len(splits.eval),
+                   "eval_seed": splits.eval_seed, "rule": splits.rule},
         "zero_shot": zero_shot, "final": final, "best_step": best_step, "steps": trainer.global_step,
         **module.run_counters(),
         "final_train_loss": sum(tail) / len(tail) if tail else None,
@@ -290,7 +291,8 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
     device = device or resolve_device(cfg)
     objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
     splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                           num_eval=cfg.num_eval, source=cfg.source)
+                           num_eval=cfg.num_eval, source=cfg.source, eval_seed=cfg.eval_seed,
+                           small_pool=cfg.small_pool)
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
     model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)

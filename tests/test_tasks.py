@@ -217,7 +217,9 @@ def test_sampling_reproducible_and_seed_dependent():
     c = sample_splits(task, seed=1, num_train=4, num_dev=2, num_eval=3, source=src)
     assert a.train == b.train and a.dev == b.dev and a.eval == b.eval
     assert [e.prompt for e in a.train + a.dev] != [e.prompt for e in c.train + c.dev]
-    assert a.eval == c.eval  # the eval set is drawn with eval_seed (0), the same for every training seed
+    assert [e.prompt for e in a.eval] != [e.prompt for e in c.eval]  # eval drawn with the training seed (MeZO)
+    fixed = [sample_splits(task, seed=s, num_train=4, num_dev=2, num_eval=3, source=src, eval_seed=0) for s in (0, 1)]
+    assert fixed[0].eval == fixed[1].eval == a.eval and fixed[1].eval_seed == 0  # the opt-in fixed eval sample
     assert not {e.prompt for e in a.train} & {e.prompt for e in a.dev}
     # MeZO: permutation of the train pool under the seed; first num_train train, the next num_dev dev
     perm = np.random.RandomState(0).permutation(8)

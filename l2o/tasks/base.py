@@ -23,14 +23,22 @@ class Rendered:
 
     prompt: the text the model conditions on.
     candidates: continuations to score (cls/mch); empty for gen.
-    gold: index of the correct candidate (None for gen).
+    gold: index of the correct candidate (None for gen); the one trained on.
     answers: gold strings (gen: all acceptable answers; cls/mch: [candidates[gold]]).
+    also_correct: further candidate indices that count as correct at evaluation (ReCoRD: every
+        entity among the gold answers, as MeZO's `correct_candidate` list); empty for most tasks.
     """
 
     prompt: str
     candidates: list[str] = field(default_factory=list)
     gold: int | None = None
     answers: list[str] = field(default_factory=list)
+    also_correct: tuple = ()
+
+    @property
+    def correct(self) -> frozenset:
+        """Every candidate index an accuracy metric accepts: gold plus also_correct."""
+        return frozenset(() if self.gold is None else (self.gold,)) | frozenset(self.also_correct)
 
     @property
     def target(self) -> str:
@@ -65,6 +73,7 @@ class Task:
     hub_convert: Callable[[dict], dict] | None = None  # hub row -> canonical row (identity if None)
     single_split: bool = False  # the default source has one pool, split deterministically
     small_num_dev: int | None = None  # dev size when the train pool is smaller than train+dev (CB/COPA: 100)
+    train_objective: str | None = None  # default training loss (None: "ce" for cls/mch, "lm" for gen)
     description: str = ""
     _cache: dict = field(default_factory=dict, repr=False)
 

@@ -1,9 +1,11 @@
 """Losses and evaluation over rendered examples (MeZO's `large_models` conventions).
 
 - `CandidateCE` ("ce"): per candidate the MEAN log-prob of its tokens given the prompt; softmax
-  cross-entropy over the candidates against the gold index. Default for cls and mch tasks.
+  cross-entropy over the candidates against the gold index (MeZO's --train_as_classification).
+  Default for cls and mch tasks, except those whose `Task.train_objective` says otherwise.
 - `AnswerLM` ("lm"): token cross-entropy on the gold continuation only (for gen: " <answer>\\n"), the
-  prompt masked. Default for gen tasks.
+  prompt masked (MeZO's --only_train_option). Default for gen tasks and for COPA and ReCoRD, which
+  MeZO trains with --train_as_classification False.
 - `NonDiffF1` ("nondiff-f1"): minus the mean token F1 of greedy generations (stop at "\\n"); not
   differentiable, meant for zeroth-order optimisation (MeZO's --non_diff).
 
@@ -13,7 +15,8 @@ stays intact. Only the logits at candidate positions are materialised (`logits_t
 model supports it), counted from the end of the sequence, which also makes the code indifferent to
 the virtual tokens PEFT prompt tuning prepends.
 
-`evaluate` returns {"accuracy"} for examples with candidates and {"f1"} for generation examples.
+`evaluate` returns {"accuracy"} for examples with candidates (a prediction counts when it is any index in
+`Rendered.correct`: ReCoRD accepts every gold answer, as MeZO) and {"f1"} for generation examples.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from l2o.tasks.base import Rendered, Task, TaskError
 from l2o.tasks.metrics import max_f1
 
-DEFAULT_MAX_LENGTH = 256
+DEFAULT_MAX_LENGTH = 2048  # MeZO's --max_length; pass a smaller one (e.g. 256) to cut long prompts on CPU
 OBJECTIVE_KINDS = ("ce", "lm", "nondiff-f1")
 _ALIASES = {"classification": "ce", "cls": "ce", "candidate-ce": "ce", "ce": "ce", "lm": "lm",
             "teacher-forcing": "lm", "nondiff-f1": "nondiff-f1", "non-diff": "nondiff-f1", "f1": "nondiff-f1"}
@@ -257,7 +260,7 @@ class Objective:
                     for i in range(0, len(examples), batch_size):
                         chunk = examples[i:i + batch_size]
                         for ex, sc in zip(chunk, candidate_scores(model, tokenizer, chunk, self.max_length)):
-                            correct += int(int(sc.argmax()) == ex.gold)
+                            correct += int(int(sc.argmax()) in ex.correct)
                     return {"accuracy": correct / len(examples)}
                 total = 0.0
                 for i in range(0, len(examples), batch_size):
@@ -312,11 +315,13 @@ class NonDiffF1(Objective):
 
 
 def objective_for(task: Task | str | None = None, kind: str | None = None, **kw) -> Objective:
-    """The default objective for a task (ce for cls/mch, lm for gen) or the one named by `kind`."""
+    """The task's default objective (its `train_objective`, else ce for cls/mch and lm for gen) or `kind`."""
     if isinstance(task, str):
         from l2o.tasks import get_task
 
         task = get_task(task)
+    if kind is None and task is not None and task.train_objective:
+        kind = task.train_objective
     if kind is None:
         kind = "lm" if task is not None and task.kind == "gen" else "ce"
     key = _ALIASES.get(str(kind).lower())

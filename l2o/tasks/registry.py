@@ -117,9 +117,11 @@ def render_cb(row: dict) -> Rendered:
 
 def render_boolq(row: dict) -> Rendered:
     q = _text(row, "question")
+    if not q.endswith("?"):  # MeZO's BoolQTemplateV3 appends "?" only where the question lacks one
+        q = q + "?"
     q = q[0].upper() + q[1:]
     answer = _bool(row["answer"]) if "answer" in row else _label(row, ["False", "True"]) == 1
-    return cls_rendered(f"{_text(row, 'passage')} {q}?\n", ["Yes", "No"], 0 if answer else 1)
+    return cls_rendered(f"{_text(row, 'passage')} {q}\n", ["Yes", "No"], 0 if answer else 1)
 
 
 def render_wsc(row: dict) -> Rendered:
@@ -141,8 +143,12 @@ def render_multirc(row: dict) -> Rendered:
 
 
 def _copa_choice(text: str) -> str:
-    first = text.split()[0] if text.split() else text
-    return text if first == "I" else text[:1].lower() + text[1:]
+    """MeZO's CopaTemplate.capitalize: the whole first word (split on " ") lower-cased unless it is "I"
+    ("DVD players ..." -> "dvd players ...", "I'm ..." -> "i'm ...", "I lost ..." unchanged)."""
+    words = text.split(" ")
+    if words[0] != "I":
+        words[0] = words[0].lower()
+    return " ".join(words)
 
 
 def render_copa(row: dict) -> Rendered:
@@ -162,11 +168,13 @@ def render_record(row: dict) -> Rendered:
     query = _text(row, "query")
     entities = list(dict.fromkeys(e.strip() for e in row["entities"] if isinstance(e, str) and e.strip()))
     answers = [a.strip() for a in row["answers"] if isinstance(a, str)]
-    golds = [i for i, e in enumerate(entities) if e in answers]
+    golds = [entities.index(a) for a in dict.fromkeys(answers) if a in entities]
     if not golds:
         raise TaskError("none of the answers is among the entities")
     cands = [" " + query.replace("@placeholder", e) for e in entities]
-    return Rendered(prompt=f"{passage}\n-", candidates=cands, gold=golds[0], answers=[cands[golds[0]]])
+    # MeZO trains on the first answer's entity and counts any gold answer as correct at evaluation
+    return Rendered(prompt=f"{passage}\n-", candidates=cands, gold=golds[0], answers=[cands[golds[0]]],
+                    also_correct=tuple(golds[1:]))
 
 
 def _answer_texts(v) -> list[str]:
@@ -466,10 +474,11 @@ def _build() -> dict[str, Task]:
              description="Winograd schema (super_glue/wsc.fixed)")
     hub_task("wic", "cls", {"wordsense", "superglue", "mezo"}, render_wic, "aps/super_glue", "wic",
              description="Word-in-context (super_glue/wic)")
+    # COPA and ReCoRD train as an LM loss on the gold option (mezo.sh: --train_as_classification False)
     hub_task("copa", "mch", {"commonsense", "superglue", "mezo"}, render_copa, "aps/super_glue", "copa",
-             small_num_dev=100, description="COPA cause/effect (super_glue/copa)")
+             small_num_dev=100, train_objective="lm", description="COPA cause/effect (super_glue/copa)")
     hub_task("record", "mch", {"qa", "superglue", "mezo"}, render_record, "aps/super_glue", "record",
-             description="ReCoRD cloze over entities (super_glue/record)")
+             train_objective="lm", description="ReCoRD cloze over entities (super_glue/record)")
     hub_task("trec", "cls", {"question_type"}, render_trec, "CogComp/trec", None,
              {"train": "train", "validation": "test"}, convert=_trec_convert,
              description="TREC coarse question type; validation = the hub's test split")

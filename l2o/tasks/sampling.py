@@ -23,10 +23,14 @@ class Splits:
     requested: dict = field(default_factory=dict)
     pools: dict = field(default_factory=dict)  # {"train": pool size, "validation": pool size}
     task: str = ""
+    rule: str = "mezo"  # how train/dev were cut from a small pool: "mezo" or "shrink"
 
     def to_dict(self) -> dict:
         return {"task": self.task, "seed": self.seed, "eval_seed": self.eval_seed, "counts": dict(self.counts),
-                "requested": dict(self.requested), "pools": dict(self.pools)}
+                "requested": dict(self.requested), "pools": dict(self.pools), "rule": self.rule}
+
+
+SMALL_POOL_RULES = ("mezo", "shrink")
 
 
 def _resolve(task) -> Task:
@@ -37,32 +41,51 @@ def _resolve(task) -> Task:
     return get_task(task)
 
 
+def split_sizes(n: int, num_train: int, num_dev: int, small_num_dev: int | None = None,
+                small_pool: str = "mezo") -> tuple[int, int, str]:
+    """(n_train, n_dev, rule) for a train pool of n rows.
+
+    MeZO (`Dataset.sample_train_sets`): take the first num_train + num_dev rows of the permutation; the
+    LAST num_dev of them are dev, the rest train. On a pool smaller than num_train + num_dev, dev keeps
+    its size and train gets what is left (WSC, 554 rows: 54 train / 500 dev); MeZO's script passes
+    num_dev = 100 for CB and COPA, which `small_num_dev` stands for.
+    "shrink" (ours, also the fallback when MeZO's rule would leave no training row): dev shrinks to
+    small_num_dev or a fifth of the pool (never more than half), train takes the rest.
+    """
+    if small_pool not in SMALL_POOL_RULES:
+        raise TaskError(f"small_pool must be one of {', '.join(SMALL_POOL_RULES)}, not {small_pool!r}")
+    if n >= num_train + num_dev:
+        return num_train, num_dev, "mezo"
+    if small_pool == "mezo":
+        n_dev = min(num_dev if small_num_dev is None else min(num_dev, small_num_dev), n)
+        if n - n_dev >= 1 or num_train == 0:
+            return min(num_train, n - n_dev), n_dev, "mezo"
+    small = small_num_dev if small_num_dev is not None else n // 5
+    n_dev = min(num_dev, small, n // 2)
+    return min(num_train, n - n_dev), n_dev, "shrink"
+
+
 def sample_splits(task: Task | str, seed: int = 0, num_train: int = 1000, num_dev: int = 500,
-                  num_eval: int = 1000, source=None, eval_seed: int = 0) -> Splits:
-    """MeZO's protocol.
+                  num_eval: int = 1000, source=None, eval_seed: int | None = None,
+                  small_pool: str = "mezo") -> Splits:
+    """MeZO's protocol (`large_models/tasks.py` and `run.py`).
 
-    A NumPy permutation of the train pool under `seed`; its first `num_train` rows are train and the
-    next `num_dev` are dev (MeZO samples train+dev rows and takes the last num_dev as dev). Eval rows
-    are a permutation of the validation pool under `eval_seed` (0, as MeZO, so every training seed is
-    evaluated on the same examples), first `num_eval`.
-
-    When the train pool holds fewer than num_train + num_dev rows, dev shrinks first to the task's
-    `small_num_dev` (100 for CB and COPA, as MeZO) or a fifth of the pool (never more than half of
-    it), and train takes the rest (capped at num_train). The counts actually used are in `Splits.counts`.
+    Train/dev: a NumPy permutation (RandomState(seed)) of the train pool; its first num_train rows are
+    train and the next num_dev dev (sizes on small pools: `split_sizes`). Eval: a permutation of the
+    validation pool under `eval_seed`, first num_eval rows. eval_seed=None draws it with the training
+    seed, as MeZO does (`sample_subset("valid", seed=train_set_seed)`); an int fixes it, e.g. 0 to score
+    every training seed on the same examples (our former default, kept as an option).
+    The counts actually used are in `Splits.counts`.
     """
     task = _resolve(task)
     for nm, v in (("num_train", num_train), ("num_dev", num_dev), ("num_eval", num_eval)):
         if not isinstance(v, (int, np.integer)) or v < 0:
             raise TaskError(f"{nm} must be a non-negative integer, not {v!r}")
+    eval_seed = int(seed) if eval_seed is None else int(eval_seed)
     train_pool = task.rows("train", source)
     valid_pool = task.rows("validation", source)
     n = len(train_pool)
-    if n >= num_train + num_dev:
-        n_train, n_dev = num_train, num_dev
-    else:
-        small = task.small_num_dev if task.small_num_dev is not None else n // 5
-        n_dev = min(num_dev, small, n // 2)
-        n_train = min(num_train, n - n_dev)
+    n_train, n_dev, rule = split_sizes(n, num_train, num_dev, task.small_num_dev, small_pool)
     perm = np.random.RandomState(seed).permutation(n)
     train_idx = perm[:n_train]
     dev_idx = perm[n_train:n_train + n_dev]
@@ -71,10 +94,10 @@ def sample_splits(task: Task | str, seed: int = 0, num_train: int = 1000, num_de
     train = task.render_all([train_pool[i] for i in train_idx], [f"{i} (train)" for i in train_idx])
     dev = task.render_all([train_pool[i] for i in dev_idx], [f"{i} (train)" for i in dev_idx])
     ev = task.render_all([valid_pool[i] for i in eval_idx], [f"{i} (validation)" for i in eval_idx])
-    return Splits(train=train, dev=dev, eval=ev, seed=int(seed), eval_seed=int(eval_seed),
+    return Splits(train=train, dev=dev, eval=ev, seed=int(seed), eval_seed=eval_seed,
                   counts={"train": len(train), "dev": len(dev), "eval": len(ev)},
                   requested={"train": num_train, "dev": num_dev, "eval": num_eval},
-                  pools={"train": n, "validation": len(valid_pool)}, task=task.name)
+                  pools={"train": n, "validation": len(valid_pool)}, task=task.name, rule=rule)
 
 
 class TaskFamily:

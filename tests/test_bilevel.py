@@ -279,7 +279,7 @@ def test_bilevel_runs_through_the_one_fine_tune_run_path(tiny_base, tmp_path):
                          optimizer="bilevel-zofo", t_low=2, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4)
     res = run(cfg, log=lambda *a: None)
     assert res["steps"] == 4 and res["upper_steps"] == 2 and res["forward_passes"] == 4 + 2 * 6
-    assert res["optimizer_kwargs"]["lam"] == 10.0 and res["splits_dg_df"] == [5, 2]  # 7 train examples, 2:1
+    assert res["optimizer_kwargs"]["lam"] == 10.0 and res["splits_dg_df"] == [4, 2]  # 8 rows - 2 dev (MeZO), 2:1
     assert set(res["final"]) == {"dev", "eval"} and (tmp_path / "run" / "results.json").is_file()
     with pytest.raises(ConfigError, match="different configuration"):
         run(dataclasses.replace(cfg, resume=True, lam=11.0))

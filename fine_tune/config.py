@@ -204,7 +204,7 @@ class FineTuneConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema"):
             v = getattr(self, name)
-            if v is not None and not math.isfinite(v):
+            if isinstance(v, (int, float)) and not math.isfinite(v):  # "auto" (bszo sigmas) is checked by the optimizer
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
         kwargs = self.optimizer_kwargs()
         if self.is_bilevel():

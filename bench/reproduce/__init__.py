@@ -22,7 +22,6 @@ first sweep value, and by default one cell per (optimizer, PEFT) pair.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -145,8 +144,7 @@ def run_cell(table: dict, cell: dict, seeds, out: Path, smoke: bool, log) -> dic
 
     points = {}
     for point, options in run_configs(table, cell, seeds, out):
-        options = smoke_options(options) | {"out": options["out"]} if smoke else options
-        cfg = fine_tune_config(options)
+        cfg = fine_tune_config(smoke_options(options) if smoke else options)
         done = Path(cfg.out) / "results.json"
         res = json.loads(done.read_text()) if done.is_file() else run(cfg, log=log)
         key = json.dumps(point, sort_keys=True)
@@ -201,8 +199,8 @@ def write_configs(table: dict, out: Path, folder: Path, smoke: bool) -> list[Pat
     written = []
     for cell in cells(table):
         for point, options in run_configs(table, cell, seeds, out):
-            options = smoke_options(options) | {"out": options["out"]} if smoke else options
-            fine_tune_config(copy.deepcopy(options))
+            options = smoke_options(options) if smoke else options
+            fine_tune_config(options)
             path = folder / (_slug(Path(options["out"]).relative_to(out).as_posix()) + ".yaml")
             path.write_text(yaml.safe_dump(options, sort_keys=False))
             written.append(path)

@@ -1,13 +1,23 @@
-"""Compare ZO optimizers at an equal forward-pass budget: tasks x optimizers x seeds -> table + plot.
+"""Compare ZO optimizers fairly: lr chosen per method on dev, then seeds at equal forward budgets.
 
-    python bench/compare_optimizers.py                                   # the CPU-sized default
-    python bench/compare_optimizers.py --budget 4000 --num-train 1000 --num-eval 1000 --peft full \\
-        --tasks boolq,sst2 --out runs/compare-big                        # a bigger machine / a GPU
+    python bench/compare_optimizers.py --budget 400 --out runs/compare            # the CPU-sized default
+    python bench/compare_optimizers.py --budget 4000 --peft full --tasks boolq,sst2 --num-eval 1000 \\
+        --lr mezo=1e-6,mezo-gv=1e-6,mezo-greedy=1e-6,bszo=1e-6 --eps mezo=1e-3,... --out runs/compare-big
 
-Each optimizer gets `--budget` forward passes (steps = budget // forwards per step: MeZO 2, GV and
-Greedy M + 2, BSZO 1 + k), the same data sample (`--data-seed`) and the same seeds. Zero-shot is
-evaluated once per task. Writes `<out>/runs.jsonl` (one fine_tune results dict per run),
-`<out>/table.md` and `<out>/loss_vs_forwards.png` (mean train loss over seeds vs forward passes).
+Protocol, per task and method:
+1. **lr selection.** One run (seed `--select-seed`, `--select-budget` forward passes) for each lr of the grid
+   `--lr-grid` (multipliers of the method's `--lr`, the paper's value scaled to the model); the lr with the best
+   final dev metric wins (ties: the lower final train loss).
+2. **Final runs.** `--seeds` runs at the chosen lr, each with `--budget` forward passes (steps = budget //
+   forwards per step: MeZO 2, GV and Greedy M + 2, BSZO 1 + k), the same data sample (`--data-seed`) and,
+   for a given seed, the same batches for every method.
+3. **Report.** Eval metric and final train loss (mean of the last 10% of steps) as mean ± sd over seeds, and
+   the paired differences against MeZO (method - MeZO on the same seed) as mean ± sd; the mean effective
+   step E||d||^2/D (1 for MeZO) and the BSZO prior the default rule chose.
+
+Writes `<out>/runs.jsonl` (one fine_tune results dict per run, phase and lr added; rerunning continues an
+interrupted comparison), `<out>/table.md` and `<out>/loss_vs_forwards.png` (train loss of the final runs,
+mean over seeds, against forward passes).
 """
 
 from __future__ import annotations
@@ -24,19 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def forwards_per_step(name: str, kwargs: dict) -> int:
-    if name == "mezo":
-        q = kwargs.get("num_directions", 1)
-        return 1 + q if kwargs.get("one_sided") else 2 * q
-    if name in ("mezo-gv", "mezo-greedy"):
-        return kwargs.get("pool_size", 2) + 2
-    if name == "bszo":
-        return 1 + kwargs.get("k", 2)
-    if name == "bszo-b":
-        return 1 + (kwargs.get("m") or kwargs.get("k", 2) + 1)
-    raise ValueError(f"no forward count known for {name!r}")
-
-
 def _parse_map(text: str | None) -> dict:
     out = {}
     for item in filter(None, (text or "").split(",")):
@@ -45,136 +42,208 @@ def _parse_map(text: str | None) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def _sd(values) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _ms(values, fmt="{:.3f}") -> str:
+    if not values:
+        return "-"
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(_sd(values))}"
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
-    ap.add_argument("--tasks", default="tweet_sentiment,implicatures")
+    ap.add_argument("--tasks", default="sports_understanding,strategyqa,implicatures")
     ap.add_argument("--optimizers", default="mezo,mezo-gv,mezo-greedy,bszo")
+    ap.add_argument("--policy", default=None, help="zoo id or folder of the policy for zo-finetuner* methods")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--budget", type=int, default=160, help="forward passes per run")
+    ap.add_argument("--budget", type=int, default=400, help="forward passes per final run")
+    ap.add_argument("--select-budget", type=int, default=None, help="forward passes per lr-selection run "
+                    "(default: --budget)")
+    ap.add_argument("--select-seed", type=int, default=0)
+    ap.add_argument("--select-tasks", default=None, help="tasks whose dev split picks each method's lr (default: "
+                    "every task picks its own; one task: that lr serves every task)")
+    ap.add_argument("--lr-grid", default="0.3,1,3", help="multipliers of each method's --lr tried on dev")
     ap.add_argument("--peft", default="prefix")
     ap.add_argument("--lr", default="mezo=1e-2,mezo-gv=1e-2,mezo-greedy=1e-2,bszo=1e-2",
-                    help="per optimizer, name=value,...")
+                    help="per method, the paper's lr scaled to the model (centre of the grid): name=value,...")
     ap.add_argument("--eps", default="mezo=1e-1,mezo-gv=1e-1,mezo-greedy=1e-1,bszo=1e-1")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--num-train", type=int, default=1000)
-    ap.add_argument("--num-dev", type=int, default=0)
-    ap.add_argument("--num-eval", type=int, default=200)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--num-train", type=int, default=500)
+    ap.add_argument("--num-dev", type=int, default=50)
+    ap.add_argument("--num-eval", type=int, default=100)
+    ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--docs", default=None, help="also copy the plot here (e.g. docs/compare_loss.png)")
     args = ap.parse_args(argv)
+    args.select_budget = args.select_budget or args.budget
+    args.lrs, args.epss = _parse_map(args.lr), _parse_map(args.eps)
+    args.grid = [float(x) for x in args.lr_grid.split(",")]
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.task_list, args.method_list = args.tasks.split(","), args.optimizers.split(",")
+    args.select_list = args.select_tasks.split(",") if args.select_tasks else None
+    return args
 
-    from fine_tune.config import FineTuneConfig
-    from fine_tune.run import run
-    from l2o.optim import optimizer_defaults
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lrs, epss = _parse_map(args.lr), _parse_map(args.eps)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    log_path = out / "runs.jsonl"
-    done = {}
-    if log_path.exists():  # rerunning continues where a previous invocation stopped
-        for line in log_path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["task"], r["config"]["optimizer"], r["config"]["seed"])] = r
-    zero = {}
-    t0 = time.perf_counter()
-    # seeds outermost: an interrupted run still covers every task and optimizer (rerun to complete it)
-    for seed in seeds:
-        for task in args.tasks.split(","):
-            for name in args.optimizers.split(","):
-                kwargs = optimizer_defaults(name)
-                steps = max(1, args.budget // forwards_per_step(name, kwargs))
-                if (task, name, seed) in done:
-                    continue
-                cfg = FineTuneConfig(base=args.base, task=task, optimizer=name, lr=lrs.get(name), eps=epss.get(name),
-                                     peft=args.peft, steps=steps, batch_size=args.batch_size, eval_every=0,
-                                     seed=seed, data_seed=args.data_seed, num_train=args.num_train,
-                                     num_dev=args.num_dev, num_eval=args.num_eval, max_length=args.max_length,
-                                     out=str(out / f"{task}-{name}-s{seed}"), save_model=False,
-                                     zero_shot=task not in zero and not any(k[0] == task for k in done))
-                shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run from an interrupted invocation
-                print(f"[{time.perf_counter() - t0:6.0f} s] {task} {name} seed {seed}: {steps} steps", flush=True)
-                res = run(cfg, log=lambda m: None)
-                if res["zero_shot"]:
-                    zero[task] = res["zero_shot"]
-                with log_path.open("a") as f:
-                    f.write(json.dumps(res) + "\n")
-                done[(task, name, seed)] = res
-    for r in done.values():
-        if r["zero_shot"]:
-            zero.setdefault(r["task"], r["zero_shot"])
-    table = render_table(done, zero, args)
-    (out / "table.md").write_text(table)
+class Runner:
+    """Runs (phase, task, method, lr, seed) once; a record in runs.jsonl is never rerun."""
+
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path, self.done, self.t0 = self.out / "runs.jsonl", {}, time.perf_counter()
+        if self.log_path.exists():
+            for line in self.log_path.read_text().splitlines():
+                r = json.loads(line)
+                self.done[self.key(r["phase"], r["task"], r["config"]["optimizer"], r["lr"], r["config"]["seed"])] = r
+
+    @staticmethod
+    def key(phase, task, method, lr, seed):
+        return (phase, task, method, f"{lr:.3g}", seed)
+
+    def __call__(self, phase: str, task: str, method: str, lr: float, seed: int, budget: int) -> dict:
+        from fine_tune.config import FineTuneConfig
+        from fine_tune.run import run
+        from l2o.optim import forwards_per_step
+
+        k = self.key(phase, task, method, lr, seed)
+        if k in self.done:
+            return self.done[k]
+        a = self.args
+        steps = max(1, budget // forwards_per_step(method))
+        cfg = FineTuneConfig(base=a.base, task=task, optimizer=method, lr=lr, eps=a.epss.get(method.split("+")[-1],
+                             a.epss.get("mezo")), policy=a.policy if method.startswith("zo-finetuner") else None,
+                             peft=a.peft, steps=steps, batch_size=a.batch_size, eval_every=0, seed=seed,
+                             data_seed=a.data_seed, num_train=a.num_train, num_dev=a.num_dev, num_eval=a.num_eval,
+                             max_length=a.max_length, out=str(self.out / f"{phase}-{task}-{method}-lr{lr:.3g}-s{seed}"),
+                             save_model=False, zero_shot=not any(r["task"] == task for r in self.done.values()))
+        shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {phase} {task} {method} lr {lr:.3g} seed {seed}: "
+              f"{steps} steps", flush=True)
+        res = run(cfg, log=lambda m: None)
+        res.update(phase=phase, lr=lr)
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(res) + "\n")
+        self.done[k] = res
+        return res
+
+
+def choose_lr(runs: list[dict]) -> float:
+    """The lr whose selection run has the best dev metric; ties go to the lower final train loss."""
+    best = max(runs, key=lambda r: (r["final"].get("dev", float("-inf")), -(r["final_train_loss"] or float("inf"))))
+    return best["lr"]
+
+
+def _pool_by_lr(runs: list[dict]) -> list[dict]:
+    """One pseudo-run per lr: mean dev metric and mean final train loss over the selection tasks."""
+    out = []
+    for lr in dict.fromkeys(r["lr"] for r in runs):
+        rs = [r for r in runs if r["lr"] == lr]
+        out.append({"lr": lr, "final": {"dev": statistics.mean(r["final"].get("dev", float("nan")) for r in rs)},
+                    "final_train_loss": statistics.mean(r["final_train_loss"] for r in rs)})
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runner = Runner(args)
+    chosen = {}
+    for task in args.select_list or args.task_list:
+        for method in args.method_list:
+            centre = args.lrs.get(method.split("+")[-1], args.lrs.get("mezo"))
+            sel = [] if len(args.grid) == 1 else [runner("select", task, method, centre * g, args.select_seed,
+                                                         args.select_budget) for g in args.grid]
+            chosen[(task, method)] = (choose_lr(sel) if sel else centre * args.grid[0], sel)
+    if args.select_list:  # pick on the selection tasks' summed dev metric; the lr then serves every task
+        for method in args.method_list:
+            runs = [r for t in args.select_list for r in chosen[(t, method)][1]]
+            lr = choose_lr(_pool_by_lr(runs)) if runs else chosen[(args.select_list[0], method)][0]
+            for task in args.task_list:
+                chosen[(task, method)] = (lr, [r for r in runs if r["task"] == task] or runs)
+    # seeds outermost: an interrupted comparison still covers every task and method at its first seeds
+    final = {}
+    for seed in args.seed_list:
+        for task in args.task_list:
+            for method in args.method_list:
+                final[(task, method, seed)] = runner("final", task, method, chosen[(task, method)][0], seed,
+                                                     args.budget)
+    zero = {r["task"]: r["zero_shot"] for r in runner.done.values() if r["zero_shot"]}
+    table = render_table(final, chosen, zero, args)
+    (runner.out / "table.md").write_text(table)
     print(table)
-    plot(done, out / "loss_vs_forwards.png", args)
+    plot(final, runner.out / "loss_vs_forwards.png", args)
     if args.docs:
-        Path(args.docs).write_bytes((out / "loss_vs_forwards.png").read_bytes())
+        Path(args.docs).write_bytes((runner.out / "loss_vs_forwards.png").read_bytes())
     return 0
 
 
-def _ms(values, fmt="{:.3f}"):
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+def _paired(final, task, method, seeds, field) -> str:
+    if method == "mezo":
+        return "—"
+    diffs = [field(final[(task, method, s)]) - field(final[(task, "mezo", s)]) for s in seeds
+             if (task, "mezo", s) in final and (task, method, s) in final]
+    return "-" if not diffs else f"{statistics.mean(diffs):+.3f} ± {_sd(diffs):.3f}"
 
 
-def render_table(done: dict, zero: dict, args) -> str:
-    lines = [f"base {args.base}, peft {args.peft}, budget {args.budget} forward passes per run, batch {args.batch_size}, "
-             f"{args.num_train} train / {args.num_eval} eval examples (data seed {args.data_seed}), max length "
-             f"{args.max_length}, seeds {args.seeds}", "",
-             "| task | optimizer | steps | zero-shot | final (mean ± std) | final train loss | forward passes | "
-             "wall time s | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
-    tasks = list(dict.fromkeys(k[0] for k in done))
-    opts = list(dict.fromkeys(k[1] for k in done))
-    for task in tasks:
-        for name in opts:
-            rs = [r for k, r in done.items() if k[0] == task and k[1] == name]
+def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
+    a = args
+    where = f" of {', '.join(a.select_list)}" if a.select_list else " of each task"
+    lines = [f"base {a.base}, peft {a.peft}; lr grid {a.lr_grid} x the method's lr, chosen on {a.num_dev} dev examples"
+             f"{where} by one run of {a.select_budget} forward passes (seed {a.select_seed}); final runs: {a.budget} forward "
+             f"passes, seeds {a.seeds}; batch {a.batch_size}, max length {a.max_length}, {a.num_train} train / "
+             f"{a.num_eval} eval examples (data seed {a.data_seed}). Δ = method − MeZO on the same seed (mean ± sd).",
+             "", "| task | method | dev metric per lr | chosen lr | steps | eval metric | Δ eval vs MeZO | "
+             "final train loss | Δ loss vs MeZO | effective step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    eval_of = (lambda r: r["final"]["eval"])
+    loss_of = (lambda r: r["final_train_loss"])
+    for task in a.task_list:
+        z = zero.get(task, {}).get("eval")
+        lines.append(f"| {task} | zero-shot | | | | {'-' if z is None else f'{z:.3f}'} | | | | |")
+        for m in a.method_list:
+            rs = [final[(task, m, s)] for s in a.seed_list if (task, m, s) in final]
             if not rs:
                 continue
-            metric = rs[0]["metric"]
-            z = zero.get(task, {}).get("eval")
-            lines.append(
-                f"| {task} | {name} | {rs[0]['steps']} | {z if z is None else f'{z:.3f}'} | "
-                f"{_ms([r['final']['eval'] for r in rs])} ({metric}) | "
-                f"{_ms([r['final_train_loss'] for r in rs if r['final_train_loss'] is not None])} | "
-                f"{rs[0]['forward_passes']} | {_ms([r['wall_time_s'] for r in rs], '{:.0f}')} | "
-                f"{_ms([r['peak_memory_bytes'] / 2**30 for r in rs], '{:.2f}')} |")
+            lr, sel = chosen[(task, m)]
+            per_lr = ", ".join(f"{r['lr']:.3g}: {r['final'].get('dev', float('nan')):.2f}" for r in sel) or "not tuned"
+            if a.select_list and task not in a.select_list:
+                per_lr = f"chosen on {', '.join(a.select_list)}"
+            eff = [r["effective_step"] for r in rs if r.get("effective_step") is not None]
+            prior = f" ({rs[0]['bszo_prior']} prior)" if rs[0].get("bszo_prior") else ""
+            lines.append(f"| {task} | {m} | {per_lr} | {lr:.3g} | {rs[0]['steps']} | {_ms([eval_of(r) for r in rs])} | "
+                         f"{_paired(final, task, m, a.seed_list, eval_of)} | {_ms([loss_of(r) for r in rs])} | "
+                         f"{_paired(final, task, m, a.seed_list, loss_of)} | "
+                         f"{statistics.mean(eff) if eff else float('nan'):.3g}{prior} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(done: dict, path: Path, args) -> None:
+def plot(final: dict, path: Path, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(dict.fromkeys(k[0] for k in done))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for name in dict.fromkeys(k[1] for k in done):
+    fig, axes = plt.subplots(1, len(args.task_list), figsize=(5.5 * len(args.task_list), 4), squeeze=False)
+    for ax, task in zip(axes[0], args.task_list):
+        for m in args.method_list:
             curves = []
-            for k, r in done.items():
-                if k[0] == task and k[1] == name:
-                    hist = json.loads(Path(r["paths"]["history"]).read_text())
+            for s in args.seed_list:
+                if (task, m, s) in final:
+                    hist = json.loads(Path(final[(task, m, s)]["paths"]["history"]).read_text())
                     curves.append([(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]])
             if not curves:
                 continue
             n = min(len(c) for c in curves)
-            xs = [curves[0][i][0] for i in range(n)]
             mean = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
             w = max(1, n // 10)
             smooth = [statistics.mean(mean[max(0, i - w + 1):i + 1]) for i in range(n)]
-            ax.plot(xs, smooth, label=name)
+            ax.plot([curves[0][i][0] for i in range(n)], smooth, label=f"{m} (lr {final[(task, m, args.seed_list[0])]['lr']:.3g})")
         ax.set_title(f"{task} ({args.base}, {args.peft})", fontsize=9)
         ax.set_xlabel("forward passes")
         ax.set_ylabel("train loss (mean over seeds, moving mean)")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

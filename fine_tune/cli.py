@@ -30,7 +30,7 @@ def _bool(s: str) -> bool:
 
 
 def _sigma(s: str):
-    return s if s == "auto" else float(s)
+    return s if s in ("auto", "empirical") else float(s)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,16 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
                    "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, or zoo:<policy id> (= zo-finetuner)")
     o.add_argument("--policy", default=S, help="zo-finetuner*: learned policy (zoo id, artefact folder, file:// URL)")
+    o.add_argument("--policy-size-rule", choices=["numel", "authors"], default=S,
+                   help="zo-finetuner*: block sizes in the normaliser nf: numel (default; E||d||^2/D = 1, MeZO's step "
+                   "size) or authors (embedding = hidden x 15 x batch, a bigger step)")
     o.add_argument("--lr", type=float, default=S)
     o.add_argument("--eps", type=float, default=S)
     o.add_argument("--weight-decay", type=float, default=S)
     o.add_argument("--num-directions", type=int, default=S, help="mezo: n-SPSA directions per step")
     o.add_argument("--one-sided", type=_bool, default=S, help="mezo: one-sided differences")
-    o.add_argument("--pool-size", type=int, default=S, help="mezo-gv/greedy: candidate directions M")
+    o.add_argument("--pool-size", type=int, default=S, help="mezo-gv/greedy: candidate directions M "
+                   "(default 4; M = 2 makes GV MeZO at 2 lr and Greedy MeZO to first order)")
     o.add_argument("--alpha", type=float, default=S, help="mezo-gv: elite fraction")
     o.add_argument("--k", type=int, default=S, help="bszo: subspace dimension")
     o.add_argument("--m", type=int, default=S, help="bszo: observations per step (default k+1)")
-    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std or 'auto'")
+    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std, 'auto' (the paper's "
+                   "sqrt(n/1e6)) or 'empirical' (running mean of y^2); unset: auto if it is >= 0.1 mean(y^2) at step 1, "
+                   "else empirical")
     o.add_argument("--sigma-noise", type=_sigma, default=S, help="bszo: initial noise std or 'auto'")
     o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
     o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")

@@ -36,6 +36,7 @@ class FineTuneConfig:
     # the optimizer (None -> the paper's default from the registry)
     optimizer: str = "mezo"
     policy: str | None = None    # zo-finetuner*: learned policy (zoo id, artefact folder or file:// URL)
+    policy_size_rule: str = "numel"  # zo-finetuner*: n_b of the normaliser, "numel" (E||d||^2/D = 1) or "authors"
     lr: float | None = None
     eps: float | None = None
     weight_decay: float | None = None
@@ -45,8 +46,8 @@ class FineTuneConfig:
     alpha: float | None = None
     k: int | None = None
     m: int | None = None
-    sigma_prior: float | None = None
-    sigma_noise: float | None = None
+    sigma_prior: float | str | None = None    # bszo: a number, "auto" or "empirical"; None: the default rule
+    sigma_noise: float | str | None = None
     noise_ema: float | None = None
     adaptive_noise: bool | None = None
     noise: str | None = None
@@ -214,6 +215,8 @@ class FineTuneConfig:
             return self
         if self.uses_policy() and not self.policy:
             raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: --policy <zoo id or artefact folder>")
+        if self.policy_size_rule not in ("numel", "authors"):
+            raise ConfigError(f"--policy-size-rule must be numel or authors, got {self.policy_size_rule!r}")
         if self.policy and not self.uses_policy():
             raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
         # let the optimizer's own checks speak (eps <= 0, lr < 0, pool size < 2, k < 1, ...) before any loading

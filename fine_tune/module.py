@@ -192,12 +192,14 @@ class ZOFineTuneModule(FineTuneModuleBase):
         raw = opt.optimizer
         last = raw.last
         row = {"step": self.global_step, "loss": last.loss, "forwards": raw.forward_passes, "step_time_s": dt,
-               "skipped": last.skipped}
+               "skipped": last.skipped, "effective_step": last.effective_step}
         self.history.append(row)
         logs = {"train/forward_passes": float(raw.forward_passes), "train/step_time_s": dt,
                 "train/lr": raw.param_groups[0]["lr"], "train/skipped_steps": float(raw.skipped_steps)}
         if math.isfinite(last.loss):
             logs["train/loss"] = last.loss
+        if last.effective_step is not None:  # E||d||^2 / D: the lr multiplier of the expected update
+            logs["train/effective_step"] = last.effective_step
         if last.projected_grads:
             logs["train/projected_grad"] = last.projected_grads[0]
             logs["train/projected_grad_norm"] = math.sqrt(sum(g * g for g in last.projected_grads))
@@ -207,6 +209,10 @@ class ZOFineTuneModule(FineTuneModuleBase):
     def run_counters(self) -> dict:
         opt = self.optimizers().optimizer if self.trainer.optimizers else None
         steps = max(1, self.global_step - self.first_step)  # the steps this process ran (after a resume)
+        eff = [r["effective_step"] for r in self.history if r.get("effective_step") is not None]
         return {"forward_passes": opt.forward_passes if opt else 0, "skipped_steps": opt.skipped_steps if opt else 0,
                 "processes": {"world_size": self.collective.world_size, "parallel": self.parallel,
-                              "bytes_sent_per_step": self.collective.bytes_sent / steps}}
+                              "bytes_sent_per_step": self.collective.bytes_sent / steps},
+                # mean E||d||^2 / D over the run (1 for MeZO), and the prior BSZO's default rule chose
+                "effective_step": sum(eff) / len(eff) if eff else None,
+                "bszo_prior": getattr(opt, "prior_mode", None)}

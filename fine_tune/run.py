@@ -143,7 +143,8 @@ def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info,
 
     kwargs = cfg.optimizer_kwargs()
     if cfg.uses_policy():
-        kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size)
+        kwargs.update(policy=load_policy(cfg, model, info), policy_batch_size=cfg.batch_size,
+                      policy_size_rule=cfg.policy_size_rule)
     return ZOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, kwargs, parallel=parallel,
                             check_every=cfg.check_every, **common)
 

@@ -70,6 +70,7 @@ class LookaheadResult:
     minus: list[float] = field(default_factory=list)
     c: list[float] = field(default_factory=list)        # projected gradients (L+ - L-) / 2 eps
     nf: list[float] = field(default_factory=list)
+    effective_step: list[float] = field(default_factory=list)  # E||d||^2 / D = sum n_b s_b^2 / sum n_b (true n_b)
     sigma: torch.Tensor | None = None                   # sigma of the first step (detached)
     state: TaskState | None = None                      # the task state after the unroll
 
@@ -123,7 +124,7 @@ class Lookahead:
 
     def __init__(self, model: nn.Module, policy: ZOPolicy, batch_size: int, eps: float = 1e-3,
                  eta_meta: float = 1e-6, unroll: int = 1, detach_nf: bool = True, noise=None,
-                 lean: bool | None = None):
+                 lean: bool | None = None, size_rule: str = "numel"):
         if unroll < 1:
             raise ValueError(f"unroll must be >= 1, got {unroll!r}")
         if lean and unroll > 1:
@@ -138,7 +139,8 @@ class Lookahead:
         if missing:
             raise ValueError(f"the policy has no network for block {missing[0]!r} ({len(missing)} missing)")
         self.index = torch.tensor([pos[b.name] for b in self.blocks], dtype=torch.long)
-        self.sizes = effective_sizes(model, [b.param for b in self.blocks], batch_size)
+        self.sizes = effective_sizes(model, [b.param for b in self.blocks], batch_size, rule=size_rule)
+        self.numel = torch.tensor([float(b.param.numel()) for b in self.blocks], dtype=torch.float64)
         self.floss = FunctionalLoss(model, [b.param for b in self.blocks])
 
     def sigma(self, params: Sequence[torch.Tensor], state: TaskState) -> torch.Tensor:
@@ -155,6 +157,10 @@ class Lookahead:
         if self.detach_nf:
             f = f.detach()
         return f * sigma, f
+
+    def effective_step(self, s: torch.Tensor) -> float:
+        """E||d||^2 / D of the direction with block scales s, over the blocks' true sizes (1 for MeZO)."""
+        return float((self.numel * s.detach().double() ** 2).sum() / self.numel.sum())
 
     def noise(self, seed: int) -> list[torch.Tensor]:
         d = Direction.single(seed)
@@ -191,6 +197,7 @@ class Lookahead:
             res.minus.append(minus)
             res.c.append(c)
             res.nf.append(float(nf))
+            res.effective_step.append(self.effective_step(s))
             if t == 0:
                 res.sigma = sigma.detach().clone()
             state = TaskState(plus, minus, sigma.detach().float().clone())
@@ -223,4 +230,4 @@ class Lookahead:
         else:
             meta = self.engine.evaluate(closure, d, -self.eta_meta * c)
         return LookaheadResult(meta_loss=meta, plus=[plus], minus=[minus], c=[c], nf=[float(nf)],
-                               sigma=sigma.detach().clone(), state=TaskState(plus, minus, sigma.detach().float().clone()))
+                               effective_step=[self.effective_step(s)], sigma=sigma.detach().clone(), state=TaskState(plus, minus, sigma.detach().float().clone()))

@@ -57,6 +57,11 @@ class ZOFineTunerMeta(L.LightningModule):
         attn_implementation: eager or sdpa (default: the model's); unroll > 1 (second-order) needs eager,
             the lean one-step path does not.
         detach_nf: treat the normaliser nf as a constant in the meta-gradient (the authors' code).
+        size_rule: block sizes n_b in nf: "numel" (true sizes: E||d||^2/D = 1, MeZO's step size) or "authors"
+            (embedding = hidden x 15 x batch, a bigger step than MeZO's).
+        fixed_step: hold the effective step E||d||^2/D at 1 in the meta-gradient too: true sizes in nf and nf
+            differentiated (overrides detach_nf), so sigma -> c sigma has zero meta-gradient and only the
+            allocation across blocks is learned.
         init_policy: start from this policy (zoo id or artefact folder) instead of a fresh one.
         val_every: steps between meta-validations (0: only at the end).
         val_steps: ZO steps of each meta-validation fine-tuning.
@@ -68,7 +73,8 @@ class ZOFineTunerMeta(L.LightningModule):
     def __init__(self, base: str = "smollm2-135m", lr_policy: float = 0.1, lr_llm: float = 0.01,
                  momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3, unroll: int = 1,
                  reset_every: int = 100, seed: int = 0, dtype: str = "fp32", gradient_checkpointing: bool = False,
-                 attn_implementation: Optional[str] = None, detach_nf: bool = True,
+                 attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
+                 fixed_step: bool = False,
                  init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
                  val_lr: float = 1e-5, val_tasks: int = 2, log_every: int = 10):
         super().__init__()
@@ -80,6 +86,8 @@ class ZOFineTunerMeta(L.LightningModule):
             raise ConfigError(f"--model.momentum must be in [0, 1), got {momentum!r}")
         if unroll < 1 or reset_every < 0 or val_steps < 1:
             raise ConfigError("--model.unroll and val_steps must be >= 1 and reset_every >= 0")
+        if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
+            raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("fp32", "bf16"):
             raise ConfigError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
         self.save_hyperparameters()
@@ -116,7 +124,8 @@ class ZOFineTunerMeta(L.LightningModule):
         self.policy.base_model = hp.base
         self.policy.base_fingerprint = info.fingerprint
         self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
-                                   eta_meta=hp.eta_meta, unroll=hp.unroll, detach_nf=hp.detach_nf)
+                                   eta_meta=hp.eta_meta, unroll=hp.unroll,
+                                   detach_nf=hp.detach_nf and not hp.fixed_step, size_rule=hp.size_rule)
         self.files = PretrainedFiles(model_folder(info.path), self.lookahead.engine)
         # DDP leaves the LLM alone (every rank moves its own); the policy's gradients are averaged per step
         self._ddp_params_and_buffers_to_ignore = [f"model.{n}" for n, _ in model.named_parameters()] + [
@@ -168,7 +177,8 @@ class ZOFineTunerMeta(L.LightningModule):
             self.reset_llm()
         sigma = res.sigma.float()
         row = {"step": step, "task": task, "meta_loss": res.meta_loss, "L_plus": res.plus[0], "L_minus": res.minus[0],
-               "projected_grad": res.c[0], "nf": res.nf[0], "llm_loss": llm_loss, "llm_lr": lr,
+               "projected_grad": res.c[0], "nf": res.nf[0], "effective_step": res.effective_step[0],
+               "llm_loss": llm_loss, "llm_lr": lr,
                "sigma_mean": float(sigma.mean()), "sigma_std": float(sigma.std()) if sigma.numel() > 1 else 0.0,
                "policy_grad_norm": gnorm, "step_time_s": time.perf_counter() - t0}
         self.meta_history.append(row)
@@ -275,7 +285,7 @@ class ZOFineTunerMeta(L.LightningModule):
         hp, fn = self.hparams, self._loss_fn(task)
         kw = dict(lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
         if method == "zo-finetuner":
-            kw.update(policy=policy, policy_batch_size=self.dm.batch_size)
+            kw.update(policy=policy, policy_batch_size=self.dm.batch_size, policy_size_rule=hp.size_rule)
         opt = build_optimizer(method, self.model, **kw)
         try:
             for k in range(hp.val_steps):
@@ -306,6 +316,8 @@ class ZOFineTunerMeta(L.LightningModule):
         return {"method": "zo-finetuner", "base": self.hparams.base, "steps": int(self.global_step),
                 "tasks": self.dm.train_task_names, "heldout_tasks": self.dm.heldout_task_names,
                 "hyperparameters": {k: v for k, v in dict(self.hparams).items()},
+                "effective_step": (sum(r["effective_step"] for r in self.meta_history) / len(self.meta_history)
+                                   if self.meta_history else None),
                 "meta_validation": last}
 
     def export_policy(self, directory, license: str = "apache-2.0"):

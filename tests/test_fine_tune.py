@@ -162,7 +162,7 @@ def test_print_config_merges_yaml_and_flags(tmp_path, capsys):
 
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["task"] == "boolq" and shown["steps"] == 70 and shown["lr"] == 2e-7
-    assert shown["resolved_optimizer_kwargs"]["pool_size"] == 2
+    assert shown["resolved_optimizer_kwargs"]["pool_size"] == 4
 
 
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):

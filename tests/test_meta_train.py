@@ -67,6 +67,25 @@ def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
     assert res.plus and res.minus and res.c[0] == pytest.approx((res.plus[0] - res.minus[0]) / 2e-3)
 
 
+@pytest.mark.parametrize("fixed", [True, False])
+def test_fixed_step_makes_the_meta_gradient_blind_to_the_size_of_sigma(fixed):
+    """sigma -> c sigma (c = scaling w2 and b2, since sigma = |w2 h + b2|) leaves the step nf sigma z unchanged.
+    With nf differentiated over true sizes (fixed_step) the meta-gradient along that scaling is 0, so only the
+    allocation is learned; with nf detached (the authors' code) it is not, and E||d||^2/D = 1 in both."""
+    model = tiny_model("llama").double()
+    policy = ZOPolicy.for_model(model, seed=1).double()
+    x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
+    la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, detach_nf=not fixed)
+    res = la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None))
+    along_scale = float((policy.w2.grad * policy.w2).sum() + (policy.b2.grad * policy.b2).sum())
+    total = float(sum(p.grad.norm() for p in policy.parameters()))
+    assert res.effective_step[0] == pytest.approx(1.0, rel=1e-9)
+    if fixed:
+        assert abs(along_scale) < 1e-8 * total
+    else:
+        assert abs(along_scale) > 1e-3 * total
+
+
 @pytest.mark.parametrize("T", [1, 3])  # 1: the lean path; 3: the functional path
 def test_meta_gradient_equals_higher(T):
     higher = pytest.importorskip("higher")

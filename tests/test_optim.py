@@ -1,11 +1,12 @@
 """The hand-crafted ZO optimizers on analytic objectives: descent, direction, resume, Kalman, errors."""
 
 import math
+import statistics
 
 import pytest
 import torch
 
-from l2o.optim import BSZO, build_optimizer, optimizer_names
+from l2o.optim import BSZO, MeZOGV, build_optimizer, optimizer_defaults, optimizer_names
 from l2o.optim.bszo import batch_posterior, kalman_update
 from tests.zo_fixtures import Quadratic, TwoBlock, run_split_and_resume, same_bits, snapshot
 
@@ -72,6 +73,91 @@ def test_gv_and_greedy_beat_mezo_per_step_on_the_same_seeds():
     assert _mean_one_step_decrease("mezo-greedy", pool_size=4) > 1.2 * mezo
 
 
+class ShuffledRankGV(MeZOGV):
+    """GV whose ranking is replaced by a random one (seeded by the step): the pool's losses are permuted
+    before the guide weights are formed, so v is an unranked +-1/(M/2) combination of the pool."""
+
+    def guide_weights(self, pool_losses):
+        g = torch.Generator().manual_seed(1000 + self.seed * 7919 + self.step_count)
+        perm = torch.randperm(len(pool_losses), generator=g).tolist()
+        return super().guide_weights([pool_losses[i] for i in perm])
+
+
+class ReversedRankGV(MeZOGV):
+    def guide_weights(self, pool_losses):
+        return super().guide_weights([-x for x in pool_losses])
+
+
+def _one_step(cls, seed, lr=2e-5, **kw):
+    model = Quadratic()
+    before = float(model())
+    opt = cls(model, lr=lr, eps=1e-4, seed=seed, **kw)
+    opt.step(model)
+    return model, before - float(model())
+
+
+def test_gv_at_pool_two_ignores_its_ranking():
+    """M = 2: v = z_best - z_worst and the SPSA step g v is invariant under v -> -v, so reversing the ranking
+    gives bit-identical weights (GV(M=2) is MeZO at 2 lr and sqrt(2) eps)."""
+    for seed in range(5):
+        a, _ = _one_step(MeZOGV, seed, pool_size=2)
+        b, _ = _one_step(ReversedRankGV, seed, pool_size=2)
+        assert same_bits(snapshot(a), snapshot(b))
+
+
+def test_gv_at_pool_four_update_depends_on_the_ranking():
+    """M = 4 (the default): a shuffled ranking changes the weights, and lowers the expected one-step decrease
+    to MeZO's (an unranked v has E[v v'] = I), against > 1.3x MeZO with the true ranking."""
+    assert optimizer_defaults("mezo-gv")["pool_size"] == 4 and optimizer_defaults("mezo-greedy")["pool_size"] == 4
+    ranked, shuffled, changed = [], [], 0
+    for seed in range(300):
+        a, da = _one_step(MeZOGV, seed, pool_size=4)
+        b, db = _one_step(ShuffledRankGV, seed, pool_size=4)
+        ranked.append(da)
+        shuffled.append(db)
+        changed += not same_bits(snapshot(a), snapshot(b))
+    assert changed > 160   # unchanged only when the shuffle keeps the split {best 2 | worst 2} (or swaps it): 1/3
+    assert statistics.mean(shuffled) < 0.8 * statistics.mean(ranked), (statistics.mean(shuffled),
+                                                                        statistics.mean(ranked))
+    mezo = _mean_one_step_decrease("mezo")
+    assert 0.75 * mezo < statistics.mean(shuffled) < 1.25 * mezo
+
+
+def test_greedy_at_pool_two_is_mezo_to_first_order():
+    """E[min(X1, X2)^2] = E[X^2]: Greedy(M=2)'s expected one-step decrease is MeZO's, at 4 forwards not 2."""
+    mezo, greedy = _mean_one_step_decrease("mezo", n=400), _mean_one_step_decrease("mezo-greedy", n=400, pool_size=2)
+    assert 0.8 * mezo < greedy < 1.2 * mezo, (mezo, greedy)
+
+
+@pytest.mark.parametrize("name,kw,expected", [
+    ("mezo", {}, 1.0), ("mezo", dict(num_directions=3), 1.0), ("mezo-gv", {}, 1.0),
+    ("mezo-gv", dict(pool_size=2), 2.0), ("mezo-gv", dict(pool_size=6, alpha=1 / 3), 0.75),
+    ("mezo-greedy", {}, 1.0)])
+def test_effective_step_is_the_directions_second_moment(name, kw, expected):
+    model = TwoBlock()
+    opt = build_optimizer(name, model, lr=1e-3, **kw)
+    opt.step(model)
+    assert opt.last.effective_step == pytest.approx(expected)
+    sizes = [b.param.numel() for b in opt.blocks]
+    scales = [2.0] + [1.0] * (len(sizes) - 1)
+    opt = build_optimizer(name, model, lr=1e-3, block_scales=scales, **kw)
+    opt.step(model)
+    assert opt.last.effective_step == pytest.approx(expected * (3 * sizes[0] + sum(sizes)) / sum(sizes))
+
+
+def test_bszo_effective_step_is_the_trace_of_its_gain():
+    """Measured: the mean update over seeds is -lr * tr(G)/k ... per direction; tr(G) ~ 0 under the paper's prior
+    here, ~ k under the empirical prior with exact losses."""
+    model = Quadratic()
+    auto = build_optimizer("bszo", model, lr=1e-9, sigma_prior="auto")
+    emp = build_optimizer("bszo", Quadratic(), lr=1e-9, sigma_prior="empirical")
+    for _ in range(30):
+        auto.step(model)
+        emp.step(emp.engine.model)
+    assert auto.last.effective_step < 1e-3
+    assert 1.4 < emp.last.effective_step <= 2.0
+
+
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_resume_is_bit_identical(name, dtype):
@@ -109,13 +195,85 @@ def test_kalman_sequential_matches_batch_posterior_and_stays_psd():
     assert torch.allclose(sigma, sigma_b, atol=1e-10)
 
 
-def test_bszo_noise_estimate_adapts_and_is_floored():
-    model = Quadratic()
-    opt = BSZO(model, lr=1e-6, sigma_prior=1.0, sigma_noise=1.0)
+class NoisyConstant(torch.nn.Module):
+    """L = c + N(0, s^2), fresh noise at every evaluation: the projected gradient is 0 and every
+    one-sided observation y = (L+ - f0)/eps is pure noise with std sqrt(2) s / eps."""
+
+    def __init__(self, s: float, seed: int = 0):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(50))
+        self.s, self.g = s, torch.Generator().manual_seed(seed)
+
+    def forward(self):
+        return 3.0 + self.s * torch.randn((), generator=self.g) + 0.0 * self.theta.sum()
+
+
+@pytest.mark.parametrize("start", [0.1, 10.0])
+def test_bszo_noise_estimate_converges_to_the_observation_noise(start):
+    """The paper's rule sigma_e^2 <- (1-a) sigma_e^2 + a r^2 (tiny prior: mu ~ 0, r = y) must find the true
+    noise std of y from a 10x wrong start (a broken EMA, a missing square or a frozen estimate all fail)."""
+    s, eps = 1e-3, 1e-2
+    true = math.sqrt(2) * s / eps
+    opt = BSZO(NoisyConstant(s), lr=0.0, eps=eps, k=2, m=2, sigma_prior=1e-9, sigma_noise=start * true)
+    model = opt.engine.model
+    trace = []
+    for _ in range(150):
+        opt.step(model)
+        trace.append(opt.state["zo"]["sigma_e"])
+    assert abs(trace[0] / true - start) > 0.05 * start       # it moved at the first step
+    late = statistics.mean(trace[75:])
+    assert 0.8 * true < late < 1.2 * true, (late, true)
+
+
+def test_bszo_noise_estimate_is_floored():
+    opt = BSZO(NoisyConstant(0.0), lr=0.0, eps=1e-2, sigma_prior=1e-9, sigma_noise=1.0)
+    for _ in range(60):
+        opt.step(opt.engine.model)
+    assert opt.state["zo"]["sigma_e"] == pytest.approx(0.1)
+
+
+def _first_step_gain(scale: float, dim: int, **kw) -> tuple[float, str]:
+    model = Quadratic(dim=dim)
+    with torch.no_grad():
+        model.lam.mul_(scale)
+    opt = BSZO(model, lr=1e-12, eps=1e-4, **kw)
     for _ in range(5):
         opt.step(model)
-    assert opt.state["zo"]["sigma_e"] != 1.0
-    assert opt.state["zo"]["sigma_e"] >= 0.1
+    return opt.state["zo"]["gamma"], opt.prior_mode
+
+
+@pytest.mark.parametrize("dim", [200, 20000])
+def test_bszo_empirical_prior_moves_at_every_scale_where_auto_does_not(dim):
+    """gamma = tr(G)/k, the shrinkage of mu = G u. The paper's prior sqrt(n/1e6) gives gamma ~ 0 on these
+    problems; the empirical-Bayes prior gives the same gamma, near 1, whatever the gradient's scale."""
+    auto = [_first_step_gain(c, dim, sigma_prior="auto")[0] for c in (1.0, 1e3)]
+    assert max(auto) < 1e-3, auto
+    emp = [_first_step_gain(c, dim, sigma_prior="empirical")[0] for c in (1e-4, 1.0, 1e3)]
+    assert min(emp) > 0.7, emp                                # after 5 steps; -> 1/(1 + 0.1^2) with exact losses
+    assert max(emp) - min(emp) < 5e-3, emp                    # scale-free (up to float32 losses)
+
+
+def test_bszo_default_prior_rule():
+    """Default: the paper's prior where it is of the observations' order, empirical Bayes where it cannot move."""
+    assert _first_step_gain(1.0, 200)[1] == "empirical"       # |y| ~ 1e3 >> sqrt(200/1e6)
+    gamma, mode = _first_step_gain(1e-6, 20000)               # |y| ~ 1e-3 < sqrt(0.02)
+    assert mode == "auto" and gamma > 0.5
+
+
+def test_bszo_b_equals_bszo_only_to_first_order_under_exact_evaluation_and_differs_under_noise():
+    """Exact loss: Sigma stays diagonal, the extra forward re-observes an axis (up to sign), so the weights
+    agree to first order. Noisy loss: the fresh forward carries new noise, so the trajectories split."""
+    def run(name, model):
+        opt = build_optimizer(name, model, lr=1e-4, eps=1e-3, seed=3, sigma_prior="empirical")
+        for _ in range(10):
+            opt.step(model)
+        return model.theta.detach().clone()
+
+    a, b = run("bszo", Quadratic()), run("bszo-b", Quadratic())
+    start = Quadratic().theta.detach()
+    assert torch.allclose(a - start, b - start, rtol=0.05, atol=1e-2 * float((a - start).abs().max()))
+    na, nb = run("bszo", NoisyConstant(1e-3, seed=1)), run("bszo-b", NoisyConstant(1e-3, seed=1))
+    assert (na - nb).norm() > 0.1 * na.norm()
 
 
 @pytest.mark.parametrize("name,kw,msg", [

@@ -61,10 +61,11 @@ def test_features_and_embedding_aware_normalisation():
             self.bar = nn.Linear(8, 8)
 
     r = Renamed()
-    sizes = effective_sizes(r, [r.foo.weight, r.bar.weight, r.bar.bias], batch_size=2)
+    sizes = effective_sizes(r, [r.foo.weight, r.bar.weight, r.bar.bias], batch_size=2, rule="authors")
     assert sizes.tolist() == [min(800, 8 * 15 * 2), 64, 8]
+    assert effective_sizes(r, [r.foo.weight, r.bar.weight, r.bar.bias], batch_size=2).tolist() == [800, 64, 8]
 
-    sizes = effective_sizes(model, params, batch_size=4)
+    sizes = effective_sizes(model, params, batch_size=4, rule="authors")
     hidden = model.config.hidden_size
     assert sizes[list(emb)[0]] == min(params[list(emb)[0]].numel(), hidden * 15 * 4)
     sigma = torch.rand(len(params)) + 0.1
@@ -124,6 +125,28 @@ def test_resume_is_bit_identical(name):
         opt2.step(closure_of(resumed))
     for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def test_true_sizes_hold_the_effective_step_at_mezos_and_the_authors_rule_does_not():
+    """E||d||^2/D = sum n_b (nf sigma_b)^2 / sum n_b: exactly 1 with true sizes whatever sigma; with the
+    authors' rule (tied embedding counted as hidden x 15 x batch) a policy that favours the embedding
+    takes a bigger step than MeZO at the same lr."""
+    model = tiny_model("llama")  # tied embedding / lm_head
+    pol = ZOPolicy.for_model(model, seed=1)
+    emb = embedding_block_ids(model, [p for _, p in named_blocks(model)])
+    with torch.no_grad():
+        pol.w2.zero_(); pol.b2.fill_(1.0)
+        pol.b2[list(emb)[0]] = 5.0
+    x = _batch()
+    steps = {}
+    for rule in ("numel", "authors"):
+        opt = build_optimizer("zo-finetuner", model, policy=pol, lr=0.0, policy_batch_size=1, policy_size_rule=rule)
+        opt.step(lambda: model(input_ids=x, labels=x).loss)
+        steps[rule] = opt.last.effective_step
+    assert steps["numel"] == pytest.approx(1.0, rel=1e-6)
+    assert steps["authors"] > 1.5
+    with pytest.raises(ValueError, match="size rule"):
+        build_optimizer("zo-finetuner", model, policy=pol, policy_size_rule="rows")
 
 
 def test_constant_policy_is_mezo_and_no_policy_is_the_base_method():
@@ -239,7 +262,7 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
                  "--optimizer", "zo-finetuner+gv", "--policy", str(tmp_path / "pol"), "--lr", "1e-3"])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
-    assert res["config"]["policy"] == str(tmp_path / "pol") and res["forward_passes"] == 4 * 4
+    assert res["config"]["policy"] == str(tmp_path / "pol") and res["forward_passes"] == 6 * 4
     assert fingerprint(base) == res["base"]["fingerprint"]
 
 

@@ -15,14 +15,14 @@ from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGree
 # name -> (class, the papers' defaults for full-parameter fine-tuning)
 REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
     "mezo": (MeZO, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
-    "mezo-gv": (MeZOGV, dict(lr=1e-6, eps=1e-3, pool_size=2, alpha=0.5)),
-    "mezo-greedy": (MeZOGreedy, dict(lr=1e-6, eps=1e-3, pool_size=2)),
+    "mezo-gv": (MeZOGV, dict(lr=1e-6, eps=1e-3, pool_size=4, alpha=0.5)),
+    "mezo-greedy": (MeZOGreedy, dict(lr=1e-6, eps=1e-3, pool_size=4)),
     "bszo": (BSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),   # m None -> k + 1
     "bszo-b": (BSZOB, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
     # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
     "zo-finetuner": (ZOFineTuner, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
-    "zo-finetuner+gv": (ZOFineTunerGV, dict(lr=1e-6, eps=1e-3, pool_size=2, alpha=0.5)),
-    "zo-finetuner+greedy": (ZOFineTunerGreedy, dict(lr=1e-6, eps=1e-3, pool_size=2)),
+    "zo-finetuner+gv": (ZOFineTunerGV, dict(lr=1e-6, eps=1e-3, pool_size=4, alpha=0.5)),
+    "zo-finetuner+greedy": (ZOFineTunerGreedy, dict(lr=1e-6, eps=1e-3, pool_size=4)),
     "zo-finetuner+bszo": (ZOFineTunerBSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
 }
 
@@ -41,6 +41,18 @@ def _lookup(name: str):
     return REGISTRY[name]
 
 
+def forwards_per_step(name: str, **overrides) -> int:
+    """Forward passes one step of a registered optimizer takes (registry defaults overridden by `overrides`)."""
+    cls, defaults = _lookup(name)
+    kw = {**defaults, **overrides}
+    if issubclass(cls, MeZOGV):
+        return kw["pool_size"] + 2
+    if issubclass(cls, BSZO):
+        return 1 + (kw["m"] or kw["k"] + 1) if cls.reevaluate_extra else 1 + kw["k"]
+    q = kw["num_directions"]
+    return 1 + q if kw["one_sided"] else 2 * q
+
+
 def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
     """Instantiate a registered optimizer with the papers' defaults, overridden by `overrides`."""
     cls, defaults = _lookup(name)
@@ -49,4 +61,4 @@ def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
 
 __all__ = ["REGISTRY", "BSZO", "BSZOB", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
            "ZOFineTuner", "ZOFineTunerBSZO", "ZOFineTunerGV", "ZOFineTunerGreedy",
-           "build_optimizer", "optimizer_defaults", "optimizer_names"]
+           "build_optimizer", "forwards_per_step", "optimizer_defaults", "optimizer_names"]

@@ -42,6 +42,9 @@ class StepResult:
     losses: list[float] = field(default_factory=list)   # every loss the step evaluated, in order
     forwards: int = 0
     skipped: bool = False
+    # E||d||^2 / D of the step's direction: the lr multiplier of the expected update, E[dtheta] ~ -lr * this
+    # * grad, for a direction that ignores the losses (MeZO: 1; with per-block scales s_b: sum n_b s_b^2 / D)
+    effective_step: float | None = None
 
 
 def _check(cond: bool, message: str) -> None:
@@ -116,6 +119,13 @@ class ZOOptimizer(torch.optim.Optimizer):
         if s is not None and len(s) != len(self.blocks):
             raise ValueError(f"block_scales has {len(s)} entries but the model has {len(self.blocks)} blocks")
         return s
+
+    def scales_second_moment(self, scales) -> float:
+        """sum_b n_b s_b^2 / sum_b n_b: E||d||^2 / D of a direction with one seed and per-block scales s_b."""
+        if scales is None:
+            return 1.0
+        sizes = [b.param.numel() for b in self.blocks]
+        return sum(n * float(s) ** 2 for n, s in zip(sizes, scales)) / sum(sizes)
 
     def direction(self, seeds, weights=None, scales=None) -> Direction:
         return Direction(tuple(seeds), tuple(weights) if weights is not None else (), scales)

@@ -3,6 +3,7 @@
     g_j   = [L(theta + eps z_j) - L(theta - eps z_j)] / (2 eps)     (projected gradient, a scalar)
     theta <- theta - lr * ( (1/q) sum_j g_j z_j + wd * theta )
 
+Effective step E||d||^2 / D = 1 (sum_b n_b s_b^2 / D with per-block scales s_b), whatever q.
 `num_directions` q > 1 averages q estimates (n-SPSA). `one_sided=True` uses
 g_j = [L(theta + eps z_j) - L(theta)] / eps with one shared L(theta): 1 + q forwards instead of 2q.
 """
@@ -38,4 +39,5 @@ class MeZO(ZOOptimizer):
             losses = self.evaluate_many(closure, [(d, sign * eps) for d in dirs for sign in (1, -1)])
             grads = [(plus - minus) / (2 * eps) for plus, minus in zip(losses[0::2], losses[1::2])]
         self._apply_update(self.direction(seeds, [g / q for g in grads], scales), 1.0)
-        return StepResult(loss=losses[0], projected_grads=grads, losses=losses)
+        return StepResult(loss=losses[0], projected_grads=grads, losses=losses,
+                          effective_step=self.scales_second_moment(scales))

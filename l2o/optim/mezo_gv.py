@@ -6,6 +6,13 @@
     then a two-point step along v:  g = [L(theta + eps v) - L(theta - eps v)] / (2 eps),
              theta <- theta - lr (g v + wd theta)                 (M + 2 forwards per step)
 
+Pool size. The default is M = 4 with alpha = 1/2 (the paper's Table III). At M = 2 the pool is idle:
+    GV(M=2):     v = z_best - z_worst, and the SPSA step g v is unchanged when v -> -v (g flips with v),
+                 so the ranking has no effect; v ~ sqrt(2) N(0, I), i.e. exactly MeZO at 2 lr and sqrt(2) eps.
+    Greedy(M=2): with X_i = z_i . grad, min(X1, X2) and max(X1, X2) mirror each other, so
+                 E[min^2] = E[X^2]: MeZO's first-order expected step, at twice MeZO's forwards.
+Effective step E||v||^2 / D = sum_i w_i^2 (GV: 1/(aM) + 1/((1-a)M), 1 at M = 4; 2 at M = 2; Greedy: 1).
+
 The published code rebuilds v by re-seeding before every tensor, so v is not built from the z_i it
 evaluated (only the first tensor matches). Here z_i is regenerated from the same (seed_i, block)
 keys that were evaluated, always; tests/test_optim.py proves it.
@@ -51,11 +58,13 @@ class MeZOGV(ZOOptimizer):
         eps, scales = self.hp["eps"], self.current_scales()
         seeds = self.seeds(self.hp["pool_size"])
         pool = self.evaluate_many(closure, [(self.direction([s], scales=scales), eps) for s in seeds])
-        v = self.direction(seeds, self.guide_weights(pool), scales)
+        w = self.guide_weights(pool)
+        v = self.direction(seeds, w, scales)
         plus, minus = self.evaluate_many(closure, [(v, eps), (v, -eps)])
         g = (plus - minus) / (2 * eps)
         self._apply_update(v, g)
-        return StepResult(loss=plus, projected_grads=[g], losses=pool + [plus, minus])
+        return StepResult(loss=plus, projected_grads=[g], losses=pool + [plus, minus],
+                          effective_step=sum(x * x for x in w) * self.scales_second_moment(scales))
 
 
 class MeZOGreedy(MeZOGV):

@@ -17,14 +17,17 @@ from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
 
 
 class _PolicyMixin:
-    """Adds `policy` (a ZOPolicy, or None) and `policy_batch_size` (for the embedding-size rule)."""
+    """Adds `policy` (a ZOPolicy, or None), `policy_size_rule` ("numel": E||d||^2/D = 1; "authors": the
+    authors' embedding estimate) and `policy_batch_size` (used by the "authors" rule)."""
 
-    def __init__(self, model, *args, policy=None, policy_batch_size: int = 16, **kw):
+    def __init__(self, model, *args, policy=None, policy_batch_size: int = 16, policy_size_rule: str = "numel",
+                 **kw):
         from l2o.policy import PolicyScales
 
         if kw.get("block_scales") is not None:
             raise ValueError(f"{self.method}: pass a policy, not block_scales")
-        self.policy_scales = PolicyScales(policy, batch_size=policy_batch_size) if policy is not None else None
+        self.policy_scales = PolicyScales(policy, batch_size=policy_batch_size,
+                                         size_rule=policy_size_rule) if policy is not None else None
         super().__init__(model, *args, block_scales=self.policy_scales, **kw)
         if self.policy_scales is not None:
             self.policy_scales.bind(model, self.blocks)  # fail at construction on a block mismatch

@@ -1,0 +1,53 @@
+"""The comparison harness (bench/compare_optimizers.py): lr selection on dev, paired differences, the table."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("compare_optimizers", ROOT / "bench" / "compare_optimizers.py")
+cmp = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cmp)
+
+
+def _run(task, method, seed, acc, loss, lr=1e-2, dev=0.5, eff=1.0):
+    return {"task": task, "lr": lr, "final": {"dev": dev, "eval": acc}, "final_train_loss": loss, "steps": 10,
+            "effective_step": eff, "bszo_prior": None, "config": {"optimizer": method, "seed": seed}}
+
+
+def test_lr_is_chosen_on_dev_with_train_loss_breaking_ties():
+    runs = [_run("t", "m", 0, 0.9, 1.0, lr=1e-3, dev=0.6), _run("t", "m", 0, 0.1, 0.5, lr=1e-2, dev=0.7),
+            _run("t", "m", 0, 0.9, 0.2, lr=3e-2, dev=0.7)]
+    assert cmp.choose_lr(runs) == 3e-2            # dev 0.7 twice: the lower train loss wins; eval is never used
+    pooled = cmp._pool_by_lr(runs + [_run("u", "m", 0, 0.5, 9.0, lr=3e-2, dev=0.0)])
+    assert cmp.choose_lr(pooled) == 1e-2          # summed over selection tasks, 3e-2 now averages dev 0.35
+
+
+def test_paired_differences_are_method_minus_mezo_on_the_same_seed():
+    final = {("t", "mezo", s): _run("t", "mezo", s, a, 1.0) for s, a in enumerate([0.50, 0.60, 0.70])}
+    final.update({("t", "gv", s): _run("t", "gv", s, a, 0.9) for s, a in enumerate([0.55, 0.70, 0.75])})
+    out = cmp._paired(final, "t", "gv", [0, 1, 2], lambda r: r["final"]["eval"])
+    assert out == "+0.067 ± 0.029"                 # diffs 0.05, 0.10, 0.05 (a flipped sign gives -0.067)
+    assert cmp._paired(final, "t", "mezo", [0, 1, 2], lambda r: r["final"]["eval"]) == "—"
+
+
+def test_table_has_zero_shot_chosen_lr_and_paired_columns():
+    args = cmp.parse_args(["--tasks", "t", "--optimizers", "mezo,gv", "--seeds", "0,1", "--budget", "40"])
+    final = {("t", m, s): _run("t", m, s, 0.5 + 0.1 * s + (m == "gv") * 0.1, 1.0, eff=1.0 + (m == "gv"))
+             for m in ("mezo", "gv") for s in (0, 1)}
+    chosen = {("t", m): (1e-2, [_run("t", m, 0, 0, 0, lr=1e-2, dev=0.5)]) for m in ("mezo", "gv")}
+    table = cmp.render_table(final, chosen, {"t": {"eval": 0.42}}, args)
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| t |")}
+    assert "0.420" in rows["zero-shot"]
+    assert "+0.100 ± 0.000" in rows["gv"] and "| 2 |" in rows["gv"] and "0.01: 0.50" in rows["gv"]
+
+
+@pytest.mark.parametrize("name,forwards", [("mezo", 2), ("mezo-gv", 6), ("mezo-greedy", 6), ("bszo", 3),
+                                           ("bszo-b", 4), ("zo-finetuner+gv", 6)])
+def test_forward_counts_follow_the_registry(name, forwards):
+    from l2o.optim import forwards_per_step
+
+    assert forwards_per_step(name) == forwards

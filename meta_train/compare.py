@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -37,8 +38,10 @@ def _run_one(args, method: str, seed: int, lr: float | None = None) -> dict:
                          batch_size=args.batch_size, seed=seed,
                          data_seed=seed, num_train=args.num_train, num_dev=0, num_eval=args.num_eval,
                          max_length=args.max_length, eval_batch_size=16, out=str(Path(args.out) / f"{method}-s{seed}"),
-                         save_model=False, zero_shot=False)
-    return run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+                         save_model=False, zero_shot=False, save_every=steps)
+    res = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    shutil.rmtree(Path(cfg.out) / "checkpoints", ignore_errors=True)  # full-parameter checkpoints: model-sized
+    return res
 
 
 def _reach(history: list[dict], target: float) -> int | None:

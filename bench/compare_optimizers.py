@@ -211,7 +211,8 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
             if a.select_list and task not in a.select_list:
                 per_lr = f"chosen on {', '.join(a.select_list)}"
             eff = [r["effective_step"] for r in rs if r.get("effective_step") is not None]
-            prior = f" ({rs[0]['bszo_prior']} prior)" if rs[0].get("bszo_prior") else ""
+            priors = [r.get("bszo_prior") for r in rs]
+            prior = f" (prior per seed: {', '.join(map(str, priors))})" if any(priors) else ""
             lines.append(f"| {task} | {m} | {per_lr} | {lr:.3g} | {rs[0]['steps']} | {_ms([eval_of(r) for r in rs])} | "
                          f"{_paired(final, task, m, a.seed_list, eval_of)} | {_ms([loss_of(r) for r in rs])} | "
                          f"{_paired(final, task, m, a.seed_list, loss_of)} | "

@@ -247,8 +247,9 @@ def test_pass_counts_beat_the_reference():
              "bszo-b": (4, 4, 5.0)}
     # bszo-b's extra observation is along Sigma's principal eigenvector; after two axis updates Sigma is
     # diagonal, so that vector is an axis and its zero-weight term generates no noise (2 + 1 + 2 draws)
+    pool = {"mezo-gv": dict(pool_size=2), "mezo-greedy": dict(pool_size=2)}  # counts below are for M = 2
     for name, (forwards, sweeps, noise_sweeps) in cases.items():
-        opt = build_optimizer(name, model, lr=1e-3)
+        opt = build_optimizer(name, model, lr=1e-3, **pool.get(name, {}))
         c0 = dict(opt.engine.counters.as_dict())
         opt.step(model)
         c1 = opt.engine.counters.as_dict()

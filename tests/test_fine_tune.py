@@ -84,7 +84,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     hist = json.loads((killed / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 9))  # steps completed, as on TensorBoard
-    assert json.loads((killed / "results.json").read_text())["forward_passes"] == 8 * 4
+    assert json.loads((killed / "results.json").read_text())["forward_passes"] == 8 * 6  # M = 4: 4 + 2
 
 
 def test_checkpoints_hold_only_the_trainable_tensors(tiny_base, tmp_path):

@@ -191,8 +191,10 @@ def _paired(final, task, method, seeds, field) -> str:
 def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
     a = args
     where = f" of {', '.join(a.select_list)}" if a.select_list else " of each task"
-    lines = [f"base {a.base}, peft {a.peft}; lr grid {a.lr_grid} x the method's lr, chosen on {a.num_dev} dev examples"
-             f"{where} by one run of {a.select_budget} forward passes (seed {a.select_seed}); final runs: {a.budget} forward "
+    chosen_how = (f"lr grid {a.lr_grid} x the method's lr, chosen on {a.num_dev} dev examples{where} by one run of "
+                  f"{a.select_budget} forward passes (seed {a.select_seed})" if len(a.grid) > 1
+                  else f"lr not tuned ({a.lr_grid} x the method's lr)")
+    lines = [f"base {a.base}, peft {a.peft}; {chosen_how}; final runs: {a.budget} forward "
              f"passes, seeds {a.seeds}; batch {a.batch_size}, max length {a.max_length}, {a.num_train} train / "
              f"{a.num_eval} eval examples (data seed {a.data_seed}). Δ = method − MeZO on the same seed (mean ± sd).",
              "", "| task | method | dev metric per lr | chosen lr | steps | eval metric | Δ eval vs MeZO | "

@@ -250,7 +250,7 @@ def test_bszo_empirical_prior_moves_at_every_scale_where_auto_does_not(dim):
     assert max(auto) < 1e-3, auto
     emp = [_first_step_gain(c, dim, sigma_prior="empirical")[0] for c in (1e-4, 1.0, 1e3)]
     assert min(emp) > 0.7, emp                                # after 5 steps; -> 1/(1 + 0.1^2) with exact losses
-    assert max(emp) - min(emp) < 5e-3, emp                    # scale-free (up to float32 losses)
+    assert max(emp) - min(emp) < 0.03, emp  # scale-free up to float32 losses (a fixed-scale prior: 0 vs 0.8)
 
 
 def test_bszo_default_prior_rule():

@@ -145,15 +145,26 @@ def test_bad_rows_name_task_and_row(tmp_path):
         get_task("navigate").render({"input": "x", "target_scores": {"Maybe": 1}})
     with pytest.raises(TaskError, match="no answer"):
         get_task("squad").render({"title": "", "context": "c", "question": "q", "answers": {"text": []}})
-    # a malformed row inside a local source is reported with its index when sampled
+    # a malformed row inside a local source is reported with its line in the file, when the file is read
     d = tmp_path / "src"
     d.mkdir()
     (d / "train.jsonl").write_text("\n".join(json.dumps({"sentence": f"s{i}", "label": i % 2}) for i in range(6))
                                    + "\n" + json.dumps({"sentence": "bad", "label": "positiveish"}) + "\n")
     (d / "validation.jsonl").write_text(json.dumps({"sentence": "v", "label": 0}) + "\n")
     fresh = get_task("sst2")
-    with pytest.raises(TaskError, match=r"'sst2'.*row 6 \(train\).*unknown label"):
+    with pytest.raises(TaskError, match=r"'sst2'.*train.jsonl line 7: unknown label"):
         sample_splits(fresh, num_train=7, num_dev=0, source=d)
+    # a row without a field: the first such line and the field, in every file format
+    (tmp_path / "few.jsonl").write_text('{"sentence": "a", "label": 1}\n\n{"sentence": "b"}\n{"label": 0}\n')
+    (tmp_path / "few.json").write_text('[{"sentence": "a", "label": 1}, {"label": 0}]')
+    (tmp_path / "few.csv").write_text("sentence,label\na,1\nb,0\n")
+    (tmp_path / "nolabel.csv").write_text("sentence\na\nb\n")
+    for name, where, field in (("few.jsonl", "line 3", "label"), ("few.json", "item 2", "sentence"),
+                               ("nolabel.csv", "line 2", "label")):
+        for split in ("train", "validation"):
+            with pytest.raises(TaskError, match=rf"'sst2': .*{name} {where} lacks the field '{field}'"):
+                fresh.rows(split, source=tmp_path / name)
+    assert len(fresh.rows("train", source=tmp_path / "few.csv")) == 1
     (d / "validation.jsonl").write_text("")
     with pytest.raises(TaskError, match="validation split is empty"):
         fresh.rows("validation", source=d)

@@ -128,15 +128,26 @@ class Task:
             if f is None:
                 raise TaskError(f"task {self.name!r}: the folder {p} has no {split} file "
                                 f"({'/'.join(sources.SPLIT_FILE_STEMS[split])} .jsonl/.json/.csv)")
-            return sources.read_file(f, self.name)
+            return self._checked(f)
         if p.is_file():
-            return split_pool(sources.read_file(p, self.name), split, key=self.name)
+            return split_pool(self._checked(p), split, key=self.name)
         raise TaskError(f"task {self.name!r}: source {str(source)!r} is neither 'hub', a file nor a folder")
 
+    def _checked(self, path: Path) -> list[dict]:
+        """The rows of a local data file, each rendered once so that the first bad one is named by its
+        line in the file (not by its place in a later sample)."""
+        from l2o.tasks import sources
+
+        located = sources.read_file_located(path, self.name)
+        for where, row in located:
+            self.render(row, where=f"{path} {where}")
+        return [row for _, row in located]
+
     # ---------------------------------------------------------------------------------------- render
-    def render(self, row: dict, index: int | None = None) -> Rendered:
-        """Prompt + candidates for one row; malformed rows raise TaskError naming the row."""
-        where = f"row {index}" if index is not None else "a row"
+    def render(self, row: dict, index: int | None = None, where: str | None = None) -> Rendered:
+        """Prompt + candidates for one row; malformed rows raise TaskError naming the row (``where``,
+        else ``row <index>``)."""
+        where = where or (f"row {index}" if index is not None else "a row")
         if not isinstance(row, dict):
             raise TaskError(f"task {self.name!r}: {where} is not an object")
         try:

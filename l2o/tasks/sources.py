@@ -65,6 +65,12 @@ def load_hub(task: str, path: str, config: str | None, split: str) -> list[dict]
 # -------------------------------------------------------------------------------------- local files
 def read_file(path: Path, task: str, encoding: str = "utf-8") -> list[dict]:
     """Rows of a .jsonl / .json (list, or {"data": [...]}) / .csv file."""
+    return [row for _, row in read_file_located(path, task, encoding)]
+
+
+def read_file_located(path: Path, task: str, encoding: str = "utf-8") -> list[tuple[str, dict]]:
+    """``[(where, row)]`` of a .jsonl / .json / .csv file; ``where`` is "line N" of the file (the
+    row's last line for .csv), or "item N" (1-based) of a .json list."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -73,7 +79,7 @@ def read_file(path: Path, task: str, encoding: str = "utf-8") -> list[dict]:
                 for lineno, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            rows.append((f"line {lineno}", json.loads(line)))
                         except json.JSONDecodeError:
                             raise TaskError(f"task {task!r}: {path} line {lineno} is not valid JSON") from None
             return rows
@@ -87,10 +93,11 @@ def read_file(path: Path, task: str, encoding: str = "utf-8") -> list[dict]:
                         break
             if not isinstance(data, list):
                 raise TaskError(f"task {task!r}: {path} must hold a JSON list of rows (or {{\"data\": [...]}})")
-            return data
+            return [(f"item {i}", row) for i, row in enumerate(data, 1)]
         if suffix == ".csv":
             with open(path, encoding=encoding, newline="") as fh:
-                return [dict(r) for r in csv.DictReader(fh)]
+                reader = csv.DictReader(fh)
+                return [(f"line {reader.line_num}", dict(r)) for r in reader]
     except TaskError:
         raise
     except json.JSONDecodeError as exc:

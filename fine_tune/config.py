@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +23,15 @@ STRATEGIES = ("auto", "ddp")
 PARALLEL = ("auto", "data", "direction")
 # the run's layout over processes: resuming with other values is allowed (the math does not depend on them)
 LAYOUT_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "parallel", "check_every")
+LR_FLAGS = ("lr", "lower_lr", "upper_lr", "theta_lr")
+# Step sizes above MAX_LR are refused: every method here diverges there (the papers and this project use
+# 1e-7 .. 1e-2), and a typo such as `--lr 1e30` would otherwise run and wreck the model.
+MAX_LR = 1.0
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_IS_TYPE = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
 
 
 @dataclass
@@ -96,6 +106,26 @@ class FineTuneConfig:
             if self.policy not in (None, spec):
                 raise ConfigError(f"--optimizer {self.optimizer} and --policy {self.policy} name different policies")
             self.optimizer, self.policy = "zo-finetuner", spec
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Every value has its field's type (a YAML file can hold anything): `lr: [1, 2]`, `lr: abc` and
+        `lr: true` are refused; a YAML string that reads as a number (`lr: 1e-6`) counts as that number."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type).split("|")[0].strip()
+            if value is None or kind not in _TYPE_NAMES:
+                continue
+            if f.name.startswith("sigma_") and value == "auto":
+                continue
+            if kind == "float" and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+                else:
+                    setattr(self, f.name, value)
+            if not _IS_TYPE[kind](value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {_TYPE_NAMES[kind]}, got {value!r}")
 
     def is_bilevel(self) -> bool:
         return self.optimizer == "bilevel-zofo"
@@ -203,10 +233,15 @@ class FineTuneConfig:
             raise ConfigError(f"--peft must be one of {', '.join(PEFT_MODES)}, got {self.peft!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema"):
+        for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema", *LR_FLAGS[1:]):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and not math.isfinite(v):  # "auto" (bszo sigmas) is checked by the optimizer
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
+        for name in LR_FLAGS:
+            if (getattr(self, name) or 0) > MAX_LR:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is above {MAX_LR:g}, where every "
+                                  "method here diverges (useful values are 1e-7 .. 1e-2)")
+        check_device(self.device)
         kwargs = self.optimizer_kwargs()
         if self.is_bilevel():
             if self.peft not in ("lora", "prefix", "prompt"):
@@ -228,6 +263,22 @@ class FineTuneConfig:
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None
         return self
+
+
+def check_device(device: str) -> None:
+    """Refuse a device string torch would not take, or an accelerator this machine does not have."""
+    if not _DEVICE.match(device):
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"only {count} CUDA device(s)" if count else "no usable CUDA device"
+            raise ConfigError(f"--device {device}: this machine has {have}; use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: this machine has no usable Apple MPS device; use --device cpu or auto")
 
 
 def load_yaml(path: str) -> dict:

@@ -128,6 +128,8 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_base, tmp_path, monkeypa
     (["--task", "sst2", "--steps", "ten"], "invalid int value"),
     (["--base", "x"], "choose a task"),
     (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
+    (["--task", "sst2", "--device", "tpu9"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'tpu9'"),
+    (["--task", "sst2", "--lr", "1e30"], "--lr 1e+30 is above 1"),
 ])
 def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) if "invalid" in needle else _no_raise():
@@ -150,7 +152,7 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_config(tiny_base, t
     assert main(_args(tiny_base, out, "--steps", "2", "--save-model", "false")) == 0
     assert main(_args(tiny_base, out, "--steps", "2", "--save-model", "false")) == 2
     assert "pass --resume" in capsys.readouterr().err
-    assert main(_args(tiny_base, out, "--steps", "2", "--lr", "5", "--save-model", "false", "--resume")) == 2
+    assert main(_args(tiny_base, out, "--steps", "2", "--lr", "0.5", "--save-model", "false", "--resume")) == 2
     assert "different configuration (lr)" in capsys.readouterr().err
 
 
@@ -163,6 +165,26 @@ def test_print_config_merges_yaml_and_flags(tmp_path, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["task"] == "boolq" and shown["steps"] == 70 and shown["lr"] == 2e-7
     assert shown["resolved_optimizer_kwargs"]["pool_size"] == 4
+
+
+@pytest.mark.parametrize("value, needle", [("[1, 2]", "--lr must be a number, got [1, 2]"),
+                                           ("abc", "--lr must be a number, got 'abc'"),
+                                           ("true", "--lr must be a number, got True")])
+def test_config_values_of_the_wrong_type_are_one_line(value, needle, tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"task: sst2\nlr: {value}\n")
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fine_tune: error: {needle}" and not (tmp_path / "o").exists()
+    cfg.write_text("task: sst2\nlr: 1e-5\n")  # YAML reads 1e-5 as a string; it is the number it spells
+    assert main(["--config", str(cfg), "--print-config"]) == 0 and "lr: 1.0e-05" in capsys.readouterr().out
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--task", "sst2", "--device", "cuda", "--out", str(tmp_path / "o"), "--source", SST2]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fine_tune: error: --device cuda: this machine has no usable CUDA device; use --device cpu or auto"
 
 
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):

@@ -155,8 +155,8 @@ def main(argv=None) -> int:
         results = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if results is None:  # a process other than rank 0 of a multi-process run: rank 0 reports
             return 0
-    except KeyboardInterrupt:
-        print("fine_tune: interrupted; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # fine_tune.guard.RunInterrupted says whether --resume can continue
+        print(f"fine_tune: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:  # one sentence; anything else is a bug and keeps its traceback
         print(f"fine_tune: error: {err}", file=sys.stderr)

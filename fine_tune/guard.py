@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from fine_tune.config import ConfigError
+from l2o.errors import ConfigError
 from l2o.filelock import RUN_LOCK_NAME, RunLock
 
 
@@ -111,7 +111,9 @@ def interrupt_callback(last: Path):
                 self._previous = signal.signal(signal.SIGINT, self._handle)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self.requested and not self.saved:
+            # every rank of a multi-device run stops after the same step (a no-op reduction on one device)
+            if trainer.strategy.reduce_boolean_decision(self.requested, all=False) and not self.saved:
+                self.requested = True
                 trainer.save_checkpoint(str(last))
                 self.saved = trainer.should_stop = True
 

@@ -159,7 +159,10 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     _quiet_libraries()
     from fine_tune.distributed import launch_rank, parallel_mode
 
-    trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), callbacks)
+    from fine_tune.guard import finish_fit, interrupt_callback
+
+    stop_cb = interrupt_callback(cfg.resolved_out() / "checkpoints" / "last.ckpt")  # Ctrl-C: save, stop, exit 130
+    trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), [*callbacks, stop_cb])
     rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
     if rank:
         log = _silent
@@ -185,7 +188,8 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
         log("zero-shot: " + ", ".join(f"{k} {module.metric} {v:.4f}" for k, v in zero_shot.items()))
 
     t_fit = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None)
+    finish_fit(lambda: trainer.fit(module, ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None),
+               trainer, stop_cb)
     fit_s = time.perf_counter() - t_fit
     if rank:
         return None  # rank 0 evaluates and writes the results

@@ -268,7 +268,8 @@ class BilevelMetaInit(L.LightningModule):
         return dict(self.results)
 
     def on_fit_end(self):
-        self.results = self.export()
+        if self.global_step >= self.trainer.max_steps:  # not when Ctrl-C stopped it early: nothing half-trained leaves
+            self.results = self.export()
 
     def export(self) -> dict:
         """Final held-out adaptation, the meta-init artefact (and its publication); returns the results."""

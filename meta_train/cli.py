@@ -11,11 +11,14 @@ Heavy libraries are imported only after --help has been answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
+
+from fine_tune.guard import RunFolder, finish_fit, interrupt_callback
 
 METHODS = ("zo-finetuner", "bilevel-zofo")
 
@@ -107,6 +110,12 @@ def default_out(method: str, base) -> str:
     return f"runs/meta-{method}-{Path(str(base)).name}"
 
 
+def _trainer_defaults() -> dict:
+    return {"accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+            "log_every_n_steps": 1, "enable_model_summary": False, "max_epochs": -1,
+            "enable_progress_bar": sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1"}
+
+
 def _build_cli(model_cls, data_cls, method: str, args: list[str]):
     import inspect
 
@@ -144,6 +153,9 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
                 parser.link_arguments("holdout", "data.holdout")
             parser.link_arguments("max_steps", "trainer.max_steps")
 
+        def before_instantiate_classes(self):  # refuse bad step counts before the base model is loaded
+            _check_steps(self.config)
+
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.callbacks import ModelCheckpoint
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -155,12 +167,11 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             logger = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
             ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}", every_n_train_steps=every,
                                    save_top_k=0, save_last=True)
-            return super().instantiate_trainer(logger=logger, callbacks=[ckpt], default_root_dir=str(out), **kwargs)
+            self.stop_cb = interrupt_callback(out / "checkpoints" / "last.ckpt")
+            return super().instantiate_trainer(logger=logger, callbacks=[ckpt, self.stop_cb], default_root_dir=str(out),
+                                               **kwargs)
 
-    trainer_defaults = {"accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0,
-                        "log_every_n_steps": 1, "enable_model_summary": False, "max_epochs": -1,
-                        "enable_progress_bar": sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1"}
-    return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=trainer_defaults,
+    return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=_trainer_defaults(),
                         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
                         seed_everything_default=False,
                         parser_kwargs={"exit_on_error": False, "prog": "meta_train",
@@ -205,15 +216,32 @@ def main(argv=None) -> int:
         except SystemExit as exit_:  # --help-all / --print_config exit 0 by design
             return int(exit_.code or 0)
         return _run(cli, method)
-    except KeyboardInterrupt:
-        print("meta_train: interrupted; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # fine_tune.guard.RunInterrupted says whether --resume can continue
+        print(f"meta_train: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
     except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
         text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         return _fail(text[:400] if text else type(err).__name__)
 
 
+def _check_steps(cfg) -> None:
+    from l2o.errors import ConfigError
+
+    steps, every = cfg["max_steps"], cfg["save_every"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--max_steps must be a positive integer, got {steps!r}")
+    if every is not None and (isinstance(every, bool) or every < 1):
+        raise ConfigError(f"--save_every must be a positive integer, got {every!r}")
+
+
 def _run(cli, method: str) -> int:
+    """Meta-train in --out, held for this run alone (see fine_tune.guard), then export and publish."""
+    # rank 0 holds the folder for the whole multi-device run (its other ranks are part of the same run)
+    with RunFolder(cli.config["out"]) if cli.trainer.global_rank == 0 else contextlib.nullcontext():
+        return _run_in(cli)
+
+
+def _run_in(cli) -> int:
     from l2o.errors import ConfigError
 
     cfg = cli.config
@@ -224,12 +252,15 @@ def _run(cli, method: str) -> int:
         raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
     if not cfg["resume"] and last.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # other ranks of a multi-device run may get here before rank 0
     trainer = cli.trainer
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None)
+    finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None),
+               trainer, cli.stop_cb)
     if trainer.global_rank != 0:  # multi-device runs: rank 0 writes the outputs
         return 0
+    if trainer.global_step < 1:  # never export or publish an untrained optimizer
+        raise ConfigError(f"meta-training in {out} ran no step, so nothing was exported or published")
     module = cli.model
     if not hasattr(module, "export_policy"):
         summary = getattr(module, "training_summary", lambda: {})()

@@ -160,3 +160,40 @@ def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
 
     run(resolve_config(build_parser().parse_args(argv)), log=lambda msg: None, callbacks=[_DieAtStep()])
 
+
+
+def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
+    """The `fine_tune` CLI on `argv`, sent a real SIGINT (as Ctrl-C does) by itself when `step` steps are
+    done; exits with the CLI's exit code. Run it in a subprocess."""
+    import os
+    import signal
+    import sys
+
+    from lightning.pytorch.callbacks import Callback
+
+    import fine_tune.run
+    from fine_tune.cli import main
+
+    class _CtrlC(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    real = fine_tune.run.run
+    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _CtrlC()])
+    sys.exit(main(argv))
+
+
+def hold_run_folder(folder):
+    """Another process that claims the run folder `folder` (as a running fine_tune would) until killed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, time; from l2o.filelock import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(300)")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

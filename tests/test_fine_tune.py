@@ -130,6 +130,7 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_base, tmp_path, monkeypa
     (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
     (["--task", "sst2", "--device", "tpu9"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'tpu9'"),
     (["--task", "sst2", "--lr", "1e30"], "--lr 1e+30 is above 1"),
+    (["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "lora", "--theta-lr", "2"], "--theta-lr 2.0 is above 1"),
 ])
 def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) if "invalid" in needle else _no_raise():
@@ -251,3 +252,18 @@ def test_bilevel_zofo_runs_through_the_fine_tune_cli(tiny_base, tmp_path):
 def test_bilevel_zofo_refuses_full_parameter_mode(capsys):
     assert main(["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "full", "--print-config"]) == 2
     assert "needs --peft lora, prefix or prompt" in capsys.readouterr().err
+
+
+
+def test_ctrl_c_saves_a_checkpoint_says_so_and_resume_finishes(tiny_base, tmp_path):
+    out = tmp_path / "run"
+    common = ["--steps", "6", "--save-every", "100", "--lr", "1e-3", "--save-model", "false", "--zero-shot", "false"]
+    code = f"from tests.helpers import run_fine_tune_interrupted_at as f; f(3, {_args(tiny_base, out, *common)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "fine_tune: interrupted; continue with --resume"
+    assert "Traceback" not in proc.stderr and not (out / "results.json").exists()
+    # no periodic checkpoint before step 100: this one is the interrupt's, after the step it came in
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert main(_args(tiny_base, out, *common, "--resume")) == 0
+    assert [r["step"] for r in json.loads((out / "history.json").read_text())] == list(range(1, 7))

@@ -265,6 +265,19 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     one_line(main(_run_args(str(tmp_path / "no-such-model"), tmp_path / "r2", "--max_steps", "1")), "no-such-model")
     one_line(main(["--base", tiny_base, "--tasks", "no_such_task", "--out", str(tmp_path / "r3"), "--max_steps", "1"]),
              "no_such_task")
+    for steps in ("0", "-1"):  # -1 used to run forever, 0 to publish an untrained policy
+        one_line(main(_run_args(tiny_base, tmp_path / "r4", "--max_steps", steps)),
+                 f"--max_steps must be a positive integer, got {steps}")
+    assert not (tmp_path / "r4").exists()
+    from tests.helpers import hold_run_folder
+
+    holder = hold_run_folder(tmp_path / "r5")
+    try:
+        one_line(main(_run_args(tiny_base, tmp_path / "r5", "--max_steps", "1")),
+                 f"--out {tmp_path / 'r5'} is in use by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
 
     assert main(["--base", tiny_base, "--max_steps", "7", "--model.lr_policy", "0.05", "--print_config"]) == 0
     printed = capsys.readouterr().out

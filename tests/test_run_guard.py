@@ -2,9 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,21 +9,12 @@ from fine_tune.guard import RunFolder, RunInterrupted
 from l2o.errors import UserError
 from l2o.filelock import RunLock
 
-ROOT = Path(__file__).resolve().parents[1]
-HOLD = "import sys, time; from l2o.filelock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)"
-
-
-def hold_lock(folder: Path) -> subprocess.Popen:
-    """Another process that claims ``folder`` and keeps it until killed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+from tests.helpers import hold_run_folder
 
 
 def test_a_held_folder_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
     out = tmp_path / "run"
-    holder = hold_lock(out)
+    holder = hold_run_folder(out)
     try:
         with pytest.raises(UserError, match=rf"--out {out} is in use by process {holder.pid}; wait for it"):
             RunFolder(out).__enter__()

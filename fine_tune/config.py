@@ -112,20 +112,19 @@ class FineTuneConfig:
         """Every value has its field's type (a YAML file can hold anything): `lr: [1, 2]`, `lr: abc` and
         `lr: true` are refused; a YAML string that reads as a number (`lr: 1e-6`) counts as that number."""
         for f in fields(self):
-            value, kind = getattr(self, f.name), str(f.type).split("|")[0].strip()
-            if value is None or kind not in _TYPE_NAMES:
+            value = getattr(self, f.name)
+            kinds = [k for k in (t.strip() for t in str(f.type).split("|")) if k in _TYPE_NAMES]
+            if value is None or not kinds:
                 continue
-            if f.name.startswith("sigma_") and value == "auto":
-                continue
-            if kind == "float" and isinstance(value, str):
+            if kinds[0] == "float" and isinstance(value, str):
                 try:
                     value = float(value)
                 except ValueError:
                     pass
                 else:
                     setattr(self, f.name, value)
-            if not _IS_TYPE[kind](value):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be {_TYPE_NAMES[kind]}, got {value!r}")
+            if not any(_IS_TYPE[k](value) for k in kinds):  # a str allowed beside a number is checked by its user
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {_TYPE_NAMES[kinds[0]]}, got {value!r}")
 
     def is_bilevel(self) -> bool:
         return self.optimizer == "bilevel-zofo"

@@ -24,6 +24,7 @@ from torch import nn
 from l2o.distributed import Collective, LocalCollective, check_parallel_mode, check_replicas, gather_round_robin
 from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
+from l2o.ledger import Ledger, LedgerError
 from l2o.noise import NoiseSource, derive_seed
 
 Probe = tuple[Direction | None, float]  # (d, eps): the loss at theta + eps d; d None: at theta
@@ -97,6 +98,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._evaluations = 0
         self.state["zo"] = {"step": 0, "skipped": 0, "forwards": 0}
         self.last: StepResult | None = None
+        # the seed ledger: one line per update, relative to the weights as they are now (l2o/ledger.py)
+        self.ledger = Ledger.start(self.engine, method=self.method)
 
     # ------------------------------------------------------------------ helpers for methods
     @property
@@ -177,10 +180,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         return self.evaluate_many(closure, [(None, 0.0)])[0]
 
     def _apply_update(self, d: Direction, coeff: float) -> None:
-        """theta <- theta - lr * (coeff * d + wd * theta)."""
+        """theta <- theta - lr * (coeff * d + wd * theta), recorded in the ledger exactly as applied."""
         lr = self.hp["lr"]
-        self.engine.update(d, lr * coeff, decay=lr * self.hp["weight_decay"],
-                           rounding_seed=derive_seed(self.seed, self.step_count, 1 << 20))
+        step, decay = lr * coeff, lr * self.hp["weight_decay"]
+        rounding = derive_seed(self.seed, self.step_count, 1 << 20)
+        self.engine.update(d, step, decay=decay, rounding_seed=rounding)
+        self.ledger.append(self.step_count, d, step, decay, rounding)
 
     # ------------------------------------------------------------------ torch.optim API
     def _step(self, closure) -> StepResult:
@@ -222,6 +227,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         sd = super().state_dict()
         sd["zo_meta"] = {"method": self.method, "seed": self.seed, "block_names": self.engine.block_names(),
                          "noise": self.engine.noise.config()}
+        sd["zo_ledger"] = self.ledger.text()
         return sd
 
     def load_state_dict(self, state_dict):
@@ -232,7 +238,18 @@ class ZOOptimizer(torch.optim.Optimizer):
             if meta["block_names"] != self.engine.block_names():
                 raise ValueError("this optimizer state was saved for a model with different parameter blocks")
             self.seed = int(meta["seed"])
-        state_dict = {k: v for k, v in state_dict.items() if k != "zo_meta"}
+        if "zo_ledger" in state_dict:
+            self.ledger = self._saved_ledger(state_dict["zo_ledger"])
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("zo_meta", "zo_ledger")}
         super().load_state_dict(state_dict)
         # torch may cast tensors in state; keep our plain-python scalars as they were saved
         self.state["zo"] = dict(state_dict["state"]["zo"])
+
+    def _saved_ledger(self, text: str) -> Ledger:
+        """The saved run's ledger (verified), which this optimizer continues; its lines end at the saved
+        step, so the weights must be at that point (the saved weights, or the base plus `replay`)."""
+        ledger = Ledger.parse(text, source="the saved optimizer state's ledger", require_seal=False)
+        if ledger.header["blocks"] != self.engine.block_names() or ledger.header["noise"] != self.engine.noise.config():
+            raise LedgerError("this optimizer state's ledger was recorded for other parameter blocks or another "
+                              "noise source")
+        return ledger

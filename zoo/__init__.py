@@ -6,7 +6,8 @@ huggingface_hub are imported lazily, so ``import zoo`` and ``zoo --help`` stay f
 Public API (attributes load on first use)::
 
     from zoo import (ZooError, save_artefact, load_artefact, load, verify,
-                     publish, mirror, import_zo_finetuner, parse_id)
+                     publish, mirror, import_zo_finetuner, parse_id,
+                     save_ledger, load_ledger, apply_ledger)   # fine-tunes as seed ledgers
     from zoo.resolve import resolve   # the module zoo.resolve holds the resolver
 """
 
@@ -26,6 +27,9 @@ _LAZY = {
     "read_zo_finetuner": "convert",
     "parse_id": "ids",
     "sha256_file": "manifest",
+    "save_ledger": "ledger",
+    "load_ledger": "ledger",
+    "apply_ledger": "ledger",
 }
 
 __all__ = ["ZooError", *_LAZY]

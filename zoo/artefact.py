@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, short_fp
-from .manifest import KINDS, REQUIRED_FILES, write_json_atomic
+from .manifest import KINDS, LEDGER_KIND, REQUIRED_FILES, write_json_atomic
 
 ARTEFACT_SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -113,6 +113,10 @@ def check_layout(config: dict, shapes: dict, label: str = "artefact") -> None:
                 raise ZooError(f"{label} tensor {key} is {shapes[key]['dtype']}, expected F32")
             if list(shapes[key]["shape"]) != shape:
                 raise ZooError(f"{label} tensor {key} has shape {list(shapes[key]['shape'])}, expected {shape}")
+    elif kind == LEDGER_KIND:
+        for key in ("dtype", "peft", "noise", "updates", "head", "base_digest"):
+            if key not in arch:
+                raise ZooError(f"{label} arch has no {key!r} (a ledger config records its header and length)")
     else:  # bilevel-meta-init
         if arch.get("delta") is not True:
             raise ZooError(f"{label} arch.delta must be true (tensors are differences from the base)")
@@ -283,11 +287,17 @@ def fingerprint_mismatch(config: dict, expected: str, model_name: str | None) ->
 
 
 def check_artefact_dir(directory: str | os.PathLike) -> tuple[dict, dict]:
-    """Validate an artefact folder without loading tensors: ``(config, header_shapes)``."""
+    """Validate an artefact folder without loading tensors: ``(config, header_shapes)`` (a ledger's
+    whole hash chain is verified instead; it has no tensors)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ZooError(f"artefact folder {directory} does not exist")
     config = read_config(directory)
+    if config["kind"] == LEDGER_KIND:
+        from .ledger import read_ledger
+
+        read_ledger(directory, config)
+        return config, {}
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ZooError(f"artefact {directory} has no {WEIGHTS_NAME}")
@@ -315,6 +325,8 @@ def load_artefact(directory, expected_fingerprint: str | None = None, expected_k
     config, shapes = check_artefact_dir(directory)
     if expected_kind is not None and config["kind"] != expected_kind:
         raise ZooError(f"artefact {directory} is a {config['kind']}, not a {expected_kind}")
+    if config["kind"] == LEDGER_KIND:
+        raise ZooError(f"artefact {directory} is a ledger (no tensors): load it with zoo.load_ledger")
     if expected_fingerprint is not None:
         check_fingerprint(expected_fingerprint)
         if config.get("base_fingerprint") is None:

@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, metavar="DIR", help="target registry directory")
     s.add_argument("ids", nargs="*", metavar="ID", help="entries to copy (default: all known)")
 
+    s = sub.add_parser("apply", parents=[common], help="materialise a ledger's fine-tuned weights onto its base")
+    s.add_argument("id", metavar="ID[@VERSION]|PATH")
+    s.add_argument("--base", required=True, metavar="BASE", help="the base the ledger was recorded on (alias, hub id, folder)")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder to write the weights to (save_pretrained)")
+    s.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="refuse unless the ledger was recorded in this dtype")
+    s.add_argument("--device", default="cpu", help="where to replay (cpu, cuda, ...)")
+
     s = sub.add_parser("import-zo-finetuner", help="convert a released ZO Fine-tuner .pth (no pickle is executed)")
     s.add_argument("file", metavar="FILE")
     s.add_argument("--base", required=True, metavar="ID", help="base model id or alias the policy was trained for")
@@ -173,7 +180,16 @@ def _cmd_import(a) -> int:
 _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EEXIST,
                 errno.ENAMETOOLONG}  # a bad path the user gave, not a failing machine
 
-COMMANDS = {"list": _cmd_list, "info": _cmd_info, "download": _cmd_download, "verify": _cmd_verify,
+def _cmd_apply(a) -> int:
+    from .ledger import apply_ledger
+
+    out = apply_ledger(a.id, a.base, a.out, dtype=a.dtype, device=a.device, registry=a.registry,
+                       cache_dir=a.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"apply": _cmd_apply, "list": _cmd_list, "info": _cmd_info, "download": _cmd_download, "verify": _cmd_verify,
             "publish": _cmd_publish, "mirror": _cmd_mirror, "import-zo-finetuner": _cmd_import}
 
 

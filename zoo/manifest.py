@@ -35,9 +35,18 @@ from .ids import check_fingerprint, is_commit, is_sha256, parse_id
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "zoo.json"
 LOCK_NAME = ".zoo.lock"  # flock'ed around every read-modify-write of a directory's zoo.json
-KINDS = {"zo-finetuner-policy": "policy", "bilevel-meta-init": "meta-initialisation"}
-DEFAULT_NAMES = {"zo-finetuner-policy": "zo-finetuner", "bilevel-meta-init": "meta-init"}
+KINDS = {"zo-finetuner-policy": "policy", "bilevel-meta-init": "meta-initialisation", "zo-ledger": "ledger"}
+DEFAULT_NAMES = {"zo-finetuner-policy": "zo-finetuner", "bilevel-meta-init": "meta-init", "zo-ledger": "fine-tune"}
 REQUIRED_FILES = ("config.json", "model.safetensors", "README.md")
+LEDGER_KIND = "zo-ledger"  # a fine-tune as its base plus a seed ledger (l2o/ledger.py), no tensors
+LEDGER_FILES = ("config.json", "ledger.jsonl", "README.md")
+
+
+def required_files(kind: str) -> tuple[str, ...]:
+    """The files an artefact of `kind` consists of (data file second)."""
+    return LEDGER_FILES if kind == LEDGER_KIND else REQUIRED_FILES
+
+
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -141,7 +150,7 @@ def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
     files = entry.get("files")
     if not isinstance(files, dict) or not files:
         raise bad("no files")
-    for req in ("config.json", "model.safetensors"):
+    for req in required_files(entry["kind"])[:2]:
         if req not in files:
             raise bad(f"missing file {req}")
     for name, meta in files.items():

@@ -13,7 +13,7 @@ from .errors import ZooError
 from .ids import check_component, check_version
 from .manifest import (
     DEFAULT_NAMES,
-    REQUIRED_FILES,
+    required_files,
     Location,
     builtin_manifest,
     entry_layout,
@@ -79,7 +79,7 @@ def publish(artefact_dir, registry, *, name: str | None = None, version: str | i
     base = check_component(base or default_base(config["base_model"]), "base")
     name = check_component(name or DEFAULT_NAMES[config["kind"]], "name")
     files = {}
-    for req in REQUIRED_FILES:
+    for req in required_files(config["kind"]):
         digest, size = sha256_file(src / req)
         files[req] = {"sha256": digest, "size": size}
     if license is None:
@@ -113,7 +113,7 @@ def publish(artefact_dir, registry, *, name: str | None = None, version: str | i
 def _publishable(src: Path) -> dict:
     """The config of an artefact folder that can be published (complete, with a base fingerprint)."""
     config, _ = check_artefact_dir(src)
-    for req in REQUIRED_FILES:
+    for req in required_files(config["kind"]):
         if not (src / req).is_file():
             raise ZooError(f"artefact {src} has no {req}")
     if not config.get("base_fingerprint"):

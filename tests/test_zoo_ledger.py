@@ -1,0 +1,102 @@
+"""Fine-tunes as zoo ledgers: publish -> download into a fresh cache -> materialise the same weights,
+and one-line refusals of a wrong base, dtype or noise source, or a damaged ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from l2o.ledger import replay
+from l2o.models import fingerprint, load_base
+from l2o.optim import build_optimizer
+from tests.helpers import save_tiny_base, tiny_tokenizer
+from tests.zo_fixtures import same_bits, snapshot
+from zoo import ZooError, load_ledger, save_ledger
+from zoo.cli import main
+from zoo.registry import publish
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A tiny OPT base folder, 5 full-parameter MeZO steps on it, the ledger published to a registry."""
+    root = tmp_path_factory.mktemp("ledger-zoo")
+    base = save_tiny_base(root, "opt")
+    model, tok, _ = load_base(base)
+    batch = tiny_tokenizer()(["The movie was great.", "It was terrible."], return_tensors="pt", padding=True)
+    opt = build_optimizer("mezo", model, lr=1e-2, eps=1e-2, seed=3)
+    for _ in range(5):
+        opt.step(lambda: model(**batch, labels=batch["input_ids"]).loss)
+    art = save_ledger(root / "art", opt.ledger, base_model="tiny-opt", training={"steps": 5})
+    entry = publish(art, root / "registry", name="sentiment")
+    return {"base": base, "registry": root / "registry", "id": entry["id"], "trained": snapshot(model),
+            "art": art, "ledger_bytes": (art / "ledger.jsonl").stat().st_size}
+
+
+def test_a_published_ledger_downloads_into_a_fresh_cache_and_replays_to_the_same_weights(published, tmp_path):
+    assert published["id"] == "tiny-opt/sentiment@1"
+    ledger, config = load_ledger(published["id"], registry=published["registry"], cache_dir=tmp_path / "fresh")
+    assert config["kind"] == "zo-ledger" and config["arch"]["updates"] == 5
+    assert list((tmp_path / "fresh" / "blobs" / "sha256").iterdir())  # it was fetched and verified into the cache
+    model, _, info = load_base(published["base"])
+    assert not same_bits(snapshot(model), published["trained"])
+    replay(model, ledger)
+    assert same_bits(snapshot(model), published["trained"])
+
+
+def test_zoo_apply_materialises_the_weights(published, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    rc = main(["apply", published["id"], "--base", published["base"], "--out", str(tmp_path / "out"),
+               "--registry", str(published["registry"])])
+    assert rc == 0, capsys.readouterr().err
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert same_bits(snapshot(model), published["trained"])
+    assert json.loads((tmp_path / "out" / "ledger.json").read_text())["updates"] == 5
+
+
+def _one_line(capsys, rc, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and err[0].startswith("zoo: error: "), err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+
+
+def test_zoo_apply_refuses_another_base_or_dtype_in_one_line(published, tmp_path, capsys):
+    other = save_tiny_base(tmp_path, "llama")
+    capsys.readouterr()
+    reg = ["--registry", str(published["registry"])]
+    _one_line(capsys, main(["apply", published["id"], "--base", other, "--out", str(tmp_path / "o1"), *reg]),
+              "ledger was made for base 'tiny-opt'")
+    _one_line(capsys, main(["apply", published["id"], "--base", published["base"], "--dtype", "bf16",
+                            "--out", str(tmp_path / "o2"), *reg]), "recorded in fp32, not bf16")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_load_refuses_another_noise_source_and_a_damaged_ledger(published, tmp_path):
+    with pytest.raises(ZooError, match="recorded with noise"):
+        load_ledger(published["art"], expected_noise={"name": "table"})
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in published["art"].iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    lines = (damaged / "ledger.jsonl").read_text().splitlines(keepends=True)
+    (damaged / "ledger.jsonl").write_text("".join(lines[:2] + lines[3:]))
+    with pytest.raises(ZooError, match="hash chain breaks"):
+        load_ledger(damaged)
+    model, _, _ = load_base(published["base"])
+    assert fingerprint(model) == load_ledger(published["art"])[1]["base_fingerprint"]
+    with pytest.raises(ZooError, match="is a ledger"):
+        from zoo import load
+        load(published["art"])
+
+
+def test_a_ledger_is_kilobytes(published):
+    assert published["ledger_bytes"] < 8 * 1024

@@ -1,0 +1,138 @@
+"""Fine-tunes as seed ledgers (kind ``zo-ledger``): ``config.json`` + ``ledger.jsonl`` + ``README.md``.
+
+A ledger artefact holds no tensors: it is a base (named and fingerprinted) plus the seeds and scalars
+of every update (``l2o/ledger.py``), so a full-parameter fine-tune of any size is kilobytes to megabytes.
+It is published, listed, downloaded and sha256-verified like every other artefact; on top of that its
+hash chain is verified and must end exactly at the update count and head hash the config records.
+
+- ``save_ledger(folder, ledger, base_model)`` writes one;
+- ``load_ledger(id_or_folder, expected_fingerprint=, expected_dtype=, expected_noise=)`` resolves,
+  verifies and returns ``(Ledger, config)``, refusing a wrong base, dtype or noise source in one line;
+- ``apply_ledger(id, base, out)`` (``zoo apply``) materialises the weights: loads the base in the
+  recorded dtype, replays the ledger through the engine and writes a ``save_pretrained`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .artefact import CARD_NAME, CONFIG_NAME, check_config, check_layout, fingerprint_mismatch, render_card
+from .errors import IntegrityError, ZooError
+from .ids import check_fingerprint
+from .manifest import LEDGER_KIND, write_json_atomic
+
+LEDGER_NAME = "ledger.jsonl"
+_HEADER_KEYS = ("dtype", "peft", "noise", "base_digest", "method")
+
+
+def ledger_config(ledger, base_model: str | None = None, training: dict | None = None) -> dict:
+    """The artefact config of a ledger: its header (less the block names) and its length and head."""
+    h = ledger.header
+    return {"kind": LEDGER_KIND, "schema_version": 1, "base_model": base_model or h.get("base_model") or "unknown",
+            "base_fingerprint": h["base_fingerprint"],
+            "arch": {**{k: h[k] for k in _HEADER_KEYS}, "updates": ledger.num_updates, "head": ledger.head},
+            "training": dict(training or {})}
+
+
+def save_ledger(directory, ledger, base_model: str | None = None, card: dict | str | None = None,
+                training: dict | None = None) -> Path:
+    """Write a ledger artefact folder (the ledger is sealed first)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ledger.write(directory / LEDGER_NAME)
+    config = check_config(ledger_config(ledger, base_model, training), "ledger config")
+    check_layout(config, {}, "ledger config")
+    write_json_atomic(directory / CONFIG_NAME, config)
+    how = (f"```bash\nzoo apply <base>/<name>@<version> --base {config['base_model']} --out finetuned/\n"
+           f"fine_tune --base {config['base_model']} --dtype {config['arch']['dtype']} --init zoo:<id> ...\n```")
+    card = card if isinstance(card, str) else render_card({"how_to_use": how, **dict(card or {})}, config)
+    (directory / CARD_NAME).write_text(card, encoding="utf-8")
+    return directory
+
+
+def read_ledger(directory, config: dict):
+    """The verified ledger of an artefact folder whose config is `config` (ZooError otherwise)."""
+    from l2o.ledger import Ledger, LedgerError
+
+    directory = Path(directory)
+    label = f"artefact {directory}"
+    check_layout(config, {}, label)
+    arch = config["arch"]
+    if not (directory / LEDGER_NAME).is_file():
+        raise ZooError(f"{label} has no {LEDGER_NAME}")
+    try:
+        ledger = Ledger.read(directory / LEDGER_NAME, updates=arch["updates"], head=arch["head"])
+    except LedgerError as err:  # damaged: cut, reordered, edited, or not the ledger the config pins
+        raise IntegrityError(f"{label}: {err}") from None
+    h = ledger.header
+    wrong = [k for k in _HEADER_KEYS if h.get(k) != arch.get(k)]
+    if h["base_fingerprint"] != config.get("base_fingerprint"):
+        wrong.insert(0, "base_fingerprint")
+    if wrong:
+        raise IntegrityError(f"{label} is inconsistent: {LEDGER_NAME} and {CONFIG_NAME} disagree on {', '.join(wrong)}")
+    return ledger
+
+
+def check_expected(config: dict, expected_fingerprint=None, expected_dtype=None, expected_noise=None,
+                   model_name: str | None = None) -> None:
+    """Refuse, in one sentence, a ledger made for another base, dtype or noise source."""
+    from l2o.ledger import LedgerError, noise_from_config
+
+    arch = config["arch"]
+    if expected_fingerprint is not None and config["base_fingerprint"] != check_fingerprint(expected_fingerprint):
+        raise ZooError(fingerprint_mismatch(config, expected_fingerprint, model_name))
+    if expected_dtype is not None and arch["dtype"] != expected_dtype:
+        raise ZooError(f"ledger for base '{config['base_model']}' was recorded in {arch['dtype']}, not "
+                       f"{expected_dtype}; replay is bit-identical only in the recorded dtype (use --dtype {arch['dtype']})")
+    if expected_noise is not None and arch["noise"] != expected_noise:
+        raise ZooError(f"ledger for base '{config['base_model']}' was recorded with noise {json.dumps(arch['noise'])}, "
+                       f"not {json.dumps(expected_noise)}")
+    try:
+        noise_from_config(arch["noise"])
+    except LedgerError as err:
+        raise ZooError(str(err)) from None
+
+
+def load_ledger(spec, expected_fingerprint=None, expected_dtype=None, expected_noise=None, *,
+                model_name: str | None = None, registry=None, cache_dir=None):
+    """Resolve an id / folder / file:// URL to a verified ledger: ``(Ledger, config)``."""
+    from .artefact import read_config
+    from .resolve import resolve
+
+    spec = os.fspath(spec)
+    r = resolve(spec[4:] if spec.startswith("zoo:") else spec, registry=registry, cache_dir=cache_dir)
+    config = read_config(r.path)
+    if config["kind"] != LEDGER_KIND:
+        raise ZooError(f"'{spec}' is a {config['kind']}, not a ledger")
+    if r.entry is not None and config.get("base_fingerprint") != r.entry["base_fingerprint"]:
+        raise ZooError(f"'{r.id}' is inconsistent: its config.json and the manifest name different base fingerprints")
+    check_expected(config, expected_fingerprint, expected_dtype, expected_noise, model_name)
+    return read_ledger(r.path, config), config
+
+
+def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str = "cpu", registry=None,
+                 cache_dir=None, log=print) -> Path:
+    """Materialise a full-parameter ledger: the base in the recorded dtype, replayed, `save_pretrained` to `out`."""
+    from l2o.errors import UserError
+    from l2o.ledger import replay
+    from l2o.models import base_fingerprint, load_base
+
+    try:
+        ledger, config = load_ledger(spec, base_fingerprint(base), dtype, model_name=base, registry=registry,
+                                     cache_dir=cache_dir)
+        if config["arch"]["peft"] != "full":
+            raise ZooError(f"zoo apply materialises full-parameter ledgers; this one moved a {config['arch']['peft']} "
+                           "adapter (replay it onto the adapted model with l2o.ledger.replay)")
+        model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
+        log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
+        replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
+    except UserError as err:
+        raise ZooError(str(err)) from None
+    out = Path(out)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    write_json_atomic(out / "ledger.json", {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,
+                                            **{k: config["arch"][k] for k in ("dtype", "updates", "head")}})
+    return out

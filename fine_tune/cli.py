@@ -29,8 +29,18 @@ def _bool(s: str) -> bool:
     return _BOOL[s.lower()]
 
 
+def _save_model(s: str):
+    return s.lower() if s.lower() in ("weights", "ledger") else _bool(s)
+
+
 def _sigma(s: str):
     return s if s in ("auto", "empirical") else float(s)
+
+
+_SAVE_MODEL_HELP = ("save the final model: true (as --checkpoint), false, weights (save_pretrained) or ledger "
+                    "(a zoo ledger artefact: zoo publish <out>/model)")
+_CHECKPOINT_HELP = ("what checkpoints hold: the seed ledger (no tensors; --resume replays it) or the trainable "
+                    "weights; default ledger for full-parameter runs of >= 50M trainable parameters")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-length", type=int, default=S, help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
     r.add_argument("--eval-batch-size", type=int, default=S)
     r.add_argument("--out", default=S, help="run folder (default runs/<task>-<optimizer>-<peft>-s<seed>)")
-    r.add_argument("--save-model", type=_bool, default=S, help="save the final model/adapter")
+    r.add_argument("--save-model", type=_save_model, default=S, help=_SAVE_MODEL_HELP)
+    r.add_argument("--checkpoint", choices=["ledger", "weights"], default=S, help=_CHECKPOINT_HELP)
     r.add_argument("--zero-shot", type=_bool, default=S, help="evaluate the base model before training")
     r.add_argument("--resume", action="store_true", default=S, help="continue the run in --out from its last checkpoint")
     p.add_argument("--config", help="YAML file with options")

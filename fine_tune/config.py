@@ -32,6 +32,10 @@ _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"
 _IS_TYPE = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
             "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
+CHECKPOINT_KINDS = ("ledger", "weights")
+# --checkpoint's default: "ledger" for full-parameter runs with at least this many trainable parameters
+# (a 200 MB fp32 weights checkpoint), "weights" otherwise (PEFT adapters and small models are cheap to store)
+LEDGER_THRESHOLD = 50_000_000
 
 
 @dataclass
@@ -77,7 +81,8 @@ class FineTuneConfig:
     max_length: int = 2048        # MeZO's; --max-length 256 cuts long prompts for faster CPU runs
     eval_batch_size: int = 16
     out: str | None = None
-    save_model: bool = True
+    save_model: bool | str = True  # true (as --checkpoint), false, "weights" or "ledger"
+    checkpoint: str | None = None  # "ledger" | "weights"; None -> ledger for full runs >= LEDGER_THRESHOLD params
     zero_shot: bool = True        # evaluate the base before training (benchmarks compute it once per task)
     resume: bool = False
     # processes (Lightning DDP; fine_tune/distributed.py): N devices per node x M nodes
@@ -182,6 +187,18 @@ class FineTuneConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def checkpoint_kind(self, trainable_params: int) -> str:
+        """What checkpoints hold: the seed ledger (no tensors) or the trainable weights."""
+        if self.checkpoint:
+            return self.checkpoint
+        return "ledger" if self.peft == "full" and trainable_params >= LEDGER_THRESHOLD else "weights"
+
+    def save_kind(self, trainable_params: int) -> str | None:
+        """What --save-model writes: "weights", "ledger" or None (true follows the checkpoint kind)."""
+        if self.save_model is True:
+            return self.checkpoint_kind(trainable_params)
+        return self.save_model or None
+
     def optimizer_kwargs(self) -> dict:
         """Registry defaults for `optimizer`, overridden by the flags given; refuses flags it does not take."""
         import inspect
@@ -232,6 +249,13 @@ class FineTuneConfig:
             raise ConfigError(f"--peft must be one of {', '.join(PEFT_MODES)}, got {self.peft!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.checkpoint not in (None, *CHECKPOINT_KINDS):
+            raise ConfigError(f"--checkpoint must be ledger or weights, got {self.checkpoint!r}")
+        if self.save_model not in (True, False, *CHECKPOINT_KINDS):
+            raise ConfigError(f"--save-model must be true, false, weights or ledger, got {self.save_model!r}")
+        if self.is_bilevel() and "ledger" in (self.checkpoint, self.save_model):
+            raise ConfigError("bilevel-zofo keeps its own backbone log; --checkpoint ledger and --save-model ledger "
+                              "apply to the ZO optimizers")
         for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema", *LR_FLAGS[1:]):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and not math.isfinite(v):  # "auto" (bszo sigmas) is checked by the optimizer

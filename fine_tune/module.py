@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
 from l2o.noise import mix
 from l2o.optim import build_optimizer
+
+
+def _replay_progress(done: int, total: int) -> None:
+    print(f"replaying the checkpoint's seed ledger: {done}/{total} updates", file=sys.stderr, flush=True)
 
 
 def _as_list(batch):
@@ -116,6 +121,8 @@ class FineTuneModuleBase(L.LightningModule):
             raise UserError("this checkpoint was made for a different base model (fingerprint mismatch)")
         if meta.get("method", "zo") != self.checkpoint_method:
             raise UserError(f"this checkpoint was made by {meta.get('method')!r}, not {self.checkpoint_method!r}")
+        if meta.get("checkpoint") == "ledger":
+            return  # no tensors: the weights are the base plus the checkpoint's ledger
         missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
         if missing:
             raise UserError(f"checkpoint lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[:2]}")
@@ -152,7 +159,16 @@ class ZOFineTuneModule(FineTuneModuleBase):
 
     On several processes (`parallel` "data" or "direction", l2o.distributed) the optimizer exchanges
     the step's losses through a `TorchCollective` over Lightning's process group; a data-parallel
-    rank's closure evaluates its shard rows[rank::N] of the global batch as (total, weight)."""
+    rank's closure evaluates its shard rows[rank::N] of the global batch as (total, weight).
+
+    The optimizer's seed ledger is flushed to `ledger_path` at every checkpoint and travels in the
+    checkpoint's optimizer state. With `checkpoint_kind = "ledger"` a checkpoint holds no tensors:
+    resuming (and best-on-dev selection) replays its ledger onto `fresh_model()`, a freshly loaded base.
+    """
+
+    checkpoint_kind = "weights"
+    ledger_path = None
+    fresh_model = None  # () -> the model as training started from it (ledger checkpoints: best-on-dev)
 
     def __init__(self, model, tokenizer, objective, splits, optimizer: str, optimizer_kwargs: dict, seed: int,
                  data_seed: int, batch_size: int, eval_batch_size: int, steps: int, fingerprint: str,
@@ -182,6 +198,59 @@ class ZOFineTuneModule(FineTuneModuleBase):
             shard = batch[self.collective.rank::self.collective.world_size]
             return lambda: self.objective.weighted_loss(self.model, self.tokenizer, shard)
         return lambda: self.objective.loss(self.model, self.tokenizer, batch)
+
+    # ------------------------------------------------------------------ the seed ledger in checkpoints
+    @property
+    def ledger(self):
+        """The ledger that led to the weights the model holds now (the optimizer's, or a loaded checkpoint's)."""
+        loaded = getattr(self, "_loaded_ledger", None)
+        return loaded if loaded is not None else self.optimizers().optimizer.ledger
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        ledger = self.optimizers().optimizer.ledger
+        if self.ledger_path is not None:
+            ledger.flush(self.ledger_path)  # seals, then appends
+        ledger.seal()
+        checkpoint["optimizer_states"][0]["zo_ledger"] = ledger.text()
+        checkpoint["l2o"].update(checkpoint=self.checkpoint_kind, ledger=ledger.summary())
+        if self.checkpoint_kind == "ledger":
+            checkpoint["state_dict"] = {}
+
+    @staticmethod
+    def checkpoint_ledger(checkpoint):
+        """The verified ledger a checkpoint holds, pinned to the update count and head it recorded."""
+        from l2o.ledger import Ledger
+
+        return Ledger.parse(checkpoint["optimizer_states"][0]["zo_ledger"], source="the checkpoint's ledger",
+                            **checkpoint["l2o"]["ledger"])
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+        if checkpoint["l2o"].get("checkpoint") == "ledger":
+            from l2o.ledger import replay
+
+            replay(self.model, self.checkpoint_ledger(checkpoint), progress=_replay_progress)  # onto the fresh base
+
+    def load_trainable(self, path: str) -> None:
+        """Best-on-dev: the checkpoint's tensors, or (ledger checkpoints) a fresh base plus its ledger."""
+        from l2o.ledger import replay
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self._check_checkpoint(ckpt)
+        ledger = self.checkpoint_ledger(ckpt) if "ledger" in ckpt["l2o"] else None
+        if ckpt["l2o"].get("checkpoint") == "ledger":
+            self.model = self.fresh_model()
+            replay(self.model, ledger, progress=_replay_progress)
+        else:
+            self.load_state_dict(ckpt["state_dict"], strict=False)
+        self._loaded_ledger = ledger
+
+    def ledger_results(self) -> dict:
+        """For results.json: what checkpoints held and the whole run's ledger."""
+        ledger = self.optimizers().optimizer.ledger
+        return {"checkpoint": self.checkpoint_kind,
+                "ledger": {**ledger.summary(), "bytes": ledger.nbytes, "path": str(self.ledger_path)}}
 
     def training_step(self, _, batch_idx):
         batch = self.stream.batch(self.global_step)

@@ -175,6 +175,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
         f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}"
         + (f"; {cfg.world_size()} processes, {parallel}-parallel" if cfg.world_size() > 1 else ""))
+    configure_checkpoints(module, cfg, n_train, out, device, log, rank)
     best_cb = _best_on_dev_callback(cfg, module, out)
     if best_cb is not None:
         trainer.callbacks.append(best_cb)
@@ -198,6 +199,8 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     for split, v in final.items():
         tb.experiment.add_scalar(f"final/{split}_{module.metric}", v, trainer.global_step)
     tb.experiment.flush()
+    if hasattr(module, "ledger_results"):
+        module.optimizers().optimizer.ledger.flush(module.ledger_path)  # the whole run's ledger
 
     losses = [r["loss"] for r in module.history if r["loss"] == r["loss"]]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
@@ -212,8 +215,10 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "fit_time_s": fit_s, "wall_time_s": time.perf_counter() - t_start,
         "peak_memory_bytes": _peak_memory_bytes(device), "trainable_params": n_train,
+        "saved_model": cfg.save_kind(n_train),
+        **(module.ledger_results() if hasattr(module, "ledger_results") else {}),
         "paths": {"tensorboard": str(out / "tb"), "plot": str(out / "loss.png"), "history": str(out / "history.json"),
-                  "model": str(out / "model") if cfg.save_model else None},
+                  "model": str(out / "model") if cfg.save_kind(n_train) else None},
     }
     _write_artefacts(cfg, module, results, out, tokenizer, info)
     return results
@@ -248,10 +253,31 @@ def _write_artefacts(cfg: FineTuneConfig, module, results: dict, out: Path, toke
     plot_history(module.history, out / "loss.png",
                  f"{cfg.optimizer} on {results['task']} ({info.model_id}, {cfg.peft}); {module.metric}: zero-shot "
                  f"{zs.get('eval', float('nan')):.3f} -> {fin.get('eval', float('nan')):.3f}")
-    if cfg.save_model:
+    if results["saved_model"] == "ledger":
+        from zoo import save_ledger
+
+        save_ledger(out / "model", module.ledger, base_model=cfg.base,
+                    card={"tasks": [results["task"]], "steps": results["steps"],
+                          "metrics": {f"{k} {results['metric']}": v for k, v in fin.items()}},
+                    training={"task": results["task"], "optimizer": cfg.optimizer, "steps": results["steps"]})
+    elif results["saved_model"]:
         module.export(out / "model", tokenizer, {"base": cfg.base, "model_id": info.model_id,
                                                  "fingerprint": info.fingerprint, "peft": cfg.peft})
     (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def configure_checkpoints(module, cfg: FineTuneConfig, n_train: int, out: Path, device: str, log,
+                          rank: int = 0) -> None:
+    """ZO runs: what checkpoints hold (--checkpoint), where the seed ledger is flushed (by rank 0 only), and
+    how a ledger checkpoint gets its starting model back for best-on-dev selection. (Bilevel-ZOFO keeps its
+    own log.)"""
+    if not hasattr(module, "ledger_results"):
+        return
+    module.checkpoint_kind = cfg.checkpoint_kind(n_train)
+    module.ledger_path = out / "ledger.jsonl" if rank == 0 else None
+    module.fresh_model = lambda: fresh_model(cfg, device)
+    log(f"checkpoints hold the {'seed ledger (no weights)' if module.checkpoint_kind == 'ledger' else 'trainable weights'}"
+        f"; the ledger is flushed to {module.ledger_path}")
 
 
 def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()):
@@ -301,11 +327,7 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
     model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
-    if cfg.init:
-        from l2o.bilevel import apply_meta_init
-
-        changed = apply_meta_init(model, cfg.init, model_name=cfg.base)
-        log(f"meta-initialisation {cfg.init}: {len(changed)} backbone tensors changed")
+    apply_init(model, cfg, info, log)
     zero_path = out / "zero_shot.json"
     if cfg.resume and zero_path.exists():
         zero_shot = json.loads(zero_path.read_text())
@@ -317,6 +339,43 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
         zero_path.write_text(json.dumps(zero_shot))
     model = apply_peft(model, cfg.peft, seed=cfg.seed)
     return device, objective, splits, model, tokenizer, info, zero_shot
+
+def apply_init(model, cfg: FineTuneConfig, info, log) -> None:
+    """--init: a zoo ledger (a published full-parameter fine-tune, replayed onto the base) or a Bilevel-ZOFO
+    meta-initialisation, both checked against the loaded base (and the ledger against --dtype)."""
+    if not cfg.init:
+        return
+    from zoo.artefact import read_config
+    from zoo.manifest import LEDGER_KIND
+    from zoo.resolve import resolve
+
+    spec = cfg.init[4:] if cfg.init.startswith("zoo:") else cfg.init
+    if read_config(resolve(spec).path)["kind"] == LEDGER_KIND:
+        from l2o.ledger import replay
+        from zoo import load_ledger
+
+        ledger, config = load_ledger(spec, info.fingerprint, cfg.dtype, model_name=cfg.base)
+        if config["arch"]["peft"] != "full":
+            raise ConfigError(f"--init {cfg.init} is a ledger of a {config['arch']['peft']} run; --init takes "
+                              "full-parameter ledgers")
+        replay(model, ledger)
+        log(f"initialised from ledger {cfg.init}: {ledger.num_updates} updates replayed onto the base")
+        return
+    from l2o.bilevel import apply_meta_init
+
+    changed = apply_meta_init(model, cfg.init, model_name=cfg.base)
+    log(f"meta-initialisation {cfg.init}: {len(changed)} backbone tensors changed")
+
+
+def fresh_model(cfg: FineTuneConfig, device: str):
+    """The model as training started from it (base, --init, PEFT mode): what a ledger checkpoint replays onto."""
+    from l2o.models import load_base
+    from l2o.peft_modes import apply_peft
+
+    model, _, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    apply_init(model, cfg, info, lambda msg: None)
+    return apply_peft(model, cfg.peft, seed=cfg.seed)
+
 
 def load_policy(cfg: FineTuneConfig, model, info):
     """The learned policy named by --policy, checked against the loaded base (fingerprint) and its blocks."""

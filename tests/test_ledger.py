@@ -45,6 +45,14 @@ def test_replay_rebuilds_the_weights_bit_identically(name, dtype):
     assert same_bits(snapshot(fresh), snapshot(trained))
 
 
+def test_replay_with_the_shared_noise_table_rebuilds_it_from_the_header():
+    trained, opt = _run("mezo-gv", torch.bfloat16, noise="table")
+    assert opt.ledger.header["noise"]["name"] == "table"
+    fresh = TwoBlock(dtype=torch.bfloat16)
+    replay(fresh, Ledger.parse(opt.ledger.text(), require_seal=False))
+    assert same_bits(snapshot(fresh), snapshot(trained))
+
+
 def test_replay_runs_no_forward_pass():
     trained, opt = _run("mezo")
     fresh = TwoBlock()

@@ -51,6 +51,13 @@ def test_a_published_ledger_downloads_into_a_fresh_cache_and_replays_to_the_same
     assert same_bits(snapshot(model), published["trained"])
 
 
+def test_zoo_verify_and_list_know_the_ledger_kind(published, capsys):
+    reg = ["--registry", str(published["registry"])]
+    assert main(["verify", published["id"], *reg]) == 0
+    assert main(["list", *reg]) == 0
+    assert "zo-ledger" in capsys.readouterr().out
+
+
 def test_zoo_apply_materialises_the_weights(published, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 

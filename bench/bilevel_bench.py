@@ -90,22 +90,20 @@ def run_one(name: str, args) -> dict:
     zero = evaluate(model, tok, obj, splits.eval) if args.zero_shot else None
     kind = spec.pop("kind")
     spec.pop("peft")
-    from l2o.bilevel import BilevelStreams, BilevelZOFO, split_dg_df
     from l2o.optim import build_optimizer
+    from l2o.streams import BilevelStreams, Stream, split_dg_df
 
     if kind == "bilevel":
-        opt = BilevelZOFO(model, tok, obj, seed=0, **spec)
+        opt = build_optimizer("bilevel-zofo", model, seed=0, **spec)
         streams = BilevelStreams([split_dg_df(splits.train, args.data_seed)], args.batch_size, spec["t_low"], 1,
                                  args.data_seed)
 
         def do_step(t):
-            opt.step(lambda: streams.batch(t))
+            opt.step(streams.losses(t, lambda k, batch: obj.loss(model, tok, batch)))
             return opt.last_lower, opt.forward_passes, opt.backward_passes
     elif kind == "mezo":
         opt = build_optimizer("mezo", model, seed=0, **spec)
-        from l2o.bilevel import _Stream
-
-        stream = _Stream(splits.train, args.batch_size, args.data_seed)
+        stream = Stream(splits.train, args.batch_size, args.data_seed)
 
         def do_step(t):
             batch = stream.batch(t)
@@ -114,9 +112,7 @@ def run_one(name: str, args) -> dict:
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         adam = torch.optim.Adam(params, lr=spec["lr"])
-        from l2o.bilevel import _Stream
-
-        stream = _Stream(splits.train, args.batch_size, args.data_seed)
+        stream = Stream(splits.train, args.batch_size, args.data_seed)
         count = {"f": 0, "b": 0}
 
         def do_step(t):
@@ -207,9 +203,9 @@ def timing(args) -> dict:
 
     import torch
 
-    from l2o.bilevel import BilevelStreams, BilevelZOFO, _Stream, split_dg_df
     from l2o.models import load_base
     from l2o.optim import build_optimizer
+    from l2o.streams import BilevelStreams, Stream, split_dg_df
     from l2o.peft_modes import apply_peft
     from l2o.tasks import sample_splits
     from l2o.tasks.objectives import objective_for
@@ -223,12 +219,15 @@ def timing(args) -> dict:
     lora_zo = apply_peft(copy.deepcopy(base), "lora")
     lora_fo = apply_peft(copy.deepcopy(base), "lora")
     lora_bi = apply_peft(base, "lora")
-    stream = _Stream(splits.train, args.batch_size, 0)
-    bi = BilevelZOFO(lora_bi, tok, obj, t_low=2, lam=10.0, upper_lr=1e-4, theta_lr=1e-6)
+    stream = Stream(splits.train, args.batch_size, 0)
+    bi = build_optimizer("bilevel-zofo", lora_bi, t_low=2, lam=10.0, upper_lr=1e-4, theta_lr=1e-6)
     streams = BilevelStreams([split_dg_df(splits.train, 0)], args.batch_size, 2)
     mezo_full = build_optimizer("mezo", full, lr=1e-6, eps=1e-3)
     mezo_lora = build_optimizer("mezo", lora_zo, lr=1e-4, eps=1e-2)
     adam = torch.optim.Adam([p for p in lora_fo.parameters() if p.requires_grad], lr=1e-4)
+
+    def bi_loss(task, batch):
+        return obj.loss(lora_bi, tok, batch)
 
     def fo_step(t):
         loss = obj.loss(lora_fo, tok, stream.batch(t))
@@ -237,8 +236,8 @@ def timing(args) -> dict:
         adam.zero_grad(set_to_none=True)
 
     kinds = {
-        "bilevel lower step (1 fwd + 1 bwd)": lambda t: bi.lower_step(streams.batch(2 * t).lower, 0),
-        "bilevel upper step (6 fwd + 2 bwd + 1 update sweep)": lambda t: bi.upper_step(streams.batch(2 * t + 1).upper),
+        "bilevel lower step (1 fwd + 1 bwd)": lambda t: bi.lower_step(streams.losses(2 * t, bi_loss), 0),
+        "bilevel upper step (6 fwd + 2 bwd + 1 update sweep)": lambda t: bi.upper_step(streams.losses(2 * t + 1, bi_loss)),
         "mezo-full step (2 fwd + 3 noise sweeps)": lambda t: mezo_full.step(lambda: obj.loss(full, tok, stream.batch(t))),
         "mezo-lora step (2 fwd)": lambda t: mezo_lora.step(lambda: obj.loss(lora_zo, tok, stream.batch(t))),
         "fo-lora step (1 fwd + 1 bwd)": fo_step,

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from fine_tune.module import FineTuneModuleBase
-from l2o.bilevel import DEFAULTS, BilevelStreams, BilevelZOFO, check_hyperparameters, split_dg_df
+from l2o.optim.bilevel_zofo import DEFAULTS, BilevelZOFO, check_hyperparameters
+from l2o.streams import BilevelStreams, split_dg_df
 
 BILEVEL_FLAGS = ("lam", "lower_lr", "upper_lr", "theta_lr", "eps", "t_low", "one_sided", "num_directions",
                  "theta_clip", "noise")
@@ -47,8 +48,7 @@ class BilevelFineTuneModule(FineTuneModuleBase):
     @property
     def method(self) -> BilevelZOFO:
         if self._method is None:
-            self._method = BilevelZOFO(self.model, self.tokenizer, self.objective, num_tasks=1, seed=self.seed,
-                                       **self.bilevel_kwargs)
+            self._method = BilevelZOFO(self.model, num_tasks=1, seed=self.seed, **self.bilevel_kwargs)
         return self._method
 
     def configure_optimizers(self):
@@ -58,7 +58,8 @@ class BilevelFineTuneModule(FineTuneModuleBase):
         step = self.global_step
         opt = self.optimizers()
         t0 = time.perf_counter()
-        opt.step(closure=lambda: self.stream.batch(step))
+        losses = self.stream.losses(step, lambda task, batch: self.objective.loss(self.model, self.tokenizer, batch))
+        opt.step(loss=losses, task=0)
         dt = time.perf_counter() - t0
         raw: BilevelZOFO = opt.optimizer
         up = raw.last_upper

@@ -150,11 +150,8 @@ def main(argv=None) -> int:
         if args.list_optimizers:
             from l2o.optim import REGISTRY
 
-            from l2o.bilevel import DEFAULTS
-
             for name, (cls, defaults) in sorted(REGISTRY.items()):
                 print(f"{name:20s} {defaults}")
-            print(f"{'bilevel-zofo':20s} {DEFAULTS}")
             return 0
         cfg = resolve_config(args)
         if args.print_config:

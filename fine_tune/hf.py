@@ -15,6 +15,6 @@ def zoo_policy(spec: str, model):
 
     A policy made for another base is refused by its fingerprint (`zoo.ZooError`, one sentence)."""
     from l2o.models import fingerprint
-    from l2o.policy import ZOPolicy
+    from zoo.learned import load_policy
 
-    return ZOPolicy.load(spec, expected_fingerprint=fingerprint(model))
+    return load_policy(spec, expected_fingerprint=fingerprint(model))

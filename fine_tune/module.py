@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
-from l2o.noise import mix
 from l2o.optim import build_optimizer
+from l2o.streams import Stream
 
 
 def _replay_progress(done: int, total: int) -> None:
@@ -30,22 +30,6 @@ def _replay_progress(done: int, total: int) -> None:
 
 def _as_list(batch):
     return batch
-
-
-class StepStream:
-    """Batch of step t: epoch e = t // n_batches uses a permutation seeded by (seed, e)."""
-
-    def __init__(self, examples: list, batch_size: int, seed: int):
-        self.examples, self.seed = examples, seed
-        self.batch_size = min(batch_size, len(examples))
-        self.n_batches = max(1, len(examples) // self.batch_size)
-
-    def batch(self, step: int) -> list:
-        epoch, pos = divmod(step, self.n_batches)
-        g = torch.Generator().manual_seed(mix(0xDA7A, self.seed, epoch))
-        perm = torch.randperm(len(self.examples), generator=g)
-        idx = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
-        return [self.examples[i] for i in idx.tolist()]
 
 
 class FineTuneModuleBase(L.LightningModule):
@@ -175,7 +159,7 @@ class ZOFineTuneModule(FineTuneModuleBase):
                  parallel: str = "direction", check_every: int = 0):
         super().__init__(model, tokenizer, objective, splits, seed, data_seed, eval_batch_size, steps, fingerprint)
         self.optimizer_name, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
-        self.stream = StepStream(splits.train, batch_size, data_seed)
+        self.stream = Stream(splits.train, batch_size, data_seed, salt=0xDA7A)
         self.parallel, self.check_every = parallel, check_every
         self.collective = LocalCollective()
         self.first_step = 0

@@ -46,7 +46,7 @@ def _quiet_libraries() -> None:
     for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*module\\(s\\) in eval mode.*",
                     ".*no pre-optimization state was saved.*", ".*does not have many workers.*",
                     ".*limit_val_batches.*", ".*exists and is not empty.*",
-                    # batches are a pure function of global_step (StepStream), so mid-epoch resume is exact
+                    # batches are a pure function of global_step (l2o.streams.Stream), so mid-epoch resume is exact
                     ".*dataloader is not resumable.*", ".*is_gradient_checkpointing.*is deprecated.*",
                     # every rank evaluates dev/eval on identical weights: nothing to synchronise
                     ".*sync_dist=True.*"):
@@ -361,9 +361,10 @@ def apply_init(model, cfg: FineTuneConfig, info, log) -> None:
         replay(model, ledger)
         log(f"initialised from ledger {cfg.init}: {ledger.num_updates} updates replayed onto the base")
         return
-    from l2o.bilevel import apply_meta_init
+    from l2o.meta_init import apply_meta_init
+    from zoo.learned import load_meta_init
 
-    changed = apply_meta_init(model, cfg.init, model_name=cfg.base)
+    changed = apply_meta_init(model, load_meta_init(cfg.init, model, model_name=cfg.base))
     log(f"meta-initialisation {cfg.init}: {len(changed)} backbone tensors changed")
 
 
@@ -380,9 +381,10 @@ def fresh_model(cfg: FineTuneConfig, device: str):
 def load_policy(cfg: FineTuneConfig, model, info):
     """The learned policy named by --policy, checked against the loaded base (fingerprint) and its blocks."""
     from l2o.blocks import as_blocks
-    from l2o.policy import PolicyScales, ZOPolicy
+    from l2o.policy import PolicyScales
+    from zoo.learned import load_policy
 
-    policy = ZOPolicy.load(cfg.policy, expected_fingerprint=info.fingerprint, model_name=cfg.base)
+    policy = load_policy(cfg.policy, expected_fingerprint=info.fingerprint, model_name=cfg.base)
     try:
         PolicyScales(policy, batch_size=cfg.batch_size).bind(model, as_blocks(model))
     except ValueError as err:

@@ -344,6 +344,17 @@ class Engine:
         self.counters.sweeps += 1
 
     @torch.no_grad()
+    def add_(self, deltas: dict[str, torch.Tensor], rounding_seed: int = 0) -> None:
+        """theta_b <- theta_b + deltas[name_b] for the blocks named in `deltas` (a stored float32 change,
+        e.g. a meta-initialisation): accumulated in float32, stochastic rounding in bf16/fp16."""
+        for b in self.blocks:
+            if b.name in deltas:
+                p = b.param.data
+                acc = p.to(_acc_dtype(p)) + deltas[b.name].to(device=p.device, dtype=_acc_dtype(p))
+                _write(p, acc, mix(0x5C0DE, rounding_seed, b.index))
+        self.counters.sweeps += 1
+
+    @torch.no_grad()
     def assign(self, b: Block, value: torch.Tensor) -> None:
         """theta_b <- value (e.g. pretrained weights re-read from the model files), rounded to nearest."""
         b.param.data.copy_(value.reshape(b.param.shape))

@@ -28,6 +28,7 @@ from torch import nn
 from l2o.blocks import named_blocks
 
 KIND = "zo-finetuner-policy"
+POLICY_TENSORS = ("w1", "b1", "w2", "b2")  # stacked per-block MLP weights, as stored
 IN_FEATURES = 5
 HIDDEN = 64
 EMBEDDING_TOKENS_PER_EXAMPLE = 15  # the authors' estimate of rows touched per example
@@ -78,7 +79,7 @@ class ZOPolicy(nn.Module):
 
     # ------------------------------------------------------------------ artefacts
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().to(torch.float32).cpu().contiguous() for k in ("w1", "b1", "w2", "b2")}
+        return {k: getattr(self, k).detach().to(torch.float32).cpu().contiguous() for k in POLICY_TENSORS}
 
     def config(self, training: dict | None = None) -> dict:
         return {"kind": KIND, "base_model": self.base_model or "unknown", "base_fingerprint": self.base_fingerprint,
@@ -86,34 +87,15 @@ class ZOPolicy(nn.Module):
                          "normalize": self.normalize},
                 "training": dict(training or {})}
 
-    def save(self, directory, card: dict | str | None = None, training: dict | None = None):
-        """Write the policy as a zoo artefact folder (safetensors + config.json + model card)."""
-        from zoo import save_artefact
-
-        return save_artefact(directory, self.tensors(), self.config(training), card or {})
-
     @classmethod
     def from_tensors(cls, tensors: dict, config: dict) -> "ZOPolicy":
         arch = config["arch"]
         pol = cls(arch["block_names"], arch["in_features"], arch["hidden"], arch.get("normalize", True),
                   config.get("base_model"), config.get("base_fingerprint"))
         with torch.no_grad():
-            for k in ("w1", "b1", "w2", "b2"):
+            for k in POLICY_TENSORS:
                 getattr(pol, k).copy_(tensors[k].to(torch.float32))
         return pol
-
-    @classmethod
-    def load(cls, spec, expected_fingerprint: str | None = None, model_name: str | None = None,
-             registry=None) -> "ZOPolicy":
-        """From a zoo id (`smollm2-135m/zo-finetuner@1`), an artefact folder or a `file://` URL.
-
-        With `expected_fingerprint` a policy made for another base is refused (`ZooError`, one sentence
-        naming both bases)."""
-        from zoo import load
-
-        tensors, config = load(str(spec), expected_fingerprint=expected_fingerprint, expected_kind=KIND,
-                               expected_keys=["w1", "b1", "w2", "b2"], model_name=model_name, registry=registry)
-        return cls.from_tensors(tensors, config)
 
     @classmethod
     def for_model(cls, model: nn.Module, base_model: str | None = None, seed: int = 0,

@@ -8,7 +8,7 @@
                       is quick adaptation on the held-out tasks (fresh adapter, a few FO steps), against the
                       same adaptation from the original base (computed once, before training) and zero-shot.
                       At the end the backbone's change from the base is written as a `bilevel-meta-init` zoo
-                      artefact (and published to a registry when one is given).
+                      artefact (`export_artefact`; `meta_train` publishes it, as it does a policy).
 
 Both classes take only type-annotated scalars/lists, so LightningCLI can build them from flags.
 TensorBoard tags: lower/loss, upper/loss, upper/lower_g_loss, upper/penalty, upper/objective,
@@ -18,10 +18,7 @@ heldout/<task>/zero_shot, heldout/<task>/base_adapted, heldout/mean_adapted, hel
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
 import time
 from pathlib import Path
 
@@ -29,8 +26,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from l2o.bilevel import BilevelStreams, BilevelZOFO, export_meta_init, split_dg_df
 from l2o.errors import ConfigError, UserError
+from l2o.meta_init import quick_adapt
+from l2o.optim.bilevel_zofo import BilevelZOFO
+from l2o.streams import BilevelStreams, split_dg_df
 
 
 class BilevelTaskData(L.LightningDataModule):
@@ -92,11 +91,6 @@ class BilevelTaskData(L.LightningDataModule):
         return DataLoader([0], batch_size=None)  # one token batch: validation is held-out adaptation
 
 
-def _component(text: str) -> str:
-    last = str(text).rstrip("/").split("/")[-1].split(":")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]", "-", last).strip(".-").lower() or "base"
-
-
 class BilevelMetaInit(L.LightningModule):
     """Bilevel-ZOFO meta-training of a backbone initialisation (defaults: the official multi-task sweep,
     lam 1e4, lower/upper lr 1e-4, T_low 10; theta_lr is the ZO-SGD step on the backbone).
@@ -104,28 +98,26 @@ class BilevelMetaInit(L.LightningModule):
     Args:
         base: base model (alias, hub id or local folder). peft: lora | prefix | prompt. dtype: fp32 | bf16 | fp16.
         lam, lower_lr, upper_lr, theta_lr, eps, t_low, one_sided, num_directions, theta_clip: see
-            `l2o.bilevel.BilevelZOFO`. tasks_per_step: tasks per upper step (their estimates are combined).
+            `l2o.optim.bilevel_zofo.BilevelZOFO`. tasks_per_step: tasks per upper step (their estimates are combined).
         batch_size: examples per lower/upper batch. seed: directions and adapter init. device: auto | cpu | cuda.
         adapt_steps, adapt_lr, adapt_batch_size: quick adaptation on held-out tasks (fresh adapter, AdamW).
         eval_batch_size: evaluation batch size.
-        out: where the meta-init artefact and results go (default: the trainer's default_root_dir).
-        registry: a zoo registry folder to publish into at the end (default $L2O_ZOO_REGISTRY; neither: only
-            write the artefact to <out>/meta-init).
-        publish_name, publish_version: the published id's name and version (defaults: meta-init, next version).
+        val_every: steps between held-out adaptations during training (0: only before and after training).
     """
+
+    artefact_dir = "meta-init"  # the folder under --out that meta_train publishes
 
     def __init__(self, base: str = "smollm2-135m", peft: str = "lora", dtype: str = "fp32", lam: float = 1e4,
                  lower_lr: float = 1e-4, upper_lr: float = 1e-4, theta_lr: float = 1e-7, eps: float = 1e-3,
                  t_low: int = 10, one_sided: bool = True, num_directions: int = 1, theta_clip: float | None = None,
                  tasks_per_step: int = 5, batch_size: int = 8, seed: int = 0, device: str = "auto",
                  adapt_steps: int = 5, adapt_lr: float = 2e-4, adapt_batch_size: int = 1, eval_batch_size: int = 16,
-                 out: str | None = None, registry: str | None = None, publish_name: str | None = None,
-                 publish_version: str | None = None):
+                 val_every: int = 0):
         super().__init__()
         self.save_hyperparameters()
         if peft not in ("lora", "prefix", "prompt"):
             raise ConfigError(f"bilevel-zofo needs --model.peft lora, prefix or prompt, not {peft!r}")
-        from l2o.bilevel import check_hyperparameters
+        from l2o.optim.bilevel_zofo import check_hyperparameters
 
         check_hyperparameters(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
                               one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip)
@@ -159,8 +151,7 @@ class BilevelMetaInit(L.LightningModule):
         device = hp.device if hp.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         model, self.tokenizer, self.info = load_base(hp.base, dtype=hp.dtype, device=device)
         self.model = apply_peft(model, hp.peft, seed=hp.seed)
-        self.method = BilevelZOFO(self.model, self.tokenizer, [t["objective"] for t in dm.train_tasks],
-                                  num_tasks=len(dm.train_tasks), lam=hp.lam, lower_lr=hp.lower_lr,
+        self.method = BilevelZOFO(self.model, num_tasks=len(dm.train_tasks), lam=hp.lam, lower_lr=hp.lower_lr,
                                   upper_lr=hp.upper_lr, theta_lr=hp.theta_lr, eps=hp.eps, t_low=hp.t_low,
                                   one_sided=hp.one_sided, num_directions=hp.num_directions,
                                   theta_clip=hp.theta_clip, seed=hp.seed)
@@ -180,10 +171,9 @@ class BilevelMetaInit(L.LightningModule):
     def adapt_all(self) -> dict:
         hp, out = self.hparams, {}
         for t in self._data().heldout_tasks:
-            out[t["name"]] = self.method.quick_adapt(t["train"], t["eval"], steps=hp.adapt_steps, lr=hp.adapt_lr,
-                                                     batch_size=hp.adapt_batch_size,
-                                                     eval_batch_size=hp.eval_batch_size, seed=hp.seed,
-                                                     objective=t["objective"])
+            out[t["name"]] = quick_adapt(self.method, t["objective"], self.tokenizer, t["train"], t["eval"],
+                                         steps=hp.adapt_steps, lr=hp.adapt_lr, batch_size=hp.adapt_batch_size,
+                                         eval_batch_size=hp.eval_batch_size, seed=hp.seed)
         return out
 
     def on_fit_start(self):
@@ -207,7 +197,9 @@ class BilevelMetaInit(L.LightningModule):
         step = self.global_step
         opt = self.optimizers()
         t0 = time.perf_counter()
-        opt.step(closure=lambda: self.streams.batch(step))
+        tasks = self._data().train_tasks
+        losses = self.streams.losses(step, lambda k, batch: tasks[k]["objective"].loss(self.model, self.tokenizer, batch))
+        opt.step(loss=losses, task=self.streams.lower_task(step), upper_tasks=self.streams.upper_tasks(step))
         dt = time.perf_counter() - t0
         m: BilevelZOFO = opt.optimizer
         logs = {"train/step_time_s": dt, "train/forward_passes": float(m.forward_passes),
@@ -258,29 +250,21 @@ class BilevelMetaInit(L.LightningModule):
         self.adaptation = list(meta.get("adaptation", []))
 
     # ------------------------------------------------------------------ the artefact
-    def out_dir(self) -> Path:
-        if self.hparams.out:
-            return Path(self.hparams.out)
-        return Path(self.trainer.default_root_dir)
-
     def training_summary(self) -> dict:
         """What `meta_train` writes to results.json (filled at the end of fit)."""
         return dict(self.results)
 
     def on_fit_end(self):
         if self.global_step >= self.trainer.max_steps:  # not when Ctrl-C stopped it early: nothing half-trained leaves
-            self.results = self.export()
+            self.results = self.final_results()
 
-    def export(self) -> dict:
-        """Final held-out adaptation, the meta-init artefact (and its publication); returns the results."""
+    def final_results(self) -> dict:
+        """Final held-out adaptation against the base's, the training record and the counters."""
         dm, hp = self._data(), self.hparams
         final = self.adapt_all() if dm.heldout_tasks else {}
         summary = {name: {"meta_adapted": v["adapted"], "meta_zero_shot": v["zero_shot"],
                           "base_adapted": self.baseline.get(name, {}).get("adapted"),
                           "base_zero_shot": self.baseline.get(name, {}).get("zero_shot")} for name, v in final.items()}
-        out = self.out_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        delta = self.method.backbone_delta()
         metrics = {}
         for name, v in summary.items():
             metrics[f"{name}_adapted"] = round(v["meta_adapted"], 4)
@@ -293,17 +277,25 @@ class BilevelMetaInit(L.LightningModule):
                                                            "one_sided", "num_directions", "tasks_per_step",
                                                            "batch_size", "seed")},
                     "metrics": metrics}
-        results = {"heldout": summary, "training": training, "artefact": None, "published": None,
-                   "forward_passes": self.method.forward_passes, "backward_passes": self.method.backward_passes}
-        if delta:
-            art = export_meta_init(out / "meta-init", delta, hp.base, self.info.fingerprint, training)
-            results["artefact"] = str(art)
-            registry = hp.registry or os.environ.get("L2O_ZOO_REGISTRY")
-            if registry:
-                from zoo import publish
+        return {"heldout": summary, "training": training, "adaptation": list(self.adaptation),
+                "forward_passes": self.method.forward_passes, "backward_passes": self.method.backward_passes}
 
-                entry = publish(art, registry, name=hp.publish_name, version=hp.publish_version,
-                                base=_component(hp.base))
-                results["published"] = entry.get("id")
-        (out / "meta_results.json").write_text(json.dumps(results, indent=1, default=str))
-        return results
+    def export_artefact(self, directory, license: str = "apache-2.0") -> Path | None:
+        """The meta-init artefact (the backbone's change from the base) in `directory`; None when the
+        backbone did not change (e.g. theta_lr 0)."""
+        from zoo.learned import save_meta_init
+
+        delta = self.method.backbone_delta()
+        if not delta:
+            return None
+        return save_meta_init(directory, delta, self.hparams.base, self.info.fingerprint,
+                              self.results.get("training", {}), license=license)
+
+    def report(self, summary: dict) -> list[str]:
+        """The lines `meta_train` prints at the end."""
+        lines = [f"meta-trained a bilevel-zofo meta-initialisation for {self.hparams.base}: "
+                 f"{summary['training']['steps']} steps on {', '.join(summary['training']['tasks'])}"]
+        for name, v in summary["heldout"].items():
+            base = "n/a" if v["base_adapted"] is None else f"{v['base_adapted']:.4f}"
+            lines.append(f"  held-out {name}: adapted {v['meta_adapted']:.4f} from the meta-init vs {base} from the base")
+        return lines

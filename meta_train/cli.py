@@ -141,12 +141,6 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             parser.add_argument("--resume", type=bool, default=False, help="continue the run in --out")
             if "base" in model_params:
                 parser.link_arguments("base", "model.base")
-            if "out" in model_params:  # modules that write their own artefacts (meta_train.bilevel)
-                parser.link_arguments(("out", "base"), "model.out",
-                                      compute_fn=lambda out, base: out or default_out(method, base))
-            for name in ("registry", "publish_name", "publish_version"):
-                if name in model_params:
-                    parser.link_arguments(name, f"model.{name}")
             if "tasks" in data_params:
                 parser.link_arguments("tasks", "data.tasks")
             if "holdout" in data_params:
@@ -167,6 +161,9 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             logger = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
             ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}", every_n_train_steps=every,
                                    save_top_k=0, save_last=True)
+            val_every = self.config.get("model.val_every") if method == "bilevel-zofo" else 0
+            if val_every:  # held-out adaptation every val_every steps through Lightning's validation loop
+                kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=1)
             self.stop_cb = interrupt_callback(out / "checkpoints" / "last.ckpt")
             return super().instantiate_trainer(logger=logger, callbacks=[ckpt, self.stop_cb], default_root_dir=str(out),
                                                **kwargs)
@@ -245,7 +242,6 @@ def _run_in(cli) -> int:
     from l2o.errors import ConfigError
 
     cfg = cli.config
-    base = cfg["base"]
     out = Path(cfg["out"])
     last = out / "checkpoints" / "last.ckpt"
     if cfg["resume"] and not last.exists():
@@ -261,33 +257,32 @@ def _run_in(cli) -> int:
         return 0
     if trainer.global_step < 1:  # never export or publish an untrained optimizer
         raise ConfigError(f"meta-training in {out} ran no step, so nothing was exported or published")
-    module = cli.model
-    if not hasattr(module, "export_policy"):
-        summary = getattr(module, "training_summary", lambda: {})()
-        (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-        return 0
-    artefact = module.export_policy(out / "policy", license=cfg["license"])
+    summary, registry = _publish(cli.model, out, cfg)
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    for line in cli.model.report(summary):
+        print(line)
+    print(f"  artefact:    {summary['artefact']}")
+    if summary["published"]:
+        print(f"  published:   {summary['published']} in {registry}")
+    print(f"  TensorBoard: tensorboard --logdir {out / 'tb'}")
+    return 0
+
+
+def _publish(module, out: Path, cfg) -> tuple[dict, str | None]:
+    """The one place a meta-trained artefact is written and published: the module writes its artefact
+    folder (policy/ or meta-init/), and it goes into the registry (--registry or $L2O_ZOO_REGISTRY)."""
+    artefact = module.export_artefact(out / module.artefact_dir, license=cfg["license"])
     registry = cfg["registry"] or os.environ.get("L2O_ZOO_REGISTRY")
     entry = None
-    if registry:
+    if registry and artefact is not None:
         from zoo import publish
 
         entry = publish(artefact, registry, name=cfg["publish_name"], version=cfg["publish_version"],
                         license=cfg["license"])
     summary = module.training_summary()
-    summary["artefact"] = str(artefact)
+    summary["artefact"] = str(artefact) if artefact is not None else None
     summary["published"] = entry["id"] if entry else None
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    mv = summary["meta_validation"]
-    print(f"meta-trained a zo-finetuner policy for {base}: {summary['steps']} steps on {', '.join(summary['tasks'])}")
-    if mv:
-        print(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
-              f"{mv['mezo_loss']:.4f} at equal forward passes")
-    print(f"  policy:      {artefact}")
-    if entry:
-        print(f"  published:   {entry['id']} in {registry}")
-    print(f"  TensorBoard: tensorboard --logdir {out / 'tb'}")
-    return 0
+    return summary, registry
 
 
 if __name__ == "__main__":

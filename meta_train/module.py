@@ -70,6 +70,8 @@ class ZOFineTunerMeta(L.LightningModule):
         log_every: steps between sigma histograms / images in TensorBoard.
     """
 
+    artefact_dir = "policy"  # the folder under --out that meta_train publishes
+
     def __init__(self, base: str = "smollm2-135m", lr_policy: float = 0.1, lr_llm: float = 0.01,
                  momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3, unroll: int = 1,
                  reset_every: int = 100, seed: int = 0, dtype: str = "fp32", gradient_checkpointing: bool = False,
@@ -118,7 +120,9 @@ class ZOFineTunerMeta(L.LightningModule):
             model.config.use_cache = False
         self.model, self.tokenizer, self.info = model, tok, info
         if hp.init_policy:
-            self.policy = ZOPolicy.load(hp.init_policy, expected_fingerprint=info.fingerprint, model_name=hp.base)
+            from zoo.learned import load_policy
+
+            self.policy = load_policy(hp.init_policy, expected_fingerprint=info.fingerprint, model_name=hp.base)
         else:
             self.policy = ZOPolicy.for_model(model, base_model=hp.base, seed=hp.seed)
         self.policy.base_model = hp.base
@@ -320,7 +324,10 @@ class ZOFineTunerMeta(L.LightningModule):
                                    if self.meta_history else None),
                 "meta_validation": last}
 
-    def export_policy(self, directory, license: str = "apache-2.0"):
+    def export_artefact(self, directory, license: str = "apache-2.0"):
+        """The policy as a zoo artefact folder in `directory` (`meta_train` publishes it)."""
+        from zoo.learned import save_policy
+
         s = self.training_summary()
         mv = s["meta_validation"]
         metrics = {}
@@ -330,7 +337,17 @@ class ZOFineTunerMeta(L.LightningModule):
         card = {"license": license, "tasks": s["tasks"], "steps": s["steps"], "metrics": metrics,
                 "description": (f"ZO Fine-tuner policy meta-trained on {', '.join(s['tasks'])} for {s['steps']} steps "
                                 f"(held out: {', '.join(s['heldout_tasks']) or 'none'}).")}
-        return self.policy.save(directory, card=card, training=s)
+        return save_policy(self.policy, directory, card=card, training=s)
+
+    def report(self, summary: dict) -> list[str]:
+        """The lines `meta_train` prints at the end."""
+        lines = [f"meta-trained a zo-finetuner policy for {self.hparams.base}: {summary['steps']} steps on "
+                 f"{', '.join(summary['tasks'])}"]
+        mv = summary["meta_validation"]
+        if mv:
+            lines.append(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
+                         f"{mv['mezo_loss']:.4f} at equal forward passes")
+        return lines
 
 
 def sigma_figure(names: list[str], sigma: list[float], title: str = ""):

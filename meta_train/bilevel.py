@@ -71,6 +71,10 @@ class BilevelTaskData(L.LightningDataModule):
         from l2o.tasks.objectives import objective_for
 
         self.family = TaskFamily(self.task_names, self.tags, seed=self.family_seed, holdout=self.holdout)
+        from zoo.acquire import ensure_task
+
+        for task in self.family.train_tasks + self.family.heldout_tasks:
+            ensure_task(task.name, self._source(task.name))
         for task in self.family.train_tasks:
             s = sample_splits(task, seed=self.data_seed, num_train=self.num_train, num_dev=0, num_eval=0,
                               source=self._source(task.name))
@@ -149,6 +153,9 @@ class BilevelMetaInit(L.LightningModule):
         dm = self._data()
         dm.setup(stage)
         device = hp.device if hp.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        from zoo.acquire import ensure_base
+
+        ensure_base(hp.base)
         model, self.tokenizer, self.info = load_base(hp.base, dtype=hp.dtype, device=device)
         self.model = apply_peft(model, hp.peft, seed=hp.seed)
         self.method = BilevelZOFO(self.model, num_tasks=len(dm.train_tasks), lam=hp.lam, lower_lr=hp.lower_lr,

@@ -52,6 +52,10 @@ class TaskFamilyData(L.LightningDataModule):
 
         holdout = self.holdout if self.holdout is not None else 0.0
         self.family = TaskFamily(names=self.task_names, tags=self.tags, seed=self.seed, holdout=holdout)
+        from zoo.acquire import ensure_task
+
+        for task in self.family.train_tasks + self.family.heldout_tasks:
+            ensure_task(task.name)
         for task in self.family.train_tasks:
             self.splits[task.name] = sample_splits(task, seed=self.seed, num_train=self.num_train, num_dev=0,
                                                    num_eval=self.num_eval)

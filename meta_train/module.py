@@ -112,6 +112,9 @@ class ZOFineTunerMeta(L.LightningModule):
         from l2o.models import load_base
 
         hp = self.hparams
+        from zoo.acquire import ensure_base
+
+        ensure_base(hp.base)
         model, tok, info = load_base(hp.base, dtype=hp.dtype, attn_implementation=hp.attn_implementation)
         for p in model.parameters():
             p.requires_grad_(True)

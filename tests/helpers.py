@@ -70,7 +70,7 @@ def smollm2_tokenizer():
     """The real SmolLM2 tokenizer (49 152 tokens), from the cache; extracted from the GGUF once (~5-12 s)."""
     from transformers import AutoTokenizer
 
-    from l2o.models import smollm2_tokenizer_dir
+    from zoo.acquire import smollm2_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
     if tok.pad_token is None:

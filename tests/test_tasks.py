@@ -467,19 +467,34 @@ def test_evaluate_and_nondiff_objective(tok):
     assert model.training is False
 
 
-def test_hub_failure_while_online_is_a_task_error(monkeypatch):
+def test_hub_rows_come_through_the_acquisition_module(monkeypatch, tmp_path):
+    """l2o reads hub rows from the cache only; zoo.acquire fetches them (or fails in one sentence)."""
     import datasets
 
+    from zoo import acquire
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(acquire, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(get_task("sst2"), "_cache", {})  # rows read here stay in this test
+    with pytest.raises(TaskError, match=r"not fetched yet.*python -m zoo.acquire --tasks sst2"):
+        get_task("sst2").rows("train", source="hub")
 
     def unreachable(*a, **k):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(TaskError, match=r"'sst2' needs the Hugging Face Hub.*unavailable \(ConnectionError") as e:
-        get_task("sst2").rows("train", source="hub")
+    with pytest.raises(TaskError, match=r"'sst2' could not be fetched.*\(ConnectionError") as e:
+        acquire.ensure_task("sst2", "hub")
     assert "\n" not in str(e.value)
+    rows = {"train": [{"sentence": "a fine film", "label": 1}, {"sentence": "dull", "label": 0}],
+            "validation": [{"sentence": "great", "label": 1}]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, config, split: rows[split])
+    acquire.ensure_task("sst2", "hub")
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)  # from now on only the cache is read
+    assert get_task("sst2").rows("train", source="hub") == rows["train"]
+    assert get_task("sst2").rows("validation", source="hub") == rows["validation"]
     with pytest.raises(TaskError, match="no Hugging Face Hub source"):
         get_task("piqa").rows("train", source="hub")
 

@@ -147,10 +147,11 @@ def test_fingerprint_is_computed_or_required(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "l2o.models", None)  # l2o.models unavailable -> ImportError
     rc = main(["import-zo-finetuner", str(tmp_path / "p.pth"), "--base", "opt-125m", "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
-    assert rc == 2 and "pass --fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "pass --fingerprint" in err and "--no-fingerprint" in err and len(err.strip().splitlines()) == 1
 
     fake = types.ModuleType("l2o.models")
     fake.base_fingerprint = lambda base: "sha256:" + ("12" * 32 if base == "opt-125m" else "00" * 32)
+    fake.base_block_names = lambda base: list(NAMES)
     monkeypatch.setitem(sys.modules, "l2o.models", fake)
     out = import_zo_finetuner(tmp_path / "p.pth", "opt-125m", tmp_path / "a")
     assert load_artefact(out)[1]["base_fingerprint"] == "sha256:" + "12" * 32
@@ -159,6 +160,24 @@ def test_fingerprint_is_computed_or_required(tmp_path, monkeypatch, capsys):
     assert load_artefact(out)[1]["base_fingerprint"] is None
     with pytest.raises(ZooError, match="records no base fingerprint"):
         publish(out, tmp_path / "reg")
+
+
+def test_import_refuses_a_policy_made_for_another_base(tmp_path, capsys):
+    """A policy for a smaller base (fewer layers) does not import as a policy for a bigger one."""
+    from l2o.models import block_names
+    from tests.helpers import save_tiny_base, tiny_model
+
+    big = save_tiny_base(tmp_path / "bases", "llama")  # 2 layers
+    small_names = block_names(tiny_model("llama", num_hidden_layers=1))
+    assert set(small_names) < set(block_names(tiny_model("llama")))  # every one of its names exists in big
+    released_policy(tmp_path / "small.pth", names=small_names)
+    capsys.readouterr()  # drop save_pretrained's progress bars
+    rc = main(["import-zo-finetuner", str(tmp_path / "small.pth"), "--base", big, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "made for another base" in err[0] and "has no network" in err[0]
+    assert not (tmp_path / "a").exists()
+    released_policy(tmp_path / "big.pth", names=block_names(tiny_model("llama")))
+    assert main(["import-zo-finetuner", str(tmp_path / "big.pth"), "--base", big, "--out", str(tmp_path / "b")]) == 0
 
 
 def test_imported_policy_publishes_and_loads_by_id(tmp_path):

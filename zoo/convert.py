@@ -77,22 +77,30 @@ def _clip(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip(" ,;") + "\u2026"
 
 
-def _compute_fingerprint(base: str) -> str:
+def _base_identity(base: str) -> tuple[str, list[str]]:
+    """(fingerprint, block names) of `base`, read from its config through l2o."""
+    fix = "pass --fingerprint sha256:<hex>, or --no-fingerprint to record none"
     try:
-        from l2o.models import base_fingerprint
+        from l2o.models import base_block_names, base_fingerprint
     except Exception as err:  # noqa: BLE001 - the l2o side may be missing or broken
-        raise ZooError(
-            f"cannot compute the fingerprint of base '{base}' (l2o.models.base_fingerprint is unavailable: "
-            f"{type(err).__name__}); pass --fingerprint sha256:<hex>"
-        ) from None
+        raise ZooError(f"cannot compute the fingerprint of base '{base}' (l2o.models is unavailable: "
+                       f"{type(err).__name__}); {fix}") from None
     try:
-        fp = base_fingerprint(base)
+        return check_fingerprint(base_fingerprint(base)), base_block_names(base)
     except Exception as err:  # noqa: BLE001
-        raise ZooError(
-            f"cannot compute the fingerprint of base '{base}' ({type(err).__name__}: {_clip(err)}); "
-            "pass --fingerprint sha256:<hex>"
-        ) from None
-    return check_fingerprint(fp)
+        raise ZooError(f"cannot compute the fingerprint of base '{base}' ({type(err).__name__}: {_clip(err)}); "
+                       f"{fix}") from None
+
+
+def _check_blocks(file: Path, names: list[str], base: str, base_names: list[str]) -> None:
+    """One line when the file's per-tensor networks are not exactly the base's parameter blocks."""
+    extra = [n for n in names if n not in set(base_names)]
+    missing = [n for n in base_names if n not in set(names)]
+    if extra or missing:
+        example = f"{extra[0]!r} is not a block of it" if extra else f"its block {missing[0]!r} has no network"
+        raise ZooError(f"{file.name} holds {len(names)} per-tensor networks but base '{base}' has {len(base_names)} "
+                       f"parameter blocks ({example}): it was made for another base; give --base the base it was "
+                       "trained for")
 
 
 def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None, compute_fingerprint: bool = True,
@@ -112,7 +120,8 @@ def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None,
         fingerprint = check_fingerprint(fingerprint)
     tensors, names, info = read_zo_finetuner(file)
     if fingerprint is None and compute_fingerprint:
-        fingerprint = _compute_fingerprint(base)
+        fingerprint, base_names = _base_identity(base)
+        _check_blocks(file, names, base, base_names)
     if fingerprint is None:
         print(f"zoo: warning: no base fingerprint recorded for '{base}'", file=sys.stderr)
     digest, size = sha256_file(file)

@@ -6,15 +6,11 @@ Hugging Face cache only, never the network"; pushes record the commit the Hub re
 
 from __future__ import annotations
 
-import os
+from l2o.cache import hub_offline
 
 from .errors import ZooError
 from .ids import is_commit
 from .transfer import TransferError
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _first_line(err: BaseException) -> str:

@@ -52,17 +52,15 @@ from .manifest import (
 from .transfer import TransferError, copy_verified
 
 REGISTRY_ENV = "L2O_ZOO_REGISTRY"
-CACHE_ENV = "L2O_CACHE"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` or ``$L2O_CACHE/zoo`` or ``~/.cache/l2o/zoo``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    base = os.environ.get(CACHE_ENV)
-    if base:
-        return (Path(base).expanduser() / "zoo").resolve()
-    return (Path.home() / ".cache" / "l2o" / "zoo").resolve()
+    from l2o.cache import cache_dir
+
+    return (cache_dir() / "zoo").resolve()
 
 
 def registry_location(registry: str | os.PathLike | None = None) -> Location | None:

@@ -18,7 +18,7 @@ from l2o.tasks.registry import REGISTRY
 from l2o.tasks.sampling import Splits, TaskFamily, sample_splits
 
 __all__ = ["KINDS", "REGISTRY", "Rendered", "Splits", "Task", "TaskError", "TaskFamily", "get_task",
-           "list_tasks", "prefetch_data", "sample_splits", "split_pool"]
+           "list_tasks", "sample_splits", "split_pool"]
 
 
 def list_tasks(tag: str | None = None) -> list[str]:
@@ -35,13 +35,3 @@ def get_task(name: str) -> Task:
     if key not in REGISTRY:
         raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
     return REGISTRY[key]
-
-
-def prefetch_data() -> dict[str, int]:
-    """Fetch every offline data file now (BIG-bench: one pip download + one extraction pass) and
-    return the row counts per offline task; for set-up steps and CI (`make data`)."""
-    counts = {}
-    for name in list_tasks("offline"):
-        task = REGISTRY[name]
-        counts[name] = len(task.rows("train")) + len(task.rows("validation"))
-    return counts

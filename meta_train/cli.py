@@ -121,6 +121,8 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
 
     from lightning.pytorch.cli import LightningCLI
 
+    from fine_tune.runtime import show_progress_bar
+
     model_params = set(inspect.signature(model_cls.__init__).parameters)
     data_params = set(inspect.signature(data_cls.__init__).parameters)
 
@@ -165,30 +167,16 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             if val_every:  # held-out adaptation every val_every steps through Lightning's validation loop
                 kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=1)
             self.stop_cb = interrupt_callback(out / "checkpoints" / "last.ckpt")
-            return super().instantiate_trainer(logger=logger, callbacks=[ckpt, self.stop_cb], default_root_dir=str(out),
-                                               **kwargs)
+            from fine_tune.runtime import ProgressLines
+
+            callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
+            return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out), **kwargs)
 
     return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=_trainer_defaults(),
                         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
                         seed_everything_default=False,
                         parser_kwargs={"exit_on_error": False, "prog": "meta_train",
                                        "description": f"meta_train --method {method}"})
-
-
-def _quiet() -> None:
-    import logging
-    import warnings
-
-    for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*module\\(s\\) in eval mode.*",
-                    ".*does not have many workers.*", ".*exists and is not empty.*",
-                    ".*dataloader is not resumable.*", ".*limit_val_batches.*", ".*were not used by the forward.*",
-                    ".*`training_step` returned `None`.*", ".*no pre-optimization state was saved.*", ".*LightningCLI's args parameter.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def main(argv=None) -> int:
@@ -206,7 +194,9 @@ def main(argv=None) -> int:
     rest = ["--help" if a == "--help-all" else a for a in rest]
     user_errors = _user_errors()
     try:
-        _quiet()
+        from fine_tune.runtime import quiet_libraries
+
+        quiet_libraries()
         model_cls, data_cls = _classes(method)
         try:
             cli = _build_cli(model_cls, data_cls, method, rest + ["--method", method])

@@ -31,8 +31,13 @@ def test_short_fine_tuning_lowers_the_loss_and_writes_its_artefacts(tiny_base, t
     out = tmp_path / "run"
     # batch 8 >= the 6 train examples: every step sees the same batch, so losses are comparable
     assert main(_args(tiny_base, out, "--steps", "40", "--lr", "2e-3", "--eps", "1e-3", "--eval-every", "20")) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "zero-shot" in printed and "TensorBoard" in printed and str(out / "loss.png") in printed
+    # stderr is not a terminal here: progress lines instead of a bar, every 40 // 20 = 2 steps
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 20 and lines[-1].startswith("step 40/40, loss ")
+    assert "80 forward passes" in lines[-1] and "steps/s" in lines[-1] and "ETA 0 s" in lines[-1]
 
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 40 and results["forward_passes"] == 80

@@ -459,11 +459,33 @@ def test_evaluate_and_nondiff_objective(tok):
     assert set(acc) == {"accuracy"} and 0.0 <= acc["accuracy"] <= 1.0
     preds = [int(s.argmax()) for s in candidate_scores(model, tok, BATCH)]
     assert acc["accuracy"] == pytest.approx(accuracy(preds, [e.gold for e in BATCH]))
-    gen = [Rendered("Question: What is the capital of France?\nAnswer:", [], None, ["Paris"])] * 3
-    f1 = AnswerLM(max_new_tokens=4).evaluate(model, tok, gen, batch_size=2)
-    assert set(f1) == {"f1"} and 0.0 <= f1["f1"] <= 1.0
-    loss = NonDiffF1(max_new_tokens=4).loss(model, tok, gen)
-    assert loss.item() == pytest.approx(-f1["f1"]) and not loss.requires_grad
+    assert model.training is False
+
+
+def _always_says(model, tok, word: str):
+    """Rig a tiny OPT so that greedy decoding emits `word` (one token) at every position: the final
+    norm outputs a constant vector b, and the word's output embedding is 100 b."""
+    (tid,) = tok(word, add_special_tokens=False)["input_ids"]
+    norm = model.model.decoder.final_layer_norm
+    with torch.no_grad():
+        norm.weight.zero_()
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=torch.Generator().manual_seed(0)))
+        model.lm_head.weight[tid] = 100 * norm.bias
+    return model
+
+
+def test_generation_metrics_score_what_the_model_generates(tok):
+    """F1 of generated answers against the gold ones: 1 when the model says the answer, 0 when it says
+    another word, 0.4 for 'Paris Paris Paris Paris' (precision 1/4, recall 1); NonDiffF1 is -F1."""
+    model = _always_says(tiny_model("opt"), tok, " Paris")
+    q = "Question: What is the capital of France?\nAnswer:"
+    right = [Rendered(q, [], None, ["Paris"])] * 3
+    wrong = [Rendered(q, [], None, ["Berlin"])] * 3
+    assert AnswerLM(max_new_tokens=1).evaluate(model, tok, right, batch_size=2) == {"f1": 1.0}
+    assert AnswerLM(max_new_tokens=1).evaluate(model, tok, wrong, batch_size=2) == {"f1": 0.0}
+    assert AnswerLM(max_new_tokens=4).evaluate(model, tok, right, batch_size=2)["f1"] == pytest.approx(0.4)
+    loss = NonDiffF1(max_new_tokens=1).loss(model, tok, right + wrong)
+    assert loss.item() == pytest.approx(-0.5) and not loss.requires_grad
     assert model.training is False
 
 

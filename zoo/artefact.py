@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, short_fp
-from .manifest import KINDS, LEDGER_KIND, REQUIRED_FILES, write_json_atomic
+from .manifest import KINDS, LEDGER_KIND, REQUIRED_FILES, write_bytes_atomic, write_json_atomic
 
 ARTEFACT_SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -242,21 +241,10 @@ def save_artefact(directory: str | os.PathLike, tensors: dict, config: dict, car
             "base_model": config["base_model"], "base_fingerprint": config["base_fingerprint"] or ""}
     clean = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
     data = _canonical_safetensors(save(clean, metadata=meta))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(directory / WEIGHTS_NAME, data)
     write_json_atomic(directory / CONFIG_NAME, config)
     text = card if isinstance(card, str) else render_card(dict(card or {}), config)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, directory / CARD_NAME)
+    write_bytes_atomic(directory / CARD_NAME, text.encode("utf-8"))
     return directory
 
 

@@ -283,13 +283,14 @@ def write_manifest(directory: Path, entries: dict) -> None:
     write_json_atomic(Path(directory) / MANIFEST_NAME, doc)
 
 
-def write_json_atomic(path: Path, doc) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder (fsync, then rename): readers see
+    the old file or the new one, never a partial one. The one atomic-write helper of the zoo."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -299,6 +300,10 @@ def write_json_atomic(path: Path, doc) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: Path, doc) -> None:
+    write_bytes_atomic(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def builtin_root() -> Path:

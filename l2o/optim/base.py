@@ -84,7 +84,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                f"{self.method}: eps must be a finite number > 0, got {eps!r}")
         _check(isinstance(weight_decay, (int, float)) and weight_decay >= 0,
                f"{self.method}: weight_decay must be >= 0, got {weight_decay!r}")
-        self.engine = Engine(model, noise, named_params=self._engine_params(model))
+        self.engine = Engine(model, noise, named_params=self._engine_params())
         self.blocks = self.engine.blocks
         super().__init__([b.param for b in self.blocks],
                          dict(lr=float(lr), eps=float(eps), weight_decay=float(weight_decay), **defaults))
@@ -101,7 +101,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         # the seed ledger: one line per update, relative to the weights as they are now (l2o/ledger.py)
         self.ledger = Ledger.start(self.engine, method=self.method)
 
-    def _engine_params(self, model: nn.Module):
+    def _engine_params(self):
         """The (name, parameter) blocks the engine perturbs and updates; None: the trainable ones."""
         return None
 

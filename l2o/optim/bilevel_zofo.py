@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from l2o.blocks import named_blocks
+from l2o.blocks import named_blocks, unwrap_peft
 from l2o.engine import Direction
 from l2o.errors import ConfigError
 from l2o.noise import derive_seed
@@ -107,7 +107,7 @@ def backbone_params(model: nn.Module, exclude: set[int] | None = None) -> list[t
     (peft's `.base_layer.` removed), tied weights once; adapter parameters (`exclude`, by default the
     ones that require grad) left out."""
     exclude = _adapter_ids(model) if exclude is None else exclude
-    base = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+    base = unwrap_peft(model)
     out = []
     for name, p in named_blocks(base, trainable_only=False):
         if id(p) in exclude:
@@ -215,7 +215,7 @@ class BilevelZOFO(ZOOptimizer):
         self._call: tuple[Loss, int, Sequence[int] | None] | None = None
         self.install("p", 0)
 
-    def _engine_params(self, model: nn.Module):
+    def _engine_params(self):
         return self.backbone  # the engine perturbs and moves the backbone; the adapter learns first-order
 
     # ------------------------------------------------------------------ hyperparameters and counters

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from l2o.blocks import unwrap_peft
 from l2o.tasks.base import Rendered, Task, TaskError
 from l2o.tasks.metrics import max_f1
 
@@ -88,7 +89,7 @@ _KEEP_CACHE: dict[type, bool] = {}
 
 
 def _supports_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     t = type(base)
     if t not in _KEEP_CACHE:
         try:

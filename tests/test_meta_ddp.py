@@ -13,6 +13,7 @@ import torch
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
 from tests.helpers import save_tiny_base, tiny_model
+from zoo.learned import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, LR_POLICY, LR_LLM = 3, 0.05, 0.05
@@ -72,7 +73,7 @@ def test_ddp_two_ranks_equal_one_process_averaging_their_meta_gradients(tmp_path
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("meta-trained a zo-finetuner policy") == 1  # rank 0 writes the outputs
-    ddp = ZOPolicy.load(str(out / "policy"))
+    ddp = load_policy(str(out / "policy"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same float reductions
     try:

@@ -48,16 +48,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
-    S = argparse.SUPPRESS
-    g = p.add_argument_group("what to fine-tune")
-    g.add_argument("--base", default=S, help="alias (smollm2-135m, opt-13b, llama-3.2-1b, ...), hub id or local folder")
-    g.add_argument("--task", default=S, help="task name (see --list-tasks)")
-    g.add_argument("--source", default=S, help="local data file/folder for the task instead of its default source")
-    g.add_argument("--peft", choices=PEFT_MODES, default=S, help="which parameters the optimizer moves")
-    g.add_argument("--dtype", choices=DTYPES, default=S)
-    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ... (one process)")
+def _add_process_args(p: argparse.ArgumentParser, S) -> None:
     d = p.add_argument_group("processes (Lightning DDP; only losses cross the wire)")
     d.add_argument("--devices", type=int, default=S, help="processes per node, one device each (default 1)")
     d.add_argument("--num-nodes", type=int, default=S, help="nodes (torchrun/SLURM launch them; default 1)")
@@ -69,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "method's evaluations per step fill every process, else data")
     d.add_argument("--check-every", type=int, default=S, help="steps between the processes' weight-fingerprint "
                    "comparisons (default 100; 0: never)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("what to fine-tune")
+    g.add_argument("--base", default=S, help="alias (smollm2-135m, opt-13b, llama-3.2-1b, ...), hub id or local folder")
+    g.add_argument("--task", default=S, help="task name (see --list-tasks)")
+    g.add_argument("--source", default=S, help="local data file/folder for the task instead of its default source")
+    g.add_argument("--peft", choices=PEFT_MODES, default=S, help="which parameters the optimizer moves")
+    g.add_argument("--dtype", choices=DTYPES, default=S)
+    g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ... (one process)")
+    _add_process_args(p, S)
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
     o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
                    "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, or zoo:<policy id> (= zo-finetuner)")

@@ -164,15 +164,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     best_cb = _best_on_dev_callback(cfg, module, out)
     if best_cb is not None:
         trainer.callbacks.append(best_cb)
-    if rank == 0:
-        (out / "config.yaml").write_text(dump_yaml(cfg))
-        (out / "tb").mkdir(parents=True, exist_ok=True)
-        (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
-    for split, v in zero_shot.items():
-        tb.experiment.add_scalar(f"{split}/{module.metric}", v, 0)
-    if zero_shot:
-        log("zero-shot: " + ", ".join(f"{k} {module.metric} {v:.4f}" for k, v in zero_shot.items()))
-
+    _record_start(cfg, out, tb, rank, module.metric, zero_shot, log)
     t_fit = time.perf_counter()
     finish_fit(lambda: trainer.fit(module, ckpt_path=str(out / "checkpoints" / "last.ckpt") if cfg.resume else None),
                trainer, stop_cb)
@@ -207,6 +199,18 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     }
     _write_artefacts(cfg, module, results, out, tokenizer, info)
     return results
+
+
+def _record_start(cfg: FineTuneConfig, out: Path, tb, rank: int, metric: str, zero_shot: dict, log) -> None:
+    """The resolved config (rank 0) and the zero-shot metrics, before training starts."""
+    if rank == 0:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+        (out / "tb").mkdir(parents=True, exist_ok=True)
+        (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
+    for split, v in zero_shot.items():
+        tb.experiment.add_scalar(f"{split}/{metric}", v, 0)
+    if zero_shot:
+        log("zero-shot: " + ", ".join(f"{k} {metric} {v:.4f}" for k, v in zero_shot.items()))
 
 
 def _best_on_dev_callback(cfg: FineTuneConfig, module, out: Path):

@@ -248,11 +248,12 @@ class BilevelZOFO(ZOOptimizer):
 
     # ------------------------------------------------------------------ losses
     def _loss(self, closure: Loss, split: str, task: int, grad: bool = False) -> torch.Tensor:
-        self.engine.counters.forwards += 1
+        self._evaluations += 1  # the base class counts a step's forwards from this
         with torch.set_grad_enabled(grad):
             return closure(split, task)
 
     def _zo_loss(self, closure: Loss, split: str, task: int, d: Direction, eps: float) -> float:
+        self._evaluations += 1
         return _finite(self.engine.evaluate(lambda: closure(split, task), d, eps))
 
     def terms(self, closure: Loss, task: int = 0) -> dict:

@@ -62,6 +62,16 @@ def _add_process_args(p: argparse.ArgumentParser, S) -> None:
                    "comparisons (default 100; 0: never)")
 
 
+def _add_bilevel_args(p: argparse.ArgumentParser, S) -> None:
+    b = p.add_argument_group("bilevel-zofo (--optimizer bilevel-zofo; needs --peft lora|prefix|prompt)")
+    b.add_argument("--lam", type=float, default=S, help="lambda, weight of the penalty term")
+    b.add_argument("--lower-lr", type=float, default=S, help="Adam lr of the lower PEFT copy w")
+    b.add_argument("--upper-lr", type=float, default=S, help="Adam lr of the upper PEFT copy p")
+    b.add_argument("--theta-lr", type=float, default=S, help="ZO-SGD lr of the backbone")
+    b.add_argument("--t-low", type=int, default=S, help="lower steps per upper step")
+    b.add_argument("--theta-clip", type=float, default=S, help="clip on the backbone's projected gradient")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
     S = argparse.SUPPRESS
@@ -97,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
     o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
-    b = p.add_argument_group("bilevel-zofo (--optimizer bilevel-zofo; needs --peft lora|prefix|prompt)")
-    b.add_argument("--lam", type=float, default=S, help="lambda, weight of the penalty term")
-    b.add_argument("--lower-lr", type=float, default=S, help="Adam lr of the lower PEFT copy w")
-    b.add_argument("--upper-lr", type=float, default=S, help="Adam lr of the upper PEFT copy p")
-    b.add_argument("--theta-lr", type=float, default=S, help="ZO-SGD lr of the backbone")
-    b.add_argument("--t-low", type=int, default=S, help="lower steps per upper step")
-    b.add_argument("--theta-clip", type=float, default=S, help="clip on the backbone's projected gradient")
+    _add_bilevel_args(p, S)
     r = p.add_argument_group("the run")
     r.add_argument("--init", default=S, help="zoo id/folder of a bilevel-meta-init applied to the base first")
     r.add_argument("--steps", type=int, default=S)

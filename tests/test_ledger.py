@@ -29,8 +29,13 @@ def _run(name, dtype=torch.float32, steps=4, noise=None, seed=0):
     return model, opt
 
 
+# Bilevel-ZOFO's adapter takes first-order steps that no seed describes; it keeps its own backbone log and
+# fine_tune refuses the ledger options for it.
+ZO_METHODS = [n for n in optimizer_names() if n != "bilevel-zofo"]
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("name", optimizer_names())
+@pytest.mark.parametrize("name", ZO_METHODS)
 def test_replay_rebuilds_the_weights_bit_identically(name, dtype):
     trained, opt = _run(name, DTYPES[dtype])
     ledger = Ledger.parse(opt.ledger.text(), require_seal=False)  # through text, as from a file

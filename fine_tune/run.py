@@ -3,6 +3,7 @@ selection, final eval, and the run's artefacts (results.json, loss.png, TensorBo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -142,15 +143,23 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     from fine_tune.runtime import quiet_libraries
 
     quiet_libraries()
-    from fine_tune.distributed import launch_rank, parallel_mode
-
-    from fine_tune.guard import finish_fit, interrupt_callback
+    from fine_tune.distributed import launch_rank
+    from fine_tune.guard import RunFolder, interrupt_callback
 
     stop_cb = interrupt_callback(cfg.resolved_out() / "checkpoints" / "last.ckpt")  # Ctrl-C: save, stop, exit 130
     trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), [*callbacks, stop_cb])
     rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
-    if rank:
-        log = _silent
+    # rank 0 holds --out for the whole run (fine_tune.guard): a second run into it is refused naming this
+    # pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans up
+    with RunFolder(cfg.resolved_out()) if rank == 0 else contextlib.nullcontext():
+        return _run_ranked(cfg, task, trainer, tb, rank, stop_cb, _silent if rank else log, t_start)
+
+
+def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log, t_start: float) -> dict | None:
+    """`run` once the process knows its rank (and rank 0 holds --out)."""
+    from fine_tune.distributed import parallel_mode
+    from fine_tune.guard import finish_fit
+
     out = _check_folder(cfg, rank == 0, log)
     device = str(trainer.strategy.root_device) if cfg.world_size() > 1 else resolve_device(cfg)
     device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log, device, rank)

@@ -266,9 +266,32 @@ def test_ctrl_c_saves_a_checkpoint_says_so_and_resume_finishes(tiny_base, tmp_pa
     code = f"from tests.helpers import run_fine_tune_interrupted_at as f; f(3, {_args(tiny_base, out, *common)!r})"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == "fine_tune: interrupted; continue with --resume"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"fine_tune: interrupted; continue with --resume (checkpoint {out / 'checkpoints' / 'last.ckpt'})")
     assert "Traceback" not in proc.stderr and not (out / "results.json").exists()
     # no periodic checkpoint before step 100: this one is the interrupt's, after the step it came in
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert main(_args(tiny_base, out, *common, "--resume")) == 0
     assert [r["step"] for r in json.loads((out / "history.json").read_text())] == list(range(1, 7))
+
+
+def test_a_held_out_folder_is_refused_and_a_failed_run_removes_what_it_created(tiny_base, tmp_path, capsys):
+    import signal
+
+    from tests.helpers import hold_run_folder
+
+    out = tmp_path / "held"
+    holder = hold_run_folder(out)  # another fine_tune is running into `out`
+    try:
+        assert main(_args(tiny_base, out, "--steps", "2")) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out {out} is in use by process {holder.pid}" in err and len(err.splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of the refused run's
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+    fresh = tmp_path / "new" / "run"  # fails after it claimed --out (unknown --init), before any checkpoint
+    assert main(_args(tiny_base, fresh, "--steps", "2", "--init", "zoo:nobody/nothing@1")) == 2
+    assert "nobody/nothing@1" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # what the failed run created is gone

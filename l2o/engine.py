@@ -291,6 +291,7 @@ class Engine:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
                 yield self
         finally:
+            self.remove_hooks()
             self._active, self._scales, self._live = None, None, {}
             self._restore_stash()
         self.counters.forwards += 1

@@ -190,6 +190,10 @@ def test_optimizers_leave_no_hooks_on_the_model_between_evaluations():
     engine = Engine(model)
     engine.evaluate(closure, Direction.single(1), 1e-3)
     assert _hook_dicts(model) == baseline
+    scales = torch.ones(len(engine.blocks), requires_grad=True)  # the meta-gradient's differentiable swap-in
+    with engine.differentiable(Direction.single(2), 1e-3, scales):
+        model().sum().backward()
+    assert scales.grad is not None and _hook_dicts(model) == baseline
     # during an evaluation exactly one engine's hooks are installed (one per owning module)
     assert max(seen_during) == len(opts[0].engine._owners)
     user.remove()

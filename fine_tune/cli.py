@@ -72,6 +72,20 @@ def _add_bilevel_args(p: argparse.ArgumentParser, S) -> None:
     b.add_argument("--theta-clip", type=float, default=S, help="clip on the backbone's projected gradient")
 
 
+def _add_data_args(p: argparse.ArgumentParser, S) -> None:
+    """The data protocol (MeZO's by default: docs/reproduce.md)."""
+    r = p.add_argument_group("data (MeZO's protocol by default)")
+    r.add_argument("--data-seed", type=int, default=S, help="seed of the train/dev/eval sample")
+    r.add_argument("--num-train", type=int, default=S)
+    r.add_argument("--num-dev", type=int, default=S)
+    r.add_argument("--num-eval", type=int, default=S)
+    r.add_argument("--eval-seed", type=int, default=S, help="seed of the eval sample (default: --data-seed, as MeZO)")
+    r.add_argument("--small-pool", choices=["mezo", "shrink"], default=S,
+                   help="train pool < train+dev: mezo keeps dev (WSC 54/500), shrink shrinks dev first")
+    r.add_argument("--objective", default=S, help="ce (candidates), lm (answer tokens), nondiff-f1")
+    r.add_argument("--max-length", type=int, default=S, help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
     S = argparse.SUPPRESS
@@ -109,22 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
     _add_bilevel_args(p, S)
     r = p.add_argument_group("the run")
-    r.add_argument("--init", default=S, help="zoo id/folder of a bilevel-meta-init applied to the base first")
+    r.add_argument("--init", default=S, help="zoo id/folder applied to the base first: a Bilevel-ZOFO meta-init or a "
+                   "full-parameter zo-ledger (a published fine-tune)")
     r.add_argument("--steps", type=int, default=S)
     r.add_argument("--batch-size", type=int, default=S)
     r.add_argument("--eval-every", type=int, default=S, help="steps between dev/eval evaluations (0: only at the end)")
     r.add_argument("--save-every", type=int, default=S, help="steps between checkpoints")
     r.add_argument("--seed", type=int, default=S, help="optimizer seed")
-    r.add_argument("--data-seed", type=int, default=S, help="seed of the train/dev/eval sample")
-    r.add_argument("--num-train", type=int, default=S)
-    r.add_argument("--num-dev", type=int, default=S)
-    r.add_argument("--num-eval", type=int, default=S)
-    r.add_argument("--eval-seed", type=int, default=S, help="seed of the eval sample (default: --data-seed, as MeZO)")
-    r.add_argument("--small-pool", choices=["mezo", "shrink"], default=S,
-                   help="train pool < train+dev: mezo keeps dev (WSC 54/500), shrink shrinks dev first")
-    r.add_argument("--objective", default=S, help="ce (candidates), lm (answer tokens), nondiff-f1")
-    r.add_argument("--max-length", type=int, default=S, help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
     r.add_argument("--eval-batch-size", type=int, default=S)
+    _add_data_args(p, S)
     r.add_argument("--out", default=S, help="run folder (default runs/<task>-<optimizer>-<peft>-s<seed>)")
     r.add_argument("--save-model", type=_save_model, default=S, help=_SAVE_MODEL_HELP)
     r.add_argument("--checkpoint", choices=["ledger", "weights"], default=S, help=_CHECKPOINT_HELP)

@@ -116,6 +116,23 @@ def _trainer_defaults() -> dict:
             "enable_progress_bar": sys.stderr.isatty() or os.environ.get("L2O_PROGRESS") == "1"}
 
 
+def _add_run_arguments(parser) -> None:
+    """meta_train's own top-level options (the model's and data's come from their signatures)."""
+    parser.add_argument("--method", default="zo-finetuner", choices=list(METHODS),
+                        help="which learned optimizer to meta-train")
+    parser.add_argument("--base", default="smollm2-135m", help="base model: alias, hub id or local folder")
+    parser.add_argument("--tasks", type=Optional[list[str]], default=None, help="training tasks")
+    parser.add_argument("--holdout", type=Optional[list[str]], default=None, help="held-out tasks")
+    parser.add_argument("--max_steps", type=int, default=100, help="meta-training steps")
+    parser.add_argument("--out", type=str | None, default=None, help="run folder")
+    parser.add_argument("--registry", type=str | None, default=None, help="zoo registry to publish into")
+    parser.add_argument("--publish_name", type=str | None, default=None, help="zoo entry name")
+    parser.add_argument("--publish_version", type=str | None, default=None, help="zoo entry version")
+    parser.add_argument("--license", default="apache-2.0", help="license recorded in the model card")
+    parser.add_argument("--save_every", type=int | None, default=None, help="steps between checkpoints")
+    parser.add_argument("--resume", type=bool, default=False, help="continue the run in --out")
+
+
 def _build_cli(model_cls, data_cls, method: str, args: list[str]):
     import inspect
 
@@ -128,19 +145,7 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
 
     class MetaTrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
-            parser.add_argument("--method", default="zo-finetuner", choices=list(METHODS),
-                                help="which learned optimizer to meta-train")
-            parser.add_argument("--base", default="smollm2-135m", help="base model: alias, hub id or local folder")
-            parser.add_argument("--tasks", type=Optional[list[str]], default=None, help="training tasks")
-            parser.add_argument("--holdout", type=Optional[list[str]], default=None, help="held-out tasks")
-            parser.add_argument("--max_steps", type=int, default=100, help="meta-training steps")
-            parser.add_argument("--out", type=str | None, default=None, help="run folder")
-            parser.add_argument("--registry", type=str | None, default=None, help="zoo registry to publish into")
-            parser.add_argument("--publish_name", type=str | None, default=None, help="zoo entry name")
-            parser.add_argument("--publish_version", type=str | None, default=None, help="zoo entry version")
-            parser.add_argument("--license", default="apache-2.0", help="license recorded in the model card")
-            parser.add_argument("--save_every", type=int | None, default=None, help="steps between checkpoints")
-            parser.add_argument("--resume", type=bool, default=False, help="continue the run in --out")
+            _add_run_arguments(parser)
             if "base" in model_params:
                 parser.link_arguments("base", "model.base")
             if "tasks" in data_params:

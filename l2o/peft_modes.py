@@ -11,13 +11,13 @@ Initialisation is seeded (`seed=`) and leaves the global RNG state untouched.
 
 from __future__ import annotations
 
-from l2o.errors import UserError
 import contextlib
 
 import torch
 from torch import nn
 
 from l2o.blocks import named_blocks
+from l2o.errors import UserError
 
 MODES = ("full", "lora", "prefix", "prompt")
 LORA_R = 8

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from l2o.errors import UserError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from l2o.errors import UserError
 
 KINDS = ("cls", "mch", "gen")
 SPLITS = ("train", "validation")

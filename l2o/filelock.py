@@ -6,6 +6,8 @@
   A second claimant gets a ``FolderLockedError`` naming the holder's pid. The kernel drops a
   ``flock`` when its process dies, so the lock of a killed run is stale by construction: the next run
   takes it over and learns the dead holder's pid (``RunLock.stale_pid``).
+- ``write_bytes_atomic(path, data)``: replace a file so readers see the old or the new one, never a
+  partial one (the one atomic-write helper; the zoo's manifests and the seed ledger use it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from l2o.errors import UserError
@@ -96,3 +99,22 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder (fsync, then rename): readers see
+    the old file or the new one, never a partial one. The one atomic-write helper."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

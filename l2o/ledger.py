@@ -24,11 +24,11 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 from l2o.errors import UserError
+from l2o.filelock import write_bytes_atomic
 
 FORMAT = "l2o-seed-ledger"
 VERSION = 1
@@ -192,12 +192,7 @@ class Ledger:
         self.seal()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.text())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, self.text().encode("utf-8"))
         self._flushed = len(self.records)
         return path
 

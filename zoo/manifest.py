@@ -23,11 +23,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from l2o.filelock import write_bytes_atomic
 
 from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, is_commit, is_sha256, parse_id
@@ -281,25 +282,6 @@ def write_manifest(directory: Path, entries: dict) -> None:
     """Atomically (temp file + rename) write ``directory/zoo.json``."""
     doc = {"schema_version": SCHEMA_VERSION, "entries": dict(sorted(entries.items()))}
     write_json_atomic(Path(directory) / MANIFEST_NAME, doc)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder (fsync, then rename): readers see
-    the old file or the new one, never a partial one. The one atomic-write helper of the zoo."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_json_atomic(path: Path, doc) -> None:

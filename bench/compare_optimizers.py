@@ -10,7 +10,9 @@ Protocol, per task and method:
    final dev metric wins (ties: the lower final train loss).
 2. **Final runs.** `--seeds` runs at the chosen lr, each with `--budget` forward passes (steps = budget //
    forwards per step: MeZO 2, GV and Greedy M + 2, BSZO 1 + k), the same data sample (`--data-seed`) and,
-   for a given seed, the same batches for every method.
+   for a given seed, the same batches for every method. When `--select-seed` is one of `--seeds` and the
+   budgets are equal, that seed's final run on a selection task is its selection run at the chosen lr (the
+   same configuration; a run is deterministic given its seeds), not a rerun.
 3. **Report.** Eval metric and final train loss (mean of the last 10% of steps) as mean ± sd over seeds, and
    the paired differences against MeZO (method - MeZO on the same seed) as mean ± sd; the mean effective
    step E||d||^2/D (1 for MeZO) and the BSZO prior the default rule chose.
@@ -112,6 +114,9 @@ class Runner:
         k = self.key(phase, task, method, lr, seed)
         if k in self.done:
             return self.done[k]
+        same = self.key("select", task, method, lr, seed)
+        if phase == "final" and budget == self.args.select_budget and same in self.done:
+            return self.done[same]  # the same configuration, run already: runs are deterministic given the seed
         a = self.args
         steps = max(1, budget // forwards_per_step(method))
         cfg = FineTuneConfig(base=a.base, task=task, optimizer=method, lr=lr, eps=a.epss.get(method.split("+")[-1],
@@ -194,6 +199,8 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
     chosen_how = (f"lr grid {a.lr_grid} x the method's lr, chosen on {a.num_dev} dev examples{where} by one run of "
                   f"{a.select_budget} forward passes (seed {a.select_seed})" if len(a.grid) > 1
                   else f"lr not tuned ({a.lr_grid} x the method's lr)")
+    if len(a.grid) > 1 and a.select_seed in a.seed_list and a.select_budget == a.budget:
+        chosen_how += f"; on a selection task, the seed-{a.select_seed} final run is that selection run"
     lines = [f"base {a.base}, peft {a.peft}; {chosen_how}; final runs: {a.budget} forward "
              f"passes, seeds {a.seeds}; batch {a.batch_size}, max length {a.max_length}, {a.num_train} train / "
              f"{a.num_eval} eval examples (data seed {a.data_seed}). Δ = method − MeZO on the same seed (mean ± sd).",

@@ -31,13 +31,9 @@ def _lm_loss(model, batch):
     return model(input_ids=batch, labels=batch).loss
 
 
-# llama-lean is z-sensitive: with issue 10's keyed CPU noise streams (other z for the same seed) its finite
-# difference at seed 7 is 6.5 % off the analytic value (tolerance 2 %); lean=False and opt still agree, and so
-# do seeds 8-10. Whether the lean path or the tolerance is at fault is open (reported to the integrator).
-_LLAMA_LEAN = pytest.param("llama", True, marks=pytest.mark.xfail(strict=False, reason="z-sensitive, see above"))
-
-
-@pytest.mark.parametrize("arch,lean", [("opt", True), _LLAMA_LEAN, ("llama", False)])  # llama: tied weights
+# At seed 7 the directional meta-gradient is -5.6 (llama) and -40 (opt); finite differences agree to ~0.1 % (checked over
+# seeds 5-14: the error grows only where the analytic value is near 0, e.g. 0.025 at seed 11), so 2 % can fail.
+@pytest.mark.parametrize("arch,lean", [("opt", True), ("llama", True), ("llama", False)])  # llama: tied weights
 def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
     model = tiny_model(arch).double()
     policy = ZOPolicy.for_model(model, seed=1).double()

@@ -329,6 +329,7 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
     model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    cap_max_length(objective, model, cfg.peft, log)
     apply_init(model, cfg, info, log)
     zero_path = out / "zero_shot.json"
     if cfg.resume and zero_path.exists():
@@ -341,6 +342,21 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
         zero_path.write_text(json.dumps(zero_shot))
     model = apply_peft(model, cfg.peft, seed=cfg.seed)
     return device, objective, splits, model, tokenizer, info, zero_shot
+
+def cap_max_length(objective, model, peft: str, log) -> None:
+    """--max-length (MeZO's 2048 by default) beyond the base's positions, less the virtual tokens of prefix or
+    prompt tuning, would index past its position table: cut it there and say so."""
+    from l2o.models import position_limit
+    from l2o.peft_modes import PREFIX_TOKENS, PROMPT_TOKENS
+
+    limit = position_limit(model)
+    if limit is None:
+        return
+    limit -= {"prefix": PREFIX_TOKENS, "prompt": PROMPT_TOKENS}.get(peft, 0)
+    if objective.max_length > limit:
+        log(f"max length {objective.max_length} is beyond what the base attends over; using {limit} tokens")
+        objective.max_length = limit
+
 
 def apply_init(model, cfg: FineTuneConfig, info, log) -> None:
     """--init: a zoo ledger (a published full-parameter fine-tune, replayed onto the base) or a Bilevel-ZOFO

@@ -230,6 +230,16 @@ def load_base(name: str = DEFAULT_BASE, dtype: str = "fp32", device: str | torch
 _PEFT_MARKERS = ("lora_", "lora_magnitude_vector", "prompt_encoder", "modules_to_save")
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """Tokens the model can attend over (max_position_embeddings / n_positions), or None when unbounded."""
+    config = getattr(unwrap_peft(model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _all_blocks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Every parameter block (trainable or not), tied weights once; also on the meta device."""
     params = list(model.parameters())

@@ -42,7 +42,8 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
   --resume           continue the run in --out from checkpoints/last.ckpt
   --config FILE      YAML with any of these options; --print_config prints the resolved configuration
   --dry-run          print the memory plan per device (weights, momentum, activations, policy, total) and
-                     whether it fits --gpu-memory GB (default 80), offline from shipped shapes; exit 1 if not
+                     whether it fits --gpu-memory GB (default 80), offline from shipped shapes (options
+                     from --config and the command line); exit 1 if not
 
 zo-finetuner options (--model.*): lr_policy 0.1, lr_llm 0.01, momentum 0.8, eta_meta 1e-6, eps 1e-3,
   unroll 1 (look-ahead length T), reset_every 100, dtype fp32|bf16, gradient_checkpointing false,

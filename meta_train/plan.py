@@ -147,25 +147,51 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _option(argv: list[str], name: str, default):
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"--{prefix}{key}"] = value
+    return out
+
+
+def _options(argv: list[str]) -> dict:
+    """The options the plan reads: each --config YAML in order, then the command line (which wins), as the
+    LightningCLI resolves them."""
+    import yaml
+
+    found = {}
     for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return default
+        if a == "--config" or a.startswith("--config="):
+            path = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                tree = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise ValueError(f"--config {path}: {err}") from None
+            if not isinstance(tree, dict):
+                raise ValueError(f"--config {path}: expected a mapping of options")
+            found.update(_flatten(tree))
+    for i, a in enumerate(argv):
+        if a.startswith("--") and "=" in a:
+            found[a.split("=", 1)[0]] = a.split("=", 1)[1]
+        elif a.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            found[a] = argv[i + 1]
+    return found
 
 
 def main(argv: list[str]) -> int:
-    """The --dry-run entry point of meta_train (options read from the same command line)."""
+    """The --dry-run entry point of meta_train (options from --config files and the same command line)."""
     try:
+        opt = _options(argv)
         plan = make_plan(
-            _option(argv, "--base", "smollm2-135m"), dtype=_option(argv, "--model.dtype", "fp32"),
-            batch=int(_option(argv, "--data.batch_size", 8)), length=int(_option(argv, "--data.max_length", 128)),
-            checkpointing=str(_option(argv, "--model.gradient_checkpointing", "false")).lower() == "true",
-            unroll=int(_option(argv, "--model.unroll", 1)),
-            eager=_option(argv, "--model.attn_implementation", "") == "eager",
-            gpu_gb=float(_option(argv, "--gpu-memory", 80)))
+            opt.get("--base", "smollm2-135m"), dtype=opt.get("--model.dtype", "fp32"),
+            batch=int(opt.get("--data.batch_size", 8)), length=int(opt.get("--data.max_length", 128)),
+            checkpointing=str(opt.get("--model.gradient_checkpointing", "false")).lower() == "true",
+            unroll=int(opt.get("--model.unroll", 1)),
+            eager=opt.get("--model.attn_implementation", "") == "eager",
+            gpu_gb=float(opt.get("--gpu-memory", 80)))
     except (ValueError, OSError) as err:
         print(f"meta_train: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -349,3 +349,18 @@ def test_dry_run_plans_every_alias_offline_and_opt13b_bf16_fits_80gb(capsys):
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["--base", "no-such-alias", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("meta_train: error: --dry-run knows")
+
+
+def test_dry_run_reads_config_files_and_the_command_line_wins(tmp_path, capsys):
+    """--dry-run plans what the run would do: options from --config YAML (as the LightningCLI nests them),
+    overridden by the command line; a bad file is one line."""
+    from meta_train.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("base: opt-13b\nmodel:\n  dtype: bf16\ndata:\n  batch_size: 8\n")
+    assert main(["--config", str(cfg), "--dry-run", "--gpu-memory", "80"]) == 0  # bf16 from the file: fits
+    assert "opt-13b" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "--model.dtype", "fp32", "--dry-run"]) == 1  # fp32 from the command line
+    capsys.readouterr()
+    assert main([f"--config={tmp_path / 'missing.yaml'}", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("meta_train: error: --config")

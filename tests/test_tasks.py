@@ -413,6 +413,26 @@ def test_candidate_loss_matches_hand_computation(arch, tok):
                                                                          BATCH[2].candidates[1])[0], abs=1e-5)
 
 
+@pytest.mark.parametrize("peft,expected", [("full", 512), ("prefix", 507), ("prompt", 502)])
+def test_max_length_is_cut_where_the_base_positions_end(tok, peft, expected):
+    """MeZO's default 2048 tokens on a base with 512 positions (GPT-2-like) would index past its position
+    table: fine_tune cuts it there, less prefix/prompt tuning's virtual tokens, and says so once."""
+    from fine_tune.run import cap_max_length
+
+    model = tiny_model("gpt2")
+    long = [Rendered("word " * 700 + "It was", [" terrible", " great"], 1, [" great"])]
+    with pytest.raises(IndexError):  # what the cap prevents
+        candidate_scores(model, tok, long, 2048)
+    objective, said = CandidateCE(), []
+    cap_max_length(objective, model, peft, said.append)
+    assert objective.max_length == expected and len(said) == 1 and str(expected) in said[0]
+    with torch.no_grad():
+        assert torch.isfinite(objective.loss(model, tok, long))
+    roomy = CandidateCE(max_length=256)
+    cap_max_length(roomy, model, "full", said.append)
+    assert roomy.max_length == 256 and len(said) == 1
+
+
 def test_lm_loss_matches_hand_computation_and_is_differentiable(tok):
     model = tiny_model("opt")
     gen = [Rendered("Question: What is the capital of France?\nAnswer:", [], None, ["Paris", "paris"]),

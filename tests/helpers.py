@@ -184,6 +184,35 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
+def run_meta_train_interrupted_at(step: int, argv: list[str]) -> None:
+    """The `meta_train` CLI on `argv`, sent a real SIGINT by itself once `step` meta-steps are done (from the
+    CLI's own interrupt callback, just before it checks for one); exits with the CLI's exit code. Run it in a
+    subprocess."""
+    import os
+    import signal
+    import sys
+
+    import meta_train.cli
+    from meta_train.cli import main
+
+    real = meta_train.cli.interrupt_callback
+
+    def interrupt_callback(last):
+        cb = real(last)
+        check = cb.on_train_batch_end
+
+        def on_train_batch_end(trainer, *args):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+            check(trainer, *args)
+
+        cb.on_train_batch_end = on_train_batch_end
+        return cb
+
+    meta_train.cli.interrupt_callback = interrupt_callback
+    sys.exit(main(argv))
+
+
 def hold_run_folder(folder):
     """Another process that claims the run folder `folder` (as a running fine_tune would) until killed."""
     import subprocess

@@ -244,6 +244,25 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert json.loads((tmp_path / "ft2" / "results.json").read_text())["forward_passes"] == 6
 
 
+def test_ctrl_c_saves_a_checkpoint_publishes_nothing_and_resume_finishes(tiny_base, tmp_path):
+    import subprocess
+
+    from meta_train.cli import main
+
+    out = tmp_path / "run"
+    argv = _run_args(tiny_base, out, "--max_steps", "6", "--save_every", "100", "--registry", str(tmp_path / "reg"))
+    code = f"from tests.helpers import run_meta_train_interrupted_at as f; f(2, {argv!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert proc.stderr.strip().splitlines()[-1] == f"meta_train: interrupted; continue with --resume (checkpoint {last})"
+    assert "Traceback" not in proc.stderr
+    assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported or published
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # the interrupt's checkpoint, after its step
+    assert main(argv + ["--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["steps"] == 6
+
+
 def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     from meta_train.cli import main
 

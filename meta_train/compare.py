@@ -5,9 +5,11 @@
 
 Each (method, seed) is one `fine_tune` run (same data, same lr/eps, steps = forwards / forwards-per-step);
 `--matched-mezo` adds MeZO at lr x the policy run's effective step E||d||^2/D (the policy at a matched step);
-`--aggregate` prints the table from the runs already in --out: final train loss (mean of the last 10% of
-steps), eval accuracy, and the forward passes each method needed for its moving-average train loss to reach
-MeZO's final loss (same seed; a value at the very start means the loss went up, not down).
+`--aggregate` prints the table from the runs already in one or more --out folders: final train loss (mean of
+the last 10% of steps), eval accuracy, paired differences (same seed) against MeZO at equal lr and against the
+MeZO run that takes the same step (MeZO itself for a policy at E||d||^2/D = 1, else mezo-matched), and the
+forward passes each method needed for its moving-average train loss to reach MeZO's final loss (same seed; a
+value at the very start means the loss went up, not down). `--plot F` draws loss curves and accuracies.
 """
 
 from __future__ import annotations
@@ -55,37 +57,116 @@ def _reach(history: list[dict], target: float) -> int | None:
     return None
 
 
-def aggregate(out: Path) -> str:
+def _label(method: str, results: dict) -> str:
+    """zo-finetuner runs are labelled with their size rule: "zo-finetuner (authors)" takes a bigger step."""
+    rule = results["config"].get("policy_size_rule")
+    return f"{method} ({rule})" if "zo-finetuner" in method and rule else method
+
+
+def collect(outs: list[Path]) -> dict:
+    """(label, seed) -> (results, history) of every finished run in the folders (the first folder wins)."""
     runs = {}
-    for d in sorted(out.glob("*-s*")):
-        if (d / "results.json").exists():
-            method, seed = d.name.rsplit("-s", 1)
-            runs[(method, int(seed))] = (json.loads((d / "results.json").read_text()),
-                                         json.loads((d / "history.json").read_text()))
-    methods = [m for m in METHODS if any(k[0] == m for k in runs)]
-    lines = ["| method | lr | forwards | effective step E‖d‖²/D | first-step train loss | mean train loss over the run | "
-             "final train loss (mean ± sd) | eval accuracy (mean ± sd) | forwards to reach MeZO's final loss (per seed) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for m in methods:
+    for out in outs:
+        for d in sorted(Path(out).glob("*-s*")):
+            if (d / "results.json").exists():
+                method, seed = d.name.rsplit("-s", 1)
+                res = json.loads((d / "results.json").read_text())
+                runs.setdefault((_label(method, res), int(seed)), (res, json.loads((d / "history.json").read_text())))
+    return runs
+
+
+def _order(label: str) -> tuple:
+    base = label.split(" (")[0]
+    return (METHODS.index(base) if base in METHODS else len(METHODS), label)
+
+
+def _step_matched(runs: dict, label: str, seed: int) -> str | None:
+    """The MeZO run that takes this policy run's step: MeZO itself at E||d||^2/D = 1 (true sizes), else the
+    mezo-matched run (MeZO at lr x the policy's measured step)."""
+    if "zo-finetuner" not in label:
+        return None
+    eff = runs[(label, seed)][0].get("effective_step") or 1.0
+    if abs(eff - 1.0) < 0.05:
+        return "mezo"
+    return "mezo-matched" if ("mezo-matched", seed) in runs else None
+
+
+def _paired(runs: dict, label: str, ref_of, field) -> str:
+    diffs = []
+    for (m, s) in runs:
+        ref = ref_of(m, s)
+        if m == label and ref and (ref, s) in runs:
+            diffs.append(field(runs[(m, s)]) - field(runs[(ref, s)]))
+    if not diffs:
+        return "—"
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.3f} ± {sd:.3f} (n={len(diffs)})"
+
+
+def aggregate(outs) -> str:
+    """The table of the runs in one or more --out folders (e.g. one per size rule)."""
+    runs = collect([Path(o) for o in ([outs] if isinstance(outs, (str, Path)) else outs)])
+    labels = sorted({k[0] for k in runs}, key=_order)
+    loss = (lambda r: r[0]["final_train_loss"])
+    acc = (lambda r: r[0]["final"]["eval"])
+    equal_lr = (lambda m, s: "mezo" if m not in ("mezo", "mezo-matched") else None)
+    lines = ["| method | lr | forwards | effective step E‖d‖²/D | mean train loss over the run | "
+             "final train loss (mean ± sd) | eval accuracy (mean ± sd) | Δ final loss vs MeZO, equal lr | "
+             "Δ accuracy vs MeZO, equal lr | Δ final loss vs MeZO at the same step | Δ accuracy vs MeZO at the same "
+             "step | forwards to reach MeZO's final loss (per seed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+    for m in labels:
         seeds = sorted(s for (mm, s) in runs if mm == m)
-        loss = [runs[(m, s)][0]["final_train_loss"] for s in seeds]
-        acc = [runs[(m, s)][0]["final"]["eval"] for s in seeds]
-        first = [runs[(m, s)][1][0]["loss"] for s in seeds]
-        whole = [statistics.mean(r["loss"] for r in runs[(m, s)][1]) for s in seeds]
+        rs = [runs[(m, s)] for s in seeds]
+        whole = [statistics.mean(h["loss"] for h in r[1]) for r in rs]
         reach = []
         for s in seeds:
             if ("mezo", s) in runs:
                 r = _reach(runs[(m, s)][1], runs[("mezo", s)][0]["final_train_loss"])
                 reach.append("never" if r is None else str(r))
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        eff = [runs[(m, s)][0].get("effective_step") for s in seeds]
+        eff = [r[0].get("effective_step") for r in rs]
         eff_s = f"{statistics.mean(eff):.3g}" if None not in eff else "-"
-        lines.append(f"| {m} | {runs[(m, seeds[0])][0]['config']['lr']:.3g} | {runs[(m, seeds[0])][0]['forward_passes']} | "
-                     f"{eff_s} | {statistics.mean(first):.4f} | "
-                     f"{statistics.mean(whole):.4f} | "
-                     f"{statistics.mean(loss):.4f} ± "
-                     f"{sd(loss):.4f} | {statistics.mean(acc):.3f} ± {sd(acc):.3f} | {', '.join(reach)} |")
+        lr = ", ".join(dict.fromkeys(f"{r[0]['config']['lr']:.3g}" for r in rs))
+        lines.append(f"| {m} | {lr} | {rs[0][0]['forward_passes']} | {eff_s} | {statistics.mean(whole):.4f} | "
+                     f"{statistics.mean(map(loss, rs)):.4f} ± {sd([loss(r) for r in rs]):.4f} | "
+                     f"{statistics.mean(map(acc, rs)):.3f} ± {sd([acc(r) for r in rs]):.3f} | "
+                     f"{_paired(runs, m, equal_lr, loss)} | {_paired(runs, m, equal_lr, acc)} | "
+                     f"{_paired(runs, m, lambda mm, s: _step_matched(runs, mm, s), loss)} | "
+                     f"{_paired(runs, m, lambda mm, s: _step_matched(runs, mm, s), acc)} | {', '.join(reach)} |")
     return "\n".join(lines)
+
+
+def plot(outs, path: Path, title: str = "") -> None:
+    """Train loss against forward passes (moving mean over 10% of the run, mean over seeds) and eval
+    accuracy per method (bar: mean; dots: seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = collect([Path(o) for o in ([outs] if isinstance(outs, (str, Path)) else outs)])
+    labels = sorted({k[0] for k in runs}, key=_order)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    for i, m in enumerate(labels):
+        hists = [runs[k][1] for k in sorted(runs) if k[0] == m]
+        n = min(len(h) for h in hists)
+        mean = [statistics.mean(h[j]["loss"] for h in hists) for j in range(n)]
+        w = max(1, n // 10)
+        smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
+        ax.plot([hists[0][j]["forwards"] for j in range(n)], smooth, label=f"{m} ({len(hists)} seeds)")
+        accs = [runs[k][0]["final"]["eval"] for k in sorted(runs) if k[0] == m]
+        bx.bar(i, statistics.mean(accs), color=f"C{i}", alpha=0.6)
+        bx.plot([i] * len(accs), accs, "k.", ms=6)
+    ax.set_xlabel("forward passes")
+    ax.set_ylabel("train loss (moving mean, mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    bx.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    bx.set_ylabel("eval accuracy (bar: mean, dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -104,12 +185,17 @@ def main(argv=None) -> int:
     p.add_argument("--num-train", type=int, default=200)
     p.add_argument("--num-eval", type=int, default=100)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--out", default="runs/compare", nargs="+", help="run folder; with --aggregate, one or more "
+                   "(e.g. one per --policy-size-rule: their zo-finetuner rows are labelled by rule)")
     p.add_argument("--aggregate", action="store_true", help="only print the table of the runs in --out")
+    p.add_argument("--plot", default=None, help="also draw train loss and eval accuracy per method here (PNG)")
     p.add_argument("--matched-mezo", action="store_true", help="also run MeZO at lr x the zo-finetuner run's mean "
                    "effective step E||d||^2/D (same seed): the policy against MeZO at a matched step size")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    outs = [args.out] if isinstance(args.out, str) else args.out
+    if len(outs) > 1 and not args.aggregate:
+        p.error("several --out folders only with --aggregate")
+    out = args.out = Path(outs[0])
     if not args.aggregate:
         for seed in args.seeds:
             for method in args.methods:
@@ -118,7 +204,9 @@ def main(argv=None) -> int:
             pol = out / f"zo-finetuner-s{seed}" / "results.json"
             if args.matched_mezo and pol.exists() and not (out / f"mezo-matched-s{seed}" / "results.json").exists():
                 _run_one(args, "mezo-matched", seed, lr=args.lr * json.loads(pol.read_text())["effective_step"])
-    print(aggregate(out))
+    print(aggregate(outs))
+    if args.plot:
+        plot(outs, Path(args.plot), f"{args.task}, {args.base}")
     return 0
 
 

@@ -341,6 +341,37 @@ def test_compare_reach_counts_forwards_to_a_target():
     assert _reach(hist, 2.0) == 6 and _reach(hist, 0.5) is None
 
 
+def test_compare_table_pairs_policy_runs_with_mezo_at_equal_lr_and_at_the_same_step(tmp_path):
+    """Two folders (one per size rule): the authors'-rule policy is paired with mezo-matched for the same
+    step, the true-size policy (step 1) with MeZO itself; differences are per seed (a flipped sign or a
+    pairing across seeds changes the numbers)."""
+    from meta_train.compare import aggregate, plot
+
+    def put(folder, method, seed, loss, acc, lr=1e-5, eff=1.0, rule=None):
+        d = tmp_path / folder / f"{method}-s{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "final_train_loss": loss, "final": {"eval": acc}, "forward_passes": 40, "effective_step": eff,
+            "config": {"lr": lr, "policy_size_rule": rule}}))
+        (d / "history.json").write_text(json.dumps([{"loss": loss + 1, "forwards": 2}, {"loss": loss, "forwards": 4}]))
+
+    for s, (lm, lp, lmm, ln) in enumerate([(3.0, 1.5, 2.5, 2.8), (2.6, 1.1, 2.2, 2.7)]):
+        put("authors", "mezo", s, lm, 0.2)
+        put("authors", "zo-finetuner", s, lp, 0.5, eff=3.4, rule="authors")
+        put("authors", "mezo-matched", s, lmm, 0.3, lr=3.4e-5)
+        put("numel", "zo-finetuner", s, ln, 0.3 + 0.1 * s, rule="numel")
+    table = aggregate([tmp_path / "authors", tmp_path / "numel"])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()[2:]}
+    assert list(rows) == ["mezo", "mezo-matched", "zo-finetuner (authors)", "zo-finetuner (numel)"]
+    assert rows["zo-finetuner (authors)"][7] == "-1.500 ± 0.000 (n=2)"   # vs MeZO at equal lr: 1.5-3.0, 1.1-2.6
+    assert rows["zo-finetuner (authors)"][9] == "-1.050 ± 0.071 (n=2)"   # vs mezo-matched: -1.0, -1.1
+    assert rows["zo-finetuner (numel)"][9] == "-0.050 ± 0.212 (n=2)"     # step 1: vs MeZO itself: -0.2, +0.1
+    assert rows["zo-finetuner (numel)"][10] == "+0.150 ± 0.071 (n=2)"
+    assert rows["mezo"][7] == "—" and rows["mezo-matched"][9] == "—"
+    plot([tmp_path / "authors", tmp_path / "numel"], tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
 # ---------------------------------------------------------------------- --dry-run: the memory plan
 def test_dry_run_plans_every_alias_offline_and_opt13b_bf16_fits_80gb(capsys):
     from l2o.models import ALIASES

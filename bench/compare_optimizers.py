@@ -18,8 +18,8 @@ Protocol, per task and method:
    step E||d||^2/D (1 for MeZO) and the BSZO prior the default rule chose.
 
 Writes `<out>/runs.jsonl` (one fine_tune results dict per run, phase and lr added; rerunning continues an
-interrupted comparison), `<out>/table.md` and `<out>/loss_vs_forwards.png` (train loss of the final runs,
-mean over seeds, against forward passes).
+interrupted comparison), `<out>/table.md` and `<out>/loss_vs_forwards.png` (per task: train loss of the final
+runs, mean over seeds, against forward passes; below it the eval metric per method and seed, and zero-shot).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     table = render_table(final, chosen, zero, args)
     (runner.out / "table.md").write_text(table)
     print(table)
-    plot(final, runner.out / "loss_vs_forwards.png", args)
+    plot(final, runner.out / "loss_vs_forwards.png", args, zero)
     if args.docs:
         Path(args.docs).write_bytes((runner.out / "loss_vs_forwards.png").read_bytes())
     return 0
@@ -229,31 +229,47 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(final: dict, path: Path, args) -> None:
+def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
+    """Per task: train loss against forward passes (mean over seeds, moving mean) above, and the eval metric
+    per method below (bar: mean over seeds, dots: seeds, dashed: zero-shot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.task_list), figsize=(5.5 * len(args.task_list), 4), squeeze=False)
-    for ax, task in zip(axes[0], args.task_list):
-        for m in args.method_list:
-            curves = []
-            for s in args.seed_list:
-                if (task, m, s) in final:
-                    hist = json.loads(Path(final[(task, m, s)]["paths"]["history"]).read_text())
-                    curves.append([(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]])
-            if not curves:
+    n_tasks = len(args.task_list)
+    fig, axes = plt.subplots(2, n_tasks, figsize=(5.5 * n_tasks, 7), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for col, task in enumerate(args.task_list):
+        ax, bx = axes[0][col], axes[1][col]
+        names = []
+        for i, m in enumerate(args.method_list):
+            runs = [final[(task, m, s)] for s in args.seed_list if (task, m, s) in final]
+            if not runs:
                 continue
+            curves = []
+            for r in runs:
+                hist = json.loads(Path(r["paths"]["history"]).read_text())
+                curves.append([(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]])
             n = min(len(c) for c in curves)
-            mean = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
+            mean = [statistics.mean(c[j][1] for c in curves) for j in range(n)]
             w = max(1, n // 10)
-            smooth = [statistics.mean(mean[max(0, i - w + 1):i + 1]) for i in range(n)]
-            ax.plot([curves[0][i][0] for i in range(n)], smooth, label=f"{m} (lr {final[(task, m, args.seed_list[0])]['lr']:.3g})")
+            smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
+            ax.plot([curves[0][j][0] for j in range(n)], smooth, color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g})")
+            evals = [r["final"]["eval"] for r in runs]
+            bx.bar(len(names), statistics.mean(evals), color=f"C{i}", alpha=0.6)
+            bx.plot([len(names)] * len(evals), evals, "k.", ms=6)
+            names.append(m)
         ax.set_title(f"{task} ({args.base}, {args.peft})", fontsize=9)
         ax.set_xlabel("forward passes")
         ax.set_ylabel("train loss (mean over seeds, moving mean)")
         ax.legend(fontsize=8)
+        z = (zero or {}).get(task, {}).get("eval")
+        if z is not None:
+            bx.axhline(z, color="k", ls="--", lw=1, label=f"zero-shot {z:.3f}")
+            bx.legend(fontsize=8)
+        bx.set_xticks(range(len(names)), names, fontsize=8)
+        bx.set_ylabel("eval metric (bar: mean, dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -332,6 +332,36 @@ def test_weight_decay_skips_biases_and_norms():
     assert decays["net.0.weight"] and not decays["net.0.bias"] and not decays["net.1.weight"]
 
 
+class _Linear(torch.nn.Module):
+    """L(theta) = a . theta + 5: no curvature, so the mean of a two-point pair is L(theta) exactly."""
+
+    def __init__(self, dim=200):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.theta = torch.nn.Parameter(torch.randn(dim, generator=g, dtype=torch.float64))
+        self.a = torch.randn(dim, generator=g, dtype=torch.float64)
+
+    def forward(self):
+        return self.a @ self.theta + 5.0
+
+
+@pytest.mark.parametrize("name,kw", [(m, KW.get(m, {})) for m in METHODS] + [("mezo", {"one_sided": True}),
+                                                                              ("mezo", {"num_directions": 3})])
+def test_logged_train_loss_means_the_same_for_every_method(name, kw):
+    """The logged loss estimates L(theta) for every method (f0 or a two-point pair's mean), so train losses compare
+    across methods. Logging L(theta + eps v), as the papers do, would put GV and Greedy below MeZO by ~eps g
+    (their v is chosen to lower the loss): on this linear loss that is off by eps |a . v| ~ 0.1."""
+    model = _Linear()
+    with torch.no_grad():
+        start = float(model())
+    for seed in range(5):
+        opt = build_optimizer(name, model, lr=0.0, eps=1e-2, seed=seed, **kw)
+        opt.step(model)
+        assert opt.last.loss == pytest.approx(start, abs=1e-9), (opt.last.losses, start)
+        if name in ("mezo-gv", "mezo-greedy"):
+            assert opt.last.losses[-2] < start - 1e-3  # L(theta + eps v), the papers' logged loss: biased low
+
+
 def test_last_step_reports_losses_and_projected_gradients():
     model = Quadratic()
     opt = build_optimizer("mezo-gv", model, lr=1e-5, pool_size=3)

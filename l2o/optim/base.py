@@ -38,7 +38,11 @@ class NonFiniteLoss(Exception):
 class StepResult:
     """What one step measured, for logging."""
 
-    loss: float                                   # the loss to log as "train loss" (L+ or f0, as the papers)
+    # the train loss to log: an estimate of L(theta) with the same meaning for every method, f0 = L(theta) where
+    # the step evaluates it, else the mean of its two-point pair(s) [L(theta + eps d) + L(theta - eps d)] / 2
+    # (L(theta) + O(eps^2)). The papers log L(theta + eps d); along a loss-guided d (GV, Greedy) that is
+    # biased low by about eps * g, so it would flatter those methods in any comparison of train losses.
+    loss: float
     projected_grads: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)   # every loss the step evaluated, in order
     forwards: int = 0

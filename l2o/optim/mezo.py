@@ -39,5 +39,6 @@ class MeZO(ZOOptimizer):
             losses = self.evaluate_many(closure, [(d, sign * eps) for d in dirs for sign in (1, -1)])
             grads = [(plus - minus) / (2 * eps) for plus, minus in zip(losses[0::2], losses[1::2])]
         self._apply_update(self.direction(seeds, [g / q for g in grads], scales), 1.0)
-        return StepResult(loss=losses[0], projected_grads=grads, losses=losses,
+        train_loss = losses[0] if self.hp["one_sided"] else sum(losses) / len(losses)  # f0, or the pairs' mean
+        return StepResult(loss=train_loss, projected_grads=grads, losses=losses,
                           effective_step=self.scales_second_moment(scales))

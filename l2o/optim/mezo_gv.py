@@ -63,7 +63,8 @@ class MeZOGV(ZOOptimizer):
         plus, minus = self.evaluate_many(closure, [(v, eps), (v, -eps)])
         g = (plus - minus) / (2 * eps)
         self._apply_update(v, g)
-        return StepResult(loss=plus, projected_grads=[g], losses=pool + [plus, minus],
+        # logged: the pair's mean, not plus = L(theta + eps v), which v's guidance biases low by ~ eps g
+        return StepResult(loss=(plus + minus) / 2, projected_grads=[g], losses=pool + [plus, minus],
                           effective_step=sum(x * x for x in w) * self.scales_second_moment(scales))
 
 

@@ -7,7 +7,9 @@
 Protocol, per task and method:
 1. **lr selection.** One run (seed `--select-seed`, `--select-budget` forward passes) for each lr of the grid
    `--lr-grid` (multipliers of the method's `--lr`, the paper's value scaled to the model); the lr with the best
-   final dev metric wins (ties: the lower final train loss).
+   final dev metric wins (ties: the lower final train loss). When the winner is at an edge of the grid, one
+   more lr a grid step past that edge is tried (`--extend` times at most), so a chosen lr is interior or says
+   where the grid ran out.
 2. **Final runs.** `--seeds` runs at the chosen lr, each with `--budget` forward passes (steps = budget //
    forwards per step: MeZO 2, GV and Greedy M + 2, BSZO 1 + k), the same data sample (`--data-seed`) and,
    for a given seed, the same batches for every method. When `--select-seed` is one of `--seeds` and the
@@ -67,7 +69,10 @@ def parse_args(argv=None):
     ap.add_argument("--select-seed", type=int, default=0)
     ap.add_argument("--select-tasks", default=None, help="tasks whose dev split picks each method's lr (default: "
                     "every task picks its own; one task: that lr serves every task)")
-    ap.add_argument("--lr-grid", default="0.3,1,3", help="multipliers of each method's --lr tried on dev")
+    ap.add_argument("--lr-grid", default="0.3,1,3", help="multipliers of each method's --lr tried on dev "
+                    "(ascending, geometric)")
+    ap.add_argument("--extend", type=int, default=1, help="while the best lr is at an edge of the grid, try one more "
+                    "grid step past that edge, at most this many times")
     ap.add_argument("--peft", default="prefix")
     ap.add_argument("--lr", default="mezo=1e-2,mezo-gv=1e-2,mezo-greedy=1e-2,bszo=1e-2",
                     help="per method, the paper's lr scaled to the model (centre of the grid): name=value,...")
@@ -83,7 +88,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     args.select_budget = args.select_budget or args.budget
     args.lrs, args.epss = _parse_map(args.lr), _parse_map(args.eps)
-    args.grid = [float(x) for x in args.lr_grid.split(",")]
+    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     args.task_list, args.method_list = args.tasks.split(","), args.optimizers.split(",")
     args.select_list = args.select_tasks.split(",") if args.select_tasks else None
@@ -142,6 +147,19 @@ def choose_lr(runs: list[dict]) -> float:
     return best["lr"]
 
 
+def select_runs(run, grid: list[float], extend: int) -> list[dict]:
+    """`run(lr)` for each lr of the ascending geometric `grid`; then, while the best (`choose_lr`) is at an edge
+    of what was tried, one more lr a grid step past that edge, at most `extend` times."""
+    runs = [run(lr) for lr in grid]
+    step = grid[1] / grid[0]
+    for _ in range(extend):
+        lrs, best = sorted(r["lr"] for r in runs), choose_lr(runs)
+        if best not in (lrs[0], lrs[-1]):
+            break
+        runs.append(run(best / step if best == lrs[0] else best * step))
+    return runs
+
+
 def _pool_by_lr(runs: list[dict]) -> list[dict]:
     """One pseudo-run per lr: mean dev metric and mean final train loss over the selection tasks."""
     out = []
@@ -159,8 +177,9 @@ def main(argv=None) -> int:
     for task in args.select_list or args.task_list:
         for method in args.method_list:
             centre = args.lrs.get(method.split("+")[-1], args.lrs.get("mezo"))
-            sel = [] if len(args.grid) == 1 else [runner("select", task, method, centre * g, args.select_seed,
-                                                         args.select_budget) for g in args.grid]
+            sel = [] if len(args.grid) == 1 else select_runs(
+                lambda lr: runner("select", task, method, lr, args.select_seed, args.select_budget),
+                [centre * g for g in args.grid], args.extend)
             chosen[(task, method)] = (choose_lr(sel) if sel else centre * args.grid[0], sel)
     if args.select_list:  # pick on the selection tasks' summed dev metric; the lr then serves every task
         for method in args.method_list:
@@ -196,7 +215,8 @@ def _paired(final, task, method, seeds, field) -> str:
 def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
     a = args
     where = f" of {', '.join(a.select_list)}" if a.select_list else " of each task"
-    chosen_how = (f"lr grid {a.lr_grid} x the method's lr, chosen on {a.num_dev} dev examples{where} by one run of "
+    chosen_how = (f"lr grid {a.lr_grid} x the method's lr (extended past an edge up to {a.extend}x), chosen on "
+                  f"{a.num_dev} dev examples{where} by one run of "
                   f"{a.select_budget} forward passes (seed {a.select_seed})" if len(a.grid) > 1
                   else f"lr not tuned ({a.lr_grid} x the method's lr)")
     if len(a.grid) > 1 and a.select_seed in a.seed_list and a.select_budget == a.budget:
@@ -216,7 +236,8 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
             if not rs:
                 continue
             lr, sel = chosen[(task, m)]
-            per_lr = ", ".join(f"{r['lr']:.3g}: {r['final'].get('dev', float('nan')):.2f}" for r in sel) or "not tuned"
+            per_lr = ", ".join(f"{r['lr']:.3g}: {r['final'].get('dev', float('nan')):.2f}"
+                               for r in sorted(sel, key=lambda r: r["lr"])) or "not tuned"
             if a.select_list and task not in a.select_list:
                 per_lr = f"chosen on {', '.join(a.select_list)}"
             eff = [r["effective_step"] for r in rs if r.get("effective_step") is not None]

@@ -26,6 +26,26 @@ def test_lr_is_chosen_on_dev_with_train_loss_breaking_ties():
     assert cmp.choose_lr(pooled) == 1e-2          # summed over selection tasks, 3e-2 now averages dev 0.35
 
 
+@pytest.mark.parametrize("peak,extend,tried", [
+    (1e-2, 1, [3e-3, 1e-2, 3e-2]),                 # interior: no extension
+    (1e-3, 1, [3e-3, 1e-2, 3e-2, 9e-4]),           # best at the low edge: one step below it
+    (1e-3, 2, [3e-3, 1e-2, 3e-2, 9e-4, 2.7e-4]),   # 9e-4 is then the best and at the edge again: one more
+    (1e-1, 2, [3e-3, 1e-2, 3e-2, 0.1, 0.333]),     # high edge, twice (0.1 still best of what was tried)
+    (1e-3, 0, [3e-3, 1e-2, 3e-2]),
+])
+def test_lr_grid_is_extended_past_an_edge_while_the_best_lr_sits_there(peak, extend, tried):
+    import math
+
+    calls = []
+
+    def run(lr):  # dev metric peaks at `peak` (log scale)
+        calls.append(lr)
+        return _run("t", "m", 0, 0.5, 1.0, lr=lr, dev=1 - abs(math.log(lr / peak)))
+
+    runs = cmp.select_runs(run, [3e-3, 1e-2, 3e-2], extend)
+    assert calls == pytest.approx(tried, rel=2e-3) and [r["lr"] for r in runs] == calls
+
+
 def test_paired_differences_are_method_minus_mezo_on_the_same_seed():
     final = {("t", "mezo", s): _run("t", "mezo", s, a, 1.0) for s, a in enumerate([0.50, 0.60, 0.70])}
     final.update({("t", "gv", s): _run("t", "gv", s, a, 0.9) for s, a in enumerate([0.55, 0.70, 0.75])})

@@ -55,13 +55,13 @@ def line_bytes(ledger) -> tuple[int, float]:
 def run_optimizer(name: str, args, snapshot: bool) -> dict:
     from l2o.models import load_base
     from l2o.optim import build_optimizer
-    from l2o.policy import ZOPolicy
+    from zoo.learned import load_policy
 
     model, _, info = load_base(args.base, dtype=args.dtype)
     closure = _batch(model, args.batch, args.seq)
     kw = {"lr": 1e-6}
     if name.startswith("zo-finetuner"):
-        kw["policy"] = ZOPolicy.load(args.policy, expected_fingerprint=info.fingerprint, model_name=args.base)
+        kw["policy"] = load_policy(args.policy, expected_fingerprint=info.fingerprint, model_name=args.base)
     opt = build_optimizer(name, model, **kw)
     t0 = time.perf_counter()
     for _ in range(args.steps):
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--fwd-batch", type=int, default=16)
     p.add_argument("--fwd-seq", type=int, default=64)
     p.add_argument("--replay", nargs="*", default=["mezo", "zo-finetuner+gv"])
+    p.add_argument("--optimizers", nargs="*", default=None, help="only these (default: every one with a ledger)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     from l2o.ledger import encode_scales
@@ -133,8 +134,8 @@ def main(argv=None) -> int:
 
     rows = []
     for name in optimizer_names():
-        if name == "bilevel-zofo":  # its adapter steps are first-order: it keeps no seed ledger
-            continue
+        if name == "bilevel-zofo" or (args.optimizers and name not in args.optimizers):
+            continue  # Bilevel-ZOFO's adapter steps are first-order: it keeps no seed ledger
         row = run_optimizer(name, args, snapshot=name in args.replay)
         if name in args.replay:
             row.update(time_replay(args, row))

@@ -252,7 +252,7 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
 
 def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
     """Per task: train loss against forward passes (mean over seeds, moving mean) above, and the eval metric
-    per method below (bar: mean over seeds, dots: seeds, dashed: zero-shot)."""
+    per method below (mean ± sd over seeds, grey dots: seeds, dashed: zero-shot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,8 +278,8 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
             smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
             ax.plot([curves[0][j][0] for j in range(n)], smooth, color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g})")
             evals = [r["final"]["eval"] for r in runs]
-            bx.bar(len(names), statistics.mean(evals), color=f"C{i}", alpha=0.6)
-            bx.plot([len(names)] * len(evals), evals, "k.", ms=6)
+            bx.errorbar(len(names), statistics.mean(evals), yerr=_sd(evals), fmt="o", color=f"C{i}", capsize=5)
+            bx.plot([len(names) + 0.12] * len(evals), evals, ".", color="0.4", ms=5)
             names.append(m)
         ax.set_title(f"{task} ({args.base}, {args.peft})", fontsize=9)
         ax.set_xlabel("forward passes")
@@ -290,7 +290,8 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
             bx.axhline(z, color="k", ls="--", lw=1, label=f"zero-shot {z:.3f}")
             bx.legend(fontsize=8)
         bx.set_xticks(range(len(names)), names, fontsize=8)
-        bx.set_ylabel("eval metric (bar: mean, dots: seeds)")
+        bx.set_ylabel("eval metric (mean ± sd; grey: seeds)")
+        bx.set_xlim(-0.5, len(names) - 0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -139,7 +139,7 @@ def aggregate(outs) -> str:
 
 def plot(outs, path: Path, title: str = "") -> None:
     """Train loss against forward passes (moving mean over 10% of the run, mean over seeds) and eval
-    accuracy per method (bar: mean; dots: seeds)."""
+    accuracy per method (mean ± sd; grey dots: seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,14 +156,16 @@ def plot(outs, path: Path, title: str = "") -> None:
         smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
         ax.plot([hists[0][j]["forwards"] for j in range(n)], smooth, label=f"{m} ({len(hists)} seeds)")
         accs = [runs[k][0]["final"]["eval"] for k in sorted(runs) if k[0] == m]
-        bx.bar(i, statistics.mean(accs), color=f"C{i}", alpha=0.6)
-        bx.plot([i] * len(accs), accs, "k.", ms=6)
+        bx.errorbar(i, statistics.mean(accs), yerr=statistics.stdev(accs) if len(accs) > 1 else 0.0, fmt="o",
+                    color=f"C{i}", capsize=5)
+        bx.plot([i + 0.12] * len(accs), accs, ".", color="0.4", ms=5)
     ax.set_xlabel("forward passes")
     ax.set_ylabel("train loss (moving mean, mean over seeds)")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     bx.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    bx.set_ylabel("eval accuracy (bar: mean, dots: seeds)")
+    bx.set_ylabel("eval accuracy (mean ± sd; grey: seeds)")
+    bx.set_xlim(-0.5, len(labels) - 0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -258,6 +258,8 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from meta_train.compare import mean_curve
+
     n_tasks = len(args.task_list)
     fig, axes = plt.subplots(2, n_tasks, figsize=(5.5 * n_tasks, 7), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 2]})
@@ -272,11 +274,7 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
             for r in runs:
                 hist = json.loads(Path(r["paths"]["history"]).read_text())
                 curves.append([(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]])
-            n = min(len(c) for c in curves)
-            mean = [statistics.mean(c[j][1] for c in curves) for j in range(n)]
-            w = max(1, n // 10)
-            smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
-            ax.plot([curves[0][j][0] for j in range(n)], smooth, color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g})")
+            ax.plot(*mean_curve(curves), color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g})")
             evals = [r["final"]["eval"] for r in runs]
             bx.errorbar(len(names), statistics.mean(evals), yerr=_sd(evals), fmt="o", color=f"C{i}", capsize=5)
             bx.plot([len(names) + 0.12] * len(evals), evals, ".", color="0.4", ms=5)

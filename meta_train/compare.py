@@ -46,6 +46,19 @@ def _run_one(args, method: str, seed: int, lr: float | None = None) -> dict:
     return res
 
 
+def _sd(values) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+    """Several runs' (forwards, loss) points -> the mean over runs, as a trailing moving mean over 10% of the
+    run (over the shortest run's length)."""
+    n = min(len(c) for c in curves)
+    mean = [statistics.mean(c[j][1] for c in curves) for j in range(n)]
+    w = max(1, n // 10)
+    return [curves[0][j][0] for j in range(n)], [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
+
+
 def _reach(history: list[dict], target: float) -> int | None:
     """First forward count at which the trailing moving average (10% of the run) is <= target."""
     losses = [r["loss"] for r in history]
@@ -63,10 +76,10 @@ def _label(method: str, results: dict) -> str:
     return f"{method} ({rule})" if "zo-finetuner" in method and rule else method
 
 
-def collect(outs: list[Path]) -> dict:
-    """(label, seed) -> (results, history) of every finished run in the folders (the first folder wins)."""
+def collect(outs) -> dict:
+    """(label, seed) -> (results, history) of every finished run in one folder or several (the first wins)."""
     runs = {}
-    for out in outs:
+    for out in ([outs] if isinstance(outs, (str, Path)) else outs):
         for d in sorted(Path(out).glob("*-s*")):
             if (d / "results.json").exists():
                 method, seed = d.name.rsplit("-s", 1)
@@ -75,9 +88,13 @@ def collect(outs: list[Path]) -> dict:
     return runs
 
 
-def _order(label: str) -> tuple:
-    base = label.split(" (")[0]
-    return (METHODS.index(base) if base in METHODS else len(METHODS), label)
+def _labels(runs: dict) -> list[str]:
+    """The run labels in table order (METHODS, then by name)."""
+    def order(label: str) -> tuple:
+        base = label.split(" (")[0]
+        return (METHODS.index(base) if base in METHODS else len(METHODS), label)
+
+    return sorted({k[0] for k in runs}, key=order)
 
 
 def _step_matched(runs: dict, label: str, seed: int) -> str | None:
@@ -99,14 +116,12 @@ def _paired(runs: dict, label: str, ref_of, field) -> str:
             diffs.append(field(runs[(m, s)]) - field(runs[(ref, s)]))
     if not diffs:
         return "—"
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return f"{statistics.mean(diffs):+.3f} ± {sd:.3f} (n={len(diffs)})"
+    return f"{statistics.mean(diffs):+.3f} ± {_sd(diffs):.3f} (n={len(diffs)})"
 
 
 def aggregate(outs) -> str:
     """The table of the runs in one or more --out folders (e.g. one per size rule)."""
-    runs = collect([Path(o) for o in ([outs] if isinstance(outs, (str, Path)) else outs)])
-    labels = sorted({k[0] for k in runs}, key=_order)
+    runs = collect(outs)
     loss = (lambda r: r[0]["final_train_loss"])
     acc = (lambda r: r[0]["final"]["eval"])
     equal_lr = (lambda m, s: "mezo" if m not in ("mezo", "mezo-matched") else None)
@@ -115,8 +130,7 @@ def aggregate(outs) -> str:
              "Δ accuracy vs MeZO, equal lr | Δ final loss vs MeZO at the same step | Δ accuracy vs MeZO at the same "
              "step | forwards to reach MeZO's final loss (per seed) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-    for m in labels:
+    for m in _labels(runs):
         seeds = sorted(s for (mm, s) in runs if mm == m)
         rs = [runs[(m, s)] for s in seeds]
         whole = [statistics.mean(h["loss"] for h in r[1]) for r in rs]
@@ -129,8 +143,8 @@ def aggregate(outs) -> str:
         eff_s = f"{statistics.mean(eff):.3g}" if None not in eff else "-"
         lr = ", ".join(dict.fromkeys(f"{r[0]['config']['lr']:.3g}" for r in rs))
         lines.append(f"| {m} | {lr} | {rs[0][0]['forward_passes']} | {eff_s} | {statistics.mean(whole):.4f} | "
-                     f"{statistics.mean(map(loss, rs)):.4f} ± {sd([loss(r) for r in rs]):.4f} | "
-                     f"{statistics.mean(map(acc, rs)):.3f} ± {sd([acc(r) for r in rs]):.3f} | "
+                     f"{statistics.mean(map(loss, rs)):.4f} ± {_sd([loss(r) for r in rs]):.4f} | "
+                     f"{statistics.mean(map(acc, rs)):.3f} ± {_sd([acc(r) for r in rs]):.3f} | "
                      f"{_paired(runs, m, equal_lr, loss)} | {_paired(runs, m, equal_lr, acc)} | "
                      f"{_paired(runs, m, lambda mm, s: _step_matched(runs, mm, s), loss)} | "
                      f"{_paired(runs, m, lambda mm, s: _step_matched(runs, mm, s), acc)} | {', '.join(reach)} |")
@@ -145,19 +159,15 @@ def plot(outs, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = collect([Path(o) for o in ([outs] if isinstance(outs, (str, Path)) else outs)])
-    labels = sorted({k[0] for k in runs}, key=_order)
+    runs = collect(outs)
+    labels = _labels(runs)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     for i, m in enumerate(labels):
         hists = [runs[k][1] for k in sorted(runs) if k[0] == m]
-        n = min(len(h) for h in hists)
-        mean = [statistics.mean(h[j]["loss"] for h in hists) for j in range(n)]
-        w = max(1, n // 10)
-        smooth = [statistics.mean(mean[max(0, j - w + 1):j + 1]) for j in range(n)]
-        ax.plot([hists[0][j]["forwards"] for j in range(n)], smooth, label=f"{m} ({len(hists)} seeds)")
+        ax.plot(*mean_curve([[(h["forwards"], h["loss"]) for h in hist] for hist in hists]),
+                label=f"{m} ({len(hists)} seeds)")
         accs = [runs[k][0]["final"]["eval"] for k in sorted(runs) if k[0] == m]
-        bx.errorbar(i, statistics.mean(accs), yerr=statistics.stdev(accs) if len(accs) > 1 else 0.0, fmt="o",
-                    color=f"C{i}", capsize=5)
+        bx.errorbar(i, statistics.mean(accs), yerr=_sd(accs), fmt="o", color=f"C{i}", capsize=5)
         bx.plot([i + 0.12] * len(accs), accs, ".", color="0.4", ms=5)
     ax.set_xlabel("forward passes")
     ax.set_ylabel("train loss (moving mean, mean over seeds)")

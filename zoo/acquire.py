@@ -27,6 +27,7 @@ from typing import Iterable
 
 from l2o.cache import hub_offline
 from l2o.errors import UserError
+from l2o.filelock import write_bytes_atomic
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -221,9 +222,7 @@ def fetch_hub_rows(task: str, path: str, config: str | None, split: str) -> Path
         raise TaskError(f"task {task!r} could not be fetched from the Hugging Face Hub ({type(exc).__name__}: "
                         f"{first}); {fix}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, target)
+    write_bytes_atomic(target, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
     return target
 
 

@@ -103,5 +103,6 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         results["diverged"] = run_case("gv-m4", coll, nudge_at=GUARD_STEP - 1, check_every=GUARD_STEP)
         results["rank"], results["world"] = coll.rank, coll.world_size
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done with gloo before either tears it down (a teardown race aborted a rank once)
     finally:
         dist.destroy_process_group()

@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         results = run(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         if results is None:  # a process other than rank 0 of a multi-process run: rank 0 reports
             return 0
-    except KeyboardInterrupt as err:  # fine_tune.guard.RunInterrupted says whether --resume can continue
+    except KeyboardInterrupt as err:  # RunInterrupted (l2o.integrations.lightning) says if --resume can continue
         print(f"fine_tune: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:  # one sentence; anything else is a bug and keeps its traceback

@@ -140,17 +140,18 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     runs this; rank 0 returns the results and writes every output, the others return None."""
     task = _check_run(cfg)
     t_start = time.perf_counter()
-    from fine_tune.runtime import quiet_libraries
+    from l2o.integrations.lightning.progress import quiet_libraries
 
     quiet_libraries()
     from fine_tune.distributed import launch_rank
-    from fine_tune.guard import RunFolder, interrupt_callback
+    from l2o.integrations.lightning.folder import RunFolder
+    from l2o.integrations.lightning.interrupt import interrupt_callback
 
     stop_cb = interrupt_callback(cfg.resolved_out() / "checkpoints" / "last.ckpt")  # Ctrl-C: save, stop, exit 130
     trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), [*callbacks, stop_cb])
     rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
-    # rank 0 holds --out for the whole run (fine_tune.guard): a second run into it is refused naming this
-    # pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans up
+    # rank 0 holds --out for the whole run (l2o.integrations.lightning.folder): a second run into it is refused
+    # naming this pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans up
     with RunFolder(cfg.resolved_out()) if rank == 0 else contextlib.nullcontext():
         return _run_ranked(cfg, task, trainer, tb, rank, stop_cb, _silent if rank else log, t_start)
 
@@ -158,7 +159,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
 def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log, t_start: float) -> dict | None:
     """`run` once the process knows its rank (and rank 0 holds --out)."""
     from fine_tune.distributed import parallel_mode
-    from fine_tune.guard import finish_fit
+    from l2o.integrations.lightning.interrupt import finish_fit
 
     out = _check_folder(cfg, rank == 0, log)
     device = str(trainer.strategy.root_device) if cfg.world_size() > 1 else resolve_device(cfg)
@@ -285,7 +286,7 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from fine_tune.runtime import ProgressLines, show_progress_bar
+    from l2o.integrations.lightning.progress import ProgressLines, show_progress_bar
 
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     last_cb = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}",

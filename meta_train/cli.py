@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from fine_tune.guard import RunFolder, finish_fit, interrupt_callback
+from l2o.integrations.lightning.folder import RunFolder
+from l2o.integrations.lightning.interrupt import finish_fit, interrupt_callback
 
 METHODS = ("zo-finetuner", "bilevel-zofo")
 
@@ -139,7 +140,7 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
 
     from lightning.pytorch.cli import LightningCLI
 
-    from fine_tune.runtime import show_progress_bar
+    from l2o.integrations.lightning.progress import show_progress_bar
 
     model_params = set(inspect.signature(model_cls.__init__).parameters)
     data_params = set(inspect.signature(data_cls.__init__).parameters)
@@ -173,7 +174,7 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             if val_every:  # held-out adaptation every val_every steps through Lightning's validation loop
                 kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=1)
             self.stop_cb = interrupt_callback(out / "checkpoints" / "last.ckpt")
-            from fine_tune.runtime import ProgressLines
+            from l2o.integrations.lightning.progress import ProgressLines
 
             callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
             return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out), **kwargs)
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
     rest = ["--help" if a == "--help-all" else a for a in rest]
     user_errors = _user_errors()
     try:
-        from fine_tune.runtime import quiet_libraries
+        from l2o.integrations.lightning.progress import quiet_libraries
 
         quiet_libraries()
         model_cls, data_cls = _classes(method)
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
         except SystemExit as exit_:  # --help-all / --print_config exit 0 by design
             return int(exit_.code or 0)
         return _run(cli, method)
-    except KeyboardInterrupt as err:  # fine_tune.guard.RunInterrupted says whether --resume can continue
+    except KeyboardInterrupt as err:  # RunInterrupted (l2o.integrations.lightning) says if --resume can continue
         print(f"meta_train: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
     except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
@@ -228,7 +229,7 @@ def _check_steps(cfg) -> None:
 
 
 def _run(cli, method: str) -> int:
-    """Meta-train in --out, held for this run alone (see fine_tune.guard), then export and publish."""
+    """Meta-train in --out, held for this run alone (see l2o.integrations.lightning.folder), then export and publish."""
     # rank 0 holds the folder for the whole multi-device run (its other ranks are part of the same run)
     with RunFolder(cli.config["out"]) if cli.trainer.global_rank == 0 else contextlib.nullcontext():
         return _run_in(cli)

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from fine_tune.guard import RunFolder, RunInterrupted
+from l2o.integrations.lightning.folder import RunFolder, RunInterrupted
 from l2o.errors import UserError
 from l2o.filelock import RunLock
 

@@ -1,7 +1,4 @@
-"""What both apps' Lightning runs share: quiet libraries, and progress lines when no progress bar shows.
-
-`fine_tune` and `meta_train` (which already builds on `fine_tune` for its comparisons) use these.
-"""
+"""Quiet libraries, and progress lines when no progress bar shows (both apps' Lightning runs)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from l2o.placement import homes
+
 # Weight decay is skipped on biases and norm weights, as MeZO does (it matches names containing "bias" or
 # "layer_norm"/"layernorm"); we also match other norm spellings and every 1-D tensor, which covers norm
 # layers whose names say nothing (e.g. `net.1.weight` of an nn.LayerNorm).
@@ -35,18 +37,29 @@ class Block:
         return self.param.ndim >= 2 and not any(m in lowered for m in _NO_DECAY_MARKERS)
 
 
-def named_blocks(model: nn.Module, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
-    """Ordered (name, parameter) pairs with tied tensors listed once.
+def storage_key(t: torch.Tensor) -> tuple:
+    """Identity of a tensor's memory: two views of one storage at one offset are one block."""
+    if t.numel() and t.device.type != "meta":
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), t.device.type)
+    return (id(t), 0, "")
+
+
+def named_blocks(model: nn.Module, trainable_only: bool = True) -> list[tuple[str, torch.Tensor]]:
+    """Ordered (name, tensor) pairs with tied tensors listed once; the tensor is where the weights live.
 
     `model.named_parameters()` already skips duplicates by identity; we additionally deduplicate by
-    storage so two Parameter objects viewing the same memory (some tying schemes) count once.
+    storage so two Parameter objects viewing the same memory (some tying schemes) count once. A weight
+    that a placement hook offloads (l2o.placement: CPU memory or disk, copied in for each forward) is
+    listed as its home in the store, not as the meta-device placeholder its module holds in between.
     """
-    out: list[tuple[str, nn.Parameter]] = []
-    seen: set[tuple[int, int]] = set()
+    offloaded = homes(model)
+    out: list[tuple[str, torch.Tensor]] = []
+    seen: set[tuple] = set()
     for name, p in model.named_parameters(remove_duplicate=True):
         if trainable_only and not p.requires_grad:
             continue
-        key = (p.untyped_storage().data_ptr(), p.storage_offset()) if p.numel() else (id(p), 0)
+        p = offloaded.get(name, p)
+        key = storage_key(p)
         if key in seen:
             continue
         seen.add(key)

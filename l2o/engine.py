@@ -17,6 +17,10 @@ tensor-sized temporary is alive at a time (two for multi-seed directions with Ga
 each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
 update) against the reference code's 4 (+eps, -2eps, +eps restore, update).
 
+Placed models (l2o.placement): a block is perturbed on the device where its module runs, from the copy
+the placement hook has just put in place (the engine's swap-in runs inside that hook), and updated where
+its weights live (a block's tensor is its home: the parameter, or its store's tensor when offloaded).
+
 `differentiable(d, alpha, scales)` is the same swap-in with autograd to the per-block scales (the
 meta-gradient of a learned policy): the perturbed tensor of block b is the output of a tiny autograd
 function of s_b whose backward is alpha * <gradient, z_b>, and autograd saves (seed, b) for it instead of
@@ -38,10 +42,16 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from l2o.blocks import Block, as_blocks
+from l2o.blocks import Block, as_blocks, storage_key
+from l2o.errors import UserError
 from l2o.noise import TAG_EVAL_ROUND, TAG_ROUND, NoiseSource, keyed_generator, make_noise, mix
+from l2o.placement import after_placement, homes
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class OffloadedBackward(UserError):
+    """A backward through perturbed weights of an offloaded model (not supported)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ class Engine:
         self.blocks: list[Block] = as_blocks(list(named_params) if named_params is not None else model)
         self.noise = make_noise(noise)
         self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
+        self.offloaded = False  # some block lives off its module (l2o.placement); set by _find_owners
         self._owners = self._find_owners()
         self._hooks: list = []  # only non-empty inside `evaluate`: no trace on the model between calls
         self._active: tuple[Direction, float] | None = None
@@ -135,20 +146,34 @@ class Engine:
 
     # ------------------------------------------------------------------ bookkeeping
     def _find_owners(self) -> dict[nn.Module, list[tuple[str, Block]]]:
-        by_id = {id(b.param): b for b in self.blocks}
+        """module -> [(parameter name, block)] for every module that holds a block's tensor, matched by
+        storage, so that an offloaded weight (a meta placeholder on its module, l2o.placement) is
+        matched through its home and both modules of a tie that offloading split find their block."""
+        by_key = {storage_key(b.param): b for b in self.blocks}
+        offloaded = homes(self.model)
         owners: dict[nn.Module, list[tuple[str, Block]]] = {}
-        for module in self.model.modules():
+        for prefix, module in self.model.named_modules(remove_duplicate=False):
             for name, p in module._parameters.items():
-                if p is not None and id(p) in by_id:
-                    owners.setdefault(module, []).append((name, by_id[id(p)]))
-        missing = set(by_id) - {id(b.param) for lst in owners.values() for _, b in lst}
-        if missing:
+                if p is None:
+                    continue
+                b = by_key.get(storage_key(offloaded.get(f"{prefix}.{name}" if prefix else name, p)))
+                if b is not None and (name, b) not in owners.get(module, []):
+                    owners.setdefault(module, []).append((name, b))
+        found = {b.index for lst in owners.values() for _, b in lst}
+        if len(found) != len(self.blocks):
             raise ValueError("some trainable parameters are not owned by any submodule of the model")
+        self.offloaded = bool(offloaded)
         return owners
 
     def _install_hooks(self) -> None:
+        """The swap-in around each owner's forward: after a placement hook has loaded an offloaded
+        module's weights (l2o.placement.after_placement), plain forward hooks otherwise."""
         self.remove_hooks()
         for module in self._owners:
+            handle = after_placement(module, self._pre_hook, self._post_hook)
+            if handle is not None:
+                self._hooks.append(handle)
+                continue
             self._hooks.append(module.register_forward_pre_hook(self._pre_hook))
             self._hooks.append(module.register_forward_hook(self._post_hook, always_call=True))
 
@@ -187,8 +212,10 @@ class Engine:
         self._accumulate(out, b, d.terms(b.index, 1.0))
         return out
 
-    def _perturbed(self, b: Block, d: Direction, eps: float) -> torch.Tensor:
-        p = b.param.detach()
+    def _perturbed(self, b: Block, d: Direction, eps: float, live: torch.Tensor | None = None) -> torch.Tensor:
+        """theta_b + eps d_b, from `live` (the tensor the module holds for this forward: for an offloaded
+        weight, the execution-device copy of its home) or else the block's own tensor."""
+        p = (b.param if live is None else live).detach()
         terms = d.terms(b.index, eps)
         if not terms:
             return p
@@ -233,9 +260,9 @@ class Engine:
             key = (id(module), name)
             if key in self._stash:  # re-entrant call of the same module: already perturbed
                 continue
-            self._stash[key] = module._parameters[name]
+            live = self._stash[key] = module._parameters[name]
             if self._scales is None:
-                module._parameters[name] = self._perturbed(b, d, eps)
+                module._parameters[name] = self._perturbed(b, d, eps, live)
             else:  # differentiable in s_b; remembered so that autograd saves (seed, b), not the tensor
                 out = _Shift.apply(self._scales[b.index], self, b, d, eps)
                 self._live[id(out)] = weakref.ref(out)
@@ -276,13 +303,17 @@ class Engine:
     def differentiable(self, d: Direction, alpha: float, scales: torch.Tensor):
         """Inside: every forward sees theta_b + alpha * s_b * sum_j w_j z(seed_j, b), differentiable in `scales`.
 
-        `scales` is a [num_blocks] tensor with autograd (d.block_scales is ignored). A backward run inside
+        `scales` is a [num_blocks] tensor with autograd (d.block_scales is ignored). Offloaded weights are
+        refused: the backward regenerates a perturbed weight where no copy of it is left. A backward run inside
         the context sends d loss / d s_b = alpha * <grad_b L(theta'), z_b> straight to `scales`: the
         gradient at theta' is consumed block by block as the backward produces it, z_b regenerated from
         its seed; neither theta' nor that gradient is ever stored whole (autograd saves (seed, b) for a
         perturbed weight and regenerates it in the backward). The stored weights are never written.
         The backward must run inside the context when activation checkpointing recomputes forwards.
         """
+        if self.offloaded:
+            raise OffloadedBackward("the differentiable (look-ahead) path needs every trainable weight resident "
+                                    "on its device; offloaded models take forward-only estimators")
         self._install_hooks()
         unit = Direction(d.seeds, d.weights)
         self._active, self._stash, self._hit = (unit, float(alpha)), {}, set()

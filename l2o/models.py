@@ -241,12 +241,8 @@ def position_limit(model: nn.Module) -> int | None:
 
 
 def _all_blocks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every parameter block (trainable or not), tied weights once; also on the meta device."""
-    params = list(model.parameters())
-    if params and all(p.device.type == "meta" for p in params):
-        # Meta tensors have no storage to compare; HF ties by sharing the Parameter object, which
-        # named_parameters already collapses, exactly like named_blocks does on a real device.
-        return [(n, p) for n, p in model.named_parameters(remove_duplicate=True)]
+    """Every parameter block (trainable or not), tied weights once; also on the meta device (HF ties by
+    sharing the Parameter object there) and for offloaded weights (their homes)."""
     return named_blocks(model, trainable_only=False)
 
 

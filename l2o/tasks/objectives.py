@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from l2o.blocks import unwrap_peft
+from l2o.placement import input_device
 from l2o.tasks.base import Rendered, Task, TaskError
 from l2o.tasks.metrics import max_f1
 
@@ -39,9 +40,8 @@ _ALIASES = {"classification": "ce", "cls": "ce", "candidate-ce": "ce", "ce": "ce
 
 # -------------------------------------------------------------------------------------- encoding
 def _device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    """Where the inputs go (an offloaded model's parameters sit on the meta device between forwards)."""
+    return input_device(model)
 
 
 def _pad_id(tokenizer) -> int:

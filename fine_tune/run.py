@@ -182,7 +182,8 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
     if rank:
         return None  # rank 0 evaluates and writes the results
     best_step = _load_best(module, best_cb, log)
-    final = evaluate_splits(module, splits)
+    final_examples: dict = {}
+    final = evaluate_splits(module, splits, final_examples)
     for split, v in final.items():
         tb.experiment.add_scalar(f"final/{split}_{module.metric}", v, trainer.global_step)
     tb.experiment.flush()
@@ -198,6 +199,7 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
         "splits": {"train": len(splits.train), "dev": len(splits.dev), "eval": len(splits.eval),
                    "eval_seed": splits.eval_seed, "rule": splits.rule},
         "zero_shot": zero_shot, "final": final, "best_step": best_step, "steps": trainer.global_step,
+        "per_example": {"zero_shot": _zero_shot_examples(out), "final": final_examples},
         **module.run_counters(),
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "fit_time_s": fit_s, "wall_time_s": time.perf_counter() - t_start,
@@ -339,10 +341,22 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
         zero_shot = {}
     else:
         log("zero-shot evaluation of the base model ...")
-        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size)
+        examples: dict = {}
+        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size, examples)
+        (out / ZERO_SHOT_EXAMPLES).write_text(json.dumps(examples))
         zero_path.write_text(json.dumps(zero_shot))
     model = apply_peft(model, cfg.peft, seed=cfg.seed)
     return device, objective, splits, model, tokenizer, info, zero_shot
+
+
+ZERO_SHOT_EXAMPLES = "zero_shot_examples.json"  # per-example zero-shot scores, beside zero_shot.json
+
+
+def _zero_shot_examples(out: Path) -> dict:
+    """The per-example zero-shot scores `prepare` wrote ({} when the run skipped zero-shot)."""
+    path = out / ZERO_SHOT_EXAMPLES
+    return json.loads(path.read_text()) if path.exists() else {}
+
 
 def cap_max_length(objective, model, peft: str, log) -> None:
     """--max-length (MeZO's 2048 by default) beyond the base's positions, less the virtual tokens of prefix or
@@ -411,16 +425,21 @@ def load_policy(cfg: FineTuneConfig, model, info):
     return policy
 
 
-def evaluate_splits(module, splits) -> dict:
+def evaluate_splits(module, splits, per_example: dict | None = None) -> dict:
     """`evaluate_model` for a fine-tuning LightningModule's model, objective and batch size."""
-    return evaluate_model(module.objective, module.model, module.tokenizer, splits, module.eval_batch_size)
+    return evaluate_model(module.objective, module.model, module.tokenizer, splits, module.eval_batch_size,
+                          per_example)
 
 
-def evaluate_model(objective, model, tokenizer, splits, batch_size: int) -> dict:
-    """{"dev": metric, "eval": metric} (accuracy or F1) for the splits that have examples."""
+def evaluate_model(objective, model, tokenizer, splits, batch_size: int, per_example: dict | None = None) -> dict:
+    """{"dev": metric, "eval": metric} (accuracy or F1) for the splits that have examples; `per_example`, when
+    given, receives each split's per-example scores (1/0 or F1, in the split's order) for paired comparisons."""
     res = {}
     for split in ("dev", "eval"):
         examples = getattr(splits, split)
         if examples:
-            res[split] = next(iter(objective.evaluate(model, tokenizer, examples, batch_size=batch_size).values()))
+            scores = objective.example_scores(model, tokenizer, examples, batch_size=batch_size)
+            res[split] = sum(scores) / len(scores)
+            if per_example is not None:
+                per_example[split] = scores
     return res

@@ -250,26 +250,29 @@ class Objective:
 
     def evaluate(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> dict:
         """Accuracy (argmax of mean candidate log-prob) for cls/mch examples, token F1 for gen ones."""
+        scores = self.example_scores(model, tokenizer, examples, batch_size)
+        return {"accuracy" if examples[0].candidates else "f1": sum(scores) / len(scores)}
+
+    def example_scores(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> list[float]:
+        """Per example, 1.0 if the argmax candidate is correct else 0.0 (cls/mch), or the token F1 of the greedy
+        generation (gen): what `evaluate` averages, kept per example for paired comparisons."""
         if not examples:
             raise TaskError("nothing to evaluate: the example list is empty")
         was_training = model.training
         model.eval()
+        out: list[float] = []
         try:
             with torch.no_grad():
-                if examples[0].candidates:
-                    correct = 0
-                    for i in range(0, len(examples), batch_size):
-                        chunk = examples[i:i + batch_size]
-                        for ex, sc in zip(chunk, candidate_scores(model, tokenizer, chunk, self.max_length)):
-                            correct += int(int(sc.argmax()) in ex.correct)
-                    return {"accuracy": correct / len(examples)}
-                total = 0.0
                 for i in range(0, len(examples), batch_size):
                     chunk = examples[i:i + batch_size]
-                    preds = greedy_generate(model, tokenizer, [e.prompt for e in chunk], self.max_new_tokens,
-                                            self.max_length)
-                    total += sum(max_f1(p, e.answers) for p, e in zip(preds, chunk))
-                return {"f1": total / len(examples)}
+                    if examples[0].candidates:
+                        scores = candidate_scores(model, tokenizer, chunk, self.max_length)
+                        out += [float(int(sc.argmax()) in ex.correct) for ex, sc in zip(chunk, scores)]
+                    else:
+                        preds = greedy_generate(model, tokenizer, [e.prompt for e in chunk], self.max_new_tokens,
+                                                self.max_length)
+                        out += [max_f1(p, e.answers) for p, e in zip(preds, chunk)]
+            return out
         finally:
             model.train(was_training)
 

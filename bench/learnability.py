@@ -267,6 +267,12 @@ def stage1(args, runner: Runner, profiles: list[dict]) -> None:
                        note=f" (estimated {p['stage1_cpu_s'] / 60:.0f} CPU-min)")
 
 
+def z_score(delta: tuple[float, float]) -> float:
+    """delta / se (+-inf for a nonzero delta with se 0, 0 for no change)."""
+    d, se = delta
+    return d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
+
+
 def stage1_delta(rec: dict) -> tuple[float, float]:
     pe = rec["per_example"]
     return paired_delta(pe["final"]["eval"], pe["zero_shot"]["eval"])
@@ -277,10 +283,8 @@ def moved(done: dict, profiles: list[dict], args) -> list[dict]:
     out = []
     for p in profiles:
         rec = done.get(s1_name(p["task"], args))
-        if rec is not None:
-            d, se = stage1_delta(rec)
-            if d >= args.moved_se * se and d > 0:
-                out.append(p)
+        if rec is not None and z_score(stage1_delta(rec)) >= args.moved_se:
+            out.append(p)
     return out
 
 
@@ -332,15 +336,13 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
 
 def panel(rows: list[dict], args) -> list[dict]:
     """The evidence panel: tasks whose prefix delta at the dev-chosen stage-2 lr is >= --panel-se standard
-    errors (and positive), cheapest first."""
-    keep = [r for r in rows if "prefix" in r and r["prefix"]["delta"][0] > 0
-            and r["prefix"]["delta"][0] >= args.panel_se * r["prefix"]["delta"][1]]
+    errors, cheapest first."""
+    keep = [r for r in rows if "prefix" in r and z_score(r["prefix"]["delta"]) >= args.panel_se]
     return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
 
 
 def _d(delta) -> str:
-    d, se = delta
-    return f"{d:+.3f} ± {se:.3f} ({d / se:+.1f} se)" if se > 0 else f"{d:+.3f} ± 0"
+    return f"{delta[0]:+.3f} ± {delta[1]:.3f} ({z_score(delta):+.1f} se)"
 
 
 def _per_lr(runs: list[dict]) -> str:
@@ -432,7 +434,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from fine_tune.runtime import quiet_libraries
+    from l2o.integrations.lightning.progress import quiet_libraries
     from l2o.models import load_base
     from zoo.acquire import ensure_base, ensure_task
 

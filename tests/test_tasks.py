@@ -97,6 +97,42 @@ GOLDEN = {
                                                                           "neutral": 0}},
                     "Nice room, rude staff.\nThe sentiment of this review is",
                     [" negative", " neutral", " positive", " mixed"], 3),
+    "hyperbaton": ({"input": 'Which sentence has the correct adjective order: a " big red car " b " red big car " ?',
+                    "target_scores": {"a": 1, "b": 0}},
+                   'Which sentence has the correct adjective order: a " big red car " b " red big car " ?\n'
+                   "Answer a or b:", [" a", " b"], 0),
+    "fever": ({"input": "On June 2017, the following claim was made: Oslo is in Norway.\nQ: Was this claim true or "
+                        "false?", "target_scores": {"true": 1, "false": 0}},
+              "On June 2017, the following claim was made: Oslo is in Norway.\nQ: Was this claim true or false?\nA:",
+              [" True", " False"], 0),
+    "logical_fallacy_detection": ({"input": "Cats are animals, so animals are cats.",
+                                   "target_scores": {"Valid": 0, "Invalid": 1}},
+                                  "Cats are animals, so animals are cats.\nAnswer (valid or invalid):",
+                                  [" valid", " invalid"], 1),
+    "metaphor_boolean": ({"input": "Ann is an early bird. <--> Ann is a bird.", "target_scores": {"True": 0, "False": 1}},
+                         "Ann is an early bird. <--> Ann is a bird.\nIs the second sentence a correct paraphrase of "
+                         "the first? Yes or No?\n", YN, 1),
+    "valid_parentheses": ({"input": "( [ ] )", "target_scores": {"Valid": 1, "Invalid": 0}},
+                          "Sequence: ( [ ] )\nAre the parentheses properly matched? Yes or No?\n", YN, 0),
+    "presuppositions_as_nli": ({"input": "Sentence 1: He stopped smoking. \nSentence 2: He smoked.\n\nThe answer is: ",
+                                "target_scores": {"entailment": 1, "neutral": 0, "contradiction": 0}},
+                               "Does sentence 1 entail sentence 2, contradict it, or neither (neutral)?\nSentence 1: He "
+                               "stopped smoking. \nSentence 2: He smoked.\n\nThe answer is:",
+                               [" entailment", " neutral", " contradiction"], 0),
+    "social_support": ({"input": "Great question, thanks!", "target_scores": {"unsupportive": 0, "neutral": 0,
+                                                                              "supportive": 1}},
+                       "Reply: Great question, thanks!\nIs this reply unsupportive (negative), neutral or supportive "
+                       "(positive)? It is", [" negative", " neutral", " positive"], 2),
+    "movie_dialog_same_or_different": ({"input": 'Hi. Bye. ----- In the preceding conversation, were the sentences '
+                                                 '"Hi." and "Bye."', "target_scores": {"same": 0, "different": 1}},
+                                       "The following is a conversation between two people, but the transcript "
+                                       "doesn't mark who said what: Hi. Bye. ----- In the preceding conversation, were "
+                                       'the sentences "Hi." and "Bye." said by the same or different individuals?\n'
+                                       "Answer:", [" same", " different"], 1),
+    "formal_fallacies": ({"input": '"All A are B. x is A. So x is B."\n Is the argument, given the explicitly stated '
+                                   "premises, deductively valid or invalid?", "target_scores": {"valid": 1, "invalid": 0}},
+                         '"All A are B. x is A. So x is B."\n Is the argument, given the explicitly stated premises, '
+                         "deductively valid or invalid?\nAnswer:", [" valid", " invalid"], 0),
 }
 
 
@@ -348,12 +384,16 @@ def _bigbench_or_skip(name):
 @pytest.mark.parametrize("name,total", [("navigate", 1000), ("sports_understanding", 1000), ("strategyqa", 2290),
                                         ("epistemic_reasoning", 2000), ("implicatures", 492),
                                         ("intent_recognition", 693), ("winowhy", 2865), ("multiemo_en", 8214),
-                                        ("vitaminc_fact_verification", 54668)])
+                                        ("vitaminc_fact_verification", 54668), ("hyperbaton", 50000),
+                                        ("fever", 6612), ("logical_fallacy_detection", 2800), ("metaphor_boolean", 680),
+                                        ("valid_parentheses", 1000), ("presuppositions_as_nli", 735),
+                                        ("social_support", 897), ("movie_dialog_same_or_different", 50000),
+                                        ("formal_fallacies", 14200)])
 def test_bigbench_classification_tasks(name, total):
     tr, va = _bigbench_or_skip(name)
     assert len(tr) + len(va) == total
     t = get_task(name)
-    golds = {t.render(r).gold for r in va[:300]}
+    golds = {t.render(r).gold for r in va[::max(1, len(va) // 300)]}  # files sorted by label: spread the sample
     assert len(golds) >= 2
 
 

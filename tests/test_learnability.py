@@ -1,0 +1,99 @@
+"""The learnability scan (bench/learnability.py): paired deltas, the task rules, the panel rule, and the whole
+path (both stages, table, plot, panel.json, resume) on a tiny model with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from bench import learnability as lb
+
+
+def test_paired_delta_is_the_mean_per_example_difference_with_its_standard_error():
+    final, zero = [1, 1, 0, 1, 0, 1], [0, 1, 0, 0, 1, 1]
+    d, se = lb.paired_delta(final, zero)
+    diffs = [1, 0, 0, 1, -1, 0]                      # by hand
+    assert d == pytest.approx(1 / 6)
+    assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(6))
+    with pytest.raises(ValueError):
+        lb.paired_delta([1, 0], [1])
+
+
+@pytest.mark.parametrize("delta,z", [((0.1, 0.02), 5.0), ((0.0, 0.0), 0.0), ((0.05, 0.0), math.inf),
+                                     ((-0.05, 0.0), -math.inf), ((-0.06, 0.03), -2.0)])
+def test_z_score(delta, z):
+    assert lb.z_score(delta) == z
+
+
+def _profile(**kw):
+    p = {"task": "t", "single_token": True, "len_p50": 30, "valid_pool": 500, "stage1_cpu_s": 1.0}
+    p.update(kw)
+    return p
+
+
+def test_task_rules_say_why_a_task_is_not_scanned():
+    args = lb.parse_args([])
+    assert lb.exclusion(_profile(), args) is None
+    assert "multi-token" in lb.exclusion(_profile(single_token=False), args)
+    assert "median prompt 65 tokens > max length 64" == lb.exclusion(_profile(len_p50=65), args)
+    assert "validation pool 199 < 200" in lb.exclusion(_profile(valid_pool=199), args)
+
+
+def test_panel_is_chosen_by_the_se_rule_cheapest_first():
+    args = lb.parse_args([])
+    rows = [{"task": "a", "profile": _profile(stage1_cpu_s=5), "prefix": {"delta": (0.06, 0.02)}},   # 3.0 se: in
+            {"task": "b", "profile": _profile(stage1_cpu_s=1), "prefix": {"delta": (0.10, 0.02)}},   # 5 se: in, first
+            {"task": "c", "profile": _profile(stage1_cpu_s=2), "prefix": {"delta": (0.059, 0.02)}},  # 2.95 se: out
+            {"task": "d", "profile": _profile(stage1_cpu_s=2), "prefix": {"delta": (-0.10, 0.02)}},  # wrong way
+            {"task": "e", "profile": _profile(stage1_cpu_s=0)}]                                      # no stage 2
+    assert [r["task"] for r in lb.panel(rows, args)] == ["b", "a"]
+
+
+def test_batch_length_is_the_cost_models_padded_length():
+    p = {"lengths": list(range(1, 101))}
+    assert lb.batch_length(p, 128, 16) == 95  # the longest of 16 prompts: the 16/17 quantile
+    assert lb.batch_length(p, 48, 16) == 48   # capped at the max length
+
+
+@pytest.fixture(scope="module")
+def tiny_smollm_base(tmp_path_factory):
+    """A tiny random llama with the real SmolLM2 tokenizer, so the tasks' Yes/No candidates are single tokens."""
+    from tests.helpers import smollm2_tokenizer, tiny_model
+
+    tok = smollm2_tokenizer()
+    path = tmp_path_factory.mktemp("base") / "tiny-smollm"
+    tiny_model("llama", vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, tmp_path, capsys):
+    out = tmp_path / "scan"
+    argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--moved-se", "-100", "--panel-se", "-100",
+            "--docs", str(tmp_path / "docs")]
+    assert lb.main(argv) == 0
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    names = {r["name"] for r in runs}
+    assert {"s1-sports_understanding-prefix-lr0.01", "s1-strategyqa-prefix-lr0.01"} <= names
+    s2 = [r for r in runs if r["name"].startswith("s2-")]
+    assert {r["task"] for r in s2} == {"sports_understanding", "strategyqa"} and len(s2) >= 6  # 3 lrs (+ extension)
+    for r in runs:  # per-example scores average to the reported accuracy, on the eval sample the zero-shot used
+        assert statistics.mean(r["per_example"]["final"]["eval"]) == pytest.approx(r["final"]["eval"])
+        assert len(r["per_example"]["final"]["eval"]) == r["splits"]["eval"]
+        assert r["commit"]
+    s1 = next(r for r in runs if r["name"] == "s1-strategyqa-prefix-lr0.01")
+    assert statistics.mean(s1["per_example"]["zero_shot"]["eval"]) == pytest.approx(s1["zero_shot"]["eval"])
+    assert all(r["config"]["num_dev"] == 8 and not r["config"]["zero_shot"] for r in s2)
+    info = json.loads((out / "panel.json").read_text())
+    assert sorted(info["tasks"]) == ["sports_understanding", "strategyqa"]  # every task passes a -100 se rule
+    table = (out / "table.md").read_text()
+    assert "| strategyqa | 2 | 12 |" in table and (out / "learnability.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "learnability.md").read_text() == table
+    capsys.readouterr()
+    assert lb.main(argv) == 0                     # resumed: nothing is rerun
+    assert len((out / "runs.jsonl").read_text().splitlines()) == len(runs)
+    assert "steps (estimated" not in capsys.readouterr().out

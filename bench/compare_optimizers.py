@@ -17,7 +17,9 @@ Protocol, per task and method:
    same configuration; a run is deterministic given its seeds), not a rerun.
 3. **Report.** Eval metric and final train loss (mean of the last 10% of steps) as mean ± sd over seeds, and
    the paired differences against MeZO (method - MeZO on the same seed) as mean ± sd; the mean effective
-   step E||d||^2/D (1 for MeZO) and the BSZO prior the default rule chose.
+   step (the lr multiplier of the expected update: 1 for MeZO, E[(v.u)^2] for GV and Greedy, 2.10 and 1.55 at
+   M = 4, tr of the Kalman gain for BSZO), the BSZO prior, and lr x effective step, the lr at which MeZO would
+   take the method's first-order step: methods whose chosen lrs differ by that factor take the same step.
 
 Writes `<out>/runs.jsonl` (one fine_tune results dict per run, phase and lr added; rerunning continues an
 interrupted comparison), `<out>/table.md` and `<out>/loss_vs_forwards.png` (per task: train loss of the final
@@ -225,12 +227,13 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
              f"passes, seeds {a.seeds}; batch {a.batch_size}, max length {a.max_length}, {a.num_train} train / "
              f"{a.num_eval} eval examples (data seed {a.data_seed}). Δ = method − MeZO on the same seed (mean ± sd).",
              "", "| task | method | dev metric per lr | chosen lr | steps | eval metric | Δ eval vs MeZO | "
-             "final train loss | Δ loss vs MeZO | effective step |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "final train loss | Δ loss vs MeZO | effective step | lr × effective step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     eval_of = (lambda r: r["final"]["eval"])
     loss_of = (lambda r: r["final_train_loss"])
     for task in a.task_list:
         z = zero.get(task, {}).get("eval")
-        lines.append(f"| {task} | zero-shot | | | | {'-' if z is None else f'{z:.3f}'} | | | | |")
+        lines.append(f"| {task} | zero-shot | | | | {'-' if z is None else f'{z:.3f}'} | | | | | |")
         for m in a.method_list:
             rs = [final[(task, m, s)] for s in a.seed_list if (task, m, s) in final]
             if not rs:
@@ -246,7 +249,8 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
             lines.append(f"| {task} | {m} | {per_lr} | {lr:.3g} | {rs[0]['steps']} | {_ms([eval_of(r) for r in rs])} | "
                          f"{_paired(final, task, m, a.seed_list, eval_of)} | {_ms([loss_of(r) for r in rs])} | "
                          f"{_paired(final, task, m, a.seed_list, loss_of)} | "
-                         f"{statistics.mean(eff) if eff else float('nan'):.3g}{prior} |")
+                         f"{statistics.mean(eff) if eff else float('nan'):.3g}{prior} | "
+                         f"{lr * statistics.mean(eff) if eff else float('nan'):.3g} |")
     return "\n".join(lines) + "\n"
 
 

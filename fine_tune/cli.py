@@ -114,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--alpha", type=float, default=S, help="mezo-gv: elite fraction")
     o.add_argument("--k", type=int, default=S, help="bszo: subspace dimension")
     o.add_argument("--m", type=int, default=S, help="bszo: observations per step (default k+1)")
-    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std, 'auto' (the paper's "
-                   "sqrt(n/1e6)) or 'empirical' (running mean of y^2); unset: auto if it is >= 0.1 mean(y^2) at step 1, "
-                   "else empirical")
-    o.add_argument("--sigma-noise", type=_sigma, default=S, help="bszo: initial noise std or 'auto'")
+    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std: 'empirical' (default: empirical "
+                   "Bayes from the observations' moments, noise from the pairs' shared f0), 'auto' (the paper's "
+                   "sqrt(n/1e6)) or a number")
+    o.add_argument("--sigma-noise", type=_sigma, default=S, help="bszo with --sigma-prior auto or a number: initial "
+                   "noise std or 'auto'")
     o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
     o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")

@@ -60,7 +60,7 @@ class FineTuneConfig:
     alpha: float | None = None
     k: int | None = None
     m: int | None = None
-    sigma_prior: float | str | None = None    # bszo: a number, "auto" or "empirical"; None: the default rule
+    sigma_prior: float | str | None = None    # bszo: a number, "auto" or "empirical"; None: "empirical"
     sigma_noise: float | str | None = None
     noise_ema: float | None = None
     adaptive_noise: bool | None = None

@@ -4,10 +4,13 @@
         --seeds 0 1 2 --forwards 120 --out runs/compare
 
 Each (method, seed) is one `fine_tune` run (same data, same lr/eps, steps = forwards / forwards-per-step);
-`--matched-mezo` adds MeZO at lr x the policy run's effective step E||d||^2/D (the policy at a matched step);
+`--matched-mezo` adds, for every method whose effective step (the lr multiplier of its expected update: E||d||^2/D
+for the policy, E[(v.u)^2] for GV and Greedy, tr of the Kalman gain for BSZO) is not 1, MeZO at lr x that run's
+effective step ("mezo-matched" for zo-finetuner, "mezo-matched-<method>" for the others);
 `--aggregate` prints the table from the runs already in one or more --out folders: final train loss (mean of
 the last 10% of steps), eval accuracy, paired differences (same seed) against MeZO at equal lr and against the
-MeZO run that takes the same step (MeZO itself for a policy at E||d||^2/D = 1, else mezo-matched), and the
+MeZO run that takes the same step (MeZO itself at effective step 1, else the MeZO run whose lr is this run's lr x
+its effective step, within 5%), and the
 forward passes each method needed for its moving-average train loss to reach MeZO's final loss (same seed; a
 value at the very start means the loss went up, not down). `--plot F` draws loss curves and accuracies.
 """
@@ -27,12 +30,12 @@ METHODS = ("mezo", "mezo-matched", "zo-finetuner", "mezo-gv", "zo-finetuner+gv",
 
 
 def _run_one(args, method: str, seed: int, lr: float | None = None) -> dict:
-    """One fine_tune run; "mezo-matched" is MeZO at `lr` (the policy's effective step times --lr)."""
+    """One fine_tune run; "mezo-matched*" is MeZO at `lr` (another run's effective step times --lr)."""
     from fine_tune.config import FineTuneConfig
     from fine_tune.run import run
     from l2o.optim import forwards_per_step
 
-    optimizer = "mezo" if method == "mezo-matched" else method
+    optimizer = "mezo" if method.startswith("mezo-matched") else method
     steps = args.forwards // forwards_per_step(optimizer)
     cfg = FineTuneConfig(base=args.base, task=args.task, optimizer=optimizer,
                          policy=args.policy if "zo-finetuner" in method else None,
@@ -70,10 +73,14 @@ def _reach(history: list[dict], target: float) -> int | None:
     return None
 
 
+def _is_mezo(label: str) -> bool:
+    return label == "mezo" or label.startswith("mezo-matched")
+
+
 def _label(method: str, results: dict) -> str:
     """zo-finetuner runs are labelled with their size rule: "zo-finetuner (authors)" takes a bigger step."""
     rule = results["config"].get("policy_size_rule")
-    return f"{method} ({rule})" if "zo-finetuner" in method and rule else method
+    return f"{method} ({rule})" if "zo-finetuner" in method and rule and not _is_mezo(method) else method
 
 
 def collect(outs) -> dict:
@@ -91,21 +98,29 @@ def collect(outs) -> dict:
 def _labels(runs: dict) -> list[str]:
     """The run labels in table order (METHODS, then by name)."""
     def order(label: str) -> tuple:
-        base = label.split(" (")[0]
+        base = "mezo-matched" if label.startswith("mezo-matched") else label.split(" (")[0]
         return (METHODS.index(base) if base in METHODS else len(METHODS), label)
 
     return sorted({k[0] for k in runs}, key=order)
 
 
+def matched_name(method: str) -> str:
+    """The folder label of the MeZO run at `method`'s step."""
+    return "mezo-matched" if method == "zo-finetuner" else f"mezo-matched-{method}"
+
+
 def _step_matched(runs: dict, label: str, seed: int) -> str | None:
-    """The MeZO run that takes this policy run's step: MeZO itself at E||d||^2/D = 1 (true sizes), else the
-    mezo-matched run (MeZO at lr x the policy's measured step)."""
-    if "zo-finetuner" not in label:
+    """The MeZO run of this seed that takes this run's step: the one whose lr / this run's lr is this run's effective
+    step within 5% (MeZO itself at effective step 1)."""
+    if _is_mezo(label):
         return None
-    eff = runs[(label, seed)][0].get("effective_step") or 1.0
-    if abs(eff - 1.0) < 0.05:
-        return "mezo"
-    return "mezo-matched" if ("mezo-matched", seed) in runs else None
+    res = runs[(label, seed)][0]
+    eff = res.get("effective_step") or 1.0
+    for ref in sorted({m for (m, s) in runs if s == seed and _is_mezo(m)}):
+        ratio = runs[(ref, seed)][0]["config"]["lr"] / res["config"]["lr"]
+        if abs(ratio / eff - 1.0) < 0.05:
+            return ref
+    return None
 
 
 def _paired(runs: dict, label: str, ref_of, field) -> str:
@@ -124,7 +139,7 @@ def aggregate(outs) -> str:
     runs = collect(outs)
     loss = (lambda r: r[0]["final_train_loss"])
     acc = (lambda r: r[0]["final"]["eval"])
-    equal_lr = (lambda m, s: "mezo" if m not in ("mezo", "mezo-matched") else None)
+    equal_lr = (lambda m, s: None if _is_mezo(m) else "mezo")
     lines = ["| method | lr | forwards | effective step E‖d‖²/D | mean train loss over the run | "
              "final train loss (mean ± sd) | eval accuracy (mean ± sd) | Δ final loss vs MeZO, equal lr | "
              "Δ accuracy vs MeZO, equal lr | Δ final loss vs MeZO at the same step | Δ accuracy vs MeZO at the same "
@@ -201,8 +216,8 @@ def main(argv=None) -> int:
                    "(e.g. one per --policy-size-rule: their zo-finetuner rows are labelled by rule)")
     p.add_argument("--aggregate", action="store_true", help="only print the table of the runs in --out")
     p.add_argument("--plot", default=None, help="also draw train loss and eval accuracy per method here (PNG)")
-    p.add_argument("--matched-mezo", action="store_true", help="also run MeZO at lr x the zo-finetuner run's mean "
-                   "effective step E||d||^2/D (same seed): the policy against MeZO at a matched step size")
+    p.add_argument("--matched-mezo", action="store_true", help="also run MeZO at lr x each method's mean effective "
+                   "step (same seed) where that is not 1: each method against MeZO at a matched step size")
     args = p.parse_args(argv)
     outs = [args.out] if isinstance(args.out, str) else args.out
     if len(outs) > 1 and not args.aggregate:
@@ -213,9 +228,11 @@ def main(argv=None) -> int:
             for method in args.methods:
                 if not (out / f"{method}-s{seed}" / "results.json").exists():
                     _run_one(args, method, seed)
-            pol = out / f"zo-finetuner-s{seed}" / "results.json"
-            if args.matched_mezo and pol.exists() and not (out / f"mezo-matched-s{seed}" / "results.json").exists():
-                _run_one(args, "mezo-matched", seed, lr=args.lr * json.loads(pol.read_text())["effective_step"])
+            for method in args.methods if args.matched_mezo else ():
+                eff = json.loads((out / f"{method}-s{seed}" / "results.json").read_text()).get("effective_step")
+                name = matched_name(method)
+                if eff and abs(eff - 1.0) >= 0.05 and not (out / f"{name}-s{seed}" / "results.json").exists():
+                    _run_one(args, name, seed, lr=args.lr * eff)
     print(aggregate(outs))
     if args.plot:
         plot(outs, Path(args.plot), f"{args.task}, {args.base}")

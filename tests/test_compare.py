@@ -62,7 +62,7 @@ def test_table_has_zero_shot_chosen_lr_and_paired_columns():
     table = cmp.render_table(final, chosen, {"t": {"eval": 0.42}}, args)
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| t |")}
     assert "0.420" in rows["zero-shot"]
-    assert "+0.100 ± 0.000" in rows["gv"] and "| 2 |" in rows["gv"] and "0.01: 0.50" in rows["gv"]
+    assert "+0.100 ± 0.000" in rows["gv"] and "| 2 | 0.02 |" in rows["gv"] and "0.01: 0.50" in rows["gv"]
 
 
 @pytest.mark.parametrize("name,forwards", [("mezo", 2), ("mezo-gv", 6), ("mezo-greedy", 6), ("bszo", 3),

@@ -372,6 +372,34 @@ def test_compare_table_pairs_policy_runs_with_mezo_at_equal_lr_and_at_the_same_s
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
+def test_compare_pairs_each_method_with_the_mezo_run_at_its_own_step(tmp_path):
+    """GV's effective step is E[(v.u)^2] (2.10 at M = 4), not 1: it is paired with MeZO at 2.1 lr, and a method
+    whose step no MeZO run takes (zo-finetuner+gv at 7.1) is paired with none, not with the policy's
+    mezo-matched (the pairing of a different step)."""
+    from meta_train.compare import aggregate
+
+    def put(method, seed, loss, lr=1e-5, eff=1.0):
+        d = tmp_path / f"{method}-s{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "final_train_loss": loss, "final": {"eval": 0.5}, "forward_passes": 60, "effective_step": eff,
+            "config": {"lr": lr, "policy_size_rule": "numel"}}))
+        (d / "history.json").write_text(json.dumps([{"loss": loss, "forwards": 6}]))
+
+    for s in (0, 1):
+        put("mezo", s, 3.0)
+        put("zo-finetuner", s, 2.0, eff=3.4)
+        put("mezo-matched", s, 2.5, lr=3.4e-5)
+        put("mezo-gv", s, 2.0 + s, eff=2.1027)
+        put("mezo-matched-mezo-gv", s, 2.2, lr=2.1e-5)
+        put("zo-finetuner+gv", s, 1.0, eff=7.1)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in aggregate(tmp_path).splitlines()[2:]}
+    assert rows["mezo-gv"][9] == "+0.300 ± 0.707 (n=2)"      # vs mezo-matched-mezo-gv: -0.2, +0.8
+    assert rows["zo-finetuner (numel)"][9] == "-0.500 ± 0.000 (n=2)"
+    assert rows["zo-finetuner+gv (numel)"][9] == "—"
+    assert rows["mezo-matched-mezo-gv"][7] == "—"            # a MeZO run is a reference, not a method
+
+
 # ---------------------------------------------------------------------- --dry-run: the memory plan
 def test_dry_run_plans_every_alias_offline_and_opt13b_bf16_fits_80gb(capsys):
     from l2o.models import ALIASES

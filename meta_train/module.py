@@ -277,9 +277,9 @@ class ZOFineTunerMeta(L.LightningModule):
         self.metaval_history.append(row)
         tb = self._tb()
         if tb is not None:
-            for task, r in row["tasks"].items():
-                tb.add_scalars(f"metaval/{task}", {"zo_finetuner": r["zo-finetuner"], "mezo": r["mezo"]},
-                               row["step"])
+            for task, r in row["tasks"].items():  # one tag per curve (add_scalars wrote one tag in two runs)
+                tb.add_scalar(f"metaval/{task}/policy_loss", r["zo-finetuner"], row["step"])
+                tb.add_scalar(f"metaval/{task}/mezo_loss", r["mezo"], row["step"])
             tb.add_scalar("metaval/policy_loss", row["policy_loss"], row["step"])
             tb.add_scalar("metaval/mezo_loss", row["mezo_loss"], row["step"])
             tb.add_scalar("metaval/improvement", row["improvement"], row["step"])

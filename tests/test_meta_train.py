@@ -196,8 +196,11 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
 
     out, reg = tmp_path / "run", tmp_path / "registry"
     assert main(_run_args(tiny_base, out, "--max_steps", "10", "--registry", str(reg), "--save_every", "5")) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "meta-validation (winowhy)" in printed and "published:   tiny-opt/zo-finetuner@1" in printed
+    progress = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert progress and all("loss nan" not in line for line in progress), progress  # the meta-loss it logs
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -210,6 +213,16 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert "sigma/all_blocks" in tags["histograms"] and "sigma/by_layer" in tags["images"]
     meta = [e.value for e in acc.Scalars("meta/meta_loss")]
     assert len(meta) == 10 and sum(meta[-3:]) / 3 < sum(meta[:3]) / 3  # the meta-loss goes down
+    writers = {}   # tag -> the event files (TensorBoard runs) that write it: one each, or two curves share a name
+    for events in (out / "tb").rglob("events.out.tfevents.*"):
+        run = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        run.Reload()
+        for tag in run.Tags()["scalars"]:
+            writers.setdefault(tag, set()).add(events.parent)
+    assert all(len(w) == 1 for w in writers.values()), {t: w for t, w in writers.items() if len(w) > 1}
+    final = json.loads((out / "results.json").read_text())["meta_validation"]["tasks"]["winowhy"]
+    assert acc.Scalars("metaval/winowhy/policy_loss")[-1].value == pytest.approx(final["zo-finetuner"])
+    assert acc.Scalars("metaval/winowhy/mezo_loss")[-1].value == pytest.approx(final["mezo"])
 
     assert (out / "config.yaml").exists() and (out / "tb" / "config.yaml").exists()
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

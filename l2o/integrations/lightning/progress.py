@@ -45,7 +45,7 @@ class ProgressLines(Callback):
     step, loss, forward passes, rate and ETA. For runs whose stderr is a file or a pipe, where the
     progress bar is off and a long run would otherwise print nothing for minutes."""
 
-    LOSS_KEYS = ("train/loss", "lower/loss", "meta/loss", "loss")
+    LOSS_KEYS = ("train/loss", "lower/loss", "meta/meta_loss", "loss")  # fine_tune, bilevel, meta_train
 
     def __init__(self, every: int = 0, seconds: float = 60.0, stream=None):
         self.every, self.seconds, self.stream = int(every), float(seconds), stream

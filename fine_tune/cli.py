@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_args(p, S)
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
     o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
-                   "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, or zoo:<policy id> (= zo-finetuner)")
+                   "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, zoo:<policy id> (= zo-finetuner), "
+                   "or the first-order baselines fo-sgd, fo-adamw (backpropagation; --lr, --weight-decay)")
     o.add_argument("--policy", default=S, help="zo-finetuner*: learned policy (zoo id, artefact folder, file:// URL)")
     o.add_argument("--policy-size-rule", choices=["numel", "authors"], default=S,
                    help="zo-finetuner*: block sizes in the normaliser nf: numel (default; E||d||^2/D = 1, MeZO's step "
@@ -166,7 +167,9 @@ def main(argv=None) -> int:
         if args.list_optimizers:
             from l2o.optim import REGISTRY
 
-            for name, (cls, defaults) in sorted(REGISTRY.items()):
+            from fine_tune.first_order import FIRST_ORDER
+
+            for name, (cls, defaults) in sorted({**REGISTRY, **FIRST_ORDER}.items()):
                 print(f"{name:20s} {defaults}")
             return 0
         cfg = resolve_config(args)

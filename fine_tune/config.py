@@ -134,6 +134,11 @@ class FineTuneConfig:
     def is_bilevel(self) -> bool:
         return self.optimizer == "bilevel-zofo"
 
+    def is_first_order(self) -> bool:
+        from fine_tune.first_order import is_first_order
+
+        return is_first_order(self.optimizer)
+
     def bilevel_kwargs(self) -> dict:
         """The Bilevel-ZOFO hyperparameters given (the method fills in the paper's defaults)."""
         from fine_tune.bilevel import BILEVEL_FLAGS
@@ -170,6 +175,8 @@ class FineTuneConfig:
         if self.is_bilevel():
             raise ConfigError("bilevel-zofo runs on one process: its first-order inner level would need adapter "
                               "gradients all-reduced; use --devices 1")
+        if self.is_first_order():
+            raise ConfigError(f"{self.optimizer} (the first-order baseline) runs on one process; use --devices 1")
         if self.parallel == "data" and self.batch_size < self.world_size():
             raise ConfigError(f"--parallel data needs --batch-size >= the {self.world_size()} processes "
                               f"(one example per shard at least), got {self.batch_size}")
@@ -191,6 +198,8 @@ class FineTuneConfig:
         """What checkpoints hold: the seed ledger (no tensors) or the trainable weights."""
         if self.checkpoint:
             return self.checkpoint
+        if self.is_first_order():
+            return "weights"  # a seed ledger records ZO updates only
         return "ledger" if self.peft == "full" and trainable_params >= LEDGER_THRESHOLD else "weights"
 
     def save_kind(self, trainable_params: int) -> str | None:
@@ -212,8 +221,18 @@ class FineTuneConfig:
                 return check_bilevel_kwargs(self.bilevel_kwargs())
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+        if self.is_first_order():
+            from fine_tune.first_order import first_order_kwargs
+
+            try:
+                return first_order_kwargs(self.optimizer, {k: getattr(self, k) for k in OPTIMIZER_FLAGS})
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if self.optimizer not in REGISTRY:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(sorted(REGISTRY))}")
+            from fine_tune.first_order import FIRST_ORDER
+
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: "
+                              f"{', '.join(sorted([*REGISTRY, *FIRST_ORDER]))}")
         cls = REGISTRY[self.optimizer][0]
         accepted = set()
         for klass in cls.__mro__:
@@ -253,6 +272,9 @@ class FineTuneConfig:
             raise ConfigError(f"--checkpoint must be ledger or weights, got {self.checkpoint!r}")
         if self.save_model not in (True, False, *CHECKPOINT_KINDS):
             raise ConfigError(f"--save-model must be true, false, weights or ledger, got {self.save_model!r}")
+        if self.is_first_order() and "ledger" in (self.checkpoint, self.save_model):
+            raise ConfigError(f"{self.optimizer} updates weights by backpropagation, which a seed ledger cannot record; "
+                              "use --checkpoint weights")
         if self.is_bilevel() and "ledger" in (self.checkpoint, self.save_model):
             raise ConfigError("bilevel-zofo keeps its own backbone log; --checkpoint ledger and --save-model ledger "
                               "apply to the ZO optimizers")
@@ -266,6 +288,10 @@ class FineTuneConfig:
                                   "method here diverges (useful values are 1e-7 .. 1e-2)")
         check_device(self.device)
         kwargs = self.optimizer_kwargs()
+        if self.is_first_order():
+            if self.policy:
+                raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
+            return self
         if self.is_bilevel():
             if self.peft not in ("lora", "prefix", "prompt"):
                 raise ConfigError(f"bilevel-zofo needs --peft lora, prefix or prompt (its first-order inner level), "

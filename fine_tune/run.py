@@ -116,13 +116,18 @@ def _silent(msg: str) -> None:
 
 
 def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info, parallel: str = "direction"):
-    """The LightningModule of `cfg.optimizer`: Bilevel-ZOFO's, or the ZO one for every registered method."""
+    """The LightningModule of `cfg.optimizer`: Bilevel-ZOFO's, the first-order baselines', or the ZO one for every
+    registered method."""
     common = dict(seed=cfg.seed, data_seed=cfg.data_seed, batch_size=cfg.batch_size,
                   eval_batch_size=cfg.eval_batch_size, steps=cfg.steps, fingerprint=info.fingerprint)
     if cfg.is_bilevel():
         from fine_tune.bilevel import BilevelFineTuneModule
 
         return BilevelFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer_kwargs(), **common)
+    if cfg.is_first_order():
+        from fine_tune.first_order import FOFineTuneModule
+
+        return FOFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer, cfg.optimizer_kwargs(), **common)
     from fine_tune.module import ZOFineTuneModule
 
     kwargs = cfg.optimizer_kwargs()

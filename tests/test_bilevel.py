@@ -73,7 +73,7 @@ def test_split_is_seeded_2_to_1_and_streams_schedule_upper_steps():
     assert prompts(s.batch(4, "lower", 0)) <= prompts(d_g)
     from l2o.optim import REGISTRY
 
-    assert REGISTRY["bilevel-zofo"][0] is BilevelZOFO  # registered like every other method
+    assert REGISTRY["bilevel-zofo"] is BilevelZOFO  # registered like every other method
 
 
 def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(tok):

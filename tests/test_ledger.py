@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from l2o.engine import Engine
 from l2o.ledger import Ledger, LedgerError, canonical, decode_scales, encode_scales, replay
-from l2o.optim import build_optimizer, optimizer_names
+from l2o.optim import build_optimizer
 from l2o.policy import ZOPolicy
 from tests.zo_fixtures import TwoBlock, same_bits, snapshot
 
@@ -29,25 +28,7 @@ def _run(name, dtype=torch.float32, steps=4, noise=None, seed=0):
     return model, opt
 
 
-# Bilevel-ZOFO's adapter takes first-order steps that no seed describes; it keeps its own backbone log and
-# fine_tune refuses the ledger options for it.
-ZO_METHODS = [n for n in optimizer_names() if n != "bilevel-zofo"]
-
-
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("name", ZO_METHODS)
-def test_replay_rebuilds_the_weights_bit_identically(name, dtype):
-    trained, opt = _run(name, DTYPES[dtype])
-    ledger = Ledger.parse(opt.ledger.text(), require_seal=False)  # through text, as from a file
-    assert ledger.num_updates == 4 and ledger.header["dtype"] == dtype
-    if name.startswith("zo-finetuner"):
-        assert all("b" in r for r in ledger.records)  # the policy's scales are logged
-    fresh = TwoBlock(dtype=DTYPES[dtype])
-    assert not same_bits(snapshot(fresh), snapshot(trained))
-    engine_before = Engine(fresh).counters.forwards
-    assert replay(fresh, ledger) == 4
-    assert engine_before == 0
-    assert same_bits(snapshot(fresh), snapshot(trained))
+# replay of every registered method, in every dtype: tests/test_methods.py
 
 
 def test_replay_with_the_shared_noise_table_rebuilds_it_from_the_header():

@@ -1,68 +1,83 @@
-"""The zeroth-order optimizers, one module per method, and a registry of names -> (class, paper defaults).
+"""The zeroth-order optimizers, one module per method, and the registry of their names.
 
     from l2o.optim import build_optimizer
     opt = build_optimizer("mezo-gv", model, lr=1e-6)
+
+A method is registered by one line below; its name, paper, hyperparameters (with the papers' defaults)
+and forwards per step come from its class (`method`, `paper`, `hyperparameters`, `evaluation_batches`).
 """
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from l2o.optim.base import StepResult, ZOOptimizer
-from l2o.optim.bilevel_zofo import DEFAULTS as BILEVEL_DEFAULTS
 from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.optim.bszo import BSZO, BSZOB
 from l2o.optim.mezo import MeZO
 from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
 from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGreedy, ZOFineTunerGV
 
-# name -> (class, the papers' defaults for full-parameter fine-tuning)
-REGISTRY: dict[str, tuple[type[ZOOptimizer], dict]] = {
-    "mezo": (MeZO, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
-    "mezo-gv": (MeZOGV, dict(lr=1e-6, eps=1e-3, pool_size=4, alpha=0.5)),
-    "mezo-greedy": (MeZOGreedy, dict(lr=1e-6, eps=1e-3, pool_size=4)),
-    "bszo": (BSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),   # m None -> k + 1
-    "bszo-b": (BSZOB, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
+# name -> class, in the order --list-optimizers and the README's table show them
+REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in (
+    MeZO,
+    MeZOGV,
+    MeZOGreedy,
+    BSZO,
+    BSZOB,
     # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
-    "zo-finetuner": (ZOFineTuner, dict(lr=1e-6, eps=1e-3, num_directions=1, one_sided=False)),
-    "zo-finetuner+gv": (ZOFineTunerGV, dict(lr=1e-6, eps=1e-3, pool_size=4, alpha=0.5)),
-    "zo-finetuner+greedy": (ZOFineTunerGreedy, dict(lr=1e-6, eps=1e-3, pool_size=4)),
-    "zo-finetuner+bszo": (ZOFineTunerBSZO, dict(lr=1e-6, eps=1e-4, k=2, m=None)),
+    ZOFineTuner,
+    ZOFineTunerGV,
+    ZOFineTunerGreedy,
+    ZOFineTunerBSZO,
     # Bilevel-ZOFO: FO PEFT inside, ZO backbone outside; needs a PEFT-wrapped model and closure(split, task)
-    "bilevel-zofo": (BilevelZOFO, dict(BILEVEL_DEFAULTS)),
-}
+    BilevelZOFO,
+)}
 
 
 def optimizer_names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def optimizer_defaults(name: str) -> dict:
-    return dict(_lookup(name)[1])
-
-
-def _lookup(name: str):
+def optimizer_class(name: str) -> type[ZOOptimizer]:
     if name not in REGISTRY:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizer_names())}")
     return REGISTRY[name]
 
 
+def optimizer_defaults(name: str) -> dict:
+    """The papers' defaults of every hyperparameter `name` declares."""
+    return optimizer_class(name).defaults()
+
+
+class _Probe(nn.Module):
+    """A two-weight model to build an optimizer on for its step's shape: `w` trainable, `frozen` not (the
+    backbone a PEFT method such as Bilevel-ZOFO moves by zeroth order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(1, 1)
+        self.w = nn.Parameter(torch.ones(1, 1))
+        self.frozen.requires_grad_(False)
+
+
+def probe(name: str, **overrides) -> ZOOptimizer:
+    """`name` built on a two-weight model: what its step does (forwards, evaluation batches) without a model."""
+    return build_optimizer(name, _Probe(), **overrides)
+
+
 def forwards_per_step(name: str, **overrides) -> int:
-    """Forward passes one step of a registered optimizer takes (registry defaults overridden by `overrides`)."""
-    cls, defaults = _lookup(name)
-    kw = {**defaults, **overrides}
-    if issubclass(cls, MeZOGV):
-        return kw["pool_size"] + 2
-    if issubclass(cls, BSZO):
-        return 1 + (kw["m"] or kw["k"] + 1) if cls.reevaluate_extra else 1 + kw["k"]
-    q = kw["num_directions"]
-    return 1 + q if kw["one_sided"] else 2 * q
+    """Forward passes one step of `name` takes (its defaults overridden by `overrides`), from its own
+    `evaluation_batches()`."""
+    return probe(name, **overrides).forwards_per_step()
 
 
 def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
     """Instantiate a registered optimizer with the papers' defaults, overridden by `overrides`."""
-    cls, defaults = _lookup(name)
-    return cls(model, **{**defaults, **overrides})
+    return optimizer_class(name)(model, **overrides)
 
 
 __all__ = ["REGISTRY", "BSZO", "BSZOB", "BilevelZOFO", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
            "ZOFineTuner", "ZOFineTunerBSZO", "ZOFineTunerGV", "ZOFineTunerGreedy",
-           "build_optimizer", "forwards_per_step", "optimizer_defaults", "optimizer_names"]
+           "build_optimizer", "forwards_per_step", "optimizer_class", "optimizer_defaults", "optimizer_names", "probe"]

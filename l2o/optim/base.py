@@ -24,8 +24,10 @@ from torch import nn
 from l2o.distributed import Collective, LocalCollective, check_parallel_mode, check_replicas, gather_round_robin
 from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
+from l2o.errors import ConfigError
 from l2o.ledger import Ledger, LedgerError
 from l2o.noise import NoiseSource, derive_seed
+from l2o.hparams import HP, merge, resolve
 
 Probe = tuple[Direction | None, float]  # (d, eps): the loss at theta + eps d; d None: at theta
 
@@ -54,17 +56,20 @@ class StepResult:
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 class ZOOptimizer(torch.optim.Optimizer):
     """Base class: a real `torch.optim.Optimizer` whose `step(closure)` uses forward passes only.
 
+    A method declares its hyperparameters once, in `hyperparameters` (l2o/optim/hparams.py); the base
+    merges them with its own (lr, eps, weight_decay) and its bases', fills in the defaults, checks every
+    value and keeps them in `param_groups[0]` (`self.hp`), so LR schedulers and `state_dict` see them.
+    Cross-field rules go in `validate(hp)`.
+
     Args:
         model: the module whose trainable (requires_grad) parameters are optimised.
-        lr: learning rate eta (>= 0). Kept in `param_groups[0]["lr"]` so LR schedulers work.
-        eps: perturbation scale epsilon (> 0).
-        weight_decay: lambda, applied as MeZO does (not on biases and norm weights).
+        **hyperparameters: the method's declared hyperparameters (`cls.declared()`; unset: the default).
         seed: base seed; the seeds of step t are derived from (seed, t, j), so no RNG state exists.
         noise: "gaussian" (exact, default) or "table" (shared noise table), or a NoiseSource.
         block_scales: optional per-block perturbation scales s_b (e.g. a learned policy's output);
@@ -77,21 +82,27 @@ class ZOOptimizer(torch.optim.Optimizer):
     """
 
     method = "zo"
+    paper = ""            # the method's paper, for --list-optimizers and the README's table
+    summary = ""          # its update in one line, for the same
+    hyperparameters = (
+        HP("lr", float, 1e-6, "learning rate eta", "MeZO's full-parameter grid {1e-6, 1e-7}", low=0),
+        HP("eps", float, 1e-3, "perturbation scale epsilon", "MeZO (full parameter)", low=0, open_low=True),
+        HP("weight_decay", float, 0.0, "lambda, not on biases and norm weights (MeZO's rule)", "MeZO", low=0),
+    )
+    dropped: tuple[str, ...] = ()  # inherited hyperparameters this method does not take
+    # what a method can do, for the apps and the contract tests (tests/test_methods.py):
+    replayable = True     # its ledger alone rebuilds the weights (else `--checkpoint ledger` is refused)
+    distributed = True    # its steps split over ranks (l2o.distributed; else one process only)
+    needs_adapter = False  # it trains a PEFT adapter first-order and moves the frozen rest by ZO
+    splits: tuple[str, ...] = ()  # the closure takes (split, task) for these splits; () -> closure()
 
-    def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None,
+    def __init__(self, model: nn.Module, *, seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None,
                  collective: Collective | None = None, parallel: str = "direction", check_every: int = 0,
-                 **defaults):
-        _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0,
-               f"{self.method}: lr must be a finite number >= 0, got {lr!r}")
-        _check(isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0,
-               f"{self.method}: eps must be a finite number > 0, got {eps!r}")
-        _check(isinstance(weight_decay, (int, float)) and weight_decay >= 0,
-               f"{self.method}: weight_decay must be >= 0, got {weight_decay!r}")
+                 **hyperparameters):
+        hp = self.resolve(hyperparameters)
         self.engine = Engine(model, noise, named_params=self._engine_params())
         self.blocks = self.engine.blocks
-        super().__init__([b.param for b in self.blocks],
-                         dict(lr=float(lr), eps=float(eps), weight_decay=float(weight_decay), **defaults))
+        super().__init__([b.param for b in self.blocks], self._group_defaults(hp))
         self.seed = int(seed)
         self.block_scales = block_scales
         self.collective = collective if collective is not None else LocalCollective()
@@ -104,6 +115,34 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.last: StepResult | None = None
         # the seed ledger: one line per update, relative to the weights as they are now (l2o/ledger.py)
         self.ledger = Ledger.start(self.engine, method=self.method)
+
+    # ------------------------------------------------------------------ the declaration
+    @classmethod
+    def declared(cls) -> dict[str, HP]:
+        """Name -> declaration of every hyperparameter this method takes (its bases' first)."""
+        chain = [k for k in reversed(cls.__mro__) if "hyperparameters" in vars(k)]
+        return merge([hp for k in chain for hp in vars(k)["hyperparameters"]],
+                     {name for k in cls.__mro__ for name in vars(k).get("dropped", ())})
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """The paper defaults of every declared hyperparameter."""
+        return {name: hp.default for name, hp in cls.declared().items()}
+
+    @classmethod
+    def resolve(cls, given: dict) -> dict:
+        """Defaults overridden by `given`, every value checked (ConfigError, a ValueError, in one sentence)."""
+        hp = resolve(cls.method, cls.declared(), given)
+        cls.validate(hp)
+        return hp
+
+    @classmethod
+    def validate(cls, hp: dict) -> None:
+        """Rules across hyperparameters (e.g. BSZO's m >= k); raise ConfigError via `_check`."""
+
+    def _group_defaults(self, hp: dict) -> dict:
+        """param_groups[0]: the hyperparameters (with "lr", which LR schedulers drive)."""
+        return dict(hp)
 
     def _engine_params(self):
         """The (name, parameter) blocks the engine perturbs and updates; None: the trainable ones."""
@@ -144,6 +183,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def evaluation_batches(self) -> list[int]:
         """Sizes of the batches of independent evaluations one step makes (the `evaluate_many` calls)."""
         raise NotImplementedError
+
+    def forwards_per_step(self) -> int:
+        """Forward passes one step takes (the budget unit of every comparison)."""
+        return sum(self.evaluation_batches())
 
     def evaluate_many(self, closure, probes: list[Probe]) -> list[float]:
         """[L(theta + eps_i d_i)] for independent probes, the same list on every rank.

@@ -52,11 +52,11 @@ from torch import nn
 
 from l2o.blocks import named_blocks, unwrap_peft
 from l2o.engine import Direction
-from l2o.errors import ConfigError
 from l2o.noise import derive_seed
-from l2o.optim.base import NonFiniteLoss, StepResult, ZOOptimizer
+from l2o.optim.base import NonFiniteLoss, StepResult, ZOOptimizer, _check
+from l2o.hparams import HP
 
-__all__ = ["DEFAULTS", "PAPER_SWEEPS", "AdapterSlots", "BilevelZOFO", "UpperResult", "backbone_params",
+__all__ = ["PAPER_SWEEPS", "AdapterSlots", "BilevelZOFO", "UpperResult", "backbone_params",
            "check_hyperparameters"]
 
 # OPT-13B single-task sweeps of the official code (algorithms.md 5.3): (task, peft) -> (lower lr, upper lr, lam)
@@ -66,35 +66,13 @@ PAPER_SWEEPS = {
     ("squad", "lora"): (1e-4, 1e-7, 1e3), ("squad", "prefix"): (1e-2, 1e-7, 1e5),
     ("squad", "prompt"): (1e-2, 1e-7, 1e4),
 }
-# RTE/LoRA values; eps 1e-3 and T_low 30 as in every single-task sweep. theta_lr is ours (ZO-SGD on theta).
-DEFAULTS = dict(lam=1e4, lower_lr=1e-4, upper_lr=1e-7, theta_lr=1e-7, eps=1e-3, t_low=30, one_sided=True,
-                num_directions=1, theta_clip=None)
-
 
 Loss = Callable[[str, int], torch.Tensor]  # closure(split, task) -> the loss of that batch
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
-def check_hyperparameters(lam=DEFAULTS["lam"], lower_lr=DEFAULTS["lower_lr"], upper_lr=DEFAULTS["upper_lr"],
-                          theta_lr=DEFAULTS["theta_lr"], eps=DEFAULTS["eps"], t_low=DEFAULTS["t_low"],
-                          one_sided=True, num_directions=1, theta_clip=None) -> None:
-    """ConfigError (a ValueError; one sentence) on a bad Bilevel-ZOFO hyperparameter."""
-    for name, v in (("lam", lam), ("lower_lr", lower_lr), ("upper_lr", upper_lr), ("theta_lr", theta_lr)):
-        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-               f"bilevel-zofo: {name} must be a finite number >= 0, got {v!r}")
-    _check(isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0,
-           f"bilevel-zofo: eps must be a finite number > 0, got {eps!r}")
-    for name, v in (("t_low", t_low), ("num_directions", num_directions)):
-        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-               f"bilevel-zofo: {name} must be an integer >= 1, got {v!r}")
-    _check(isinstance(one_sided, bool), f"bilevel-zofo: one_sided must be true or false, got {one_sided!r}")
-    _check(theta_clip is None or (isinstance(theta_clip, (int, float)) and math.isfinite(theta_clip)
-                                  and theta_clip > 0),
-           f"bilevel-zofo: theta_clip must be a number > 0 or None, got {theta_clip!r}")
+def check_hyperparameters(**hp) -> dict:
+    """The declared defaults overridden by `hp`, every value checked (ConfigError, one sentence)."""
+    return BilevelZOFO.resolve(hp)
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -176,30 +154,42 @@ class BilevelZOFO(ZOOptimizer):
         model: a model prepared with `apply_peft(model, "lora" | "prefix" | "prompt")` (only the adapter
             requires grad); its current adapter values initialise every copy.
         num_tasks: PEFT copies (p, w) per task; 1 for single-task fine-tuning.
-        lam: penalty weight lambda. lower_lr: Adam on w. upper_lr: Adam on p.
-        theta_lr: ZO-SGD step on the backbone (the base class's `lr`). eps: ZO perturbation scale.
-        t_low: lower steps per upper step. one_sided: forward difference (reuses the unperturbed losses)
-            or central difference. num_directions: seeded directions per task and upper step.
-        theta_clip: clip |projected gradient| to this value (None: no clip).
+        the declared hyperparameters (`BilevelZOFO.declared()`): lam, lower_lr, upper_lr, theta_lr, eps,
+            t_low, one_sided, num_directions, theta_clip.
         seed: directions of upper step u are derive_seed(seed, u, j). noise: the engine's noise source.
     """
 
     method = "bilevel-zofo"
+    paper = "Shirkavand et al. 2025, arXiv 2502.03604"
+    summary = "first-order PEFT steps inside; every t_low steps a ZO-SGD step on the backbone θ"
+    # RTE/LoRA values of the official OPT-13B sweeps; eps 1e-3 and T_low 30 as in every single-task sweep
+    hyperparameters = (
+        HP("lam", float, 1e4, "penalty weight lambda", "official RTE/LoRA sweep", low=0),
+        HP("lower_lr", float, 1e-4, "Adam lr of the lower PEFT copy w", "official RTE/LoRA sweep", low=0),
+        HP("upper_lr", float, 1e-7, "Adam lr of the upper PEFT copy p", "official RTE/LoRA sweep", low=0),
+        HP("theta_lr", float, 1e-7, "ZO-SGD lr of the backbone theta", "ours (the official code runs Adam on theta)",
+           low=0),
+        HP("eps", float, 1e-3, "perturbation scale epsilon of the backbone's ZO estimate", "official sweeps",
+           low=0, open_low=True),
+        HP("t_low", int, 30, "lower steps per upper step", "official single-task sweeps", low=1),
+        HP("one_sided", bool, True, "forward differences (reusing the unperturbed losses)", "official code"),
+        HP("num_directions", int, 1, "seeded directions per task and upper step", "official code", low=1),
+        HP("theta_clip", float, None, "clip |projected gradient| of theta to this (unset: no clip)", "ours",
+           low=0, open_low=True),
+    )
+    dropped = ("lr", "weight_decay")
+    replayable = False   # the adapter's first-order steps are not seeds: the backbone's log is its own
+    distributed = False  # the first-order inner level would need adapter gradients all-reduced
+    needs_adapter = True
+    splits = ("lower", "upper_f", "upper_g")
 
-    def __init__(self, model: nn.Module, *, num_tasks: int = 1, lam: float = DEFAULTS["lam"],
-                 lower_lr: float = DEFAULTS["lower_lr"], upper_lr: float = DEFAULTS["upper_lr"],
-                 theta_lr: float = DEFAULTS["theta_lr"], eps: float = DEFAULTS["eps"],
-                 t_low: int = DEFAULTS["t_low"], one_sided: bool = True, num_directions: int = 1,
-                 theta_clip: float | None = None, seed: int = 0, noise=None):
-        check_hyperparameters(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
-                              one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip)
+    def __init__(self, model: nn.Module, *, num_tasks: int = 1, seed: int = 0, noise=None, **hyperparameters):
         _check(isinstance(num_tasks, int) and num_tasks >= 1, f"bilevel-zofo: num_tasks must be >= 1, got {num_tasks!r}")
         self.model = model
         self.slots = AdapterSlots(model)
         self.backbone = backbone_params(model, exclude=set(map(id, self.slots.current())))
-        super().__init__(model, lr=theta_lr, eps=eps, seed=seed, noise=noise, name="theta", lam=float(lam),
-                         t_low=int(t_low), one_sided=bool(one_sided), num_directions=int(num_directions),
-                         theta_clip=theta_clip)
+        super().__init__(model, seed=seed, noise=noise, **hyperparameters)
+        lower_lr, upper_lr = self._level_lrs
         self.init_copy = [t.detach().clone() for t in self.slots.current()]
         self.p = [self.slots.clone(self.init_copy) for _ in range(num_tasks)]
         self.w = [self.slots.clone(self.init_copy) for _ in range(num_tasks)]
@@ -214,6 +204,25 @@ class BilevelZOFO(ZOOptimizer):
         self._installed: tuple[str, int] | None = None
         self._call: tuple[Loss, int, Sequence[int] | None] | None = None
         self.install("p", 0)
+
+    def _group_defaults(self, hp: dict) -> dict:
+        """Group "theta": the backbone's ZO-SGD, its lr (theta_lr) where LR schedulers look for it; the
+        adapters' Adam lrs become groups "lower" and "upper"."""
+        self._level_lrs = (hp["lower_lr"], hp["upper_lr"])
+        return {**{k: v for k, v in hp.items() if k not in ("lower_lr", "upper_lr", "theta_lr")},
+                "lr": hp["theta_lr"], "name": "theta"}
+
+    def forwards_per_step(self) -> float:
+        """A lower step's forward every step, and every t_low-th step an upper step's 3 + 3q (one-sided) or
+        3 + 6q forwards (one task): the mean per step over t_low steps."""
+        q, t_low = self.hp["num_directions"], self.hp["t_low"]
+        upper = 3 + (3 if self.hp["one_sided"] else 6) * q
+        mean = 1 + upper / t_low
+        return int(mean) if mean == int(mean) else mean
+
+    def evaluation_batches(self) -> list[int]:
+        """One process evaluates everything in turn: the lower step's forward (the upper step's come every t_low)."""
+        return [1]
 
     def _engine_params(self):
         return self.backbone  # the engine perturbs and moves the backbone; the adapter learns first-order

@@ -52,6 +52,7 @@ import math
 
 import torch
 
+from l2o.hparams import HP
 from l2o.optim.base import StepResult, ZOOptimizer, _check
 
 PRIORS = ("auto", "empirical")
@@ -87,27 +88,45 @@ def batch_posterior(D: torch.Tensor, Y: torch.Tensor, prior_var: float, noise_va
 
 class BSZO(ZOOptimizer):
     method = "bszo"
+    paper = "Feng & Huang 2026, arXiv 2601.01452"
+    summary = "Σ μ_i z_i, Kalman posterior over k projected-gradient coordinates"
     reevaluate_extra = False
+    hyperparameters = (
+        HP("eps", float, 1e-4, "perturbation scale epsilon", "BSZO Table 9 (eps 1e-4)", low=0, open_low=True),
+        HP("k", int, 2, "subspace dimension: directions per step", "BSZO (k = 2)", low=1),
+        HP("m", int, None, "observations per step, >= k (unset: k + 1)", "BSZO (m = k + 1)", low=1),
+        HP("sigma_prior", (float, str), None, "prior std: unset or 'empirical' (default: empirical Bayes from the "
+           "observations' moments, the same rule at every scale), 'auto' (the paper's sqrt(n/1e6)) or a number",
+           "ours (the paper's code: auto)", low=0, open_low=True, choices=PRIORS),
+        HP("sigma_noise", (float, str), "auto", "initial observation-noise std under a fixed or 'auto' prior, or "
+           "'auto' (= the auto prior)", "BSZO code", low=0, open_low=True, choices=("auto",)),
+        HP("noise_ema", float, 0.1, "EMA rate a of the observations' scale and the residual noise", "BSZO code (0.1)",
+           low=0, high=1),
+        HP("adaptive_noise", bool, True, "estimate the observation noise (empirical: from the pairs; auto/fixed: "
+           "the paper's residual rule)", "BSZO"),
+    )
 
-    def __init__(self, model, lr=1e-6, eps=1e-4, weight_decay=0.0, k: int = 2, m: int | None = None,
-                 sigma_prior: float | str | None = None, sigma_noise: float | str = "auto",
-                 noise_ema: float = 0.1, adaptive_noise: bool = True, **kw):
-        _check(isinstance(k, int) and k >= 1, f"{self.method}: k must be an integer >= 1, got {k!r}")
-        m = k + 1 if m is None else m
-        _check(isinstance(m, int) and m >= k, f"{self.method}: m must be an integer >= k ({k}), got {m!r}")
-        _check(0 <= noise_ema <= 1, f"{self.method}: noise_ema must be in [0, 1], got {noise_ema!r}")
-        _check(sigma_prior is None or sigma_prior in PRIORS or isinstance(sigma_prior, (int, float)),
-               f"{self.method}: sigma_prior must be a number, 'auto', 'empirical' or None, got {sigma_prior!r}")
-        mode = "empirical" if sigma_prior is None else sigma_prior if isinstance(sigma_prior, str) else "fixed"
-        _check(mode != "empirical" or sigma_noise in (None, "auto"),
-               f"{self.method}: sigma_noise applies to a fixed or 'auto' prior; the empirical prior (the default) "
+    @classmethod
+    def validate(cls, hp):
+        k = hp["k"]
+        hp["m"] = k + 1 if hp["m"] is None else hp["m"]
+        _check(hp["m"] >= k, f"{cls.method}: m must be an integer >= k ({k}), got {hp['m']!r}")
+        mode = cls._mode(hp["sigma_prior"])
+        _check(mode != "empirical" or hp["sigma_noise"] in (None, "auto"),
+               f"{cls.method}: sigma_noise applies to a fixed or 'auto' prior; the empirical prior (the default) "
                f"estimates the noise from the observations")
-        super().__init__(model, lr, eps, weight_decay, k=k, m=m, noise_ema=float(noise_ema),
-                         adaptive_noise=bool(adaptive_noise), **kw)
+
+    @staticmethod
+    def _mode(sigma_prior) -> str:
+        return "empirical" if sigma_prior is None else sigma_prior if isinstance(sigma_prior, str) else "fixed"
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        sigma_prior, sigma_noise = self.hp.pop("sigma_prior"), self.hp.pop("sigma_noise")
+        mode = self._mode(sigma_prior)
         auto = math.sqrt(self.engine.num_params / 1e6)
         sp = float(sigma_prior) if mode == "fixed" else auto
         se = None if sigma_noise in (None, "auto") else float(sigma_noise)
-        _check(sp > 0 and (se is None or se > 0), f"{self.method}: sigma_prior and sigma_noise must be > 0")
         self.hp["sigma_prior"], self.hp["sigma_noise_init"], self.hp["prior"] = sp, se or auto, mode
         # y2: the EMA S of mean y^2; noise: (n, sum x, sum x^2) of the noise evidence x_t; f: the noise fraction
         self.state["zo"].update(sigma_e=se or auto, prior_mode=mode, y2=None, noise=[0, 0.0, 0.0], f=0.0,
@@ -189,4 +208,5 @@ class BSZOB(BSZO):
     """BSZO-B: extra observations along the principal eigenvector of Sigma, with a fresh forward."""
 
     method = "bszo-b"
+    summary = "as bszo, m − k extra observations along Σ's principal eigenvector (one forward each)"
     reevaluate_extra = True

@@ -10,18 +10,18 @@ g_j = [L(theta + eps z_j) - L(theta)] / eps with one shared L(theta): 1 + q forw
 
 from __future__ import annotations
 
-from l2o.optim.base import StepResult, ZOOptimizer, _check
+from l2o.optim.base import StepResult, ZOOptimizer
+from l2o.hparams import HP
 
 
 class MeZO(ZOOptimizer):
     method = "mezo"
-
-    def __init__(self, model, lr=1e-6, eps=1e-3, weight_decay=0.0, num_directions: int = 1,
-                 one_sided: bool = False, **kw):
-        _check(isinstance(num_directions, int) and num_directions >= 1,
-               f"mezo: num_directions must be an integer >= 1, got {num_directions!r}")
-        super().__init__(model, lr, eps, weight_decay, num_directions=num_directions,
-                         one_sided=bool(one_sided), **kw)
+    paper = "Malladi et al. 2023, arXiv 2305.17333"
+    summary = "g z, g = [L(θ+εz) − L(θ−εz)]/2ε"
+    hyperparameters = (
+        HP("num_directions", int, 1, "n-SPSA: directions q averaged per step", "MeZO (n = 1 in every LLM run)", low=1),
+        HP("one_sided", bool, False, "one-sided differences [L(θ+εz) − L(θ)]/ε: 1 + q forwards", "MeZO (two-sided)"),
+    )
 
     def evaluation_batches(self) -> list[int]:
         q = self.hp["num_directions"]

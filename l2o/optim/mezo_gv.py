@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from l2o.hparams import HP
 from l2o.optim.base import StepResult, ZOOptimizer, _check
 
 
@@ -70,14 +71,22 @@ def guide_alignment(pool_size: int, alpha: float = 0.5, greedy: bool = False) ->
 
 class MeZOGV(ZOOptimizer):
     method = "mezo-gv"
+    paper = "Jin, Cen, Tan 2026, arXiv 2601.04710"
+    summary = "g v, v = mean(best ⌊αM⌋ z) − mean(rest) of a pool of M one-sided losses"
     greedy = False
+    hyperparameters = (
+        HP("pool_size", int, 4, "candidate directions M per step (M = 2: GV is MeZO at 2 lr, Greedy MeZO to first "
+           "order)", "GV Table III (M = 2 or 4)", low=2),
+        HP("alpha", float, 0.5, "elite fraction: v = mean of the best floor(alpha M) minus mean of the rest",
+           "GV experiments (alpha = 0.5 unless stated)", low=0, open_low=True, high=1),
+    )
 
-    def __init__(self, model, lr=1e-6, eps=1e-3, weight_decay=0.0, pool_size: int = 4, alpha: float = 0.5, **kw):
-        _check(isinstance(pool_size, int) and pool_size >= 2,
-               f"{self.method}: pool_size must be an integer >= 2, got {pool_size!r}")
-        _check(0 < alpha < 1 and math.floor(alpha * pool_size) >= 1,
-               f"{self.method}: alpha must be in (0, 1) with floor(alpha * pool_size) >= 1, got {alpha!r}")
-        super().__init__(model, lr, eps, weight_decay, pool_size=pool_size, alpha=float(alpha), **kw)
+    @classmethod
+    def validate(cls, hp):
+        if cls.greedy:
+            return
+        _check(hp["alpha"] < 1 and math.floor(hp["alpha"] * hp["pool_size"]) >= 1,
+               f"{cls.method}: alpha must be in (0, 1) with floor(alpha * pool_size) >= 1, got {hp['alpha']!r}")
 
     def guide_weights(self, pool_losses: list[float]) -> list[float]:
         """Weights w_i of the guide v = sum_i w_i z_i, from the pool's one-sided losses."""
@@ -107,11 +116,13 @@ class MeZOGV(ZOOptimizer):
         g = (plus - minus) / (2 * eps)
         self._apply_update(v, g)
         # logged: the pair's mean, not plus = L(theta + eps v), which v's guidance biases low by ~ eps g
-        alignment = guide_alignment(self.hp["pool_size"], self.hp["alpha"], self.greedy)
+        alignment = guide_alignment(self.hp["pool_size"], self.hp.get("alpha", 0.5), self.greedy)  # greedy: no alpha
         return StepResult(loss=(plus + minus) / 2, projected_grads=[g], losses=pool + [plus, minus],
                           effective_step=alignment * self.scales_second_moment(scales))
 
 
 class MeZOGreedy(MeZOGV):
     method = "mezo-greedy"
+    summary = "g z*, z* = argmin of a pool of M one-sided losses"
     greedy = True
+    dropped = ("alpha",)

@@ -57,17 +57,21 @@ class _PolicyMixin:
         return None if self.policy_scales is None else self.policy_scales.last_sigma
 
 
+PAPER = "ZO Fine-tuner, arXiv 2510.00419"
+SCALED = ", each block b scaled by the learned policy's s_b"
+
+
 class ZOFineTuner(_PolicyMixin, MeZO):
-    method = "zo-finetuner"
+    method, paper, summary = "zo-finetuner", PAPER, MeZO.summary + SCALED
 
 
 class ZOFineTunerGV(_PolicyMixin, MeZOGV):
-    method = "zo-finetuner+gv"
+    method, paper, summary = "zo-finetuner+gv", PAPER, MeZOGV.summary + SCALED
 
 
 class ZOFineTunerGreedy(_PolicyMixin, MeZOGreedy):
-    method = "zo-finetuner+greedy"
+    method, paper, summary = "zo-finetuner+greedy", PAPER, MeZOGreedy.summary + SCALED
 
 
 class ZOFineTunerBSZO(_PolicyMixin, BSZO):
-    method = "zo-finetuner+bszo"
+    method, paper, summary = "zo-finetuner+bszo", PAPER, BSZO.summary + SCALED

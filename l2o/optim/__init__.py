@@ -18,6 +18,8 @@ from l2o.optim.bszo import BSZO, BSZOB
 from l2o.optim.mezo import MeZO
 from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
 from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGreedy, ZOFineTunerGV
+from l2o.optim.zo_sgd_cons import ZOSGDCons
+from l2o.optim.zo_sgd_sign import ZOSGDSign
 
 # name -> class, in the order --list-optimizers and the README's table show them
 REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in (
@@ -26,6 +28,8 @@ REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in (
     MeZOGreedy,
     BSZO,
     BSZOB,
+    ZOSGDSign,
+    ZOSGDCons,
     # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
     ZOFineTuner,
     ZOFineTunerGV,

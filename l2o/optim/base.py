@@ -233,7 +233,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _apply_update(self, d: Direction, coeff: float) -> None:
         """theta <- theta - lr * (coeff * d + wd * theta), recorded in the ledger exactly as applied."""
         lr = self.hp["lr"]
-        step, decay = lr * coeff, lr * self.hp["weight_decay"]
+        step, decay = lr * coeff, lr * self.hp.get("weight_decay", 0.0)
         rounding = derive_seed(self.seed, self.step_count, 1 << 20)
         self.engine.update(d, step, decay=decay, rounding_seed=rounding)
         self.ledger.append(self.step_count, d, step, decay, rounding)

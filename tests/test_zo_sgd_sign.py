@@ -1,0 +1,43 @@
+"""ZO-SGD-Sign against a hand computation of its update (the registry-wide contract: tests/test_methods.py)."""
+
+import torch
+
+from l2o.optim import build_optimizer
+from l2o.noise import GaussianNoise
+from tests.zo_fixtures import Quadratic
+
+
+def loss_at(model: Quadratic, theta: torch.Tensor) -> float:
+    """Quadratic's loss at another theta, computed as its forward does (float32)."""
+    diff = theta.float() - model.target
+    return float(0.5 * (model.lam * diff * diff).sum())
+
+
+def test_one_step_is_theta_minus_lr_sign_g_z():
+    """z regenerated here from the step's seed with the same source; L(theta +- eps z) computed directly."""
+    model = Quadratic(dim=30)
+    theta = model.theta.detach().clone()
+    opt = build_optimizer("zo-sgd-sign", model, lr=0.1, eps=1e-3, seed=5)
+    seed = opt.seeds(1)[0]
+    z = GaussianNoise().z(seed, 0, theta.shape)
+    plus, minus = (loss_at(model, theta + s * 1e-3 * z) for s in (1, -1))
+    g = (plus - minus) / 2e-3
+    opt.step(model)
+    assert opt.last.projected_grads[0] == g
+    assert g != 0
+    expected = theta.clone().add_(z, alpha=-0.1 * (1.0 if g > 0 else -1.0))  # in float32, as the engine adds
+    assert torch.equal(model.theta.detach(), expected)
+    assert opt.last.effective_step is None  # not proportional to the gradient
+
+
+def test_the_step_length_does_not_depend_on_the_loss_scale():
+    """sign(g): scaling the loss by 1000 leaves the update unchanged (MeZO's grows 1000x)."""
+    moved = []
+    for scale in (1.0, 1000.0):
+        model = Quadratic(dim=30)
+        with torch.no_grad():
+            model.lam.mul_(scale)
+        theta = model.theta.detach().clone()
+        build_optimizer("zo-sgd-sign", model, lr=1e-3, eps=1e-4, seed=2).step(model)
+        moved.append(model.theta.detach() - theta)
+    assert torch.equal(moved[0], moved[1])

@@ -44,6 +44,9 @@ __all__ = [
     "fingerprint_of_blocks",
     "load_base",
     "resolve_base",
+    "shipped_config",
+    "shipped_identity",
+    "shipped_shapes",
 ]
 
 DEFAULT_BASE = "smollm2-135m"
@@ -310,6 +313,39 @@ def _base_config(name: str):
         if resolved.kind == "hub":
             raise _hub_error(resolved) from None
         raise BaseModelError(f"cannot read the config of {path}") from None
+
+
+# ------------------------------------------------------------------------- shipped shapes (offline)
+SHAPES_FILE = Path(__file__).with_name("base_shapes.json")
+
+
+def shipped_shapes() -> dict:
+    """`{alias: public config.json fields}` for every alias (`l2o/base_shapes.json`): shapes, no weights."""
+    return {k: v for k, v in json.loads(SHAPES_FILE.read_text()).items() if not k.startswith("_")}
+
+
+def shipped_config(alias: str):
+    """A transformers config of `alias` built from its shipped shapes, or None when none are shipped."""
+    from transformers import AutoConfig
+
+    fields = shipped_shapes().get(str(alias).strip().lower())
+    if fields is None:
+        return None
+    fields = dict(fields)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def shipped_identity(alias: str) -> tuple[str, list[str]]:
+    """(fingerprint, block names) of `alias` from its shipped shapes: what its real config gives, offline."""
+    from transformers import AutoModelForCausalLM
+
+    config = shipped_config(alias)
+    if config is None:
+        raise BaseModelError(f"no shapes are shipped for {alias!r}; the aliases with shapes are "
+                             f"{', '.join(sorted(shipped_shapes()))}")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return fingerprint(model), block_names(model)
 
 
 def _meta_model(name: str) -> nn.Module:

@@ -26,13 +26,11 @@ state per layer plus one layer's activations.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SHAPES = Path(__file__).resolve().parents[1] / "l2o" / "base_shapes.json"
 GiB = 1024 ** 3
 BYTES = {"fp32": 4, "bf16": 2}
 POLICY_FLOATS_PER_BLOCK = 449
@@ -40,24 +38,24 @@ RUNTIME_RESERVE = 2 * GiB
 
 
 def shapes() -> dict:
-    return {k: v for k, v in json.loads(SHAPES.read_text()).items() if not k.startswith("_")}
+    from l2o.models import shipped_shapes
+
+    return shipped_shapes()
 
 
 def base_config(base: str):
     """A transformers config for an alias (from the shipped shapes) or a local model folder."""
     from transformers import AutoConfig
 
-    from l2o.models import BaseModelError
+    from l2o.models import BaseModelError, shipped_config
 
-    table = shapes()
-    key = base.strip().lower()
-    if key in table:
-        fields = dict(table[key])
-        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config = shipped_config(base)
+    if config is not None:
+        return config
     path = Path(base).expanduser()
     if (path / "config.json").is_file():
         return AutoConfig.from_pretrained(str(path))
-    raise BaseModelError(f"--dry-run knows the shapes of the aliases {', '.join(sorted(table))} and of local "
+    raise BaseModelError(f"--dry-run knows the shapes of the aliases {', '.join(sorted(shapes()))} and of local "
                          f"model folders; {base!r} is neither")
 
 

@@ -283,9 +283,29 @@ class BilevelMetaInit(L.LightningModule):
                     "hyperparameters": {k: hp[k] for k in ("lam", "lower_lr", "upper_lr", "theta_lr", "eps", "t_low",
                                                            "one_sided", "num_directions", "tasks_per_step",
                                                            "batch_size", "seed")},
-                    "metrics": metrics}
+                    "metrics": metrics, **self._card_fields(final, summary)}
         return {"heldout": summary, "training": training, "adaptation": list(self.adaptation),
                 "forward_passes": self.method.forward_passes, "backward_passes": self.method.backward_passes}
+
+    def _card_fields(self, final: dict, summary: dict) -> dict:
+        """What the zoo's model card shows (zoo/card.py): how the meta-init was made and its held-out result."""
+        hp = self.hparams
+        rows = [{"task": name, "value": v["meta_adapted"], "baseline_value": v["base_adapted"],
+                 "difference": None if v["base_adapted"] is None else v["meta_adapted"] - v["base_adapted"]}
+                for name, v in summary.items()]
+        metric = next(iter(final.values()))["metric"] if final else None
+        evaluation = {"summary": f"Quick adaptation of each held-out task ({hp.adapt_steps} AdamW steps, lr "
+                                 f"{hp.adapt_lr}, fresh {hp.peft} adapter) from the meta-initialisation and from the "
+                                 "base. One seed, so no interval.",
+                      "baseline": "the same adaptation from the base", "metric": metric, "seeds": [hp.seed],
+                      "rows": rows} if rows else {}
+        return {"estimator": "Bilevel-ZOFO: first-order PEFT steps inside, ZO steps on the backbone outside "
+                             "(arXiv 2502.03604)",
+                "unroll": hp.t_low,
+                "inner_optimizer": {"name": f"first-order {hp.peft} steps", "lr": hp.lower_lr},
+                "outer_optimizer": {"name": "ZO-SGD on the backbone", "lr": hp.theta_lr, "eps": hp.eps},
+                "evaluation": evaluation,
+                "provenance": {"made_by": f"meta_train --method bilevel-zofo --base {hp.base} (this project)"}}
 
     def export_artefact(self, directory, license: str = "apache-2.0") -> Path | None:
         """The meta-init artefact (the backbone's change from the base) in `directory`; None when the

@@ -142,6 +142,17 @@ def save_tiny_base(folder, arch: str = "opt") -> str:
     return str(path)
 
 
+def released_policy(path, dtype=torch.float32, names=("a.weight", "b.weight"), seed=0) -> dict:
+    """Write a file the way the ZO Fine-tuner authors did: torch.save of {name: nn.Sequential(Linear(5, 64),
+    Tanh(), Linear(64, 1))}; returns the modules."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    nets = {n: nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1)).to(dtype) for n in names}
+    torch.save(nets, path)
+    return nets
+
+
 def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
     """`fine_tune argv` that dies like `kill -9` (exit 137, no clean-up) as soon as `step` steps are done,
     after that step's checkpoint: the fault the kill-and-resume test injects, kept out of production code.

@@ -232,7 +232,10 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert results["steps"] == 10 and results["published"] == "tiny-opt/zo-finetuner@1"
     assert results["meta_validation"]["tasks"] == {"winowhy": results["meta_validation"]["tasks"]["winowhy"]}
     card = (out / "policy" / "README.md").read_text()
-    assert "sports_understanding" in card and "## Steps\n\n10" in card and "meta-validation" in card
+    assert "sports_understanding" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
+    for field in ("| estimator | lookahead", "| unroll horizon | 1 |", "| size rule | numel |", "| inner optimizer |",
+                  "| parameters | ", "| winowhy | "):
+        assert field in card, field
 
     # resume continues from the checkpoint to a longer run
     assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 0

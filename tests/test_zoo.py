@@ -20,7 +20,8 @@ import torch
 
 import zoo
 from zoo import ZooError
-from zoo.artefact import card_front_matter, load_artefact, save_artefact
+from zoo.artefact import load_artefact, save_artefact
+from zoo.card import card_front_matter
 from zoo.cli import main
 from zoo.ids import parse_id
 from zoo.registry import mirror, publish
@@ -117,7 +118,8 @@ def assert_one_line_error(rc, err, *needles):
 
 @contextlib.contextmanager
 def serve(directory: Path, mode: str = "ok"):
-    """http.server on 127.0.0.1:<free port> serving ``directory``; mode "kill" cuts model.safetensors midway."""
+    """http.server on 127.0.0.1:<free port> serving ``directory``; mode "kill" cuts model.safetensors (or a .pth)
+    midway."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **k):
@@ -127,7 +129,7 @@ def serve(directory: Path, mode: str = "ok"):
             pass
 
         def do_GET(self):
-            if mode == "kill" and self.path.endswith("model.safetensors"):
+            if mode == "kill" and self.path.endswith(("model.safetensors", ".pth")):
                 data = (directory / self.path.lstrip("/")).read_bytes()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
@@ -179,10 +181,12 @@ def test_save_and_load_policy_roundtrip(tmp_path):
     assert config["schema_version"] == 1 and config["arch"]["block_names"][0] == "layer0.weight"
     card = (art / "README.md").read_text()
     front = card_front_matter(card)
-    assert front["license"] == "apache-2.0" and front["base_model"] == "smollm2-135m"
+    # base_model is the Hub id of the alias (the embedded SmolLM2 is SmolLM2-135M-Instruct's GGUF)
+    assert front["license"] == "apache-2.0" and front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "learned-optimizer" in front["tags"] and "zo-finetuner-policy" in front["tags"]
-    for section in ("## Tasks", "## Steps", "## Metrics", "## How to use"):
-        assert section in card
+    for section in ("## How it was made", "## Evaluation", "## License and provenance", "## How to use",
+                    "| meta-training tasks | copa, sst2 |", "| meta-steps | 10 |", "| acc | 0.9 |"):
+        assert section in card, section
 
 
 def test_meta_init_roundtrip(tmp_path):
@@ -248,7 +252,7 @@ def test_publish_list_download_verify_local_registry(registry, tmp_path, capsys)
 
     rc, out, _ = run_cli(capsys, "list", "--registry", str(registry))
     assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out and "smollm2-135m/zo-finetuner@2" in out
-    rc, out, _ = run_cli(capsys, "info", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+    rc, out, _ = run_cli(capsys, "info", "smollm2-135m/zo-finetuner@1", "--registry", str(registry), "--json")
     assert rc == 0 and json.loads(out)["files"] == e1["files"]
 
     before = snapshot(registry)
@@ -558,7 +562,7 @@ def test_builtin_defaults_are_the_last_resort(tmp_path, monkeypatch, capsys):
     publish(make_policy(tmp_path / "art"), shipped)
     monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: shipped)
     rc, out, _ = run_cli(capsys, "list")
-    assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out and "builtin" in out
+    assert rc == 0 and "smollm2-135m/zo-finetuner@1" in out and "built-in" in out
     folder = resolve("smollm2-135m/zo-finetuner").path
     assert folder.is_relative_to(cache_dir())
     # the cache index now shadows the built-in entry; losing the cached copy still resolves from the package

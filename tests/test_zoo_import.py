@@ -20,6 +20,8 @@ from zoo.convert import import_zo_finetuner, read_zo_finetuner
 from zoo.registry import publish
 from zoo.resolve import load
 
+from tests import helpers
+
 FP = "sha256:" + "ef56" * 16
 NAMES = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.bias",
          "model.norm.weight", "lm_head.weight"]  # deliberately not sorted
@@ -33,11 +35,7 @@ def _isolated(tmp_path, monkeypatch):
 
 
 def released_policy(path: Path, dtype=torch.float32, names=NAMES, seed=0) -> dict:
-    """Write a file the way the ZO Fine-tuner authors did: torch.save of {name: nn.Sequential}."""
-    torch.manual_seed(seed)
-    nets = {n: nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1)).to(dtype) for n in names}
-    torch.save(nets, path)
-    return nets
+    return helpers.released_policy(path, dtype, names, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

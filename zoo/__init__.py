@@ -17,7 +17,7 @@ _LAZY = {
     "save_artefact": "artefact",
     "load_artefact": "artefact",
     "read_config": "artefact",
-    "render_card": "artefact",
+    "render_card": "card",
     "load": "resolve",
     "verify": "resolve",
     "cache_root": "resolve",

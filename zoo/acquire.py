@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -29,32 +28,17 @@ from l2o.cache import hub_offline
 from l2o.errors import UserError
 from l2o.filelock import write_bytes_atomic
 
-PROBE_TIMEOUT_S = 3.0
+from .transfer import PROBE_TIMEOUT_S
 
 
 # ------------------------------------------------------------------------------------------ the hub
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether the Hugging Face Hub (`$HF_ENDPOINT`, default https://huggingface.co) answers an HTTP
     request within `timeout` seconds (any status counts; name resolution and TLS included)."""
-    import urllib.error
-    import urllib.request
+    from .transfer import reachable
 
-    url = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/") + "/api/whoami-v2"
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-            ok.append(True)
-        except urllib.error.HTTPError:  # an answer, even 401/404, means the Hub is there
-            ok.append(True)
-        except (OSError, ValueError):
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
+    return reachable((os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/") + "/api/whoami-v2",
+                     timeout)
 
 
 def _need_hub(what: str, fix: str) -> None:

@@ -30,8 +30,6 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 _MAX_HEADER = 100 * 1024 * 1024
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
-LIBRARY_NAME = "l2o-zo"
-BASE_TAGS = ["learned-optimizer", "zeroth-order", "l2o-zo", "model_hub_mixin", "pytorch_model_hub_mixin"]
 
 
 # ----------------------------------------------------------------------------- safetensors header
@@ -144,83 +142,13 @@ def read_config(directory: str | os.PathLike) -> dict:
     return check_config(config, f"artefact {directory}")
 
 
-# ----------------------------------------------------------------------------- model card
-def _yaml_value(value) -> str:
-    return json.dumps(value, ensure_ascii=False)  # JSON scalars/lists are valid YAML flow values
-
-
-def render_card(card: dict, config: dict) -> str:
-    """A README.md model card with YAML front matter (license, base_model, tags, ...) and sections."""
-    kind = config["kind"]
-    tags = list(BASE_TAGS) + [kind] + [t for t in card.get("tags", []) if isinstance(t, str)]
-    tags = list(dict.fromkeys(tags))
-    front = {
-        "license": card.get("license", "other"),
-        "library_name": LIBRARY_NAME,
-        "base_model": card.get("base_model", config["base_model"]),
-        "tags": tags,
-    }
-    if card.get("datasets"):
-        front["datasets"] = list(card["datasets"])
-    lines = ["---"] + [f"{k}: {_yaml_value(v)}" for k, v in front.items()] + ["---", ""]
-    title = card.get("title") or f"{KINDS[kind].capitalize()} for {config['base_model']}"
-    lines += [f"# {title}", ""]
-    if card.get("description"):
-        lines += [str(card["description"]), ""]
-    lines += [
-        f"Kind: `{kind}` (schema {config.get('schema_version', ARTEFACT_SCHEMA_VERSION)}). "
-        f"Base model: `{config['base_model']}`, fingerprint `{config.get('base_fingerprint') or 'none'}`.",
-        "",
-        "## Tasks",
-        "",
-    ]
-    tasks = card.get("tasks") or config.get("training", {}).get("tasks") or []
-    lines += [f"- {t}" for t in tasks] or ["- (not recorded)"]
-    steps = card.get("steps", config.get("training", {}).get("steps"))
-    lines += ["", "## Steps", "", f"{steps if steps is not None else '(not recorded)'}", "", "## Metrics", ""]
-    metrics = card.get("metrics") or config.get("training", {}).get("metrics") or {}
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in metrics.items()]
-    else:
-        lines += ["(not recorded)"]
-    how = card.get("how_to_use") or (
-        "```bash\nzoo download <base>/<name>@<version>   # verified copy in the local cache\n```\n\n"
-        "```python\nfrom zoo import load\ntensors, config = load(\"<base>/<name>@<version>\", "
-        "expected_fingerprint=base_fingerprint, expected_kind=\"" + kind + "\")\n```"
-    )
-    lines += ["", "## How to use", "", how, ""]
-    return "\n".join(lines)
-
-
-def card_front_matter(text: str) -> dict:
-    """The YAML front matter of a model card as a dict ({} when there is none)."""
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    block = text[3:end]
-    try:
-        import yaml
-
-        doc = yaml.safe_load(block)
-        return doc if isinstance(doc, dict) else {}
-    except Exception:  # noqa: BLE001 - fall back to a line parser
-        out = {}
-        for line in block.splitlines():
-            k, sep, v = line.partition(":")
-            if sep and k.strip() and not k.startswith(" "):
-                out[k.strip()] = v.strip().strip("\"'")
-        return out
-
-
 # ----------------------------------------------------------------------------- save / load
 def save_artefact(directory: str | os.PathLike, tensors: dict, config: dict, card: dict | str) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``directory``.
 
     ``config`` needs ``kind``, ``base_model``, ``arch`` (and should carry ``base_fingerprint`` and a
     ``training`` summary); ``schema_version`` is filled in. ``card`` is a dict rendered by
-    :func:`render_card` or a ready README text. Each file is written to a temporary name and renamed.
+    :func:`zoo.card.render_card` or a ready README text. Each file is written to a temporary name and renamed.
     """
     import torch
     from safetensors.torch import save
@@ -243,7 +171,12 @@ def save_artefact(directory: str | os.PathLike, tensors: dict, config: dict, car
     data = _canonical_safetensors(save(clean, metadata=meta))
     write_bytes_atomic(directory / WEIGHTS_NAME, data)
     write_json_atomic(directory / CONFIG_NAME, config)
-    text = card if isinstance(card, str) else render_card(dict(card or {}), config)
+    if isinstance(card, str):
+        text = card
+    else:
+        from .card import render_card
+
+        text = render_card(dict(card or {}), config, shapes)
     write_bytes_atomic(directory / CARD_NAME, text.encode("utf-8"))
     return directory
 

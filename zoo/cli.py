@@ -40,11 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("list", parents=[common], help="list known entries")
+    s = sub.add_parser("list", parents=[common], help="list known entries (remote ones too; nothing is fetched)")
+    s.add_argument("--base", metavar="BASE",
+                   help="only entries for this base (an alias such as llama-3.1-8b, or a hub id)")
     s.add_argument("--json", action="store_true", help="print the entries as JSON")
 
-    s = sub.add_parser("info", parents=[common], help="show one entry's manifest record")
+    s = sub.add_parser("info", parents=[common], help="show one entry: where it comes from and its card")
     s.add_argument("id", metavar="ID[@VERSION]")
+    s.add_argument("--json", action="store_true", help="print the manifest record as JSON")
 
     s = sub.add_parser("download", parents=[common], help="fetch and verify an entry into the cache; print its folder")
     s.add_argument("id", metavar="ID[@VERSION]")
@@ -85,41 +88,119 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _source(entry: dict, manifest) -> str:
+    """Where an entry comes from, in one word: built-in, remote (fetched from its authors), registry, cache."""
+    from .manifest import is_remote
+
+    if manifest.origin == "builtin":
+        return "remote" if is_remote(entry) else "built-in"
+    return manifest.origin
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.0f} KiB"
+
+
+def _for_base(entry: dict, base: str) -> bool:
+    from .card import hub_base_model
+
+    names = {entry["id"].split("/")[0], entry["base_model"], hub_base_model(entry["base_model"]) or ""}
+    wanted = {base, hub_base_model(base) or ""} - {""}
+    return bool({n.lower() for n in names} & {w.lower() for w in wanted})
+
+
 def _cmd_list(a) -> int:
     from .resolve import catalog, entry_folder
 
     cat = catalog(a.registry, a.cache_dir)
     rows = []
     for entry, m in sorted(cat.all_entries(), key=lambda em: em[0]["id"]):
-        cached = entry_folder(entry, cat.cache).is_dir()
-        rows.append({**entry, "origin": m.origin, "cached": cached})
+        if a.base and not _for_base(entry, a.base):
+            continue
+        rows.append({**entry, "origin": m.origin, "source": _source(entry, m),
+                     "cached": entry_folder(entry, cat.cache).is_dir(),
+                     "size": sum(f["size"] for f in entry["files"].values())})
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
     for note in cat.notes:
         print(f"zoo: warning: {note}", file=sys.stderr)
     if not rows:
+        if a.base:
+            print(f"no entries for base {a.base!r}; `zoo list` shows every base")
+            return 0
         where = "no registry configured (set $L2O_ZOO_REGISTRY or pass --registry)" if not (
             a.registry or os.environ.get("L2O_ZOO_REGISTRY")) else "the registry, the cache and the built-in defaults are empty"
         print(f"no entries: {where}")
         return 0
-    header = ("ID", "KIND", "LICENSE", "CREATED", "FROM", "CACHED")
-    table = [header] + [(r["id"], r["kind"], r["license"], r["created"], r["origin"], "yes" if r["cached"] else "no")
-                        for r in rows]
+    header = ("ID", "KIND", "BASE", "SIZE", "SOURCE", "CACHED", "LICENSE")
+    table = [header] + [(r["id"], r["kind"], r["base_model"], _size(r["size"]), r["source"],
+                         "yes" if r["cached"] else "no", r["license"]) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return 0
 
 
+def _describe_source(src: dict, entry: dict, manifest) -> str:
+    t = src["type"]
+    if t == "registry":
+        return f"registry {manifest.root}/{src['path']}" if manifest.origin != "builtin" else "the package (built-in)"
+    if t == "github":
+        return f"GitHub {src['repo']} at commit {src['commit']}, {src.get('path', '')}/{next(iter(entry['files']))}"
+    if t == "hf":
+        return f"Hugging Face Hub {src['repo_id']} at commit {src['revision']}"
+    return src["url"]
+
+
+def _card_facts(entry: dict, manifest, folder):
+    """(config, card, tensor shapes) for an entry's card: from its copy in the cache or a local registry,
+    or, for a remote entry not yet fetched, from its catalogue record; None when neither is at hand."""
+    from .artefact import CARD_NAME, WEIGHTS_NAME, read_config, read_safetensors_header
+    from .card import card_front_matter
+    from .manifest import entry_layout, is_remote
+
+    places = [folder]
+    if not is_remote(entry) and manifest.root is not None and manifest.root.is_local:
+        places.append(manifest.root.path / entry_layout(entry["id"]))
+    for place in places:
+        if (place / "config.json").is_file():
+            readme = place / CARD_NAME
+            card = card_front_matter(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
+            shapes = read_safetensors_header(place / WEIGHTS_NAME)[0] if (place / WEIGHTS_NAME).is_file() else None
+            return read_config(place), card, shapes
+    if is_remote(entry):
+        from .convert import preview_config
+
+        return preview_config(entry), {"license": entry["license"], **entry["convert"].get("card", {})}, None
+    return None
+
+
 def _cmd_info(a) -> int:
+    from .card import info_lines
     from .resolve import catalog, entry_folder
 
     cat = catalog(a.registry, a.cache_dir)
     entry, m = cat.find(a.id)
     folder = entry_folder(entry, cat.cache)
-    print(json.dumps({**entry, "origin": f"{m.origin} {m.root}", "cached": str(folder) if folder.is_dir() else None},
-                     indent=2))
+    if a.json:
+        cached = str(folder) if folder.is_dir() else None
+        print(json.dumps({**entry, "origin": f"{m.origin} {m.root}", "cached": cached}, indent=2))
+        return 0
+    size = sum(f["size"] for f in entry["files"].values())
+    head = [("id", entry["id"]), ("kind", entry["kind"]),
+            ("base", f"{entry['base_model']} ({entry['base_fingerprint']})"),
+            ("size", f"{_size(size)} ({size} bytes{', downloaded and converted here' if 'convert' in entry else ''})"),
+            ("source", _source(entry, m)), ("cached", str(folder) if folder.is_dir() else "no"),
+            ("license", entry["license"]), ("created", entry["created"])]
+    head += [("from", _describe_source(src, entry, m)) for src in entry.get("sources", [])]
+    width = max(len(k) for k, _ in head)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in head) + "\n")
+    facts = _card_facts(entry, m, folder)
+    if facts is None:
+        print(f"Card: not downloaded yet; `zoo download {entry['id']}` fetches it")
+    else:
+        print("\n".join(info_lines(*facts)).rstrip())
     return 0
 
 

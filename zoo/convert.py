@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import ZooError
+from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint
 from .manifest import sha256_file
 from .safe_pickle import ModuleRecord, restricted_load
@@ -78,7 +78,8 @@ def _clip(err: BaseException, limit: int = 300) -> str:
 
 
 def _base_identity(base: str) -> tuple[str, list[str]]:
-    """(fingerprint, block names) of `base`, read from its config through l2o."""
+    """(fingerprint, block names) of `base` through l2o: from its config where one is at hand (a local
+    folder, the Hugging Face cache), else from the shapes l2o ships for an alias (offline)."""
     fix = "pass --fingerprint sha256:<hex>, or --no-fingerprint to record none"
     try:
         from l2o.models import base_block_names, base_fingerprint
@@ -88,8 +89,16 @@ def _base_identity(base: str) -> tuple[str, list[str]]:
     try:
         return check_fingerprint(base_fingerprint(base)), base_block_names(base)
     except Exception as err:  # noqa: BLE001
-        raise ZooError(f"cannot compute the fingerprint of base '{base}' ({type(err).__name__}: {_clip(err)}); "
-                       f"{fix}") from None
+        first = err
+    try:
+        from l2o.models import shipped_config, shipped_identity
+
+        if shipped_config(base) is not None:
+            return shipped_identity(base)
+    except Exception:  # noqa: BLE001 - no shipped shapes to fall back on: report the first failure
+        pass
+    raise ZooError(f"cannot compute the fingerprint of base '{base}' ({type(first).__name__}: {_clip(first)}); "
+                   f"{fix}") from None
 
 
 def _check_blocks(file: Path, names: list[str], base: str, base_names: list[str]) -> None:
@@ -103,16 +112,50 @@ def _check_blocks(file: Path, names: list[str], base: str, base_names: list[str]
                        "trained for")
 
 
+def _save_policy(out, file: Path, tensors: dict, names: list, info: dict, base: str, fingerprint: str | None,
+                 arch: dict | None = None, training: dict | None = None, card: dict | None = None) -> Path:
+    """Write the stacked policy as a `zo-finetuner-policy` artefact; the import record goes into `training`."""
+    from .artefact import save_artefact
+
+    digest, size = sha256_file(file)
+    config = {
+        "kind": "zo-finetuner-policy",
+        "base_model": base,
+        "base_fingerprint": fingerprint,
+        "arch": {"normalize": True, **(arch or {}), "in_features": info["in_features"], "hidden": info["hidden"],
+                 "block_names": names},
+        "training": {
+            "method": "zo-finetuner",
+            "source": "ZO Fine-tuner released policy (arXiv 2510.00419, github.com/ASTRAL-Group/ZO_Fine_tuner)",
+            "imported_from": file.name,
+            "imported_sha256": digest,
+            "imported_size": size,
+            "source_dtypes": info["source_dtypes"],
+            "blocks": len(names),
+            **(training or {}),
+        },
+    }
+    card = {
+        "license": "other",
+        "tags": ["zo-fine-tuner", "imported"],
+        "title": f"ZO Fine-tuner policy for {base} (imported)",
+        "description": (
+            f"Converted from `{file.name}` (sha256 {digest}) by `zoo import-zo-finetuner`: {len(names)} "
+            "per-tensor MLPs Linear(5,64)-Tanh-Linear(64,1) stacked to float32; no pickle is shipped."
+        ),
+        **(card or {}),
+    }
+    return save_artefact(out, tensors, config, card)
+
+
 def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None, compute_fingerprint: bool = True,
                         license: str | None = None) -> Path:
     """Convert a released ZO Fine-tuner ``.pth`` into a ``zo-finetuner-policy`` artefact folder ``out``.
 
-    The base fingerprint is ``fingerprint`` if given, else ``l2o.models.base_fingerprint(base)``;
-    with ``compute_fingerprint=False`` and no ``fingerprint`` none is recorded (such an artefact
-    can be inspected but not published).
+    The base fingerprint is ``fingerprint`` if given, else ``l2o.models.base_fingerprint(base)`` (or, for an
+    alias whose config is not at hand, the shapes l2o ships for it); with ``compute_fingerprint=False`` and
+    no ``fingerprint`` none is recorded (such an artefact can be inspected but not published).
     """
-    from .artefact import save_artefact
-
     file = Path(file)
     if not file.is_file():
         raise ZooError(f"{file} does not exist")
@@ -124,30 +167,59 @@ def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None,
         _check_blocks(file, names, base, base_names)
     if fingerprint is None:
         print(f"zoo: warning: no base fingerprint recorded for '{base}'", file=sys.stderr)
-    digest, size = sha256_file(file)
-    config = {
-        "kind": "zo-finetuner-policy",
-        "base_model": base,
-        "base_fingerprint": fingerprint,
-        "arch": {"in_features": info["in_features"], "hidden": info["hidden"], "block_names": names,
-                 "normalize": True},
-        "training": {
-            "source": "ZO Fine-tuner released policy (arXiv 2510.00419, github.com/ASTRAL-Group/ZO_Fine_tuner)",
-            "imported_from": file.name,
-            "imported_sha256": digest,
-            "imported_size": size,
-            "source_dtypes": info["source_dtypes"],
-            "blocks": len(names),
-        },
-    }
-    card = {
-        "license": license or "other",
-        "tags": ["zo-fine-tuner", "imported"],
-        "title": f"ZO Fine-tuner policy for {base} (imported)",
-        "description": (
-            f"Converted from `{file.name}` (sha256 {digest}) by `zoo import-zo-finetuner`: {len(names)} "
-            "per-tensor MLPs Linear(5,64)-Tanh-Linear(64,1) stacked to float32; no pickle is shipped."
-        ),
-        "tasks": ["as released by the ZO Fine-tuner authors (meta-trained on COPA)"],
-    }
-    return save_artefact(out, tensors, config, card)
+    return _save_policy(out, file, tensors, names, info, base, fingerprint,
+                        card={"license": license or "other",
+                              "tasks": ["as released by the ZO Fine-tuner authors (see the paper)"]})
+
+
+def convert_entry(source: Path, entry: dict, out) -> Path:
+    """Turn the verified source file of a remote entry (``entry["convert"]``, zoo/manifest.py) into an
+    artefact folder ``out``: restricted unpickling, the pinned block count, the file's blocks checked
+    against the base's (its config, or the shapes l2o ships for it; skipped when neither is at hand), and
+    the pinned base fingerprint checked against the base's."""
+    conv, base, pinned = entry["convert"], entry["base_model"], entry["base_fingerprint"]
+    tensors, names, info = read_zo_finetuner(source)
+    if len(names) != conv["blocks"]:
+        raise IntegrityError(f"'{entry['id']}': {source.name} holds {len(names)} per-tensor networks, but the "
+                             f"catalogue says {conv['blocks']}")
+    try:
+        fp, base_names = _base_identity(base)
+    except ZooError:
+        fp = base_names = None
+    if fp is not None and fp != pinned:
+        raise IntegrityError(f"'{entry['id']}' pins base fingerprint {pinned[:15]}… but base '{base}' has {fp[:15]}…")
+    if base_names is not None:
+        _check_blocks(source, names, base, base_names)
+    training = {**conv.get("training", {}), "provenance": remote_provenance(entry)}
+    rule = (conv.get("arch") or {}).get("size_rule")
+    how = (f"```bash\nfine_tune --base {base} --optimizer zoo:{entry['id']}"
+           f"{' --policy-size-rule ' + rule if rule else ''} --task <task> ...\n```\n\n"
+           f"`zoo download {entry['id']}` fetches, verifies and converts it into the local cache"
+           f"{'; --policy-size-rule ' + rule + ' deploys it with the normaliser it was meta-trained with' if rule else ''}.")
+    card = {"license": entry["license"], "tags": ["zo-fine-tuner", "remote"], "how_to_use": how,
+            "title": f"ZO Fine-tuner policy for {base} (the authors' release, converted)", **conv.get("card", {})}
+    return _save_policy(out, source, tensors, names, info, base, pinned, conv.get("arch"), training, card)
+
+
+def remote_provenance(entry: dict) -> dict:
+    """Where a remote entry's source file comes from (its pinned GitHub source, sha256 and size), then the
+    catalogue's own provenance notes (paper, license, what was checked)."""
+    (fname, meta), = entry["files"].items()
+    out = {}
+    for src in entry.get("sources", []):
+        if src["type"] == "github":
+            path = "/".join(p for p in (src.get("path", ""), fname) if p)
+            out = {"repository": f"https://github.com/{src['repo']}", "commit": src["commit"], "file": path,
+                   "url": f"https://github.com/{src['repo']}/blob/{src['commit']}/{path}"}
+            break
+    out.update({"sha256": meta["sha256"], "bytes": meta["size"]})
+    return {**out, **entry["convert"].get("training", {}).get("provenance", {})}
+
+
+def preview_config(entry: dict) -> dict:
+    """The config a remote entry converts to, less its block names (for `zoo info` before a download)."""
+    conv = entry["convert"]
+    return {"kind": entry["kind"], "base_model": entry["base_model"], "base_fingerprint": entry["base_fingerprint"],
+            "arch": {"normalize": True, **conv.get("arch", {})},
+            "training": {"method": "zo-finetuner", **conv.get("training", {}), "blocks": conv["blocks"],
+                         "provenance": remote_provenance(entry)}}

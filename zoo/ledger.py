@@ -18,7 +18,8 @@ import json
 import os
 from pathlib import Path
 
-from .artefact import CARD_NAME, CONFIG_NAME, check_config, check_layout, fingerprint_mismatch, render_card
+from .artefact import CARD_NAME, CONFIG_NAME, check_config, check_layout, fingerprint_mismatch
+from .card import render_card
 from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint
 from .manifest import LEDGER_KIND, write_json_atomic

@@ -13,6 +13,13 @@ A manifest is ``{"schema_version": 1, "entries": {"base/name@version": ENTRY}}``
 
 ``registry`` sources are relative to the root of the manifest that lists the entry (a registry
 directory, a registry URL, or the built-in package folder).
+
+A *remote* entry is fetched from someone else's repository and converted here (never redistributed):
+its ``files`` are the one pinned source file, its sources ``{"type": "github", "repo": "owner/name",
+"commit": "<40 hex>", "path": "folder"}`` (and, once mirrored, a registry copy), and ``convert`` says
+how to turn the file into the entry's ``kind``: ``{"from": "zo-finetuner-pth", "blocks": B, "arch":
+{...}, "training": {...}, "card": {...}}`` (``arch``/``training`` are merged into the artefact's config,
+``card`` into its model card; see ``zoo/convert.py``).
 """
 
 from __future__ import annotations
@@ -49,9 +56,17 @@ def required_files(kind: str) -> tuple[str, ...]:
 
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_GITHUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+CONVERTERS = {"zo-finetuner-pth": "zo-finetuner-policy"}  # convert["from"] -> the kind it produces
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 CHUNK = 1 << 20
+
+
+def is_remote(entry: dict) -> bool:
+    """Whether ``entry`` is fetched as someone else's file and converted here (it has ``convert``)."""
+    return "convert" in entry
 
 
 def utc_now() -> str:
@@ -151,9 +166,12 @@ def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
     files = entry.get("files")
     if not isinstance(files, dict) or not files:
         raise bad("no files")
-    for req in required_files(entry["kind"])[:2]:
-        if req not in files:
-            raise bad(f"missing file {req}")
+    if is_remote(entry):
+        _check_convert(entry, bad)
+    else:
+        for req in required_files(entry["kind"])[:2]:
+            if req not in files:
+                raise bad(f"missing file {req}")
     for name, meta in files.items():
         if not _FILE_NAME.match(name) or ".." in name:
             raise bad(f"unsafe file name {name!r}")
@@ -180,12 +198,36 @@ def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
                 raise bad(f"invalid Hub repo id {src.get('repo_id')!r}")
             if not is_commit(src.get("revision")):
                 raise bad("a Hub source must pin a 40-hex commit revision")
+        elif t == "github":
+            if not _GITHUB_REPO.match(str(src.get("repo", ""))) or ".." in str(src.get("repo")):
+                raise bad(f"invalid GitHub repository {src.get('repo')!r}")
+            if not is_commit(src.get("commit")):
+                raise bad("a GitHub source must pin a 40-hex commit")
+            path = src.get("path", "")
+            if not isinstance(path, str) or (path and (not _REL_PATH.match(path) or ".." in path.split("/"))):
+                raise bad(f"invalid GitHub path {path!r}")
         else:
             raise bad(f"unknown source {src!r}")
     for fieldname in ("license", "created", "base_model"):
         if not isinstance(entry.get(fieldname), str):
             raise bad(f"missing {fieldname}")
     return entry
+
+
+def _check_convert(entry: dict, bad) -> None:
+    """A remote entry: one source file, a known converter for its kind, a positive block count."""
+    conv = entry["convert"]
+    if not isinstance(conv, dict) or CONVERTERS.get(conv.get("from")) != entry["kind"]:
+        raise bad(f"convert must be an object whose 'from' turns a file into a {entry['kind']} "
+                  f"(known: {', '.join(f'{k} -> {v}' for k, v in CONVERTERS.items())})")
+    if len(entry["files"]) != 1:
+        raise bad("a remote entry lists exactly one source file")
+    blocks = conv.get("blocks")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+        raise bad("convert.blocks must be a positive integer")
+    for key in ("arch", "training", "card"):
+        if not isinstance(conv.get(key, {}), dict):
+            raise bad(f"convert.{key} must be an object")
 
 
 # ----------------------------------------------------------------------------- manifests

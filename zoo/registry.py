@@ -8,7 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .artefact import CARD_NAME, check_artefact_dir, card_front_matter
+from .artefact import CARD_NAME, check_artefact_dir
+from .card import card_front_matter
 from .errors import ZooError
 from .ids import check_component, check_version
 from .manifest import (
@@ -140,7 +141,8 @@ def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
     """Copy entries (all known ones when ``ids`` is empty) into the registry directory ``to``.
 
     Each entry is first fetched and verified into the cache; the mirror's manifest keeps the
-    entry's hashes and its remote (``http(s)``/Hub) sources, so the mirror is self-contained.
+    entry's hashes and its remote (``http(s)``/Hub/GitHub) sources, so the mirror is self-contained.
+    A remote entry (``convert``) is mirrored as its pinned source file, converted on each machine.
     """
     from .resolve import catalog
 
@@ -168,7 +170,7 @@ def _mirror_locked(root: Path, chosen: list, cache: Path) -> list[str]:
         _install(root, eid, entry["files"], folder)
         new = dict(entry)
         new["sources"] = [{"type": "registry", "path": entry_layout(eid)}] + [
-            dict(s) for s in entry.get("sources", []) if s["type"] in ("url", "hf")
+            dict(s) for s in entry.get("sources", []) if s["type"] in ("url", "hf", "github")
         ]
         entries[eid] = new
         write_manifest(root, entries)

@@ -9,9 +9,13 @@ Which *entry* an id means (first manifest that has it wins; ``@latest`` = highes
 
 Where each *file* of the entry comes from (every candidate is sha256- and size-checked):
   cache blob (content-addressed, so any verified copy is the same bytes) -> local registry or
-  ``file://`` source -> ``http(s)://`` registry or URL source -> Hugging Face Hub at the pinned
-  commit (skipped when ``HF_HUB_OFFLINE=1``: then only the Hugging Face cache is consulted) ->
-  built-in package folder.
+  ``file://`` source -> ``http(s)://`` registry or URL source -> a GitHub repository at the pinned
+  commit (remote entries) -> Hugging Face Hub at the pinned commit (skipped when ``HF_HUB_OFFLINE=1``:
+  then only the Hugging Face cache is consulted) -> built-in package folder.
+
+A remote entry's verified source file is then converted (``zoo/convert.py``, no pickle code runs) into
+the artefact files, beside it in the entry folder; ``converted.json`` there records their sha256s, which
+every later use checks like any other file.
 
 Cache layout (nothing is ever overwritten in place; versions never clobber each other)::
 
@@ -25,6 +29,7 @@ the entry verified; any failure removes the staging folder, so the cache is unch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -36,6 +41,7 @@ from .errors import IntegrityError, ZooError
 from .ids import parse_id, version_key
 from .manifest import (
     MANIFEST_NAME,
+    REQUIRED_FILES,
     Location,
     Manifest,
     builtin_manifest,
@@ -43,15 +49,18 @@ from .manifest import (
     entry_layout,
     file_url_to_path,
     first_missing_ancestor,
+    is_remote,
     locked,
     parse_location,
     read_manifest,
     sha256_file,
+    write_json_atomic,
     write_manifest,
 )
 from .transfer import TransferError, copy_verified
 
 REGISTRY_ENV = "L2O_ZOO_REGISTRY"
+CONVERTED_NAME = "converted.json"  # a remote entry's converted files and their sha256s, in its cache folder
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -140,10 +149,10 @@ def _verified(path: Path, meta: dict) -> bool:
         return False
 
 
-def verify_folder(folder: Path, entry: dict) -> list[str]:
-    """Problems (one clause each) with ``folder``'s copy of ``entry``; [] when every file verifies."""
+def file_problems(folder: Path, files: dict) -> list[str]:
+    """Problems (one clause each) with ``folder``'s copies of ``files`` ({name: {sha256, size}})."""
     problems = []
-    for name, meta in sorted(entry["files"].items()):
+    for name, meta in sorted(files.items()):
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
@@ -153,6 +162,21 @@ def verify_folder(folder: Path, entry: dict) -> list[str]:
             problems.append(f"{name} has {size} bytes, expected {meta['size']}")
         elif digest != meta["sha256"]:
             problems.append(f"{name} failed its sha256 check (expected {meta['sha256'][:12]}…, got {digest[:12]}…)")
+    return problems
+
+
+def verify_folder(folder: Path, entry: dict) -> list[str]:
+    """Problems (one clause each) with ``folder``'s copy of ``entry``; [] when every file verifies (for a
+    remote entry also the converted files, against the record the conversion wrote)."""
+    problems = file_problems(folder, entry["files"])
+    if is_remote(entry) and not problems:
+        try:
+            record = json.loads((folder / CONVERTED_NAME).read_text(encoding="utf-8"))["files"]
+            if set(record) != set(REQUIRED_FILES):
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError):
+            return [f"{CONVERTED_NAME} is missing or damaged"]
+        problems = file_problems(folder, record)
     return problems
 
 
@@ -176,12 +200,17 @@ def _candidates(entry: dict, manifest: Manifest, fname: str) -> list[tuple[str, 
             from urllib.parse import quote
 
             remote.append((src["url"], src["url"].rstrip("/") + "/" + quote(fname)))
+        elif t == "github":
+            from .transfer import github_file
+
+            label = f"GitHub {src['repo']}@{src['commit'][:8]}"
+            remote.append((label, lambda src=src: github_file(src, fname)))
         elif t == "hf":
             from .hub import hub_fetch
 
             repo, rev = src["repo_id"], src["revision"]
             hub.append((f"Hub {repo}", lambda repo=repo, rev=rev: hub_fetch(repo, rev, fname)))
-    if not builtin:  # the package's own copy of the same entry is the last resort for any manifest
+    if not builtin and not is_remote(entry):  # the package's own copy of the same entry is the last resort
         shipped = builtin_manifest()
         same = shipped.entries.get(entry["id"])
         if same is not None and same["files"] == entry["files"]:
@@ -216,7 +245,8 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 
 def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Make a verified copy of ``entry`` in the cache and return its folder.
+    """Make a verified copy of ``entry`` in the cache (a remote entry's source file converted beside it)
+    and return its folder.
 
     On any failure a ZooError says why in one sentence and the cache is left exactly as it was.
     """
@@ -230,35 +260,18 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-        staged = {}
-        for fname, meta in sorted(entry["files"].items()):
-            if _verified(blob_path(root, meta["sha256"]), meta):
-                continue
-            if meta["sha256"] in staged:
-                continue
-            reasons = []
-            for label, src in _candidates(entry, manifest, fname):
-                dest = staging / meta["sha256"]
-                try:
-                    path = src() if callable(src) else src
-                    copy_verified(path, dest, meta["sha256"], meta["size"], fname)
-                except TransferError as err:
-                    reasons.append(f"{label}: {err}")
-                    continue
-                staged[meta["sha256"]] = dest
-                break
-            else:
-                why = "; ".join(reasons) if reasons else "the entry lists no sources"
-                raise IntegrityError(f"could not get a verified copy of {fname} for '{entry['id']}' ({why})")
-        # Every file verified: commit blobs, then (re)build the entry folder from them.
+        staged = _stage(entry, manifest, root, staging)
+        tmp_folder = staging / "entry"
+        tmp_folder.mkdir()
+        for fname, meta in entry["files"].items():
+            _link_or_copy(staged.get(meta["sha256"]) or blob_path(root, meta["sha256"]), tmp_folder / fname)
+        if is_remote(entry):
+            _convert(tmp_folder, entry)
+        # Every file verified (and converted): commit blobs, then move the entry folder into place.
         for hexdigest, path in staged.items():
             blob = blob_path(root, hexdigest)
             blob.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, blob)
-        tmp_folder = staging / "entry"
-        tmp_folder.mkdir()
-        for fname, meta in entry["files"].items():
-            _link_or_copy(blob_path(root, meta["sha256"]), tmp_folder / fname)
         folder.parent.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
@@ -279,6 +292,49 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(entry: dict, manifest: Manifest, root: Path, staging: Path) -> dict:
+    """Stream every file of ``entry`` not yet in the cache's blobs into ``staging`` from the first source
+    that gives a verified copy; ``{sha256: staged path}``. IntegrityError (one line) when none does."""
+    staged = {}
+    for fname, meta in sorted(entry["files"].items()):
+        if meta["sha256"] in staged or _verified(blob_path(root, meta["sha256"]), meta):
+            continue
+        reasons = []
+        for label, src in _candidates(entry, manifest, fname):
+            dest = staging / meta["sha256"]
+            try:
+                path = src() if callable(src) else src
+                copy_verified(path, dest, meta["sha256"], meta["size"], fname)
+            except TransferError as err:
+                reasons.append(f"{label}: {err}")
+                continue
+            staged[meta["sha256"]] = dest
+            break
+        else:
+            why = "; ".join(reasons) if reasons else "the entry lists no sources"
+            hint = ""
+            if is_remote(entry):
+                key = entry["id"]
+                hint = (f"; on a machine with internet, `zoo mirror --to DIR {key}` copies it, then pass "
+                        f"--registry DIR here (or set {REGISTRY_ENV}=DIR)")
+            raise IntegrityError(f"could not get a verified copy of {fname} for '{entry['id']}' ({why}){hint}")
+    return staged
+
+
+def _convert(folder: Path, entry: dict) -> None:
+    """Convert a remote entry's source file (already in ``folder``) into the artefact files beside it,
+    and record their sha256s in ``converted.json``."""
+    from .convert import convert_entry
+
+    (fname,) = entry["files"]
+    convert_entry(folder / fname, entry, folder)
+    record = {}
+    for name in REQUIRED_FILES:
+        digest, size = sha256_file(folder / name)
+        record[name] = {"sha256": digest, "size": size}
+    write_json_atomic(folder / CONVERTED_NAME, {"from": fname, "files": record})
 
 
 def _update_index(root: Path, entry: dict, manifest: Manifest) -> None:
@@ -359,9 +415,10 @@ def verify(spec: str, *, registry=None, cache_dir=None) -> list[str]:
     cat = catalog(registry, cache_dir)
     entry, manifest = _find(cat, s)
     checked = []
-    if manifest.origin in ("registry", "builtin") and manifest.root is not None and manifest.root.is_local:
+    in_registry = any(s["type"] == "registry" for s in entry.get("sources", []))
+    if in_registry and manifest.origin in ("registry", "builtin") and manifest.root is not None and manifest.root.is_local:
         reg_folder = manifest.root.path / entry_layout(entry["id"])
-        problems = verify_folder(reg_folder, entry)
+        problems = file_problems(reg_folder, entry["files"])
         if problems:
             raise IntegrityError(f"'{entry['id']}' in {manifest.origin} {manifest.root} is corrupt: {'; '.join(problems)}")
         checked.append(str(reg_folder))
@@ -413,12 +470,16 @@ def verify_artefact_folder(folder: Path) -> str | None:
     folder = Path(folder).resolve()
     listed = _listing_manifest(folder)
     if listed is not None:
-        problems = verify_folder(folder, listed[0])
+        entry, label = listed
+        source_only = is_remote(entry) and not (folder / CONVERTED_NAME).exists()  # a mirror's copy of the source
+        problems = file_problems(folder, entry["files"]) if source_only else verify_folder(folder, entry)
         if problems:
-            raise IntegrityError(f"{folder} does not match {listed[1]}: {'; '.join(problems)}")
+            raise IntegrityError(f"{folder} does not match {label}: {'; '.join(problems)}")
+        if source_only:
+            return label
     check_artefact_dir(folder)
     return listed[1] if listed else None
 
 
-__all__ = ["MANIFEST_NAME", "Resolved", "cache_root", "catalog", "fetch", "load", "registry_location",
-           "resolve", "verify", "verify_artefact_folder", "verify_folder"]
+__all__ = ["MANIFEST_NAME", "Resolved", "cache_root", "catalog", "fetch", "file_problems", "load",
+           "registry_location", "resolve", "verify", "verify_artefact_folder", "verify_folder"]

@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,8 +29,50 @@ def timeout_s() -> float:
         return 30.0
 
 
+PROBE_TIMEOUT_S = 3.0
+GITHUB_ENV = "L2O_ZOO_GITHUB"  # a mirror of raw.githubusercontent.com's layout (http(s):// or file://)
+GITHUB_RAW = "https://raw.githubusercontent.com"
+
+
 class TransferError(Exception):
     """One source failed for one file; the resolver collects these into a single ZooError."""
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the server of `url` answers an HTTP request within `timeout` seconds (any status counts;
+    name resolution and TLS included, so a machine without network says no within `timeout`)."""
+    import threading
+
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            ok.append(True)
+        except urllib.error.HTTPError:  # an answer, even 401/404, means the server is there
+            ok.append(True)
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def github_file(src: dict, fname: str) -> str:
+    """The URL of ``fname`` in a pinned ``github`` source: ``<root>/owner/name/<commit>/<path>/<fname>`` with
+    root ``$L2O_ZOO_GITHUB`` or raw.githubusercontent.com. Raises TransferError, within a few seconds,
+    when an http(s) root does not answer (no network)."""
+    from urllib.parse import quote
+
+    root = (os.environ.get(GITHUB_ENV) or GITHUB_RAW).rstrip("/")
+    rel = "/".join(p for p in (src["repo"], src["commit"], src.get("path", ""), fname) if p)
+    url = f"{root}/{quote(rel)}"
+    if root.lower().startswith(("http://", "https://")) and not reachable(url):
+        host = urllib.parse.urlparse(root).netloc
+        raise TransferError(f"{host} gave no answer within {PROBE_TIMEOUT_S:.0f} s (no network?)")
+    return url
 
 
 def fetch_small(url: str, max_bytes: int, timeout: float | None = None) -> bytes:

@@ -81,6 +81,10 @@ def _check_run(cfg: FineTuneConfig):
     task = get_task(cfg.task)
     from zoo.acquire import ensure_base, ensure_task
 
+    if cfg.policy:  # small, and maybe remote: fetched (and verified) before the base, so it fails first
+        from zoo.resolve import resolve
+
+        resolve(cfg.policy[4:] if cfg.policy.startswith("zoo:") else cfg.policy)
     ensure_base(cfg.base)  # the one place that downloads or converts (l2o itself does no network I/O)
     ensure_task(task.name, cfg.source)
     return task

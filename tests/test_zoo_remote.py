@@ -189,6 +189,13 @@ def test_remote_entry_downloads_verifies_converts_and_loads_from_a_file_mirror(t
     card = (folder / "README.md").read_text()
     assert "license_name: \"no-license-file\"" in card and "| commit | " + COMMIT in card
     assert run_cli(capsys, "verify", LLAMA1B, "--registry", str(reg))[0] == 0
+    # the converted copy may go into one's own registry, never to the Hub (the source has no license)
+    rc, _, err = run_cli(capsys, "publish", str(folder), "--registry", str(tmp_path / "mine"), "--push-to-hub", "me/x")
+    assert rc == 2 and "no license file" in err and not (tmp_path / "mine").exists()
+    rc, out, err = run_cli(capsys, "publish", str(folder), "--registry", str(tmp_path / "mine"), "--name", "authors")
+    assert rc == 0 and "llama-3.2-1b/authors@1" in out, err
+    assert json.loads((tmp_path / "mine" / "zoo.json").read_text())["entries"]["llama-3.2-1b/authors@1"][
+        "license"] == "no-license-file"
 
     # the cache answers from now on: no mirror, no registry needed
     github_copy(tmp_path, "llama1B_finetuner.pth").unlink()
@@ -228,7 +235,8 @@ def test_wrong_hash_size_or_truncated_download_is_refused_and_the_cache_unchange
     assert snapshot(cache()) == before
 
 
-def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(monkeypatch, no_network, capsys):
+def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(tmp_path, monkeypatch, no_network,
+                                                                                capsys):
     monkeypatch.delenv("L2O_ZOO_GITHUB")  # the real raw.githubusercontent.com, unreachable here
     rc, out, err = run_cli(capsys, "download", "opt-30b/zo-finetuner-authors")
     lines = err.strip().splitlines()
@@ -237,6 +245,14 @@ def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(m
                    "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`", "--registry DIR"):
         assert needle in lines[0], needle
     assert not cache().exists()
+    # fine_tune fetches the policy before the base (gigabytes), so it fails first, in the same one line
+    from fine_tune.cli import main as fine_tune
+
+    rc = fine_tune(["--base", "opt-30b", "--task", "sst2", "--optimizer", "zoo:opt-30b/zo-finetuner-authors",
+                    "--out", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`" in lines[0], lines
+    assert not cache().exists() and not (tmp_path / "run").exists()
 
 
 def test_mirror_on_a_connected_machine_then_use_offline(tmp_path, monkeypatch, capsys):

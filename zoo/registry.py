@@ -28,6 +28,9 @@ from .manifest import (
 from .transfer import TransferError, copy_verified
 
 
+NO_LICENSE = "no-license-file"  # the card license_name of files whose source carries no license (remote entries)
+
+
 def _local_registry(registry) -> Path:
     loc = parse_location(registry)
     if not loc.is_local:
@@ -83,8 +86,13 @@ def publish(artefact_dir, registry, *, name: str | None = None, version: str | i
     for req in required_files(config["kind"]):
         digest, size = sha256_file(src / req)
         files[req] = {"sha256": digest, "size": size}
-    if license is None:
-        license = str(card_front_matter((src / CARD_NAME).read_text(encoding="utf-8")).get("license") or "other")
+    front = card_front_matter((src / CARD_NAME).read_text(encoding="utf-8"))
+    if license is None:  # the card's license ("other" is named by license_name when the card has one)
+        named = front.get("license") == "other" and front.get("license_name")
+        license = str(front.get("license_name") if named else front.get("license") or "other")
+    if push_to_hub and front.get("license_name") == NO_LICENSE:
+        raise ZooError(f"refusing to push {src} to the Hugging Face Hub: its source carries no license file "
+                       f"(license_name {NO_LICENSE}), so it is not ours to redistribute; share its zoo id instead")
     shipped = builtin_manifest()
     with locked(root):
         entries = dict(read_manifest(Location(path=root), "registry", missing_ok=True).entries)

@@ -350,6 +350,11 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     assert res["published"] == "tiny-llama/meta-init@1" and res["training"]["upper_steps"] == 2
     assert res["training"]["tasks"] == ["sst2", "rte", "cb"]
     assert [row["step"] for row in res["adaptation"]] == [2, 4]  # validation ran every 2 steps
+    card = (out / "meta-init" / "README.md").read_text()  # the card says how it was made and how it did
+    for field in ("| estimator | Bilevel-ZOFO", "| unroll horizon | 2 |", "| inner optimizer | first-order lora steps, "
+                  "lr 0.01 |", "| outer optimizer | ZO-SGD on the backbone, lr 0.001, eps 0.001 |",
+                  f"| boolq | {res['heldout']['boolq']['meta_adapted']:.4g} |", "none (one seed)"):
+        assert field in card, field
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     ups = state["optimizer_states"][0]["log"]
     assert len(ups) == 2 and all(len(e["seeds"]) == 2 for e in ups)  # two tasks per upper step, both used

@@ -253,6 +253,10 @@ def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(t
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`" in lines[0], lines
     assert not cache().exists() and not (tmp_path / "run").exists()
+    # mirroring everything offline copies what it can and says which remote entries it skipped
+    rc, out, err = run_cli(capsys, "mirror", "--to", str(tmp_path / "usb"))
+    assert rc == 0 and "mirrored 1 entry to" in out and "smollm2-135m/zo-finetuner@1" in out, err
+    assert err.count("zoo: warning: skipped ") == 4 and "opt-30b/zo-finetuner-authors@1" in err
 
 
 def test_mirror_on_a_connected_machine_then_use_offline(tmp_path, monkeypatch, capsys):

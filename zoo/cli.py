@@ -244,7 +244,8 @@ def _cmd_publish(a) -> int:
 def _cmd_mirror(a) -> int:
     from .registry import mirror
 
-    done = mirror(a.to, a.ids, registry=a.registry, cache_dir=a.cache_dir)
+    done = mirror(a.to, a.ids, registry=a.registry, cache_dir=a.cache_dir,
+                  warn=lambda message: print(f"zoo: warning: {message}", file=sys.stderr))
     print(f"mirrored {len(done)} entr{'y' if len(done) == 1 else 'ies'} to {a.to}" + (f": {', '.join(done)}" if done else ""))
     return 0
 

@@ -145,12 +145,14 @@ def _check_not_clobbering(entry_id, old, builtin, files, config, root, shadow_bu
         )
 
 
-def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
+def mirror(to, ids=None, *, registry=None, cache_dir=None, warn=None) -> list[str]:
     """Copy entries (all known ones when ``ids`` is empty) into the registry directory ``to``.
 
     Each entry is first fetched and verified into the cache; the mirror's manifest keeps the
     entry's hashes and its remote (``http(s)``/Hub/GitHub) sources, so the mirror is self-contained.
     A remote entry (``convert``) is mirrored as its pinned source file, converted on each machine.
+    Without ``ids``, a remote entry that cannot be fetched here is skipped (``warn(message)``); a named
+    one that cannot be fetched is an error.
     """
     from .resolve import catalog
 
@@ -158,10 +160,11 @@ def mirror(to, ids=None, *, registry=None, cache_dir=None) -> list[str]:
     cat = catalog(registry, cache_dir)
     chosen = [cat.find(i) for i in ids] if ids else cat.all_entries()
     with locked(root):  # an unwritable target is refused here, before the cache is touched
-        return _mirror_locked(root, chosen, cat.cache)
+        return _mirror_locked(root, chosen, cat.cache, None if ids else (warn or (lambda message: None)))
 
 
-def _mirror_locked(root: Path, chosen: list, cache: Path) -> list[str]:
+def _mirror_locked(root: Path, chosen: list, cache: Path, skip=None) -> list[str]:
+    from .manifest import is_remote
     from .resolve import fetch
 
     entries = dict(read_manifest(Location(path=root), "registry", missing_ok=True).entries)
@@ -174,7 +177,13 @@ def _mirror_locked(root: Path, chosen: list, cache: Path) -> list[str]:
             if (root / entry_layout(eid)).is_dir():
                 done.append(eid)
                 continue
-        folder = fetch(entry, manifest, cache)
+        try:
+            folder = fetch(entry, manifest, cache)
+        except ZooError:
+            if skip is None or not is_remote(entry):
+                raise
+            skip(f"skipped {eid}: its source cannot be fetched from here (`zoo download {eid}` says why)")
+            continue
         _install(root, eid, entry["files"], folder)
         new = dict(entry)
         new["sources"] = [{"type": "registry", "path": entry_layout(eid)}] + [

@@ -18,6 +18,7 @@ importer; ``arch``); the card only presents them, in three parts:
 from __future__ import annotations
 
 import json
+import math
 
 from .manifest import KINDS
 
@@ -56,13 +57,7 @@ def parameter_count(config: dict, shapes: dict | None = None) -> int | None:
         if blocks and f and h:
             return int(blocks) * (h * f + h + h + 1)
     if shapes:
-        total = 0
-        for info in shapes.values():
-            n = 1
-            for d in info["shape"]:
-                n *= int(d)
-            total += n
-        return total
+        return sum(math.prod(int(d) for d in info["shape"]) for info in shapes.values())
     return None
 
 
@@ -80,19 +75,18 @@ def _architecture(config: dict) -> str:
     return NOT_RECORDED
 
 
-def _inner(training: dict, hp: dict) -> str:
-    inner = training.get("inner_optimizer")
-    if isinstance(inner, dict):
-        parts = [str(inner.get("name") or NOT_RECORDED)]
-        parts += [f"{k} {_fmt(inner[k])}" for k in ("lr", "eps") if inner.get(k) is not None]
-        return ", ".join(parts)
-    if inner:
-        return str(inner)
-    lr = hp.get("eta_meta", hp.get("lower_lr"))
-    if lr is None and hp.get("eps") is None:
-        return NOT_RECORDED
-    return ", ".join(p for p in (f"lr {_fmt(lr)}" if lr is not None else "", f"eps {_fmt(hp.get('eps'))}"
-                                 if hp.get("eps") is not None else "") if p)
+def _optimizer(record, hp: dict | None = None) -> str:
+    """"name, lr X, eps Y" from a recorded {name, lr, eps} (or a sentence); for artefacts made before the
+    field existed, the lr and eps from the hyperparameters (eta_meta: the look-ahead's ZO step)."""
+    if isinstance(record, dict):
+        parts = [str(record.get("name") or NOT_RECORDED)]
+    elif record:
+        return str(record)
+    else:
+        hp = hp or {}
+        record, parts = {"lr": hp.get("eta_meta", hp.get("lower_lr")), "eps": hp.get("eps")}, []
+    parts += [f"{k} {_fmt(record[k])}" for k in ("lr", "eps") if record.get(k) is not None]
+    return ", ".join(parts) or NOT_RECORDED
 
 
 def made_rows(config: dict, card: dict | None = None, shapes: dict | None = None) -> list[tuple[str, str]]:
@@ -117,10 +111,10 @@ def made_rows(config: dict, card: dict | None = None, shapes: dict | None = None
         ("meta-steps", _fmt(card.get("steps", training.get("steps")))),
         ("estimator", _fmt(training.get("estimator") or hp.get("estimator"))),
         ("unroll horizon", _fmt(training.get("unroll", hp.get("unroll")))),
-        ("inner optimizer", _inner(training, hp)),
+        ("inner optimizer", _optimizer(training.get("inner_optimizer"), hp)),
     ]
     if training.get("outer_optimizer"):
-        rows.append(("outer optimizer", _inner({"inner_optimizer": training["outer_optimizer"]}, {})))
+        rows.append(("outer optimizer", _optimizer(training["outer_optimizer"])))
     if training.get("trajectory"):
         rows.append(("LLM trajectory", _fmt(training["trajectory"])))
     if kind == "zo-finetuner-policy":

@@ -19,7 +19,7 @@ from l2o import catalog
 from l2o.errors import UserError
 from zoo.errors import ZooError
 
-USER_ERRORS = (UserError, ZooError)  # errors a user can cause: one line and exit 2 (l2o/errors.py)
+USER_ERRORS = (UserError, ZooError)  # errors a user can cause: one line and exit 2 or 1 (l2o/errors.py)
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         return 130
     except USER_ERRORS as err:  # one sentence; anything else is a bug and keeps its traceback
         print(f"fine_tune: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 1: a run stopped from outside (l2o.errors.RunFailed)
     m = results["metric"]
     zs, fin = results["zero_shot"], results["final"]
     print(f"\n{results['task']} ({m}), {results['config']['optimizer']} on {results['base']['model_id']}, "

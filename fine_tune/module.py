@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
+from l2o.integrations.lightning.checkpoints import UNSCHEDULED
 from l2o.optim import build_optimizer
 from l2o.streams import Stream
 
@@ -215,6 +216,10 @@ class ZOFineTuneModule(FineTuneModuleBase):
             from l2o.ledger import replay
 
             replay(self.model, self.checkpoint_ledger(checkpoint), progress=_replay_progress)  # onto the fresh base
+        if checkpoint.get(UNSCHEDULED):  # Ctrl-C's checkpoint: the uninterrupted run has no seal here
+            ledger = self.checkpoint_ledger(checkpoint)
+            ledger.unseal()
+            checkpoint["optimizer_states"][0]["zo_ledger"] = ledger.text()  # what the optimizer continues
 
     def load_trainable(self, path: str) -> None:
         """Best-on-dev: the checkpoint's tensors, or (ledger checkpoints) a fresh base plus its ledger."""

@@ -3,7 +3,6 @@ selection, final eval, and the run's artefacts (results.json, loss.png, TensorBo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import resource
 import time
@@ -13,8 +12,8 @@ from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
 
 
 def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
-    """Refuse an unwritable --out, a second run into one, or a resume of nothing; returns the saved
-    configuration of a run to resume. `writer`: this process writes the outputs (rank 0)."""
+    """Refuse an unwritable --out, a second run into one, a resume of nothing or of a damaged checkpoint;
+    returns the saved configuration of a run to resume. `writer`: this process writes the outputs (rank 0)."""
     try:
         if writer:
             out.mkdir(parents=True, exist_ok=True)
@@ -23,11 +22,10 @@ def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
             probe.unlink()
     except OSError as err:
         raise ConfigError(f"cannot write to --out {out}: {err.strerror or err}") from None
+    from l2o.integrations.lightning.folder import check_resume
+
+    check_resume(out, resume)
     saved = out / "config.yaml"
-    if not resume and (out / "checkpoints" / "last.ckpt").exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not (out / "checkpoints" / "last.ckpt").exists():
-        raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
     if resume and saved.exists():
         import yaml
 
@@ -153,15 +151,18 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
 
     quiet_libraries()
     from fine_tune.distributed import launch_rank
-    from l2o.integrations.lightning.folder import RunFolder
+    from l2o.integrations.lightning.folder import RunFolder, share_folder
     from l2o.integrations.lightning.interrupt import interrupt_callback
 
     stop_cb = interrupt_callback(cfg.resolved_out() / "checkpoints" / "last.ckpt")  # Ctrl-C: save, stop, exit 130
     trainer, tb = make_trainer(cfg, cfg.resolved_out(), resolve_device(cfg), [*callbacks, stop_cb])
     rank = launch_rank(trainer)  # before fit launches the other processes: rank 0 writes every output
     # rank 0 holds --out for the whole run (l2o.integrations.lightning.folder): a second run into it is refused
-    # naming this pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans up
-    with RunFolder(cfg.resolved_out()) if rank == 0 else contextlib.nullcontext():
+    # naming this pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans
+    # up (after a lost rank 0, a surviving rank does)
+    folder = RunFolder(cfg.resolved_out(), holder=rank == 0)
+    trainer.callbacks.append(share_folder(folder))
+    with folder:
         return _run_ranked(cfg, task, trainer, tb, rank, stop_cb, _silent if rank else log, t_start)
 
 
@@ -294,14 +295,13 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
     """The Lightning Trainer every fine-tuning run uses: TensorBoard in <out>/tb, `last.ckpt` every
     `cfg.checkpoint_every()` steps, validation every `--eval-every` steps (none when 0), `max_steps`."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from l2o.integrations.lightning.checkpoints import AtomicCheckpointIO, LastCheckpoint
     from l2o.integrations.lightning.progress import ProgressLines, show_progress_bar
 
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
-    last_cb = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}",
-                              every_n_train_steps=cfg.checkpoint_every(), save_top_k=0, save_last=True)
+    last_cb = LastCheckpoint(out / "checkpoints", cfg.checkpoint_every())
     bar = show_progress_bar()
     callbacks = [last_cb, *([] if bar else [ProgressLines()]), *extra_callbacks]
     from fine_tune.distributed import strategy_for
@@ -312,7 +312,7 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
                         logger=tb, callbacks=callbacks, val_check_interval=cfg.eval_every or None,
                         check_val_every_n_epoch=None if cfg.eval_every else 1, num_sanity_val_steps=0,
                         log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
-                        enable_progress_bar=bar)
+                        enable_progress_bar=bar, plugins=[AtomicCheckpointIO()])
     return trainer, tb
 
 

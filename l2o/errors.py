@@ -1,14 +1,28 @@
 """The one base class for errors a user can cause (bad flag, unknown model, wrong file, bad data).
 
 Every such error in `l2o` and the apps subclasses `UserError`; `str(err)` is one sentence. The CLIs
-catch `UserError` (and `zoo.errors.ZooError`) and print `<prog>: error: <sentence>` with exit 2;
-anything else is a bug and keeps its traceback.
+catch `UserError` (and `zoo.errors.ZooError`) and print `<prog>: error: <sentence>` with exit
+`err.exit_code` (2; 1 for `RunFailed`); anything else is a bug and keeps its traceback.
 """
 
 
 class UserError(ValueError):
     """A failure the user can fix; its message is one sentence naming what to change."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError):
     """A bad option, hyperparameter or config file (both apps' flags, a module's hyperparameters)."""
+
+
+class RunFailed(UserError):
+    """A run stopped by its surroundings, not by its input: a full disk, a lost process. `str(err)` says
+    what happened and what survives (the checkpoint `--resume` continues from); `fix` is what to do first
+    ("free space"), if anything."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.fix = fix

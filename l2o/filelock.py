@@ -6,8 +6,9 @@
   A second claimant gets a ``FolderLockedError`` naming the holder's pid. The kernel drops a
   ``flock`` when its process dies, so the lock of a killed run is stale by construction: the next run
   takes it over and learns the dead holder's pid (``RunLock.stale_pid``).
-- ``write_bytes_atomic(path, data)``: replace a file so readers see the old or the new one, never a
-  partial one (the one atomic-write helper; the zoo's manifests and the seed ledger use it).
+- ``write_atomic(path, write)`` / ``write_bytes_atomic(path, data)``: replace a file so readers see the
+  old or the new one, never a partial one (the one atomic-write helper; the zoo's manifests, the seed
+  ledger and the apps' checkpoints use it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from l2o.errors import UserError
@@ -101,14 +102,16 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder (fsync, then rename): readers see
-    the old file or the new one, never a partial one. The one atomic-write helper."""
+def write_atomic(path: Path, write) -> None:
+    """Replace `path` with what `write(f)` writes to the binary file `f`, through a temp file in the same
+    folder (fsync, then rename): readers see the old file or the new one, never a partial one, and a write
+    that fails (a full disk) leaves the old file as it was. The one atomic-write helper."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode any new file gets (umask)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -118,3 +121,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`write_atomic` of the bytes `data`."""
+    write_atomic(path, lambda f: f.write(data))

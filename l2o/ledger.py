@@ -171,6 +171,13 @@ class Ledger:
         if not (self.records and self.records[-1].get("seal") == self.num_updates):
             self._push({"seal": self.num_updates})
 
+    def unseal(self) -> None:
+        """Drop a trailing seal: one that a checkpoint between the run's own checkpoints (Ctrl-C) added, so
+        that the run resumed from it ends with the uninterrupted run's ledger, byte for byte."""
+        if self.records and "seal" in self.records[-1]:
+            self.records.pop()
+            self._flushed = min(self._flushed, len(self.records))
+
     def updates(self):
         """(Direction, step, decay, rounding seed) per update, in order."""
         from l2o.engine import Direction
@@ -202,10 +209,7 @@ class Ledger:
         if self._flushed == 0 or not path.is_file():
             return self.write(path)
         self.seal()
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("".join(canonical(r) + "\n" for r in self.records[self._flushed:]))
-            f.flush()
-            os.fsync(f.fileno())
+        _append(path, "".join(canonical(r) + "\n" for r in self.records[self._flushed:]).encode("utf-8"))
         self._flushed = len(self.records)
         return path
 
@@ -249,6 +253,25 @@ class Ledger:
             raise LedgerError(f"{source} is not the ledger that was recorded: it holds {ledger.num_updates} updates "
                               f"ending in {ledger.head}, expected {updates} ending in {head}")
         return ledger
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append `data` to `path` and fsync; a failed append (a full disk) cuts the file back to what it was
+    and raises with the file's name."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            os.ftruncate(fd, end)
+            err.filename = str(path)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _json_line(line: str, number: int, source: str) -> dict:

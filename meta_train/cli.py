@@ -11,14 +11,13 @@ Heavy libraries are imported only after --help has been answered.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from l2o.integrations.lightning.folder import RunFolder
+from l2o.integrations.lightning.folder import RunFolder, check_resume, share_folder
 from l2o.integrations.lightning.interrupt import finish_fit, interrupt_callback
 
 METHODS = ("zo-finetuner", "bilevel-zofo")
@@ -55,9 +54,9 @@ data options (--data.*): batch_size 8, num_train 200, num_eval 32, max_length 12
 """
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"meta_train: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def _method_and_rest(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -160,16 +159,16 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             _check_steps(self.config)
 
         def instantiate_trainer(self, **kwargs):
-            from lightning.pytorch.callbacks import ModelCheckpoint
             from lightning.pytorch.loggers import TensorBoardLogger
+
+            from l2o.integrations.lightning.checkpoints import AtomicCheckpointIO, LastCheckpoint
 
             if not self.config["out"]:
                 self.config["out"] = default_out(method, self.config["base"])
             out = Path(self.config["out"])
             every = self.config["save_every"] or max(1, self.config["max_steps"] // 10)
             logger = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
-            ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="step{step}", every_n_train_steps=every,
-                                   save_top_k=0, save_last=True)
+            ckpt = LastCheckpoint(out / "checkpoints", every)  # written atomically (AtomicCheckpointIO)
             val_every = self.config.get("model.val_every") if method == "bilevel-zofo" else 0
             if val_every:  # held-out adaptation every val_every steps through Lightning's validation loop
                 kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=1)
@@ -177,7 +176,8 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             from l2o.integrations.lightning.progress import ProgressLines
 
             callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
-            return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out), **kwargs)
+            return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out),
+                                               plugins=[AtomicCheckpointIO()], **kwargs)
 
     return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=_trainer_defaults(),
                         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         return 130
     except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
         text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
-        return _fail(text[:400] if text else type(err).__name__)
+        return _fail(text[:400] if text else type(err).__name__, getattr(err, "exit_code", 2))
 
 
 def _check_steps(cfg) -> None:
@@ -229,9 +229,11 @@ def _check_steps(cfg) -> None:
 
 
 def _run(cli, method: str) -> int:
-    """Meta-train in --out, held for this run alone (see l2o.integrations.lightning.folder), then export and publish."""
+    """Meta-train in --out, held for this run alone (l2o.integrations.lightning.folder), then export and publish."""
     # rank 0 holds the folder for the whole multi-device run (its other ranks are part of the same run)
-    with RunFolder(cli.config["out"]) if cli.trainer.global_rank == 0 else contextlib.nullcontext():
+    folder = RunFolder(cli.config["out"], holder=cli.trainer.global_rank == 0)
+    cli.trainer.callbacks.append(share_folder(folder))
+    with folder:
         return _run_in(cli)
 
 
@@ -241,10 +243,7 @@ def _run_in(cli) -> int:
     cfg = cli.config
     out = Path(cfg["out"])
     last = out / "checkpoints" / "last.ckpt"
-    if cfg["resume"] and not last.exists():
-        raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
-    if not cfg["resume"] and last.exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    check_resume(out, cfg["resume"])
     out.mkdir(parents=True, exist_ok=True)  # other ranks of a multi-device run may get here before rank 0
     trainer = cli.trainer
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))

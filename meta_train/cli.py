@@ -215,7 +215,9 @@ def main(argv=None) -> int:
         return 130
     except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
         text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
-        return _fail(text[:400] if text else type(err).__name__, getattr(err, "exit_code", 2))
+        if not isinstance(err, user_errors[0]):  # a parser's message may run long; ours are one sentence
+            text = text[:400]
+        return _fail(text or type(err).__name__, getattr(err, "exit_code", 2))
 
 
 def _check_steps(cfg) -> None:

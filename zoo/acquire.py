@@ -88,7 +88,7 @@ def snapshot_hub_model(repo_id: str) -> str:
                              f"({type(exc).__name__}: {first}); {fix}") from None
 
 
-def _atomic_build(target: Path, build, need_bytes: int, what: str) -> Path:
+def _atomic_build(target: Path, build, need_bytes: int = 0, what: str = "it") -> Path:
     """Run `build(tmpdir)` in a temp folder next to `target` and move it in only once complete (`what`, about
     `need_bytes`: a cache that cannot hold it is refused before the work starts)."""
     if (target / ".complete").is_file():

@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--weight-decay); --list-optimizers shows each one's paper and defaults")
     o.add_argument("--policy", default=S, help="zo-finetuner*: learned policy (zoo id, artefact folder, file:// URL)")
     o.add_argument("--policy-size-rule", choices=["numel", "authors"], default=S,
-                   help="zo-finetuner*: block sizes in the normaliser nf: numel (default; E||d||^2/D = 1, MeZO's step "
-                   "size) or authors (embedding = hidden x 15 x batch, a bigger step)")
+                   help="zo-finetuner*: block sizes in the normaliser nf: numel (E||d||^2/D = 1, MeZO's step size) or "
+                   "authors (embedding = hidden x 15 x batch, a bigger step); default: the rule the policy was "
+                   "meta-trained under (recorded in its artefact)")
     o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
     _add_hyperparameter_args(o, S)
     r = p.add_argument_group("the run")

@@ -19,7 +19,7 @@ from l2o.errors import ConfigError
 HYPERPARAMETERS = catalog.flags()
 OPTIMIZER_FLAGS = (*HYPERPARAMETERS, "noise")
 PEFT_MODES = ("full", "lora", "prefix", "prompt")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu")
 STRATEGIES = ("auto", "ddp")
 PARALLEL = ("auto", "data", "direction")
@@ -49,12 +49,13 @@ class RunOptions:
     task: str | None = None
     source: str | None = None
     peft: str = "full"
-    dtype: str = "fp32"
+    dtype: str = "auto"   # auto: fp32 on the CPU, the checkpoint's dtype on an accelerator (l2o.models.resolve_dtype)
     device: str = "auto"
     # the optimizer; its hyperparameters are the fields FineTuneConfig adds (None -> the paper's default)
     optimizer: str = "mezo"
     policy: str | None = None    # zo-finetuner*: learned policy (zoo id, artefact folder or file:// URL)
-    policy_size_rule: str = "numel"  # zo-finetuner*: n_b of the normaliser, "numel" (E||d||^2/D = 1) or "authors"
+    policy_size_rule: str | None = None  # zo-finetuner*: n_b of the normaliser, "numel" (E||d||^2/D = 1) or "authors";
+    # None: the rule the policy was meta-trained under (its artefact's arch.size_rule)
     noise: str | None = None     # the engine's noise source (gaussian | table); None: gaussian
     # the run
     steps: int = 1000
@@ -265,7 +266,7 @@ class RunOptions:
                               f"and the backbone by zeroth order), not {self.peft!r}")
         if self.uses_policy() and not self.policy:
             raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: --policy <zoo id or artefact folder>")
-        if self.policy_size_rule not in ("numel", "authors"):
+        if self.policy_size_rule not in (None, "numel", "authors"):
             raise ConfigError(f"--policy-size-rule must be numel or authors, got {self.policy_size_rule!r}")
         if self.policy and not self.uses_policy():
             raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")

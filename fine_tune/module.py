@@ -273,4 +273,6 @@ class ZOFineTuneModule(FineTuneModuleBase):
                               "bytes_sent_per_step": self.collective.bytes_sent / steps},
                 # mean E||d||^2 / D over the run (1 for MeZO), and the prior BSZO's default rule chose
                 "effective_step": sum(eff) / len(eff) if eff else None,
-                "bszo_prior": getattr(opt, "prior_mode", None)}
+                "bszo_prior": getattr(opt, "prior_mode", None),
+                # the policy's normaliser rule this run deployed with (--policy-size-rule, else the artefact's)
+                "policy_size_rule": getattr(getattr(opt, "policy_scales", None), "size_rule", None)}

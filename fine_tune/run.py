@@ -177,7 +177,8 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
     parallel = parallel_mode(cfg)
     module = build_module(cfg, model, tokenizer, objective, splits, info, parallel)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"base {info.model_id} ({info.num_parameters:,} params, {cfg.dtype}, {device}); peft {cfg.peft}: "
+    log(f"base {info.model_id} ({info.num_parameters:,} params, {info.dtype}"
+        f"{' (--dtype auto)' if cfg.dtype == 'auto' else ''}, {device}); peft {cfg.peft}: "
         f"{n_train:,} trainable; optimizer {cfg.optimizer} {cfg.optimizer_kwargs()}"
         + (f"; {cfg.world_size()} processes, {parallel}-parallel" if cfg.world_size() > 1 else ""))
     configure_checkpoints(module, cfg, n_train, out, device, log, rank)
@@ -323,6 +324,14 @@ def resolve_device(cfg: FineTuneConfig) -> str:
     return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def run_dtype(cfg: FineTuneConfig, device: str) -> str:
+    """--dtype, with "auto" resolved for this device and base (fp32 on the CPU; the checkpoint's dtype on an
+    accelerator, bf16 for an fp16 checkpoint under Bilevel-ZOFO's first-order inner steps)."""
+    from l2o.models import resolve_dtype
+
+    return resolve_dtype(cfg.dtype, cfg.base, device, first_order=cfg.is_bilevel())
+
+
 def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None, rank: int = 0):
     """What every fine-tuning run does before training: the data sample and objective, the base (with an
     optional zoo meta-initialisation), its zero-shot metrics (before any PEFT module: a fresh prefix or
@@ -340,7 +349,7 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
                            small_pool=cfg.small_pool)
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
-    model, tokenizer, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    model, tokenizer, info = load_base(cfg.base, dtype=run_dtype(cfg, device), device=device)
     cap_max_length(objective, model, cfg.peft, log)
     apply_init(model, cfg, info, log)
     zero_path = out / "zero_shot.json"
@@ -396,7 +405,7 @@ def apply_init(model, cfg: FineTuneConfig, info, log) -> None:
         from l2o.ledger import replay
         from zoo import load_ledger
 
-        ledger, config = load_ledger(spec, info.fingerprint, cfg.dtype, model_name=cfg.base)
+        ledger, config = load_ledger(spec, info.fingerprint, info.dtype, model_name=cfg.base)
         if config["arch"]["peft"] != "full":
             raise ConfigError(f"--init {cfg.init} is a ledger of a {config['arch']['peft']} run; --init takes "
                               "full-parameter ledgers")
@@ -415,7 +424,7 @@ def fresh_model(cfg: FineTuneConfig, device: str):
     from l2o.models import load_base
     from l2o.peft_modes import apply_peft
 
-    model, _, info = load_base(cfg.base, dtype=cfg.dtype, device=device)
+    model, _, info = load_base(cfg.base, dtype=run_dtype(cfg, device), device=device)
     apply_init(model, cfg, info, lambda msg: None)
     return apply_peft(model, cfg.peft, seed=cfg.seed)
 
@@ -428,7 +437,7 @@ def load_policy(cfg: FineTuneConfig, model, info):
 
     policy = load_policy(cfg.policy, expected_fingerprint=info.fingerprint, model_name=cfg.base)
     try:
-        PolicyScales(policy, batch_size=cfg.batch_size).bind(model, as_blocks(model))
+        PolicyScales(policy, batch_size=cfg.batch_size, size_rule=cfg.policy_size_rule).bind(model, as_blocks(model))
     except ValueError as err:
         raise ConfigError(f"policy {cfg.policy}: {err}") from None
     return policy

@@ -39,11 +39,13 @@ __all__ = [
     "block_names",
     "block_shapes",
     "cache_dir",
+    "checkpoint_dtype",
     "embedded_dirs",
     "fingerprint",
     "fingerprint_of_blocks",
     "load_base",
     "resolve_base",
+    "resolve_dtype",
     "shipped_config",
     "shipped_identity",
     "shipped_shapes",
@@ -171,6 +173,56 @@ def plain_llama_config(config, dtype: str | None = None):
     if dtype is not None:
         cfg["dtype"] = dtype
     return LlamaConfig(**cfg)
+
+
+# ------------------------------------------------------------------------------------------ dtypes
+_CHECKPOINT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _config_dtype(config_path: Path) -> str | None:
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return _CHECKPOINT_DTYPES.get(str(config.get("torch_dtype") or config.get("dtype")))
+
+
+def checkpoint_dtype(name: str) -> str | None:
+    """"fp32", "bf16" or "fp16": the dtype a base's weights ship in (config.json's torch_dtype, which Hugging
+    Face's dtype="auto" reads), from the folder it loads from (local, the converted embedded default, the Hugging
+    Face cache) or, for an alias not downloaded yet, the shipped shapes (l2o/base_shapes.json); None if unknown.
+    No network."""
+    resolved = resolve_base(name)
+    if resolved.kind == "embedded":
+        found = _config_dtype(embedded_dirs()[0] / "config.json")
+    elif resolved.kind == "local":
+        found = _config_dtype(Path(resolved.source) / "config.json")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(resolved.source, "config.json")
+        found = _config_dtype(Path(cached)) if isinstance(cached, str) else None
+    alias = resolved.alias or {v: k for k, v in ALIASES.items()}.get(resolved.source)
+    if found is None and alias:
+        found = _CHECKPOINT_DTYPES.get(shipped_shapes().get(alias, {}).get("torch_dtype"))
+    return found
+
+
+def resolve_dtype(dtype: str, name: str, device: str | torch.device = "cpu", first_order: bool = False) -> str:
+    """The dtype to load a base in; "auto" is decided per device and base:
+
+        CPU          fp32: bf16/fp16 matmuls run several times slower than fp32 there (SmolLM2: ~5x)
+        accelerator  the checkpoint's dtype (as Hugging Face's dtype="auto"; fp32 if unknown), except
+                     fp16 -> bf16 when the run backpropagates (`first_order`: meta_train's look-ahead,
+                     Bilevel-ZOFO's inner steps): fp16 has no loss scaling here and overflows; ZO steps in
+                     fp16 are what MeZO's code does (--load_float16), so fine_tune keeps OPT's fp16
+    """
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type == "cpu":
+        return "fp32"
+    found = checkpoint_dtype(name) or "fp32"
+    return "bf16" if first_order and found == "fp16" else found
 
 
 # ---------------------------------------------------------------------------------------- loading

@@ -4,6 +4,8 @@
     x_b     = [mean(theta_b), var(theta_b), L+_{t-1}, L-_{t-1}, sigma_{b,t-1}]  (no gradient; 0, 0, 1 at t = 0)
     nf      = sqrt(sum_b n_b) / sqrt(sum_b n_b sigma_b^2)   (normalisation, on by default)
     d_b     = nf * sigma_b * z_b                             (i.e. Direction.block_scales = nf * sigma)
+    L+-_{t-1} = L(theta +- eps d) of the previous step along one of its directions (`StepResult.pair`; a
+              one-sided method mirrors L- = 2 f0 - L+), so the features mean the same under every method
 
 n_b is the block's numel (size rule "numel", the default), so E||d||^2 / D = sum n_b (nf sigma_b)^2 / sum n_b
 = 1 exactly: the policy allocates a step of MeZO's size across blocks and never changes its size. The
@@ -11,6 +13,12 @@ authors' code (size rule "authors") counts an embedding matrix (found by module 
 hidden x 15 x batch_size entries, the rows it guesses a batch touches; for a tied embedding/lm_head every row
 moves the loss, and that rule makes E||d||^2 / D = 2.3-3.8 for the shipped SmolLM2 policy, i.e. a bigger step
 than MeZO's at the same lr (the embedding block alone gets ~13x MeZO's per-coordinate step).
+
+A policy records the size rule it was meta-trained under (`size_rule`, `arch.size_rule` in its artefact's
+config; "numel" for a new policy): its sigma is only meaningful with that nf, so deployment uses it unless
+told otherwise. Artefacts made before the rule was recorded load with none; deploying one needs the rule named
+(`policy_size_rule`), as a wrong guess changes the step (the shipped SmolLM2 policy: 3.5x MeZO's under one
+rule, 1x under the other).
 
 All blocks' MLPs are stored stacked (`w1` [B,64,5], `b1` [B,64], `w2` [B,1,64], `b2` [B,1]; the zoo's
 `zo-finetuner-policy` layout) and evaluated with one batched einsum. `PolicyScales` turns a policy into
@@ -45,8 +53,11 @@ class ZOPolicy(nn.Module):
 
     def __init__(self, block_names: Sequence[str], in_features: int = IN_FEATURES, hidden: int = HIDDEN,
                  normalize: bool = True, base_model: str | None = None, base_fingerprint: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, size_rule: str | None = "numel"):
         super().__init__()
+        if size_rule is not None and size_rule not in SIZE_RULES:
+            raise ValueError(f"policy size rule must be one of {', '.join(SIZE_RULES)}, got {size_rule!r}")
+        self.size_rule = size_rule  # the normaliser's n_b it was meta-trained under; None: not recorded
         names = [str(n) for n in block_names]
         if not names:
             raise ValueError("a policy needs at least one block name")
@@ -84,14 +95,14 @@ class ZOPolicy(nn.Module):
     def config(self, training: dict | None = None) -> dict:
         return {"kind": KIND, "base_model": self.base_model or "unknown", "base_fingerprint": self.base_fingerprint,
                 "arch": {"in_features": self.in_features, "hidden": self.hidden, "block_names": list(self.block_names),
-                         "normalize": self.normalize},
+                         "normalize": self.normalize, **({"size_rule": self.size_rule} if self.size_rule else {})},
                 "training": dict(training or {})}
 
     @classmethod
     def from_tensors(cls, tensors: dict, config: dict) -> "ZOPolicy":
         arch = config["arch"]
         pol = cls(arch["block_names"], arch["in_features"], arch["hidden"], arch.get("normalize", True),
-                  config.get("base_model"), config.get("base_fingerprint"))
+                  config.get("base_model"), config.get("base_fingerprint"), size_rule=arch.get("size_rule"))
         with torch.no_grad():
             for k in POLICY_TENSORS:
                 getattr(pol, k).copy_(tensors[k].to(torch.float32))
@@ -99,12 +110,13 @@ class ZOPolicy(nn.Module):
 
     @classmethod
     def for_model(cls, model: nn.Module, base_model: str | None = None, seed: int = 0,
-                  normalize: bool = True) -> "ZOPolicy":
+                  normalize: bool = True, size_rule: str = "numel") -> "ZOPolicy":
         """A fresh policy for the trainable blocks of `model` (fingerprint recorded)."""
         from l2o.models import fingerprint
 
         names = [n for n, _ in named_blocks(model)]
-        return cls(names, normalize=normalize, base_model=base_model, base_fingerprint=fingerprint(model), seed=seed)
+        return cls(names, normalize=normalize, base_model=base_model, base_fingerprint=fingerprint(model), seed=seed,
+                   size_rule=size_rule)
 
 
 # ---------------------------------------------------------------------- features, sizes, normalisation
@@ -160,14 +172,21 @@ class PolicyScales:
     """The `block_scales` callable that plugs a policy into any ZO optimizer (`(optimizer) -> scales`).
 
     At the start of each step it computes sigma from the features (no gradient) and returns nf * sigma
-    (or sigma when the policy does not normalise). `observe(step_result)` records the step's L+ and L-
-    (the last two losses it evaluated: [L+, L-] for MeZO and GV) as the next step's features.
+    (or sigma when the policy does not normalise). `size_rule` None: the policy's own (refused when the
+    policy records none: its sigma was learned under one nf or the other, and a guess changes the step).
+    `observe(step_result)` records the step's L+ and L- (`StepResult.pair`, the same meaning for every
+    method) as the next step's features.
     `state_dict()` / `load_state_dict()` hold the previous losses and sigma, so a resumed run is
     bit-identical. The optimizer's block names are matched to the policy's by name.
     """
 
     def __init__(self, policy: ZOPolicy, batch_size: int = 16,
-                 tokens_per_example: int = EMBEDDING_TOKENS_PER_EXAMPLE, size_rule: str = "numel"):
+                 tokens_per_example: int = EMBEDDING_TOKENS_PER_EXAMPLE, size_rule: str | None = None):
+        size_rule = size_rule or policy.size_rule
+        if size_rule is None:
+            raise ValueError("this policy does not record the size rule it was meta-trained under (an artefact "
+                             "made before the rule was recorded); name it: policy_size_rule 'numel' or 'authors' "
+                             "(fine_tune --policy-size-rule)")
         if size_rule not in SIZE_RULES:
             raise ValueError(f"policy size rule must be one of {', '.join(SIZE_RULES)}, got {size_rule!r}")
         self.size_rule = size_rule
@@ -215,12 +234,16 @@ class PolicyScales:
         return (sigma * nf).tolist()
 
     def observe(self, result) -> None:
-        """Record a finished step (a StepResult); skipped steps leave the features unchanged."""
-        if result is None or result.skipped or len(result.losses) < 1 or self.last_sigma is None:
+        """Record a finished step (a StepResult); skipped steps leave the features unchanged. The features are
+        the step's `pair`, L(theta +- eps d) along one of its directions, whatever the method (MeZO's two-point
+        pair, GV's along v, one-sided MeZO's and BSZO's L+ with L- mirrored as 2 f0 - L+): the meaning the
+        policy was meta-trained on. (The last two losses a step evaluated were that only for MeZO and GV.)"""
+        if result is None or result.skipped or self.last_sigma is None:
             return
-        losses = result.losses
-        self.prev_plus = float(losses[-2] if len(losses) >= 2 else losses[-1])
-        self.prev_minus = float(losses[-1])
+        if result.pair is None:
+            raise ValueError("this optimizer's steps give the policy no L+/L- pair (StepResult.pair), so its "
+                             "features would mean something else than they did in meta-training")
+        self.prev_plus, self.prev_minus = (float(x) for x in result.pair)
         self.prev_sigma = self.last_sigma.clone()
 
     def state_dict(self) -> dict:

@@ -100,7 +100,8 @@ class BilevelMetaInit(L.LightningModule):
     lam 1e4, lower/upper lr 1e-4, T_low 10; theta_lr is the ZO-SGD step on the backbone).
 
     Args:
-        base: base model (alias, hub id or local folder). peft: lora | prefix | prompt. dtype: fp32 | bf16 | fp16.
+        base: base model (alias, hub id or local folder). peft: lora | prefix | prompt.
+        dtype: auto | fp32 | bf16 | fp16 (auto: fp32 on the CPU, else the checkpoint's, with fp16 as bf16).
         lam, lower_lr, upper_lr, theta_lr, eps, t_low, one_sided, num_directions, theta_clip: see
             `l2o.optim.bilevel_zofo.BilevelZOFO`. tasks_per_step: tasks per upper step (their estimates are combined).
         batch_size: examples per lower/upper batch. seed: directions and adapter init. device: auto | cpu | cuda.
@@ -111,7 +112,7 @@ class BilevelMetaInit(L.LightningModule):
 
     artefact_dir = "meta-init"  # the folder under --out that meta_train publishes
 
-    def __init__(self, base: str = "smollm2-135m", peft: str = "lora", dtype: str = "fp32", lam: float = 1e4,
+    def __init__(self, base: str = "smollm2-135m", peft: str = "lora", dtype: str = "auto", lam: float = 1e4,
                  lower_lr: float = 1e-4, upper_lr: float = 1e-4, theta_lr: float = 1e-7, eps: float = 1e-3,
                  t_low: int = 10, one_sided: bool = True, num_directions: int = 1, theta_clip: float | None = None,
                  tasks_per_step: int = 5, batch_size: int = 8, seed: int = 0, device: str = "auto",
@@ -156,7 +157,10 @@ class BilevelMetaInit(L.LightningModule):
         from zoo.acquire import ensure_base
 
         ensure_base(hp.base)
-        model, self.tokenizer, self.info = load_base(hp.base, dtype=hp.dtype, device=device)
+        from l2o.models import resolve_dtype
+
+        dtype = resolve_dtype(hp.dtype, hp.base, device, first_order=True)   # its inner steps backpropagate
+        model, self.tokenizer, self.info = load_base(hp.base, dtype=dtype, device=device)
         self.model = apply_peft(model, hp.peft, seed=hp.seed)
         self.method = BilevelZOFO(self.model, num_tasks=len(dm.train_tasks), lam=hp.lam, lower_lr=hp.lower_lr,
                                   upper_lr=hp.upper_lr, theta_lr=hp.theta_lr, eps=hp.eps, t_low=hp.t_low,

@@ -46,7 +46,8 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
                      from --config and the command line); exit 1 if not
 
 zo-finetuner options (--model.*): lr_policy 0.1, lr_llm 0.01, momentum 0.8, eta_meta 1e-6, eps 1e-3,
-  unroll 1 (look-ahead length T), reset_every 100, dtype fp32|bf16, gradient_checkpointing false,
+  unroll 1 (look-ahead length T), reset_every 100, dtype auto|fp32|bf16 (auto: fp32 on the CPU, else the
+  checkpoint's, fp16 as bf16), gradient_checkpointing false,
   val_every 0, val_steps 20, val_lr 1e-5, val_tasks 2, seed 0
 data options (--data.*): batch_size 8, num_train 200, num_eval 32, max_length 128, seed 0, objective
 

@@ -79,7 +79,7 @@ def _is_mezo(label: str) -> bool:
 
 def _label(method: str, results: dict) -> str:
     """zo-finetuner runs are labelled with their size rule: "zo-finetuner (authors)" takes a bigger step."""
-    rule = results["config"].get("policy_size_rule")
+    rule = results.get("policy_size_rule") or results["config"].get("policy_size_rule")
     return f"{method} ({rule})" if "zo-finetuner" in method and rule and not _is_mezo(method) else method
 
 
@@ -199,8 +199,9 @@ def plot(outs, path: Path, title: str = "") -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m meta_train.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", help="policy (zoo id or artefact folder) for the zo-finetuner methods")
-    p.add_argument("--policy-size-rule", default="numel", choices=["numel", "authors"],
-                   help="block sizes in the policy's normaliser (numel: E||d||^2/D = 1; authors: a bigger step)")
+    p.add_argument("--policy-size-rule", default=None, choices=["numel", "authors"],
+                   help="block sizes in the policy's normaliser (numel: E||d||^2/D = 1; authors: a bigger step); "
+                   "default: the rule the policy was meta-trained under")
     p.add_argument("--base", default="smollm2-135m")
     p.add_argument("--task", default="tweet_sentiment")
     p.add_argument("--methods", nargs="+", default=["mezo", "zo-finetuner", "zo-finetuner+gv"])

@@ -52,7 +52,8 @@ class ZOFineTunerMeta(L.LightningModule):
         unroll: look-ahead length T (1 = the paper's greedy one-step estimator).
         reset_every: steps between resets of the LLM to its pretrained weights (0: never).
         seed: seed of directions and policy initialisation.
-        dtype: fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32).
+        dtype: auto, fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32). auto: fp32 on the CPU;
+            on an accelerator the checkpoint's dtype, with fp16 (OPT) trained in bf16 (l2o.models.resolve_dtype).
         gradient_checkpointing: recompute activations in the backward passes (less memory, ~30% slower).
         attn_implementation: eager or sdpa (default: the model's); unroll > 1 (second-order) needs eager,
             the lean one-step path does not.
@@ -74,7 +75,7 @@ class ZOFineTunerMeta(L.LightningModule):
 
     def __init__(self, base: str = "smollm2-135m", lr_policy: float = 0.1, lr_llm: float = 0.01,
                  momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3, unroll: int = 1,
-                 reset_every: int = 100, seed: int = 0, dtype: str = "fp32", gradient_checkpointing: bool = False,
+                 reset_every: int = 100, seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
                  attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
                  fixed_step: bool = False,
                  init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
@@ -90,8 +91,8 @@ class ZOFineTunerMeta(L.LightningModule):
             raise ConfigError("--model.unroll and val_steps must be >= 1 and reset_every >= 0")
         if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
-        if dtype not in ("fp32", "bf16"):
-            raise ConfigError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the policy
@@ -115,7 +116,10 @@ class ZOFineTunerMeta(L.LightningModule):
         from zoo.acquire import ensure_base
 
         ensure_base(hp.base)
-        model, tok, info = load_base(hp.base, dtype=hp.dtype, attn_implementation=hp.attn_implementation)
+        from l2o.models import resolve_dtype
+
+        dtype = resolve_dtype(hp.dtype, hp.base, self.trainer.strategy.root_device, first_order=True)
+        model, tok, info = load_base(hp.base, dtype=dtype, attn_implementation=hp.attn_implementation)
         for p in model.parameters():
             p.requires_grad_(True)
         if hp.gradient_checkpointing:
@@ -130,6 +134,7 @@ class ZOFineTunerMeta(L.LightningModule):
             self.policy = ZOPolicy.for_model(model, base_model=hp.base, seed=hp.seed)
         self.policy.base_model = hp.base
         self.policy.base_fingerprint = info.fingerprint
+        self.policy.size_rule = hp.size_rule  # recorded in the artefact: fine_tune deploys with it
         self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
                                    eta_meta=hp.eta_meta, unroll=hp.unroll,
                                    detach_nf=hp.detach_nf and not hp.fixed_step, size_rule=hp.size_rule)

@@ -17,6 +17,10 @@ Pretrained weights for resets are re-read from the model files; meta-validation 
 itself and parks the trajectory's weights on disk meanwhile, so neither adds device memory.
 unroll > 1 takes the functional path, which also holds theta_t and z_t of every unrolled step.
 
+--model.dtype auto (the default) is planned as meta_train resolves it on an accelerator: the checkpoint's
+dtype (l2o/base_shapes.json's torch_dtype for an alias), with fp16 trained in bf16 (OPT-13B: bf16). A plan that
+does not fit names the first of --model.dtype bf16, --model.gradient_checkpointing true, both, that does.
+
 Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the weights' dtype:
 norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores 2 a L; logits
 tokens x vocab x (bytes + 8) for the float32 cross-entropy. With gradient checkpointing: one hidden
@@ -66,6 +70,7 @@ class Plan:
     blocks: int
     rows: list = field(default_factory=list)  # (what, bytes, how)
     gpu_bytes: float = 80 * GiB
+    dtype: str = "fp32"   # the LLM's, "auto" resolved
 
     @property
     def total(self) -> int:
@@ -106,16 +111,29 @@ def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing
     return int(layers * tokens * per_token * nbytes + logits)
 
 
-def make_plan(base: str, dtype: str = "fp32", batch: int = 8, length: int = 128, checkpointing: bool = False,
+def plan_dtype(base: str, dtype: str) -> tuple[str, str]:
+    """(dtype, how): --model.dtype, with "auto" resolved as meta_train does on an accelerator."""
+    from l2o.models import checkpoint_dtype, resolve_dtype
+
+    if dtype != "auto":
+        return dtype, ""
+    found = checkpoint_dtype(base)
+    how = f"auto: the checkpoint's {found}" + (", trained in bf16" if found == "fp16" else "") if found else \
+        "auto: checkpoint dtype unknown"
+    return resolve_dtype("auto", base, "cuda", first_order=True), how
+
+
+def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
               unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0) -> Plan:
-    if dtype not in BYTES:
-        raise ValueError(f"--model.dtype must be fp32 or bf16, got {dtype!r}")
     config = base_config(base)
+    dtype, how = plan_dtype(base, dtype)
+    if dtype not in BYTES:
+        raise ValueError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
     n, sizes = _count(base)
     b, big = BYTES[dtype], max(sizes)
-    plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB)
+    plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB, dtype=dtype)
     plan.rows = [
-        ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype})"),
+        ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype}{'; ' + how if how else ''})"),
         ("momentum", n * b, f"SGD momentum in {dtype}" + (", fp32 arithmetic + stochastic rounding" if b < 4 else "")),
         ("gradient", big * b, "one block at a time (consumed in the backward)"),
         ("look-ahead", 3 * big * 4, "theta'_b, z_b, fp32 accumulator: one block"),
@@ -179,19 +197,34 @@ def _options(argv: list[str]) -> dict:
     return found
 
 
+def fitting_flags(kw: dict) -> str | None:
+    """The first of --model.dtype bf16, --model.gradient_checkpointing true, both, under which the plan `kw`
+    (make_plan's arguments) fits; None when none does."""
+    tries = [{"dtype": "bf16"}, {"checkpointing": True}, {"dtype": "bf16", "checkpointing": True}]
+    flags = {"dtype": "--model.dtype bf16", "checkpointing": "--model.gradient_checkpointing true"}
+    for change in tries:
+        if make_plan(**{**kw, **change}).fits:
+            return " ".join(flags[k] for k in change)
+    return None
+
+
 def main(argv: list[str]) -> int:
     """The --dry-run entry point of meta_train (options from --config files and the same command line)."""
     try:
         opt = _options(argv)
-        plan = make_plan(
-            opt.get("--base", "smollm2-135m"), dtype=opt.get("--model.dtype", "fp32"),
-            batch=int(opt.get("--data.batch_size", 8)), length=int(opt.get("--data.max_length", 128)),
-            checkpointing=str(opt.get("--model.gradient_checkpointing", "false")).lower() == "true",
-            unroll=int(opt.get("--model.unroll", 1)),
-            eager=opt.get("--model.attn_implementation", "") == "eager",
-            gpu_gb=float(opt.get("--gpu-memory", 80)))
+        kw = dict(base=opt.get("--base", "smollm2-135m"), dtype=opt.get("--model.dtype", "auto"),
+                  batch=int(opt.get("--data.batch_size", 8)), length=int(opt.get("--data.max_length", 128)),
+                  checkpointing=str(opt.get("--model.gradient_checkpointing", "false")).lower() == "true",
+                  unroll=int(opt.get("--model.unroll", 1)),
+                  eager=opt.get("--model.attn_implementation", "") == "eager",
+                  gpu_gb=float(opt.get("--gpu-memory", 80)))
+        plan = make_plan(**kw)
+        hint = None if plan.fits else fitting_flags(kw)
     except (ValueError, OSError) as err:
         print(f"meta_train: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     print(format_plan(plan))
+    if not plan.fits:
+        print(f"  fits with {hint}" if hint else "  no flag makes it fit (not bf16 with gradient checkpointing "
+              "either): a device with more memory (--gpu-memory) or a smaller base or batch")
     return 0 if plan.fits else 1

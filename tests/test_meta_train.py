@@ -231,6 +231,7 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 10 and results["published"] == "tiny-opt/zo-finetuner@1"
     assert results["meta_validation"]["tasks"] == {"winowhy": results["meta_validation"]["tasks"]["winowhy"]}
+    assert json.loads((out / "policy" / "config.json").read_text())["arch"]["size_rule"] == "numel"  # the run's rule
     card = (out / "policy" / "README.md").read_text()
     assert "sports_understanding" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
     for field in ("| estimator | lookahead", "| unroll horizon | 1 |", "| size rule | numel |", "| inner optimizer |",
@@ -443,6 +444,41 @@ def test_dry_run_plans_every_alias_offline_and_opt13b_bf16_fits_80gb(capsys):
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["--base", "no-such-alias", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("meta_train: error: --dry-run knows")
+
+
+def test_dry_run_of_the_big_base_fits_with_no_flag_and_an_over_budget_plan_names_the_flag(capsys):
+    """The command the project exists for: dtype auto plans OPT-13B in bf16 (its checkpoint is fp16, which the
+    look-ahead's backward trains in bf16), 61 GiB; fp32 (117 GiB) does not fit and says which flag does."""
+    from meta_train.cli import main
+
+    assert main(["--base", "opt-13b", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "fits in 80 GiB" in out and "(bf16; auto: the checkpoint's fp16, trained in bf16)" in out
+    assert main(["--base", "opt-13b", "--dry-run", "--model.dtype", "fp32"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "  fits with --model.dtype bf16"
+    assert main(["--base", "llama-3.1-8b", "--dry-run", "--model.dtype", "fp32", "--data.batch_size", "64"]) == 1
+    assert capsys.readouterr().out.strip().endswith("fits with --model.dtype bf16 --model.gradient_checkpointing true")
+    assert main(["--base", "opt-66b", "--dry-run"]) == 1
+    assert "no flag makes it fit" in capsys.readouterr().out
+
+
+def test_dtype_auto_is_fp32_on_the_cpu_and_the_checkpoint_dtype_on_an_accelerator(tmp_path):
+    from l2o.models import checkpoint_dtype, resolve_dtype
+
+    assert [checkpoint_dtype(b) for b in ("opt-13b", "llama-3.2-1b", "qwen2.5-0.5b")] == ["fp16", "bf16", "bf16"]
+    assert checkpoint_dtype("facebook/opt-125m") == "fp16"          # a hub id of an alias: the same shapes
+    for base in ("opt-13b", "llama-3.2-1b", "smollm2-135m"):
+        assert resolve_dtype("auto", base, "cpu") == resolve_dtype("auto", base, "cpu", first_order=True) == "fp32"
+    assert resolve_dtype("auto", "opt-13b", "cuda") == "fp16"        # ZO steps in fp16, as MeZO's --load_float16
+    assert resolve_dtype("auto", "opt-13b", "cuda:1", first_order=True) == "bf16"   # backprop: no fp16
+    assert resolve_dtype("auto", "llama-3.2-1b", "cuda", first_order=True) == "bf16"
+    assert resolve_dtype("fp32", "opt-13b", "cuda") == "fp32"        # an explicit dtype is kept
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float16"}))
+    assert resolve_dtype("auto", str(folder), "cuda") == "fp16"
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert checkpoint_dtype(str(folder)) is None and resolve_dtype("auto", str(folder), "cuda") == "fp32"
 
 
 def test_dry_run_reads_config_files_and_the_command_line_wins(tmp_path, capsys):

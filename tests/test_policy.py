@@ -128,16 +128,45 @@ def test_resume_is_bit_identical(name):
         assert torch.equal(a, b), n
 
 
+class _Linear(nn.Module):
+    """L = a . theta + 5: a two-point pair's mean is L(theta) exactly, and a mirrored L- is exact too."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        self.theta = nn.Parameter(torch.randn(40, generator=g, dtype=torch.float64))
+        self.a = torch.randn(40, generator=g, dtype=torch.float64)
+
+    def forward(self):
+        return self.a @ self.theta + 5.0
+
+
+@pytest.mark.parametrize("name,kw", [("zo-finetuner", {}), ("zo-finetuner", {"one_sided": True}),
+                                     ("zo-finetuner+gv", {}), ("zo-finetuner+greedy", {}),
+                                     ("zo-finetuner+bszo", {}), ("zo-finetuner+bszo", {"k": 3, "m": 5})])
+def test_policy_features_are_a_two_point_pair_under_every_method(name, kw):
+    """The policy learned L+ and L- as MeZO's L(theta +- eps z). Every method hands it that pair along one of
+    its directions, so on a linear loss (L+ + L-)/2 = L(theta) and L+ is a loss the step evaluated. Reading
+    the last two losses instead gives one-sided MeZO (f0, L+) and BSZO (L(theta + eps z_1), L(theta + eps z_2)),
+    whose mean is off by eps times a projected gradient."""
+    model = _Linear()
+    pol = ZOPolicy(["theta"], seed=3)
+    opt = build_optimizer(name, model, policy=pol, lr=1e-3, eps=1e-2, seed=4, **kw)
+    for _ in range(3):
+        with torch.no_grad():
+            start = float(model())
+        opt.step(model)
+        plus, minus = opt.policy_scales.prev_plus, opt.policy_scales.prev_minus
+        assert (plus + minus) / 2 == pytest.approx(start, abs=1e-9), (opt.last.losses, start)
+        assert plus in opt.last.losses and abs(plus - minus) > 1e-6
+
+
 def test_true_sizes_hold_the_effective_step_at_mezos_and_the_authors_rule_does_not():
     """E||d||^2/D = sum n_b (nf sigma_b)^2 / sum n_b: exactly 1 with true sizes whatever sigma; with the
     authors' rule (tied embedding counted as hidden x 15 x batch) a policy that favours the embedding
     takes a bigger step than MeZO at the same lr."""
     model = tiny_model("llama")  # tied embedding / lm_head
-    pol = ZOPolicy.for_model(model, seed=1)
-    emb = embedding_block_ids(model, [p for _, p in named_blocks(model)])
-    with torch.no_grad():
-        pol.w2.zero_(); pol.b2.fill_(1.0)
-        pol.b2[list(emb)[0]] = 5.0
+    pol = _embedding_heavy_policy(model)
     x = _batch()
     steps = {}
     for rule in ("numel", "authors"):
@@ -148,6 +177,42 @@ def test_true_sizes_hold_the_effective_step_at_mezos_and_the_authors_rule_does_n
     assert steps["authors"] > 1.5
     with pytest.raises(ValueError, match="size rule"):
         build_optimizer("zo-finetuner", model, policy=pol, policy_size_rule="rows")
+
+
+def _embedding_heavy_policy(model, **kw):
+    """A policy whose sigma favours the (tied) embedding: its step depends on the size rule."""
+    pol = ZOPolicy.for_model(model, seed=1, **kw)
+    emb = embedding_block_ids(model, [p for _, p in named_blocks(model)])
+    with torch.no_grad():
+        pol.w2.zero_(); pol.b2.fill_(1.0)
+        pol.b2[list(emb)[0]] = 5.0
+    return pol
+
+
+def test_an_artefact_carries_its_size_rule_and_deploys_with_it(tmp_path):
+    """The rule a policy was meta-trained under travels in its artefact (arch.size_rule) and is the deployment
+    default; an explicit rule overrides it; an artefact that records none is refused, not guessed."""
+    model = tiny_model("llama")
+    x = _batch()
+
+    def effective_step(pol, **kw):
+        opt = build_optimizer("zo-finetuner", model, policy=pol, lr=0.0, policy_batch_size=1, **kw)
+        opt.step(lambda: model(input_ids=x, labels=x).loss)
+        return opt.last.effective_step
+
+    save_policy(_embedding_heavy_policy(model, size_rule="authors"), tmp_path / "pol", card={"license": "mit"})
+    assert json.loads((tmp_path / "pol" / "config.json").read_text())["arch"]["size_rule"] == "authors"
+    back = load_policy(tmp_path / "pol")
+    assert back.size_rule == "authors"
+    authors = effective_step(back)
+    assert authors == pytest.approx(effective_step(back, policy_size_rule="authors")) and authors > 1.5
+    assert effective_step(back, policy_size_rule="numel") == pytest.approx(1.0, rel=1e-6)
+    old = ZOPolicy.from_tensors(back.tensors(), {**back.config(), "arch": {
+        k: v for k, v in back.config()["arch"].items() if k != "size_rule"}})
+    assert old.size_rule is None
+    with pytest.raises(ValueError, match="does not record the size rule"):
+        build_optimizer("zo-finetuner", model, policy=old)
+    assert effective_step(old, policy_size_rule="authors") == pytest.approx(authors)
 
 
 def test_constant_policy_is_mezo_and_no_policy_is_the_base_method():
@@ -254,7 +319,7 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_bases["opt"])
-    pol = ZOPolicy.for_model(base, base_model="tiny-opt", seed=1)
+    pol = ZOPolicy.for_model(base, base_model="tiny-opt", seed=1, size_rule="authors")
     save_policy(pol, tmp_path / "pol", card={"license": "mit"})
     sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
     out = tmp_path / "run"
@@ -265,6 +330,19 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["policy"] == str(tmp_path / "pol") and res["forward_passes"] == 6 * 4
     assert fingerprint(base) == res["base"]["fingerprint"]
+    assert res["policy_size_rule"] == "authors"  # the artefact's rule, without --policy-size-rule
+    # an artefact that records no rule (made before it was recorded): one line naming the flag
+    cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
+    del cfg["arch"]["size_rule"]
+    (tmp_path / "pol" / "config.json").write_text(json.dumps(cfg))
+    args = ["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "1", "--batch-size", "4",
+            "--num-dev", "2", "--save-model", "false", "--zero-shot", "false", "--optimizer", "zo-finetuner",
+            "--policy", str(tmp_path / "pol"), "--lr", "1e-3"]
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "old")]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and "does not record the size rule" in err[0] and "--policy-size-rule" in err[0], err
+    assert main(args + ["--out", str(tmp_path / "named"), "--policy-size-rule", "numel"]) == 0
 
 
 def test_shipped_default_policy_for_smollm2_loads_by_id():
@@ -278,5 +356,6 @@ def test_shipped_default_policy_for_smollm2_loads_by_id():
     pol = load_policy("smollm2-135m/zo-finetuner@1", expected_fingerprint=fp, model_name="smollm2-135m")
     assert pol.base_model == "smollm2-135m" and pol.base_fingerprint == fp == base_fingerprint("smollm2-135m")
     assert pol.num_blocks == 272 and "model.embed_tokens.weight" in pol.block_names
+    assert pol.size_rule == "authors"  # trained (2026-11-23) before "numel" existed: the authors' rule was the only one
     sigma = pol(features(torch.zeros(pol.num_blocks, 2), 0.0, 0.0, torch.ones(pol.num_blocks)))
     assert torch.isfinite(sigma).all() and (sigma >= 0).all()

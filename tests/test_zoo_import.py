@@ -47,7 +47,8 @@ def test_import_matches_the_original_modules(tmp_path, dtype, capsys):
     assert rc == 0, err
     tensors, config = load_artefact(tmp_path / "art", expected_fingerprint=FP, expected_kind="zo-finetuner-policy",
                                     expected_keys=["w1", "b1", "w2", "b2"])
-    assert config["arch"] == {"in_features": 5, "hidden": 64, "block_names": NAMES, "normalize": True}
+    assert config["arch"] == {"in_features": 5, "hidden": 64, "block_names": NAMES, "normalize": True,
+                              "size_rule": "authors"}  # the authors' code trained it under its own nf
     assert config["base_model"] == "llama-3.2-1b" and config["base_fingerprint"] == FP
     assert config["training"]["source_dtypes"] == [str(dtype).replace("torch.", "")]
     b = len(NAMES)

@@ -168,6 +168,7 @@ def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None,
     if fingerprint is None:
         print(f"zoo: warning: no base fingerprint recorded for '{base}'", file=sys.stderr)
     return _save_policy(out, file, tensors, names, info, base, fingerprint,
+                        arch={"size_rule": "authors"},   # trained by the authors' code, whose nf is this rule
                         card={"license": license or "other",
                               "tasks": ["as released by the ZO Fine-tuner authors (see the paper)"]})
 

@@ -49,9 +49,14 @@ class StepResult:
     losses: list[float] = field(default_factory=list)   # every loss the step evaluated, in order
     forwards: int = 0
     skipped: bool = False
-    # E||d||^2 / D of the step's direction: the lr multiplier of the expected update, E[dtheta] ~ -lr * this
-    # * grad, for a direction that ignores the losses (MeZO: 1; with per-block scales s_b: sum n_b s_b^2 / D)
+    # the lr multiplier of the expected update to first order, E[dtheta] ~ -lr * this * grad: E||d||^2 / D for a
+    # direction that ignores the losses (MeZO: 1; with per-block scales s_b: sum n_b s_b^2 / D), E[(v . u)^2] for
+    # GV's and Greedy's loss-guided v, tr of the Kalman gain for BSZO
     effective_step: float | None = None
+    # (L(theta + eps d), L(theta - eps d)) along one direction d of the step with E||d||^2 = D (the learned
+    # policy's L+ / L- features, which it was meta-trained on as MeZO's pair). A method that evaluates one side
+    # only mirrors the other, 2 f0 - L(theta + eps d): L(theta - eps d) to first order, exact for a linear loss.
+    pair: tuple[float, float] | None = None
 
 
 def _check(cond: bool, message: str) -> None:

@@ -201,7 +201,8 @@ class BSZO(ZOOptimizer):
         self.state["zo"]["gamma"] = float(torch.trace(gain)) / k
         self._apply_update(self.direction(seeds, mu.tolist(), scales), 1.0)
         return StepResult(loss=f0, projected_grads=mu.tolist(), losses=losses,
-                          effective_step=float(torch.trace(gain)) * self.scales_second_moment(scales))
+                          effective_step=float(torch.trace(gain)) * self.scales_second_moment(scales),
+                          pair=(losses[1], 2 * f0 - losses[1]))   # along z_1, the minus side mirrored
 
 
 class BSZOB(BSZO):

@@ -40,8 +40,9 @@ class MeZO(ZOOptimizer):
             grads = [(plus - minus) / (2 * eps) for plus, minus in zip(losses[0::2], losses[1::2])]
         self._apply_update(self.direction(seeds, self.update_weights(grads), scales), 1.0)
         train_loss = losses[0] if self.hp["one_sided"] else sum(losses) / len(losses)  # f0, or the pairs' mean
+        pair = (losses[-1], 2 * losses[0] - losses[-1]) if self.hp["one_sided"] else (losses[-2], losses[-1])
         return StepResult(loss=train_loss, projected_grads=grads, losses=losses,
-                          effective_step=self.effective_step(scales))
+                          effective_step=self.effective_step(scales), pair=pair)
 
     def update_weights(self, grads: list[float]) -> list[float]:
         """w_j of the update theta <- theta - lr sum_j w_j z_j: the mean estimate, g_j / q."""

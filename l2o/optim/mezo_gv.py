@@ -118,7 +118,7 @@ class MeZOGV(ZOOptimizer):
         # logged: the pair's mean, not plus = L(theta + eps v), which v's guidance biases low by ~ eps g
         alignment = guide_alignment(self.hp["pool_size"], self.hp.get("alpha", 0.5), self.greedy)  # greedy: no alpha
         return StepResult(loss=(plus + minus) / 2, projected_grads=[g], losses=pool + [plus, minus],
-                          effective_step=alignment * self.scales_second_moment(scales))
+                          effective_step=alignment * self.scales_second_moment(scales), pair=(plus, minus))
 
 
 class MeZOGreedy(MeZOGV):

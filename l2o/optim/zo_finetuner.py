@@ -18,9 +18,10 @@ from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
 
 class _PolicyMixin:
     """Adds `policy` (a ZOPolicy, or None), `policy_size_rule` ("numel": E||d||^2/D = 1; "authors": the
-    authors' embedding estimate) and `policy_batch_size` (used by the "authors" rule)."""
+    authors' embedding estimate; None: the rule the policy was meta-trained under) and `policy_batch_size`
+    (used by the "authors" rule)."""
 
-    def __init__(self, model, *args, policy=None, policy_batch_size: int = 16, policy_size_rule: str = "numel",
+    def __init__(self, model, *args, policy=None, policy_batch_size: int = 16, policy_size_rule: str | None = None,
                  **kw):
         from l2o.policy import PolicyScales
 

@@ -326,10 +326,12 @@ def resolve_device(cfg: FineTuneConfig) -> str:
 
 def run_dtype(cfg: FineTuneConfig, device: str) -> str:
     """--dtype, with "auto" resolved for this device and base (fp32 on the CPU; the checkpoint's dtype on an
-    accelerator, bf16 for an fp16 checkpoint under Bilevel-ZOFO's first-order inner steps)."""
+    accelerator, bf16 for an fp16 checkpoint where the run backpropagates: the first-order baselines and
+    Bilevel-ZOFO's inner steps, the methods that need an adapter)."""
     from l2o.models import resolve_dtype
 
-    return resolve_dtype(cfg.dtype, cfg.base, device, first_order=cfg.is_bilevel())
+    backprop = cfg.is_first_order() or cfg.capability("needs_adapter", False)
+    return resolve_dtype(cfg.dtype, cfg.base, device, first_order=backprop)
 
 
 def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None, rank: int = 0):

@@ -29,6 +29,7 @@ SHAPES = {
     "opt-1.3b": dict(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32, vocab_size=50272),
     "opt-13b": dict(hidden_size=5120, num_hidden_layers=40, ffn_dim=20480, num_attention_heads=40, vocab_size=50272),
 }
+REAL = "smollm2-135m"  # the real embedded base (weights from the local cache), not a random shape
 CONFIGS = ["inference", "reference-mezo", "mezo", "mezo+table", "mezo-gv", "mezo-greedy", "bszo"]
 FORWARDS = {"inference": 1, "reference-mezo": 2, "mezo": 2, "mezo+table": 2, "mezo-gv": 4, "mezo-greedy": 4,
             "bszo": 3}
@@ -50,11 +51,18 @@ def _peak_bytes(device) -> int:
 
 
 def build(shape: str, batch: int, seq: int, device: str, dtype: str):
-    """A random-initialised OPT of `shape` (no download) in `dtype` on `device`, and a loss closure."""
+    """A random-initialised OPT of `shape` (no download) in `dtype` on `device`, and a loss closure;
+    shape "smollm2-135m" is the real embedded SmolLM2-135M (its weights, from the local cache)."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
+    if shape == REAL:
+        from l2o.models import load_base
+
+        model, _, _ = load_base(REAL, dtype=dtype, device=device)
+        ids = torch.randint(4, model.config.vocab_size, (batch, seq), device=device)
+        return model, lambda: model(input_ids=ids, labels=ids).loss
     h = SHAPES[shape]
     cfg = OPTConfig(**h, word_embed_proj_dim=h["hidden_size"], max_position_embeddings=max(2048, seq),
                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -206,7 +214,7 @@ def _write_json(args, results: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="opt-125m", choices=sorted(SHAPES))
+    ap.add_argument("--shape", default="opt-125m", choices=sorted(SHAPES) + [REAL])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)

@@ -12,11 +12,19 @@ calls (per sweep, and the most one z(seed, block) took). `reference-mezo` is MeZ
 The goals (issue 10) are checked in the last lines: step / (forwards x forward) <= 1.10, peak <= 1.05x
 inference, our MeZO step / the reference's <= 0.75. Sized to finish in under 8 minutes on one
 H100/H200; `--budget-s` skips what would not fit and says so.
+
+First, the portability check (issue 21): z, theta + c z (float32) and the fused bf16 perturbation made by
+the Triton kernel on the device are compared bit for bit with the CPU path on a 105M-element block (OPT-13B's
+fc1; far past the size where torch's CUDA generator depends on the GPU model), with the kernel's time and
+effective bandwidth; then a small random OPT is trained 3 MeZO steps in bf16 on the device and its seed
+ledger replayed on the CPU, which must give the same weights bit for bit. With --smoke the same runs on
+tiny tensors with the block path (the kernel, interpreted) on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import statistics
@@ -30,6 +38,55 @@ SUITE = [("opt-13b", "bf16"), ("opt-1.3b", "fp32")]
 SMOKE = [("tiny", "bf16"), ("tiny", "fp32")]
 CONFIGS = ["inference", "reference-mezo", "mezo", "mezo+table", "mezo-gv", "mezo-greedy", "bszo"]
 GOALS = {"ratio": 1.10, "memory": 1.05, "vs_reference": 0.75}
+
+
+def _same(a, b) -> str:
+    import torch
+    return "bit-identical" if torch.equal(a.cpu(), b.cpu()) else "DIFFERENT"
+
+
+def portability(device: str, smoke: bool) -> list[str]:
+    """The device's noise against the CPU's, bit for bit, and a ledger written here replayed on the CPU."""
+    import torch
+
+    from l2o.ledger import Ledger, replay
+    from l2o.noise import GaussianNoise
+    from l2o.optim import build_optimizer
+
+    n = 4096 + 7 if smoke else 20480 * 5120
+    here, cpu = GaussianNoise(path="block"), GaussianNoise(path="chunked")
+    base = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    z_dev = here.z(11, 3, (n,), device=device)
+    out_dev, out_cpu = torch.empty(n, device=device), torch.empty(n)
+    base_dev = base.to(device)
+    times = []
+    for _ in range(1 if smoke else 5):
+        times.append(timed(lambda: here.axpy(out_dev, base_dev, 11, 3, 1e-3), device))
+    cpu.axpy(out_cpu, base, 11, 3, 1e-3)
+    r_dev, r_cpu = torch.empty(n, dtype=torch.bfloat16, device=device), torch.empty(n, dtype=torch.bfloat16)
+    here.axpy(r_dev, base_dev.bfloat16(), 11, 3, 1e-3, round_seed=5)
+    cpu.axpy(r_cpu, base.bfloat16(), 11, 3, 1e-3, round_seed=5)
+    t = statistics.median(times)
+    lines = [f"## portability: {device} block path (Triton) against the CPU path, {n:,} elements",
+             f"z: {_same(z_dev, cpu.z(11, 3, (n,)))};  theta + c z (fp32): {_same(out_dev, out_cpu)};  "
+             f"fused bf16 theta + c z with stochastic rounding: {_same(r_dev, r_cpu)}",
+             f"kernel theta + c z: {t * 1e3:.2f} ms, {8 * n / t / 1e9:.0f} GB/s (read theta, write out)"]
+    if smoke:  # two small layers: the interpreted kernel costs ~0.1 s a launch
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 1)).to(device, torch.bfloat16)
+        x = torch.randn(8, 32, device=device, dtype=torch.bfloat16)
+        closure = lambda: model(x).float().square().mean()  # noqa: E731
+    else:
+        model, closure = build("small", 2, 16, device, "bf16")
+    replayed = copy.deepcopy(model).cpu()
+    opt = build_optimizer("mezo", model, lr=1e-3, eps=1e-3, seed=0, noise=here)
+    for _ in range(3):
+        opt.step(closure)
+    replay(replayed, Ledger.parse(opt.ledger.text(), require_seal=False))
+    same = all(torch.equal(v.detach().cpu(), replayed.state_dict()[k]) for k, v in model.state_dict().items())
+    lines.append(f"3 MeZO steps (bf16) on {device}, ledger replayed on the CPU: "
+                 f"{'bit-identical' if same else 'DIFFERENT'} weights")
+    return lines
 
 
 def _peak_reset(device: str) -> None:
@@ -149,6 +206,7 @@ def main(argv=None) -> int:
             return 2
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     deadline = time.monotonic() + args.budget_s
+    print("\n".join(portability(args.device, smoke)), flush=True)
     for shape, dtype in (SMOKE if smoke else SUITE):
         print("\n".join(report(run_model(shape, dtype, args, deadline))), flush=True)
     return 0

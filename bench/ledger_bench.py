@@ -99,13 +99,14 @@ def opt13b_blocks() -> tuple[int, int, int]:
 
     from l2o.ledger import FORMAT, VERSION, canonical
     from l2o.models import fingerprint
+    from l2o.noise import GaussianNoise
 
     with torch.device("meta"):
         model = OPTForCausalLM(OPTConfig(**OPT_13B))
     named = [(n, p) for n, p in model.named_parameters()]
     header = {"format": FORMAT, "version": VERSION, "method": "mezo", "base_model": "opt-13b",
               "base_fingerprint": fingerprint(model), "base_digest": "sha256:" + "0" * 64, "dtype": "bf16",
-              "peft": "full", "noise": {"name": "gaussian", "chunk_size": 262144}, "blocks": [n for n, _ in named],
+              "peft": "full", "noise": GaussianNoise().config(), "blocks": [n for n, _ in named],
               "h": "0" * 16}
     return sum(p.numel() for _, p in named), len(named), len(canonical(header)) + 1
 

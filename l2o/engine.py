@@ -13,7 +13,7 @@ pre-hooks on the modules that own each block swap in a temporary perturbed tenso
 of that module's forward and put the original tensor object back right after. The hooks exist only
 while `evaluate` runs: between evaluations the model holds nothing of the engine's. A bf16/fp16
 temporary is rounded stochastically, keyed by (seeds, block), so E[theta~] = theta + eps d. At most one
-tensor-sized temporary is alive at a time (two for multi-seed directions with Gaussian noise), and
+tensor-sized temporary is alive at a time (multi-seed directions accumulate into it in place), and
 each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
 update) against the reference code's 4 (+eps, -2eps, +eps restore, update).
 
@@ -26,14 +26,16 @@ meta-gradient of a learned policy): the perturbed tensor of block b is the outpu
 function of s_b whose backward is alpha * <gradient, z_b>, and autograd saves (seed, b) for it instead of
 its values, so no perturbed tensor outlives its module's forward.
 
-Updates accumulate in float32 and, for bf16/fp16 weights, write back with stochastic rounding keyed
-by (rounding seed, block), which makes them unbiased and reproducible.
+Updates are made in place in fp32 and fp64 (each in its own precision), and for bf16/fp16 weights
+accumulate in float32 and write back with stochastic rounding keyed by (rounding seed, block), which
+makes them unbiased and reproducible. Every number involved is a function of (key, element index) and
+every operation an IEEE multiply or add rounded once (l2o/noise.py), so a run, its resume and its
+ledger's replay give the same bits on the CPU and on any GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from torch import nn
 
 from l2o.blocks import Block, as_blocks, storage_key
 from l2o.errors import UserError
-from l2o.noise import TAG_EVAL_ROUND, TAG_ROUND, NoiseSource, keyed_generator, make_noise, mix
+from l2o.noise import TAG_EVAL_ROUND, NoiseSource, make_noise, mix, stochastic_round_
 from l2o.placement import after_placement, homes
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -199,11 +201,11 @@ class Engine:
         c.noise_generations += 1
         c.max_calls_per_z = max(c.max_calls_per_z, calls)
 
-    def _accumulate(self, out: torch.Tensor, b: Block, terms, buf: torch.Tensor | None = None) -> None:
-        """out (float32) += sum_j coeff_j * z(seed_j, b)."""
+    def _accumulate(self, out: torch.Tensor, b: Block, terms) -> None:
+        """out (float32 or float64) += sum_j coeff_j * z(seed_j, b), one term at a time, in place."""
         for seed, coeff in terms:
             before = self.noise.calls
-            self.noise.add(out, seed, b.index, coeff, buf)
+            self.noise.add(out, seed, b.index, coeff)
             self._count(b, before)
 
     def direction_tensor(self, d: Direction, b: Block) -> torch.Tensor:
@@ -213,29 +215,29 @@ class Engine:
         return out
 
     def _perturbed(self, b: Block, d: Direction, eps: float, live: torch.Tensor | None = None) -> torch.Tensor:
-        """theta_b + eps d_b, from `live` (the tensor the module holds for this forward: for an offloaded
-        weight, the execution-device copy of its home) or else the block's own tensor."""
+        """theta_b + eps * d_b as a new tensor in theta_b's dtype, from `live` (the tensor the module holds for
+        this forward: for an offloaded weight, the execution-device copy of its home) or else the block's own
+        tensor. bf16/fp16 are rounded stochastically, keyed by (seeds, block): rounding to nearest would leave
+        entries with |eps d| < ulp/2 unperturbed (most bf16 weights near 1 at eps = 1e-3) while the update
+        moves them along d, so E[theta~] = theta + eps d."""
         p = (b.param if live is None else live).detach()
         terms = d.terms(b.index, eps)
         if not terms:
             return p
-        if len(terms) == 1 and p.dtype != torch.float64:
-            out = torch.empty_like(p, dtype=torch.float32)
+        round_seed = mix(TAG_EVAL_ROUND, b.index, *d.seeds)
+        if len(terms) == 1:  # one pass: out = p + coeff * z, rounded in the same pass where the source can
+            out = torch.empty_like(p, memory_format=torch.contiguous_format)
             seed, coeff = terms[0]
             before = self.noise.calls
-            self.noise.axpy(out, p, seed, b.index, coeff)  # out = p + coeff * z, fused where possible
+            self.noise.axpy(out, p, seed, b.index, coeff, round_seed=round_seed)
             self._count(b, before)
-            if p.dtype == torch.float32:
-                return out
-        else:
-            out = p.to(_acc_dtype(p), copy=True)
-            self._accumulate(out, b, terms, torch.empty_like(out, dtype=torch.float32) if len(terms) > 1 else None)
+            return out
+        acc = p.to(_acc_dtype(p), memory_format=torch.contiguous_format, copy=True)
+        self._accumulate(acc, b, terms)
         if p.dtype not in _LOW_PRECISION:
-            return out.to(p.dtype)
-        # E[theta~] = theta + eps d: rounding to nearest would leave entries with |eps d| < ulp/2
-        # unperturbed (most bf16 weights near 1 at eps = 1e-3) while the update moves them along d.
-        rounded = torch.empty_like(p)
-        stochastic_round_(rounded, out, mix(TAG_EVAL_ROUND, b.index, *d.seeds), overwrite_src=True)
+            return acc
+        rounded = torch.empty_like(p, memory_format=torch.contiguous_format)
+        stochastic_round_(rounded, acc, round_seed, overwrite_src=True, path=self.noise.path)
         return rounded
 
     def dot(self, g: torch.Tensor, b: Block, d: Direction) -> float:
@@ -350,7 +352,10 @@ class Engine:
 
     @torch.no_grad()
     def update(self, d: Direction, step: float, decay: float = 0.0, rounding_seed: int = 0) -> None:
-        """theta_b <- theta_b - step * d_b - decay * theta_b (decay only on blocks that decay)."""
+        """theta_b <- theta_b - step * d_b - decay * theta_b (decay only on blocks that decay).
+
+        fp32 and fp64 weights are updated in place in their own precision; bf16/fp16 accumulate in float32
+        and are written back with stochastic rounding keyed by (rounding_seed, block)."""
         for b in self.blocks:
             terms = d.terms(b.index, -step)
             wd = decay if (decay and b.decays) else 0.0
@@ -360,19 +365,19 @@ class Engine:
             if p.dtype not in _LOW_PRECISION:
                 if wd:
                     p.mul_(1.0 - wd)
-                if terms:
-                    buf = torch.empty_like(p, dtype=torch.float32) if p.dtype == torch.float32 else None
-                    acc = p if p.dtype == torch.float32 else p.to(torch.float32)
-                    self._accumulate(acc, b, terms, buf)
-                    if acc is not p:
-                        p.copy_(acc)
+                self._accumulate(p, b, terms)
+                continue
+            round_seed = mix(0x5C0DE, rounding_seed, b.index)
+            if len(terms) == 1 and not wd:  # one pass where the source fuses add and rounding
+                before = self.noise.calls
+                self.noise.axpy(p, p, terms[0][0], b.index, terms[0][1], round_seed=round_seed)
+                self._count(b, before)
                 continue
             acc = p.to(torch.float32)
             if wd:
                 acc.mul_(1.0 - wd)
-            buf = torch.empty_like(acc) if terms else None
-            self._accumulate(acc, b, terms, buf)
-            stochastic_round_(p, acc, mix(0x5C0DE, rounding_seed, b.index), overwrite_src=True)
+            self._accumulate(acc, b, terms)
+            stochastic_round_(p, acc, round_seed, overwrite_src=True, path=self.noise.path)
         self.counters.sweeps += 1
 
     @torch.no_grad()
@@ -383,7 +388,7 @@ class Engine:
             if b.name in deltas:
                 p = b.param.data
                 acc = p.to(_acc_dtype(p)) + deltas[b.name].to(device=p.device, dtype=_acc_dtype(p))
-                _write(p, acc, mix(0x5C0DE, rounding_seed, b.index))
+                self._write(p, acc, mix(0x5C0DE, rounding_seed, b.index))
         self.counters.sweeps += 1
 
     @torch.no_grad()
@@ -415,17 +420,16 @@ class Engine:
             buf = torch.empty_like(p)
         else:
             acc = acc.add(buf.to(torch.float32), alpha=momentum)
-        _write(buf, acc, mix(0xB0F, rounding_seed, b.index))
-        _write(p, p.to(torch.float32).sub_(acc, alpha=lr), mix(0x5C0DE, rounding_seed, b.index))
+        self._write(buf, acc, mix(0xB0F, rounding_seed, b.index))
+        self._write(p, p.to(torch.float32).sub_(acc, alpha=lr), mix(0x5C0DE, rounding_seed, b.index))
         return buf
 
-
-def _write(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
-    """dst <- src (float32/64): exact in full precision, stochastic rounding into bf16/fp16."""
-    if dst.dtype in _LOW_PRECISION and src.dtype != dst.dtype:
-        stochastic_round_(dst, src.to(torch.float32), seed)
-    else:
-        dst.copy_(src)
+    def _write(self, dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+        """dst <- src (float32/64): exact in full precision, stochastic rounding into bf16/fp16."""
+        if dst.dtype in _LOW_PRECISION and src.dtype != dst.dtype:
+            stochastic_round_(dst, src.to(torch.float32), seed, path=self.noise.path)
+        else:
+            dst.copy_(src)
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -470,33 +474,3 @@ def _unpack(saved):
     return full.as_strided(saved.size, saved.stride, saved.offset)
 
 
-
-def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, overwrite_src: bool = False) -> None:
-    """dst <- src (float32) rounded to dst.dtype, up or down with probabilities that make it unbiased.
-
-    E[dst] = src exactly (for finite values inside the dtype's range): with lo <= src <= hi the two
-    neighbouring representable values, hi is chosen with probability (src - lo) / (hi - lo).
-    For bf16 (float32's top 16 bits) this is: add 16 uniform random bits to the float32's bit pattern
-    and truncate the low 16 bits. `overwrite_src=True` lets it do that in place on `src`, which then
-    only costs a 2-byte-per-element random temporary (what an accelerator's memory bound needs).
-    """
-    g = keyed_generator(src.device, seed, 0, 0, TAG_ROUND)
-    if dst.dtype == torch.bfloat16 and src.dtype == torch.float32 and src.is_contiguous():
-        work = src if overwrite_src else src.clone()
-        bits = work.view(torch.int32)  # sign-magnitude: the same carry rounds |x| up for either sign
-        bits.add_(torch.randint(-(1 << 15), 1 << 15, src.shape, generator=g, device=src.device,
-                                dtype=torch.int16)).add_(1 << 15)
-        bits.bitwise_and_(-(1 << 16))
-        dst.copy_(work)  # exact: the low 16 bits are zero
-        return
-    near = src.to(dst.dtype)
-    near32 = near.to(torch.float32)
-    other = torch.where(near32 > src,
-                        torch.nextafter(near, torch.full_like(near, -math.inf)),
-                        torch.nextafter(near, torch.full_like(near, math.inf)))
-    other32 = other.to(torch.float32)
-    gap = (other32 - near32).abs_()
-    p_other = torch.where(gap > 0, (src - near32).abs_() / gap, torch.zeros_like(gap))
-    u = torch.rand(src.shape, generator=g, device=src.device, dtype=torch.float32)
-    take_other = (u < p_other) & torch.isfinite(other32)
-    dst.copy_(torch.where(take_other, other, near))

@@ -8,7 +8,9 @@ with stochastic rounding keyed by r in bf16/fp16 (l2o/engine.py). So a whole fin
     seal:    {"seal": number of updates so far}          (appended at each flush, i.e. each checkpoint)
 
 and `replay(model, ledger)` reproduces the weights bit-identically through `Engine.update` alone (no
-forward pass, no optimizer, no policy: a learned policy's scales are in the lines).
+forward pass, no optimizer, no policy: a learned policy's scales are in the lines), on any device: z and
+the rounding bits are functions of (key, element index) only (l2o/noise.py), so the header's noise entry
+(source and generator identity) is all that determines them.
 
 Integrity: every line carries `h` = sha256(h of the previous line + the line's canonical JSON), cut to
 16 hex digits, so an edited, reordered or dropped line breaks the chain; a file must end in a seal, so
@@ -116,15 +118,17 @@ def noise_from_config(config: dict):
 
     cls = {"gaussian": GaussianNoise, "table": NoiseTable}.get(config.get("name"))
     noise = None
-    if cls is not None:  # the constructor's arguments; other keys (e.g. "keying") describe the source
+    if cls is not None:  # the constructor's arguments; other keys ("generator", "levels") identify z
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         try:
             noise = cls(**{k: v for k, v in config.items() if k in accepted})
         except (TypeError, ValueError):
             noise = None
     if noise is None or noise.config() != config:
+        why = ("; it predates the portable generator (its z and rounding bits depended on the device type), so no "
+               "device can replay it exactly") if "generator" not in config else ""
         raise LedgerError(f"this ledger was written with the noise source {canonical(config)}, which this "
-                          "version of l2o cannot reproduce, so it cannot be replayed here")
+                          f"version of l2o cannot reproduce, so it cannot be replayed here{why}")
     return noise
 
 

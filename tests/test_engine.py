@@ -26,7 +26,7 @@ def test_z_is_regenerated_identically_and_differs_across_seeds_and_blocks(src):
 
 
 def test_gaussian_z_does_not_depend_on_thread_count_or_global_rng(monkeypatch):
-    src = GaussianNoise(chunk_size=1000)
+    src = GaussianNoise(chunk_size=1008)
     torch.manual_seed(0)
     a = src.z(7, 1, (10_000,))
     monkeypatch.setenv("L2O_NOISE_THREADS", "1")
@@ -357,3 +357,21 @@ def test_engine_can_drive_an_explicit_frozen_parameter_set():
     after = snapshot(model)
     assert not torch.equal(before["net.0.weight"], after["net.0.weight"])
     assert torch.equal(before["net.3.weight"], after["net.3.weight"])
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "table"])
+def test_float64_weights_are_updated_in_float64(noise):
+    """theta <- theta + fl64(-step * z) in float64 (defect 7: the update went through float32, so every entry
+    ended up equal to its float32 rounding); evaluation perturbs in float64 too."""
+    model = Quadratic(dim=1000, dtype=torch.float64)
+    engine = Engine(model, noise)
+    theta = model.theta.detach().clone()
+    d, step = Direction.single(4), 1e-3
+    z = engine.direction_tensor(d, engine.blocks[0]).double()
+    engine.update(d, step)
+    assert torch.equal(model.theta.detach(), theta + z * -step)
+    assert (model.theta.detach().float().double() != model.theta.detach()).float().mean() > 0.99
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(m.theta.detach().clone()))  # runs inside the swap
+    engine.evaluate(model, d, 1e-3)
+    assert seen[0].dtype == torch.float64 and torch.equal(seen[0], model.theta.detach() + z * 1e-3)

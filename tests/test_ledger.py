@@ -154,3 +154,37 @@ def test_another_initialisation_of_the_same_architecture_is_refused(written):
     with pytest.raises(LedgerError, match="not its starting weights"):
         replay(model, Ledger.read(path))
     assert same_bits(before, snapshot(model))
+
+
+# ---------------------------------------------------------------------------------- devices and paths
+@pytest.mark.parametrize("source,dtype,written_on,replayed_on", [
+    ("gaussian", "bf16", "chunked", "block"), ("gaussian", "fp32", "block", "chunked"),
+    ("table", "bf16", "block", "chunked"), ("table", "fp16", "chunked", "block")])
+def test_a_ledger_replays_bit_identically_on_the_other_noise_path(monkeypatch, source, dtype, written_on, replayed_on):
+    """A ledger written on the CPU's chunked path replays on the accelerators' block path (the Triton kernel,
+    interpreted on CPU tensors here) to the same bits, and the other way round: z and the rounding bits are
+    functions of (key, element index) only, so the header needs no path or device entry."""
+    pytest.importorskip("triton")
+    from l2o.noise import make_noise
+
+    noise = make_noise(source, path=written_on, **({"size": 1 << 14, "chunk_size": 256} if source == "table" else {}))
+    trained, opt = _run("mezo" if dtype == "fp32" else "mezo-gv", DTYPES[dtype], steps=2, noise=noise)
+    assert "path" not in opt.ledger.header["noise"]
+    monkeypatch.setenv("L2O_NOISE_PATH", replayed_on)
+    fresh = TwoBlock(dtype=DTYPES[dtype])
+    replay(fresh, Ledger.parse(opt.ledger.text(), require_seal=False))
+    assert same_bits(snapshot(fresh), snapshot(trained))
+
+
+@pytest.mark.parametrize("old", [{"name": "gaussian", "chunk_size": 262144, "keying": "mt19937-state"},
+                                 {"name": "gaussian", "chunk_size": 262144, "keying": "mt19937-state", "path": "block"},
+                                 {"name": "table", "size": 4194304, "seed": 0, "chunk_size": 65536}],
+                         ids=["gaussian-cpu", "gaussian-accelerator", "table"])
+def test_a_ledger_of_the_old_device_dependent_generators_is_refused_in_one_line(written, old):
+    """Before the portable generator, z came from mt19937 (CPU) or Philox (CUDA) and the rounding bits too:
+    such a ledger cannot be replayed exactly anywhere now, so it is refused before any weight is written."""
+    text = _rechained(written[0], lambda h: dict(noise=old))
+    _refused(text, "cannot reproduce")
+    with pytest.raises(LedgerError) as err:
+        replay(TwoBlock(dtype=torch.bfloat16), Ledger.parse(text))
+    assert "\n" not in str(err.value)

@@ -165,12 +165,41 @@ def run_one(config: str, shape: str, batch: int, seq: int, reps: int, device: st
             "peak_bytes": _peak_bytes(device), "params": n_params}
 
 
+class EngineClock:
+    """Wall time a step spends inside the engine's noise work: `Engine._perturbed` (the perturbed
+    temporaries of the evaluations) and `Engine.update`; the rest of the step is its forwards."""
+
+    def __init__(self):
+        from l2o.engine import Engine
+
+        self.spent = {"perturb": 0.0, "update": 0.0}
+        for name, key in (("_perturbed", "perturb"), ("update", "update")):
+            setattr(Engine, name, self._timed(getattr(Engine, name), key))
+
+    def _timed(self, fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    def take(self) -> dict:
+        out, self.spent = self.spent, {k: 0.0 for k in self.spent}
+        return out
+
+
 def run_interleaved(configs: list[str], shape: str, batch: int, seq: int, reps: int, device: str,
                     dtype: str) -> dict:
     """All configurations on one model in one process, repeats interleaved (config 1, 2, ..., 1, 2, ...),
-    each step timed right after a plain forward: load on a shared machine hits every config alike."""
+    each step timed right after a plain forward: load on a shared machine hits every config alike.
+    Per step it also records the time inside the engine's perturbation and update (`EngineClock`), the
+    noise elements generated, and the process's CPU time against wall time (2 threads on an idle
+    2-core machine give about 2; less means other processes took the cores)."""
     import torch
 
+    clock = EngineClock()
     model, closure = build(shape, batch, seq, device, dtype)
     steps = {c: make_step(c, model, closure) for c in configs}
 
@@ -180,30 +209,54 @@ def run_interleaved(configs: list[str], shape: str, batch: int, seq: int, reps: 
 
     for c in configs:
         steps[c]()  # warm-up
-    runs = {c: {"fwd": [], "step": []} for c in configs}
+    runs = {c: {"fwd": [], "step": [], "perturb": [], "update": [], "cpu": [], "elems": []} for c in configs}
+    cpu0, wall0, load0 = time.process_time(), time.perf_counter(), os.getloadavg()[0]
     for r in range(reps):
         for c in configs:
             runs[c]["fwd"].append(timed(forward, device))
+            opt = getattr(steps[c], "optimizer", None)
+            elems = opt.engine.counters.noise_elems if opt is not None else 0
+            clock.take()
+            c0 = time.process_time()
             runs[c]["step"].append(timed(steps[c], device))
+            runs[c]["cpu"].append(time.process_time() - c0)
+            spent = clock.take()
+            runs[c]["perturb"].append(spent["perturb"])
+            runs[c]["update"].append(spent["update"])
+            runs[c]["elems"].append((opt.engine.counters.noise_elems - elems) if opt is not None else 0)
         print(f"  repeat {r + 1}/{reps} done", file=sys.stderr, flush=True)
+    load = {"cpu_per_wall": (time.process_time() - cpu0) / (time.perf_counter() - wall0),
+            "loadavg": [load0, os.getloadavg()[0]]}
     out = {}
     for c, t in runs.items():
+        med = statistics.median
         ratios = [s / (FORWARDS[c] * f) for s, f in zip(t["step"], t["fwd"])]
-        out[c] = {"config": c, "median_s": statistics.median(t["step"]), "times_s": t["step"],
-                  "forward_s": statistics.median(t["fwd"]), "ratio": statistics.median(ratios),
-                  "ratios": ratios}
-    return out
+        noise = [p + u for p, u in zip(t["perturb"], t["update"])]
+        out[c] = {"config": c, "median_s": med(t["step"]), "times_s": t["step"], "forward_s": med(t["fwd"]),
+                  "ratio": med(ratios), "ratios": ratios, "perturb_s": med(t["perturb"]),
+                  "update_s": med(t["update"]), "noise_elems": med(t["elems"]),
+                  "noise_ns_per_elem": med(n / e * 1e9 for n, e in zip(noise, t["elems"])) if t["elems"][0] else None,
+                  "forwards_ratio": med((s - n) / (FORWARDS[c] * f) for s, n, f in zip(t["step"], noise, t["fwd"])),
+                  "cpu_per_wall": med(cp / s for cp, s in zip(t["cpu"], t["step"]))}
+    return {"configs": out, "load": load}
 
 
 def _print_interleaved(args, results: dict) -> None:
     import torch
+    load = results["load"]
     print(f"\nshape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.dtype}, {args.device}, "
-          f"{torch.get_num_threads()} threads, {args.reps} interleaved repeats in one process (median)")
-    print("| config | step s | forward s | forwards/step | step / (forwards x forward) | per-repeat ratios |")
-    print("|---|---|---|---|---|---|")
-    for c, r in results.items():
+          f"{torch.get_num_threads()} threads, {args.reps} interleaved repeats in one process (median); "
+          f"process cpu/wall {load['cpu_per_wall']:.2f}, load average {load['loadavg'][0]:.1f} -> "
+          f"{load['loadavg'][1]:.1f}")
+    print("| config | step s | forward s | forwards/step | step / (forwards x forward) | per-repeat ratios "
+          "| perturb s | update s | noise ns/element | (step - perturb - update) / (forwards x forward) "
+          "| step cpu/wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c, r in results["configs"].items():
+        ns = f"{r['noise_ns_per_elem']:.2f}" if r["noise_ns_per_elem"] else "-"
         print(f"| {c} | {r['median_s']:.3f} | {r['forward_s']:.3f} | {FORWARDS[c]} | {r['ratio']:.3f} | "
-              f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
+              f"{', '.join(f'{x:.2f}' for x in r['ratios'])} | {r['perturb_s']:.3f} | {r['update_s']:.3f} | {ns} | "
+              f"{r['forwards_ratio']:.3f} | {r['cpu_per_wall']:.2f} |")
 
 
 def _write_json(args, results: dict) -> None:

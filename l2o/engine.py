@@ -13,8 +13,9 @@ pre-hooks on the modules that own each block swap in a temporary perturbed tenso
 of that module's forward and put the original tensor object back right after. The hooks exist only
 while `evaluate` runs: between evaluations the model holds nothing of the engine's. A bf16/fp16
 temporary is rounded stochastically, keyed by (seeds, block), so E[theta~] = theta + eps d. At most one
-tensor-sized temporary is alive at a time (multi-seed directions accumulate into it in place), and
-each forward costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
+tensor-sized temporary is alive at a time (multi-seed directions accumulate into it in place), besides a
+tied block's (embedding and lm_head), which is made once and kept until the forward ends; each forward
+costs one noise sweep. A MeZO step is therefore 3 sweeps (+eps forward, -eps forward,
 update) against the reference code's 4 (+eps, -2eps, +eps restore, update).
 
 Placed models (l2o.placement): a block is perturbed on the device where its module runs, from the copy
@@ -36,6 +37,7 @@ ledger's replay give the same bits on the CPU and on any GPU.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -138,6 +140,9 @@ class Engine:
         self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
         self.offloaded = False  # some block lives off its module (l2o.placement); set by _find_owners
         self._owners = self._find_owners()
+        held = Counter(b.index for lst in self._owners.values() for _, b in lst)
+        self._shared = {i for i, n in held.items() if n > 1}  # tied blocks: perturbed once per evaluation
+        self._reuse: dict[int, torch.Tensor] = {}
         self._hooks: list = []  # only non-empty inside `evaluate`: no trace on the model between calls
         self._active: tuple[Direction, float] | None = None
         self._stash: dict[tuple[int, str], torch.Tensor] = {}
@@ -264,12 +269,23 @@ class Engine:
                 continue
             live = self._stash[key] = module._parameters[name]
             if self._scales is None:
-                module._parameters[name] = self._perturbed(b, d, eps, live)
+                module._parameters[name] = self._perturbed_once(b, d, eps, live)
             else:  # differentiable in s_b; remembered so that autograd saves (seed, b), not the tensor
                 out = _Shift.apply(self._scales[b.index], self, b, d, eps)
                 self._live[id(out)] = weakref.ref(out)
                 module._parameters[name] = out
             self._hit.add(b.index)
+
+    def _perturbed_once(self, b: Block, d: Direction, eps: float, live: torch.Tensor) -> torch.Tensor:
+        """`_perturbed`, made once per evaluation for a block that several modules hold (tied embedding and
+        lm_head): the second module reuses the first's tensor (same device) instead of generating it again."""
+        cached = self._reuse.get(b.index)
+        if cached is not None and cached.device == live.device:
+            return cached
+        out = self._perturbed(b, d, eps, live)
+        if b.index in self._shared:
+            self._reuse[b.index] = out
+        return out
 
     def _post_hook(self, module, args, output):
         if not self._stash:
@@ -283,13 +299,13 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, closure: Callable[[], torch.Tensor | float], d: Direction, eps: float) -> float:
         """The loss at theta + eps * d; theta is bit-identical afterwards (it is never written)."""
-        self._active, self._stash, self._hit = (d, float(eps)), {}, set()
+        self._active, self._stash, self._hit, self._reuse = (d, float(eps)), {}, set(), {}
         try:
             self._install_hooks()
             loss = closure()
         finally:
             self.remove_hooks()
-            self._active = None
+            self._active, self._reuse = None, {}
             self._restore_stash()
         self.counters.forwards += 1
         self.counters.sweeps += 1

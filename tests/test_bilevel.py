@@ -117,7 +117,13 @@ def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(to
     res = m.upper_step(fn, [0])
     assert res.objective[0] == pytest.approx(f_direct, rel=1e-6)
     assert res.seeds == [d.seeds[0]]
-    assert res.projected_grads[0] == pytest.approx(dir_deriv, rel=3e-2, abs=1e-3)
+    # the central difference at eps = 1e-3 errs by up to ~6% of a projection's scale |grad F| (measured, seeds
+    # 0-3, torch's z and the portable generator's); a projection itself can be near 0 (z nearly orthogonal to
+    # the gradient: -0.016 at |grad F| = 3.9 here), so the bound is on that scale. The z of another seed errs
+    # by ~|grad F|
+    grad_norm = sum(float(((a if a is not None else 0) + (b if b is not None else 0)).square().sum())
+                    for a, b in zip(gp_theta, gw_theta)) ** 0.5
+    assert abs(res.projected_grads[0] - dir_deriv) <= 0.1 * grad_norm
     for a, b in zip(captured[0], gp_direct):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

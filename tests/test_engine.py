@@ -171,6 +171,20 @@ def test_tied_weights_are_one_block_perturbed_consistently():
     assert model.head.weight is model.embed.weight
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_tied_block_is_perturbed_once_per_evaluation(dtype):
+    """The embedding and lm_head modules hold one block: one noise generation serves both, and the loss is
+    the one a separately perturbed copy of the model gives."""
+    model = TiedLM().to(dtype)
+    engine, d = Engine(model), Direction.single(5)
+    got = engine.evaluate(model, d, 1e-2)
+    assert engine.counters.noise_elems == engine.counters.total_elems
+    again = Engine(TiedLM().to(dtype))
+    again._shared = set()  # no reuse: the tied block generated for each of its modules
+    assert again.evaluate(again.model, d, 1e-2) == got
+    assert again.counters.noise_elems > again.counters.total_elems
+
+
 def test_evaluate_restores_even_when_the_closure_raises():
     model = TwoBlock()
     engine = Engine(model)

@@ -66,6 +66,30 @@ def mix(*parts: int) -> int:
     return h >> 1
 
 
+def _u64(x) -> np.ndarray:
+    """Integers (Python ints of any sign, or arrays) as a uint64 array, modulo 2^64 like `mix`."""
+    if isinstance(x, int):
+        x = x & _MASK64
+    arr = np.asarray(x)
+    return np.atleast_1d(arr if arr.dtype == np.uint64 else arr.astype(np.int64).astype(np.uint64))
+
+
+def splitmix64_array(x) -> np.ndarray:
+    """`splitmix64` on a uint64 array (wrapping arithmetic)."""
+    x = _u64(x) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def mix_array(*parts) -> np.ndarray:
+    """`mix` element-wise over broadcast integer arrays (for many chunk keys at once)."""
+    h = np.uint64(0x243F6A8885A308D3)
+    for p in parts:
+        h = splitmix64_array(h ^ _u64(p))
+    return h >> np.uint64(1)
+
+
 def derive_seed(base_seed: int, step: int, index: int) -> int:
     """The seed of direction `index` at optimizer step `step` of a run seeded with `base_seed`."""
     return mix(0x5EED, base_seed, step, index)
@@ -243,18 +267,18 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, overwrite
                       path: str | None = None) -> None:
     """dst <- src (float32) rounded to dst.dtype (bf16/fp16), up or down with probabilities that make it unbiased.
 
-    E[dst] = src (for finite values inside the dtype's range). r_i = random_bits(seed)[i], 16 bits:
-    - bf16 (float32's top 16 bits): add r_i to the float32's bit pattern, clear the low 16 bits; the carry
-      rounds |x| up with probability (low 16 bits) / 2^16 for either sign.
+    E[dst] = src (for finite values inside the dtype's range). With r_i = random_bits(seed)[i] read as a
+    signed 16-bit integer, v_i = r_i + 2^15 is uniform on [0, 2^16):
+    - bf16 (float32's top 16 bits): add v_i to the float32's bit pattern and clear the low 16 bits; the carry
+      rounds |x| up with probability (low 16 bits) / 2^16, for either sign.
     - fp16: with lo <= src <= hi the neighbouring fp16 values, take the farther one when
-      (r_i + 1/2) / 2^16 < |src - nearest| / (hi - lo); exact IEEE operations only.
+      (v_i + 1/2) / 2^16 < |src - nearest| / (hi - lo); exact IEEE operations only.
     `overwrite_src=True` lets bf16 rounding work in place on `src` (a 2-byte-per-element temporary only).
     """
     r = random_bits(seed, src.numel(), src.device, path=path).view(src.shape)
     if dst.dtype == torch.bfloat16 and src.dtype == torch.float32 and src.is_contiguous():
         work = src if overwrite_src else src.clone()
-        bits = work.view(torch.int32)
-        bits.add_(r.to(torch.int32).bitwise_and_(0xFFFF)).bitwise_and_(-(1 << 16))
+        work.view(torch.int32).add_(r).add_(1 << 15).bitwise_and_(-(1 << 16))
         dst.copy_(work)  # exact: the low 16 bits are zero
         return
     near = src.to(dst.dtype)
@@ -264,7 +288,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, overwrite
     other32 = other.to(torch.float32)
     gap = (other32 - near32).abs_()
     p_other = torch.where(gap > 0, (src - near32).abs_() / gap, torch.zeros_like(gap))
-    u = (r.to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32) + 0.5) * (1.0 / 65536)
+    u = (r.to(torch.float32) + 32768.5) * (1.0 / 65536)
     dst.copy_(torch.where((u < p_other) & torch.isfinite(other32), other, near))
 
 
@@ -469,30 +493,6 @@ class NoiseTable(NoiseSource):
     def config(self) -> dict:
         return {"name": self.name, "size": self.size, "seed": self.table_seed, "chunk_size": self.chunk_size,
                 "generator": GENERATOR, "levels": "normal-q16:" + LEVELS_SHA256[:16]}
-
-
-def _u64(x) -> np.ndarray:
-    """Integers (Python ints of any sign, or arrays) as a uint64 array, modulo 2^64 like `mix`."""
-    if isinstance(x, int):
-        x = x & _MASK64
-    arr = np.asarray(x)
-    return np.atleast_1d(arr if arr.dtype == np.uint64 else arr.astype(np.int64).astype(np.uint64))
-
-
-def splitmix64_array(x) -> np.ndarray:
-    """`splitmix64` on a uint64 array (wrapping arithmetic)."""
-    x = _u64(x) + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def mix_array(*parts) -> np.ndarray:
-    """`mix` element-wise over broadcast integer arrays (for many chunk keys at once)."""
-    h = np.uint64(0x243F6A8885A308D3)
-    for p in parts:
-        h = splitmix64_array(h ^ _u64(p))
-    return h >> np.uint64(1)
 
 
 def make_noise(spec: str | NoiseSource | None = None, **kwargs) -> NoiseSource:

@@ -2,8 +2,9 @@
 
     out_i = base_i + fl32(c * z_i)          (HAS_BASE; else out_i = z_i)
     z_i   = LEVELS[u_i],   u_i = 16 bits of Philox4x64-10(counter (i div 16, 0, 0, 0), key)  (see noise.py)
-    ROUND: out_i = bf16 of the float32 bit pattern (out_i + r_i) with its low 16 bits cleared,
-           r_i = the 16-bit word i of the rounding key's stream (stochastic rounding, unbiased)
+    ROUND: out_i = bf16 of the float32 bit pattern out_i + (r_i XOR 2^15) with its low 16 bits cleared,
+           r_i = the 16-bit word i of the rounding key's stream (stochastic rounding, unbiased; the XOR is
+           noise.stochastic_round_'s "r_i as a signed 16-bit integer, plus 2^15")
     BITS:  out_i = u_i (the raw 16-bit words of the key's stream, stored as int16)
 
 A program covers GROUPS Philox groups of 16 elements: it computes each group's four 64-bit words once,
@@ -66,7 +67,7 @@ def _noise_kernel(out_ptr, base_ptr, levels_ptr, n, k0, k1, r0, r1, coeff,
         if ROUND:
             r = tl.where(word == 0, q0[:, None], tl.where(word == 1, q1[:, None], tl.where(word == 2, q2[:, None], q3[:, None])))
             r = (r >> shift) & 0xFFFF
-            bits = (v.to(tl.uint32, bitcast=True) + r.to(tl.uint32)) & 0xFFFF0000
+            bits = (v.to(tl.uint32, bitcast=True) + (r ^ 0x8000).to(tl.uint32)) & 0xFFFF0000  # r + 2^15 as int16
             tl.store(out_ptr + offs, bits.to(tl.float32, bitcast=True).to(tl.bfloat16), mask=mask)
         else:
             tl.store(out_ptr + offs, v, mask=mask)

@@ -3,13 +3,20 @@
     python bench/engine_bench.py                       # OPT-125m shape, 16 x 64 tokens (minutes on a CPU)
     python bench/engine_bench.py --shape small --reps 5 # quick look
     python bench/engine_bench.py --device cuda --shape opt-1.3b
+    OMP_NUM_THREADS=2 python bench/engine_bench.py --shape smollm2-135m --interleaved \
+        --configs inference,mezo,mezo+table --reps 5    # issue 21's goals: the real SmolLM2, one process
 
 Each configuration runs in its own subprocess (so its peak memory is its own): a random-initialised OPT
-built from a config (no download), a fixed random batch, one warm-up, then `--reps` timed repeats
-(median). Printed per optimizer: step time, forwards per step, the ratio
+built from a config (no download; `smollm2-135m`: the real embedded base), a fixed random batch, one
+warm-up, then `--reps` timed repeats (median). Printed per optimizer: step time, forwards per step, the ratio
 step / (forwards x forward time) — 1.0 is the physical limit — and peak memory relative to inference
 alone (CPU: peak RSS of the process; CUDA: torch.cuda.max_memory_allocated). A naive MeZO step
 (fresh `torch.normal` per tensor, four passes, `param.data = param.data + ...`) is the reference.
+
+`--interleaved` runs every configuration in one process, repeats interleaved, each step right after a
+plain forward, and says where a step's time goes: inside the engine's perturbation (`Engine._perturbed`)
+and update (`Engine.update`), their cost per noise element, the rest of the step against its forwards,
+and the process's CPU time per wall second (how much of the machine it got).
 """
 
 from __future__ import annotations

@@ -31,8 +31,10 @@ def _lm_loss(model, batch):
     return model(input_ids=batch, labels=batch).loss
 
 
-# At seed 7 the directional meta-gradient is -5.6 (llama) and -40 (opt); finite differences agree to ~0.1 % (checked over
-# seeds 5-14: the error grows only where the analytic value is near 0, e.g. 0.025 at seed 11), so 2 % can fail.
+# The directional meta-gradient is proportional to the step's projected gradient c, so it is near 0 for a seed whose z
+# is nearly orthogonal to the gradient, where the float32 loss's finite difference is mostly rounding (llama, seeds
+# 5-11: -16, -0.05, -0.002, 3.1, -3.7, -17 with the portable generator; -101 ... 0.025 with torch's z). Seed 9:
+# -3.7 (llama); finite differences agree to ~0.1 % where the value is not near 0, so 2 % can fail.
 @pytest.mark.parametrize("arch,lean", [("opt", True), ("llama", True), ("llama", False)])  # llama: tied weights
 def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
     model = tiny_model(arch).double()
@@ -40,7 +42,7 @@ def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
     x = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
     la = Lookahead(model, policy, batch_size=2, eps=1e-3, eta_meta=0.5, unroll=1, lean=lean)
     before = [p.detach().clone() for p in model.parameters()]
-    res = la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None))
+    res = la.step(_lm_loss, x, seed=9, state=TaskState(0.3, 0.2, None))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the LLM is never written
     assert all(p.grad is None for p in model.parameters())
     g = torch.Generator().manual_seed(1)
@@ -51,7 +53,7 @@ def test_lookahead_meta_gradient_matches_finite_differences(arch, lean):
         with torch.no_grad():
             for p, d in zip(policy.parameters(), dirs):
                 p.add_(sign * h * d)
-        vals.append(la.step(_lm_loss, x, seed=7, state=TaskState(0.3, 0.2, None), backward=False,
+        vals.append(la.step(_lm_loss, x, seed=9, state=TaskState(0.3, 0.2, None), backward=False,
                             freeze=(res.c, res.nf)).meta_loss)
         with torch.no_grad():
             for p, d in zip(policy.parameters(), dirs):

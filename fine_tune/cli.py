@@ -17,9 +17,7 @@ from fine_tune.config import ACCELERATORS, DTYPES, HYPERPARAMETERS, PARALLEL, PE
 from fine_tune.config import dump_yaml, load_yaml
 from l2o import catalog
 from l2o.errors import UserError
-from zoo.errors import ZooError
 
-USER_ERRORS = (UserError, ZooError)  # errors a user can cause: one line and exit 2 or 1 (l2o/errors.py)
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -182,7 +180,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as err:  # RunInterrupted (l2o.integrations.lightning) says if --resume can continue
         print(f"fine_tune: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:  # one sentence; anything else is a bug and keeps its traceback
+    except UserError as err:  # what a user can cause (the zoo's errors too): one sentence; the rest keeps its traceback
         print(f"fine_tune: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)  # 1: a run stopped from outside (l2o.errors.RunFailed)
     m = results["metric"]

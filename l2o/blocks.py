@@ -90,10 +90,3 @@ def as_blocks(params: Iterable[torch.Tensor] | nn.Module, names: Iterable[str] |
     if not blocks:
         raise ValueError("no trainable parameters: nothing for a zeroth-order optimizer to update")
     return blocks
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The base model under a PEFT wrapper (`peft.PeftModel`), or `model` itself."""
-    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
-        return model.get_base_model()
-    return model

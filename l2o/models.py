@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from l2o.blocks import named_blocks, unwrap_peft
+from l2o.blocks import named_blocks
 from l2o.cache import cache_dir, hub_offline
 from l2o.errors import UserError
+from l2o.wrappers import unwrap_peft
 
 __all__ = [
     "ALIASES",

@@ -340,7 +340,7 @@ class StreamHook:
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The repeated blocks (a Hugging Face model's `_no_split_modules` classes, outermost), in order."""
-    from l2o.blocks import unwrap_peft
+    from l2o.wrappers import unwrap_peft
 
     classes = set(getattr(unwrap_peft(model), "_no_split_modules", None) or ())
     found: list[tuple[str, nn.Module]] = []
@@ -398,7 +398,7 @@ def infer_device_map(model: nn.Module, kind: str, max_memory: dict | None = None
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_balanced_memory, get_max_memory
 
-    from l2o.blocks import unwrap_peft
+    from l2o.wrappers import unwrap_peft
 
     no_split = list(getattr(unwrap_peft(model), "_no_split_modules", None) or [])
     if kind in ("auto", "balanced"):

@@ -99,13 +99,12 @@ def _classes(method: str):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a user can cause: l2o's `UserError`, the zoo's `ZooError`, and LightningCLI's parse errors."""
+    """What a user can cause: l2o's `UserError` (the zoo's errors are UserErrors) and LightningCLI's parse errors."""
     from jsonargparse import ArgumentError
 
     from l2o.errors import UserError
-    from zoo.errors import ZooError
 
-    return UserError, ZooError, ArgumentError
+    return UserError, ArgumentError
 
 
 def default_out(method: str, base) -> str:

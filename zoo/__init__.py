@@ -26,7 +26,7 @@ _LAZY = {
     "import_zo_finetuner": "convert",
     "read_zo_finetuner": "convert",
     "parse_id": "ids",
-    "sha256_file": "manifest",
+    "sha256_file": "ids",
     "save_ledger": "ledger",
     "load_ledger": "ledger",
     "apply_ledger": "ledger",

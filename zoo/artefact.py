@@ -28,6 +28,8 @@ ARTEFACT_SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+LEDGER_NAME = "ledger.jsonl"  # a zo-ledger artefact's ledger (zoo.ledger)
+LEDGER_HEADER_KEYS = ("dtype", "peft", "noise", "base_digest", "method")  # what its config repeats from the header
 _MAX_HEADER = 100 * 1024 * 1024
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -214,8 +216,6 @@ def check_artefact_dir(directory: str | os.PathLike) -> tuple[dict, dict]:
         raise ZooError(f"artefact folder {directory} does not exist")
     config = read_config(directory)
     if config["kind"] == LEDGER_KIND:
-        from .ledger import read_ledger
-
         read_ledger(directory, config)
         return config, {}
     weights = directory / WEIGHTS_NAME
@@ -273,3 +273,26 @@ def load_artefact(directory, expected_fingerprint: str | None = None, expected_k
     except Exception as err:  # noqa: BLE001
         raise IntegrityError(f"cannot read {directory / WEIGHTS_NAME} ({type(err).__name__}: {err})") from None
     return tensors, config
+
+
+def read_ledger(directory, config: dict):
+    """The verified ledger of an artefact folder whose config is `config` (ZooError otherwise)."""
+    from l2o.ledger import Ledger, LedgerError
+
+    directory = Path(directory)
+    label = f"artefact {directory}"
+    check_layout(config, {}, label)
+    arch = config["arch"]
+    if not (directory / LEDGER_NAME).is_file():
+        raise ZooError(f"{label} has no {LEDGER_NAME}")
+    try:
+        ledger = Ledger.read(directory / LEDGER_NAME, updates=arch["updates"], head=arch["head"])
+    except LedgerError as err:  # damaged: cut, reordered, edited, or not the ledger the config pins
+        raise IntegrityError(f"{label}: {err}") from None
+    h = ledger.header
+    wrong = [k for k in LEDGER_HEADER_KEYS if h.get(k) != arch.get(k)]
+    if h["base_fingerprint"] != config.get("base_fingerprint"):
+        wrong.insert(0, "base_fingerprint")
+    if wrong:
+        raise IntegrityError(f"{label} is inconsistent: {LEDGER_NAME} and {CONFIG_NAME} disagree on {', '.join(wrong)}")
+    return ledger

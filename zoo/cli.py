@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     try:
         return COMMANDS[args.cmd](args)
-    except (ZooError, UserError) as err:  # UserError: l2o's (a read-only or full cache: l2o.cache.CacheError)
+    except UserError as err:  # the zoo's errors, and l2o's (a damaged ledger, a read-only or full cache)
         print(f"zoo: error: {err}", file=sys.stderr)
         return 1 if isinstance(err, IntegrityError) else 2
     except KeyboardInterrupt:

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import IntegrityError, ZooError
-from .ids import check_fingerprint
-from .manifest import sha256_file
+from .ids import check_fingerprint, sha256_file
 from .safe_pickle import ModuleRecord, restricted_load
 
 

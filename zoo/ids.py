@@ -9,6 +9,8 @@ Rules (kept deliberately narrow, because ids become directory names):
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from typing import NamedTuple
 
@@ -103,3 +105,21 @@ def is_sha256(value) -> bool:
 
 def is_commit(value) -> bool:
     return isinstance(value, str) and bool(_COMMIT.match(value))
+
+
+CHUNK = 1 << 20  # bytes read at a time when hashing or copying a file
+
+
+def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
+    """Stream a file through sha256; return ``(hexdigest, size)``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def short_hash(hexdigest: str) -> str:
+    return hexdigest[:12] + "\u2026"

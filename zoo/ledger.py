@@ -18,14 +18,13 @@ import json
 import os
 from pathlib import Path
 
-from .artefact import CARD_NAME, CONFIG_NAME, check_config, check_layout, fingerprint_mismatch
+from .artefact import CARD_NAME, CONFIG_NAME, LEDGER_HEADER_KEYS, LEDGER_NAME, check_config, check_layout
+from .artefact import fingerprint_mismatch, read_ledger
 from .card import render_card
-from .errors import IntegrityError, ZooError
+from .errors import ZooError
 from .ids import check_fingerprint
 from .manifest import LEDGER_KIND, write_json_atomic
 
-LEDGER_NAME = "ledger.jsonl"
-_HEADER_KEYS = ("dtype", "peft", "noise", "base_digest", "method")
 
 
 def ledger_config(ledger, base_model: str | None = None, training: dict | None = None) -> dict:
@@ -33,7 +32,7 @@ def ledger_config(ledger, base_model: str | None = None, training: dict | None =
     h = ledger.header
     return {"kind": LEDGER_KIND, "schema_version": 1, "base_model": base_model or h.get("base_model") or "unknown",
             "base_fingerprint": h["base_fingerprint"],
-            "arch": {**{k: h[k] for k in _HEADER_KEYS}, "updates": ledger.num_updates, "head": ledger.head},
+            "arch": {**{k: h[k] for k in LEDGER_HEADER_KEYS}, "updates": ledger.num_updates, "head": ledger.head},
             "training": dict(training or {})}
 
 
@@ -53,33 +52,10 @@ def save_ledger(directory, ledger, base_model: str | None = None, card: dict | s
     return directory
 
 
-def read_ledger(directory, config: dict):
-    """The verified ledger of an artefact folder whose config is `config` (ZooError otherwise)."""
-    from l2o.ledger import Ledger, LedgerError
-
-    directory = Path(directory)
-    label = f"artefact {directory}"
-    check_layout(config, {}, label)
-    arch = config["arch"]
-    if not (directory / LEDGER_NAME).is_file():
-        raise ZooError(f"{label} has no {LEDGER_NAME}")
-    try:
-        ledger = Ledger.read(directory / LEDGER_NAME, updates=arch["updates"], head=arch["head"])
-    except LedgerError as err:  # damaged: cut, reordered, edited, or not the ledger the config pins
-        raise IntegrityError(f"{label}: {err}") from None
-    h = ledger.header
-    wrong = [k for k in _HEADER_KEYS if h.get(k) != arch.get(k)]
-    if h["base_fingerprint"] != config.get("base_fingerprint"):
-        wrong.insert(0, "base_fingerprint")
-    if wrong:
-        raise IntegrityError(f"{label} is inconsistent: {LEDGER_NAME} and {CONFIG_NAME} disagree on {', '.join(wrong)}")
-    return ledger
-
-
 def check_expected(config: dict, expected_fingerprint=None, expected_dtype=None, expected_noise=None,
                    model_name: str | None = None) -> None:
     """Refuse, in one sentence, a ledger made for another base, dtype or noise source."""
-    from l2o.ledger import LedgerError, noise_from_config
+    from l2o.ledger import noise_from_config
 
     arch = config["arch"]
     if expected_fingerprint is not None and config["base_fingerprint"] != check_fingerprint(expected_fingerprint):
@@ -90,10 +66,7 @@ def check_expected(config: dict, expected_fingerprint=None, expected_dtype=None,
     if expected_noise is not None and arch["noise"] != expected_noise:
         raise ZooError(f"ledger for base '{config['base_model']}' was recorded with noise {json.dumps(arch['noise'])}, "
                        f"not {json.dumps(expected_noise)}")
-    try:
-        noise_from_config(arch["noise"])
-    except LedgerError as err:
-        raise ZooError(str(err)) from None
+    noise_from_config(arch["noise"])   # a LedgerError (a UserError) when this l2o cannot make that noise
 
 
 def load_ledger(spec, expected_fingerprint=None, expected_dtype=None, expected_noise=None, *,
@@ -116,21 +89,17 @@ def load_ledger(spec, expected_fingerprint=None, expected_dtype=None, expected_n
 def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str = "cpu", registry=None,
                  cache_dir=None, log=print) -> Path:
     """Materialise a full-parameter ledger: the base in the recorded dtype, replayed, `save_pretrained` to `out`."""
-    from l2o.errors import UserError
     from l2o.ledger import replay
     from l2o.models import base_fingerprint, load_base
 
-    try:
-        ledger, config = load_ledger(spec, base_fingerprint(base), dtype, model_name=base, registry=registry,
-                                     cache_dir=cache_dir)
-        if config["arch"]["peft"] != "full":
-            raise ZooError(f"zoo apply materialises full-parameter ledgers; this one moved a {config['arch']['peft']} "
-                           "adapter (replay it onto the adapted model with l2o.ledger.replay)")
-        model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
-        log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
-        replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
-    except UserError as err:
-        raise ZooError(str(err)) from None
+    ledger, config = load_ledger(spec, base_fingerprint(base), dtype, model_name=base, registry=registry,
+                                 cache_dir=cache_dir)
+    if config["arch"]["peft"] != "full":
+        raise ZooError(f"zoo apply materialises full-parameter ledgers; this one moved a {config['arch']['peft']} "
+                       "adapter (replay it onto the adapted model with l2o.ledger.replay)")
+    model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
+    log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
+    replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
     out = Path(out)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

@@ -61,7 +61,6 @@ _REL_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 CONVERTERS = {"zo-finetuner-pth": "zo-finetuner-policy"}  # convert["from"] -> the kind it produces
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-CHUNK = 1 << 20
 
 
 def is_remote(entry: dict) -> bool:
@@ -71,21 +70,6 @@ def is_remote(entry: dict) -> bool:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
-    """Stream a file through sha256; return ``(hexdigest, size)``."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def short_hash(hexdigest: str) -> str:
-    return hexdigest[:12] + "\u2026"
 
 
 def entry_layout(entry_id: str) -> str:

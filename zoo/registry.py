@@ -11,7 +11,7 @@ from pathlib import Path
 from .artefact import CARD_NAME, check_artefact_dir
 from .card import card_front_matter
 from .errors import ZooError
-from .ids import check_component, check_version
+from .ids import check_component, check_version, sha256_file
 from .manifest import (
     DEFAULT_NAMES,
     required_files,
@@ -21,7 +21,6 @@ from .manifest import (
     locked,
     parse_location,
     read_manifest,
-    sha256_file,
     utc_now,
     write_manifest,
 )

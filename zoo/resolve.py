@@ -40,7 +40,7 @@ from l2o.cache import writing_cache
 
 from .artefact import not_an_artefact_folder
 from .errors import IntegrityError, ZooError
-from .ids import parse_id, version_key
+from .ids import parse_id, sha256_file, version_key
 from .manifest import (
     MANIFEST_NAME,
     REQUIRED_FILES,
@@ -55,7 +55,6 @@ from .manifest import (
     locked,
     parse_location,
     read_manifest,
-    sha256_file,
     write_json_atomic,
     write_manifest,
 )

@@ -15,8 +15,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from l2o.errors import UserError
+
 from .errors import ZooError
-from .manifest import CHUNK, short_hash
+from .ids import CHUNK, short_hash
 
 PROGRESS_MIN_BYTES = 1 << 20  # never draw a bar for files below 1 MiB
 PROGRESS_BIG_BYTES = 64 << 20  # draw one for files this big even when stderr is not a TTY
@@ -34,7 +36,7 @@ GITHUB_ENV = "L2O_ZOO_GITHUB"  # a mirror of raw.githubusercontent.com's layout 
 GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
-class TransferError(Exception):
+class TransferError(UserError):
     """One source failed for one file; the resolver collects these into a single ZooError."""
 
 

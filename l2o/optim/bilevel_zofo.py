@@ -50,11 +50,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from l2o.blocks import named_blocks, unwrap_peft
+from l2o.blocks import named_blocks
 from l2o.engine import Direction
+from l2o.hparams import HP
 from l2o.noise import derive_seed
 from l2o.optim.base import NonFiniteLoss, StepResult, ZOOptimizer, _check
-from l2o.hparams import HP
+from l2o.wrappers import unwrap_peft
 
 __all__ = ["PAPER_SWEEPS", "AdapterSlots", "BilevelZOFO", "UpperResult", "backbone_params",
            "check_hyperparameters"]

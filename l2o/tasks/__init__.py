@@ -14,24 +14,8 @@ See `l2o.tasks.registry` for every task, its template and where its data comes f
 from __future__ import annotations
 
 from l2o.tasks.base import KINDS, Rendered, Task, TaskError, split_pool
-from l2o.tasks.registry import REGISTRY
+from l2o.tasks.registry import REGISTRY, get_task, list_tasks
 from l2o.tasks.sampling import Splits, TaskFamily, sample_splits
 
 __all__ = ["KINDS", "REGISTRY", "Rendered", "Splits", "Task", "TaskError", "TaskFamily", "get_task",
            "list_tasks", "sample_splits", "split_pool"]
-
-
-def list_tasks(tag: str | None = None) -> list[str]:
-    """Sorted task names (optionally only those carrying `tag`)."""
-    return sorted(n for n, t in REGISTRY.items() if tag is None or tag in t.tags)
-
-
-def get_task(name: str) -> Task:
-    if isinstance(name, Task):
-        return name
-    key = str(name).strip().lower().replace("-", "_")
-    aliases = {"sst_2": "sst2", "super_glue_boolq": "boolq", "multiemo": "multiemo_en", "tweets": "tweet_sentiment"}
-    key = aliases.get(key, key)
-    if key not in REGISTRY:
-        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
-    return REGISTRY[key]

@@ -8,14 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from l2o.errors import UserError
+from l2o.tasks.errors import TaskError
 
 KINDS = ("cls", "mch", "gen")
 SPLITS = ("train", "validation")
-
-
-class TaskError(UserError):
-    """A task cannot be found, loaded, or its data is malformed (one sentence, naming task and row)."""
 
 
 @dataclass(frozen=True)

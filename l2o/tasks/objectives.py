@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from l2o.blocks import unwrap_peft
+from l2o.wrappers import unwrap_peft
 from l2o.placement import input_device
 from l2o.tasks.base import Rendered, Task, TaskError
 from l2o.tasks.metrics import max_f1

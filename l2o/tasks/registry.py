@@ -559,3 +559,19 @@ def _bb_cls_tasks() -> list[Task]:
 
 
 REGISTRY: dict[str, Task] = _build()
+
+
+def list_tasks(tag: str | None = None) -> list[str]:
+    """Sorted task names (optionally only those carrying `tag`)."""
+    return sorted(n for n, t in REGISTRY.items() if tag is None or tag in t.tags)
+
+
+def get_task(name: str) -> Task:
+    if isinstance(name, Task):
+        return name
+    key = str(name).strip().lower().replace("-", "_")
+    aliases = {"sst_2": "sst2", "super_glue_boolq": "boolq", "multiemo": "multiemo_en", "tweets": "tweet_sentiment"}
+    key = aliases.get(key, key)
+    if key not in REGISTRY:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+    return REGISTRY[key]

@@ -36,7 +36,7 @@ SMALL_POOL_RULES = ("mezo", "shrink")
 def _resolve(task) -> Task:
     if isinstance(task, Task):
         return task
-    from l2o.tasks import get_task
+    from l2o.tasks.registry import get_task
 
     return get_task(task)
 
@@ -110,7 +110,7 @@ class TaskFamily:
     """
 
     def __init__(self, names=None, tags=None, seed: int = 0, holdout: float | list[str] | tuple = 0.25):
-        from l2o.tasks import get_task, list_tasks, REGISTRY
+        from l2o.tasks.registry import REGISTRY, get_task, list_tasks
 
         chosen: list[str] = []
         if names:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from l2o.cache import cache_dir, hub_offline
-from l2o.tasks.base import TaskError
+from l2o.tasks.errors import TaskError
 
 BIGBENCH_PIP = "bigbench==1.0.0"
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"

@@ -51,7 +51,7 @@ demo-pipeline: install data
 		--publish_name zo-finetuner-demo --model.lr_policy 0.01 --model.lr_llm 1e-4 --model.val_tasks 1 \
 		--model.val_steps 5 --data.batch_size 4 --data.num_train 200 --data.num_eval 16 --data.max_length 48
 	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m zoo download $(PIPE_ID)
-	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m meta_train.compare --methods mezo zo-finetuner --policy $(PIPE_ID) \
+	L2O_ZOO_REGISTRY=$(PIPE_OUT)/zoo $(PY) -m bench.compare_policy --methods mezo zo-finetuner --policy $(PIPE_ID) \
 		--task tweet_sentiment --seeds 0 --forwards 40 --batch-size 4 --max-length 48 --num-train 100 \
 		--num-eval 50 --lr 1e-5 --out $(PIPE_OUT)/compare
 

@@ -262,7 +262,7 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from meta_train.compare import mean_curve
+    from bench.compare_policy import mean_curve
 
     n_tasks = len(args.task_list)
     fig, axes = plt.subplots(2, n_tasks, figsize=(5.5 * n_tasks, 7), squeeze=False,

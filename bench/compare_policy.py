@@ -1,6 +1,6 @@
 """Held-out comparison of a learned policy with MeZO at an equal forward-pass budget.
 
-    python -m meta_train.compare --policy zoo/builtin/smollm2-135m/zo-finetuner/1 --task tweet_sentiment \\
+    python -m bench.compare_policy --policy zoo/builtin/smollm2-135m/zo-finetuner/1 --task tweet_sentiment \\
         --seeds 0 1 2 --forwards 120 --out runs/compare
 
 Each (method, seed) is one `fine_tune` run (same data, same lr/eps, steps = forwards / forwards-per-step);
@@ -197,7 +197,7 @@ def plot(outs, path: Path, title: str = "") -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m meta_train.compare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.compare_policy", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", help="policy (zoo id or artefact folder) for the zo-finetuner methods")
     p.add_argument("--policy-size-rule", default=None, choices=["numel", "authors"],
                    help="block sizes in the policy's normaliser (numel: E||d||^2/D = 1; authors: a bigger step); "

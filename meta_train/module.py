@@ -118,7 +118,8 @@ class ZOFineTunerMeta(L.LightningModule):
         ensure_base(hp.base)
         from l2o.models import resolve_dtype
 
-        dtype = resolve_dtype(hp.dtype, hp.base, self.trainer.strategy.root_device, first_order=True)
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device  # the run's
+        dtype = resolve_dtype(hp.dtype, hp.base, device, first_order=True)
         model, tok, info = load_base(hp.base, dtype=dtype, attn_implementation=hp.attn_implementation)
         for p in model.parameters():
             p.requires_grad_(True)

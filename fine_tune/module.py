@@ -199,8 +199,9 @@ class ZOFineTuneModule(FineTuneModuleBase):
         ledger.seal()
         checkpoint["optimizer_states"][0]["zo_ledger"] = ledger.text()
         checkpoint["l2o"].update(checkpoint=self.checkpoint_kind, ledger=ledger.summary())
-        if self.checkpoint_kind == "ledger":
+        if self.checkpoint_kind == "ledger":  # no tensors: the weights and a stateful rule's buffers replay from it
             checkpoint["state_dict"] = {}
+            checkpoint["optimizer_states"][0].pop("zo_rule", None)
 
     @staticmethod
     def checkpoint_ledger(checkpoint):

@@ -5,7 +5,10 @@ Every zeroth-order method here needs two operations (DESIGN.md):
     evaluate:  loss at  theta_b + eps * s_b * sum_j w_j z(seed_j, b)   for every block b
     update:    theta_b <- theta_b - step * s_b * sum_j w_j z(seed_j, b)  (- decay * theta_b)
 
-A `Direction` is (seeds, weights, optional per-block scales s_b). Methods only choose directions.
+A `Direction` is (seeds, weights, optional per-block scales s_b, optional second keys). Methods only choose
+directions. What a term (seed, key) means is the engine's perturbation family (l2o/perturbations.py: Gaussian
+z by default, Rademacher, LOZO's low-rank U V^T, Sparse-MeZO's mask); a stateful update rule (l2o/updates.py:
+momentum, Adam, HiZOO's preconditioner P, which also scales every perturbation) turns d_b into the step.
 
 Evaluation never mutates the stored weights, so they are bit-identical afterwards in every dtype
 (MeZO's in-place +eps/-2eps/+eps is not exact, least of all in bf16/fp16). Instead, forward
@@ -49,7 +52,9 @@ from torch import nn
 from l2o.blocks import Block, as_blocks, storage_key
 from l2o.errors import UserError
 from l2o.noise import TAG_EVAL_ROUND, NoiseSource, make_noise, mix, stochastic_round_
+from l2o.perturbations import make_family
 from l2o.placement import after_placement, homes
+from l2o.updates import make_rule
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -60,21 +65,25 @@ class OffloadedBackward(UserError):
 
 @dataclass(frozen=True)
 class Direction:
-    """d_b = s_b * sum_j weights[j] * z(seeds[j], b)."""
+    """d_b = s_b * sum_j weights[j] * z((seeds[j], keys[j]), b). A term's key is a second, longer-lived key
+    (LOZO's V); the perturbation family decides what it means (l2o/perturbations.py); 0 for most."""
 
     seeds: tuple[int, ...]
     weights: tuple[float, ...] = ()
     block_scales: Sequence[float] | torch.Tensor | None = None
+    keys: tuple[int, ...] = ()
 
     def __post_init__(self):
         seeds = tuple(int(s) for s in self.seeds)
         weights = tuple(float(w) for w in self.weights) if self.weights else (1.0,) * len(seeds)
+        keys = tuple(int(k) for k in self.keys) if self.keys else (0,) * len(seeds)
         if not seeds:
             raise ValueError("a direction needs at least one seed")
-        if len(weights) != len(seeds):
-            raise ValueError(f"{len(seeds)} seeds but {len(weights)} weights")
+        if len(weights) != len(seeds) or len(keys) != len(seeds):
+            raise ValueError(f"{len(seeds)} seeds but {len(weights)} weights and {len(keys)} keys")
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "keys", keys)
 
     @classmethod
     def single(cls, seed: int, block_scales=None) -> "Direction":
@@ -85,10 +94,10 @@ class Direction:
             return 1.0
         return float(self.block_scales[b])
 
-    def terms(self, b: int, alpha: float) -> list[tuple[int, float]]:
-        """(seed, coefficient) pairs for block b, scaled by alpha and s_b; zero terms dropped."""
+    def terms(self, b: int, alpha: float) -> list[tuple[int, int, float]]:
+        """(seed, key, coefficient) of block b's terms, scaled by alpha and s_b; zero terms dropped."""
         c = alpha * self.scale(b)
-        return [(s, c * w) for s, w in zip(self.seeds, self.weights) if c * w != 0.0]
+        return [(s, k, c * w) for s, k, w in zip(self.seeds, self.keys, self.weights) if c * w != 0.0]
 
 
 @dataclass
@@ -127,9 +136,12 @@ class Engine:
     are the blocks). `noise`: "gaussian" (default), "table", or a `NoiseSource`. `named_params`: an
     explicit (name, parameter) list to drive instead (e.g. a frozen backbone under a trainable adapter,
     as Bilevel-ZOFO's outer ZO step does); each must belong to a submodule of `model`.
+    `family`: how a term becomes z_b (l2o/perturbations.py; default gaussian). `rule`: a stateful update
+    rule (l2o/updates.py: momentum, Adam, HiZOO's preconditioner), or None for plain steps.
     """
 
-    def __init__(self, model: nn.Module, noise: str | NoiseSource | None = None, named_params=None):
+    def __init__(self, model: nn.Module, noise: str | NoiseSource | None = None, named_params=None, family=None,
+                 rule=None):
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "zeroth-order optimizers take the model (an nn.Module), not a parameter list: they "
@@ -137,6 +149,9 @@ class Engine:
         self.model = model
         self.blocks: list[Block] = as_blocks(list(named_params) if named_params is not None else model)
         self.noise = make_noise(noise)
+        self.family = make_family(family)
+        self.family.bind(self.blocks)
+        self.rule = make_rule(rule)
         self.counters = Counters(total_elems=max(1, sum(b.param.numel() for b in self.blocks)))
         self.offloaded = False  # some block lives off its module (l2o.placement); set by _find_owners
         self._owners = self._find_owners()
@@ -206,17 +221,25 @@ class Engine:
         c.noise_generations += 1
         c.max_calls_per_z = max(c.max_calls_per_z, calls)
 
-    def _accumulate(self, out: torch.Tensor, b: Block, terms) -> None:
-        """out (float32 or float64) += sum_j coeff_j * z(seed_j, b), one term at a time, in place."""
-        for seed, coeff in terms:
-            before = self.noise.calls
-            self.noise.add(out, seed, b.index, coeff)
-            self._count(b, before)
+    def _precondition(self, b: Block) -> torch.Tensor | None:
+        return None if self.rule is None else self.rule.precondition(b)
 
-    def direction_tensor(self, d: Direction, b: Block) -> torch.Tensor:
-        """d_b materialised as a float32 tensor (tests and diagnostics only)."""
+    def _accumulate(self, out: torch.Tensor, b: Block, terms, precondition: bool = True) -> None:
+        """out (float32 or float64) += P_b * sum_j coeff_j z((seed_j, key_j), b), one term at a time, in place;
+        P_b the rule's preconditioner (1 without one)."""
+        pre = self._precondition(b) if precondition else None
+        target = out if pre is None else torch.zeros_like(out)
+        for seed, key, coeff in terms:
+            before = self.noise.calls
+            self.family.add(self.noise, target, b, seed, key, coeff)
+            self._count(b, before)
+        if pre is not None:
+            out.add_(target.mul_(pre.to(target.dtype)))   # multiply, then add: the same bits on every device
+
+    def direction_tensor(self, d: Direction, b: Block, precondition: bool = True) -> torch.Tensor:
+        """d_b materialised as a float32 tensor (P_b z with a preconditioning rule, unless told not to)."""
         out = torch.zeros(b.param.shape, dtype=torch.float32, device=b.param.device)
-        self._accumulate(out, b, d.terms(b.index, 1.0))
+        self._accumulate(out, b, d.terms(b.index, 1.0), precondition=precondition)
         return out
 
     def _perturbed(self, b: Block, d: Direction, eps: float, live: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,11 +253,11 @@ class Engine:
         if not terms:
             return p
         round_seed = mix(TAG_EVAL_ROUND, b.index, *d.seeds)
-        if len(terms) == 1:  # one pass: out = p + coeff * z, rounded in the same pass where the source can
+        if len(terms) == 1 and self._precondition(b) is None:  # one pass: out = p + coeff z, rounded in the pass
             out = torch.empty_like(p, memory_format=torch.contiguous_format)
-            seed, coeff = terms[0]
+            seed, key, coeff = terms[0]
             before = self.noise.calls
-            self.noise.axpy(out, p, seed, b.index, coeff, round_seed=round_seed)
+            self.family.axpy(self.noise, out, p, b, seed, key, coeff, round_seed=round_seed)
             self._count(b, before)
             return out
         acc = p.to(_acc_dtype(p), memory_format=torch.contiguous_format, copy=True)
@@ -251,9 +274,9 @@ class Engine:
         gf = g.detach().to(acc)
         buf = torch.empty(b.param.shape, dtype=torch.float32, device=g.device)
         total = 0.0
-        for seed, w in zip(d.seeds, d.weights):
+        for seed, key, w in zip(d.seeds, d.keys, d.weights):
             before = self.noise.calls
-            self.noise.write(buf, seed, b.index)
+            self.family.write(self.noise, buf, b, seed, key)
             self._count(b, before)
             total += w * float(torch.dot(gf.reshape(-1), buf.reshape(-1).to(acc)))
         return total
@@ -367,14 +390,22 @@ class Engine:
         return float(closure())
 
     @torch.no_grad()
-    def update(self, d: Direction, step: float, decay: float = 0.0, rounding_seed: int = 0) -> None:
-        """theta_b <- theta_b - step * d_b - decay * theta_b (decay only on blocks that decay).
+    def update(self, d: Direction, step: float, decay: float = 0.0, rounding_seed: int = 0, params: dict | None = None,
+               write: bool = True) -> None:
+        """theta_b <- theta_b - step * d_b - decay * theta_b (decay only on blocks that decay). With a rule,
+        d_b is first turned into rule(b, d_b, params) (momentum, Adam, HiZOO: l2o/updates.py), whose state
+        advances; `write=False` advances only that state (rebuilding it from a ledger), weights untouched.
 
         fp32 and fp64 weights are updated in place in their own precision; bf16/fp16 accumulate in float32
         and are written back with stochastic rounding keyed by (rounding_seed, block)."""
         for b in self.blocks:
-            terms = d.terms(b.index, -step)
             wd = decay if (decay and b.decays) else 0.0
+            if self.rule is not None:
+                x = self.rule.direction(self, b, d, params or {})
+                if write and (step or wd):
+                    self._apply(b, x, step, wd, rounding_seed)
+                continue
+            terms = d.terms(b.index, -step)
             if not terms and not wd:
                 continue
             p = b.param.data
@@ -385,8 +416,9 @@ class Engine:
                 continue
             round_seed = mix(0x5C0DE, rounding_seed, b.index)
             if len(terms) == 1 and not wd:  # one pass where the source fuses add and rounding
+                seed, key, coeff = terms[0]
                 before = self.noise.calls
-                self.noise.axpy(p, p, terms[0][0], b.index, terms[0][1], round_seed=round_seed)
+                self.family.axpy(self.noise, p, p, b, seed, key, coeff, round_seed=round_seed)
                 self._count(b, before)
                 continue
             acc = p.to(torch.float32)
@@ -395,6 +427,22 @@ class Engine:
             self._accumulate(acc, b, terms)
             stochastic_round_(p, acc, round_seed, overwrite_src=True, path=self.noise.path)
         self.counters.sweeps += 1
+
+    def _apply(self, b: Block, x: torch.Tensor, step: float, wd: float, rounding_seed: int) -> None:
+        """theta_b <- (1 - wd) theta_b - step * x (x float32, consumed): a multiply, then an add (the same bits on
+        every device); in place in full precision, stochastic rounding of the float32 result in bf16/fp16."""
+        p = b.param.data
+        delta = x.mul_(-step)
+        if p.dtype not in _LOW_PRECISION:
+            if wd:
+                p.mul_(1.0 - wd)
+            p.add_(delta.to(p.dtype))
+            return
+        acc = p.to(torch.float32)
+        if wd:
+            acc.mul_(1.0 - wd)
+        stochastic_round_(p, acc.add_(delta), mix(0x5C0DE, rounding_seed, b.index), overwrite_src=True,
+                          path=self.noise.path)
 
     @torch.no_grad()
     def add_(self, deltas: dict[str, torch.Tensor], rounding_seed: int = 0) -> None:

@@ -3,8 +3,10 @@
 Every update the engine makes is  theta_b <- theta_b - c * s_b * sum_j w_j z(seed_j, b) - d * theta_b,
 with stochastic rounding keyed by r in bf16/fp16 (l2o/engine.py). So a whole fine-tune is
 
-    header:  base fingerprint, sampled base-weights digest, dtype, PEFT mode, noise config, block names
-    line t:  {"t": step, "s": seeds, "w": weights, "b": block scales (optional), "c": c, "d": d, "r": r}
+    header:  base fingerprint, sampled base-weights digest, dtype, PEFT mode, noise config, block names;
+             version 2 adds the perturbation family and the update rule when they are not the defaults
+    line t:  {"t": step, "s": seeds, "w": weights, "b": block scales (optional), "c": c, "d": d, "r": r,
+              "k": the terms' second keys (optional, LOZO's V), "p": the update rule's parameters (optional)}
     seal:    {"seal": number of updates so far}          (appended at each flush, i.e. each checkpoint)
 
 and `replay(model, ledger)` reproduces the weights bit-identically through `Engine.update` alone (no
@@ -33,7 +35,8 @@ from l2o.errors import UserError
 from l2o.filelock import write_bytes_atomic
 
 FORMAT = "l2o-seed-ledger"
-VERSION = 1
+VERSION = 1          # gaussian terms, plain steps
+VERSIONS = (1, 2)    # 2: the header names a perturbation family and/or a stateful update rule (l2o/updates.py)
 FILE_NAME = "ledger.jsonl"
 _DIGEST_SAMPLES = 256
 _DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float64": "fp64"}
@@ -104,10 +107,29 @@ def make_header(engine, method: str = "zo", base_model: str | None = None, peft:
     from l2o.models import fingerprint
     from l2o.peft_modes import peft_mode
 
-    return {"format": FORMAT, "version": VERSION, "method": method, "base_model": base_model,
-            "base_fingerprint": fingerprint(engine.model), "base_digest": weights_digest(engine.blocks),
-            "dtype": block_dtype(engine.blocks), "peft": peft or peft_mode(engine.model),
-            "noise": engine.noise.config(), "blocks": engine.block_names()}
+    header = {"format": FORMAT, "version": VERSION, "method": method, "base_model": base_model,
+              "base_fingerprint": fingerprint(engine.model), "base_digest": weights_digest(engine.blocks),
+              "dtype": block_dtype(engine.blocks), "peft": peft or peft_mode(engine.model),
+              "noise": engine.noise.config(), "blocks": engine.block_names()}
+    family, rule = engine.family.config(), engine.rule.config() if engine.rule is not None else None
+    if family != {"name": "gaussian"} or rule is not None:
+        header.update(version=2, family=family, rule=rule)
+    return header
+
+
+def engine_from_header(model, header: dict):
+    """The engine a ledger's updates need (its noise source, family and rule), refused in one sentence when this
+    l2o cannot make exactly them."""
+    from l2o.engine import Engine
+    from l2o.perturbations import make_family
+    from l2o.updates import make_rule
+
+    noise = noise_from_config(header["noise"])
+    try:
+        family, rule = make_family(header.get("family")), make_rule(header.get("rule"))
+    except UserError as err:
+        raise LedgerError(f"this ledger needs something this version of l2o cannot make ({err})") from None
+    return Engine(model, noise, family=family, rule=rule)
 
 
 def noise_from_config(config: dict):
@@ -160,10 +182,14 @@ class Ledger:
     def head(self) -> str:
         return self.records[-1]["h"] if self.records else self.header["h"]
 
-    def append(self, t: int, d, step: float, decay: float, rounding_seed: int) -> None:
-        """One engine update: `engine.update(d, step, decay, rounding_seed)` at optimizer step t."""
+    def append(self, t: int, d, step: float, decay: float, rounding_seed: int, params: dict | None = None) -> None:
+        """One engine update: `engine.update(d, step, decay, rounding_seed, params)` at optimizer step t."""
         rec = {"t": int(t), "s": [int(s) for s in d.seeds], "w": [float(w) for w in d.weights],
                "c": float(step), "r": int(rounding_seed)}
+        if any(d.keys):
+            rec["k"] = [int(k) for k in d.keys]
+        if params:
+            rec["p"] = {k: (float(v) if isinstance(v, float) else int(v)) for k, v in params.items()}
         scales = encode_scales(d.block_scales)
         if scales is not None:
             rec["b"] = scales
@@ -183,13 +209,13 @@ class Ledger:
             self._flushed = min(self._flushed, len(self.records))
 
     def updates(self):
-        """(Direction, step, decay, rounding seed) per update, in order."""
+        """(Direction, step, decay, rounding seed, rule parameters) per update, in order."""
         from l2o.engine import Direction
 
         for rec in self.records:
             if "seal" not in rec:
-                yield (Direction(tuple(rec["s"]), tuple(rec["w"]), decode_scales(rec.get("b"))),
-                       rec["c"], rec.get("d", 0.0), rec["r"])
+                yield (Direction(tuple(rec["s"]), tuple(rec["w"]), decode_scales(rec.get("b")), tuple(rec.get("k", ()))),
+                       rec["c"], rec.get("d", 0.0), rec["r"], rec.get("p", {}))
 
     # ------------------------------------------------------------------ text and files
     def lines(self) -> list[str]:
@@ -243,8 +269,9 @@ class Ledger:
             raise LedgerError(f"{source} is truncated: its last line is incomplete")
         recs = [_json_line(line, i + 1, source) for i, line in enumerate(rows[:-1])]
         header = recs[0]
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise LedgerError(f"{source} is not an {FORMAT} version {VERSION} file")
+        if header.get("format") != FORMAT or header.get("version") not in VERSIONS:
+            raise LedgerError(f"{source} is not an {FORMAT} file of a version this l2o reads "
+                              f"({', '.join(map(str, VERSIONS))})")
         if chain("", header) != header.get("h"):
             raise LedgerError(f"{source} has been edited: its header does not match its hash")
         ledger = cls(header)
@@ -300,7 +327,10 @@ def _check_record(ledger: Ledger, rec: dict, number: int, source: str) -> None:
     ok = (isinstance(rec.get("t"), int) and rec["t"] >= last and isinstance(rec.get("s"), list) and rec["s"]
           and isinstance(rec.get("w"), list) and len(rec["w"]) == len(rec["s"])
           and all(isinstance(v, (int, float)) for v in [*rec["w"], rec.get("c"), rec.get("d", 0.0)])
-          and isinstance(rec.get("r"), int))
+          and isinstance(rec.get("r"), int)
+          and (rec.get("k") is None or (isinstance(rec["k"], list) and len(rec["k"]) == len(rec["s"])
+                                        and all(isinstance(k, int) for k in rec["k"])))
+          and isinstance(rec.get("p", {}), dict))
     if ok and rec.get("b") is not None:
         try:
             ok = len(decode_scales(rec["b"])) == len(ledger.header["blocks"])
@@ -338,13 +368,11 @@ def replay(model, ledger: Ledger, progress=None, every_s: float = 10.0) -> int:
     All checks (the chain was verified when the ledger was parsed; base, blocks, dtype, base weights,
     noise source here) happen before the first weight is written. `progress(done, total)` is called
     about every `every_s` seconds. Returns the number of updates applied."""
-    from l2o.engine import Engine
-
-    engine = Engine(model, noise_from_config(ledger.header["noise"]))
+    engine = engine_from_header(model, ledger.header)
     check_header(ledger, engine)
     total, last = ledger.num_updates, time.monotonic()
-    for i, (d, step, decay, rounding) in enumerate(ledger.updates(), start=1):
-        engine.update(d, step, decay=decay, rounding_seed=rounding)
+    for i, (d, step, decay, rounding, params) in enumerate(ledger.updates(), start=1):
+        engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
         if progress is not None and (time.monotonic() - last >= every_s or i == total):
             progress(i, total)
             last = time.monotonic()

@@ -19,14 +19,16 @@ from tests.helpers import save_tiny_base
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
 DATA = ["--task", "sst2", "--source", SST2, "--batch-size", "8", "--num-dev", "2", "--eval-batch-size", "8"]
-COMMON = [*DATA, "--steps", "6", "--save-every", "2", "--eval-every", "3", "--optimizer", "mezo", "--lr", "1e-2",
-          "--eps", "1e-2", "--weight-decay", "0.01"]
+STEPS = [*DATA, "--steps", "6", "--save-every", "2", "--eval-every", "3", "--lr", "1e-2", "--eps", "1e-2",
+         "--weight-decay", "0.01"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=["mezo", "zo-adam"])
+def runs(tmp_path_factory, request):
     """The same run twice: weights checkpoints, uninterrupted; ledger checkpoints, killed after step 3's
-    checkpoint (the fault tests.helpers injects) and resumed. Both select the best-on-dev checkpoint at the end."""
+    checkpoint (the fault tests.helpers injects) and resumed. Both select the best-on-dev checkpoint at the end.
+    ZO-Adam: the ledger checkpoint holds no moments either; the resumed optimizer rebuilds them from the ledger."""
+    COMMON = [*STEPS, "--optimizer", request.param]
     root = tmp_path_factory.mktemp("ledger-runs")
     base = save_tiny_base(root, "opt")
     weights, ledger = root / "weights", root / "ledger"

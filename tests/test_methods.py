@@ -20,7 +20,7 @@ from torch import nn
 
 from l2o import catalog
 from l2o.ledger import Ledger, replay
-from l2o.optim import REGISTRY, build_optimizer
+from l2o.optim import REGISTRY, build_optimizer, probe
 from tests import distributed_cases
 from tests.zo_fixtures import Quadratic, TwoBlock, same_bits, snapshot
 
@@ -170,22 +170,33 @@ def test_a_step_takes_the_forwards_its_evaluation_batches_declare(name):
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
+def near_quadratic() -> Quadratic:
+    """Quadratic() with its optimum 0.1 N(0, 1) away from the start, so a method that moves only some weights
+    (Sparse-MeZO's small ones) can reach its part of the optimum."""
+    model = Quadratic()
+    with torch.no_grad():
+        model.target.copy_(model.theta + 0.1 * torch.randn(model.theta.shape, generator=torch.Generator().manual_seed(9)))
+    return model
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_an_lr_exists_at_which_it_lowers_an_ill_conditioned_quadratic(name):
-    """Lowest lr first; a run stops once the loss has fallen below 0.7x its start (pass) or grown 10x (next lr)."""
+    """Lowest lr first; a run stops once the loss is below the bar (pass) or has grown 10x (next lr). The bar is
+    0.7 of the start for a method that moves every weight, 1 - 0.3 x the share it moves otherwise."""
     tried = []
     for lr in LRS:
-        model, opt, closure = make(name, Quadratic(), lr=lr, eps=1e-3)
-        start = loss_of(model)
+        model, opt, closure = make(name, near_quadratic(), lr=lr, eps=1e-3)
+        share = sum(opt.engine.family.support(b) * b.param.numel() for b in opt.blocks) / opt.engine.num_params
+        bar, start = 1 - 0.3 * share, loss_of(model)
         for _ in range(300):
             opt.step(closure)
             now = loss_of(model)
-            if now < 0.7 * start or not now < 10 * start:
+            if now < bar * start or not now < 10 * start:
                 break
         tried.append((lr, now / start))
-        if now < 0.7 * start:
+        if now < bar * start:
             return
-    pytest.fail(f"{name} lowered the quadratic at no lr: {tried}")
+    pytest.fail(f"{name} lowered the quadratic below {bar:.2f} of its start at no lr: {tried}")
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not REGISTRY[n].splits])
@@ -242,11 +253,22 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights(name):
 
 
 # ------------------------------------------------------------------------------------------ resume
+def resume_cases():
+    """(name, lean): every method; lean = the optimizer state without its rule's buffers (a ledger checkpoint),
+    which the ledger rebuilds, for the methods with a stateful rule."""
+    cases = []
+    for n in NAMES:
+        mark = pytest.mark.xfail(strict=True, reason="Bilevel-ZOFO's load_state_dict replays its backbone log onto "
+                                                     "weights that already hold it") if n == "bilevel-zofo" else ()
+        cases.append(pytest.param(n, False, marks=mark))
+        if not REGISTRY[n].splits and probe(n).engine.rule is not None:
+            cases.append(pytest.param(n, True))
+    return cases
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="Bilevel-ZOFO's load_state_dict replays its backbone log onto weights that already hold it"))
-    if n == "bilevel-zofo" else n for n in NAMES])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(name, dtype):
+@pytest.mark.parametrize("name,lean", resume_cases())
+def test_resume_is_bit_identical_to_an_uninterrupted_run(name, lean, dtype):
     decay = {"weight_decay": 0.01} if "weight_decay" in REGISTRY[name].declared() else {}
 
     def fresh():
@@ -260,6 +282,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(name, dtype):
     for _ in range(steps // 2):
         opt_first.step(closure)
     saved_model, saved_opt = snapshot(first), opt_first.state_dict()
+    if lean:
+        saved_opt = {k: v for k, v in saved_opt.items() if k != "zo_rule"}
     resumed, opt_resumed, closure = fresh()
     resumed.load_state_dict(saved_model)
     opt_resumed.load_state_dict(saved_opt)

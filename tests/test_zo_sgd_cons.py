@@ -7,7 +7,6 @@ import torch
 from l2o.noise import GaussianNoise
 from l2o.optim import build_optimizer
 from l2o.optim.zo_sgd_cons import choose
-from tests.test_zo_sgd_sign import loss_at
 from tests.zo_fixtures import Quadratic, same_bits, snapshot
 
 
@@ -27,9 +26,9 @@ def test_one_step_by_hand(lr, taken):
     theta = model.theta.detach().clone()
     opt = build_optimizer("zo-sgd-cons", model, lr=lr, eps=1e-3, seed=4)
     z = GaussianNoise().z(opt.seeds(1)[0], 0, theta.shape)
-    f0 = loss_at(model, theta)
-    g = (loss_at(model, theta + 1e-3 * z) - loss_at(model, theta - 1e-3 * z)) / 2e-3
-    f_minus, f_plus = loss_at(model, theta - lr * g * z), loss_at(model, theta + lr * g * z)
+    f0 = model.at(theta)
+    g = (model.at(theta + 1e-3 * z) - model.at(theta - 1e-3 * z)) / 2e-3
+    f_minus, f_plus = model.at(theta - lr * g * z), model.at(theta + lr * g * z)
     sign = choose(f0, f_minus, f_plus)
     assert (sign != 0) == taken
     before = snapshot(model)
@@ -42,4 +41,4 @@ def test_one_step_by_hand(lr, taken):
         return
     expected = theta.clone().add_(z, alpha=sign * lr * opt.last.projected_grads[0])
     assert torch.equal(model.theta.detach(), expected)
-    assert loss_at(model, model.theta.detach()) < f0
+    assert model.at(model.theta.detach()) < f0

@@ -7,12 +7,6 @@ from l2o.noise import GaussianNoise
 from tests.zo_fixtures import Quadratic
 
 
-def loss_at(model: Quadratic, theta: torch.Tensor) -> float:
-    """Quadratic's loss at another theta, computed as its forward does (float32)."""
-    diff = theta.float() - model.target
-    return float(0.5 * (model.lam * diff * diff).sum())
-
-
 def test_one_step_is_theta_minus_lr_sign_g_z():
     """z regenerated here from the step's seed with the same source; L(theta +- eps z) computed directly."""
     model = Quadratic(dim=30)
@@ -20,7 +14,7 @@ def test_one_step_is_theta_minus_lr_sign_g_z():
     opt = build_optimizer("zo-sgd-sign", model, lr=0.1, eps=1e-3, seed=5)
     seed = opt.seeds(1)[0]
     z = GaussianNoise().z(seed, 0, theta.shape)
-    plus, minus = (loss_at(model, theta + s * 1e-3 * z) for s in (1, -1))
+    plus, minus = (model.at(theta + s * 1e-3 * z) for s in (1, -1))
     g = (plus - minus) / 2e-3
     opt.step(model)
     assert opt.last.projected_grads[0] == g

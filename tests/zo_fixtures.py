@@ -21,6 +21,11 @@ class Quadratic(nn.Module):
     def grad(self) -> torch.Tensor:
         return self.lam * (self.theta.detach().float() - self.target)
 
+    def at(self, theta: torch.Tensor) -> float:
+        """The loss at another theta, computed as forward does (float32): for hand computations."""
+        diff = theta.float() - self.target
+        return float(0.5 * (self.lam * diff * diff).sum())
+
 
 class TwoBlock(nn.Module):
     """A tiny regression net with several blocks (weights, biases, a norm) for engine tests."""

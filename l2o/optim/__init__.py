@@ -15,10 +15,15 @@ from torch import nn
 from l2o.optim.base import StepResult, ZOOptimizer
 from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.optim.bszo import BSZO, BSZOB
+from l2o.optim.hizoo import HiZOO
+from l2o.optim.lozo import LOZO, LOZOM
 from l2o.optim.mezo import MeZO
 from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
+from l2o.optim.sparse_mezo import SparseMeZO
+from l2o.optim.zo_adam import ZOAdam
 from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGreedy, ZOFineTunerGV
 from l2o.optim.zo_sgd_cons import ZOSGDCons
+from l2o.optim.zo_sgd_mmt import ZOSGDMMT
 from l2o.optim.zo_sgd_sign import ZOSGDSign
 
 # name -> class, in the order --list-optimizers and the README's table show them
@@ -30,6 +35,12 @@ REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in (
     BSZOB,
     ZOSGDSign,
     ZOSGDCons,
+    ZOSGDMMT,
+    ZOAdam,
+    HiZOO,
+    LOZO,
+    LOZOM,
+    SparseMeZO,
     # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
     ZOFineTuner,
     ZOFineTunerGV,

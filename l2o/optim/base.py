@@ -105,7 +105,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                  collective: Collective | None = None, parallel: str = "direction", check_every: int = 0,
                  **hyperparameters):
         hp = self.resolve(hyperparameters)
-        self.engine = Engine(model, noise, named_params=self._engine_params())
+        self.engine = Engine(model, noise, named_params=self._engine_params(), family=self.make_family(hp),
+                             rule=self.make_rule(hp))
         self.blocks = self.engine.blocks
         super().__init__([b.param for b in self.blocks], self._group_defaults(hp))
         self.seed = int(seed)
@@ -153,6 +154,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         """The (name, parameter) blocks the engine perturbs and updates; None: the trainable ones."""
         return None
 
+    def make_family(self, hp: dict):
+        """The perturbation family z comes from (l2o/perturbations.py); None: Gaussian."""
+        return None
+
+    def make_rule(self, hp: dict):
+        """The engine's stateful update rule (l2o/updates.py: momentum, Adam, HiZOO); None: plain steps."""
+        return None
+
     # ------------------------------------------------------------------ helpers for methods
     @property
     def hp(self) -> dict:
@@ -176,14 +185,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         return s
 
     def scales_second_moment(self, scales) -> float:
-        """sum_b n_b s_b^2 / sum_b n_b: E||d||^2 / D of a direction with one seed and per-block scales s_b."""
-        if scales is None:
+        """sum_b n_b s_b^2 m_b / sum_b n_b: E||d||^2 / D of a direction with one seed, per-block scales s_b and
+        the family's E z_b^2 = m_b per element (1 for Gaussian z)."""
+        family = self.engine.family
+        if scales is None and family.name == "gaussian":
             return 1.0
         sizes = [b.param.numel() for b in self.blocks]
-        return sum(n * float(s) ** 2 for n, s in zip(sizes, scales)) / sum(sizes)
+        scales = [1.0] * len(sizes) if scales is None else scales
+        moments = [family.second_moment(b) for b in self.blocks]
+        return sum(n * float(s) ** 2 * m for n, s, m in zip(sizes, scales, moments)) / sum(sizes)
 
-    def direction(self, seeds, weights=None, scales=None) -> Direction:
-        return Direction(tuple(seeds), tuple(weights) if weights is not None else (), scales)
+    def direction(self, seeds, weights=None, scales=None, keys=None) -> Direction:
+        return Direction(tuple(seeds), tuple(weights) if weights is not None else (), scales,
+                         tuple(keys) if keys is not None else ())
 
     def evaluation_batches(self) -> list[int]:
         """Sizes of the batches of independent evaluations one step makes (the `evaluate_many` calls)."""
@@ -235,13 +249,14 @@ class ZOOptimizer(torch.optim.Optimizer):
     def plain_loss(self, closure) -> float:
         return self.evaluate_many(closure, [(None, 0.0)])[0]
 
-    def _apply_update(self, d: Direction, coeff: float) -> None:
-        """theta <- theta - lr * (coeff * d + wd * theta), recorded in the ledger exactly as applied."""
+    def _apply_update(self, d: Direction, coeff: float, params: dict | None = None) -> None:
+        """theta <- theta - lr * (coeff * d + wd * theta) (d through the engine's rule, with its `params`, when it
+        has one), recorded in the ledger exactly as applied."""
         lr = self.hp["lr"]
         step, decay = lr * coeff, lr * self.hp.get("weight_decay", 0.0)
         rounding = derive_seed(self.seed, self.step_count, 1 << 20)
-        self.engine.update(d, step, decay=decay, rounding_seed=rounding)
-        self.ledger.append(self.step_count, d, step, decay, rounding)
+        self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
+        self.ledger.append(self.step_count, d, step, decay, rounding, params)
 
     # ------------------------------------------------------------------ torch.optim API
     def _step(self, closure) -> StepResult:
@@ -284,6 +299,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         sd["zo_meta"] = {"method": self.method, "seed": self.seed, "block_names": self.engine.block_names(),
                          "noise": self.engine.noise.config()}
         sd["zo_ledger"] = self.ledger.text()
+        if self.engine.rule is not None:  # its buffers (a checkpoint may drop them: the ledger rebuilds them)
+            sd["zo_rule"] = self.engine.rule.state_dict()
         return sd
 
     def load_state_dict(self, state_dict):
@@ -296,10 +313,23 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.seed = int(meta["seed"])
         if "zo_ledger" in state_dict:
             self.ledger = self._saved_ledger(state_dict["zo_ledger"])
-        state_dict = {k: v for k, v in state_dict.items() if k not in ("zo_meta", "zo_ledger")}
+        if self.engine.rule is not None:
+            self._load_rule(state_dict.get("zo_rule"))
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("zo_meta", "zo_ledger", "zo_rule")}
         super().load_state_dict(state_dict)
         # torch may cast tensors in state; keep our plain-python scalars as they were saved
         self.state["zo"] = dict(state_dict["state"]["zo"])
+
+    def _load_rule(self, state: dict | None) -> None:
+        """The rule's buffers as saved, or (a checkpoint without them) rebuilt by running the ledger's updates
+        through the rule without writing weights: its state depends on the ledger's lines alone."""
+        rule = self.engine.rule
+        if state is not None:
+            rule.load_state_dict(state)
+            return
+        rule.load_state_dict({})
+        for d, step, decay, rounding, params in self.ledger.updates():
+            self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params, write=False)
 
     def _saved_ledger(self, text: str) -> Ledger:
         """The saved run's ledger (verified), which this optimizer continues; its lines end at the saved

@@ -38,7 +38,7 @@ class MeZO(ZOOptimizer):
         else:                      # L(theta + eps z_j), L(theta - eps z_j): 2q independent forwards
             losses = self.evaluate_many(closure, [(d, sign * eps) for d in dirs for sign in (1, -1)])
             grads = [(plus - minus) / (2 * eps) for plus, minus in zip(losses[0::2], losses[1::2])]
-        self._apply_update(self.direction(seeds, self.update_weights(grads), scales), 1.0)
+        self._apply_update(self.direction(seeds, self.update_weights(grads), scales), 1.0, self.update_params())
         train_loss = losses[0] if self.hp["one_sided"] else sum(losses) / len(losses)  # f0, or the pairs' mean
         pair = (losses[-1], 2 * losses[0] - losses[-1]) if self.hp["one_sided"] else (losses[-2], losses[-1])
         return StepResult(loss=train_loss, projected_grads=grads, losses=losses,
@@ -47,6 +47,10 @@ class MeZO(ZOOptimizer):
     def update_weights(self, grads: list[float]) -> list[float]:
         """w_j of the update theta <- theta - lr sum_j w_j z_j: the mean estimate, g_j / q."""
         return [g / len(grads) for g in grads]
+
+    def update_params(self) -> dict | None:
+        """Per-update parameters of the engine's rule (none for plain steps)."""
+        return None
 
     def effective_step(self, scales) -> float | None:
         """E||d||^2 / D of the update's direction per unit of projected gradient (see the module docstring)."""

@@ -3,52 +3,59 @@
     from l2o.optim import build_optimizer
     opt = build_optimizer("mezo-gv", model, lr=1e-6)
 
-A method is registered by one line below; its name, paper, hyperparameters (with the papers' defaults)
-and forwards per step come from its class (`method`, `paper`, `hyperparameters`, `evaluation_batches`).
+A method is registered by one line in `METHODS` below; its name, paper, hyperparameters (with the papers'
+defaults) and forwards per step come from its class (`method`, `paper`, `hyperparameters`,
+`evaluation_batches`). docs/adding_a_method.md walks through adding one.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 from torch import nn
 
 from l2o.optim.base import StepResult, ZOOptimizer
-from l2o.optim.bilevel_zofo import BilevelZOFO
-from l2o.optim.bszo import BSZO, BSZOB
-from l2o.optim.hizoo import HiZOO
-from l2o.optim.lozo import LOZO, LOZOM
-from l2o.optim.mezo import MeZO
-from l2o.optim.mezo_gv import MeZOGreedy, MeZOGV
-from l2o.optim.sparse_mezo import SparseMeZO
-from l2o.optim.zo_adam import ZOAdam
-from l2o.optim.zo_finetuner import ZOFineTuner, ZOFineTunerBSZO, ZOFineTunerGreedy, ZOFineTunerGV
-from l2o.optim.zo_sgd_cons import ZOSGDCons
-from l2o.optim.zo_sgd_mmt import ZOSGDMMT
-from l2o.optim.zo_sgd_sign import ZOSGDSign
 
-# name -> class, in the order --list-optimizers and the README's table show them
-REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in (
-    MeZO,
-    MeZOGV,
-    MeZOGreedy,
-    BSZO,
-    BSZOB,
-    ZOSGDSign,
-    ZOSGDCons,
-    ZOSGDMMT,
-    ZOAdam,
-    HiZOO,
-    LOZO,
-    LOZOM,
-    SparseMeZO,
+# One line per method, "module:Class", in the order --list-optimizers and the README's table show them.
+METHODS = (
+    "l2o.optim.mezo:MeZO",
+    "l2o.optim.mezo_gv:MeZOGV",
+    "l2o.optim.mezo_gv:MeZOGreedy",
+    "l2o.optim.bszo:BSZO",
+    "l2o.optim.bszo:BSZOB",
+    "l2o.optim.zo_sgd_sign:ZOSGDSign",
+    "l2o.optim.zo_sgd_cons:ZOSGDCons",
+    "l2o.optim.zo_sgd_mmt:ZOSGDMMT",
+    "l2o.optim.zo_adam:ZOAdam",
+    "l2o.optim.hizoo:HiZOO",
+    "l2o.optim.lozo:LOZO",
+    "l2o.optim.lozo:LOZOM",
+    "l2o.optim.sparse_mezo:SparseMeZO",
     # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
-    ZOFineTuner,
-    ZOFineTunerGV,
-    ZOFineTunerGreedy,
-    ZOFineTunerBSZO,
+    "l2o.optim.zo_finetuner:ZOFineTuner",
+    "l2o.optim.zo_finetuner:ZOFineTunerGV",
+    "l2o.optim.zo_finetuner:ZOFineTunerGreedy",
+    "l2o.optim.zo_finetuner:ZOFineTunerBSZO",
     # Bilevel-ZOFO: FO PEFT inside, ZO backbone outside; needs a PEFT-wrapped model and closure(split, task)
-    BilevelZOFO,
-)}
+    "l2o.optim.bilevel_zofo:BilevelZOFO",
+)
+
+
+def _load(path: str) -> type[ZOOptimizer]:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+REGISTRY: dict[str, type[ZOOptimizer]] = {cls.method: cls for cls in map(_load, METHODS)}  # name -> class
+
+
+def __getattr__(name: str):
+    """`from l2o.optim import MeZOGV`: any registered class by its name."""
+    for path in METHODS:
+        if path.endswith(f":{name}"):
+            return _load(path)
+    raise AttributeError(f"module 'l2o.optim' has no attribute {name!r}")
 
 
 def optimizer_names() -> list[str]:
@@ -93,6 +100,5 @@ def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
     return optimizer_class(name)(model, **overrides)
 
 
-__all__ = ["REGISTRY", "BSZO", "BSZOB", "BilevelZOFO", "MeZO", "MeZOGV", "MeZOGreedy", "StepResult", "ZOOptimizer",
-           "ZOFineTuner", "ZOFineTunerBSZO", "ZOFineTunerGV", "ZOFineTunerGreedy",
-           "build_optimizer", "forwards_per_step", "optimizer_class", "optimizer_defaults", "optimizer_names", "probe"]
+__all__ = ["METHODS", "REGISTRY", "StepResult", "ZOOptimizer", "build_optimizer", "forwards_per_step", "optimizer_class",
+           "optimizer_defaults", "optimizer_names", "probe"]

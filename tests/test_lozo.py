@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from l2o.optim import build_optimizer
+from l2o.perturbations import outer_sum
 
 
 class Matrix(nn.Module):
@@ -50,8 +51,8 @@ def test_steps_by_hand_across_a_redraw_of_v(name):
         seed, key = opt.seeds(1)[0], opt.v_key(t)
         keys.append(key)
         u, v, zb = factors(opt, seed, key)
+        z = outer_sum(u, v, torch.empty(6, 4)).double()   # U V^T as the engine forms it (float32, portable)
         u, v, zb = u.double(), v.double(), zb.double()
-        z = u @ v.t()
         g = float(model.at(w + eps * z, b + eps * zb) - model.at(w - eps * z, b - eps * zb)) / (2 * eps)
         opt.step(model)
         assert opt.last.projected_grads[0] == pytest.approx(g, rel=1e-9)

@@ -39,6 +39,6 @@ def test_one_step_by_hand(lr, taken):
     if not taken:
         assert same_bits(before, snapshot(model)) and opt.last.effective_step == 0.0
         return
-    expected = theta.clone().add_(z, alpha=sign * lr * opt.last.projected_grads[0])
+    expected = theta + z * (sign * lr * opt.last.projected_grads[0])  # multiply, then add
     assert torch.equal(model.theta.detach(), expected)
     assert model.at(model.theta.detach()) < f0

@@ -4,6 +4,12 @@
     python bench/gpu_bench.py --smoke    # a tiny shape on the CPU, in seconds (what the tests run)
     make bench-gpu
 
+Then the offload case (issue 25): OPT-13B shape in bf16 held in CPU memory and streamed block by block
+to the GPU (`l2o.placement.place(offload="cpu")`) with the allocator capped at 24 GiB
+(`torch.cuda.set_per_process_memory_fraction`): its MeZO step time against the in-memory MeZO step
+measured just before, its peak GPU memory against the cap and against `fine_tune --dry-run`'s plan for
+the same shape, and the block copies per forward (1 per block is the goal).
+
 For each model it prints the forward time, then per configuration: the step time, forwards per step,
 step / (forwards x forward) (1.0 is the physical limit), peak memory / inference peak
 (`torch.cuda.max_memory_allocated`, reset before each configuration), and the engine's host-side noise
@@ -36,6 +42,8 @@ from engine_bench import FORWARDS, build, make_step, timed  # noqa: E402
 
 SUITE = [("opt-13b", "bf16"), ("opt-1.3b", "fp32")]
 SMOKE = [("tiny", "bf16"), ("tiny", "fp32")]
+OFFLOAD = ("opt-13b", "bf16", 24.0)  # shape, dtype, GiB the allocator may use
+SMOKE_OFFLOAD = ("tiny", "bf16", None)
 CONFIGS = ["inference", "reference-mezo", "mezo", "mezo+table", "mezo-gv", "mezo-greedy", "bszo"]
 GOALS = {"ratio": 1.10, "memory": 1.05, "vs_reference": 0.75}
 
@@ -139,13 +147,13 @@ def measure(config: str, model, closure, device: str, reps: int, warmup: bool = 
     return out
 
 
-def run_model(shape: str, dtype: str, args, deadline: float) -> dict:
+def run_model(shape: str, dtype: str, args, deadline: float, configs=CONFIGS) -> dict:
     model, closure = build(shape, args.batch, args.seq, args.device, dtype)
     n = sum(p.numel() for p in model.parameters())
     print(f"\n## {shape} shape, {n / 1e9:.2f} B parameters, {dtype}, batch {args.batch} x {args.seq}, "
           f"{args.device}, median of {args.reps}", flush=True)
     results = {}
-    for config in CONFIGS:
+    for config in configs:
         if time.monotonic() > deadline:
             print(f"  skipped {config}: --budget-s reached", flush=True)
             continue
@@ -185,6 +193,56 @@ def report(results: dict) -> list[str]:
     return lines
 
 
+def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: dict) -> list[str]:
+    """The offload case: weights in CPU memory, blocks streamed to the device under a memory cap."""
+    import torch
+
+    from l2o.blocks import named_blocks
+    from l2o.placement import place
+
+    model, _ = build(shape, args.batch, args.seq, "cpu", dtype)  # the weights live in CPU memory
+    ids = torch.randint(4, model.config.vocab_size, (args.batch, args.seq), device=args.device)
+
+    def closure():
+        return model(input_ids=ids, labels=ids).loss
+
+    cuda = args.device.startswith("cuda")
+    if cuda and cap_gib:
+        _free(args.device)
+        total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 1024 ** 3 / total), torch.device(args.device))
+    try:
+        place(model, offload="cpu", execution_device=args.device)
+        group = model._l2o_stream
+        result = measure("mezo", model, closure, args.device, args.reps, warmup=not args.smoke)
+        uploads = group.uploads
+        with torch.no_grad():
+            closure()
+        per_forward = (group.uploads - uploads) / len(group.hooks)
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.device(args.device))
+    ref = in_memory.get("mezo", {}).get("step_s")
+    peak = result["peak"]
+    n = sum(p.numel() for _, p in named_blocks(model))
+    lines = [f"\n## offload cpu: {shape} shape, {n / 1e9:.2f} B parameters, {dtype}, batch {args.batch} x {args.seq}, "
+             f"{args.device}" + (f", allocator capped at {cap_gib:g} GiB" if cuda and cap_gib else ""),
+             f"MeZO step {result['step_s'] * 1e3:.1f} ms" + (f" vs in memory {ref * 1e3:.1f} ms "
+                                                            f"({result['step_s'] / ref:.2f}x)" if ref else ""),
+             f"block copies per forward: {per_forward:.2f} per block (goal 1)",
+             f"peak GPU memory: {peak / 1024 ** 3:.2f} GiB" if peak else "peak GPU memory: n/a (no CUDA)"]
+    if shape in ("opt-13b",):
+        from fine_tune.plan import make_plan
+
+        plan = make_plan(shape, dtype=dtype, batch=args.batch, length=args.seq, offload="cpu", gpu_gb=cap_gib or 80,
+                         long_answers=True, advise=False)
+        lines.append("plan (fine_tune --dry-run, the lm loss over every token): "
+                     f"{plan.devices[0].total / 1024 ** 3:.2f} GiB on the GPU")
+    del model
+    _free(args.device)
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, 1 repeat (seconds)")
@@ -193,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=None, help="default 128 (16 with --smoke)")
     ap.add_argument("--reps", type=int, default=None, help="default 5 (1 with --smoke)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip configurations after this many seconds")
+    ap.add_argument("--offload-only", action="store_true",
+                    help="only the offload case, after the in-memory inference and MeZO step it is compared with")
     args = ap.parse_args(argv)
     smoke = args.smoke
     args.device = args.device or ("cpu" if smoke else "cuda")
@@ -206,9 +266,18 @@ def main(argv=None) -> int:
             return 2
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     deadline = time.monotonic() + args.budget_s
-    print("\n".join(portability(args.device, smoke)), flush=True)
-    for shape, dtype in (SMOKE if smoke else SUITE):
-        print("\n".join(report(run_model(shape, dtype, args, deadline))), flush=True)
+    if not args.offload_only:
+        print("\n".join(portability(args.device, smoke)), flush=True)
+    measured = {}
+    shape, dtype, cap = SMOKE_OFFLOAD if smoke else OFFLOAD
+    for model_shape, model_dtype in [(shape, dtype)] if args.offload_only else (SMOKE if smoke else SUITE):
+        configs = ["inference", "mezo"] if args.offload_only else CONFIGS
+        measured[(model_shape, model_dtype)] = run_model(model_shape, model_dtype, args, deadline, configs)
+        print("\n".join(report(measured[(model_shape, model_dtype)])), flush=True)
+    if time.monotonic() > deadline:
+        print("\nskipped the offload case: --budget-s reached", flush=True)
+    else:
+        print("\n".join(run_offload(shape, dtype, cap, args, measured.get((shape, dtype), {}))), flush=True)
     return 0
 
 

@@ -13,7 +13,8 @@ import argparse
 import sys
 from dataclasses import fields
 
-from fine_tune.config import ACCELERATORS, DTYPES, HYPERPARAMETERS, PARALLEL, PEFT_MODES, STRATEGIES, FineTuneConfig
+from fine_tune.config import (ACCELERATORS, DEVICE_MAPS, DTYPES, HYPERPARAMETERS, OFFLOADS, PARALLEL, PEFT_MODES,
+                              STRATEGIES, FineTuneConfig)
 from fine_tune.config import dump_yaml, load_yaml
 from l2o import catalog
 from l2o.errors import UserError
@@ -83,6 +84,24 @@ def _add_hyperparameter_args(g, S) -> None:
                        help=(where + hp.help).replace("%", "%%"))
 
 
+def _add_placement_args(p: argparse.ArgumentParser, S) -> None:
+    g = p.add_argument_group("a model larger than one device (inside each process; docs/distributed.md)")
+    g.add_argument("--device-map", choices=DEVICE_MAPS, default=S,
+                   help="layers across the visible GPUs with accelerate (auto = balanced; sequential fills them in "
+                        "order); what does not fit spills to CPU memory")
+    g.add_argument("--offload", choices=OFFLOADS, default=S,
+                   help="cpu: weights live in CPU memory, each transformer block is streamed to the GPU for its "
+                        "forward (the next one prefetched) and updated where it lives")
+    g.add_argument("--gpus", type=int, default=S, help="GPUs a device map uses (default: all visible; --dry-run: "
+                   "the fewest that hold the model)")
+    g.add_argument("--gpu-memory", type=float, default=S,
+                   help="GiB per GPU for the step (weights, temporaries, activations; default: what the GPU has, "
+                        "--dry-run: 80)")
+    g.add_argument("--dry-run", action="store_true", default=S,
+                   help="print the memory plan per device for --base/--dtype/--peft/--batch-size/--max-length and "
+                        "the placement, offline, and exit (0: fits, 1: does not)")
+
+
 def _add_data_args(p: argparse.ArgumentParser, S) -> None:
     """The data protocol (MeZO's by default: docs/reproduce.md)."""
     r = p.add_argument_group("data (MeZO's protocol by default)")
@@ -108,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=DTYPES, default=S)
     g.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1 ... (one process)")
     _add_process_args(p, S)
+    _add_placement_args(p, S)
     o = p.add_argument_group("optimizer (unset values take the paper's default for the chosen optimizer)")
     o.add_argument("--optimizer", default=S, help=f"{', '.join(catalog.method_names())}, zoo:<policy id> "
                    "(= zo-finetuner), or the first-order baselines fo-sgd, fo-adamw (backpropagation; --lr, "
@@ -168,6 +188,10 @@ def main(argv=None) -> int:
                 print("    " + "  ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items()))
             return 0
         cfg = resolve_config(args)
+        if getattr(args, "dry_run", False):  # the memory plan per device, offline (fine_tune/plan.py)
+            from fine_tune.plan import main as dry_run
+
+            return dry_run(cfg)
         if args.print_config:
             cfg.validate()
             print(dump_yaml(cfg), end="")

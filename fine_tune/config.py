@@ -24,7 +24,11 @@ ACCELERATORS = ("auto", "cpu", "gpu")
 STRATEGIES = ("auto", "ddp")
 PARALLEL = ("auto", "data", "direction")
 # the run's layout over processes: resuming with other values is allowed (the math does not depend on them)
-LAYOUT_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "parallel", "check_every")
+# and over devices inside a process (l2o.placement: bit-identical wherever the weights are)
+LAYOUT_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "parallel", "check_every", "device_map", "offload",
+                "gpus", "gpu_memory")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+OFFLOADS = ("cpu",)
 LR_FLAGS = tuple(n for n in HYPERPARAMETERS if n == "lr" or n.endswith("_lr"))
 # Step sizes above MAX_LR are refused: every method here diverges there (the papers and this project use
 # 1e-7 .. 1e-2), and a typo such as `--lr 1e30` would otherwise run and wreck the model.
@@ -84,6 +88,11 @@ class RunOptions:
     accelerator: str = "auto"     # cpu, gpu, or auto (gpu when CUDA is available)
     parallel: str = "auto"        # data | direction | auto (direction when the method's evaluations fill the ranks)
     check_every: int = 100        # steps between the ranks' weight-fingerprint comparisons (0: never)
+    # a model larger than one device (l2o.placement), inside each process
+    device_map: str | None = None  # auto | balanced | sequential: layers across the visible GPUs (accelerate)
+    offload: str | None = None    # cpu: weights in CPU memory, each transformer block streamed to the GPU
+    gpus: int | None = None       # GPUs a device map uses (default: all visible; --dry-run: the fewest that hold it)
+    gpu_memory: float | None = None  # GiB per GPU the weights may take with the rest of the step (--dry-run: 80)
     # a zoo "bilevel-meta-init" backbone initialisation applied to the base before training (any optimizer)
     init: str | None = None
 
@@ -151,6 +160,7 @@ class RunOptions:
                 raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not isinstance(self.check_every, int) or self.check_every < 0:
             raise ConfigError(f"--check-every must be an integer >= 0, got {self.check_every!r}")
+        self._validate_placement()
         if self.world_size() == 1:
             return
         if not self.capability("distributed", True):
@@ -161,6 +171,26 @@ class RunOptions:
         if self.parallel == "data" and self.batch_size < self.world_size():
             raise ConfigError(f"--parallel data needs --batch-size >= the {self.world_size()} processes "
                               f"(one example per shard at least), got {self.batch_size}")
+
+    def _validate_placement(self) -> None:
+        if self.device_map not in (None, *DEVICE_MAPS):
+            raise ConfigError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {self.device_map!r}")
+        if self.offload not in (None, *OFFLOADS):
+            raise ConfigError(f"--offload must be {' or '.join(OFFLOADS)}, got {self.offload!r}")
+        if self.device_map and self.offload:
+            raise ConfigError("choose one of --device-map (layers across GPUs) and --offload cpu (blocks streamed "
+                              "from CPU memory), not both")
+        if self.gpus is not None and (not isinstance(self.gpus, int) or self.gpus < 1):
+            raise ConfigError(f"--gpus must be a positive integer, got {self.gpus!r}")
+        if self.gpu_memory is not None and not self.gpu_memory > 0:
+            raise ConfigError(f"--gpu-memory must be a positive number of GiB, got {self.gpu_memory!r}")
+        if self.placed() and (self.capability("needs_adapter", False) or self.is_first_order()):
+            raise ConfigError(f"{self.optimizer} takes first-order steps and needs the model resident on one device; "
+                              "--device-map and --offload apply to the zeroth-order optimizers")
+
+    def placed(self) -> bool:
+        """The model is placed by l2o.placement (layers across devices, or offloaded)."""
+        return bool(self.device_map or self.offload)
 
     def resolved_out(self) -> Path:
         if self.out:

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from l2o.blocks import named_blocks
 from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
 from l2o.integrations.lightning.checkpoints import UNSCHEDULED
@@ -58,6 +59,20 @@ class FineTuneModuleBase(L.LightningModule):
         super().train(mode)
         self.model.eval()
         return self
+
+    def _apply(self, fn, recurse=True):
+        """A placed model (l2o.placement) keeps the devices its placement gave it: Lightning's `.to(device)`
+        would pull every layer onto one device (and cannot copy an offloaded weight's meta placeholder)."""
+        from l2o.placement import placed
+
+        model = self._modules.get("model")
+        if model is None or not placed(model):
+            return super()._apply(fn, recurse)
+        self._modules["model"] = None
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._modules["model"] = model
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # examples are text; the objective tokenizes onto the model's device itself
@@ -176,7 +191,7 @@ class ZOFineTuneModule(FineTuneModuleBase):
     def on_train_start(self):
         self.first_step = self.global_step  # > 0 after a resume
         # the ranks loaded the same base and adapter from the same seeds; make sure before step 1
-        check_replicas(self.collective, [p for p in self.model.parameters() if p.requires_grad], self.global_step)
+        check_replicas(self.collective, [p for _, p in named_blocks(self.model)], self.global_step)
 
     def _closure(self, batch):
         if self.parallel == "data" and self.collective.world_size > 1:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
+from fine_tune.placement import base_only, place_model
 
 
 def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
@@ -351,9 +352,12 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
                            small_pool=cfg.small_pool)
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
-    model, tokenizer, info = load_base(cfg.base, dtype=run_dtype(cfg, device), device=device)
+    model, tokenizer, info = load_base(cfg.base, dtype=run_dtype(cfg, device),
+                                       device="cpu" if cfg.placed() else device)
     cap_max_length(objective, model, cfg.peft, log)
     apply_init(model, cfg, info, log)
+    if cfg.placed():  # the adapter first, where the base's weights are; zero-shot looks through it
+        model = place_model(cfg, apply_peft(model, cfg.peft, seed=cfg.seed), device, log)
     zero_path = out / "zero_shot.json"
     if cfg.resume and zero_path.exists():
         zero_shot = json.loads(zero_path.read_text())
@@ -362,10 +366,12 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
     else:
         log("zero-shot evaluation of the base model ...")
         examples: dict = {}
-        zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size, examples)
+        with base_only(model):
+            zero_shot = evaluate_model(objective, model, tokenizer, splits, cfg.eval_batch_size, examples)
         (out / ZERO_SHOT_EXAMPLES).write_text(json.dumps(examples))
         zero_path.write_text(json.dumps(zero_shot))
-    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    if not cfg.placed():
+        model = apply_peft(model, cfg.peft, seed=cfg.seed)
     return device, objective, splits, model, tokenizer, info, zero_shot
 
 
@@ -426,9 +432,10 @@ def fresh_model(cfg: FineTuneConfig, device: str):
     from l2o.models import load_base
     from l2o.peft_modes import apply_peft
 
-    model, _, info = load_base(cfg.base, dtype=run_dtype(cfg, device), device=device)
+    model, _, info = load_base(cfg.base, dtype=run_dtype(cfg, device), device="cpu" if cfg.placed() else device)
     apply_init(model, cfg, info, lambda msg: None)
-    return apply_peft(model, cfg.peft, seed=cfg.seed)
+    model = apply_peft(model, cfg.peft, seed=cfg.seed)
+    return place_model(cfg, model, device, lambda msg: None) if cfg.placed() else model
 
 
 def load_policy(cfg: FineTuneConfig, model, info):

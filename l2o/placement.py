@@ -8,7 +8,7 @@ accelerate places a model in one of two ways, and `place` offers both (DESIGN.md
   *store* (CPU memory, or files in a folder) and a hook copies them onto the execution device just
   before the module's forward and drops them (to the meta device) right after. `offload="cpu"` streams
   each transformer block from (pinned) CPU memory, the next block's copy prefetched while the current
-  one runs, as ZO2 does (arXiv 2503.12668).
+  one runs, as ZO2 does (arXiv 2503.12668; l2o/streaming.py).
 
 For the engine, an offloaded weight has two faces:
     home    the tensor in the store: what an update writes, what checkpoints save (`homes`);
@@ -240,143 +240,6 @@ def after_placement(module: nn.Module, pre, post):
     return _Unwrap(module, inner)
 
 
-# --------------------------------------------------------------------------- streaming (ZO2-style)
-def _set_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """module.<dotted name> <- tensor (a parameter keeps its class's requires_grad flag)."""
-    *path, leaf = name.split(".")
-    for part in path:
-        module = getattr(module, part)
-    old = module._parameters.get(leaf)
-    if old is not None or leaf in module._parameters:
-        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=old.requires_grad if old is not None else False)
-    else:
-        module._buffers[leaf] = tensor
-
-
-class _Group:
-    """The streamed blocks of one model, in forward order, and what they share."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.hooks: list[StreamHook] = []
-        self.epoch = 0  # forward passes started; a prefetched copy is only used in the pass that made it
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.uploads = 0  # blocks copied to the execution device (tests and benchmarks count link crossings)
-
-
-class StreamHook:
-    """One transformer block whose weights live in CPU memory (pinned when the execution device is a GPU),
-    as ZO2 streams them: `pre_forward` puts the block's weights on the execution device, using the copy
-    prefetched while the previous block ran (on a side CUDA stream), and starts the next block's copy;
-    `post_forward` drops them. Each block crosses the link once per forward pass, and the device holds
-    about two blocks at a time. An accelerate `ModelHook` by duck typing (offload=True, weights_map), so
-    `offload_hook`, `homes` and the engine treat it like accelerate's own offloading hooks."""
-
-    offload = True
-    place_submodules = True
-    no_grad = False
-
-    def __init__(self, group: _Group):
-        self.group, self.execution_device = group, group.device
-        self.weights_map: dict[str, torch.Tensor] = {}
-        self.next: StreamHook | None = None
-        self._staged = None  # (epoch, {name: device copy}, event)
-
-    def init_hook(self, module):
-        pin = self.execution_device.type == "cuda"
-        for name, p in list(module.named_parameters()):
-            home = p.detach().to("cpu")
-            self.weights_map[name] = home.pin_memory() if pin else home
-            _set_tensor(module, name, torch.empty_like(home, device="meta"))
-        for name, buf in list(module.named_buffers()):
-            _set_tensor(module, name, buf.to(self.execution_device))
-        return module
-
-    def _copies(self):
-        """The block's weights on the execution device (the homes themselves when that is the CPU)."""
-        self.group.uploads += 1
-        dev, stream = self.execution_device, self.group.stream
-        if dev.type == "cpu":
-            return dict(self.weights_map), None
-        if stream is None:
-            return {n: t.to(dev) for n, t in self.weights_map.items()}, None
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
-            copies = {n: t.to(dev, non_blocking=True) for n, t in self.weights_map.items()}
-        return copies, stream.record_event()
-
-    def prefetch(self) -> None:
-        self._staged = (self.group.epoch, *self._copies())
-
-    def pre_forward(self, module, *args, **kwargs):
-        from accelerate.utils import send_to_device
-
-        group = self.group
-        if self is group.hooks[0]:
-            group.epoch += 1
-        staged, self._staged = self._staged, None
-        copies, event = staged[1:] if staged is not None and staged[0] == group.epoch else self._copies()
-        if event is not None:
-            current = torch.cuda.current_stream(self.execution_device)
-            current.wait_event(event)
-            for t in copies.values():
-                t.record_stream(current)
-        for name, t in copies.items():
-            _set_tensor(module, name, t)
-        if self.next is not None:
-            self.next.prefetch()
-        return send_to_device(args, self.execution_device), send_to_device(kwargs, self.execution_device)
-
-    def post_forward(self, module, output):
-        for name, home in self.weights_map.items():
-            _set_tensor(module, name, torch.empty_like(home, device="meta"))
-        return output
-
-    def detach_hook(self, module):
-        for name, home in self.weights_map.items():
-            _set_tensor(module, name, home)
-        return module
-
-
-def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The repeated blocks (a Hugging Face model's `_no_split_modules` classes, outermost), in order."""
-    from l2o.wrappers import unwrap_peft
-
-    classes = set(getattr(unwrap_peft(model), "_no_split_modules", None) or ())
-    found: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if type(module).__name__ in classes and not any(name.startswith(f + ".") for f, _ in found):
-            found.append((name, module))
-    if not found:
-        raise PlacementError(f"cannot find the repeated transformer blocks of {type(model).__name__} "
-                             "(no _no_split_modules); offloading streams them one at a time")
-    return found
-
-
-def stream_blocks(model: nn.Module, device: torch.device) -> _Group:
-    """Keep every transformer block's weights in CPU memory, streamed to `device` for its forward (the
-    model's other weights, embeddings and head, are moved to `device` and stay there)."""
-    from accelerate.hooks import add_hook_to_module
-
-    blocks = transformer_blocks(model)
-    group = _Group(device)
-    inside = {id(p) for _, m in blocks for p in m.parameters()} | {id(b) for _, m in blocks for b in m.buffers()}
-    for name, p in list(model.named_parameters()):
-        if id(p) not in inside:
-            p.data = p.data.to(device)
-    for name, b in list(model.named_buffers()):
-        if id(b) not in inside:
-            _set_tensor(model, name, b.to(device))
-    for _, module in blocks:
-        hook = StreamHook(group)
-        add_hook_to_module(module, hook)
-        if group.hooks:
-            group.hooks[-1].next = hook
-        group.hooks.append(hook)
-    model._l2o_stream = group
-    return group
-
-
 # ------------------------------------------------------------------------------------ placement
 def accelerator() -> torch.device:
     """The execution device of offloaded blocks: the current GPU, else the CPU (tests, small runs)."""
@@ -391,7 +254,7 @@ def _tie_record(model: nn.Module) -> list[list[str]]:
     return [sorted(g, key=lambda n: order.get(n, len(order))) for g in find_tied_parameters(model)]
 
 
-def infer_device_map(model: nn.Module, kind: str, max_memory: dict | None = None) -> dict:
+def infer_device_map(model: nn.Module, kind: str, max_memory: dict | None = None, dtype=None) -> dict:
     """accelerate's placement of whole blocks over the visible devices: `balanced` (= `auto`, as in
     transformers) evens the GPUs out, `sequential` fills them in order; what does not fit spills to the
     CPU, then to disk."""
@@ -402,14 +265,16 @@ def infer_device_map(model: nn.Module, kind: str, max_memory: dict | None = None
 
     no_split = list(getattr(unwrap_peft(model), "_no_split_modules", None) or [])
     if kind in ("auto", "balanced"):
-        max_memory = get_balanced_memory(model, max_memory, no_split_module_classes=no_split)
+        max_memory = get_balanced_memory(model, max_memory, no_split_module_classes=no_split, dtype=dtype)
     else:
         max_memory = get_max_memory(max_memory)
-    return dict(infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split))
+    return dict(infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype))
 
 
 def _disk_map(model: nn.Module, device: torch.device) -> dict:
     """Every transformer block on disk, every other module on `device`."""
+    from l2o.streaming import transformer_blocks
+
     blocks = [n for n, _ in transformer_blocks(model)]
     out = {}
     for key in model.state_dict():
@@ -438,6 +303,8 @@ def place(model: nn.Module, device_map: str | dict | None = None, offload: str |
     model._l2o_tied = _tie_record(model)
     device = torch.device(execution_device) if execution_device is not None else accelerator()
     if offload == "cpu":
+        from l2o.streaming import stream_blocks
+
         stream_blocks(model, device)
     elif offload is not None or device_map is not None:
         from accelerate import dispatch_model
@@ -445,7 +312,8 @@ def place(model: nn.Module, device_map: str | dict | None = None, offload: str |
         dmap = _disk_map(model, device) if offload == "disk" else (
             infer_device_map(model, device_map, max_memory) if isinstance(device_map, str) else dict(device_map))
         if "disk" in dmap.values() and folder is None:
-            raise PlacementError("this placement offloads blocks to disk and needs a folder for them (--offload-folder)")
+            raise PlacementError("the placement puts blocks on disk (they fit neither the GPUs nor CPU memory), which "
+                                 "needs place(..., folder=...); fine_tune does not offload to disk")
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
         dispatch_model(model, dmap, main_device=device if offload == "disk" else None,

@@ -29,86 +29,15 @@ state per layer plus one layer's activations.
 
 from __future__ import annotations
 
-import functools
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-GiB = 1024 ** 3
-BYTES = {"fp32": 4, "bf16": 2}
+from l2o.memory_plan import (RUNTIME_RESERVE, GiB, Plan, activation_bytes, base_config, count, format_rows,
+                             shapes)
+
+__all__ = ["base_config", "format_plan", "main", "make_plan", "shapes"]
+BYTES = {"fp32": 4, "bf16": 2}  # meta-training's dtypes (fp16 overflows without loss scaling)
 POLICY_FLOATS_PER_BLOCK = 449
-RUNTIME_RESERVE = 2 * GiB
-
-
-def shapes() -> dict:
-    from l2o.models import shipped_shapes
-
-    return shipped_shapes()
-
-
-def base_config(base: str):
-    """A transformers config for an alias (from the shipped shapes) or a local model folder."""
-    from transformers import AutoConfig
-
-    from l2o.models import BaseModelError, shipped_config
-
-    config = shipped_config(base)
-    if config is not None:
-        return config
-    path = Path(base).expanduser()
-    if (path / "config.json").is_file():
-        return AutoConfig.from_pretrained(str(path))
-    raise BaseModelError(f"--dry-run knows the shapes of the aliases {', '.join(sorted(shapes()))} and of local "
-                         f"model folders; {base!r} is neither")
-
-
-@dataclass
-class Plan:
-    base: str
-    params: int
-    blocks: int
-    rows: list = field(default_factory=list)  # (what, bytes, how)
-    gpu_bytes: float = 80 * GiB
-    dtype: str = "fp32"   # the LLM's, "auto" resolved
-
-    @property
-    def total(self) -> int:
-        return sum(r[1] for r in self.rows)
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.gpu_bytes
-
-
-@functools.lru_cache(maxsize=8)
-def _count(base: str) -> tuple[int, tuple[int, ...]]:
-    """Parameter count (tied weights once) and block sizes, from a model built on the meta device."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from l2o.models import block_shapes
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(base_config(base))
-    sizes = tuple(math.prod(shape) for _, shape in block_shapes(model))
-    return sum(sizes), sizes
-
-
-def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool) -> int:
-    h = config.hidden_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    f = getattr(config, "ffn_dim", None) or config.intermediate_size
-    gated = config.model_type != "opt"
-    per_token = 9 * h + 2 * kv * head_dim + (4 if gated else 2) * f + (2 * heads * length if eager else 0)
-    tokens = batch * length
-    layers = config.num_hidden_layers
-    logits = tokens * config.vocab_size * (nbytes + 8)
-    if checkpointing:
-        return int(layers * tokens * h * nbytes + tokens * per_token * nbytes + logits)
-    return int(layers * tokens * per_token * nbytes + logits)
 
 
 def plan_dtype(base: str, dtype: str) -> tuple[str, str]:
@@ -129,7 +58,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
     dtype, how = plan_dtype(base, dtype)
     if dtype not in BYTES:
         raise ValueError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
-    n, sizes = _count(base)
+    n, sizes = count(base)
     b, big = BYTES[dtype], max(sizes)
     plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB, dtype=dtype)
     plan.rows = [
@@ -152,8 +81,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
 def format_plan(plan: Plan) -> str:
     lines = [f"memory plan per device: meta_train --base {plan.base} ({plan.params / 1e9:.2f}B parameters, "
              f"{plan.blocks} blocks)"]
-    for what, nbytes, how in plan.rows:
-        lines.append(f"  {what:<22} {nbytes / GiB:8.2f} GiB   {how}")
+    lines += format_rows(plan.rows)
     room = plan.gpu_bytes - plan.total
     lines.append(f"  {'total':<22} {plan.total / GiB:8.2f} GiB")
     verdict = "fits" if plan.fits else "does NOT fit"

@@ -30,6 +30,7 @@ def test_smoke_mode_runs_every_configuration_and_the_portability_check(capsys):
     assert out.count("goal our MeZO / reference MeZO <= 0.75") == 2
     assert "z: bit-identical;  theta + c z (fp32): bit-identical;  fused bf16" in out
     assert "ledger replayed on the CPU: bit-identical weights" in out and "DIFFERENT" not in out
+    assert "## offload cpu: tiny shape" in out and "block copies per forward: 1.00 per block" in out
 
 
 @pytest.mark.slow
@@ -41,6 +42,15 @@ def test_smoke_mode_runs_every_configuration_on_the_accelerator_path(monkeypatch
     out = capsys.readouterr().out
     ours = re.findall(r"^\| (mezo\S*|bszo) \|.*\| block \| [0-9.]+ \| (\d+) \|$", out, re.M)
     assert len(ours) == 10 and all(int(calls) <= 2 for _, calls in ours)
+
+
+def test_the_offload_case_is_opt13b_bf16_under_a_24_gib_cap_that_its_plan_fits():
+    from fine_tune.plan import make_plan
+
+    shape, dtype, cap = gpu_bench.OFFLOAD
+    assert (shape, dtype, cap) == ("opt-13b", "bf16", 24.0)
+    plan = make_plan(shape, dtype=dtype, batch=16, length=128, offload="cpu", gpu_gb=cap, long_answers=True)
+    assert plan.fits and plan.devices[0].total < 8 * 1024 ** 3  # resident weights, 2 blocks, temporaries, ...
 
 
 def test_without_cuda_the_full_suite_says_so(capsys):

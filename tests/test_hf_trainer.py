@@ -242,3 +242,21 @@ def test_example_runs_on_the_embedded_smollm2(tmp_path, trainer):
     rows = [line for line in out.stdout.splitlines() if line.startswith(("| mezo |", "| zoo:smollm2-135m/zo-finetuner |"))]
     assert len(rows) == 2 and all("| 2 | 4 |" in r for r in rows)
     assert (tmp_path / "mezo" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("placement", [{"offload": "cpu"}, {"device_map": "auto"}], ids=["offload", "device-map"])
+def test_a_placed_model_trains_as_the_model_held_normally(placement, tmp_path):
+    from l2o.blocks import named_blocks
+
+    runs = []
+    for kw in ({}, placement):
+        model = tiny_model("opt")
+        trainer = ZOTrainer(model=model, args=make_args(tmp_path), train_dataset=Examples(), optimizer="mezo",
+                            optimizer_kwargs={"eps": 1e-3}, **kw)
+        trainer.train()
+        runs.append(({n: p.clone() for n, p in named_blocks(model)},
+                     [r["loss"] for r in trainer.state.log_history if "loss" in r]))
+    if "offload" in placement:
+        assert any(p.device.type == "meta" for p in model.parameters())  # really offloaded
+    assert runs[0][1] == runs[1][1] and len(runs[0][1]) == 3
+    assert_same_bits(runs[0][0], runs[1][0])

@@ -209,5 +209,5 @@ def test_bad_placements_are_refused_in_one_sentence(tmp_path):
         place(tiny_model("opt"), offload="gpu")
     with pytest.raises(PlacementError, match="--device-map must be"):
         place(tiny_model("opt"), device_map="everywhere")
-    with pytest.raises(PlacementError, match="needs a folder"):
+    with pytest.raises(PlacementError, match="needs place"):
         place(tiny_model("opt"), offload="disk")

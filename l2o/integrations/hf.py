@@ -35,6 +35,12 @@ gradient clipping (`max_grad_norm` > 0; Trainer's default is 1.0, so set `max_gr
 mixed precision (autocast and its gradient scaler; load the model in bf16/fp16 instead, our engine updates
 low-precision weights exactly), DeepSpeed, FSDP, several devices, and NEFTune's training-mode noise.
 
+A model larger than one device: `device_map="auto"|"balanced"|"sequential"` (layers across the visible GPUs)
+or `offload="cpu"` (weights in CPU memory, each transformer block streamed to `args.device` for its forward)
+places the model with `l2o.placement.place` before Trainer sees it; Trainer and accelerate then leave its
+devices alone (it carries an `hf_device_map`), and the steps are bit-identical to the model held normally.
+A model already dispatched by `from_pretrained(device_map=...)` also works as it is.
+
 Learned policies (`optimizer="zoo:<id>"`, the ZO Fine-tuner). `l2o` never imports the `zoo` package
 (imports run apps -> zoo -> l2o), so a `zoo:` name is resolved by a callable the caller passes,
 `policy_resolver(spec, model) -> ZOPolicy`; `fine_tune.hf.zoo_policy` is the ready one (it loads the
@@ -147,7 +153,10 @@ class ZOTrainerMixin:
     """
 
     def __init__(self, *args, optimizer: str = "mezo", optimizer_kwargs: dict | None = None,
-                 policy_resolver: Callable | None = None, **kwargs):
+                 policy_resolver: Callable | None = None, device_map: str | None = None, offload: str | None = None,
+                 **kwargs):
+        if device_map is not None or offload is not None:
+            _place_for_trainer(args, kwargs, device_map, offload)
         given = kwargs.get("optimizers", (None, None))[0]
         if given is not None and not isinstance(given, ZOOptimizer):
             raise TrainerConfigError(f"optimizers=({type(given).__name__}, ...) is not a zeroth-order optimizer; "
@@ -231,6 +240,17 @@ class ZOTrainerMixin:
             logs["zo_projected_grad"] = sum(grads) / len(grads) if grads else float("nan")
             logs["zo_skipped_steps"] = self.zo_optimizer.skipped_steps
         super().log(logs, start_time)
+
+
+def _place_for_trainer(args: tuple, kwargs: dict, device_map, offload) -> None:
+    """Place the Trainer's model (its first positional or `model=` argument) on `args.device`'s side."""
+    from l2o.placement import place
+
+    model = kwargs.get("model", args[0] if args else None)
+    training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+    if model is None or training_args is None:
+        raise TrainerConfigError("device_map= and offload= need model= and args= (TrainingArguments)")
+    place(model, device_map=device_map, offload=offload, execution_device=training_args.device)
 
 
 class ZOTrainer(ZOTrainerMixin, Trainer):

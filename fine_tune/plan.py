@@ -1,0 +1,343 @@
+"""`fine_tune --base <alias> --dry-run [--dtype D] [--peft P] [--device-map auto | --offload cpu] [--gpus N]
+[--gpu-memory GB]`: the memory plan of zeroth-order fine-tuning per device, offline, from shapes alone
+(l2o.memory_plan: the base built on the meta device from l2o/base_shapes.json or a local folder's config).
+
+A ZO step holds inference memory plus one block's temporaries; no gradient, no optimizer state:
+
+    weights        N x bytes(dtype) (+ the PEFT adapter)  where they live: one GPU, spread over GPUs by
+                                                          accelerate's device map, or (offload) in CPU
+                                                          memory with the embeddings and head on the GPU
+    streamed       2 transformer blocks                    --offload: the block running and the next one,
+                                                          prefetched
+    perturbation   largest trainable tensor x (4 + b + 2)  theta_b + eps z_b: fp32 accumulator, the result in
+                   (x 4 in fp32)                           the weights' dtype, 16 stochastic-rounding bits
+    update         largest trainable tensor x (4 + 4 + 2)  fp32 accumulator and noise buffer, rounding bits;
+                   (x 4 in fp32)                           on the device where that tensor lives
+    activations    one layer at a time, no backward        batch x length tokens, plus the logits
+    runtime        fixed reserve                           CUDA context, allocator slack
+
+`--device-map` places the layers with accelerate's own `infer_auto_device_map` on the meta model, each GPU's
+weight budget being --gpu-memory less the rest of its rows: the plan is the placement a run makes. An
+over-budget plan names the options that fit. Everything here is a plan (an estimate), not a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, base_config, count, forward_activation_bytes,
+                             format_rows, meta_model)
+
+MAX_GPUS = 16
+
+
+@dataclass
+class Device:
+    name: str
+    rows: list = field(default_factory=list)  # (what, bytes, how)
+    budget: float | None = None  # None: no budget (CPU memory, disk)
+
+    @property
+    def total(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or self.total <= self.budget
+
+
+@dataclass
+class FineTunePlan:
+    base: str
+    setting: str
+    params: int
+    trainable: int
+    devices: list = field(default_factory=list)
+    spilled: int = 0  # bytes of weights a device map could not place on the GPUs
+    options: list = field(default_factory=list)  # flags that make an over-budget plan fit
+
+    @property
+    def fits(self) -> bool:
+        return not self.spilled and all(d.fits for d in self.devices)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the plan needs from the base and the run, computed once."""
+
+    config: object
+    dtype: str
+    peft: str
+    batch: int
+    length: int
+    eager: bool
+    long_answers: bool = False  # an lm objective scores every answer token (float32 logits), ce one per example
+
+    @property
+    def nbytes(self) -> int:
+        return BYTES[self.dtype]
+
+
+def peft_tensors(model, config, peft: str) -> list[int]:
+    """Sizes of the tensors a PEFT mode adds (LoRA r 8 on the query/value projections, 5 prefix tokens per
+    layer, 10 prompt embeddings: l2o.peft_modes' defaults)."""
+    from torch import nn
+
+    from l2o.peft_modes import LORA_R, PREFIX_TOKENS, PROMPT_TOKENS, lora_targets
+
+    if peft == "lora":
+        targets = tuple(lora_targets(model))
+        return [LORA_R * n for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                and name.rsplit(".", 1)[-1] in targets for n in (m.in_features, m.out_features)]
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if peft == "prefix":
+        return [PREFIX_TOKENS * config.num_hidden_layers * 2 * kv * head_dim]
+    if peft == "prompt":
+        return [PROMPT_TOKENS * config.hidden_size]
+    return []
+
+
+def temporaries(largest: int, nbytes: int) -> tuple[int, int]:
+    """(perturbation, update) bytes of the engine for its largest trainable tensor (l2o/engine.py)."""
+    if nbytes < 4:
+        return largest * (4 + nbytes + 2), largest * (4 + 4 + 2)
+    return largest * 4, largest * 4
+
+
+def _virtual_tokens(peft: str) -> int:
+    from l2o.peft_modes import PREFIX_TOKENS, PROMPT_TOKENS
+
+    return {"prefix": PREFIX_TOKENS, "prompt": PROMPT_TOKENS}.get(peft, 0)
+
+
+def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
+    perturb, update = temporaries(largest, s.nbytes)
+    tokens = s.length + _virtual_tokens(s.peft)
+    return [*weights,
+            ("perturbation/update", max(perturb, update), f"one tensor at a time: the largest trainable one, "
+             f"{largest / 1e6:.0f}M elements"),
+            ("activations", forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager,
+                                                     None if s.long_answers else s.batch),
+             f"one layer at a time, batch {s.batch} x {tokens} tokens; logits, float32 "
+             + ("for every token (lm objective)" if s.long_answers else "for one per example (classification)")),
+            ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
+
+
+def _trainable(base: str, s: Shape, model) -> tuple[int, int, int]:
+    """(parameters, trainable parameters, largest trainable tensor)."""
+    n, sizes = count(base)
+    if s.peft == "full":
+        return n, n, max(sizes)
+    added = peft_tensors(model, s.config, s.peft)
+    return n, sum(added), max(added)
+
+
+def plan_single(base: str, s: Shape, gpu_bytes: float, model) -> FineTunePlan:
+    n, trainable, largest = _trainable(base, s, model)
+    adapter = 0 if s.peft == "full" else trainable * s.nbytes
+    weights = [("weights", n * s.nbytes + adapter, f"{n / 1e9:.2f}B params x {s.nbytes} B ({s.dtype})"
+                + (f" + {s.peft} adapter" if adapter else ""))]
+    return FineTunePlan(base, "one device", n, trainable, [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes)])
+
+
+def _block_sizes(model, nbytes: int) -> tuple[list[int], int, int]:
+    """Bytes of each transformer block, of everything else (embeddings, final norm, head), and the largest
+    tensor inside a block (in elements)."""
+    from l2o.blocks import named_blocks
+    from l2o.streaming import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    per = [sum(p.numel() for p in m.parameters()) * nbytes for _, m in blocks]
+    total = sum(p.numel() for _, p in named_blocks(model, trainable_only=False)) * nbytes
+    return per, total - sum(per), max(p.numel() for _, m in blocks for p in m.parameters())
+
+
+def plan_offload(base: str, s: Shape, gpu_bytes: float, model, where: str) -> FineTunePlan:
+    n, trainable, largest = _trainable(base, s, model)
+    per, resident, in_block = _block_sizes(model, s.nbytes)
+    weights = [("resident weights", resident, "embeddings, positions, final norm, head: stay on the GPU"),
+               ("streamed blocks", 2 * max(per), f"2 of {len(per)} transformer blocks in flight (the one running, "
+                                                 "the next prefetched)")]
+    update = temporaries(in_block if s.peft == "full" else largest, s.nbytes)[1]
+    store = "CPU memory" if where == "cpu" else "disk"
+    host = Device(store, [("offloaded weights", sum(per), f"{len(per)} blocks{', pinned' if where == 'cpu' else ''};"
+                           " updates are written here"),
+                          ("update", update if where == "cpu" else 0,
+                           "one tensor's fp32 accumulator and noise" if where == "cpu" else "in the page cache")])
+    return FineTunePlan(base, f"--offload {where}", n, trainable,
+                        [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes), host])
+
+
+@contextlib.contextmanager
+def _quiet_accelerate():
+    """accelerate warns that the planned GPUs are not on this machine: that is the point of a plan."""
+    log = logging.getLogger("accelerate.utils.modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpus: int) -> FineTunePlan:
+    """accelerate's placement of the meta model over `gpus` GPUs whose weight budgets leave room for the rest."""
+    import torch
+    from accelerate.utils import compute_module_sizes
+
+    from l2o.placement import infer_device_map
+
+    n, trainable, largest = _trainable(base, s, model)
+    overhead = sum(r[1] for r in _gpu_rows(s, largest, []))
+    budget = max(0, int(gpu_bytes - overhead))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.dtype]
+    with _quiet_accelerate():
+        dmap = infer_device_map(model, kind, {**{i: budget for i in range(gpus)}, "cpu": 1 << 60}, dtype=dtype)
+        sizes = compute_module_sizes(model, dtype=dtype)
+    on = {}
+    for module, device in dmap.items():
+        on[device] = on.get(device, 0) + sizes[module]
+    devices = []
+    for i in range(gpus):
+        held = [m for m, d in dmap.items() if d == i]
+        layers = [m.rsplit(".", 1)[-1] for m in held if m.rsplit(".", 1)[-1].isdigit()]
+        what = (f"layers {layers[0]}-{layers[-1]}" if layers else "no layers") + \
+            (f" + {len(held) - len(layers)} other modules" if len(held) > len(layers) else "")
+        devices.append(Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what)]), gpu_bytes))
+    spilled = on.get("cpu", 0) + on.get("disk", 0)
+    if spilled:
+        devices.append(Device("CPU memory", [("spilled weights", spilled, "offloaded: copied in for each forward")]))
+    return FineTunePlan(base, f"--device-map {kind} on {gpus} GPU(s)", n, trainable, devices, spilled=spilled)
+
+
+def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 16, length: int = 2048,
+              device_map: str | None = None, offload: str | None = None, gpus: int | None = None,
+              gpu_gb: float = 80.0, eager: bool = False, long_answers: bool = False,
+              advise: bool = True) -> FineTunePlan:
+    """The plan per device; `gpus` None with a device map: the fewest GPUs that hold the model."""
+    if dtype not in BYTES:
+        raise ValueError(f"--dtype must be one of {', '.join(BYTES)}, got {dtype!r}")
+    config = base_config(base)
+    length = min(length, getattr(config, "max_position_embeddings", length) - _virtual_tokens(peft))
+    s = Shape(config, dtype, peft, batch, length, eager, long_answers)
+    model, gpu_bytes = meta_model(base), gpu_gb * GiB
+    if offload is not None:
+        plan = plan_offload(base, s, gpu_bytes, model, offload)
+    elif device_map is not None:
+        if gpus is None:
+            for gpus in range(1, MAX_GPUS + 1):
+                plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
+                if plan.fits:
+                    break
+        else:
+            plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
+    else:
+        plan = plan_single(base, s, gpu_bytes, model)
+    plan.setting = f"{dtype}, peft {peft}, {plan.setting}, {gpu_gb:g} GiB per GPU"
+    if advise and not plan.fits:
+        plan.options = options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers)
+    return plan
+
+
+def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers) -> list[str]:
+    """Flags that make the run fit: offloading, more GPUs, a smaller batch, bf16 (first-found of each)."""
+    found = []
+
+    def fits(**kw) -> FineTunePlan | None:
+        args = dict(dtype=dtype, peft=peft, batch=batch, length=length, device_map=device_map, offload=offload,
+                    gpus=None, gpu_gb=gpu_gb, eager=eager, long_answers=long_answers, advise=False)
+        args.update(kw)
+        plan = make_plan(base, **args)
+        return plan if plan.fits else None
+
+    if offload is None:
+        plan = fits(offload="cpu", device_map=None)
+        if plan:
+            found.append(f"--offload cpu ({plan.devices[0].total / GiB:.1f} GiB on the GPU)")
+        plan = fits(device_map=device_map or "auto", offload=None)
+        if plan:
+            found.append(f"--device-map {device_map or 'auto'} --gpus {len([d for d in plan.devices if d.budget])}")
+    smaller = batch // 2
+    while smaller >= 1 and not fits(batch=smaller):
+        smaller //= 2
+    if smaller >= 1:
+        found.append(f"--batch-size {smaller}")
+    if dtype == "fp32" and fits(dtype="bf16"):
+        found.append("--dtype bf16")
+    return found
+
+
+def format_plan(plan: FineTunePlan) -> str:
+    trainable = "all trainable" if plan.trainable == plan.params else f"{plan.trainable / 1e6:,.2f}M trainable"
+    lines = [f"memory plan per device: fine_tune --base {plan.base} ({plan.params / 1e9:.2f}B parameters, "
+             f"{trainable}), {plan.setting}"]
+    for device in plan.devices:
+        lines.append(f"{device.name}:")
+        lines += format_rows(device.rows)
+        total = f"  {'total':<22} {device.total / GiB:8.2f} GiB"
+        if device.budget is not None:
+            room = device.budget - device.total
+            total += f"   {'fits in' if device.fits else 'does NOT fit in'} {device.budget / GiB:.0f} GiB " \
+                     f"({abs(room) / GiB:.1f} GiB {'to spare' if device.fits else 'short'})"
+        lines.append(total)
+    if plan.spilled:
+        lines.append(f"the GPUs hold all but {plan.spilled / GiB:.1f} GiB of weights, which live in CPU memory "
+                     "(it runs, slowly)")
+    lines.append("fits" if plan.fits else "does NOT fit" + (
+        f"; options that fit: {'; '.join(plan.options)}" if plan.options else "; no option found"))
+    lines.append("(a plan from shapes, not a measurement: docs/distributed.md)")
+    return "\n".join(lines)
+
+
+def overhead_bytes(cfg, model) -> int:
+    """What a GPU holds besides weights during a step of the run `cfg` on `model` (the plan's other rows):
+    the budget a real placement leaves for each GPU's weights."""
+    import torch
+
+    from l2o.blocks import named_blocks
+    from l2o.wrappers import unwrap_peft
+
+    config = unwrap_peft(model).config
+    tensors = [p for _, p in named_blocks(model, trainable_only=False)]
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[tensors[0].dtype]
+    s = Shape(config, dtype, cfg.peft, cfg.batch_size, cfg.max_length, False, scores_every_answer_token(cfg))
+    largest = max(p.numel() for _, p in named_blocks(model))
+    return sum(r[1] for r in _gpu_rows(s, largest, []))
+
+
+def scores_every_answer_token(cfg) -> bool:
+    """Whether the run's objective keeps float32 logits for every answer token (lm, nondiff-f1: the default
+    of generation tasks) rather than one position per example (ce, the default of classification tasks)."""
+    if cfg.objective is not None:
+        return cfg.objective.lower() not in ("ce", "classification", "cls", "candidate-ce")
+    if not cfg.task:
+        return False
+    from l2o.tasks import get_task
+
+    task = get_task(cfg.task)
+    return (task.train_objective or ("lm" if task.kind == "gen" else "ce")) != "ce"
+
+
+def main(cfg) -> int:
+    """`fine_tune --dry-run`: print the plan of the run `cfg` describes; exit 0 if it fits, 1 if not."""
+    from fine_tune.config import DTYPES, PEFT_MODES, ConfigError
+    from l2o.models import resolve_dtype
+
+    try:
+        if cfg.dtype not in DTYPES or cfg.peft not in PEFT_MODES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)} and --peft one of {', '.join(PEFT_MODES)}")
+        cfg._validate_placement()
+        dtype = resolve_dtype(cfg.dtype, cfg.base, "cuda")  # as a run on a GPU resolves "auto"
+        plan = make_plan(cfg.base, dtype=dtype, peft=cfg.peft, batch=cfg.batch_size, length=cfg.max_length,
+                         device_map=cfg.device_map, offload=cfg.offload, gpus=cfg.gpus, gpu_gb=cfg.gpu_memory or 80.0,
+                         long_answers=scores_every_answer_token(cfg))
+    except ValueError as err:
+        print(f"fine_tune: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_plan(plan))
+    return 0 if plan.fits else 1

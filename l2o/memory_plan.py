@@ -1,0 +1,125 @@
+"""Memory plans from shapes alone, offline: the pieces `meta_train --dry-run` and `fine_tune --dry-run` share.
+
+A plan is built from `l2o/base_shapes.json` (public config.json fields of every alias) or a local model
+folder's config: the model is built on the meta device, so parameter and block counts are exact, and no
+weight is read. Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the
+weights' dtype: norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores
+2 a L; logits tokens x vocab (`activation_bytes`: saved for a backward; `forward_activation_bytes`: the
+working set of a forward without gradient). "runtime" is a fixed reserve for the CUDA context and allocator slack.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GiB = 1024 ** 3
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+RUNTIME_RESERVE = 2 * GiB
+
+
+def shapes() -> dict:
+    from l2o.models import shipped_shapes
+
+    return shipped_shapes()
+
+
+def base_config(base: str):
+    """A transformers config for an alias (from the shipped shapes) or a local model folder."""
+    from transformers import AutoConfig
+
+    from l2o.models import BaseModelError, shipped_config
+
+    config = shipped_config(base)
+    if config is not None:
+        return config
+    path = Path(base).expanduser()
+    if (path / "config.json").is_file():
+        return AutoConfig.from_pretrained(str(path))
+    raise BaseModelError(f"--dry-run knows the shapes of the aliases {', '.join(sorted(shapes()))} and of local "
+                         f"model folders; {base!r} is neither")
+
+
+@dataclass
+class Plan:
+    base: str
+    params: int
+    blocks: int
+    rows: list = field(default_factory=list)  # (what, bytes, how)
+    gpu_bytes: float = 80 * GiB
+    dtype: str = "fp32"   # the weights', "auto" resolved
+
+    @property
+    def total(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.gpu_bytes
+
+
+@functools.lru_cache(maxsize=4)
+def meta_model(base: str):
+    """The base built from its config on the meta device (names and shapes, no weights; cached: read only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(base_config(base))
+
+
+@functools.lru_cache(maxsize=8)
+def count(base: str) -> tuple[int, tuple[int, ...]]:
+    """Parameter count (tied weights once) and block sizes, from a model built on the meta device."""
+    from l2o.models import block_shapes
+
+    sizes = tuple(math.prod(shape) for _, shape in block_shapes(meta_model(base)))
+    return sum(sizes), sizes
+
+
+def per_token_layer(config, length: int, eager: bool) -> int:
+    """Activation elements one layer keeps per token: norms and attention, the MLP, eager scores."""
+    h = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    f = getattr(config, "ffn_dim", None) or config.intermediate_size
+    gated = config.model_type != "opt"
+    return 9 * h + 2 * kv * head_dim + (4 if gated else 2) * f + (2 * heads * length if eager else 0)
+
+
+def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool) -> int:
+    """Saved for one backward: every layer's activations (or, checkpointed, one hidden state per layer plus
+    one layer's), and float32 logits for the cross-entropy."""
+    per_token = per_token_layer(config, length, eager)
+    tokens = batch * length
+    h, layers = config.hidden_size, config.num_hidden_layers
+    logits = tokens * config.vocab_size * (nbytes + 8)
+    if checkpointing:
+        return int(layers * tokens * h * nbytes + tokens * per_token * nbytes + logits)
+    return int(layers * tokens * per_token * nbytes + logits)
+
+
+def forward_activation_bytes(config, batch: int, length: int, nbytes: int, eager: bool,
+                             scored: int | None = None) -> int:
+    """A forward without gradient: one layer's working set alive at a time (the residual stream, the norm's
+    output and the larger of the attention phase, q k v and its output, and the MLP phase, its 2 (OPT) or 3
+    (gated) intermediate tensors; eager attention adds scores and probabilities), plus the logits of every
+    position in the weights' dtype and, for the `scored` positions (default: every one), their float32
+    copy and log-softmax. A classification objective scores one position per example (scored = batch)."""
+    h = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    f = getattr(config, "ffn_dim", None) or config.intermediate_size
+    mlp = (2 if config.model_type == "opt" else 3) * f
+    per_token = 2 * h + max(2 * h + 2 * kv * head_dim, mlp) + (2 * heads * length if eager else 0)
+    tokens = batch * length
+    scored = tokens if scored is None else scored
+    return int(tokens * per_token * nbytes + (tokens * nbytes + scored * 8) * config.vocab_size)
+
+
+def format_rows(rows, indent: str = "  ") -> list[str]:
+    return [f"{indent}{what:<22} {nbytes / GiB:8.2f} GiB   {how}" for what, nbytes, how in rows]

@@ -1,0 +1,198 @@
+"""`fine_tune --offload cpu` and `--device-map auto` on the CPU (the execution device here) against the run
+held normally: the same losses, ledger and weights; Ctrl-C and --resume exact; 2 gloo processes with
+offloaded models equal to one. And `fine_tune --dry-run`'s memory plan: every alias and mode, the named
+commands, and its numbers against a measured peak on a tiny model."""
+
+import json
+import subprocess
+import sys
+import weakref
+
+import pytest
+import torch
+
+from fine_tune.cli import main
+from tests.helpers import save_tiny_base
+from tests.test_fine_tune import ROOT, _args, _trainable
+
+COMMON = ["--steps", "4", "--save-every", "2", "--lr", "2e-3", "--eps", "1e-3", "--eval-every", "2",
+          "--check-every", "2", "--zero-shot", "false"]
+PLACEMENTS = {"offload": ["--offload", "cpu"], "device-map": ["--device-map", "auto"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")  # tied embeddings
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_base, tmp_path_factory):
+    """The run held normally, once; with ledger checkpoints (what --resume replays onto a placed base)."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    assert main(_args(tiny_base, out, *COMMON, "--checkpoint", "ledger", "--save-model", "weights")) == 0
+    return out
+
+
+def _updates(folder):
+    """The ledger's header and updates (seeds, coefficients), without its seals and hash chain (a resumed run
+    seals where it was interrupted)."""
+    rows = [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "h"} for r in rows if "seal" not in r]
+
+
+def _assert_same_run(got, ref):
+    hist = [json.loads((d / "history.json").read_text()) for d in (got, ref)]
+    assert [r["loss"] for r in hist[0]] == [r["loss"] for r in hist[1]] and len(hist[0]) == 4
+    assert _updates(got) == _updates(ref) and len(_updates(ref)) == 5
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (got, ref))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    res = [json.loads((d / "results.json").read_text()) for d in (got, ref)]
+    assert res[0]["final"] == res[1]["final"] and res[0]["best_step"] == res[1]["best_step"] == 2
+
+
+@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
+def test_placed_fine_tuning_runs_end_to_end_and_equals_the_plain_run(placement, tiny_base, plain, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_base, out, *COMMON, *PLACEMENTS[placement], "--checkpoint", "ledger",
+                      "--save-model", "weights")) == 0
+    assert f"placement {' '.join(PLACEMENTS[placement])}:" in capsys.readouterr().err
+    _assert_same_run(out, plain)
+
+
+def test_ctrl_c_then_resume_of_an_offloaded_run_is_exact(tiny_base, plain, tmp_path):
+    out = tmp_path / "run"
+    argv = _args(tiny_base, out, *COMMON, "--offload", "cpu", "--checkpoint", "ledger", "--save-model", "weights")
+    code = f"from tests.helpers import run_fine_tune_interrupted_at as f; f(3, {argv!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert main([*argv, "--resume"]) == 0
+    _assert_same_run(out, plain)
+
+
+@pytest.mark.slow  # ~1 min: two processes (the fast suite has the plain 2-process run, tests/test_fine_tune_ddp.py)
+def test_two_gloo_processes_with_offloaded_models_equal_one_plain_process(tiny_base, tmp_path):
+    from tests.test_fine_tune_ddp import _one_process, _two_processes
+
+    gv = ["--optimizer", "mezo-gv", "--pool-size", "4", "--save-model", "false"]
+    _two_processes(tiny_base, tmp_path / "two", *gv, "--offload", "cpu")
+    _one_process(tiny_base, tmp_path / "one", *gv)
+    two, one = (_trainable(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("two", "one"))
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
+    hist = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("two", "one")]
+    assert [r["loss"] for r in hist[0]] == [r["loss"] for r in hist[1]]
+
+
+def test_placement_flags_are_checked_in_one_sentence(tiny_base, tmp_path, capsys):
+    assert main(_args(tiny_base, tmp_path / "a", "--offload", "cpu", "--device-map", "auto")) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(_args(tiny_base, tmp_path / "b", "--offload", "cpu", "--optimizer", "bilevel-zofo", "--peft",
+                      "lora")) == 2
+    assert "takes first-order steps and needs the model resident" in capsys.readouterr().err
+    assert main(_args(tiny_base, tmp_path / "d", "--device-map", "auto", "--optimizer", "fo-sgd")) == 2
+    assert "takes first-order steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_args(tiny_base, tmp_path / "c", "--offload", "nvme"))
+
+
+# ------------------------------------------------------------------------- --dry-run: the memory plan
+def test_the_plan_covers_every_alias_and_every_mode():
+    from fine_tune.config import PEFT_MODES
+    from fine_tune.plan import make_plan
+    from l2o.memory_plan import GiB, count, shapes
+
+    for alias in shapes():
+        n, _ = count(alias)
+        for peft in PEFT_MODES:
+            for placement in ({}, {"offload": "cpu"}, {"device_map": "auto", "gpus": 2}):
+                plan = make_plan(alias, dtype="bf16", peft=peft, batch=4, length=256, **placement, advise=False)
+                rows = [r for d in plan.devices for r in d.rows]
+                assert all(r[1] >= 0 for r in rows) and plan.params == n
+                weights = sum(r[1] for r in rows if r[0] in ("weights", "resident weights", "offloaded weights",
+                                                              "spilled weights"))
+                adapter = 0 if peft == "full" or placement else plan.trainable * 2
+                buffers = 2 ** 20 if "device_map" in placement else 0  # accelerate's sizes count buffers too
+                assert n * 2 + adapter <= weights <= n * 2 + adapter + buffers, (alias, peft, placement)
+                assert plan.fits == all(d.total <= d.budget for d in plan.devices if d.budget) and not plan.spilled \
+                    or not plan.fits
+                assert plan.devices[0].budget == 80 * GiB
+
+
+def test_the_named_plans(capsys):
+    assert main(["--base", "opt-66b", "--dry-run", "--device-map", "auto", "--dtype", "bf16", "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU 0:" in out and "GPU 1:" in out and "GPU 2:" not in out and "does NOT" not in out
+    assert main(["--base", "opt-13b", "--dry-run", "--offload", "cpu", "--dtype", "bf16", "--gpu-memory", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "fits in 24 GiB" in out and "CPU memory:" in out and "streamed blocks" in out
+    # the same base held on one 24 GB GPU does not fit, and the plan names what does
+    assert main(["--base", "opt-13b", "--dry-run", "--dtype", "bf16", "--gpu-memory", "24"]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT fit; options that fit: --offload cpu" in out
+    assert main(["--base", "no-such-base", "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("fine_tune: error: unknown base model 'no-such-base'")
+
+
+class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of the CPU tensors created while active (storages counted once, freed with their last tensor)."""
+
+    def __init__(self, known):
+        super().__init__()
+        self.known, self.refs, self.size, self.now, self.peak = set(known), {}, {}, 0, 0
+
+    def _free(self, key):
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            self.now -= self.size.pop(key)
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                key = t.untyped_storage().data_ptr()
+                if not key or key in self.known:
+                    continue
+                if key not in self.refs:
+                    self.refs[key], self.size[key] = 0, t.untyped_storage().nbytes()
+                    self.now += self.size[key]
+                    self.peak = max(self.peak, self.now)
+                self.refs[key] += 1
+                weakref.finalize(t, self._free, key)
+        return out
+
+
+@pytest.mark.parametrize("long_answers", [False, True], ids=["classification", "lm"])
+def test_the_plan_bounds_a_measured_step_on_a_tiny_model(long_answers, tmp_path):
+    """One MeZO step of a tiny OPT (SDPA attention, batch 8 x 256 tokens): the tensors it creates peak below the
+    plan's temporaries and activations, and not far below; the weights row is their exact size."""
+    from transformers import AutoModelForCausalLM
+
+    from fine_tune.plan import make_plan
+    from l2o.memory_plan import RUNTIME_RESERVE
+    from l2o.optim import build_optimizer
+    from l2o.tasks.objectives import _next_token_logprobs, _score_encoded
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    model = tiny_model("opt", hidden_size=64, ffn_dim=256, word_embed_proj_dim=64, max_position_embeddings=1024)
+    model.save_pretrained(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="sdpa").eval()
+    tok = tiny_tokenizer()
+    ids = tok(["The movie was great and the acting was wonderful. " * 30], truncation=True, max_length=256)
+    seqs = [ids["input_ids"][0]] * 8
+    if long_answers:  # every position scored: the lm objective's worst case
+        closure = lambda: -_score_encoded(model, tok, seqs, [1] * 8)[0].mean()  # noqa: E731
+    else:  # one position per example: a classification objective
+        closure = lambda: -_next_token_logprobs(model, tok, seqs)[:, 5].mean()  # noqa: E731
+    opt = build_optimizer("mezo", model, lr=1e-3, eps=1e-3)
+    mode = _LiveBytes([t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]])
+    with mode:
+        opt.step(closure)
+    plan = make_plan(str(tmp_path / "base"), dtype="fp32", batch=8, length=256, long_answers=long_answers)
+    rows = {r[0]: r[1] for r in plan.devices[0].rows}
+    assert rows["weights"] == sum(b.param.numel() * 4 for b in opt.blocks)
+    planned = plan.devices[0].total - rows["weights"] - RUNTIME_RESERVE
+    print(f"measured {mode.peak} B, planned {planned} B")
+    assert mode.peak <= planned <= 2.5 * mode.peak, (mode.peak, planned)

@@ -10,9 +10,10 @@ A ZO step holds inference memory plus one block's temporaries; no gradient, no o
     streamed       2 transformer blocks                    --offload: the block running and the next one,
                                                           prefetched
     perturbation   largest trainable tensor x (4 + b + 2)  theta_b + eps z_b: fp32 accumulator, the result in
-                   (x 4 in fp32)                           the weights' dtype, 16 stochastic-rounding bits
-    update         largest trainable tensor x (4 + 4 + 2)  fp32 accumulator and noise buffer, rounding bits;
-                   (x 4 in fp32)                           on the device where that tensor lives
+                   (x 4 in fp32)                           the weights' dtype, 16 stochastic-rounding bits;
+                   + a tied embedding's copy (x b)         kept for the head, which reuses it
+    update         largest trainable tensor x (4 + 2)      fp32 accumulator, rounding bits (fp32: in place);
+                                                           on the device where that tensor lives
     activations    one layer at a time, no backward        batch x length tokens, plus the logits
     runtime        fixed reserve                           CUDA context, allocator slack
 
@@ -103,10 +104,13 @@ def peft_tensors(model, config, peft: str) -> list[int]:
 
 
 def temporaries(largest: int, nbytes: int) -> tuple[int, int]:
-    """(perturbation, update) bytes of the engine for its largest trainable tensor (l2o/engine.py)."""
+    """(perturbation, update) bytes of the engine for its largest trainable tensor (l2o/engine.py), for a
+    direction of several seeds (GV, BSZO; MeZO's one seed needs less): the perturbed copy is accumulated in
+    float32 then rounded into the weights' dtype with 16 random bits per element; the update accumulates in
+    float32 and rounds back in place (fp32 weights: perturbed copy in fp32, update in place)."""
     if nbytes < 4:
-        return largest * (4 + nbytes + 2), largest * (4 + 4 + 2)
-    return largest * 4, largest * 4
+        return largest * (4 + nbytes + 2), largest * (4 + 2)
+    return largest * 4, 0
 
 
 def _virtual_tokens(peft: str) -> int:
@@ -115,12 +119,20 @@ def _virtual_tokens(peft: str) -> int:
     return {"prefix": PREFIX_TOKENS, "prompt": PROMPT_TOKENS}.get(peft, 0)
 
 
+def _tied_copy(s: Shape) -> int:
+    """A tied embedding/head is perturbed once per forward and its perturbed copy kept for the second module."""
+    if s.peft != "full" or not getattr(s.config, "tie_word_embeddings", False):
+        return 0
+    return s.config.vocab_size * (getattr(s.config, "word_embed_proj_dim", None) or s.config.hidden_size) * s.nbytes
+
+
 def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
     perturb, update = temporaries(largest, s.nbytes)
     tokens = s.length + _virtual_tokens(s.peft)
+    tied = _tied_copy(s)
     return [*weights,
-            ("perturbation/update", max(perturb, update), f"one tensor at a time: the largest trainable one, "
-             f"{largest / 1e6:.0f}M elements"),
+            ("perturbation/update", max(perturb, update) + tied, f"one tensor at a time: the largest trainable one, "
+             f"{largest / 1e6:.0f}M elements" + (", and the tied embedding's perturbed copy" if tied else "")),
             ("activations", forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager,
                                                      None if s.long_answers else s.batch),
              f"one layer at a time, batch {s.batch} x {tokens} tokens; logits, float32 "

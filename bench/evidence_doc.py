@@ -1,0 +1,100 @@
+"""docs/evidence.md from the evidence suite's outputs (bench/evidence.py writes it; nothing here runs anything)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+def _runs(out: Path) -> list[dict]:
+    rows = []
+    for p in sorted(out.glob("*/runs.jsonl")):
+        rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def _plot(out: Path, docs: Path, src: str, name: str) -> str:
+    from bench.evidence import copy_plot
+
+    got = copy_plot(out / src, docs, name)
+    return f"\n![{name}]({got})\n" if got else ""
+
+
+def _section(title: str, command: str, table: str | None, plot: str, missing: str) -> list[str]:
+    return [f"## {title}", "", f"`{command}`", "", table or f"*{missing}*", plot, ""]
+
+
+def cost_line(out: Path) -> str:
+    runs = _runs(out)
+    cpu = sum(r.get("cpu_s", 0.0) for r in runs)
+    untimed = sum(1 for r in runs if "cpu_s" not in r)
+    commits = sorted({r.get("commit") for r in runs if r.get("commit")})
+    return (f"{len(runs)} fine-tuning runs so far, {cpu / 3600:.2f} CPU-hours measured (one thread each"
+            + (f"; {untimed} early scan runs recorded wall time only" if untimed else "") + ")"
+            + (f"; the scan ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
+
+
+def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
+    panel_path = out / "learnability" / "panel.json"
+    panel = json.loads(panel_path.read_text()) if panel_path.exists() else None
+    lines = ["# Evidence: where zeroth-order fine-tuning learns on a CPU, and the seed papers' claims there", "",
+             "Written by `make evidence` (`python -m bench.evidence`); rerunning it continues the suite where it "
+             "stopped and rewrites this page. " + cost_line(out), "",
+             "## The claims", "",
+             "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | **{d}** | {e} |" for a, b, c, d, e in rows]
+    lines += ["", "Verdict rules: `bench/claims.py` (module doc). Intervals: paired differences, a bootstrap "
+              "over seeds within tasks (10 000 resamples); win-rates and shares, Wilson score intervals; ties "
+              "count half.", ""]
+    panel_txt = ("Panel: " + ", ".join(f"{t} (Δ {panel['delta'][t][0]:+.3f} ± {panel['delta'][t][1]:.3f})"
+                                       for t in panel["tasks"]) + "." if panel and panel["tasks"] else None)
+    lines += _section("1. The learnability scan and the evidence panel", "python -m bench.learnability",
+                      _read(out / "learnability" / "table.md"),
+                      _plot(out, docs, "learnability/learnability.png", "evidence_learnability.png"),
+                      "the scan has not finished yet")
+    if panel_txt:
+        lines += [panel_txt, ""]
+    for phase, title in (("prefix", "2. The ZO methods and the first-order baselines (prefix tuning)"),
+                         ("full", "3. The ZO Fine-tuner policy (full-parameter)"), ("bf16", "4. bf16 (prefix)"),
+                         ("metainit", "5. Bilevel-ZOFO meta-initialisation")):
+        lines += _section(title, f"python -m bench.evidence --phases {phase}", _read(out / phase / "table.md"),
+                          _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png"),
+                          "not run yet" if phase != "metainit" or args.meta_init else
+                          "no meta-initialisation given (--meta-init)")
+    lines += memory_section(out) + cuts_section(args)
+    return "\n".join(lines) + "\n"
+
+
+def memory_section(out: Path) -> list[str]:
+    path = out / "memory" / "memory.json"
+    head = ["## 6. Peak memory: first-order vs MeZO on the same batch", "", "`python bench/fo_memory.py`", ""]
+    if not path.exists():
+        return head + ["*not run yet*", ""]
+    mem = json.loads(path.read_text())
+    s = mem["settings"]
+    lines = head + [f"{s['base']}, {s['task']}, batch {s['batch_size']} x max length {s['max_length']}, {s['steps']} "
+                    "steps; each row its own process (peak RSS, the kernel's high-water mark).", "",
+                    "| process | PEFT | peak RSS (GB) | vs MeZO, same PEFT |", "|---|---|---|---|"]
+    for r in mem["rows"]:
+        ratio = "—" if r.get("vs_mezo") is None else f"{r['vs_mezo']:.2f}x"
+        lines.append(f"| {r['what']} | {r['peft'] or '—'} | {r['peak_rss_gb']:.3f} | {ratio} |")
+    return lines + [""]
+
+
+def cuts_section(args) -> list[str]:
+    return ["## What was cut, and why", "",
+            "- Tasks: the scan's rules (section 1) leave out tasks whose candidates are several tokens (one forward "
+            "per candidate), whose median prompt exceeds the max length (longer prompts cost proportionally more "
+            "and are cut from the left), or whose validation pool is under 200 examples; multiple-choice tasks "
+            "(PIQA, SIQA, ...) are not classification tasks of this kind.",
+            f"- The harness phases run on at most {args.max_tasks} panel tasks (the cheapest), {args.budget} forward "
+            "passes per ZO run; first-order baselines run a tenth of that in steps (each is a forward and a "
+            "backward); Bilevel-ZOFO tunes only its first-order lower lr, the rest at the paper's defaults.",
+            f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3).",
+            "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs; it has no networks for "
+            "prefix parameters, so that comparison runs full-parameter MeZO beside it.", ""]

@@ -1,0 +1,164 @@
+"""The harness's numbers and report: per method against MeZO over (task, seed) pairs (bench/harness.py runs them).
+
+`summarize` turns the final runs into a JSON-able summary: per method, the win-rates (Wilson 95%), paired
+differences (stratified bootstrap 95%), forwards to reach MeZO's final loss, and per task the cells of the
+table; for first-order methods k, the forward passes MeZO needs to reach their final loss over theirs.
+`write_report` writes `table.md`, `summary.json` and `loss_vs_forwards.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from bench.stats import forwards_to_reach, paired_bootstrap, pairs_to_separate, win_rate
+
+REFERENCE = "mezo"
+
+
+def _curve(rec: dict) -> list[tuple[int, float]]:
+    hist = json.loads(Path(rec["paths"]["history"]).read_text())
+    return [(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]]
+
+
+def _window(rec: dict) -> int:
+    """The final-train-loss window of a run: its last 10% of steps (fine_tune.run's definition)."""
+    return max(1, rec["steps"] // 10)
+
+
+def reach(method_rec: dict, ref_rec: dict) -> dict:
+    """Forward passes `method_rec` needs to reach `ref_rec`'s final train loss, and that over the reference's."""
+    f = forwards_to_reach(_curve(method_rec), ref_rec["final_train_loss"], _window(method_rec))
+    total = ref_rec["forward_passes"]
+    return {"forwards": f, "ratio": None if f is None else f / total}
+
+
+def k_factor(fo_rec: dict, ref_rec: dict) -> dict:
+    """k: forward passes the reference (MeZO) needs to reach the first-order run's final loss, over the FO run's
+    forward passes; a lower bound (reference budget / FO forwards) when MeZO never reaches it."""
+    f = forwards_to_reach(_curve(ref_rec), fo_rec["final_train_loss"], _window(ref_rec))
+    fo = max(1, fo_rec["forward_passes"])
+    return {"forwards": f, "k": None if f is None else f / fo, "k_at_least": ref_rec["forward_passes"] / fo}
+
+
+def _ms(values) -> dict:
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)} if values else {}
+
+
+def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first_order: bool) -> dict:
+    acc_pairs, loss_pairs, acc_d, loss_d, reaches, ks, per_task = [], [], {}, {}, [], [], {}
+    for t in tasks:
+        cells = [(final[(t, label, s)], final[(t, REFERENCE, s)]) for s in seeds[t]
+                 if (t, label, s) in final and (t, REFERENCE, s) in final]
+        acc_pairs += [(m["final"]["eval"], r["final"]["eval"]) for m, r in cells]
+        loss_pairs += [(m["final_train_loss"], r["final_train_loss"]) for m, r in cells]
+        acc_d[t] = [m["final"]["eval"] - r["final"]["eval"] for m, r in cells]
+        loss_d[t] = [m["final_train_loss"] - r["final_train_loss"] for m, r in cells]
+        rs = [reach(m, r) for m, r in cells] if not first_order else []
+        kk = [k_factor(m, r) for m, r in cells] if first_order else []
+        reaches += rs
+        ks += kk
+        mine = [final[(t, label, s)] for s in seeds[t] if (t, label, s) in final]
+        eff = [r["effective_step"] for r in mine if r.get("effective_step") is not None]
+        per_task[t] = {"lr": mine[0]["lr"] if mine else None, "steps": mine[0]["steps"] if mine else None,
+                       "eval": _ms([r["final"]["eval"] for r in mine]),
+                       "loss": _ms([r["final_train_loss"] for r in mine]),
+                       "effective_step": statistics.mean(eff) if eff else None,
+                       "d_eval": paired_bootstrap({t: acc_d[t]}) if label != REFERENCE else None,
+                       "d_loss": paired_bootstrap({t: loss_d[t]}) if label != REFERENCE else None,
+                       "reach": rs, "k": kk}
+    out = {"label": label, "first_order": first_order, "per_task": per_task}
+    if label != REFERENCE:
+        d_eval, d_loss = paired_bootstrap(acc_d), paired_bootstrap(loss_d)
+        for d in (d_eval, d_loss):
+            d["pairs_to_separate"] = pairs_to_separate(d["mean"], d["sd"]) if d["n"] else math.inf
+        out.update(win_eval=win_rate(acc_pairs, True), win_loss=win_rate(loss_pairs, False), d_eval=d_eval,
+                   d_loss=d_loss, reach=_reach_summary(reaches), k=_k_summary(ks))
+    return out
+
+
+def _reach_summary(reaches: list[dict]) -> dict:
+    got = sorted(r["ratio"] for r in reaches if r["ratio"] is not None)
+    return {"n": len(reaches), "reached": len(got), "median_ratio": statistics.median(got) if got else None,
+            "at_half": sum(1 for x in got if x <= 0.5)}
+
+
+def _k_summary(ks: list[dict]) -> dict:
+    got = sorted(k["k"] for k in ks if k["k"] is not None)
+    return {"n": len(ks), "reached": len(got), "median_k": statistics.median(got) if got else None,
+            "k_at_least": min((k["k_at_least"] for k in ks if k["k"] is None), default=None)}
+
+
+def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
+    methods = {m.label: method_summary(m.label, args.task_list, seeds, final, m.first_order) for m in args.methods}
+    for m in args.methods:
+        for t in args.task_list:
+            lr, runs = chosen[(t, m.label)]
+            methods[m.label]["per_task"][t]["dev_per_lr"] = {f"{r['lr']:.3g}": r["final"].get("dev") for r in runs}
+        methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
+    settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
+                                              "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}
+    return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods,
+            "zero_shot": {t: (z["zero_shot"]["eval"] if z else None) for t, z in zero.items()}}
+
+
+def _ci(d: dict | None, fmt: str = "{:+.3f}") -> str:
+    if not d or not d.get("n"):
+        return "—"
+    return f"{fmt.format(d['mean'])} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
+
+
+def _mean_sd(d: dict) -> str:
+    return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "—"
+
+
+def render_table(summary: dict) -> str:
+    s = summary["settings"]
+    lines = [f"base {s['base']}, {s['peft']}; lr chosen per task and method on {s['num_dev']} dev examples from "
+             f"{s['lr_grid']} x the method's centre (extended {s['extend']} step past an edge), {s['select_budget']} "
+             f"forward passes per selection run; final runs {s['budget']} forward passes (first-order: their "
+             f"steps), batch {s['batch_size']}, max length {s['max_length']}, {s['num_eval']} eval examples. "
+             "Δ = method − MeZO on the same (task, seed), mean [95% interval: bootstrap over seeds within tasks]; "
+             "win-rate: ties count half, [95% Wilson interval].", "",
+             "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "
+             "reaches MeZO's final loss (median forwards / MeZO's) | k (FO) |", "|" + "---|" * 8]
+    for label, m in summary["methods"].items():
+        if label == REFERENCE:
+            continue
+        we, wl, r, k = m["win_eval"], m["win_loss"], m["reach"], m["k"]
+        reach_txt = "—" if m["first_order"] else (f"{r['reached']}/{r['n']}" + (
+            f", median {r['median_ratio']:.2f}" if r["median_ratio"] is not None else ""))
+        k_txt = "—" if not m["first_order"] else (f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
+                                                  if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
+        lines.append(f"| {label} | {we['n']} | {we['rate']:.2f} [{we['lo']:.2f}, {we['hi']:.2f}] | {_ci(m['d_eval'])} | "
+                     f"{wl['rate']:.2f} [{wl['lo']:.2f}, {wl['hi']:.2f}] | {_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | "
+                     f"{k_txt} |")
+    lines += ["", "| task | zero-shot | method | dev per lr | lr | effective step | eval acc | Δ eval | train loss | "
+              "Δ loss |", "|" + "---|" * 10]
+    for t in summary["tasks"]:
+        z = summary["zero_shot"].get(t)
+        for label, m in summary["methods"].items():
+            c = m["per_task"][t]
+            dev = ", ".join(f"{k}: {v:.3f}" for k, v in c["dev_per_lr"].items() if v is not None)
+            eff = "—" if c["effective_step"] is None else f"{c['effective_step']:.3g}"
+            lines.append(f"| {t} | {'—' if z is None else f'{z:.3f}'} | {label} | {dev} | "
+                         f"{c['lr'] if c['lr'] is None else format(c['lr'], '.3g')} | {eff} | {_mean_sd(c['eval'])} | "
+                         f"{_ci(c['d_eval'])} | {_mean_sd(c['loss'])} | {_ci(c['d_loss'], '{:+.4f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(args, summary: dict, final: dict, out: Path) -> None:
+    import argparse
+
+    from bench.compare_optimizers import plot
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    table = render_table(summary)
+    (out / "table.md").write_text(table)
+    ns = argparse.Namespace(task_list=args.task_list, method_list=[m.label for m in args.methods], base=args.base,
+                            peft=args.peft, seed_list=sorted({s for v in summary["seeds"].values() for s in v}))
+    plot(final, out / "loss_vs_forwards.png", ns, {t: {"eval": z} for t, z in summary["zero_shot"].items()})
+    print(table, flush=True)

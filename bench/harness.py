@@ -1,0 +1,308 @@
+"""The evidence harness: every method against MeZO on the evidence panel, at a power that can separate them.
+
+    python -m bench.harness --panel runs/learnability/panel.json --out runs/harness            # the default suite
+    python -m bench.harness --panel runs/learnability/panel.json --method mezo \\
+        --method es:zo-finetuner:policy=runs/es/policy --method pes:zo-finetuner:policy=runs/pes/policy \\
+        --out runs/es-vs-pes                                                                   # learned policies
+    python -m bench.harness --smoke --base <tiny folder>                                      # seconds (tests)
+
+From Python: `bench.harness.compare(["mezo", "es:zo-finetuner:policy=<folder>"], panel="panel.json",
+out="runs/x")` returns the summary dict (also `<out>/summary.json`).
+
+A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
+zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
+centre of its lr grid; default: `CENTRE`), `eps`, `steps` (first-order methods: steps per run, default
+--budget // 10), `match` (`match=mezo`: no lr search; the lr that gives MeZO's chosen lr x effective step,
+measured on one run), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...).
+
+Protocol, per task (the panel's tasks, or --tasks) and method:
+1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
+   on the dev metric (train loss breaks ties), the grid extended past an edge the best lr sits at
+   (bench/compare_optimizers.py's `select_runs`).
+2. Seeds: `--seeds` runs at the chosen lr, `--budget` forward passes (steps = budget // forwards per step), the
+   same data sample and, for a given seed, the same batches for every method. `--seeds auto`: 5 seeds where a
+   MeZO run of the task costs under 10 CPU-minutes (measured on its selection runs), else 3.
+3. Report (against the reference method, MeZO, over (task, seed) pairs): win-rate on final train loss and on
+   eval accuracy with its 95% Wilson interval (ties count half); paired differences with 95% intervals from a
+   bootstrap that resamples seeds within tasks; forward passes to reach MeZO's final train loss (the mean of its
+   last 10% of steps), for each pair, over the method's moving mean on the same window. First-order methods
+   run `steps` backprop steps; the report gives k = the forward passes MeZO needs to reach their final loss,
+   over theirs.
+
+A run is identified by its full fine_tune configuration: records in `<out>/runs.jsonl` (and in `--reuse` files,
+e.g. the learnability scan's) whose configuration matches are never rerun, so an interrupted suite resumes and
+a selection run at the final budget doubles as that seed's final run. Writes `<out>/table.md`,
+`<out>/summary.json` and `<out>/loss_vs_forwards.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# centre of each optimizer's lr grid (prefix tuning of SmolLM2; MeZO's prefix settings scaled to the model)
+CENTRE = {"mezo": 1e-2, "mezo-gv": 1e-2, "mezo-greedy": 1e-2, "bszo": 1e-2, "bszo-b": 1e-2, "zo-finetuner": 1e-2,
+          "zo-finetuner+gv": 1e-2, "zo-finetuner+greedy": 1e-2, "zo-finetuner+bszo": 1e-2,
+          "fo-sgd": 1e-2, "fo-adamw": 1e-3, "bilevel-zofo": 1e-2}
+EPS = 1e-1  # MeZO's prefix eps
+REFERENCE = "mezo"
+CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
+RUN_KEYS = ("policy", "init", "peft", "dtype")  # method keys that are FineTuneConfig fields beside the optimizer's
+
+
+@dataclass
+class Method:
+    label: str
+    optimizer: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def first_order(self) -> bool:
+        return self.optimizer.startswith("fo-")
+
+    @property
+    def lr_field(self) -> str:
+        return "lower_lr" if self.optimizer == "bilevel-zofo" else "lr"
+
+
+def parse_method(spec: str) -> Method:
+    """`optimizer` or `label:optimizer[:key=value...]` (values parsed as numbers where they are)."""
+    parts = spec.split(":")
+    if len(parts) == 1:
+        return Method(parts[0], parts[0])
+    options = {}
+    for item in parts[2:]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--method {spec}: '{item}' is not key=value")
+        try:
+            options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            options[key] = value
+    return Method(parts[0], parts[1], options)
+
+
+def default_methods() -> list[str]:
+    return ["mezo", "mezo-gv", "mezo-greedy", "bszo", "fo-sgd", "fo-adamw"]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--panel", default=None, help="panel.json of bench.learnability (tasks and settings)")
+    ap.add_argument("--tasks", default=None, help="comma-separated tasks (instead of / narrowing the panel's)")
+    ap.add_argument("--method", action="append", default=None, help="a method spec (repeat); see the module doc")
+    ap.add_argument("--policy", default=None, help="default policy of zo-finetuner* methods (zoo id or folder)")
+    ap.add_argument("--seeds", default="auto", help="comma-separated seeds, or auto (5 or 3, see the doc)")
+    ap.add_argument("--budget", type=int, default=500, help="forward passes per final ZO run")
+    ap.add_argument("--select-budget", type=int, default=None, help="forward passes per lr-selection run")
+    ap.add_argument("--select-seed", type=int, default=0)
+    ap.add_argument("--lr-grid", default="0.3,1,3")
+    ap.add_argument("--extend", type=int, default=1)
+    ap.add_argument("--peft", default="prefix")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--num-train", type=int, default=1000)
+    ap.add_argument("--num-dev", type=int, default=200)
+    ap.add_argument("--num-eval", type=int, default=500)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--reuse", action="append", default=[], help="another runs.jsonl whose matching runs count")
+    ap.add_argument("--order", choices=("seeds", "tasks"), default="seeds", help="seeds: seed i everywhere before "
+                    "seed i + 1; tasks: one task at a time")
+    ap.add_argument("--out", default="runs/harness")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (with a tiny --base): seconds")
+    args = ap.parse_args(argv)
+    if args.panel:
+        panel = json.loads(Path(args.panel).read_text())
+        for k, v in panel["settings"].items():  # the scan's data settings, so its runs are reusable
+            if k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval", "data_seed"):
+                setattr(args, k, v)
+        args.reuse.append(panel["runs"])
+        args.tasks = args.tasks or ",".join(panel["tasks"])
+    if args.smoke:
+        args.batch_size, args.budget, args.num_train, args.num_dev, args.num_eval = 2, 8, 16, 8, 12
+        args.max_length, args.tasks = 32, args.tasks or "sports_understanding,strategyqa"
+        args.seeds = "0,1" if args.seeds == "auto" else args.seeds
+    if not args.tasks:
+        ap.error("name the tasks: --panel panel.json (bench.learnability) or --tasks a,b")
+    args.select_budget = args.select_budget or args.budget
+    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
+    args.task_list = args.tasks.split(",")
+    args.methods = [parse_method(m) for m in (args.method or default_methods())]
+    if REFERENCE not in [m.label for m in args.methods]:
+        args.methods.insert(0, Method(REFERENCE, REFERENCE))
+    return args
+
+
+# ------------------------------------------------------------------------------------ runs
+def config_key(cfg: dict) -> str:
+    """What identifies a run: its configuration's fields that differ from FineTuneConfig's defaults (so a field
+    added later with a default does not orphan older records), but the output folder and zero-shot scoring."""
+    from fine_tune.config import FineTuneConfig
+
+    default = FineTuneConfig().to_dict()
+    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in CONFIG_ONLY and default.get(k, object()) != v},
+                      sort_keys=True, default=str)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class Runner:
+    """Runs a fine_tune configuration once: records here or in --reuse files with the same `config_key` count."""
+
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
+        self.done = {config_key(r["config"]): r for p in [*map(Path, args.reuse), self.log_path] for r in _read(p)}
+
+    def zero_shot(self, task: str) -> dict | None:
+        """A record of `task` scored zero-shot on this eval sample (any run with the same data settings)."""
+        a = self.args
+        for r in self.done.values():
+            c = r["config"]
+            if (r["task"] == task and r.get("zero_shot") and r.get("per_example", {}).get("zero_shot")
+                    and (c["base"], c["num_eval"], c["data_seed"], c["max_length"], c.get("eval_seed")) ==
+                    (a.base, a.num_eval, a.data_seed, a.max_length, None)):
+                return r
+        return None
+
+    def __call__(self, cfg, label: str) -> dict:
+        from fine_tune.run import run
+
+        key = config_key(cfg.to_dict())
+        if key in self.done:
+            return self.done[key]
+        cfg.zero_shot = self.zero_shot(cfg.task) is None
+        shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {cfg.lr if cfg.lr is not None else cfg.lower_lr:.3g} "
+              f"seed {cfg.seed}: {cfg.steps} steps", flush=True)
+        c0 = time.process_time()
+        res = run(cfg, log=lambda m: None)
+        res.update(cpu_s=time.process_time() - c0, label=label, lr=cfg.lr if cfg.lr is not None else cfg.lower_lr)
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(res) + "\n")
+        self.done[key] = res
+        print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "
+              f"train loss {res['final_train_loss']:.4f}, {res['cpu_s']:.0f} CPU-s", flush=True)
+        return res
+
+
+def steps_for(method: Method, budget: int) -> int:
+    """Steps that spend `budget` forward passes (first-order methods: the `steps` option, else budget // 10)."""
+    from l2o.optim import forwards_per_step
+    from l2o.optim.bilevel_zofo import DEFAULTS
+
+    o = method.options
+    if method.first_order:
+        return int(o.get("steps", max(1, budget // 10)))
+    if method.optimizer == "bilevel-zofo":  # a lower step each step, an upper step (3 + 3q forwards) every t_low
+        t_low, q = o.get("t_low", DEFAULTS["t_low"]), o.get("num_directions", DEFAULTS["num_directions"])
+        return max(1, int(budget / (1 + (3 + 3 * q) / t_low)))
+    flags = {k: v for k, v in o.items() if k in ("pool_size", "k", "m", "num_directions", "one_sided")}
+    return max(1, budget // forwards_per_step(method.optimizer, **flags))
+
+
+def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int):
+    from fine_tune.config import OPTIMIZER_FLAGS, FineTuneConfig
+
+    o = method.options
+    flags = {k: v for k, v in o.items()  # `lr` is the grid's centre, not a flag
+             if k != "lr" and (k in OPTIMIZER_FLAGS or k in ("t_low", "lam", "upper_lr", "theta_lr"))}
+    if not method.first_order:
+        flags.setdefault("eps", EPS)
+    flags[method.lr_field] = lr
+    policy = o.get("policy", args.policy) if method.optimizer.startswith("zo-finetuner") else None
+    name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}"
+    return FineTuneConfig(base=args.base, task=task, optimizer=method.optimizer, policy=policy, init=o.get("init"),
+                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "fp32"), steps=steps_for(method, budget),
+                          batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
+                          num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,
+                          max_length=args.max_length, out=str(Path(args.out) / name), save_model=False, **flags)
+
+
+# ------------------------------------------------------------------------------------ the protocol
+def select(args, runner: Runner, method: Method, task: str, chosen: dict) -> tuple[float, list[dict]]:
+    """(the method's lr on `task`, the runs that chose it)."""
+    from bench.compare_optimizers import choose_lr, select_runs
+
+    def run(lr):
+        return runner(make_config(args, method, task, lr, args.select_seed, args.select_budget), method.label)
+
+    if method.options.get("match"):
+        ref_lr, ref_runs = chosen[(task, method.options["match"])]
+        probe = run(ref_lr)  # its effective step E||d||^2/D at any lr (a property of the direction, not of lr)
+        ref_eff = statistics.mean(r["effective_step"] or 1.0 for r in ref_runs if r["lr"] == ref_lr)
+        lr = float(f"{ref_lr * ref_eff / (probe['effective_step'] or 1.0):.4g}")
+        return lr, [probe]
+    centre = method.options.get("lr", CENTRE.get(method.optimizer, 1e-2))
+    runs = select_runs(run, [centre * g for g in args.grid], args.extend)
+    return choose_lr(runs), runs
+
+
+def seeds_for(args, runner: Runner, task: str, chosen: dict) -> list[int]:
+    """--seeds, or auto: 5 where the reference's selection runs on `task` cost under 10 CPU-minutes, else 3."""
+    if args.seeds != "auto":
+        return [int(s) for s in args.seeds.split(",")]
+    runs = chosen[(task, REFERENCE)][1]
+    cost = statistics.median(r.get("cpu_s", r["fit_time_s"]) for r in runs) * args.budget / args.select_budget
+    return list(range(5 if cost < 600 else 3))
+
+
+def compare(methods: list[str] | None = None, argv: list[str] | None = None, **options) -> dict:
+    """Run the protocol for `methods` (specs) with the harness's flags (`argv`, or keyword options such as
+    panel="panel.json", out="runs/x", seeds="0,1,2"); returns the summary (also written to <out>/summary.json)."""
+    argv = list(argv or [])
+    for m in methods or []:
+        argv += ["--method", m]
+    for k, v in options.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return run_suite(parse_args(argv))
+
+
+def run_suite(args) -> dict:
+    """Selection, then the seeds; `--order seeds` runs seed i of every task and method before seed i + 1 (a partial
+    suite covers every cell), `--order tasks` finishes one task (cheapest first as given) before the next."""
+    runner, chosen, seeds, final = Runner(args), {}, {}, {}
+    blocks = [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]
+    for tasks in blocks:
+        for task in tasks:
+            for m in sorted(args.methods, key=lambda m: bool(m.options.get("match"))):  # references first
+                chosen[(task, m.label)] = select(args, runner, m, task, chosen)
+            seeds[task] = seeds_for(args, runner, task, chosen)
+        for i in range(max(len(seeds[t]) for t in tasks)):
+            for task in [t for t in tasks if i < len(seeds[t])]:
+                for m in args.methods:
+                    cfg = make_config(args, m, task, chosen[(task, m.label)][0], seeds[task][i], args.budget)
+                    final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
+    from bench.evidence_report import summarize, write_report
+
+    summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot(t) for t in args.task_list})
+    write_report(args, summary, final, runner.out)
+    return summary
+
+
+def main(argv=None) -> int:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from l2o.integrations.lightning.progress import quiet_libraries
+
+    quiet_libraries()
+    run_suite(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

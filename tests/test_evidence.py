@@ -1,0 +1,89 @@
+"""`make evidence` (bench/evidence.py, bench/claims.py, bench/evidence_doc.py): the verdict rules on synthetic
+summaries, and the whole suite at toy sizes on a tiny model: every phase, the claims table, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import claims
+
+
+def _d(mean, lo, hi, n=10, sd=0.05):
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n, "sd": sd, "pairs_to_separate": (1.96 * sd / mean) ** 2
+            if mean else float("inf")}
+
+
+def _m(d_eval, d_loss, wins=5, n=10):
+    return {"d_eval": d_eval, "d_loss": d_loss, "win_eval": {"rate": wins / n, "lo": 0.2, "hi": 0.8, "n": n}}
+
+
+@pytest.mark.parametrize("d_eval,d_loss,verdict", [
+    (_d(0.03, 0.01, 0.05), _d(0.0, -0.01, 0.01), claims.HOLDS),           # accuracy up, loss unchanged
+    (_d(0.0, -0.01, 0.01), _d(-0.02, -0.03, -0.01), claims.HOLDS),        # loss down
+    (_d(-0.03, -0.05, -0.01), _d(0.0, -0.01, 0.01), claims.FAILS),        # accuracy down
+    (_d(0.01, -0.01, 0.03), _d(0.01, -0.01, 0.02), claims.INCONCLUSIVE),  # both intervals hold 0
+    (_d(0.03, 0.01, 0.05), _d(0.02, 0.01, 0.03), claims.INCONCLUSIVE),    # better accuracy but worse loss
+])
+def test_better_than_mezo_verdicts(d_eval, d_loss, verdict):
+    v, measured, separate = claims.better_verdict(_m(d_eval, d_loss))
+    assert v == verdict and "Δ eval acc" in measured
+    assert ("pairs to separate" in separate) == (verdict == claims.INCONCLUSIVE and d_eval["mean"] != 0)
+    assert claims.better_verdict(None)[0] == claims.NOT_RUN
+
+
+@pytest.mark.parametrize("wins,n,d_lo,verdict", [(19, 20, 0.01, claims.HOLDS), (9, 20, 0.01, claims.FAILS),
+                                                 (7, 9, 0.01, claims.INCONCLUSIVE), (19, 20, -0.01, claims.INCONCLUSIVE)])
+def test_policy_verdicts(wins, n, d_lo, verdict):
+    from bench.stats import win_rate
+
+    w = win_rate([(0.1, 0.2)] * wins + [(0.3, 0.2)] * (n - wins), higher_is_better=False)
+    assert claims.policy_verdict({"win_loss": w, "d_eval": _d(0.02, d_lo, 0.05)})[0] == verdict
+
+
+def test_share_verdicts():
+    assert claims.share_verdict(18, 20, "x")[0] == claims.HOLDS
+    assert claims.share_verdict(2, 20, "x")[0] == claims.FAILS
+    assert claims.share_verdict(5, 9, "x")[0] == claims.INCONCLUSIVE
+    assert claims.share_verdict(0, 0, "x")[0] == claims.NOT_RUN
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from tests.helpers import save_tiny_smollm_base
+
+    return save_tiny_smollm_base(tmp_path_factory.mktemp("base"))
+
+
+def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_base, tmp_path):
+    from bench import evidence
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    argv = ["--smoke", "--base", tiny_base, "--out", str(out), "--docs", str(docs)]
+    assert evidence.main(argv) == 0
+    doc = (docs / "evidence.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and "**" in line]
+    assert len(rows) == 7                                # the six claims (GV and Greedy a row each), each with a verdict
+    verdicts = [line.split("**")[1] for line in rows]
+    assert set(verdicts) <= {claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE, claims.NOT_RUN}
+    assert verdicts[-1] == claims.NOT_RUN                                # no --meta-init given
+    assert verdicts[0] != claims.NOT_RUN and "matched step: Δ eval acc" in rows[1]  # FO and GV-matched measured
+    assert "## 1. The learnability scan" in doc and "| strategyqa |" in doc and "peak RSS" in doc
+    assert (docs / "evidence_learnability.png").exists() and (docs / "evidence_prefix.png").exists()
+    counts = {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")}
+    assert set(counts) >= {"learnability", "prefix", "full", "bf16"}
+    bf16 = [json.loads(line) for line in (out / "bf16" / "runs.jsonl").read_text().splitlines()]
+    assert {r["config"]["dtype"] for r in bf16} == {"bf16"}
+    # the harness: MeZO's lr chosen on dev, GV at MeZO's lr x effective step, a first-order run of budget // 10 steps
+    summary = json.loads((out / "prefix" / "summary.json").read_text())
+    prefix = [json.loads(line) for line in (out / "prefix" / "runs.jsonl").read_text().splitlines()]
+    mezo_lr = summary["methods"]["mezo"]["per_task"]["strategyqa"]["lr"]
+    assert mezo_lr in (1e-2, 3e-2) and ("mezo", 1, mezo_lr) in {(r["label"], r["config"]["seed"], r["lr"]) for r in prefix}
+    gv = summary["methods"]["gv-matched"]["per_task"]["strategyqa"]
+    assert gv["effective_step"] > 1.5 and gv["lr"] == pytest.approx(mezo_lr / gv["effective_step"], rel=1e-3)
+    assert summary["methods"]["fo-adamw"]["per_task"]["strategyqa"]["steps"] == 1  # budget 8 // 10 -> 1 step
+    assert summary["methods"]["gv-matched"]["win_eval"]["n"] == 2 and summary["methods"]["fo-adamw"]["k"]["n"] == 2
+    assert sum(1 for r in prefix if r["config"].get("zero_shot")) <= 1   # zero-shot once per task (or from the scan)
+    assert evidence.main(argv + ["--phases", "scan,prefix,full,bf16"]) == 0  # resumed: no run repeats
+    assert {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")} == counts

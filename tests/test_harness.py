@@ -1,0 +1,78 @@
+"""The evidence harness (bench/harness.py, bench/evidence_report.py, bench/stats.py): its statistics against
+independent computations, forwards-to-target on known curves, method specs. The whole path on a tiny model (lr
+selection, matched step, a first-order baseline, seeds, report, resume) runs in tests/test_evidence.py."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import evidence_report as rep
+from bench import harness as hn
+from bench import stats
+
+
+@pytest.mark.parametrize("k,n", [(8, 10), (0, 7), (7, 7), (3.5, 12), (50, 100)])
+def test_wilson_endpoints_solve_the_score_equation(k, n):
+    lo, hi = stats.wilson(k, n)
+    p_hat, z = k / n, stats.Z95
+    for p in (lo, hi):  # the Wilson interval is {p : (p_hat - p)^2 <= z^2 p (1 - p) / n}; its ends are the roots
+        assert (p_hat - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, abs=1e-12)
+    assert lo <= p_hat <= hi
+
+
+def test_win_rate_counts_ties_half_and_knows_which_way_is_better():
+    pairs = [(0.6, 0.5), (0.5, 0.5), (0.4, 0.5), (0.7, 0.5)]
+    acc = stats.win_rate(pairs, higher_is_better=True)
+    assert (acc["wins"], acc["ties"], acc["losses"], acc["rate"]) == (2, 1, 1, 2.5 / 4)
+    loss = stats.win_rate(pairs, higher_is_better=False)
+    assert (loss["wins"], loss["losses"], loss["rate"]) == (1, 2, 1.5 / 4)
+
+
+def test_stratified_bootstrap_resamples_seeds_within_tasks():
+    out = stats.paired_bootstrap({"a": [1.0, 1.0, 1.0], "b": [0.0, 0.0]})
+    assert out["mean"] == out["lo"] == out["hi"] == pytest.approx(0.6)  # no within-task spread: no interval
+    out = stats.paired_bootstrap({"a": [0.1, -0.1, 0.3, 0.0, 0.2]})
+    assert out["mean"] == pytest.approx(0.1) and out["lo"] < 0.1 < out["hi"]
+    assert out["lo"] > 0.1 - 2.5 * out["sd"] / math.sqrt(5) and out["hi"] < 0.1 + 2.5 * out["sd"] / math.sqrt(5)
+
+
+def test_pairs_to_separate():
+    assert stats.pairs_to_separate(0.02, 0.05) == pytest.approx((1.96 * 2.5) ** 2, rel=1e-3)
+    assert stats.pairs_to_separate(0.0, 0.05) == math.inf
+
+
+def test_forwards_to_reach_waits_for_a_full_window():
+    curve = [(2 * (i + 1), loss) for i, loss in enumerate([0.5, 0.9, 0.9, 0.6, 0.5, 0.4, 0.3])]
+    assert stats.forwards_to_reach(curve, 0.5, window=1) == 2       # the first step already is at 0.5
+    assert stats.forwards_to_reach(curve, 0.5, window=2) == 12      # means 0.7 .9 .75 .55 .45: at the 6th step
+    assert stats.forwards_to_reach(curve, 0.2, window=2) is None
+
+
+def _rec(tmp_path, name, losses, forwards_per_step=2):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps([{"forwards": forwards_per_step * (i + 1), "loss": v} for i, v in enumerate(losses)]))
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"paths": {"history": str(path)}, "steps": len(losses), "forward_passes": forwards_per_step * len(losses),
+            "final_train_loss": sum(tail) / len(tail)}
+
+
+def test_reach_and_k_on_known_curves(tmp_path):
+    mezo = _rec(tmp_path, "mezo", [1.0 - 0.01 * i for i in range(50)])            # final loss 0.53 (last 5 steps)
+    fast = _rec(tmp_path, "fast", [1.0 - 0.03 * i for i in range(50)])
+    r = rep.reach(fast, mezo)                     # 5-step mean <= 0.53 first at step index 18 (0.52)
+    assert r["forwards"] == 2 * 19 and r["ratio"] == pytest.approx(38 / 100)
+    fo = _rec(tmp_path, "fo", [0.6, 0.55, 0.5, 0.45, 0.45], forwards_per_step=1)   # final loss 0.45
+    k = rep.k_factor(fo, mezo)
+    assert k["forwards"] is None and k["k"] is None and k["k_at_least"] == 100 / 5  # MeZO never gets to 0.45
+    fo2 = _rec(tmp_path, "fo2", [0.8, 0.7, 0.6, 0.6, 0.605], forwards_per_step=1)  # final loss 0.605
+    assert rep.k_factor(fo2, mezo)["k"] == pytest.approx(2 * 43 / 5)  # MeZO's 5-step mean: 0.60 at index 42
+
+
+def test_method_specs():
+    m = hn.parse_method("es:zo-finetuner:policy=runs/es/policy:pool_size=8:lr=3e-3")
+    assert (m.label, m.optimizer, m.options) == ("es", "zo-finetuner", {"policy": "runs/es/policy", "pool_size": 8,
+                                                                          "lr": 3e-3})
+    assert hn.parse_method("mezo") == hn.Method("mezo", "mezo") and hn.parse_method("x:fo-sgd").first_order

@@ -200,18 +200,15 @@ class Runner:
 
 
 def steps_for(method: Method, budget: int) -> int:
-    """Steps that spend `budget` forward passes (first-order methods: the `steps` option, else budget // 10)."""
-    from l2o.optim import forwards_per_step
-    from l2o.optim.bilevel_zofo import DEFAULTS
+    """Steps that spend `budget` forward passes (first-order methods: the `steps` option, else budget // 10), from
+    the method's own forwards per step (a mean for Bilevel-ZOFO, whose upper step comes every t_low steps)."""
+    from l2o.optim import forwards_per_step, optimizer_defaults
 
     o = method.options
     if method.first_order:
         return int(o.get("steps", max(1, budget // 10)))
-    if method.optimizer == "bilevel-zofo":  # a lower step each step, an upper step (3 + 3q forwards) every t_low
-        t_low, q = o.get("t_low", DEFAULTS["t_low"]), o.get("num_directions", DEFAULTS["num_directions"])
-        return max(1, int(budget / (1 + (3 + 3 * q) / t_low)))
-    flags = {k: v for k, v in o.items() if k in ("pool_size", "k", "m", "num_directions", "one_sided")}
-    return max(1, budget // forwards_per_step(method.optimizer, **flags))
+    hp = optimizer_defaults(method.optimizer)
+    return max(1, int(budget / forwards_per_step(method.optimizer, **{k: v for k, v in o.items() if k in hp})))
 
 
 def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int):

@@ -131,12 +131,12 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     from l2o.ledger import encode_scales
-    from l2o.optim import optimizer_names
+    from l2o.optim import REGISTRY, optimizer_names
 
     rows = []
     for name in optimizer_names():
-        if name == "bilevel-zofo" or (args.optimizers and name not in args.optimizers):
-            continue  # Bilevel-ZOFO's adapter steps are first-order: it keeps no seed ledger
+        if not REGISTRY[name].replayable or (args.optimizers and name not in args.optimizers):
+            continue  # a method whose ledger cannot rebuild its weights (Bilevel-ZOFO's first-order adapter)
         row = run_optimizer(name, args, snapshot=name in args.replay)
         if name in args.replay:
             row.update(time_replay(args, row))

@@ -7,9 +7,9 @@ intervals work), the HF model in eval mode throughout, and the batches of step t
 level and penalty) and D_f (upper objective).
 
 Checkpoints hold the installed upper adapter (p) as the module's state_dict, and in the optimizer
-state every copy (p and w), both Adam states, the counters and the log of backbone updates (seeds and
-coefficients, a few numbers per upper step): resuming replays that log onto the freshly loaded base,
-which gives the backbone bit-identically, without ever storing a backbone-sized tensor.
+state every copy (p and w), both Adam states, the counters and the seed ledger of the backbone's updates
+(a line per upper step): resuming replays that ledger onto the freshly loaded base, which gives the backbone
+bit-identically, without ever storing a backbone-sized tensor.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class BilevelFineTuneModule(FineTuneModuleBase):
     batch_size, eval_batch_size, steps, fingerprint (of the base; checked on resume)."""
 
     checkpoint_method = "bilevel-zofo"
-    selects_best_on_dev = False  # the backbone lives in the update log, not in a reloadable checkpoint
+    selects_best_on_dev = False  # the backbone lives in the seed ledger, not in a reloadable checkpoint
 
     def __init__(self, model, tokenizer, objective, splits, bilevel_kwargs: dict | None = None, seed: int = 0,
                  data_seed: int = 0, batch_size: int = 16, eval_batch_size: int = 16, steps: int = 1000,
@@ -89,7 +89,7 @@ class BilevelFineTuneModule(FineTuneModuleBase):
 
     def export(self, path: Path, tokenizer=None, base: dict | None = None) -> Path:
         """The fine-tuned model: the adapter (`save_pretrained`), the backbone's change from the base
-        (`backbone_delta.safetensors`, float32, regenerated from the update log) and `base.json`."""
+        (`backbone_delta.safetensors`, float32, regenerated from the seed ledger) and `base.json`."""
         from safetensors.torch import save_file
 
         path = super().export(path, tokenizer, base)

@@ -239,7 +239,7 @@ def _record_start(cfg: FineTuneConfig, out: Path, tb, rank: int, metric: str, ze
 
 def _best_on_dev_callback(cfg: FineTuneConfig, module, out: Path):
     """MeZO's best-on-dev selection, for runs with dev data, evaluations, and a module whose checkpoints
-    hold its whole trained state (not Bilevel-ZOFO's, whose backbone lives in the update log)."""
+    hold its whole trained state (not Bilevel-ZOFO's, whose backbone lives in the seed ledger)."""
     if not (cfg.eval_every and module.splits.dev and module.selects_best_on_dev):
         return None
     from lightning.pytorch.callbacks import ModelCheckpoint

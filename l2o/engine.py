@@ -428,6 +428,18 @@ class Engine:
             stochastic_round_(p, acc, round_seed, overwrite_src=True, path=self.noise.path)
         self.counters.sweeps += 1
 
+    @torch.no_grad()
+    def first_order_update(self, blocks: Sequence[Block], grads, rule, step: float, params: dict,
+                           rounding_seed: int = 0) -> None:
+        """theta_b <- theta_b - step * rule(b, g_b, params) for tensors that are not the engine's ZO blocks but
+        are trained by backprop (Bilevel-ZOFO's adapter copies, with the `adam` rule): the same rules and the
+        same write-back as the ZO updates, so every weight write stays here. A None gradient leaves its
+        tensor (and the rule's state for it) as they are."""
+        for b, g in zip(blocks, grads):
+            if g is not None:
+                x = rule.transform(b, g.detach().to(torch.float32, copy=True), params)
+                self._apply(b, x, step, 0.0, mix(rounding_seed, b.index))
+
     def _apply(self, b: Block, x: torch.Tensor, step: float, wd: float, rounding_seed: int) -> None:
         """theta_b <- (1 - wd) theta_b - step * x (x float32, consumed): a multiply, then an add (the same bits on
         every device); in place in full precision, stochastic rounding of the float32 result in bf16/fp16."""

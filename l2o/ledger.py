@@ -362,6 +362,25 @@ def check_header(ledger: Ledger, engine) -> None:
                           "mismatch); load the exact base (and initialisation) the run started from")
 
 
+def ledger_delta(engine, ledger: Ledger) -> dict:
+    """theta - theta_base per block the ledger moves (float32, CPU, by block name): the sum over its lines of
+    -c * s_b * sum_j w_j z_j, regenerated from the seeds (no copy of the base is kept). Equal to the stored
+    change up to float rounding (stochastic rounding in bf16/fp16) and decay; refused for a ledger whose
+    steps went through a stateful rule (momentum, Adam: the change is not a sum of its lines' directions)."""
+    if ledger.header.get("rule") is not None or engine.rule is not None:
+        raise LedgerError("the change a stateful rule's ledger made is not a sum of its lines; replay it instead")
+    out = {}
+    for b in engine.blocks:
+        acc = None
+        for d, step, _decay, _rounding, _params in ledger.updates():
+            if step:
+                t = engine.direction_tensor(d, b).mul_(-step)
+                acc = t if acc is None else acc.add_(t)
+        if acc is not None and bool(acc.any()):
+            out[b.name] = acc.cpu()
+    return out
+
+
 def replay(model, ledger: Ledger, progress=None, every_s: float = 10.0) -> int:
     """Apply every update of `ledger` to `model` through the engine (update sweeps only, no forwards).
 

@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from l2o.adapters import backbone_params
 from l2o.engine import Engine
 from l2o.errors import UserError
 from l2o.noise import mix
-from l2o.optim.bilevel_zofo import BilevelZOFO, backbone_params
+from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.streams import Stream
 
 KIND = "bilevel-meta-init"
@@ -77,5 +78,5 @@ def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluat
             losses.append(float(loss.detach()))
         adapted = objective.evaluate(model, tokenizer, list(evaluate_on), eval_batch_size)[metric]
     finally:
-        opt.install(*(opt._installed or ("p", 0)))
+        opt.adapters.install(opt.adapters.installed)
     return {"metric": metric, "zero_shot": zero, "adapted": adapted, "losses": losses}

@@ -122,10 +122,8 @@ class BilevelMetaInit(L.LightningModule):
         self.save_hyperparameters()
         if peft not in ("lora", "prefix", "prompt"):
             raise ConfigError(f"bilevel-zofo needs --model.peft lora, prefix or prompt, not {peft!r}")
-        from l2o.optim.bilevel_zofo import check_hyperparameters
-
-        check_hyperparameters(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
-                              one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip)
+        BilevelZOFO.resolve(dict(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
+                                 one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip))
         self.automatic_optimization = False
         self.strict_loading = False
         self.model = None
@@ -188,7 +186,7 @@ class BilevelMetaInit(L.LightningModule):
         return out
 
     def on_fit_start(self):
-        if not self.baseline and self.method.log == [] and self._data().heldout_tasks:
+        if not self.baseline and self.method.ledger.num_updates == 0 and self._data().heldout_tasks:
             self.baseline = {k: {"zero_shot": v["zero_shot"], "adapted": v["adapted"]}
                              for k, v in self.adapt_all().items()}
             for name, v in self.baseline.items():

@@ -244,7 +244,7 @@ def test_bilevel_zofo_runs_through_the_fine_tune_cli(tiny_base, tmp_path):
     # 4 lower steps (1 forward + 1 backward each); 2 upper steps (3 + 3 forwards, 2 backwards each)
     assert results["steps"] == 4 and results["upper_steps"] == 2
     assert results["forward_passes"] == 4 + 2 * 6 and results["backward_passes"] == 4 + 2 * 2
-    # both levels moved: the backbone by the ZO steps (delta from the update log), the adapter by Adam
+    # both levels moved: the backbone by the ZO steps (delta from the seed ledger), the adapter by Adam
     from safetensors.torch import load_file
 
     delta = load_file(out / "model" / "backbone_delta.safetensors")

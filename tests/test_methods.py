@@ -258,9 +258,7 @@ def resume_cases():
     which the ledger rebuilds, for the methods with a stateful rule."""
     cases = []
     for n in NAMES:
-        mark = pytest.mark.xfail(strict=True, reason="Bilevel-ZOFO's load_state_dict replays its backbone log onto "
-                                                     "weights that already hold it") if n == "bilevel-zofo" else ()
-        cases.append(pytest.param(n, False, marks=mark))
+        cases.append(pytest.param(n, False))
         if not REGISTRY[n].splits and probe(n).engine.rule is not None:
             cases.append(pytest.param(n, True))
     return cases

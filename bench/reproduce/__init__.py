@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from l2o import catalog
 from l2o.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -111,8 +112,8 @@ def smoke_options(cfg: dict) -> dict:
         cfg["source"] = None
     if cfg.get("policy"):
         cfg["policy"] = SMOKE_POLICY
-    if cfg.get("optimizer") == "bilevel-zofo":
-        cfg["t_low"] = 1  # one upper step inside the 2 smoke steps
+    if "t_low" in catalog.defaults(cfg.get("optimizer", "mezo")):
+        cfg["t_low"] = 1  # a method with periodic upper steps (Bilevel-ZOFO) takes one inside the 2 smoke steps
     cfg.pop("init", None)
     return cfg
 

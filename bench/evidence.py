@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -127,15 +126,6 @@ def main(argv=None) -> int:
 
     write_doc(Path(args.out), Path(args.docs), args)
     return 0
-
-
-def copy_plot(src: Path, docs: Path, name: str) -> str | None:
-    """Copy a plot into the docs folder; its name there (None if the run has not made it yet)."""
-    if not src.exists():
-        return None
-    docs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, docs / name)
-    return name
 
 
 if __name__ == "__main__":

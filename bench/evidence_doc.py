@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 
@@ -17,9 +18,16 @@ def _runs(out: Path) -> list[dict]:
     return rows
 
 
-def _plot(out: Path, docs: Path, src: str, name: str) -> str:
-    from bench.evidence import copy_plot
+def copy_plot(src: Path, docs: Path, name: str) -> str | None:
+    """Copy a plot into the docs folder; its name there (None if the run has not made it yet)."""
+    if not src.exists():
+        return None
+    docs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, docs / name)
+    return name
 
+
+def _plot(out: Path, docs: Path, src: str, name: str) -> str:
     got = copy_plot(out / src, docs, name)
     return f"\n![{name}]({got})\n" if got else ""
 

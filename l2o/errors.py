@@ -26,3 +26,7 @@ class RunFailed(UserError):
     def __init__(self, message: str, fix: str = ""):
         super().__init__(message)
         self.fix = fix
+
+
+class PlacementError(UserError):
+    """A placement that cannot work (an impossible option, a read-only store of trainable weights)."""

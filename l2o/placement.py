@@ -31,14 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from l2o.errors import UserError
+from l2o.errors import PlacementError
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 OFFLOADS = ("cpu", "disk")
-
-
-class PlacementError(UserError):
-    """A placement that cannot work (an impossible option, a read-only store of trainable weights)."""
 
 
 # ------------------------------------------------------------------------------- offload hooks

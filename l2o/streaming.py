@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from l2o.placement import PlacementError
+from l2o.errors import PlacementError
 
 
 def _set_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:

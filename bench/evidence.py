@@ -30,9 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PHASES = ("scan", "memory", "prefix", "full", "bf16", "metainit")
-PREFIX_METHODS = ["mezo", "mezo-gv", "mezo-greedy", "bszo", "gv-matched:mezo-gv:match=mezo",
-                  "greedy-matched:mezo-greedy:match=mezo", "bilevel-zofo:bilevel-zofo:lr=1e-2",
-                  "fo-sgd", "fo-adamw"]
+PREFIX_METHODS = ["mezo", "fo-sgd", "fo-adamw", "mezo-gv", "gv-matched:mezo-gv:match=mezo", "mezo-greedy",
+                  "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5", "zo-finetuner:zo-finetuner:lr=1e-5",
                 "zo-finetuner-matched:zo-finetuner:match=mezo"]
 

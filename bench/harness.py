@@ -12,8 +12,9 @@ out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
 zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
 centre of its lr grid; default: `CENTRE`), `eps`, `steps` (first-order methods: steps per run, default
---budget // 10), `match` (`match=mezo`: no lr search; the lr that gives MeZO's chosen lr x effective step,
-measured on one run), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...).
+--budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr
+that gives that method's chosen lr x effective step, measured on one run), and any other fine_tune optimizer flag
+(`pool_size=8`, `dtype=bf16` ...). MeZO, the reference, always runs first; the others in the order given.
 
 Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
@@ -269,20 +270,31 @@ def compare(methods: list[str] | None = None, argv: list[str] | None = None, **o
 
 
 def run_suite(args) -> dict:
-    """Selection, then the seeds; `--order seeds` runs seed i of every task and method before seed i + 1 (a partial
-    suite covers every cell), `--order tasks` finishes one task (cheapest first as given) before the next."""
+    """Selection, then the seeds. `--order seeds`: every selection, then seed i of every task and method before
+    seed i + 1 (a partial suite covers every cell); `--order tasks`: one task at a time (in the order given) and,
+    within it, one method at a time, MeZO first (a partial suite has whole comparisons)."""
     runner, chosen, seeds, final = Runner(args), {}, {}, {}
-    blocks = [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]
-    for tasks in blocks:
+    methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
+
+    def finals(task, m, i):
+        if i < len(seeds[task]):
+            cfg = make_config(args, m, task, chosen[(task, m.label)][0], seeds[task][i], args.budget)
+            final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
+
+    for tasks in [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]:
         for task in tasks:
-            for m in sorted(args.methods, key=lambda m: bool(m.options.get("match"))):  # references first
+            for m in methods:
                 chosen[(task, m.label)] = select(args, runner, m, task, chosen)
-            seeds[task] = seeds_for(args, runner, task, chosen)
-        for i in range(max(len(seeds[t]) for t in tasks)):
-            for task in [t for t in tasks if i < len(seeds[t])]:
-                for m in args.methods:
-                    cfg = make_config(args, m, task, chosen[(task, m.label)][0], seeds[task][i], args.budget)
-                    final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
+                if m.label == REFERENCE:
+                    seeds[task] = seeds_for(args, runner, task, chosen)
+                if args.order == "tasks":
+                    for i in range(len(seeds[task])):
+                        finals(task, m, i)
+        if args.order == "seeds":
+            for i in range(max(len(seeds[t]) for t in tasks)):
+                for task in tasks:
+                    for m in args.methods:
+                        finals(task, m, i)
     from bench.evidence_report import summarize, write_report
 
     summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot(t) for t in args.task_list})

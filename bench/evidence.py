@@ -4,19 +4,26 @@
     python -m bench.evidence --phases scan,memory     # some phases only; --report rewrites the doc from what ran
     python -m bench.evidence --smoke --base <tiny>    # the whole path in a few CPU-minutes (the fast tests)
 
-Phases (each keeps its runs under `--out`, so a rerun skips what is done):
-- scan: `bench.learnability`, stages 1 and 2 -> the evidence panel (`<out>/learnability/panel.json`);
+Phases (each keeps its runs under `--out`, so a rerun skips what is done), in the order they run:
+- scan: `bench.learnability`, stages 1 and 2 -> the evidence panel (`<out>/learnability/panel.json`); while the
+  panel has fewer than `--panel-min` tasks, the scan is widened to the next `--max-median` cut (longer prompts,
+  each costing more per forward), stage 1 on the newly admitted tasks and stage 2 on those that moved;
 - memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch;
-- prefix: `bench.harness` on the panel, prefix tuning: MeZO, MeZO-GV, MeZO-Greedy, BSZO (each at its dev-chosen lr),
-  GV and Greedy again at MeZO's effective step, Bilevel-ZOFO (its first-order lower lr tuned around the paper's
-  prefix value 1e-2; the rest at its defaults), FO-SGD and FO-AdamW;
-- full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel,
-  at the policy's dev-chosen lr and at MeZO's effective step;
-- bf16: MeZO and BSZO in bf16, prefix, on the cheapest panel task;
+- prefix: `bench.harness` on the panel's `--max-tasks` cheapest tasks, prefix tuning, one task at a time and on it
+  one method at a time in this order (cheap, then by claim): MeZO; FO-AdamW and FO-SGD (`budget / 10` steps);
+  MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched); BSZO (its dev-chosen lr);
+  Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at its
+  defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
+- full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
+  `--full-tasks` cheapest tasks, at the policy's dev-chosen lr and at MeZO's effective step;
+- bf16: MeZO and BSZO in bf16, prefix, on the cheapest panel task, each at its fp32 dev-chosen lr of the prefix
+  phase (no search in bf16: a bf16 forward is slow on this CPU);
+- lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`) on the panel.
 
 Then `claims` turns the harness summaries into a verdict per seed-paper claim (bench/claims.py) and `--docs`
-(default docs/) gets evidence.md and its plots.
+(default docs/) gets evidence.md and its plots. The defaults are the CPU cut that fits the suite in about 6-8
+CPU-hours here (docs/evidence.md, "What was cut"); `--max-tasks 4 --full-tasks 4` is the issue's full panel.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PHASES = ("scan", "memory", "prefix", "full", "bf16", "metainit")
-PREFIX_METHODS = ["mezo", "fo-sgd", "fo-adamw", "mezo-gv", "gv-matched:mezo-gv:match=mezo", "mezo-greedy",
-                  "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2"]
+PHASES = ("scan", "memory", "prefix", "full", "bf16", "lora", "metainit")
+PREFIX_METHODS = ["mezo", "fo-adamw", "fo-sgd", "gv-matched:mezo-gv:match=mezo",
+                  "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0",
+                  "mezo-gv", "mezo-greedy"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5", "zo-finetuner:zo-finetuner:lr=1e-5",
                 "zo-finetuner-matched:zo-finetuner:match=mezo"]
+BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 
 
 def parse_args(argv=None):
@@ -47,44 +56,77 @@ def parse_args(argv=None):
     ap.add_argument("--meta-init", default=None, help="zoo id or folder of a Bilevel-ZOFO meta-initialisation")
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--seeds", default="auto")
-    ap.add_argument("--max-tasks", type=int, default=4, help="panel tasks the harness phases run (cheapest first)")
-    ap.add_argument("--max-median", type=int, default=48, help="the scan's CPU cut: tasks whose median prompt is "
-                    "longer are not scanned (bench.learnability --max-median)")
+    ap.add_argument("--max-tasks", type=int, default=2, help="panel tasks the prefix phase runs (cheapest first)")
+    ap.add_argument("--full-tasks", type=int, default=1, help="panel tasks the full phase runs (cheapest first)")
+    ap.add_argument("--max-median", default="48,64", help="the scan's CPU cuts, in turn while the panel is short: "
+                    "tasks whose median prompt is longer are not scanned (bench.learnability --max-median)")
+    ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
+    args.cuts = [int(x) for x in args.max_median.split(",")]
     unknown = set(args.phase_list) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
     return args
 
 
-def scan_argv(args) -> list[str]:
-    out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(args.max_median)]
+def scan_argv(args, cut: int) -> list[str]:
+    out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut)]
     return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
                    "--extend", "0"] if args.smoke else [])
 
 
+def panel_tasks(args) -> list[str]:
+    path = Path(args.out) / "learnability" / "panel.json"
+    return json.loads(path.read_text())["tasks"] if path.exists() else []
+
+
+def scan(args, extra: tuple[str, ...] = ()) -> None:
+    """The scan at the first cut, widened to the next while the panel has fewer than --panel-min tasks; the
+    report (table, plot, panel) is the last cut's."""
+    from bench import learnability
+
+    for i, cut in enumerate(args.cuts):
+        learnability.main(scan_argv(args, cut) + list(extra))
+        if len(panel_tasks(args)) >= args.panel_min or i == len(args.cuts) - 1:
+            return
+        print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks at --max-median {cut}; "
+              f"widening the scan to {args.cuts[i + 1]}", flush=True)
+
+
+def prefix_lrs(args, task: str) -> dict[str, float]:
+    """The prefix phase's chosen lr per method label on `task` (empty before that phase has run there)."""
+    path = Path(args.out) / "prefix" / "summary.json"
+    if not path.exists():
+        return {}
+    methods = json.loads(path.read_text())["methods"]
+    return {label: m["per_task"][task]["lr"] for label, m in methods.items()
+            if task in m["per_task"] and m["per_task"][task]["lr"] is not None}
+
+
 def harness_argv(args, phase: str) -> list[str] | None:
-    """The harness flags of a phase (None: the phase cannot run, e.g. no panel or no meta-initialisation)."""
-    panel = Path(args.out) / "learnability" / "panel.json"
-    if not panel.exists() or not json.loads(panel.read_text())["tasks"]:
+    """The harness flags of a phase (None: the phase cannot run yet: no panel, no prefix lrs, no meta-init)."""
+    panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
+    if not tasks or (phase == "metainit" and not args.meta_init):
         return None
-    tasks = json.loads(panel.read_text())["tasks"][: args.max_tasks]
+    tasks = tasks[:{"prefix": args.max_tasks, "full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy]
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
-               "bf16": ["mezo:mezo:dtype=bf16", "bszo:bszo:dtype=bf16"],
-               "metainit": ["mezo", f"mezo-init:mezo:init={args.meta_init}"]}[phase]
-    if phase == "metainit" and not args.meta_init:
-        return None
+               "metainit": ["mezo", f"mezo-init:mezo:init={args.meta_init}"]}.get(phase)
+    if phase == "bf16":
+        lrs = prefix_lrs(args, tasks[0])
+        if not all(m in lrs for m in BF16_METHODS):
+            return None
+        methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
     if phase == "full":
         argv += ["--peft", "full"]
-    tasks = tasks[:1] if phase == "bf16" else tasks
     if args.smoke:
-        methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw"], "full": ["mezo:mezo:lr=1e-3"],
-                   "bf16": ["mezo:mezo:dtype=bf16", "bszo:bszo:dtype=bf16"], "metainit": methods}[phase]
-        argv += ["--smoke", "--base", args.base, "--lr-grid", "1,3", "--extend", "0", "--seeds", "0,1"]
+        methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"], "full": ["mezo:mezo:lr=1e-3"]
+                   }.get(phase, methods)
+        argv += ["--smoke", "--base", args.base, "--lr-grid", "1,3", "--extend", "0", "--seeds", "0,1",
+                 "--probe-steps", "2"]
     argv += ["--tasks", ",".join(tasks)]
     for m in methods:
         argv += ["--method", m]
@@ -93,9 +135,9 @@ def harness_argv(args, phase: str) -> list[str] | None:
 
 def run_phase(args, phase: str) -> None:
     if phase == "scan":
-        from bench import learnability
-
-        learnability.main(scan_argv(args))
+        scan(args)
+    elif phase == "lora":
+        scan(args, ("--stage", "2", "--lora"))
     elif phase == "memory":
         from bench import fo_memory
 
@@ -105,7 +147,8 @@ def run_phase(args, phase: str) -> None:
     else:
         argv = harness_argv(args, phase)
         if argv is None:
-            print(f"evidence: phase {phase} skipped (no panel yet, or no --meta-init)", flush=True)
+            print(f"evidence: phase {phase} skipped (no panel yet, no prefix lrs for bf16, or no --meta-init)",
+                  flush=True)
             return
         from bench import harness
 

@@ -74,7 +74,7 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png"),
                           "not run yet" if phase != "metainit" or args.meta_init else
                           "no meta-initialisation given (--meta-init)")
-    lines += memory_section(out) + cuts_section(args)
+    lines += memory_section(out) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
 
 
@@ -94,15 +94,36 @@ def memory_section(out: Path) -> list[str]:
     return lines + [""]
 
 
-def cuts_section(args) -> list[str]:
+def run_cost(out: Path, budget: int) -> float | None:
+    """Median CPU-minutes of a MeZO prefix run of `budget` forward passes (stage-2 scan runs count), or None."""
+    import statistics
+
+    got = [r["cpu_s"] / 60 for r in _runs(out) if r.get("cpu_s") and r["config"]["optimizer"] == "mezo"
+           and r["config"]["peft"] == "prefix" and r["forward_passes"] == budget and r["config"]["dtype"] != "bf16"]
+    return statistics.median(got) if got else None
+
+
+def cuts_section(args, out: Path) -> list[str]:
+    from bench.evidence import PREFIX_METHODS
+
+    c = run_cost(out, args.budget)
+    full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
+            f"(median of those run), so the issue's full protocol (4 panel tasks x {len(PREFIX_METHODS)} prefix "
+            f"methods x (3 lrs + 2 more seeds)) would cost about {4 * len(PREFIX_METHODS) * 5 * c / 60:.0f} "
+            "CPU-hours before the full-parameter, bf16 and LoRA cells; the suite is budgeted at 6-8.")
     return ["## What was cut, and why", "",
             "- Tasks: the scan's rules (section 1) leave out tasks whose candidates are several tokens (one forward "
             "per candidate), whose median prompt exceeds the max length (longer prompts cost proportionally more "
             "and are cut from the left), or whose validation pool is under 200 examples; multiple-choice tasks "
-            "(PIQA, SIQA, ...) are not classification tasks of this kind.",
-            f"- The harness phases run on at most {args.max_tasks} panel tasks (the cheapest), {args.budget} forward "
-            "passes per ZO run; first-order baselines run a tenth of that in steps (each is a forward and a "
-            "backward); Bilevel-ZOFO tunes only its first-order lower lr, the rest at the paper's defaults.",
+            f"(PIQA, SIQA, ...) are not classification tasks of this kind. CPU cut: median prompt ≤ "
+            f"{args.cuts[0]} tokens, widened to {', then '.join(map(str, args.cuts[1:])) or 'nothing'} while the "
+            f"panel has fewer than {args.panel_min} tasks.",
+            f"- The prefix phase runs on the panel's {args.max_tasks} cheapest task(s), the full-parameter phase on "
+            f"{args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); {args.budget} forward passes per ZO "
+            "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO "
+            "runs at the paper's prefix lower lr 1e-2 and its other defaults, not searched. A phase runs one task "
+            "at a time and on it one method at a time (MeZO, the first-order baselines, then by claim), so a "
+            "stopped suite holds whole comparisons." + full,
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3).",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs; it has no networks for "
             "prefix parameters, so that comparison runs full-parameter MeZO beside it.", ""]

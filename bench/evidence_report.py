@@ -97,7 +97,8 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
     for m in args.methods:
         for t in args.task_list:
             lr, runs = chosen[(t, m.label)]
-            methods[m.label]["per_task"][t]["dev_per_lr"] = {f"{r['lr']:.3g}": r["final"].get("dev") for r in runs}
+            methods[m.label]["per_task"][t]["dev_per_lr"] = {} if m.options.get("match") else {  # a probe: no dev
+                f"{r['lr']:.3g}": r["final"].get("dev") for r in runs}
         methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
     settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
                                               "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}

@@ -11,10 +11,13 @@ out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 
 A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
 zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
-centre of its lr grid; default: `CENTRE`), `eps`, `steps` (first-order methods: steps per run, default
+centre of its lr grid; default: `CENTRE`), `search` (`search=0`: no lr search, `lr` is used as given), `eps`, `steps` (first-order methods: steps per run, default
 --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr
-that gives that method's chosen lr x effective step, measured on one run), and any other fine_tune optimizer flag
-(`pool_size=8`, `dtype=bf16` ...). MeZO, the reference, always runs first; the others in the order given.
+that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
+fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
+(`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid
+centred on `CENTRE` or 1e-2; an unknown name or key is refused before anything runs. MeZO, the reference, always
+runs first; the others in the order given.
 
 Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
@@ -109,6 +112,7 @@ def parse_args(argv=None):
     ap.add_argument("--select-seed", type=int, default=0)
     ap.add_argument("--lr-grid", default="0.3,1,3")
     ap.add_argument("--extend", type=int, default=1)
+    ap.add_argument("--probe-steps", type=int, default=10, help="steps of a match=... method's probe run")
     ap.add_argument("--peft", default="prefix")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-train", type=int, default=1000)
@@ -141,7 +145,34 @@ def parse_args(argv=None):
     args.methods = [parse_method(m) for m in (args.method or default_methods())]
     if REFERENCE not in [m.label for m in args.methods]:
         args.methods.insert(0, Method(REFERENCE, REFERENCE))
+    problem = check_methods(args.methods)
+    if problem:
+        ap.error(problem)
     return args
+
+
+def check_methods(methods: list[Method]) -> str | None:
+    """Why a list of method specs cannot run (None: it can): an unknown optimizer or key, a repeated label, a
+    `match` that names no method listed before it."""
+    from fine_tune.config import OPTIMIZER_FLAGS
+    from fine_tune.first_order import FIRST_ORDER
+    from l2o import catalog
+
+    known, seen = [*catalog.method_names(), *FIRST_ORDER], []
+    for m in methods:
+        if m.optimizer not in known:
+            return f"--method {m.label}: unknown optimizer '{m.optimizer}' (known: {', '.join(sorted(known))})"
+        bad = sorted(set(m.options) - {*OPTIMIZER_FLAGS, *RUN_KEYS, "steps", "match", "search"})
+        if bad:
+            return f"--method {m.label}: unknown key(s) {', '.join(bad)}"
+        if m.label in seen:
+            return f"--method {m.label}: the label is used twice"
+        if m.options.get("search", 1) == 0 and "lr" not in m.options:
+            return f"--method {m.label}: search=0 needs lr=..."
+        if m.options.get("match") not in (None, *seen):
+            return f"--method {m.label}: match={m.options['match']} names no method listed before it"
+        seen.append(m.label)
+    return None
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -212,19 +243,19 @@ def steps_for(method: Method, budget: int) -> int:
     return max(1, int(budget / forwards_per_step(method.optimizer, **{k: v for k, v in o.items() if k in hp})))
 
 
-def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int):
+def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int, steps: int | None = None):
     from fine_tune.config import OPTIMIZER_FLAGS, FineTuneConfig
 
     o = method.options
-    flags = {k: v for k, v in o.items()  # `lr` is the grid's centre, not a flag
-             if k != "lr" and (k in OPTIMIZER_FLAGS or k in ("t_low", "lam", "upper_lr", "theta_lr"))}
+    flags = {k: v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr` is the grid's centre
     if not method.first_order:
         flags.setdefault("eps", EPS)
     flags[method.lr_field] = lr
     policy = o.get("policy", args.policy) if method.optimizer.startswith("zo-finetuner") else None
-    name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}"
+    name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}" + (f"-probe{steps}" if steps else "")
     return FineTuneConfig(base=args.base, task=task, optimizer=method.optimizer, policy=policy, init=o.get("init"),
-                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "fp32"), steps=steps_for(method, budget),
+                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "fp32"),
+                          steps=steps or steps_for(method, budget),
                           batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
                           num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,
                           max_length=args.max_length, out=str(Path(args.out) / name), save_model=False, **flags)
@@ -240,11 +271,15 @@ def select(args, runner: Runner, method: Method, task: str, chosen: dict) -> tup
 
     if method.options.get("match"):
         ref_lr, ref_runs = chosen[(task, method.options["match"])]
-        probe = run(ref_lr)  # its effective step E||d||^2/D at any lr (a property of the direction, not of lr)
+        # its effective step E||d||^2/D at any lr (a property of the direction, not of lr), over a short probe
+        probe = runner(make_config(args, method, task, ref_lr, args.select_seed, args.select_budget,
+                                   steps=args.probe_steps), method.label)
         ref_eff = statistics.mean(r["effective_step"] or 1.0 for r in ref_runs if r["lr"] == ref_lr)
         lr = float(f"{ref_lr * ref_eff / (probe['effective_step'] or 1.0):.4g}")
         return lr, [probe]
     centre = method.options.get("lr", CENTRE.get(method.optimizer, 1e-2))
+    if method.options.get("search", 1) == 0:  # pinned: its seed-0 run is the only "selection"
+        return centre, [run(centre)]
     runs = select_runs(run, [centre * g for g in args.grid], args.extend)
     return choose_lr(runs), runs
 

@@ -357,7 +357,8 @@ def _per_lr(runs: list[dict]) -> str:
 
 def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], args, t_forward: float) -> str:
     a = args
-    head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}, {a.num_train} train examples, "
+    cut = f" and median prompt ≤ {a.max_median} tokens (CPU cut)" if a.max_median is not None else ""
+    head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}{cut}, {a.num_train} train examples, "
             f"eval on min({a.num_eval}, validation pool) examples (data seed {a.data_seed}, seed {a.seed}). Stage 1: "
             f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
             f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}, lr chosen "

@@ -75,6 +75,9 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_base, tmp_path):
     assert set(counts) >= {"learnability", "prefix", "full", "bf16"}
     bf16 = [json.loads(line) for line in (out / "bf16" / "runs.jsonl").read_text().splitlines()]
     assert {r["config"]["dtype"] for r in bf16} == {"bf16"}
+    # bf16 runs each method at its fp32 prefix lr, no search: 2 methods x 2 seeds
+    assert len(bf16) == 4 and {(r["label"], r["lr"]) for r in bf16} == {
+        (m, evidence.prefix_lrs(evidence.parse_args(argv), "strategyqa")[m]) for m in ("mezo", "bszo")}
     # the harness: MeZO's lr chosen on dev, GV at MeZO's lr x effective step, a first-order run of budget // 10 steps
     summary = json.loads((out / "prefix" / "summary.json").read_text())
     prefix = [json.loads(line) for line in (out / "prefix" / "runs.jsonl").read_text().splitlines()]
@@ -82,6 +85,8 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_base, tmp_path):
     assert mezo_lr in (1e-2, 3e-2) and ("mezo", 1, mezo_lr) in {(r["label"], r["config"]["seed"], r["lr"]) for r in prefix}
     gv = summary["methods"]["gv-matched"]["per_task"]["strategyqa"]
     assert gv["effective_step"] > 1.5 and gv["lr"] == pytest.approx(mezo_lr / gv["effective_step"], rel=1e-3)
+    probes = [r for r in prefix if r["label"] == "gv-matched" and r["lr"] == mezo_lr]
+    assert [r["steps"] for r in probes] == [2] and not gv["dev_per_lr"]  # one short probe at MeZO's lr
     assert summary["methods"]["fo-adamw"]["per_task"]["strategyqa"]["steps"] == 1  # budget 8 // 10 -> 1 step
     assert summary["methods"]["gv-matched"]["win_eval"]["n"] == 2 and summary["methods"]["fo-adamw"]["k"]["n"] == 2
     assert sum(1 for r in prefix if r["config"].get("zero_shot")) <= 1   # zero-shot once per task (or from the scan)

@@ -76,3 +76,19 @@ def test_method_specs():
     assert (m.label, m.optimizer, m.options) == ("es", "zo-finetuner", {"policy": "runs/es/policy", "pool_size": 8,
                                                                           "lr": 3e-3})
     assert hn.parse_method("mezo") == hn.Method("mezo", "mezo") and hn.parse_method("x:fo-sgd").first_order
+
+
+@pytest.mark.parametrize("specs,problem", [
+    (["mezo", "zo-sgd-sign", "cons:zo-sgd-cons:pool_size=4", "gv:mezo-gv:match=mezo"], None),  # registry names
+    (["mezo", "nope"], "unknown optimizer 'nope'"),
+    (["mezo", "gv:mezo-gv:poolsize=4"], "unknown key(s) poolsize"),
+    (["mezo", "gv:mezo-gv:match=greedy", "greedy:mezo-greedy"], "match=greedy names no method listed before it"),
+    (["mezo", "mezo:mezo-gv"], "the label is used twice"),
+    (["mezo", "b:bszo:search=0"], "search=0 needs lr"),
+])
+def test_method_lists_are_checked_before_anything_runs(specs, problem):
+    got = hn.check_methods([hn.parse_method(s) for s in specs])
+    assert (got is None) if problem is None else (problem in got)
+    if problem:
+        with pytest.raises(SystemExit):
+            hn.parse_args(["--tasks", "strategyqa", *[a for s in specs for a in ("--method", s)]])

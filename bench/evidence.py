@@ -65,6 +65,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.cuts = [int(x) for x in args.max_median.split(",")]
+    args.prefix_methods = PREFIX_METHODS
+    if args.smoke:
+        args.budget = 8  # the harness's --smoke budget
     unknown = set(args.phase_list) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")

@@ -104,12 +104,10 @@ def run_cost(out: Path, budget: int) -> float | None:
 
 
 def cuts_section(args, out: Path) -> list[str]:
-    from bench.evidence import PREFIX_METHODS
-
-    c = run_cost(out, args.budget)
+    c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
-            f"(median of those run), so the issue's full protocol (4 panel tasks x {len(PREFIX_METHODS)} prefix "
-            f"methods x (3 lrs + 2 more seeds)) would cost about {4 * len(PREFIX_METHODS) * 5 * c / 60:.0f} "
+            f"(median of those run), so the issue's full protocol (4 panel tasks x {n_methods} prefix "
+            f"methods x (3 lrs + 2 more seeds)) would cost about {4 * n_methods * 5 * c / 60:.0f} "
             "CPU-hours before the full-parameter, bf16 and LoRA cells; the suite is budgeted at 6-8.")
     return ["## What was cut, and why", "",
             "- Tasks: the scan's rules (section 1) leave out tasks whose candidates are several tokens (one forward "

@@ -5,15 +5,18 @@
     python -m bench.evidence --smoke --base <tiny>    # the whole path in a few CPU-minutes (the fast tests)
 
 Phases (each keeps its runs under `--out`, so a rerun skips what is done), in the order they run:
-- scan: `bench.learnability`, stages 1 and 2 -> the evidence panel (`<out>/learnability/panel.json`); while the
-  panel has fewer than `--panel-min` tasks, the scan is widened to the next `--max-median` cut (longer prompts,
-  each costing more per forward), stage 1 on the newly admitted tasks and stage 2 on those that moved;
-- memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch;
+- scan: `bench.learnability`, stages 1 and 2 at the first `--max-median` cut -> the evidence panel
+  (`<out>/learnability/panel.json`);
+- memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch (skipped when
+  `<out>/memory/memory.json` exists);
 - prefix: `bench.harness` on the panel's `--max-tasks` cheapest tasks, prefix tuning, one task at a time and on it
   one method at a time in this order (cheap, then by claim): MeZO; FO-AdamW and FO-SGD (`budget / 10` steps);
   MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched); BSZO (its dev-chosen lr);
   Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at its
   defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
+- widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (longer
+  prompts, each costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
+  the prefix phase again on the new panel (its runs so far are reused);
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
   `--full-tasks` cheapest tasks, at the policy's dev-chosen lr and at MeZO's effective step;
 - bf16: MeZO and BSZO in bf16, prefix, on the cheapest panel task, each at its fp32 dev-chosen lr of the prefix
@@ -36,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PHASES = ("scan", "memory", "prefix", "full", "bf16", "lora", "metainit")
+PHASES = ("scan", "memory", "prefix", "widen", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "fo-sgd", "gv-matched:mezo-gv:match=mezo",
                   "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0",
                   "mezo-gv", "mezo-greedy"]
@@ -85,17 +88,18 @@ def panel_tasks(args) -> list[str]:
     return json.loads(path.read_text())["tasks"] if path.exists() else []
 
 
-def scan(args, extra: tuple[str, ...] = ()) -> None:
-    """The scan at the first cut, widened to the next while the panel has fewer than --panel-min tasks; the
-    report (table, plot, panel) is the last cut's."""
+def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
+    """The scan at each of `cuts` in turn while the panel has fewer than --panel-min tasks (always at the first);
+    the report (table, plot, panel) is the last cut's."""
     from bench import learnability
 
-    for i, cut in enumerate(args.cuts):
-        learnability.main(scan_argv(args, cut) + list(extra))
-        if len(panel_tasks(args)) >= args.panel_min or i == len(args.cuts) - 1:
+    for i, cut in enumerate(cuts):
+        if i and len(panel_tasks(args)) >= args.panel_min:
             return
-        print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks at --max-median {cut}; "
-              f"widening the scan to {args.cuts[i + 1]}", flush=True)
+        if i:
+            print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks; widening the scan to "
+                  f"--max-median {cut}", flush=True)
+        learnability.main(scan_argv(args, cut) + list(extra))
 
 
 def prefix_lrs(args, task: str) -> dict[str, float]:
@@ -138,10 +142,16 @@ def harness_argv(args, phase: str) -> list[str] | None:
 
 def run_phase(args, phase: str) -> None:
     if phase == "scan":
-        scan(args)
+        scan(args, args.cuts[:1])
+    elif phase == "widen":
+        scan(args, args.cuts)
+        run_phase(args, "prefix")
     elif phase == "lora":
-        scan(args, ("--stage", "2", "--lora"))
+        scan(args, args.cuts, ("--stage", "2", "--lora"))
     elif phase == "memory":
+        if (Path(args.out) / "memory" / "memory.json").exists():
+            print("evidence: phase memory done (memory.json exists)", flush=True)
+            return
         from bench import fo_memory
 
         extra = (["--batch-size", "2", "--max-length", "32", "--steps", "1", "--task", "strategyqa", "--peft", "full",

@@ -43,8 +43,8 @@ PHASES = ("scan", "memory", "prefix", "widen", "full", "bf16", "lora", "metainit
 PREFIX_METHODS = ["mezo", "fo-adamw", "fo-sgd", "gv-matched:mezo-gv:match=mezo",
                   "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0",
                   "mezo-gv", "mezo-greedy"]
-FULL_METHODS = ["mezo:mezo:lr=1e-5", "zo-finetuner:zo-finetuner:lr=1e-5",
-                "zo-finetuner-matched:zo-finetuner:match=mezo"]
+FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
+                "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 
 

@@ -85,11 +85,10 @@ def share_verdict(got: int, n: int, what: str) -> tuple[str, str]:
 
 
 def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
-    if not prefix:
-        return NOT_RUN, "—", "—"
+    """The verdict is on k (the memory is measured beside it, shown whenever it exists)."""
     parts, verdicts = [], []
     for label in ("fo-sgd", "fo-adamw"):
-        m = prefix["methods"].get(label)
+        m = (prefix or {}).get("methods", {}).get(label)
         if not m:
             continue
         k = m["k"]
@@ -100,7 +99,7 @@ def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
     mem = memory_text(memory)
     verdict = HOLDS if verdicts and all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else (
         INCONCLUSIVE if verdicts else NOT_RUN)
-    return verdict, "; ".join(parts + ([mem] if mem else [])), "—"
+    return verdict, "; ".join(parts + ([mem] if mem else [])) or "—", "—"
 
 
 def memory_text(memory: dict | None) -> str:
@@ -114,8 +113,9 @@ def memory_text(memory: dict | None) -> str:
         fo = next((r["peak_rss_gb"] for r in rows if r["what"] == "fo-adamw" and r["peft"] == peft), None)
         if mezo and fo:
             out.append(f"peak memory ({peft}) FO-AdamW {fo:.2f} GB vs MeZO {mezo:.2f} GB ({fo / mezo:.1f}x)")
+    mezo = next((r["peak_rss_gb"] for r in rows if r["what"] == "mezo" and r["peft"] == "full"), None)
     if inf and out:
-        out.append(f"inference {inf:.2f} GB")
+        out.append(f"inference {inf:.2f} GB" + (f" (full-parameter MeZO {mezo / inf:.2f}x inference)" if mezo else ""))
     return ", ".join(out)
 
 

@@ -61,7 +61,8 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
               "count half.", ""]
     panel_txt = ("Panel: " + ", ".join(f"{t} (Δ {panel['delta'][t][0]:+.3f} ± {panel['delta'][t][1]:.3f})"
                                        for t in panel["tasks"]) + "." if panel and panel["tasks"] else None)
-    lines += _section("1. The learnability scan and the evidence panel", "python -m bench.learnability",
+    lines += _section("1. The learnability scan and the evidence panel",
+                      "python -m bench.evidence --phases scan,widen",
                       _read(out / "learnability" / "table.md"),
                       _plot(out, docs, "learnability/learnability.png", "evidence_learnability.png"),
                       "the scan has not finished yet")
@@ -74,7 +75,7 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png"),
                           "not run yet" if phase != "metainit" or args.meta_init else
                           "no meta-initialisation given (--meta-init)")
-    lines += memory_section(out) + cuts_section(args, out)
+    lines += memory_section(out) + own_section(out) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +102,21 @@ def run_cost(out: Path, budget: int) -> float | None:
     got = [r["cpu_s"] / 60 for r in _runs(out) if r.get("cpu_s") and r["config"]["optimizer"] == "mezo"
            and r["config"]["peft"] == "prefix" and r["forward_passes"] == budget and r["config"]["dtype"] != "bf16"]
     return statistics.median(got) if got else None
+
+
+def own_section(out: Path) -> list[str]:
+    """How to put another method or a learned policy through the same protocol on the panel."""
+    panel = out / "learnability" / "panel.json"
+    return ["## 7. Your optimizer or policy on the panel", "",
+            "Any registered method by name, any policy folder or zoo id, against MeZO, by the same protocol (lr on "
+            "dev, equal forward budgets, seeds, the report above); runs already made with the same configuration "
+            "are reused:", "", "```bash",
+            f"python -m bench.harness --panel {panel} --out runs/mine --method mezo --method zo-sgd-sign",
+            f"python -m bench.harness --panel {panel} --out runs/mine-full --peft full \\",
+            "    --method mezo:mezo:lr=1e-5:eps=1e-3 --method es:zo-finetuner:policy=runs/es/policy:lr=1e-5:eps=1e-3",
+            "```",
+            "", "From Python: `bench.harness.compare([\"mezo\", \"es:zo-finetuner:policy=<folder>\"], "
+            f"panel=\"{panel}\", out=\"runs/x\")` returns the summary (also `runs/x/summary.json`).", ""]
 
 
 def cuts_section(args, out: Path) -> list[str]:

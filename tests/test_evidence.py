@@ -94,3 +94,16 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_base, tmp_path):
     assert sum(1 for r in prefix if r["config"].get("zero_shot")) <= 1   # zero-shot once per task (or from the scan)
     assert evidence.main(argv + ["--phases", "scan,prefix,full,bf16"]) == 0  # resumed: no run repeats
     assert {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")} == counts
+
+
+def test_mezo_claim_shows_the_memory_before_k_is_measured():
+    memory = {"rows": [{"what": "inference", "peft": None, "peak_rss_gb": 1.0},
+                       {"what": "mezo", "peft": "full", "peak_rss_gb": 1.2},
+                       {"what": "fo-adamw", "peft": "full", "peak_rss_gb": 4.8}]}
+    v, measured, _ = claims.fo_claim(None, memory)
+    assert v == claims.NOT_RUN and "FO-AdamW 4.80 GB vs MeZO 1.20 GB (4.0x)" in measured and "1.20x inference" in measured
+    k = {"n": 6, "reached": 6, "median_k": 3.0, "k_at_least": None}
+    prefix = {"methods": {"fo-adamw": {"k": k}, "fo-sgd": {"k": {**k, "reached": 0, "median_k": None,
+                                                                 "k_at_least": 10.0}}}}
+    v, measured, _ = claims.fo_claim(prefix, None)
+    assert v == claims.FAILS and "median k 3.0" in measured and "k > 10" in measured  # MeZO never reached FO-SGD

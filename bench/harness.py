@@ -254,7 +254,7 @@ def make_config(args, method: Method, task: str, lr: float, seed: int, budget: i
     policy = o.get("policy", args.policy) if method.optimizer.startswith("zo-finetuner") else None
     name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}" + (f"-probe{steps}" if steps else "")
     return FineTuneConfig(base=args.base, task=task, optimizer=method.optimizer, policy=policy, init=o.get("init"),
-                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "fp32"),
+                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "auto"),
                           steps=steps or steps_for(method, budget),
                           batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
                           num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,

@@ -205,18 +205,14 @@ class Runner:
 
     def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
                  zero_shot: bool, note: str = "") -> dict:
-        from fine_tune.config import FineTuneConfig
         from fine_tune.run import run
         from l2o.filelock import exclusive
 
         if name in (have := self.done()):
             return have[name]
-        a = self.args
-        steps = max(1, forwards // 2)
-        cfg = FineTuneConfig(base=a.base, task=task, optimizer="mezo", lr=lr, eps=eps, peft=peft, steps=steps,
-                             batch_size=a.batch_size, eval_every=0, seed=a.seed, data_seed=a.data_seed,
-                             num_train=a.num_train, num_dev=num_dev, num_eval=a.num_eval, max_length=a.max_length,
-                             out=str(self.out / name), save_model=False, zero_shot=zero_shot)
+        cfg = scan_config(self.args, task=task, peft=peft, lr=lr, eps=eps, forwards=forwards, num_dev=num_dev,
+                          zero_shot=zero_shot, out=self.out / name)
+        steps = cfg.steps
         shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {steps} steps{note}", flush=True)
         c0 = time.process_time()
@@ -228,6 +224,18 @@ class Runner:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
               f" (fit {res['fit_time_s']:.0f} s)", flush=True)
         return res
+
+
+def scan_config(a, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int, zero_shot: bool,
+                out: Path):
+    """The fine_tune configuration of a scan run (MeZO, `forwards` // 2 steps); the harness's MeZO runs of the same
+    settings have the same configuration, so it reuses these runs (tests/test_learnability.py)."""
+    from fine_tune.config import FineTuneConfig
+
+    return FineTuneConfig(base=a.base, task=task, optimizer="mezo", lr=lr, eps=eps, peft=peft,
+                          steps=max(1, forwards // 2), batch_size=a.batch_size, eval_every=0, seed=a.seed,
+                          data_seed=a.data_seed, num_train=a.num_train, num_dev=num_dev, num_eval=a.num_eval,
+                          max_length=a.max_length, out=str(out), save_model=False, zero_shot=zero_shot)
 
 
 def paired_delta(final: list[float], zero: list[float]) -> tuple[float, float]:

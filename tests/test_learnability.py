@@ -93,3 +93,20 @@ def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, 
     assert lb.main(argv) == 0                     # resumed: nothing is rerun
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(runs)
     assert "steps (estimated" not in capsys.readouterr().out
+
+
+def test_the_harness_reuses_the_scans_stage_2_runs():
+    """A stage-2 run and the harness's MeZO run of the same task, lr and seed are one configuration (the harness
+    would otherwise rerun MeZO's lr selection)."""
+    from pathlib import Path
+
+    from bench import harness
+
+    a = lb.parse_args(["--out", "runs/x"])
+    scan = lb.scan_config(a, task="fever", peft="prefix", lr=3e-2, eps=a.eps, forwards=a.forwards2,
+                                    num_dev=a.num_dev, zero_shot=True, out=Path("runs/x/s2"))
+    h = harness.parse_args(["--tasks", "fever", "--out", "runs/y"])
+    mine = harness.make_config(h, harness.parse_method("mezo"), "fever", 3e-2, a.seed, a.forwards2)
+    assert harness.config_key(scan.to_dict()) == harness.config_key(mine.to_dict())
+    other = harness.make_config(h, harness.parse_method("mezo"), "fever", 3e-2, a.seed + 1, a.forwards2)
+    assert harness.config_key(other.to_dict()) != harness.config_key(mine.to_dict())

@@ -89,7 +89,7 @@ def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
     parts, verdicts = [], []
     for label in ("fo-sgd", "fo-adamw"):
         m = (prefix or {}).get("methods", {}).get(label)
-        if not m:
+        if not m or not m["k"]["n"]:
             continue
         k = m["k"]
         v, share = share_verdict(k["reached"], k["n"], f"MeZO reaches {label}'s final loss")

@@ -286,14 +286,15 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
         ax.set_title(f"{task} ({args.base}, {args.peft})", fontsize=9)
         ax.set_xlabel("forward passes")
         ax.set_ylabel("train loss (mean over seeds, moving mean)")
-        ax.legend(fontsize=8)
+        if names:  # a partial report may have no run of this task yet
+            ax.legend(fontsize=8)
         z = (zero or {}).get(task, {}).get("eval")
         if z is not None:
             bx.axhline(z, color="k", ls="--", lw=1, label=f"zero-shot {z:.3f}")
             bx.legend(fontsize=8)
         bx.set_xticks(range(len(names)), names, fontsize=8)
         bx.set_ylabel("eval metric (mean ± sd; grey: seeds)")
-        bx.set_xlim(-0.5, len(names) - 0.5)
+        bx.set_xlim(-0.5, max(1, len(names)) - 0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

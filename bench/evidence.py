@@ -24,6 +24,10 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`) on the panel.
 
+No run starts once the suite's runs have spent `--cpu-hours` (8) CPU-hours; every phase then reports what exists,
+and a rerun with a larger budget continues. `--report` runs nothing and rewrites the harness reports (partial ones
+say so) and the doc.
+
 Then `claims` turns the harness summaries into a verdict per seed-paper claim (bench/claims.py) and `--docs`
 (default docs/) gets evidence.md and its plots. The defaults are the CPU cut that fits the suite in about 6-8
 CPU-hours here (docs/evidence.md, "What was cut"); `--max-tasks 4 --full-tasks 4` is the issue's full panel.
@@ -46,13 +50,17 @@ PREFIX_METHODS = ["mezo", "fo-adamw", "fo-sgd", "gv-matched:mezo-gv:match=mezo",
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
+HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--phases", default=",".join(PHASES))
-    ap.add_argument("--report", action="store_true", help="only rewrite the doc from the runs that exist")
+    ap.add_argument("--report", action="store_true", help="run nothing: the harness reports and the doc from the "
+                    "runs that exist")
+    ap.add_argument("--cpu-hours", type=float, default=8.0, help="the suite's CPU budget: no run starts once the "
+                    "runs under --out have spent it (rerun with a larger one to continue)")
     ap.add_argument("--out", default="runs/evidence")
     ap.add_argument("--docs", default="docs")
     ap.add_argument("--policy", default="smollm2-135m/zo-finetuner@1")
@@ -77,8 +85,16 @@ def parse_args(argv=None):
     return args
 
 
+def budget_argv(args) -> list[str]:
+    """The CPU budget flags of a phase's runner: the budget and what the suite's runs have spent so far."""
+    from bench.budget import spent_hours
+
+    return ["--cpu-budget-h", str(args.cpu_hours), "--cpu-spent-h", f"{spent_hours(Path(args.out)):.4f}"]
+
+
 def scan_argv(args, cut: int) -> list[str]:
-    out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut)]
+    out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut),
+           *budget_argv(args)]
     return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
                    "--extend", "0"] if args.smoke else [])
 
@@ -119,7 +135,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
         return None
     tasks = tasks[:{"prefix": args.max_tasks, "full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
-            "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy]
+            "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
+    argv += ["--report"] if args.report else []
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
                "metainit": ["mezo", f"mezo-init:mezo:init={args.meta_init}"]}.get(phase)
     if phase == "bf16":
@@ -149,8 +166,10 @@ def run_phase(args, phase: str) -> None:
     elif phase == "lora":
         scan(args, args.cuts, ("--stage", "2", "--lora"))
     elif phase == "memory":
-        if (Path(args.out) / "memory" / "memory.json").exists():
-            print("evidence: phase memory done (memory.json exists)", flush=True)
+        from bench.budget import spent_hours
+
+        if (Path(args.out) / "memory" / "memory.json").exists() or spent_hours(Path(args.out)) >= args.cpu_hours:
+            print("evidence: phase memory skipped (memory.json exists, or the CPU budget is spent)", flush=True)
             return
         from bench import fo_memory
 
@@ -173,10 +192,9 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not args.report:
-        for phase in args.phase_list:
-            print(f"evidence: phase {phase}", flush=True)
-            run_phase(args, phase)
+    for phase in args.phase_list if not args.report else [p for p in args.phase_list if p in HARNESS_PHASES]:
+        print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
+        run_phase(args, phase)
     from bench.claims import write_doc
 
     write_doc(Path(args.out), Path(args.docs), args)

@@ -51,7 +51,8 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
     panel = json.loads(panel_path.read_text()) if panel_path.exists() else None
     lines = ["# Evidence: where zeroth-order fine-tuning learns on a CPU, and the seed papers' claims there", "",
              "Written by `make evidence` (`python -m bench.evidence`); rerunning it continues the suite where it "
-             "stopped and rewrites this page. " + cost_line(out), "",
+             f"stopped and rewrites this page, within a CPU budget of {args.cpu_hours:g} CPU-hours "
+             "(`--cpu-hours`; a rerun with a larger one continues). " + cost_line(out), "",
              "## The claims", "",
              "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
              "|---|---|---|---|---|"]

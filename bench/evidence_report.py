@@ -96,13 +96,16 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
     methods = {m.label: method_summary(m.label, args.task_list, seeds, final, m.first_order) for m in args.methods}
     for m in args.methods:
         for t in args.task_list:
-            lr, runs = chosen[(t, m.label)]
+            lr, runs = chosen.get((t, m.label), (None, []))
             methods[m.label]["per_task"][t]["dev_per_lr"] = {} if m.options.get("match") else {  # a probe: no dev
                 f"{r['lr']:.3g}": r["final"].get("dev") for r in runs}
         methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
     settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
                                               "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}
+    planned = sum(len(seeds.get(t, [])) for t in args.task_list) * len(args.methods)
+    complete = len(final) == planned and all((t, m.label) in chosen for t in args.task_list for m in args.methods)
     return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods,
+            "final_runs": len(final), "complete": complete,
             "zero_shot": {t: (z["zero_shot"]["eval"] if z else None) for t, z in zero.items()}}
 
 
@@ -123,7 +126,9 @@ def render_table(summary: dict) -> str:
              f"forward passes per selection run; final runs {s['budget']} forward passes (first-order: their "
              f"steps), batch {s['batch_size']}, max length {s['max_length']}, {s['num_eval']} eval examples. "
              "Δ = method − MeZO on the same (task, seed), mean [95% interval: bootstrap over seeds within tasks]; "
-             "win-rate: ties count half, [95% Wilson interval].", "",
+             "win-rate: ties count half, [95% Wilson interval]." + ("" if summary.get("complete", True) else
+             f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
+             "(a method or task without lr or seeds yet has no row values)."), "",
              "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "
              "reaches MeZO's final loss (median forwards / MeZO's) | k (FO) |", "|" + "---|" * 8]
     for label, m in summary["methods"].items():
@@ -132,7 +137,7 @@ def render_table(summary: dict) -> str:
         we, wl, r, k = m["win_eval"], m["win_loss"], m["reach"], m["k"]
         reach_txt = "—" if m["first_order"] else (f"{r['reached']}/{r['n']}" + (
             f", median {r['median_ratio']:.2f}" if r["median_ratio"] is not None else ""))
-        k_txt = "—" if not m["first_order"] else (f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
+        k_txt = "—" if not m["first_order"] or not k["n"] else (f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
                                                   if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
         lines.append(f"| {label} | {we['n']} | {we['rate']:.2f} [{we['lo']:.2f}, {we['hi']:.2f}] | {_ci(m['d_eval'])} | "
                      f"{wl['rate']:.2f} [{wl['lo']:.2f}, {wl['hi']:.2f}] | {_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | "

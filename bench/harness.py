@@ -42,6 +42,7 @@ a selection run at the final budget doubles as that seed's final run. Writes `<o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -52,6 +53,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.budget import CpuBudget, NotRun  # noqa: E402
 
 # centre of each optimizer's lr grid (prefix tuning of SmolLM2; MeZO's prefix settings scaled to the model)
 CENTRE = {"mezo": 1e-2, "mezo-gv": 1e-2, "mezo-greedy": 1e-2, "bszo": 1e-2, "bszo-b": 1e-2, "zo-finetuner": 1e-2,
@@ -124,6 +127,10 @@ def parse_args(argv=None):
     ap.add_argument("--order", choices=("seeds", "tasks"), default="seeds", help="seeds: seed i everywhere before "
                     "seed i + 1; tasks: one task at a time")
     ap.add_argument("--out", default="runs/harness")
+    ap.add_argument("--report", action="store_true", help="run nothing: the report from the runs made so far")
+    ap.add_argument("--cpu-budget-h", type=float, default=None, help="start no run once --cpu-spent-h plus this "
+                    "invocation's runs reach it (then report what exists)")
+    ap.add_argument("--cpu-spent-h", type=float, default=0.0, help="CPU-hours already spent elsewhere (see above)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (with a tiny --base): seconds")
     args = ap.parse_args(argv)
     if args.panel:
@@ -191,12 +198,15 @@ def _read(path: Path) -> list[dict]:
 
 
 class Runner:
-    """Runs a fine_tune configuration once: records here or in --reuse files with the same `config_key` count."""
+    """Runs a fine_tune configuration once: records here or in --reuse files with the same `config_key` count.
+    Under --report, or once --cpu-spent-h plus this invocation's runs reach --cpu-budget-h, a missing run raises
+    NotRun instead (the suite then reports what exists; a selection or seed it lacks stays empty)."""
 
     def __init__(self, args):
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
+        self.budget = CpuBudget(args.cpu_budget_h, args.cpu_spent_h)
         self.done = {config_key(r["config"]): r for p in [*map(Path, args.reuse), self.log_path] for r in _read(p)}
 
     def zero_shot(self, task: str) -> dict | None:
@@ -216,6 +226,9 @@ class Runner:
         key = config_key(cfg.to_dict())
         if key in self.done:
             return self.done[key]
+        if self.args.report:
+            raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
+        self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         cfg.zero_shot = self.zero_shot(cfg.task) is None
         shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {cfg.lr if cfg.lr is not None else cfg.lower_lr:.3g} "
@@ -226,6 +239,7 @@ class Runner:
         with self.log_path.open("a") as f:
             f.write(json.dumps(res) + "\n")
         self.done[key] = res
+        self.budget.charge(res["cpu_s"])
         print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "
               f"train loss {res['final_train_loss']:.4f}, {res['cpu_s']:.0f} CPU-s", flush=True)
         return res
@@ -270,6 +284,8 @@ def select(args, runner: Runner, method: Method, task: str, chosen: dict) -> tup
         return runner(make_config(args, method, task, lr, args.select_seed, args.select_budget), method.label)
 
     if method.options.get("match"):
+        if (task, method.options["match"]) not in chosen:
+            raise NotRun(f"{method.label} {task}: {method.options['match']}'s lr is not chosen yet")
         ref_lr, ref_runs = chosen[(task, method.options["match"])]
         # its effective step E||d||^2/D at any lr (a property of the direction, not of lr), over a short probe
         probe = runner(make_config(args, method, task, ref_lr, args.select_seed, args.select_budget,
@@ -312,16 +328,18 @@ def run_suite(args) -> dict:
     methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
 
     def finals(task, m, i):
-        if i < len(seeds[task]):
+        if i < len(seeds[task]) and (task, m.label) in chosen:
             cfg = make_config(args, m, task, chosen[(task, m.label)][0], seeds[task][i], args.budget)
-            final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
+            with contextlib.suppress(NotRun):
+                final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
 
     for tasks in [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]:
         for task in tasks:
             for m in methods:
-                chosen[(task, m.label)] = select(args, runner, m, task, chosen)
+                with contextlib.suppress(NotRun):
+                    chosen[(task, m.label)] = select(args, runner, m, task, chosen)
                 if m.label == REFERENCE:
-                    seeds[task] = seeds_for(args, runner, task, chosen)
+                    seeds[task] = seeds_for(args, runner, task, chosen) if (task, m.label) in chosen else []
                 if args.order == "tasks":
                     for i in range(len(seeds[task])):
                         finals(task, m, i)

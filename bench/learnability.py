@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,6 +79,9 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/learnability")
     ap.add_argument("--docs", default=None, help="also copy table.md and the plot into this folder")
+    ap.add_argument("--cpu-budget-h", type=float, default=None, help="start no run once --cpu-spent-h plus this "
+                    "process's runs reach it (then report)")
+    ap.add_argument("--cpu-spent-h", type=float, default=0.0, help="CPU-hours already spent elsewhere")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (use with a tiny --base): seconds")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -179,6 +184,7 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0, self.commit = self.out / "runs.jsonl", time.perf_counter(), git_commit()
+        self.budget = CpuBudget(args.cpu_budget_h, args.cpu_spent_h)
 
     @contextlib.contextmanager
     def claim(self, key: str):
@@ -210,6 +216,7 @@ class Runner:
 
         if name in (have := self.done()):
             return have[name]
+        self.budget.check(name)
         cfg = scan_config(self.args, task=task, peft=peft, lr=lr, eps=eps, forwards=forwards, num_dev=num_dev,
                           zero_shot=zero_shot, out=self.out / name)
         steps = cfg.steps
@@ -218,6 +225,7 @@ class Runner:
         c0 = time.process_time()
         res = run(cfg, log=lambda m: None)
         res.update(name=name, lr=lr, commit=self.commit, cpu_s=time.process_time() - c0)
+        self.budget.charge(res["cpu_s"])
         with exclusive(self.log_path.with_suffix(".lock")):
             with self.log_path.open("a") as f:
                 f.write(json.dumps(res) + "\n")
@@ -475,10 +483,13 @@ def main(argv=None) -> int:
     if args.plan:
         print_plan(scanned, excluded, args)
         return 0
-    if not args.report and args.stage in ("1", "all"):
-        stage1(args, runner, scanned)
-    if not args.report and args.stage in ("2", "all"):
-        stage2(args, runner, scanned)
+    try:
+        if not args.report and args.stage in ("1", "all"):
+            stage1(args, runner, scanned)
+        if not args.report and args.stage in ("2", "all"):
+            stage2(args, runner, scanned)
+    except BudgetSpent as stop:
+        print(f"stopped: {stop}", flush=True)
     report(args, runner, scanned, excluded, t_forward)
     return 0
 

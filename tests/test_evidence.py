@@ -107,3 +107,16 @@ def test_mezo_claim_shows_the_memory_before_k_is_measured():
                                                                  "k_at_least": 10.0}}}}
     v, measured, _ = claims.fo_claim(prefix, None)
     assert v == claims.FAILS and "median k 3.0" in measured and "k > 10" in measured  # MeZO never reached FO-SGD
+
+
+def test_harness_stops_at_its_cpu_budget_and_reports_what_exists(tiny_base, tmp_path):
+    from bench import harness
+
+    argv = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(tmp_path / "h"), "--lr-grid", "1,3",
+            "--extend", "0", "--method", "mezo", "--method", "fo-sgd", "--cpu-budget-h", "1e-9"]
+    summary = harness.run_suite(harness.parse_args(argv))                # the first run spends the whole budget
+    runs = (tmp_path / "h" / "runs.jsonl").read_text().splitlines()
+    assert len(runs) == 1 and not summary["complete"] and summary["final_runs"] == 0
+    assert "**Partial**" in (tmp_path / "h" / "table.md").read_text()
+    again = harness.run_suite(harness.parse_args(argv[:-2] + ["--report"]))  # --report: nothing runs
+    assert (tmp_path / "h" / "runs.jsonl").read_text().splitlines() == runs and again["final_runs"] == 0

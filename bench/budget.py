@@ -1,0 +1,42 @@
+"""The evidence suite's CPU budget: its runners start no run once the CPU-hours spent before (in other phases and
+processes) plus this process's runs reach the budget; the suite then reports what exists."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NotRun(Exception):
+    """A run the protocol needs is not in the records and will not be made now."""
+
+
+class BudgetSpent(NotRun):
+    """The CPU budget is spent."""
+
+
+@dataclass
+class CpuBudget:
+    hours: float | None = None  # None: no budget
+    spent_h: float = 0.0        # before this process
+    mine_s: float = 0.0         # this process's runs
+
+    def check(self, what: str) -> None:
+        """Raise BudgetSpent instead of starting `what` once the budget is reached."""
+        if self.hours is not None and self.spent_h + self.mine_s / 3600 >= self.hours:
+            raise BudgetSpent(f"CPU budget of {self.hours:g} h spent ({self.spent_h + self.mine_s / 3600:.2f} h): "
+                              f"not starting {what}")
+
+    def charge(self, cpu_s: float) -> None:
+        self.mine_s += cpu_s
+
+
+def spent_hours(out: Path) -> float:
+    """CPU-hours of the runs recorded under `out` (its phases' runs.jsonl; records without cpu_s count 0)."""
+    total = 0.0
+    for path in sorted(Path(out).glob("*/runs.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                total += json.loads(line).get("cpu_s", 0.0)
+    return total / 3600

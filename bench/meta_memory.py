@@ -2,6 +2,7 @@
 
     python bench/meta_memory.py --repo . --out runs/meta-memory            # one meta-training run + one inference
     python bench/meta_memory.py --repo /path/to/old/checkout --label before # the same for another checkout
+    python bench/meta_memory.py --estimator es                             # forward-only ES (pairs 2, unroll 2)
 
 Each measurement is its own process (peak RSS from the kernel: `resource.getrusage(RUSAGE_CHILDREN)`), so
 the numbers are the process peaks. The meta-training run is SmolLM2-135M fp32 at batch 4 x 48 tokens,
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 
-INFERENCE = """
+INFERENCE = """{libraries}
 import torch
 from l2o.models import load_base
 from l2o.tasks import TaskFamily, sample_splits
@@ -52,14 +53,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", default=".", help="checkout whose code is measured")
     ap.add_argument("--label", default="after")
-    ap.add_argument("--what", choices=["meta", "inference"], default="meta")
+    ap.add_argument("--what", choices=["meta", "inference", "inference-libraries"], default="meta",
+                    help="inference-libraries: the inference process after importing what meta_train imports "
+                         "(Lightning, which imports torch._dynamo), the floor any meta_train process pays")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--estimator", choices=["lookahead", "es", "pes"], default="lookahead")
     args = ap.parse_args(argv)
     repo = os.path.abspath(args.repo)
-    if args.what == "inference":
-        rss, wall = _child([sys.executable, "-c", INFERENCE.format(base=args.base)], repo)
-        print(json.dumps({"label": args.label, "what": "inference", "peak_rss_gb": round(rss, 3)}))
+    if args.what != "meta":
+        libraries = "import lightning, meta_train.module" if args.what == "inference-libraries" else ""
+        rss, wall = _child([sys.executable, "-c", INFERENCE.format(base=args.base, libraries=libraries)], repo)
+        print(json.dumps({"label": args.label, "what": args.what, "peak_rss_gb": round(rss, 3)}))
         return 0
     out = tempfile.mkdtemp(prefix="meta-memory-")
     cmd = [sys.executable, "-m", "meta_train", "--base", args.base, "--tasks", "sports_understanding",
@@ -67,6 +72,9 @@ def main(argv=None) -> int:
            "--model.reset_every", "0", "--model.val_steps", "2", "--model.val_tasks", "1", "--model.log_every", "0",
            "--model.lr_llm", "1e-4", "--data.batch_size", "4", "--data.num_train", "16", "--data.num_eval", "4",
            "--data.max_length", "48"]
+    if args.estimator != "lookahead":  # --estimator is a flag of checkouts that have the estimators
+        cmd += ["--estimator", args.estimator, "--model.pairs", "2", "--model.unroll", "2", "--data.num_dev", "8"]
+        cmd[cmd.index("--model.reset_every") + 1] = "2"  # ES/PES: episodes of 2 unrolls (PES needs >= 1)
     rss, wall = _child(cmd, repo)
     hist = json.load(open(os.path.join(out, "results.json"))).get("history") or []
     times = [r["step_time_s"] for r in hist if "step_time_s" in r]
@@ -75,7 +83,7 @@ def main(argv=None) -> int:
 
         ckpt = torch.load(os.path.join(out, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
         times = [r["step_time_s"] for r in ckpt["l2o"]["history"]]
-    print(json.dumps({"label": args.label, "what": "meta", "peak_rss_gb": round(rss, 3), "wall_s": round(wall, 1),
+    print(json.dumps({"label": args.label, "what": "meta", "estimator": args.estimator, "peak_rss_gb": round(rss, 3), "wall_s": round(wall, 1),
                       "step_s": [round(t, 2) for t in times]}))
     return 0
 

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 
 from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, base_config, count, forward_activation_bytes,
-                             format_rows, meta_model)
+                             format_rows, meta_model, temporaries, tied_copy_bytes)
 
 MAX_GPUS = 16
 
@@ -103,16 +103,6 @@ def peft_tensors(model, config, peft: str) -> list[int]:
     return []
 
 
-def temporaries(largest: int, nbytes: int) -> tuple[int, int]:
-    """(perturbation, update) bytes of the engine for its largest trainable tensor (l2o/engine.py), for a
-    direction of several seeds (GV, BSZO; MeZO's one seed needs less): the perturbed copy is accumulated in
-    float32 then rounded into the weights' dtype with 16 random bits per element; the update accumulates in
-    float32 and rounds back in place (fp32 weights: perturbed copy in fp32, update in place)."""
-    if nbytes < 4:
-        return largest * (4 + nbytes + 2), largest * (4 + 2)
-    return largest * 4, 0
-
-
 def _virtual_tokens(peft: str) -> int:
     from l2o.peft_modes import PREFIX_TOKENS, PROMPT_TOKENS
 
@@ -120,10 +110,7 @@ def _virtual_tokens(peft: str) -> int:
 
 
 def _tied_copy(s: Shape) -> int:
-    """A tied embedding/head is perturbed once per forward and its perturbed copy kept for the second module."""
-    if s.peft != "full" or not getattr(s.config, "tie_word_embeddings", False):
-        return 0
-    return s.config.vocab_size * (getattr(s.config, "word_embed_proj_dim", None) or s.config.hidden_size) * s.nbytes
+    return tied_copy_bytes(s.config, s.nbytes) if s.peft == "full" else 0
 
 
 def _gpu_rows(s: Shape, largest: int, weights: list) -> list:

@@ -473,6 +473,21 @@ class Engine:
         b.param.data.copy_(value.reshape(b.param.shape))
 
     @torch.no_grad()
+    def assign_bytes(self, b: Block, read_into: Callable[[memoryview], int]) -> None:
+        """theta_b <- its raw bytes in the stored dtype (exact), e.g. a parked copy read back from a file:
+        `read_into(buffer)` fills the buffer and returns the bytes it wrote. On the CPU the bytes go
+        straight into the weights' memory (no temporary); elsewhere through one host buffer of the block."""
+        p = b.param.data
+        n = p.numel() * p.element_size()
+        direct = p.device.type == "cpu" and p.is_contiguous()
+        host = p.view(-1).view(torch.uint8) if direct else torch.empty(n, dtype=torch.uint8)
+        got = read_into(memoryview(host.numpy()))
+        if got != n:
+            raise EOFError(f"block {b.name}: {got} of {n} bytes")
+        if not direct:
+            p.copy_(host.view(p.dtype).view(p.shape))
+
+    @torch.no_grad()
     def momentum_step(self, b: Block, grad: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
                       rounding_seed: int = 0, consume: bool = False) -> torch.Tensor:
         """First-order SGD with momentum on one block (torch.optim.SGD's rule):

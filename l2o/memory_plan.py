@@ -121,5 +121,22 @@ def forward_activation_bytes(config, batch: int, length: int, nbytes: int, eager
     return int(tokens * per_token * nbytes + (tokens * nbytes + scored * 8) * config.vocab_size)
 
 
+def temporaries(largest: int, nbytes: int) -> tuple[int, int]:
+    """(perturbation, update) bytes of the engine for its largest trainable tensor (l2o/engine.py), for a
+    direction of several seeds (GV, BSZO; MeZO's one seed needs less): the perturbed copy is accumulated in
+    float32 then rounded into the weights' dtype with 16 random bits per element; the update accumulates in
+    float32 and rounds back in place (fp32 weights: perturbed copy in fp32, update in place)."""
+    if nbytes < 4:
+        return largest * (4 + nbytes + 2), largest * (4 + 2)
+    return largest * 4, 0
+
+
+def tied_copy_bytes(config, nbytes: int) -> int:
+    """A tied embedding/head is perturbed once per forward and its perturbed copy kept for the second module."""
+    if not getattr(config, "tie_word_embeddings", False):
+        return 0
+    return config.vocab_size * (getattr(config, "word_embed_proj_dim", None) or config.hidden_size) * nbytes
+
+
 def format_rows(rows, indent: str = "  ") -> list[str]:
     return [f"{indent}{what:<22} {nbytes / GiB:8.2f} GiB   {how}" for what, nbytes, how in rows]

@@ -23,7 +23,8 @@ from l2o.integrations.lightning.interrupt import finish_fit, interrupt_callback
 METHODS = ("zo-finetuner", "bilevel-zofo")
 
 HELP = """usage: meta_train [--method {zo-finetuner,bilevel-zofo}] --base BASE [--tasks T [T ...]] [--holdout T [T ...]]
-                  [--max_steps N] [--out DIR] [--registry DIR] [--publish_name NAME] [--publish_version V]
+                  [--estimator {lookahead,es,pes}] [--max_steps N] [--out DIR] [--registry DIR]
+                  [--publish_name NAME] [--publish_version V]
                   [--resume] [--config FILE] [--print_config] [--dry-run [--gpu-memory GB]]
                   [--model.* ...] [--data.* ...] [--trainer.* ...]
 
@@ -34,6 +35,9 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
   --base             base model: alias (smollm2-135m, opt-125m, ...), hub id or local folder
   --tasks            training tasks (default: every offline task); see `fine_tune --list-tasks`
   --holdout          tasks held out for meta-validation (policy vs MeZO at equal forward passes)
+  --estimator        the policy's meta-gradient (zo-finetuner): lookahead (default: the paper's one-step
+                     look-ahead, backprop through the LLM), es (antithetic ES over K-step unrolls of the
+                     deployed optimizer, forward passes only) or pes (Persistent ES over whole inner runs)
   --max_steps        meta-training steps
   --out              run folder (default runs/meta-<method>-<base>)
   --registry         zoo registry folder to publish the result into (default $L2O_ZOO_REGISTRY;
@@ -45,11 +49,13 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
                      whether it fits --gpu-memory GB (default 80), offline from shipped shapes (options
                      from --config and the command line); exit 1 if not
 
-zo-finetuner options (--model.*): lr_policy 0.1, lr_llm 0.01, momentum 0.8, eta_meta 1e-6, eps 1e-3,
-  unroll 1 (look-ahead length T), reset_every 100, dtype auto|fp32|bf16 (auto: fp32 on the CPU, else the
-  checkpoint's, fp16 as bf16), gradient_checkpointing false,
-  val_every 0, val_steps 20, val_lr 1e-5, val_tasks 2, seed 0
-data options (--data.*): batch_size 8, num_train 200, num_eval 32, max_length 128, seed 0, objective
+zo-finetuner options (--model.*): lr_policy 0.1, eps 1e-3, unroll (look-ahead length T, default 1; ES/PES
+  unroll K, default 4), reset_every 100, dtype auto|fp32|bf16 (auto: fp32 on the CPU, else the
+  checkpoint's, fp16 as bf16), val_every 0, val_steps 20, val_lr 1e-5, val_tasks 2, seed 0; look-ahead:
+  lr_llm 0.01, momentum 0.8, eta_meta 1e-6, gradient_checkpointing false; ES/PES: pairs 4, es_std 0.05,
+  es_params bias|type|head|all, meta_loss final|mean, meta_batches 1, inner_method
+  zo-finetuner|zo-finetuner+gv, inner_lr 1e-5, scratch_dir
+data options (--data.*): batch_size 8, num_train 200, num_dev 32, num_eval 32, max_length 128, seed 0, objective
 
 `meta_train --help-all` lists every option with its documentation (imports Lightning; a few seconds).
 """
@@ -124,6 +130,7 @@ def _add_run_arguments(parser) -> None:
     parser.add_argument("--base", default="smollm2-135m", help="base model: alias, hub id or local folder")
     parser.add_argument("--tasks", type=Optional[list[str]], default=None, help="training tasks")
     parser.add_argument("--holdout", type=Optional[list[str]], default=None, help="held-out tasks")
+    parser.add_argument("--estimator", default="lookahead", help="meta-gradient estimator: lookahead, es or pes")
     parser.add_argument("--max_steps", type=int, default=100, help="meta-training steps")
     parser.add_argument("--out", type=str | None, default=None, help="run folder")
     parser.add_argument("--registry", type=str | None, default=None, help="zoo registry to publish into")
@@ -153,10 +160,16 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
                 parser.link_arguments("tasks", "data.tasks")
             if "holdout" in data_params:
                 parser.link_arguments("holdout", "data.holdout")
+            if "estimator" in model_params:
+                parser.link_arguments("estimator", "model.estimator")
             parser.link_arguments("max_steps", "trainer.max_steps")
 
         def before_instantiate_classes(self):  # refuse bad step counts before the base model is loaded
             _check_steps(self.config)
+            if "estimator" not in model_params and self.config["estimator"] != "lookahead":
+                from l2o.errors import ConfigError
+
+                raise ConfigError(f"--estimator is the zo-finetuner policy's; --method {method} has none")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -256,7 +269,8 @@ def _run_in(cli) -> int:
     if trainer.global_step < 1:  # never export or publish an untrained optimizer
         raise ConfigError(f"meta-training in {out} ran no step, so nothing was exported or published")
     summary, registry = _publish(cli.model, out, cfg)
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    history = getattr(cli.model, "run_history", dict)()  # per-step rows and every meta-validation
+    (out / "results.json").write_text(json.dumps({**summary, **history}, indent=1, default=str))
     for line in cli.model.report(summary):
         print(line)
     print(f"  artefact:    {summary['artefact']}")

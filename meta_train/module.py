@@ -1,24 +1,23 @@
-"""The ZO Fine-tuner meta-training LightningModule (arXiv 2510.00419, `trainer_l2l*.py`).
+"""The ZO Fine-tuner meta-training LightningModule (arXiv 2510.00419, `trainer_l2l*.py`): the outer loop.
 
 One training step (manual optimization; the policy's Adam is stepped through Lightning's wrapper so
 `global_step`, `max_steps` and checkpoints work):
 
-1. sample a training task and its batch (`TaskFamilyData`); the task's own L+/L-/sigma history feeds
-   the policy;
-2. look-ahead meta-gradient (`meta_train.lookahead.Lookahead`): sigma with autograd, L+/L- by the Engine,
-   theta' = theta - eta_meta c nf sigma z, meta-loss L(theta') through the LLM; Adam step on the policy;
-3. move the LLM one first-order SGD-momentum step (momentum 0.8, lr linearly decayed to 0 within each
-   restart period; fused into the backward, `meta_train.weights.Trajectory`) and every `reset_every` steps
-   reset it to the pretrained weights re-read from the model files ("periodic reset");
-4. every `val_every` steps (and at the end): meta-validation on held-out tasks, i.e. short ZO
+1. the meta-gradient of the policy from its estimator (`l2o.estimators`, `--estimator`):
+   - `lookahead` (the paper's): sigma with autograd, L+/L- by the Engine, theta' = theta - eta_meta c nf sigma z,
+     meta-loss L(theta') through the LLM; the LLM then moves one first-order SGD-momentum step (lr linearly
+     decayed within each restart period) and every `reset_every` steps is reset to the pretrained weights;
+   - `es`: antithetic ES over K-step unrolls of the deployed optimizer (MeZO or GV with the policy) from
+     the current point of a ZO trajectory, meta-loss on held-out batches; forward passes only;
+   - `pes`: Persistent ES over whole inner runs truncated into K-step unrolls (unbiased over the horizon);
+2. Adam step on the policy;
+3. every `val_every` steps (and at the end): meta-validation on held-out tasks, i.e. short ZO
    fine-tunings from the pretrained weights with the current policy vs MeZO at equal forward passes,
    run on the LLM itself while the trajectory's weights are parked on disk.
 
-Resident: the LLM, the momentum, the policy and one backward's activations; no pretrained copy, no
-scratch model, no theta' (the lean look-ahead), no whole gradient.
-
-Checkpoints hold the policy, its optimizer state and the per-task features, not the LLM: a resumed run
-restarts the LLM trajectory from the pretrained weights (as a periodic reset does).
+Checkpoints hold the policy, its optimizer state and the estimator's state (the look-ahead: the LLM's
+weights and momentum; ES and PES: the ledger records of their ZO runs, kilobytes), so a resumed run
+continues bit-identically. Ctrl-C stops after the current step (no meta-validation after it).
 """
 
 from __future__ import annotations
@@ -32,11 +31,15 @@ from typing import Optional
 import lightning as L
 import torch
 
+from l2o.engine import Engine
 from l2o.errors import ConfigError, UserError
-from l2o.noise import derive_seed
+from l2o.estimators import ESTIMATORS, INNER_METHODS, META_LOSSES, PARAMETRISATIONS
+from l2o.integrations.lightning.interrupt import interrupt_requested
 from l2o.policy import ZOPolicy
-from meta_train.lookahead import Lookahead, TaskState
-from meta_train.weights import PretrainedFiles, Trajectory, model_folder, park, unpark
+from l2o.weights import PretrainedFiles, model_folder, park, unpark
+
+DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
+BASELINE = {"zo-finetuner": "mezo", "zo-finetuner+gv": "mezo-gv"}  # meta-validation: the method without policy
 
 
 class ZOFineTunerMeta(L.LightningModule):
@@ -44,25 +47,38 @@ class ZOFineTunerMeta(L.LightningModule):
 
     Args:
         base: base model (alias such as smollm2-135m, hub id, or local folder).
+        estimator: the meta-gradient: lookahead (the paper's, first-order memory), es or pes (forward only).
         lr_policy: Adam learning rate of the policy MLPs.
-        lr_llm: first-order SGD learning rate of the LLM trajectory (linearly decayed in each restart period).
-        momentum: SGD momentum of the LLM trajectory.
-        eta_meta: step size of the look-ahead ZO step theta' = theta - eta_meta c nf sigma z.
-        eps: ZO perturbation scale.
-        unroll: look-ahead length T (1 = the paper's greedy one-step estimator).
-        reset_every: steps between resets of the LLM to its pretrained weights (0: never).
+        lr_llm: look-ahead: first-order SGD learning rate of the LLM trajectory (linearly decayed in each
+            restart period).
+        momentum: look-ahead: SGD momentum of the LLM trajectory.
+        eta_meta: look-ahead: step size of the look-ahead ZO step theta' = theta - eta_meta c nf sigma z.
+        eps: ZO perturbation scale (the look-ahead's, the inner runs' and meta-validation's).
+        unroll: look-ahead length T (default 1, the paper's greedy estimator), or ES/PES's unroll K (default 4).
+        reset_every: meta-steps between resets of the LLM to its pretrained weights (0: never); for ES and PES
+            the episode length in unrolls: an inner fine-tuning run of reset_every x unroll steps.
+        pairs: ES/PES: antithetic pairs per meta-step (PES: particles).
+        es_std: ES/PES: standard deviation of the perturbations of the policy's coordinates.
+        es_params: ES/PES: the coordinates perturbed: all (every policy parameter), head (output layer), bias
+            (the output bias: one per block, sigma's level) or type (the output bias tied within each kind of
+            block, e.g. every layer's q_proj: 11 coordinates for SmolLM2).
+        meta_loss: ES/PES: final (held-out loss after the unroll) or mean (over the unroll's steps).
+        meta_batches: ES/PES: held-out batches per meta-loss evaluation.
+        inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or zo-finetuner+gv.
+        inner_lr: ES/PES: the inner runs' learning rate (what the policy is meta-trained for).
+        scratch_dir: ES/PES: folder for the parked weights (default: the system's temporary folder).
         seed: seed of directions and policy initialisation.
         dtype: auto, fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32). auto: fp32 on the CPU;
             on an accelerator the checkpoint's dtype, with fp16 (OPT) trained in bf16 (l2o.models.resolve_dtype).
-        gradient_checkpointing: recompute activations in the backward passes (less memory, ~30% slower).
+        gradient_checkpointing: look-ahead: recompute activations in the backward passes (less memory).
         attn_implementation: eager or sdpa (default: the model's); unroll > 1 (second-order) needs eager,
             the lean one-step path does not.
-        detach_nf: treat the normaliser nf as a constant in the meta-gradient (the authors' code).
+        detach_nf: look-ahead: treat the normaliser nf as a constant in the meta-gradient (the authors' code).
         size_rule: block sizes n_b in nf: "numel" (true sizes: E||d||^2/D = 1, MeZO's step size) or "authors"
             (embedding = hidden x 15 x batch, a bigger step than MeZO's).
-        fixed_step: hold the effective step E||d||^2/D at 1 in the meta-gradient too: true sizes in nf and nf
-            differentiated (overrides detach_nf), so sigma -> c sigma has zero meta-gradient and only the
-            allocation across blocks is learned.
+        fixed_step: look-ahead: hold the effective step E||d||^2/D at 1 in the meta-gradient too: true sizes in
+            nf and nf differentiated (overrides detach_nf), so sigma -> c sigma has zero meta-gradient and only
+            the allocation across blocks is learned.
         init_policy: start from this policy (zoo id or artefact folder) instead of a fresh one.
         val_every: steps between meta-validations (0: only at the end).
         val_steps: ZO steps of each meta-validation fine-tuning.
@@ -73,34 +89,51 @@ class ZOFineTunerMeta(L.LightningModule):
 
     artefact_dir = "policy"  # the folder under --out that meta_train publishes
 
-    def __init__(self, base: str = "smollm2-135m", lr_policy: float = 0.1, lr_llm: float = 0.01,
-                 momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3, unroll: int = 1,
-                 reset_every: int = 100, seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
+    def __init__(self, base: str = "smollm2-135m", estimator: str = "lookahead", lr_policy: float = 0.1,
+                 lr_llm: float = 0.01, momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3,
+                 unroll: Optional[int] = None, reset_every: int = 100, pairs: int = 4, es_std: float = 0.05,
+                 es_params: str = "bias", meta_loss: str = "final", meta_batches: int = 1,
+                 inner_method: str = "zo-finetuner", inner_lr: float = 1e-5, scratch_dir: Optional[str] = None,
+                 seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
                  attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
                  fixed_step: bool = False,
                  init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
                  val_lr: float = 1e-5, val_tasks: int = 2, log_every: int = 10):
         super().__init__()
-        for name, v in (("lr_policy", lr_policy), ("lr_llm", lr_llm), ("eta_meta", eta_meta), ("eps", eps)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) or (name == "eps" and v <= 0):
-                raise ConfigError(f"--model.{name} must be a finite number {'> 0' if name == 'eps' else '>= 0'}, "
-                                 f"got {v!r}")
+        if estimator not in ESTIMATORS:
+            raise ConfigError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        for name, v in (("lr_policy", lr_policy), ("lr_llm", lr_llm), ("eta_meta", eta_meta), ("eps", eps),
+                        ("es_std", es_std), ("inner_lr", inner_lr)):
+            positive = name in ("eps", "es_std")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) or (positive and v <= 0):
+                raise ConfigError(f"--model.{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                                  f"got {v!r}")
         if not 0 <= momentum < 1:
             raise ConfigError(f"--model.momentum must be in [0, 1), got {momentum!r}")
-        if unroll < 1 or reset_every < 0 or val_steps < 1:
-            raise ConfigError("--model.unroll and val_steps must be >= 1 and reset_every >= 0")
+        unroll = DEFAULT_UNROLL[estimator] if unroll is None else unroll
+        if unroll < 1 or reset_every < 0 or val_steps < 1 or pairs < 1 or meta_batches < 1:
+            raise ConfigError("--model.unroll, pairs, meta_batches and val_steps must be >= 1 and reset_every >= 0")
+        if estimator == "pes" and reset_every < 1:
+            raise ConfigError("--estimator pes needs --model.reset_every >= 1 (unrolls per inner run)")
+        for name, v, choices in (("es_params", es_params, PARAMETRISATIONS), ("meta_loss", meta_loss, META_LOSSES),
+                                 ("inner_method", inner_method, INNER_METHODS)):
+            if v not in choices:
+                raise ConfigError(f"--model.{name} must be one of {', '.join(choices)}, got {v!r}")
         if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
         self.save_hyperparameters()
+        self.hparams.unroll = unroll
         self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold only the policy
+        self.strict_loading = False  # checkpoints hold only the policy (and the estimator's own state)
         self.model = None
         self.policy: ZOPolicy | None = None
-        self.task_state: dict[str, TaskState] = {}
+        self.estimator = None
         self.metaval_history: list[dict] = []
         self.meta_history: list[dict] = []
+        self.meta_forwards = 0
+        self._pending_state: dict | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -122,8 +155,8 @@ class ZOFineTunerMeta(L.LightningModule):
         dtype = resolve_dtype(hp.dtype, hp.base, device, first_order=True)
         model, tok, info = load_base(hp.base, dtype=dtype, attn_implementation=hp.attn_implementation)
         for p in model.parameters():
-            p.requires_grad_(True)
-        if hp.gradient_checkpointing:
+            p.requires_grad_(True)  # the engine's blocks; forward-only estimators never run a backward
+        if hp.gradient_checkpointing and hp.estimator == "lookahead":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.model, self.tokenizer, self.info = model, tok, info
@@ -136,25 +169,50 @@ class ZOFineTunerMeta(L.LightningModule):
         self.policy.base_model = hp.base
         self.policy.base_fingerprint = info.fingerprint
         self.policy.size_rule = hp.size_rule  # recorded in the artefact: fine_tune deploys with it
-        self.lookahead = Lookahead(model, self.policy, batch_size=self.dm.batch_size, eps=hp.eps,
-                                   eta_meta=hp.eta_meta, unroll=hp.unroll,
-                                   detach_nf=hp.detach_nf and not hp.fixed_step, size_rule=hp.size_rule)
-        self.files = PretrainedFiles(model_folder(info.path), self.lookahead.engine)
+        self.engine = Engine(model)
+        self.files = PretrainedFiles(model_folder(info.path), self.engine)
+        self.estimator = self._build_estimator()
         # DDP leaves the LLM alone (every rank moves its own); the policy's gradients are averaged per step
         self._ddp_params_and_buffers_to_ignore = [f"model.{n}" for n, _ in model.named_parameters()] + [
             f"model.{n}" for n, _ in model.named_buffers()]
-        self.trajectory = Trajectory(self.lookahead.engine, hp.lr_llm, hp.momentum)
+
+    def _build_estimator(self):
+        from l2o.estimators import ES, PES, LookaheadEstimator, Unroller
+
+        hp, trainer = self.hparams, self._trainer  # None: the module driven by hand (tests)
+        world, max_steps = (trainer.world_size, trainer.max_steps) if trainer is not None else (1, 1)
+        if hp.estimator == "lookahead":
+            return LookaheadEstimator(self.model, self.policy, self.files, batch_size=self.dm.batch_size, eps=hp.eps,
+                                      eta_meta=hp.eta_meta, unroll=hp.unroll,
+                                      detach_nf=hp.detach_nf and not hp.fixed_step, size_rule=hp.size_rule,
+                                      lr_llm=hp.lr_llm, momentum=hp.momentum, reset_every=hp.reset_every,
+                                      max_steps=max_steps, seed=hp.seed, rank=self.global_rank,
+                                      world=world)
+        if hp.estimator == "pes" and world > 1:
+            raise ConfigError("--estimator pes runs on one process; use --estimator es on several devices")
+        if self.dm.num_dev < 1:
+            raise ConfigError(f"--estimator {hp.estimator} takes its meta-loss on held-out batches: "
+                              "--data.num_dev must be >= 1")
+        from l2o.distributed import LocalCollective, TorchCollective
+
+        unroller = Unroller(self.model, hp.inner_method, lr=hp.inner_lr, eps=hp.eps, size_rule=hp.size_rule,
+                            batch_size=self.dm.batch_size, meta_loss=hp.meta_loss, meta_batches=hp.meta_batches,
+                            seed=hp.seed)
+        cls = ES if hp.estimator == "es" else PES
+        return cls(self.model, self.policy, self.files, unroller, unroll=hp.unroll, pairs=hp.pairs, std=hp.es_std,
+                   params=hp.es_params, reset_every=hp.reset_every, seed=hp.seed, scratch_dir=hp.scratch_dir,
+                   collective=TorchCollective() if world > 1 else LocalCollective())
+
+    def teardown(self, stage: str) -> None:
+        """The estimator's files (parked weights) go with the fit; the policy stays for the export."""
+        if self.estimator is not None:
+            self.estimator.close()
 
     def train(self, mode: bool = True):  # dropout off; training mode only for activation checkpointing
         super().train(mode)
         if self.model is not None:
-            self.model.train(bool(self.hparams.gradient_checkpointing) and mode)
+            self.model.train(bool(self.hparams.gradient_checkpointing) and mode and self.hparams.estimator == "lookahead")
         return self
-
-    def reset_llm(self) -> None:
-        """Periodic reset: pretrained weights back (re-read from the model files), fresh momentum."""
-        self.files.restore()
-        self.trajectory.reset()
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.policy.parameters(), lr=self.hparams.lr_policy)
@@ -164,41 +222,38 @@ class ZOFineTunerMeta(L.LightningModule):
         objective = self.dm.objectives[task]
         return lambda model, batch: objective.loss(model, self.tokenizer, batch)
 
+    def _streams(self, key: int):
+        return self.dm.stream(key, self.tokenizer)
+
+    def on_train_start(self) -> None:
+        if self._pending_state is not None:  # a resumed run: the estimator's state from the checkpoint
+            self.estimator.load_state_dict(self._pending_state)
+            self._pending_state = None
+        if self._validation_due():
+            self.meta_validate()
+
     def training_step(self, _, batch_idx):
-        hp, step = self.hparams, self.global_step
+        step = self.global_step
         t0 = time.perf_counter()
-        rank, world = self.global_rank, self.trainer.world_size  # each DDP rank: its own task and trajectory
-        task = self.dm.task_for_step(step * world + rank)
-        batch = self.dm.batch(task, step * world + rank)
-        loss_fn = self._loss_fn(task)
-        state = self.task_state.get(task, TaskState())
         opt = self.optimizers()
         opt.zero_grad()
-        res = self.lookahead.step(loss_fn, batch, seed=derive_seed(hp.seed, step, rank), state=state)
-        if world > 1:
-            self._average_policy_gradients()
-        gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.policy.parameters()
-                                     if p.grad is not None)))
+        out = self.estimator.estimate(self.policy, self._streams, step)
+        out.assign_grad(self.policy)
+        if self.trainer.world_size > 1 and self.hparams.estimator == "lookahead":
+            self._average_policy_gradients()  # ES: every rank already holds the same gradient
+        gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.policy.parameters())))
         opt.step()
-        self.task_state[task] = res.state
-        # the LLM trajectory: one first-order SGD-momentum step, lr linearly decayed within the restart period
-        period = hp.reset_every or max(1, self.trainer.max_steps)
-        lr = hp.lr_llm * (1.0 - (step % period) / period)
-        self.trajectory.lr = lr
-        llm_loss = self.trajectory.step(loss_fn, self.model, batch)
-        if hp.reset_every and (step + 1) % hp.reset_every == 0:
-            self.reset_llm()
-        sigma = res.sigma.float()
-        row = {"step": step, "task": task, "meta_loss": res.meta_loss, "L_plus": res.plus[0], "L_minus": res.minus[0],
-               "projected_grad": res.c[0], "nf": res.nf[0], "effective_step": res.effective_step[0],
-               "llm_loss": llm_loss, "llm_lr": lr,
+        self.meta_forwards += out.forwards
+        sigma = out.sigma.float() if out.sigma is not None else torch.ones(1)
+        row = {"step": step, "task": out.task, "meta_loss": out.meta_loss, **out.metrics,
                "sigma_mean": float(sigma.mean()), "sigma_std": float(sigma.std()) if sigma.numel() > 1 else 0.0,
-               "policy_grad_norm": gnorm, "step_time_s": time.perf_counter() - t0}
+               "policy_grad_norm": gnorm, "meta_forwards": self.meta_forwards,
+               "step_time_s": time.perf_counter() - t0}
         self.meta_history.append(row)
         self.log_dict({f"meta/{k}": float(v) for k, v in row.items() if k not in ("step", "task")}, on_step=True)
-        self.log(f"meta/loss_{task}", res.meta_loss, on_step=True)
-        self.log("meta_loss", res.meta_loss, prog_bar=True, logger=False)
-        if hp.log_every and step % hp.log_every == 0:
+        self.log(f"meta/loss_{out.task}", out.meta_loss, on_step=True)
+        self.log("meta_loss", out.meta_loss, prog_bar=True, logger=False)
+        if self.hparams.log_every and step % self.hparams.log_every == 0 and out.sigma is not None:
             self._log_sigma(sigma, step)
 
     def _average_policy_gradients(self) -> None:
@@ -210,12 +265,20 @@ class ZOFineTunerMeta(L.LightningModule):
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p.grad))
 
+    def _validation_due(self) -> bool:
+        """A meta-validation is due after this step and not yet done (a resumed run does the one its
+        checkpoint was saved before: checkpoints are written before the module's batch-end hook)."""
+        ve, step = self.hparams.val_every, self.global_step
+        done = bool(self.metaval_history) and self.metaval_history[-1]["step"] == step
+        return bool(ve) and step % ve == 0 and 0 < step < self.trainer.max_steps and not done
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        ve = self.hparams.val_every
-        if ve and self.global_step % ve == 0 and self.global_step < self.trainer.max_steps:
+        if self._validation_due() and not interrupt_requested(self.trainer):
             self.meta_validate()
 
     def on_train_end(self):
+        if interrupt_requested(self.trainer):  # Ctrl-C: stop now; the resumed run validates at its end
+            return
         if not self.metaval_history or self.metaval_history[-1]["step"] != self.global_step:
             self.meta_validate()
 
@@ -233,7 +296,7 @@ class ZOFineTunerMeta(L.LightningModule):
         if tb is None:
             return
         tb.add_histogram("sigma/all_blocks", sigma, step)
-        names = [b.name for b in self.lookahead.blocks]
+        names = [b.name for b in self.engine.blocks]
         for kind in ("weight", "bias"):
             sel = [i for i, n in enumerate(names) if n.endswith(kind)]
             if sel:
@@ -252,11 +315,12 @@ class ZOFineTunerMeta(L.LightningModule):
             n += len(chunk)
         return total / max(1, n)
 
-    def meta_validate(self) -> dict:
+    def meta_validate(self) -> dict | None:
         """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes.
 
         They run on the LLM itself: the trajectory's weights are parked in a file meanwhile, every
-        fine-tuning starts from the model files, and the trajectory comes back bit-identical."""
+        fine-tuning starts from the model files, and the trajectory comes back bit-identical. Ctrl-C abandons
+        a meta-validation between its fine-tunings (None, nothing recorded)."""
         hp = self.hparams
         tasks = (self.dm.heldout_task_names or self.dm.train_task_names)[: max(1, hp.val_tasks)]
         policy = ZOPolicy.from_tensors(self.policy.tensors(), self.policy.config())
@@ -265,15 +329,17 @@ class ZOFineTunerMeta(L.LightningModule):
         os.close(fd)
         training = self.model.training
         try:
-            park(self.lookahead.engine, parked)
+            park(self.engine, parked)
             self.model.eval()
             for task in tasks:
                 row["tasks"][task] = {}
                 for method in ("zo-finetuner", "mezo"):
+                    if interrupt_requested(self._trainer):
+                        return None
                     self.files.restore()
                     row["tasks"][task].update(self._short_fine_tune(method, task, policy))
         finally:
-            unpark(self.lookahead.engine, parked)
+            unpark(self.engine, parked)
             os.remove(parked)
             self.model.train(training)
         pol = [r["zo-finetuner"] for r in row["tasks"].values()]
@@ -308,18 +374,23 @@ class ZOFineTunerMeta(L.LightningModule):
             opt.engine.remove_hooks()
         return {method: self._eval_loss(self.model, task), f"{method}_forwards": opt.forward_passes}
 
-    # ------------------------------------------------------------------ checkpoints: the policy only
+    # ------------------------------------------------------------------ checkpoints: policy + estimator state
     def on_save_checkpoint(self, checkpoint):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
         checkpoint["l2o"] = {"fingerprint": self.info.fingerprint, "base": self.hparams.base,
-                             "task_state": {k: v.to_dict() for k, v in self.task_state.items()},
+                             "estimator": self.hparams.estimator, "estimator_state": self.estimator.state_dict(),
+                             "meta_forwards": self.meta_forwards,
                              "metaval": self.metaval_history, "history": self.meta_history}
 
     def on_load_checkpoint(self, checkpoint):
         extra = checkpoint.get("l2o", {})
         if self.model is not None and extra.get("fingerprint") != self.info.fingerprint:
             raise UserError(f"this checkpoint was made for base {extra.get('base')!r}, not {self.hparams.base!r}")
-        self.task_state = {k: TaskState.from_dict(v) for k, v in extra.get("task_state", {}).items()}
+        if extra.get("estimator", "lookahead") != self.hparams.estimator:
+            raise UserError(f"this checkpoint was made with --estimator {extra.get('estimator', 'lookahead')}, "
+                            f"not {self.hparams.estimator}")
+        self._pending_state = extra.get("estimator_state")  # loaded in on_train_start, after setup
+        self.meta_forwards = int(extra.get("meta_forwards", 0))
         self.metaval_history = list(extra.get("metaval", []))
         self.meta_history = list(extra.get("history", []))
 
@@ -330,17 +401,12 @@ class ZOFineTunerMeta(L.LightningModule):
         last = self.metaval_history[-1] if self.metaval_history else None
         return {"method": "zo-finetuner", "base": hp.base, "steps": int(self.global_step),
                 "tasks": self.dm.train_task_names, "heldout_tasks": self.dm.heldout_task_names,
-                "estimator": "lookahead (meta-gradient through the unrolled policy-scaled ZO steps, arXiv 2510.00419)",
-                "unroll": hp.unroll, "size_rule": hp.size_rule,
-                "inner_optimizer": {"name": "ZO two-point step along the policy-scaled direction",
-                                    "lr": hp.eta_meta, "eps": hp.eps},
-                "trajectory": {"optimizer": "SGD", "lr": hp.lr_llm, "momentum": hp.momentum,
-                               "reset_every": hp.reset_every},
+                "estimator": self._estimator_card(), "unroll": hp.unroll, "size_rule": hp.size_rule,
+                "meta_forwards": self.meta_forwards, **self._inner_and_trajectory(),
                 "hyperparameters": {k: v for k, v in dict(hp).items()},
-                "effective_step": (sum(r["effective_step"] for r in self.meta_history) / len(self.meta_history)
-                                   if self.meta_history else None),
+                "effective_step": _mean(r.get("effective_step") for r in self.meta_history),
                 "meta_validation": last, "evaluation": self._evaluation(last),
-                "provenance": {"made_by": f"meta_train --base {hp.base} (this project)"}}
+                "provenance": {"made_by": f"meta_train --base {hp.base} --estimator {hp.estimator} (this project)"}}
 
     def _evaluation(self, mv: dict | None) -> dict:
         """The last meta-validation as the card's evaluation: held-out tasks, the seed, policy vs MeZO."""
@@ -355,25 +421,59 @@ class ZOFineTunerMeta(L.LightningModule):
                 "rows": [{"task": t, "value": r["zo-finetuner"], "baseline_value": r["mezo"],
                           "difference": r["zo-finetuner"] - r["mezo"]} for t, r in mv["tasks"].items()]}
 
+    def _estimator_card(self) -> str:
+        hp = self.hparams
+        if hp.estimator == "lookahead":
+            return "lookahead (meta-gradient through the unrolled policy-scaled ZO steps, arXiv 2510.00419)"
+        what = (f"antithetic ES over {hp.unroll}-step unrolls of the deployed {hp.inner_method}, {hp.pairs} pairs"
+                if hp.estimator == "es" else
+                f"Persistent ES (Vicol et al. 2021) over {hp.reset_every * hp.unroll}-step inner runs in "
+                f"{hp.unroll}-step truncations, {hp.pairs} particles")
+        return (f"{hp.estimator} ({what}, coordinates {hp.es_params}, std {hp.es_std}, {hp.meta_loss} held-out "
+                "loss; forward passes only)")
+
+    def _inner_and_trajectory(self) -> dict:
+        hp = self.hparams
+        if hp.estimator == "lookahead":
+            return {"inner_optimizer": {"name": "ZO two-point step along the policy-scaled direction",
+                                        "lr": hp.eta_meta, "eps": hp.eps},
+                    "trajectory": {"optimizer": "SGD", "lr": hp.lr_llm, "momentum": hp.momentum,
+                                   "reset_every": hp.reset_every}}
+        return {"inner_optimizer": {"name": f"{hp.inner_method} with the policy's scales", "lr": hp.inner_lr,
+                                    "eps": hp.eps},
+                "trajectory": {"optimizer": f"{hp.inner_method} with the current policy (zeroth order)",
+                               "lr": hp.inner_lr, "reset_every": f"{hp.reset_every * hp.unroll} inner steps"}}
+
+    def run_history(self) -> dict:
+        """What results.json holds beyond the summary: every meta-step's row and every meta-validation."""
+        return {"history": self.meta_history, "meta_validations": self.metaval_history}
+
     def export_artefact(self, directory, license: str = "apache-2.0"):
         """The policy as a zoo artefact folder in `directory` (`meta_train` publishes it)."""
         from zoo.learned import save_policy
 
         s = self.training_summary()  # the card's facts (zoo/card.py): tasks, estimator, evaluation, ...
         card = {"license": license,
-                "description": (f"ZO Fine-tuner policy meta-trained on {', '.join(s['tasks'])} for {s['steps']} steps "
+                "description": (f"ZO Fine-tuner policy meta-trained with the {self.hparams.estimator} estimator on "
+                                f"{', '.join(s['tasks'])} for {s['steps']} steps, {s['meta_forwards']} forward passes "
                                 f"(held out: {', '.join(s['heldout_tasks']) or 'none'}).")}
         return save_policy(self.policy, directory, card=card, training=s)
 
     def report(self, summary: dict) -> list[str]:
         """The lines `meta_train` prints at the end."""
         lines = [f"meta-trained a zo-finetuner policy for {self.hparams.base}: {summary['steps']} steps on "
-                 f"{', '.join(summary['tasks'])}"]
+                 f"{', '.join(summary['tasks'])} ({self.hparams.estimator} estimator, {summary['meta_forwards']} "
+                 "forward passes)"]
         mv = summary["meta_validation"]
         if mv:
             lines.append(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
                          f"{mv['mezo_loss']:.4f} at equal forward passes")
         return lines
+
+
+def _mean(values):
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def sigma_figure(names: list[str], sigma: list[float], title: str = ""):

@@ -21,6 +21,18 @@ unroll > 1 takes the functional path, which also holds theta_t and z_t of every 
 dtype (l2o/base_shapes.json's torch_dtype for an alias), with fp16 trained in bf16 (OPT-13B: bf16). A plan that
 does not fit names the first of --model.dtype bf16, --model.gradient_checkpointing true, both, that does.
 
+With the forward-only estimators (`--estimator es|pes`) a step is ZO fine-tuning plus the policy:
+
+    weights       N x bytes(dtype)                   the LLM, the only resident copy
+    perturbation  largest block x (4 + b + 2)        the engine's temporaries as fine_tune --dry-run plans them
+    / update      (x 4 in fp32), + a tied            (l2o.memory_plan.temporaries): one block at a time
+                  embedding's perturbed copy
+    activations   at batch x length, no grad         one layer's working set and the logits
+                                                     (l2o.memory_plan.forward_activation_bytes)
+    policy        B x 449 x 4 x 5                    parameters, gradient, Adam's moments, a perturbed copy
+    runtime       fixed reserve
+    on disk       N x bytes x files                  parked weights: ES 1 file (theta_t), PES 2 per particle
+
 Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the weights' dtype:
 norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores 2 a L; logits
 tokens x vocab x (bytes + 8) for the float32 cross-entropy. With gradient checkpointing: one hidden
@@ -30,14 +42,22 @@ state per layer plus one layer's activations.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from l2o.memory_plan import (RUNTIME_RESERVE, GiB, Plan, activation_bytes, base_config, count, format_rows,
-                             shapes)
+from l2o.memory_plan import (RUNTIME_RESERVE, GiB, Plan, activation_bytes, base_config, count,
+                             forward_activation_bytes, format_rows, shapes, temporaries, tied_copy_bytes)
 
-__all__ = ["base_config", "format_plan", "main", "make_plan", "shapes"]
+__all__ = ["base_config", "format_plan", "main", "make_plan", "shapes", "table"]
+ESTIMATORS = ("lookahead", "es", "pes")  # l2o.estimators.ESTIMATORS (not imported: --dry-run stays light)
 BYTES = {"fp32": 4, "bf16": 2}  # meta-training's dtypes (fp16 overflows without loss scaling)
 POLICY_FLOATS_PER_BLOCK = 449
+
+
+@dataclass
+class MetaPlan(Plan):
+    estimator: str = "lookahead"
+    disk: int = 0  # parked weights of the forward-only estimators (host disk, not device memory)
 
 
 def plan_dtype(base: str, dtype: str) -> tuple[str, str]:
@@ -52,15 +72,39 @@ def plan_dtype(base: str, dtype: str) -> tuple[str, str]:
     return resolve_dtype("auto", base, "cuda", first_order=True), how
 
 
+def forward_only_rows(config, n: int, sizes, dtype: str, batch: int, length: int, eager: bool, how: str) -> list:
+    b, big = BYTES[dtype], max(sizes)
+    tied = tied_copy_bytes(config, b)
+    return [
+        ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype}{'; ' + how if how else ''}); no momentum, "
+         "no gradient"),
+        ("perturbation/update", max(temporaries(big, b)) + tied,
+         f"one block at a time: the largest, {big / 1e6:.0f}M elements"
+         + (", and the tied embedding's perturbed copy" if tied else "")),
+        ("activations", forward_activation_bytes(config, batch, length, b, eager),
+         f"batch {batch} x {length} tokens, forward only (one layer + logits)"),
+        ("policy", len(sizes) * POLICY_FLOATS_PER_BLOCK * 4 * 5,
+         f"{len(sizes)} MLPs: params, grad, Adam m and v, a perturbed copy"),
+        ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)"),
+    ]
+
+
 def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
-              unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0) -> Plan:
+              unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0, estimator: str = "lookahead",
+              pairs: int = 4) -> MetaPlan:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     config = base_config(base)
     dtype, how = plan_dtype(base, dtype)
     if dtype not in BYTES:
         raise ValueError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
     n, sizes = count(base)
     b, big = BYTES[dtype], max(sizes)
-    plan = Plan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB, dtype=dtype)
+    plan = MetaPlan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB, dtype=dtype, estimator=estimator)
+    if estimator != "lookahead":
+        plan.rows = forward_only_rows(config, n, sizes, dtype, batch, length, eager, how)
+        plan.disk = n * b * (1 if estimator == "es" else 2 * pairs)
+        return plan
     plan.rows = [
         ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype}{'; ' + how if how else ''})"),
         ("momentum", n * b, f"SGD momentum in {dtype}" + (", fp32 arithmetic + stochastic rounding" if b < 4 else "")),
@@ -79,8 +123,8 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
 
 
 def format_plan(plan: Plan) -> str:
-    lines = [f"memory plan per device: meta_train --base {plan.base} ({plan.params / 1e9:.2f}B parameters, "
-             f"{plan.blocks} blocks)"]
+    lines = [f"memory plan per device: meta_train --base {plan.base} --estimator {plan.estimator} "
+             f"({plan.params / 1e9:.2f}B parameters, {plan.blocks} blocks)"]
     lines += format_rows(plan.rows)
     room = plan.gpu_bytes - plan.total
     lines.append(f"  {'total':<22} {plan.total / GiB:8.2f} GiB")
@@ -88,6 +132,9 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"  {verdict} in {plan.gpu_bytes / GiB:.0f} GiB ({abs(room) / GiB:.1f} GiB "
                  f"{'to spare' if plan.fits else 'short'}); pretrained weights for resets are re-read from the "
                  "model files, meta-validation parks the trajectory on disk")
+    if plan.disk:
+        lines.append(f"  {'on disk (not device)':<22} {plan.disk / GiB:8.2f} GiB   parked weights "
+                     f"({'theta_t' if plan.estimator == 'es' else '2 runs per particle'}; --model.scratch_dir)")
     return "\n".join(lines)
 
 
@@ -145,7 +192,8 @@ def main(argv: list[str]) -> int:
                   checkpointing=str(opt.get("--model.gradient_checkpointing", "false")).lower() == "true",
                   unroll=int(opt.get("--model.unroll", 1)),
                   eager=opt.get("--model.attn_implementation", "") == "eager",
-                  gpu_gb=float(opt.get("--gpu-memory", 80)))
+                  gpu_gb=float(opt.get("--gpu-memory", 80)), estimator=opt.get("--estimator", "lookahead"),
+                  pairs=int(opt.get("--model.pairs", 4)))
         plan = make_plan(**kw)
         hint = None if plan.fits else fitting_flags(kw)
     except (ValueError, OSError) as err:
@@ -156,3 +204,26 @@ def main(argv: list[str]) -> int:
         print(f"  fits with {hint}" if hint else "  no flag makes it fit (not bf16 with gradient checkpointing "
               "either): a device with more memory (--gpu-memory) or a smaller base or batch")
     return 0 if plan.fits else 1
+
+
+def table(dtypes=("bf16", "fp32"), batch: int = 8, length: int = 128) -> str:
+    """The markdown table of docs/meta_train.md: every shipped base under every estimator (GiB per device)."""
+    head = ("| base | params | dtype | lookahead | es | pes (4 particles) | disk: es / pes | fits 80 GiB | "
+            "fits 139 GiB (H200) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for base in shapes():
+        for dtype in dtypes:
+            plans = {e: make_plan(base, dtype, batch, length, estimator=e) for e in ESTIMATORS}
+            total = {e: p.total / GiB for e, p in plans.items()}
+
+            def fits(gib):
+                return ", ".join(e for e in ESTIMATORS if total[e] <= gib) or "none"
+
+            lines.append(f"| {base} | {plans['es'].params / 1e9:.2f}B | {dtype} | {total['lookahead']:.1f} | "
+                         f"{total['es']:.1f} | {total['pes']:.1f} | {plans['es'].disk / GiB:.1f} / "
+                         f"{plans['pes'].disk / GiB:.1f} | {fits(80)} | {fits(139)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m meta_train.plan: the table of every base under every estimator
+    print(table())

@@ -208,16 +208,38 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-def run_meta_train_interrupted_at(step: int, argv: list[str]) -> None:
+def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool = False) -> None:
     """The `meta_train` CLI on `argv`, sent a real SIGINT by itself once `step` meta-steps are done (from the
-    CLI's own interrupt callback, just before it checks for one); exits with the CLI's exit code. Run it in a
-    subprocess."""
+    CLI's own interrupt callback, just before it checks for one), or with `during=True` in the middle of step
+    number `step` (after its meta-gradient, before the policy's update); exits with the CLI's exit code. Run it
+    in a subprocess."""
     import os
     import signal
     import sys
 
     import meta_train.cli
     from meta_train.cli import main
+
+    if during:
+        from meta_train.module import ZOFineTunerMeta
+
+        estimate = None
+
+        def setup(self, stage=None, _setup=ZOFineTunerMeta.setup):
+            nonlocal estimate
+            _setup(self, stage)
+            estimate = self.estimator.estimate
+
+            def interrupted(policy, streams, s):
+                out = estimate(policy, streams, s)
+                if s == step:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return out
+
+            self.estimator.estimate = interrupted
+
+        ZOFineTunerMeta.setup = setup
+        sys.exit(main(argv))
 
     real = meta_train.cli.interrupt_callback
 

@@ -31,6 +31,8 @@ def interrupt_callback(last: Path):
     from l2o.integrations.lightning.checkpoints import LastCheckpoint
 
     class StopOnInterrupt(Callback):
+        is_interrupt_callback = True
+
         def __init__(self):
             self.requested = False
             self._previous = None
@@ -67,6 +69,12 @@ def interrupt_callback(last: Path):
             self._restore()
 
     return StopOnInterrupt()
+
+
+def interrupt_requested(trainer) -> bool:
+    """Whether Ctrl-C has asked this run to stop: work that would only delay the stop (a meta-validation after
+    the step, at the end of training) skips or abandons itself."""
+    return any(getattr(cb, "is_interrupt_callback", False) and cb.requested for cb in getattr(trainer, "callbacks", []))
 
 
 def finish_fit(fit, trainer, stop_cb) -> None:

@@ -1,13 +1,16 @@
 """The LLM's weights during meta-training, with no resident copy besides the LLM itself.
 
+(Used by the meta-gradient estimators, `l2o.estimators`, and `meta_train`.)
+
 - `Trajectory`: the first-order SGD-momentum trajectory theta moves on. The step is fused into the
   backward: a post-accumulate-grad hook updates block b (`Engine.momentum_step`: fp32 arithmetic,
   stochastic rounding in bf16) as soon as its gradient exists and frees that gradient, so the whole
   gradient is never held. m_b (the momentum) is kept in the weights' dtype.
 - `PretrainedFiles`: a periodic reset re-reads the pretrained weights from the model's safetensors files
   (memory-mapped, one tensor at a time) instead of keeping a pretrained copy in memory.
-- `park` / `unpark`: meta-validation fine-tunes the LLM itself; meanwhile the trajectory's weights wait
-  in a file on disk (written and read one block at a time).
+- `park` / `unpark` / `Snapshot`: the weights wait in a file on disk (written and read one block at a
+  time; read back bit-identically): while meta-validation fine-tunes the LLM itself, and as the state an
+  ES unroll starts from and returns to.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ class Trajectory:
 
     def reset(self) -> None:
         self.buf = {}
+
+    def state_dict(self) -> dict:
+        """The momentum buffers (by block index) and the step count (the rounding seeds): with the weights,
+        everything a resumed trajectory needs to continue bit-identically. The live buffers, not copies (a
+        checkpoint serialises them before the next step)."""
+        return {"steps": self.steps, "momentum": {i: m.detach() for i, m in self.buf.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.buf = {}
+        for i, m in state["momentum"].items():
+            p = self.engine.blocks[int(i)].param
+            self.buf[int(i)] = m.to(device=p.device, dtype=p.dtype).clone()
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -144,12 +160,47 @@ def park(engine: Engine, path: str | Path) -> None:
             f.write(memoryview(b.param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
 
 
-@torch.no_grad()
 def unpark(engine: Engine, path: str | Path) -> None:
-    """Read back what `park` wrote: the weights are bit-identical to what they were."""
+    """Read back what `park` wrote: the weights are bit-identical to what they were (on the CPU the bytes are
+    read straight into the weights, so restoring needs no memory beyond them)."""
     with open(path, "rb") as f:
         for b in engine.blocks:
-            p = b.param
-            n = p.numel() * p.element_size()
-            raw = torch.from_numpy(np.fromfile(f, dtype=np.uint8, count=n))
-            engine.assign(b, raw.view(p.dtype).to(p.device))
+            engine.assign_bytes(b, f.readinto)
+
+
+class Snapshot:
+    """The weights at one moment, parked in a file (in `directory`, default the system's temporary folder) and
+    restorable any number of times, bit-identically, in any dtype: what an estimator unrolls from.
+    `save()` (re)writes it, `restore()` reads it back, `close()` removes the file."""
+
+    def __init__(self, engine: Engine, directory: str | Path | None = None, prefix: str = "l2o-snapshot-"):
+        import os
+        import tempfile
+
+        self.engine = engine
+        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".bin", dir=directory)
+        os.close(fd)
+        self.saved = False
+
+    def save(self) -> "Snapshot":
+        park(self.engine, self.path)
+        self.saved = True
+        return self
+
+    def restore(self) -> None:
+        if not self.saved:
+            raise RuntimeError("nothing saved in this snapshot yet")
+        unpark(self.engine, self.path)
+
+    def close(self) -> None:
+        import os
+
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        self.saved = False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

@@ -36,7 +36,8 @@ from torch import nn
 from torch.func import functional_call
 
 from l2o.engine import Direction, Engine
-from l2o.noise import mix
+from l2o.estimators.base import EstimatorOut, GradientEstimator
+from l2o.noise import derive_seed, mix
 from l2o.policy import ZOPolicy, effective_sizes, features, normalization_factor, weight_stats
 
 
@@ -231,3 +232,72 @@ class Lookahead:
             meta = self.engine.evaluate(closure, d, -self.eta_meta * c)
         return LookaheadResult(meta_loss=meta, plus=[plus], minus=[minus], c=[c], nf=[float(nf)],
                                effective_step=[self.effective_step(s)], sigma=sigma.detach().clone(), state=TaskState(plus, minus, sigma.detach().float().clone()))
+
+
+class LookaheadEstimator(GradientEstimator):
+    """The look-ahead behind the estimator interface, with the first-order trajectory it is defined on.
+
+    Per meta-step (the ZO Fine-tuner paper's `trainer_l2l*.py`): the stream keyed `step * world + rank` (each
+    DDP rank its own task and trajectory), its train batch 0, the rank's direction seed; then the LLM moves
+    one SGD-momentum step (lr linearly decayed to 0 within each restart period of `reset_every` meta-steps, or
+    of `max_steps` without resets) and at the end of a period is reset to the pretrained weights (`files`).
+    The state for a resume: the LLM's weights, the momentum, the step count and the per-task features.
+    """
+
+    name = "lookahead"
+
+    def __init__(self, model: nn.Module, policy: ZOPolicy, files, batch_size: int, eps: float = 1e-3,
+                 eta_meta: float = 1e-6, unroll: int = 1, detach_nf: bool = True, size_rule: str = "numel",
+                 lr_llm: float = 0.01, momentum: float = 0.8, reset_every: int = 100, max_steps: int = 1,
+                 seed: int = 0, rank: int = 0, world: int = 1):
+        from l2o.weights import Trajectory
+
+        self.lookahead = Lookahead(model, policy, batch_size=batch_size, eps=eps, eta_meta=eta_meta, unroll=unroll,
+                                   detach_nf=detach_nf, size_rule=size_rule)
+        self.model, self.files, self.engine = model, files, self.lookahead.engine
+        self.trajectory = Trajectory(self.engine, lr_llm, momentum)
+        self.lr_llm, self.reset_every, self.max_steps = float(lr_llm), int(reset_every), int(max_steps)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        self.task_state: dict[str, TaskState] = {}
+
+    def estimate(self, policy: ZOPolicy, streams, step: int) -> EstimatorOut:
+        stream = streams(step * self.world + self.rank)
+        batch = stream.train(0)
+        saved = [p.grad for p in policy.parameters()]
+        for p in policy.parameters():
+            p.grad = None
+        self.lookahead.policy = policy
+        res = self.lookahead.step(stream.loss, batch, seed=derive_seed(self.seed, step, self.rank),
+                                  state=self.task_state.get(stream.name, TaskState()))
+        grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in policy.parameters()]
+        for p, g in zip(policy.parameters(), saved):
+            p.grad = g
+        self.task_state[stream.name] = res.state
+        period = self.reset_every or max(1, self.max_steps)
+        self.trajectory.lr = self.lr_llm * (1.0 - (step % period) / period)
+        llm_loss = self.trajectory.step(stream.loss, self.model, batch)
+        if self.reset_every and (step + 1) % self.reset_every == 0:
+            self.files.restore()
+            self.trajectory.reset()
+        metrics = {"L_plus": res.plus[0], "L_minus": res.minus[0], "projected_grad": res.c[0], "nf": res.nf[0],
+                   "effective_step": res.effective_step[0], "llm_loss": llm_loss, "llm_lr": self.trajectory.lr}
+        forwards = 2 * len(res.plus) + 1 + 1  # L+ and L- per unrolled step, the meta-loss, the trajectory's step
+        return EstimatorOut(res.meta_loss, grad, metrics, res.sigma, stream.name, forwards * self.world)
+
+    def state_dict(self) -> dict:
+        """Everything the trajectory is: its weights (one tensor per block), momentum and step count, and the
+        policy's per-task features. (A first-order trajectory has no ledger: a checkpoint holds its weights.)
+        The tensors are the live ones, not copies: the checkpoint is written before the next step."""
+        return {"weights": {b.name: b.param.detach() for b in self.engine.blocks},
+                "trajectory": self.trajectory.state_dict(),
+                "task_state": {k: v.to_dict() for k, v in self.task_state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        weights = state["weights"]
+        for b in self.engine.blocks:
+            self.engine.assign(b, weights[b.name].to(device=b.param.device, dtype=b.param.dtype))
+        self.trajectory.load_state_dict(state["trajectory"])
+        self.task_state = {k: TaskState.from_dict(v) for k, v in state.get("task_state", {}).items()}
+
+    def close(self) -> None:
+        self.trajectory.remove()

@@ -1,0 +1,84 @@
+"""meta_train resumes bit-identically after a real Ctrl-C, with every estimator, and stops within one step.
+
+What a resumed run must carry (issue 22): the policy and its Adam state (Lightning's checkpoint), the LLM
+trajectory (look-ahead: its weights and momentum; ES and PES: the ledger records of their ZO runs, replayed
+onto the pretrained weights), the policy's recurrent features, task sampling and the reset schedule (pure
+functions of the step), and the meta-validations (a resumed run does the one its checkpoint preceded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import save_tiny_base
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 5
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
+
+
+def _args(base, out, estimator):
+    return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
+            "--out", str(out), "--estimator", estimator, "--max_steps", str(STEPS), "--save_every", "100",
+            "--model.lr_policy", "0.05", "--model.eta_meta", "1e-2", "--model.lr_llm", "0.05",
+            "--model.reset_every", "3", "--model.val_every", "2", "--model.val_steps", "1", "--model.val_tasks", "1",
+            "--model.log_every", "0", "--model.pairs", "2", "--model.unroll", "2", "--model.inner_lr", "1e-2",
+            "--data.batch_size", "2", "--data.num_train", "8", "--data.num_dev", "4", "--data.num_eval", "2",
+            "--data.max_length", "32", "--trainer.accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("estimator", ["lookahead", "es", pytest.param("pes", marks=pytest.mark.slow)])
+def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_base, tmp_path, estimator):
+    """(Also the CLI's Ctrl-C contract: exit 130, the resume line, nothing exported or published.)
+    SIGINT arrives in the middle of meta-step 3 (after its meta-gradient): the step finishes, its checkpoint
+    is saved, and the run exits 130 without another step or the meta-validation due after it (val_every 2).
+    --resume then ends with a policy bit-identical to an uninterrupted run's, the same per-step meta-losses
+    and the same meta-validations (the resumed run does the one it owes first). Each run crosses a reset
+    (an episode end) at step 3."""
+    from meta_train.cli import main
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1): the same float reductions
+    try:
+        assert main(_args(tiny_base, ref, estimator)) == 0
+        argv = _args(tiny_base, out, estimator) + ["--registry", str(tmp_path / "reg")]
+        code = f"from tests.helpers import run_meta_train_interrupted_at as f; f(3, {argv!r}, during=True)"
+        env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**__import__("os").environ, **env})
+        assert proc.returncode == 130, proc.stderr[-3000:]
+        last = out / "checkpoints" / "last.ckpt"
+        assert proc.stderr.strip().splitlines()[-1] == f"meta_train: interrupted; continue with --resume (checkpoint {last})"
+        assert "Traceback" not in proc.stderr
+        assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported/published
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 4  # the interrupted step (number 3) finished; no step after it
+        assert [r["step"] for r in ckpt["l2o"]["history"]] == [0, 1, 2, 3]
+        assert [m["step"] for m in ckpt["l2o"]["metaval"]] == [2]  # not the one due after the interrupted step
+        assert main(argv + ["--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load_file(ref / "policy" / "model.safetensors"), load_file(out / "policy" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, out))
+    assert ra["meta_forwards"] == rb["meta_forwards"] > 0
+    assert [(r["step"], r["meta_loss"]) for r in ra["history"]] == [(r["step"], r["meta_loss"]) for r in rb["history"]]
+    assert [m["step"] for m in rb["meta_validations"]] == [2, 4, 5]
+    assert ra["meta_validations"] == rb["meta_validations"]

@@ -130,5 +130,5 @@ class Unroller:
 
 def rebuild(engine, state: InnerState) -> None:
     """Replay a run's updates onto the weights (which must be the pretrained ones): bit-identical to the run."""
-    for d, step, decay, rounding in Ledger({}, state.records).updates():
-        engine.update(d, step, decay=decay, rounding_seed=rounding)
+    for d, step, decay, rounding, params in Ledger({}, state.records).updates():
+        engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)

@@ -89,6 +89,13 @@ def forward_only_rows(config, n: int, sizes, dtype: str, batch: int, length: int
     ]
 
 
+def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) -> int:
+    """What an ES/PES step holds on a device besides the weights (the plan's other rows): what a device map
+    leaves free of weights on each GPU."""
+    rows = forward_only_rows(config, sum(sizes), sizes, dtype, batch, length, False, "")
+    return sum(r[1] for r in rows if r[0] != "weights")
+
+
 def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
               unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0, estimator: str = "lookahead",
               pairs: int = 4) -> MetaPlan:
@@ -200,6 +207,11 @@ def main(argv: list[str]) -> int:
         print(f"meta_train: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     print(format_plan(plan))
+    placed = [f for f in ("--device-map", "--device_map", "--offload") if opt.get(f)]
+    if placed and plan.estimator != "lookahead":
+        print(f"  {placed[0].replace('_', '-')} {opt[placed[0]]}: this plan is one device's; `fine_tune --base "
+              f"{plan.base} --dry-run {placed[0].replace('_', '-')} {opt[placed[0]]}` plans the same forward-only step "
+              f"per device (the policy adds {plan.blocks * POLICY_FLOATS_PER_BLOCK * 20 / 2 ** 20:.1f} MiB)")
     if not plan.fits:
         print(f"  fits with {hint}" if hint else "  no flag makes it fit (not bf16 with gradient checkpointing "
               "either): a device with more memory (--gpu-memory) or a smaller base or batch")

@@ -237,7 +237,7 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert json.loads((out / "policy" / "config.json").read_text())["arch"]["size_rule"] == "numel"  # the run's rule
     card = (out / "policy" / "README.md").read_text()
     assert "sports_understanding" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
-    for field in ("| estimator | lookahead", "| unroll horizon | 1 |", "| size rule | numel |", "| inner optimizer |",
+    for field in ("| estimator | lookahead", "| unroll horizon | 1 look-ahead step |", "| size rule | numel |", "| inner optimizer |",
                   "| parameters | ", "| winowhy | "):
         assert field in card, field
 
@@ -495,7 +495,7 @@ def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200
         rows = {r[0]: r[1] for r in es.rows}
         assert "momentum" not in rows and "gradient" not in rows
         assert rows["weights"] == dict((r[0], r[1]) for r in la.rows)["weights"] and es.total < la.total
-        assert es.disk == rows["weights"] and make_plan(alias, estimator="pes", pairs=3).disk == 6 * es.params * 4
+        assert es.disk == rows["weights"] and make_plan(alias, "fp32", estimator="pes", pairs=3).disk == 6 * es.params * 4
     big = make_plan("opt-66b", dtype="bf16", estimator="es", gpu_gb=139)
     assert big.fits and not make_plan("opt-66b", dtype="bf16", gpu_gb=139).fits
     assert main(["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run", "--gpu-memory", "139"]) == 0

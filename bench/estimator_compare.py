@@ -154,9 +154,10 @@ def table(a, lr: float, names: list[str]) -> str:
     meta = {n: json.loads((out / f"meta-{n}" / "results.json").read_text()) for n in names
             if (out / f"meta-{n}" / "results.json").exists()}
     lines = [f"MeZO's dev-chosen lr: {lr:.3g} (every run below uses it). Per held-out task, {a.budget} forward passes, "
-             f"seeds {a.seeds}; Δ = method − MeZO on the same seed.", "",
-             "| task | method | meta-training forwards | final train loss | eval accuracy | Δ final loss | Δ accuracy |",
-             "|---|---|---|---|---|---|---|"]
+             f"seeds {a.seeds}; Δ = method − MeZO on the same seed; reach ½ = (task, seed) pairs whose train loss "
+             "(moving mean over 10% of the run) reaches MeZO's final train loss within half the forward passes.", "",
+             "| task | method | meta-training forwards | final train loss | eval accuracy | Δ final loss | Δ accuracy | "
+             "reach ½ |", "|---|---|---|---|---|---|---|---|"]
     for task in a.tasks.split(","):
         base = runs["mezo"]
         for n in ["mezo"] + names:
@@ -166,12 +167,25 @@ def table(a, lr: float, names: list[str]) -> str:
             dl = [rs[s]["final_train_loss"] - base[(task, s)]["final_train_loss"] for s in rs if (task, s) in base]
             da = [rs[s]["final"]["eval"] - base[(task, s)]["final"]["eval"] for s in rs if (task, s) in base]
             mf = meta[n]["meta_forwards"] if n in meta else "—"
+            hits = [half_reach(rs[s], base[(task, s)], a.budget) for s in rs if (task, s) in base]
             lines.append(f"| {task} | {n} | {mf} | {_ms(loss)} | {_ms(acc)} | "
-                         f"{_ms(dl, True) if n != 'mezo' else '—'} | {_ms(da, True) if n != 'mezo' else '—'} |")
+                         f"{_ms(dl, True) if n != 'mezo' else '—'} | {_ms(da, True) if n != 'mezo' else '—'} | "
+                         f"{sum(hits)}/{len(hits)} |")
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
     _plot(a, runs, out / "curves.png")
     return text
+
+
+def half_reach(run: dict, mezo: dict, budget: int) -> bool:
+    """Whether `run` reaches MeZO's final train loss (same task and seed) within budget / 2 forward passes."""
+    from bench.compare_policy import _reach
+
+    hist = Path(run["config"]["out"]) / "history.json"
+    if not hist.exists():
+        return False
+    at = _reach(json.loads(hist.read_text()), mezo["final_train_loss"])
+    return at is not None and at <= budget / 2
 
 
 def _plot(a, runs: dict, path: Path) -> None:
@@ -180,7 +194,7 @@ def _plot(a, runs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from meta_train.compare import mean_curve
+    from bench.compare_policy import mean_curve
 
     tasks = a.tasks.split(",")
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)

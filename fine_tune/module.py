@@ -22,6 +22,7 @@ from l2o.blocks import named_blocks
 from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
 from l2o.integrations.lightning.checkpoints import UNSCHEDULED
+from l2o.integrations.lightning.placed import KeepsPlacement
 from l2o.optim import build_optimizer
 from l2o.streams import Stream
 
@@ -34,7 +35,7 @@ def _as_list(batch):
     return batch
 
 
-class FineTuneModuleBase(L.LightningModule):
+class FineTuneModuleBase(KeepsPlacement, L.LightningModule):
     """What every fine-tuning LightningModule here shares: manual optimization with the HF model kept in
     eval mode, text batches, step-indexed training, dev/eval evaluation, and checkpoints that hold only
     the trainable tensors. Subclasses add `configure_optimizers` and `training_step`."""
@@ -59,20 +60,6 @@ class FineTuneModuleBase(L.LightningModule):
         super().train(mode)
         self.model.eval()
         return self
-
-    def _apply(self, fn, recurse=True):
-        """A placed model (l2o.placement) keeps the devices its placement gave it: Lightning's `.to(device)`
-        would pull every layer onto one device (and cannot copy an offloaded weight's meta placeholder)."""
-        from l2o.placement import placed
-
-        model = self._modules.get("model")
-        if model is None or not placed(model):
-            return super()._apply(fn, recurse)
-        self._modules["model"] = None
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            self._modules["model"] = model
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # examples are text; the objective tokenizes onto the model's device itself

@@ -23,7 +23,8 @@ from l2o.integrations.lightning.interrupt import finish_fit, interrupt_callback
 METHODS = ("zo-finetuner", "bilevel-zofo")
 
 HELP = """usage: meta_train [--method {zo-finetuner,bilevel-zofo}] --base BASE [--tasks T [T ...]] [--holdout T [T ...]]
-                  [--estimator {lookahead,es,pes}] [--max_steps N] [--out DIR] [--registry DIR]
+                  [--estimator {lookahead,es,pes}] [--device-map {auto,balanced,sequential} | --offload cpu]
+                  [--max_steps N] [--out DIR] [--registry DIR]
                   [--publish_name NAME] [--publish_version V]
                   [--resume] [--config FILE] [--print_config] [--dry-run [--gpu-memory GB]]
                   [--model.* ...] [--data.* ...] [--trainer.* ...]
@@ -38,6 +39,8 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
   --estimator        the policy's meta-gradient (zo-finetuner): lookahead (default: the paper's one-step
                      look-ahead, backprop through the LLM), es (antithetic ES over K-step unrolls of the
                      deployed optimizer, forward passes only) or pes (Persistent ES over whole inner runs)
+  --device-map       es/pes: auto, balanced or sequential: the LLM's layers spread over this process's GPUs
+  --offload cpu      es/pes: the LLM's weights in CPU memory, each transformer block streamed to the device
   --max_steps        meta-training steps
   --out              run folder (default runs/meta-<method>-<base>)
   --registry         zoo registry folder to publish the result into (default $L2O_ZOO_REGISTRY;
@@ -86,6 +89,8 @@ def _method_and_rest(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(f"{a}={json.dumps(argv[i + 1:j])}")
             i = j
             continue
+        if a == "--device-map" or a.startswith("--device-map="):  # fine_tune's spelling of the flag
+            a = a.replace("--device-map", "--device_map", 1)
         if a == "--resume" and (i + 1 >= len(argv) or argv[i + 1].lower() not in ("true", "false")):
             a = "--resume=true"
         rest.append(a)
@@ -131,6 +136,10 @@ def _add_run_arguments(parser) -> None:
     parser.add_argument("--tasks", type=Optional[list[str]], default=None, help="training tasks")
     parser.add_argument("--holdout", type=Optional[list[str]], default=None, help="held-out tasks")
     parser.add_argument("--estimator", default="lookahead", help="meta-gradient estimator: lookahead, es or pes")
+    parser.add_argument("--device_map", type=Optional[str], default=None,
+                        help="ES/PES: auto, balanced or sequential: the LLM's layers over this process's GPUs")
+    parser.add_argument("--offload", type=Optional[str], default=None,
+                        help="ES/PES: cpu: the LLM's weights in CPU memory, blocks streamed to the device")
     parser.add_argument("--max_steps", type=int, default=100, help="meta-training steps")
     parser.add_argument("--out", type=str | None, default=None, help="run folder")
     parser.add_argument("--registry", type=str | None, default=None, help="zoo registry to publish into")
@@ -160,16 +169,19 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
                 parser.link_arguments("tasks", "data.tasks")
             if "holdout" in data_params:
                 parser.link_arguments("holdout", "data.holdout")
-            if "estimator" in model_params:
-                parser.link_arguments("estimator", "model.estimator")
+            for name in ("estimator", "device_map", "offload"):
+                if name in model_params:
+                    parser.link_arguments(name, f"model.{name}")
             parser.link_arguments("max_steps", "trainer.max_steps")
 
         def before_instantiate_classes(self):  # refuse bad step counts before the base model is loaded
             _check_steps(self.config)
-            if "estimator" not in model_params and self.config["estimator"] != "lookahead":
-                from l2o.errors import ConfigError
+            from l2o.errors import ConfigError
 
+            if "estimator" not in model_params and self.config["estimator"] != "lookahead":
                 raise ConfigError(f"--estimator is the zo-finetuner policy's; --method {method} has none")
+            if "device_map" not in model_params and (self.config["device_map"] or self.config["offload"]):
+                raise ConfigError(f"--device-map and --offload are the ES/PES estimators'; --method {method} has none")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.loggers import TensorBoardLogger

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Optional
@@ -35,6 +36,7 @@ from l2o.engine import Engine
 from l2o.errors import ConfigError, UserError
 from l2o.estimators import ESTIMATORS, INNER_METHODS, META_LOSSES, PARAMETRISATIONS
 from l2o.integrations.lightning.interrupt import interrupt_requested
+from l2o.integrations.lightning.placed import KeepsPlacement
 from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
 
@@ -42,7 +44,7 @@ DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
 BASELINE = {"zo-finetuner": "mezo", "zo-finetuner+gv": "mezo-gv"}  # meta-validation: the method without policy
 
 
-class ZOFineTunerMeta(L.LightningModule):
+class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
     """Meta-trains a ZO Fine-tuner policy for one base model.
 
     Args:
@@ -67,6 +69,10 @@ class ZOFineTunerMeta(L.LightningModule):
         inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or zo-finetuner+gv.
         inner_lr: ES/PES: the inner runs' learning rate (what the policy is meta-trained for).
         scratch_dir: ES/PES: folder for the parked weights (default: the system's temporary folder).
+        device_map: ES/PES: auto, balanced or sequential: the LLM's layers spread over this process's GPUs
+            (l2o.placement, accelerate's dispatch; `meta_train --device-map`).
+        offload: ES/PES: cpu: the LLM's weights in CPU memory, each transformer block streamed to the device
+            for its forward (`meta_train --offload cpu`).
         seed: seed of directions and policy initialisation.
         dtype: auto, fp32 or bf16 (bf16 halves the LLM's memory; the policy stays fp32). auto: fp32 on the CPU;
             on an accelerator the checkpoint's dtype, with fp16 (OPT) trained in bf16 (l2o.models.resolve_dtype).
@@ -94,7 +100,7 @@ class ZOFineTunerMeta(L.LightningModule):
                  unroll: Optional[int] = None, reset_every: int = 100, pairs: int = 4, es_std: float = 0.05,
                  es_params: str = "bias", meta_loss: str = "final", meta_batches: int = 1,
                  inner_method: str = "zo-finetuner", inner_lr: float = 1e-5, scratch_dir: Optional[str] = None,
-                 seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
+                 device_map: Optional[str] = None, offload: Optional[str] = None, seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
                  attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
                  fixed_step: bool = False,
                  init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
@@ -123,6 +129,7 @@ class ZOFineTunerMeta(L.LightningModule):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
+        _check_placement(estimator, device_map, offload)
         self.save_hyperparameters()
         self.hparams.unroll = unroll
         self.automatic_optimization = False
@@ -156,6 +163,8 @@ class ZOFineTunerMeta(L.LightningModule):
         model, tok, info = load_base(hp.base, dtype=dtype, attn_implementation=hp.attn_implementation)
         for p in model.parameters():
             p.requires_grad_(True)  # the engine's blocks; forward-only estimators never run a backward
+        if hp.device_map or hp.offload:
+            self._place(model, device, dtype)
         if hp.gradient_checkpointing and hp.estimator == "lookahead":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -175,6 +184,25 @@ class ZOFineTunerMeta(L.LightningModule):
         # DDP leaves the LLM alone (every rank moves its own); the policy's gradients are averaged per step
         self._ddp_params_and_buffers_to_ignore = [f"model.{n}" for n, _ in model.named_parameters()] + [
             f"model.{n}" for n, _ in model.named_buffers()]
+
+    def _place(self, model, device, dtype: str) -> None:
+        """--device-map / --offload (ES and PES): the LLM placed by l2o.placement, each of this process's GPUs
+        given its memory less the step's other rows of the plan (meta_train.plan) for weights."""
+        from l2o.placement import place
+
+        device = torch.device(device)
+        budgets = None
+        if device.type == "cuda" and self.hparams.device_map:
+            from meta_train.plan import forward_only_overhead
+
+            rest = forward_only_overhead(model.config, [b.param.numel() for b in Engine(model).blocks], dtype,
+                                         self.dm.batch_size, self.dm.max_length)
+            budgets = {i: max(0, torch.cuda.get_device_properties(i).total_memory - rest) for i in _rank_gpus(self)}
+        place(model, device_map=self.hparams.device_map, offload=self.hparams.offload, execution_device=device,
+              max_memory=budgets)
+        where = ", ".join(f"{n / 1e6:,.1f}M on {k}" for k, n in model._l2o_placement["parameters"].items())
+        print(f"meta_train: placement {'--offload ' + self.hparams.offload if self.hparams.offload else '--device-map ' + self.hparams.device_map}: {where}",
+              file=sys.stderr, flush=True)
 
     def _build_estimator(self):
         from l2o.estimators import ES, PES, LookaheadEstimator, Unroller
@@ -401,7 +429,7 @@ class ZOFineTunerMeta(L.LightningModule):
         last = self.metaval_history[-1] if self.metaval_history else None
         return {"method": "zo-finetuner", "base": hp.base, "steps": int(self.global_step),
                 "tasks": self.dm.train_task_names, "heldout_tasks": self.dm.heldout_task_names,
-                "estimator": self._estimator_card(), "unroll": hp.unroll, "size_rule": hp.size_rule,
+                "estimator": self._estimator_card(), "unroll": self._horizon(), "size_rule": hp.size_rule,
                 "meta_forwards": self.meta_forwards, **self._inner_and_trajectory(),
                 "hyperparameters": {k: v for k, v in dict(hp).items()},
                 "effective_step": _mean(r.get("effective_step") for r in self.meta_history),
@@ -431,6 +459,16 @@ class ZOFineTunerMeta(L.LightningModule):
                 f"{hp.unroll}-step truncations, {hp.pairs} particles")
         return (f"{hp.estimator} ({what}, coordinates {hp.es_params}, std {hp.es_std}, {hp.meta_loss} held-out "
                 "loss; forward passes only)")
+
+    def _horizon(self) -> str:
+        """The card's unroll horizon: how many inner steps one meta-loss looks through."""
+        hp = self.hparams
+        if hp.estimator == "lookahead":
+            return f"{hp.unroll} look-ahead step{'s' if hp.unroll > 1 else ''}"
+        if hp.estimator == "es":
+            return (f"{hp.unroll} inner steps (truncated ES from the trajectory's state; episodes of "
+                    f"{hp.reset_every * hp.unroll if hp.reset_every else 'unbounded'} steps)")
+        return f"{hp.reset_every * hp.unroll} inner steps (the whole inner run, in {hp.unroll}-step truncations)"
 
     def _inner_and_trajectory(self) -> dict:
         hp = self.hparams
@@ -469,6 +507,31 @@ class ZOFineTunerMeta(L.LightningModule):
             lines.append(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
                          f"{mv['mezo_loss']:.4f} at equal forward passes")
         return lines
+
+
+def _check_placement(estimator: str, device_map, offload) -> None:
+    from l2o.placement import DEVICE_MAPS
+
+    if device_map not in (None, *DEVICE_MAPS):
+        raise ConfigError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
+    if offload not in (None, "cpu"):
+        raise ConfigError(f"--offload must be cpu, got {offload!r}")
+    if device_map and offload:
+        raise ConfigError("choose one of --device-map (layers across GPUs) and --offload cpu (blocks streamed from "
+                          "CPU memory), not both")
+    if (device_map or offload) and estimator == "lookahead":
+        raise ConfigError("--device-map and --offload need a forward-only estimator (--estimator es or pes): the "
+                          "look-ahead backpropagates through the LLM on one device")
+
+
+def _rank_gpus(module) -> list[int]:
+    """This process's GPUs: the visible ones shared out over the processes of a node, from its local rank's share."""
+    visible = torch.cuda.device_count()
+    trainer = module._trainer
+    procs = trainer.num_devices if trainer is not None else 1
+    per = max(1, visible // procs)
+    first = (module.local_rank if trainer is not None else 0) * per
+    return list(range(first, min(visible, first + per)))
 
 
 def _mean(values):

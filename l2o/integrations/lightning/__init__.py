@@ -7,6 +7,7 @@
 - `interrupt`: Ctrl-C finishes the step, saves `last.ckpt` and stops; `finish_fit` runs `Trainer.fit`.
 - `failures`: a full disk or a lost process as one sentence (`l2o.errors.RunFailed`, exit 1).
 - `progress`: quiet libraries, and progress lines where no progress bar shows.
+- `placed`: a module whose model l2o.placement placed keeps its devices (`KeepsPlacement`).
 
 Each module imports Lightning itself, only when a run needs it.
 """

@@ -10,10 +10,10 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch (skipped when
   `<out>/memory/memory.json` exists);
 - prefix: `bench.harness` on the panel's `--max-tasks` cheapest tasks, prefix tuning, one task at a time and on it
-  one method at a time in this order (cheap, then by claim): MeZO; FO-AdamW and FO-SGD (`budget / 10` steps);
-  MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched); BSZO (its dev-chosen lr);
-  Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at its
-  defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
+  one method at a time, in the order of what a claim needs per CPU-hour: MeZO; FO-AdamW (`budget / 10` steps);
+  MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen
+  lr); FO-SGD; Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at
+  its defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (longer
   prompts, each costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
   the prefix phase again on the new panel (its runs so far are reused);
@@ -44,9 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PHASES = ("scan", "memory", "prefix", "widen", "full", "bf16", "lora", "metainit")
-PREFIX_METHODS = ["mezo", "fo-adamw", "fo-sgd", "gv-matched:mezo-gv:match=mezo",
-                  "greedy-matched:mezo-greedy:match=mezo", "bszo", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0",
-                  "mezo-gv", "mezo-greedy"]
+PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
+                  "fo-sgd", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0", "mezo-gv", "mezo-greedy"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase

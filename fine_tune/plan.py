@@ -33,6 +33,7 @@ from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, base_config, count, fo
                              format_rows, meta_model, temporaries, tied_copy_bytes)
 
 MAX_GPUS = 16
+CARDS_GB = (16, 24, 32, 40, 48, 80, 94, 141)  # common accelerator memory sizes, for "fits GPUs of"
 
 
 @dataclass
@@ -231,8 +232,8 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
         if gpus is None:
             for gpus in range(1, MAX_GPUS + 1):
                 plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
-                if plan.fits:
-                    break
+                if plan.fits or any(not d.rows[0][1] for d in plan.devices if d.budget):
+                    break  # fits, or a GPU holds no weights at all (the step's other rows fill it): more won't help
         else:
             plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
     else:
@@ -284,6 +285,11 @@ def format_plan(plan: FineTunePlan) -> str:
             total += f"   {'fits in' if device.fits else 'does NOT fit in'} {device.budget / GiB:.0f} GiB " \
                      f"({abs(room) / GiB:.1f} GiB {'to spare' if device.fits else 'short'})"
         lines.append(total)
+    if plan.devices[0].name == "GPU":  # one GPU (held or offloaded; not a device map): its need, any --gpu-memory
+        need = plan.devices[0].total
+        cards = [c for c in CARDS_GB if need <= c * GiB]
+        lines.append(f"one GPU needs {need / GiB:.1f} GiB: " + (
+            f"fits GPUs of {', '.join(map(str, cards))} GB" if cards else f"more than any one GPU ({CARDS_GB[-1]} GB)"))
     if plan.spilled:
         lines.append(f"the GPUs hold all but {plan.spilled / GiB:.1f} GiB of weights, which live in CPU memory "
                      "(it runs, slowly)")

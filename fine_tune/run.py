@@ -216,6 +216,7 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "fit_time_s": fit_s, "wall_time_s": time.perf_counter() - t_start,
         "peak_memory_bytes": _peak_memory_bytes(device), "trainable_params": n_train,
+        "placement": getattr(model, "_l2o_placement", None),  # parameters per place (--device-map, --offload)
         "saved_model": cfg.save_kind(n_train),
         **(module.ledger_results() if hasattr(module, "ledger_results") else {}),
         "paths": {"tensorboard": str(out / "tb"), "plot": str(out / "loss.png"), "history": str(out / "history.json"),

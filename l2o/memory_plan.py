@@ -62,12 +62,13 @@ class Plan:
 
 @functools.lru_cache(maxsize=4)
 def meta_model(base: str):
-    """The base built from its config on the meta device (names and shapes, no weights; cached: read only)."""
+    """The base built from its config on the meta device (names and shapes, no weights), in float32 whatever
+    the checkpoint's dtype: accelerate sizes a tensor at the smaller of its own dtype and the one asked for."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(base_config(base))
+        return AutoModelForCausalLM.from_config(base_config(base), dtype=torch.float32)
 
 
 @functools.lru_cache(maxsize=8)

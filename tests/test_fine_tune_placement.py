@@ -59,6 +59,10 @@ def test_placed_fine_tuning_runs_end_to_end_and_equals_the_plain_run(placement, 
                       "--save-model", "weights")) == 0
     assert f"placement {' '.join(PLACEMENTS[placement])}:" in capsys.readouterr().err
     _assert_same_run(out, plain)
+    where = json.loads((out / "results.json").read_text())["placement"]
+    n = json.loads((plain / "results.json").read_text())["trainable_params"]
+    assert where[placement.replace("-", "_")] == PLACEMENTS[placement][1] and sum(where["parameters"].values()) == n
+    assert json.loads((plain / "results.json").read_text())["placement"] is None
 
 
 def test_ctrl_c_then_resume_of_an_offloaded_run_is_exact(tiny_base, plain, tmp_path):
@@ -99,25 +103,32 @@ def test_placement_flags_are_checked_in_one_sentence(tiny_base, tmp_path, capsys
 
 # ------------------------------------------------------------------------- --dry-run: the memory plan
 def test_the_plan_covers_every_alias_and_every_mode():
+    """Every alias x PEFT mode x placement; the dtypes and device-map kinds taken in turn over the aliases."""
     from fine_tune.config import PEFT_MODES
     from fine_tune.plan import make_plan
-    from l2o.memory_plan import GiB, count, shapes
+    from l2o.memory_plan import BYTES, GiB, count, shapes
+    from l2o.placement import DEVICE_MAPS
 
-    for alias in shapes():
+    seen = set()
+    for i, alias in enumerate(shapes()):
         n, _ = count(alias)
+        dtype, kind = list(BYTES)[i % len(BYTES)], DEVICE_MAPS[i % len(DEVICE_MAPS)]
         for peft in PEFT_MODES:
-            for placement in ({}, {"offload": "cpu"}, {"device_map": "auto", "gpus": 2}):
-                plan = make_plan(alias, dtype="bf16", peft=peft, batch=4, length=256, **placement, advise=False)
+            for placement in ({}, {"offload": "cpu"}, {"device_map": kind, "gpus": 2}):
+                plan = make_plan(alias, dtype=dtype, peft=peft, batch=4, length=256, **placement, advise=False)
+                seen.add((dtype, placement.get("device_map")))
                 rows = [r for d in plan.devices for r in d.rows]
                 assert all(r[1] >= 0 for r in rows) and plan.params == n
                 weights = sum(r[1] for r in rows if r[0] in ("weights", "resident weights", "offloaded weights",
                                                               "spilled weights"))
-                adapter = 0 if peft == "full" or placement else plan.trainable * 2
+                adapter = 0 if peft == "full" or placement else plan.trainable * BYTES[dtype]
                 buffers = 2 ** 20 if "device_map" in placement else 0  # accelerate's sizes count buffers too
-                assert n * 2 + adapter <= weights <= n * 2 + adapter + buffers, (alias, peft, placement)
+                assert n * BYTES[dtype] + adapter <= weights <= n * BYTES[dtype] + adapter + buffers, \
+                    (alias, dtype, peft, placement)
                 assert plan.fits == all(d.total <= d.budget for d in plan.devices if d.budget) and not plan.spilled \
                     or not plan.fits
                 assert plan.devices[0].budget == 80 * GiB
+    assert {d for d, _ in seen} == set(BYTES) and {k for _, k in seen} == {None, *DEVICE_MAPS}
 
 
 def test_the_named_plans(capsys):
@@ -127,10 +138,16 @@ def test_the_named_plans(capsys):
     assert main(["--base", "opt-13b", "--dry-run", "--offload", "cpu", "--dtype", "bf16", "--gpu-memory", "24"]) == 0
     out = capsys.readouterr().out
     assert "fits in 24 GiB" in out and "CPU memory:" in out and "streamed blocks" in out
+    assert main(["--base", "opt-13b", "--dry-run", "--offload", "cpu", "--dtype", "bf16"]) == 0  # the issue's command
+    assert "one GPU needs 12.3 GiB: fits GPUs of 16, 24, " in capsys.readouterr().out
     # the same base held on one 24 GB GPU does not fit, and the plan names what does
     assert main(["--base", "opt-13b", "--dry-run", "--dtype", "bf16", "--gpu-memory", "24"]) == 1
     out = capsys.readouterr().out
-    assert "does NOT fit; options that fit: --offload cpu" in out
+    assert "does NOT fit; options that fit: --offload cpu" in out and "one GPU needs 34.5 GiB: fits GPUs of 40," in out
+    # a device map whose GPUs are filled by the step's other rows stops at one GPU (more would not help)
+    assert main(["--base", "opt-1.3b", "--dry-run", "--device-map", "auto", "--gpu-memory", "6"]) == 1
+    out = capsys.readouterr().out
+    assert "GPU 0:" in out and "GPU 1:" not in out and "options that fit: --batch-size" in out
     assert main(["--base", "no-such-base", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("fine_tune: error: unknown base model 'no-such-base'")
 

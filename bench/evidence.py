@@ -25,8 +25,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`) on the panel.
 
 No run starts once the suite's runs have spent `--cpu-hours` (8) CPU-hours; every phase then reports what exists,
-and a rerun with a larger budget continues. `--report` runs nothing and rewrites the harness reports (partial ones
-say so) and the doc.
+and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's report (with what it
+has still to run while the panel is short), the harness reports (partial ones say so) and the doc. A harness phase
+that cannot run yet (no panel, an empty panel, no --meta-init) says why in one line and the suite goes on.
 
 Then `claims` turns the harness summaries into a verdict per seed-paper claim (bench/claims.py) and `--docs`
 (default docs/) gets evidence.md and its plots. The defaults are the CPU cut that fits the suite in about 6-8
@@ -93,7 +94,7 @@ def budget_argv(args) -> list[str]:
 
 def scan_argv(args, cut: int) -> list[str]:
     out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut),
-           *budget_argv(args)]
+           "--panel-min", str(args.panel_min), *budget_argv(args)]
     return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
                    "--extend", "0"] if args.smoke else [])
 
@@ -117,6 +118,15 @@ def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
         learnability.main(scan_argv(args, cut) + list(extra))
 
 
+def scan_report(args) -> None:
+    """The scan's table, plot and panel rewritten from its runs, at the cut it last reported (else the first)."""
+    from bench import learnability
+
+    path = Path(args.out) / "learnability" / "panel.json"
+    cut = json.loads(path.read_text())["settings"].get("max_median") if path.exists() else None
+    learnability.main(scan_argv(args, cut or args.cuts[0]) + ["--report"])
+
+
 def prefix_lrs(args, task: str) -> dict[str, float]:
     """The prefix phase's chosen lr per method label on `task` (empty before that phase has run there)."""
     path = Path(args.out) / "prefix" / "summary.json"
@@ -127,10 +137,25 @@ def prefix_lrs(args, task: str) -> dict[str, float]:
             if task in m["per_task"] and m["per_task"][task]["lr"] is not None}
 
 
+def skip_reason(args, phase: str) -> str | None:
+    """Why a harness phase cannot run yet (None: it can)."""
+    panel = Path(args.out) / "learnability" / "panel.json"
+    if not panel.exists():
+        return f"no panel yet ({panel} is written by the scan phase)"
+    if not panel_tasks(args):
+        return (f"the panel is empty: no scanned task has moved by the panel rule yet ({panel.parent / 'table.md'} "
+                "says what remains to run)")
+    if phase == "metainit" and not args.meta_init:
+        return "no --meta-init given"
+    if phase == "bf16" and not all(m in prefix_lrs(args, panel_tasks(args)[0]) for m in BF16_METHODS):
+        return f"the prefix phase has not chosen {' and '.join(BF16_METHODS)}'s lrs on {panel_tasks(args)[0]} yet"
+    return None
+
+
 def harness_argv(args, phase: str) -> list[str] | None:
-    """The harness flags of a phase (None: the phase cannot run yet: no panel, no prefix lrs, no meta-init)."""
+    """The harness flags of a phase (None: it cannot run yet, `skip_reason` says why)."""
     panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
-    if not tasks or (phase == "metainit" and not args.meta_init):
+    if skip_reason(args, phase):
         return None
     tasks = tasks[:{"prefix": args.max_tasks, "full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
@@ -140,8 +165,6 @@ def harness_argv(args, phase: str) -> list[str] | None:
                "metainit": ["mezo", f"mezo-init:mezo:init={args.meta_init}"]}.get(phase)
     if phase == "bf16":
         lrs = prefix_lrs(args, tasks[0])
-        if not all(m in lrs for m in BF16_METHODS):
-            return None
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
     if phase == "full":
         argv += ["--peft", "full"]
@@ -178,8 +201,7 @@ def run_phase(args, phase: str) -> None:
     else:
         argv = harness_argv(args, phase)
         if argv is None:
-            print(f"evidence: phase {phase} skipped (no panel yet, no prefix lrs for bf16, or no --meta-init)",
-                  flush=True)
+            print(f"evidence: phase {phase} skipped: {skip_reason(args, phase)}", flush=True)
             return
         from bench import harness
 
@@ -191,9 +213,18 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for phase in args.phase_list if not args.report else [p for p in args.phase_list if p in HARNESS_PHASES]:
-        print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
-        run_phase(args, phase)
+    from l2o.errors import UserError
+
+    try:
+        if args.report and {"scan", "widen"} & set(args.phase_list):
+            print("evidence: phase scan (report only)", flush=True)
+            scan_report(args)
+        for phase in args.phase_list if not args.report else [p for p in args.phase_list if p in HARNESS_PHASES]:
+            print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
+            run_phase(args, phase)
+    except UserError as err:
+        print(f"bench.evidence: error: {err}", file=sys.stderr)
+        return 2
     from bench.claims import write_doc
 
     write_doc(Path(args.out), Path(args.docs), args)

@@ -52,7 +52,8 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
     lines = ["# Evidence: where zeroth-order fine-tuning learns on a CPU, and the seed papers' claims there", "",
              "Written by `make evidence` (`python -m bench.evidence`); rerunning it continues the suite where it "
              f"stopped and rewrites this page, within a CPU budget of {args.cpu_hours:g} CPU-hours "
-             "(`--cpu-hours`; a rerun with a larger one continues). " + cost_line(out), "",
+             "(`--cpu-hours`; a rerun with a larger one continues); `python -m bench.evidence --report` rewrites it "
+             "from the runs so far and runs nothing. " + cost_line(out), "", *panel_status(panel, args),
              "## The claims", "",
              "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
              "|---|---|---|---|---|"]
@@ -78,6 +79,19 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                           "no meta-initialisation given (--meta-init)")
     lines += memory_section(out) + own_section(out) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
+
+
+def panel_status(panel: dict | None, args) -> list[str]:
+    """A warning above the claims while the evidence panel is short (nothing when it is established)."""
+    from bench.claims import NOT_RUN
+
+    n = len(panel["tasks"]) if panel else 0
+    if n >= args.panel_min:
+        return []
+    return [f"**The evidence panel is not established yet.** It needs {args.panel_min} tasks where MeZO moves eval "
+            f"accuracy by ≥ 3 paired standard errors; the scan has found {n} so far. The harness phases run on the "
+            f"panel, so every claim below that needs them reads *{NOT_RUN}*. Section 1 shows the scan so far, what "
+            "it has still to run, the estimated CPU-hours and the command that continues it.", ""]
 
 
 def memory_section(out: Path) -> list[str]:

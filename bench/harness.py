@@ -134,7 +134,7 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (with a tiny --base): seconds")
     args = ap.parse_args(argv)
     if args.panel:
-        panel = json.loads(Path(args.panel).read_text())
+        panel = read_panel(args.panel, need_tasks=not args.tasks)
         for k, v in panel["settings"].items():  # the scan's data settings, so its runs are reusable
             if k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval", "data_seed"):
                 setattr(args, k, v)
@@ -156,6 +156,20 @@ def parse_args(argv=None):
     if problem:
         ap.error(problem)
     return args
+
+
+def read_panel(path: str, need_tasks: bool = True) -> dict:
+    """A panel.json of bench.learnability; UserError when it is missing or (with `need_tasks`) holds no task yet."""
+    from l2o.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"no panel at {path}: run the learnability scan first (python -m bench.learnability)")
+    panel = json.loads(Path(path).read_text())
+    if need_tasks and not panel["tasks"]:
+        s = panel["settings"]
+        raise UserError(f"the panel {path} is empty: no scanned task has moved by >= {s.get('panel_se', 3):g} standard "
+                        f"errors yet ({Path(path).parent / 'table.md'} says what remains to run), or name tasks with --tasks")
+    return panel
 
 
 def check_methods(methods: list[Method]) -> str | None:
@@ -359,10 +373,15 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from l2o.errors import UserError
     from l2o.integrations.lightning.progress import quiet_libraries
 
     quiet_libraries()
-    run_suite(parse_args(argv))
+    try:
+        run_suite(parse_args(argv))
+    except UserError as err:
+        print(f"bench.harness: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

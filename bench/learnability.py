@@ -3,6 +3,7 @@
     python -m bench.learnability                       # stage 1, then stage 2 on the tasks that moved
     python -m bench.learnability --stage 1             # stage 1 only; start it twice to use two processes
     python -m bench.learnability --report              # the table, plot and panel from what has run
+    python -m bench.learnability --plan                # the tasks, their estimated costs, and what remains
     python -m bench.learnability --smoke --base <tiny> # the whole path in seconds (the fast tests)
 
 Which tasks (`scan_plan`, in code): every registered task tagged offline of kind cls whose candidates are single
@@ -19,7 +20,9 @@ the lr chosen on `--num-dev` dev examples; `--lora` adds the same for LoRA.
 
 Delta = final - zero-shot eval accuracy on the same examples; its standard error is the paired one,
 sd(d_i) / sqrt(n) over the per-example differences d_i in {-1, 0, 1}. The evidence panel is every task whose
-delta at its dev-chosen stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first.
+delta at its dev-chosen stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first; it is
+established with `--panel-min` (4) tasks. Until then the report (and `--plan`) says what remains to run, its
+estimated CPU-hours and the command that continues the scan (`scan_status`).
 
 Costs are sized from a measured forward: a one-thread forward of batch x max-length tokens, scaled per task by
 its prompt lengths (`estimate_cpu_s`). Writes `<out>/runs.jsonl` (one fine_tune results dict per run; rerunning
@@ -75,6 +78,7 @@ def parse_args(argv=None):
     ap.add_argument("--min-eval", type=int, default=200, help="tasks whose validation pool is smaller are not scanned")
     ap.add_argument("--moved-se", type=float, default=2.0, help="stage-1 delta/se that sends a task to stage 2")
     ap.add_argument("--panel-se", type=float, default=3.0, help="stage-2 delta/se that puts a task on the panel")
+    ap.add_argument("--panel-min", type=int, default=4, help="tasks the panel needs to be established")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/learnability")
@@ -363,6 +367,85 @@ def panel(rows: list[dict], args) -> list[dict]:
     return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
 
 
+# ------------------------------------------------------------------------------------ what remains
+def stage2_cpu_s(profile: dict, t_forward: float, args) -> float:
+    """Estimated CPU seconds of one stage-2 run: its forwards, then the dev and eval examples scored once each."""
+    return estimate_cpu_s(profile, t_forward, args, args.forwards2, profile["eval_n"] + args.num_dev)
+
+
+def calibration(done: dict, profiles: list[dict], t_forward: float, args) -> dict:
+    """How the cost model compares with the recorded runs timed in CPU seconds: measured / estimated CPU time
+    (`ratio`, 1 without such runs), wall / CPU time (`wall`, None without), and how many runs (`n`)."""
+    by_task, est, cpu, wall, n = {p["task"]: p for p in profiles}, 0.0, 0.0, 0.0, 0
+    for r in done.values():
+        p = by_task.get(r.get("task"))
+        if p is None or not r.get("cpu_s"):
+            continue
+        est += p["stage1_cpu_s"] if r["name"] == s1_name(p["task"], args) else stage2_cpu_s(p, t_forward, args)
+        cpu, wall, n = cpu + r["cpu_s"], wall + r["fit_time_s"], n + 1
+    return {"ratio": cpu / est if n else 1.0, "wall": wall / cpu if n else None, "n": n}
+
+
+def remaining(done: dict, profiles: list[dict], excluded: list[dict], t_forward: float, args) -> dict:
+    """What the scan has still to run at this cut, as (task, runs, estimated CPU seconds): stage 1 on the tasks
+    without a stage-1 record, stage 2 (the grid's lrs not run yet, prefix) on the tasks that moved; and `widen`:
+    stage 1 on the tasks that only the --max-median cut leaves out."""
+    wide = argparse.Namespace(**{**vars(args), "max_median": None})
+    s2 = []
+    for p in moved(done, profiles, args):
+        todo = [lr for lr in (args.lr * g for g in args.grid) if s2_name(p["task"], "prefix", lr) not in done]
+        if todo:
+            s2.append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args)))
+    return {"stage1": [(p["task"], 1, p["stage1_cpu_s"]) for p in profiles if s1_name(p["task"], args) not in done],
+            "stage2": s2, "widen": [(p["task"], 1, p["stage1_cpu_s"]) for p in excluded if exclusion(p, wide) is None]}
+
+
+def resume_command(args) -> str:
+    """The command that continues this scan: the options that differ from their defaults."""
+    default, skip = vars(parse_args([])), {"report", "plan", "docs", "stage", "grid", "cpu_budget_h", "cpu_spent_h"}
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+             if k in default and k not in skip and v != default[k]]
+    return " ".join(["python -m bench.learnability", *flags])
+
+
+def scan_status(done: dict, profiles: list[dict], excluded: list[dict], chosen: list[dict], t_forward: float,
+                args) -> list[str]:
+    return status(remaining(done, profiles, excluded, t_forward, args), chosen,
+                  calibration(done, profiles, t_forward, args), args)
+
+
+def status(rem: dict, chosen: list[dict], cal: dict, args) -> list[str]:
+    """Whether the panel is established and, if the scan is not finished, what remains, its cost and the command
+    that continues it."""
+    def cost(items):
+        return sum(s for _, _, s in items) * cal["ratio"] / 3600
+
+    n, need = len(chosen), args.panel_min
+    lines = [f"**The panel is established** (it needs {need} tasks)." if n >= need else
+             f"**The panel is not established yet**: it needs {need} tasks at ≥ {args.panel_se:g} se."]
+    todo = ([f"stage 1 on {', '.join(t for t, _, _ in rem['stage1'])}"] if rem["stage1"] else []) + (
+        [f"stage 2 on {', '.join(f'{t} ({k} run(s) of {args.forwards2} forward passes)' for t, k, _ in rem['stage2'])}"]
+        if rem["stage2"] else [])
+    if todo:
+        lines.append(f"Still to run at this cut: {'; '.join(todo)}: about {cost(rem['stage1'] + rem['stage2']):.1f} "
+                     "CPU-hours, plus a run past the grid's edge for a task whose best lr sits there and stage 2 on "
+                     f"any task stage 1 still moves. Continue with `{resume_command(args)}` (recorded runs are "
+                     "skipped).")
+    elif n < need:
+        lines.append("Nothing is left to run at this cut.")
+    if n < need and rem["widen"]:
+        lines.append(f"Widening: the CPU cut (median prompt ≤ {args.max_median} tokens) leaves out "
+                     f"{', '.join(t for t, _, _ in rem['widen'])}; stage 1 on them would cost about "
+                     f"{cost(rem['widen']):.1f} CPU-hours (`--max-median {args.max_length}`), then stage 2 on those "
+                     "that move (`make evidence` widens while the panel is short).")
+    if todo or n < need:
+        wall = f"; their wall time on this shared machine was {cal['wall']:.1f}x their CPU time" if cal["wall"] else ""
+        lines.append(f"CPU-hours are the cost model's (one thread, scaled from the measured forward) x "
+                     f"{cal['ratio']:.2f}, the measured / estimated CPU time of the {cal['n']} run(s) timed so far"
+                     f"{wall}.")
+    return lines
+
+
 def _d(delta) -> str:
     return f"{delta[0]:+.3f} ± {delta[1]:.3f} ({z_score(delta):+.1f} se)"
 
@@ -434,17 +517,20 @@ def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
 
 
 def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_forward: float) -> list[dict]:
-    rows = summarize(runner.done(), profiles, args)
+    done = runner.done()
+    rows = summarize(done, profiles, args)
     chosen = panel(rows, args)
-    table = render_table(rows, excluded, chosen, args, t_forward)
+    table = render_table(rows, excluded, chosen, args, t_forward) + "\n" + "\n\n".join(
+        scan_status(done, profiles, excluded, chosen, t_forward, args)) + "\n"
     out = runner.out
     (out / "table.md").write_text(table)
     plot(rows, chosen, out / "learnability.png", args)
     settings = {k: getattr(args, k) for k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval",
-                                              "data_seed", "eps", "forwards2")}
+                                              "data_seed", "eps", "forwards2", "max_median", "panel_se", "panel_min")}
     info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
             "delta": {r["task"]: r["prefix"]["delta"] for r in chosen}, "settings": settings,
-            "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path)}
+            "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path),
+            "established": len(chosen) >= args.panel_min}
     (out / "panel.json").write_text(json.dumps(info, indent=1))
     if args.docs:
         Path(args.docs).mkdir(parents=True, exist_ok=True)
@@ -482,6 +568,9 @@ def main(argv=None) -> int:
           + ("; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) or "none"), flush=True)
     if args.plan:
         print_plan(scanned, excluded, args)
+        done = runner.done()
+        print("\n".join(scan_status(done, scanned, excluded, panel(summarize(done, scanned, args), args), t_forward,
+                                    args)))
         return 0
     try:
         if not args.report and args.stage in ("1", "all"):

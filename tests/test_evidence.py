@@ -122,3 +122,22 @@ def test_harness_stops_at_its_cpu_budget_and_reports_what_exists(tiny_base, tmp_
     assert "**Partial**" in (tmp_path / "h" / "table.md").read_text()
     again = harness.run_suite(harness.parse_args(argv[:-2] + ["--report"]))  # --report: nothing runs
     assert (tmp_path / "h" / "runs.jsonl").read_text().splitlines() == runs and again["final_runs"] == 0
+
+
+def test_an_empty_panel_skips_the_harness_phases_and_the_doc_says_it_is_not_established(tmp_path, capsys):
+    from bench import evidence
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    (out / "learnability").mkdir(parents=True)
+    (out / "learnability" / "panel.json").write_text(json.dumps({"tasks": [], "settings": {}, "runs": "x"}))
+    (out / "learnability" / "table.md").write_text("| task |\n\nStill to run at this cut: stage 1 on fever\n")
+    argv = ["--report", "--phases", "prefix,full,bf16,metainit", "--out", str(out), "--docs", str(docs)]
+    assert evidence.main(argv) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert len(said) == 4 and all("skipped: the panel is empty" in line for line in said)
+    doc = (docs / "evidence.md").read_text()
+    assert "**The evidence panel is not established yet.** It needs 4 tasks" in doc and "the scan has found 0" in doc
+    assert "Still to run at this cut: stage 1 on fever" in doc                 # section 1 is the scan's table
+    assert not list(out.glob("*/runs.jsonl"))                                  # nothing ran
+    args = evidence.parse_args(["--out", str(tmp_path / "none")])
+    assert evidence.skip_reason(args, "prefix").startswith("no panel yet")

@@ -92,3 +92,20 @@ def test_method_lists_are_checked_before_anything_runs(specs, problem):
     if problem:
         with pytest.raises(SystemExit):
             hn.parse_args(["--tasks", "strategyqa", *[a for s in specs for a in ("--method", s)]])
+
+
+def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
+    from l2o.errors import UserError
+
+    panel = tmp_path / "panel.json"
+    assert hn.main(["--panel", str(panel)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"bench.harness: error: no panel at {panel}: run the "
+                                                            "learnability scan first (python -m bench.learnability)"]
+    panel.write_text(json.dumps({"tasks": [], "settings": {"batch_size": 16, "panel_se": 3.0}, "runs": "r.jsonl"}))
+    assert hn.main(["--panel", str(panel)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is empty: no scanned task has moved by >= 3 standard errors" in err[0]
+    with pytest.raises(UserError):
+        hn.compare(["mezo"], panel=str(panel), out=str(tmp_path / "x"))
+    args = hn.parse_args(["--panel", str(panel), "--tasks", "strategyqa"])  # named tasks need no panel task
+    assert args.task_list == ["strategyqa"] and args.reuse == ["r.jsonl"]

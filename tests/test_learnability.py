@@ -60,6 +60,39 @@ def test_batch_length_is_the_cost_models_padded_length():
     assert lb.batch_length(p, 48, 16) == 48   # capped at the max length
 
 
+def _record(name, task, final=None, zero=None, cpu_s=None, fit_time_s=0.0):
+    r = {"name": name, "task": task, "fit_time_s": fit_time_s,
+         "per_example": {"final": {"eval": final or []}, "zero_shot": {"eval": zero or []}}}
+    return {**r, "cpu_s": cpu_s} if cpu_s else r
+
+
+def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
+    args = lb.parse_args(["--max-median", "48", "--out", "runs/x"])
+    lengths = [30] * 100
+    prof = {t: _profile(task=t, lengths=lengths, eval_n=500, stage1_cpu_s=s) for t, s in (("a", 600), ("b", 900))}
+    cut = _profile(task="c", len_p50=50, lengths=lengths, eval_n=500, stage1_cpu_s=1200)   # only the CPU cut
+    long = _profile(task="d", len_p50=90, lengths=lengths, eval_n=500, stage1_cpu_s=5000)  # over the max length
+    for p in (cut, long):
+        p["excluded"] = lb.exclusion(p, args)
+    up = [1] * 40 + [0] * 60                             # +0.4 over a zero-shot of 0: moved
+    done = {r["name"]: r for r in [
+        _record(lb.s1_name("a", args), "a", up, [0] * 100, cpu_s=1200.0, fit_time_s=3000.0),  # 2x its estimate
+        _record(lb.s2_name("a", "prefix", 1e-2), "a", up, [0] * 100)]}
+    rem = lb.remaining(done, [prof["a"], prof["b"]], [cut, long], 1.0, args)
+    per2 = lb.stage2_cpu_s(prof["a"], 1.0, args)
+    assert per2 == pytest.approx(30 / 64 * (500 + math.ceil(700 / 16)))  # forwards + (eval + dev) batches
+    assert rem == {"stage1": [("b", 1, 900)], "stage2": [("a", 2, pytest.approx(2 * per2))], "widen": [("c", 1, 1200)]}
+    cal = lb.calibration(done, [prof["a"], prof["b"]], 1.0, args)
+    assert cal == {"ratio": 2.0, "wall": 2.5, "n": 1}    # the untimed stage-2 record does not count
+    text = "\n".join(lb.status(rem, [], cal, args))
+    assert "not established yet" in text and "stage 1 on b; stage 2 on a (2 run(s) of 500 forward passes)" in text
+    assert f"about {2 * (900 + 2 * per2) / 3600:.1f} CPU-hours" in text
+    assert "`python -m bench.learnability --max-median 48 --out runs/x`" in text
+    assert f"leaves out c; stage 1 on them would cost about {2 * 1200 / 3600:.1f} CPU-hours" in text
+    established = lb.status({"stage1": [], "stage2": [], "widen": rem["widen"]}, [{}] * 4, cal, args)
+    assert established == ["**The panel is established** (it needs 4 tasks)."]
+
+
 @pytest.fixture(scope="module")
 def tiny_smollm_base(tmp_path_factory):
     from tests.helpers import save_tiny_smollm_base
@@ -89,6 +122,7 @@ def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, 
     table = (out / "table.md").read_text()
     assert "| strategyqa | 2 | 12 |" in table and (out / "learnability.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "learnability.md").read_text() == table
+    assert "not established yet**: it needs 4 tasks" in table and "Nothing is left to run at this cut." in table
     capsys.readouterr()
     assert lb.main(argv) == 0                     # resumed: nothing is rerun
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(runs)

@@ -8,7 +8,9 @@ Then the offload case (issue 25): OPT-13B shape in bf16 held in CPU memory and s
 to the GPU (`l2o.placement.place(offload="cpu")`) with the allocator capped at 24 GiB
 (`torch.cuda.set_per_process_memory_fraction`): its MeZO step time against the in-memory MeZO step
 measured just before, its peak GPU memory against the cap and against `fine_tune --dry-run`'s plan for
-the same shape, and the block copies per forward (1 per block is the goal).
+the same shape, the block copies per forward (1 per block is the goal), the link traffic of one MeZO step
+(copies counted by the streaming hooks, times the blocks' bytes, and the rate that is at the measured
+step), and the time of one update alone, which runs on the CPU where the weights live.
 
 For each model it prints the forward time, then per configuration: the step time, forwards per step,
 step / (forwards x forward) (1.0 is the physical limit), peak memory / inference peak
@@ -38,7 +40,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_bench import FORWARDS, build, make_step, timed  # noqa: E402
+from engine_bench import FORWARDS, SHAPES, build, make_step, timed  # noqa: E402
 
 SUITE = [("opt-13b", "bf16"), ("opt-1.3b", "fp32")]
 SMOKE = [("tiny", "bf16"), ("tiny", "fp32")]
@@ -193,11 +195,37 @@ def report(results: dict) -> list[str]:
     return lines
 
 
+def link_traffic(group, closure, step, device: str) -> dict:
+    """Host-to-device copies of the streamed blocks in one plain forward and in one MeZO step (counted by the
+    streaming hooks), their bytes, and the time of one update alone (it runs where the weights live)."""
+    import torch
+
+    from l2o.engine import Direction
+
+    def crossings(fn) -> float:
+        before = group.uploads
+        fn()
+        return (group.uploads - before) / len(group.hooks)
+
+    def forward():
+        with torch.no_grad():
+            closure()
+
+    block_bytes = sum(t.numel() * t.element_size() for h in group.hooks for t in h.weights_map.values())
+    per_forward, per_step = crossings(forward), crossings(step)
+    engine = step.optimizer.engine
+    cpu0 = time.process_time()
+    update_s = timed(lambda: engine.update(Direction.single(12345), 1e-7), device)
+    return {"per_forward": per_forward, "per_step": per_step, "block_bytes": block_bytes,
+            "bytes": round(per_step * block_bytes), "update_s": update_s, "update_cpu_s": time.process_time() - cpu0}
+
+
 def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: dict) -> list[str]:
     """The offload case: weights in CPU memory, blocks streamed to the device under a memory cap."""
     import torch
 
     from l2o.blocks import named_blocks
+    from l2o.noise import _threads
     from l2o.placement import place
 
     model, _ = build(shape, args.batch, args.seq, "cpu", dtype)  # the weights live in CPU memory
@@ -215,10 +243,7 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
         place(model, offload="cpu", execution_device=args.device)
         group = model._l2o_stream
         result = measure("mezo", model, closure, args.device, args.reps, warmup=not args.smoke)
-        uploads = group.uploads
-        with torch.no_grad():
-            closure()
-        per_forward = (group.uploads - uploads) / len(group.hooks)
+        traffic = link_traffic(group, closure, make_step("mezo", model, closure), args.device)
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0, torch.device(args.device))
@@ -229,7 +254,15 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
              f"{args.device}" + (f", allocator capped at {cap_gib:g} GiB" if cuda and cap_gib else ""),
              f"MeZO step {result['step_s'] * 1e3:.1f} ms" + (f" vs in memory {ref * 1e3:.1f} ms "
                                                             f"({result['step_s'] / ref:.2f}x)" if ref else ""),
-             f"block copies per forward: {per_forward:.2f} per block (goal 1)",
+             f"block copies per forward: {traffic['per_forward']:.2f} per block (goal 1)",
+             f"link traffic per MeZO step: {traffic['per_step']:.2f} copies per block, {traffic['bytes']} bytes "
+             f"({traffic['bytes'] / 1024 ** 3:.2f} GiB; the streamed blocks hold {traffic['block_bytes']} bytes), "
+             f"{traffic['bytes'] / 1024 ** 3 / result['step_s']:.2f} GiB/s at the measured step",
+             f"one update alone (the streamed blocks' part on the CPU, where they live): "
+             f"{traffic['update_s'] * 1e3:.1f} ms for {n} elements "
+             f"({traffic['update_s'] * 1e9 / n:.2f} ns per element; CPU time "
+             f"{traffic['update_cpu_s'] * 1e9 / n:.2f} ns per element; L2O_NOISE_THREADS={_threads()}), "
+             f"{traffic['update_s'] / result['step_s']:.0%} of the step",
              f"peak GPU memory: {peak / 1024 ** 3:.2f} GiB" if peak else "peak GPU memory: n/a (no CUDA)"]
     if shape in ("opt-13b",):
         from fine_tune.plan import make_plan
@@ -253,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip configurations after this many seconds")
     ap.add_argument("--offload-only", action="store_true",
                     help="only the offload case, after the in-memory inference and MeZO step it is compared with")
+    ap.add_argument("--offload-shape", default=None, choices=sorted(SHAPES),
+                    help="the offload case's model shape (default opt-13b; tiny with --smoke)")
     args = ap.parse_args(argv)
     smoke = args.smoke
     args.device = args.device or ("cpu" if smoke else "cuda")
@@ -270,6 +305,7 @@ def main(argv=None) -> int:
         print("\n".join(portability(args.device, smoke)), flush=True)
     measured = {}
     shape, dtype, cap = SMOKE_OFFLOAD if smoke else OFFLOAD
+    shape = args.offload_shape or shape
     for model_shape, model_dtype in [(shape, dtype)] if args.offload_only else (SMOKE if smoke else SUITE):
         configs = ["inference", "mezo"] if args.offload_only else CONFIGS
         measured[(model_shape, model_dtype)] = run_model(model_shape, model_dtype, args, deadline, configs)

@@ -31,6 +31,11 @@ def test_smoke_mode_runs_every_configuration_and_the_portability_check(capsys):
     assert "z: bit-identical;  theta + c z (fp32): bit-identical;  fused bf16" in out
     assert "ledger replayed on the CPU: bit-identical weights" in out and "DIFFERENT" not in out
     assert "## offload cpu: tiny shape" in out and "block copies per forward: 1.00 per block" in out
+    model, _ = build("tiny", 1, 8, "meta", "bf16")  # the bytes of the transformer blocks, counted here
+    blocks = sum(p.numel() * p.element_size() for p in model.model.decoder.layers.parameters())
+    assert f"link traffic per MeZO step: 2.00 copies per block, {2 * blocks} bytes" in out  # +eps and -eps forwards
+    assert re.search(r"one update alone \(the streamed blocks' part on the CPU, where they live\): [0-9.]+ ms "
+                     r"for \d+ elements", out)
 
 
 @pytest.mark.slow

@@ -104,9 +104,10 @@ def test_a_many_direction_method_is_bit_identical_offloaded(tmp_path):
 
 
 @pytest.mark.parametrize("placement", ["accelerate-cpu-offload", "accelerate-disk-offload", "place-offload-cpu"])
-def test_evaluation_perturbs_the_placed_weights_leaves_them_exact_and_no_hook_behind(placement, tmp_path):
-    model = tiny_model("opt")
-    resident = tiny_model("opt")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_evaluation_perturbs_the_placed_weights_leaves_them_exact_and_no_hook_behind(placement, dtype, tmp_path):
+    model = tiny_model("opt").to(dtype)
+    resident = tiny_model("opt").to(dtype)
     PLACEMENTS[placement](model, tmp_path)
     batch = _batch()
     engine, ref_engine = Engine(model), Engine(resident)

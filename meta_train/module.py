@@ -17,7 +17,8 @@ One training step (manual optimization; the policy's Adam is stepped through Lig
 
 Checkpoints hold the policy, its optimizer state and the estimator's state (the look-ahead: the LLM's
 weights and momentum; ES and PES: the ledger records of their ZO runs, kilobytes), so a resumed run
-continues bit-identically. Ctrl-C stops after the current step (no meta-validation after it).
+continues bit-identically. Ctrl-C stops after the current step (no meta-validation after it), or during a
+meta-validation before its next ZO step (the resumed run does it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from l2o.engine import Engine
 from l2o.errors import ConfigError, UserError
 from l2o.estimators import ESTIMATORS, INNER_METHODS, META_LOSSES, PARAMETRISATIONS
-from l2o.integrations.lightning.interrupt import interrupt_requested
+from l2o.integrations.lightning.interrupt import interrupt_requested, stop_if_interrupted
 from l2o.integrations.lightning.placed import KeepsPlacement
 from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
@@ -141,6 +142,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         self.meta_history: list[dict] = []
         self.meta_forwards = 0
         self._pending_state: dict | None = None
+        self._resumed_step: int | None = None  # the step of the checkpoint a resumed run continues from
 
     # ------------------------------------------------------------------ setup
     @property
@@ -253,12 +255,21 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
     def _streams(self, key: int):
         return self.dm.stream(key, self.tokenizer)
 
+    def on_fit_start(self) -> None:
+        """A run resumed from a checkpoint at its last step (Ctrl-C at the last step or during the final
+        meta-validation): Lightning skips the training loop, so the final meta-validation it owes runs here,
+        after the model is placed (``global_step`` is not restored yet, so the checkpoint's step is passed)."""
+        step = self._resumed_step
+        if step is not None and step >= self.trainer.max_steps and not self._validated(step):
+            self.meta_validate(step)
+
     def on_train_start(self) -> None:
         if self._pending_state is not None:  # a resumed run: the estimator's state from the checkpoint
             self.estimator.load_state_dict(self._pending_state)
             self._pending_state = None
         if self._validation_due():
             self.meta_validate()
+            stop_if_interrupted(self.trainer)  # Ctrl-C during it: stop before the next step
 
     def training_step(self, _, batch_idx):
         step = self.global_step
@@ -297,18 +308,21 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         """A meta-validation is due after this step and not yet done (a resumed run does the one its
         checkpoint was saved before: checkpoints are written before the module's batch-end hook)."""
         ve, step = self.hparams.val_every, self.global_step
-        done = bool(self.metaval_history) and self.metaval_history[-1]["step"] == step
-        return bool(ve) and step % ve == 0 and 0 < step < self.trainer.max_steps and not done
+        return bool(ve) and step % ve == 0 and 0 < step < self.trainer.max_steps and not self._validated(step)
+
+    def _validated(self, step: int) -> bool:
+        return bool(self.metaval_history) and self.metaval_history[-1]["step"] == step
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self._validation_due() and not interrupt_requested(self.trainer):
-            self.meta_validate()
+        if self._validation_due():  # the same on every rank: each reaches stop_if_interrupted here
+            if not interrupt_requested(self.trainer):
+                self.meta_validate()
+            stop_if_interrupted(self.trainer)  # Ctrl-C during the meta-validation: stop now, not after a step
 
     def on_train_end(self):
-        if interrupt_requested(self.trainer):  # Ctrl-C: stop now; the resumed run validates at its end
-            return
-        if not self.metaval_history or self.metaval_history[-1]["step"] != self.global_step:
+        if not self._validated(self.global_step) and not interrupt_requested(self.trainer):
             self.meta_validate()
+        stop_if_interrupted(self.trainer)  # Ctrl-C: last.ckpt at this step; the resumed run does the meta-validation
 
     # ------------------------------------------------------------------ TensorBoard extras
     def _tb(self):
@@ -343,16 +357,16 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             n += len(chunk)
         return total / max(1, n)
 
-    def meta_validate(self) -> dict | None:
+    def meta_validate(self, step: int | None = None) -> dict | None:
         """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes.
 
         They run on the LLM itself: the trajectory's weights are parked in a file meanwhile, every
         fine-tuning starts from the model files, and the trajectory comes back bit-identical. Ctrl-C abandons
-        a meta-validation between its fine-tunings (None, nothing recorded)."""
+        a meta-validation before its next ZO step (None, nothing recorded; the resumed run does it)."""
         hp = self.hparams
         tasks = (self.dm.heldout_task_names or self.dm.train_task_names)[: max(1, hp.val_tasks)]
         policy = ZOPolicy.from_tensors(self.policy.tensors(), self.policy.config())
-        row = {"step": int(self.global_step), "tasks": {}}
+        row = {"step": int(self.global_step if step is None else step), "tasks": {}}
         fd, parked = tempfile.mkstemp(prefix="l2o-trajectory-", suffix=".bin")
         os.close(fd)
         training = self.model.training
@@ -362,10 +376,11 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             for task in tasks:
                 row["tasks"][task] = {}
                 for method in ("zo-finetuner", "mezo"):
-                    if interrupt_requested(self._trainer):
-                        return None
                     self.files.restore()
-                    row["tasks"][task].update(self._short_fine_tune(method, task, policy))
+                    result = self._short_fine_tune(method, task, policy)
+                    if result is None:
+                        return None
+                    row["tasks"][task].update(result)
         finally:
             unpark(self.engine, parked)
             os.remove(parked)
@@ -386,7 +401,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             tb.flush()
         return row
 
-    def _short_fine_tune(self, method: str, task: str, policy: ZOPolicy) -> dict:
+    def _short_fine_tune(self, method: str, task: str, policy: ZOPolicy) -> dict | None:
+        """`val_steps` ZO steps of `method` on `task`, then its eval loss; None as soon as Ctrl-C asks to stop."""
         from l2o.optim import build_optimizer
 
         hp, fn = self.hparams, self._loss_fn(task)
@@ -396,10 +412,14 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         opt = build_optimizer(method, self.model, **kw)
         try:
             for k in range(hp.val_steps):
+                if interrupt_requested(self._trainer):
+                    return None
                 batch = self.dm.batch(task, 10 ** 7 + k)
                 opt.step(lambda: fn(self.model, batch))
         finally:
             opt.engine.remove_hooks()
+        if interrupt_requested(self._trainer):
+            return None
         return {method: self._eval_loss(self.model, task), f"{method}_forwards": opt.forward_passes}
 
     # ------------------------------------------------------------------ checkpoints: policy + estimator state
@@ -418,6 +438,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             raise UserError(f"this checkpoint was made with --estimator {extra.get('estimator', 'lookahead')}, "
                             f"not {self.hparams.estimator}")
         self._pending_state = extra.get("estimator_state")  # loaded in on_train_start, after setup
+        self._resumed_step = int(checkpoint.get("global_step", 0))
         self.meta_forwards = int(extra.get("meta_forwards", 0))
         self.metaval_history = list(extra.get("metaval", []))
         self.meta_history = list(extra.get("history", []))

@@ -208,17 +208,29 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool = False) -> None:
+def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str = False) -> None:
     """The `meta_train` CLI on `argv`, sent a real SIGINT by itself once `step` meta-steps are done (from the
-    CLI's own interrupt callback, just before it checks for one), or with `during=True` in the middle of step
-    number `step` (after its meta-gradient, before the policy's update); exits with the CLI's exit code. Run it
-    in a subprocess."""
+    CLI's own interrupt callback, just before it checks for one), with `during=True` in the middle of step
+    number `step` (after its meta-gradient, before the policy's update), or with `during="metaval"` in the
+    middle of the meta-validation after `step` steps (as its first fine-tuning starts); exits with the CLI's
+    exit code. Run it in a subprocess."""
     import os
     import signal
     import sys
 
     import meta_train.cli
     from meta_train.cli import main
+
+    if during == "metaval":
+        from meta_train.module import ZOFineTunerMeta
+
+        def short_fine_tune(self, *args, _real=ZOFineTunerMeta._short_fine_tune):
+            if self.global_step == step:
+                os.kill(os.getpid(), signal.SIGINT)
+            return _real(self, *args)
+
+        ZOFineTunerMeta._short_fine_tune = short_fine_tune
+        sys.exit(main(argv))
 
     if during:
         from meta_train.module import ZOFineTunerMeta

@@ -8,6 +8,8 @@ functions of the step), and the meta-validations (a resumed run does the one its
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,49 @@ def _args(base, out, estimator):
             "--data.max_length", "32", "--trainer.accelerator", "cpu"]
 
 
+def _interrupted(argv: list[str], step: int, during) -> tuple[subprocess.CompletedProcess, dict]:
+    """`meta_train argv` in a subprocess that sends itself SIGINT (tests.helpers.run_meta_train_interrupted_at);
+    it must exit 130. Returns the process and its checkpoint."""
+    code = f"from tests.helpers import run_meta_train_interrupted_at as f; f({step}, {argv!r}, during={during!r})"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    out = Path(argv[argv.index("--out") + 1])
+    return proc, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _main(argv: list[str]) -> int:
+    """The `meta_train` CLI in this process, on one thread as the subprocess (the same float reductions)."""
+    from meta_train.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_then_interrupted(tiny_base, tmp_path, estimator, step, during, extra=()):
+    """An uninterrupted run in tmp_path/ref; then the same run in tmp_path/run, interrupted (`_interrupted`).
+    Returns the interrupted process, its checkpoint and its argv."""
+    assert _main(_args(tiny_base, tmp_path / "ref", estimator)) == 0
+    argv = _args(tiny_base, tmp_path / "run", estimator) + list(extra)
+    return (*_interrupted(argv, step, during), argv)
+
+
+def _assert_same_outcome(ref: Path, out: Path) -> None:
+    """The published policy bit for bit, the per-step meta-losses and every meta-validation of an uninterrupted
+    run (val_every 2 of 5 steps: after steps 2, 4 and at the end)."""
+    a, b = load_file(ref / "policy" / "model.safetensors"), load_file(out / "policy" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, out))
+    assert ra["meta_forwards"] == rb["meta_forwards"] > 0
+    assert [(r["step"], r["meta_loss"]) for r in ra["history"]] == [(r["step"], r["meta_loss"]) for r in rb["history"]]
+    assert [m["step"] for m in rb["meta_validations"]] == [2, 4, 5]
+    assert ra["meta_validations"] == rb["meta_validations"]
+
+
 @pytest.mark.parametrize("estimator", ["lookahead", "es", pytest.param("pes", marks=pytest.mark.slow)])
 def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_base, tmp_path, estimator):
     """(Also the CLI's Ctrl-C contract: exit 130, the resume line, nothing exported or published.)
@@ -51,34 +96,52 @@ def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_bas
     --resume then ends with a policy bit-identical to an uninterrupted run's, the same per-step meta-losses
     and the same meta-validations (the resumed run does the one it owes first). Each run crosses a reset
     (an episode end) at step 3."""
-    from meta_train.cli import main
+    out = tmp_path / "run"
+    proc, ckpt, argv = _reference_then_interrupted(tiny_base, tmp_path, estimator, 3, True,
+                                                   ["--registry", str(tmp_path / "reg")])
+    last = out / "checkpoints" / "last.ckpt"
+    assert proc.stderr.strip().splitlines()[-1] == f"meta_train: interrupted; continue with --resume (checkpoint {last})"
+    assert "Traceback" not in proc.stderr
+    assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported/published
+    assert ckpt["global_step"] == 4  # the interrupted step (number 3) finished; no step after it
+    assert [r["step"] for r in ckpt["l2o"]["history"]] == [0, 1, 2, 3]
+    assert [m["step"] for m in ckpt["l2o"]["metaval"]] == [2]  # not the one due after the interrupted step
+    assert _main(argv + ["--resume"]) == 0
+    _assert_same_outcome(tmp_path / "ref", out)
+    if estimator != "lookahead":  # issue 23: the estimator's SNR in TensorBoard at every meta-step
+        _assert_snr_in_tensorboard_per_step(tmp_path / "ref")
 
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1): the same float reductions
-    try:
-        assert main(_args(tiny_base, ref, estimator)) == 0
-        argv = _args(tiny_base, out, estimator) + ["--registry", str(tmp_path / "reg")]
-        code = f"from tests.helpers import run_meta_train_interrupted_at as f; f(3, {argv!r}, during=True)"
-        env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                              env={**__import__("os").environ, **env})
-        assert proc.returncode == 130, proc.stderr[-3000:]
-        last = out / "checkpoints" / "last.ckpt"
-        assert proc.stderr.strip().splitlines()[-1] == f"meta_train: interrupted; continue with --resume (checkpoint {last})"
-        assert "Traceback" not in proc.stderr
-        assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported/published
-        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-        assert ckpt["global_step"] == 4  # the interrupted step (number 3) finished; no step after it
-        assert [r["step"] for r in ckpt["l2o"]["history"]] == [0, 1, 2, 3]
-        assert [m["step"] for m in ckpt["l2o"]["metaval"]] == [2]  # not the one due after the interrupted step
-        assert main(argv + ["--resume"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    a, b = load_file(ref / "policy" / "model.safetensors"), load_file(out / "policy" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, out))
-    assert ra["meta_forwards"] == rb["meta_forwards"] > 0
-    assert [(r["step"], r["meta_loss"]) for r in ra["history"]] == [(r["step"], r["meta_loss"]) for r in rb["history"]]
-    assert [m["step"] for m in rb["meta_validations"]] == [2, 4, 5]
-    assert ra["meta_validations"] == rb["meta_validations"]
+
+def _assert_snr_in_tensorboard_per_step(run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = [e.value for e in acc.Scalars("meta/snr")]
+    history = [r["snr"] for r in json.loads((run / "results.json").read_text())["history"]]
+    assert len(logged) == len(history) == STEPS and all(map(math.isfinite, history))
+    assert logged == pytest.approx(history, rel=1e-6)  # TensorBoard stores float32
+
+
+def test_sigint_during_a_meta_validation_stops_before_the_next_step_and_resume_redoes_it(tiny_base, tmp_path):
+    """SIGINT as the meta-validation due after step 2 starts (val_every 2): it is abandoned before its next ZO
+    step, the run saves its checkpoint at step 2 and exits 130 without running step 3 (before, it ran one more
+    meta-step first, and the whole meta-validation before that); --resume does that meta-validation first and
+    publishes the uninterrupted run's policy, bit for bit."""
+    _, ckpt, argv = _reference_then_interrupted(tiny_base, tmp_path, "lookahead", 2, "metaval")
+    assert ckpt["global_step"] == 2 and [r["step"] for r in ckpt["l2o"]["history"]] == [0, 1]
+    assert ckpt["l2o"]["metaval"] == []  # abandoned, not recorded
+    assert _main(argv + ["--resume"]) == 0
+    _assert_same_outcome(tmp_path / "ref", tmp_path / "run")
+
+
+def test_sigint_during_the_final_meta_validation_then_resume_only_validates(tiny_base, tmp_path):
+    """SIGINT as the end-of-run meta-validation (after the last step, 5) starts: abandoned, checkpoint at step 5,
+    exit 130, nothing exported. Lightning skips the training loop of a run resumed at max_steps; the resumed run
+    still does the final meta-validation (on_fit_start) and publishes the uninterrupted run's policy and
+    results. (ES: its estimator state is never needed for that.)"""
+    _, ckpt, argv = _reference_then_interrupted(tiny_base, tmp_path, "es", STEPS, "metaval")
+    assert ckpt["global_step"] == STEPS and [m["step"] for m in ckpt["l2o"]["metaval"]] == [2, 4]
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert _main(argv + ["--resume"]) == 0
+    _assert_same_outcome(tmp_path / "ref", tmp_path / "run")

@@ -47,7 +47,10 @@ def interrupt_callback(last: Path):
                 self._previous = signal.signal(signal.SIGINT, self._handle)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            # every rank of a multi-device run stops after the same step (a no-op reduction on one device)
+            self.stop_if_requested(trainer)
+
+        def stop_if_requested(self, trainer):
+            # every rank of a multi-device run stops at the same point (a no-op reduction on one device)
             if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
                 self.requested = True
                 saver = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
@@ -75,6 +78,16 @@ def interrupt_requested(trainer) -> bool:
     """Whether Ctrl-C has asked this run to stop: work that would only delay the stop (a meta-validation after
     the step, at the end of training) skips or abandons itself."""
     return any(getattr(cb, "is_interrupt_callback", False) and cb.requested for cb in getattr(trainer, "callbacks", []))
+
+
+def stop_if_interrupted(trainer) -> None:
+    """Where work after a step's checkpoint point may have been cut short by Ctrl-C (a meta-validation that
+    abandoned itself): stop now, as the interrupt callback does after a step (save ``last.ckpt`` at this step,
+    then stop), instead of running one more step first. Every rank must call it at the same point; the
+    resumed run redoes what was abandoned."""
+    for cb in getattr(trainer, "callbacks", []):
+        if getattr(cb, "is_interrupt_callback", False):
+            cb.stop_if_requested(trainer)
 
 
 def finish_fit(fit, trainer, stop_cb) -> None:

@@ -165,9 +165,10 @@ def claim_rows(out: Path) -> list[tuple[str, str, str, str, str]]:
 
 def write_doc(out: Path, docs: Path, args) -> Path:
     from bench.evidence_doc import render
+    from l2o.filelock import write_bytes_atomic
 
     docs.mkdir(parents=True, exist_ok=True)
     path = docs / "evidence.md"
-    path.write_text(render(out, docs, args, claim_rows(out)))
+    write_bytes_atomic(path, render(out, docs, args, claim_rows(out)).encode())
     print(f"evidence: wrote {path}", flush=True)
     return path

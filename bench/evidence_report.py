@@ -160,10 +160,11 @@ def write_report(args, summary: dict, final: dict, out: Path) -> None:
     import argparse
 
     from bench.compare_optimizers import plot
+    from l2o.filelock import write_bytes_atomic
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
     table = render_table(summary)
-    (out / "table.md").write_text(table)
+    write_bytes_atomic(out / "table.md", table.encode())
     ns = argparse.Namespace(task_list=args.task_list, method_list=[m.label for m in args.methods], base=args.base,
                             peft=args.peft, seed_list=sorted({s for v in summary["seeds"].values() for s in v}))
     plot(final, out / "loss_vs_forwards.png", ns, {t: {"eval": z} for t, z in summary["zero_shot"].items()})

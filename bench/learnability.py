@@ -517,13 +517,15 @@ def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
 
 
 def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_forward: float) -> list[dict]:
+    from l2o.filelock import write_bytes_atomic  # other processes (the harness, the suite) read these files
+
     done = runner.done()
     rows = summarize(done, profiles, args)
     chosen = panel(rows, args)
     table = render_table(rows, excluded, chosen, args, t_forward) + "\n" + "\n\n".join(
         scan_status(done, profiles, excluded, chosen, t_forward, args)) + "\n"
     out = runner.out
-    (out / "table.md").write_text(table)
+    write_bytes_atomic(out / "table.md", table.encode())
     plot(rows, chosen, out / "learnability.png", args)
     settings = {k: getattr(args, k) for k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval",
                                               "data_seed", "eps", "forwards2", "max_median", "panel_se", "panel_min")}
@@ -531,7 +533,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
             "delta": {r["task"]: r["prefix"]["delta"] for r in chosen}, "settings": settings,
             "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path),
             "established": len(chosen) >= args.panel_min}
-    (out / "panel.json").write_text(json.dumps(info, indent=1))
+    write_bytes_atomic(out / "panel.json", json.dumps(info, indent=1).encode())
     if args.docs:
         Path(args.docs).mkdir(parents=True, exist_ok=True)
         (Path(args.docs) / "learnability.md").write_text(table)

@@ -439,10 +439,10 @@ def status(rem: dict, chosen: list[dict], cal: dict, args) -> list[str]:
                      f"{cost(rem['widen']):.1f} CPU-hours (`--max-median {args.max_length}`), then stage 2 on those "
                      "that move (`make evidence` widens while the panel is short).")
     if todo or n < need:
+        model = "CPU-hours are the cost model's (one thread, scaled from the measured forward)"
         wall = f"; their wall time on this shared machine was {cal['wall']:.1f}x their CPU time" if cal["wall"] else ""
-        lines.append(f"CPU-hours are the cost model's (one thread, scaled from the measured forward) x "
-                     f"{cal['ratio']:.2f}, the measured / estimated CPU time of the {cal['n']} run(s) timed so far"
-                     f"{wall}.")
+        lines.append(f"{model} x {cal['ratio']:.2f}, the measured / estimated CPU time of the {cal['n']} run(s) timed "
+                     f"so far{wall}." if cal["n"] else f"{model}; no run has been timed in CPU seconds yet to check it.")
     return lines
 
 

@@ -89,6 +89,9 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     assert f"about {2 * (900 + 2 * per2) / 3600:.1f} CPU-hours" in text
     assert "`python -m bench.learnability --max-median 48 --out runs/x`" in text
     assert f"leaves out c; stage 1 on them would cost about {2 * 1200 / 3600:.1f} CPU-hours" in text
+    assert "x 2.00, the measured / estimated CPU time of the 1 run(s) timed so far; their wall time" in text
+    untimed = "\n".join(lb.status(rem, [], lb.calibration({}, [prof["a"]], 1.0, args), args))
+    assert f"about {(900 + 2 * per2) / 3600:.1f} CPU-hours" in untimed and "no run has been timed" in untimed
     established = lb.status({"stage1": [], "stage2": [], "widen": rem["widen"]}, [{}] * 4, cal, args)
     assert established == ["**The panel is established** (it needs 4 tasks)."]
 

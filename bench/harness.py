@@ -138,7 +138,8 @@ def parse_args(argv=None):
         for k, v in panel["settings"].items():  # the scan's data settings, so its runs are reusable
             if k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval", "data_seed"):
                 setattr(args, k, v)
-        args.reuse.append(panel["runs"])
+        beside = Path(args.panel).parent / "runs.jsonl"  # the scan's runs, wherever the harness is started from
+        args.reuse.append(str(beside) if beside.exists() else panel["runs"])
         args.tasks = args.tasks or ",".join(panel["tasks"])
     if args.smoke:
         args.batch_size, args.budget, args.num_train, args.num_dev, args.num_eval = 2, 8, 16, 8, 12

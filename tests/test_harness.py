@@ -109,3 +109,5 @@ def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
         hn.compare(["mezo"], panel=str(panel), out=str(tmp_path / "x"))
     args = hn.parse_args(["--panel", str(panel), "--tasks", "strategyqa"])  # named tasks need no panel task
     assert args.task_list == ["strategyqa"] and args.reuse == ["r.jsonl"]
+    (tmp_path / "runs.jsonl").write_text("")          # the scan's runs beside its panel are found from any directory
+    assert hn.parse_args(["--panel", str(panel), "--tasks", "x"]).reuse == [str(tmp_path / "runs.jsonl")]

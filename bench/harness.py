@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
+from bench.resume import run_to_end  # noqa: E402
 
 # centre of each optimizer's lr grid (prefix tuning of SmolLM2; MeZO's prefix settings scaled to the model)
 CENTRE = {"mezo": 1e-2, "mezo-gv": 1e-2, "mezo-greedy": 1e-2, "bszo": 1e-2, "bszo-b": 1e-2, "zo-finetuner": 1e-2,
@@ -236,8 +236,6 @@ class Runner:
         return None
 
     def __call__(self, cfg, label: str) -> dict:
-        from fine_tune.run import run
-
         key = config_key(cfg.to_dict())
         if key in self.done:
             return self.done[key]
@@ -245,11 +243,10 @@ class Runner:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         cfg.zero_shot = self.zero_shot(cfg.task) is None
-        shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {cfg.lr if cfg.lr is not None else cfg.lower_lr:.3g} "
               f"seed {cfg.seed}: {cfg.steps} steps", flush=True)
         c0 = time.process_time()
-        res = run(cfg, log=lambda m: None)
+        res = run_to_end(cfg, say=lambda m: print(m, flush=True))
         res.update(cpu_s=time.process_time() - c0, label=label, lr=cfg.lr if cfg.lr is not None else cfg.lower_lr)
         with self.log_path.open("a") as f:
             f.write(json.dumps(res) + "\n")

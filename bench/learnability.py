@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.resume import run_to_end  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -215,7 +216,6 @@ class Runner:
 
     def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
                  zero_shot: bool, note: str = "") -> dict:
-        from fine_tune.run import run
         from l2o.filelock import exclusive
 
         if name in (have := self.done()):
@@ -223,11 +223,9 @@ class Runner:
         self.budget.check(name)
         cfg = scan_config(self.args, task=task, peft=peft, lr=lr, eps=eps, forwards=forwards, num_dev=num_dev,
                           zero_shot=zero_shot, out=self.out / name)
-        steps = cfg.steps
-        shutil.rmtree(cfg.out, ignore_errors=True)  # an unfinished run of an interrupted invocation
-        print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {steps} steps{note}", flush=True)
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: {cfg.steps} steps{note}", flush=True)
         c0 = time.process_time()
-        res = run(cfg, log=lambda m: None)
+        res = run_to_end(cfg, say=lambda m: print(m, flush=True))
         res.update(name=name, lr=lr, commit=self.commit, cpu_s=time.process_time() - c0)
         self.budget.charge(res["cpu_s"])
         with exclusive(self.log_path.with_suffix(".lock")):

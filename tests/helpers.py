@@ -166,24 +166,39 @@ def save_tiny_smollm_base(folder) -> str:
     return str(path)
 
 
-def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
-    """`fine_tune argv` that dies like `kill -9` (exit 137, no clean-up) as soon as `step` steps are done,
-    after that step's checkpoint: the fault the kill-and-resume test injects, kept out of production code.
-    Run it in a subprocess: `python -c "from tests.helpers import run_fine_tune_killed_at; ..."`."""
+def die_at_step(step: int):
+    """A Lightning callback that kills its process like `kill -9` (exit 137, no clean-up) as soon as `step`
+    steps are done: the fault the kill-and-resume tests inject, kept out of production code."""
     import os
 
     from lightning.pytorch.callbacks import Callback
-
-    from fine_tune.cli import build_parser, resolve_config
-    from fine_tune.run import run
 
     class _DieAtStep(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == step:
                 os._exit(137)
 
-    run(resolve_config(build_parser().parse_args(argv)), log=lambda msg: None, callbacks=[_DieAtStep()])
+    return _DieAtStep()
 
+
+def run_fine_tune_killed_at(step: int, argv: list[str]) -> None:
+    """`fine_tune argv` killed (`die_at_step`) as soon as `step` steps are done, after the previous step's
+    checkpoint. Run it in a subprocess: `python -c "from tests.helpers import run_fine_tune_killed_at; ..."`."""
+    from fine_tune.cli import build_parser, resolve_config
+    from fine_tune.run import run
+
+    run(resolve_config(build_parser().parse_args(argv)), log=lambda msg: None, callbacks=[die_at_step(step)])
+
+
+def run_learnability_killed_at(step: int, argv: list[str]) -> None:
+    """`python -m bench.learnability argv` whose first fine-tune run is killed (`die_at_step`) at `step`.
+    Run it in a subprocess."""
+    import fine_tune.run
+    from bench.learnability import main
+
+    real = fine_tune.run.run
+    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, die_at_step(step)])
+    main(argv)
 
 
 def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:

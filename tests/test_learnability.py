@@ -132,6 +132,45 @@ def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, 
     assert "steps (estimated" not in capsys.readouterr().out
 
 
+def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(tiny_smollm_base, tmp_path, capsys):
+    """A scan killed inside a run continues that run from its last checkpoint (not from step 0), and its record
+    equals the one an uninterrupted scan writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    def argv(out):
+        return ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--tasks", "strategyqa", "--stage", "1"]
+
+    assert lb.main(argv(tmp_path / "full")) == 0
+    killed = tmp_path / "killed"
+    code = f"from tests.helpers import run_learnability_killed_at; run_learnability_killed_at(2, {argv(killed)!r})"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same sums as this process
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    name = "s1-strategyqa-prefix-lr0.01"
+    ckpt = killed / name / "checkpoints" / "last.ckpt"
+    log = killed / "runs.jsonl"
+    assert ckpt.exists() and not (log.exists() and log.read_text().strip())  # a checkpoint, no record
+    capsys.readouterr()
+    assert lb.main(argv(killed)) == 0
+    out, err = capsys.readouterr()
+    assert f"resumed {killed / name} from its last checkpoint" in out
+    assert "step 2/2" in err and "step 1/2" not in err  # it ran only the step the kill cut short
+
+    def record(out):
+        return next(json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines() if name in x)
+
+    a, b = record(tmp_path / "full"), record(killed)
+    assert b["config"]["resume"] and not a["config"]["resume"]
+    assert a["per_example"] == b["per_example"] and a["final_train_loss"] == b["final_train_loss"]
+    assert (tmp_path / "full" / name / "ledger.jsonl").read_bytes() == (killed / name / "ledger.jsonl").read_bytes()
+
+
 def test_the_harness_reuses_the_scans_stage_2_runs():
     """A stage-2 run and the harness's MeZO run of the same task, lr and seed are one configuration (the harness
     would otherwise rerun MeZO's lr selection)."""

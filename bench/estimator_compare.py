@@ -12,7 +12,8 @@ Stages (each resumable; a finished piece is never redone):
    and only the allocation across blocks is learned.
 3. **final.** MeZO and each policy (zo-finetuner at MeZO's lr: the same lr and the same step) on every
    held-out task, --seeds runs of --budget forward passes; for a seed, every method sees the same batches.
-4. **table.** Final train loss, eval accuracy, and per-seed differences against MeZO (paired), mean +- sd;
+4. **table.** Each estimator's SNR per meta-step (from its results.json), final train loss, eval accuracy,
+   and per-seed differences against MeZO (paired), mean +- sd;
    writes <out>/table.md and <out>/curves.png.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -155,9 +157,10 @@ def table(a, lr: float, names: list[str]) -> str:
             if (out / f"meta-{n}" / "results.json").exists()}
     lines = [f"MeZO's dev-chosen lr: {lr:.3g} (every run below uses it). Per held-out task, {a.budget} forward passes, "
              f"seeds {a.seeds}; Δ = method − MeZO on the same seed; reach ½ = (task, seed) pairs whose train loss "
-             "(moving mean over 10% of the run) reaches MeZO's final train loss within half the forward passes.", "",
-             "| task | method | meta-training forwards | final train loss | eval accuracy | Δ final loss | Δ accuracy | "
-             "reach ½ |", "|---|---|---|---|---|---|---|---|"]
+             "(moving mean over 10% of the run) reaches MeZO's final train loss within half the forward passes; SNR = "
+             "the ES/PES meta-gradient's signal-to-noise ratio per meta-step (meta/snr), mean ± sd over the run.", "",
+             "| task | method | meta-training forwards | meta-step SNR | final train loss | eval accuracy | Δ final loss | "
+             "Δ accuracy | reach ½ |", "|---|---|---|---|---|---|---|---|---|"]
     for task in a.tasks.split(","):
         base = runs["mezo"]
         for n in ["mezo"] + names:
@@ -167,8 +170,9 @@ def table(a, lr: float, names: list[str]) -> str:
             dl = [rs[s]["final_train_loss"] - base[(task, s)]["final_train_loss"] for s in rs if (task, s) in base]
             da = [rs[s]["final"]["eval"] - base[(task, s)]["final"]["eval"] for s in rs if (task, s) in base]
             mf = meta[n]["meta_forwards"] if n in meta else "—"
+            snr = [r["snr"] for r in meta.get(n, {}).get("history", []) if math.isfinite(r.get("snr", math.nan))]
             hits = [half_reach(rs[s], base[(task, s)], a.budget) for s in rs if (task, s) in base]
-            lines.append(f"| {task} | {n} | {mf} | {_ms(loss)} | {_ms(acc)} | "
+            lines.append(f"| {task} | {n} | {mf} | {_ms(snr) if snr else '—'} | {_ms(loss)} | {_ms(acc)} | "
                          f"{_ms(dl, True) if n != 'mezo' else '—'} | {_ms(da, True) if n != 'mezo' else '—'} | "
                          f"{sum(hits)}/{len(hits)} |")
     text = "\n".join(lines)

@@ -25,10 +25,13 @@ def test_table_pairs_seeds_with_mezo_and_counts_half_budget_reaches(tmp_path):
     _run(tmp_path, "es", "t", 0, [0.7] * 10, 0.6)           # below MeZO's final loss from the start: reaches
     _run(tmp_path, "es", "t", 1, [1.0] * 9 + [0.75], 0.4)   # only at the last step: not within half the budget
     (tmp_path / "meta-es").mkdir()
-    (tmp_path / "meta-es" / "results.json").write_text(json.dumps({"meta_forwards": 990}))
+    history = [{"snr": 0.2}, {"snr": float("nan")}, {"snr": 0.4}]  # a step without pairs' spread has no SNR
+    (tmp_path / "meta-es" / "results.json").write_text(json.dumps({"meta_forwards": 990, "history": history}))
     text = table(a, 1e-5, ["es"])
     row = next(line for line in text.splitlines() if line.startswith("| t | es |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "990" and cells[5] == "-0.075 ± 0.035 (n=2)" and cells[6] == "+0.000 ± 0.141 (n=2)"
-    assert cells[7] == "1/2"
+    assert cells[2] == "990" and cells[3] == "0.300 ± 0.141 (n=2)"
+    assert cells[6] == "-0.075 ± 0.035 (n=2)" and cells[7] == "+0.000 ± 0.141 (n=2)" and cells[8] == "1/2"
+    mezo = next(line for line in text.splitlines() if line.startswith("| t | mezo |"))
+    assert [c.strip() for c in mezo.strip("|").split("|")][3] == "—"  # no meta-training, no SNR
     assert (tmp_path / "table.md").read_text().strip() == text and (tmp_path / "curves.png").stat().st_size > 0

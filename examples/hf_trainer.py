@@ -3,11 +3,14 @@
     python examples/hf_trainer.py                         # MeZO and the shipped SmolLM2 policy, Trainer
     python examples/hf_trainer.py --trainer sft           # the same through TRL's SFTTrainer
     python examples/hf_trainer.py --optimizers mezo-gv --steps 40 --lr 1e-5
+    python examples/hf_trainer.py --offload cpu           # a model larger than the GPU (ZOTrainer(offload="cpu"))
 
 The embedded SmolLM2-135M-Instruct (offline) learns the sentiment word of real tweets (`tweet_sentiment`):
 the loss is the cross-entropy of the answer tokens after the prompt. Each optimizer starts from the same
 weights, runs `--steps` Trainer steps with full-parameter ZO updates, and is evaluated with
 `Trainer.evaluate()` on held-out tweets before and after. TensorBoard logs land in `<out>/<optimizer>/runs`.
+It runs on the CPU, unless `--device-map` or `--offload cpu` has GPUs to place the model on (they are the
+`device_map=` and `offload=` of `ZOTrainer`; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ def trainer_for(args, name, model, tokenizer, train, evals):
                   max_grad_norm=0.0,            # clipping does not apply to ZO: ZOTrainer refuses the default 1.0
                   per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=16,
                   max_steps=args.steps, logging_steps=max(1, args.steps // 10), save_strategy="no",
-                  report_to=["tensorboard"], use_cpu=True, seed=args.seed, disable_tqdm=True)
-    zo = dict(optimizer=name, optimizer_kwargs={"eps": args.eps}, policy_resolver=zoo_policy)
+                  report_to=["tensorboard"], seed=args.seed, disable_tqdm=True,
+                  use_cpu=not ((args.device_map or args.offload) and torch.cuda.is_available()))
+    zo = dict(optimizer=name, optimizer_kwargs={"eps": args.eps}, policy_resolver=zoo_policy,
+              device_map=args.device_map, offload=args.offload)
     if args.trainer == "sft":
         from trl import SFTConfig
 
@@ -99,6 +104,11 @@ def main(argv=None) -> int:
     ap.add_argument("--num-eval", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/hf_trainer")
+    place = ap.add_mutually_exclusive_group()
+    place.add_argument("--device-map", choices=["auto", "balanced", "sequential"], default=None,
+                       help="layers across the visible GPUs (ZOTrainer(device_map=...))")
+    place.add_argument("--offload", choices=["cpu"], default=None,
+                       help="weights in CPU memory, each block streamed to the device (ZOTrainer(offload=...))")
     args = ap.parse_args(argv)
 
     from l2o.models import load_base

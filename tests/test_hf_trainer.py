@@ -260,3 +260,22 @@ def test_a_placed_model_trains_as_the_model_held_normally(placement, tmp_path):
         assert any(p.device.type == "meta" for p in model.parameters())  # really offloaded
     assert runs[0][1] == runs[1][1] and len(runs[0][1]) == 3
     assert_same_bits(runs[0][0], runs[1][0])
+
+
+@pytest.mark.slow
+def test_the_example_with_an_offloaded_model_reports_the_run_held_normally(tmp_path):
+    """examples/hf_trainer.py --offload cpu (ZOTrainer(offload="cpu")): the same eval losses as without."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = []
+    for placement in ([], ["--offload", "cpu"]):
+        out = subprocess.run([sys.executable, str(root / "examples" / "hf_trainer.py"), "--optimizers", "mezo",
+                              "--steps", "2", "--num-train", "16", "--num-eval", "8", "--out",
+                              str(tmp_path / str(len(placement))), *placement],
+                             capture_output=True, text=True, cwd=root, timeout=1200)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rows += [line.rsplit("|", 2)[0] for line in out.stdout.splitlines() if line.startswith("| mezo |")]
+    assert len(rows) == 2 and rows[0] == rows[1] and "| 2 | 4 |" in rows[0]  # steps, forwards, losses; not time

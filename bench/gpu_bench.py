@@ -10,7 +10,8 @@ to the GPU (`l2o.placement.place(offload="cpu")`) with the allocator capped at 2
 measured just before, its peak GPU memory against the cap and against `fine_tune --dry-run`'s plan for
 the same shape, the block copies per forward (1 per block is the goal), the link traffic of one MeZO step
 (copies counted by the streaming hooks, times the blocks' bytes, and the rate that is at the measured
-step), and the time of one update alone, which runs on the CPU where the weights live.
+step), and the time of one update alone, which runs on the CPU where the weights live (on all the host's
+cores unless L2O_NOISE_THREADS says otherwise). At most 2 repeats: an offloaded step takes seconds.
 
 For each model it prints the forward time, then per configuration: the step time, forwards per step,
 step / (forwards x forward) (1.0 is the physical limit), peak memory / inference peak
@@ -239,20 +240,26 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
         _free(args.device)
         total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 1024 ** 3 / total), torch.device(args.device))
+    ours = cuda and "L2O_NOISE_THREADS" not in os.environ
+    if ours:  # the update runs on the CPU, where the blocks live: give it the host's cores (z is the same)
+        os.environ["L2O_NOISE_THREADS"] = str(len(os.sched_getaffinity(0)))
+    reps = min(args.reps, 2)  # an offloaded step takes seconds
     try:
         place(model, offload="cpu", execution_device=args.device)
-        group = model._l2o_stream
-        result = measure("mezo", model, closure, args.device, args.reps, warmup=not args.smoke)
+        group, threads = model._l2o_stream, _threads()
+        result = measure("mezo", model, closure, args.device, reps, warmup=not args.smoke)
         traffic = link_traffic(group, closure, make_step("mezo", model, closure), args.device)
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0, torch.device(args.device))
+        if ours:
+            os.environ.pop("L2O_NOISE_THREADS", None)
     ref = in_memory.get("mezo", {}).get("step_s")
     peak = result["peak"]
     n = sum(p.numel() for _, p in named_blocks(model))
     lines = [f"\n## offload cpu: {shape} shape, {n / 1e9:.2f} B parameters, {dtype}, batch {args.batch} x {args.seq}, "
              f"{args.device}" + (f", allocator capped at {cap_gib:g} GiB" if cuda and cap_gib else ""),
-             f"MeZO step {result['step_s'] * 1e3:.1f} ms" + (f" vs in memory {ref * 1e3:.1f} ms "
+             f"MeZO step {result['step_s'] * 1e3:.1f} ms (median of {reps})" + (f" vs in memory {ref * 1e3:.1f} ms "
                                                             f"({result['step_s'] / ref:.2f}x)" if ref else ""),
              f"block copies per forward: {traffic['per_forward']:.2f} per block (goal 1)",
              f"link traffic per MeZO step: {traffic['per_step']:.2f} copies per block, {traffic['bytes']} bytes "
@@ -261,7 +268,7 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
              f"one update alone (the streamed blocks' part on the CPU, where they live): "
              f"{traffic['update_s'] * 1e3:.1f} ms for {n} elements "
              f"({traffic['update_s'] * 1e9 / n:.2f} ns per element; CPU time "
-             f"{traffic['update_cpu_s'] * 1e9 / n:.2f} ns per element; L2O_NOISE_THREADS={_threads()}), "
+             f"{traffic['update_cpu_s'] * 1e9 / n:.2f} ns per element; L2O_NOISE_THREADS={threads}), "
              f"{traffic['update_s'] / result['step_s']:.0%} of the step",
              f"peak GPU memory: {peak / 1024 ** 3:.2f} GiB" if peak else "peak GPU memory: n/a (no CUDA)"]
     if shape in ("opt-13b",):

@@ -141,6 +141,35 @@ def test_es_agrees_in_direction_with_the_exact_k_step_meta_gradient():
     est.close()
 
 
+def test_es_unrolls_the_deployed_gv_optimizer_when_asked():
+    """--model.inner_method zo-finetuner+gv: ES unrolls MeZO-GV with the policy (the optimizer a user deploys
+    with `fine_tune --optimizer zo-finetuner+gv --policy`), not MeZO. After one estimate (2 pairs, K = 2, each
+    unroll read back from the parked theta_0), the trajectory moved 2 steps of a plain zo-finetuner+gv run with
+    the policy, bit for bit, and not the 2 steps MeZO with the policy takes from the same seed."""
+    from l2o.optim import build_optimizer
+
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    unroller = Unroller(model, method="zo-finetuner+gv", pool_size=3, lr=LR, eps=EPS, batch_size=16, seed=0)
+    est = ES(model, policy, Snapshot(Engine(model)).save(), unroller, unroll=2, pairs=2, std=1e-2, params="bias",
+             reset_every=0, seed=5)
+    out = est.estimate(policy, lambda key: stream, 0)
+    assert math.isfinite(out.meta_loss) and any(g.abs().sum() > 0 for g in out.grad)
+
+    def plain(method, **kw):
+        fresh = mlp()
+        opt = build_optimizer(method, fresh, policy=est.coords.perturbed(policy, None), lr=LR, eps=EPS,
+                              seed=inner_seed(0, 0), policy_batch_size=16, **kw)
+        for t in range(2):
+            opt.step(lambda: stream.loss(fresh, stream.train(t)))
+        return list(fresh.parameters())
+
+    gv, mezo = plain("zo-finetuner+gv", pool_size=3), plain("zo-finetuner")
+    assert all(torch.equal(a, b) for a, b in zip(gv, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(mezo, model.parameters()))
+    est.close()
+
+
 def test_es_snr_is_about_pairs_over_coordinates_on_a_locally_linear_meta_loss():
     """The logged SNR (||E g||^2 / E||g - E g||^2 of the N-pair mean, estimated without bias) is about N / (P + 1)
     when the meta-loss is locally linear: 64 / 7 for the 6 per-block biases; a wrong sign or pairing would not

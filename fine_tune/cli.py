@@ -95,8 +95,8 @@ def _add_placement_args(p: argparse.ArgumentParser, S) -> None:
     g.add_argument("--gpus", type=int, default=S, help="GPUs a device map uses (default: all visible; --dry-run: "
                    "the fewest that hold the model)")
     g.add_argument("--gpu-memory", type=float, default=S,
-                   help="GiB per GPU for the step (weights, temporaries, activations; default: what the GPU has, "
-                        "--dry-run: 80)")
+                   help="GiB per GPU for a device map's step (weights, temporaries, activations; default: what the "
+                        "GPU has) or for --dry-run's plan of any placement (default 80)")
     g.add_argument("--dry-run", action="store_true", default=S,
                    help="print the memory plan per device for --base/--dtype/--peft/--batch-size/--max-length and "
                         "the placement, offline, and exit (0: fits, 1: does not)")

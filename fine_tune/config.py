@@ -161,6 +161,10 @@ class RunOptions:
         if not isinstance(self.check_every, int) or self.check_every < 0:
             raise ConfigError(f"--check-every must be an integer >= 0, got {self.check_every!r}")
         self._validate_placement()
+        if self.gpu_memory is not None and not self.device_map:  # --dry-run plans any placement against it
+            raise ConfigError(f"--gpu-memory {self.gpu_memory:g} budgets each GPU's layers under --device-map (and "
+                              "--dry-run's plan); a run held on one device or with --offload cpu takes what the GPU "
+                              "has, so drop --gpu-memory")
         if self.world_size() == 1:
             return
         if not self.capability("distributed", True):
@@ -184,6 +188,9 @@ class RunOptions:
             raise ConfigError(f"--gpus must be a positive integer, got {self.gpus!r}")
         if self.gpu_memory is not None and not self.gpu_memory > 0:
             raise ConfigError(f"--gpu-memory must be a positive number of GiB, got {self.gpu_memory!r}")
+        if self.gpus is not None and not self.device_map:
+            raise ConfigError(f"--gpus {self.gpus} is the number of GPUs --device-map spreads the layers over; add "
+                              "--device-map auto, or drop --gpus")
         if self.placed() and (self.capability("needs_adapter", False) or self.is_first_order()):
             raise ConfigError(f"{self.optimizer} takes first-order steps and needs the model resident on one device; "
                               "--device-map and --offload apply to the zeroth-order optimizers")

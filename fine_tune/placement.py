@@ -30,10 +30,14 @@ def rank_gpus(cfg: FineTuneConfig, device: str) -> list[int]:
 
 def gpu_budgets(cfg: FineTuneConfig, model, device: str) -> dict | None:
     """accelerate's max_memory for this process's GPUs: each one's memory (or --gpu-memory) less the plan's
-    temporaries, activations and runtime reserve; None on a machine without CUDA (all on the CPU)."""
+    temporaries, activations and runtime reserve; None for a process on the CPU (place() keeps the layers in
+    CPU memory then, also on a GPU machine: --device cpu, --accelerator cpu)."""
     import torch
 
     if not torch.device(device).type == "cuda":
+        if cfg.gpus is not None or cfg.gpu_memory is not None:
+            raise ConfigError(f"--{'gpus' if cfg.gpus is not None else 'gpu-memory'} sizes GPUs, but this process "
+                              f"runs on {device}; drop it, or run on the GPUs (--device cuda / --accelerator gpu)")
         return None
     from fine_tune.plan import overhead_bytes
 
@@ -54,7 +58,7 @@ def place_model(cfg: FineTuneConfig, model, device: str, log):
     if cfg.offload:
         place(model, offload=cfg.offload, execution_device=device)
     else:
-        place(model, device_map=cfg.device_map, max_memory=gpu_budgets(cfg, model, device))
+        place(model, device_map=cfg.device_map, max_memory=gpu_budgets(cfg, model, device), execution_device=device)
     where = ", ".join(f"{n / 1e6:,.1f}M on {k}" for k, n in model._l2o_placement["parameters"].items())
     log(f"placement {'--offload ' + cfg.offload if cfg.offload else '--device-map ' + cfg.device_map}: {where}")
     return model

@@ -285,7 +285,8 @@ def place(model: nn.Module, device_map: str | dict | None = None, offload: str |
     """Place `model` for forward-only training and return it (in place).
 
     device_map  "auto" | "balanced" | "sequential" | {module: device}: layers over the visible devices
-                (accelerate's dispatch); what does not fit spills to CPU memory, then to `folder`.
+                (accelerate's dispatch); what does not fit spills to CPU memory, then to `folder`. With a
+                CPU `execution_device` and no `max_memory`, every layer stays in CPU memory.
     offload     "cpu": stream each transformer block from CPU memory to `execution_device` (default: the
                 GPU, else the CPU); "disk": the same from files in `folder` (accelerate's disk offload).
     Ties are recorded first; `state_dict()` / `load_state_dict()` see the offloaded weights' homes."""
@@ -298,6 +299,8 @@ def place(model: nn.Module, device_map: str | dict | None = None, offload: str |
         raise PlacementError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
     model._l2o_tied = _tie_record(model)
     device = torch.device(execution_device) if execution_device is not None else accelerator()
+    if isinstance(device_map, str) and max_memory is None and device.type == "cpu":
+        max_memory = {"cpu": 1 << 60}  # runs on the CPU: no layer goes to a GPU; the weights are in memory already
     if offload == "cpu":
         from l2o.streaming import stream_blocks
 

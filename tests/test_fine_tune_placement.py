@@ -99,7 +99,31 @@ def test_placement_flags_are_checked_in_one_sentence(tiny_base, tmp_path, capsys
     assert "takes first-order steps" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(_args(tiny_base, tmp_path / "c", "--offload", "nvme"))
+    # sizes of GPUs that nothing would use: refused, not ignored
+    assert main(_args(tiny_base, tmp_path / "e", "--offload", "cpu", "--gpus", "2")) == 2
+    assert "--gpus 2 is the number of GPUs --device-map spreads the layers over" in capsys.readouterr().err
+    assert main(_args(tiny_base, tmp_path / "f", "--offload", "cpu", "--gpu-memory", "24")) == 2
+    assert "--gpu-memory 24 budgets each GPU's layers under --device-map" in capsys.readouterr().err
+    assert main(_args(tiny_base, tmp_path / "g", "--device-map", "auto", "--gpus", "2", "--device", "cpu")) == 2
+    assert "--gpus sizes GPUs, but this process runs on cpu" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "efg")
 
+
+
+def test_a_device_map_in_a_process_on_the_cpu_keeps_every_layer_there(monkeypatch):
+    """--device cpu (or --accelerator cpu) on a GPU machine: --device-map auto does not spread the layers over
+    GPUs the run was not given (accelerate's default budget is every visible GPU)."""
+    from fine_tune.config import FineTuneConfig
+    from fine_tune.placement import place_model
+    from tests.helpers import tiny_model
+
+    import accelerate.utils.modeling as modeling
+
+    real = modeling.get_max_memory  # accelerate's default budget, on a machine with 2 GPUs of 1 GiB free
+    monkeypatch.setattr(modeling, "get_max_memory", lambda m=None: real(m) if m else {0: 2 ** 30, 1: 2 ** 30,
+                                                                                       "cpu": 2 ** 34})
+    model = place_model(FineTuneConfig(task="sst2", device_map="auto"), tiny_model("opt"), "cpu", lambda msg: None)
+    assert set(model._l2o_placement["parameters"]) == {"cpu"}
 
 # ------------------------------------------------------------------------- --dry-run: the memory plan
 def test_the_plan_covers_every_alias_and_every_mode():

@@ -271,6 +271,9 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
              f"{traffic['update_cpu_s'] * 1e9 / n:.2f} ns per element; L2O_NOISE_THREADS={threads}), "
              f"{traffic['update_s'] / result['step_s']:.0%} of the step",
              f"peak GPU memory: {peak / 1024 ** 3:.2f} GiB" if peak else "peak GPU memory: n/a (no CUDA)"]
+    if cuda:  # an unpinned home is copied synchronously: a slower step, the same numbers
+        lines.append(f"block tensors in pinned CPU memory: all but {group.unpinned} (pinning failed for those)"
+                     if group.unpinned else "block tensors in pinned CPU memory: all")
     if shape in ("opt-13b",):
         from fine_tune.plan import make_plan
 

@@ -40,6 +40,18 @@ class _Group:
         self.epoch = 0  # forward passes started; a prefetched copy is only used in the pass that made it
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.uploads = 0  # blocks copied to the execution device (tests and benchmarks count link crossings)
+        self.unpinned = 0  # block tensors left in pageable memory: pinning them failed (`_pinned`)
+
+
+def _pinned(home: torch.Tensor, group: _Group) -> torch.Tensor:
+    """`home` in pinned (page-locked) CPU memory, which the side stream copies from asynchronously; where the
+    host cannot lock more memory, `home` itself: its copies then wait for the host, but the numbers are the
+    same. `group.unpinned` counts those."""
+    try:
+        return home.pin_memory()
+    except RuntimeError:
+        group.unpinned += 1
+        return home
 
 
 class StreamHook:
@@ -64,7 +76,7 @@ class StreamHook:
         pin = self.execution_device.type == "cuda"
         for name, p in list(module.named_parameters()):
             home = p.detach().to("cpu")
-            self.weights_map[name] = home.pin_memory() if pin else home
+            self.weights_map[name] = _pinned(home, self.group) if pin else home
             _set_tensor(module, name, torch.empty_like(home, device="meta"))
         for name, buf in list(module.named_buffers()):
             _set_tensor(module, name, buf.to(self.execution_device))

@@ -65,6 +65,25 @@ def test_placed_fine_tuning_runs_end_to_end_and_equals_the_plain_run(placement, 
     assert json.loads((plain / "results.json").read_text())["placement"] is None
 
 
+@pytest.mark.parametrize("peft", ["lora", "prefix", "prompt"])
+def test_a_peft_mode_placed_trains_as_held_normally(peft, tiny_base, tmp_path):
+    """The adapter is added in CPU memory before placing, so it streams with its block (LoRA) or stays with the
+    embeddings (prefix, prompt); either way the losses and the trained adapter are the plain run's."""
+    runs = {}
+    for name, placement in [("plain", []), *PLACEMENTS.items()]:
+        out = tmp_path / name
+        assert main(_args(tiny_base, out, "--steps", "2", "--eval-every", "0", "--zero-shot", "false", "--peft", peft,
+                          "--save-model", "false", *placement)) == 0
+        runs[name] = ([r["loss"] for r in json.loads((out / "history.json").read_text())],
+                      _trainable(out / "checkpoints" / "last.ckpt"))
+    (loss, weights), n = runs.pop("plain"), 0
+    for got, trained in runs.values():
+        assert got == loss and len(loss) == 2
+        assert trained.keys() == weights.keys() and all(torch.equal(trained[k], weights[k]) for k in weights)
+        n += sum(t.numel() for t in trained.values())
+    assert n > 0
+
+
 def test_ctrl_c_then_resume_of_an_offloaded_run_is_exact(tiny_base, plain, tmp_path):
     out = tmp_path / "run"
     argv = _args(tiny_base, out, *COMMON, "--offload", "cpu", "--checkpoint", "ledger", "--save-model", "weights")

@@ -158,6 +158,27 @@ def test_streamed_blocks_cross_once_per_forward_and_a_stale_prefetch_is_never_us
     assert engine.loss(_closure(model, batch)) == ref.loss(_closure(resident, batch))
 
 
+def test_a_block_the_host_cannot_pin_is_streamed_from_pageable_memory(monkeypatch):
+    """Streaming to a GPU pins each block's home; where pinning fails (the host cannot lock more memory) the
+    home stays in pageable memory, counted, instead of the placement failing."""
+    from types import SimpleNamespace
+
+    from l2o.streaming import StreamHook
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory (cudaHostAlloc)")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
+    block = tiny_model("opt").model.decoder.layers[0]
+    before = {n: p.detach().clone() for n, p in block.named_parameters()}
+    group = SimpleNamespace(device=torch.device("cuda"), unpinned=0)  # a GPU execution device, as far as pinning sees
+    hook = StreamHook(group)
+    hook.init_hook(block)
+    assert group.unpinned == len(before) > 0
+    assert hook.weights_map.keys() == before.keys() and all(torch.equal(hook.weights_map[n], before[n]) for n in before)
+    assert all(p.device.type == "meta" for p in block.parameters())
+
+
 def test_state_dict_sees_the_homes_and_loading_writes_them(tmp_path):
     model, resident = tiny_model("opt"), tiny_model("opt")
     _accelerate_disk(model, tmp_path)

@@ -76,9 +76,13 @@ evidence: install data
 	$(PY) -m bench.evidence $(EVIDENCE_ARGS)
 
 # The GPU suite: random-initialised OPT-13B (bf16) and OPT-1.3B (fp32) at batch 16 x 128, < 8 min on one
-# H100/H200, no download (`python bench/gpu_bench.py --smoke` runs a tiny version on the CPU).
-bench-gpu: install
-	$(PY) bench/gpu_bench.py
+# H100/H200, then the offload case (OPT-13B streamed from CPU memory to a GPU capped at 24 GiB); no download
+# (`python bench/gpu_bench.py --smoke` runs a tiny version on the CPU). On a GPU machine that has its own
+# PyTorch and no network: `make bench-gpu PY=python3` (no install; the repository goes on PYTHONPATH).
+# GPU_BENCH_ARGS passes flags, e.g. GPU_BENCH_ARGS=--offload-only.
+GPU_BENCH_ARGS ?=
+bench-gpu: $(if $(filter $(VENV)/bin/python,$(PY)),install)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) bench/gpu_bench.py $(GPU_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

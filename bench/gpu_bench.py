@@ -310,20 +310,26 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    deadline = time.monotonic() + args.budget_s
+    start = time.monotonic()
+    deadline = start + args.budget_s
+
+    def elapsed() -> str:  # a lent GPU's commands are time-limited: each section says when it ended
+        return f"[{time.monotonic() - start:.0f} s since the start]"
+
     if not args.offload_only:
-        print("\n".join(portability(args.device, smoke)), flush=True)
+        print("\n".join(portability(args.device, smoke)), elapsed(), sep="\n", flush=True)
     measured = {}
     shape, dtype, cap = SMOKE_OFFLOAD if smoke else OFFLOAD
     shape = args.offload_shape or shape
     for model_shape, model_dtype in [(shape, dtype)] if args.offload_only else (SMOKE if smoke else SUITE):
         configs = ["inference", "mezo"] if args.offload_only else CONFIGS
         measured[(model_shape, model_dtype)] = run_model(model_shape, model_dtype, args, deadline, configs)
-        print("\n".join(report(measured[(model_shape, model_dtype)])), flush=True)
+        print("\n".join(report(measured[(model_shape, model_dtype)])), elapsed(), sep="\n", flush=True)
     if time.monotonic() > deadline:
-        print("\nskipped the offload case: --budget-s reached", flush=True)
+        print("\nskipped the offload case: --budget-s reached (run it alone with --offload-only)", flush=True)
     else:
-        print("\n".join(run_offload(shape, dtype, cap, args, measured.get((shape, dtype), {}))), flush=True)
+        lines = run_offload(shape, dtype, cap, args, measured.get((shape, dtype), {}))
+        print("\n".join(lines), elapsed(), sep="\n", flush=True)
     return 0
 
 

@@ -49,18 +49,11 @@ def test_share_verdicts():
     assert claims.share_verdict(0, 0, "x")[0] == claims.NOT_RUN
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from tests.helpers import save_tiny_smollm_base
-
-    return save_tiny_smollm_base(tmp_path_factory.mktemp("base"))
-
-
-def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_base, tmp_path):
+def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_path):
     from bench import evidence
 
     out, docs = tmp_path / "ev", tmp_path / "docs"
-    argv = ["--smoke", "--base", tiny_base, "--out", str(out), "--docs", str(docs)]
+    argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--docs", str(docs)]
     assert evidence.main(argv) == 0
     doc = (docs / "evidence.md").read_text()
     rows = [line for line in doc.splitlines() if line.startswith("| ") and "**" in line]

@@ -11,15 +11,9 @@ import torch
 
 from fine_tune.cli import main
 from fine_tune.config import FineTuneConfig
-from tests.helpers import save_tiny_base
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
 
 
 def _args(base, out, *extra):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
-from tests.test_fine_tune import ROOT, _args, _trainable, tiny_base  # noqa: F401  (fixture)
+from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "4", "--save-every", "2", "--lr", "1e-3", "--eval-every", "2", "--save-model", "false",
           "--check-every", "2"]

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from fine_tune.cli import main
 from l2o.ledger import Ledger
-from tests.helpers import save_tiny_base
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
@@ -24,13 +23,13 @@ STEPS = [*DATA, "--steps", "6", "--save-every", "2", "--eval-every", "3", "--lr"
 
 
 @pytest.fixture(scope="module", params=["mezo", "zo-adam"])
-def runs(tmp_path_factory, request):
+def runs(tmp_path_factory, tiny_bases, request):
     """The same run twice: weights checkpoints, uninterrupted; ledger checkpoints, killed after step 3's
     checkpoint (the fault tests.helpers injects) and resumed. Both select the best-on-dev checkpoint at the end.
     ZO-Adam: the ledger checkpoint holds no moments either; the resumed optimizer rebuilds them from the ledger."""
     COMMON = [*STEPS, "--optimizer", request.param]
     root = tmp_path_factory.mktemp("ledger-runs")
-    base = save_tiny_base(root, "opt")
+    base = tiny_bases("opt")
     weights, ledger = root / "weights", root / "ledger"
     assert main(["--base", base, "--out", str(weights), *COMMON, "--checkpoint", "weights",
                  "--save-model", "weights"]) == 0

@@ -12,17 +12,11 @@ import pytest
 import torch
 
 from fine_tune.cli import main
-from tests.helpers import save_tiny_base
 from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "4", "--save-every", "2", "--lr", "2e-3", "--eps", "1e-3", "--eval-every", "2",
           "--check-every", "2", "--zero-shot", "false"]
 PLACEMENTS = {"offload": ["--offload", "cpu"], "device-map": ["--device-map", "auto"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")  # tied embeddings
 
 
 @pytest.fixture(scope="module")

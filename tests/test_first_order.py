@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
-from tests.test_fine_tune import ROOT, SST2, tiny_base  # noqa: F401 - the tiny OPT fixture
+from tests.test_fine_tune import ROOT, SST2
 from tests.test_fine_tune import _args as _ft_args
 
 

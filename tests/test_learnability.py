@@ -96,13 +96,6 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     assert established == ["**The panel is established** (it needs 4 tasks)."]
 
 
-@pytest.fixture(scope="module")
-def tiny_smollm_base(tmp_path_factory):
-    from tests.helpers import save_tiny_smollm_base
-
-    return save_tiny_smollm_base(tmp_path_factory.mktemp("base"))
-
-
 def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, tmp_path, capsys):
     out = tmp_path / "scan"
     argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--moved-se", "-100", "--panel-se", "-100",

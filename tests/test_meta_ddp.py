@@ -12,7 +12,7 @@ import torch
 
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
-from tests.helpers import save_tiny_base, tiny_model
+from tests.helpers import tiny_model
 from zoo.learned import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +64,8 @@ def _one_process_average(base, world=2):
     return policy
 
 
-def test_ddp_two_ranks_equal_one_process_averaging_their_meta_gradients(tmp_path):
-    base = save_tiny_base(tmp_path, "opt")
+def test_ddp_two_ranks_equal_one_process_averaging_their_meta_gradients(tiny_base, tmp_path):
+    base = tiny_base
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "meta_train",
@@ -86,7 +86,7 @@ def test_ddp_two_ranks_equal_one_process_averaging_their_meta_gradients(tmp_path
         torch.testing.assert_close(v, ref.tensors()[k], rtol=1e-5, atol=1e-7)
 
 
-def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tmp_path):
+def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base, tmp_path):
     """--estimator es on 2 gloo ranks deals the 3 antithetic pairs round-robin (2 + 1) and exchanges only
     their meta-losses; the trajectory's ZO steps split their two evaluations over the ranks. The published
     policy is bit-identical to the same run in one process, and so is every step's meta-loss."""
@@ -94,7 +94,7 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tmp_path):
 
     from meta_train.cli import main
 
-    base = save_tiny_base(tmp_path, "opt")
+    base = tiny_base
     es = ["--estimator", "es", "--model.pairs", "3", "--model.unroll", "2", "--model.inner_lr", "1e-2",
           "--model.reset_every", "2", "--data.num_dev", "4"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

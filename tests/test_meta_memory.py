@@ -12,7 +12,7 @@ import torch
 from l2o.engine import Engine
 from l2o.models import load_base
 from l2o.weights import PretrainedFiles, Trajectory, park, unpark
-from tests.helpers import save_tiny_base, tiny_model
+from tests.helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +22,6 @@ def _lm_loss(model, batch):
 
 
 X = torch.randint(4, 500, (2, 10), generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "llama")  # tied embedding / lm_head
 
 
 def test_fused_trajectory_is_torch_sgd_momentum_and_never_holds_the_gradient():
@@ -66,8 +61,8 @@ def test_bf16_momentum_step_moves_by_the_fp32_step_in_expectation():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_reset_rereads_the_model_files_bit_identically(tiny_base, dtype):
-    model, _, info = load_base(tiny_base, dtype=dtype)
+def test_reset_rereads_the_model_files_bit_identically(tiny_llama_base, dtype):
+    model, _, info = load_base(tiny_llama_base, dtype=dtype)
     fresh = [p.detach().clone() for p in model.parameters()]
     engine = Engine(model)
     files = PretrainedFiles(info.path, engine)
@@ -92,7 +87,7 @@ def test_parked_trajectory_comes_back_bit_identical(tmp_path):
     assert (tmp_path / "theta.bin").stat().st_size == sum(b.param.numel() * 2 for b in engine.blocks)
 
 
-def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_base, monkeypatch, tmp_path):
+def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_llama_base, monkeypatch, tmp_path):
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
     from meta_train.data import TaskFamilyData
     from meta_train.module import ZOFineTunerMeta
@@ -105,7 +100,7 @@ def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_base
         dm = None
         global_step = 0
 
-    module = Meta(base=tiny_base, val_steps=2, val_tasks=1, lr_llm=0.5)
+    module = Meta(base=tiny_llama_base, val_steps=2, val_tasks=1, lr_llm=0.5)
     module.dm = dm
     module.setup()
     module._tb = lambda: None
@@ -121,7 +116,7 @@ def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_base
     # both fine-tunings started from the pretrained weights: MeZO's result equals a fresh model's
     from l2o.optim import build_optimizer
 
-    fresh, _, _ = load_base(tiny_base)
+    fresh, _, _ = load_base(tiny_llama_base)
     fn = module._loss_fn("winowhy")
     opt = build_optimizer("mezo", fresh, lr=module.hparams.val_lr, eps=module.hparams.eps, seed=module.hparams.seed)
     for k in range(2):

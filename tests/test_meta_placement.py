@@ -11,22 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import save_tiny_base
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")  # tied embeddings
 
 
 def _args(base, out, estimator="es"):

@@ -18,21 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import save_tiny_base
-
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _args(base, out, estimator):

@@ -15,15 +15,12 @@ from torch import nn
 from l2o.noise import mix
 from l2o.policy import ZOPolicy, effective_sizes, features, normalization_factor, weight_stats
 from l2o.estimators.lookahead import Lookahead, TaskState
-from tests.helpers import save_tiny_base, tiny_model
+from tests.helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 def _lm_loss(model, batch):
@@ -180,11 +177,6 @@ def test_bf16_and_fp32_lean_meta_gradients_agree_in_direction():
 
 
 # ---------------------------------------------------------------------- the pipeline on a tiny model
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("base"), "opt")
-
-
 def _run_args(base, out, *extra):
     return ["--base", base, "--tasks", "sports_understanding", "winowhy", "--holdout", "winowhy",
             "--out", str(out), "--model.eta_meta", "1e-2", "--model.lr_llm", "0.05", "--model.reset_every", "0",

@@ -14,13 +14,10 @@ from l2o.optim import build_optimizer
 from zoo.learned import load_policy, save_policy
 from l2o.policy import (ZOPolicy, effective_sizes, embedding_block_ids, features,
                         normalization_factor, weight_stats)
-from tests.helpers import tiny_model, tiny_tokenizer
+from tests.helpers import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 def _batch(n=2, length=10, seed=0):
@@ -274,18 +271,6 @@ def test_converted_released_policy_matches_the_authors_modules(tmp_path):
     torch.testing.assert_close(pol(x), want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny_bases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bases")
-    out = {}
-    for arch in ("opt", "llama"):
-        path = root / f"tiny-{arch}"
-        tiny_model(arch).save_pretrained(path)
-        tiny_tokenizer().save_pretrained(path)
-        out[arch] = str(path)
-    return out
-
-
 def test_fine_tune_refuses_a_converted_policy_for_another_base(tiny_bases, tmp_path, capsys):
     """A released ZO Fine-tuner file converted for one base is refused by fine_tune on a different base."""
     from fine_tune.cli import main
@@ -299,12 +284,12 @@ def test_fine_tune_refuses_a_converted_policy_for_another_base(tiny_bases, tmp_p
     art = import_zo_finetuner(tmp_path / "llama_finetuner.pth", "tiny-llama", tmp_path / "art",
                               fingerprint=fingerprint(llama))
     sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
-    common = ["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "2", "--batch-size", "4",
+    common = ["--base", tiny_bases("opt"), "--task", "sst2", "--source", sst2, "--steps", "2", "--batch-size", "4",
               "--num-dev", "2", "--save-model", "false", "--zero-shot", "false"]
     code = main(common + ["--out", str(tmp_path / "r1"), "--optimizer", "zo-finetuner", "--policy", str(art)])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
     assert code == 2 and len(err) == 1 and err[0].startswith("fine_tune: error: "), err
-    assert "made for base 'tiny-llama'" in err[0] and tiny_bases["opt"] in err[0]
+    assert "made for base 'tiny-llama'" in err[0] and tiny_bases("opt") in err[0]
     # the `zoo:` shorthand goes through the same check
     assert main(common + ["--out", str(tmp_path / "r2"), "--optimizer", f"zoo:{art}"]) == 2
     assert "made for base 'tiny-llama'" in capsys.readouterr().err
@@ -318,12 +303,12 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
     from l2o.models import fingerprint
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_bases["opt"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_bases("opt"))
     pol = ZOPolicy.for_model(base, base_model="tiny-opt", seed=1, size_rule="authors")
     save_policy(pol, tmp_path / "pol", card={"license": "mit"})
     sst2 = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "hub" / "sst2")
     out = tmp_path / "run"
-    code = main(["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "4", "--batch-size", "4",
+    code = main(["--base", tiny_bases("opt"), "--task", "sst2", "--source", sst2, "--steps", "4", "--batch-size", "4",
                  "--num-dev", "2", "--save-model", "false", "--zero-shot", "false", "--out", str(out),
                  "--optimizer", "zo-finetuner+gv", "--policy", str(tmp_path / "pol"), "--lr", "1e-3"])
     assert code == 0, capsys.readouterr().err
@@ -335,7 +320,7 @@ def test_fine_tune_runs_with_a_policy_for_its_base(tiny_bases, tmp_path, capsys)
     cfg = json.loads((tmp_path / "pol" / "config.json").read_text())
     del cfg["arch"]["size_rule"]
     (tmp_path / "pol" / "config.json").write_text(json.dumps(cfg))
-    args = ["--base", tiny_bases["opt"], "--task", "sst2", "--source", sst2, "--steps", "1", "--batch-size", "4",
+    args = ["--base", tiny_bases("opt"), "--task", "sst2", "--source", sst2, "--steps", "1", "--batch-size", "4",
             "--num-dev", "2", "--save-model", "false", "--zero-shot", "false", "--optimizer", "zo-finetuner",
             "--policy", str(tmp_path / "pol"), "--lr", "1e-3"]
     capsys.readouterr()

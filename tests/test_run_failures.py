@@ -12,7 +12,7 @@ import torch
 
 from fine_tune.cli import main
 from l2o.filelock import write_atomic
-from tests.test_fine_tune import ROOT, _args, _trainable, tiny_base  # noqa: F401  (fixture)
+from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "6", "--save-every", "2", "--lr", "1e-3", "--save-model", "false", "--zero-shot", "false"]
 

@@ -35,17 +35,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Every test gets its own cache and HF home, no registry, no built-in entries, Hub offline, no proxies."""
+def _zoo_isolated(isolated, tmp_path, monkeypatch):
+    """conftest's isolation, plus its own HF home, no built-in entries, local servers past no proxy."""
     import zoo.manifest
 
     monkeypatch.setattr(zoo.manifest, "builtin_root", lambda: tmp_path / "no-builtin")
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("L2O_ZOO_TIMEOUT", "10")
 

@@ -27,11 +27,7 @@ NAMES = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", 
          "model.norm.weight", "lm_head.weight"]  # deliberately not sorted
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 def released_policy(path: Path, dtype=torch.float32, names=NAMES, seed=0) -> dict:
@@ -161,12 +157,12 @@ def test_fingerprint_is_computed_or_required(tmp_path, monkeypatch, capsys):
         publish(out, tmp_path / "reg")
 
 
-def test_import_refuses_a_policy_made_for_another_base(tmp_path, capsys):
+def test_import_refuses_a_policy_made_for_another_base(tiny_llama_base, tmp_path, capsys):
     """A policy for a smaller base (fewer layers) does not import as a policy for a bigger one."""
     from l2o.models import block_names
-    from tests.helpers import save_tiny_base, tiny_model
+    from tests.helpers import tiny_model
 
-    big = save_tiny_base(tmp_path / "bases", "llama")  # 2 layers
+    big = tiny_llama_base  # 2 layers
     small_names = block_names(tiny_model("llama", num_hidden_layers=1))
     assert set(small_names) < set(block_names(tiny_model("llama")))  # every one of its names exists in big
     released_policy(tmp_path / "small.pth", names=small_names)

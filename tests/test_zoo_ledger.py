@@ -10,25 +10,21 @@ import pytest
 from l2o.ledger import replay
 from l2o.models import fingerprint, load_base
 from l2o.optim import build_optimizer
-from tests.helpers import save_tiny_base, tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 from tests.zo_fixtures import same_bits, snapshot
 from zoo import ZooError, load_ledger, save_ledger
 from zoo.cli import main
 from zoo.registry import publish
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, tiny_bases):
     """A tiny OPT base folder, 5 full-parameter MeZO steps on it, the ledger published to a registry."""
     root = tmp_path_factory.mktemp("ledger-zoo")
-    base = save_tiny_base(root, "opt")
+    base = tiny_bases("opt")
     model, tok, _ = load_base(base)
     batch = tiny_tokenizer()(["The movie was great.", "It was terrible."], return_tensors="pt", padding=True)
     opt = build_optimizer("mezo", model, lr=1e-2, eps=1e-2, seed=3)
@@ -76,8 +72,8 @@ def _one_line(capsys, rc, *needles):
         assert n in err[0], (n, err[0])
 
 
-def test_zoo_apply_refuses_another_base_or_dtype_in_one_line(published, tmp_path, capsys):
-    other = save_tiny_base(tmp_path, "llama")
+def test_zoo_apply_refuses_another_base_or_dtype_in_one_line(published, tiny_llama_base, tmp_path, capsys):
+    other = tiny_llama_base
     capsys.readouterr()
     reg = ["--registry", str(published["registry"])]
     _one_line(capsys, main(["apply", published["id"], "--base", other, "--out", str(tmp_path / "o1"), *reg]),

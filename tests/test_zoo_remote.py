@@ -40,14 +40,9 @@ BLOCKS = {"llama-3.2-1b": 146, "llama-3.1-8b": 291, "opt-30b": 772, "qwen2.5-14b
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Own cache, no registry, Hub offline, GitHub served from a local folder (empty unless a test fills it)."""
-    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+def _remote_isolated(isolated, tmp_path, monkeypatch):
+    """conftest's isolation, with GitHub served from a local folder (empty unless a test fills it)."""
     monkeypatch.setenv("L2O_ZOO_GITHUB", (tmp_path / "github").as_uri())
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
@@ -302,14 +297,13 @@ def test_a_file_that_does_not_fit_its_base_is_refused(tmp_path, case, capsys):
     assert not (cache() / "entries").exists() and not (cache() / "blobs").exists()
 
 
-def test_fine_tune_runs_with_a_remote_policy_by_id(tmp_path, monkeypatch):
+def test_fine_tune_runs_with_a_remote_policy_by_id(tiny_llama_base, tmp_path, monkeypatch):
     """`fine_tune --optimizer zoo:<remote id>`: resolved, fetched, verified, converted, checked against the base."""
     from l2o.models import base_block_names, base_fingerprint
 
     from fine_tune.cli import main as fine_tune
-    from tests.helpers import save_tiny_base
 
-    base = save_tiny_base(tmp_path / "bases", "llama")
+    base = tiny_llama_base
     eid = "tiny-llama/zo-finetuner-authors@1"
     template = copy.deepcopy(builtin_manifest().entries[LLAMA1B])
     template.update(id=eid, base_model=base, base_fingerprint=base_fingerprint(base))

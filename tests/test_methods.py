@@ -8,6 +8,7 @@ each method's own test file.
     forwards      a step takes the forwards its own evaluation_batches() declare
     descent       an lr exists at which it lowers an ill-conditioned quadratic; its mean step is along -grad
     resume        split + save + load + continue == uninterrupted, bit for bit (fp32, bf16)
+    scales        per-block scales (a learned policy's) reach every evaluation and the update
     ledger        replay rebuilds the weights bit-identically, or fine_tune refuses --checkpoint ledger
     distributed   a case of tests/distributed_cases.py runs it on 2 gloo ranks, or fine_tune refuses --devices 2
 """
@@ -250,6 +251,44 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights(name):
     for _ in range(opt_hp(name, "t_low", 1)):
         opt.step(closure)
     assert not same_bits(zo_weights(model), zo_weights(make(name, Quadratic())[0]))
+
+
+# ------------------------------------------------------------------------------------------ per-block scales
+SCALABLE = [n for n in NAMES if not REGISTRY[n].needs_adapter and not n.startswith("zo-finetuner")]
+
+
+class FirstOnly(nn.Module):
+    """L = ||a - 1||^2 + 0 * sum(b): only the first block changes the loss (b is used, so it is perturbed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(3))
+
+    def forward(self):
+        return ((self.a - 1.0) ** 2).sum() + 0.0 * self.b.sum()
+
+
+@pytest.mark.parametrize("name", SCALABLE)
+def test_per_block_scales_reach_every_evaluation_and_update(name):
+    """A learned policy composes with a method through per-block scales s_b (`block_scales`, as the ZO Fine-tuner
+    passes them): a block scaled 0 is neither perturbed (every loss the step evaluates is L(theta)) nor moved,
+    and the other blocks move. A method that drops the scales from one evaluation or from its update fails."""
+    zero_first = lambda o: [0.0] + [1.0] * (len(o.blocks) - 1)  # noqa: E731
+    model = FirstOnly()
+    seen = []
+    opt = build_optimizer(name, model, lr=1e-2, eps=1e-2, block_scales=zero_first)
+    for _ in range(3):
+        opt.step(lambda: seen.append(float(model())) or model())
+    assert seen and set(seen) == {4.0}
+    net = TwoBlock()
+    before = snapshot(net)
+    opt = build_optimizer(name, net, lr=1e-2, eps=1e-2, block_scales=zero_first)
+    for _ in range(3):
+        opt.step(net)
+    first = opt.blocks[0].name
+    after = snapshot(net)
+    assert same_bits({first: before[first]}, {first: after[first]})
+    assert not same_bits({k: v for k, v in before.items() if k != first}, {k: v for k, v in after.items() if k != first})
 
 
 # ------------------------------------------------------------------------------------------ resume

@@ -2,8 +2,10 @@
 
 Manual optimization: `self.optimizers().step(closure)` goes through Lightning's wrapper, so
 `global_step`, `max_steps`, checkpoint and validation intervals all work. The HF model stays in eval
-mode throughout (dropout off during ZO forwards). The batch of step t is a pure function of
-(data seed, t), so a resumed run sees exactly the batches an uninterrupted one would.
+mode throughout (dropout off during ZO forwards). The batches of step t are a pure function of
+(data seed, t), so a resumed run sees exactly the batches an uninterrupted one would. Every registered
+method runs here, Bilevel-ZOFO too: what differs is declared by the method (its stream of batches, the
+form of its closure, its counters and per-step metrics, whether it moves weights the adapter does not hold).
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from l2o.distributed import LocalCollective, TorchCollective, check_replicas
 from l2o.errors import UserError
 from l2o.integrations.lightning.checkpoints import UNSCHEDULED
 from l2o.integrations.lightning.placed import KeepsPlacement
-from l2o.optim import build_optimizer
-from l2o.streams import Stream
+from l2o.optim import build_optimizer, optimizer_class
 
 
 def _replay_progress(done: int, total: int) -> None:
@@ -162,7 +163,12 @@ class ZOFineTuneModule(FineTuneModuleBase):
                  parallel: str = "direction", check_every: int = 0):
         super().__init__(model, tokenizer, objective, splits, seed, data_seed, eval_batch_size, steps, fingerprint)
         self.optimizer_name, self.optimizer_kwargs = optimizer, dict(optimizer_kwargs)
-        self.stream = Stream(splits.train, batch_size, data_seed, salt=0xDA7A)
+        method = optimizer_class(optimizer)
+        self.stream = method.train_stream(splits.train, batch_size, data_seed, self.optimizer_kwargs)
+        self.takes_splits = bool(method.splits)  # its closure takes (split, task): given as step(loss=...)
+        # a method that moves the frozen backbone (Bilevel-ZOFO) keeps it in the ledger, not in the checkpoint's
+        # tensors, so a best checkpoint's tensors alone are not its model
+        self.selects_best_on_dev = not method.needs_adapter
         self.parallel, self.check_every = parallel, check_every
         self.collective = LocalCollective()
         self.first_step = 0
@@ -180,11 +186,12 @@ class ZOFineTuneModule(FineTuneModuleBase):
         # the ranks loaded the same base and adapter from the same seeds; make sure before step 1
         check_replicas(self.collective, [p for _, p in named_blocks(self.model)], self.global_step)
 
-    def _closure(self, batch):
+    def _loss(self, batch):
+        """The loss of a batch; a data-parallel rank's (total, weight) over its shard rows[rank::N]."""
         if self.parallel == "data" and self.collective.world_size > 1:
             shard = batch[self.collective.rank::self.collective.world_size]
-            return lambda: self.objective.weighted_loss(self.model, self.tokenizer, shard)
-        return lambda: self.objective.loss(self.model, self.tokenizer, batch)
+            return self.objective.weighted_loss(self.model, self.tokenizer, shard)
+        return self.objective.loss(self.model, self.tokenizer, batch)
 
     # ------------------------------------------------------------------ the seed ledger in checkpoints
     @property
@@ -245,18 +252,27 @@ class ZOFineTuneModule(FineTuneModuleBase):
                 "ledger": {**ledger.summary(), "bytes": ledger.nbytes, "path": str(self.ledger_path)}}
 
     def training_step(self, _, batch_idx):
-        batch = self.stream.batch(self.global_step)
+        closure = self.stream.closure(self.global_step, self._loss)
         opt = self.optimizers()
         t0 = time.perf_counter()
-        opt.step(closure=self._closure(batch))
+        if self.takes_splits:
+            opt.step(loss=closure)
+        else:
+            opt.step(closure=closure)
         dt = time.perf_counter() - t0
         raw = opt.optimizer
         last = raw.last
+        counters = raw.run_counters()
         row = {"step": self.global_step, "loss": last.loss, "forwards": raw.forward_passes, "step_time_s": dt,
-               "skipped": last.skipped, "effective_step": last.effective_step}
+               "skipped": last.skipped, "effective_step": last.effective_step, **counters, **last.metrics}
         self.history.append(row)
         logs = {"train/forward_passes": float(raw.forward_passes), "train/step_time_s": dt,
-                "train/lr": raw.param_groups[0]["lr"], "train/skipped_steps": float(raw.skipped_steps)}
+                "train/lr": raw.param_groups[0]["lr"], "train/skipped_steps": float(raw.skipped_steps),
+                **{f"train/{k}": float(v) for k, v in counters.items()}}
+        # a method's own per-step metrics go straight to the logger (on the steps that have them): Lightning's
+        # on_step cache would repeat them every step
+        if last.metrics and self.logger is not None:
+            self.logger.log_metrics(last.metrics, step=self.global_step)
         if math.isfinite(last.loss):
             logs["train/loss"] = last.loss
         if last.effective_step is not None:  # E||d||^2 / D: the lr multiplier of the expected update
@@ -272,6 +288,7 @@ class ZOFineTuneModule(FineTuneModuleBase):
         steps = max(1, self.global_step - self.first_step)  # the steps this process ran (after a resume)
         eff = [r["effective_step"] for r in self.history if r.get("effective_step") is not None]
         return {"forward_passes": opt.forward_passes if opt else 0, "skipped_steps": opt.skipped_steps if opt else 0,
+                **(opt.run_counters() if opt else {}), **self.stream.describe(),
                 "processes": {"world_size": self.collective.world_size, "parallel": self.parallel,
                               "bytes_sent_per_step": self.collective.bytes_sent / steps},
                 # mean E||d||^2 / D over the run (1 for MeZO), and the prior BSZO's default rule chose
@@ -279,3 +296,20 @@ class ZOFineTuneModule(FineTuneModuleBase):
                 "bszo_prior": getattr(opt, "prior_mode", None),
                 # the policy's normaliser rule this run deployed with (--policy-size-rule, else the artefact's)
                 "policy_size_rule": getattr(getattr(opt, "policy_scales", None), "size_rule", None)}
+
+    def export(self, path: Path, tokenizer=None, base: dict | None = None) -> Path:
+        """The fine-tuned model (`save_pretrained`: with PEFT only the adapter) and `base.json`; for a method that
+        moves weights the adapter does not hold (Bilevel-ZOFO's backbone), also their change from the base,
+        `backbone_delta.safetensors` (float32, regenerated from the seed ledger)."""
+        from safetensors.torch import save_file
+
+        from l2o.ledger import ledger_delta
+
+        opt = self.optimizers().optimizer
+        delta = ledger_delta(opt.engine, opt.ledger) if opt.moves_frozen() else {}
+        extra = {"backbone_delta": "backbone_delta.safetensors"} if delta else {}
+        path = super().export(path, tokenizer, {**(base or {}), "method": self.optimizer_name, **extra})
+        if delta:
+            save_file({k: v.contiguous() for k, v in delta.items()}, str(path / "backbone_delta.safetensors"),
+                      metadata={"base_fingerprint": self.fingerprint})
+        return path

@@ -119,14 +119,10 @@ def _silent(msg: str) -> None:
 
 
 def build_module(cfg: FineTuneConfig, model, tokenizer, objective, splits, info, parallel: str = "direction"):
-    """The LightningModule of `cfg.optimizer`: Bilevel-ZOFO's, the first-order baselines', or the ZO one for every
-    registered method."""
+    """The LightningModule of `cfg.optimizer`: the first-order baselines', or the ZO one for every registered
+    method."""
     common = dict(seed=cfg.seed, data_seed=cfg.data_seed, batch_size=cfg.batch_size,
                   eval_batch_size=cfg.eval_batch_size, steps=cfg.steps, fingerprint=info.fingerprint)
-    if cfg.capability("needs_adapter", False):  # Bilevel-ZOFO: its own module (closure(split, task), two levels)
-        from fine_tune.bilevel import BilevelFineTuneModule
-
-        return BilevelFineTuneModule(model, tokenizer, objective, splits, cfg.optimizer_kwargs(), **common)
     if cfg.is_first_order():
         from fine_tune.first_order import FOFineTuneModule
 
@@ -240,7 +236,7 @@ def _record_start(cfg: FineTuneConfig, out: Path, tb, rank: int, metric: str, ze
 
 def _best_on_dev_callback(cfg: FineTuneConfig, module, out: Path):
     """MeZO's best-on-dev selection, for runs with dev data, evaluations, and a module whose checkpoints
-    hold its whole trained state (not Bilevel-ZOFO's, whose backbone lives in the seed ledger)."""
+    hold its whole trained state (not Bilevel-ZOFO's: its backbone lives in the seed ledger, not in the tensors)."""
     if not (cfg.eval_every and module.splits.dev and module.selects_best_on_dev):
         return None
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -283,8 +279,7 @@ def _write_artefacts(cfg: FineTuneConfig, module, results: dict, out: Path, toke
 def configure_checkpoints(module, cfg: FineTuneConfig, n_train: int, out: Path, device: str, log,
                           rank: int = 0) -> None:
     """ZO runs: what checkpoints hold (--checkpoint), where the seed ledger is flushed (by rank 0 only), and
-    how a ledger checkpoint gets its starting model back for best-on-dev selection. (Bilevel-ZOFO keeps its
-    own log.)"""
+    how a ledger checkpoint gets its starting model back for best-on-dev selection."""
     if not hasattr(module, "ledger_results"):
         return
     module.checkpoint_kind = cfg.checkpoint_kind(n_train)

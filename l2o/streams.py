@@ -2,10 +2,14 @@
 sees exactly the batches an uninterrupted one would; and Bilevel-ZOFO's two-split streams.
 
     stream = Stream(examples, batch_size=16, seed=0)             # stream.batch(t)
+    opt.step(stream.closure(t, lambda batch: objective.loss(model, tokenizer, batch)))
     d_g, d_f = split_dg_df(task_examples, seed=0)                 # Bilevel-ZOFO's seeded 2:1 split
     streams = BilevelStreams([(d_g, d_f)], batch_size=8, t_low=30)
     opt.step(loss=streams.losses(t, lambda task, batch: objective.loss(model, tokenizer, batch)),
              task=streams.lower_task(t), upper_tasks=streams.upper_tasks(t))
+
+Both have `closure(t, loss)`: step t's closure, in the form the method's `step` takes (`ZOOptimizer.train_stream`
+says which stream a method reads), and `describe()`, what a run's results record of them.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ class Stream:
         perm = torch.randperm(len(self.examples), generator=g)
         return [self.examples[j] for j in perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()]
 
+    def closure(self, step: int, loss: Callable[[list], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """Step t's closure: () -> loss(batch t)."""
+        batch = self.batch(step)
+        return lambda: loss(batch)
+
+    def describe(self) -> dict:
+        return {}
+
 
 def split_dg_df(examples: Sequence, seed: int = 0) -> tuple[list, list]:
     """A seeded 2:1 split of a task's training sample into (D_g, D_f); both non-empty when len >= 2."""
@@ -64,6 +76,7 @@ class BilevelStreams:
         if not tasks or t_low < 1 or tasks_per_step < 1:
             raise ConfigError("BilevelStreams needs at least one task, and t_low and tasks_per_step >= 1")
         self.t_low, self.seed = int(t_low), int(seed)
+        self.sizes = [[len(g), len(f)] for g, f in tasks]
         self.tasks_per_step = min(int(tasks_per_step), len(tasks))
         self.lower = [Stream(g, batch_size, mix(seed, k, 1)) for k, (g, _) in enumerate(tasks)]
         self.upper_g = [Stream(g, batch_size, mix(seed, k, 2)) for k, (g, _) in enumerate(tasks)]
@@ -101,3 +114,10 @@ class BilevelStreams:
     def losses(self, step: int, loss_of: Callable[[int, list], torch.Tensor]) -> Callable[[str, int], torch.Tensor]:
         """Bilevel-ZOFO's closure for step t: (split, task) -> loss_of(task, that batch)."""
         return lambda split, task: loss_of(task, self.batch(step, split, task))
+
+    def closure(self, step: int, loss: Callable[[list], torch.Tensor]) -> Callable[[str, int], torch.Tensor]:
+        """Step t's closure for one objective over every task: (split, task) -> loss(that batch)."""
+        return self.losses(step, lambda task, batch: loss(batch))
+
+    def describe(self) -> dict:
+        return {"splits_dg_df": self.sizes}  # (|D_g|, |D_f|) per task

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from l2o.errors import ConfigError, UserError
+from l2o.ledger import ledger_delta
 from l2o.meta_init import quick_adapt
 from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.streams import BilevelStreams, split_dg_df
@@ -215,17 +216,10 @@ class BilevelMetaInit(L.LightningModule):
                 "train/backward_passes": float(m.backward_passes)}
         if math.isfinite(m.last_lower):
             logs["lower/loss"] = m.last_lower
-        up = m.last_upper
-        if up is not None and not up.skipped:
-            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            upper = {"upper/loss": mean(up.upper_loss), "upper/lower_g_loss": mean(up.lower_g_loss),
-                     "upper/upper_g_loss": mean(up.upper_g_loss), "upper/penalty": mean(up.penalty),
-                     "upper/objective": mean(up.objective), "upper/projected_grad": mean(up.projected_grads),
-                     "upper/projected_grad_norm": math.sqrt(sum(g * g for g in up.projected_grads)),
-                     "upper/tasks": float(len(up.tasks))}
-            # sparse metrics go straight to the logger: Lightning's on_step cache would repeat them every step
-            if self.logger is not None:
-                self.logger.log_metrics(upper, step=self.global_step)
+        # the upper step's tags (upper/*, on upper steps only) go straight to the logger: Lightning's on_step
+        # cache would repeat them every step
+        if m.last.metrics and self.logger is not None:
+            self.logger.log_metrics(m.last.metrics, step=self.global_step)
         self.log_dict(logs, on_step=True, prog_bar=False)
 
     def validation_step(self, batch, batch_idx):
@@ -314,7 +308,7 @@ class BilevelMetaInit(L.LightningModule):
         backbone did not change (e.g. theta_lr 0)."""
         from zoo.learned import save_meta_init
 
-        delta = self.method.backbone_delta()
+        delta = ledger_delta(self.method.engine, self.method.ledger)  # theta - theta_base, from the seed ledger
         if not delta:
             return None
         return save_meta_init(directory, delta, self.hparams.base, self.info.fingerprint,

@@ -25,8 +25,9 @@ from l2o.distributed import Collective, LocalCollective, check_parallel_mode, ch
 from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
 from l2o.errors import ConfigError
-from l2o.ledger import Ledger, LedgerError
+from l2o.ledger import Ledger, LedgerError, weights_digest
 from l2o.noise import NoiseSource, derive_seed
+from l2o.streams import Stream
 from l2o.hparams import HP, merge, resolve
 
 Probe = tuple[Direction | None, float]  # (d, eps): the loss at theta + eps d; d None: at theta
@@ -57,6 +58,9 @@ class StepResult:
     # policy's L+ / L- features, which it was meta-trained on as MeZO's pair). A method that evaluates one side
     # only mirrors the other, 2 f0 - L(theta + eps d): L(theta - eps d) to first order, exact for a linear loss.
     pair: tuple[float, float] | None = None
+    # a method's own measurements of this step, logged under these names (Bilevel-ZOFO's upper level, on its
+    # upper steps)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -145,6 +149,12 @@ class ZOOptimizer(torch.optim.Optimizer):
     @classmethod
     def validate(cls, hp: dict) -> None:
         """Rules across hyperparameters (e.g. BSZO's m >= k); raise ConfigError via `_check`."""
+
+    @classmethod
+    def train_stream(cls, examples, batch_size: int, data_seed: int, hyperparameters: dict):
+        """The training batches an app feeds this method, by step (l2o/streams.py): `closure(t, loss)` is step t's
+        closure in the form `step` takes; `describe()` what the run's results record. One batch per step."""
+        return Stream(examples, batch_size, data_seed, salt=0xDA7A)
 
     def _group_defaults(self, hp: dict) -> dict:
         """param_groups[0]: the hyperparameters (with "lr", which LR schedulers drive)."""
@@ -262,8 +272,14 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _step(self, closure) -> StepResult:
         raise NotImplementedError
 
-    def step(self, closure: Callable[[], torch.Tensor | float] | None = None):
-        """One ZO step. `closure()` must return the loss of the current batch (called under no_grad)."""
+    def step(self, closure: Callable[[], torch.Tensor | float] | None = None, *, loss: Callable | None = None):
+        """One ZO step. `closure()` must return the loss of the current batch (called under no_grad). Under a
+        wrapper that calls the closure without arguments (Lightning's), pass the method's closure as `loss`
+        (e.g. one that takes (split, task)): the wrapper's closure is then called once, for its hooks."""
+        if loss is not None:
+            if closure is not None:
+                closure()
+            closure = loss
         if closure is None:
             raise ValueError(f"{self.method}: step() needs a closure that returns the batch loss")
         zo = self.state["zo"]
@@ -291,6 +307,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def skipped_steps(self) -> int:
         return self.state["zo"]["skipped"]
 
+    def run_counters(self) -> dict:
+        """What this method counts beyond forwards and skipped steps, for a run's results (e.g. backward passes)."""
+        return {}
+
     def zero_grad(self, set_to_none: bool = True) -> None:  # nothing to zero: no gradients exist
         return None
 
@@ -301,7 +321,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         sd["zo_ledger"] = self.ledger.text()
         if self.engine.rule is not None:  # its buffers (a checkpoint may drop them: the ledger rebuilds them)
             sd["zo_rule"] = self.engine.rule.state_dict()
+        if self.moves_frozen():  # where those weights are: load_state_dict brings the base there
+            sd["zo_digest"] = weights_digest(self.blocks)
         return sd
+
+    def moves_frozen(self) -> bool:
+        """Whether the engine moves weights that do not require grad (Bilevel-ZOFO's backbone under its adapter),
+        which a checkpoint of the trainable tensors leaves out: the state then brings them back from the ledger."""
+        return any(not b.param.requires_grad for b in self.blocks)
 
     def load_state_dict(self, state_dict):
         meta = state_dict.get("zo_meta")
@@ -315,10 +342,24 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.ledger = self._saved_ledger(state_dict["zo_ledger"])
         if self.engine.rule is not None:
             self._load_rule(state_dict.get("zo_rule"))
-        state_dict = {k: v for k, v in state_dict.items() if k not in ("zo_meta", "zo_ledger", "zo_rule")}
+        if "zo_digest" in state_dict:
+            self._bring_to(state_dict["zo_digest"])
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("zo_meta", "zo_ledger", "zo_rule", "zo_digest")}
         super().load_state_dict(state_dict)
         # torch may cast tensors in state; keep our plain-python scalars as they were saved
         self.state["zo"] = dict(state_dict["state"]["zo"])
+
+    @torch.no_grad()
+    def _bring_to(self, digest: str) -> None:
+        """The engine's weights at the saved point: as they are, or the run's base plus the ledger (bit-identical)."""
+        now = weights_digest(self.blocks)
+        if now == digest:
+            return
+        if now != self.ledger.header["base_digest"]:
+            raise LedgerError(f"cannot resume {self.method}: the model's weights are neither the run's base nor its "
+                              "saved point")
+        for d, step, decay, rounding, params in self.ledger.updates():
+            self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
 
     def _load_rule(self, state: dict | None) -> None:
         """The rule's buffers as saved, or (a checkpoint without them) rebuilt by running the ledger's updates

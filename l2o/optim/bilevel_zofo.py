@@ -34,9 +34,9 @@ from torch import nn
 from l2o.adapters import AdapterCopies, backbone_params
 from l2o.engine import Direction
 from l2o.hparams import HP
-from l2o.ledger import LedgerError, ledger_delta, weights_digest
 from l2o.noise import derive_seed, mix
 from l2o.optim.base import NonFiniteLoss, StepResult, ZOOptimizer, _check
+from l2o.streams import BilevelStreams, split_dg_df
 
 Loss = Callable[[str, int], torch.Tensor]  # closure(split, task) -> the loss of that batch
 
@@ -54,6 +54,15 @@ class UpperResult:
     projected_grads: list[float] = field(default_factory=list)  # one per (task, direction), before clipping
     seeds: list[int] = field(default_factory=list)
     skipped: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        """Its TensorBoard tags (docs/bilevel.md): means over the step's tasks (and directions)."""
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        return {"upper/loss": mean(self.upper_loss), "upper/lower_g_loss": mean(self.lower_g_loss),
+                "upper/upper_g_loss": mean(self.upper_g_loss), "upper/penalty": mean(self.penalty),
+                "upper/objective": mean(self.objective), "upper/projected_grad": mean(self.projected_grads),
+                "upper/projected_grad_norm": math.sqrt(sum(g * g for g in self.projected_grads)),
+                "upper/tasks": float(len(self.tasks))}
 
 
 def _finite(x: float) -> float:
@@ -115,6 +124,12 @@ class BilevelZOFO(ZOOptimizer):
     def _engine_params(self):
         return self.backbone  # the engine perturbs and moves the backbone; the adapter learns first-order
 
+    @classmethod
+    def train_stream(cls, examples, batch_size: int, data_seed: int, hyperparameters: dict) -> BilevelStreams:
+        """One task: its sample split 2:1 (seeded) into D_g and D_f; the closure is closure(split, task)."""
+        t_low = hyperparameters.get("t_low", cls.declared()["t_low"].default)
+        return BilevelStreams([split_dg_df(examples, data_seed)], batch_size, t_low, 1, data_seed)
+
     def forwards_per_step(self) -> float:
         """The lower step's forward, and every t_low-th step 3 + 3q (one-sided) or 3 + 6q more: the mean."""
         mean = 1 + (3 + (3 if self.hp["one_sided"] else 6) * self.hp["num_directions"]) / self.hp["t_low"]
@@ -143,6 +158,9 @@ class BilevelZOFO(ZOOptimizer):
     @property
     def backward_passes(self) -> int:
         return self.counters["backwards"]
+
+    def run_counters(self) -> dict:
+        return {"backward_passes": self.backward_passes, "upper_steps": self.counters["upper_steps"]}
 
     def is_upper_step(self, step: int | None = None) -> bool:
         return ((self.step_count if step is None else step) + 1) % self.hp["t_low"] == 0
@@ -251,48 +269,31 @@ class BilevelZOFO(ZOOptimizer):
              upper_tasks: Sequence[int] | None = None):
         """One global step: a lower step on `task`, and on every t_low-th step an upper step over
         `upper_tasks` (default: [task]). Returns the lower loss as a tensor."""
-        fn = loss if loss is not None else closure
-        if fn is None:
-            raise ValueError("bilevel-zofo: step() needs closure(split, task) -> the loss of that batch")
-        if loss is not None and closure is not None:
-            closure()  # Lightning's wrapper of its (empty) closure: runs its hooks
-        self._call = (fn, int(task), upper_tasks)
-        return super().step(fn)
+        self._call = (int(task), upper_tasks)
+        return super().step(closure, loss=loss)
 
-    def _step(self, closure) -> StepResult:
-        fn, task, upper_tasks = self._call
-        self.last_lower = self.lower_step(fn, task)
-        up = self.upper_step(fn, list(upper_tasks) if upper_tasks is not None else [task]) if self.is_upper_step() \
-            else None
+    def _step(self, closure: Loss) -> StepResult:
+        task, upper_tasks = self._call
+        self.last_lower = self.lower_step(closure, task)
+        up = self.upper_step(closure, list(upper_tasks) if upper_tasks is not None else [task]) \
+            if self.is_upper_step() else None
         self.last_upper = up
         return StepResult(loss=self.last_lower, projected_grads=list(up.projected_grads) if up else [],
-                          skipped=not math.isfinite(self.last_lower) or bool(up and up.skipped))
+                          skipped=not math.isfinite(self.last_lower) or bool(up and up.skipped),
+                          metrics=up.metrics() if up and not up.skipped else {})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for q in (q for c in self.adapters.copies.values() for q in c):
             q.grad = None
 
     def state_dict(self) -> dict:
-        """The base's (hyperparameters, counters, the ledger), the copies, their Adam states, a backbone digest."""
-        return {**super().state_dict(), "adapters": self.adapters.state_dict(),
-                "backbone_digest": weights_digest(self.engine.blocks)}
+        """The base's (hyperparameters, counters, the ledger, where the backbone is), the copies, their Adam states."""
+        return {**super().state_dict(), "adapters": self.adapters.state_dict()}
 
-    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Copies, Adam states, counters; the backbone brought to the saved point (replaying the ledger onto the
-        run's base, bit-identical) unless it is there already."""
+        """Counters, the backbone at the saved point (the base's replay of the ledger: bit-identical), the copies."""
         state = dict(state)
-        adapters, digest = state.pop("adapters"), state.pop("backbone_digest")
+        adapters = state.pop("adapters")
         super().load_state_dict(state)
-        now = weights_digest(self.engine.blocks)
-        if now != digest:
-            if now != self.ledger.header["base_digest"]:
-                raise LedgerError("cannot resume: this model's backbone is neither the run's base nor its saved point")
-            for d, step, decay, rounding, params in self.ledger.updates():
-                self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
         self.adapters.load_state_dict(adapters)
         self.install("p", 0)
-
-    def backbone_delta(self) -> dict[str, torch.Tensor]:
-        """theta - theta_base per changed backbone tensor (float32, CPU), regenerated from the ledger."""
-        return ledger_delta(self.engine, self.ledger)

@@ -161,14 +161,3 @@ def claim_rows(out: Path) -> list[tuple[str, str, str, str, str]]:
                  "MeZO from the meta-initialisation vs from the base, equal forward passes, on the panel",
                  meas if meta else "no meta-initialisation trained for the panel's task family yet", v, sep))
     return rows
-
-
-def write_doc(out: Path, docs: Path, args) -> Path:
-    from bench.evidence_doc import render
-    from l2o.filelock import write_bytes_atomic
-
-    docs.mkdir(parents=True, exist_ok=True)
-    path = docs / "evidence.md"
-    write_bytes_atomic(path, render(out, docs, args, claim_rows(out)).encode())
-    print(f"evidence: wrote {path}", flush=True)
-    return path

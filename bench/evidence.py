@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"bench.evidence: error: {err}", file=sys.stderr)
         return 2
-    from bench.claims import write_doc
+    from bench.evidence_doc import write_doc
 
     write_doc(Path(args.out), Path(args.docs), args)
     return 0

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+from bench.claims import NOT_RUN, claim_rows
+
 
 def _read(path: Path) -> str | None:
     return path.read_text() if path.exists() else None
@@ -83,8 +85,6 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
 
 def panel_status(panel: dict | None, args) -> list[str]:
     """A warning above the claims while the evidence panel is short (nothing when it is established)."""
-    from bench.claims import NOT_RUN
-
     n = len(panel["tasks"]) if panel else 0
     if n >= args.panel_min:
         return []
@@ -156,3 +156,14 @@ def cuts_section(args, out: Path) -> list[str]:
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3).",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs; it has no networks for "
             "prefix parameters, so that comparison runs full-parameter MeZO beside it.", ""]
+
+
+def write_doc(out: Path, docs: Path, args) -> Path:
+    """Write docs/evidence.md (the claims table from bench/claims.py) from the suite's outputs in `out`."""
+    from l2o.filelock import write_bytes_atomic
+
+    docs.mkdir(parents=True, exist_ok=True)
+    path = docs / "evidence.md"
+    write_bytes_atomic(path, render(out, docs, args, claim_rows(out)).encode())
+    print(f"evidence: wrote {path}", flush=True)
+    return path

@@ -162,6 +162,13 @@ def test_invalid_ids_are_refused(text):
         parse_id(text)
 
 
+@pytest.mark.parametrize("text,why", [("a b/c", "invalid base 'a b'"), ("ab/-x@1", "invalid name '-x'")])
+def test_an_invalid_component_is_named_in_the_ids_one_sentence(text, why):
+    with pytest.raises(ZooError) as e:
+        parse_id(text)
+    assert str(e.value).startswith(f"invalid zoo id {text!r}: expected") and f"; {why}: use 1-64 characters" in str(e.value)
+
+
 # ----------------------------------------------------------------------------- artefacts
 def test_save_and_load_policy_roundtrip(tmp_path):
     tensors = policy_tensors()

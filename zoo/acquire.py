@@ -41,13 +41,14 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
                      timeout)
 
 
-def _need_hub(what: str, fix: str) -> None:
+def _need_hub(what: str, fix: str, error: type[UserError]) -> None:
+    """Raise `error` (the caller's kind: BaseModelError, TaskError) when the Hub cannot be used from here."""
     if hub_offline(datasets=True):
-        raise UserError(f"{what} needs the Hugging Face Hub, which is offline here (HF_HUB_OFFLINE/"
-                        f"HF_DATASETS_OFFLINE=1) and it is not in the local cache; {fix}")
+        raise error(f"{what} needs the Hugging Face Hub, which is offline here (HF_HUB_OFFLINE/"
+                    f"HF_DATASETS_OFFLINE=1) and it is not in the local cache; {fix}")
     if not hub_reachable():
-        raise UserError(f"{what} needs the Hugging Face Hub, which cannot be reached from here (no answer within "
-                        f"{PROBE_TIMEOUT_S:.0f} s) and it is not in the local cache; {fix}")
+        raise error(f"{what} needs the Hugging Face Hub, which cannot be reached from here (no answer within "
+                    f"{PROBE_TIMEOUT_S:.0f} s) and it is not in the local cache; {fix}")
 
 
 # -------------------------------------------------------------------------------------------- bases
@@ -76,10 +77,7 @@ def snapshot_hub_model(repo_id: str) -> str:
 
     fix = (f"download it elsewhere and pass its local folder instead (e.g. --base /path/to/{repo_id.split('/')[-1]}), "
            "or use the embedded default smollm2-135m")
-    try:
-        _need_hub(f"the base {repo_id!r}", fix)
-    except UserError as err:
-        raise BaseModelError(str(err)) from None
+    _need_hub(f"the base {repo_id!r}", fix, BaseModelError)
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - any failure to fetch is one sentence for the user
@@ -199,13 +197,11 @@ def fetch_hub_rows(task: str, path: str, config: str | None, split: str) -> Path
            "validation.jsonl) in the hub's schema")
     from l2o.tasks.base import TaskError
 
+    _need_hub(f"task {task!r} ({path}{'/' + config if config else ''})", fix, TaskError)
     try:
-        _need_hub(f"task {task!r} ({path}{'/' + config if config else ''})", fix)
         import datasets
 
         rows = [dict(r) for r in datasets.load_dataset(path, config, split=split)]
-    except UserError as err:
-        raise TaskError(str(err)) from None
     except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same user-facing problem
         if isinstance(exc, MemoryError):
             raise

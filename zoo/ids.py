@@ -37,12 +37,18 @@ class ZooId(NamedTuple):
         return self.key if self.version is None else f"{self.key}@{self.version}"
 
 
-def check_component(value: str, what: str = "id component") -> str:
+def _component_problem(value: str, what: str) -> str | None:
+    """Why `value` is not a valid id component (None when it is)."""
     if not isinstance(value, str) or not _COMPONENT.match(value) or ".." in value:
-        raise ZooError(
-            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit, without '..'"
-        )
+        return (f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
+                "starting with a letter or digit, without '..'")
+    return None
+
+
+def check_component(value: str, what: str = "id component") -> str:
+    problem = _component_problem(value, what)
+    if problem:
+        raise ZooError(problem)
     return value
 
 
@@ -72,11 +78,10 @@ def parse_id(text: str, *, require_version: bool = False) -> ZooId:
     parts = spec.split("/")
     if len(parts) != 2 or any(p in ("", ".", "..") for p in parts) or ".." in spec:
         raise ZooError(f"{bad} (no '..', no extra '/')")
-    try:
-        base = check_component(parts[0], "base")
-        name = check_component(parts[1], "name")
-    except ZooError as err:
-        raise ZooError(f"{bad}; {err}") from None
+    base, name = parts
+    problem = _component_problem(base, "base") or _component_problem(name, "name")
+    if problem:
+        raise ZooError(f"{bad}; {problem}")
     if at:
         version = check_version(version)
     elif require_version:

@@ -3,20 +3,12 @@
 import torch
 
 from l2o.optim import build_optimizer
-from l2o.noise import GaussianNoise
-from tests.zo_fixtures import Quadratic
+from tests.zo_fixtures import Quadratic, hand_two_point_step
 
 
 def test_one_step_is_theta_minus_lr_sign_g_z():
     """z regenerated here from the step's seed with the same source; L(theta +- eps z) computed directly."""
-    model = Quadratic(dim=30)
-    theta = model.theta.detach().clone()
-    opt = build_optimizer("zo-sgd-sign", model, lr=0.1, eps=1e-3, seed=5)
-    seed = opt.seeds(1)[0]
-    z = GaussianNoise().z(seed, 0, theta.shape)
-    plus, minus = (model.at(theta + s * 1e-3 * z) for s in (1, -1))
-    g = (plus - minus) / 2e-3
-    opt.step(model)
+    model, theta, z, g, opt = hand_two_point_step("zo-sgd-sign")
     assert opt.last.projected_grads[0] == g
     assert g != 0
     expected = theta + z * (-0.1 * (1.0 if g > 0 else -1.0))  # float32: a multiply, then an add, as the engine

@@ -27,6 +27,22 @@ class Quadratic(nn.Module):
         return float(0.5 * (self.lam * diff * diff).sum())
 
 
+def hand_two_point_step(name: str, lr: float = 0.1, eps: float = 1e-3, seed: int = 5):
+    """One step of the registered method `name` on a 30-dim Quadratic, beside its hand computation: z regenerated
+    from the step's seed with the same source, g = [L(theta + eps z) - L(theta - eps z)] / (2 eps) computed
+    directly. Returns (model, theta before the step, z, g, the optimizer)."""
+    from l2o.noise import GaussianNoise
+    from l2o.optim import build_optimizer
+
+    model = Quadratic(dim=30)
+    theta = model.theta.detach().clone()
+    opt = build_optimizer(name, model, lr=lr, eps=eps, seed=seed)
+    z = GaussianNoise().z(opt.seeds(1)[0], 0, theta.shape)
+    g = (model.at(theta + eps * z) - model.at(theta - eps * z)) / (2 * eps)
+    opt.step(model)
+    return model, theta, z, g, opt
+
+
 class TwoBlock(nn.Module):
     """A tiny regression net with several blocks (weights, biases, a norm) for engine tests."""
 

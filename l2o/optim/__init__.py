@@ -24,6 +24,7 @@ METHODS = (
     "l2o.optim.mezo_gv:MeZOGreedy",
     "l2o.optim.bszo:BSZO",
     "l2o.optim.bszo:BSZOB",
+    "l2o.optim.mezo:ZOSGD",
     "l2o.optim.zo_sgd_sign:ZOSGDSign",
     "l2o.optim.zo_sgd_cons:ZOSGDCons",
     "l2o.optim.zo_sgd_mmt:ZOSGDMMT",

@@ -1,4 +1,4 @@
-"""MeZO / ZO-SGD (Malladi et al. 2023, arXiv 2305.17333): SPSA along seeded Gaussian directions.
+"""MeZO (Malladi et al. 2023, arXiv 2305.17333), also ZO-Bench's ZO-SGD: SPSA along seeded Gaussian directions.
 
     g_j   = [L(theta + eps z_j) - L(theta - eps z_j)] / (2 eps)     (projected gradient, a scalar)
     theta <- theta - lr * ( (1/q) sum_j g_j z_j + wd * theta )
@@ -55,3 +55,17 @@ class MeZO(ZOOptimizer):
     def effective_step(self, scales) -> float | None:
         """E||d||^2 / D of the update's direction per unit of projected gradient (see the module docstring)."""
         return self.scales_second_moment(scales)
+
+
+class ZOSGD(MeZO):
+    """ZO-SGD as ZO-Bench (Zhang et al. 2024, arXiv 2402.11592) names it: its `zo_sgd` trainer is MeZO's step
+    (the update above; `--perturbation_mode one_side` is `one_sided`), so this is MeZO under ZO-Bench's name:
+    the same weights for the same seed and hyperparameters. The sign, momentum, conservative and Adam variants
+    the benchmark builds on it are `zo-sgd-sign`, `zo-sgd-mmt`, `zo-sgd-cons` and `zo-adam`."""
+
+    method = "zo-sgd"
+    paper = "ZO-Bench, Zhang et al. 2024, arXiv 2402.11592"
+    summary = "g z, g = [L(θ+εz) − L(θ−εz)]/2ε (MeZO's step, ZO-Bench's name)"
+    hyperparameters = (
+        HP("lr", float, 1e-6, "learning rate eta", "ZO-Bench's SST-2/OPT-1.3B grid {1e-4 .. 1e-8} (its middle)", low=0),
+    )

@@ -78,7 +78,14 @@ class Method:
 
     @property
     def lr_field(self) -> str:
-        return "lower_lr" if self.optimizer == "bilevel-zofo" else "lr"
+        return step_size(self.optimizer)
+
+
+def step_size(optimizer: str) -> str:
+    """The flag an lr search sets: `lr`, or the one a registered method declares (its class's `step_size`)."""
+    from l2o import catalog
+
+    return catalog.load()["methods"].get(optimizer, {}).get("step_size", "lr")
 
 
 def parse_method(spec: str) -> Method:
@@ -243,11 +250,12 @@ class Runner:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         cfg.zero_shot = self.zero_shot(cfg.task) is None
-        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {cfg.lr if cfg.lr is not None else cfg.lower_lr:.3g} "
-              f"seed {cfg.seed}: {cfg.steps} steps", flush=True)
+        lr = getattr(cfg, step_size(cfg.optimizer))
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: {cfg.steps} steps",
+              flush=True)
         c0 = time.process_time()
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))
-        res.update(cpu_s=time.process_time() - c0, label=label, lr=cfg.lr if cfg.lr is not None else cfg.lower_lr)
+        res.update(cpu_s=time.process_time() - c0, label=label, lr=lr)
         with self.log_path.open("a") as f:
             f.write(json.dumps(res) + "\n")
         self.done[key] = res

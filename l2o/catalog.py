@@ -43,7 +43,7 @@ def build() -> dict:
         methods[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "paper": cls.paper, "summary": cls.summary,
                          "forwards_per_step": forwards_per_step(name), "replayable": cls.replayable,
                          "distributed": cls.distributed, "needs_adapter": cls.needs_adapter,
-                         "hyperparameters": {n: hp.as_dict() for n, hp in declared.items()}}
+                         "step_size": cls.step_size, "hyperparameters": {n: hp.as_dict() for n, hp in declared.items()}}
     for entry in flags.values():
         entry.pop("default")  # defaults are per method
     return {"flags": flags, "methods": methods}
@@ -73,7 +73,8 @@ def method_names() -> list[str]:
 
 
 def entry(name: str) -> dict:
-    """A method's entry: class, paper, summary, forwards_per_step, replayable, distributed, needs_adapter."""
+    """A method's entry: class, paper, summary, forwards_per_step, replayable, distributed, needs_adapter,
+    step_size."""
     return load()["methods"][name]
 
 

@@ -78,6 +78,12 @@ def test_method_specs():
     assert hn.parse_method("mezo") == hn.Method("mezo", "mezo") and hn.parse_method("x:fo-sgd").first_order
 
 
+def test_the_lr_grid_sets_the_step_size_each_method_declares():
+    """Bilevel-ZOFO has no `lr`: its class declares `step_size = "lower_lr"`, which the catalog carries."""
+    assert [hn.parse_method(n).lr_field for n in ("mezo", "zo-adam", "fo-adamw", "bilevel-zofo")] == \
+        ["lr", "lr", "lr", "lower_lr"]
+
+
 @pytest.mark.parametrize("specs,problem", [
     (["mezo", "zo-sgd-sign", "cons:zo-sgd-cons:pool_size=4", "gv:mezo-gv:match=mezo"], None),  # registry names
     (["mezo", "nope"], "unknown optimizer 'nope'"),

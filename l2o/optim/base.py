@@ -104,6 +104,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     distributed = True    # its steps split over ranks (l2o.distributed; else one process only)
     needs_adapter = False  # it trains a PEFT adapter first-order and moves the frozen rest by ZO
     splits: tuple[str, ...] = ()  # the closure takes (split, task) for these splits; () -> closure()
+    step_size = "lr"     # the hyperparameter a learning-rate search tunes (bench.harness's grid)
 
     def __init__(self, model: nn.Module, *, seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None,
                  collective: Collective | None = None, parallel: str = "direction", check_every: int = 0,

@@ -84,8 +84,7 @@ class BilevelZOFO(ZOOptimizer):
         HP("lam", float, 1e4, "penalty weight lambda", "official RTE/LoRA sweep", low=0),
         HP("lower_lr", float, 1e-4, "Adam lr of the lower PEFT copy w", "official RTE/LoRA sweep", low=0),
         HP("upper_lr", float, 1e-7, "Adam lr of the upper PEFT copy p", "official RTE/LoRA sweep", low=0),
-        HP("theta_lr", float, 1e-7, "ZO-SGD lr of the backbone theta", "ours (the official code runs Adam on theta)",
-           low=0),
+        HP("theta_lr", float, 1e-7, "ZO-SGD lr of the backbone theta", "ours (the official code: Adam on theta)", low=0),
         HP("eps", float, 1e-3, "perturbation scale epsilon of the backbone's ZO estimate", "official sweeps",
            low=0, open_low=True),
         HP("t_low", int, 30, "lower steps per upper step", "official single-task sweeps", low=1),
@@ -99,6 +98,7 @@ class BilevelZOFO(ZOOptimizer):
     distributed = False  # the first-order inner level would need adapter gradients all-reduced
     needs_adapter = True
     splits = ("lower", "upper_f", "upper_g")
+    step_size = "lower_lr"  # an lr search tunes the inner level's Adam step
 
     def __init__(self, model: nn.Module, *, num_tasks: int = 1, seed: int = 0, noise=None, **hyperparameters):
         _check(isinstance(num_tasks, int) and num_tasks >= 1, f"bilevel-zofo: num_tasks must be >= 1, got {num_tasks!r}")

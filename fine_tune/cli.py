@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zo-finetuner*: block sizes in the normaliser nf: numel (E||d||^2/D = 1, MeZO's step size) or "
                    "authors (embedding = hidden x 15 x batch, a bigger step); default: the rule the policy was "
                    "meta-trained under (recorded in its artefact)")
-    o.add_argument("--noise", choices=["gaussian", "table"], default=S, help="noise source for z")
+    o.add_argument("--noise", choices=catalog.noise_sources(), default=S, help="noise source for z")
     _add_hyperparameter_args(o, S)
     r = p.add_argument_group("the run")
     r.add_argument("--init", default=S, help="zoo id/folder applied to the base first: a Bilevel-ZOFO meta-init or a "

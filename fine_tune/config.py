@@ -60,7 +60,7 @@ class RunOptions:
     policy: str | None = None    # zo-finetuner*: learned policy (zoo id, artefact folder or file:// URL)
     policy_size_rule: str | None = None  # zo-finetuner*: n_b of the normaliser, "numel" (E||d||^2/D = 1) or "authors";
     # None: the rule the policy was meta-trained under (its artefact's arch.size_rule)
-    noise: str | None = None     # the engine's noise source (gaussian | table); None: gaussian
+    noise: str | None = None     # the engine's noise source (l2o.noise.SOURCES: gaussian | table); None: gaussian
     # the run
     steps: int = 1000
     batch_size: int = 16
@@ -274,6 +274,8 @@ class RunOptions:
             raise ConfigError(f"--peft must be one of {', '.join(PEFT_MODES)}, got {self.peft!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.noise not in (None, *catalog.noise_sources()):
+            raise ConfigError(f"--noise must be one of {', '.join(catalog.noise_sources())}, got {self.noise!r}")
         if self.checkpoint not in (None, *CHECKPOINT_KINDS):
             raise ConfigError(f"--checkpoint must be ledger or weights, got {self.checkpoint!r}")
         if self.save_model not in (True, False, *CHECKPOINT_KINDS):

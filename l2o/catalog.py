@@ -1,8 +1,9 @@
 """The registry's declarations as data, for the CLIs (which must answer `--help` without importing torch).
 
 `l2o/optim/catalog.json` is made from the classes in `l2o.optim.REGISTRY`: every method's paper,
-update, forwards per step and declared hyperparameters with their defaults. `fine_tune`'s config fields
-and flags and `--list-optimizers` read it; the README's method table is rendered from it.
+update, forwards per step and declared hyperparameters with their defaults; and the names of the engine's
+noise sources (`l2o.noise.SOURCES`). `fine_tune`'s config fields and flags and `--list-optimizers` read it;
+the README's method table is rendered from it.
 
     python -m l2o.catalog            # rewrite catalog.json and the README's method table
     python -m l2o.catalog --check    # exit 1 when either is out of date (a test runs this)
@@ -28,6 +29,7 @@ TABLE_END = "<!-- end of the methods table -->"
 
 def build() -> dict:
     """The catalog of the registry as it is now (imports the optimizers, so torch)."""
+    from l2o.noise import SOURCES
     from l2o.optim import REGISTRY, forwards_per_step
 
     flags: dict[str, dict] = {}
@@ -46,7 +48,7 @@ def build() -> dict:
                          "step_size": cls.step_size, "hyperparameters": {n: hp.as_dict() for n, hp in declared.items()}}
     for entry in flags.values():
         entry.pop("default")  # defaults are per method
-    return {"flags": flags, "methods": methods}
+    return {"flags": flags, "methods": methods, "noise_sources": list(SOURCES)}
 
 
 def text(catalog: dict) -> str:
@@ -66,6 +68,11 @@ def flags() -> dict[str, Hyperparameter]:
 
 def methods_taking(name: str) -> list[str]:
     return list(load()["flags"][name]["methods"])
+
+
+def noise_sources() -> list[str]:
+    """The engine's noise sources (l2o.noise.SOURCES), the first the default."""
+    return list(load()["noise_sources"])
 
 
 def method_names() -> list[str]:

@@ -136,9 +136,9 @@ def noise_from_config(config: dict):
     """The noise source a ledger names, refused in one sentence when this l2o cannot make exactly it."""
     import inspect
 
-    from l2o.noise import GaussianNoise, NoiseTable
+    from l2o.noise import SOURCES
 
-    cls = {"gaussian": GaussianNoise, "table": NoiseTable}.get(config.get("name"))
+    cls = SOURCES.get(config.get("name"))
     noise = None
     if cls is not None:  # the constructor's arguments; other keys ("generator", "levels") identify z
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}

@@ -495,12 +495,13 @@ class NoiseTable(NoiseSource):
                 "generator": GENERATOR, "levels": "normal-q16:" + LEVELS_SHA256[:16]}
 
 
+SOURCES = {cls.name: cls for cls in (GaussianNoise, NoiseTable)}  # name -> source: the flag's choices, the ledger's names
+
+
 def make_noise(spec: str | NoiseSource | None = None, **kwargs) -> NoiseSource:
-    """`"gaussian"` (default), `"table"`, or an existing `NoiseSource`."""
-    if spec is None or spec == "gaussian":
-        return GaussianNoise(**kwargs)
+    """A name in `SOURCES` (default "gaussian"), or an existing `NoiseSource`."""
     if isinstance(spec, NoiseSource):
         return spec
-    if spec == "table":
-        return NoiseTable(**kwargs)
-    raise ValueError(f"unknown noise source {spec!r}: choose 'gaussian' or 'table'")
+    if (spec or "gaussian") not in SOURCES:
+        raise ValueError(f"unknown noise source {spec!r}: choose {' or '.join(map(repr, SOURCES))}")
+    return SOURCES[spec or "gaussian"](**kwargs)

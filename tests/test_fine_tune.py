@@ -11,6 +11,7 @@ import torch
 
 from fine_tune.cli import main
 from fine_tune.config import FineTuneConfig
+from l2o import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
@@ -193,6 +194,17 @@ def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     cfg.write_text("task: boolq\nlearning_rate: 1\n")
     assert main(["--config", str(cfg), "--print-config"]) == 2
     assert "unknown option(s): learning_rate" in capsys.readouterr().err
+
+
+def test_a_noise_source_outside_the_engines_registry_is_refused_in_one_line(tmp_path, capsys):
+    """--noise's choices and the config check come from l2o.noise.SOURCES (through the catalog), also from YAML."""
+    from l2o.noise import SOURCES
+
+    assert catalog.noise_sources() == list(SOURCES) == ["gaussian", "table"]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sst2\nnoise: pink\n")
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--source", SST2]) == 2
+    assert capsys.readouterr().err.strip() == "fine_tune: error: --noise must be one of gaussian, table, got 'pink'"
 
 
 def test_help_imports_no_heavy_library():

@@ -47,6 +47,15 @@ def tiny_smollm_base(tiny_bases) -> str:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models on one intra-op thread: a second only adds synchronisation (and spins on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """A test with its own l2o cache, no zoo registry, the Hub offline and no proxies (a module opts in with
     `pytestmark = pytest.mark.usefixtures("isolated")`)."""

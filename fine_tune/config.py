@@ -195,6 +195,15 @@ class RunOptions:
             raise ConfigError(f"{self.optimizer} takes first-order steps and needs the model resident on one device; "
                               "--device-map and --offload apply to the zeroth-order optimizers")
 
+    def _check_accelerator(self) -> None:
+        """--accelerator gpu needs CUDA (it used to run on the CPU without a word) and agrees with --device."""
+        from l2o.integrations.lightning.accelerators import check_accelerator
+
+        check_accelerator(self.accelerator, "--accelerator")
+        wants = {"gpu": ("cuda",), "cpu": ("cpu",)}.get(self.accelerator)
+        if wants and self.device != "auto" and not self.device.startswith(wants):
+            raise ConfigError(f"--accelerator {self.accelerator} and --device {self.device} disagree; drop one of them")
+
     def placed(self) -> bool:
         """The model is placed by l2o.placement (layers across devices, or offloaded)."""
         return bool(self.device_map or self.offload)
@@ -295,6 +304,7 @@ class RunOptions:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is above {MAX_LR:g}, where every "
                                   "method here diverges (useful values are 1e-7 .. 1e-2)")
         check_device(self.device)
+        self._check_accelerator()
         kwargs = self.optimizer_kwargs()
         if self.is_first_order():
             if self.policy:

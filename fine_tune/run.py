@@ -315,10 +315,13 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
 
 
 def resolve_device(cfg: FineTuneConfig) -> str:
-    """--device, with "auto" -> cuda when available, else cpu (one process; ranks use their own device)."""
+    """--device, with "auto" -> cpu under --accelerator cpu, else cuda when available, else cpu (one process; ranks
+    use their own device)."""
     import torch
 
-    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def run_dtype(cfg: FineTuneConfig, device: str) -> str:

@@ -182,9 +182,16 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
                 raise ConfigError(f"--estimator is the zo-finetuner policy's; --method {method} has none")
             if "device_map" not in model_params and (self.config["device_map"] or self.config["offload"]):
                 raise ConfigError(f"--device-map and --offload are the ES/PES estimators'; --method {method} has none")
+            from l2o.integrations.lightning.accelerators import check_accelerator
+
+            check_accelerator(self.config["trainer.accelerator"], "--trainer.accelerator", gpu_is_cuda=False)
+            if "device" in model_params:
+                check_accelerator(self.config["model.device"], "--model.device")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.loggers import TensorBoardLogger
+
+            from l2o.errors import ConfigError
 
             from l2o.integrations.lightning.checkpoints import AtomicCheckpointIO, LastCheckpoint
 
@@ -201,8 +208,13 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             from l2o.integrations.lightning.progress import ProgressLines
 
             callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
-            return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out),
-                                               plugins=[AtomicCheckpointIO()], **kwargs)
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            try:
+                return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out),
+                                                   plugins=[AtomicCheckpointIO()], **kwargs)
+            except MisconfigurationException as err:  # --trainer.* this machine cannot honour: one sentence
+                raise ConfigError(f"--trainer options: {err}") from None
 
     return MetaTrainCLI(model_cls, data_cls, args=args, run=False, trainer_defaults=_trainer_defaults(),
                         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,

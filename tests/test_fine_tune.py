@@ -189,6 +189,26 @@ def test_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
     assert err == "fine_tune: error: --device cuda: this machine has no usable CUDA device; use --device cpu or auto"
 
 
+def test_accelerator_gpu_without_cuda_is_one_line_and_not_a_cpu_run(tmp_path, capsys, monkeypatch):
+    """--accelerator gpu used to run on the CPU without a word where CUDA is missing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["--task", "sst2", "--accelerator", "gpu", "--print-config"]) == 2  # validated as a run is
+    err = capsys.readouterr().err.strip()
+    assert err == ("fine_tune: error: --accelerator gpu: this machine has no usable CUDA device (available: cpu); "
+                   "use --accelerator cpu or auto")
+    assert main(["--task", "sst2", "--accelerator", "cpu", "--device", "cuda", "--print-config"]) == 2
+    assert "--device cuda: this machine has no usable CUDA device" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["--task", "sst2", "--accelerator", "gpu", "--device", "cpu", "--print-config"]) == 2
+    assert "--accelerator gpu and --device cpu disagree" in capsys.readouterr().err
+    from fine_tune.run import resolve_device  # --accelerator cpu keeps a one-process run on the CPU of a GPU machine
+
+    assert resolve_device(FineTuneConfig(task="sst2", accelerator="cpu")) == "cpu"
+    assert resolve_device(FineTuneConfig(task="sst2")) == "cuda"
+
+
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("task: boolq\nlearning_rate: 1\n")

@@ -301,6 +301,23 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     assert "lr_policy: 0.05" in again and "eps: 0.01" in again and "max_steps: 7" in again
 
 
+def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch):
+    """--trainer.accelerator gpu without CUDA ended in Lightning's traceback; --trainer.* Lightning refuses is one line."""
+    from meta_train.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for argv, needle in [(["--trainer.accelerator", "gpu"], "--trainer.accelerator gpu: this machine has no usable "
+                          "CUDA device (available: cpu); use --trainer.accelerator cpu or auto"),
+                         (["--method", "bilevel-zofo", "--model.device", "cuda:1"], "--model.device cuda:1: this "
+                          "machine has no usable CUDA device"),
+                         (["--trainer.devices", "0"], "--trainer options: `Trainer(devices='0')` value is not a valid")]:
+        assert main(["--base", "smollm2-135m", "--max_steps", "1", "--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"meta_train: error: {needle}"), err
+    assert not (tmp_path / "o").exists()
+
+
 def test_help_imports_no_torch_or_lightning():
     """--help answers without the heavy libraries (what made it slow), not timed: a loaded machine would flake."""
     code = ("import sys; from meta_train.cli import main; rc = main(['--help']); "

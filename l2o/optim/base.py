@@ -27,6 +27,7 @@ from l2o.engine import Direction, Engine
 from l2o.errors import ConfigError
 from l2o.ledger import Ledger, LedgerError, weights_digest
 from l2o.noise import NoiseSource, derive_seed
+from l2o.perturbations import make_family
 from l2o.streams import Stream
 from l2o.hparams import HP, merge, resolve
 
@@ -54,8 +55,9 @@ class StepResult:
     # direction that ignores the losses (MeZO: 1; with per-block scales s_b: sum n_b s_b^2 / D), E[(v . u)^2] for
     # GV's and Greedy's loss-guided v, tr of the Kalman gain for BSZO
     effective_step: float | None = None
-    # (L(theta + eps d), L(theta - eps d)) along one direction d of the step with E||d||^2 = D (the learned
-    # policy's L+ / L- features, which it was meta-trained on as MeZO's pair). A method that evaluates one side
+    # (L(theta + eps d), L(theta - eps d)) along one direction d of the step, E||d||^2 = D for Gaussian z (the
+    # family's or the preconditioner's otherwise: LOZO, Sparse-MeZO, HiZOO) (the learned policy's L+ / L- features,
+    # which it was meta-trained on as MeZO's pair). A method that evaluates one side
     # only mirrors the other, 2 f0 - L(theta + eps d): L(theta - eps d) to first order, exact for a linear loss.
     pair: tuple[float, float] | None = None
     # a method's own measurements of this step, logged under these names (Bilevel-ZOFO's upper level, on its
@@ -341,6 +343,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.seed = int(meta["seed"])
         if "zo_ledger" in state_dict:
             self.ledger = self._saved_ledger(state_dict["zo_ledger"])
+            self._adopt_family(self.ledger.header.get("family"))
         if self.engine.rule is not None:
             self._load_rule(state_dict.get("zo_rule"))
         if "zo_digest" in state_dict:
@@ -349,6 +352,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         # torch may cast tensors in state; keep our plain-python scalars as they were saved
         self.state["zo"] = dict(state_dict["state"]["zo"])
+
+    def _adopt_family(self, config: dict | None) -> None:
+        """The saved run's perturbation family (its ledger header's), not one bound to the weights now: Sparse-MeZO's
+        thresholds come from the run's first weights, and an optimizer made on a checkpoint's weights (as a resumed
+        run's is) would compute others."""
+        if config is not None and config != self.engine.family.config():
+            self.engine.family = make_family(config)
+            self.engine.family.bind(self.blocks)
 
     @torch.no_grad()
     def _bring_to(self, digest: str) -> None:

@@ -10,8 +10,9 @@ the weights, so a ledger (whose lines carry d and params) rebuilds it: `Engine.u
     adam       m <- b1 m + (1 - b1) x;  v <- b2 v + (1 - b2) x^2;  t = params["t"]
                returns (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)                    (torch Adam's rule)
     hizoo      P_b = H_b^(-1/2), H_b = 1 at the start (HiZOO's diagonal Hessian estimate):
-               H <- (1 - a) H + a c H x^2, i.e. P <- P (1 - a + a c x^2)^(-1/2),  c = params["c"], a = params["a"];
-               returns P x.  P also preconditions every perturbation (`precondition(b)`).
+               with z = x_b / s_b (the direction without its block scale),
+               H <- (1 - a) H + a c H z^2, i.e. P <- P (1 - a + a c z^2)^(-1/2),  c = params["c"], a = params["a"];
+               returns s_b P z = P x_b.  P also preconditions every perturbation (`precondition(b)`).
 
 `RULES` names them; a ledger header records the rule's `config()` and `make_rule` rebuilds it.
 """
@@ -19,6 +20,7 @@ the weights, so a ledger (whose lines carry d and params) rebuilds it: `Engine.u
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -107,6 +109,13 @@ class Adam(UpdateRule):
 
 class Hessian(UpdateRule):
     name, buffer_names = "hizoo", ("p",)
+
+    def direction(self, engine, b, d, params):
+        """s_b P_b x_b with x_b = d_b / s_b, the unscaled direction: a per-block scale (a learned policy's)
+        multiplies the preconditioned step as it multiplies the perturbation s_b P_b z_b, while P's EMA reads z as
+        HiZOO's does (fed s_b z, the policy's scale would enter the curvature estimate as s_b^2)."""
+        x = engine.direction_tensor(replace(d, block_scales=None), b, precondition=False)
+        return self.transform(b, x, params).mul_(d.scale(b.index))
 
     def transform(self, b, x, params):
         a, c = float(params["a"]), float(params["c"])

@@ -7,26 +7,30 @@ from l2o.optim import build_optimizer
 from tests.zo_fixtures import Quadratic
 
 
-def test_three_steps_against_the_official_formula():
+@pytest.mark.parametrize("s", [None, 0.5])
+def test_three_steps_against_the_official_formula(s):
     """The official code keeps H: perturb by eps z / sqrt(H), then H <- (1 - a) H + a |L+ + L- - 2 L0| / (2 eps^2)
-    H z^2 and theta <- theta - lr g z / sqrt(H_new). Here a is large enough (0.3) for H to move visibly."""
+    H z^2 and theta <- theta - lr g z / sqrt(H_new). Here a is large enough (0.3) for H to move visibly. With a
+    block scale s (a learned policy's, zo-finetuner+hizoo) the perturbation and the step are s z / sqrt(H) and H's
+    EMA still reads z (fed s z, as before the composition, H would move by s^2 times the estimate)."""
     a, eps, lr = 0.3, 1e-2, 1e-3
     model = Quadratic(dim=30, dtype=torch.float64)
-    opt = build_optimizer("hizoo", model, lr=lr, eps=eps, hessian_smooth=a, seed=4)
-    theta, h = model.theta.detach().clone(), torch.ones(30, dtype=torch.float64)
+    opt = build_optimizer("hizoo", model, lr=lr, eps=eps, hessian_smooth=a, seed=4,
+                          block_scales=None if s is None else [s])
+    theta, h, s = model.theta.detach().clone(), torch.ones(30, dtype=torch.float64), 1.0 if s is None else s
     for _ in range(3):
         z = opt.engine.noise.z(opt.seeds(1)[0], 0, theta.shape).double()
         f0 = model.at(theta)
-        plus, minus = model.at(theta + eps * z / h.sqrt()), model.at(theta - eps * z / h.sqrt())
+        plus, minus = model.at(theta + eps * s * z / h.sqrt()), model.at(theta - eps * s * z / h.sqrt())
         opt.step(model)
         assert opt.last.losses == pytest.approx([f0, plus, minus], rel=1e-6)
         g, c = (plus - minus) / (2 * eps), abs(plus + minus - 2 * f0) / (2 * eps * eps)
         h = (1 - a) * h + a * c * h * z * z
-        theta = theta - lr * g * z / h.sqrt()
+        theta = theta - lr * g * s * z / h.sqrt()
         assert torch.allclose(model.theta.detach(), theta, rtol=1e-5, atol=1e-8)
     p = opt.engine.rule.precondition(opt.blocks[0])
     assert torch.allclose(p.double(), 1 / h.sqrt(), rtol=1e-5)
-    assert opt.last.effective_step == pytest.approx(float((1 / h).mean()), rel=1e-5)
+    assert opt.last.effective_step == pytest.approx(s * s * float((1 / h).mean()), rel=1e-5)
     assert not torch.allclose(h, torch.ones_like(h))  # the test saw a moving preconditioner
 
 

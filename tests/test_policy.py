@@ -10,14 +10,19 @@ import torch
 from torch import nn
 
 from l2o.blocks import named_blocks
-from l2o.optim import build_optimizer
+from l2o.optim import REGISTRY, build_optimizer
 from zoo.learned import load_policy, save_policy
 from l2o.policy import (ZOPolicy, effective_sizes, embedding_block_ids, features,
                         normalization_factor, weight_stats)
 from tests.helpers import tiny_model
+from tests.zo_fixtures import TwoBlock, same_bits, snapshot
 
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
+
+
+# every registered composition of the policy with a method (l2o/optim/zo_finetuner.py), the day it is registered
+COMPOSED = [n for n in REGISTRY if n.startswith("zo-finetuner")]
 
 
 def _batch(n=2, length=10, seed=0):
@@ -95,7 +100,7 @@ def test_policy_scales_give_nf_sigma_and_track_losses():
     assert all(p.requires_grad is False for p in ps.policy.parameters())
 
 
-@pytest.mark.parametrize("name", ["zo-finetuner", "zo-finetuner+gv", "zo-finetuner+greedy", "zo-finetuner+bszo"])
+@pytest.mark.parametrize("name", COMPOSED)
 def test_resume_is_bit_identical(name):
     x = _batch()
     closure_of = lambda m: (lambda: m(input_ids=x, labels=x).loss)  # noqa: E731
@@ -138,9 +143,8 @@ class _Linear(nn.Module):
         return self.a @ self.theta + 5.0
 
 
-@pytest.mark.parametrize("name,kw", [("zo-finetuner", {}), ("zo-finetuner", {"one_sided": True}),
-                                     ("zo-finetuner+gv", {}), ("zo-finetuner+greedy", {}),
-                                     ("zo-finetuner+bszo", {}), ("zo-finetuner+bszo", {"k": 3, "m": 5})])
+@pytest.mark.parametrize("name,kw", [("zo-finetuner", {"one_sided": True}), ("zo-finetuner+bszo", {"k": 3, "m": 5}),
+                                     *((n, {}) for n in COMPOSED)])
 def test_policy_features_are_a_two_point_pair_under_every_method(name, kw):
     """The policy learned L+ and L- as MeZO's L(theta +- eps z). Every method hands it that pair along one of
     its directions, so on a linear loss (L+ + L-)/2 = L(theta) and L+ is a loss the step evaluated. Reading
@@ -227,6 +231,50 @@ def test_constant_policy_is_mezo_and_no_policy_is_the_base_method():
     for p, q, r in zip(a.parameters(), b.parameters(), c.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         assert torch.equal(p, r)
+
+
+def _fixed_policy(model, sigma: list[float]) -> ZOPolicy:
+    """A policy whose sigma_b is `sigma` whatever its features (W2 = 0, b2 = sigma)."""
+    pol = ZOPolicy.for_model(model)
+    with torch.no_grad():
+        pol.w2.zero_()
+        pol.b2.copy_(torch.tensor(sigma).view(-1, 1))
+    return pol
+
+
+def _base_of(name: str) -> str:
+    """The method a zo-finetuner composition runs with the policy's scales (zo_finetuner.compose's base)."""
+    return REGISTRY[name].__bases__[1].method
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_a_block_the_policy_scales_to_zero_never_moves_and_the_others_do(name):
+    """Each composition takes the policy's per-block scale into its evaluations and its update: with sigma = 0 for
+    the first block that block stays bit-identical over steps that move the rest (a composition that ignored the
+    scales, or kept them out of its update or its rule's state, would move it)."""
+    model = TwoBlock()
+    pol = _fixed_policy(model, [0.0] + [1.0] * (len(list(named_blocks(model))) - 1))
+    before = snapshot(model)
+    opt = build_optimizer(name, model, policy=pol, lr=1e-2, eps=1e-2, seed=3)
+    for _ in range(4):
+        opt.step(model)
+    after, first = snapshot(model), opt.blocks[0].name
+    assert opt.sigma[0] == 0.0 and same_bits({first: before[first]}, {first: after[first]})
+    rest = [k for k in before if k != first]
+    assert not same_bits({k: before[k] for k in rest}, {k: after[k] for k in rest})
+
+
+@pytest.mark.parametrize("name", COMPOSED)
+def test_a_policy_with_every_scale_one_is_the_base_method_bit_for_bit(name):
+    """sigma_b = 1 for every block (nf = 1 exactly): the composition takes the base method's steps, bit for bit."""
+    a, b = TwoBlock(), TwoBlock()
+    pol = _fixed_policy(a, [1.0] * len(list(named_blocks(a))))
+    composed = build_optimizer(name, a, policy=pol, lr=1e-2, eps=1e-2, seed=3)
+    base = build_optimizer(_base_of(name), b, lr=1e-2, eps=1e-2, seed=3)
+    for _ in range(4):
+        composed.step(a)
+        base.step(b)
+    assert same_bits(snapshot(a), snapshot(b)) and not same_bits(snapshot(a), snapshot(TwoBlock()))
 
 
 def test_policy_block_mismatch_is_refused():

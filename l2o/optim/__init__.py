@@ -33,11 +33,18 @@ METHODS = (
     "l2o.optim.lozo:LOZO",
     "l2o.optim.lozo:LOZOM",
     "l2o.optim.sparse_mezo:SparseMeZO",
-    # ZO Fine-tuner: the method above with a learned policy's per-block scales (`policy=ZOPolicy`)
+    # ZO Fine-tuner: a method above with a learned policy's per-block scales (`policy=ZOPolicy`; zo_finetuner.compose)
     "l2o.optim.zo_finetuner:ZOFineTuner",
     "l2o.optim.zo_finetuner:ZOFineTunerGV",
     "l2o.optim.zo_finetuner:ZOFineTunerGreedy",
     "l2o.optim.zo_finetuner:ZOFineTunerBSZO",
+    "l2o.optim.zo_finetuner:ZOFineTunerSign",
+    "l2o.optim.zo_finetuner:ZOFineTunerCons",
+    "l2o.optim.zo_finetuner:ZOFineTunerMMT",
+    "l2o.optim.zo_finetuner:ZOFineTunerHiZOO",
+    "l2o.optim.zo_finetuner:ZOFineTunerLOZO",
+    "l2o.optim.zo_finetuner:ZOFineTunerLOZOM",
+    "l2o.optim.zo_finetuner:ZOFineTunerSparseMeZO",
     # Bilevel-ZOFO: FO PEFT inside, ZO backbone outside; needs a PEFT-wrapped model and closure(split, task)
     "l2o.optim.bilevel_zofo:BilevelZOFO",
 )

@@ -10,7 +10,8 @@ P is one float32 buffer per block (+1 parameter copy in fp32), the engine's `hiz
 preconditions every perturbation the engine makes and is rebuilt from the ledger (whose lines carry a and c)
 when a checkpoint holds none. a (`hessian_smooth`) must scale like eps^2 (the official README's example:
 1e-8 at eps 1e-3; its script's default 0 makes HiZOO MeZO with f0 computed for nothing). Logged loss: f0.
-Effective step: the mean of P^2 (E||P z||^2 / D).
+Effective step: the mean of P^2 (E||P z||^2 / D). With per-block scales s_b (a learned policy's: zo-finetuner+hizoo)
+the perturbations and the step are along s_b P z, and the EMA still reads z (l2o.updates.Hessian.direction).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class HiZOO(ZOOptimizer):
         g = (plus - minus) / (2 * eps)
         c = abs(plus + minus - 2 * f0) / (2 * eps * eps)
         self._apply_update(z, g, {"a": self.hp["hessian_smooth"], "c": c})
-        return StepResult(loss=f0, projected_grads=[g], losses=[f0, plus, minus], effective_step=self._mean_p2(scales))
+        return StepResult(loss=f0, projected_grads=[g], losses=[f0, plus, minus], effective_step=self._mean_p2(scales),
+                          pair=(plus, minus))
 
     def _mean_p2(self, scales) -> float:
         """sum_b s_b^2 sum(P_b^2) / D: E||P z||^2 / D."""

@@ -57,7 +57,7 @@ class LOZO(ZOOptimizer):
         g = (plus - minus) / (2 * eps)
         self._apply_update(self.direction(seeds, [g], scales, keys), 1.0, self.update_params())  # g inside: LOZO-M's N
         return StepResult(loss=(plus + minus) / 2, projected_grads=[g], losses=[plus, minus],
-                          effective_step=self.scales_second_moment(scales))
+                          effective_step=self.scales_second_moment(scales), pair=(plus, minus))
 
 
 class LOZOM(LOZO):

@@ -50,4 +50,4 @@ class ZOSGDCons(ZOOptimizer):
         if sign:
             self._apply_update(z, -sign * g)   # theta - lr (-sign g) z = theta + sign lr g z
         return StepResult(loss=f0, projected_grads=[g], losses=[f0, plus, minus, f_minus, f_plus],
-                          effective_step=self.scales_second_moment(scales) if sign else 0.0)
+                          effective_step=self.scales_second_moment(scales) if sign else 0.0, pair=(plus, minus))

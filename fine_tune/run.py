@@ -157,7 +157,7 @@ def run(cfg: FineTuneConfig, log=print, callbacks=()) -> dict:
     # rank 0 holds --out for the whole run (l2o.integrations.lightning.folder): a second run into it is refused
     # naming this pid, a killed holder's lock is taken over, and a run failing before its first checkpoint cleans
     # up (after a lost rank 0, a surviving rank does)
-    folder = RunFolder(cfg.resolved_out(), holder=rank == 0)
+    folder = RunFolder(cfg.resolved_out(), holder=rank == 0, log=log)
     trainer.callbacks.append(share_folder(folder))
     with folder:
         return _run_ranked(cfg, task, trainer, tb, rank, stop_cb, _silent if rank else log, t_start)

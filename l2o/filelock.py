@@ -9,6 +9,8 @@
 - ``write_atomic(path, write)`` / ``write_bytes_atomic(path, data)``: replace a file so readers see the
   old or the new one, never a partial one (the one atomic-write helper; the zoo's manifests, the seed
   ledger and the apps' checkpoints use it).
+- ``remove_stale_temps(folder)``: the temp files of atomic writes a ``kill -9`` interrupted (a run calls it
+  on its ``--out`` once it holds the folder's lock).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 from pathlib import Path
 
 from l2o.errors import UserError
 
 RUN_LOCK_NAME = ".lock"
+# write_atomic's temp file beside its target: .tmp-<target name>-<12 hex digits>
+_TMP_NAME = re.compile(r"\.tmp-.+-[0-9a-f]{12}")
 
 
 class FolderLockedError(UserError):
@@ -107,7 +112,7 @@ def write_atomic(path: Path, write) -> None:
     folder (fsync, then rename): readers see the old file or the new one, never a partial one, and a write
     that fails (a full disk) leaves the old file as it was. The one atomic-write helper."""
     path = Path(path)
-    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+    tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"  # _TMP_NAME
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the mode any new file gets (umask)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -126,3 +131,24 @@ def write_atomic(path: Path, write) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`write_atomic` of the bytes `data`."""
     write_atomic(path, lambda f: f.write(data))
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temp files `write_atomic` left in `folder` and its subfolders when a process died mid-write
+    (`kill -9`, a lost node); returns how many. Call it only while holding `folder`'s `RunLock`: no live writer of
+    this run can then own one. Subfolders with a lock of their own (`*.lock`: another run's folder, a zoo
+    registry) belong to their own holder and are left alone; so are symlinks and any other name."""
+    removed = 0
+    for here, dirs, files in os.walk(folder):
+        if Path(here) != Path(folder) and any(f.endswith(".lock") for f in files):
+            dirs.clear()
+            continue
+        for name in files:
+            path = Path(here) / name
+            if _TMP_NAME.fullmatch(name) and not path.is_symlink():
+                try:
+                    path.unlink()
+                except OSError:  # gone meanwhile, or not ours to remove: left as it is
+                    continue
+                removed += 1
+    return removed

@@ -270,7 +270,8 @@ def _check_steps(cfg) -> None:
 def _run(cli, method: str) -> int:
     """Meta-train in --out, held for this run alone (l2o.integrations.lightning.folder), then export and publish."""
     # rank 0 holds the folder for the whole multi-device run (its other ranks are part of the same run)
-    folder = RunFolder(cli.config["out"], holder=cli.trainer.global_rank == 0)
+    folder = RunFolder(cli.config["out"], holder=cli.trainer.global_rank == 0,
+                       log=lambda msg: print(f"meta_train: {msg}", file=sys.stderr, flush=True))
     cli.trainer.callbacks.append(share_folder(folder))
     with folder:
         return _run_in(cli)

@@ -286,17 +286,21 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
     sys.exit(main(argv))
 
 
-def hold_run_folder(folder):
-    """Another process that claims the run folder `folder` (as a running fine_tune would) until killed."""
+def hold_run_folder(folder, writing: str | None = None):
+    """Another process that claims the run folder `folder` (as a running fine_tune would) until killed; with
+    `writing` (a path inside `folder`) it is half-way through `l2o.filelock.write_atomic` of that file meanwhile."""
     import subprocess
     import sys
     from pathlib import Path
 
-    code = ("import sys, time; from l2o.filelock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import pathlib, sys, time; from l2o.filelock import RunLock, write_atomic; RunLock(sys.argv[1]).acquire()\n"
+            "def half(f):\n    f.write(b'half'); f.flush(); print('held', flush=True); time.sleep(300)\n"
+            "if sys.argv[2:]:\n    p = pathlib.Path(sys.argv[1], sys.argv[2]); p.parent.mkdir(exist_ok=True); "
+            "write_atomic(p, half)\n"
             "print('held', flush=True); time.sleep(300)")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), *([writing] if writing else [])],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 

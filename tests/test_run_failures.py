@@ -53,6 +53,19 @@ def test_ctrl_c_between_checkpoints_resumes_to_the_uninterrupted_run_byte_for_by
     _assert_same_run(out, reference)  # no seal of the interrupt's checkpoint left in the ledger
 
 
+def test_start_and_resume_remove_the_temp_files_a_killed_write_left_and_say_so(tiny_base, tmp_path, capsys):  # noqa: F811
+    """A kill -9 during the first checkpoint's write (start) or a later one (resume) leaves write_atomic's temp file."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "my-notes.tmp").write_text("mine")
+    for stale, resume in [(out / "checkpoints" / ".tmp-last.ckpt-0a1b2c3d4e5f", []),
+                          (out / ".tmp-ledger.jsonl-ffffffffffff", ["--resume"])]:
+        stale.write_bytes(b"half a checkpoint")
+        assert main(_args(tiny_base, out, *COMMON, *resume)) == 0
+        assert not stale.exists() and (out / "checkpoints" / "my-notes.tmp").read_text() == "mine"
+        assert f"removed 1 stale temp file(s) that an interrupted write left in {out}" in capsys.readouterr().err
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs, to fill (needs root and the permission to mount; skipped where either is missing)."""

@@ -51,3 +51,34 @@ def test_a_failed_run_removes_only_what_it_created(tmp_path):
         (old / "checkpoints" / "last.ckpt").write_bytes(b"state")
         raise KeyboardInterrupt
     assert (old / "checkpoints" / "last.ckpt").exists()  # resumable: kept
+
+
+def test_the_temp_file_of_a_write_killed_mid_way_is_removed_by_the_next_run_and_nothing_else(tmp_path):
+    """kill -9 during an atomic write leaves .tmp-<name>-<hex> beside the target; the next run holding the folder
+    removes it (and says so), never a live writer's, another owner's or a foreign name."""
+    out = tmp_path / "run"
+    holder = hold_run_folder(out, writing="checkpoints/last.ckpt")
+    try:
+        (temp,) = (out / "checkpoints").iterdir()  # the real writer's temp file, half written
+        assert temp.name.startswith(".tmp-last.ckpt-")
+        with pytest.raises(UserError, match="in use by process"):
+            RunFolder(out).__enter__()
+        assert temp.exists()  # a live writer's temp file is its own
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    foreign = [out / ".tmp-notes", out / "my.tmp-last.ckpt-0123456789ab", out / ".tmp-last.ckpt-0123456789abc",
+               out / "registry" / ".tmp-zoo.json-0123456789ab"]  # the registry has its own lock: its writers' files
+    (out / "registry").mkdir()
+    (out / "registry" / ".zoo.lock").touch()
+    for f in foreign:
+        f.write_text("not a stale temp of this run")
+    (out / ".tmp-config.yaml-a1b2c3d4e5f6").write_text("stale")
+    lines = []
+    with RunFolder(out, log=lines.append):
+        assert not temp.exists() and not (out / ".tmp-config.yaml-a1b2c3d4e5f6").exists()
+        assert all(f.read_text() == "not a stale temp of this run" for f in foreign)
+    assert lines == [f"removed 2 stale temp file(s) that an interrupted write left in {out}"]
+    with RunFolder(out, log=lines.append):
+        pass
+    assert len(lines) == 1  # nothing removed: nothing said

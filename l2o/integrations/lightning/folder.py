@@ -10,6 +10,8 @@
   lost process) leaves with the checkpoint ``--resume`` continues from added to its sentence.
 - **Several processes.** Rank 0 holds the folder. The others get its record of the folder at setup
   (``share_folder``), so a survivor of a lost rank 0 cleans up as rank 0 would have.
+- **Stale temp files.** Once it holds the lock, a run removes the ``.tmp-*`` files that ``kill -9`` left
+  beside checkpoints and artefacts mid-write (``l2o.filelock.remove_stale_temps``), saying how many.
 - **Resume.** ``check_resume`` refuses a second run into a folder, a resume of nothing, or of a damaged
   checkpoint, before anything is loaded.
 """
@@ -20,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from l2o.errors import ConfigError, RunFailed
-from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock
+from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock, remove_stale_temps
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -59,11 +61,12 @@ class RunFolder:
     run can be resumed); otherwise every file and folder this run created is removed. A
     KeyboardInterrupt leaves as ``RunInterrupted`` and a ``RunFailed`` with what survives added.
     ``holder=False`` (ranks > 0): claims nothing; after ``adopt(state)`` it cleans up in the holder's
-    place once the holder is gone (its lock free).
+    place once the holder is gone (its lock free). `log`: where the holder says how many stale temp files of
+    an interrupted write it removed from ``out`` (nothing when none).
     """
 
-    def __init__(self, out, what: str = "--out", holder: bool = True):
-        self.out, self.what, self.holder = Path(out), what, holder
+    def __init__(self, out, what: str = "--out", holder: bool = True, log=None):
+        self.out, self.what, self.holder, self.log = Path(out), what, holder, log
         self.last = last_checkpoint(self.out)
         self.lock, self.adopted = None, False
         self.created_top, self.before, self.last_mtime = None, set(), None
@@ -78,6 +81,9 @@ class RunFolder:
             self.lock = RunLock(self.out, self.what).acquire()
         except OSError as err:
             raise ConfigError(f"cannot write to {self.what} {self.out}: {err.strerror or err}") from None
+        removed = remove_stale_temps(self.out)  # no live writer of this folder's temp files: we hold its lock
+        if removed and self.log is not None:
+            self.log(f"removed {removed} stale temp file(s) that an interrupted write left in {self.out}")
         self.last_mtime = self._last_mtime()
         return self
 

@@ -303,6 +303,57 @@ def test_publish_refuses_artefact_without_fingerprint(tmp_path):
     assert not (tmp_path / "reg").exists()
 
 
+@pytest.mark.parametrize("key,change,why", [
+    ("smollm2-135m/../x@1", {}, "invalid zoo id 'smollm2-135m/../x@1'"),
+    ("smollm2-135m/zo-finetuner@0", {}, "invalid version '0'"),
+    ("smollm2-135m/zo-finetuner@1", {"base_fingerprint": "md5:12"}, "invalid base fingerprint 'md5:12'"),
+])
+def test_a_damaged_manifest_entry_is_one_line_naming_the_manifest_and_the_entry(registry, capsys, key, change, why):
+    """The id and fingerprint checks raise the manifest's IntegrityError themselves (no error is caught and
+    rethrown with another message): one line, exit 1, naming the manifest, the entry and what is wrong."""
+    path = registry / "zoo.json"
+    doc = json.loads(path.read_text())
+    entry = {**doc["entries"].pop("smollm2-135m/zo-finetuner@1"), "id": key, **change}
+    doc["entries"][key] = entry
+    path.write_text(json.dumps(doc))
+    from zoo.errors import IntegrityError
+    from zoo.manifest import Location, read_manifest
+
+    with pytest.raises(IntegrityError) as err:
+        read_manifest(Location(path=registry))
+    assert str(err.value).startswith(f"registry manifest {path} has an invalid entry {key!r}: ") and why in str(err.value)
+    assert err.value.__context__ is None  # raised where the problem was found, not a rewrapped ZooError
+    rc, _, out = run_cli(capsys, "list", "--registry", str(registry))
+    assert_one_line_error(rc, out, "has an invalid entry", why)
+    assert rc == 1
+
+
+def test_an_artefact_config_with_a_bad_fingerprint_is_one_sentence_naming_the_artefact(tmp_path):
+    art = make_policy(tmp_path / "art")
+    config = json.loads((art / "config.json").read_text())
+    (art / "config.json").write_text(json.dumps({**config, "base_fingerprint": "md5:12"}))
+    with pytest.raises(ZooError) as err:
+        load_artefact(art)
+    assert f"artefact {art} config: invalid base fingerprint 'md5:12'" in str(err.value)
+    assert err.value.__context__ is None  # raised by the check itself, not a caught ZooError rethrown
+
+
+def test_a_file_that_fails_its_copy_into_a_registry_is_the_transfer_s_own_one_line_error(tmp_path):
+    """Publishing copies each file verified (zoo.transfer.copy_verified); its TransferError, a UserError naming the
+    file and what failed, reaches the user as it is, and nothing is installed."""
+    from zoo.registry import _install
+    from zoo.transfer import TransferError
+
+    art = make_policy(tmp_path / "art")
+    name = "model.safetensors"
+    files = {name: {"sha256": "0" * 64, "size": (art / name).stat().st_size}}
+    with pytest.raises(TransferError) as err:
+        _install(tmp_path / "reg", "smollm2-135m/zo-finetuner@1", files, art)
+    assert str(err.value).startswith(f"{art / name} failed its sha256 check") and "\n" not in str(err.value)
+    assert err.value.__context__ is None
+    assert sorted(p.name for p in (tmp_path / "reg").iterdir()) == []  # no target, no staging left
+
+
 def test_file_url_registry_via_environment(registry, monkeypatch, capsys):
     monkeypatch.setenv("L2O_ZOO_REGISTRY", registry.as_uri())
     rc, out, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1")

@@ -75,10 +75,7 @@ def check_config(config: dict, label: str = "artefact") -> dict:
     if not isinstance(config.get("base_model"), str) or not config["base_model"]:
         raise ZooError(f"{label} config has no base_model")
     if config.get("base_fingerprint") is not None:
-        try:
-            check_fingerprint(config["base_fingerprint"])
-        except ZooError as err:
-            raise ZooError(f"{label} config: {err}") from None
+        check_fingerprint(config["base_fingerprint"], lambda why: ZooError(f"{label} config: {why}"))
     if not isinstance(config.get("arch"), dict):
         raise ZooError(f"{label} config has no arch object")
     if not isinstance(config.get("training", {}), dict):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .errors import ZooError
+
+Raise = Callable[[str], Exception]  # the error a check raises with its one sentence (a caller's context added)
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION = re.compile(r"^(0|[1-9][0-9]{0,8})(\.(0|[1-9][0-9]{0,8})){0,2}$")
@@ -52,10 +54,10 @@ def check_component(value: str, what: str = "id component") -> str:
     return value
 
 
-def check_version(value: str) -> str:
+def check_version(value: str, error: Raise = ZooError) -> str:
     value = str(value)
     if not _VERSION.match(value) or value == "0":
-        raise ZooError(
+        raise error(
             f"invalid version {value!r}: use a positive integer such as 1 or a semver-like 1.2.3"
         )
     return value
@@ -67,33 +69,33 @@ def version_key(version: str) -> tuple[int, ...]:
     return parts + (0,) * (3 - len(parts))
 
 
-def parse_id(text: str, *, require_version: bool = False) -> ZooId:
-    """Parse and validate ``base/name[@version]``; raise ZooError with one sentence otherwise."""
+def parse_id(text: str, *, require_version: bool = False, error: Raise = ZooError) -> ZooId:
+    """Parse and validate ``base/name[@version]``; otherwise raise `error` (ZooError) with one sentence."""
     if not isinstance(text, str) or not text:
-        raise ZooError("invalid zoo id: expected 'base/name' or 'base/name@version'")
+        raise error("invalid zoo id: expected 'base/name' or 'base/name@version'")
     bad = f"invalid zoo id {text!r}: expected 'base/name' or 'base/name@version'"
     if text.startswith(("/", "\\", "~")) or "\\" in text or ":" in text or "\x00" in text:
-        raise ZooError(f"{bad} (absolute paths and drive letters are not ids)")
+        raise error(f"{bad} (absolute paths and drive letters are not ids)")
     spec, at, version = text.partition("@")
     parts = spec.split("/")
     if len(parts) != 2 or any(p in ("", ".", "..") for p in parts) or ".." in spec:
-        raise ZooError(f"{bad} (no '..', no extra '/')")
+        raise error(f"{bad} (no '..', no extra '/')")
     base, name = parts
     problem = _component_problem(base, "base") or _component_problem(name, "name")
     if problem:
-        raise ZooError(f"{bad}; {problem}")
+        raise error(f"{bad}; {problem}")
     if at:
-        version = check_version(version)
+        version = check_version(version, error)
     elif require_version:
-        raise ZooError(f"{bad} (a version is required here, e.g. {spec}@1)")
+        raise error(f"{bad} (a version is required here, e.g. {spec}@1)")
     else:
         version = None
     return ZooId(base, name, version)
 
 
-def check_fingerprint(fp: str) -> str:
+def check_fingerprint(fp: str, error: Raise = ZooError) -> str:
     if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
-        raise ZooError(f"invalid base fingerprint {fp!r}: expected 'sha256:' followed by 64 hex digits")
+        raise error(f"invalid base fingerprint {fp!r}: expected 'sha256:' followed by 64 hex digits")
     return fp
 
 

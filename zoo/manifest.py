@@ -132,21 +132,14 @@ def check_entry(key: str, entry: dict, label: str = "manifest") -> dict:
     def bad(why: str) -> ZooError:
         return IntegrityError(f"{label} has an invalid entry {key!r}: {why}")
 
-    try:
-        zid = parse_id(key, require_version=True)
-    except ZooError as err:
-        raise bad(str(err)) from None
+    zid = parse_id(key, require_version=True, error=bad)
     if not isinstance(entry, dict):
         raise bad("not an object")
     if entry.get("id", key) != key:
         raise bad(f"its id {entry.get('id')!r} differs from its key")
     if entry.get("kind") not in KINDS:
         raise bad(f"unknown kind {entry.get('kind')!r} (expected one of {', '.join(KINDS)})")
-    fp = entry.get("base_fingerprint")
-    try:
-        check_fingerprint(fp)
-    except ZooError as err:
-        raise bad(str(err)) from None
+    check_fingerprint(entry.get("base_fingerprint"), bad)
     files = entry.get("files")
     if not isinstance(files, dict) or not files:
         raise bad("no files")

@@ -24,7 +24,7 @@ from .manifest import (
     utc_now,
     write_manifest,
 )
-from .transfer import TransferError, copy_verified
+from .transfer import copy_verified
 
 
 NO_LICENSE = "no-license-file"  # the card license_name of files whose source carries no license (remote entries)
@@ -48,11 +48,8 @@ def _install(root: Path, entry_id: str, files: dict, src_folder: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        for name, meta in files.items():
-            try:
-                copy_verified(src_folder / name, staging / name, meta["sha256"], meta["size"], name)
-            except TransferError as err:
-                raise ZooError(f"cannot copy {name} of '{entry_id}' ({err})") from None
+        for name, meta in files.items():  # a failure is copy_verified's TransferError, which names the file
+            copy_verified(src_folder / name, staging / name, meta["sha256"], meta["size"], name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # an orphan folder without a manifest entry: replace it
             shutil.rmtree(target)

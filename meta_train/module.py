@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import lightning as L
 import torch
@@ -43,6 +43,31 @@ from l2o.weights import PretrainedFiles, model_folder, park, unpark
 
 DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
 BASELINE = {"zo-finetuner": "mezo", "zo-finetuner+gv": "mezo-gv"}  # meta-validation: the method without policy
+
+
+def _check_inner_hparams(method: str, hparams: dict, estimator: str) -> None:
+    """--model.inner_hparams.*: hyperparameters `method` declares, each within its declaration (the optimizer's
+    own check, on a two-weight probe: before the base is loaded)."""
+    if not hparams:
+        return
+    if estimator == "lookahead":
+        raise ConfigError("--model.inner_hparams configures the ES/PES inner runs; --estimator lookahead has none")
+    from l2o import catalog
+    from l2o.optim import probe
+
+    own = {"lr": "--model.inner_lr", "eps": "--model.eps"}
+    declared = [n for n in catalog.entry(method)["hyperparameters"] if n not in own]
+    for name in sorted(hparams):
+        if name in own:
+            raise ConfigError(f"--model.inner_hparams.{name}: set it with {own[name]}")
+        if name not in declared:
+            raise ConfigError(f"--model.inner_hparams.{name}: {method} does not declare {name}; it declares "
+                              f"{', '.join(declared)}")
+
+    try:
+        probe(method, **hparams)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--model.inner_hparams: {err}") from None
 
 
 class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
@@ -69,6 +94,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         meta_batches: ES/PES: held-out batches per meta-loss evaluation.
         inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or zo-finetuner+gv.
         inner_lr: ES/PES: the inner runs' learning rate (what the policy is meta-trained for).
+        inner_hparams: ES/PES: the inner method's other declared hyperparameters (`fine_tune --list-optimizers`),
+            one by one as `--model.inner_hparams.pool_size 8` (zo-finetuner+gv's M; its default 4); unset ones take
+            the method's defaults. Its lr and eps are inner_lr and eps.
         scratch_dir: ES/PES: folder for the parked weights (default: the system's temporary folder).
         device_map: ES/PES: auto, balanced or sequential: the LLM's layers spread over this process's GPUs
             (l2o.placement, accelerate's dispatch; `meta_train --device-map`).
@@ -100,7 +128,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                  lr_llm: float = 0.01, momentum: float = 0.8, eta_meta: float = 1e-6, eps: float = 1e-3,
                  unroll: Optional[int] = None, reset_every: int = 100, pairs: int = 4, es_std: float = 0.05,
                  es_params: str = "bias", meta_loss: str = "final", meta_batches: int = 1,
-                 inner_method: str = "zo-finetuner", inner_lr: float = 1e-5, scratch_dir: Optional[str] = None,
+                 inner_method: str = "zo-finetuner", inner_lr: float = 1e-5,
+                 inner_hparams: Optional[dict[str, Union[bool, int, float, str]]] = None, scratch_dir: Optional[str] = None,
                  device_map: Optional[str] = None, offload: Optional[str] = None, seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
                  attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
                  fixed_step: bool = False,
@@ -126,6 +155,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                                  ("inner_method", inner_method, INNER_METHODS)):
             if v not in choices:
                 raise ConfigError(f"--model.{name} must be one of {', '.join(choices)}, got {v!r}")
+        _check_inner_hparams(inner_method, inner_hparams or {}, estimator)
         if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("auto", "fp32", "bf16"):
@@ -227,7 +257,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
 
         unroller = Unroller(self.model, hp.inner_method, lr=hp.inner_lr, eps=hp.eps, size_rule=hp.size_rule,
                             batch_size=self.dm.batch_size, meta_loss=hp.meta_loss, meta_batches=hp.meta_batches,
-                            seed=hp.seed)
+                            seed=hp.seed, **(hp.inner_hparams or {}))
         cls = ES if hp.estimator == "es" else PES
         return cls(self.model, self.policy, self.files, unroller, unroll=hp.unroll, pairs=hp.pairs, std=hp.es_std,
                    params=hp.es_params, reset_every=hp.reset_every, seed=hp.seed, scratch_dir=hp.scratch_dir,
@@ -499,7 +529,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                     "trajectory": {"optimizer": "SGD", "lr": hp.lr_llm, "momentum": hp.momentum,
                                    "reset_every": hp.reset_every}}
         return {"inner_optimizer": {"name": f"{hp.inner_method} with the policy's scales", "lr": hp.inner_lr,
-                                    "eps": hp.eps},
+                                    "eps": hp.eps, **(hp.inner_hparams or {})},
                 "trajectory": {"optimizer": f"{hp.inner_method} with the current policy (zeroth order)",
                                "lr": hp.inner_lr, "reset_every": f"{hp.reset_every * hp.unroll} inner steps"}}
 

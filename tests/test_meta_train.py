@@ -301,6 +301,47 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     assert "lr_policy: 0.05" in again and "eps: 0.01" in again and "max_steps: 7" in again
 
 
+def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer(tiny_base, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """--model.inner_hparams.pool_size sets the deployed zo-finetuner+gv's M (it was fixed at 4); names the method
+    does not declare, bad values, and lr/eps (their own options) are refused in one line before the base loads."""
+    import l2o.optim
+    from meta_train.cli import main
+
+    built, build = [], l2o.optim.build_optimizer
+
+    def recording(name, model, **kw):
+        opt = build(name, model, **kw)
+        built.append((name, opt.hp.get("pool_size"), opt.hp.get("alpha")))
+        return opt
+
+    monkeypatch.setattr(l2o.optim, "build_optimizer", recording)
+    es = ["--estimator", "es", "--model.inner_method", "zo-finetuner+gv", "--model.pairs", "1", "--model.unroll", "1"]
+    out = tmp_path / "run"
+    assert main(_run_args(tiny_base, out, "--max_steps", "1", *es, "--model.inner_hparams.pool_size", "3",
+                          "--model.inner_hparams.alpha", "0.4")) == 0
+    inner = [b for b in built if b[0] == "zo-finetuner+gv"]
+    assert inner and all(b[1:] == (3, 0.4) for b in inner), built
+    card = json.loads((out / "results.json").read_text())["inner_optimizer"]
+    assert card["pool_size"] == 3 and card["alpha"] == 0.4
+    row = [r for r in (out / "policy" / "README.md").read_text().splitlines() if "inner optimizer" in r]
+    assert row == ["| inner optimizer | zo-finetuner+gv with the policy's scales, lr 1e-05, eps 0.001, pool_size 3, "
+                   "alpha 0.4 |"], row
+    capsys.readouterr()
+
+    for extra, needle in [(["--model.inner_hparams.pool_size", "1"], "--model.inner_hparams: zo-finetuner+gv: "
+                           "pool_size must be an integer >= 2, got 1"),
+                          (["--model.inner_hparams.seed", "3"], "--model.inner_hparams.seed: zo-finetuner+gv does not "
+                           "declare seed; it declares weight_decay, pool_size, alpha"),
+                          (["--model.inner_hparams.lr", "0.1"], "--model.inner_hparams.lr: set it with --model.inner_lr")]:
+        assert main(_run_args(tiny_base, tmp_path / "bad", "--max_steps", "1", *es, *extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"meta_train: error: {needle}"], err
+    assert main(_run_args(tiny_base, tmp_path / "bad", "--max_steps", "1", "--model.inner_hparams.pool_size", "3")) == 2
+    assert "--estimator lookahead has none" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch):
     """--trainer.accelerator gpu without CUDA ended in Lightning's traceback; --trainer.* Lightning refuses is one line."""
     from meta_train.cli import main

@@ -76,8 +76,9 @@ def _architecture(config: dict) -> str:
 
 
 def _optimizer(record, hp: dict | None = None) -> str:
-    """"name, lr X, eps Y" from a recorded {name, lr, eps} (or a sentence); for artefacts made before the
-    field existed, the lr and eps from the hyperparameters (eta_meta: the look-ahead's ZO step)."""
+    """"name, lr X, eps Y, ..." from a recorded {name, lr, eps, other hyperparameters such as pool_size} (or a
+    sentence); for artefacts made before the field existed, the lr and eps from the hyperparameters (eta_meta:
+    the look-ahead's ZO step)."""
     if isinstance(record, dict):
         parts = [str(record.get("name") or NOT_RECORDED)]
     elif record:
@@ -85,7 +86,8 @@ def _optimizer(record, hp: dict | None = None) -> str:
     else:
         hp = hp or {}
         record, parts = {"lr": hp.get("eta_meta", hp.get("lower_lr")), "eps": hp.get("eps")}, []
-    parts += [f"{k} {_fmt(record[k])}" for k in ("lr", "eps") if record.get(k) is not None]
+    keys = ["lr", "eps", *(k for k in record if k not in ("name", "lr", "eps"))]
+    parts += [f"{k} {_fmt(record[k])}" for k in keys if record.get(k) is not None]
     return ", ".join(parts) or NOT_RECORDED
 
 

@@ -66,11 +66,12 @@ class UnrollResult:
 
 
 class Unroller:
-    """Runs K inner steps of `method` with a policy from the model's current weights (`run`)."""
+    """Runs K inner steps of `method` with a policy from the model's current weights (`run`). `hparams`: the
+    method's other declared hyperparameters (zo-finetuner+gv: pool_size, alpha, ...); unset ones take its defaults."""
 
     def __init__(self, model: nn.Module, method: str = "zo-finetuner", lr: float = 1e-5, eps: float = 1e-3,
                  size_rule: str = "numel", batch_size: int = 8, meta_loss: str = "final", meta_batches: int = 1,
-                 noise=None, pool_size: int = 4, seed: int = 0):
+                 noise=None, seed: int = 0, **hparams):
         if method not in INNER_METHODS:
             raise ValueError(f"the inner optimizer must be one of {', '.join(INNER_METHODS)}, got {method!r}")
         if meta_loss not in META_LOSSES:
@@ -80,7 +81,7 @@ class Unroller:
         self.model, self.method, self.lr, self.eps = model, method, float(lr), float(eps)
         self.size_rule, self.batch_size, self.noise = size_rule, int(batch_size), noise
         self.meta_loss, self.meta_batches = meta_loss, int(meta_batches)
-        self.extra = {"pool_size": int(pool_size)} if method.endswith("+gv") else {}
+        self.extra = dict(hparams)
         self.seed = int(seed)  # of the inner runs' directions (episode e: inner_seed(seed, e))
 
     def optimizer(self, policy: ZOPolicy, state: InnerState, seed: int, collective=None):

@@ -12,6 +12,8 @@ torch.set_num_threads(2)
 
 import pytest  # noqa: E402
 
+from tests.helpers import BIGBENCH_SDIST  # noqa: E402  (before any test changes $L2O_CACHE)
+
 
 @pytest.fixture(scope="session")
 def tiny_bases(tmp_path_factory):
@@ -57,9 +59,11 @@ def one_thread():
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    """A test with its own l2o cache, no zoo registry, the Hub offline and no proxies (a module opts in with
-    `pytestmark = pytest.mark.usefixtures("isolated")`)."""
+    """A test with its own l2o cache (BIG-bench task files extracted into it from the real cache's sdist), no zoo
+    registry, the Hub offline and no proxies (a module opts in with `pytestmark = pytest.mark.usefixtures("isolated")`)."""
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "l2o-cache"))
+    if BIGBENCH_SDIST.is_file():  # read only; the download itself is tested in test_tasks with a stand-in pip
+        monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(BIGBENCH_SDIST))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):

@@ -14,6 +14,13 @@ import functools
 
 import torch
 
+from l2o.tasks.sources import bigbench_sdist_path
+
+# The bigbench sdist (358 MB) that `make data` fetched into the real cache ($L2O_CACHE or ~/.cache/l2o, or
+# $L2O_BIGBENCH_SDIST), found when the test session starts (conftest imports this module first): a test with its
+# own cache (conftest's `isolated`) extracts its task files from it instead of downloading it again (~30 s each)
+BIGBENCH_SDIST = bigbench_sdist_path()
+
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 _CORPUS = [

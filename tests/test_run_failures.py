@@ -153,6 +153,7 @@ def bad_cache(request, tmp_path, monkeypatch):
                 while f.write(b"\0" * 4096):
                     pass
     monkeypatch.setenv("L2O_CACHE", str(cache))
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)  # the sdist goes into the bad cache too
     yield cache
     if mounted:
         subprocess.run(["umount", "-l", str(cache)], check=True)

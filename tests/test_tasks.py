@@ -641,3 +641,78 @@ def test_single_token_fast_path_equals_full_scoring(peft, monkeypatch):
     slow = torch.split(sums / lens, [len(cands)] * len(batch))
     for f, s in zip(fast, slow):
         assert torch.allclose(f, s, atol=1e-5), (f, s)
+
+
+def _fake_bigbench_sdist(path: Path, tasks=("fake_a", "fake_b")) -> Path:
+    """A stand-in for bigbench-1.0.0.tar.gz: one task.json per task where the real sdist keeps them."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for task in tasks:
+            data = json.dumps({"name": task}).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_bigbench_task_files_come_from_L2O_BIGBENCH_SDIST_without_a_download(monkeypatch, tmp_path):
+    """An offline install (and every test with its own cache) points L2O_BIGBENCH_SDIST at a downloaded sdist."""
+    from zoo import acquire
+
+    sdist = _fake_bigbench_sdist(tmp_path / "elsewhere.tar.gz")
+    before = sdist.read_bytes()
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(sdist))
+    monkeypatch.setattr(acquire.subprocess, "run", lambda *a, **k: pytest.fail(f"downloaded: {a}"))
+    root = acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")
+    assert root == tmp_path / "cache" / "bigbench" / "tasks"
+    assert json.loads((root / "fake_a" / "task.json").read_text()) == {"name": "fake_a"}
+    assert sdist.read_bytes() == before and not (tmp_path / "cache" / "bigbench" / sources.BIGBENCH_SDIST).exists()
+
+
+def test_without_L2O_BIGBENCH_SDIST_the_sdist_is_downloaded_once_into_the_cache(monkeypatch, tmp_path, capsys):
+    """`pip download bigbench==1.0.0` (a stand-in here) into $L2O_CACHE/bigbench, once; a failed download names
+    L2O_BIGBENCH_SDIST as the way out."""
+    import subprocess
+
+    from zoo import acquire
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    calls = []
+
+    def pip(cmd, **kw):
+        calls.append(cmd)
+        assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and cmd[-1] == sources.BIGBENCH_PIP
+        if len(calls) == 1:
+            _fake_bigbench_sdist(Path(cmd[cmd.index("-d") + 1]) / sources.BIGBENCH_SDIST)
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\nERROR: no network")
+
+    monkeypatch.setattr(acquire.subprocess, "run", pip)
+    root = acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")
+    assert (tmp_path / "cache" / "bigbench" / sources.BIGBENCH_SDIST).is_file()
+    assert (root / "fake_a" / "task.json").is_file() and "downloading the BIG-bench task files" in capsys.readouterr().err
+    acquire.fetch_bigbench(["fake_b/task.json"], "fake_b")  # from the cached sdist
+    assert len(calls) == 1 and (root / "fake_b" / "task.json").is_file()
+
+    (tmp_path / "cache" / "bigbench" / sources.BIGBENCH_SDIST).unlink()
+    with pytest.raises(TaskError, match=r"`pip download bigbench==1.0.0` failed \(ERROR: no network\); download "
+                                        r"bigbench-1.0.0.tar.gz elsewhere and set L2O_BIGBENCH_SDIST to its path"):
+        acquire.fetch_bigbench(["fake_c/task.json"], "fake_c")
+    assert [p.name for p in (tmp_path / "cache" / "bigbench").iterdir()] == ["tasks"]  # no download folder left
+
+
+@pytest.mark.usefixtures("isolated")
+def test_a_test_with_its_own_cache_reads_the_sdist_make_data_fetched_instead_of_downloading_it(monkeypatch):
+    """The `isolated` fixture (tests/conftest.py): 358 MB and ~30 s saved per test that meets a BIG-bench task."""
+    from tests.helpers import BIGBENCH_SDIST
+    from zoo import acquire
+
+    if not BIGBENCH_SDIST.is_file():
+        pytest.skip(f"no bigbench sdist at {BIGBENCH_SDIST} (`make data` fetches it)")
+    monkeypatch.setattr(acquire.subprocess, "run", lambda *a, **k: pytest.fail(f"downloaded again: {a}"))
+    root = acquire.fetch_bigbench(["sports_understanding/task.json"], "sports_understanding")
+    assert (root / "sports_understanding" / "task.json").is_file() and root != BIGBENCH_SDIST.parent / "tasks"

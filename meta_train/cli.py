@@ -35,7 +35,7 @@ Meta-train a learned zeroth-order optimizer for a base LLM and publish it to the
                      bilevel-zofo (a meta-learned initialisation, arXiv 2502.03604; meta_train.bilevel)
   --base             base model: alias (smollm2-135m, opt-125m, ...), hub id or local folder
   --tasks            training tasks (default: every offline task); see `fine_tune --list-tasks`
-  --holdout          tasks held out for meta-validation (policy vs MeZO at equal forward passes)
+  --holdout          tasks held out for meta-validation (the deployed method with the policy vs without, equal forwards)
   --estimator        the policy's meta-gradient (zo-finetuner): lookahead (default: the paper's one-step
                      look-ahead, backprop through the LLM), es (antithetic ES over K-step unrolls of the
                      deployed optimizer, forward passes only) or pes (Persistent ES over whole inner runs)

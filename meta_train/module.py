@@ -12,8 +12,10 @@ One training step (manual optimization; the policy's Adam is stepped through Lig
    - `pes`: Persistent ES over whole inner runs truncated into K-step unrolls (unbiased over the horizon);
 2. Adam step on the policy;
 3. every `val_every` steps (and at the end): meta-validation on held-out tasks, i.e. short ZO
-   fine-tunings from the pretrained weights with the current policy vs MeZO at equal forward passes,
-   run on the LLM itself while the trajectory's weights are parked on disk.
+   fine-tunings from the pretrained weights with the deployed inner method (`--model.inner_method`, its
+   `--model.inner_hparams`) with the current policy vs the same method without it (zo-finetuner: MeZO;
+   zo-finetuner+gv: MeZO-GV) at equal forward passes, run on the LLM itself while the trajectory's weights
+   are parked on disk.
 
 Checkpoints hold the policy, its optimizer state and the estimator's state (the look-ahead: the LLM's
 weights and momentum; ES and PES: the ledger records of their ZO runs, kilobytes), so a resumed run
@@ -42,7 +44,6 @@ from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
 
 DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
-BASELINE = {"zo-finetuner": "mezo", "zo-finetuner+gv": "mezo-gv"}  # meta-validation: the method without policy
 
 
 def _check_inner_hparams(method: str, hparams: dict, estimator: str) -> None:
@@ -117,7 +118,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         init_policy: start from this policy (zoo id or artefact folder) instead of a fresh one.
         val_every: steps between meta-validations (0: only at the end).
         val_steps: ZO steps of each meta-validation fine-tuning.
-        val_lr: learning rate of the meta-validation fine-tunings (policy and MeZO alike).
+        val_lr: learning rate of the meta-validation fine-tunings (with and without the policy alike).
         val_tasks: at most this many held-out tasks are meta-validated.
         log_every: steps between sigma histograms / images in TensorBoard.
     """
@@ -387,8 +388,22 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             n += len(chunk)
         return total / max(1, n)
 
+    def _metaval_methods(self) -> tuple[str, str]:
+        """The deployed inner method (with the policy) and its base method (the same without it: its composition,
+        l2o.optim.zo_finetuner.compose), which meta-validation compares."""
+        from l2o.optim import optimizer_class
+
+        method = self.hparams.inner_method
+        return method, optimizer_class(method).base_method
+
+    def _baseline_name(self) -> str:
+        """The baseline as the card and the report name it: the base method and the inner hparams it ran with."""
+        extra = ", ".join(f"{k} {v}" for k, v in sorted((self.hparams.inner_hparams or {}).items()))
+        return self._metaval_methods()[1] + (f" ({extra})" if extra else "")
+
     def meta_validate(self, step: int | None = None) -> dict | None:
-        """Short ZO fine-tunings from the pretrained weights: current policy vs MeZO, equal forward passes.
+        """Short ZO fine-tunings from the pretrained weights: the deployed inner method with the current policy vs
+        the same method (same hyperparameters) without it, equal forward passes.
 
         They run on the LLM itself: the trajectory's weights are parked in a file meanwhile, every
         fine-tuning starts from the model files, and the trajectory comes back bit-identical. Ctrl-C abandons
@@ -396,7 +411,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         hp = self.hparams
         tasks = (self.dm.heldout_task_names or self.dm.train_task_names)[: max(1, hp.val_tasks)]
         policy = ZOPolicy.from_tensors(self.policy.tensors(), self.policy.config())
-        row = {"step": int(self.global_step if step is None else step), "tasks": {}}
+        method, baseline = self._metaval_methods()
+        row = {"step": int(self.global_step if step is None else step), "method": method, "baseline": baseline,
+               "tasks": {}}
         fd, parked = tempfile.mkstemp(prefix="l2o-trajectory-", suffix=".bin")
         os.close(fd)
         training = self.model.training
@@ -405,9 +422,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             self.model.eval()
             for task in tasks:
                 row["tasks"][task] = {}
-                for method in ("zo-finetuner", "mezo"):
+                for name in (method, baseline):
                     self.files.restore()
-                    result = self._short_fine_tune(method, task, policy)
+                    result = self._short_fine_tune(name, task, policy if name == method else None)
                     if result is None:
                         return None
                     row["tasks"][task].update(result)
@@ -415,29 +432,30 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             unpark(self.engine, parked)
             os.remove(parked)
             self.model.train(training)
-        pol = [r["zo-finetuner"] for r in row["tasks"].values()]
-        mez = [r["mezo"] for r in row["tasks"].values()]
-        row["policy_loss"], row["mezo_loss"] = sum(pol) / len(pol), sum(mez) / len(mez)
-        row["improvement"] = row["mezo_loss"] - row["policy_loss"]
+        pol = [r[method] for r in row["tasks"].values()]
+        bas = [r[baseline] for r in row["tasks"].values()]
+        row["policy_loss"], row["baseline_loss"] = sum(pol) / len(pol), sum(bas) / len(bas)
+        row["improvement"] = row["baseline_loss"] - row["policy_loss"]
         self.metaval_history.append(row)
         tb = self._tb()
         if tb is not None:
             for task, r in row["tasks"].items():  # one tag per curve (add_scalars wrote one tag in two runs)
-                tb.add_scalar(f"metaval/{task}/policy_loss", r["zo-finetuner"], row["step"])
-                tb.add_scalar(f"metaval/{task}/mezo_loss", r["mezo"], row["step"])
+                tb.add_scalar(f"metaval/{task}/policy_loss", r[method], row["step"])
+                tb.add_scalar(f"metaval/{task}/{baseline}_loss", r[baseline], row["step"])
             tb.add_scalar("metaval/policy_loss", row["policy_loss"], row["step"])
-            tb.add_scalar("metaval/mezo_loss", row["mezo_loss"], row["step"])
+            tb.add_scalar(f"metaval/{baseline}_loss", row["baseline_loss"], row["step"])
             tb.add_scalar("metaval/improvement", row["improvement"], row["step"])
             tb.flush()
         return row
 
-    def _short_fine_tune(self, method: str, task: str, policy: ZOPolicy) -> dict | None:
-        """`val_steps` ZO steps of `method` on `task`, then its eval loss; None as soon as Ctrl-C asks to stop."""
+    def _short_fine_tune(self, method: str, task: str, policy: ZOPolicy | None) -> dict | None:
+        """`val_steps` ZO steps of `method` (with `policy` if given; the inner hparams either way) on `task`, then
+        its eval loss; None as soon as Ctrl-C asks to stop."""
         from l2o.optim import build_optimizer
 
         hp, fn = self.hparams, self._loss_fn(task)
-        kw = dict(lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
-        if method == "zo-finetuner":
+        kw = dict(hp.inner_hparams or {}, lr=hp.val_lr, eps=hp.eps, seed=hp.seed)
+        if policy is not None:
             kw.update(policy=policy, policy_batch_size=self.dm.batch_size, policy_size_rule=hp.size_rule)
         opt = build_optimizer(method, self.model, **kw)
         try:
@@ -470,7 +488,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         self._pending_state = extra.get("estimator_state")  # loaded in on_train_start, after setup
         self._resumed_step = int(checkpoint.get("global_step", 0))
         self.meta_forwards = int(extra.get("meta_forwards", 0))
-        self.metaval_history = list(extra.get("metaval", []))
+        self.metaval_history = [_named_baseline(r) for r in extra.get("metaval", [])]
         self.meta_history = list(extra.get("history", []))
 
     # ------------------------------------------------------------------ export
@@ -488,17 +506,19 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                 "provenance": {"made_by": f"meta_train --base {hp.base} --estimator {hp.estimator} (this project)"}}
 
     def _evaluation(self, mv: dict | None) -> dict:
-        """The last meta-validation as the card's evaluation: held-out tasks, the seed, policy vs MeZO."""
+        """The last meta-validation as the card's evaluation: held-out tasks, the seed, policy vs the base method."""
         if not mv:
             return {}
         hp = self.hparams
-        return {"summary": f"Meta-validation at meta-step {mv['step']}: {hp.val_steps} ZO steps (lr {hp.val_lr}, eps "
-                           f"{hp.eps}) from the pretrained weights on each held-out task, then its eval loss; MeZO "
-                           "with the same forward passes. One seed, so no interval.",
-                "baseline": "MeZO", "metric": f"eval loss after {hp.val_steps} ZO steps (lower is better)",
+        method, baseline = mv["method"], mv["baseline"]
+        return {"summary": f"Meta-validation at meta-step {mv['step']}: {hp.val_steps} ZO steps of {method} with the "
+                           f"policy (lr {hp.val_lr}, eps {hp.eps}) from the pretrained weights on each held-out task, "
+                           f"then its eval loss; {self._baseline_name()} (the same method without the policy) with "
+                           "the same forward passes. One seed, so no interval.",
+                "baseline": self._baseline_name(), "metric": f"eval loss after {hp.val_steps} ZO steps (lower is better)",
                 "seeds": [hp.seed],
-                "rows": [{"task": t, "value": r["zo-finetuner"], "baseline_value": r["mezo"],
-                          "difference": r["zo-finetuner"] - r["mezo"]} for t, r in mv["tasks"].items()]}
+                "rows": [{"task": t, "value": r[method], "baseline_value": r[baseline],
+                          "difference": r[method] - r[baseline]} for t, r in mv["tasks"].items()]}
 
     def _estimator_card(self) -> str:
         hp = self.hparams
@@ -555,8 +575,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                  "forward passes)"]
         mv = summary["meta_validation"]
         if mv:
-            lines.append(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs MeZO "
-                         f"{mv['mezo_loss']:.4f} at equal forward passes")
+            lines.append(f"  meta-validation ({', '.join(mv['tasks'])}): policy loss {mv['policy_loss']:.4f} vs "
+                         f"{self._baseline_name()} {mv['baseline_loss']:.4f} ({mv['method']} without the policy) at "
+                         "equal forward passes")
         return lines
 
 
@@ -583,6 +604,14 @@ def _rank_gpus(module) -> list[int]:
     per = max(1, visible // procs)
     first = (module.local_rank if trainer is not None else 0) * per
     return list(range(first, min(visible, first + per)))
+
+
+def _named_baseline(row: dict) -> dict:
+    """A meta-validation row of a checkpoint written before rows named their methods: zo-finetuner vs mezo."""
+    row = {"method": "zo-finetuner", "baseline": "mezo", **row}
+    if "mezo_loss" in row:
+        row.setdefault("baseline_loss", row.pop("mezo_loss"))
+    return row
 
 
 def _mean(values):

@@ -303,7 +303,9 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
 
 def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer(tiny_base, tmp_path, capsys,
                                                                                   monkeypatch):
-    """--model.inner_hparams.pool_size sets the deployed zo-finetuner+gv's M (it was fixed at 4); names the method
+    """--model.inner_hparams.pool_size sets the deployed zo-finetuner+gv's M (it was fixed at 4), in the inner runs
+    and in meta-validation, which compares zo-finetuner+gv with the policy against mezo-gv (the same method without
+    it, same hyperparameters; it was zo-finetuner vs mezo whatever was deployed) and says so; names the method
     does not declare, bad values, and lr/eps (their own options) are refused in one line before the base loads."""
     import l2o.optim
     from meta_train.cli import main
@@ -312,22 +314,38 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
 
     def recording(name, model, **kw):
         opt = build(name, model, **kw)
-        built.append((name, opt.hp.get("pool_size"), opt.hp.get("alpha")))
+        built.append((name, opt.hp.get("pool_size"), opt.hp.get("alpha"), kw.get("lr"), kw.get("policy") is not None))
         return opt
 
     monkeypatch.setattr(l2o.optim, "build_optimizer", recording)
     es = ["--estimator", "es", "--model.inner_method", "zo-finetuner+gv", "--model.pairs", "1", "--model.unroll", "1"]
     out = tmp_path / "run"
     assert main(_run_args(tiny_base, out, "--max_steps", "1", *es, "--model.inner_hparams.pool_size", "3",
-                          "--model.inner_hparams.alpha", "0.4")) == 0
-    inner = [b for b in built if b[0] == "zo-finetuner+gv"]
-    assert inner and all(b[1:] == (3, 0.4) for b in inner), built
-    card = json.loads((out / "results.json").read_text())["inner_optimizer"]
+                          "--model.inner_hparams.alpha", "0.4", "--model.val_lr", "3e-5")) == 0
+    inner = [b for b in built if b[3] == 1e-5]
+    assert inner and all(b[:3] == ("zo-finetuner+gv", 3, 0.4) and b[4] for b in inner), built
+    metaval = [b for b in built if b[3] == 3e-5]  # one held-out task: one fine-tuning with the policy, one without
+    assert metaval == [("zo-finetuner+gv", 3, 0.4, 3e-5, True), ("mezo-gv", 3, 0.4, 3e-5, False)], built
+    results = json.loads((out / "results.json").read_text())
+    card = results["inner_optimizer"]
     assert card["pool_size"] == 3 and card["alpha"] == 0.4
-    row = [r for r in (out / "policy" / "README.md").read_text().splitlines() if "inner optimizer" in r]
+    mv = results["meta_validation"]
+    assert (mv["method"], mv["baseline"]) == ("zo-finetuner+gv", "mezo-gv")
+    assert set(mv["tasks"]["winowhy"]) >= {"zo-finetuner+gv", "mezo-gv"}
+    assert mv["improvement"] == pytest.approx(mv["baseline_loss"] - mv["policy_loss"])
+    readme = (out / "policy" / "README.md").read_text()
+    row = [r for r in readme.splitlines() if "inner optimizer" in r]
     assert row == ["| inner optimizer | zo-finetuner+gv with the policy's scales, lr 1e-05, eps 0.001, pool_size 3, "
                    "alpha 0.4 |"], row
-    capsys.readouterr()
+    assert "baseline: mezo-gv (alpha 0.4, pool_size 3)." in readme and "MeZO" not in readme
+    assert "vs mezo-gv (alpha 0.4, pool_size 3)" in capsys.readouterr().out
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert {"metaval/mezo-gv_loss", "metaval/winowhy/mezo-gv_loss"} <= set(acc.Tags()["scalars"])
+    assert not any("mezo_loss" in t for t in acc.Tags()["scalars"])
 
     for extra, needle in [(["--model.inner_hparams.pool_size", "1"], "--model.inner_hparams: zo-finetuner+gv: "
                            "pool_size must be an integer >= 2, got 1"),

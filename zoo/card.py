@@ -149,13 +149,14 @@ def evaluation_lines(config: dict, card: dict | None = None) -> list[str]:
         lines.append("")
     mv = training.get("meta_validation")
     if not ev and isinstance(mv, dict) and mv.get("tasks"):
+        method, base = mv.get("method", "zo-finetuner"), mv.get("baseline", "mezo")  # unnamed: the first rows' pair
         lines += [f"Meta-validation at step {mv.get('step', '?')} (one run, so no interval): loss after a short ZO "
-                  "fine-tuning of each held-out task from the pretrained weights, against MeZO at equal forward "
-                  "passes.", "",
-                  "| task | this optimizer | MeZO |", "|---|---|---|"]
+                  f"fine-tuning of each held-out task from the pretrained weights, {method} with the policy against "
+                  f"{base} (the same method without it) at equal forward passes.", "",
+                  f"| task | this optimizer | {base} |", "|---|---|---|"]
         for task, v in mv["tasks"].items():
-            policy = v.get("zo-finetuner", v.get("policy"))
-            lines.append(f"| {task} | {_fmt(policy)} | {_fmt(v.get('mezo'))} |")
+            policy = v.get(method, v.get("policy"))
+            lines.append(f"| {task} | {_fmt(policy)} | {_fmt(v.get(base))} |")
         lines.append("")
     metrics = card.get("metrics") or training.get("metrics") or {}
     if metrics:

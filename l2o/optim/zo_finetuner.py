@@ -4,7 +4,8 @@ Composition, not a new update rule: a `PolicyScales` (l2o.policy) is passed as `
 method, so each step perturbs and updates along nf * sigma_b * d_b, d_b the base method's direction in block b.
 The mixin only feeds each step's L+/L- pair back to the policy's features and carries its state through
 `state_dict()`. `compose(Base, suffix)` builds the variant `zo-finetuner+<base>`; each is one line below and one
-registry line in l2o/optim/__init__.py.
+registry line in l2o/optim/__init__.py. A variant's `base_method` names the method it composes (zo-finetuner+gv:
+mezo-gv): the same method without the policy, the baseline meta_train's meta-validation compares it with.
 
     opt = build_optimizer("zo-finetuner", model, policy=zoo.learned.load_policy("smollm2-135m/zo-finetuner"), lr=1e-6)
 
@@ -94,7 +95,8 @@ def compose(base: type[ZOOptimizer], suffix: str, method: str | None = None) -> 
     return type(name, (_PolicyMixin, base), {
         "__module__": __name__, "__qualname__": name,
         "__doc__": f"{base.__name__} with a learned policy's per-block scales (see the module docstring).",
-        "method": method or f"zo-finetuner+{base.method}", "paper": PAPER, "summary": base.summary + SCALED})
+        "method": method or f"zo-finetuner+{base.method}", "base_method": base.method, "paper": PAPER,
+        "summary": base.summary + SCALED})
 
 
 ZOFineTuner = compose(MeZO, "", "zo-finetuner")

@@ -49,7 +49,8 @@ def _add_process_args(p: argparse.ArgumentParser, S) -> None:
     d.add_argument("--devices", type=int, default=S, help="processes per node, one device each (default 1)")
     d.add_argument("--num-nodes", type=int, default=S, help="nodes (torchrun/SLURM launch them; default 1)")
     d.add_argument("--strategy", choices=STRATEGIES, default=S, help="ddp (auto: ddp when more than one process)")
-    d.add_argument("--accelerator", choices=ACCELERATORS, default=S, help="cpu (gloo) or gpu (nccl); auto: gpu if any")
+    d.add_argument("--accelerator", metavar="{" + ",".join(ACCELERATORS) + "}", default=S,  # the config checks it
+                   help="cpu (gloo) or gpu (nccl); auto: gpu if any")
     d.add_argument("--parallel", choices=PARALLEL, default=S,
                    help="data: each process evaluates a shard of the batch; direction: each evaluates a share of "
                         "the step's directions (bit-identical to 1 process); auto (default): direction when the "

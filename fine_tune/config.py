@@ -155,7 +155,7 @@ class RunOptions:
         for name in ("devices", "num_nodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
-        for name, choices in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("parallel", PARALLEL)):
+        for name, choices in (("strategy", STRATEGIES), ("parallel", PARALLEL)):  # --accelerator: _check_accelerator
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not isinstance(self.check_every, int) or self.check_every < 0:
@@ -196,10 +196,11 @@ class RunOptions:
                               "--device-map and --offload apply to the zeroth-order optimizers")
 
     def _check_accelerator(self) -> None:
-        """--accelerator gpu needs CUDA (it used to run on the CPU without a word) and agrees with --device."""
+        """--accelerator is one of ACCELERATORS and usable here (gpu needs CUDA: it used to run on the CPU without a
+        word) and agrees with --device."""
         from l2o.integrations.lightning.accelerators import check_accelerator
 
-        check_accelerator(self.accelerator, "--accelerator")
+        check_accelerator(self.accelerator, "--accelerator", supported=ACCELERATORS)
         wants = {"gpu": ("cuda",), "cpu": ("cpu",)}.get(self.accelerator)
         if wants and self.device != "auto" and not self.device.startswith(wants):
             raise ConfigError(f"--accelerator {self.accelerator} and --device {self.device} disagree; drop one of them")

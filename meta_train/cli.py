@@ -187,7 +187,7 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
 
             check_accelerator(self.config["trainer.accelerator"], "--trainer.accelerator", gpu_is_cuda=False)
             if "device" in model_params:
-                check_accelerator(self.config["model.device"], "--model.device")
+                check_accelerator(self.config["model.device"], "--model.device", device=True)
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.loggers import TensorBoardLogger

@@ -209,6 +209,19 @@ def test_accelerator_gpu_without_cuda_is_one_line_and_not_a_cpu_run(tmp_path, ca
     assert resolve_device(FineTuneConfig(task="sst2")) == "cuda"
 
 
+def test_an_accelerator_fine_tune_does_not_run_on_names_what_it_runs_on(tmp_path, capsys, monkeypatch):
+    """--accelerator tpu (flag or config file): one line with fine_tune's choices and what this machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: sst2\naccelerator: tpu\n")
+    for argv in (["--task", "sst2", "--accelerator", "tpu"], ["--config", str(cfg)]):
+        assert main([*argv, "--print-config"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["fine_tune: error: --accelerator tpu: this command runs on auto, cpu, gpu (this machine has: "
+                       "cpu)"], err
+
+
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("task: boolq\nlearning_rate: 1\n")

@@ -361,13 +361,21 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
 
 
 def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch):
-    """--trainer.accelerator gpu without CUDA ended in Lightning's traceback; --trainer.* Lightning refuses is one line."""
+    """--trainer.accelerator gpu without CUDA, tpu without torch_xla and a name Lightning does not know ended in
+    Lightning's tracebacks; --trainer.* Lightning refuses is one line."""
+    from lightning.pytorch.accelerators import XLAAccelerator
+
     from meta_train.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(XLAAccelerator, "is_available", staticmethod(lambda: False))
     for argv, needle in [(["--trainer.accelerator", "gpu"], "--trainer.accelerator gpu: this machine has no usable "
                           "CUDA device (available: cpu); use --trainer.accelerator cpu or auto"),
+                         (["--trainer.accelerator", "tpu"], "--trainer.accelerator tpu: this machine has no usable "
+                          "tpu accelerator (available: cpu); use --trainer.accelerator cpu or auto"),
+                         (["--trainer.accelerator", "npu"], "--trainer.accelerator npu: no such accelerator; Lightning "
+                          "knows auto, gpu, cpu, cuda, mps, tpu (this machine has: cpu)"),
                          (["--method", "bilevel-zofo", "--model.device", "cuda:1"], "--model.device cuda:1: this "
                           "machine has no usable CUDA device"),
                          (["--trainer.devices", "0"], "--trainer options: `Trainer(devices='0')` value is not a valid")]:
@@ -375,6 +383,23 @@ def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"meta_train: error: {needle}"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_accelerators_come_from_lightnings_registry(monkeypatch):
+    """Whether a name is known and usable is Lightning's AcceleratorRegistry's answer, not a list of ours."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry, XLAAccelerator
+
+    from l2o.errors import ConfigError
+    from l2o.integrations.lightning.accelerators import available, check_accelerator
+
+    monkeypatch.setattr(XLAAccelerator, "is_available", staticmethod(lambda: True))
+    check_accelerator("tpu", "--trainer.accelerator", gpu_is_cuda=False)  # usable: no error
+    assert "tpu" in available()
+    monkeypatch.setitem(AcceleratorRegistry, "npu", {"accelerator": XLAAccelerator, "description": "", "init_params": {}})
+    check_accelerator("npu", "--trainer.accelerator", gpu_is_cuda=False)
+    monkeypatch.setattr(XLAAccelerator, "is_available", staticmethod(lambda: 1 / 0))  # a broken check: not usable
+    with pytest.raises(ConfigError, match="no usable npu accelerator"):
+        check_accelerator("npu", "--trainer.accelerator", gpu_is_cuda=False)
 
 
 def test_help_imports_no_torch_or_lightning():

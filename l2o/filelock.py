@@ -11,6 +11,9 @@
   ledger and the apps' checkpoints use it).
 - ``remove_stale_temps(folder)``: the temp files of atomic writes a ``kill -9`` interrupted (a run calls it
   on its ``--out`` once it holds the folder's lock).
+- ``writer_folder(parent, prefix)`` / ``remove_dead_writers(parent, prefix)``: a temp folder a process writes
+  into (a download, a conversion into the cache) held by a lock file beside it, and the removal of those whose
+  writer died, never a live writer's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import fcntl
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 from l2o.errors import UserError
@@ -27,6 +32,8 @@ from l2o.errors import UserError
 RUN_LOCK_NAME = ".lock"
 # write_atomic's temp file beside its target: .tmp-<target name>-<12 hex digits>
 _TMP_NAME = re.compile(r"\.tmp-.+-[0-9a-f]{12}")
+WRITER_LOCK_SUFFIX = ".lock"  # writer_folder's lock file: <folder name>.lock beside the folder
+_MKSTEMP_CHARS = "[a-z0-9_]{8}"  # the random part of a tempfile.mkstemp name (CPython's _RandomNameSequence)
 
 
 class FolderLockedError(UserError):
@@ -151,4 +158,58 @@ def remove_stale_temps(folder: Path) -> int:
                 except OSError:  # gone meanwhile, or not ours to remove: left as it is
                     continue
                 removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def writer_folder(parent: Path, prefix: str):
+    """A new folder ``parent/<prefix><8 random characters>`` for the body to write into (a download, a conversion),
+    held by this process: its lock file ``<folder>.lock`` beside it is created and flock'ed before the folder
+    exists and removed only after the folder is gone (moved into place by the body, or removed here). So
+    ``remove_dead_writers`` can tell a folder a killed writer left from a live writer's."""
+    fd, lock = tempfile.mkstemp(prefix=prefix, suffix=WRITER_LOCK_SUFFIX, dir=parent)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        folder = Path(lock[: -len(WRITER_LOCK_SUFFIX)])
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def remove_dead_writers(parent: Path, prefix: str) -> int:
+    """Remove the folders ``writer_folder(parent, prefix)`` made whose writer died (``kill -9``, a lost node), and
+    their lock files; returns how many folders. Only that exact name (``<prefix><8 characters>`` with its
+    ``.lock``) is looked at. A folder whose lock a live writer holds is left, and so is one without a lock file
+    (its writer cannot be told: code from before these locks)."""
+    name = re.compile(re.escape(prefix) + _MKSTEMP_CHARS + re.escape(WRITER_LOCK_SUFFIX))
+    try:
+        locks = [e.name for e in os.scandir(parent) if name.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    except OSError:  # no such folder (yet), or not ours to read
+        return 0
+    removed = 0
+    for lock in locks:
+        try:
+            fd = os.open(Path(parent, lock), os.O_RDWR)  # never O_CREAT: a lock its writer removed stays removed
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's
+            folder = Path(parent, lock[: -len(WRITER_LOCK_SUFFIX)])
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += not folder.exists()
+            if not folder.exists():
+                with contextlib.suppress(OSError):
+                    os.unlink(Path(parent, lock))  # while held: a writer that opened it meanwhile finds it gone
+        finally:
+            os.close(fd)
     return removed

@@ -312,6 +312,24 @@ def hold_run_folder(folder, writing: str | None = None):
     return proc
 
 
+def hold_writer_folder(parent, prefix: str):
+    """Another process half-way through writing into `l2o.filelock.writer_folder(parent, prefix)` (as a download
+    into the cache would be) until killed; returns it and its folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import pathlib, sys, time; from l2o.filelock import writer_folder\n"
+            "with writer_folder(pathlib.Path(sys.argv[1]), sys.argv[2]) as d:\n"
+            "    (d / 'half.bin').write_bytes(b'half'); print(d, flush=True); time.sleep(300)")
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(parent), prefix], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    folder = Path(proc.stdout.readline().strip())
+    assert (folder / "half.bin").is_file(), folder
+    return proc, folder
+
+
 def run_fine_tune_filling_disk_at(step: int, filler: str, argv: list[str]) -> None:
     """The `fine_tune` CLI on `argv` whose filesystem fills up once `step` steps are done (it writes `filler`
     until no space is left), so that its next checkpoint meets a full disk; exits with the CLI's exit code.

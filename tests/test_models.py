@@ -168,6 +168,27 @@ def test_embedded_needs_its_package(monkeypatch):
         load_base("smollm2-135m")
 
 
+def test_a_conversion_killed_mid_way_leaves_a_folder_the_next_build_removes(tmp_path, capsys):
+    """kill -9 during a conversion into the cache (the embedded base, its tokenizer) left .<target>.tmp-* there for
+    good; the next build of that target removes it and says so, but not another target's."""
+    import signal
+
+    from tests.helpers import hold_writer_folder
+    from zoo.acquire import _atomic_build
+
+    target = tmp_path / "models" / "m"
+    writer, folder = hold_writer_folder(target.parent, ".m.tmp-")
+    other, theirs = hold_writer_folder(target.parent, ".other.tmp-")
+    for proc in (writer, other):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _atomic_build(target, lambda tmp: (tmp / "w").write_text("x")) == target
+    assert (target / "w").read_text() == "x" and not folder.exists() and (theirs / "half.bin").is_file()
+    assert f"removed 1 stale temp folder(s) .m.tmp-* that an interrupted download or conversion left in " \
+           f"{target.parent}" in capsys.readouterr().err
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["m", theirs.name, theirs.name + ".lock"])
+
+
 def test_atomic_build_leaves_nothing_on_failure(tmp_path):
     from zoo.acquire import _atomic_build
 

@@ -705,6 +705,45 @@ def test_without_L2O_BIGBENCH_SDIST_the_sdist_is_downloaded_once_into_the_cache(
     assert [p.name for p in (tmp_path / "cache" / "bigbench").iterdir()] == ["tasks"]  # no download folder left
 
 
+def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and_nothing_else(monkeypatch, tmp_path,
+                                                                                               capsys):
+    """kill -9 during the sdist's download left .bigbench-dl-* in the cache for good; the next download removes a
+    dead writer's folder (and says so), never a live writer's, one without a lock file or a foreign name."""
+    import signal
+    import subprocess
+
+    from tests.helpers import hold_writer_folder
+    from zoo import acquire
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    cache = tmp_path / "cache" / "bigbench"
+
+    def pip(cmd, **kw):
+        _fake_bigbench_sdist(Path(cmd[cmd.index("-d") + 1]) / sources.BIGBENCH_SDIST)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(acquire.subprocess, "run", pip)
+    writer, folder = hold_writer_folder(cache, ".bigbench-dl-")
+    try:
+        assert folder.parent == cache and folder.name.startswith(".bigbench-dl-")
+        acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")  # a download beside a live one
+        assert (folder / "half.bin").is_file() and "stale" not in capsys.readouterr().err
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert (folder / "half.bin").is_file()  # what the killed download left
+    foreign = [cache / ".bigbench-dl-oldcode1", cache / "bigbench-dl-abcdefgh", cache / ".bigbench-dl-notes"]
+    for f in foreign:  # the first: no lock file, as the code before the locks left them
+        f.mkdir()
+    (cache / sources.BIGBENCH_SDIST).unlink()  # the next download
+    acquire.fetch_bigbench(["fake_b/task.json"], "fake_b")
+    assert not folder.exists() and not folder.with_name(folder.name + ".lock").exists()
+    assert f"removed 1 stale temp folder(s) .bigbench-dl-* that an interrupted download or conversion left in {cache}" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in cache.iterdir()) == sorted([sources.BIGBENCH_SDIST, "tasks", *(f.name for f in foreign)])
+
+
 @pytest.mark.usefixtures("isolated")
 def test_a_test_with_its_own_cache_reads_the_sdist_make_data_fetched_instead_of_downloading_it(monkeypatch):
     """The `isolated` fixture (tests/conftest.py): 358 MB and ~30 s saved per test that meets a BIG-bench task."""

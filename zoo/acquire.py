@@ -8,25 +8,27 @@
 
 The apps call `ensure_base` and `ensure_task` before loading; `make data` runs `python -m zoo.acquire`.
 Without network, a hub access fails within seconds (a short reachability probe) with one sentence,
-instead of the Hub client's minute of retries.
+instead of the Hub client's minute of retries. Downloads and conversions write into a temp folder beside their
+target (`.bigbench-dl-*`, `.<target>.tmp-*`) held by its writer's lock (l2o.filelock.writer_folder); the next one
+to start there removes those a killed writer left, and says so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
 
 from l2o.cache import check_free, hub_offline, writing_cache
 from l2o.errors import UserError
-from l2o.filelock import write_atomic, write_bytes_atomic
+from l2o.filelock import remove_dead_writers, write_atomic, write_bytes_atomic, writer_folder
 
 from .transfer import PROBE_TIMEOUT_S
 
@@ -96,11 +98,19 @@ def _atomic_build(target: Path, build, need_bytes: int = 0, what: str = "it") ->
         return _build_into(target, build)
 
 
+def _writer_folder(parent: Path, prefix: str):
+    """`writer_folder(parent, prefix)`, after removing the folders of that name whose writer was killed (one line)."""
+    removed = remove_dead_writers(parent, prefix)
+    if removed:
+        print(f"removed {removed} stale temp folder(s) {prefix}* that an interrupted download or conversion left in "
+              f"{parent}", file=sys.stderr)
+    return writer_folder(parent, prefix)
+
+
 def _build_into(target: Path, build) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with _writer_folder(target.parent, f".{target.name}.tmp-") as tmp:
+        os.chmod(tmp, 0o755)
         build(tmp)
         (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
         if target.exists():  # a stale, incomplete folder from an older layout
@@ -113,9 +123,6 @@ def _build_into(target: Path, build) -> Path:
             if (target / ".complete").is_file():  # lost a race to another process: theirs is complete
                 return target
             raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -221,13 +228,13 @@ def _download_bigbench_sdist(task: str) -> Path:
     target = bigbench_sdist_path()
     if target.is_file():
         return target
-    with writing_cache(target.parent):
-        check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".bigbench-dl-", dir=target.parent))
-    print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
-          file=sys.stderr)
-    try:
+    with contextlib.ExitStack() as held:
+        with writing_cache(target.parent):
+            check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = held.enter_context(_writer_folder(target.parent, ".bigbench-dl-"))
+        print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
+              file=sys.stderr)
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),
                                BIGBENCH_PIP], capture_output=True, text=True)
         got = tmp / BIGBENCH_SDIST
@@ -237,8 +244,6 @@ def _download_bigbench_sdist(task: str) -> Path:
                 f"task {task!r} needs BIG-bench task files, but `pip download {BIGBENCH_PIP}` failed "
                 f"({last[0]}); download {BIGBENCH_SDIST} elsewhere and set L2O_BIGBENCH_SDIST to its path")
         os.replace(got, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -12,8 +12,8 @@
 - ``remove_stale_temps(folder)``: the temp files of atomic writes a ``kill -9`` interrupted (a run calls it
   on its ``--out`` once it holds the folder's lock).
 - ``writer_folder(parent, prefix)`` / ``remove_dead_writers(parent, prefix)``: a temp folder a process writes
-  into (a download, a conversion into the cache) held by a lock file beside it, and the removal of those whose
-  writer died, never a live writer's.
+  into (a download or conversion into the cache, a zoo entry's staging) held by a lock file beside it, and the
+  removal of those whose writer died, never a live writer's (each new writer_folder does it first).
 """
 
 from __future__ import annotations
@@ -162,11 +162,16 @@ def remove_stale_temps(folder: Path) -> int:
 
 
 @contextlib.contextmanager
-def writer_folder(parent: Path, prefix: str):
+def writer_folder(parent: Path, prefix: str, log=None):
     """A new folder ``parent/<prefix><8 random characters>`` for the body to write into (a download, a conversion),
     held by this process: its lock file ``<folder>.lock`` beside it is created and flock'ed before the folder
     exists and removed only after the folder is gone (moved into place by the body, or removed here). So
-    ``remove_dead_writers`` can tell a folder a killed writer left from a live writer's."""
+    ``remove_dead_writers`` can tell a folder a killed writer left from a live writer's; it runs first, and
+    ``log`` (a callable taking one line; default stderr) says how many it removed, if any."""
+    removed = remove_dead_writers(parent, prefix)
+    if removed:
+        (log or _stderr)(f"removed {removed} stale temp folder(s) {prefix}* that an interrupted download or copy "
+                         f"left in {parent}")
     fd, lock = tempfile.mkstemp(prefix=prefix, suffix=WRITER_LOCK_SUFFIX, dir=parent)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -213,3 +218,9 @@ def remove_dead_writers(parent: Path, prefix: str) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)

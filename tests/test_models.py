@@ -184,7 +184,7 @@ def test_a_conversion_killed_mid_way_leaves_a_folder_the_next_build_removes(tmp_
         proc.wait()
     assert _atomic_build(target, lambda tmp: (tmp / "w").write_text("x")) == target
     assert (target / "w").read_text() == "x" and not folder.exists() and (theirs / "half.bin").is_file()
-    assert f"removed 1 stale temp folder(s) .m.tmp-* that an interrupted download or conversion left in " \
+    assert f"removed 1 stale temp folder(s) .m.tmp-* that an interrupted download or copy left in " \
            f"{target.parent}" in capsys.readouterr().err
     assert sorted(p.name for p in target.parent.iterdir()) == sorted(["m", theirs.name, theirs.name + ".lock"])
 

@@ -739,7 +739,7 @@ def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and
     (cache / sources.BIGBENCH_SDIST).unlink()  # the next download
     acquire.fetch_bigbench(["fake_b/task.json"], "fake_b")
     assert not folder.exists() and not folder.with_name(folder.name + ".lock").exists()
-    assert f"removed 1 stale temp folder(s) .bigbench-dl-* that an interrupted download or conversion left in {cache}" \
+    assert f"removed 1 stale temp folder(s) .bigbench-dl-* that an interrupted download or copy left in {cache}" \
         in capsys.readouterr().err
     assert sorted(p.name for p in cache.iterdir()) == sorted([sources.BIGBENCH_SDIST, "tasks", *(f.name for f in foreign)])
 

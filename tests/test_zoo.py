@@ -574,6 +574,36 @@ def test_mirror_for_offline_machines(registry, tmp_path, monkeypatch, capsys):
     assert verify("smollm2-135m/zo-finetuner@1")
 
 
+def test_a_download_or_mirror_killed_mid_way_leaves_staging_the_next_one_there_removes(registry, tmp_path, capsys):
+    """kill -9 during a download into the cache or a mirror into a registry left its .staging-* there for good; the
+    next download or mirror there removes a dead writer's (and says so in one line), never a live writer's."""
+    import signal
+
+    from tests.helpers import hold_writer_folder
+    from zoo.resolve import cache_root
+
+    cache, to = cache_root(), tmp_path / "mirror"
+    dead = [hold_writer_folder(cache, ".staging-"), hold_writer_folder(to, ".staging-")]
+    live, live_folder = hold_writer_folder(cache, ".staging-")
+    try:
+        for proc, _ in dead:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert all((folder / "half.bin").is_file() for _, folder in dead)
+        rc, _, err = run_cli(capsys, "download", "smollm2-135m/zo-finetuner@1", "--registry", str(registry))
+        assert rc == 0 and err.strip().splitlines() == [
+            f"removed 1 stale temp folder(s) .staging-* that an interrupted download or copy left in {cache}"], err
+        assert not dead[0][1].exists() and (live_folder / "half.bin").is_file()
+        rc, _, err = run_cli(capsys, "mirror", "--to", str(to), "--registry", str(registry), "smollm2-135m/zo-finetuner@1")
+        assert rc == 0 and err.strip().splitlines() == [
+            f"removed 1 stale temp folder(s) .staging-* that an interrupted download or copy left in {to}"], err
+        assert not dead[1][1].exists() and not any(p.name.startswith(".staging-") for p in to.iterdir())
+        assert (live_folder / "half.bin").is_file()
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+
+
 # ----------------------------------------------------------------------------- CLI surface
 def test_cli_help_and_usage_errors(capsys, tmp_path, monkeypatch):
     rc, out, _ = run_cli(capsys, "--help")

@@ -28,7 +28,7 @@ from typing import Iterable
 
 from l2o.cache import check_free, hub_offline, writing_cache
 from l2o.errors import UserError
-from l2o.filelock import remove_dead_writers, write_atomic, write_bytes_atomic, writer_folder
+from l2o.filelock import write_atomic, write_bytes_atomic, writer_folder
 
 from .transfer import PROBE_TIMEOUT_S
 
@@ -98,18 +98,9 @@ def _atomic_build(target: Path, build, need_bytes: int = 0, what: str = "it") ->
         return _build_into(target, build)
 
 
-def _writer_folder(parent: Path, prefix: str):
-    """`writer_folder(parent, prefix)`, after removing the folders of that name whose writer was killed (one line)."""
-    removed = remove_dead_writers(parent, prefix)
-    if removed:
-        print(f"removed {removed} stale temp folder(s) {prefix}* that an interrupted download or conversion left in "
-              f"{parent}", file=sys.stderr)
-    return writer_folder(parent, prefix)
-
-
 def _build_into(target: Path, build) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _writer_folder(target.parent, f".{target.name}.tmp-") as tmp:
+    with writer_folder(target.parent, f".{target.name}.tmp-") as tmp:
         os.chmod(tmp, 0o755)
         build(tmp)
         (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
@@ -232,7 +223,7 @@ def _download_bigbench_sdist(task: str) -> Path:
         with writing_cache(target.parent):
             check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = held.enter_context(_writer_folder(target.parent, ".bigbench-dl-"))
+            tmp = held.enter_context(writer_folder(target.parent, ".bigbench-dl-"))
         print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
               file=sys.stderr)
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),

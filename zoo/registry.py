@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from l2o.filelock import writer_folder
 
 from .artefact import CARD_NAME, check_artefact_dir
 from .card import card_front_matter
@@ -43,19 +44,17 @@ def default_base(base_model: str) -> str:
 
 
 def _install(root: Path, entry_id: str, files: dict, src_folder: Path) -> None:
-    """Copy ``files`` from ``src_folder`` to ``root/base/name/version`` (verified, via staging)."""
+    """Copy ``files`` from ``src_folder`` to ``root/base/name/version`` (verified, via a staging folder held by its
+    writer's lock: a publish or mirror killed mid-way leaves one, which the next one here removes)."""
     target = root / entry_layout(entry_id)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    try:
+    with writer_folder(root, ".staging-") as staging:
         for name, meta in files.items():  # a failure is copy_verified's TransferError, which names the file
             copy_verified(src_folder / name, staging / name, meta["sha256"], meta["size"], name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # an orphan folder without a manifest entry: replace it
             shutil.rmtree(target)
         os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish(artefact_dir, registry, *, name: str | None = None, version: str | int | None = None,

@@ -24,7 +24,9 @@ Cache layout (nothing is ever overwritten in place; versions never clobber each 
     <cache>/zoo.json                                        index of downloaded entries
 
 Files are streamed into ``<cache>/.staging-*`` and renamed into ``blobs`` only once every file of
-the entry verified; any failure removes the staging folder, so the cache is unchanged.
+the entry verified; any failure removes the staging folder, so the cache is unchanged. The staging folder is
+held by its writer's lock (``l2o.filelock.writer_folder``), so the next download removes one a killed download
+left (and says so in one line), never a live one's.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from l2o.cache import writing_cache
+from l2o.filelock import writer_folder
 
 from .artefact import not_an_artefact_folder
 from .errors import IntegrityError, ZooError
@@ -263,42 +265,35 @@ def _fetch(entry: dict, manifest: Manifest, root: Path) -> Path:
         _update_index(root, entry, manifest)
         return folder
     created_top = first_missing_ancestor(root)
-    staging = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-        staged = _stage(entry, manifest, root, staging)
-        tmp_folder = staging / "entry"
-        tmp_folder.mkdir()
-        for fname, meta in entry["files"].items():
-            _link_or_copy(staged.get(meta["sha256"]) or blob_path(root, meta["sha256"]), tmp_folder / fname)
-        if is_remote(entry):
-            _convert(tmp_folder, entry)
-        # Every file verified (and converted): commit blobs, then move the entry folder into place.
-        for hexdigest, path in staged.items():
-            blob = blob_path(root, hexdigest)
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, blob)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp_folder, folder)
-        except OSError:  # another process installed the same entry meanwhile: use it if it verifies
-            if verify_folder(folder, entry):
-                raise
+        with writer_folder(root, ".staging-") as staging:  # removed on the way out, whatever happens
+            staged = _stage(entry, manifest, root, staging)
+            tmp_folder = staging / "entry"
+            tmp_folder.mkdir()
+            for fname, meta in entry["files"].items():
+                _link_or_copy(staged.get(meta["sha256"]) or blob_path(root, meta["sha256"]), tmp_folder / fname)
+            if is_remote(entry):
+                _convert(tmp_folder, entry)
+            # Every file verified (and converted): commit blobs, then move the entry folder into place.
+            for hexdigest, path in staged.items():
+                blob = blob_path(root, hexdigest)
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, blob)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(tmp_folder, folder)
+            except OSError:  # another process installed the same entry meanwhile: use it if it verifies
+                if verify_folder(folder, entry):
+                    raise
         _update_index(root, entry, manifest)
         return folder
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging = None
         if created_top is not None:
             shutil.rmtree(created_top, ignore_errors=True)
         raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _stage(entry: dict, manifest: Manifest, root: Path, staging: Path) -> dict:

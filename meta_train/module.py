@@ -7,7 +7,7 @@ One training step (manual optimization; the policy's Adam is stepped through Lig
    - `lookahead` (the paper's): sigma with autograd, L+/L- by the Engine, theta' = theta - eta_meta c nf sigma z,
      meta-loss L(theta') through the LLM; the LLM then moves one first-order SGD-momentum step (lr linearly
      decayed within each restart period) and every `reset_every` steps is reset to the pretrained weights;
-   - `es`: antithetic ES over K-step unrolls of the deployed optimizer (MeZO or GV with the policy) from
+   - `es`: antithetic ES over K-step unrolls of the deployed optimizer (`--model.inner_method`) from
      the current point of a ZO trajectory, meta-loss on held-out batches; forward passes only;
    - `pes`: Persistent ES over whole inner runs truncated into K-step unrolls (unbiased over the horizon);
 2. Adam step on the policy;
@@ -44,6 +44,18 @@ from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
 
 DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
+
+
+def _check_inner_method(method: str) -> None:
+    """--model.inner_method: a policy composition ES/PES can unroll (l2o.estimators.INNER_METHODS, derived from
+    the registry); any other registered method is refused with the reason."""
+    if method in INNER_METHODS:
+        return
+    from l2o.estimators.unroll import unroll_refusal
+    from l2o.optim import REGISTRY
+
+    why = f" ({unroll_refusal(REGISTRY[method])})" if method in REGISTRY else ""
+    raise ConfigError(f"--model.inner_method must be one of {', '.join(INNER_METHODS)}, got {method!r}{why}")
 
 
 def _check_inner_hparams(method: str, hparams: dict, estimator: str) -> None:
@@ -93,7 +105,10 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             block, e.g. every layer's q_proj: 11 coordinates for SmolLM2).
         meta_loss: ES/PES: final (held-out loss after the unroll) or mean (over the unroll's steps).
         meta_batches: ES/PES: held-out batches per meta-loss evaluation.
-        inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or zo-finetuner+gv.
+        inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or any registered
+            composition zo-finetuner+<method> (+gv, +greedy, +bszo, +zo-sgd-sign, +zo-sgd-cons, +zo-sgd-mmt, +hizoo,
+            +lozo, +lozo-m, +sparse-mezo: l2o.estimators.INNER_METHODS); meta-validation compares it with and
+            without the policy.
         inner_lr: ES/PES: the inner runs' learning rate (what the policy is meta-trained for).
         inner_hparams: ES/PES: the inner method's other declared hyperparameters (`fine_tune --list-optimizers`),
             one by one as `--model.inner_hparams.pool_size 8` (zo-finetuner+gv's M; its default 4); unset ones take
@@ -152,10 +167,10 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             raise ConfigError("--model.unroll, pairs, meta_batches and val_steps must be >= 1 and reset_every >= 0")
         if estimator == "pes" and reset_every < 1:
             raise ConfigError("--estimator pes needs --model.reset_every >= 1 (unrolls per inner run)")
-        for name, v, choices in (("es_params", es_params, PARAMETRISATIONS), ("meta_loss", meta_loss, META_LOSSES),
-                                 ("inner_method", inner_method, INNER_METHODS)):
+        for name, v, choices in (("es_params", es_params, PARAMETRISATIONS), ("meta_loss", meta_loss, META_LOSSES)):
             if v not in choices:
                 raise ConfigError(f"--model.{name} must be one of {', '.join(choices)}, got {v!r}")
+        _check_inner_method(inner_method)
         _check_inner_hparams(inner_method, inner_hparams or {}, estimator)
         if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
@@ -526,7 +541,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             return "lookahead (meta-gradient through the unrolled policy-scaled ZO steps, arXiv 2510.00419)"
         what = (f"antithetic ES over {hp.unroll}-step unrolls of the deployed {hp.inner_method}, {hp.pairs} pairs"
                 if hp.estimator == "es" else
-                f"Persistent ES (Vicol et al. 2021) over {hp.reset_every * hp.unroll}-step inner runs in "
+                f"Persistent ES (Vicol et al. 2021) over {hp.reset_every * hp.unroll}-step inner runs of the deployed "
+                f"{hp.inner_method} in "
                 f"{hp.unroll}-step truncations, {hp.pairs} particles")
         return (f"{hp.estimator} ({what}, coordinates {hp.es_params}, std {hp.es_std}, {hp.meta_loss} held-out "
                 "loss; forward passes only)")

@@ -251,3 +251,136 @@ def test_type_coordinates_tie_the_output_bias_within_each_kind_of_block():
     w1, b1, w2, b2 = coords.grads(policy, v)
     assert not (w1.any() or b1.any() or w2.any())
     assert [float(b2[b, 0]) for b in range(len(names))] == [coords.kinds.index(block_kind(n)) + 1.0 for n in names]
+
+
+# hyperparameters that make each inner method's own state matter within a few steps on the MLP
+INNER_HPARAMS = {"zo-finetuner+hizoo": {"hessian_smooth": 0.1}, "zo-finetuner+lozo": {"interval": 3},
+                 "zo-finetuner+lozo-m": {"interval": 3}, "zo-finetuner+bszo": {"k": 2}}
+INNER_LR = {"zo-finetuner+zo-sgd-mmt": 0.01, "zo-finetuner+zo-sgd-sign": 0.01, "zo-finetuner+lozo-m": 0.02}
+# the methods with state beyond the step and the policy's features: an update rule's buffers (momentum, HiZOO's
+# preconditioner, LOZO-M's factored momentum), BSZO's noise estimate, Sparse-MeZO's thresholds
+STATEFUL = ("zo-finetuner+zo-sgd-mmt", "zo-finetuner+hizoo", "zo-finetuner+lozo-m", "zo-finetuner+bszo",
+            "zo-finetuner+sparse-mezo")
+
+
+def _inner(model, method, **kw):
+    return Unroller(model, method=method, lr=INNER_LR.get(method, LR), eps=EPS, batch_size=16,
+                    **INNER_HPARAMS.get(method, {}), **kw)
+
+
+def _plain_run(method, policy, stream, steps):
+    """`steps` steps of the deployed `method` with `policy` from the MLP's first weights, as fine_tune runs it."""
+    from l2o.optim import build_optimizer
+
+    fresh = mlp()
+    opt = build_optimizer(method, fresh, policy=policy, lr=INNER_LR.get(method, LR), eps=EPS, seed=inner_seed(0, 0),
+                          policy_batch_size=16, **INNER_HPARAMS.get(method, {}))
+    for t in range(steps):
+        opt.step(lambda: stream.loss(fresh, stream.train(t)))
+    return list(fresh.parameters())
+
+
+def test_every_policy_composition_is_an_inner_method_unless_refused_with_a_reason():
+    """INNER_METHODS is derived from the registry: every zo_finetuner.compose variant an unroll can drive; the
+    others are refused in one sentence that says why."""
+    from l2o.estimators import INNER_METHODS
+    from l2o.estimators.unroll import unroll_refusal
+    from l2o.optim import REGISTRY
+
+    composed = [n for n, cls in REGISTRY.items() if getattr(cls, "base_method", None)]
+    assert set(STATEFUL) | {"zo-finetuner", "zo-finetuner+gv", "zo-finetuner+lozo"} <= set(INNER_METHODS)
+    assert list(INNER_METHODS) == [n for n in composed if unroll_refusal(REGISTRY[n]) is None]
+    with pytest.raises(ValueError, match="mezo-gv is not a composition with the learned policy"):
+        Unroller(mlp(), method="mezo-gv")
+    flat = type("NoReplay", (REGISTRY["zo-finetuner"],), {"method": "x", "replayable": False})
+    assert "ledger alone does not rebuild" in unroll_refusal(flat)
+
+
+@pytest.mark.parametrize("method", __import__("l2o.estimators", fromlist=["INNER_METHODS"]).INNER_METHODS)
+def test_es_meta_step_through_each_inner_method_uses_common_random_numbers(method, monkeypatch):
+    """One ES meta-step (2 pairs, K = 2) through each inner method: finite meta-loss and a nonzero gradient, and
+    the two unrolls of each antithetic pair evaluate the same directions (seeds and keys, in the same order) on
+    the same train batches, so they differ only by the policy's perturbation (common random numbers)."""
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    logs = []
+    real_evaluate = Engine.evaluate
+
+    def evaluate(self, closure, d, eps, *a, **kw):
+        logs[-1].append(("z", d.seeds, d.keys))
+        return real_evaluate(self, closure, d, eps, *a, **kw)
+
+    def train(i):
+        logs[-1].append(("batch", i))
+        return stream.train(i)
+
+    monkeypatch.setattr(Engine, "evaluate", evaluate)
+    spy = TaskStream(stream.name, stream.loss, train, stream.heldout)
+    unroller = _inner(model, method, seed=0)
+    real_run = unroller.run
+
+    def run(*a, **kw):
+        logs.append([])
+        return real_run(*a, **kw)
+
+    unroller.run = run
+    est = ES(model, policy, Snapshot(Engine(model)).save(), unroller, unroll=2, pairs=2, std=1e-2, params="bias",
+             reset_every=0, seed=5)
+    out = est.estimate(policy, lambda key: spy, 0)
+    est.close()
+    assert math.isfinite(out.meta_loss) and any(g.abs().sum() > 0 for g in out.grad)
+    assert len(logs) == 5  # + and - of each pair, then the trajectory
+    for plus, minus in (logs[0:2], logs[2:4]):
+        assert plus == minus and sum(e[0] == "z" for e in plus) >= 2 and [e for e in plus if e[0] == "batch"] == [
+            ("batch", 0), ("batch", 1)]
+
+
+@pytest.mark.parametrize("method", STATEFUL)
+def test_es_trajectory_carries_the_inner_methods_state_across_unrolls(method):
+    """Two ES meta-steps of K = 2 (each after 2 antithetic pairs read back from the parked weights) move the
+    trajectory exactly as one deployed run of 4 steps: the method's state (momentum, preconditioner, BSZO's noise
+    estimate, Sparse-MeZO's thresholds from the run's first weights) goes from one unroll to the next, bit for bit.
+    A fresh state per unroll (the unroll before these methods were admitted) moves it elsewhere."""
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    est = ES(model, policy, Snapshot(Engine(model)).save(), _inner(model, method, seed=0), unroll=2, pairs=2,
+             std=1e-2, params="bias", reset_every=0, seed=5)
+    for step in range(2):
+        est.estimate(policy, lambda key: stream, step)
+    est.close()
+    deployed = _plain_run(method, est.coords.perturbed(policy, None), stream, 4)
+    assert all(torch.equal(a, b) for a, b in zip(deployed, model.parameters()))
+
+
+@pytest.mark.parametrize("cls", [ES, PES])
+def test_resume_through_a_stateful_inner_method_is_exact(cls):
+    """zo-finetuner+zo-sgd-mmt: an estimator restored from its state_dict (records, no momentum buffers) rebuilds
+    the weights and the momentum through the method's own engine, and its next meta-gradient and weights equal
+    the uninterrupted estimator's bit for bit (a plain replay without the momentum rule does not)."""
+    method = "zo-finetuner+zo-sgd-mmt"
+    policy = ZOPolicy.for_model(mlp(), seed=3)
+    stream = regression_stream()
+
+    def make(model, start):
+        return cls(model, policy, start, _inner(model, method, seed=0), unroll=2, pairs=2, std=1e-2,
+                   params="bias", reset_every=3, seed=5)
+
+    model = mlp()
+    start = Snapshot(Engine(model)).save()
+    a = make(model, start)
+    for step in range(2):
+        a.estimate(policy, lambda key: stream, step)
+    saved = a.state_dict()
+    runs = [saved["center"]] if cls is ES else [r for p in saved["particles"] for r in p["runs"]]
+    assert all("rule" not in r and r["records"] for r in runs)  # records and scalars: no momentum buffers
+    out_a = a.estimate(policy, lambda key: stream, 2)
+    after_a = [p.detach().clone() for p in model.parameters()]
+    a.close()
+
+    other = mlp()
+    b = make(other, Snapshot(Engine(other)).save())
+    b.load_state_dict(saved)
+    out_b = b.estimate(policy, lambda key: stream, 2)
+    b.close()
+    assert all(torch.equal(x, y) for x, y in zip(out_a.grad, out_b.grad)) and out_a.meta_loss == out_b.meta_loss
+    assert all(torch.equal(x, y) for x, y in zip(after_a, other.parameters()))

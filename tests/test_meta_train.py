@@ -360,6 +360,35 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
     assert not (tmp_path / "bad").exists()
 
 
+def test_pes_meta_trains_through_a_stateful_policy_composition_and_others_are_refused_first(tiny_base, tmp_path,
+                                                                                          capsys):
+    """--model.inner_method takes every composition ES/PES can unroll (INNER_METHODS, from the registry; it was
+    zo-finetuner or +gv only): PES through zo-finetuner+zo-sgd-mmt runs, its card names the method and its
+    momentum, and meta-validation compares it with zo-sgd-mmt. A method that is no composition is refused in one
+    line that says why, before the base loads; --help lists every admitted name."""
+    from l2o.estimators import INNER_METHODS
+    from meta_train.cli import HELP, main
+
+    out = tmp_path / "run"
+    assert main(_run_args(tiny_base, out, "--max_steps", "1", "--estimator", "pes", "--model.pairs", "1",
+                          "--model.unroll", "1", "--model.reset_every", "2", "--model.inner_method",
+                          "zo-finetuner+zo-sgd-mmt", "--model.inner_hparams.momentum", "0.5")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["inner_optimizer"]["momentum"] == 0.5
+    assert (results["meta_validation"]["method"], results["meta_validation"]["baseline"]) == (
+        "zo-finetuner+zo-sgd-mmt", "zo-sgd-mmt")
+    assert "inner runs of the deployed zo-finetuner+zo-sgd-mmt" in (out / "policy" / "README.md").read_text()
+    capsys.readouterr()
+    assert main(_run_args(str(tmp_path / "no-such-model"), tmp_path / "bad", "--max_steps", "1", "--estimator", "es",
+                          "--model.inner_method", "mezo-gv")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model.inner_method must be one of zo-finetuner, zo-finetuner+gv" in err[0] and (
+        "(mezo-gv is not a composition with the learned policy" in err[0]), err
+    assert not (tmp_path / "bad").exists()
+    flat = " ".join(HELP.split())
+    assert all(m in flat or m.replace("zo-finetuner", "") in flat for m in INNER_METHODS)
+
+
 def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch):
     """--trainer.accelerator gpu without CUDA, tpu without torch_xla and a name Lightning does not know ended in
     Lightning's tracebacks; --trainer.* Lightning refuses is one line."""

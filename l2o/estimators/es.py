@@ -27,7 +27,7 @@ import torch
 
 from l2o.distributed import LocalCollective, my_share
 from l2o.estimators.base import Coordinates, EstimatorOut, GradientEstimator, antithetic_gradient
-from l2o.estimators.unroll import InnerState, Unroller, rebuild
+from l2o.estimators.unroll import InnerState, Unroller
 from l2o.noise import mix
 from l2o.policy import ZOPolicy
 from l2o.weights import Snapshot
@@ -66,7 +66,7 @@ class ES(GradientEstimator):
             self.files.restore()
         elif not self._placed:
             self.files.restore()
-            rebuild(self.engine, self.center)
+            self.unroller.rebuild(self.center)
         self._placed = True
 
     def estimate(self, policy: ZOPolicy, streams, step: int) -> EstimatorOut:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from l2o.estimators.base import Coordinates, EstimatorOut, GradientEstimator, antithetic_gradient
-from l2o.estimators.unroll import InnerState, Unroller, rebuild
+from l2o.estimators.unroll import InnerState, Unroller
 from l2o.noise import mix
 from l2o.policy import ZOPolicy
 from l2o.weights import Snapshot
@@ -95,7 +95,7 @@ class PES(GradientEstimator):
             snap.restore()
         else:
             self.files.restore()
-            rebuild(self.engine, run)
+            self.unroller.rebuild(run)
 
     def estimate(self, policy: ZOPolicy, streams, step: int) -> EstimatorOut:
         deltas, metas, forwards, sigma, task, eff = [], [], 0, None, "", []

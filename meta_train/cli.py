@@ -56,10 +56,11 @@ zo-finetuner options (--model.*): lr_policy 0.1, eps 1e-3, unroll (look-ahead le
   unroll K, default 4), reset_every 100, dtype auto|fp32|bf16 (auto: fp32 on the CPU, else the
   checkpoint's, fp16 as bf16), val_every 0, val_steps 20, val_lr 1e-5, val_tasks 2, seed 0; look-ahead:
   lr_llm 0.01, momentum 0.8, eta_meta 1e-6, gradient_checkpointing false; ES/PES: pairs 4, es_std 0.05,
-  es_params bias|type|head|all, meta_loss final|mean, meta_batches 1, inner_method zo-finetuner
-  (MeZO) or any zo-finetuner+<method> composition: +gv, +greedy, +bszo, +zo-sgd-sign, +zo-sgd-cons,
-  +zo-sgd-mmt, +hizoo, +lozo, +lozo-m, +sparse-mezo, inner_lr 1e-5, inner_hparams.<name> (the inner
-  method's declared hyperparameters, e.g. --model.inner_hparams.pool_size 8), scratch_dir
+  es_params bias|type|head|all, meta_loss final|mean, meta_batches 1, inner_lr 1e-5, scratch_dir;
+  inner_method zo-finetuner (MeZO) or any zo-finetuner+<method> composition: +gv, +greedy, +bszo,
+  +zo-sgd-sign, +zo-sgd-cons, +zo-sgd-mmt, +hizoo, +lozo, +lozo-m, +sparse-mezo, and inner_hparams.<name>
+  (its declared hyperparameters, e.g. --model.inner_hparams.pool_size 8): what ES/PES unroll and what
+  meta-validation compares with and without the policy (under the look-ahead: only the latter)
 data options (--data.*): batch_size 8, num_train 200, num_dev 32, num_eval 32, max_length 128, seed 0, objective
 
 `meta_train --help-all` lists every option with its documentation (imports Lightning; a few seconds).

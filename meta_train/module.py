@@ -58,13 +58,12 @@ def _check_inner_method(method: str) -> None:
     raise ConfigError(f"--model.inner_method must be one of {', '.join(INNER_METHODS)}, got {method!r}{why}")
 
 
-def _check_inner_hparams(method: str, hparams: dict, estimator: str) -> None:
+def _check_inner_hparams(method: str, hparams: dict) -> None:
     """--model.inner_hparams.*: hyperparameters `method` declares, each within its declaration (the optimizer's
-    own check, on a two-weight probe: before the base is loaded)."""
+    own check, on a two-weight probe: before the base is loaded). Under every estimator: meta-validation runs the
+    inner method with them (the look-ahead deploys nothing else)."""
     if not hparams:
         return
-    if estimator == "lookahead":
-        raise ConfigError("--model.inner_hparams configures the ES/PES inner runs; --estimator lookahead has none")
     from l2o import catalog
     from l2o.optim import probe
 
@@ -105,14 +104,16 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             block, e.g. every layer's q_proj: 11 coordinates for SmolLM2).
         meta_loss: ES/PES: final (held-out loss after the unroll) or mean (over the unroll's steps).
         meta_batches: ES/PES: held-out batches per meta-loss evaluation.
-        inner_method: ES/PES: the deployed optimizer the policy drives: zo-finetuner (MeZO) or any registered
+        inner_method: the deployed optimizer the policy drives: zo-finetuner (MeZO) or any registered
             composition zo-finetuner+<method> (+gv, +greedy, +bszo, +zo-sgd-sign, +zo-sgd-cons, +zo-sgd-mmt, +hizoo,
-            +lozo, +lozo-m, +sparse-mezo: l2o.estimators.INNER_METHODS); meta-validation compares it with and
+            +lozo, +lozo-m, +sparse-mezo: l2o.estimators.INNER_METHODS). ES/PES unroll it; meta-validation (under
+            every estimator, the look-ahead too, where it is all this option changes) compares it with and
             without the policy.
         inner_lr: ES/PES: the inner runs' learning rate (what the policy is meta-trained for).
-        inner_hparams: ES/PES: the inner method's other declared hyperparameters (`fine_tune --list-optimizers`),
+        inner_hparams: the inner method's other declared hyperparameters (`fine_tune --list-optimizers`),
             one by one as `--model.inner_hparams.pool_size 8` (zo-finetuner+gv's M; its default 4); unset ones take
-            the method's defaults. Its lr and eps are inner_lr and eps.
+            the method's defaults; for the ES/PES inner runs and meta-validation (under the look-ahead: only
+            meta-validation). Its lr and eps are inner_lr (val_lr in meta-validation) and eps.
         scratch_dir: ES/PES: folder for the parked weights (default: the system's temporary folder).
         device_map: ES/PES: auto, balanced or sequential: the LLM's layers spread over this process's GPUs
             (l2o.placement, accelerate's dispatch; `meta_train --device-map`).
@@ -171,7 +172,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             if v not in choices:
                 raise ConfigError(f"--model.{name} must be one of {', '.join(choices)}, got {v!r}")
         _check_inner_method(inner_method)
-        _check_inner_hparams(inner_method, inner_hparams or {}, estimator)
+        _check_inner_hparams(inner_method, inner_hparams or {})
         if size_rule not in ("numel", "authors") or (fixed_step and size_rule != "numel"):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("auto", "fp32", "bf16"):

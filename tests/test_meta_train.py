@@ -355,9 +355,34 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
         assert main(_run_args(tiny_base, tmp_path / "bad", "--max_steps", "1", *es, *extra)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"meta_train: error: {needle}"], err
-    assert main(_run_args(tiny_base, tmp_path / "bad", "--max_steps", "1", "--model.inner_hparams.pool_size", "3")) == 2
-    assert "--estimator lookahead has none" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_under_the_lookahead_the_inner_method_and_its_hparams_choose_what_meta_validation_deploys(
+        tiny_base, tmp_path, monkeypatch):
+    """The look-ahead unrolls no inner method, but meta-validation runs one under every estimator: --estimator
+    lookahead --model.inner_method zo-finetuner+gv --model.inner_hparams.pool_size 3 meta-validates +gv (M = 3) with
+    the policy against mezo-gv (M = 3), and the results name them (inner_hparams was refused there, so the
+    validated GV could only take its default M)."""
+    import l2o.optim
+    from meta_train.cli import main
+
+    built, build = [], l2o.optim.build_optimizer
+
+    def recording(name, model, **kw):
+        opt = build(name, model, **kw)
+        if type(model).__name__ != "_Probe":  # not the config check's probe (l2o.optim.probe)
+            built.append((name, opt.hp.get("pool_size"), kw.get("policy") is not None))
+        return opt
+
+    monkeypatch.setattr(l2o.optim, "build_optimizer", recording)
+    out = tmp_path / "run"
+    assert main(_run_args(tiny_base, out, "--max_steps", "1", "--model.inner_method", "zo-finetuner+gv",
+                          "--model.inner_hparams.pool_size", "3")) == 0
+    assert built == [("zo-finetuner+gv", 3, True), ("mezo-gv", 3, False)], built
+    mv = json.loads((out / "results.json").read_text())["meta_validation"]
+    assert (mv["method"], mv["baseline"]) == ("zo-finetuner+gv", "mezo-gv")
+    assert "baseline: mezo-gv (pool_size 3)." in (out / "policy" / "README.md").read_text()
 
 
 def test_pes_meta_trains_through_a_stateful_policy_composition_and_others_are_refused_first(tiny_base, tmp_path,

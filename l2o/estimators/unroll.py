@@ -158,7 +158,7 @@ class Unroller:
         try:
             self._replay(opt, state, write=True)
             if opt.engine.rule is not None:
-                state.rule = opt.engine.rule.state_dict()
+                state.rule = _taken(opt.engine.rule)
         finally:
             opt.engine.remove_hooks()
 
@@ -193,6 +193,10 @@ class Unroller:
         zo = opt.state["zo"]
         after = InnerState(opt.step_count, opt.policy_scales.state_dict(), state.records + records,
                            {k: v for k, v in zo.items() if k not in ("step", "forwards")}, opt.engine.family.config(),
-                           opt.engine.rule.state_dict() if opt.engine.rule is not None else None)
+                           _taken(opt.engine.rule))
         return UnrollResult(meta, losses, forwards, sigma, eff / max(1, steps)), after
 
+
+def _taken(rule) -> dict | None:
+    """The rule's buffers, taken from an optimizer that is done (no copy: the next unroll's load copies them)."""
+    return None if rule is None else {name: dict(store) for name, store in rule.buffers.items()}

@@ -352,12 +352,12 @@ def test_es_trajectory_carries_the_inner_methods_state_across_unrolls(method):
     assert all(torch.equal(a, b) for a, b in zip(deployed, model.parameters()))
 
 
+@pytest.mark.parametrize("method", STATEFUL)
 @pytest.mark.parametrize("cls", [ES, PES])
-def test_resume_through_a_stateful_inner_method_is_exact(cls):
-    """zo-finetuner+zo-sgd-mmt: an estimator restored from its state_dict (records, no momentum buffers) rebuilds
-    the weights and the momentum through the method's own engine, and its next meta-gradient and weights equal
-    the uninterrupted estimator's bit for bit (a plain replay without the momentum rule does not)."""
-    method = "zo-finetuner+zo-sgd-mmt"
+def test_resume_through_a_stateful_inner_method_is_exact(cls, method):
+    """An estimator restored from its state_dict (records and scalars, no rule buffers) rebuilds the weights and
+    the method's state through the method's own engine (its family and update rule), and its next meta-gradient
+    and weights equal the uninterrupted estimator's bit for bit (a plain replay without the rule does not)."""
     policy = ZOPolicy.for_model(mlp(), seed=3)
     stream = regression_stream()
 
@@ -372,7 +372,7 @@ def test_resume_through_a_stateful_inner_method_is_exact(cls):
         a.estimate(policy, lambda key: stream, step)
     saved = a.state_dict()
     runs = [saved["center"]] if cls is ES else [r for p in saved["particles"] for r in p["runs"]]
-    assert all("rule" not in r and r["records"] for r in runs)  # records and scalars: no momentum buffers
+    assert all("rule" not in r and r["records"] for r in runs)  # records and scalars: no rule buffers
     out_a = a.estimate(policy, lambda key: stream, 2)
     after_a = [p.detach().clone() for p in model.parameters()]
     a.close()

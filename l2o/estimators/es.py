@@ -79,7 +79,8 @@ class ES(GradientEstimator):
         for i in my_share(self.pairs, c.world_size, c.rank):
             for sign in (1.0, -1.0):
                 pol = self.coords.perturbed(policy, sign * self.std * eps[i])
-                res, _ = self.unroller.run(pol, self.center, stream, self.episode, self.unroll)
+                res = self.unroller.run(pol, self.center, stream, self.episode, self.unroll)[0]  # its after-state
+                # (and its rule's buffers) dropped now, not held through the next unroll: 2 copies at most, not 3
                 self.snapshot.restore()
                 mine.append(res.meta_loss)
                 forwards += res.forwards

@@ -39,15 +39,15 @@ def gpu_budgets(cfg: FineTuneConfig, model, device: str) -> dict | None:
             raise ConfigError(f"--{'gpus' if cfg.gpus is not None else 'gpu-memory'} sizes GPUs, but this process "
                               f"runs on {device}; drop it, or run on the GPUs (--device cuda / --accelerator gpu)")
         return None
-    from fine_tune.plan import overhead_bytes
+    from fine_tune.plan import overhead_bytes, state_ratio
 
-    rest = overhead_bytes(cfg, model)
+    rest, ratio = overhead_bytes(cfg, model), state_ratio(cfg, model)  # a stateful method's buffers join the weights
     out = {}
     for i in rank_gpus(cfg, device):
         cap = torch.cuda.get_device_properties(i).total_memory
         if cfg.gpu_memory:
             cap = min(cap, int(cfg.gpu_memory * 1024 ** 3))
-        out[i] = max(0, cap - rest)
+        out[i] = max(0, int((cap - rest) / (1 + ratio)))
     return out
 
 

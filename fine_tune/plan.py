@@ -2,11 +2,16 @@
 [--gpu-memory GB]`: the memory plan of zeroth-order fine-tuning per device, offline, from shapes alone
 (l2o.memory_plan: the base built on the meta device from l2o/base_shapes.json or a local folder's config).
 
-A ZO step holds inference memory plus one block's temporaries; no gradient, no optimizer state:
+A ZO step holds inference memory plus one block's temporaries, no gradient, and the optimizer state of a
+stateful method only (momentum, Adam's moments, HiZOO's preconditioner: none for MeZO and most others):
 
     weights        N x bytes(dtype) (+ the PEFT adapter)  where they live: one GPU, spread over GPUs by
                                                           accelerate's device map, or (offload) in CPU
                                                           memory with the embeddings and head on the GPU
+    optimizer      the method's declared buffers over the  only for a stateful method (--optimizer zo-adam:
+    state          trainable tensors (l2o/footprint.py)    m and v, 2 fp32 copies; zo-sgd-mmt, hizoo: 1;
+                                                          lozo-m: rows x rank per matrix), beside the weights
+                                                          they belong to (a device map's or offload's share)
     streamed       2 transformer blocks                    --offload: the block running and the next one,
                                                           prefetched
     perturbation   largest trainable tensor x (4 + b + 2)  theta_b + eps z_b: fp32 accumulator, the result in
@@ -26,11 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 
 from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, base_config, count, forward_activation_bytes,
-                             format_rows, meta_model, temporaries, tied_copy_bytes)
+                             format_rows, meta_model, method_buffers, temporaries, tied_copy_bytes)
 
 MAX_GPUS = 16
 CARDS_GB = (16, 24, 32, 40, 48, 80, 94, 141)  # common accelerator memory sizes, for "fits GPUs of"
@@ -77,30 +83,33 @@ class Shape:
     length: int
     eager: bool
     long_answers: bool = False  # an lm objective scores every answer token (float32 logits), ce one per example
+    optimizer: str = "mezo"     # its declared buffers are the "optimizer state" row
+    hparams: dict = field(default_factory=dict)  # the optimizer's hyperparameters given (unset: its defaults)
 
     @property
     def nbytes(self) -> int:
         return BYTES[self.dtype]
 
 
-def peft_tensors(model, config, peft: str) -> list[int]:
-    """Sizes of the tensors a PEFT mode adds (LoRA r 8 on the query/value projections, 5 prefix tokens per
-    layer, 10 prompt embeddings: l2o.peft_modes' defaults)."""
+def peft_tensors(model, config, peft: str) -> list[tuple[int, ...]]:
+    """Shapes of the tensors a PEFT mode adds (LoRA r 8 on the query/value projections: A r x in, B out x r; 5
+    prefix tokens per layer; 10 prompt embeddings: l2o.peft_modes' defaults)."""
     from torch import nn
 
     from l2o.peft_modes import LORA_R, PREFIX_TOKENS, PROMPT_TOKENS, lora_targets
 
     if peft == "lora":
         targets = tuple(lora_targets(model))
-        return [LORA_R * n for name, m in model.named_modules() if isinstance(m, nn.Linear)
-                and name.rsplit(".", 1)[-1] in targets for n in (m.in_features, m.out_features)]
+        return [shape for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                and name.rsplit(".", 1)[-1] in targets
+                for shape in ((LORA_R, m.in_features), (m.out_features, LORA_R))]
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     if peft == "prefix":
-        return [PREFIX_TOKENS * config.num_hidden_layers * 2 * kv * head_dim]
+        return [(PREFIX_TOKENS, config.num_hidden_layers * 2 * kv * head_dim)]
     if peft == "prompt":
-        return [PROMPT_TOKENS * config.hidden_size]
+        return [(PROMPT_TOKENS, config.hidden_size)]
     return []
 
 
@@ -133,15 +142,38 @@ def _trainable(base: str, s: Shape, model) -> tuple[int, int, int]:
     n, sizes = count(base)
     if s.peft == "full":
         return n, n, max(sizes)
-    added = peft_tensors(model, s.config, s.peft)
+    added = [math.prod(shape) for shape in peft_tensors(model, s.config, s.peft)]
     return n, sum(added), max(added)
+
+
+def trainable_shapes(s: Shape, model) -> list[tuple[int, ...]]:
+    """The shapes of the tensors the method trains: every block of the base, or the PEFT adapter's."""
+    if s.peft == "full":
+        from l2o.models import block_shapes
+
+        return [shape for _, shape in block_shapes(model)]
+    return peft_tensors(model, s.config, s.peft)
+
+
+def state_bytes(s: Shape, model) -> tuple[int, str]:
+    """(bytes, what) of the optimizer's declared buffers over the trainable tensors (l2o.memory_plan.method_buffers)."""
+    return method_buffers(s.optimizer, trainable_shapes(s, model), s.nbytes, s.hparams)
+
+
+def state_rows(s: Shape, model, share: float = 1.0) -> list:
+    """The "optimizer state" row of a device holding `share` of the weights (its buffers sit beside them), or none."""
+    nbytes, what = state_bytes(s, model)
+    if not nbytes or not share:
+        return []
+    return [("optimizer state", int(nbytes * share), f"{s.optimizer}: {what}"
+             + (f"; {share:.0%} of it, beside this device's weights" if share < 1 else ""))]
 
 
 def plan_single(base: str, s: Shape, gpu_bytes: float, model) -> FineTunePlan:
     n, trainable, largest = _trainable(base, s, model)
     adapter = 0 if s.peft == "full" else trainable * s.nbytes
     weights = [("weights", n * s.nbytes + adapter, f"{n / 1e9:.2f}B params x {s.nbytes} B ({s.dtype})"
-                + (f" + {s.peft} adapter" if adapter else ""))]
+                + (f" + {s.peft} adapter" if adapter else "")), *state_rows(s, model)]
     return FineTunePlan(base, "one device", n, trainable, [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes)])
 
 
@@ -160,15 +192,17 @@ def _block_sizes(model, nbytes: int) -> tuple[list[int], int, int]:
 def plan_offload(base: str, s: Shape, gpu_bytes: float, model, where: str) -> FineTunePlan:
     n, trainable, largest = _trainable(base, s, model)
     per, resident, in_block = _block_sizes(model, s.nbytes)
+    on_gpu = resident / (resident + sum(per))
     weights = [("resident weights", resident, "embeddings, positions, final norm, head: stay on the GPU"),
                ("streamed blocks", 2 * max(per), f"2 of {len(per)} transformer blocks in flight (the one running, "
-                                                 "the next prefetched)")]
+                                                 "the next prefetched)"), *state_rows(s, model, on_gpu)]
     update = temporaries(in_block if s.peft == "full" else largest, s.nbytes)[1]
     store = "CPU memory" if where == "cpu" else "disk"
     host = Device(store, [("offloaded weights", sum(per), f"{len(per)} blocks{', pinned' if where == 'cpu' else ''};"
                            " updates are written here"),
                           ("update", update if where == "cpu" else 0,
-                           "one tensor's fp32 accumulator and noise" if where == "cpu" else "in the page cache")])
+                           "one tensor's fp32 accumulator and noise" if where == "cpu" else "in the page cache"),
+                          *state_rows(s, model, 1 - on_gpu)])
     return FineTunePlan(base, f"--offload {where}", n, trainable,
                         [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes), host])
 
@@ -194,7 +228,8 @@ def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpu
 
     n, trainable, largest = _trainable(base, s, model)
     overhead = sum(r[1] for r in _gpu_rows(s, largest, []))
-    budget = max(0, int(gpu_bytes - overhead))
+    weight_total = n * s.nbytes
+    budget = max(0, int((gpu_bytes - overhead) / (1 + state_bytes(s, model)[0] / weight_total)))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.dtype]
     with _quiet_accelerate():
         dmap = infer_device_map(model, kind, {**{i: budget for i in range(gpus)}, "cpu": 1 << 60}, dtype=dtype)
@@ -208,23 +243,27 @@ def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpu
         layers = [m.rsplit(".", 1)[-1] for m in held if m.rsplit(".", 1)[-1].isdigit()]
         what = (f"layers {layers[0]}-{layers[-1]}" if layers else "no layers") + \
             (f" + {len(held) - len(layers)} other modules" if len(held) > len(layers) else "")
-        devices.append(Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what)]), gpu_bytes))
+        devices.append(Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what),
+                                                                 *state_rows(s, model, on.get(i, 0) / weight_total)]),
+                              gpu_bytes))
     spilled = on.get("cpu", 0) + on.get("disk", 0)
     if spilled:
-        devices.append(Device("CPU memory", [("spilled weights", spilled, "offloaded: copied in for each forward")]))
+        devices.append(Device("CPU memory", [("spilled weights", spilled, "offloaded: copied in for each forward"),
+                                             *state_rows(s, model, spilled / weight_total)]))
     return FineTunePlan(base, f"--device-map {kind} on {gpus} GPU(s)", n, trainable, devices, spilled=spilled)
 
 
 def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 16, length: int = 2048,
               device_map: str | None = None, offload: str | None = None, gpus: int | None = None,
-              gpu_gb: float = 80.0, eager: bool = False, long_answers: bool = False,
-              advise: bool = True) -> FineTunePlan:
-    """The plan per device; `gpus` None with a device map: the fewest GPUs that hold the model."""
+              gpu_gb: float = 80.0, eager: bool = False, long_answers: bool = False, optimizer: str = "mezo",
+              hparams: dict | None = None, advise: bool = True) -> FineTunePlan:
+    """The plan per device; `gpus` None with a device map: the fewest GPUs that hold the model. `optimizer` and its
+    `hparams` (unset: its defaults) size the optimizer state row (none for a method that keeps no buffers)."""
     if dtype not in BYTES:
         raise ValueError(f"--dtype must be one of {', '.join(BYTES)}, got {dtype!r}")
     config = base_config(base)
     length = min(length, getattr(config, "max_position_embeddings", length) - _virtual_tokens(peft))
-    s = Shape(config, dtype, peft, batch, length, eager, long_answers)
+    s = Shape(config, dtype, peft, batch, length, eager, long_answers, optimizer, dict(hparams or {}))
     model, gpu_bytes = meta_model(base), gpu_gb * GiB
     if offload is not None:
         plan = plan_offload(base, s, gpu_bytes, model, offload)
@@ -240,17 +279,20 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
         plan = plan_single(base, s, gpu_bytes, model)
     plan.setting = f"{dtype}, peft {peft}, {plan.setting}, {gpu_gb:g} GiB per GPU"
     if advise and not plan.fits:
-        plan.options = options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers)
+        plan.options = options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
+                               optimizer, hparams)
     return plan
 
 
-def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers) -> list[str]:
+def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
+            optimizer="mezo", hparams=None) -> list[str]:
     """Flags that make the run fit: offloading, more GPUs, a smaller batch, bf16 (first-found of each)."""
     found = []
 
     def fits(**kw) -> FineTunePlan | None:
         args = dict(dtype=dtype, peft=peft, batch=batch, length=length, device_map=device_map, offload=offload,
-                    gpus=None, gpu_gb=gpu_gb, eager=eager, long_answers=long_answers, advise=False)
+                    gpus=None, gpu_gb=gpu_gb, eager=eager, long_answers=long_answers, optimizer=optimizer,
+                    hparams=hparams, advise=False)
         args.update(kw)
         plan = make_plan(base, **args)
         return plan if plan.fits else None
@@ -315,6 +357,17 @@ def overhead_bytes(cfg, model) -> int:
     return sum(r[1] for r in _gpu_rows(s, largest, []))
 
 
+def state_ratio(cfg, model) -> float:
+    """Bytes of the run's optimizer state per byte of weights (its buffers sit beside the weights they belong to):
+    a device map gives each GPU weights W that need W (1 + this)."""
+    from l2o.blocks import named_blocks
+
+    tensors = [p for _, p in named_blocks(model, trainable_only=False)]
+    trainable = [tuple(p.shape) for _, p in named_blocks(model)]
+    nbytes, _ = method_buffers(cfg.optimizer, trainable, tensors[0].element_size(), _hparams(cfg))
+    return nbytes / sum(p.numel() * p.element_size() for p in tensors)
+
+
 def scores_every_answer_token(cfg) -> bool:
     """Whether the run's objective keeps float32 logits for every answer token (lm, nondiff-f1: the default
     of generation tasks) rather than one position per example (ce, the default of classification tasks)."""
@@ -326,6 +379,13 @@ def scores_every_answer_token(cfg) -> bool:
 
     task = get_task(cfg.task)
     return (task.train_objective or ("lm" if task.kind == "gen" else "ce")) != "ce"
+
+
+def _hparams(cfg) -> dict:
+    """The hyperparameters given for a zeroth-order optimizer (what sizes its buffers, e.g. lozo-m's --rank)."""
+    from fine_tune.config import HYPERPARAMETERS
+
+    return {k: getattr(cfg, k) for k in HYPERPARAMETERS if getattr(cfg, k, None) is not None}
 
 
 def main(cfg) -> int:
@@ -340,7 +400,8 @@ def main(cfg) -> int:
         dtype = resolve_dtype(cfg.dtype, cfg.base, "cuda")  # as a run on a GPU resolves "auto"
         plan = make_plan(cfg.base, dtype=dtype, peft=cfg.peft, batch=cfg.batch_size, length=cfg.max_length,
                          device_map=cfg.device_map, offload=cfg.offload, gpus=cfg.gpus, gpu_gb=cfg.gpu_memory or 80.0,
-                         long_answers=scores_every_answer_token(cfg))
+                         long_answers=scores_every_answer_token(cfg), optimizer=cfg.optimizer,
+                         hparams=_hparams(cfg))
     except ValueError as err:
         print(f"fine_tune: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The registry's declarations as data, for the CLIs (which must answer `--help` without importing torch).
 
 `l2o/optim/catalog.json` is made from the classes in `l2o.optim.REGISTRY`: every method's paper,
-update, forwards per step and declared hyperparameters with their defaults; and the names of the engine's
+update, forwards per step, declared hyperparameters with their defaults and declared per-parameter buffers
+(l2o/footprint.py, which the `--dry-run` memory plans count); and the names of the engine's
 noise sources (`l2o.noise.SOURCES`). `fine_tune`'s config fields and flags and `--list-optimizers` read it;
 the README's method table is rendered from it.
 
@@ -45,7 +46,10 @@ def build() -> dict:
         methods[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "paper": cls.paper, "summary": cls.summary,
                          "forwards_per_step": forwards_per_step(name), "replayable": cls.replayable,
                          "distributed": cls.distributed, "needs_adapter": cls.needs_adapter,
-                         "step_size": cls.step_size, "hyperparameters": {n: hp.as_dict() for n, hp in declared.items()}}
+                         "step_size": cls.step_size, "hyperparameters": {n: hp.as_dict() for n, hp in declared.items()},
+                         "buffers": [b.as_dict() for b in cls.buffers]}
+        if cls.buffer_args:
+            methods[name]["buffer_args"] = dict(cls.buffer_args)
     for entry in flags.values():
         entry.pop("default")  # defaults are per method
     return {"flags": flags, "methods": methods, "noise_sources": list(SOURCES)}
@@ -88,6 +92,15 @@ def entry(name: str) -> dict:
 def defaults(method: str) -> dict:
     """The declared defaults of `method` (no torch)."""
     return {n: d["default"] for n, d in load()["methods"][method]["hyperparameters"].items()}
+
+
+def buffers(method: str) -> tuple:
+    """`method`'s declared per-parameter buffers (l2o.footprint.Buffer) and the defaults of the constructor
+    arguments they may name (no torch)."""
+    from l2o.footprint import Buffer
+
+    m = load()["methods"][method]
+    return tuple(Buffer.from_dict(b) for b in m["buffers"]), dict(m.get("buffer_args", {}))
 
 
 def _fmt(value) -> str:

@@ -139,5 +139,25 @@ def tied_copy_bytes(config, nbytes: int) -> int:
     return config.vocab_size * (getattr(config, "word_embed_proj_dim", None) or config.hidden_size) * nbytes
 
 
+def method_buffers(method: str, shapes, weight_bytes: int, hparams: dict | None = None) -> tuple[int, str]:
+    """(bytes, what) of the state `method` keeps between steps over trainable tensors of `shapes` (weights of
+    `weight_bytes` each): its declared buffers (l2o.footprint, read from the catalog: no optimizer is imported), at
+    its defaults overridden by `hparams` (a command line's strings read as numbers). (0, "") for a method that keeps
+    none, or one the catalog does not know (a first-order baseline)."""
+    from l2o import catalog
+    from l2o.footprint import buffer_bytes, describe
+
+    if method not in catalog.method_names():
+        return 0, ""
+    declared, args = catalog.buffers(method)
+    if not declared:
+        return 0, ""
+    hp = {**catalog.defaults(method), **args, **{k: v for k, v in (hparams or {}).items() if v is not None}}
+    for name in {b.rank for b in declared} | {b.times for b in declared}:
+        if name is not None:
+            hp[name] = float(hp[name])
+    return buffer_bytes(declared, shapes, hp, weight_bytes), describe(declared)
+
+
 def format_rows(rows, indent: str = "  ") -> list[str]:
     return [f"{indent}{what:<22} {nbytes / GiB:8.2f} GiB   {how}" for what, nbytes, how in rows]

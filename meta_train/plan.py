@@ -29,9 +29,16 @@ With the forward-only estimators (`--estimator es|pes`) a step is ZO fine-tuning
                   embedding's perturbed copy
     activations   at batch x length, no grad         one layer's working set and the logits
                                                      (l2o.memory_plan.forward_activation_bytes)
+    inner-method  its declared buffers x copies      only for a stateful --model.inner_method (l2o/footprint.py:
+    state                                            +zo-sgd-mmt, +hizoo 1 fp32 copy, +lozo-m rows x rank per
+                                                     matrix), kept in memory across unrolls: ES 2 copies (the
+                                                     trajectory's and the running unroll's), PES 2N + 1 (each
+                                                     particle's two runs' and the running one's)
     policy        B x 449 x 4 x 5                    parameters, gradient, Adam's moments, a perturbed copy
     runtime       fixed reserve
     on disk       N x bytes x files                  parked weights: ES 1 file (theta_t), PES 2 per particle
+
+Under the look-ahead the inner method runs only in meta-validation (one copy of its buffers, beside the momentum).
 
 Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the weights' dtype:
 norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores 2 a L; logits
@@ -46,7 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2o.memory_plan import (RUNTIME_RESERVE, GiB, Plan, activation_bytes, base_config, count,
-                             forward_activation_bytes, format_rows, shapes, temporaries, tied_copy_bytes)
+                             forward_activation_bytes, format_rows, meta_model, method_buffers, shapes, temporaries,
+                             tied_copy_bytes)
 
 __all__ = ["base_config", "format_plan", "main", "make_plan", "shapes", "table"]
 ESTIMATORS = ("lookahead", "es", "pes")  # l2o.estimators.ESTIMATORS (not imported: --dry-run stays light)
@@ -89,6 +97,30 @@ def forward_only_rows(config, n: int, sizes, dtype: str, batch: int, length: int
     ]
 
 
+def state_copies(estimator: str, pairs: int) -> tuple[int, str]:
+    """How many copies of the inner method's buffers (l2o/estimators/unroll.py) a step holds at its peak, and
+    why: ES the trajectory's and the running unroll's; PES each particle's two runs' and the running unroll's; the
+    look-ahead only meta-validation's deployed run."""
+    if estimator == "es":
+        return 2, "the trajectory's and the running unroll's"
+    if estimator == "pes":
+        return 2 * pairs + 1, f"the {2 * pairs} runs' ({pairs} particles) and the running unroll's"
+    return 1, "meta-validation's deployed run"
+
+
+def inner_state_rows(base: str, b: int, estimator: str, pairs: int, inner_method: str, inner_hparams) -> list:
+    """The inner method's declared buffers (l2o.memory_plan.method_buffers) times the copies the estimator keeps;
+    none for a method that keeps no buffers (zo-finetuner, +gv, ...)."""
+    from l2o.models import block_shapes
+
+    trainable = [shape for _, shape in block_shapes(meta_model(base))]
+    one, what = method_buffers(inner_method, trainable, b, inner_hparams)
+    if not one:
+        return []
+    copies, why = state_copies(estimator, pairs)
+    return [("inner-method state", copies * one, f"{inner_method}: {what}, x {copies} ({why})")]
+
+
 def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) -> int:
     """What an ES/PES step holds on a device besides the weights (the plan's other rows): what a device map
     leaves free of weights on each GPU."""
@@ -98,7 +130,7 @@ def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) ->
 
 def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
               unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0, estimator: str = "lookahead",
-              pairs: int = 4) -> MetaPlan:
+              pairs: int = 4, inner_method: str = "zo-finetuner", inner_hparams: dict | None = None) -> MetaPlan:
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     config = base_config(base)
@@ -108,8 +140,10 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
     n, sizes = count(base)
     b, big = BYTES[dtype], max(sizes)
     plan = MetaPlan(base, n, len(sizes), gpu_bytes=gpu_gb * GiB, dtype=dtype, estimator=estimator)
+    state = inner_state_rows(base, b, estimator, pairs, inner_method, inner_hparams)
     if estimator != "lookahead":
         plan.rows = forward_only_rows(config, n, sizes, dtype, batch, length, eager, how)
+        plan.rows[1:1] = state
         plan.disk = n * b * (1 if estimator == "es" else 2 * pairs)
         return plan
     plan.rows = [
@@ -126,6 +160,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
     if unroll > 1:
         plan.rows.insert(4, ("unrolled theta_t, z_t", 2 * unroll * n * 4,
                              f"functional path, T = {unroll}: small models only"))
+    plan.rows[2:2] = state
     return plan
 
 
@@ -200,7 +235,9 @@ def main(argv: list[str]) -> int:
                   unroll=int(opt.get("--model.unroll", 1)),
                   eager=opt.get("--model.attn_implementation", "") == "eager",
                   gpu_gb=float(opt.get("--gpu-memory", 80)), estimator=opt.get("--estimator", "lookahead"),
-                  pairs=int(opt.get("--model.pairs", 4)))
+                  pairs=int(opt.get("--model.pairs", 4)),
+                  inner_method=opt.get("--model.inner_method", "zo-finetuner"),
+                  inner_hparams={k.split(".", 2)[2]: v for k, v in opt.items() if k.startswith("--model.inner_hparams.")})
         plan = make_plan(**kw)
         hint = None if plan.fits else fitting_flags(kw)
     except (ValueError, OSError) as err:

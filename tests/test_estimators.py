@@ -352,6 +352,45 @@ def test_es_trajectory_carries_the_inner_methods_state_across_unrolls(method):
     assert all(torch.equal(a, b) for a, b in zip(deployed, model.parameters()))
 
 
+def _live_rule_copies() -> int:
+    """Distinct buffers of block 0 alive in update rules and in unroll states (gc's objects: uncollected cycles too)."""
+    import gc
+
+    from l2o.estimators.unroll import InnerState
+    from l2o.updates import UpdateRule
+
+    ptrs = set()
+    for o in gc.get_objects():
+        stores = o.buffers.values() if UpdateRule in type(o).__mro__ else \
+            o.rule.values() if type(o) is InnerState and o.rule else ()
+        ptrs |= {store[0].untyped_storage().data_ptr() for store in stores if 0 in store}
+    return len(ptrs)
+
+
+@pytest.mark.parametrize("cls", [ES, PES])
+def test_an_estimator_holds_the_copies_of_the_inner_methods_buffers_its_plan_counts(cls, monkeypatch):
+    """meta_train --dry-run counts a stateful inner method's buffers times the copies the unroll keeps at its peak
+    (meta_train.plan.state_copies): ES 2 (the trajectory's and the running unroll's; an antithetic sample's state is
+    dropped when it ends, not held through the next), PES 2N + 1 (each particle's two runs' and the running one's).
+    Counted while unrolls evaluate their meta-loss, over three meta-steps."""
+    import gc
+
+    from meta_train.plan import state_copies
+
+    gc.collect()
+    before = _live_rule_copies()  # other tests' leftovers, if any (collected garbage is gone)
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    est = cls(model, policy, Snapshot(Engine(model)).save(), _inner(model, "zo-finetuner+zo-sgd-mmt", seed=0),
+              unroll=2, pairs=2, std=1e-2, params="bias", reset_every=0 if cls is ES else 4, seed=5)
+    peak, heldout = [], Unroller.heldout_loss
+    monkeypatch.setattr(Unroller, "heldout_loss", lambda self, *a: peak.append(_live_rule_copies()) or heldout(self, *a))
+    for step in range(3):
+        est.estimate(policy, lambda key: stream, step)
+    est.close()
+    assert max(peak) - before == state_copies(cls.name, 2)[0] == (2 if cls is ES else 5)
+
+
 @pytest.mark.parametrize("method", STATEFUL)
 @pytest.mark.parametrize("cls", [ES, PES])
 def test_resume_through_a_stateful_inner_method_is_exact(cls, method):

@@ -189,6 +189,44 @@ def test_the_named_plans(capsys):
     assert capsys.readouterr().err.startswith("fine_tune: error: unknown base model 'no-such-base'")
 
 
+# OPT-125M's tensors by hand from l2o/base_shapes.json (hidden 768, ffn 3072, 12 layers, vocab 50272, 2048
+# positions + OPT's offset 2, tied head): (rows, elements) of every matrix; the vectors' elements
+H, F, L, V, P = 768, 3072, 12, 50272, 2048 + 2
+OPT125_MATRIX_ROWS = V + P + L * (4 * H + F + H)                 # embeddings; q k v out, fc1 (F x H), fc2 (H x F)
+OPT125_VECTORS = L * (4 * H + F + H + 2 * 2 * H) + 2 * H         # their biases, 2 layer norms; the final norm
+OPT125_PARAMS = V * H + P * H + L * (4 * H * H + 2 * F * H) + OPT125_VECTORS
+
+
+def test_the_plan_counts_a_stateful_methods_buffers_and_an_over_budget_plan_says_so(capsys):
+    """zo-adam keeps m and v: 2 float32 copies of the trainable weights more than mezo, whatever the weights' dtype;
+    lozo-m its factored momentum (rows x rank per matrix, a dense copy per vector). Checked by hand on OPT-125M."""
+    from fine_tune.plan import make_plan
+
+    assert OPT125_PARAMS == 125_239_296
+    for dtype in ("fp32", "bf16"):
+        mezo = make_plan("opt-125m", dtype=dtype, optimizer="mezo", advise=False).devices[0]
+        adam = make_plan("opt-125m", dtype=dtype, optimizer="zo-adam", advise=False).devices[0]
+        assert adam.total - mezo.total == 2 * OPT125_PARAMS * 4 == 1_001_914_368
+        assert [r[0] for r in mezo.rows] == [r[0] for r in adam.rows if r[0] != "optimizer state"]
+    for rank, extra in ((None, 2), (4, 4)):
+        lozo = make_plan("opt-125m", dtype="bf16", optimizer="lozo-m", hparams={"rank": rank}, advise=False)
+        assert lozo.devices[0].total - mezo.total == (extra * OPT125_MATRIX_ROWS + OPT125_VECTORS) * 4
+    assert (2 * OPT125_MATRIX_ROWS + OPT125_VECTORS) * 4 == 1_567_504  # 1.6 MB: 0.3% of one copy
+    for method in ("zo-sgd-mmt", "hizoo", "zo-finetuner+hizoo"):
+        one = make_plan("opt-125m", dtype="bf16", optimizer=method, advise=False).devices[0]
+        assert one.total - mezo.total == OPT125_PARAMS * 4, method
+    # OPT-13B in bf16 fits one 80 GiB GPU under mezo; zo-adam's 2 fp32 copies (96 GiB) do not
+    assert main(["--base", "opt-13b", "--dry-run", "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    assert main(["--base", "opt-13b", "--dry-run", "--dtype", "bf16", "--optimizer", "zo-adam"]) == 1
+    out = capsys.readouterr().out
+    assert "optimizer state" in out and "zo-adam: Adam's m and v (2 fp32 copies)" in out and "does NOT fit" in out
+    # a device map gives each GPU its share of the state beside its weights: the shares add up to the whole
+    plan = make_plan("opt-1.3b", dtype="bf16", optimizer="zo-adam", device_map="auto", gpus=2, advise=False)
+    state = [r[1] for d in plan.devices for r in d.rows if r[0] == "optimizer state"]
+    assert len(state) == 2 and sum(state) == pytest.approx(2 * 4 * plan.params, rel=1e-3) and plan.fits
+
+
 class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
     """Peak bytes of the CPU tensors created while active (storages counted once, freed with their last tensor)."""
 

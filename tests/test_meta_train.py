@@ -615,6 +615,32 @@ def test_dtype_auto_is_fp32_on_the_cpu_and_the_checkpoint_dtype_on_an_accelerato
     assert checkpoint_dtype(str(folder)) is None and resolve_dtype("auto", str(folder), "cuda") == "fp32"
 
 
+def test_dry_run_counts_a_stateful_inner_methods_buffers_times_the_copies_the_estimator_keeps(capsys):
+    """A stateful --model.inner_method keeps its buffers across unrolls (l2o/estimators/unroll.py): ES the
+    trajectory's and the running unroll's (2 copies), PES each particle's two runs' and the running one's (2N + 1),
+    the look-ahead only meta-validation's deployed run (1). In float32, whatever the weights' dtype; zo-finetuner
+    keeps none, so the default plans (docs/meta_train.md's table) do not change."""
+    from meta_train.cli import main
+    from meta_train.plan import make_plan
+    from tests.test_fine_tune_placement import OPT125_MATRIX_ROWS, OPT125_PARAMS, OPT125_VECTORS
+
+    copy = OPT125_PARAMS * 4
+    for estimator, copies in (("es", 2), ("pes", 2 * 3 + 1), ("lookahead", 1)):
+        base = make_plan("opt-125m", "bf16", estimator=estimator, pairs=3)
+        assert "inner-method state" not in [r[0] for r in base.rows]
+        mmt = make_plan("opt-125m", "bf16", estimator=estimator, pairs=3, inner_method="zo-finetuner+zo-sgd-mmt")
+        assert mmt.total - base.total == copies * copy, estimator
+        lozo = make_plan("opt-125m", "bf16", estimator=estimator, pairs=3, inner_method="zo-finetuner+lozo-m",
+                         inner_hparams={"rank": "4"})  # as the command line gives it
+        assert lozo.total - base.total == copies * (4 * OPT125_MATRIX_ROWS + OPT125_VECTORS) * 4, estimator
+    assert main(["--base", "opt-13b", "--dry-run", "--estimator", "es", "--model.dtype", "bf16"]) == 0
+    capsys.readouterr()
+    assert main(["--base", "opt-13b", "--dry-run", "--estimator", "pes", "--model.dtype", "bf16",
+                 "--model.inner_method", "zo-finetuner+hizoo"]) == 1
+    out = capsys.readouterr().out
+    assert "inner-method state" in out and "x 9 (the 8 runs' (4 particles)" in out and "does NOT fit" in out
+
+
 def test_dry_run_reads_config_files_and_the_command_line_wins(tmp_path, capsys):
     """--dry-run plans what the run would do: options from --config YAML (as the LightningCLI nests them),
     overridden by the command line; a bad file is one line."""

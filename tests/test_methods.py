@@ -120,6 +120,50 @@ def test_list_optimizers_names_every_method_with_its_paper_and_defaults(capsys):
         assert f"\n{name}  ({cls.paper}; " in out, name
 
 
+# ------------------------------------------------------------------------------------------ declared buffers
+def held_bytes(opt, model) -> int:
+    """Bytes of the tensors an optimizer holds (reachable from its attributes, storages counted once), less the
+    model's own parameters and buffers: its state between steps."""
+    own = {id(t) for t in (*model.parameters(), *model.buffers())}
+    seen, storages, todo = set(), {}, [opt]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            if id(o) not in own:
+                storages[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+        elif isinstance(o, nn.Module) and o is not opt:
+            continue  # the model, a policy: not the method's state
+        elif isinstance(o, dict):
+            todo += [*o.keys(), *o.values()]
+        elif isinstance(o, (list, tuple, set)):
+            todo += list(o)
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            todo += list(vars(o).values())
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_declared_buffers_are_the_bytes_the_optimizer_holds(name, dtype):
+    """The class's `buffers` (what the --dry-run plans count, through the catalog) equal the bytes of the tensors
+    the optimizer holds after its steps (Bilevel-ZOFO's upper level every t_low = 2: two steps), over the
+    tensors it trains: a matrix, vectors, a 1 x 16 row (LOZO-M: rows x rank)."""
+    model, opt, closure = make(name, TwoBlock(dtype))
+    for _ in range(2):
+        opt.step(closure)
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable, size = [tuple(p.shape) for p in params], params[0].element_size()  # (Bilevel-ZOFO's adapter: fp32)
+    declared = REGISTRY[name].buffer_bytes(trainable, size, **TINY.get(name, {}))
+    assert declared == held_bytes(opt, model)
+    from l2o.memory_plan import method_buffers  # the plans' reading of the catalog agrees
+    assert method_buffers(name, trainable, size, TINY.get(name))[0] == declared
+    if REGISTRY[name].buffers:
+        assert declared > 0
+
+
 # ------------------------------------------------------------------------------------------ torch.optim
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_optim_api(name):

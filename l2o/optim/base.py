@@ -25,6 +25,7 @@ from l2o.distributed import Collective, LocalCollective, check_parallel_mode, ch
 from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
 from l2o.errors import ConfigError
+from l2o.footprint import Buffer, buffer_bytes
 from l2o.ledger import Ledger, LedgerError, weights_digest
 from l2o.noise import NoiseSource, derive_seed
 from l2o.perturbations import make_family
@@ -107,6 +108,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     needs_adapter = False  # it trains a PEFT adapter first-order and moves the frozen rest by ZO
     splits: tuple[str, ...] = ()  # the closure takes (split, task) for these splits; () -> closure()
     step_size = "lr"     # the hyperparameter a learning-rate search tunes (bench.harness's grid)
+    # per-parameter state kept between steps (l2o/footprint.py), which the memory plans count: () holds none
+    buffers: tuple[Buffer, ...] = ()
+    buffer_args: dict = {}  # constructor arguments (not hyperparameters) a Buffer's `times` may name, their defaults
 
     def __init__(self, model: nn.Module, *, seed: int = 0, noise: str | NoiseSource | None = None, block_scales=None,
                  collective: Collective | None = None, parallel: str = "direction", check_every: int = 0,
@@ -148,6 +152,13 @@ class ZOOptimizer(torch.optim.Optimizer):
         hp = resolve(cls.method, cls.declared(), given)
         cls.validate(hp)
         return hp
+
+    @classmethod
+    def buffer_bytes(cls, shapes, weight_bytes: int = 4, **given) -> int:
+        """Bytes of the state this method keeps between steps (its declared `buffers`) for trainable tensors of
+        `shapes` (weights of `weight_bytes` each), at its defaults overridden by `given`."""
+        args = {k: given.pop(k, v) for k, v in cls.buffer_args.items()}
+        return buffer_bytes(cls.buffers, shapes, {**cls.resolve(given), **args}, weight_bytes)
 
     @classmethod
     def validate(cls, hp: dict) -> None:

@@ -33,6 +33,7 @@ from torch import nn
 
 from l2o.adapters import AdapterCopies, backbone_params
 from l2o.engine import Direction
+from l2o.footprint import Buffer
 from l2o.hparams import HP
 from l2o.noise import derive_seed, mix
 from l2o.optim.base import NonFiniteLoss, StepResult, ZOOptimizer, _check
@@ -94,6 +95,13 @@ class BilevelZOFO(ZOOptimizer):
            low=0, open_low=True),
     )
     dropped = ("lr", "weight_decay")
+    # over the adapter's tensors: its 2 num_tasks copies p_k, w_k and the initial values each starts from, in the
+    # adapter's dtype, less the copy installed in the model's slots (the model's adapter), and each copy's Adam m
+    # and v in float32
+    buffers = (Buffer("adapter copies p_k, w_k and the initial one, beside the model's", copies=2, dtype="weights",
+                      times="num_tasks"),
+               Buffer("Adam's m and v of each copy", copies=4, times="num_tasks"))
+    buffer_args = {"num_tasks": 1}
     replayable = False   # the adapters learn by backprop: the ledger holds only the backbone's steps
     distributed = False  # the first-order inner level would need adapter gradients all-reduced
     needs_adapter = True

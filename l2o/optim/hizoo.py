@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from l2o.footprint import Buffer
 from l2o.hparams import HP
 from l2o.optim.base import StepResult, ZOOptimizer
 from l2o.updates import Hessian
@@ -31,6 +32,8 @@ class HiZOO(ZOOptimizer):
         HP("hessian_smooth", float, 1e-8, "EMA rate a of the diagonal Hessian (scale it like eps^2)",
            "HiZOO README (constant 1e-8 at eps 1e-3)", low=0, high=1),
     )
+
+    buffers = (Buffer("preconditioner P"),)
 
     def make_rule(self, hp):
         return Hessian()

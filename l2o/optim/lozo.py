@@ -18,6 +18,7 @@ LOZO-M's beta 0.9 (its medium-model script).
 
 from __future__ import annotations
 
+from l2o.footprint import Buffer
 from l2o.hparams import HP
 from l2o.noise import derive_seed
 from l2o.optim.base import StepResult, ZOOptimizer
@@ -67,6 +68,8 @@ class LOZOM(LOZO):
         HP("momentum", float, 0.9, "momentum beta of the factored EMA N", "LOZO's medium-model script (beta1 0.9)",
            low=0, high=1),
     )
+
+    buffers = (Buffer("factored momentum N", rank="rank"),)
 
     def make_rule(self, hp):
         return LowRankMomentum(hp["momentum"])

@@ -13,6 +13,7 @@ update (no zo-finetuner variant). ZO-Bench's grid: lr {1e-4 .. 1e-8}, eps {1e-3,
 
 from __future__ import annotations
 
+from l2o.footprint import Buffer
 from l2o.hparams import HP
 from l2o.optim.base import _check
 from l2o.optim.mezo import MeZO
@@ -34,6 +35,8 @@ class ZOAdam(MeZO):
     @classmethod
     def validate(cls, hp):
         _check(hp["beta1"] < 1 and hp["beta2"] < 1, f"{cls.method}: beta1 and beta2 must be < 1")
+
+    buffers = (Buffer("Adam's m and v", copies=2),)
 
     def make_rule(self, hp):
         return Adam(hp["beta1"], hp["beta2"], hp["adam_eps"])

@@ -13,6 +13,7 @@ In steady state the expected update is lr / (1 - beta) times MeZO's, so that is 
 
 from __future__ import annotations
 
+from l2o.footprint import Buffer
 from l2o.hparams import HP
 from l2o.optim.mezo import MeZO
 from l2o.updates import Momentum
@@ -26,6 +27,8 @@ class ZOSGDMMT(MeZO):
         HP("lr", float, 1e-6, "learning rate eta", "ZO-Bench's SST-2/OPT-1.3B grid {1e-5 .. 1e-8}", low=0),
         HP("momentum", float, 0.9, "momentum beta", "ZO-Bench's sweeps (0.9)", low=0, high=1),
     )
+
+    buffers = (Buffer("momentum m"),)
 
     def make_rule(self, hp):
         return Momentum(hp["momentum"])

@@ -16,6 +16,7 @@ import time
 import torch
 
 from fine_tune.module import FineTuneModuleBase
+from l2o.footprint import Buffer
 from l2o.streams import Stream
 
 # name -> (torch.optim class, defaults); MeZO's FT baseline is Adam (fo-adamw), plain SGD is ZO-SGD's FO twin
@@ -24,6 +25,16 @@ FIRST_ORDER: dict[str, tuple[type[torch.optim.Optimizer], dict]] = {
     "fo-adamw": (torch.optim.AdamW, dict(lr=1e-4, weight_decay=0.0)),
 }
 FO_FLAGS = ("lr", "weight_decay")  # the fine_tune flags a first-order optimizer takes
+# What a step keeps beyond the weights, per trainable tensor (l2o/footprint.py), for `fine_tune --dry-run`: the
+# gradient backprop leaves in every trainable tensor (in its dtype), and the torch optimizer's state: AdamW's
+# exp_avg and exp_avg_sq, which torch keeps in the parameters' own dtype (bf16 weights: bf16 moments; its 'step'
+# is a 4-byte scalar per tensor, not counted); SGD keeps a momentum buffer only with momentum, which FO_FLAGS
+# does not offer (torch's default 0): none. tests/test_first_order.py checks them against a step's tensors.
+GRADIENTS = Buffer("gradients", dtype="weights")
+FO_BUFFERS: dict[str, tuple[Buffer, ...]] = {
+    "fo-sgd": (),
+    "fo-adamw": (Buffer("AdamW's exp_avg and exp_avg_sq", copies=2, dtype="weights"),),
+}
 
 
 def is_first_order(name) -> bool:

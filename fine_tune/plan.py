@@ -22,6 +22,17 @@ stateful method only (momentum, Adam's moments, HiZOO's preconditioner: none for
     activations    one layer at a time, no backward        batch x length tokens, plus the logits
     runtime        fixed reserve                           CUDA context, allocator slack
 
+A first-order baseline (`--optimizer fo-sgd|fo-adamw`, fine_tune/first_order.py) backpropagates, on one device:
+
+    weights        N x bytes(dtype) (+ the PEFT adapter)
+    gradients      trainable tensors x b                  one per trainable weight, in its dtype
+    optimizer      fo-adamw: 2 x trainable tensors x b    AdamW's moments, which torch keeps in the weights'
+    state                                                 dtype; fo-sgd none (fine_tune passes no momentum)
+    activations    layers x batch x tokens x b x          saved for the backward (Korthikanti et al. 2022,
+                   (9h + 2 kv + 2f, 4f if gated)           sec. 4; l2o.memory_plan.activation_bytes), plus the
+                                                          logits as a forward keeps them
+    runtime        fixed reserve
+
 `--device-map` places the layers with accelerate's own `infer_auto_device_map` on the meta model, each GPU's
 weight budget being --gpu-memory less the rest of its rows: the plan is the placement a run makes. An
 over-budget plan names the options that fit. Everything here is a plan (an estimate), not a measurement.
@@ -35,8 +46,9 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, base_config, count, forward_activation_bytes,
-                             format_rows, meta_model, method_buffers, temporaries, tied_copy_bytes)
+from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, activation_bytes, base_config, count,
+                             forward_activation_bytes, format_rows, meta_model, method_buffers, temporaries,
+                             tied_copy_bytes)
 
 MAX_GPUS = 16
 CARDS_GB = (16, 24, 32, 40, 48, 80, 94, 141)  # common accelerator memory sizes, for "fits GPUs of"
@@ -90,6 +102,23 @@ class Shape:
     def nbytes(self) -> int:
         return BYTES[self.dtype]
 
+    @property
+    def kind(self) -> str:
+        """"first-order" (fo-*: backprop over the trainable tensors), "bilevel" (a method that trains a PEFT
+        adapter by backprop and moves the frozen backbone by ZO: bilevel-zofo) or "zo"."""
+        from fine_tune.first_order import is_first_order
+        from l2o import catalog
+
+        if is_first_order(self.optimizer):
+            return "first-order"
+        known = self.optimizer in catalog.method_names()
+        return "bilevel" if known and catalog.entry(self.optimizer)["needs_adapter"] else "zo"
+
+    @property
+    def scored(self) -> int | None:
+        """Logit positions kept in float32: every one (None) for an lm objective, one per example otherwise."""
+        return None if self.long_answers else self.batch
+
 
 def peft_tensors(model, config, peft: str) -> list[tuple[int, ...]]:
     """Shapes of the tensors a PEFT mode adds (LoRA r 8 on the query/value projections: A r x in, B out x r; 5
@@ -123,6 +152,11 @@ def _tied_copy(s: Shape) -> int:
     return tied_copy_bytes(s.config, s.nbytes) if s.peft == "full" else 0
 
 
+def _logits_how(s: Shape) -> str:
+    return "logits, float32 " + ("for every token (lm objective)" if s.long_answers else
+                                 "for one per example (classification)")
+
+
 def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
     perturb, update = temporaries(largest, s.nbytes)
     tokens = s.length + _virtual_tokens(s.peft)
@@ -130,10 +164,35 @@ def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
     return [*weights,
             ("perturbation/update", max(perturb, update) + tied, f"one tensor at a time: the largest trainable one, "
              f"{largest / 1e6:.0f}M elements" + (", and the tied embedding's perturbed copy" if tied else "")),
-            ("activations", forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager,
-                                                     None if s.long_answers else s.batch),
-             f"one layer at a time, batch {s.batch} x {tokens} tokens; logits, float32 "
-             + ("for every token (lm objective)" if s.long_answers else "for one per example (classification)")),
+            ("activations", forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager, s.scored),
+             f"one layer at a time, batch {s.batch} x {tokens} tokens; {_logits_how(s)}"),
+            ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
+
+
+def backward_activation_bytes(s: Shape) -> int:
+    """Saved for one backward pass at the run's batch and length (l2o.memory_plan.activation_bytes: per layer and
+    token 9h + 2 kv + 2f (OPT) or 4f (gated MLPs), + 2 a L with eager attention, Korthikanti et al. 2022, "Reducing
+    Activation Recomputation in Large Transformer Models", sec. 4; times layers x batch x tokens x bytes), plus the
+    logits as the forward keeps them."""
+    tokens = s.length + _virtual_tokens(s.peft)
+    return activation_bytes(s.config, s.batch, tokens, s.nbytes, False, s.eager, s.scored)
+
+
+def _first_order_rows(s: Shape, model, weights: list) -> list:
+    """A backprop step (fo-sgd, fo-adamw): no ZO temporaries; a gradient per trainable weight, the torch
+    optimizer's state (fine_tune.first_order.FO_BUFFERS) and the activations saved for the backward. The rows are
+    added although the gradients grow as the activations are freed: a bound."""
+    from fine_tune.first_order import FO_BUFFERS, GRADIENTS
+    from l2o.footprint import buffer_bytes, describe
+
+    shapes, tokens = trainable_shapes(s, model), s.length + _virtual_tokens(s.peft)
+    state = FO_BUFFERS[s.optimizer]
+    return [*weights,
+            ("gradients", buffer_bytes((GRADIENTS,), shapes, {}, s.nbytes), "one per trainable weight, in its dtype"),
+            *([("optimizer state", buffer_bytes(state, shapes, {}, s.nbytes), f"{s.optimizer}: {describe(state)}")]
+              if state else []),
+            ("activations", backward_activation_bytes(s), f"saved for the backward, every layer, batch {s.batch} x "
+                                                          f"{tokens} tokens; {_logits_how(s)}"),
             ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
 
 
@@ -173,8 +232,12 @@ def plan_single(base: str, s: Shape, gpu_bytes: float, model) -> FineTunePlan:
     n, trainable, largest = _trainable(base, s, model)
     adapter = 0 if s.peft == "full" else trainable * s.nbytes
     weights = [("weights", n * s.nbytes + adapter, f"{n / 1e9:.2f}B params x {s.nbytes} B ({s.dtype})"
-                + (f" + {s.peft} adapter" if adapter else "")), *state_rows(s, model)]
-    return FineTunePlan(base, "one device", n, trainable, [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes)])
+                + (f" + {s.peft} adapter" if adapter else ""))]
+    if s.kind == "first-order":
+        rows = _first_order_rows(s, model, weights)
+    else:
+        rows = _gpu_rows(s, largest, [*weights, *state_rows(s, model)])
+    return FineTunePlan(base, "one device", n, trainable, [Device("GPU", rows, gpu_bytes)])
 
 
 def _block_sizes(model, nbytes: int) -> tuple[list[int], int, int]:
@@ -258,12 +321,16 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
               gpu_gb: float = 80.0, eager: bool = False, long_answers: bool = False, optimizer: str = "mezo",
               hparams: dict | None = None, advise: bool = True) -> FineTunePlan:
     """The plan per device; `gpus` None with a device map: the fewest GPUs that hold the model. `optimizer` and its
-    `hparams` (unset: its defaults) size the optimizer state row (none for a method that keeps no buffers)."""
+    `hparams` (unset: its defaults) size the optimizer state row (none for a method that keeps no buffers); a
+    first-order baseline (fo-*) or bilevel-zofo backpropagates: gradients and saved activations, one device only."""
     if dtype not in BYTES:
         raise ValueError(f"--dtype must be one of {', '.join(BYTES)}, got {dtype!r}")
     config = base_config(base)
     length = min(length, getattr(config, "max_position_embeddings", length) - _virtual_tokens(peft))
     s = Shape(config, dtype, peft, batch, length, eager, long_answers, optimizer, dict(hparams or {}))
+    if s.kind != "zo" and (offload is not None or device_map is not None):
+        raise ValueError(f"{optimizer} takes first-order steps and needs the model resident on one device; "
+                         "--device-map and --offload apply to the zeroth-order optimizers")
     model, gpu_bytes = meta_model(base), gpu_gb * GiB
     if offload is not None:
         plan = plan_offload(base, s, gpu_bytes, model, offload)
@@ -280,13 +347,14 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
     plan.setting = f"{dtype}, peft {peft}, {plan.setting}, {gpu_gb:g} GiB per GPU"
     if advise and not plan.fits:
         plan.options = options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
-                               optimizer, hparams)
+                               optimizer, hparams, placeable=s.kind == "zo")
     return plan
 
 
 def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
-            optimizer="mezo", hparams=None) -> list[str]:
-    """Flags that make the run fit: offloading, more GPUs, a smaller batch, bf16 (first-found of each)."""
+            optimizer="mezo", hparams=None, placeable=True) -> list[str]:
+    """Flags that make the run fit: offloading, more GPUs (a zeroth-order method only: `placeable`), a smaller
+    batch, bf16 (first-found of each)."""
     found = []
 
     def fits(**kw) -> FineTunePlan | None:
@@ -297,7 +365,7 @@ def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager
         plan = make_plan(base, **args)
         return plan if plan.fits else None
 
-    if offload is None:
+    if offload is None and placeable:
         plan = fits(offload="cpu", device_map=None)
         if plan:
             found.append(f"--offload cpu ({plan.devices[0].total / GiB:.1f} GiB on the GPU)")

@@ -91,13 +91,15 @@ def per_token_layer(config, length: int, eager: bool) -> int:
     return 9 * h + 2 * kv * head_dim + (4 if gated else 2) * f + (2 * heads * length if eager else 0)
 
 
-def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool) -> int:
+def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool,
+                     scored: int | None = None) -> int:
     """Saved for one backward: every layer's activations (or, checkpointed, one hidden state per layer plus
-    one layer's), and float32 logits for the cross-entropy."""
+    one layer's), and the logits: every position's in the weights' dtype, and the float32 copy and log-softmax
+    of the `scored` positions (default: every one; a classification objective scores one per example)."""
     per_token = per_token_layer(config, length, eager)
     tokens = batch * length
     h, layers = config.hidden_size, config.num_hidden_layers
-    logits = tokens * config.vocab_size * (nbytes + 8)
+    logits = (tokens * nbytes + (tokens if scored is None else scored) * 8) * config.vocab_size
     if checkpointing:
         return int(layers * tokens * h * nbytes + tokens * per_token * nbytes + logits)
     return int(layers * tokens * per_token * nbytes + logits)

@@ -33,6 +33,11 @@ A first-order baseline (`--optimizer fo-sgd|fo-adamw`, fine_tune/first_order.py)
                                                           logits as a forward keeps them
     runtime        fixed reserve
 
+Bilevel-ZOFO (l2o/optim/bilevel_zofo.py) trains the adapter by backprop and perturbs the frozen backbone: its
+perturbation/update row is the largest backbone tensor's (and a tied embedding's copy), and it adds the adapter's
+gradient and the activations saved for a backward (its ZO forwards and backward passes alternate: the sum bounds
+them).
+
 `--device-map` places the layers with accelerate's own `infer_auto_device_map` on the meta model, each GPU's
 weight budget being --gpu-memory less the rest of its rows: the plan is the placement a run makes. An
 over-budget plan names the options that fit. Everything here is a plan (an estimate), not a measurement.
@@ -196,6 +201,27 @@ def _first_order_rows(s: Shape, model, weights: list) -> list:
             ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
 
 
+def _bilevel_rows(s: Shape, model, weights: list, backbone_largest: int) -> list:
+    """Bilevel-ZOFO (l2o/optim/bilevel_zofo.py): its engine perturbs and moves the frozen backbone, so the
+    temporaries are the largest backbone tensor's (and a tied embedding's copy); its lower and p-gradient steps
+    backprop through the backbone into the adapter: the adapter's gradient and the activations saved for a backward
+    (larger than a no-grad forward's working set, which the ZO evaluations need). The ZO forwards and the backward
+    passes alternate: adding their rows is a bound, by at most the perturbation row."""
+    perturb, update = temporaries(backbone_largest, s.nbytes)
+    tied = tied_copy_bytes(s.config, s.nbytes)
+    tokens = s.length + _virtual_tokens(s.peft)
+    adapter = sum(math.prod(shape) for shape in trainable_shapes(s, model))
+    forward = forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager, s.scored)
+    return [*weights,
+            ("perturbation/update", max(perturb, update) + tied, f"one backbone tensor at a time (the engine perturbs "
+             f"the frozen backbone): the largest, {backbone_largest / 1e6:.0f}M elements"
+             + (", and the tied embedding's perturbed copy" if tied else "")),
+            ("adapter gradient", adapter * s.nbytes, "the copy being trained's gradient (backprop into the adapter)"),
+            ("activations", max(backward_activation_bytes(s), forward),
+             f"saved for a backward through the backbone, batch {s.batch} x {tokens} tokens; {_logits_how(s)}"),
+            ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
+
+
 def _trainable(base: str, s: Shape, model) -> tuple[int, int, int]:
     """(parameters, trainable parameters, largest trainable tensor)."""
     n, sizes = count(base)
@@ -235,6 +261,8 @@ def plan_single(base: str, s: Shape, gpu_bytes: float, model) -> FineTunePlan:
                 + (f" + {s.peft} adapter" if adapter else ""))]
     if s.kind == "first-order":
         rows = _first_order_rows(s, model, weights)
+    elif s.kind == "bilevel":
+        rows = _bilevel_rows(s, model, [*weights, *state_rows(s, model)], max(count(base)[1]))
     else:
         rows = _gpu_rows(s, largest, [*weights, *state_rows(s, model)])
     return FineTunePlan(base, "one device", n, trainable, [Device("GPU", rows, gpu_bytes)])

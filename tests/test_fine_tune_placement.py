@@ -372,3 +372,18 @@ def test_the_first_order_plan_is_the_order_of_a_measured_backprop_step(tmp_path)
           f"ratio {planned / mode.peak:.2f}")
     assert mode.peak / 2 <= planned <= 2 * mode.peak, (mode.peak, planned)
 
+
+def test_bilevel_zofos_plan_sizes_its_temporaries_from_the_backbone_and_plans_its_backward():
+    """Bilevel-ZOFO's engine perturbs the frozen backbone (not the adapter): its temporaries are OPT-125M's largest
+    tensor's, the tied embedding (V x H) with its perturbed copy; its first-order steps keep the adapter's
+    gradient and the activations saved for a backward. By hand, bf16, LoRA (r 8 on q and v)."""
+    from fine_tune.plan import make_plan
+
+    rows = {r[0]: r[1] for r in make_plan("opt-125m", dtype="bf16", peft="lora", optimizer="bilevel-zofo",
+                                            advise=False).devices[0].rows}
+    assert rows["perturbation/update"] == V * H * (4 + 2 + 2) + V * H * 2 == 386_088_960
+    assert rows["adapter gradient"] == L * 2 * (8 * H + H * 8) * 2
+    assert rows["activations"] == L * OPT125_TOKENS * OPT125_SAVED_PER_TOKEN * 2 + (OPT125_TOKENS * 2 + 16 * 8) * V
+    mezo = {r[0]: r[1] for r in make_plan("opt-125m", dtype="bf16", peft="lora", advise=False).devices[0].rows}
+    assert mezo["perturbation/update"] == 8 * H * 8 and mezo["activations"] < rows["activations"] / 3
+

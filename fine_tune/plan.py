@@ -36,7 +36,9 @@ A first-order baseline (`--optimizer fo-sgd|fo-adamw`, fine_tune/first_order.py)
 Bilevel-ZOFO (l2o/optim/bilevel_zofo.py) trains the adapter by backprop and perturbs the frozen backbone: its
 perturbation/update row is the largest backbone tensor's (and a tied embedding's copy), and it adds the adapter's
 gradient and the activations saved for a backward (its ZO forwards and backward passes alternate: the sum bounds
-them).
+them). `--noise table` adds a "noise table" row: on a GPU the table's copy and its signed windows (3 x size x 4 B,
+size 2^22 by default: 48 MiB) and the block path's float32 z of the largest perturbed tensor (x 4; x 8 with its
+float32 copy when the weights are bf16/fp16); under --offload cpu the table itself in CPU memory.
 
 `--device-map` places the layers with accelerate's own `infer_auto_device_map` on the meta model, each GPU's
 weight budget being --gpu-memory less the rest of its rows: the plan is the placement a run makes. An
@@ -102,6 +104,7 @@ class Shape:
     long_answers: bool = False  # an lm objective scores every answer token (float32 logits), ce one per example
     optimizer: str = "mezo"     # its declared buffers are the "optimizer state" row
     hparams: dict = field(default_factory=dict)  # the optimizer's hyperparameters given (unset: its defaults)
+    noise: str | None = None    # --noise: "table" adds the noise table's row
 
     @property
     def nbytes(self) -> int:
@@ -162,6 +165,25 @@ def _logits_how(s: Shape) -> str:
                                  "for one per example (classification)")
 
 
+def noise_table_rows(s: Shape, largest: int, where: str = "GPU") -> list:
+    """`--noise table`'s memory (l2o.noise.NoiseTable at its default options, l2o.catalog.noise_options): on a GPU
+    its copy of the table and the signed windows [table, -table] the block path gathers from (3 x size float32),
+    and the block path's float32 z of the largest perturbed tensor, with that tensor's float32 copy when the weights
+    are not float32 (the Gaussian source's fused kernel needs neither); in CPU memory (`where` "host") the table
+    itself. None for the Gaussian source."""
+    if s.noise != "table":
+        return []
+    from l2o import catalog
+
+    size = catalog.noise_options("table")["size"]
+    if where == "host":
+        return [("noise table", size * 4, f"--noise table: its {size:,} float32 values")]
+    extra = largest * (8 if s.nbytes < 4 else 4)
+    return [("noise table", 3 * size * 4 + extra,
+             f"--noise table: {size:,} float32 values and the signed windows (3 x size x 4 B), the gathered z"
+             + (" and the weights' float32 copy" if s.nbytes < 4 else "") + " of the largest perturbed tensor")]
+
+
 def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
     perturb, update = temporaries(largest, s.nbytes)
     tokens = s.length + _virtual_tokens(s.peft)
@@ -169,6 +191,7 @@ def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
     return [*weights,
             ("perturbation/update", max(perturb, update) + tied, f"one tensor at a time: the largest trainable one, "
              f"{largest / 1e6:.0f}M elements" + (", and the tied embedding's perturbed copy" if tied else "")),
+            *noise_table_rows(s, largest),
             ("activations", forward_activation_bytes(s.config, s.batch, tokens, s.nbytes, s.eager, s.scored),
              f"one layer at a time, batch {s.batch} x {tokens} tokens; {_logits_how(s)}"),
             ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
@@ -216,6 +239,7 @@ def _bilevel_rows(s: Shape, model, weights: list, backbone_largest: int) -> list
             ("perturbation/update", max(perturb, update) + tied, f"one backbone tensor at a time (the engine perturbs "
              f"the frozen backbone): the largest, {backbone_largest / 1e6:.0f}M elements"
              + (", and the tied embedding's perturbed copy" if tied else "")),
+            *noise_table_rows(s, backbone_largest),
             ("adapter gradient", adapter * s.nbytes, "the copy being trained's gradient (backprop into the adapter)"),
             ("activations", max(backward_activation_bytes(s), forward),
              f"saved for a backward through the backbone, batch {s.batch} x {tokens} tokens; {_logits_how(s)}"),
@@ -293,7 +317,7 @@ def plan_offload(base: str, s: Shape, gpu_bytes: float, model, where: str) -> Fi
                            " updates are written here"),
                           ("update", update if where == "cpu" else 0,
                            "one tensor's fp32 accumulator and noise" if where == "cpu" else "in the page cache"),
-                          *state_rows(s, model, 1 - on_gpu)])
+                          *state_rows(s, model, 1 - on_gpu), *noise_table_rows(s, 0, "host")])
     return FineTunePlan(base, f"--offload {where}", n, trainable,
                         [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes), host])
 
@@ -347,15 +371,16 @@ def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpu
 def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 16, length: int = 2048,
               device_map: str | None = None, offload: str | None = None, gpus: int | None = None,
               gpu_gb: float = 80.0, eager: bool = False, long_answers: bool = False, optimizer: str = "mezo",
-              hparams: dict | None = None, advise: bool = True) -> FineTunePlan:
+              hparams: dict | None = None, advise: bool = True, noise: str | None = None) -> FineTunePlan:
     """The plan per device; `gpus` None with a device map: the fewest GPUs that hold the model. `optimizer` and its
     `hparams` (unset: its defaults) size the optimizer state row (none for a method that keeps no buffers); a
-    first-order baseline (fo-*) or bilevel-zofo backpropagates: gradients and saved activations, one device only."""
+    first-order baseline (fo-*) or bilevel-zofo backpropagates: gradients and saved activations, one device only.
+    `noise` "table" adds the noise table's row."""
     if dtype not in BYTES:
         raise ValueError(f"--dtype must be one of {', '.join(BYTES)}, got {dtype!r}")
     config = base_config(base)
     length = min(length, getattr(config, "max_position_embeddings", length) - _virtual_tokens(peft))
-    s = Shape(config, dtype, peft, batch, length, eager, long_answers, optimizer, dict(hparams or {}))
+    s = Shape(config, dtype, peft, batch, length, eager, long_answers, optimizer, dict(hparams or {}), noise)
     if s.kind != "zo" and (offload is not None or device_map is not None):
         raise ValueError(f"{optimizer} takes first-order steps and needs the model resident on one device; "
                          "--device-map and --offload apply to the zeroth-order optimizers")
@@ -375,12 +400,12 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
     plan.setting = f"{dtype}, peft {peft}, {plan.setting}, {gpu_gb:g} GiB per GPU"
     if advise and not plan.fits:
         plan.options = options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
-                               optimizer, hparams, placeable=s.kind == "zo")
+                               optimizer, hparams, noise, placeable=s.kind == "zo")
     return plan
 
 
 def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager, long_answers,
-            optimizer="mezo", hparams=None, placeable=True) -> list[str]:
+            optimizer="mezo", hparams=None, noise=None, placeable=True) -> list[str]:
     """Flags that make the run fit: offloading, more GPUs (a zeroth-order method only: `placeable`), a smaller
     batch, bf16 (first-found of each)."""
     found = []
@@ -388,7 +413,7 @@ def options(base, dtype, peft, batch, length, device_map, offload, gpu_gb, eager
     def fits(**kw) -> FineTunePlan | None:
         args = dict(dtype=dtype, peft=peft, batch=batch, length=length, device_map=device_map, offload=offload,
                     gpus=None, gpu_gb=gpu_gb, eager=eager, long_answers=long_answers, optimizer=optimizer,
-                    hparams=hparams, advise=False)
+                    hparams=hparams, advise=False, noise=noise)
         args.update(kw)
         plan = make_plan(base, **args)
         return plan if plan.fits else None
@@ -448,7 +473,8 @@ def overhead_bytes(cfg, model) -> int:
     config = unwrap_peft(model).config
     tensors = [p for _, p in named_blocks(model, trainable_only=False)]
     dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[tensors[0].dtype]
-    s = Shape(config, dtype, cfg.peft, cfg.batch_size, cfg.max_length, False, scores_every_answer_token(cfg))
+    s = Shape(config, dtype, cfg.peft, cfg.batch_size, cfg.max_length, False, scores_every_answer_token(cfg),
+              noise=cfg.noise)
     largest = max(p.numel() for _, p in named_blocks(model))
     return sum(r[1] for r in _gpu_rows(s, largest, []))
 
@@ -497,7 +523,7 @@ def main(cfg) -> int:
         plan = make_plan(cfg.base, dtype=dtype, peft=cfg.peft, batch=cfg.batch_size, length=cfg.max_length,
                          device_map=cfg.device_map, offload=cfg.offload, gpus=cfg.gpus, gpu_gb=cfg.gpu_memory or 80.0,
                          long_answers=scores_every_answer_token(cfg), optimizer=cfg.optimizer,
-                         hparams=_hparams(cfg))
+                         hparams=_hparams(cfg), noise=cfg.noise)
     except ValueError as err:
         print(f"fine_tune: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

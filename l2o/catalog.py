@@ -52,7 +52,17 @@ def build() -> dict:
             methods[name]["buffer_args"] = dict(cls.buffer_args)
     for entry in flags.values():
         entry.pop("default")  # defaults are per method
-    return {"flags": flags, "methods": methods, "noise_sources": list(SOURCES)}
+    return {"flags": flags, "methods": methods, "noise_sources": list(SOURCES),
+            "noise_options": {name: _constructor_defaults(cls) for name, cls in SOURCES.items()}}
+
+
+def _constructor_defaults(cls) -> dict:
+    """A noise source's options and their defaults (what a run that names it gets; the table's size sizes the
+    memory plans' "noise table" row), less the path, which changes no value and no memory."""
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k not in ("self", "path") and p.default is not inspect.Parameter.empty}
 
 
 def text(catalog: dict) -> str:
@@ -77,6 +87,11 @@ def methods_taking(name: str) -> list[str]:
 def noise_sources() -> list[str]:
     """The engine's noise sources (l2o.noise.SOURCES), the first the default."""
     return list(load()["noise_sources"])
+
+
+def noise_options(name: str) -> dict:
+    """The options of noise source `name` at their defaults (l2o.noise.SOURCES), e.g. the table's size."""
+    return dict(load()["noise_options"][name])
 
 
 def method_names() -> list[str]:

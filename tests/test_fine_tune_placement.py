@@ -387,3 +387,25 @@ def test_bilevel_zofos_plan_sizes_its_temporaries_from_the_backbone_and_plans_it
     mezo = {r[0]: r[1] for r in make_plan("opt-125m", dtype="bf16", peft="lora", advise=False).devices[0].rows}
     assert mezo["perturbation/update"] == 8 * H * 8 and mezo["activations"] < rows["activations"] / 3
 
+
+def test_the_noise_tables_memory_is_a_row_of_the_plan(capsys):
+    """--noise table: on the GPU the table (4,194,304 float32 values at its default size) and its signed windows,
+    3 x size x 4 B, and the block path's float32 z of the largest tensor (with its float32 copy for bf16 weights);
+    in CPU memory under --offload the table itself. By hand on OPT-125M; the 3 x size is what a NoiseTable holds
+    after a block-path perturbation."""
+    from fine_tune.plan import make_plan
+    from l2o.noise import NoiseTable
+
+    size = 1 << 22
+    for dtype, per in (("fp32", 4), ("bf16", 8)):
+        plain = make_plan("opt-125m", dtype=dtype, advise=False).devices[0]
+        table = make_plan("opt-125m", dtype=dtype, noise="table", advise=False).devices[0]
+        assert table.total - plain.total == 3 * size * 4 + V * H * per
+    host = make_plan("opt-125m", dtype="bf16", noise="table", offload="cpu", advise=False).devices[1]
+    assert dict((r[0], r[1]) for r in host.rows)["noise table"] == size * 4
+    assert main(["--base", "opt-125m", "--dry-run", "--noise", "table"]) == 0
+    assert "noise table" in capsys.readouterr().out
+    src = NoiseTable(size=1 << 12, chunk_size=1 << 6, path="block")
+    src.axpy(torch.empty(1000), torch.zeros(1000), seed=1, block=0, alpha=1e-3)
+    held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (src._cpu, *src._windows.values())}
+    assert sum(held.values()) == 3 * (1 << 12) * 4

@@ -423,3 +423,34 @@ def test_resume_through_a_stateful_inner_method_is_exact(cls, method):
     b.close()
     assert all(torch.equal(x, y) for x, y in zip(out_a.grad, out_b.grad)) and out_a.meta_loss == out_b.meta_loss
     assert all(torch.equal(x, y) for x, y in zip(after_a, other.parameters()))
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_an_unroll_leaves_no_hooks_and_continues_the_runs_family_through_the_public_api():
+    """The engine's swap-in hooks live only inside each evaluation: after three unrolls (measured: 0 hooks after
+    each) and after an unroll whose loss raises, the model's hook dicts are empty. A Sparse-MeZO unroll continues
+    the run's family (thresholds from the run's first weights) through the optimizer's public `adopt_family`: an
+    optimizer made on the later weights computes other thresholds until it adopts the run's."""
+    from l2o.estimators.unroll import InnerState
+    from l2o.optim import build_optimizer
+
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    unroller = _inner(model, "zo-finetuner+sparse-mezo", seed=0)
+    state = InnerState()
+    for episode in range(3):
+        _, state = unroller.run(policy, state, stream, 0, 2)
+        assert _hooks(model) == 0
+    broken = TaskStream("broken", lambda m, b: 1 / 0, stream.train, stream.heldout)
+    with pytest.raises(ZeroDivisionError):
+        unroller.run(policy, state, broken, 0, 1)
+    assert _hooks(model) == 0
+
+    fresh = build_optimizer("zo-finetuner+sparse-mezo", model, policy=policy, lr=LR, eps=EPS, policy_batch_size=16)
+    assert fresh.engine.family.config() != state.family  # bound to the weights now, not the run's first
+    fresh.adopt_family(state.family)
+    assert fresh.engine.family.config() == state.family
+    assert unroller.optimizer(policy, state, 0).engine.family.config() == state.family

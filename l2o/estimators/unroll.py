@@ -137,7 +137,7 @@ class Unroller:
         if state.features is not None and opt.policy_scales is not None:
             opt.policy_scales.load_state_dict(state.features)
         if state.family is not None:
-            opt._adopt_family(state.family)
+            opt.adopt_family(state.family)
         if rule and opt.engine.rule is not None:
             if state.rule is not None:
                 opt.engine.rule.load_state_dict(state.rule)

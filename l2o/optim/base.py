@@ -354,7 +354,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.seed = int(meta["seed"])
         if "zo_ledger" in state_dict:
             self.ledger = self._saved_ledger(state_dict["zo_ledger"])
-            self._adopt_family(self.ledger.header.get("family"))
+            self.adopt_family(self.ledger.header.get("family"))
         if self.engine.rule is not None:
             self._load_rule(state_dict.get("zo_rule"))
         if "zo_digest" in state_dict:
@@ -364,10 +364,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         # torch may cast tensors in state; keep our plain-python scalars as they were saved
         self.state["zo"] = dict(state_dict["state"]["zo"])
 
-    def _adopt_family(self, config: dict | None) -> None:
-        """The saved run's perturbation family (its ledger header's), not one bound to the weights now: Sparse-MeZO's
-        thresholds come from the run's first weights, and an optimizer made on a checkpoint's weights (as a resumed
-        run's is) would compute others."""
+    def adopt_family(self, config: dict | None) -> None:
+        """Continue a saved run's perturbation family: `config` is its `engine.family.config()` (a ledger header's
+        "family"; None keeps this optimizer's own). Needed because a family bound to the weights now is not the
+        run's: Sparse-MeZO's thresholds come from the run's first weights, and an optimizer made on a checkpoint's
+        weights (as a resumed run's or a truncated unroll's is) would compute others. `load_state_dict` calls it."""
         if config is not None and config != self.engine.family.config():
             self.engine.family = make_family(config)
             self.engine.family.bind(self.blocks)

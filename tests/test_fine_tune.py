@@ -86,6 +86,11 @@ def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
     hist = json.loads((killed / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 9))  # steps completed, as on TensorBoard
     assert json.loads((killed / "results.json").read_text())["forward_passes"] == 8 * 6  # M = 4: 4 + 2
+    # zero-shot and step 4's validation were logged before the kill: the resumed run logs neither again
+    from tests.test_run_failures import _validations
+
+    assert _validations(killed) == _validations(full)
+    assert [s for s, _ in _validations(full)["dev/accuracy"]] == [0, 3, 7]  # zero-shot, after steps 4 and 8
 
 
 def test_checkpoints_hold_only_the_trainable_tensors(tiny_base, tmp_path):

@@ -2,6 +2,7 @@
 run, uninterrupted, is the reference each interrupted and resumed run must end equal to, byte for byte)."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -184,3 +185,45 @@ def test_a_read_only_or_full_cache_is_one_line_naming_it_in_every_cli(bad_cache,
     # the zoo downloads into $L2O_CACHE/zoo
     assert zoo(["download", "smollm2-135m/zo-finetuner"]) == 2
     assert f"folder {bad_cache / 'zoo'} (" in _one_error_line(capsys, "zoo")
+
+
+EVAL = ["--steps", "6", "--save-every", "2", "--eval-every", "2", "--lr", "1e-3", "--save-model", "false",
+        "--zero-shot", "false"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_reference(tiny_base, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("evaluated") / "run"
+    assert main(_args(tiny_base, out, *EVAL)) == 0
+    return out
+
+
+def _validations(out) -> dict:
+    """Every dev/eval/final row the run logged to TensorBoard (its event files, a resumed run's too): tag ->
+    [(step, value)] by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]
+            if tag.split("/")[0] in ("dev", "eval", "final")}
+
+
+@pytest.mark.parametrize("step", [2, 6])
+def test_ctrl_c_at_a_validation_step_resumes_with_that_steps_validation(tiny_base, evaluated_reference, tmp_path,  # noqa: F811
+                                                                         step):
+    """--eval-every = --save-every: Ctrl-C at a validation step stops after the step's checkpoint, before its
+    validation, and Lightning's resume took that validation as done: the resumed run's dev/eval rows lacked the
+    step's (step 6, the last: Lightning runs no training loop at all). The resumed run now does it first; its rows,
+    its best-on-dev choice and its weights equal the uninterrupted run's."""
+    out = tmp_path / "run"
+    proc = _in_subprocess("run_fine_tune_interrupted_at", step, _args(tiny_base, out, *EVAL))
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    assert main(_args(tiny_base, out, *EVAL, "--resume")) == 0
+    want = _validations(evaluated_reference)
+    assert [s for s, _ in want["dev/accuracy"]] == [1, 3, 5]  # after steps 2, 4, 6 (logged at step - 1)
+    assert _validations(out) == want
+    best = [json.loads((d / "results.json").read_text())["best_step"] for d in (out, evaluated_reference)]
+    assert best[0] == best[1]
+    _assert_same_run(out, evaluated_reference)

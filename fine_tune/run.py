@@ -101,17 +101,28 @@ def _check_folder(cfg: FineTuneConfig, writer: bool, log) -> Path:
 def _check_resume(cfg: FineTuneConfig, old: dict, log) -> None:
     """Resume only the same run. The process layout may change: the seeds and each step's global batch do
     not depend on it (direction-parallel is bit-identical at any N; data-parallel differs only in the
-    float32 rounding of the loss sums)."""
+    float32 rounding of the loss sums). So may --save-every, the checkpoints' cadence (the run says so:
+    `_note_cadence`)."""
     from fine_tune.config import LAYOUT_FLAGS
 
     now = {k: v for k, v in cfg.to_dict().items() if k != "resume"}
-    diff = sorted(k for k in now if k not in LAYOUT_FLAGS and old.get(k) != now[k])
+    diff = sorted(k for k in now if k not in (*LAYOUT_FLAGS, "save_every") and old.get(k) != now[k])
     if diff:
         raise ConfigError(f"--resume with a different configuration ({', '.join(diff)}); use the original flags")
     was = old.get("devices", 1) * old.get("num_nodes", 1)
     if was != cfg.world_size():
         log(f"resuming a run made on {was} process(es) on {cfg.world_size()}: the seeds and the global batches "
             f"are the same; data-parallel losses may differ in float32 rounding only")
+
+
+def _note_cadence(trainer, out: Path, log) -> None:
+    """A resume with another --save-every than the run's: one line of ours, not Lightning's warning."""
+    from l2o.integrations.lightning.checkpoints import LastCheckpoint, cadence_change
+
+    saver = next(cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
+    changed = cadence_change(saver, out / "checkpoints" / "last.ckpt", "--save-every")
+    if changed:
+        log(changed)
 
 
 def _silent(msg: str) -> None:
@@ -169,6 +180,8 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
     from l2o.integrations.lightning.interrupt import finish_fit
 
     out = _check_folder(cfg, rank == 0, log)
+    if cfg.resume:
+        _note_cadence(trainer, out, log)
     device = str(trainer.strategy.root_device) if cfg.world_size() > 1 else resolve_device(cfg)
     device, objective, splits, model, tokenizer, info, zero_shot = prepare(cfg, task, out, log, device, rank)
     parallel = parallel_mode(cfg)

@@ -289,6 +289,13 @@ def _run_in(cli) -> int:
     check_resume(out, cfg["resume"])
     out.mkdir(parents=True, exist_ok=True)  # other ranks of a multi-device run may get here before rank 0
     trainer = cli.trainer
+    if cfg["resume"]:
+        from l2o.integrations.lightning.checkpoints import LastCheckpoint, cadence_change
+
+        saver = next(cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
+        changed = cadence_change(saver, last, "--save_every")
+        if changed and trainer.global_rank == 0:
+            print(f"meta_train: {changed}", file=sys.stderr, flush=True)
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
     finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None),
                trainer, cli.stop_cb)

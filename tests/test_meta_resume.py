@@ -143,3 +143,19 @@ def test_sigint_during_the_final_meta_validation_then_resume_only_validates(tiny
     assert not (tmp_path / "run" / "results.json").exists()
     assert _main(argv + ["--resume"]) == 0
     _assert_same_outcome(tmp_path / "ref", tmp_path / "run")
+
+
+def test_resume_with_another_save_every_says_so_in_one_line_not_lightnings_warning(tiny_base, tmp_path, capsys):
+    """The checkpoint callback's state key names --save_every, so a resume with another one drew Lightning's
+    warning that the run's callback was missing; the run now says what changed in one line of its own."""
+    import warnings
+
+    argv = _args(tiny_base, tmp_path / "run", "lookahead")
+    _interrupted(argv, 2, False)
+    argv[argv.index("--save_every") + 1] = "1"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _main(argv + ["--resume"]) == 0
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
+    assert "meta_train: --save_every 1 differs from the run's 100; checkpoints now every 1 steps" in \
+        capsys.readouterr().err

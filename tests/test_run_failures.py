@@ -227,3 +227,23 @@ def test_ctrl_c_at_a_validation_step_resumes_with_that_steps_validation(tiny_bas
     best = [json.loads((d / "results.json").read_text())["best_step"] for d in (out, evaluated_reference)]
     assert best[0] == best[1]
     _assert_same_run(out, evaluated_reference)
+
+
+def test_resume_with_another_save_every_says_so_in_one_line_not_lightnings_warning(tiny_base, reference, tmp_path,  # noqa: F811
+                                                                                   capsys):
+    """--save-every is the checkpoints' cadence, not the run: a resume may change it. The checkpoint callback's
+    state key names the cadence, so Lightning warned that the run's callback was missing; the run now says what
+    changed in one line of its own, and ends with the uninterrupted run's weights."""
+    import warnings
+
+    out = tmp_path / "run"
+    assert _in_subprocess("run_fine_tune_interrupted_at", 3, _args(tiny_base, out, *COMMON)).returncode == 130
+    resumed = [a if a != "2" or COMMON[i - 1] != "--save-every" else "1" for i, a in enumerate(COMMON)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(_args(tiny_base, out, *resumed, "--resume")) == 0
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
+    printed = capsys.readouterr()
+    assert "--save-every 1 differs from the run's 2; checkpoints now every 1 steps" in printed.out + printed.err
+    x, y = (_trainable(d / "checkpoints" / "last.ckpt") for d in (out, reference))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

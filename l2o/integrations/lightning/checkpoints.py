@@ -130,3 +130,31 @@ class LastCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self._unscheduled:
             checkpoint[UNSCHEDULED] = True
+
+
+_STALE_CALLBACKS = ("Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided "
+                    "during `Trainer` instantiation. Please add the following callbacks: {}.")  # Lightning's words
+
+
+def cadence_change(saver: LastCheckpoint, path: Path, flag: str) -> str | None:
+    """A run resumed from `path` with another checkpoint cadence than the run's: one line saying what changed,
+    and Lightning's warning about the checkpoint callback's state (its key names the old cadence, so it no
+    longer matches; `LastCheckpoint` keeps no state a resume needs: one fixed file, no top-k) silenced for
+    exactly that key, no other. None when the cadence is the run's (or the checkpoint names none)."""
+    import re
+    import warnings
+
+    import torch
+
+    try:
+        keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+    except Exception:  # noqa: BLE001 - unreadable: the resume itself says so (check_checkpoint)
+        return None
+    cadence = re.compile(r"'every_n_train_steps': (\d+)")
+    mine = cadence.sub("", saver.state_key)
+    old = [(k, int(m.group(1))) for k in keys if (m := cadence.search(k)) and cadence.sub("", k) == mine]
+    if saver.state_key in keys or len(old) != 1 or old[0][1] == saver.every:
+        return None
+    key, every = old[0]
+    warnings.filterwarnings("ignore", message=re.escape(_STALE_CALLBACKS.format([key])) + r"\Z")
+    return f"{flag} {saver.every} differs from the run's {every}; checkpoints now every {saver.every} steps"

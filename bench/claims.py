@@ -112,10 +112,10 @@ def memory_text(memory: dict | None) -> str:
         mezo = next((r["peak_rss_gb"] for r in rows if r["what"] == "mezo" and r["peft"] == peft), None)
         fo = next((r["peak_rss_gb"] for r in rows if r["what"] == "fo-adamw" and r["peft"] == peft), None)
         if mezo and fo:
-            out.append(f"peak memory ({peft}) FO-AdamW {fo:.2f} GB vs MeZO {mezo:.2f} GB ({fo / mezo:.1f}x)")
+            out.append(f"peak memory ({peft}) FO-AdamW {fo:.2f} GiB vs MeZO {mezo:.2f} GiB ({fo / mezo:.1f}x)")
     mezo = next((r["peak_rss_gb"] for r in rows if r["what"] == "mezo" and r["peft"] == "full"), None)
     if inf and out:
-        out.append(f"inference {inf:.2f} GB" + (f" (full-parameter MeZO {mezo / inf:.2f}x inference)" if mezo else ""))
+        out.append(f"inference {inf:.2f} GiB" + (f" (full-parameter MeZO {mezo / inf:.2f}x inference)" if mezo else ""))
     return ", ".join(out)
 
 

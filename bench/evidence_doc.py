@@ -103,7 +103,7 @@ def memory_section(out: Path) -> list[str]:
     s = mem["settings"]
     lines = head + [f"{s['base']}, {s['task']}, batch {s['batch_size']} x max length {s['max_length']}, {s['steps']} "
                     "steps; each row its own process (peak RSS, the kernel's high-water mark).", "",
-                    "| process | PEFT | peak RSS (GB) | vs MeZO, same PEFT |", "|---|---|---|---|"]
+                    "| process | PEFT | peak RSS (GiB) | vs MeZO, same PEFT |", "|---|---|---|---|"]
     for r in mem["rows"]:
         ratio = "—" if r.get("vs_mezo") is None else f"{r['vs_mezo']:.2f}x"
         lines.append(f"| {r['what']} | {r['peft'] or '—'} | {r['peak_rss_gb']:.3f} | {ratio} |")

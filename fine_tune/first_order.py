@@ -35,6 +35,14 @@ FO_BUFFERS: dict[str, tuple[Buffer, ...]] = {
     "fo-sgd": (),
     "fo-adamw": (Buffer("AdamW's exp_avg and exp_avg_sq", copies=2, dtype="weights"),),
 }
+# The step's own temporary, in copies of the trainable tensors (their dtype), for the plan: on a GPU torch's AdamW
+# defaults to its foreach implementation, whose torch._foreach_sqrt(exp_avg_sq) makes one temporary of every
+# trainable tensor at once (torch/optim/adam.py, _multi_tensor_adam), after the backward has freed the activations;
+# its single-tensor path (the CPU's default) makes two or three tensors at a time (sqrt(v), its quotient, the
+# previous tensor's denominator still bound), each at most the largest trainable tensor. SGD without momentum
+# updates in place on both paths: none. Measured on SmolLM2-135M (docs/distributed.md, bench/fo_step_memory.py),
+# tested in tests/test_fine_tune_placement.py.
+FO_STEP_TEMPORARY: dict[str, int] = {"fo-sgd": 0, "fo-adamw": 1}
 
 
 def is_first_order(name) -> bool:

@@ -30,7 +30,9 @@ A first-order baseline (`--optimizer fo-sgd|fo-adamw`, fine_tune/first_order.py)
     state                                                 dtype; fo-sgd none (fine_tune passes no momentum)
     activations    layers x batch x tokens x b x          saved for the backward (Korthikanti et al. 2022,
                    (9h + 2 kv + 2f, 4f if gated)           sec. 4; l2o.memory_plan.activation_bytes), plus the
-                                                          logits as a forward keeps them
+                                                          logits as a forward keeps them; or, if larger, the
+                                                          step's temporary (fo-adamw: 1 x trainable x b, the
+                                                          foreach sqrt(v) made after the backward freed them)
     runtime        fixed reserve
 
 Bilevel-ZOFO (l2o/optim/bilevel_zofo.py) trains the adapter by backprop and perturbs the frozen backbone: its
@@ -210,17 +212,25 @@ def _first_order_rows(s: Shape, model, weights: list) -> list:
     """A backprop step (fo-sgd, fo-adamw): no ZO temporaries; a gradient per trainable weight, the torch
     optimizer's state (fine_tune.first_order.FO_BUFFERS) and the activations saved for the backward. The rows are
     added although the gradients grow as the activations are freed: a bound."""
-    from fine_tune.first_order import FO_BUFFERS, GRADIENTS
+    from fine_tune.first_order import FO_BUFFERS, FO_STEP_TEMPORARY, GRADIENTS
     from l2o.footprint import buffer_bytes, describe
 
     shapes, tokens = trainable_shapes(s, model), s.length + _virtual_tokens(s.peft)
-    state = FO_BUFFERS[s.optimizer]
+    state, grads = FO_BUFFERS[s.optimizer], buffer_bytes((GRADIENTS,), shapes, {}, s.nbytes)
+    saved = backward_activation_bytes(s)
+    # the optimizer step runs after the backward has freed the saved activations, beside the gradients and the
+    # state: its temporary (AdamW's foreach sqrt(v), one trainable copy) and the activations never coexist, so the
+    # larger of the two is counted (small batches and short sequences: the step's)
+    step = FO_STEP_TEMPORARY[s.optimizer] * grads
+    last = (("activations", saved, f"saved for the backward, every layer, batch {s.batch} x {tokens} tokens; "
+                                   f"{_logits_how(s)}") if saved >= step else
+            ("optimizer step temporary", step, f"{s.optimizer}'s foreach step: one copy of the trainable tensors "
+             f"(sqrt of exp_avg_sq), more than the activations the backward saved and freed ({saved / 2**30:.2f} GiB)"))
     return [*weights,
-            ("gradients", buffer_bytes((GRADIENTS,), shapes, {}, s.nbytes), "one per trainable weight, in its dtype"),
+            ("gradients", grads, "one per trainable weight, in its dtype"),
             *([("optimizer state", buffer_bytes(state, shapes, {}, s.nbytes), f"{s.optimizer}: {describe(state)}")]
               if state else []),
-            ("activations", backward_activation_bytes(s), f"saved for the backward, every layer, batch {s.batch} x "
-                                                          f"{tokens} tokens; {_logits_how(s)}"),
+            last,
             ("runtime", RUNTIME_RESERVE, "CUDA context, allocator slack (reserve)")]
 
 

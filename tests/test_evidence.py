@@ -96,7 +96,7 @@ def test_mezo_claim_shows_the_memory_before_k_is_measured():
                        {"what": "mezo", "peft": "full", "peak_rss_gb": 1.2},
                        {"what": "fo-adamw", "peft": "full", "peak_rss_gb": 4.8}]}
     v, measured, _ = claims.fo_claim(None, memory)
-    assert v == claims.NOT_RUN and "FO-AdamW 4.80 GB vs MeZO 1.20 GB (4.0x)" in measured and "1.20x inference" in measured
+    assert v == claims.NOT_RUN and "FO-AdamW 4.80 GiB vs MeZO 1.20 GiB (4.0x)" in measured and "1.20x inference" in measured
     k = {"n": 6, "reached": 6, "median_k": 3.0, "k_at_least": None}
     prefix = {"methods": {"fo-adamw": {"k": k}, "fo-sgd": {"k": {**k, "reached": 0, "median_k": None,
                                                                  "k_at_least": 10.0}}}}

@@ -2,13 +2,17 @@
 
     python bench/fo_memory.py                                  # SmolLM2-135M, batch 16 x 64 tokens, full and prefix
     python bench/fo_memory.py --peft full --methods mezo,fo-adamw --steps 2 --out runs/fo-memory
+    python bench/fo_memory.py --peft lora --methods mezo,bilevel-zofo,fo-adamw      # Bilevel-ZOFO's adapter memory
 
 Each measurement is its own process, so its peak RSS (`resource.getrusage(RUSAGE_CHILDREN)` after it exits,
 the kernel's high-water mark) is that method's alone: `fine_tune` with `--steps` steps, no dev split, 16 eval
 examples, no zero-shot pass, on winowhy (median prompt 54 tokens: most batches of 16 hold one that reaches the
 64-token cap, so the batch shape is 16 x 64). The inference process
 loads the same base and evaluates the loss of one training batch without gradient. Prints one JSON line per
-process and writes `<out>/memory.json`; the ratio column divides by MeZO's peak of the same PEFT mode.
+process and writes `<out>/memory.json`; the ratio column divides by MeZO's peak of the same PEFT mode. `bilevel-zofo`
+runs with `--t-low 1`, so that each of its steps takes both levels: the lower Adam step (a backward through the
+backbone into the adapter) and the upper one (the p-gradient backward and the ZO step on the backbone); its
+batch is `--batch-size` examples per split, as its stream draws them.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ with torch.no_grad():
 
 
 def _peak_gb(cmd: list[str]) -> float:
-    """Run `cmd` in its own process (one thread); its peak RSS in GB. Children are measured one at a time, and
-    RUSAGE_CHILDREN holds the largest peak among waited-for children, so the caller runs one per invocation."""
+    """Run `cmd` in its own process (one thread); its peak RSS in GiB (ru_maxrss is in KiB; the rows' key says
+    "gb"). Children are measured one at a time, and RUSAGE_CHILDREN holds the largest peak among waited-for
+    children, so the caller runs one per invocation."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -62,6 +67,8 @@ def measure(what: str, args) -> dict:
            "--save-model", "false", "--out", out]
     if method == "mezo":
         cmd += ["--lr", "1e-6", "--eps", "1e-3"]
+    if method == "bilevel-zofo":
+        cmd += ["--t-low", "1"]  # every step both levels, so the peak includes the upper step's
     return {"what": method, "peft": peft, "peak_rss_gb": round(_peak_gb(cmd), 3)}
 
 

@@ -125,8 +125,11 @@ def own_section(out: Path) -> list[str]:
     return ["## 7. Your optimizer or policy on the panel", "",
             "Any registered method by name, any policy folder or zoo id, against MeZO, by the same protocol (lr on "
             "dev, equal forward budgets, seeds, the report above); runs already made with the same configuration "
-            "are reused:", "", "```bash",
+            "are reused. `--method all` runs every registered ZO method (the zo-finetuner* ones only with `--policy`), "
+            "each at its own dev-chosen lr; without `--method` the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd "
+            "and fo-adamw:", "", "```bash",
             f"python -m bench.harness --panel {panel} --out runs/mine --method mezo --method zo-sgd-sign",
+            f"python -m bench.harness --panel {panel} --out runs/all --method all --method fo-sgd",
             f"python -m bench.harness --panel {panel} --out runs/mine-full --peft full \\",
             "    --method mezo:mezo:lr=1e-5:eps=1e-3 --method es:zo-finetuner:policy=runs/es/policy:lr=1e-5:eps=1e-3",
             "```",

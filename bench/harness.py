@@ -4,6 +4,7 @@
     python -m bench.harness --panel runs/learnability/panel.json --method mezo \\
         --method es:zo-finetuner:policy=runs/es/policy --method pes:zo-finetuner:policy=runs/pes/policy \\
         --out runs/es-vs-pes                                                                   # learned policies
+    python -m bench.harness --panel runs/learnability/panel.json --method all --out runs/all   # the whole registry
     python -m bench.harness --smoke --base <tiny folder>                                      # seconds (tests)
 
 From Python: `bench.harness.compare(["mezo", "es:zo-finetuner:policy=<folder>"], panel="panel.json",
@@ -16,8 +17,10 @@ centre of its lr grid; default: `CENTRE`), `search` (`search=0`: no lr search, `
 that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
 fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
 (`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid
-centred on `CENTRE` or 1e-2; an unknown name or key is refused before anything runs. MeZO, the reference, always
-runs first; the others in the order given.
+centred on `CENTRE` or 1e-2; an unknown name or key is refused before anything runs. `--method all` enters every
+registered ZO method (the catalog's names; zo-finetuner* only with --policy, their policy) beside any other spec given
+(e.g. `--method all --method fo-sgd`); without --method the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and
+fo-adamw (the CPU budget). MeZO, the reference, always runs first; the others in the order given.
 
 Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
@@ -109,12 +112,26 @@ def default_methods() -> list[str]:
     return ["mezo", "mezo-gv", "mezo-greedy", "bszo", "fo-sgd", "fo-adamw"]
 
 
+def expand_all(specs: list[str], policy: str | None = None) -> list[str]:
+    """`specs` with `all` replaced by every registered ZO method (the catalog's names) not given by its own spec;
+    the zo-finetuner* ones only with a `policy` (they need a learned one)."""
+    from l2o import catalog
+
+    if "all" not in specs:
+        return specs
+    given = {parse_method(s).label for s in specs if s != "all"}
+    names = [n for n in catalog.method_names() if n not in given and (policy or not n.startswith("zo-finetuner"))]
+    at = specs.index("all")
+    return [*specs[:at], *names, *(s for s in specs[at + 1:] if s != "all")]
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--panel", default=None, help="panel.json of bench.learnability (tasks and settings)")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (instead of / narrowing the panel's)")
-    ap.add_argument("--method", action="append", default=None, help="a method spec (repeat); see the module doc")
+    ap.add_argument("--method", action="append", default=None, help="a method spec (repeat), or all: every "
+                    "registered ZO method; see the module doc")
     ap.add_argument("--policy", default=None, help="default policy of zo-finetuner* methods (zoo id or folder)")
     ap.add_argument("--seeds", default="auto", help="comma-separated seeds, or auto (5 or 3, see the doc)")
     ap.add_argument("--budget", type=int, default=500, help="forward passes per final ZO run")
@@ -157,7 +174,7 @@ def parse_args(argv=None):
     args.select_budget = args.select_budget or args.budget
     args.grid = sorted(float(x) for x in args.lr_grid.split(","))
     args.task_list = args.tasks.split(",")
-    args.methods = [parse_method(m) for m in (args.method or default_methods())]
+    args.methods = [parse_method(m) for m in expand_all(args.method or default_methods(), args.policy)]
     if REFERENCE not in [m.label for m in args.methods]:
         args.methods.insert(0, Method(REFERENCE, REFERENCE))
     problem = check_methods(args.methods)

@@ -117,3 +117,48 @@ def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
     assert args.task_list == ["strategyqa"] and args.reuse == ["r.jsonl"]
     (tmp_path / "runs.jsonl").write_text("")          # the scan's runs beside its panel are found from any directory
     assert hn.parse_args(["--panel", str(panel), "--tasks", "x"]).reuse == [str(tmp_path / "runs.jsonl")]
+
+
+# every registered ZO method `--method all` enters without a policy (the catalog holds no first-order one; the
+# zo-finetuner* ones need a learned policy artefact: a different setup); mezo and two others run
+# by default, the rest under -m slow
+QUICK = ("mezo", "bilevel-zofo", "zo-sgd-sign")
+
+
+@pytest.fixture(scope="module")
+def mezo_runs(tiny_base, tmp_path_factory):
+    """The reference's runs (MeZO always runs first), made once: the other methods' suites reuse them."""
+    out = tmp_path_factory.mktemp("mezo")
+    hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out),
+                                "--lr-grid", "1,3", "--extend", "0", "--seeds", "1", "--method", "mezo"]))
+    return out
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow)
+                                  for n in hn.expand_all(["all"])])
+def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_base, mezo_runs, tmp_path):
+    """`--method all` is the registry's ZO methods; each, alone on the tiny base, runs a 2-point lr grid on dev
+    (seed 0) and one final run (seed 1) at the lr with the best dev metric, set on its declared step-size flag.
+    Bilevel-ZOFO's flag is `lower_lr`. 2-11 s a method here."""
+    from l2o import catalog
+
+    zo = [n for n in catalog.method_names() if not n.startswith("zo-finetuner")]
+    assert hn.expand_all(["all"]) == zo and hn.expand_all(["mezo", "all", "fo-sgd"], policy="p") == \
+        ["mezo", *[n for n in catalog.method_names() if n != "mezo"], "fo-sgd"]
+    out = mezo_runs if name == "mezo" else tmp_path / "h"
+    if name != "mezo":
+        hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out),
+                                    "--lr-grid", "1,3", "--extend", "0", "--seeds", "1", "--method", name,
+                                    "--reuse", str(mezo_runs / "runs.jsonl")]))
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["label"] == name]
+    flag, centre = catalog.entry(name)["step_size"], hn.CENTRE.get(name, 1e-2)
+    assert all(r["config"]["optimizer"] == name and r["lr"] == r["config"][flag] for r in mine)
+    selection = [r for r in mine if r["config"]["seed"] == 0]
+    assert sorted(r["lr"] for r in selection) == pytest.approx([centre, 3 * centre])   # the 2-point grid, on dev
+    assert all(r["final"].get("dev") is not None for r in selection)
+    best = max(selection, key=lambda r: (r["final"]["dev"], -r["final_train_loss"]))   # ties: lower train loss
+    chosen = json.loads((out / "summary.json").read_text())["methods"][name]["per_task"]["strategyqa"]["lr"]
+    assert chosen == best["lr"]
+    finals = [r for r in mine if r["config"]["seed"] == 1]
+    assert len(finals) == 1 and finals[0]["config"][flag] == chosen and len(mine) == 3

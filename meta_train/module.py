@@ -37,7 +37,7 @@ import torch
 
 from l2o.engine import Engine
 from l2o.errors import ConfigError, UserError
-from l2o.estimators import ESTIMATORS, INNER_METHODS, META_LOSSES, PARAMETRISATIONS
+from l2o.estimators import ESTIMATORS, META_LOSSES, PARAMETRISATIONS
 from l2o.integrations.lightning.interrupt import interrupt_requested, stop_if_interrupted
 from l2o.integrations.lightning.placed import KeepsPlacement
 from l2o.policy import ZOPolicy
@@ -49,13 +49,11 @@ DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
 def _check_inner_method(method: str) -> None:
     """--model.inner_method: a policy composition ES/PES can unroll (l2o.estimators.INNER_METHODS, derived from
     the registry); any other registered method is refused with the reason."""
-    if method in INNER_METHODS:
-        return
-    from l2o.estimators.unroll import unroll_refusal
-    from l2o.optim import REGISTRY
+    from l2o.estimators.unroll import inner_method_problem
 
-    why = f" ({unroll_refusal(REGISTRY[method])})" if method in REGISTRY else ""
-    raise ConfigError(f"--model.inner_method must be one of {', '.join(INNER_METHODS)}, got {method!r}{why}")
+    problem = inner_method_problem(method)
+    if problem:
+        raise ConfigError(f"--model.inner_method {problem}")
 
 
 def _check_inner_hparams(method: str, hparams: dict) -> None:

@@ -50,6 +50,17 @@ def unroll_refusal(cls) -> str | None:
     return next((f"{cls.method}: {why}" for _, ok, why in UNROLL_NEEDS if not ok(cls)), None)
 
 
+def inner_method_problem(method: str) -> str | None:
+    """None if ES/PES can unroll `method`; else what the refusal says after the option's name: the choices, the
+    name given and, for a registered method, why (`unroll_refusal`). Unroller and meta_train's check word it once."""
+    if method in INNER_METHODS:
+        return None
+    from l2o.optim import REGISTRY
+
+    why = f" ({unroll_refusal(REGISTRY[method])})" if method in REGISTRY else ""
+    return f"must be one of {', '.join(INNER_METHODS)}, got {method!r}{why}"
+
+
 def _inner_methods() -> tuple[str, ...]:
     from l2o.optim import REGISTRY
 
@@ -107,11 +118,9 @@ class Unroller:
     def __init__(self, model: nn.Module, method: str = "zo-finetuner", lr: float = 1e-5, eps: float = 1e-3,
                  size_rule: str = "numel", batch_size: int = 8, meta_loss: str = "final", meta_batches: int = 1,
                  noise=None, seed: int = 0, **hparams):
-        if method not in INNER_METHODS:
-            from l2o.optim import REGISTRY
-
-            why = f" ({unroll_refusal(REGISTRY[method])})" if method in REGISTRY else ""
-            raise ValueError(f"the inner optimizer must be one of {', '.join(INNER_METHODS)}, got {method!r}{why}")
+        problem = inner_method_problem(method)
+        if problem:
+            raise ValueError(f"the inner optimizer {problem}")
         if meta_loss not in META_LOSSES:
             raise ValueError(f"the meta-loss must be one of {', '.join(META_LOSSES)}, got {meta_loss!r}")
         if meta_batches < 1:

@@ -13,6 +13,7 @@ the weights, so a ledger (whose lines carry d and params) rebuilds it: `Engine.u
                with z = x_b / s_b (the direction without its block scale),
                H <- (1 - a) H + a c H z^2, i.e. P <- P (1 - a + a c z^2)^(-1/2),  c = params["c"], a = params["a"];
                returns s_b P z = P x_b.  P also preconditions every perturbation (`precondition(b)`).
+               A block with s_b = 0 is neither perturbed nor moved, and its P is left as it is.
 
 `RULES` names them; a ledger header records the rule's `config()` and `make_rule` rebuilds it.
 """
@@ -113,9 +114,14 @@ class Hessian(UpdateRule):
     def direction(self, engine, b, d, params):
         """s_b P_b x_b with x_b = d_b / s_b, the unscaled direction: a per-block scale (a learned policy's)
         multiplies the preconditioned step as it multiplies the perturbation s_b P_b z_b, while P's EMA reads z as
-        HiZOO's does (fed s_b z, the policy's scale would enter the curvature estimate as s_b^2)."""
+        HiZOO's does (fed s_b z, the policy's scale would enter the curvature estimate as s_b^2).
+        A block with s_b = 0 was not perturbed (its perturbation s_b P z is zero), so c says nothing about its
+        curvature: its P stays as it is (HiZOO estimates the Hessian of the perturbed parameters) and its step is 0."""
+        s = d.scale(b.index)
+        if s == 0.0:
+            return torch.zeros(b.param.shape, dtype=torch.float32, device=b.param.device)
         x = engine.direction_tensor(replace(d, block_scales=None), b, precondition=False)
-        return self.transform(b, x, params).mul_(d.scale(b.index))
+        return self.transform(b, x, params).mul_(s)
 
     def transform(self, b, x, params):
         a, c = float(params["a"]), float(params["c"])

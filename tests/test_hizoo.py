@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from l2o.optim import build_optimizer
-from tests.zo_fixtures import Quadratic
+from tests.zo_fixtures import Quadratic, TwoBlock
 
 
 @pytest.mark.parametrize("s", [None, 0.5])
@@ -42,3 +42,24 @@ def test_zero_smoothing_is_mezo_with_an_extra_forward():
         opt_a.step(a)
         opt_b.step(b)
     assert torch.equal(a.theta, b.theta) and opt_a.forward_passes == 9 and opt_b.forward_passes == 6
+
+
+def test_a_block_at_zero_scale_keeps_its_preconditioner():
+    """HiZOO estimates the Hessian of the weights it perturbs: a block whose scale s_b is 0 (a learned policy's
+    output, a frozen scale) is not perturbed (s_b P z = 0) and not moved, so the curvature c, measured along the
+    other blocks, says nothing about it and its P stays 1; the other blocks' P move, as with no zero scale."""
+    model, ref = TwoBlock(), TwoBlock()
+    scales = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    opt = build_optimizer("hizoo", model, lr=1e-2, eps=1e-2, hessian_smooth=0.3, seed=4, block_scales=scales)
+    plain = build_optimizer("hizoo", ref, lr=1e-2, eps=1e-2, hessian_smooth=0.3, seed=4)
+    frozen = opt.blocks[1].param.detach().clone()
+    for _ in range(3):
+        opt.step(model)
+        plain.step(ref)
+    rule = opt.engine.rule
+    p = rule.precondition(opt.blocks[1])
+    assert p is None or torch.equal(p, torch.ones_like(p))
+    assert torch.equal(opt.blocks[1].param.detach(), frozen)
+    assert not torch.equal(plain.engine.rule.precondition(plain.blocks[1]), torch.ones_like(frozen))
+    for b in (opt.blocks[0], opt.blocks[2]):
+        assert not torch.equal(rule.precondition(b), torch.ones_like(b.param))

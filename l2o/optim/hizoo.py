@@ -11,7 +11,8 @@ preconditions every perturbation the engine makes and is rebuilt from the ledger
 when a checkpoint holds none. a (`hessian_smooth`) must scale like eps^2 (the official README's example:
 1e-8 at eps 1e-3; its script's default 0 makes HiZOO MeZO with f0 computed for nothing). Logged loss: f0.
 Effective step: the mean of P^2 (E||P z||^2 / D). With per-block scales s_b (a learned policy's: zo-finetuner+hizoo)
-the perturbations and the step are along s_b P z, and the EMA still reads z (l2o.updates.Hessian.direction).
+the perturbations and the step are along s_b P z, and the EMA still reads z (l2o.updates.Hessian.direction);
+a block with s_b = 0 is neither perturbed nor moved, and its P stays as it is (the estimate is of perturbed weights).
 """
 
 from __future__ import annotations

@@ -389,9 +389,18 @@ def replay(model, ledger: Ledger, progress=None, every_s: float = 10.0) -> int:
     about every `every_s` seconds. Returns the number of updates applied."""
     engine = engine_from_header(model, ledger.header)
     check_header(ledger, engine)
+    return apply_updates(engine, ledger, progress=progress, every_s=every_s)
+
+
+def apply_updates(engine, ledger: Ledger, write: bool = True, progress=None, every_s: float = 10.0) -> int:
+    """Run every update line of `ledger` through `engine`, in order: theta <- theta - c * rule(d) per line, so the
+    weights (and the rule's state) end where the run's did, bit-identically. `write=False` advances only the
+    rule's state (rebuilding momentum/Adam/HiZOO buffers from the lines), weights untouched. The one replay
+    loop: `replay`, a resumed optimizer and the meta-training unroller all come here; the caller checks the
+    header. `progress(done, total)` about every `every_s` seconds. Returns the number of lines applied."""
     total, last = ledger.num_updates, time.monotonic()
     for i, (d, step, decay, rounding, params) in enumerate(ledger.updates(), start=1):
-        engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
+        engine.update(d, step, decay=decay, rounding_seed=rounding, params=params, write=write)
         if progress is not None and (time.monotonic() - last >= every_s or i == total):
             progress(i, total)
             last = time.monotonic()

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from l2o.estimators.base import TaskStream
-from l2o.ledger import Ledger
+from l2o.ledger import Ledger, apply_updates
 from l2o.noise import mix
 from l2o.policy import ZOPolicy
 
@@ -151,13 +151,8 @@ class Unroller:
             if state.rule is not None:
                 opt.engine.rule.load_state_dict(state.rule)
             else:
-                self._replay(opt, state, write=False)
+                apply_updates(opt.engine, Ledger({}, state.records), write=False)
         return opt
-
-    @staticmethod
-    def _replay(opt, state: InnerState, write: bool) -> None:
-        for d, step, decay, rounding, params in Ledger({}, state.records).updates():
-            opt.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params, write=write)
 
     @torch.no_grad()
     def rebuild(self, state: InnerState) -> None:
@@ -165,7 +160,7 @@ class Unroller:
         engine (its family and update rule): bit-identical to the run; the rule's buffers come back into `state`."""
         opt = self.optimizer(None, state, 0, rule=False)
         try:
-            self._replay(opt, state, write=True)
+            apply_updates(opt.engine, Ledger({}, state.records))
             if opt.engine.rule is not None:
                 state.rule = _taken(opt.engine.rule)
         finally:

@@ -26,7 +26,7 @@ from l2o.distributed import my_share, reduce_shards
 from l2o.engine import Direction, Engine
 from l2o.errors import ConfigError
 from l2o.footprint import Buffer, buffer_bytes
-from l2o.ledger import Ledger, LedgerError, weights_digest
+from l2o.ledger import Ledger, LedgerError, apply_updates, weights_digest
 from l2o.noise import NoiseSource, derive_seed
 from l2o.perturbations import make_family
 from l2o.streams import Stream
@@ -382,8 +382,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if now != self.ledger.header["base_digest"]:
             raise LedgerError(f"cannot resume {self.method}: the model's weights are neither the run's base nor its "
                               "saved point")
-        for d, step, decay, rounding, params in self.ledger.updates():
-            self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params)
+        apply_updates(self.engine, self.ledger)
 
     def _load_rule(self, state: dict | None) -> None:
         """The rule's buffers as saved, or (a checkpoint without them) rebuilt by running the ledger's updates
@@ -393,8 +392,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             rule.load_state_dict(state)
             return
         rule.load_state_dict({})
-        for d, step, decay, rounding, params in self.ledger.updates():
-            self.engine.update(d, step, decay=decay, rounding_seed=rounding, params=params, write=False)
+        apply_updates(self.engine, self.ledger, write=False)
 
     def _saved_ledger(self, text: str) -> Ledger:
         """The saved run's ledger (verified), which this optimizer continues; its lines end at the saved

@@ -19,7 +19,9 @@ forward passes for each lr of `--lr-grid` x `--lr` (extended past an edge as ben
 the lr chosen on `--num-dev` dev examples; `--lora` adds the same for LoRA.
 
 Delta = final - zero-shot eval accuracy on the same examples; its standard error is the paired one,
-sd(d_i) / sqrt(n) over the per-example differences d_i in {-1, 0, 1}. The evidence panel is every task whose
+sd(d_i) / sqrt(n) over the per-example differences d_i in {-1, 0, 1}. The report also gives each run's per-class
+accuracies and their mean, the balanced accuracy (`per_class`), which tells a task learned from a label prior
+learned. The evidence panel is every task whose
 delta at its dev-chosen stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first; it is
 established with `--panel-min` (4) tasks. Until then the report (and `--plan`) says what remains to run, its
 estimated CPU-hours and the command that continues the scan (`scan_status`).
@@ -347,6 +349,9 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
         row = {"task": p["task"], "profile": p, "zero_shot": s1["zero_shot"]["eval"], "majority": p["majority"],
                "n": len(zero), "s1_eval": s1["final"]["eval"], "s1_delta": stage1_delta(s1),
                "s1_loss": s1["final_train_loss"], "commit": s1.get("commit")}
+        if "golds" in p:
+            row["per_class"] = {"zero-shot": per_class(zero, p["golds"]),
+                                "stage 1": per_class(s1["per_example"]["final"]["eval"], p["golds"])}
         for peft in ("prefix", "lora"):
             runs = [r for r in done.values() if r["name"].startswith(f"s2-{p['task']}-{peft}-lr")]
             if runs:
@@ -354,6 +359,8 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
                 best = next(r for r in runs if r["lr"] == lr)
                 row[peft] = {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"],
                              "delta": paired_delta(best["per_example"]["final"]["eval"], zero)}
+                if "golds" in p:
+                    row["per_class"][f"stage 2 {peft}"] = per_class(best["per_example"]["final"]["eval"], p["golds"])
         rows.append(row)
     return rows
 
@@ -479,10 +486,27 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], arg
         lines += ["", "| task | LoRA dev per lr | chosen lr | eval | Δ |", "|---|---|---|---|---|"]
         lines += [f"| {r['task']} | {_per_lr(r['lora']['runs'])} | {r['lora']['lr']:.3g} | {r['lora']['eval']:.3f} | "
                   f"{_d(r['lora']['delta'])} |" for r in lora]
+    lines += class_table(rows)
     if excluded:
         lines += ["", "Not scanned: " + "; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) + "."]
     lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."]
     return "\n".join(lines) + "\n"
+
+
+def class_table(rows: list[dict]) -> list[str]:
+    """Per-class accuracies and balanced accuracy (their mean; 1/classes for a prompt that always answers one
+    label) per run of each task: whether a Δ is the task or a label prior."""
+    rows = [r for r in rows if "per_class" in r]
+    if not rows:
+        return []
+    lines = ["", "Per class (accuracy on each gold label's eval examples, in label order; balanced = their mean, "
+             "1/classes for a prompt that always answers one label):", "",
+             "| task | run | per class | balanced |", "|---|---|---|---|"]
+    for r in rows:
+        for run, acc in r["per_class"].items():
+            lines.append(f"| {r['task']} | {run} | {' / '.join(f'{a:.3f}' for a in acc.values())} | "
+                         f"{sum(acc.values()) / len(acc):.3f} |")
+    return lines
 
 
 def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
@@ -562,7 +586,8 @@ def main(argv=None) -> int:
     del model
     scanned, excluded = scan_plan(args, tokenizer, t_forward)
     for p in scanned:
-        p["majority"] = eval_majority(p["task"], args)
+        p["golds"] = eval_golds(p["task"], args)
+        p["majority"] = majority_rate(p["golds"])
     print(f"forward of {args.batch_size} x {args.max_length} tokens: {t_forward:.2f} CPU-s (one thread); "
           f"scanning {', '.join(p['task'] for p in scanned)}; not scanned: "
           + ("; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) or "none"), flush=True)
@@ -591,13 +616,29 @@ def print_plan(scanned: list[dict], excluded: list[dict], args) -> None:
     print(f"stage 1: {sum(p['stage1_cpu_s'] for p in scanned) / 3600:.2f} CPU-hours")
 
 
-def eval_majority(task: str, args) -> float:
-    """The accuracy of always answering the most frequent gold label of the task's eval examples."""
+def eval_golds(task: str, args) -> list[int]:
+    """The gold labels of the task's eval examples, in the order the runs score them."""
     from l2o.tasks.sampling import sample_splits
 
-    golds = [e.gold for e in sample_splits(task, seed=args.data_seed, num_train=0, num_dev=0,
-                                           num_eval=args.num_eval).eval]
+    return [e.gold for e in sample_splits(task, seed=args.data_seed, num_train=0, num_dev=0,
+                                          num_eval=args.num_eval).eval]
+
+
+def majority_rate(golds: list[int]) -> float:
+    """The accuracy of always answering the most frequent gold label."""
     return max(golds.count(g) for g in set(golds)) / len(golds)
+
+
+def per_class(correct: list[float], golds: list[int]) -> dict[int, float]:
+    """Accuracy on each gold label's examples, by label. Their mean is the balanced accuracy, which answering
+    one label always holds at 1/classes: it tells learning the task from learning (or unlearning) a label prior,
+    where plain accuracy cannot (a prompt that moves from the minority to the majority label gains accuracy)."""
+    if len(correct) != len(golds):
+        raise ValueError(f"{len(correct)} per-example scores for {len(golds)} eval labels")
+    by = {}
+    for c, g in zip(correct, golds):
+        by.setdefault(g, []).append(c)
+    return {g: sum(v) / len(v) for g, v in sorted(by.items())}
 
 
 if __name__ == "__main__":

@@ -54,6 +54,19 @@ def test_panel_is_chosen_by_the_se_rule_cheapest_first():
     assert [r["task"] for r in lb.panel(rows, args)] == ["b", "a"]
 
 
+def test_per_class_accuracy_tells_a_label_prior_from_the_task():
+    golds = [0, 0, 0, 1, 1, 2]
+    always_0 = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]            # plain accuracy 0.5, above the 1/3 of chance
+    assert lb.per_class(always_0, golds) == {0: 1.0, 1: 0.0, 2: 0.0}
+    assert lb.majority_rate(golds) == 0.5
+    assert lb.per_class([0.0, 1.0, 1.0, 1.0, 0.0, 1.0], golds) == {0: pytest.approx(2 / 3), 1: 0.5, 2: 1.0}
+    with pytest.raises(ValueError, match="5 per-example scores for 6 eval labels"):
+        lb.per_class(always_0[:5], golds)
+    rows = [{"task": "t", "per_class": {"zero-shot": lb.per_class(always_0, golds)}}, {"task": "u"}]
+    assert lb.class_table(rows)[-1] == "| t | zero-shot | 1.000 / 0.000 / 0.000 | 0.333 |"
+    assert lb.class_table([{"task": "u"}]) == []
+
+
 def test_batch_length_is_the_cost_models_padded_length():
     p = {"lengths": list(range(1, 101))}
     assert lb.batch_length(p, 128, 16) == 95  # the longest of 16 prompts: the 16/17 quantile
@@ -117,6 +130,13 @@ def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, 
     assert sorted(info["tasks"]) == ["sports_understanding", "strategyqa"]  # every task passes a -100 se rule
     table = (out / "table.md").read_text()
     assert "| strategyqa | 2 | 12 |" in table and (out / "learnability.png").stat().st_size > 1000
+    golds = lb.eval_golds("strategyqa", lb.parse_args(argv))
+    for run, correct in (("zero-shot", s1["per_example"]["zero_shot"]["eval"]),
+                         ("stage 1", s1["per_example"]["final"]["eval"])):
+        acc = lb.per_class(correct, golds)   # its class-weighted mean is the run's plain accuracy
+        assert sum(a * golds.count(g) for g, a in acc.items()) / len(golds) == pytest.approx(statistics.mean(correct))
+        assert f"| strategyqa | {run} | {' / '.join(f'{a:.3f}' for a in acc.values())} |" in table
+    assert "| strategyqa | stage 2 prefix |" in table
     assert (tmp_path / "docs" / "learnability.md").read_text() == table
     assert "not established yet**: it needs 4 tasks" in table and "Nothing is left to run at this cut." in table
     capsys.readouterr()

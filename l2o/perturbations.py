@@ -9,7 +9,8 @@ so z_b is regenerated, never stored, and the engine and a ledger's replay make t
     lowrank      matrices (m x n, n = the product of the trailing dims): z = U V^T with
                  U = z(seed, b) as m x r, V = z(key, b) as n x r (LOZO); vectors: gaussian         E z^2 = r
     masked       z = N(0, I) * 1{|theta_b| <= h_b}: only weights at most h_b in magnitude move (Sparse-MeZO);
-                 h_b is the (1 - sparsity) quantile of |theta_b| when the family is bound      E z^2 = active share
+                 h_b is the (1 - sparsity) quantile of |theta_b| when the family is bound
+                                                     E z^2 = the share of |theta_b| <= h_b when z_b was last made
 
 `FAMILIES` names them; the ledger header records `config()`, and `make_family(config)` rebuilds exactly that
 family (refusing one it cannot make), so a ledger names what its replay needs.
@@ -53,6 +54,10 @@ class Perturbation:
 
     def second_moment(self, b) -> float:
         return 1.0
+
+    def second_moments(self, blocks) -> list[float]:
+        """`second_moment(b)` for each block (one call, so a family that counts on the device syncs once)."""
+        return [self.second_moment(b) for b in blocks]
 
     def support(self, b) -> float:
         """The share of block b's entries a z_b moves (1 but under a mask)."""
@@ -131,7 +136,10 @@ class LowRank(Perturbation):
 
 class Masked(Perturbation):
     """Sparse-MeZO's z_b * 1{|theta_b| <= h_b}, the mask read from the weights as they are when z_b is made
-    (on the fly: no mask is stored); h_b fixed when bound, from the weights then (or given, on replay)."""
+    (on the fly: no mask is stored); h_b fixed when bound, from the weights then (or given, on replay).
+    E z_b^2 is the mask's share when z_b was last made (counted then, on the device: no extra pass over the
+    weights), so a step's effective step is its own mask's, the same whether the family was bound at the run's
+    start or on a resumed run's moved weights; before any z_b is made, the share at binding."""
 
     name = "masked"
 
@@ -141,6 +149,7 @@ class Masked(Perturbation):
         self.sparsity = float(sparsity)
         self.thresholds = None if thresholds is None else [float(h) for h in thresholds]
         self.active: list[float] = []
+        self.counts: dict[int, torch.Tensor | int] = {}  # block -> entries the last z_b moved (on its device till read)
 
     def bind(self, blocks) -> None:
         if self.thresholds is None:
@@ -148,16 +157,27 @@ class Masked(Perturbation):
         if len(self.thresholds) != len(blocks):
             raise ConfigError(f"masked: {len(self.thresholds)} thresholds for {len(blocks)} blocks")
         self.active = [float((b.param.detach().abs() <= h).float().mean()) for b, h in zip(blocks, self.thresholds)]
+        self.counts = {}
 
     def mask(self, b) -> torch.Tensor:
         return b.param.detach().abs() <= self.thresholds[b.index]
 
     def write(self, noise, out, b, seed, key):
         noise.write(out, seed, b.index)
-        out.mul_(self.mask(b))
+        mask = self.mask(b)
+        out.mul_(mask)
+        self.counts[b.index] = mask.sum()
 
     def second_moment(self, b) -> float:
-        return self.active[b.index] if self.active else 1.0 - self.sparsity
+        return self.second_moments([b])[0]
+
+    def second_moments(self, blocks) -> list[float]:
+        on_device = [b.index for b in blocks if isinstance(self.counts.get(b.index), torch.Tensor)]
+        for device in {self.counts[i].device for i in on_device}:  # one transfer per device; kept as ints after
+            here = [i for i in on_device if self.counts[i].device == device]
+            self.counts.update(zip(here, torch.stack([self.counts[i] for i in here]).tolist()))
+        at_bind = self.active or [1.0 - self.sparsity] * (1 + max(b.index for b in blocks))
+        return [self.counts[b.index] / b.param.numel() if b.index in self.counts else at_bind[b.index] for b in blocks]
 
     def support(self, b) -> float:
         return self.second_moment(b)

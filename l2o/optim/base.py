@@ -216,7 +216,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             return 1.0
         sizes = [b.param.numel() for b in self.blocks]
         scales = [1.0] * len(sizes) if scales is None else scales
-        moments = [family.second_moment(b) for b in self.blocks]
+        moments = family.second_moments(self.blocks)
         return sum(n * float(s) ** 2 * m for n, s, m in zip(sizes, scales, moments)) / sum(sizes)
 
     def direction(self, seeds, weights=None, scales=None, keys=None) -> Direction:

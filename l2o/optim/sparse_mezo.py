@@ -10,7 +10,7 @@ makes z_b, so memory stays at inference level (one boolean temporary of a block'
 The thresholds are recorded in the ledger's header, so replay uses the same ones. The paper's idea is that
 large weights amplify the estimate's error; the sparsity default 0.75 (a quarter of each block perturbed) is
 our reading of the paper's ablation, not verified against its code (the authors' repository could not be
-read here). Effective step: the perturbed share (E z^2 under the mask).
+read here). Effective step: the perturbed share (E z^2 under the mask made at the step's weights).
 """
 
 from __future__ import annotations

@@ -311,6 +311,7 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
 
     from l2o.integrations.lightning.checkpoints import AtomicCheckpointIO, LastCheckpoint
     from l2o.integrations.lightning.progress import ProgressLines, show_progress_bar
+    from l2o.integrations.lightning.validation import owed_validation
 
     tb = TensorBoardLogger(str(out), name="tb", version="", default_hp_metric=False)
     last_cb = LastCheckpoint(out / "checkpoints", cfg.checkpoint_every())
@@ -327,62 +328,6 @@ def make_trainer(cfg: FineTuneConfig, out: Path, device: str, extra_callbacks=()
                         log_every_n_steps=1, enable_model_summary=False, limit_val_batches=1.0 if cfg.eval_every else 0,
                         enable_progress_bar=bar, plugins=[AtomicCheckpointIO()])
     return trainer, tb
-
-
-def owed_validation(every: int, folder: Path):
-    """A callback: a run resumed from a checkpoint at a validation step (step % `every` == 0) first does that
-    step's validation, unless the interrupted run did it. The checkpoint is saved at the step's end, before its
-    validation (periodically, or by Ctrl-C, which stops there), and Lightning's resume takes the validation as
-    done, so the resumed run's dev/eval rows (and its best-on-dev choice) lacked that step's. Rank 0 records the
-    step of each validation done in `folder`/validated.json, so a run killed after it (kill -9 in a later step)
-    does not log it twice. Logged at the step the uninterrupted run logs it at."""
-    from lightning.pytorch.callbacks import Callback
-
-    from l2o.filelock import write_atomic
-
-    record = folder / "validated.json"
-
-    class OwedValidation(Callback):
-        owed = pending = False  # pending: a resumed run that has not yet settled whether it owes one
-
-        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-            step = int(checkpoint.get("global_step", 0))
-            try:
-                done = json.loads(record.read_text())["step"]
-            except (OSError, ValueError, KeyError, TypeError):
-                done = None
-            self.owed, self.pending = step > 0 and step % every == 0 and done != step, True
-
-        def on_validation_end(self, trainer, pl_module):
-            if trainer.is_global_zero and not trainer.sanity_checking:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_atomic(record, lambda f: f.write(json.dumps({"step": trainer.global_step}).encode()))
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.validate(trainer, 1)  # Lightning counted this batch already
-
-        def on_fit_end(self, trainer, pl_module):
-            self.validate(trainer, 0)  # resumed at the last step: Lightning ran no training loop
-
-        def validate(self, trainer, counted: int):
-            if not self.pending:
-                return
-            self.pending = False
-            if not trainer.strategy.broadcast(self.owed, 0):  # rank 0's record decides, for every rank
-                return
-            loop = trainer.fit_loop.epoch_loop
-            first = trainer._logger_connector._first_loop_iter
-            loop._batches_that_stepped -= counted  # log at the step the uninterrupted run logs it at
-            try:
-                trainer.validating = True
-                loop.val_loop.restarting = False  # a whole validation, not the rest of a restored one
-                loop.val_loop.run()
-            finally:
-                trainer.training = True
-                trainer._logger_connector._first_loop_iter = first
-                loop._batches_that_stepped += counted
-
-    return OwedValidation()
 
 
 def resolve_device(cfg: FineTuneConfig) -> str:

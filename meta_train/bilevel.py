@@ -239,6 +239,17 @@ class BilevelMetaInit(L.LightningModule):
             self.log("heldout/mean_base_adapted", sum(v["adapted"] for v in self.baseline.values()) / len(self.baseline))
         self.adaptation.append(row)
 
+    def validation_record(self) -> dict:
+        """What checkpoints/validated.json keeps of the validation just done (l2o.integrations.lightning.validation):
+        its row, which a checkpoint saved at its step (before it) lacks."""
+        return {"adaptation": self.adaptation[-1] if self.adaptation else None}
+
+    def restore_validation_record(self, record: dict) -> None:
+        """The interrupted run validated after the checkpoint this run resumed from: its row, not a second one."""
+        row = record.get("adaptation")
+        if row is not None and not any(r["step"] == row["step"] for r in self.adaptation):
+            self.adaptation.append(row)
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
         checkpoint["state_dict"] = {}  # everything lives in the optimizer state (copies, Adam, backbone log)

@@ -211,6 +211,10 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             from l2o.integrations.lightning.progress import ProgressLines
 
             callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
+            if val_every:  # a resumed run does the validation its checkpoint preceded
+                from l2o.integrations.lightning.validation import owed_validation
+
+                callbacks.append(owed_validation(val_every, out / "checkpoints"))
             from lightning.fabric.utilities.exceptions import MisconfigurationException
 
             try:

@@ -293,6 +293,32 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
     sys.exit(main(argv))
 
 
+def run_meta_train_killed_at(step: int, argv: list[str]) -> None:
+    """The `meta_train` CLI on `argv`, killed (`die_at_step`: exit 137, no clean-up) as soon as `step` steps are
+    done, after that step's checkpoint, before its validation. Run it in a subprocess."""
+    import sys
+
+    import meta_train.cli
+    from meta_train.cli import main
+
+    real = meta_train.cli.interrupt_callback
+    die = die_at_step(step)
+
+    def interrupt_callback(last):
+        cb = real(last)
+        check = cb.on_train_batch_end
+
+        def on_train_batch_end(trainer, *args):
+            die.on_train_batch_end(trainer, *args)
+            check(trainer, *args)
+
+        cb.on_train_batch_end = on_train_batch_end
+        return cb
+
+    meta_train.cli.interrupt_callback = interrupt_callback
+    sys.exit(main(argv))
+
+
 def hold_run_folder(folder, writing: str | None = None):
     """Another process that claims the run folder `folder` (as a running fine_tune would) until killed; with
     `writing` (a path inside `folder`) it is half-way through `l2o.filelock.write_atomic` of that file meanwhile."""

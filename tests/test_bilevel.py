@@ -4,6 +4,7 @@ writer, multi-task estimates, resume, the meta-init artefact, and both Lightning
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,63 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     before = [p.detach().clone() for p in fresh.parameters()]
     assert apply_meta_init(fresh, load_meta_init("tiny-llama/meta-init@1", fresh, registry=str(reg)))
     assert any(not torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+
+
+def _meta_init_argv(base, out) -> list[str]:
+    return ["--method", "bilevel-zofo", "--base", base, "--tasks", "sst2", "rte", "cb", "boolq", "--holdout", "boolq",
+            "--max_steps", "6", "--save_every", "2", "--out", str(out), "--model.lam", "10", "--model.lower_lr", "1e-2",
+            "--model.upper_lr", "1e-3", "--model.theta_lr", "1e-3", "--model.t_low", "2", "--model.tasks_per_step", "2",
+            "--model.batch_size", "2", "--model.adapt_steps", "2", "--model.val_every", "2", "--data.num_train", "6",
+            "--data.adapt_examples", "2", "--data.num_eval", "2", "--data.max_length", "64",
+            "--data.source_root", str(HUB), "--trainer.accelerator", "cpu", "--registry", str(out) + "-registry"]
+
+
+def _heldout_rows(out: Path) -> dict:
+    """tag -> [(step, value)] of every held-out validation row on TensorBoard (a resumed run's event files too)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
+            if tag.startswith("heldout/")}
+
+
+@pytest.mark.parametrize("how,step", [("sigint", 2), ("kill", 3), ("sigint", 6)])
+def test_meta_train_resumed_does_the_held_out_validations_of_an_uninterrupted_run(tiny_llama_base, tmp_path,
+                                                                                 monkeypatch, how, step):
+    """--model.val_every 2 of 6 steps, checkpoints every 2: a checkpoint at a validation step is saved at the
+    step's end, before its validation. Ctrl-C at step 2 (or 6, the last) stops there; kill -9 in step 3 comes after
+    step 2's validation, which the step-2 checkpoint the run resumes from does not hold. The resumed run must do
+    each validation the uninterrupted one did, once, at the same step, with the same values, and meta-train the
+    same backbone."""
+    import subprocess
+    import sys
+
+    from meta_train.cli import main
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("L2O_ZOO_REGISTRY", raising=False)
+    full, run = tmp_path / "full", tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocess's reductions
+    try:
+        assert main(_meta_init_argv(tiny_llama_base, full)) == 0
+        helper = "run_meta_train_interrupted_at" if how == "sigint" else "run_meta_train_killed_at"
+        code = f"from tests.helpers import {helper} as f; f({step}, {_meta_init_argv(tiny_llama_base, run)!r})"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert proc.returncode == (130 if how == "sigint" else 137), proc.stderr[-3000:]
+        assert not (run / "results.json").exists()
+        assert main([*_meta_init_argv(tiny_llama_base, run), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (full, run))
+    assert [r["step"] for r in a["adaptation"]] == [2, 4, 6]
+    assert b["adaptation"] == a["adaptation"] and b["heldout"] == a["heldout"]
+    rows = _heldout_rows(full)
+    assert [s for s, _ in rows["heldout/boolq/adapted"]] == [1, 3, 5]  # Lightning logs at steps completed - 1
+    assert _heldout_rows(run) == rows
+    x, y = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]["zo_ledger"]
+            for d in (full, run))
+    assert x == y

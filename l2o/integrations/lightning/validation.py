@@ -1,0 +1,80 @@
+"""The validation a resumed run owes, and the record of one it does not (fine_tune --eval-every, meta_train
+--model.val_every of Bilevel-ZOFO: both validate through Lightning's validation loop every `every` steps).
+
+A checkpoint at a validation step is saved at the step's end, before its validation (periodically, or by Ctrl-C,
+which stops there), and Lightning's resume takes that validation as done: the resumed run lacked that step's rows
+(on TensorBoard, and in whatever the module keeps of its validations). `owed_validation` runs it first, unless
+the interrupted run did it (kill -9 in a later step): rank 0 records the step of each validation done in
+`folder`/validated.json. A module that keeps its validations' results in its checkpoint (Bilevel-ZOFO's
+`adaptation` rows) puts what the record must carry in `validation_record()`, and gets it back through
+`restore_validation_record(record)` when the validation was done after the checkpoint it resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from l2o.filelock import write_atomic
+
+
+def owed_validation(every: int, folder: Path):
+    """A Lightning callback: a run resumed from a checkpoint at a validation step (step % `every` == 0) first does
+    that step's validation, logged at the step the uninterrupted run logs it at, unless the interrupted run did
+    it (then the module gets that validation's record back, if it keeps one)."""
+    from lightning.pytorch.callbacks import Callback
+
+    record = folder / "validated.json"
+
+    class OwedValidation(Callback):
+        owed = pending = False  # pending: a resumed run that has not yet settled whether it owes one
+        done: dict | None = None  # the record of the checkpoint step's validation, when the interrupted run did it
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            step = int(checkpoint.get("global_step", 0))
+            try:
+                done = json.loads(record.read_text())
+                done_step = done["step"]
+            except (OSError, ValueError, KeyError, TypeError):
+                done, done_step = None, None
+            due = step > 0 and step % every == 0
+            self.owed, self.pending = due and done_step != step, True
+            self.done = done if due and done_step == step else None
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.is_global_zero and not trainer.sanity_checking:
+                folder.mkdir(parents=True, exist_ok=True)
+                keep = getattr(pl_module, "validation_record", None)
+                entry = {"step": trainer.global_step, **({"module": keep()} if keep is not None else {})}
+                write_atomic(record, lambda f: f.write(json.dumps(entry).encode()))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.validate(trainer, pl_module, 1)  # Lightning counted this batch already
+
+        def on_fit_end(self, trainer, pl_module):
+            self.validate(trainer, pl_module, 0)  # resumed at the last step: Lightning ran no training loop
+
+        def validate(self, trainer, pl_module, counted: int):
+            if not self.pending:
+                return
+            self.pending = False
+            # rank 0's record decides, for every rank
+            owed, done = trainer.strategy.broadcast((self.owed, self.done), 0)
+            if not owed:
+                restore = getattr(pl_module, "restore_validation_record", None)
+                if done is not None and restore is not None and "module" in done:
+                    restore(done["module"])
+                return
+            loop = trainer.fit_loop.epoch_loop
+            first = trainer._logger_connector._first_loop_iter
+            loop._batches_that_stepped -= counted  # log at the step the uninterrupted run logs it at
+            try:
+                trainer.validating = True
+                loop.val_loop.restarting = False  # a whole validation, not the rest of a restored one
+                loop.val_loop.run()
+            finally:
+                trainer.training = True
+                trainer._logger_connector._first_loop_iter = first
+                loop._batches_that_stepped += counted
+
+    return OwedValidation()

@@ -6,7 +6,8 @@
 
 Protocol, per task and method:
 1. **lr selection.** One run (seed `--select-seed`, `--select-budget` forward passes) for each lr of the grid
-   `--lr-grid` (multipliers of the method's `--lr`, the paper's value scaled to the model); the lr with the best
+   `--lr-grid` (multipliers of the method's `--lr`, by default its centre for `--peft` in bench/lr_centres.py:
+   MeZO's setting scaled to the model, times the method's ratio to MeZO from its paper); the lr with the best
    final dev metric wins (ties: the lower final train loss). When the winner is at an edge of the grid, one
    more lr a grid step past that edge is tried (`--extend` times at most), so a chosen lr is interior or says
    where the grid ran out.
@@ -76,8 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--extend", type=int, default=1, help="while the best lr is at an edge of the grid, try one more "
                     "grid step past that edge, at most this many times")
     ap.add_argument("--peft", default="prefix")
-    ap.add_argument("--lr", default="mezo=1e-2,mezo-gv=1e-2,mezo-greedy=1e-2,bszo=1e-2",
-                    help="per method, the paper's lr scaled to the model (centre of the grid): name=value,...")
+    ap.add_argument("--lr", default="", help="per method, the centre of its lr grid: name=value,... (default: "
+                    "bench/lr_centres.py's for the method and --peft)")
     ap.add_argument("--eps", default="mezo=1e-1,mezo-gv=1e-1,mezo-greedy=1e-1,bszo=1e-1")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--num-train", type=int, default=500)
@@ -173,12 +174,14 @@ def _pool_by_lr(runs: list[dict]) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from bench.lr_centres import centre as lr_centre
+
     args = parse_args(argv)
     runner = Runner(args)
     chosen = {}
     for task in args.select_list or args.task_list:
         for method in args.method_list:
-            centre = args.lrs.get(method.split("+")[-1], args.lrs.get("mezo"))
+            centre = args.lrs[method] if method in args.lrs else lr_centre(method, args.peft)
             sel = [] if len(args.grid) == 1 else select_runs(
                 lambda lr: runner("select", task, method, lr, args.select_seed, args.select_budget),
                 [centre * g for g in args.grid], args.extend)

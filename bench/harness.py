@@ -12,15 +12,17 @@ out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 
 A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
 zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
-centre of its lr grid; default: `CENTRE`), `search` (`search=0`: no lr search, `lr` is used as given), `eps`, `steps` (first-order methods: steps per run, default
+centre of its lr grid; default: bench/lr_centres.py's for the method and the run's PEFT mode), `search`
+(`search=0`: no lr search, `lr` is used as given), `eps`, `steps` (first-order methods: steps per run, default
 --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr
 that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
 fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
 (`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid
-centred on `CENTRE` or 1e-2; an unknown name or key is refused before anything runs. `--method all` enters every
-registered ZO method (the catalog's names; zo-finetuner* only with --policy, their policy) beside any other spec given
-(e.g. `--method all --method fo-sgd`); without --method the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and
-fo-adamw (the CPU budget). MeZO, the reference, always runs first; the others in the order given.
+centred on its bench/lr_centres.py centre (one the table lacks needs `lr=`); an unknown name or key is refused
+before anything runs. `--method all` enters every registered ZO method (the catalog's names; zo-finetuner* only
+with --policy, their policy) beside any other spec given (e.g. `--method all --method fo-sgd`); without --method
+the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and fo-adamw (the CPU budget). MeZO, the reference, always
+runs first; the others in the order given.
 
 Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
@@ -57,12 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
+from bench.lr_centres import centre as lr_centre  # noqa: E402
+from bench.lr_centres import has_centre  # noqa: E402
 from bench.resume import run_to_end  # noqa: E402
 
-# centre of each optimizer's lr grid (prefix tuning of SmolLM2; MeZO's prefix settings scaled to the model)
-CENTRE = {"mezo": 1e-2, "mezo-gv": 1e-2, "mezo-greedy": 1e-2, "bszo": 1e-2, "bszo-b": 1e-2, "zo-finetuner": 1e-2,
-          "zo-finetuner+gv": 1e-2, "zo-finetuner+greedy": 1e-2, "zo-finetuner+bszo": 1e-2,
-          "fo-sgd": 1e-2, "fo-adamw": 1e-3, "bilevel-zofo": 1e-2}
 EPS = 1e-1  # MeZO's prefix eps
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
@@ -177,7 +177,7 @@ def parse_args(argv=None):
     args.methods = [parse_method(m) for m in expand_all(args.method or default_methods(), args.policy)]
     if REFERENCE not in [m.label for m in args.methods]:
         args.methods.insert(0, Method(REFERENCE, REFERENCE))
-    problem = check_methods(args.methods)
+    problem = check_methods(args.methods, args.peft)
     if problem:
         ap.error(problem)
     return args
@@ -197,9 +197,10 @@ def read_panel(path: str, need_tasks: bool = True) -> dict:
     return panel
 
 
-def check_methods(methods: list[Method]) -> str | None:
+def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
     """Why a list of method specs cannot run (None: it can): an unknown optimizer or key, a repeated label, a
-    `match` that names no method listed before it."""
+    method with neither `lr=` nor an lr centre for its PEFT mode (bench/lr_centres.py), a `match` that names no
+    method listed before it."""
     from fine_tune.config import OPTIMIZER_FLAGS
     from fine_tune.first_order import FIRST_ORDER
     from l2o import catalog
@@ -215,6 +216,9 @@ def check_methods(methods: list[Method]) -> str | None:
             return f"--method {m.label}: the label is used twice"
         if m.options.get("search", 1) == 0 and "lr" not in m.options:
             return f"--method {m.label}: search=0 needs lr=..."
+        mode = m.options.get("peft", peft)
+        if "lr" not in m.options and "match" not in m.options and not has_centre(m.optimizer, mode):
+            return f"--method {m.label}: bench/lr_centres.py has no lr centre for {m.optimizer} in {mode}; give lr=..."
         if m.options.get("match") not in (None, *seen):
             return f"--method {m.label}: match={m.options['match']} names no method listed before it"
         seen.append(m.label)
@@ -330,7 +334,8 @@ def select(args, runner: Runner, method: Method, task: str, chosen: dict) -> tup
         ref_eff = statistics.mean(r["effective_step"] or 1.0 for r in ref_runs if r["lr"] == ref_lr)
         lr = float(f"{ref_lr * ref_eff / (probe['effective_step'] or 1.0):.4g}")
         return lr, [probe]
-    centre = method.options.get("lr", CENTRE.get(method.optimizer, 1e-2))
+    o = method.options
+    centre = o["lr"] if "lr" in o else lr_centre(method.optimizer, o.get("peft", args.peft))
     if method.options.get("search", 1) == 0:  # pinned: its seed-0 run is the only "selection"
         return centre, [run(centre)]
     runs = select_runs(run, [centre * g for g in args.grid], args.extend)

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.lr_centres import MEZO_LR  # noqa: E402
 from bench.resume import run_to_end  # noqa: E402
 
 
@@ -68,12 +69,13 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--forwards1", type=int, default=300, help="forward passes of the stage-1 run")
     ap.add_argument("--forwards2", type=int, default=500, help="forward passes of each stage-2 run")
-    ap.add_argument("--lr", type=float, default=1e-2, help="MeZO's prefix lr (stage 1; centre of stage 2's grid)")
+    ap.add_argument("--lr", type=float, default=MEZO_LR["prefix"], help="MeZO's prefix lr (stage 1; centre of stage "
+                    "2's grid)")
     ap.add_argument("--eps", type=float, default=1e-1)
     ap.add_argument("--lr-grid", default="0.3,1,3", help="stage-2 multipliers of --lr (ascending, geometric)")
     ap.add_argument("--extend", type=int, default=1, help="stage 2: grid steps past an edge the best lr sits at")
     ap.add_argument("--lora", action="store_true", help="stage 2 also runs LoRA (lr grid x --lora-lr, --lora-eps)")
-    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-lr", type=float, default=MEZO_LR["lora"])
     ap.add_argument("--lora-eps", type=float, default=1e-2)
     ap.add_argument("--num-train", type=int, default=1000)
     ap.add_argument("--num-dev", type=int, default=200, help="dev examples of the stage-2 runs (stage 1 has none)")

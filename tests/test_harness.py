@@ -12,6 +12,7 @@ import pytest
 from bench import evidence_report as rep
 from bench import harness as hn
 from bench import stats
+from bench.lr_centres import centre as lr_centre
 
 
 @pytest.mark.parametrize("k,n", [(8, 10), (0, 7), (7, 7), (3.5, 12), (50, 100)])
@@ -84,6 +85,34 @@ def test_the_lr_grid_sets_the_step_size_each_method_declares():
         ["lr", "lr", "lr", "lower_lr"]
 
 
+def test_every_registered_method_has_its_own_lr_centre_in_every_mode_it_runs_in():
+    """bench/lr_centres.py names every registered method and first-order baseline (the harness used to centre the
+    ones it did not list on 1e-2 whatever the method and mode); a ZO method's centre is MeZO's in the same mode times
+    its ratio (sign-SGD's 20 in full: its step does not scale with the gradient's norm, ~18 there), a policy
+    composition's is its base method's, and a method the table lacks is refused before anything runs, unless given
+    lr=."""
+    from bench import lr_centres as lc
+    from fine_tune.config import PEFT_MODES
+    from fine_tune.first_order import FIRST_ORDER
+    from l2o import catalog
+    from l2o.optim import optimizer_class
+
+    for name in [*catalog.method_names(), *FIRST_ORDER]:
+        adapter = name in catalog.method_names() and catalog.entry(name)["needs_adapter"]
+        modes = [m for m in PEFT_MODES if m != "full" or not adapter]
+        assert name in lc.RATIO or name in lc.ABSOLUTE, name
+        assert all(lc.centre(name, m) > 0 for m in modes), name
+        if name.startswith("zo-finetuner+"):
+            base = optimizer_class(name).base_method
+            assert all(lc.centre(name, m) == lc.centre(base, m) for m in modes), name
+    assert [lc.centre("mezo", m) for m in ("prefix", "lora", "full")] == [1e-2, 1e-3, 1e-5]
+    assert lc.centre("zo-sgd-sign", "full") == pytest.approx(20 * lc.centre("mezo", "full"))
+    assert lc.centre("zo-sgd-mmt", "lora") == pytest.approx(0.1 * lc.centre("mezo", "lora"))
+    assert hn.check_methods([hn.parse_method("zo-sgd-sign")], "full") is None
+    assert "no lr centre for bilevel-zofo in full" in hn.check_methods([hn.parse_method("bilevel-zofo")], "full")
+    assert hn.check_methods([hn.parse_method("b:bilevel-zofo:lr=1e-3")], "full") is None
+
+
 @pytest.mark.parametrize("specs,problem", [
     (["mezo", "zo-sgd-sign", "cons:zo-sgd-cons:pool_size=4", "gv:mezo-gv:match=mezo"], None),  # registry names
     (["mezo", "nope"], "unknown optimizer 'nope'"),
@@ -152,7 +181,7 @@ def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_
                                     "--reuse", str(mezo_runs / "runs.jsonl")]))
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     mine = [r for r in rows if r["label"] == name]
-    flag, centre = catalog.entry(name)["step_size"], hn.CENTRE.get(name, 1e-2)
+    flag, centre = catalog.entry(name)["step_size"], lr_centre(name, "prefix")
     assert all(r["config"]["optimizer"] == name and r["lr"] == r["config"][flag] for r in mine)
     selection = [r for r in mine if r["config"]["seed"] == 0]
     assert sorted(r["lr"] for r in selection) == pytest.approx([centre, 3 * centre])   # the 2-point grid, on dev

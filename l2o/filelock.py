@@ -13,7 +13,9 @@
   on its ``--out`` once it holds the folder's lock).
 - ``writer_folder(parent, prefix)`` / ``remove_dead_writers(parent, prefix)``: a temp folder a process writes
   into (a download or conversion into the cache, a zoo entry's staging) held by a lock file beside it, and the
-  removal of those whose writer died, never a live writer's (each new writer_folder does it first).
+  removal of those whose writer died, never a live writer's (each new writer_folder does it first); also of a
+  folder of that name with no lock file (made by code from before these locks) once nothing in it has changed
+  for ``UNLOCKED_TEMP_AGE_S`` (an hour).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from l2o.errors import UserError
@@ -34,6 +37,11 @@ RUN_LOCK_NAME = ".lock"
 _TMP_NAME = re.compile(r"\.tmp-.+-[0-9a-f]{12}")
 WRITER_LOCK_SUFFIX = ".lock"  # writer_folder's lock file: <folder name>.lock beside the folder
 _MKSTEMP_CHARS = "[a-z0-9_]{8}"  # the random part of a tempfile.mkstemp name (CPython's _RandomNameSequence)
+# A writer_folder-named folder without its lock file was made by code from before these locks (tempfile.mkdtemp,
+# the same name), whose writer cannot be asked: it is removed once nothing in it has changed for an hour. A
+# download or conversion writes its folder continuously (a 500 MB base converts in minutes), so an hour
+# without a change anywhere in it means its writer is gone; a writer of the current code always holds a lock.
+UNLOCKED_TEMP_AGE_S = 3600.0
 
 
 class FolderLockedError(UserError):
@@ -190,14 +198,22 @@ def writer_folder(parent: Path, prefix: str, log=None):
 def remove_dead_writers(parent: Path, prefix: str) -> int:
     """Remove the folders ``writer_folder(parent, prefix)`` made whose writer died (``kill -9``, a lost node), and
     their lock files; returns how many folders. Only that exact name (``<prefix><8 characters>`` with its
-    ``.lock``) is looked at. A folder whose lock a live writer holds is left, and so is one without a lock file
-    (its writer cannot be told: code from before these locks)."""
+    ``.lock``) is looked at. A folder whose lock a live writer holds is left. One without a lock file (code from
+    before these locks made it; its writer cannot be asked) is removed once nothing in it has changed for
+    ``UNLOCKED_TEMP_AGE_S`` (`_unchanged_for`), and left until then."""
     name = re.compile(re.escape(prefix) + _MKSTEMP_CHARS + re.escape(WRITER_LOCK_SUFFIX))
+    folder_name = re.compile(re.escape(prefix) + _MKSTEMP_CHARS)
     try:
-        locks = [e.name for e in os.scandir(parent) if name.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+        entries = list(os.scandir(parent))
     except OSError:  # no such folder (yet), or not ours to read
         return 0
+    locks = [e.name for e in entries if name.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
     removed = 0
+    for e in entries:  # no lock beside it: a writer_folder makes its lock before its folder, removes it after
+        unlocked = folder_name.fullmatch(e.name) and not Path(parent, e.name + WRITER_LOCK_SUFFIX).exists()
+        if unlocked and e.is_dir(follow_symlinks=False) and _unchanged_for(Path(e.path), UNLOCKED_TEMP_AGE_S):
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed += not os.path.exists(e.path)
     for lock in locks:
         try:
             fd = os.open(Path(parent, lock), os.O_RDWR)  # never O_CREAT: a lock its writer removed stays removed
@@ -218,6 +234,21 @@ def remove_dead_writers(parent: Path, prefix: str) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def _unchanged_for(folder: Path, seconds: float) -> bool:
+    """Nothing in `folder` (itself, any file or folder below it) modified in the last `seconds`."""
+    cutoff = time.time() - seconds
+    try:
+        if os.lstat(folder).st_mtime > cutoff:
+            return False
+        for here, dirs, files in os.walk(folder):
+            for name in (*dirs, *files):
+                if os.lstat(os.path.join(here, name)).st_mtime > cutoff:
+                    return False
+    except OSError:  # changing under us, or not ours to read: leave it
+        return False
+    return True
 
 
 def _stderr(line: str) -> None:

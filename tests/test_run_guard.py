@@ -82,3 +82,52 @@ def test_the_temp_file_of_a_write_killed_mid_way_is_removed_by_the_next_run_and_
     with RunFolder(out, log=lines.append):
         pass
     assert len(lines) == 1  # nothing removed: nothing said
+
+
+def _age(folder, seconds: float) -> None:
+    """Set the modification time of `folder` and everything in it `seconds` into the past."""
+    import time
+
+    then = time.time() - seconds
+    for here, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            os.utime(os.path.join(here, name), (then, then))
+    os.utime(folder, (then, then))
+
+
+def test_a_temp_folder_without_a_lock_is_removed_once_unchanged_for_an_hour_never_a_live_writers(tmp_path):
+    """Code from before writer_folder's locks made the same temp folders without a lock file, so they stayed in the
+    cache for good. The next writer_folder in that folder removes one in which nothing has changed for
+    UNLOCKED_TEMP_AGE_S (one hour), and leaves a younger one, one with a recent change deep inside, a live writer's
+    (however old its files: its lock decides) and foreign names."""
+    from l2o.filelock import UNLOCKED_TEMP_AGE_S, writer_folder
+    from tests.helpers import hold_writer_folder
+
+    cache, prefix = tmp_path / "cache", ".staging-"
+    writer, live = hold_writer_folder(cache, prefix)
+    try:
+        old, young, busy, foreign = (cache / f"{prefix}{s}" for s in ("oldcode1", "oldcode2", "oldcode3", "notes"))
+        for folder in (old, young, busy, foreign):
+            (folder / "entry").mkdir(parents=True)
+            (folder / "entry" / "blob.bin").write_bytes(b"half a download")
+        for folder in (old, busy, foreign, live):
+            _age(folder, UNLOCKED_TEMP_AGE_S + 60)
+        _age(young, UNLOCKED_TEMP_AGE_S - 60)
+        (busy / "entry" / "blob.bin").write_bytes(b"still being written")  # its writer wrote a minute ago
+        assert UNLOCKED_TEMP_AGE_S == 3600
+
+        lines = []
+        with writer_folder(cache, prefix, log=lines.append) as mine:
+            assert mine.is_dir()
+        assert lines == [f"removed 1 stale temp folder(s) {prefix}* that an interrupted download or copy left in "
+                         f"{cache}"]
+        assert not old.exists()
+        assert all((f / "entry" / "blob.bin").is_file() for f in (young, busy, foreign))
+        assert (live / "half.bin").is_file()  # a live writer's, though its files are older than an hour
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    with writer_folder(cache, prefix, log=lines.append):  # its writer died: now it goes, and only it
+        pass
+    assert not live.exists() and lines[-1].startswith("removed 1 stale temp folder(s)")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f.name for f in (young, busy, foreign))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -161,6 +162,41 @@ def mezo_runs(tiny_base, tmp_path_factory):
     hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out),
                                 "--lr-grid", "1,3", "--extend", "0", "--seeds", "1", "--method", "mezo"]))
     return out
+
+
+def test_a_policy_composition_under_method_all_runs_with_the_policy(tiny_base, tmp_path, monkeypatch):
+    """`--method all --policy P` enters the zo-finetuner+<method> compositions with P (the registry narrowed here to
+    mezo, lozo and zo-finetuner+lozo, so the test takes seconds; the path is the harness's own: expansion, lr grid,
+    runs). Full fine-tuning of the tiny base with a fresh policy made for it. The composition's runs carry the
+    policy, and at each (lr, seed) they differ from plain LOZO's, which they would equal if the policy were dropped
+    (zo-finetuner+lozo without one is LOZO with s_b = 1): the first step's loss L(theta + eps s_b U V^T) (1.3064
+    against 1.3051 here), and the effective step sum_b n_b s_b^2 m_b / D (the policy normalises sum_b n_b s_b^2 = D;
+    LOZO's m_b is r on matrices and 1 on vectors, so a policy that scales them differently moves it off LOZO's: a
+    fresh policy's near-uniform scales only slightly, 1.98580 against 1.98545)."""
+    from l2o import catalog
+    from l2o.models import load_base
+    from l2o.policy import ZOPolicy
+    from zoo.learned import save_policy
+
+    model, _, _ = load_base(tiny_base)
+    policy = str(save_policy(ZOPolicy.for_model(model, base_model=tiny_base, seed=2), tmp_path / "policy"))
+    monkeypatch.setattr(catalog, "method_names", lambda: ["mezo", "lozo", "zo-finetuner+lozo"])
+    out = tmp_path / "h"
+    args = hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out), "--peft", "full",
+                          "--lr-grid", "1,3", "--extend", "0", "--seeds", "0", "--method", "all", "--policy", policy])
+    assert [m.label for m in args.methods] == ["mezo", "lozo", "zo-finetuner+lozo"]
+    hn.run_suite(args)
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    plain = {(r["lr"], r["config"]["seed"]): r for r in rows if r["label"] == "lozo"}
+    composed = {(r["lr"], r["config"]["seed"]): r for r in rows if r["label"] == "zo-finetuner+lozo"}
+    assert sorted(composed) == sorted(plain) and len(composed) == 2  # the same grid (same centre), seed 0
+    for key, r in composed.items():
+        p = plain[key]
+        assert (r["config"]["policy"], r["policy_size_rule"]) == (policy, "numel")
+        assert (p["config"]["policy"], p["policy_size_rule"]) == (None, None)
+        first = [json.loads(Path(x["paths"]["history"]).read_text())[0]["loss"] for x in (r, p)]
+        assert first[0] != pytest.approx(first[1], rel=1e-6, abs=0), key
+        assert r["effective_step"] != pytest.approx(p["effective_step"], rel=1e-6), key  # 1.98580 vs 1.98545
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow)

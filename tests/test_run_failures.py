@@ -229,6 +229,29 @@ def test_ctrl_c_at_a_validation_step_resumes_with_that_steps_validation(tiny_bas
     _assert_same_run(out, evaluated_reference)
 
 
+@pytest.mark.parametrize("checkpoint", ["weights", "ledger"])
+def test_kill_after_a_validation_resumes_with_its_best_on_dev_choice(tiny_base, tmp_path, checkpoint):  # noqa: F811
+    """kill -9 in step 3, after step 2's validation, whose checkpoint (saved before it) the run resumes from: the
+    best-on-dev choice did not know step 2's dev score, so the resumed run took step 4's as best (lr 3e-2: the
+    uninterrupted run keeps step 2's). validated.json now carries the monitored score, and the resumed run gives
+    it to the best-on-dev checkpoint on the checkpoint's (the validated) weights."""
+    argv = ["--steps", "8", "--save-every", "2", "--eval-every", "2", "--lr", "3e-2", "--eps", "1e-2",
+            "--save-model", "weights", "--checkpoint", checkpoint]
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert main(_args(tiny_base, full, *argv)) == 0
+    proc = _in_subprocess("run_fine_tune_killed_at", 3, _args(tiny_base, out, *argv))
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert main(_args(tiny_base, out, *argv, "--resume")) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (full, out))
+    assert a["best_step"] == 2 and b["best_step"] == 2 and b["final"] == a["final"]
+    assert _validations(out) == _validations(full)
+    assert (out / "ledger.jsonl").read_bytes() == (full / "ledger.jsonl").read_bytes()
+    from safetensors.torch import load_file
+
+    x, y = (load_file(d / "model" / "model.safetensors") for d in (full, out))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def test_resume_with_another_save_every_says_so_in_one_line_not_lightnings_warning(tiny_base, reference, tmp_path,  # noqa: F811
                                                                                    capsys):
     """--save-every is the checkpoints' cadence, not the run: a resume may change it. The checkpoint callback's

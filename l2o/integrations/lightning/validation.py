@@ -7,7 +7,9 @@ which stops there), and Lightning's resume takes that validation as done: the re
 the interrupted run did it (kill -9 in a later step): rank 0 records the step of each validation done in
 `folder`/validated.json. A module that keeps its validations' results in its checkpoint (Bilevel-ZOFO's
 `adaptation` rows) puts what the record must carry in `validation_record()`, and gets it back through
-`restore_validation_record(record)` when the validation was done after the checkpoint it resumes from.
+`restore_validation_record(record)` when the validation was done after the checkpoint it resumes from. The
+record also keeps the values the run's monitoring `ModelCheckpoint`s (fine_tune's best-on-dev) saw, so such a
+resumed run gives them that validation too: the weights are the checkpoint's, the validated ones.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def owed_validation(every: int, folder: Path):
             if trainer.is_global_zero and not trainer.sanity_checking:
                 folder.mkdir(parents=True, exist_ok=True)
                 keep = getattr(pl_module, "validation_record", None)
-                entry = {"step": trainer.global_step, **({"module": keep()} if keep is not None else {})}
+                entry = {"step": trainer.global_step, **({"module": keep()} if keep is not None else {}),
+                         "monitored": {cb.monitor: float(trainer.callback_metrics[cb.monitor])
+                                       for cb in _monitoring(trainer) if cb.monitor in trainer.callback_metrics}}
                 write_atomic(record, lambda f: f.write(json.dumps(entry).encode()))
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -61,9 +65,8 @@ def owed_validation(every: int, folder: Path):
             # rank 0's record decides, for every rank
             owed, done = trainer.strategy.broadcast((self.owed, self.done), 0)
             if not owed:
-                restore = getattr(pl_module, "restore_validation_record", None)
-                if done is not None and restore is not None and "module" in done:
-                    restore(done["module"])
+                if done is not None:
+                    self.restore(trainer, pl_module, done)
                 return
             loop = trainer.fit_loop.epoch_loop
             first = trainer._logger_connector._first_loop_iter
@@ -77,4 +80,27 @@ def owed_validation(every: int, folder: Path):
                 trainer._logger_connector._first_loop_iter = first
                 loop._batches_that_stepped += counted
 
+        @staticmethod
+        def restore(trainer, pl_module, done: dict):
+            """The interrupted run's validation at this step, given back: to the module (its record), and to each
+            monitoring ModelCheckpoint, which compares its value and saves the weights now (the validated ones)."""
+            restore = getattr(pl_module, "restore_validation_record", None)
+            if restore is not None and "module" in done:
+                restore(done["module"])
+            import torch
+
+            for cb in _monitoring(trainer):
+                value = done.get("monitored", {}).get(cb.monitor)
+                if value is not None:
+                    candidates = cb._monitor_candidates(trainer)
+                    candidates[cb.monitor] = torch.tensor(value)
+                    cb._save_topk_checkpoint(trainer, candidates)
+
     return OwedValidation()
+
+
+def _monitoring(trainer) -> list:
+    """The trainer's ModelCheckpoints that choose by a monitored value (fine_tune's best-on-dev)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]

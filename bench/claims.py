@@ -119,11 +119,10 @@ def memory_text(memory: dict | None) -> str:
     return ", ".join(out)
 
 
-def claim_rows(out: Path) -> list[tuple[str, str, str, str, str]]:
-    """(paper claim, restated here, measured, verdict, what would separate) per claim."""
+def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, str, str, str]]:
+    """(paper claim, restated here, measured, verdict, what would separate) per claim; `memory` is
+    bench/fo_memory.py's output (the suite keeps it in docs/data/, see bench/evidence_doc.memory_file)."""
     prefix, full, bf16, meta = (_load(out, p) for p in ("prefix", "full", "bf16", "metainit"))
-    mem_path = out / "memory" / "memory.json"
-    memory = json.loads(mem_path.read_text()) if mem_path.exists() else None
     pm = (prefix or {}).get("methods", {})
     rows = []
     v, meas, sep = fo_claim(prefix, memory)

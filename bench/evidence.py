@@ -7,8 +7,8 @@
 Phases (each keeps its runs under `--out`, so a rerun skips what is done), in the order they run:
 - scan: `bench.learnability`, stages 1 and 2 at the first `--max-median` cut -> the evidence panel
   (`<out>/learnability/panel.json`);
-- memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch (skipped when
-  `<out>/memory/memory.json` exists);
+- memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch, written beside
+  the doc, `<docs>/data/fo_memory_full_prefix.json` (committed; skipped when it exists);
 - prefix: `bench.harness` on the panel's `--max-tasks` cheapest tasks, prefix tuning, one task at a time and on it
   one method at a time, in the order of what a claim needs per CPU-hour: MeZO; FO-AdamW (`budget / 10` steps);
   MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen
@@ -190,14 +190,17 @@ def run_phase(args, phase: str) -> None:
     elif phase == "memory":
         from bench.budget import spent_hours
 
-        if (Path(args.out) / "memory" / "memory.json").exists() or spent_hours(Path(args.out)) >= args.cpu_hours:
-            print("evidence: phase memory skipped (memory.json exists, or the CPU budget is spent)", flush=True)
+        from bench.evidence_doc import memory_file
+
+        path = memory_file(Path(args.docs))
+        if path.exists() or spent_hours(Path(args.out)) >= args.cpu_hours:
+            print(f"evidence: phase memory skipped ({path} exists, or the CPU budget is spent)", flush=True)
             return
         from bench import fo_memory
 
         extra = (["--batch-size", "2", "--max-length", "32", "--steps", "1", "--task", "strategyqa", "--peft", "full",
                   "--methods", "mezo,fo-adamw"] if args.smoke else [])
-        fo_memory.main(["--base", args.base, "--out", str(Path(args.out) / "memory"), *extra])
+        fo_memory.main(["--base", args.base, "--out", str(path), *extra])
     else:
         argv = harness_argv(args, phase)
         if argv is None:

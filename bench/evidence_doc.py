@@ -79,7 +79,7 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png"),
                           "not run yet" if phase != "metainit" or args.meta_init else
                           "no meta-initialisation given (--meta-init)")
-    lines += memory_section(out) + own_section(out) + cuts_section(args, out)
+    lines += memory_section(docs) + own_section(out) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
 
 
@@ -94,15 +94,28 @@ def panel_status(panel: dict | None, args) -> list[str]:
             "it has still to run, the estimated CPU-hours and the command that continues it.", ""]
 
 
-def memory_section(out: Path) -> list[str]:
-    path = out / "memory" / "memory.json"
-    head = ["## 6. Peak memory: first-order vs MeZO on the same batch", "", "`python bench/fo_memory.py`", ""]
-    if not path.exists():
-        return head + ["*not run yet*", ""]
-    mem = json.loads(path.read_text())
+def memory_file(docs: Path) -> Path:
+    """bench/fo_memory.py's output for section 6 and the MeZO claim's memory. It lives beside the doc, committed,
+    not under the suite's --out (an ignored runs/ folder: a lost measurement cannot be re-rendered)."""
+    return docs / "data" / "fo_memory_full_prefix.json"
+
+
+def load_memory(docs: Path) -> dict | None:
+    path = memory_file(docs)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def memory_section(docs: Path) -> list[str]:
+    mem = load_memory(docs)
+    title = ["## 6. Peak memory: first-order vs MeZO on the same batch", ""]
+    if mem is None:
+        return title + ["`python bench/fo_memory.py`", "", "*not run yet*", ""]
     s = mem["settings"]
-    lines = head + [f"{s['base']}, {s['task']}, batch {s['batch_size']} x max length {s['max_length']}, {s['steps']} "
-                    "steps; each row its own process (peak RSS, the kernel's high-water mark).", "",
+    lines = title + [f"`{mem.get('command', 'python bench/fo_memory.py')}`", "",
+                     f"Measured at commit {mem.get('commit', 'unknown')} on {mem.get('date', 'an unrecorded date')}; the "
+                     f"raw output is `{memory_file(Path('docs')).as_posix()}`. {s['base']}, {s['task']}, batch "
+                     f"{s['batch_size']} x max length {s['max_length']}, {s['steps']} steps; each row its own process "
+                     "(peak RSS, the kernel's high-water mark).", "",
                     "| process | PEFT | peak RSS (GiB) | vs MeZO, same PEFT |", "|---|---|---|---|"]
     for r in mem["rows"]:
         ratio = "—" if r.get("vs_mezo") is None else f"{r['vs_mezo']:.2f}x"
@@ -167,6 +180,6 @@ def write_doc(out: Path, docs: Path, args) -> Path:
 
     docs.mkdir(parents=True, exist_ok=True)
     path = docs / "evidence.md"
-    write_bytes_atomic(path, render(out, docs, args, claim_rows(out)).encode())
+    write_bytes_atomic(path, render(out, docs, args, claim_rows(out, load_memory(docs))).encode())
     print(f"evidence: wrote {path}", flush=True)
     return path

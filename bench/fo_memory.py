@@ -1,7 +1,7 @@
 """Peak memory of first-order fine-tuning (backprop) against MeZO and plain inference, on the same batch.
 
     python bench/fo_memory.py                                  # SmolLM2-135M, batch 16 x 64 tokens, full and prefix
-    python bench/fo_memory.py --peft full --methods mezo,fo-adamw --steps 2 --out runs/fo-memory
+    python bench/fo_memory.py --peft full --methods mezo,fo-adamw --steps 2 --out runs/fo-memory.json
     python bench/fo_memory.py --peft lora --methods mezo,bilevel-zofo,fo-adamw      # Bilevel-ZOFO's adapter memory
 
 Each measurement is its own process, so its peak RSS (`resource.getrusage(RUSAGE_CHILDREN)` after it exits,
@@ -9,7 +9,9 @@ the kernel's high-water mark) is that method's alone: `fine_tune` with `--steps`
 examples, no zero-shot pass, on winowhy (median prompt 54 tokens: most batches of 16 hold one that reaches the
 64-token cap, so the batch shape is 16 x 64). The inference process
 loads the same base and evaluates the loss of one training batch without gradient. Prints one JSON line per
-process and writes `<out>/memory.json`; the ratio column divides by MeZO's peak of the same PEFT mode. `bilevel-zofo`
+process and writes `--out`, by default `docs/data/fo_memory_<peft modes>.json` (committed: docs/evidence.md section 6
+is rendered from `docs/data/fo_memory_full_prefix.json`), with the settings, the command line, the commit and the
+date beside the rows; the ratio column divides by MeZO's peak of the same PEFT mode. `bilevel-zofo`
 runs with `--t-low 1`, so that each of its steps takes both levels: the lower Adam step (a backward through the
 backbone into the adapter) and the upper one (the p-gradient backward and the ZO step on the backbone); its
 batch is `--batch-size` examples per split, as its stream draws them.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 import resource
 import subprocess
 import sys
@@ -27,6 +30,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "docs" / "data"
 
 INFERENCE = """
 import torch
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--out", default="runs/fo-memory")
+    ap.add_argument("--out", default=None, help="the JSON file (default docs/data/fo_memory_<peft modes>.json)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = ap.parse_args(argv)
     if args.one:
@@ -98,10 +103,25 @@ def main(argv=None) -> int:
     for r in rows:
         ref = next((x for x in rows if x["what"] == "mezo" and x["peft"] == r["peft"]), None)
         r["vs_mezo"] = round(r["peak_rss_gb"] / ref["peak_rss_gb"], 3) if ref else None
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "memory.json").write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()
-                                                                         if k != "one"}, "rows": rows}, indent=1))
+    from bench.learnability import git_commit
+
+    out = Path(args.out) if args.out else default_out(args.peft)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("one", "out")}
+    env = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ else []
+    nice = ["nice", "-n", str(os.nice(0))] if os.nice(0) else []  # as run (the children always get one thread)
+    command = " ".join([*env, *nice, "python bench/fo_memory.py", *(argv if argv is not None else sys.argv[1:])])
+    out.write_text(json.dumps({"settings": settings, "command": command, "commit": git_commit(),
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=1)
+                   + "\n")
+    print(f"fo_memory: wrote {out}", flush=True)
     return 0
+
+
+def default_out(peft: str) -> Path:
+    """Where a run without --out writes: one committed file per set of PEFT modes, so that the LoRA measurement does
+    not overwrite the full/prefix one that docs/evidence.md renders."""
+    return DATA / f"fo_memory_{peft.replace(',', '_')}.json"
 
 
 if __name__ == "__main__":

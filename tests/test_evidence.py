@@ -104,6 +104,34 @@ def test_mezo_claim_shows_the_memory_before_k_is_measured():
     assert v == claims.FAILS and "median k 3.0" in measured and "k > 10" in measured  # MeZO never reached FO-SGD
 
 
+def test_the_docs_memory_section_is_the_committed_raw_outputs_rendering():
+    """docs/evidence.md section 6 and the MeZO claim's memory are bench/fo_memory.py's committed output
+    (docs/data/fo_memory_full_prefix.json) rendered, with the command that made it: no hand-edited number, and a
+    lost runs/ folder loses nothing the page shows."""
+    from pathlib import Path
+
+    from bench.evidence_doc import load_memory, memory_file, memory_section
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    mem = load_memory(docs)
+    assert mem is not None and memory_file(docs).is_relative_to(docs / "data")
+    doc = (docs / "evidence.md").read_text()
+    section = doc[doc.index("## 6. Peak memory"):doc.index("## 7. ")]
+    assert section == "\n".join(memory_section(docs)) + "\n"
+    assert f"`{mem['command']}`" in section and "bench/fo_memory.py" in mem["command"] and mem["commit"] in section
+    assert claims.memory_text(mem) in doc
+    assert {(r["what"], r["peft"]) for r in mem["rows"]} >= {("inference", None), ("mezo", "full"), ("fo-adamw", "full"),
+                                                              ("mezo", "prefix"), ("fo-adamw", "prefix")}
+
+
+def test_fo_memory_writes_one_committed_file_per_set_of_peft_modes():
+    from bench import fo_memory
+
+    assert fo_memory.default_out("full,prefix").relative_to(fo_memory.ROOT).as_posix() == \
+        "docs/data/fo_memory_full_prefix.json"
+    assert fo_memory.default_out("lora").name == "fo_memory_lora.json"  # the LoRA run does not overwrite it
+
+
 def test_harness_stops_at_its_cpu_budget_and_reports_what_exists(tiny_base, tmp_path):
     from bench import harness
 

@@ -112,8 +112,8 @@ def memory_section(docs: Path) -> list[str]:
         return title + ["`python bench/fo_memory.py`", "", "*not run yet*", ""]
     s = mem["settings"]
     lines = title + [f"`{mem.get('command', 'python bench/fo_memory.py')}`", "",
-                     f"Measured at commit {mem.get('commit', 'unknown')} on {mem.get('date', 'an unrecorded date')}; the "
-                     f"raw output is `{memory_file(Path('docs')).as_posix()}`. {s['base']}, {s['task']}, batch "
+                     f"Measured at commit {mem.get('commit', 'unknown')} on {mem.get('date', 'an unrecorded date')}; "
+                     f"the raw output is `{memory_file(Path('docs')).as_posix()}`. {s['base']}, {s['task']}, batch "
                      f"{s['batch_size']} x max length {s['max_length']}, {s['steps']} steps; each row its own process "
                      "(peak RSS, the kernel's high-water mark).", "",
                     "| process | PEFT | peak RSS (GiB) | vs MeZO, same PEFT |", "|---|---|---|---|"]

@@ -28,9 +28,10 @@ A first-order baseline (`--optimizer fo-sgd|fo-adamw`, fine_tune/first_order.py)
     gradients      trainable tensors x b                  one per trainable weight, in its dtype
     optimizer      fo-adamw: 2 x trainable tensors x b    AdamW's moments, which torch keeps in the weights'
     state                                                 dtype; fo-sgd none (fine_tune passes no momentum)
-    activations    layers x batch x tokens x b x          saved for the backward (Korthikanti et al. 2022,
-                   (9h + 2 kv + 2f, 4f if gated)           sec. 4; l2o.memory_plan.activation_bytes), plus the
-                                                          logits as a forward keeps them; or, if larger, the
+    activations    layers x batch x tokens x what a       saved for the backward, as transformers' layers
+                   layer keeps per token: about            keep them (l2o.memory_plan.layer_bytes_per_token;
+                   (10h + 4f + L) b gated (Llama),         less with the base frozen), plus the logits as a
+                   (8h + f + L) b OPT                      forward leaves them; or, if larger, the
                                                           step's temporary (fo-adamw: 1 x trainable x b, the
                                                           foreach sqrt(v) made after the backward freed them)
     runtime        fixed reserve
@@ -200,12 +201,13 @@ def _gpu_rows(s: Shape, largest: int, weights: list) -> list:
 
 
 def backward_activation_bytes(s: Shape) -> int:
-    """Saved for one backward pass at the run's batch and length (l2o.memory_plan.activation_bytes: per layer and
-    token 9h + 2 kv + 2f (OPT) or 4f (gated MLPs), + 2 a L with eager attention, Korthikanti et al. 2022, "Reducing
-    Activation Recomputation in Large Transformer Models", sec. 4; times layers x batch x tokens x bytes), plus the
-    logits as the forward keeps them."""
+    """Saved for one backward pass at the run's batch and length, the PEFT mode's virtual tokens included (a bound
+    for prefix tuning, whose 5 only widen k and v): l2o.memory_plan.activation_bytes, per layer and token what
+    transformers' layers keep (norms, q k v and the attention output, SDPA's mask copy, the MLP's 4f gated or f for
+    OPT's ReLU; less with the base frozen under PEFT), times layers x batch x tokens, plus the logits as the forward
+    leaves them."""
     tokens = s.length + _virtual_tokens(s.peft)
-    return activation_bytes(s.config, s.batch, tokens, s.nbytes, False, s.eager, s.scored)
+    return activation_bytes(s.config, s.batch, tokens, s.nbytes, False, s.eager, s.scored, s.peft)
 
 
 def _first_order_rows(s: Shape, model, weights: list) -> list:

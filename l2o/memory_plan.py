@@ -2,10 +2,11 @@
 
 A plan is built from `l2o/base_shapes.json` (public config.json fields of every alias) or a local model
 folder's config: the model is built on the meta device, so parameter and block counts are exact, and no
-weight is read. Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the
-weights' dtype: norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores
-2 a L; logits tokens x vocab (`activation_bytes`: saved for a backward; `forward_activation_bytes`: the
-working set of a forward without gradient). "runtime" is a fixed reserve for the CUDA context and allocator slack.
+weight is read. Activations: per layer and token, what transformers' decoder layers save for a backward
+(`layer_bytes_per_token`: norms, q k v and the attention output, SDPA's mask copy, the MLP's 4f gated or f for
+OPT's ReLU, measured in tests/test_memory_plan.py), and the logits tokens x vocab (`activation_bytes`: a
+backward's; `forward_activation_bytes`: the working set of a forward without gradient, one layer at a time).
+"runtime" is a fixed reserve for the CUDA context and allocator slack.
 """
 
 from __future__ import annotations
@@ -80,29 +81,70 @@ def count(base: str) -> tuple[int, tuple[int, ...]]:
     return sum(sizes), sizes
 
 
-def per_token_layer(config, length: int, eager: bool) -> int:
-    """Activation elements one layer keeps per token: norms and attention, the MLP, eager scores."""
+def _norm_bytes(config, nbytes: int, frozen: bool = False) -> int:
+    """Bytes one norm saves per token: LayerNorm (OPT) its input and float32 mean and rstd; RMSNorm (Llama,
+    Mistral, Qwen2) its input in float32 (it upcasts) and a float32 rsqrt, and with a trained weight the normalised
+    input in the weights' dtype. With trained weights the next linear also keeps its input, the norm's output."""
+    h = config.hidden_size
+    if config.model_type == "opt":
+        return h * nbytes + 2 * 4 + (0 if frozen else h * nbytes)
+    return 4 * h + 4 + (0 if frozen else 2 * h * nbytes)
+
+
+def layer_bytes_per_token(config, length: int, nbytes: int, eager: bool, peft: str = "full") -> int:
+    """Bytes one decoder layer saves for the backward, per token, as transformers' layers save them (counted from
+    the tensors autograd keeps: tests/test_memory_plan.py measures them on both families), for a padded batch:
+
+    - two norms (`_norm_bytes`);
+    - SDPA attention: q, k and v (k and v repeated to every query head: transformers repeats them whenever there is a
+      padding mask) and the output (o_proj's input is a view of it), the float32 log-sum-exp per head, and SDPA's own
+      copy of the mask in the weights' dtype (batch x L x L: L per token); eager attention instead the same four
+      tensors (o_proj's input a copy), the float32 softmax (heads x L) and, below float32, its copy in the weights'
+      dtype; neither keeps the L x L scores of both steps;
+    - the MLP: gated (SiLU) 4f: the gate, its activation, the up projection and their product (down_proj's input);
+      OPT's ReLU f, its output (fc2's input; fc1's output is not kept); another ungated activation 2f.
+
+    `peft` other than "full": the base weights are frozen, and autograd keeps no linear's input for a weight
+    gradient (the norms' outputs, the gated MLP's product, RMSNorm's normalised input, eager attention's output
+    copy); "lora" adds what its
+    adapters on q and v read: the attention norm's output and their two rank-r projections. An unpadded batch keeps
+    less (k and v at the key/value heads' width, no mask) on the SDPA path."""
     h = config.hidden_size
     heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     f = getattr(config, "ffn_dim", None) or config.intermediate_size
-    gated = config.model_type != "opt"
-    return 9 * h + 2 * kv * head_dim + (4 if gated else 2) * f + (2 * heads * length if eager else 0)
+    q, frozen = heads * head_dim, peft != "full"
+    if eager:
+        attention = (3 if frozen else 4) * q * nbytes + heads * length * (4 + (nbytes if nbytes < 4 else 0))
+    else:
+        attention = 4 * q * nbytes + heads * 4 + length * nbytes
+    if config.model_type != "opt":
+        mlp = 3 * f if frozen else 4 * f
+    else:
+        mlp = f if getattr(config, "activation_function", "relu") == "relu" else 2 * f
+    if peft == "lora":
+        from l2o.peft_modes import LORA_R
+
+        attention += (h + 2 * LORA_R) * nbytes
+    return 2 * _norm_bytes(config, nbytes, frozen) + attention + mlp * nbytes
 
 
 def activation_bytes(config, batch: int, length: int, nbytes: int, checkpointing: bool, eager: bool,
-                     scored: int | None = None) -> int:
-    """Saved for one backward: every layer's activations (or, checkpointed, one hidden state per layer plus
-    one layer's), and the logits: every position's in the weights' dtype, and the float32 copy and log-softmax
-    of the `scored` positions (default: every one; a classification objective scores one per example)."""
-    per_token = per_token_layer(config, length, eager)
+                     scored: int | None = None, peft: str = "full") -> int:
+    """Saved for one backward: every layer's (`layer_bytes_per_token`; or, checkpointed, one hidden state per layer
+    plus one layer's) and the final norm's; and at the forward's end the logits, which the backward does not keep
+    but which coexist with all of it: every position's in the weights' dtype (a bound: the objectives keep the
+    positions from the shortest prompt's or answer's start on, `logits_to_keep`), and the float32 copy (or the
+    gathered rows) and log-softmax of the `scored` positions (default: every one; a classification objective scores
+    one per example). `peft`: the trained tensors (`layer_bytes_per_token`)."""
+    per_layer = layer_bytes_per_token(config, length, nbytes, eager, peft)
     tokens = batch * length
     h, layers = config.hidden_size, config.num_hidden_layers
     logits = (tokens * nbytes + (tokens if scored is None else scored) * 8) * config.vocab_size
+    final = tokens * _norm_bytes(config, nbytes, peft != "full")
     if checkpointing:
-        return int(layers * tokens * h * nbytes + tokens * per_token * nbytes + logits)
-    return int(layers * tokens * per_token * nbytes + logits)
+        return int(layers * tokens * h * nbytes + tokens * per_layer + final + logits)
+    return int(layers * tokens * per_layer + final + logits)
 
 
 def forward_activation_bytes(config, batch: int, length: int, nbytes: int, eager: bool,

@@ -40,10 +40,10 @@ With the forward-only estimators (`--estimator es|pes`) a step is ZO fine-tuning
 
 Under the look-ahead the inner method runs only in meta-validation (one copy of its buffers, beside the momentum).
 
-Activations are an estimate per layer and token (Korthikanti et al. 2022 style), in the weights' dtype:
-norms and attention 9h + 2 kv, MLP 2f (OPT) or 4f (gated MLPs), eager attention scores 2 a L; logits
-tokens x vocab x (bytes + 8) for the float32 cross-entropy. With gradient checkpointing: one hidden
-state per layer plus one layer's activations.
+Activations are what transformers' layers save for a backward, per layer and token
+(l2o.memory_plan.layer_bytes_per_token: norms, q k v and the attention output, SDPA's mask copy, the MLP's
+4f gated or f for OPT's ReLU, eager attention's float32 softmax); logits tokens x vocab x (bytes + 8) for
+the float32 cross-entropy. With gradient checkpointing: one hidden state per layer plus one layer's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
 zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
 centre of its lr grid; default: bench/lr_centres.py's for the method and the run's PEFT mode), `search`
-(`search=0`: no lr search, `lr` is used as given), `eps`, `steps` (first-order methods: steps per run, default
+(`search=0`: no lr search, `lr` is used as given), `eps` (default: MeZO's in the run's PEFT mode, bench/lr_centres.py's
+`MEZO_EPS`: prefix and prompt 1e-1, LoRA 1e-2, full 1e-3), `steps` (first-order methods: steps per run, default
 --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr
 that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
 fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
@@ -60,10 +61,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
-from bench.lr_centres import has_centre  # noqa: E402
+from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.resume import run_to_end  # noqa: E402
 
-EPS = 1e-1  # MeZO's prefix eps
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
 RUN_KEYS = ("policy", "init", "peft", "dtype")  # method keys that are FineTuneConfig fields beside the optimizer's
@@ -303,13 +303,14 @@ def make_config(args, method: Method, task: str, lr: float, seed: int, budget: i
 
     o = method.options
     flags = {k: v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr` is the grid's centre
+    peft = o.get("peft", args.peft)
     if not method.first_order:
-        flags.setdefault("eps", EPS)
+        flags.setdefault("eps", MEZO_EPS[peft])  # MeZO's eps in the run's mode, unless the method sets eps=
     flags[method.lr_field] = lr
     policy = o.get("policy", args.policy) if method.optimizer.startswith("zo-finetuner") else None
     name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}" + (f"-probe{steps}" if steps else "")
     return FineTuneConfig(base=args.base, task=task, optimizer=method.optimizer, policy=policy, init=o.get("init"),
-                          peft=o.get("peft", args.peft), dtype=o.get("dtype", "auto"),
+                          peft=peft, dtype=o.get("dtype", "auto"),
                           steps=steps or steps_for(method, budget),
                           batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
                           num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,

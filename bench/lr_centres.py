@@ -1,5 +1,5 @@
-"""The centre of each method's lr grid, per PEFT mode: the one table bench/harness.py, bench/compare_optimizers.py,
-bench/learnability.py and bench/evidence.py read.
+"""The centre of each method's lr grid, and its eps, per PEFT mode: the one table bench/harness.py,
+bench/compare_optimizers.py, bench/learnability.py and bench/evidence.py read.
 
 A ZO method's centre is MeZO's lr in that mode (`MEZO_LR`, MeZO's settings scaled to the harness's base,
 SmolLM2-135M) times the method's ratio to MeZO (`RATIO`, from its paper's or official code's settings beside
@@ -17,7 +17,16 @@ scan agree: their rms projected gradient (E g^2 = ||grad L||^2) is 0.46-1.45 ove
 
 from __future__ import annotations
 
-# MeZO's lr per --peft mode at the harness's eps (EPS in bench/harness.py for prefix; pass eps= for the others).
+# MeZO's eps per --peft mode: the harness's default eps for every ZO method in that mode (eps= overrides). MeZO's
+# README: prefix 1e-1, LoRA 1e-2, full 1e-3 (the scales of the perturbed parameters differ by mode).
+MEZO_EPS = {
+    "prefix": 1e-1,
+    "prompt": 1e-1,  # soft prompt tokens live at the embeddings' scale, as the prefix's do
+    "lora": 1e-2,
+    "full": 1e-3,
+}
+
+# MeZO's lr per --peft mode at MEZO_EPS.
 MEZO_LR = {
     "prefix": 1e-2,  # MeZO's README prefix grid {1e-2, 1e-3} (eps 1e-1), its top: the learnability scan's stage 1
     "prompt": 1e-2,  # MeZO has no prompt mode; ZO-Bench's ZO-SGD prompt grids equal its prefix grids (OPT-13B sweeps)

@@ -4,6 +4,7 @@ selection, matched step, a first-order baseline, seeds, report, resume) runs in 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -112,6 +113,19 @@ def test_every_registered_method_has_its_own_lr_centre_in_every_mode_it_runs_in(
     assert hn.check_methods([hn.parse_method("zo-sgd-sign")], "full") is None
     assert "no lr centre for bilevel-zofo in full" in hn.check_methods([hn.parse_method("bilevel-zofo")], "full")
     assert hn.check_methods([hn.parse_method("b:bilevel-zofo:lr=1e-3")], "full") is None
+
+
+def test_a_zo_methods_default_eps_is_mezos_in_the_runs_peft_mode():
+    """MeZO's eps differs by mode (prefix 1e-1, LoRA 1e-2, full 1e-3): a harness run without eps= takes its mode's,
+    where it used to take the prefix value in every mode; eps= wins, and first-order runs get none."""
+    a = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo"])
+    def eps(spec, peft):
+        return hn.make_config(argparse.Namespace(**{**vars(a), "peft": peft}), hn.parse_method(spec), "strategyqa",
+                              1e-3, 0, 20).eps
+    assert [eps("mezo", m) for m in ("prefix", "prompt", "lora", "full")] == [1e-1, 1e-1, 1e-2, 1e-3]
+    assert eps("lozo", "full") == 1e-3 and eps("m:mezo:eps=5e-2", "full") == 5e-2
+    assert eps("m:mezo:peft=lora", "full") == 1e-2       # the method's own peft= sets its mode
+    assert eps("fo-adamw", "lora") is None
 
 
 @pytest.mark.parametrize("specs,problem", [

@@ -73,7 +73,9 @@ RATIO.update({  # each composition with a learned policy at its base method's ra
 ABSOLUTE = {
     "bilevel-zofo": {"prefix": 1e-2, "prompt": 1e-2, "lora": 1e-4},  # lower Adam lr: official RTE, SQuAD sweeps
     "fo-sgd": 1e-2,     # the harness's prefix value, every mode (no per-mode anchor here)
-    "fo-adamw": 1e-3,   # as fo-sgd
+    # MeZO's README FT (AdamW) examples: full 1e-5, prefix 1e-2, LoRA 1e-4 (prompt as prefix); it was 1e-3 in every
+    # mode, 100x MeZO's full-parameter FT lr
+    "fo-adamw": {"prefix": 1e-2, "prompt": 1e-2, "lora": 1e-4, "full": 1e-5},
 }
 
 

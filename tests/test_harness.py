@@ -108,6 +108,7 @@ def test_every_registered_method_has_its_own_lr_centre_in_every_mode_it_runs_in(
             base = optimizer_class(name).base_method
             assert all(lc.centre(name, m) == lc.centre(base, m) for m in modes), name
     assert [lc.centre("mezo", m) for m in ("prefix", "lora", "full")] == [1e-2, 1e-3, 1e-5]
+    assert [lc.centre("fo-adamw", m) for m in ("prefix", "lora", "full")] == [1e-2, 1e-4, 1e-5]  # MeZO's FT
     assert lc.centre("zo-sgd-sign", "full") == pytest.approx(20 * lc.centre("mezo", "full"))
     assert lc.centre("zo-sgd-mmt", "lora") == pytest.approx(0.1 * lc.centre("mezo", "lora"))
     assert hn.check_methods([hn.parse_method("zo-sgd-sign")], "full") is None

@@ -124,6 +124,20 @@ def test_the_docs_memory_section_is_the_committed_raw_outputs_rendering():
                                                               ("mezo", "prefix"), ("fo-adamw", "prefix")}
 
 
+def test_the_lora_memory_table_in_the_benchmarks_is_the_committed_raw_output():
+    """docs/benchmarks.md's Bilevel-ZOFO memory table quotes docs/data/fo_memory_lora.json's peaks and its command."""
+    from pathlib import Path
+
+    from bench import fo_memory
+
+    mem = json.loads(fo_memory.default_out("lora").read_text())
+    doc = (Path(fo_memory.ROOT) / "docs" / "benchmarks.md").read_text()
+    assert mem["command"] in doc and mem["commit"] in doc
+    for r in mem["rows"]:
+        label = r["what"] if r["peft"] is None else f"{r['what']}, LoRA"
+        assert f"| {label} | {r['peak_rss_gb']:.3f} |" in doc, label
+
+
 def test_fo_memory_writes_one_committed_file_per_set_of_peft_modes():
     from bench import fo_memory
 

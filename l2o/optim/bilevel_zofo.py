@@ -17,9 +17,8 @@ On purpose unlike the official code (Peiran225/bilevel_ZOFO @ d2a89bd): no Adam 
 2d states; `theta_clip` instead); LoRA initialised as peft does (the official class zeroes A and B); every
 task's estimate counts (the official code keeps the last); the one-sided difference reuses the p-gradient
 pass's losses: 3 + 3q forwards and 2 backward passes per task and upper step (central 3 + 6q; official 8).
-docs/bilevel.md has the official sweeps. The closure: `closure(split, task) -> loss` for split "lower",
-"upper_f" or "upper_g" (`l2o.streams.BilevelStreams`); `opt.step(closure, task=k, upper_tasks=[...])`, or under
-Lightning, whose wrapper calls the closure without arguments, `opt.step(loss=closure, task=...)`.
+docs/bilevel.md has the official sweeps. `closure(split, task) -> loss`, split "lower", "upper_f" or "upper_g"
+(`l2o.streams.BilevelStreams`): `opt.step(closure, task=k, upper_tasks=[...])`, or `opt.step(loss=closure, ...)`.
 """
 from __future__ import annotations
 
@@ -95,9 +94,8 @@ class BilevelZOFO(ZOOptimizer):
            low=0, open_low=True),
     )
     dropped = ("lr", "weight_decay")
-    # over the adapter's tensors: its 2 num_tasks copies p_k, w_k and the initial values each starts from, in the
-    # adapter's dtype, less the copy installed in the model's slots (the model's adapter), and each copy's Adam m
-    # and v in float32
+    # over the adapter's tensors: its 2 num_tasks copies p_k, w_k and the initial values, in the adapter's dtype,
+    # less the copy installed in the model's slots, and each copy's Adam m and v in float32
     buffers = (Buffer("adapter copies p_k, w_k and the initial one, beside the model's", copies=2, dtype="weights",
                       times="num_tasks"),
                Buffer("Adam's m and v of each copy", copies=4, times="num_tasks"))
@@ -123,8 +121,7 @@ class BilevelZOFO(ZOOptimizer):
         self.install("p", 0)
 
     def _group_defaults(self, hp: dict) -> dict:
-        """Group "theta": the backbone's ZO-SGD at theta_lr, as "lr" where LR schedulers look for it; the
-        adapters' Adam lrs become groups "lower" and "upper"."""
+        """Group "theta": the backbone's ZO-SGD at theta_lr, as "lr" (for LR schedulers); Adam's: "lower", "upper"."""
         self._level_lrs = (hp["lower_lr"], hp["upper_lr"])
         return {**{k: v for k, v in hp.items() if k not in ("lower_lr", "upper_lr", "theta_lr")},
                 "lr": hp["theta_lr"], "name": "theta"}
@@ -154,10 +151,6 @@ class BilevelZOFO(ZOOptimizer):
     @property
     def w(self) -> list[list[nn.Parameter]]:
         return [v for n, v in self.adapters.copies.items() if n[0] == "w"]
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.p)
 
     @property
     def counters(self) -> dict:
@@ -275,8 +268,7 @@ class BilevelZOFO(ZOOptimizer):
     # ------------------------------------------------------------------ torch.optim API
     def step(self, closure: Loss | None = None, *, loss: Loss | None = None, task: int = 0,
              upper_tasks: Sequence[int] | None = None):
-        """One global step: a lower step on `task`, and on every t_low-th step an upper step over
-        `upper_tasks` (default: [task]). Returns the lower loss as a tensor."""
+        """A lower step on `task`, every t_low-th step an upper one over `upper_tasks` ([task]): the lower loss."""
         self._call = (int(task), upper_tasks)
         return super().step(closure, loss=loss)
 

@@ -34,6 +34,13 @@ def _plot(out: Path, docs: Path, src: str, name: str) -> str:
     return f"\n![{name}]({got})\n" if got else ""
 
 
+def _phase_ran(out: Path, phase: str) -> bool:
+    """Whether a harness phase has any final run: a partial report before its first one (an lr search under way,
+    or `--report` on a panel it has not reached) is a table of dashes and an empty plot, shown as not run."""
+    path = out / phase / "summary.json"
+    return path.exists() and json.loads(path.read_text()).get("final_runs", 0) > 0
+
+
 def _section(title: str, command: str, table: str | None, plot: str, missing: str) -> list[str]:
     return [f"## {title}", "", f"`{command}`", "", table or f"*{missing}*", plot, ""]
 
@@ -75,8 +82,10 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
     for phase, title in (("prefix", "2. The ZO methods and the first-order baselines (prefix tuning)"),
                          ("full", "3. The ZO Fine-tuner policy (full-parameter)"), ("bf16", "4. bf16 (prefix)"),
                          ("metainit", "5. Bilevel-ZOFO meta-initialisation")):
-        lines += _section(title, f"python -m bench.evidence --phases {phase}", _read(out / phase / "table.md"),
-                          _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png"),
+        ran = _phase_ran(out, phase)
+        lines += _section(title, f"python -m bench.evidence --phases {phase}",
+                          _read(out / phase / "table.md") if ran else None,
+                          _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png") if ran else "",
                           "not run yet" if phase != "metainit" or args.meta_init else
                           "no meta-initialisation given (--meta-init)")
     lines += memory_section(docs) + own_section(out) + cuts_section(args, out)

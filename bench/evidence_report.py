@@ -119,6 +119,11 @@ def _mean_sd(d: dict) -> str:
     return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "—"
 
 
+def _win(w: dict) -> str:
+    """A win-rate with its Wilson interval; "—" before any pair (not a rate of nan over [0, 1])."""
+    return f"{w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w["n"] else "—"
+
+
 def render_table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"base {s['base']}, {s['peft']}; lr chosen per task and method on {s['num_dev']} dev examples from "
@@ -135,13 +140,12 @@ def render_table(summary: dict) -> str:
         if label == REFERENCE:
             continue
         we, wl, r, k = m["win_eval"], m["win_loss"], m["reach"], m["k"]
-        reach_txt = "—" if m["first_order"] else (f"{r['reached']}/{r['n']}" + (
+        reach_txt = "—" if m["first_order"] or not r["n"] else (f"{r['reached']}/{r['n']}" + (
             f", median {r['median_ratio']:.2f}" if r["median_ratio"] is not None else ""))
         k_txt = "—" if not m["first_order"] or not k["n"] else (f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
                                                   if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
-        lines.append(f"| {label} | {we['n']} | {we['rate']:.2f} [{we['lo']:.2f}, {we['hi']:.2f}] | {_ci(m['d_eval'])} | "
-                     f"{wl['rate']:.2f} [{wl['lo']:.2f}, {wl['hi']:.2f}] | {_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | "
-                     f"{k_txt} |")
+        lines.append(f"| {label} | {we['n']} | {_win(we)} | {_ci(m['d_eval'])} | {_win(wl)} | "
+                     f"{_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | {k_txt} |")
     lines += ["", "| task | zero-shot | method | dev per lr | lr | effective step | eval acc | Δ eval | train loss | "
               "Δ loss |", "|" + "---|" * 10]
     for t in summary["tasks"]:
@@ -150,8 +154,8 @@ def render_table(summary: dict) -> str:
             c = m["per_task"][t]
             dev = ", ".join(f"{k}: {v:.3f}" for k, v in c["dev_per_lr"].items() if v is not None)
             eff = "—" if c["effective_step"] is None else f"{c['effective_step']:.3g}"
-            lines.append(f"| {t} | {'—' if z is None else f'{z:.3f}'} | {label} | {dev} | "
-                         f"{c['lr'] if c['lr'] is None else format(c['lr'], '.3g')} | {eff} | {_mean_sd(c['eval'])} | "
+            lines.append(f"| {t} | {'—' if z is None else f'{z:.3f}'} | {label} | {dev or '—'} | "
+                         f"{'—' if c['lr'] is None else format(c['lr'], '.3g')} | {eff} | {_mean_sd(c['eval'])} | "
                          f"{_ci(c['d_eval'])} | {_mean_sd(c['loss'])} | {_ci(c['d_loss'], '{:+.4f}')} |")
     return "\n".join(lines) + "\n"
 

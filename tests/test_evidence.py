@@ -176,3 +176,20 @@ def test_an_empty_panel_skips_the_harness_phases_and_the_doc_says_it_is_not_esta
     assert not list(out.glob("*/runs.jsonl"))                                  # nothing ran
     args = evidence.parse_args(["--out", str(tmp_path / "none")])
     assert evidence.skip_reason(args, "prefix").startswith("no panel yet")
+
+
+def test_a_harness_phase_without_a_final_run_reads_not_run_yet(tmp_path):
+    """`--report` on a panel a phase has not reached writes a summary with no final run; the doc shows that phase as
+    not run (not a table of dashes and an empty plot), and shows it once it has a run."""
+    from bench import evidence, evidence_doc
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    for phase, runs in (("prefix", 1), ("full", 0)):
+        (out / phase).mkdir(parents=True)
+        (out / phase / "summary.json").write_text(json.dumps({"final_runs": runs}))
+        (out / phase / "table.md").write_text(f"| {phase} table |\n")
+        (out / phase / "loss_vs_forwards.png").write_bytes(b"png")
+    doc = evidence_doc.render(out, docs, evidence.parse_args(["--out", str(out)]), [])
+    full = doc[doc.index("## 3."):doc.index("## 4.")]
+    assert "| prefix table |" in doc and "evidence_prefix.png" in doc
+    assert "*not run yet*" in full and "| full table |" not in full and "evidence_full.png" not in full

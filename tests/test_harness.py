@@ -242,3 +242,20 @@ def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_
     assert chosen == best["lr"]
     finals = [r for r in mine if r["config"]["seed"] == 1]
     assert len(finals) == 1 and finals[0]["config"][flag] == chosen and len(mine) == 3
+
+
+def test_a_partial_report_shows_dashes_where_a_method_has_no_runs_yet(tmp_path):
+    """Before a method has any final run (a partial suite), its row says "—", not a win-rate of nan over [0, 1],
+    "None" as its lr or 0/0 as its reach."""
+    args = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo", "--method", "bszo", "--method", "fo-adamw"])
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
+    run = {"task": "strategyqa", "seed": 0, "lr": 1e-2, "final": {"eval": 0.6, "dev": 0.6}, "final_train_loss": 0.7,
+           "steps": 10, "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
+    chosen = {("strategyqa", "mezo"): (1e-2, [run])}
+    summary = rep.summarize(args, {("strategyqa", "mezo", 0): run}, chosen, {"strategyqa": [0]},
+                           {"strategyqa": {"zero_shot": {"eval": 0.5}}})
+    table = rep.render_table(summary)
+    assert "nan" not in table and "None" not in table and "0/0" not in table
+    assert "| bszo | 0 | — | — | — | — | — | — |" in table and "| fo-adamw | 0 | — |" in table
+    assert "| strategyqa | 0.500 | bszo | — | — | — |" in table

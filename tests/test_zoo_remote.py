@@ -318,6 +318,7 @@ def test_fine_tune_runs_with_a_remote_policy_by_id(tiny_llama_base, tmp_path, mo
                       "--optimizer", "zoo:tiny-llama/zo-finetuner-authors", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["forward_passes"] == 6 and results["config"]["policy"] == "tiny-llama/zo-finetuner-authors"
+    assert results["policy_size_rule"] == "authors"   # the conversion's rule, without --policy-size-rule (docs/zoo.md)
 
 
 # ----------------------------------------------------------------------------- model cards

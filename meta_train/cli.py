@@ -291,7 +291,6 @@ def _run_in(cli) -> int:
     out = Path(cfg["out"])
     last = out / "checkpoints" / "last.ckpt"
     check_resume(out, cfg["resume"])
-    out.mkdir(parents=True, exist_ok=True)  # other ranks of a multi-device run may get here before rank 0
     trainer = cli.trainer
     if cfg["resume"]:
         from l2o.integrations.lightning.checkpoints import LastCheckpoint, cadence_change
@@ -300,7 +299,10 @@ def _run_in(cli) -> int:
         changed = cadence_change(saver, last, "--save_every")
         if changed and trainer.global_rank == 0:
             print(f"meta_train: {changed}", file=sys.stderr, flush=True)
-    (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
+    # rank 0 (the holder, which made --out) writes it; another rank of a multi-device run may get here before rank 0
+    # has claimed --out, and whatever it wrote would count as there before the run: left behind by a failed run
+    if trainer.global_rank == 0:
+        (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
     finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None),
                trainer, cli.stop_cb)
     if trainer.global_rank != 0:  # multi-device runs: rank 0 writes the outputs

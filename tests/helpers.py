@@ -173,16 +173,17 @@ def save_tiny_smollm_base(folder) -> str:
     return str(path)
 
 
-def die_at_step(step: int):
+def die_at_step(step: int, rank: int | None = None):
     """A Lightning callback that kills its process like `kill -9` (exit 137, no clean-up) as soon as `step`
-    steps are done: the fault the kill-and-resume tests inject, kept out of production code."""
+    steps are done (with `rank`: only the process of that rank): the fault the kill-and-resume tests inject,
+    kept out of production code."""
     import os
 
     from lightning.pytorch.callbacks import Callback
 
     class _DieAtStep(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == step:
+            if trainer.global_step == step and rank in (None, trainer.global_rank):
                 os._exit(137)
 
     return _DieAtStep()
@@ -293,16 +294,17 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
     sys.exit(main(argv))
 
 
-def run_meta_train_killed_at(step: int, argv: list[str]) -> None:
+def run_meta_train_killed_at(step: int, argv: list[str], rank: int | None = None) -> None:
     """The `meta_train` CLI on `argv`, killed (`die_at_step`: exit 137, no clean-up) as soon as `step` steps are
-    done, after that step's checkpoint, before its validation. Run it in a subprocess."""
+    done, after that step's checkpoint, before its validation; with `rank` (a process of a multi-process run)
+    only the process of that rank dies, the others exit with the CLI's exit code. Run it in a subprocess."""
     import sys
 
     import meta_train.cli
     from meta_train.cli import main
 
     real = meta_train.cli.interrupt_callback
-    die = die_at_step(step)
+    die = die_at_step(step, rank)
 
     def interrupt_callback(last):
         cb = real(last)
@@ -385,23 +387,96 @@ def run_fine_tune_filling_disk_at(step: int, filler: str, argv: list[str]) -> No
     sys.exit(main(argv))
 
 
+def launched_ranks(code: str, world: int = 2, timeout: float = 400) -> list[tuple[int, str, float]]:
+    """`python -c code` as each process of a `world`-process run on this machine, started the way torchrun
+    starts one (each gets LOCAL_RANK, 1 thread; no launcher, which would end the others when one dies), so
+    that every exit code is seen: [(exit code, stderr, when it exited: time.monotonic()) of rank 0, ...].
+    Rank 0 starts last, once the others wait for it at the rendezvous (Lightning's "Initializing distributed"
+    line): what they did before the run's holder of --out started could not count as there before the run."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    errs = [tempfile.NamedTemporaryFile("w+") for _ in range(world)]  # a pipe could fill while we poll
+    procs, ended, deadline = [None] * world, [None] * world, time.monotonic() + timeout
+
+    def start(rank):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "NODE_RANK": "0", "LOCAL_RANK": str(rank)}
+        procs[rank] = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root,
+                                       stdout=subprocess.DEVNULL, stderr=errs[rank], text=True)
+
+    def waiting(rank):
+        return procs[rank].poll() is not None or "Initializing distributed" in Path(errs[rank].name).read_text()
+
+    try:
+        for rank in range(1, world):
+            start(rank)
+        while not all(waiting(rank) for rank in range(1, world)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ranks 1..{world - 1} did not reach the rendezvous within {timeout} s")
+            time.sleep(0.05)
+        start(0)
+        while None in ended:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {world} processes did not all exit within {timeout} s")
+            for rank, p in enumerate(procs):
+                if ended[rank] is None and p.poll() is not None:
+                    ended[rank] = time.monotonic()
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    out = []
+    for p, err, t in zip(procs, errs, ended):
+        err.seek(0)
+        out.append((p.returncode, err.read(), t))
+        err.close()
+    return out
+
+
+def check_a_lost_rank(ranks: list[tuple[int, str, float]], killed: int, prog: str, step: int, out, created,
+                      checkpoint: int | None, within_s: float = 10.0) -> None:
+    """`launched_ranks`' result for a 2-process `prog` run into `out` whose rank `killed` died like `kill -9`
+    (exit 137) after `step` steps: the survivor ended within `within_s` seconds of it (no hang in a
+    collective), with exit 1 and, as its last line of stderr and with no traceback or per-rank log lines,
+    the lost rank, the step, and the checkpoint (of step `checkpoint`) `--resume` continues from; with none,
+    `created` (the topmost folder the run made) is gone."""
+    from pathlib import Path
+
+    (dead_rc, _, dead_at), (rc, err, at) = ranks[killed], ranks[1 - killed]
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    then = (f"the last checkpoint {last} (step {checkpoint}) is intact: continue with --resume" if checkpoint else
+            f"nothing to resume, --out {out} is as it was")
+    assert dead_rc == 137
+    assert rc == 1, err[-3000:]
+    line = f"{prog}: error: lost the process of rank {killed} (of 2) after step {step}; {then}"
+    assert err.strip().splitlines()[-1] == line, err[-3000:]
+    assert "Traceback" not in err and "[rank" not in err, err[-3000:]
+    assert at - dead_at < within_s, f"the survivor exited {at - dead_at:.1f} s after rank {killed} died"
+    if checkpoint is None:
+        assert not Path(created).exists()  # no .lock, config.yaml or tb/ left behind
+
+
 def run_fine_tune_killing_rank(rank: int, step: int, argv: list[str]) -> None:
     """The `fine_tune` CLI on `argv` (a process of a multi-process run) whose process of rank `rank` dies
-    like `kill -9` (exit 137, no clean-up) once `step` steps are done; the other processes exit with the
-    CLI's exit code. Run each process in a subprocess."""
-    import os
+    like `kill -9` (`die_at_step`: exit 137, no clean-up) once `step` steps are done; the other processes
+    exit with the CLI's exit code. Run each process in a subprocess."""
     import sys
-
-    from lightning.pytorch.callbacks import Callback
 
     import fine_tune.run
     from fine_tune.cli import main
 
-    class _DieAtStep(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_rank == rank and trainer.global_step == step:
-                os._exit(137)
-
     real = fine_tune.run.run
-    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _DieAtStep()])
+    fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, die_at_step(step, rank)])
     sys.exit(main(argv))

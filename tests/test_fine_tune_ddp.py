@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
+from tests.helpers import check_a_lost_rank, launched_ranks
 from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "4", "--save-every", "2", "--lr", "1e-3", "--eval-every", "2", "--save-model", "false",
@@ -100,22 +101,9 @@ def test_layouts_that_cannot_work_are_refused_in_one_line(tiny_base, tmp_path, c
 
 
 def _launched_ranks(base, out, kill_rank: int, kill_step: int, *extra):
-    """A 2-process run started the way torchrun starts one (each process gets LOCAL_RANK; no launcher), so
-    that both exit codes are seen; the process of rank `kill_rank` dies like `kill -9` after `kill_step`."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = (f"from tests.helpers import run_fine_tune_killing_rank as f; "
-            f"f({kill_rank}, {kill_step}, {_args(base, out, *COMMON, '--devices', '2', '--accelerator', 'cpu', *extra)!r})")
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "NODE_RANK": "0", "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    return [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=400)]]
+    """A 2-process run (`launched_ranks`) whose process of rank `kill_rank` dies like `kill -9` after `kill_step`."""
+    return launched_ranks(f"from tests.helpers import run_fine_tune_killing_rank as f; f({kill_rank}, {kill_step}, "
+                          f"{_args(base, out, *COMMON, '--devices', '2', '--accelerator', 'cpu', *extra)!r})")
 
 
 @pytest.mark.parametrize("killed", [1, 0])
@@ -126,19 +114,9 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
     checkpoint: the survivor removes what the run created."""
     out = tmp_path / "new" / "run"
     step = 3 if killed == 1 else 1
-    (rc0, err0), (rc1, err1) = _launched_ranks(tiny_base, out, killed, step, "--optimizer", "mezo-gv",
-                                               "--pool-size", "4")
-    survivor_rc, survivor_err = (rc0, err0) if killed == 1 else (rc1, err1)
-    assert (rc1 if killed == 1 else rc0) == 137
-    assert survivor_rc == 1, survivor_err[-3000:]
-    last = out / "checkpoints" / "last.ckpt"
-    then = (f"the last checkpoint {last} (step 2) is intact: continue with --resume" if killed == 1 else
-            f"nothing to resume, --out {out} is as it was")
-    assert survivor_err.strip().splitlines()[-1] == (
-        f"fine_tune: error: lost the process of rank {killed} (of 2) after step {step}; {then}")
-    assert "Traceback" not in survivor_err and "[rank" not in survivor_err
+    ranks = _launched_ranks(tiny_base, out, killed, step, "--optimizer", "mezo-gv", "--pool-size", "4")
+    check_a_lost_rank(ranks, killed, "fine_tune", step, out, tmp_path / "new", checkpoint=2 if killed == 1 else None)
     if killed == 0:
-        assert not (tmp_path / "new").exists()  # no .lock, config.yaml or tb/ left behind
         return
     _one_process(tiny_base, out, "--optimizer", "mezo-gv", "--pool-size", "4", "--resume")
-    assert torch.load(last, weights_only=True)["global_step"] == 4
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

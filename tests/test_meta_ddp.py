@@ -8,20 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
-from tests.helpers import tiny_model
+from tests.helpers import check_a_lost_rank, launched_ranks, tiny_model
 from zoo.learned import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, LR_POLICY, LR_LLM = 3, 0.05, 0.05
 
 
-def _args(base, out):
+def _args(base, out, steps=STEPS):
     return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
-            "--out", str(out), "--max_steps", str(STEPS), "--model.eta_meta", "1e-2", "--model.lr_llm", str(LR_LLM),
+            "--out", str(out), "--max_steps", str(steps), "--model.eta_meta", "1e-2", "--model.lr_llm", str(LR_LLM),
             "--model.lr_policy", str(LR_POLICY), "--model.reset_every", "0", "--model.val_steps", "1",
             "--model.val_tasks", "1", "--model.log_every", "0", "--data.batch_size", "2", "--data.num_train", "8",
             "--data.num_eval", "2", "--data.max_length", "32", "--trainer.accelerator", "cpu"]
@@ -114,3 +115,30 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base,
     assert all(torch.equal(two.tensors()[k], one.tensors()[k]) for k in start)
     rows = [json.loads((tmp_path / d / "results.json").read_text())["history"] for d in ("ddp", "one")]
     assert [(r["meta_loss"], r["meta_forwards"]) for r in rows[0]] == [(r["meta_loss"], r["meta_forwards"]) for r in rows[1]]
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_base, tmp_path, killed):
+    """Killing either process of a 2-process ES run (its pairs split over the ranks): the survivor says which
+    rank was lost, after which step, and what --resume continues from, in one line, exit 1, no hang. Rank 1
+    lost after step 3: the step-2 checkpoint is resumable (on one process). Rank 0 (the folder's holder) lost
+    after step 1, before any checkpoint: the survivor removes what the run created."""
+    from meta_train.cli import main
+
+    out = tmp_path / "new" / "run"
+    step = 3 if killed == 1 else 1
+    es = ["--estimator", "es", "--model.pairs", "2", "--model.unroll", "1", "--model.inner_lr", "1e-2",
+          "--data.num_dev", "2", "--save_every", "2"]
+    two = [*_args(tiny_base, out, steps=4), *es, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    ranks = launched_ranks(f"from tests.helpers import run_meta_train_killed_at as f; f({step}, {two!r}, rank={killed})")
+    check_a_lost_rank(ranks, killed, "meta_train", step, out, tmp_path / "new", checkpoint=2 if killed == 1 else None)
+    if killed == 0:
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*_args(tiny_base, out, steps=4), *es, "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert load_policy(str(out / "policy")) is not None

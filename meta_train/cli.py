@@ -62,6 +62,8 @@ zo-finetuner options (--model.*): lr_policy 0.1, eps 1e-3, unroll (look-ahead le
   (its declared hyperparameters, e.g. --model.inner_hparams.pool_size 8): what ES/PES unroll and what
   meta-validation compares with and without the policy (under the look-ahead: only the latter)
 data options (--data.*): batch_size 8, num_train 200, num_dev 32, num_eval 32, max_length 128, seed 0, objective
+trainer options (--trainer.*): Lightning's Trainer's; callbacks run before meta_train's own, loggers log beside
+  <out>/tb, plugins join its checkpoint writer; a ModelCheckpoint, logger false and default_root_dir are refused
 
 `meta_train --help-all` lists every option with its documentation (imports Lightning; a few seconds).
 """
@@ -210,7 +212,10 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             self.stop_cb = interrupt_callback(out / "checkpoints" / "last.ckpt")
             from l2o.integrations.lightning.progress import ProgressLines
 
-            callbacks = [ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
+            # LightningCLI lets the callbacks=, logger= and plugins= given here replace the configured ones: the user's
+            # (--trainer.* or trainer: in --config) are passed on, callbacks first, loggers and plugins after ours
+            user = _user_trainer_options(self._get(self.config_init, "trainer", default={}))
+            callbacks = [*user["callbacks"], ckpt, self.stop_cb] + ([] if show_progress_bar() else [ProgressLines()])
             if val_every:  # a resumed run does the validation its checkpoint preceded
                 from l2o.integrations.lightning.validation import owed_validation
 
@@ -218,8 +223,9 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             from lightning.fabric.utilities.exceptions import MisconfigurationException
 
             try:
-                return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=str(out),
-                                                   plugins=[AtomicCheckpointIO()], **kwargs)
+                return super().instantiate_trainer(logger=[logger, *user["logger"]], callbacks=callbacks,
+                                                   default_root_dir=str(out),
+                                                   plugins=[AtomicCheckpointIO(), *user["plugins"]], **kwargs)
             except MisconfigurationException as err:  # --trainer.* this machine cannot honour: one sentence
                 raise ConfigError(f"--trainer options: {err}") from None
 
@@ -262,6 +268,30 @@ def main(argv=None) -> int:
         if not isinstance(err, user_errors[0]):  # a parser's message may run long; ours are one sentence
             text = text[:400]
         return _fail(text or type(err).__name__, getattr(err, "exit_code", 2))
+
+
+def _user_trainer_options(trainer: dict) -> dict:
+    """The user's --trainer.callbacks, --trainer.logger and --trainer.plugins, each as a list (meta_train keeps its
+    own besides). Refused in one line: a ModelCheckpoint (the run's checkpoint is meta_train's own), --trainer.logger
+    false (meta_train always logs to <out>/tb) and --trainer.default_root_dir (that is --out)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from l2o.errors import ConfigError
+
+    def listed(value) -> list:
+        return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+    if trainer.get("default_root_dir") is not None:
+        raise ConfigError("--trainer.default_root_dir is not supported: the run's folder is --out")
+    if trainer.get("logger") is False:
+        raise ConfigError("--trainer.logger false is not supported: meta_train always logs to <out>/tb (TensorBoard)")
+    for cb in listed(trainer.get("callbacks")):
+        if isinstance(cb, ModelCheckpoint):
+            raise ConfigError(f"--trainer.callbacks: {type(cb).__name__} is not supported: meta_train checkpoints "
+                              "itself (<out>/checkpoints/last.ckpt every --save_every steps, which --resume reads)")
+    return {"callbacks": listed(trainer.get("callbacks")),
+            "logger": [] if trainer.get("logger") is True else listed(trainer.get("logger")),
+            "plugins": listed(trainer.get("plugins"))}
 
 
 def _check_steps(cfg) -> None:

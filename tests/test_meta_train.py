@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from l2o.noise import mix
@@ -412,6 +413,59 @@ def test_pes_meta_trains_through_a_stateful_policy_composition_and_others_are_re
     assert not (tmp_path / "bad").exists()
     flat = " ".join(HELP.split())
     assert all(m in flat or m.replace("zo-finetuner", "") in flat for m in INNER_METHODS)
+
+
+class RecordTraining(Callback):
+    """A user's callback (--trainer.callbacks tests.test_meta_train.RecordTraining): records the callbacks the run
+    started with and each step it saw, under its `tag`."""
+
+    seen: dict = {}
+
+    def __init__(self, tag: str = "cli"):
+        self.tag = tag
+
+    def on_train_start(self, trainer, pl_module):
+        RecordTraining.seen[self.tag] = {"callbacks": [type(cb).__name__ for cb in trainer.callbacks], "steps": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        RecordTraining.seen[self.tag]["steps"].append(trainer.global_step)
+
+
+def test_trainer_callbacks_from_the_command_line_and_yaml_run_beside_meta_trains_own(tiny_base, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """--trainer.callbacks (and trainer: callbacks: in --config), --trainer.logger and --trainer.plugins used to be
+    dropped without a word: meta_train passed its own callbacks=, logger= and plugins= to the Trainer, which replaced
+    the user's. The user's callbacks run first, then meta_train's (Lightning moves the checkpoint callbacks last);
+    the user's loggers log beside tb/; what cannot work beside meta_train's own is refused in one line."""
+    from meta_train.cli import main
+
+    monkeypatch.setattr(RecordTraining, "seen", {})
+    user = json.dumps({"class_path": f"{__name__}.RecordTraining", "init_args": {"tag": "cli"}})
+    csv = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}})
+    assert main(_run_args(tiny_base, tmp_path / "cli", "--max_steps", "2", "--trainer.callbacks", user,
+                          "--trainer.logger", csv)) == 0
+    assert "meta/meta_loss" in next(tmp_path.glob("lightning_logs/*/metrics.csv")).read_text()  # beside tb/
+    assert list((tmp_path / "cli" / "tb").glob("events.out.tfevents.*"))
+    (tmp_path / "run.yaml").write_text(f"trainer:\n  callbacks:\n  - class_path: {__name__}.RecordTraining\n"
+                                       "    init_args:\n      tag: yaml\n")
+    assert main(["--config", str(tmp_path / "run.yaml"), *_run_args(tiny_base, tmp_path / "yaml", "--max_steps", "2")]) == 0
+    for tag in ("cli", "yaml"):
+        seen = RecordTraining.seen[tag]
+        assert seen["steps"] == [1, 2], seen
+        names = seen["callbacks"]
+        assert names.index("RecordTraining") < names.index("StopOnInterrupt") < names.index("LastCheckpoint"), names
+    assert "RecordTraining" in (tmp_path / "yaml" / "config.yaml").read_text()  # the run's config says so too
+    capsys.readouterr()
+    io = json.dumps({"class_path": "lightning.fabric.plugins.TorchCheckpointIO"})  # reaches Lightning: a 2nd CheckpointIO
+    for argv, needle in [(["--trainer.callbacks", json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"})],
+                          "--trainer.callbacks: ModelCheckpoint is not supported: meta_train checkpoints itself"),
+                         (["--trainer.logger", "false"], "--trainer.logger false is not supported"),
+                         (["--trainer.default_root_dir", str(tmp_path)], "--trainer.default_root_dir is not supported"),
+                         (["--trainer.plugins", io], "--trainer options: Received multiple values for CheckpointIO")]:
+        assert main(_run_args(tiny_base, tmp_path / "no", "--max_steps", "2", *argv)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"meta_train: error: {needle}"), err
+    assert not (tmp_path / "no").exists()
 
 
 def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeypatch):

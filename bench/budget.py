@@ -31,6 +31,18 @@ class CpuBudget:
     def charge(self, cpu_s: float) -> None:
         self.mine_s += cpu_s
 
+    @staticmethod
+    def add_arguments(ap) -> None:
+        """A runner's --cpu-budget-h and --cpu-spent-h (`CpuBudget.of(args)` reads them)."""
+        ap.add_argument("--cpu-budget-h", type=float, default=None, help="start no run once --cpu-spent-h plus this "
+                        "process's runs reach it (then report what exists)")
+        ap.add_argument("--cpu-spent-h", type=float, default=0.0, help="CPU-hours already spent elsewhere (other "
+                        "phases and processes of the suite)")
+
+    @classmethod
+    def of(cls, args) -> "CpuBudget":
+        return cls(args.cpu_budget_h, args.cpu_spent_h)
+
 
 def spent_hours(out: Path) -> float:
     """CPU-hours of the runs recorded under `out` (its phases' runs.jsonl; records without cpu_s count 0)."""

@@ -152,9 +152,7 @@ def parse_args(argv=None):
                     "seed i + 1; tasks: one task at a time")
     ap.add_argument("--out", default="runs/harness")
     ap.add_argument("--report", action="store_true", help="run nothing: the report from the runs made so far")
-    ap.add_argument("--cpu-budget-h", type=float, default=None, help="start no run once --cpu-spent-h plus this "
-                    "invocation's runs reach it (then report what exists)")
-    ap.add_argument("--cpu-spent-h", type=float, default=0.0, help="CPU-hours already spent elsewhere (see above)")
+    CpuBudget.add_arguments(ap)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (with a tiny --base): seconds")
     args = ap.parse_args(argv)
     if args.panel:
@@ -249,7 +247,7 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
-        self.budget = CpuBudget(args.cpu_budget_h, args.cpu_spent_h)
+        self.budget = CpuBudget.of(args)
         self.done = {config_key(r["config"]): r for p in [*map(Path, args.reuse), self.log_path] for r in _read(p)}
 
     def zero_shot(self, task: str) -> dict | None:

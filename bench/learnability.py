@@ -88,9 +88,7 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/learnability")
     ap.add_argument("--docs", default=None, help="also copy table.md and the plot into this folder")
-    ap.add_argument("--cpu-budget-h", type=float, default=None, help="start no run once --cpu-spent-h plus this "
-                    "process's runs reach it (then report)")
-    ap.add_argument("--cpu-spent-h", type=float, default=0.0, help="CPU-hours already spent elsewhere")
+    CpuBudget.add_arguments(ap)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (use with a tiny --base): seconds")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -193,7 +191,7 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0, self.commit = self.out / "runs.jsonl", time.perf_counter(), git_commit()
-        self.budget = CpuBudget(args.cpu_budget_h, args.cpu_spent_h)
+        self.budget = CpuBudget.of(args)
 
     @contextlib.contextmanager
     def claim(self, key: str):

@@ -13,10 +13,10 @@ out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
 zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
 centre of its lr grid; default: bench/lr_centres.py's for the method and the run's PEFT mode), `search`
-(`search=0`: no lr search, `lr` is used as given), `eps` (default: MeZO's in the run's PEFT mode, bench/lr_centres.py's
-`MEZO_EPS`: prefix and prompt 1e-1, LoRA 1e-2, full 1e-3), `steps` (first-order methods: steps per run, default
---budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr
-that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
+(`search=0`: no lr search, `lr` is used as given), `eps` (default: MeZO's in the run's PEFT mode,
+bench/lr_centres.py's `MEZO_EPS`: prefix and prompt 1e-1, LoRA 1e-2, full 1e-3; Bilevel-ZOFO, which perturbs the
+whole backbone: full's), `steps` (first-order methods: steps per run, default --budget // 10), `match`
+(`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
 fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
 (`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid
 centred on its bench/lr_centres.py centre (one the table lacks needs `lr=`); an unknown name or key is refused
@@ -298,12 +298,14 @@ def steps_for(method: Method, budget: int) -> int:
 
 def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int, steps: int | None = None):
     from fine_tune.config import OPTIMIZER_FLAGS, FineTuneConfig
+    from l2o import catalog
 
     o = method.options
     flags = {k: v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr` is the grid's centre
     peft = o.get("peft", args.peft)
-    if not method.first_order:
-        flags.setdefault("eps", MEZO_EPS[peft])  # MeZO's eps in the run's mode, unless the method sets eps=
+    if not method.first_order:  # MeZO's eps for the weights the method perturbs, unless it sets eps=: the run's
+        # PEFT parameters, or all the backbone's for a method that trains the adapter first-order (Bilevel-ZOFO)
+        flags.setdefault("eps", MEZO_EPS["full" if catalog.entry(method.optimizer)["needs_adapter"] else peft])
     flags[method.lr_field] = lr
     policy = o.get("policy", args.policy) if method.optimizer.startswith("zo-finetuner") else None
     name = f"{method.label}-{task}-lr{lr:.3g}-s{seed}-f{budget}" + (f"-probe{steps}" if steps else "")

@@ -118,7 +118,8 @@ def test_every_registered_method_has_its_own_lr_centre_in_every_mode_it_runs_in(
 
 def test_a_zo_methods_default_eps_is_mezos_in_the_runs_peft_mode():
     """MeZO's eps differs by mode (prefix 1e-1, LoRA 1e-2, full 1e-3): a harness run without eps= takes its mode's,
-    where it used to take the prefix value in every mode; eps= wins, and first-order runs get none."""
+    where it used to take the prefix value in every mode; eps= wins, and first-order runs get none. Bilevel-ZOFO
+    perturbs the backbone (its adapter learns first-order), so it takes the full-parameter eps in every mode."""
     a = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo"])
     def eps(spec, peft):
         return hn.make_config(argparse.Namespace(**{**vars(a), "peft": peft}), hn.parse_method(spec), "strategyqa",
@@ -127,6 +128,7 @@ def test_a_zo_methods_default_eps_is_mezos_in_the_runs_peft_mode():
     assert eps("lozo", "full") == 1e-3 and eps("m:mezo:eps=5e-2", "full") == 5e-2
     assert eps("m:mezo:peft=lora", "full") == 1e-2       # the method's own peft= sets its mode
     assert eps("fo-adamw", "lora") is None
+    assert eps("bilevel-zofo", "prefix") == eps("bilevel-zofo", "lora") == 1e-3   # it perturbs the whole backbone
 
 
 @pytest.mark.parametrize("specs,problem", [

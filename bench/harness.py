@@ -10,20 +10,20 @@
 From Python: `bench.harness.compare(["mezo", "es:zo-finetuner:policy=<folder>"], panel="panel.json",
 out="runs/x")` returns the summary dict (also `<out>/summary.json`).
 
-A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for
-zo-finetuner*), `init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the
-centre of its lr grid; default: bench/lr_centres.py's for the method and the run's PEFT mode), `search`
-(`search=0`: no lr search, `lr` is used as given), `eps` (default: MeZO's in the run's PEFT mode,
-bench/lr_centres.py's `MEZO_EPS`: prefix and prompt 1e-1, LoRA 1e-2, full 1e-3; Bilevel-ZOFO, which perturbs the
-whole backbone: full's), `steps` (first-order methods: steps per run, default --budget // 10), `match`
-(`match=<label>` of a method listed before it, e.g. `match=mezo`: no lr search; the lr that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps` steps), and any other
-fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by its registry name
-(`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid
-centred on its bench/lr_centres.py centre (one the table lacks needs `lr=`); an unknown name or key is refused
-before anything runs. `--method all` enters every registered ZO method (the catalog's names; zo-finetuner* only
-with --policy, their policy) beside any other spec given (e.g. `--method all --method fo-sgd`); without --method
-the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and fo-adamw (the CPU budget). MeZO, the reference, always
-runs first; the others in the order given.
+A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo id or folder, for zo-finetuner*),
+`init` (a zoo meta-initialisation or ledger applied to the base first), `peft`, `lr` (the centre of its lr grid;
+default: bench/lr_centres.py's for the method and the run's PEFT mode), `search` (`search=0`: no lr search, `lr` is
+used as given), `eps` (default: MeZO's in the run's PEFT mode, bench/lr_centres.py's `MEZO_EPS`: prefix and prompt
+1e-1, LoRA 1e-2, full 1e-3; Bilevel-ZOFO, which perturbs the whole backbone: full's), `steps` (first-order methods:
+steps per run, default --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no
+lr search; the lr that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps`
+steps), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by
+its registry name (`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method
+cons:zo-sgd-cons`), its lr grid centred on its bench/lr_centres.py centre (one the table lacks needs `lr=`); an
+unknown name or key is refused before anything runs. `--method all` enters every registered ZO method (the catalog's
+names; zo-finetuner* only with --policy, their policy) beside any other spec given (e.g. `--method all --method
+fo-sgd`); without --method the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and fo-adamw (the CPU budget).
+MeZO, the reference, always runs first; the others in the order given.
 
 Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen

@@ -438,6 +438,12 @@ def status(rem: dict, chosen: list[dict], cal: dict, args) -> list[str]:
                      "skipped).")
     elif n < need:
         lines.append("Nothing is left to run at this cut.")
+    on = {r.get("task") for r in chosen}
+    reachable = n + len(rem["stage1"]) + len([t for t, _, _ in rem["stage2"] if t not in on])
+    if todo and reachable < need:
+        lines.append(f"Even if every task still to run here reaches the rule, the panel would have {reachable} < "
+                     f"{need} tasks at this cut: it needs tasks with longer prompts (a larger --max-median, or "
+                     "--max-length for the tasks over the max length).")
     if n < need and rem["widen"]:
         lines.append(f"Widening: the CPU cut (median prompt ≤ {args.max_median} tokens) leaves out "
                      f"{', '.join(t for t, _, _ in rem['widen'])}; stage 1 on them would cost about "

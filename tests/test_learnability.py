@@ -105,6 +105,10 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     assert "x 2.00, the measured / estimated CPU time of the 1 run(s) timed so far; their wall time" in text
     untimed = "\n".join(lb.status(rem, [], lb.calibration({}, [prof["a"]], 1.0, args), args))
     assert f"about {(900 + 2 * per2) / 3600:.1f} CPU-hours" in untimed and "no run has been timed" in untimed
+    assert "the panel would have 2 < 4 tasks at this cut" in text    # a and b are all this cut can still give
+    short = "\n".join(lb.status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "3"])))
+    assert "the panel would have 2 < 3 tasks at this cut" in short   # a (chosen, grid unfinished) and b
+    assert "would have" not in "\n".join(lb.status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "2"])))
     established = lb.status({"stage1": [], "stage2": [], "widen": rem["widen"]}, [{}] * 4, cal, args)
     assert established == ["**The panel is established** (it needs 4 tasks)."]
 

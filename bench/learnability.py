@@ -357,19 +357,30 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
             if runs:
                 lr = choose_lr(runs)
                 best = next(r for r in runs if r["lr"] == lr)
+                centre = args.lr if peft == "prefix" else args.lora_lr
                 row[peft] = {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"],
-                             "delta": paired_delta(best["per_example"]["final"]["eval"], zero)}
+                             "delta": paired_delta(best["per_example"]["final"]["eval"], zero),
+                             "complete": all(s2_name(p["task"], peft, centre * g) in done for g in args.grid)}
                 if "golds" in p:
                     row["per_class"][f"stage 2 {peft}"] = per_class(best["per_example"]["final"]["eval"], p["golds"])
         rows.append(row)
     return rows
 
 
+def passes(row: dict, args) -> bool:
+    return "prefix" in row and z_score(row["prefix"]["delta"]) >= args.panel_se
+
+
 def panel(rows: list[dict], args) -> list[dict]:
     """The evidence panel: tasks whose prefix delta at the dev-chosen stage-2 lr is >= --panel-se standard
-    errors, cheapest first."""
-    keep = [r for r in rows if "prefix" in r and z_score(r["prefix"]["delta"]) >= args.panel_se]
+    errors, their lr grid run whole (until then the dev choice may change: `provisional`), cheapest first."""
+    keep = [r for r in rows if passes(r, args) and r["prefix"].get("complete", True)]
     return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
+
+
+def provisional(rows: list[dict], args) -> list[str]:
+    """Tasks that pass the panel rule at the best lr run so far, with lrs of their grid still to run."""
+    return [r["task"] for r in rows if passes(r, args) and not r["prefix"].get("complete", True)]
 
 
 # ------------------------------------------------------------------------------------ what remains
@@ -477,13 +488,14 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], arg
             f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
     lines = [head, "", "| task | classes | eval n | median tokens | majority | zero-shot | stage 1 | Δ stage 1 | "
              "stage 2: dev per lr | chosen lr | stage 2 eval | Δ stage 2 | panel |", "|" + "---|" * 13]
-    on = {r["task"] for r in chosen}
+    on, pending = {r["task"] for r in chosen}, set(provisional(rows, args))
     for r in rows:
         p, s2 = r["profile"], r.get("prefix")
         per_lr = _per_lr(s2["runs"]) if s2 else "—"
         lines.append(f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
                      f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | {per_lr} | "
-                     f"{s2['lr']:.3g} | {s2['eval']:.3f} | {_d(s2['delta'])} | {'yes' if r['task'] in on else 'no'} |"
+                     f"{s2['lr']:.3g} | {s2['eval']:.3f} | {_d(s2['delta'])} | "
+                     f"{'yes' if r['task'] in on else 'pending (grid unfinished)' if r['task'] in pending else 'no'} |"
                      if s2 else
                      f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
                      f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | — | — | — | — | no |")
@@ -495,7 +507,9 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], arg
     lines += class_table(rows)
     if excluded:
         lines += ["", "Not scanned: " + "; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) + "."]
-    lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."]
+    lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."
+              + (f" Passing the rule at the best lr run so far, their lr grid unfinished (not counted yet): "
+                 f"{', '.join(sorted(pending))}." if pending else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -50,8 +50,10 @@ def test_panel_is_chosen_by_the_se_rule_cheapest_first():
             {"task": "b", "profile": _profile(stage1_cpu_s=1), "prefix": {"delta": (0.10, 0.02)}},   # 5 se: in, first
             {"task": "c", "profile": _profile(stage1_cpu_s=2), "prefix": {"delta": (0.059, 0.02)}},  # 2.95 se: out
             {"task": "d", "profile": _profile(stage1_cpu_s=2), "prefix": {"delta": (-0.10, 0.02)}},  # wrong way
-            {"task": "e", "profile": _profile(stage1_cpu_s=0)}]                                      # no stage 2
+            {"task": "e", "profile": _profile(stage1_cpu_s=0)},                                      # no stage 2
+            {"task": "f", "profile": _profile(stage1_cpu_s=0), "prefix": {"delta": (0.2, 0.02), "complete": False}}]
     assert [r["task"] for r in lb.panel(rows, args)] == ["b", "a"]
+    assert lb.provisional(rows, args) == ["f"]   # passes at the best lr so far, grid unfinished: not counted yet
 
 
 def test_per_class_accuracy_tells_a_label_prior_from_the_task():

@@ -314,14 +314,19 @@ def moved(done: dict, profiles: list[dict], args) -> list[dict]:
     return out
 
 
+def stage2_grid(args, peft: str) -> list[float]:
+    """The stage-2 lrs of a PEFT mode before any extension: --lr-grid x its centre (--lr, or --lora-lr)."""
+    return [(args.lr if peft == "prefix" else args.lora_lr) * g for g in args.grid]
+
+
 def stage2_runs(args, runner: Runner, task: str, peft: str, zero: bool = False) -> list[dict]:
     """The dev-selection runs of one task and PEFT mode (bench/compare_optimizers.py's grid and extension)."""
     from bench.compare_optimizers import select_runs
 
-    centre, eps = (args.lr, args.eps) if peft == "prefix" else (args.lora_lr, args.lora_eps)
+    eps = args.eps if peft == "prefix" else args.lora_eps
     return select_runs(lambda lr: runner(s2_name(task, peft, lr), task=task, peft=peft, lr=lr, eps=eps,
                                          forwards=args.forwards2, num_dev=args.num_dev, zero_shot=zero),
-                       [centre * g for g in args.grid], args.extend)
+                       stage2_grid(args, peft), args.extend)
 
 
 def stage2(args, runner: Runner, profiles: list[dict]) -> None:
@@ -357,10 +362,9 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
             if runs:
                 lr = choose_lr(runs)
                 best = next(r for r in runs if r["lr"] == lr)
-                centre = args.lr if peft == "prefix" else args.lora_lr
                 row[peft] = {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"],
                              "delta": paired_delta(best["per_example"]["final"]["eval"], zero),
-                             "complete": all(s2_name(p["task"], peft, centre * g) in done for g in args.grid)}
+                             "complete": all(s2_name(p["task"], peft, x) in done for x in stage2_grid(args, peft))}
                 if "golds" in p:
                     row["per_class"][f"stage 2 {peft}"] = per_class(best["per_example"]["final"]["eval"], p["golds"])
         rows.append(row)
@@ -409,7 +413,7 @@ def remaining(done: dict, profiles: list[dict], excluded: list[dict], t_forward:
     wide = argparse.Namespace(**{**vars(args), "max_median": None})
     s2 = []
     for p in moved(done, profiles, args):
-        todo = [lr for lr in (args.lr * g for g in args.grid) if s2_name(p["task"], "prefix", lr) not in done]
+        todo = [lr for lr in stage2_grid(args, "prefix") if s2_name(p["task"], "prefix", lr) not in done]
         if todo:
             s2.append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args)))
     return {"stage1": [(p["task"], 1, p["stage1_cpu_s"]) for p in profiles if s1_name(p["task"], args) not in done],

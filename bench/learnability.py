@@ -91,8 +91,9 @@ def parse_args(argv=None):
     CpuBudget.add_arguments(ap)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (use with a tiny --base): seconds")
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.max_length, args.batch_size, args.forwards1, args.forwards2 = 32, 2, 4, 4
+    if args.smoke:  # tiny sizes; a --max-length given on the command line is kept
+        args.max_length = 32 if args.max_length == ap.get_default("max_length") else args.max_length
+        args.batch_size, args.forwards1, args.forwards2 = 2, 4, 4
         args.num_train, args.num_dev, args.num_eval, args.min_eval = 16, 8, 12, 10
         args.tasks = args.tasks or "sports_understanding,strategyqa"
     args.grid = sorted(float(x) for x in args.lr_grid.split(","))
@@ -221,6 +222,8 @@ class Runner:
         from l2o.filelock import exclusive
 
         if name in (have := self.done()):
+            if (ran := have[name]["config"]["max_length"]) != self.args.max_length:
+                print(f"{name}: kept, run at max length {ran} (a task is run once per --out)", flush=True)
             return have[name]
         self.budget.check(name)
         cfg = scan_config(self.args, task=task, peft=peft, lr=lr, eps=eps, forwards=forwards, num_dev=num_dev,
@@ -353,7 +356,8 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
         zero = s1["per_example"]["zero_shot"]["eval"]
         row = {"task": p["task"], "profile": p, "zero_shot": s1["zero_shot"]["eval"], "majority": p["majority"],
                "n": len(zero), "s1_eval": s1["final"]["eval"], "s1_delta": stage1_delta(s1),
-               "s1_loss": s1["final_train_loss"], "commit": s1.get("commit")}
+               "s1_loss": s1["final_train_loss"], "commit": s1.get("commit"),
+               "max_length": s1["config"]["max_length"]}
         if "golds" in p:
             row["per_class"] = {"zero-shot": per_class(zero, p["golds"]),
                                 "stage 1": per_class(s1["per_example"]["final"]["eval"], p["golds"])}
@@ -488,15 +492,19 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], arg
             f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
             f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}, lr chosen "
             f"on {a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
-            f"standard error. Measured forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
+            f"standard error. Forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
             f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
+    if any(r["max_length"] != a.max_length for r in rows):
+        head += (" A task marked with another max length was run in an earlier scan of this --out at that length and "
+                 "is kept: a task is run once, at the max length of the scan that first reached it.")
     lines = [head, "", "| task | classes | eval n | median tokens | majority | zero-shot | stage 1 | Δ stage 1 | "
              "stage 2: dev per lr | chosen lr | stage 2 eval | Δ stage 2 | panel |", "|" + "---|" * 13]
     on, pending = {r["task"] for r in chosen}, set(provisional(rows, args))
     for r in rows:
         p, s2 = r["profile"], r.get("prefix")
         per_lr = _per_lr(s2["runs"]) if s2 else "—"
-        lines.append(f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
+        at = f" (max length {r['max_length']})" if r["max_length"] != a.max_length else ""
+        lines.append(f"| {r['task']}{at} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
                      f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | {per_lr} | "
                      f"{s2['lr']:.3g} | {s2['eval']:.3f} | {_d(s2['delta'])} | "
                      f"{'yes' if r['task'] in on else 'pending (grid unfinished)' if r['task'] in pending else 'no'} |"
@@ -602,8 +610,9 @@ def main(argv=None) -> int:
     model, tokenizer, _ = load_base(args.base)
     runner = Runner(args)
     t_path = runner.out / "forward_time.json"
-    if t_path.exists():
-        t_forward = json.loads(t_path.read_text())["cpu_s"]
+    if t_path.exists():  # measured once per --out, maybe at another max length: scaled linearly in length
+        measured = json.loads(t_path.read_text())
+        t_forward = measured["cpu_s"] * args.max_length / measured["tokens"]
     else:
         t_forward = measure_forward(args, model)
         t_path.write_text(json.dumps({"cpu_s": t_forward, "batch": args.batch_size, "tokens": args.max_length}))

@@ -149,6 +149,14 @@ def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, 
     assert lb.main(argv) == 0                     # resumed: nothing is rerun
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(runs)
     assert "steps (estimated" not in capsys.readouterr().out
+    # a wider scan of the same --out keeps these runs, says so, and scales the forward measured at 32 tokens
+    t32 = json.loads((out / "forward_time.json").read_text())["cpu_s"]
+    assert lb.main(argv + ["--max-length", "48"]) == 0
+    said = capsys.readouterr().out
+    assert len((out / "runs.jsonl").read_text().splitlines()) == len(runs)
+    assert "s1-strategyqa-prefix-lr0.01: kept, run at max length 32" in said
+    assert f"forward of 2 x 48 tokens: {t32 * 48 / 32:.2f} CPU-s" in said
+    assert "| strategyqa (max length 32) | 2 | 12 |" in (out / "table.md").read_text()
 
 
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(tiny_smollm_base, tmp_path, capsys):

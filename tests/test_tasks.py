@@ -97,6 +97,10 @@ GOLDEN = {
                                                                           "neutral": 0}},
                     "Nice room, rude staff.\nThe sentiment of this review is",
                     [" negative", " neutral", " positive", " mixed"], 3),
+    "multiemo_sentence_en": ({"input": "The staff was rude.", "target_scores": {"ambivalent": 0, "positive": 0,
+                                                                               "negative": 1, "neutral": 0}},
+                             "The staff was rude.\nThe sentiment of this sentence is",
+                             [" negative", " neutral", " positive", " mixed"], 0),
     "hyperbaton": ({"input": 'Which sentence has the correct adjective order: a " big red car " b " red big car " ?',
                     "target_scores": {"a": 1, "b": 0}},
                    'Which sentence has the correct adjective order: a " big red car " b " red big car " ?\n'
@@ -384,6 +388,7 @@ def _bigbench_or_skip(name):
 @pytest.mark.parametrize("name,total", [("navigate", 1000), ("sports_understanding", 1000), ("strategyqa", 2290),
                                         ("epistemic_reasoning", 2000), ("implicatures", 492),
                                         ("intent_recognition", 693), ("winowhy", 2865), ("multiemo_en", 8214),
+                                        ("multiemo_sentence_en", 57458),
                                         ("vitaminc_fact_verification", 54668), ("hyperbaton", 50000),
                                         ("fever", 6612), ("logical_fallacy_detection", 2800), ("metaphor_boolean", 680),
                                         ("valid_parentheses", 1000), ("presuppositions_as_nli", 735),

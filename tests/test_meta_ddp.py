@@ -117,18 +117,19 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base,
     assert [(r["meta_loss"], r["meta_forwards"]) for r in rows[0]] == [(r["meta_loss"], r["meta_forwards"]) for r in rows[1]]
 
 
-@pytest.mark.parametrize("killed", [1, 0])
-def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_base, tmp_path, killed):
-    """Killing either process of a 2-process ES run (its pairs split over the ranks): the survivor says which
-    rank was lost, after which step, and what --resume continues from, in one line, exit 1, no hang. Rank 1
-    lost after step 3: the step-2 checkpoint is resumable (on one process). Rank 0 (the folder's holder) lost
-    after step 1, before any checkpoint: the survivor removes what the run created."""
+@pytest.mark.parametrize("estimator,killed", [("es", 1), ("es", 0), ("lookahead", 1), ("lookahead", 0)])
+def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_base, tmp_path, estimator, killed):
+    """Killing either process of a 2-process run: ES (its pairs split over the ranks, losses exchanged) or the
+    default look-ahead (DDP all-reduces the policy's gradients). The survivor says which rank was lost, after
+    which step, and what --resume continues from, in one line, exit 1, no hang. Rank 1 lost after step 3: the
+    step-2 checkpoint is resumable (on one process). Rank 0 (the folder's holder) lost after step 1, before any
+    checkpoint: the survivor removes what the run created."""
     from meta_train.cli import main
 
     out = tmp_path / "new" / "run"
     step = 3 if killed == 1 else 1
-    es = ["--estimator", "es", "--model.pairs", "2", "--model.unroll", "1", "--model.inner_lr", "1e-2",
-          "--data.num_dev", "2", "--save_every", "2"]
+    es = (["--estimator", "es", "--model.pairs", "2", "--model.unroll", "1", "--model.inner_lr", "1e-2",
+           "--data.num_dev", "2"] if estimator == "es" else []) + ["--save_every", "2"]
     two = [*_args(tiny_base, out, steps=4), *es, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     ranks = launched_ranks(f"from tests.helpers import run_meta_train_killed_at as f; f({step}, {two!r}, rank={killed})")
     check_a_lost_rank(ranks, killed, "meta_train", step, out, tmp_path / "new", checkpoint=2 if killed == 1 else None)

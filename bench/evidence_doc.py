@@ -178,7 +178,9 @@ def cuts_section(args, out: Path) -> list[str]:
             "runs at the paper's prefix lower lr 1e-2 and its other defaults, not searched. A phase runs one task "
             "at a time and on it one method at a time (MeZO, the first-order baselines, then by claim), so a "
             "stopped suite holds whole comparisons." + full,
-            f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3).",
+            f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3). "
+            "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
+            "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs; it has no networks for "
             "prefix parameters, so that comparison runs full-parameter MeZO beside it.", ""]
 

@@ -102,6 +102,8 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
         methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
     settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
                                               "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}
+    settings["max_lengths"] = {t: L for t, L in getattr(args, "max_lengths", {}).items()
+                               if t in args.task_list and L != args.max_length}
     planned = sum(len(seeds.get(t, [])) for t in args.task_list) * len(args.methods)
     complete = len(final) == planned and all((t, m.label) in chosen for t in args.task_list for m in args.methods)
     return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods,
@@ -129,7 +131,9 @@ def render_table(summary: dict) -> str:
     lines = [f"base {s['base']}, {s['peft']}; lr chosen per task and method on {s['num_dev']} dev examples from "
              f"{s['lr_grid']} x the method's centre (extended {s['extend']} step past an edge), {s['select_budget']} "
              f"forward passes per selection run; final runs {s['budget']} forward passes (first-order: their "
-             f"steps), batch {s['batch_size']}, max length {s['max_length']}, {s['num_eval']} eval examples. "
+             f"steps), batch {s['batch_size']}, max length {s['max_length']}"
+             + "".join(f" ({t}: {L})" for t, L in s.get("max_lengths", {}).items())
+             + f", {s['num_eval']} eval examples. "
              "Δ = method − MeZO on the same (task, seed), mean [95% interval: bootstrap over seeds within tasks]; "
              "win-rate: ties count half, [95% Wilson interval]." + ("" if summary.get("complete", True) else
              f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "

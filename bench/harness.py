@@ -31,7 +31,9 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
    (bench/compare_optimizers.py's `select_runs`).
 2. Seeds: `--seeds` runs at the chosen lr, `--budget` forward passes (steps = budget // forwards per step), the
    same data sample and, for a given seed, the same batches for every method. `--seeds auto`: 5 seeds where a
-   MeZO run of the task costs under 10 CPU-minutes (measured on its selection runs), else 3.
+   MeZO run of the task costs under 10 CPU-minutes (measured on its selection runs), else 3; on a panel task whose
+   MeZO selection run is the scan's (reused), seeds 1.. instead of 0..: the scan put the task on the panel by that
+   run's eval accuracy, so it would be a pair biased towards MeZO (the selection runs then only choose lrs).
 3. Report (against the reference method, MeZO, over (task, seed) pairs): win-rate on final train loss and on
    eval accuracy with its 95% Wilson interval (ties count half); paired differences with 95% intervals from a
    bootstrap that resamples seeds within tasks; forward passes to reach MeZO's final train loss (the mean of its
@@ -160,6 +162,7 @@ def parse_args(argv=None):
         for k, v in panel["settings"].items():  # the scan's data settings, so its runs are reusable
             if k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval", "data_seed"):
                 setattr(args, k, v)
+        args.max_lengths = panel.get("max_length", {})  # per task: a wider scan keeps a task's earlier runs
         beside = Path(args.panel).parent / "runs.jsonl"  # the scan's runs, wherever the harness is started from
         args.reuse.append(str(beside) if beside.exists() else panel["runs"])
         args.tasks = args.tasks or ",".join(panel["tasks"])
@@ -249,6 +252,11 @@ class Runner:
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
         self.budget = CpuBudget.of(args)
         self.done = {config_key(r["config"]): r for p in [*map(Path, args.reuse), self.log_path] for r in _read(p)}
+        self.from_reuse = {config_key(r["config"]) for p in map(Path, args.reuse) for r in _read(p)}
+
+    def reused(self, record: dict) -> bool:
+        """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
+        return config_key(record["config"]) in self.from_reuse
 
     def zero_shot(self, task: str) -> dict | None:
         """A record of `task` scored zero-shot on this eval sample (any run with the same data settings)."""
@@ -257,7 +265,7 @@ class Runner:
             c = r["config"]
             if (r["task"] == task and r.get("zero_shot") and r.get("per_example", {}).get("zero_shot")
                     and (c["base"], c["num_eval"], c["data_seed"], c["max_length"], c.get("eval_seed")) ==
-                    (a.base, a.num_eval, a.data_seed, a.max_length, None)):
+                    (a.base, a.num_eval, a.data_seed, max_length(a, task), None)):
                 return r
         return None
 
@@ -314,7 +322,13 @@ def make_config(args, method: Method, task: str, lr: float, seed: int, budget: i
                           steps=steps or steps_for(method, budget),
                           batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
                           num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,
-                          max_length=args.max_length, out=str(Path(args.out) / name), save_model=False, **flags)
+                          max_length=max_length(args, task), out=str(Path(args.out) / name), save_model=False,
+                          **flags)
+
+
+def max_length(args, task: str) -> int:
+    """The task's max length: the panel's for it (the scan's runs of the task were made at it), else --max-length."""
+    return getattr(args, "max_lengths", {}).get(task, args.max_length)
 
 
 # ------------------------------------------------------------------------------------ the protocol
@@ -344,12 +358,16 @@ def select(args, runner: Runner, method: Method, task: str, chosen: dict) -> tup
 
 
 def seeds_for(args, runner: Runner, task: str, chosen: dict) -> list[int]:
-    """--seeds, or auto: 5 where the reference's selection runs on `task` cost under 10 CPU-minutes, else 3."""
+    """--seeds, or auto: 5 where the reference's selection runs on `task` cost under 10 CPU-minutes, else 3; and
+    not --select-seed where the reference's run at its chosen lr is a reused one (the scan's): that run put the
+    task on the panel by its eval accuracy, so as a comparison pair it would favour the reference."""
     if args.seeds != "auto":
         return [int(s) for s in args.seeds.split(",")]
-    runs = chosen[(task, REFERENCE)][1]
+    lr, runs = chosen[(task, REFERENCE)]
     cost = statistics.median(r.get("cpu_s", r["fit_time_s"]) for r in runs) * args.budget / args.select_budget
-    return list(range(5 if cost < 600 else 3))
+    n = 5 if cost < 600 else 3
+    selected = any(r["lr"] == lr and runner.reused(r) for r in runs)
+    return [s for s in range(n + 1) if s != args.select_seed][:n] if selected else list(range(n))
 
 
 def compare(methods: list[str] | None = None, argv: list[str] | None = None, **options) -> dict:

@@ -584,7 +584,9 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     settings = {k: getattr(args, k) for k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval",
                                               "data_seed", "eps", "forwards2", "max_median", "panel_se", "panel_min")}
     info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
-            "delta": {r["task"]: r["prefix"]["delta"] for r in chosen}, "settings": settings,
+            "delta": {r["task"]: r["prefix"]["delta"] for r in chosen},
+            "max_length": {r["task"]: r["max_length"] for r in chosen},  # a task's, where a scan kept another
+            "settings": settings,
             "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path),
             "established": len(chosen) >= args.panel_min}
     write_bytes_atomic(out / "panel.json", json.dumps(info, indent=1).encode())

@@ -261,3 +261,30 @@ def test_a_partial_report_shows_dashes_where_a_method_has_no_runs_yet(tmp_path):
     assert "nan" not in table and "None" not in table and "0/0" not in table
     assert "| bszo | 0 | — | — | — | — | — | — |" in table and "| fo-adamw | 0 | — |" in table
     assert "| strategyqa | 0.500 | bszo | — | — | — |" in table
+
+
+def test_a_panel_tasks_scan_run_chooses_lrs_only_and_its_max_length_is_kept(tmp_path):
+    """On a panel, MeZO's selection run at its chosen lr is the scan's, which put the task on the panel by its
+    eval accuracy: `--seeds auto` then pairs seeds 1.., not 0 (a run of this harness's own keeps 0..). A task the
+    panel records at another max length (kept from an earlier scan) is run at that length, so the scan's runs
+    are reused."""
+    mezo = hn.parse_method("mezo")
+    settings = {"base": "smollm2-135m", "batch_size": 16, "max_length": 128, "num_train": 1000, "num_dev": 200,
+                "num_eval": 500, "data_seed": 0, "panel_se": 3.0}
+    panel = tmp_path / "scan" / "panel.json"
+    panel.parent.mkdir()
+    panel.write_text(json.dumps({"tasks": ["fever", "navigate"], "max_length": {"fever": 64, "navigate": 128},
+                                 "settings": settings, "runs": "elsewhere.jsonl"}))
+    args = hn.parse_args(["--panel", str(panel), "--out", str(tmp_path / "h")])
+    cfg = hn.make_config(args, mezo, "fever", 1e-2, 0, args.budget)
+    assert cfg.max_length == 64 and hn.make_config(args, mezo, "navigate", 1e-2, 0, args.budget).max_length == 128
+    scan = {"config": cfg.to_dict(), "lr": 1e-2, "cpu_s": 60.0, "fit_time_s": 90.0}
+    (panel.parent / "runs.jsonl").write_text(json.dumps(scan) + "\n")
+    args = hn.parse_args(["--panel", str(panel), "--out", str(tmp_path / "h")])
+    runner = hn.Runner(args)
+    assert runner(cfg, "mezo") is not None and runner.reused(scan)  # found beside the panel: not rerun
+    assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (1e-2, [scan])}) == [1, 2, 3, 4, 5]
+    own = {**scan, "config": {**scan["config"], "lr": 3e-2}, "lr": 3e-2}  # chosen lr: a run of the harness's own
+    assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (3e-2, [scan, own])}) == [0, 1, 2, 3, 4]
+    slow = {**scan, "cpu_s": 900.0}
+    assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (1e-2, [slow])}) == [1, 2, 3]

@@ -48,11 +48,12 @@ def _ms(values) -> dict:
             "n": len(values)} if values else {}
 
 
-def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first_order: bool) -> dict:
+def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first_order: bool,
+                   reference: str = REFERENCE) -> dict:
     acc_pairs, loss_pairs, acc_d, loss_d, reaches, ks, per_task = [], [], {}, {}, [], [], {}
     for t in tasks:
-        cells = [(final[(t, label, s)], final[(t, REFERENCE, s)]) for s in seeds[t]
-                 if (t, label, s) in final and (t, REFERENCE, s) in final]
+        cells = [(final[(t, label, s)], final[(t, reference, s)]) for s in seeds[t]
+                 if (t, label, s) in final and (t, reference, s) in final]
         acc_pairs += [(m["final"]["eval"], r["final"]["eval"]) for m, r in cells]
         loss_pairs += [(m["final_train_loss"], r["final_train_loss"]) for m, r in cells]
         acc_d[t] = [m["final"]["eval"] - r["final"]["eval"] for m, r in cells]
@@ -67,11 +68,11 @@ def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first
                        "eval": _ms([r["final"]["eval"] for r in mine]),
                        "loss": _ms([r["final_train_loss"] for r in mine]),
                        "effective_step": statistics.mean(eff) if eff else None,
-                       "d_eval": paired_bootstrap({t: acc_d[t]}) if label != REFERENCE else None,
-                       "d_loss": paired_bootstrap({t: loss_d[t]}) if label != REFERENCE else None,
+                       "d_eval": paired_bootstrap({t: acc_d[t]}) if label != reference else None,
+                       "d_loss": paired_bootstrap({t: loss_d[t]}) if label != reference else None,
                        "reach": rs, "k": kk}
     out = {"label": label, "first_order": first_order, "per_task": per_task}
-    if label != REFERENCE:
+    if label != reference:
         d_eval, d_loss = paired_bootstrap(acc_d), paired_bootstrap(loss_d)
         for d in (d_eval, d_loss):
             d["pairs_to_separate"] = pairs_to_separate(d["mean"], d["sd"]) if d["n"] else math.inf
@@ -106,7 +107,9 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
                                if t in args.task_list and L != args.max_length}
     planned = sum(len(seeds.get(t, [])) for t in args.task_list) * len(args.methods)
     complete = len(final) == planned and all((t, m.label) in chosen for t in args.task_list for m in args.methods)
-    return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods,
+    versus = {f"{a}:{b}": method_summary(a, args.task_list, seeds, final, False, reference=b)
+              for a, b in getattr(args, "versus", [])}  # A against B, paired as against MeZO
+    return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods, "versus": versus,
             "final_runs": len(final), "complete": complete,
             "zero_shot": {t: (z["zero_shot"]["eval"] if z else None) for t, z in zero.items()}}
 

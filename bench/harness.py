@@ -40,6 +40,8 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
    last 10% of steps), for each pair, over the method's moving mean on the same window. First-order methods
    run `steps` backprop steps; the report gives k = the forward passes MeZO needs to reach their final loss,
    over theirs.
+   `--versus A:B` also reports method A against method B in the same way (summary.json "versus"; e.g. a new policy
+   against a shipped one).
 
 A run is identified by its full fine_tune configuration: records in `<out>/runs.jsonl` (and in `--reuse` files,
 e.g. the learnability scan's) whose configuration matches are never rerun, so an interrupted suite resumes and
@@ -150,6 +152,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--reuse", action="append", default=[], help="another runs.jsonl whose matching runs count")
+    ap.add_argument("--versus", action="append", default=[], help="A:B (method labels): also A against B over the "
+                    "same (task, seed) pairs, as each against MeZO (summary.json 'versus')")
     ap.add_argument("--order", choices=("seeds", "tasks"), default="seeds", help="seeds: seed i everywhere before "
                     "seed i + 1; tasks: one task at a time")
     ap.add_argument("--out", default="runs/harness")
@@ -178,7 +182,11 @@ def parse_args(argv=None):
     args.methods = [parse_method(m) for m in expand_all(args.method or default_methods(), args.policy)]
     if REFERENCE not in [m.label for m in args.methods]:
         args.methods.insert(0, Method(REFERENCE, REFERENCE))
-    problem = check_methods(args.methods, args.peft)
+    args.versus = [tuple(v.split(":")) for v in args.versus]
+    labels = {m.label for m in args.methods}
+    problem = check_methods(args.methods, args.peft) or next(
+        (f"--versus {':'.join(v)}: name two method labels A:B" for v in args.versus
+         if len(v) != 2 or not set(v) <= labels), None)
     if problem:
         ap.error(problem)
     return args

@@ -288,3 +288,25 @@ def test_a_panel_tasks_scan_run_chooses_lrs_only_and_its_max_length_is_kept(tmp_
     assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (3e-2, [scan, own])}) == [0, 1, 2, 3, 4]
     slow = {**scan, "cpu_s": 900.0}
     assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (1e-2, [slow])}) == [1, 2, 3]
+
+
+def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
+    """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
+    that is not a method is refused."""
+    args = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo", "--method", "new:mezo-gv",
+                          "--method", "old:mezo-greedy", "--versus", "new:old"])
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
+
+    def run(acc, loss):
+        return {"lr": 1e-2, "final": {"eval": acc}, "final_train_loss": loss, "steps": 10,
+                "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
+
+    final = {("strategyqa", label, s): run(acc + s / 100, loss) for s in range(3)
+             for label, acc, loss in (("mezo", 0.5, 0.7), ("new", 0.7, 0.6), ("old", 0.6, 0.65))}
+    summary = rep.summarize(args, final, {}, {"strategyqa": [0, 1, 2]}, {"strategyqa": None})
+    vs = summary["versus"]["new:old"]
+    assert vs["d_eval"]["mean"] == pytest.approx(0.1) and vs["d_loss"]["mean"] == pytest.approx(-0.05)
+    assert vs["win_eval"]["rate"] == 1.0 and summary["methods"]["new"]["d_eval"]["mean"] == pytest.approx(0.2)
+    with pytest.raises(SystemExit):
+        hn.parse_args(["--tasks", "strategyqa", "--method", "new:mezo-gv", "--versus", "new:nobody"])

@@ -45,9 +45,10 @@ class CpuBudget:
 
 
 def spent_hours(out: Path) -> float:
-    """CPU-hours of the runs recorded under `out` (its phases' runs.jsonl; records without cpu_s count 0)."""
+    """CPU-hours of the runs recorded under `out` (its phases' runs.jsonl and the artefacts' rounds.jsonl, see
+    bench/artefacts.py; records without cpu_s count 0)."""
     total = 0.0
-    for path in sorted(Path(out).glob("*/runs.jsonl")):
+    for path in sorted(Path(out).glob("*/runs.jsonl")) + sorted(Path(out).glob("artefacts/*/rounds.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 total += json.loads(line).get("cpu_s", 0.0)

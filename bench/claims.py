@@ -7,7 +7,8 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   separate the observed mean accuracy difference from 0 ((1.96 sd / mean)^2).
 - ZO Fine-tuner, "lower final loss on >= 82% of pairs, and higher accuracy": holds when the loss win-rate is
   >= 0.82 with its Wilson interval above 0.5 and the Δ accuracy interval above 0; fails when the win-rate's
-  interval lies below 0.82; inconclusive otherwise.
+  interval lies below 0.82; inconclusive otherwise. The same for the policy meta-trained for the panel's task family (bench/artefacts.py),
+  whose second verdict, against the shipped policy on the same pairs, follows the "better than MeZO" rule.
 - MeZO, "approaches FO at equal forward passes x k": k is measured where MeZO reaches the FO run's final train
   loss within its budget; holds when it does on a majority of pairs (Wilson interval above 0.5), fails when the
   interval lies below 0.5 (then k > budget / FO forwards).
@@ -148,6 +149,13 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
                  "accuracy", "the shipped policy (full-parameter) vs full-parameter MeZO on the panel (held out "
                  "from its meta-training): at each method's dev-chosen lr; second line: at MeZO's lr x effective step",
                  f"{meas1}<br>matched step: {meas2} ({v2})", v1, sep1))
+    v, meas, sep = policy_verdict(fm.get("zo-finetuner-panel"))
+    vs, meass, seps = better_verdict((full or {}).get("versus", {}).get("zo-finetuner-panel:zo-finetuner"))
+    rows.append(("ZO Fine-tuner, a policy meta-trained for the panel's task family (bench/artefacts.py): as above, "
+                 "and better than the shipped policy", "the new policy (full-parameter, the shipped one's settings) "
+                 "vs full-parameter MeZO on the panel, which was in neither its meta-training nor its meta-validation; "
+                 "second line: vs the shipped policy, same pairs", f"{meas}<br>vs the shipped policy: {meass} ({vs})",
+                 v, sep))
     bl = pm.get("bilevel-zofo")
     reach = (bl or {}).get("reach") or {"n": 0}
     faster = sum(1 for t in (bl or {}).get("per_task", {}).values() for r in t["reach"]
@@ -156,7 +164,11 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
     rows.append(("Bilevel-ZOFO: faster than MeZO to a target loss", "forward passes to reach MeZO's final train "
                  "loss (prefix; Bilevel-ZOFO's backward passes are extra)", meas, v, "—"))
     v, meas, sep = better_verdict((meta or {}).get("methods", {}).get("mezo-init"))
+    init = (meta or {}).get("methods", {}).get("mezo-init", {}).get("spec", {}).get("init")
+    which = ("none yet" if not init else f"the artefacts phase's {Path(init).parent.name}, meta-trained on the "
+             "panel's task family" if "artefacts" in Path(init).parts else f"`{init}` (--meta-init)")
     rows.append(("Bilevel-ZOFO meta-initialisation: adapts faster on held-out tasks than the plain base",
-                 "MeZO from the meta-initialisation vs from the base, equal forward passes, on the panel",
+                 f"MeZO from the meta-initialisation vs from the base, equal forward passes, on the panel; "
+                 f"meta-initialisation: {which}",
                  meas if meta else "no meta-initialisation trained for the panel's task family yet", v, sep))
     return rows

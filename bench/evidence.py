@@ -17,17 +17,23 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (longer
   prompts, each costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
   the prefix phase again on the new panel (its runs so far are reused);
+- artefacts: `bench.artefacts`: a ZO Fine-tuner policy and a Bilevel-ZOFO meta-initialisation meta-trained on the
+  task family (the scanned tasks not on the panel), in rounds of `--meta-steps` until a round no longer improves
+  the held-out meta-validation (or `--max-rounds`); the best round's artefacts are used below;
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
-  `--full-tasks` cheapest tasks, at the policy's dev-chosen lr and at MeZO's effective step;
+  `--full-tasks` cheapest tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
+  artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one;
 - bf16: MeZO and BSZO in bf16, prefix, on the cheapest panel task, each at its fp32 dev-chosen lr of the prefix
   phase (no search in bf16: a bf16 forward is slow on this CPU);
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
-- metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`) on the panel.
+- metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
+  phase's) on the panel.
 
 No run starts once the suite's runs have spent `--cpu-hours` (8) CPU-hours; every phase then reports what exists,
 and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's report (with what it
 has still to run while the panel is short), the harness reports (partial ones say so) and the doc. A harness phase
-that cannot run yet (no panel, an empty panel, no --meta-init) says why in one line and the suite goes on.
+that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase: too small a task
+family) says why in one line and the suite goes on.
 
 Then `claims` turns the harness summaries into a verdict per seed-paper claim (bench/claims.py) and `--docs`
 (default docs/) gets evidence.md and its plots. The defaults are the CPU cut that fits the suite in about 6-8
@@ -44,11 +50,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PHASES = ("scan", "memory", "prefix", "widen", "full", "bf16", "lora", "metainit")
+PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
                   "fo-sgd", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0", "mezo-gv", "mezo-greedy"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
+PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 
@@ -72,11 +79,17 @@ def parse_args(argv=None):
     ap.add_argument("--max-median", default="48,64", help="the scan's CPU cuts, in turn while the panel is short: "
                     "tasks whose median prompt is longer are not scanned (bench.learnability --max-median)")
     ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
+    ap.add_argument("--meta-steps", type=int, default=None, help="artefacts: meta-steps per round (default 100; "
+                    "--smoke 2)")
+    ap.add_argument("--max-rounds", type=int, default=None, help="artefacts: at most this many rounds (default 4; "
+                    "--smoke 2)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
+    args.meta_steps = args.meta_steps or (2 if args.smoke else 100)
+    args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
         args.budget = 8  # the harness's --smoke budget
     unknown = set(args.phase_list) - set(PHASES)
@@ -137,6 +150,31 @@ def prefix_lrs(args, task: str) -> dict[str, float]:
             if task in m["per_task"] and m["per_task"][task]["lr"] is not None}
 
 
+def meta_init(args) -> str | None:
+    """--meta-init, else the artefacts phase's best meta-initialisation (None before it has one)."""
+    from bench.artefacts import best
+
+    return args.meta_init or best(Path(args.out), "bilevel-zofo")
+
+
+def panel_policy_methods(args) -> list[str]:
+    """The full phase's rows of the artefacts phase's policy (none before it has one)."""
+    from bench.artefacts import best
+
+    policy = best(Path(args.out), "zo-finetuner")
+    if not policy:
+        return []
+    if args.smoke:
+        return [f"{PANEL_POLICY}:zo-finetuner:policy={policy}:lr=1e-3"]
+    return [f"{PANEL_POLICY}:zo-finetuner:policy={policy}:lr=1e-5:eps=1e-3",
+            f"{PANEL_POLICY}-matched:zo-finetuner:policy={policy}:match=mezo:eps=1e-3"]
+
+
+def artefacts_argv(args) -> list[str]:
+    return ["--out", args.out, "--base", args.base, "--meta-steps", str(args.meta_steps), "--max-rounds",
+            str(args.max_rounds), *budget_argv(args)] + (["--smoke"] if args.smoke else [])
+
+
 def skip_reason(args, phase: str) -> str | None:
     """Why a harness phase cannot run yet (None: it can)."""
     panel = Path(args.out) / "learnability" / "panel.json"
@@ -145,8 +183,8 @@ def skip_reason(args, phase: str) -> str | None:
     if not panel_tasks(args):
         return (f"the panel is empty: no scanned task has moved by the panel rule yet ({panel.parent / 'table.md'} "
                 "says what remains to run)")
-    if phase == "metainit" and not args.meta_init:
-        return "no --meta-init given"
+    if phase == "metainit" and not meta_init(args):
+        return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
     if phase == "bf16" and not all(m in prefix_lrs(args, panel_tasks(args)[0]) for m in BF16_METHODS):
         return f"the prefix phase has not chosen {' and '.join(BF16_METHODS)}'s lrs on {panel_tasks(args)[0]} yet"
     return None
@@ -162,17 +200,20 @@ def harness_argv(args, phase: str) -> list[str] | None:
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
-               "metainit": ["mezo", f"mezo-init:mezo:init={args.meta_init}"]}.get(phase)
+               "metainit": ["mezo", f"mezo-init:mezo:init={meta_init(args)}"]}.get(phase)
     if phase == "bf16":
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
-    if phase == "full":
-        argv += ["--peft", "full"]
     if args.smoke:
         methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"], "full": ["mezo:mezo:lr=1e-3"]
                    }.get(phase, methods)
         argv += ["--smoke", "--base", args.base, "--lr-grid", "1,3", "--extend", "0", "--seeds", "0,1",
                  "--probe-steps", "2"]
+    if phase == "full":
+        argv += ["--peft", "full"]
+        methods = methods + panel_policy_methods(args)
+        labels = [m.split(":")[0] for m in methods]
+        argv += [f"--versus={PANEL_POLICY}:zo-finetuner"] if {PANEL_POLICY, "zo-finetuner"} <= set(labels) else []
     argv += ["--tasks", ",".join(tasks)]
     for m in methods:
         argv += ["--method", m]
@@ -187,6 +228,13 @@ def run_phase(args, phase: str) -> None:
         run_phase(args, "prefix")
     elif phase == "lora":
         scan(args, args.cuts, ("--stage", "2", "--lora"))
+    elif phase == "artefacts":
+        from bench import artefacts
+
+        try:
+            artefacts.run(artefacts.parse_args(artefacts_argv(args)))
+        except artefacts.ArtefactsError as why:
+            print(f"evidence: phase artefacts skipped: {why}", flush=True)
     elif phase == "memory":
         from bench.budget import spent_hours
 

@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+from bench import artefacts
 from bench.claims import NOT_RUN, claim_rows
+from bench.evidence import meta_init
 
 
 def _read(path: Path) -> str | None:
@@ -86,9 +88,9 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
         lines += _section(title, f"python -m bench.evidence --phases {phase}",
                           _read(out / phase / "table.md") if ran else None,
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png") if ran else "",
-                          "not run yet" if phase != "metainit" or args.meta_init else
-                          "no meta-initialisation given (--meta-init)")
-    lines += memory_section(docs) + own_section(out) + cuts_section(args, out)
+                          "not run yet" if phase != "metainit" or meta_init(args) else
+                          "no meta-initialisation yet (--meta-init, or the artefacts phase's)")
+    lines += memory_section(docs) + own_section(out) + artefacts_section(out, args) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
 
 
@@ -159,6 +161,37 @@ def own_section(out: Path) -> list[str]:
             f"panel=\"{panel}\", out=\"runs/x\")` returns the summary (also `runs/x/summary.json`).", ""]
 
 
+def artefacts_section(out: Path, args) -> list[str]:
+    """The artefacts phase's rounds per kind (bench/artefacts.py) and the round the suite uses."""
+    lines = ["## 8. Learned artefacts meta-trained for the panel", "", "`python -m bench.evidence --phases artefacts`",
+             ""]
+    try:
+        train, held, panel = artefacts.split_family(out)
+    except artefacts.ArtefactsError as why:
+        return lines + [f"*not run yet: {why}*", ""]
+    lines += [f"Task family: {', '.join(train)} (meta-training), {', '.join(held)} (meta-validation); the panel "
+              f"({', '.join(panel['tasks']) or 'none yet'}) is in neither. Each round is {args.meta_steps} more "
+              "meta-steps from the round before; the rounds stop when one does not beat the one before by more than "
+              "the tolerance, or after --max-rounds; the suite uses the best round's artefact.", ""]
+    what = {"zo-finetuner": "ZO Fine-tuner policy; held-out gain: MeZO's eval loss minus the policy's after the "
+                            "meta-validation's ZO steps (higher is better)",
+            "bilevel-zofo": "Bilevel-ZOFO meta-initialisation; held-out gain: quick-adaptation accuracy from it minus "
+                            "from the base (higher is better)"}
+    for kind in artefacts.KINDS:
+        rows = artefacts.rounds(out, kind)
+        stop, top = artefacts.decide(rows, artefacts.TOLERANCE[kind], args.max_rounds)
+        lines += [f"**{what[kind]}** (tolerance {artefacts.TOLERANCE[kind]:g})", ""]
+        if not rows:
+            lines += ["*not run yet*", ""]
+            continue
+        lines += ["| round | meta-steps | held-out gain | improved | CPU-hours |", "|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['meta_steps']} | {r['metric']:+.4f} | {'yes' if r['improved'] else 'no'} | "
+                  f"{r['cpu_s'] / 3600:.2f} |" for r in rows]
+        lines += ["", f"Used: round {top['round']} (`{top['artefact']}`)" + ("." if stop else
+                  "; the rounds have not stopped improving yet (a rerun continues them)."), ""]
+    return lines
+
+
 def cuts_section(args, out: Path) -> list[str]:
     c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
@@ -181,8 +214,13 @@ def cuts_section(args, out: Path) -> list[str]:
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3). "
             "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
             "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",
-            "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs; it has no networks for "
-            "prefix parameters, so that comparison runs full-parameter MeZO beside it.", ""]
+            "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs, and the policy the "
+            "artefacts phase meta-trained for the panel's task family; neither has networks for prefix parameters, "
+            "so that comparison runs full-parameter MeZO beside them.",
+            f"- Learned artefacts (section 8): rounds of {args.meta_steps} meta-steps, at most {args.max_rounds}; the "
+            "policy with the one-step look-ahead at its defaults (meta-validation: 100 ZO steps, 100 eval examples); "
+            "the meta-initialisation at docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, 2 tasks per "
+            "upper step, batch 4), not the paper's 13B ones. One meta-training seed each.", ""]
 
 
 def write_doc(out: Path, docs: Path, args) -> Path:

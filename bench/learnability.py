@@ -584,6 +584,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     settings = {k: getattr(args, k) for k in ("base", "batch_size", "max_length", "num_train", "num_dev", "num_eval",
                                               "data_seed", "eps", "forwards2", "max_median", "panel_se", "panel_min")}
     info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
+            "scanned": [p["task"] for p in profiles],  # the task family of bench/artefacts.py: these minus the panel
             "delta": {r["task"]: r["prefix"]["delta"] for r in chosen},
             "max_length": {r["task"]: r["max_length"] for r in chosen},  # a task's, where a scan kept another
             "settings": settings,

@@ -57,7 +57,7 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert evidence.main(argv) == 0
     doc = (docs / "evidence.md").read_text()
     rows = [line for line in doc.splitlines() if line.startswith("| ") and "**" in line]
-    assert len(rows) == 7                                # the six claims (GV and Greedy a row each), each with a verdict
+    assert len(rows) == 8  # the six claims (GV, Greedy and the two policies a row each), each with a verdict
     verdicts = [line.split("**")[1] for line in rows]
     assert {v.removesuffix(" (matched step)") for v in verdicts} <= {claims.HOLDS, claims.FAILS, claims.INCONCLUSIVE,
                                                                       claims.NOT_RUN}
@@ -193,3 +193,53 @@ def test_a_harness_phase_without_a_final_run_reads_not_run_yet(tmp_path):
     full = doc[doc.index("## 3."):doc.index("## 4.")]
     assert "| prefix table |" in doc and "evidence_prefix.png" in doc
     assert "*not run yet*" in full and "| full table |" not in full and "evidence_full.png" not in full
+
+
+def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_smollm_base, tmp_path):
+    """The artefacts phase on the tiny base: the policy and the meta-initialisation meta-trained in rounds on the
+    task family (the scan here admits only the panel task, so two scanned tasks that did not move are added to
+    its panel.json), then the full phase runs the new policy and the metainit phase the new meta-initialisation."""
+    from bench import artefacts, evidence
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--docs", str(docs)]
+    assert evidence.main(argv + ["--phases", "scan,artefacts"]) == 0  # a family of none: skipped, the suite goes on
+    assert not (out / "artefacts").exists()
+    path = out / "learnability" / "panel.json"
+    panel = json.loads(path.read_text())
+    assert panel["scanned"] == ["strategyqa"] == panel["tasks"]
+    path.write_text(json.dumps({**panel, "scanned": ["sports_understanding", "strategyqa", "winowhy"]}))
+    assert evidence.main(argv + ["--phases", "artefacts,full,metainit"]) == 0
+    for kind in artefacts.KINDS:
+        rows = artefacts.rounds(out, kind)
+        assert 1 <= len(rows) <= 2 and all(r["cpu_s"] > 0 for r in rows)
+        res = json.loads((out / "artefacts" / kind / "round-1" / "results.json").read_text())
+        trained = res["tasks"] if kind == "zo-finetuner" else res["training"]["tasks"]
+        assert trained == ["winowhy"]  # sports_understanding meta-validates; strategyqa (the panel) is in neither
+    full = json.loads((out / "full" / "summary.json").read_text())
+    assert full["methods"]["zo-finetuner-panel"]["spec"]["policy"] == artefacts.best(out, "zo-finetuner")
+    meta = json.loads((out / "metainit" / "summary.json").read_text())
+    assert meta["methods"]["mezo-init"]["spec"]["init"] == artefacts.best(out, "bilevel-zofo")
+    doc = (docs / "evidence.md").read_text()
+    section = doc[doc.index("## 8. Learned artefacts"):doc.index("## What was cut")]
+    for kind in artefacts.KINDS:
+        rows = artefacts.rounds(out, kind)
+        for r in rows:
+            assert f"| {r['round']} | {r['meta_steps']} | {r['metric']:+.4f} | {'yes' if r['improved'] else 'no'} |" \
+                in section
+        assert f"Used: round {artefacts.decide(rows, 0, 9)[1]['round']} (`{artefacts.best(out, kind)}`)" in section
+    claim = next(line for line in doc.splitlines() if line.startswith("| Bilevel-ZOFO meta-initialisation"))
+    assert "the artefacts phase's round-" in claim and "**not measured**" not in claim
+
+
+def test_the_panel_policy_row_shows_it_against_mezo_and_against_the_shipped_policy(tmp_path):
+    w = {"rate": 0.9, "lo": 0.6, "hi": 0.98, "n": 10, "wins": 9, "ties": 0}
+    full = {"methods": {"zo-finetuner-panel": {"win_loss": w, "d_eval": _d(0.03, 0.01, 0.05)}},
+            "versus": {"zo-finetuner-panel:zo-finetuner": _m(_d(-0.03, -0.05, -0.01), _d(0.0, -0.01, 0.01))}}
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "summary.json").write_text(json.dumps(full))
+    row = next(r for r in claims.claim_rows(tmp_path) if "meta-trained for the panel" in r[0])
+    assert row[3] == claims.HOLDS and "lower final loss on 9/10 pairs" in row[2]
+    assert f"vs the shipped policy: Δ eval acc -0.030 [-0.050, -0.010]" in row[2] and f"({claims.FAILS})" in row[2]
+    meta = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO meta-init"))
+    assert meta[1].endswith("meta-initialisation: none yet") and meta[3] == claims.NOT_RUN

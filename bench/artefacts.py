@@ -1,0 +1,229 @@
+"""Learned artefacts trained for the evidence panel (issue 27, item 5): a ZO Fine-tuner policy and a Bilevel-ZOFO
+meta-initialisation, meta-trained on the task family and used by the suite only on the panel.
+
+    python -m bench.artefacts --out runs/evidence --base smollm2-135m     # bench.evidence's `artefacts` phase
+
+    family   = panel.json "scanned" - panel.json "tasks"       the panel never enters meta-training or -validation
+    held out = the family's first HELDOUT tasks, sorted by name  meta-validation; the rest meta-train
+    for kind in KINDS (zo-finetuner, bilevel-zofo):
+        round r = 1, 2, ..., --max-rounds: one complete `meta_train` run of --meta-steps more steps in
+                  <out>/artefacts/<kind>/round-<r>, continuing from round r-1
+        metric_r = its held-out gain (higher is better):
+                  zo-finetuner: meta-validation's baseline loss - policy loss (eval loss after --model.val_steps
+                                ZO steps: MeZO without the policy minus with it, equal forwards)
+                  bilevel-zofo: mean over held-out tasks of quick-adaptation accuracy from the meta-init minus
+                                from the base
+        stop     when metric_r <= metric_(r-1) + TOLERANCE[kind]   (more meta-steps no longer help)
+    the artefact the suite uses = the round with the highest metric (`best`)
+
+How a round continues the previous one:
+- zo-finetuner: `--model.init_policy round-(r-1)/policy` (the policy carries on; its Adam state and the look-ahead's
+  LLM trajectory start afresh, as at any restart of `--model.reset_every`).
+- bilevel-zofo: meta_train has no init from a meta-initialisation (the artefact is only the backbone's change; the
+  run's state is also the per-task PEFT copies and their Adam). Round r is a copy of round r-1's last checkpoint
+  `--resume`d to r x --meta-steps steps: the rounds are one run's learning curve, cut at each round, with no second
+  loading path to get wrong. (So its step counts are cumulative, as the policy's are.)
+
+Each round is recorded in `<out>/artefacts/<kind>/rounds.jsonl` (round, meta_steps, metric, improved, cpu_s,
+artefact); a rerun skips recorded rounds and `--resume`s an unfinished one. No round starts once the suite's CPU
+budget is spent (bench/budget.py; rounds.jsonl counts there). The rounds are not published into a zoo registry
+($L2O_ZOO_REGISTRY is ignored here); shipping the best policy in the built-in zoo is a separate, reviewed step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from l2o.errors import UserError  # noqa: E402
+
+KINDS = ("zo-finetuner", "bilevel-zofo")
+ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
+TOLERANCE = {"zo-finetuner": 1e-3, "bilevel-zofo": 0.01}  # eval-loss units; accuracy (1 example in 100)
+HELDOUT = 2  # held-out tasks for meta-validation (1 when the family has fewer than 4)
+# SmolLM2-135M on a 2-core CPU: the look-ahead's defaults with a longer meta-validation (100 ZO steps, 100 eval
+# examples); Bilevel-ZOFO at docs/bilevel.md's small-scale meta-init settings (the official lam 1e4 / theta_lr 1e-7
+# barely move a 135M backbone in a few hundred steps)
+SETTINGS = {"zo-finetuner": ["--model.val_steps", "100", "--data.num_eval", "100"],
+            "bilevel-zofo": ["--model.lam", "10", "--model.theta_lr", "1e-6", "--model.tasks_per_step", "2",
+                             "--model.batch_size", "4", "--data.num_train", "200", "--data.num_eval", "100"]}
+SMOKE = {"zo-finetuner": ["--model.val_steps", "2", "--data.batch_size", "2", "--data.num_train", "8",
+                          "--data.num_eval", "4"],
+         "bilevel-zofo": ["--model.lam", "10", "--model.lower_lr", "1e-2", "--model.upper_lr", "1e-3",
+                          "--model.theta_lr", "1e-3", "--model.t_low", "2", "--model.tasks_per_step", "2",
+                          "--model.batch_size", "2", "--model.adapt_steps", "2", "--data.num_train", "6",
+                          "--data.adapt_examples", "2", "--data.num_eval", "2"]}
+
+
+class ArtefactsError(UserError):
+    """The artefacts cannot be trained yet (no panel, or too small a task family)."""
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--meta-steps", type=int, default=100, help="meta-training steps per round")
+    ap.add_argument("--max-rounds", type=int, default=4)
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--smoke", action="store_true", help="tiny data sizes (use with a tiny --base)")
+    CpuBudget.add_arguments(ap)
+    return ap.parse_args(argv)
+
+
+def split_family(out: Path) -> tuple[list[str], list[str], dict]:
+    """(training tasks, held-out tasks, panel.json): the scanned tasks minus the panel's."""
+    path = Path(out) / "learnability" / "panel.json"
+    if not path.exists():
+        raise ArtefactsError(f"no panel yet ({path} is written by the scan phase)")
+    panel = json.loads(path.read_text())
+    if "scanned" not in panel:
+        raise ArtefactsError(f"{path} does not list the scanned tasks; rewrite it with the scan's --report")
+    family = sorted(set(panel["scanned"]) - set(panel["tasks"]))
+    if len(family) < 2:
+        raise ArtefactsError(f"the task family (scanned tasks not on the panel: {', '.join(family) or 'none'}) needs "
+                             "at least 2 tasks, one to meta-train and one to meta-validate on")
+    n = HELDOUT if len(family) >= 4 else 1
+    return family[n:], family[:n], panel
+
+
+def decide(rows: list[dict], tol: float, max_rounds: int) -> tuple[bool, dict | None]:
+    """(stop, best round) after the recorded `rows`: stop once a round does not beat the one before it by more
+    than `tol`, or after `max_rounds`; the best round is the one with the highest metric (the first on ties)."""
+    best = max(rows, key=lambda r: r["metric"], default=None)  # max keeps the first of equals
+    stalled = len(rows) > 1 and rows[-1]["metric"] <= rows[-2]["metric"] + tol
+    return stalled or len(rows) >= max_rounds, best
+
+
+def held_out_metric(kind: str, results: dict) -> float:
+    """A round's held-out gain from its results.json (higher is better; see the module doc)."""
+    if kind == "zo-finetuner":
+        return results["meta_validation"]["improvement"]
+    rows = results["heldout"].values()
+    return sum(v["meta_adapted"] - v["base_adapted"] for v in rows) / len(rows)
+
+
+def round_argv(kind: str, args, r: int, run: Path, train: list[str], held: list[str], panel: dict) -> list[str]:
+    """`meta_train` flags of round r (its previous round, where it continues from, in the sibling folder)."""
+    argv = ["--method", kind, "--base", args.base, "--tasks", *train, *held, "--holdout", *held,
+            "--max_steps", str(args.meta_steps * (r if kind == "bilevel-zofo" else 1)), "--out", str(run),
+            "--save_every", str(save_every(args.meta_steps)), "--trainer.accelerator", "cpu",
+            "--data.max_length", str(panel["settings"]["max_length"]), *(SMOKE if args.smoke else SETTINGS)[kind]]
+    if kind == "zo-finetuner":
+        argv += ["--model.val_tasks", str(len(held))]
+        if r > 1:
+            argv += ["--model.init_policy", str(run.parent / f"round-{r - 1}" / "policy")]
+    return argv
+
+
+def save_every(steps: int) -> int:
+    """Checkpoints about 4 times a round, always at its last step (the next bilevel round resumes from it)."""
+    return next(d for d in range(max(1, steps // 4), 0, -1) if steps % d == 0)
+
+
+@contextlib.contextmanager
+def _no_registry():
+    """meta_train publishes into $L2O_ZOO_REGISTRY when set: a round is not for publishing."""
+    saved = os.environ.pop("L2O_ZOO_REGISTRY", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["L2O_ZOO_REGISTRY"] = saved
+
+
+def run_round(kind: str, args, r: int, folder: Path, family: tuple) -> dict:
+    """Meta-train round r in folder/round-<r> (or finish it), and its record."""
+    from meta_train.cli import main as meta_train
+
+    run, cpu = folder / f"round-{r}", 0.0
+    if not (run / "results.json").exists():
+        last = run / "checkpoints" / "last.ckpt"
+        if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
+            last.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", last)
+        argv = round_argv(kind, args, r, run, *family) + (["--resume"] if last.exists() else [])
+        print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
+        c0 = time.process_time()
+        with _no_registry():
+            code = meta_train(argv)
+        cpu = time.process_time() - c0
+        if code == 130:  # Ctrl-C (meta_train said how to continue): the suite stops too, a rerun resumes the round
+            raise KeyboardInterrupt
+        if code != 0:
+            raise ArtefactsError(f"meta_train of {kind} round {r} failed (exit {code}); its run is {run}")
+    results = json.loads((run / "results.json").read_text())
+    steps = results["steps"] if kind == "zo-finetuner" else results["training"]["steps"]
+    return {"round": r, "meta_steps": args.meta_steps * (r - 1) + steps if kind == "zo-finetuner" else steps,
+            "metric": held_out_metric(kind, results), "cpu_s": cpu, "artefact": str(run / ARTEFACT_DIR[kind])}
+
+
+def rounds(out: Path, kind: str) -> list[dict]:
+    path = Path(out) / "artefacts" / kind / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def best(out: Path, kind: str) -> str | None:
+    """The artefact folder of `kind`'s best round so far (None before its first round)."""
+    got = decide(rounds(out, kind), TOLERANCE[kind], 1)[1]
+    return got["artefact"] if got else None
+
+
+def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
+    """Rounds of `kind` until more meta-steps no longer help (or --max-rounds, or the budget); the best round."""
+    folder = Path(args.out) / "artefacts" / kind
+    rows = rounds(args.out, kind)
+    stop, top = decide(rows, TOLERANCE[kind], args.max_rounds)
+    while not stop:
+        try:
+            budget.check(f"{kind} round {len(rows) + 1}")
+        except BudgetSpent as spent:
+            print(f"artefacts: {spent}", flush=True)
+            break
+        row = run_round(kind, args, len(rows) + 1, folder, family)
+        row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
+        budget.charge(row["cpu_s"])
+        with (folder / "rounds.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+        print(f"artefacts: {kind} round {row['round']}: {row['meta_steps']} meta-steps, held-out gain "
+              f"{row['metric']:+.4f} ({'improved' if row['improved'] else 'no improvement'}), "
+              f"{row['cpu_s']:.0f} CPU-s", flush=True)
+        stop, top = decide(rows, TOLERANCE[kind], args.max_rounds)
+    if top:
+        print(f"artefacts: {kind}: using round {top['round']} ({top['artefact']})"
+              + ("" if stop else "; more rounds may still help"), flush=True)
+    return top
+
+
+def run(args) -> dict:
+    """Every kind's rounds (ArtefactsError when there is no family to train on); kind -> its best round."""
+    train_tasks, held, panel = split_family(Path(args.out))
+    print(f"artefacts: task family {', '.join(train_tasks)} (meta-training), {', '.join(held)} (meta-validation); "
+          f"panel {', '.join(panel['tasks'])} left out", flush=True)
+    budget = CpuBudget.of(args)
+    return {kind: train(kind, args, (train_tasks, held, panel), budget) for kind in args.kinds.split(",") if kind}
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run(parse_args(argv))
+    except UserError as err:
+        print(f"bench.artefacts: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""bench/artefacts.py: the learned artefacts trained for the evidence panel. The stop rule, resuming, the panel kept
+out of meta-training (with meta_train replaced by a scripted stand-in: milliseconds); the real path runs in
+tests/test_evidence.py's smoke suite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import artefacts
+
+
+def _rows(*metrics):
+    return [{"round": i + 1, "metric": m} for i, m in enumerate(metrics)]
+
+
+@pytest.mark.parametrize("metrics,stop,best", [
+    ((0.1,), False, 1),                 # one round: nothing to compare yet
+    ((0.1, 0.2, 0.3), False, 3),        # improving: go on
+    ((0.1, 0.3, 0.3005), True, 3),      # within the tolerance: stop, the best round is still the highest
+    ((0.1, 0.3, 0.2), True, 2),         # worse: stop, use the round before
+    ((0.3, 0.3), True, 1),              # a tie: stop, the first of equals
+    ((0.1, 0.2, 0.3, 0.4), True, 4),    # --max-rounds 4
+])
+def test_stop_rule(metrics, stop, best):
+    got_stop, got_best = artefacts.decide(_rows(*metrics), 1e-3, 4)
+    assert got_stop is stop and got_best["round"] == best
+    assert artefacts.decide([], 1e-3, 4) == (False, None)
+
+
+def _panel(out, scanned=("a_task", "b_task", "c_task", "d_task", "p_task", "q_task"), tasks=("p_task", "q_task")):
+    path = out / "learnability" / "panel.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"tasks": list(tasks), "scanned": list(scanned), "settings": {"max_length": 64}}))
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """meta_train.cli.main replaced: each call writes the results.json of a run whose held-out gain is the next of
+    `gains` (per kind), and is recorded with its argv."""
+    import meta_train.cli
+
+    calls, gains = [], {"zo-finetuner": [], "bilevel-zofo": []}
+
+    def fake(argv):
+        kind, out = argv[argv.index("--method") + 1], argv[argv.index("--out") + 1]
+        calls.append(argv)
+        from pathlib import Path
+
+        steps, g = int(argv[argv.index("--max_steps") + 1]), gains[kind].pop(0)
+        res = ({"steps": steps, "meta_validation": {"improvement": g}} if kind == "zo-finetuner" else
+               {"training": {"steps": steps}, "heldout": {"x": {"meta_adapted": 0.5 + g, "base_adapted": 0.5}}})
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(res))
+        (Path(out) / "checkpoints").mkdir(exist_ok=True)
+        (Path(out) / "checkpoints" / "last.ckpt").write_text("ckpt")
+        return 0
+
+    monkeypatch.setattr(meta_train.cli, "main", fake)
+    return calls, gains
+
+
+def test_rounds_stop_when_they_no_longer_help_and_a_rerun_skips_finished_rounds(tmp_path, scripted):
+    calls, gains = scripted
+    _panel(tmp_path)
+    argv = ["--out", str(tmp_path), "--base", "tiny", "--meta-steps", "3", "--max-rounds", "5"]
+    gains.update({"zo-finetuner": [0.01, 0.02], "bilevel-zofo": [0.0, 0.05]})
+    assert artefacts.main(argv + ["--max-rounds", "2"]) == 0  # both still improving at the cap
+    assert len(calls) == 4
+    gains.update({"zo-finetuner": [0.015], "bilevel-zofo": [0.1, 0.1]})
+    best = artefacts.run(artefacts.parse_args(argv))  # rounds 1-2 recorded: not rerun
+    assert len(calls) == 4 + 1 + 2 and not any(gains.values())
+    pol, init = (artefacts.rounds(tmp_path, k) for k in artefacts.KINDS)
+    assert [(r["round"], r["meta_steps"], r["improved"]) for r in pol] == [(1, 3, True), (2, 6, True), (3, 9, False)]
+    assert [r["improved"] for r in init] == [True, True, True, False]
+    assert best["zo-finetuner"]["round"] == 2 and best["bilevel-zofo"]["round"] == 3
+    assert artefacts.best(tmp_path, "zo-finetuner") == str(tmp_path / "artefacts" / "zo-finetuner" / "round-2" / "policy")
+    # each round continues the previous one: the policy from its folder; the bilevel run from its checkpoint
+    third = calls[4]
+    assert third[third.index("--model.init_policy") + 1].endswith("zo-finetuner/round-2/policy")
+    last = calls[-1]
+    assert "--resume" in last and last[last.index("--max_steps") + 1] == "12"  # round 4 of 3 steps
+    assert artefacts.run(artefacts.parse_args(argv)) == best and len(calls) == 7  # stopped: nothing reruns
+
+
+def test_the_panel_never_enters_meta_training_or_meta_validation(tmp_path, scripted):
+    calls, gains = scripted
+    _panel(tmp_path)
+    gains.update({"zo-finetuner": [0.1], "bilevel-zofo": [0.1]})
+    assert artefacts.main(["--out", str(tmp_path), "--base", "tiny", "--max-rounds", "1"]) == 0
+    assert len(calls) == 2
+    for argv in calls:
+        named = set(argv[argv.index("--tasks") + 1:argv.index("--max_steps")])
+        assert named == {"a_task", "b_task", "c_task", "d_task", "--holdout"}
+        assert argv[argv.index("--holdout") + 1:argv.index("--holdout") + 3] == ["a_task", "b_task"]
+        assert not {"p_task", "q_task"} & set(argv)
+
+
+@pytest.mark.parametrize("scanned,tasks,message", [(None, (), "no panel yet"),
+                                                   (("p_task", "q_task"), ("p_task",), "needs at least 2 tasks")])
+def test_no_family_is_refused_in_one_line(tmp_path, capsys, scanned, tasks, message):
+    if scanned:
+        _panel(tmp_path, scanned, tasks)
+    assert artefacts.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("bench.artefacts: error:") and len(err.splitlines()) == 1

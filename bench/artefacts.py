@@ -21,8 +21,8 @@ How a round continues the previous one:
   LLM trajectory start afresh, as at any restart of `--model.reset_every`).
 - bilevel-zofo: meta_train has no init from a meta-initialisation (the artefact is only the backbone's change; the
   run's state is also the per-task PEFT copies and their Adam). Round r is a copy of round r-1's last checkpoint
-  `--resume`d to r x --meta-steps steps: the rounds are one run's learning curve, cut at each round, with no second
-  loading path to get wrong. (So its step counts are cumulative, as the policy's are.)
+  `--resume`d for --meta-steps more steps: the rounds are one run's learning curve, cut at each round, with no
+  second loading path to get wrong. (Its step counts are cumulative, as the policy's are in rounds.jsonl.)
 
 Each round is recorded in `<out>/artefacts/<kind>/rounds.jsonl` (round, meta_steps, metric, improved, cpu_s,
 artefact); a rerun skips recorded rounds and `--resume`s an unfinished one. No round starts once the suite's CPU
@@ -51,10 +51,12 @@ KINDS = ("zo-finetuner", "bilevel-zofo")
 ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
 TOLERANCE = {"zo-finetuner": 1e-3, "bilevel-zofo": 0.01}  # eval-loss units; accuracy (1 example in 100)
 HELDOUT = 2  # held-out tasks for meta-validation (1 when the family has fewer than 4)
-# SmolLM2-135M on a 2-core CPU: the look-ahead's defaults with a longer meta-validation (100 ZO steps, 100 eval
-# examples); Bilevel-ZOFO at docs/bilevel.md's small-scale meta-init settings (the official lam 1e4 / theta_lr 1e-7
-# barely move a 135M backbone in a few hundred steps)
-SETTINGS = {"zo-finetuner": ["--model.val_steps", "100", "--data.num_eval", "100"],
+# SmolLM2-135M on a 2-core CPU. The policy: the shipped smollm2-135m/zo-finetuner@1's recipe (its card: lr_policy
+# 0.01, lr_llm 1e-4, reset_every 40; the defaults' lr_llm 1e-2 took the look-ahead's meta-loss from 0.73 to 9.9 in 3
+# steps here), meta-validated on 100 eval examples. Bilevel-ZOFO at docs/bilevel.md's small-scale meta-init
+# settings (the official lam 1e4 / theta_lr 1e-7 barely move a 135M backbone in a few hundred steps).
+SETTINGS = {"zo-finetuner": ["--model.lr_policy", "0.01", "--model.lr_llm", "1e-4", "--model.reset_every", "40",
+                             "--data.num_eval", "100"],
             "bilevel-zofo": ["--model.lam", "10", "--model.theta_lr", "1e-6", "--model.tasks_per_step", "2",
                              "--model.batch_size", "4", "--data.num_train", "200", "--data.num_eval", "100"]}
 SMOKE = {"zo-finetuner": ["--model.val_steps", "2", "--data.batch_size", "2", "--data.num_train", "8",
@@ -73,7 +75,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
     ap.add_argument("--base", default="smollm2-135m")
-    ap.add_argument("--meta-steps", type=int, default=100, help="meta-training steps per round")
+    ap.add_argument("--meta-steps", type=int, default=40, help="meta-training steps per round")
     ap.add_argument("--max-rounds", type=int, default=4)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--smoke", action="store_true", help="tiny data sizes (use with a tiny --base)")
@@ -113,11 +115,14 @@ def held_out_metric(kind: str, results: dict) -> float:
     return sum(v["meta_adapted"] - v["base_adapted"] for v in rows) / len(rows)
 
 
-def round_argv(kind: str, args, r: int, run: Path, train: list[str], held: list[str], panel: dict) -> list[str]:
-    """`meta_train` flags of round r (its previous round, where it continues from, in the sibling folder)."""
+def round_argv(kind: str, args, r: int, before: int, run: Path, train: list[str], held: list[str],
+               panel: dict) -> list[str]:
+    """`meta_train` flags of round r, after `before` meta-steps (its previous round, where it continues from, is
+    in the sibling folder; a bilevel round's run counts them, a policy's starts at 0)."""
+    before = before if kind == "bilevel-zofo" else 0
     argv = ["--method", kind, "--base", args.base, "--tasks", *train, *held, "--holdout", *held,
-            "--max_steps", str(args.meta_steps * (r if kind == "bilevel-zofo" else 1)), "--out", str(run),
-            "--save_every", str(save_every(args.meta_steps)), "--trainer.accelerator", "cpu",
+            "--max_steps", str(before + args.meta_steps), "--out", str(run),
+            "--save_every", str(save_every(before, args.meta_steps)), "--trainer.accelerator", "cpu",
             "--data.max_length", str(panel["settings"]["max_length"]), *(SMOKE if args.smoke else SETTINGS)[kind]]
     if kind == "zo-finetuner":
         argv += ["--model.val_tasks", str(len(held))]
@@ -126,9 +131,10 @@ def round_argv(kind: str, args, r: int, run: Path, train: list[str], held: list[
     return argv
 
 
-def save_every(steps: int) -> int:
-    """Checkpoints about 4 times a round, always at its last step (the next bilevel round resumes from it)."""
-    return next(d for d in range(max(1, steps // 4), 0, -1) if steps % d == 0)
+def save_every(before: int, steps: int) -> int:
+    """Checkpoints about 4 times a round of `steps` after `before`, always at its last step (the next bilevel round
+    resumes from it): a divisor of both."""
+    return next(d for d in range(max(1, steps // 4), 0, -1) if steps % d == 0 and before % d == 0)
 
 
 @contextlib.contextmanager
@@ -142,8 +148,8 @@ def _no_registry():
             os.environ["L2O_ZOO_REGISTRY"] = saved
 
 
-def run_round(kind: str, args, r: int, folder: Path, family: tuple) -> dict:
-    """Meta-train round r in folder/round-<r> (or finish it), and its record."""
+def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple) -> dict:
+    """Meta-train round r, after `before` meta-steps, in folder/round-<r> (or finish it), and its record."""
     from meta_train.cli import main as meta_train
 
     run, cpu = folder / f"round-{r}", 0.0
@@ -152,7 +158,7 @@ def run_round(kind: str, args, r: int, folder: Path, family: tuple) -> dict:
         if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
             last.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", last)
-        argv = round_argv(kind, args, r, run, *family) + (["--resume"] if last.exists() else [])
+        argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
         print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
         c0 = time.process_time()
         with _no_registry():
@@ -164,7 +170,7 @@ def run_round(kind: str, args, r: int, folder: Path, family: tuple) -> dict:
             raise ArtefactsError(f"meta_train of {kind} round {r} failed (exit {code}); its run is {run}")
     results = json.loads((run / "results.json").read_text())
     steps = results["steps"] if kind == "zo-finetuner" else results["training"]["steps"]
-    return {"round": r, "meta_steps": args.meta_steps * (r - 1) + steps if kind == "zo-finetuner" else steps,
+    return {"round": r, "meta_steps": before + steps if kind == "zo-finetuner" else steps,
             "metric": held_out_metric(kind, results), "cpu_s": cpu, "artefact": str(run / ARTEFACT_DIR[kind])}
 
 
@@ -190,7 +196,7 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         except BudgetSpent as spent:
             print(f"artefacts: {spent}", flush=True)
             break
-        row = run_round(kind, args, len(rows) + 1, folder, family)
+        row = run_round(kind, args, len(rows) + 1, rows[-1]["meta_steps"] if rows else 0, folder, family)
         row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
         budget.charge(row["cpu_s"])
         with (folder / "rounds.jsonl").open("a") as f:

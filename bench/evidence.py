@@ -79,7 +79,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-median", default="48,64", help="the scan's CPU cuts, in turn while the panel is short: "
                     "tasks whose median prompt is longer are not scanned (bench.learnability --max-median)")
     ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
-    ap.add_argument("--meta-steps", type=int, default=None, help="artefacts: meta-steps per round (default 100; "
+    ap.add_argument("--meta-steps", type=int, default=None, help="artefacts: meta-steps per round (default 40; "
                     "--smoke 2)")
     ap.add_argument("--max-rounds", type=int, default=None, help="artefacts: at most this many rounds (default 4; "
                     "--smoke 2)")
@@ -88,7 +88,7 @@ def parse_args(argv=None):
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
-    args.meta_steps = args.meta_steps or (2 if args.smoke else 100)
+    args.meta_steps = args.meta_steps or (2 if args.smoke else 40)
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
         args.budget = 8  # the harness's --smoke budget

@@ -218,7 +218,8 @@ def cuts_section(args, out: Path) -> list[str]:
             "artefacts phase meta-trained for the panel's task family; neither has networks for prefix parameters, "
             "so that comparison runs full-parameter MeZO beside them.",
             f"- Learned artefacts (section 8): rounds of {args.meta_steps} meta-steps, at most {args.max_rounds}; the "
-            "policy with the one-step look-ahead at its defaults (meta-validation: 100 ZO steps, 100 eval examples); "
+            "policy with the one-step look-ahead at the shipped policy's recipe (lr_policy 0.01, lr_llm 1e-4, "
+            "reset_every 40; meta-validation: 20 ZO steps, 100 eval examples per held-out task); "
             "the meta-initialisation at docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, 2 tasks per "
             "upper step, batch 4), not the paper's 13B ones. One meta-training seed each.", ""]
 

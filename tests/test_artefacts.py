@@ -105,3 +105,10 @@ def test_no_family_is_refused_in_one_line(tmp_path, capsys, scanned, tasks, mess
     assert artefacts.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("bench.artefacts: error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("before,steps", [(0, 100), (0, 7), (100, 12), (6, 4), (12, 2)])
+def test_a_round_checkpoints_at_its_last_step(before, steps):
+    """A bilevel round resumes from the previous round's last checkpoint, which must be at its last step."""
+    d = artefacts.save_every(before, steps)
+    assert steps % d == 0 and before % d == 0 and d <= max(1, steps // 4)

@@ -7,8 +7,9 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   separate the observed mean accuracy difference from 0 ((1.96 sd / mean)^2).
 - ZO Fine-tuner, "lower final loss on >= 82% of pairs, and higher accuracy": holds when the loss win-rate is
   >= 0.82 with its Wilson interval above 0.5 and the Δ accuracy interval above 0; fails when the win-rate's
-  interval lies below 0.82; inconclusive otherwise. The same for the policy meta-trained for the panel's task family (bench/artefacts.py),
-  whose second verdict, against the shipped policy on the same pairs, follows the "better than MeZO" rule.
+  interval lies below 0.82; inconclusive otherwise. The same for the policy meta-trained for the panel's task
+  family (bench/artefacts.py), whose second verdict, against the shipped policy on the same pairs, follows the
+  "better than MeZO" rule.
 - MeZO, "approaches FO at equal forward passes x k": k is measured where MeZO reaches the FO run's final train
   loss within its budget; holds when it does on a majority of pairs (Wilson interval above 0.5), fails when the
   interval lies below 0.5 (then k > budget / FO forwards).
@@ -22,6 +23,7 @@ import json
 import math
 from pathlib import Path
 
+from bench.artefacts import best
 from bench.stats import wilson
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this power", "not measured"
@@ -166,7 +168,7 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
     v, meas, sep = better_verdict((meta or {}).get("methods", {}).get("mezo-init"))
     init = (meta or {}).get("methods", {}).get("mezo-init", {}).get("spec", {}).get("init")
     which = ("none yet" if not init else f"the artefacts phase's {Path(init).parent.name}, meta-trained on the "
-             "panel's task family" if "artefacts" in Path(init).parts else f"`{init}` (--meta-init)")
+             "panel's task family" if init == best(out, "bilevel-zofo") else f"`{init}` (--meta-init)")
     rows.append(("Bilevel-ZOFO meta-initialisation: adapts faster on held-out tasks than the plain base",
                  f"MeZO from the meta-initialisation vs from the base, equal forward passes, on the panel; "
                  f"meta-initialisation: {which}",

@@ -75,7 +75,8 @@ def test_rounds_stop_when_they_no_longer_help_and_a_rerun_skips_finished_rounds(
     assert [(r["round"], r["meta_steps"], r["improved"]) for r in pol] == [(1, 3, True), (2, 6, True), (3, 9, False)]
     assert [r["improved"] for r in init] == [True, True, True, False]
     assert best["zo-finetuner"]["round"] == 2 and best["bilevel-zofo"]["round"] == 3
-    assert artefacts.best(tmp_path, "zo-finetuner") == str(tmp_path / "artefacts" / "zo-finetuner" / "round-2" / "policy")
+    folder = tmp_path / "artefacts" / "zo-finetuner"
+    assert artefacts.best(tmp_path, "zo-finetuner") == str(folder / "round-2" / "policy")
     # each round continues the previous one: the policy from its folder; the bilevel run from its checkpoint
     third = calls[4]
     assert third[third.index("--model.init_policy") + 1].endswith("zo-finetuner/round-2/policy")

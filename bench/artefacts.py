@@ -67,6 +67,26 @@ SMOKE = {"zo-finetuner": ["--model.val_steps", "2", "--data.batch_size", "2", "-
                           "--data.adapt_examples", "2", "--data.num_eval", "2"]}
 
 
+# Steps per round, about 15 CPU-minutes each on SmolLM2-135M (2 loaded cores): a look-ahead step ~12 CPU-s; a
+# Bilevel-ZOFO step ~1.1 CPU-s (a first-order PEFT step), its upper step (~13 CPU-s) every t_low = 10 steps
+DEFAULT_STEPS = "zo-finetuner=40,bilevel-zofo=400"
+
+
+def steps_per_kind(spec) -> dict[str, int]:
+    """"N" (every kind) or "kind=N,..." (a kind not named keeps DEFAULT_STEPS's) -> {kind: N}."""
+    if isinstance(spec, dict):
+        return spec
+    if "=" not in str(spec):
+        return {k: int(spec) for k in KINDS}
+    pairs = [part.partition("=") for part in str(spec).split(",") if part]
+    unknown = [k for k, _, _ in pairs if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(unknown)} in --meta-steps; kinds: "
+                                         f"{', '.join(KINDS)}")
+    named = {k: int(n) for k, _, n in pairs}
+    return named if spec == DEFAULT_STEPS else {**steps_per_kind(DEFAULT_STEPS), **named}
+
+
 class ArtefactsError(UserError):
     """The artefacts cannot be trained yet (no panel, or too small a task family)."""
 
@@ -75,7 +95,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
     ap.add_argument("--base", default="smollm2-135m")
-    ap.add_argument("--meta-steps", type=int, default=40, help="meta-training steps per round")
+    ap.add_argument("--meta-steps", default=DEFAULT_STEPS, type=steps_per_kind,
+                    help=f"meta-training steps per round: N for every kind, or kind=N,... (default {DEFAULT_STEPS})")
     ap.add_argument("--max-rounds", type=int, default=4)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--smoke", action="store_true", help="tiny data sizes (use with a tiny --base)")
@@ -121,8 +142,8 @@ def round_argv(kind: str, args, r: int, before: int, run: Path, train: list[str]
     in the sibling folder; a bilevel round's run counts them, a policy's starts at 0)."""
     before = before if kind == "bilevel-zofo" else 0
     argv = ["--method", kind, "--base", args.base, "--tasks", *train, *held, "--holdout", *held,
-            "--max_steps", str(before + args.meta_steps), "--out", str(run),
-            "--save_every", str(save_every(before, args.meta_steps)), "--trainer.accelerator", "cpu",
+            "--max_steps", str(before + args.meta_steps[kind]), "--out", str(run),
+            "--save_every", str(save_every(before, args.meta_steps[kind])), "--trainer.accelerator", "cpu",
             "--data.max_length", str(panel["settings"]["max_length"]), *(SMOKE if args.smoke else SETTINGS)[kind]]
     if kind == "zo-finetuner":
         argv += ["--model.val_tasks", str(len(held))]

@@ -79,8 +79,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-median", default="48,64", help="the scan's CPU cuts, in turn while the panel is short: "
                     "tasks whose median prompt is longer are not scanned (bench.learnability --max-median)")
     ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
-    ap.add_argument("--meta-steps", type=int, default=None, help="artefacts: meta-steps per round (default 40; "
-                    "--smoke 2)")
+    ap.add_argument("--meta-steps", default=None, help="artefacts: meta-steps per round, N or kind=N,... (default "
+                    "bench.artefacts's zo-finetuner=40,bilevel-zofo=400; --smoke 2)")
     ap.add_argument("--max-rounds", type=int, default=None, help="artefacts: at most this many rounds (default 4; "
                     "--smoke 2)")
     ap.add_argument("--smoke", action="store_true")
@@ -88,7 +88,9 @@ def parse_args(argv=None):
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
-    args.meta_steps = args.meta_steps or (2 if args.smoke else 40)
+    from bench.artefacts import DEFAULT_STEPS, steps_per_kind
+
+    args.meta_steps = steps_per_kind(args.meta_steps or (2 if args.smoke else DEFAULT_STEPS))
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
         args.budget = 8  # the harness's --smoke budget
@@ -171,7 +173,8 @@ def panel_policy_methods(args) -> list[str]:
 
 
 def artefacts_argv(args) -> list[str]:
-    return ["--out", args.out, "--base", args.base, "--meta-steps", str(args.meta_steps), "--max-rounds",
+    steps = ",".join(f"{k}={n}" for k, n in args.meta_steps.items())
+    return ["--out", args.out, "--base", args.base, "--meta-steps", steps, "--max-rounds",
             str(args.max_rounds), *budget_argv(args)] + (["--smoke"] if args.smoke else [])
 
 

@@ -170,7 +170,7 @@ def artefacts_section(out: Path, args) -> list[str]:
     except artefacts.ArtefactsError as why:
         return lines + [f"*not run yet: {why}*", ""]
     lines += [f"Task family: {', '.join(train)} (meta-training), {', '.join(held)} (meta-validation); the panel "
-              f"({', '.join(panel['tasks']) or 'none yet'}) is in neither. Each round is {args.meta_steps} more "
+              f"({', '.join(panel['tasks']) or 'none yet'}) is in neither. Each round is {_steps(args)} more "
               "meta-steps from the round before; the rounds stop when one does not beat the one before by more than "
               "the tolerance, or after --max-rounds; the suite uses the best round's artefact.", ""]
     what = {"zo-finetuner": "ZO Fine-tuner policy; held-out gain: MeZO's eval loss minus the policy's after the "
@@ -217,7 +217,7 @@ def cuts_section(args, out: Path) -> list[str]:
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs, and the policy the "
             "artefacts phase meta-trained for the panel's task family; neither has networks for prefix parameters, "
             "so that comparison runs full-parameter MeZO beside them.",
-            f"- Learned artefacts (section 8): rounds of {args.meta_steps} meta-steps, at most {args.max_rounds}; the "
+            f"- Learned artefacts (section 8): rounds of {_steps(args)} meta-steps, at most {args.max_rounds}; the "
             "policy with the one-step look-ahead at the shipped policy's recipe (lr_policy 0.01, lr_llm 1e-4, "
             "reset_every 40; meta-validation: 20 ZO steps, 100 eval examples per held-out task); "
             "the meta-initialisation at docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, 2 tasks per "
@@ -233,3 +233,9 @@ def write_doc(out: Path, docs: Path, args) -> Path:
     write_bytes_atomic(path, render(out, docs, args, claim_rows(out, load_memory(docs))).encode())
     print(f"evidence: wrote {path}", flush=True)
     return path
+
+
+def _steps(args) -> str:
+    """The artefacts' meta-steps per round, e.g. "40 (policy) / 400 (meta-initialisation)"."""
+    names = {"zo-finetuner": "policy", "bilevel-zofo": "meta-initialisation"}
+    return " / ".join(f"{n} ({names[k]})" for k, n in args.meta_steps.items())

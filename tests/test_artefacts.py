@@ -113,3 +113,21 @@ def test_a_round_checkpoints_at_its_last_step(before, steps):
     """A bilevel round resumes from the previous round's last checkpoint, which must be at its last step."""
     d = artefacts.save_every(before, steps)
     assert steps % d == 0 and before % d == 0 and d <= max(1, steps // 4)
+
+
+def test_meta_steps_per_kind(tmp_path, scripted):
+    """--meta-steps N sets every kind's round; kind=N sets one (the other keeps its default), a Bilevel-ZOFO
+    round by default many more steps than the policy's (its step is a first-order PEFT step, ~10x cheaper)."""
+    calls, gains = scripted
+    _panel(tmp_path)
+    assert artefacts.steps_per_kind("7") == {"zo-finetuner": 7, "bilevel-zofo": 7}
+    default = artefacts.steps_per_kind(artefacts.DEFAULT_STEPS)
+    assert default["bilevel-zofo"] >= 5 * default["zo-finetuner"]
+    assert artefacts.steps_per_kind("bilevel-zofo=9") == {**default, "bilevel-zofo": 9}
+    with pytest.raises(SystemExit):
+        artefacts.parse_args(["--meta-steps", "policy=3"])
+    gains.update({"zo-finetuner": [0.1], "bilevel-zofo": [0.1]})
+    assert artefacts.main(["--out", str(tmp_path), "--base", "tiny", "--max-rounds", "1",
+                           "--meta-steps", "zo-finetuner=5,bilevel-zofo=30"]) == 0
+    steps = {a[a.index("--method") + 1]: a[a.index("--max_steps") + 1] for a in calls}
+    assert steps == {"zo-finetuner": "5", "bilevel-zofo": "30"}

@@ -14,8 +14,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen
   lr); FO-SGD; Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at
   its defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
-- widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (longer
-  prompts, each costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
+- widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
+  96, 128 tokens by default; past 64 at a max length of 128, `cut_length`: longer prompts, each costing more per
+  forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
   the prefix phase again on the new panel (its runs so far are reused);
 - artefacts: `bench.artefacts`: a ZO Fine-tuner policy and a Bilevel-ZOFO meta-initialisation meta-trained on the
   task family (the scanned tasks not on the panel), in rounds of `--meta-steps` until a round no longer improves
@@ -76,8 +77,9 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", default="auto")
     ap.add_argument("--max-tasks", type=int, default=2, help="panel tasks the prefix phase runs (cheapest first)")
     ap.add_argument("--full-tasks", type=int, default=1, help="panel tasks the full phase runs (cheapest first)")
-    ap.add_argument("--max-median", default="48,64", help="the scan's CPU cuts, in turn while the panel is short: "
-                    "tasks whose median prompt is longer are not scanned (bench.learnability --max-median)")
+    ap.add_argument("--max-median", default="48,64,96,128", help="the scan's CPU cuts, in turn while the panel is "
+                    "short: tasks whose median prompt is longer are not scanned (bench.learnability --max-median), "
+                    "at max length cut_length(cut)")
     ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
     ap.add_argument("--meta-steps", default=None, help="artefacts: meta-steps per round, N or kind=N,... (default "
                     "bench.artefacts's zo-finetuner=40,bilevel-zofo=400; --smoke 2)")
@@ -107,9 +109,16 @@ def budget_argv(args) -> list[str]:
     return ["--cpu-budget-h", str(args.cpu_hours), "--cpu-spent-h", f"{spent_hours(Path(args.out)):.4f}"]
 
 
+def cut_length(cut: int) -> int:
+    """The scan's max length at a median-prompt cut: 64 (the default) up to 64 tokens, else the power of two that
+    holds the cut (96 -> 128). A wider scan keeps the tasks it ran at a shorter length (bench.learnability)."""
+    return max(64, 1 << (cut - 1).bit_length())
+
+
 def scan_argv(args, cut: int) -> list[str]:
     out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut),
            "--panel-min", str(args.panel_min), *budget_argv(args)]
+    out += [] if args.smoke else ["--max-length", str(cut_length(cut))]  # --smoke: the scan's own tiny length
     return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
                    "--extend", "0"] if args.smoke else [])
 

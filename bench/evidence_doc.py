@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench import artefacts
 from bench.claims import NOT_RUN, claim_rows
-from bench.evidence import meta_init
+from bench.evidence import cut_length, meta_init
 
 
 def _read(path: Path) -> str | None:
@@ -203,8 +203,8 @@ def cuts_section(args, out: Path) -> list[str]:
             "per candidate), whose median prompt exceeds the max length (longer prompts cost proportionally more "
             "and are cut from the left), or whose validation pool is under 200 examples; multiple-choice tasks "
             f"(PIQA, SIQA, ...) are not classification tasks of this kind. CPU cut: median prompt ≤ "
-            f"{args.cuts[0]} tokens, widened to {', then '.join(map(str, args.cuts[1:])) or 'nothing'} while the "
-            f"panel has fewer than {args.panel_min} tasks.",
+            f"{args.cuts[0]} tokens, widened to {', then '.join(map(_cut, args.cuts[1:])) or 'nothing'} while the "
+            f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
             f"- The prefix phase runs on the panel's {args.max_tasks} cheapest task(s), the full-parameter phase on "
             f"{args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); {args.budget} forward passes per ZO "
             "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO "
@@ -239,3 +239,7 @@ def _steps(args) -> str:
     """The artefacts' meta-steps per round, e.g. "40 (policy) / 400 (meta-initialisation)"."""
     names = {"zo-finetuner": "policy", "bilevel-zofo": "meta-initialisation"}
     return " / ".join(f"{n} ({names[k]})" for k, n in args.meta_steps.items())
+
+
+def _cut(cut: int) -> str:
+    return f"{cut} (max length {cut_length(cut)})"

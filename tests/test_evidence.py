@@ -66,7 +66,7 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert verdicts[0] != claims.NOT_RUN and "matched step: Δ eval acc" in rows[1]  # FO and GV-matched measured
     assert "## 1. The learnability scan" in doc and "| strategyqa |" in doc and "peak RSS" in doc
     assert "CPU-hours before the full-parameter" in doc                  # the cut section's measured run cost
-    assert "median prompt ≤ 64 tokens" in doc  # a 1-task panel (< 4) widened the scan to the second cut
+    assert "median prompt ≤ 128 tokens" in doc  # a 1-task panel (< 4) widened the scan to the last cut
     assert (docs / "evidence_learnability.png").exists() and (docs / "evidence_prefix.png").exists()
     counts = {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")}
     assert set(counts) >= {"learnability", "prefix", "full", "bf16"}
@@ -243,3 +243,15 @@ def test_the_panel_policy_row_shows_it_against_mezo_and_against_the_shipped_poli
     assert f"vs the shipped policy: Δ eval acc -0.030 [-0.050, -0.010]" in row[2] and f"({claims.FAILS})" in row[2]
     meta = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO meta-init"))
     assert meta[1].endswith("meta-initialisation: none yet") and meta[3] == claims.NOT_RUN
+
+
+def test_the_scan_widens_to_longer_prompts_at_a_max_length_that_holds_them():
+    """The default cuts reach prompts past 64 tokens (the panel had too few tasks at 64 here): a cut runs the scan at
+    a max length that holds it, so a task of median 84 tokens (vitaminc) is scanned at 128, not cut from the left."""
+    from bench import evidence
+
+    assert [evidence.cut_length(c) for c in (32, 48, 64, 65, 96, 128, 129)] == [64, 64, 64, 128, 128, 128, 256]
+    args = evidence.parse_args([])
+    assert args.cuts[-1] > 64
+    argv = evidence.scan_argv(args, 96)
+    assert argv[argv.index("--max-median") + 1] == "96" and argv[argv.index("--max-length") + 1] == "128"

@@ -194,10 +194,14 @@ def artefacts_section(out: Path, args) -> list[str]:
 
 def cuts_section(args, out: Path) -> list[str]:
     c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
+    seeds = 5 if c is not None and c < 10 else 3  # --seeds auto; seeds 1.. on a panel task (its seed 0 chose it)
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
-            f"(median of those run), so the issue's full protocol (4 panel tasks x {n_methods} prefix "
-            f"methods x (3 lrs + 2 more seeds)) would cost about {4 * n_methods * 5 * c / 60:.0f} "
-            "CPU-hours before the full-parameter, bf16 and LoRA cells; the suite is budgeted at 6-8.")
+            f"(median of those run), so a panel task costs about {n_methods * (3 + seeds) * c / 60:.0f} CPU-hours in "
+            f"the prefix phase ({n_methods} methods x (3 lrs + {seeds} seeds)): about "
+            f"{args.max_tasks * n_methods * (3 + seeds) * c / 60:.0f} on the {args.max_tasks} task(s) run here, "
+            f"{4 * n_methods * (3 + seeds) * c / 60:.0f} for the issue's 4, before the full-parameter, bf16, LoRA and "
+            f"artefact cells. The issue's budget was 6-8 CPU-hours; `--cpu-hours` ({args.cpu_hours:g}) stops the "
+            "suite there, every phase reports what exists, and a rerun with a larger budget continues.")
     return ["## What was cut, and why", "",
             "- Tasks: the scan's rules (section 1) leave out tasks whose candidates are several tokens (one forward "
             "per candidate), whose median prompt exceeds the max length (longer prompts cost proportionally more "

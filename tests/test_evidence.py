@@ -65,7 +65,7 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert verdicts[-1] == claims.NOT_RUN                                # no --meta-init given
     assert verdicts[0] != claims.NOT_RUN and "matched step: Δ eval acc" in rows[1]  # FO and GV-matched measured
     assert "## 1. The learnability scan" in doc and "| strategyqa |" in doc and "peak RSS" in doc
-    assert "CPU-hours before the full-parameter" in doc                  # the cut section's measured run cost
+    assert "for the issue's 4, before the full-parameter" in doc      # the cut section's measured run cost
     assert "median prompt ≤ 128 tokens" in doc  # a 1-task panel (< 4) widened the scan to the last cut
     assert (docs / "evidence_learnability.png").exists() and (docs / "evidence_prefix.png").exists()
     counts = {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")}

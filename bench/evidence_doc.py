@@ -205,7 +205,8 @@ def cuts_section(args, out: Path) -> list[str]:
     return ["## What was cut, and why", "",
             "- Tasks: the scan's rules (section 1) leave out tasks whose candidates are several tokens (one forward "
             "per candidate), whose median prompt exceeds the max length (longer prompts cost proportionally more "
-            "and are cut from the left), or whose validation pool is under 200 examples; multiple-choice tasks "
+            "and are cut from the left), or whose validation pool is under 50 examples (the panel rule's standard "
+            "error carries the eval size); multiple-choice tasks "
             f"(PIQA, SIQA, ...) are not classification tasks of this kind. CPU cut: median prompt ≤ "
             f"{args.cuts[0]} tokens, widened to {', then '.join(map(_cut, args.cuts[1:])) or 'nothing'} while the "
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",

@@ -10,7 +10,9 @@ Which tasks (`scan_plan`, in code): every registered task tagged offline of kind
 tokens (one forward per example; multi-token verbalizers cost one forward per candidate), whose median prompt
 fits in `--max-length` tokens (longer prompts are cut from the left, losing their context) and in `--max-median`
 (a CPU cut, when given: a forward's cost grows with its length), and whose
-validation pool holds at least `--min-eval` examples. The plan prints each excluded task with its reason.
+validation pool holds at least `--min-eval` (50) examples: a sanity floor, not a power cut, since the panel rule's
+standard error already carries the eval size (at 98 examples a passing delta is about 0.15 or more; eval uses up
+to `--num-eval` 500 of the pool). The plan prints each excluded task with its reason.
 
 Stage 1, every scanned task: zero-shot eval accuracy, the majority rate of the eval labels, and one MeZO prefix
 run at MeZO's prefix settings (`--lr` 1e-2, `--eps` 1e-1) of `--forwards1` forward passes at batch `--batch-size`.
@@ -80,7 +82,8 @@ def parse_args(argv=None):
     ap.add_argument("--num-train", type=int, default=1000)
     ap.add_argument("--num-dev", type=int, default=200, help="dev examples of the stage-2 runs (stage 1 has none)")
     ap.add_argument("--num-eval", type=int, default=500)
-    ap.add_argument("--min-eval", type=int, default=200, help="tasks whose validation pool is smaller are not scanned")
+    ap.add_argument("--min-eval", type=int, default=50, help="tasks whose validation pool is smaller are not scanned "
+                    "(a floor: the panel rule's standard error carries the eval size)")
     ap.add_argument("--moved-se", type=float, default=2.0, help="stage-1 delta/se that sends a task to stage 2")
     ap.add_argument("--panel-se", type=float, default=3.0, help="stage-2 delta/se that puts a task on the panel")
     ap.add_argument("--panel-min", type=int, default=4, help="tasks the panel needs to be established")

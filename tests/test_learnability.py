@@ -39,7 +39,8 @@ def test_task_rules_say_why_a_task_is_not_scanned():
     assert lb.exclusion(_profile(), args) is None
     assert "multi-token" in lb.exclusion(_profile(single_token=False), args)
     assert "median prompt 65 tokens > max length 64" == lb.exclusion(_profile(len_p50=65), args)
-    assert "validation pool 199 < 200" in lb.exclusion(_profile(valid_pool=199), args)
+    assert "validation pool 49 < 50" in lb.exclusion(_profile(valid_pool=49), args)
+    assert lb.exclusion(_profile(valid_pool=98), args) is None  # implicatures: the se rule carries its small eval
     cut = lb.parse_args(["--max-median", "48"])
     assert lb.exclusion(_profile(len_p50=48), cut) is None and "CPU cut" in lb.exclusion(_profile(len_p50=49), cut)
 

@@ -259,8 +259,9 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
         self.budget = CpuBudget.of(args)
-        self.done = {config_key(r["config"]): r for p in [*map(Path, args.reuse), self.log_path] for r in _read(p)}
-        self.from_reuse = {config_key(r["config"]) for p in map(Path, args.reuse) for r in _read(p)}
+        reused = [r for p in map(Path, args.reuse) for r in _read(p)]
+        self.done = {config_key(r["config"]): r for r in [*reused, *_read(self.log_path)]}
+        self.from_reuse = {config_key(r["config"]) for r in reused}
 
     def reused(self, record: dict) -> bool:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""

@@ -69,13 +69,13 @@ SMOKE = {"zo-finetuner": ["--model.val_steps", "2", "--data.batch_size", "2", "-
 
 # Steps per round, about 15 CPU-minutes each on SmolLM2-135M (2 loaded cores): a look-ahead step ~12 CPU-s; a
 # Bilevel-ZOFO step ~1.1 CPU-s (a first-order PEFT step), its upper step (~13 CPU-s) every t_low = 10 steps
-DEFAULT_STEPS = "zo-finetuner=40,bilevel-zofo=400"
+DEFAULT_STEPS = {"zo-finetuner": 40, "bilevel-zofo": 400}
 
 
 def steps_per_kind(spec) -> dict[str, int]:
-    """"N" (every kind) or "kind=N,..." (a kind not named keeps DEFAULT_STEPS's) -> {kind: N}."""
+    """"N" (every kind), "kind=N,..." (a kind not named keeps DEFAULT_STEPS's) or such a dict -> {kind: N}."""
     if isinstance(spec, dict):
-        return spec
+        return dict(spec)
     if "=" not in str(spec):
         return {k: int(spec) for k in KINDS}
     pairs = [part.partition("=") for part in str(spec).split(",") if part]
@@ -83,8 +83,7 @@ def steps_per_kind(spec) -> dict[str, int]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(unknown)} in --meta-steps; kinds: "
                                          f"{', '.join(KINDS)}")
-    named = {k: int(n) for k, _, n in pairs}
-    return named if spec == DEFAULT_STEPS else {**steps_per_kind(DEFAULT_STEPS), **named}
+    return {**DEFAULT_STEPS, **{k: int(n) for k, _, n in pairs}}
 
 
 class ArtefactsError(UserError):
@@ -96,7 +95,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--meta-steps", default=DEFAULT_STEPS, type=steps_per_kind,
-                    help=f"meta-training steps per round: N for every kind, or kind=N,... (default {DEFAULT_STEPS})")
+                    help=f"meta-training steps per round: N for every kind, or kind=N,... (default {','.join(f'{k}={n}' for k, n in DEFAULT_STEPS.items())})")
     ap.add_argument("--max-rounds", type=int, default=4)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--smoke", action="store_true", help="tiny data sizes (use with a tiny --base)")

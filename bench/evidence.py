@@ -51,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import artefacts  # noqa: E402  (light: the phase's rounds and their records)
+
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
                   "fo-sgd", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0", "mezo-gv", "mezo-greedy"]
@@ -90,9 +92,7 @@ def parse_args(argv=None):
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
-    from bench.artefacts import DEFAULT_STEPS, steps_per_kind
-
-    args.meta_steps = steps_per_kind(args.meta_steps or (2 if args.smoke else DEFAULT_STEPS))
+    args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
         args.budget = 8  # the harness's --smoke budget
@@ -163,16 +163,12 @@ def prefix_lrs(args, task: str) -> dict[str, float]:
 
 def meta_init(args) -> str | None:
     """--meta-init, else the artefacts phase's best meta-initialisation (None before it has one)."""
-    from bench.artefacts import best
-
-    return args.meta_init or best(Path(args.out), "bilevel-zofo")
+    return args.meta_init or artefacts.best(Path(args.out), "bilevel-zofo")
 
 
 def panel_policy_methods(args) -> list[str]:
     """The full phase's rows of the artefacts phase's policy (none before it has one)."""
-    from bench.artefacts import best
-
-    policy = best(Path(args.out), "zo-finetuner")
+    policy = artefacts.best(Path(args.out), "zo-finetuner")
     if not policy:
         return []
     if args.smoke:
@@ -241,8 +237,6 @@ def run_phase(args, phase: str) -> None:
     elif phase == "lora":
         scan(args, args.cuts, ("--stage", "2", "--lora"))
     elif phase == "artefacts":
-        from bench import artefacts
-
         try:
             artefacts.run(artefacts.parse_args(artefacts_argv(args)))
         except artefacts.ArtefactsError as why:

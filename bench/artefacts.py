@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
+from l2o.filelock import write_atomic  # noqa: E402
 
 KINDS = ("zo-finetuner", "bilevel-zofo")
 ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
@@ -177,7 +178,8 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
         last = run / "checkpoints" / "last.ckpt"
         if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
             last.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", last)
+            with open(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", "rb") as src:  # killed mid-copy:
+                write_atomic(last, lambda f: shutil.copyfileobj(src, f))  # no half checkpoint to resume from
         argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
         print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
         c0 = time.process_time()

@@ -96,7 +96,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--meta-steps", default=DEFAULT_STEPS, type=steps_per_kind,
-                    help=f"meta-training steps per round: N for every kind, or kind=N,... (default {','.join(f'{k}={n}' for k, n in DEFAULT_STEPS.items())})")
+                    help="meta-training steps per round: N for every kind, or kind=N,... (default "
+                    + ",".join(f"{k}={n}" for k, n in DEFAULT_STEPS.items()) + ")")
     ap.add_argument("--max-rounds", type=int, default=4)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--smoke", action="store_true", help="tiny data sizes (use with a tiny --base)")
@@ -205,6 +206,11 @@ def best(out: Path, kind: str) -> str | None:
     """The artefact folder of `kind`'s best round so far (None before its first round)."""
     got = decide(rounds(out, kind), TOLERANCE[kind], 1)[1]
     return got["artefact"] if got else None
+
+
+def meta_init(given: str | None, out) -> str | None:
+    """The meta-initialisation the suite uses: `given` (--meta-init), else the best round's (None before one)."""
+    return given or best(Path(out), "bilevel-zofo")
 
 
 def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:

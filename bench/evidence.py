@@ -15,8 +15,8 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   lr); FO-SGD; Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at
   its defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
-  96, 128 tokens by default; past 64 at a max length of 128, `cut_length`: longer prompts, each costing more per
-  forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
+  96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
+  costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
   the prefix phase again on the new panel (its runs so far are reused);
 - artefacts: `bench.artefacts`: a ZO Fine-tuner policy and a Bilevel-ZOFO meta-initialisation meta-trained on the
   task family (the scanned tasks not on the panel), in rounds of `--meta-steps` until a round no longer improves
@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import artefacts  # noqa: E402  (light: the phase's rounds and their records)
+from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     ap.add_argument("--full-tasks", type=int, default=1, help="panel tasks the full phase runs (cheapest first)")
     ap.add_argument("--max-median", default="48,64,96,128", help="the scan's CPU cuts, in turn while the panel is "
                     "short: tasks whose median prompt is longer are not scanned (bench.learnability --max-median), "
-                    "at max length cut_length(cut)")
+                    "at max length bench.learnability.cut_length(cut)")
     ap.add_argument("--panel-min", type=int, default=4, help="widen the scan while the panel has fewer tasks")
     ap.add_argument("--meta-steps", default=None, help="artefacts: meta-steps per round, N or kind=N,... (default "
                     "bench.artefacts's zo-finetuner=40,bilevel-zofo=400; --smoke 2)")
@@ -109,16 +109,11 @@ def budget_argv(args) -> list[str]:
     return ["--cpu-budget-h", str(args.cpu_hours), "--cpu-spent-h", f"{spent_hours(Path(args.out)):.4f}"]
 
 
-def cut_length(cut: int) -> int:
-    """The scan's max length at a median-prompt cut: 64 (the default) up to 64 tokens, else the power of two that
-    holds the cut (96 -> 128). A wider scan keeps the tasks it ran at a shorter length (bench.learnability)."""
-    return max(64, 1 << (cut - 1).bit_length())
-
-
 def scan_argv(args, cut: int) -> list[str]:
     out = ["--base", args.base, "--out", str(Path(args.out) / "learnability"), "--max-median", str(cut),
            "--panel-min", str(args.panel_min), *budget_argv(args)]
-    out += [] if args.smoke else ["--max-length", str(cut_length(cut))]  # --smoke: the scan's own tiny length
+    # --smoke: the scan's own tiny length
+    out += [] if args.smoke else ["--max-length", str(learnability.cut_length(cut))]
     return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
                    "--extend", "0"] if args.smoke else [])
 
@@ -131,8 +126,6 @@ def panel_tasks(args) -> list[str]:
 def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
     """The scan at each of `cuts` in turn while the panel has fewer than --panel-min tasks (always at the first);
     the report (table, plot, panel) is the last cut's."""
-    from bench import learnability
-
     for i, cut in enumerate(cuts):
         if i and len(panel_tasks(args)) >= args.panel_min:
             return
@@ -144,8 +137,6 @@ def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
 
 def scan_report(args) -> None:
     """The scan's table, plot and panel rewritten from its runs, at the cut it last reported (else the first)."""
-    from bench import learnability
-
     path = Path(args.out) / "learnability" / "panel.json"
     cut = json.loads(path.read_text())["settings"].get("max_median") if path.exists() else None
     learnability.main(scan_argv(args, cut or args.cuts[0]) + ["--report"])
@@ -159,11 +150,6 @@ def prefix_lrs(args, task: str) -> dict[str, float]:
     methods = json.loads(path.read_text())["methods"]
     return {label: m["per_task"][task]["lr"] for label, m in methods.items()
             if task in m["per_task"] and m["per_task"][task]["lr"] is not None}
-
-
-def meta_init(args) -> str | None:
-    """--meta-init, else the artefacts phase's best meta-initialisation (None before it has one)."""
-    return args.meta_init or artefacts.best(Path(args.out), "bilevel-zofo")
 
 
 def panel_policy_methods(args) -> list[str]:
@@ -191,7 +177,7 @@ def skip_reason(args, phase: str) -> str | None:
     if not panel_tasks(args):
         return (f"the panel is empty: no scanned task has moved by the panel rule yet ({panel.parent / 'table.md'} "
                 "says what remains to run)")
-    if phase == "metainit" and not meta_init(args):
+    if phase == "metainit" and not artefacts.meta_init(args.meta_init, args.out):
         return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
     if phase == "bf16" and not all(m in prefix_lrs(args, panel_tasks(args)[0]) for m in BF16_METHODS):
         return f"the prefix phase has not chosen {' and '.join(BF16_METHODS)}'s lrs on {panel_tasks(args)[0]} yet"
@@ -208,7 +194,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
-               "metainit": ["mezo", f"mezo-init:mezo:init={meta_init(args)}"]}.get(phase)
+               "metainit": ["mezo", f"mezo-init:mezo:init={artefacts.meta_init(args.meta_init, args.out)}"],
+               }.get(phase)
     if phase == "bf16":
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]

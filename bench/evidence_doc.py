@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from bench import artefacts
+from bench.learnability import cut_length
 from bench.claims import NOT_RUN, claim_rows
-from bench.evidence import cut_length, meta_init
 
 
 def _read(path: Path) -> str | None:
@@ -88,7 +88,7 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
         lines += _section(title, f"python -m bench.evidence --phases {phase}",
                           _read(out / phase / "table.md") if ran else None,
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png") if ran else "",
-                          "not run yet" if phase != "metainit" or meta_init(args) else
+                          "not run yet" if phase != "metainit" or artefacts.meta_init(args.meta_init, out) else
                           "no meta-initialisation yet (--meta-init, or the artefacts phase's)")
     lines += memory_section(docs) + own_section(out) + artefacts_section(out, args) + cuts_section(args, out)
     return "\n".join(lines) + "\n"

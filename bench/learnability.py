@@ -132,6 +132,12 @@ def exclusion(profile: dict, args) -> str | None:
     return None
 
 
+def cut_length(cut: int) -> int:
+    """The scan's max length at a median-prompt cut: 64 (the default) up to 64 tokens, else the power of two that
+    holds the cut (96 -> 128). A wider scan keeps the tasks it ran at a shorter length (this module)."""
+    return max(64, 1 << (cut - 1).bit_length())
+
+
 def candidate_tasks(args) -> list[str]:
     from l2o.tasks import REGISTRY
 

@@ -250,7 +250,9 @@ def test_the_scan_widens_to_longer_prompts_at_a_max_length_that_holds_them():
     a max length that holds it, so a task of median 84 tokens (vitaminc) is scanned at 128, not cut from the left."""
     from bench import evidence
 
-    assert [evidence.cut_length(c) for c in (32, 48, 64, 65, 96, 128, 129)] == [64, 64, 64, 128, 128, 128, 256]
+    from bench.learnability import cut_length
+
+    assert [cut_length(c) for c in (32, 48, 64, 65, 96, 128, 129)] == [64, 64, 64, 128, 128, 128, 256]
     args = evidence.parse_args([])
     assert args.cuts[-1] > 64
     argv = evidence.scan_argv(args, 96)

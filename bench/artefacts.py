@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.records import append_record, read_records  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_atomic  # noqa: E402
 
@@ -199,7 +200,7 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
 
 def rounds(out: Path, kind: str) -> list[dict]:
     path = Path(out) / "artefacts" / kind / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_records(path)
 
 
 def best(out: Path, kind: str) -> str | None:
@@ -227,8 +228,7 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         row = run_round(kind, args, len(rows) + 1, rows[-1]["meta_steps"] if rows else 0, folder, family)
         row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
         budget.charge(row["cpu_s"])
-        with (folder / "rounds.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_record(folder / "rounds.jsonl", row)
         rows.append(row)
         print(f"artefacts: {kind} round {row['round']}: {row['meta_steps']} meta-steps, held-out gain "
               f"{row['metric']:+.4f} ({'improved' if row['improved'] else 'no improvement'}), "

@@ -3,9 +3,10 @@ processes) plus this process's runs reach the budget; the suite then reports wha
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.records import read_records
 
 
 class NotRun(Exception):
@@ -49,7 +50,5 @@ def spent_hours(out: Path) -> float:
     bench/artefacts.py; records without cpu_s count 0)."""
     total = 0.0
     for path in sorted(Path(out).glob("*/runs.jsonl")) + sorted(Path(out).glob("artefacts/*/rounds.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                total += json.loads(line).get("cpu_s", 0.0)
+        total += sum(r.get("cpu_s", 0.0) for r in read_records(path))
     return total / 3600

@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.records import append_record, read_records  # noqa: E402
+
 
 def _parse_map(text: str | None) -> dict:
     out = {}
@@ -105,10 +107,8 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.done, self.t0 = self.out / "runs.jsonl", {}, time.perf_counter()
-        if self.log_path.exists():
-            for line in self.log_path.read_text().splitlines():
-                r = json.loads(line)
-                self.done[self.key(r["phase"], r["task"], r["config"]["optimizer"], r["lr"], r["config"]["seed"])] = r
+        for r in read_records(self.log_path):
+            self.done[self.key(r["phase"], r["task"], r["config"]["optimizer"], r["lr"], r["config"]["seed"])] = r
 
     @staticmethod
     def key(phase, task, method, lr, seed):
@@ -138,8 +138,7 @@ class Runner:
               f"{steps} steps", flush=True)
         res = run(cfg, log=lambda m: None)
         res.update(phase=phase, lr=lr)
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(res) + "\n")
+        append_record(self.log_path, res)
         self.done[k] = res
         return res
 

@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.records import read_records  # noqa: E402
+
 ESTIMATORS = ("lookahead", "es", "pes")
 
 
@@ -134,9 +136,7 @@ def finals(a, lr: float, policies: dict) -> None:
 
 def _load(folder: Path) -> dict:
     runs = {}
-    path = folder / "runs.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        r = json.loads(line)
+    for r in read_records(folder / "runs.jsonl"):
         if r["phase"] == "final":
             runs[(r["task"], r["config"]["seed"])] = r
     return runs

@@ -9,6 +9,7 @@ from pathlib import Path
 from bench import artefacts
 from bench.learnability import cut_length
 from bench.claims import NOT_RUN, claim_rows
+from bench.records import read_records
 
 
 def _read(path: Path) -> str | None:
@@ -18,7 +19,7 @@ def _read(path: Path) -> str | None:
 def _runs(out: Path) -> list[dict]:
     rows = []
     for p in sorted(out.glob("*/runs.jsonl")):
-        rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows += read_records(p)
     return rows
 
 

@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 from bench.budget import CpuBudget, NotRun  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
+from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import run_to_end  # noqa: E402
 
 REFERENCE = "mezo"
@@ -245,10 +246,6 @@ def config_key(cfg: dict) -> str:
                       sort_keys=True, default=str)
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 class Runner:
     """Runs a fine_tune configuration once: records here or in --reuse files with the same `config_key` count.
     Under --report, or once --cpu-spent-h plus this invocation's runs reach --cpu-budget-h, a missing run raises
@@ -259,8 +256,8 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
         self.budget = CpuBudget.of(args)
-        reused = [r for p in map(Path, args.reuse) for r in _read(p)]
-        self.done = {config_key(r["config"]): r for r in [*reused, *_read(self.log_path)]}
+        reused = [r for p in args.reuse for r in read_records(p)]
+        self.done = {config_key(r["config"]): r for r in [*reused, *read_records(self.log_path)]}
         self.from_reuse = {config_key(r["config"]) for r in reused}
 
     def reused(self, record: dict) -> bool:
@@ -292,8 +289,7 @@ class Runner:
         c0 = time.process_time()
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))
         res.update(cpu_s=time.process_time() - c0, label=label, lr=lr)
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(res) + "\n")
+        append_record(self.log_path, res)
         self.done[key] = res
         self.budget.charge(res["cpu_s"])
         print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "

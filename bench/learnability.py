@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.lr_centres import MEZO_LR  # noqa: E402
+from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import run_to_end  # noqa: E402
 
 
@@ -222,9 +223,7 @@ class Runner:
             lock.release()
 
     def done(self) -> dict:
-        if not self.log_path.exists():
-            return {}
-        return {r["name"]: r for r in map(json.loads, self.log_path.read_text().splitlines()) if r}
+        return {r["name"]: r for r in read_records(self.log_path) if r}
 
     def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
                  zero_shot: bool, note: str = "") -> dict:
@@ -243,8 +242,7 @@ class Runner:
         res.update(name=name, lr=lr, commit=self.commit, cpu_s=time.process_time() - c0)
         self.budget.charge(res["cpu_s"])
         with exclusive(self.log_path.with_suffix(".lock")):
-            with self.log_path.open("a") as f:
-                f.write(json.dumps(res) + "\n")
+            append_record(self.log_path, res)
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
               f" (fit {res['fit_time_s']:.0f} s)", flush=True)
         return res

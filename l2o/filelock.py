@@ -9,6 +9,8 @@
 - ``write_atomic(path, write)`` / ``write_bytes_atomic(path, data)``: replace a file so readers see the
   old or the new one, never a partial one (the one atomic-write helper; the zoo's manifests, the seed
   ledger and the apps' checkpoints use it).
+- ``append_bytes(path, data)``: append to a file durably (fsync); a failed append (a full disk) cuts the file
+  back to what it was (the one durable-append helper: the seed ledger's flushes, the bench suites' run records).
 - ``remove_stale_temps(folder)``: the temp files of atomic writes a ``kill -9`` interrupted (a run calls it
   on its ``--out`` once it holds the folder's lock).
 - ``writer_folder(parent, prefix)`` / ``remove_dead_writers(parent, prefix)``: a temp folder a process writes
@@ -146,6 +148,25 @@ def write_atomic(path: Path, write) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`write_atomic` of the bytes `data`."""
     write_atomic(path, lambda f: f.write(data))
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    """Append `data` to `path` (created if missing) and fsync; a failed append (a full disk) cuts the file back
+    to what it was and raises with the file's name. The one durable-append helper."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the mode any new file gets (umask)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            os.ftruncate(fd, end)
+            err.filename = str(path)
+            raise
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(folder: Path) -> int:

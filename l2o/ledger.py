@@ -26,13 +26,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import struct
 import time
 from pathlib import Path
 
 from l2o.errors import UserError
-from l2o.filelock import write_bytes_atomic
+from l2o.filelock import append_bytes, write_bytes_atomic
 
 FORMAT = "l2o-seed-ledger"
 VERSION = 1          # gaussian terms, plain steps
@@ -239,7 +238,7 @@ class Ledger:
         if self._flushed == 0 or not path.is_file():
             return self.write(path)
         self.seal()
-        _append(path, "".join(canonical(r) + "\n" for r in self.records[self._flushed:]).encode("utf-8"))
+        append_bytes(path, "".join(canonical(r) + "\n" for r in self.records[self._flushed:]).encode("utf-8"))
         self._flushed = len(self.records)
         return path
 
@@ -284,25 +283,6 @@ class Ledger:
             raise LedgerError(f"{source} is not the ledger that was recorded: it holds {ledger.num_updates} updates "
                               f"ending in {ledger.head}, expected {updates} ending in {head}")
         return ledger
-
-
-def _append(path: Path, data: bytes) -> None:
-    """Append `data` to `path` and fsync; a failed append (a full disk) cuts the file back to what it was
-    and raises with the file's name."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        end = os.fstat(fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError as err:
-            os.ftruncate(fd, end)
-            err.filename = str(path)
-            raise
-    finally:
-        os.close(fd)
 
 
 def _json_line(line: str, number: int, source: str) -> dict:

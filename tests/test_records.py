@@ -1,0 +1,132 @@
+"""The bench suites' run records (bench/records.py, appended through l2o.filelock.append_bytes): a kill or a full disk
+during an append leaves a torn last line, which must neither stop a suite from resuming nor be glued onto the next
+record; a damaged line elsewhere is refused in one sentence; a failed append leaves the file as it was."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from bench import compare_optimizers as co
+from bench import harness as hn
+from bench import learnability as lb
+from bench.budget import spent_hours
+from bench.records import append_record, read_records
+from l2o.errors import UserError
+
+
+def _torn(path, records, fragment_of=None):
+    """`records` as whole lines, then the first half of `fragment_of`'s line (an append cut short)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if fragment_of is not None:
+        line = json.dumps(fragment_of)
+        text += line[: len(line) // 2]
+    path.write_text(text)
+
+
+def _lines(path):
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_torn_last_line_is_dropped_and_the_next_append_is_a_whole_line_of_its_own(tmp_path, capsys):
+    path = tmp_path / "runs.jsonl"
+    a, b, torn, new = ({"name": n, "per_example": list(range(50))} for n in "abcd")
+    _torn(path, [a, b], fragment_of=torn)
+    assert read_records(path) == [a, b]
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err and "torn last line 3" in err
+    append_record(path, new)
+    assert _lines(path) == [a, b, new]  # the fragment is cut off, not glued onto
+    assert read_records(path) == [a, b, new] and capsys.readouterr().err.count(str(path)) == 1  # the cut's warning
+
+
+def test_a_whole_last_record_without_its_newline_is_kept_and_completed(tmp_path, capsys):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps({"name": "a"}) + "\n" + json.dumps({"name": "b"}))
+    assert read_records(path) == [{"name": "a"}, {"name": "b"}]
+    append_record(path, {"name": "c"})
+    assert _lines(path) == [{"name": "a"}, {"name": "b"}, {"name": "c"}]
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_and_new_files(tmp_path):
+    path = tmp_path / "rounds.jsonl"
+    assert read_records(path) == []
+    append_record(path, {"round": 1})
+    assert path.read_text() == '{"round": 1}\n'
+
+
+@pytest.mark.parametrize("bad", ['{"name": "b", "per_ex', "[1, 2]", '{"name": "b"}{"name": "c"}'])
+def test_a_damaged_line_before_the_last_is_refused_naming_the_file_and_line(tmp_path, bad):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps({"name": "a"}) + "\n" + bad + "\n" + json.dumps({"name": "d"}) + "\n")
+    with pytest.raises(UserError, match=rf"{path} line 2 is not a JSON record") as err:
+        read_records(path)
+    assert "\n" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_a_failed_append_leaves_the_file_byte_identical(tmp_path, monkeypatch):
+    path = tmp_path / "runs.jsonl"
+    append_record(path, {"name": "a"})
+    before = path.read_bytes()
+    write = os.write
+
+    def disk_full(fd, data):  # the first write gets half in, the next meets a full disk
+        if disk_full.calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        disk_full.calls += 1
+        return write(fd, bytes(data)[: len(data) // 2])
+
+    disk_full.calls = 0
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError) as err:
+        append_record(path, {"name": "b", "per_example": list(range(1000))})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path) and disk_full.calls == 1
+    assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ the suites' resume paths read through it
+def test_the_harness_runner_resumes_past_a_torn_runs_jsonl_and_refuses_a_damaged_one(tmp_path, capsys):
+    out = tmp_path / "h"
+    done = {"config": {"task": "sst2", "seed": 0}, "lr": 1e-3, "cpu_s": 60.0}
+    _torn(out / "runs.jsonl", [done], fragment_of={**done, "config": {"task": "sst2", "seed": 1}})
+    runner = hn.Runner(hn.parse_args(["--tasks", "sst2", "--out", str(out)]))
+    assert list(runner.done.values()) == [done] and "torn last line" in capsys.readouterr().err
+    (out / "runs.jsonl").write_text("{\n" + json.dumps(done) + "\n")
+    with pytest.raises(UserError, match="runs.jsonl line 1"):
+        hn.Runner(hn.parse_args(["--tasks", "sst2", "--out", str(out)]))
+
+
+def test_the_compare_runner_resumes_past_a_torn_runs_jsonl(tmp_path):
+    out = tmp_path / "c"
+    done = {"phase": "select", "task": "sst2", "lr": 1e-3, "config": {"optimizer": "mezo", "seed": 0}}
+    _torn(out / "runs.jsonl", [done], fragment_of={**done, "lr": 1e-2})
+    runner = co.Runner(co.parse_args(["--out", str(out)]))
+    assert list(runner.done.values()) == [done]
+
+
+def test_the_scan_appends_its_next_record_after_cutting_a_torn_one(tmp_path, monkeypatch, capsys):
+    """The learnability runner (shards share its runs.jsonl) reads past a torn last line and its next append,
+    under the lock, cuts it off: every line then parses and the new record is the last."""
+    out = tmp_path / "scan"
+    done = {"name": "s1-a", "config": {"max_length": 64}}
+    _torn(out / "runs.jsonl", [done], fragment_of={"name": "s1-b", "per_example": list(range(100))})
+    runner = lb.Runner(lb.parse_args(["--out", str(out)]))
+    assert runner.done() == {"s1-a": done}
+    assert runner("s1-a", task="sst2", peft="prefix", lr=1e-2, eps=1e-3, forwards=4, num_dev=8, zero_shot=False) == done
+    monkeypatch.setattr(lb, "run_to_end", lambda cfg, say: {"config": {"max_length": cfg.max_length},
+                                                           "final": {"eval": 0.5}, "fit_time_s": 1.0})
+    res = runner("s1-b", task="sst2", peft="prefix", lr=1e-2, eps=1e-3, forwards=4, num_dev=8, zero_shot=False)
+    assert _lines(out / "runs.jsonl") == [done, res] and set(runner.done()) == {"s1-a", "s1-b"}
+
+
+def test_the_budget_counts_past_a_torn_rounds_jsonl(tmp_path):
+    _torn(tmp_path / "full" / "runs.jsonl", [{"cpu_s": 3600.0}], fragment_of={"cpu_s": 7200.0})
+    _torn(tmp_path / "artefacts" / "zo-finetuner" / "rounds.jsonl", [{"cpu_s": 1800.0}], fragment_of={"cpu_s": 1.0})
+    assert spent_hours(tmp_path) == pytest.approx(1.5)

@@ -25,9 +25,11 @@ How a round continues the previous one:
   second loading path to get wrong. (Its step counts are cumulative, as the policy's are in rounds.jsonl.)
 
 Each round is recorded in `<out>/artefacts/<kind>/rounds.jsonl` (round, meta_steps, metric, improved, cpu_s,
-artefact); a rerun skips recorded rounds and `--resume`s an unfinished one. No round starts once the suite's CPU
-budget is spent (bench/budget.py; rounds.jsonl counts there). The rounds are not published into a zoo registry
-($L2O_ZOO_REGISTRY is ignored here); shipping the best policy in the built-in zoo is a separate, reviewed step.
+artefact); a rerun skips recorded rounds and `--resume`s an unfinished one. Once a round is recorded, the
+checkpoints no round needs any more are removed (`prune`): only the last Bilevel round's stay. No round starts
+once the suite's CPU budget is spent (bench/budget.py; rounds.jsonl counts there). The rounds are not published
+into a zoo registry ($L2O_ZOO_REGISTRY is ignored here); shipping the best policy in the built-in zoo is a
+separate, reviewed step.
 """
 
 from __future__ import annotations
@@ -214,6 +216,17 @@ def meta_init(given: str | None, out) -> str | None:
     return given or best(Path(out), "bilevel-zofo")
 
 
+def prune(folder: Path, kind: str, r: int) -> None:
+    """Once round r is recorded, remove the meta-training state no round needs any more (its checkpoints hold the
+    look-ahead's LLM trajectory or Bilevel's backbone, PEFT copies and Adam state: about a gigabyte each on
+    SmolLM2-135M, a base's size times a few at 13B): a policy round's own (round r+1 starts from round r's policy
+    folder), a Bilevel round's predecessor's (round r copied its last.ckpt when it started; round r's own is what
+    round r+1 resumes from). Artefacts and results.json stay."""
+    done = r if kind == "zo-finetuner" else r - 1
+    if done >= 1:
+        shutil.rmtree(folder / f"round-{done}" / "checkpoints", ignore_errors=True)
+
+
 def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
     """Rounds of `kind` until more meta-steps no longer help (or --max-rounds, or the budget); the best round."""
     folder = Path(args.out) / "artefacts" / kind
@@ -229,6 +242,7 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
         budget.charge(row["cpu_s"])
         append_record(folder / "rounds.jsonl", row)
+        prune(folder, kind, row["round"])
         rows.append(row)
         print(f"artefacts: {kind} round {row['round']}: {row['meta_steps']} meta-steps, held-out gain "
               f"{row['metric']:+.4f} ({'improved' if row['improved'] else 'no improvement'}), "

@@ -83,6 +83,12 @@ def test_rounds_stop_when_they_no_longer_help_and_a_rerun_skips_finished_rounds(
     last = calls[-1]
     assert "--resume" in last and last[last.index("--max_steps") + 1] == "12"  # round 4 of 3 steps
     assert artefacts.run(artefacts.parse_args(argv)) == best and len(calls) == 7  # stopped: nothing reruns
+    # recorded rounds keep their artefacts but not the checkpoints no round needs: every policy round's, and every
+    # Bilevel round's but the last (a later round, under a larger --max-rounds, resumes from it)
+    ckpts = {k: sorted(p.parent.parent.name for p in (tmp_path / "artefacts" / k).glob("round-*/checkpoints/last.ckpt"))
+             for k in artefacts.KINDS}
+    assert ckpts == {"zo-finetuner": [], "bilevel-zofo": ["round-4"]}
+    assert all((folder / f"round-{r}" / "results.json").exists() for r in (1, 2, 3))
 
 
 def test_the_panel_never_enters_meta_training_or_meta_validation(tmp_path, scripted):

@@ -377,7 +377,9 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
                              "delta": paired_delta(best["per_example"]["final"]["eval"], zero),
                              "complete": all(s2_name(p["task"], peft, x) in done for x in stage2_grid(args, peft))}
                 if "golds" in p:
-                    row["per_class"][f"stage 2 {peft}"] = per_class(best["per_example"]["final"]["eval"], p["golds"])
+                    final = best["per_example"]["final"]["eval"]
+                    row["per_class"][f"stage 2 {peft}"] = per_class(final, p["golds"])
+                    row[peft]["balanced"] = balanced_delta(final, zero, p["golds"])
         rows.append(row)
     return rows
 
@@ -391,6 +393,14 @@ def panel(rows: list[dict], args) -> list[dict]:
     errors, their lr grid run whole (until then the dev choice may change: `provisional`), cheapest first."""
     keep = [r for r in rows if passes(r, args) and r["prefix"].get("complete", True)]
     return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
+
+
+def label_prior(rows: list[dict], args) -> list[str]:
+    """Tasks whose stage-2 accuracy passes the panel rule while their balanced accuracy does not move by
+    --panel-se standard errors: the gain is (mostly) a label prior, answering one label more often. They stay on
+    the panel (the rule is on accuracy); the report names them."""
+    return [r["task"] for r in rows if passes(r, args) and "balanced" in r["prefix"]
+            and z_score(r["prefix"]["balanced"]) < args.panel_se]
 
 
 def provisional(rows: list[dict], args) -> list[str]:
@@ -529,6 +539,14 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], arg
     lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."
               + (f" Passing the rule at the best lr run so far, their lr grid unfinished (not counted yet): "
                  f"{', '.join(sorted(pending))}." if pending else "")]
+    prior = label_prior(rows, args)
+    if prior:
+        lines += ["", "Passing by accuracy while balanced accuracy did not move by "
+                  f"{a.panel_se:g} se (Δ balanced at the chosen lr: "
+                  + "; ".join(f"{r['task']} {_d(r['prefix']['balanced'])}" for r in rows if r["task"] in prior)
+                  + "): the accuracy gain is a label prior, answering one label more often (per-class table). The "
+                  "panel rule is on accuracy, so they count; a comparison on them measures how fast each method "
+                  "learns that prior."]
     return "\n".join(lines) + "\n"
 
 
@@ -593,6 +611,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
             "scanned": [p["task"] for p in profiles],  # the task family of bench/artefacts.py: these minus the panel
             "delta": {r["task"]: r["prefix"]["delta"] for r in chosen},
+            "label_prior": [t for t in label_prior(rows, args) if t in {r["task"] for r in chosen}],
             "max_length": {r["task"]: r["max_length"] for r in chosen},  # a task's, where a scan kept another
             "settings": settings,
             "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path),
@@ -682,6 +701,18 @@ def per_class(correct: list[float], golds: list[int]) -> dict[int, float]:
     for c, g in zip(correct, golds):
         by.setdefault(g, []).append(c)
     return {g: sum(v) / len(v) for g, v in sorted(by.items())}
+
+
+def balanced_delta(final: list[float], zero: list[float], golds: list[int]) -> tuple[float, float]:
+    """(balanced accuracy after - zero-shot, its standard error) on the same eval examples: the mean over the K
+    classes of each class's paired delta d_c, se = sqrt(sum_c se(d_c)^2) / K (classes are disjoint examples)."""
+    by: dict[int, list[float]] = {}
+    for f, z, g in zip(final, zero, golds, strict=True):
+        by.setdefault(g, []).append(f - z)
+    k = len(by)
+    means = [statistics.mean(d) for d in by.values()]
+    var = sum((statistics.stdev(d) ** 2 / len(d)) if len(d) > 1 else 0.0 for d in by.values())
+    return sum(means) / k, math.sqrt(var) / k
 
 
 if __name__ == "__main__":

@@ -70,6 +70,33 @@ def test_per_class_accuracy_tells_a_label_prior_from_the_task():
     assert lb.class_table([{"task": "u"}]) == []
 
 
+def test_balanced_delta_and_the_label_prior_flag():
+    import random
+
+    rng = random.Random(0)
+    golds = [0] * 240 + [1] * 60 + [2] * 40
+    zero = [float(rng.random() < 0.3) for _ in golds]
+    final = [float(rng.random() < (0.9 if g == 0 else 0.4)) for g in golds]
+    d, se = lb.balanced_delta(final, zero, golds)
+    balanced = [sum(lb.per_class(x, golds).values()) / 3 for x in (final, zero)]   # an independent path
+    assert d == pytest.approx(balanced[0] - balanced[1])
+    by = [[f - z for f, z, g in zip(final, zero, golds) if g == c] for c in range(3)]
+    assert se == pytest.approx(sum(statistics.variance(x) / len(x) for x in by) ** 0.5 / 3)
+    with pytest.raises(ValueError):
+        lb.balanced_delta(final[:-1], zero, golds)
+    # "prior": zero-shot always answers the minority label 1, after training always the majority 0: accuracy
+    # 0.2 -> 0.8 passes the rule, balanced accuracy 0.5 -> 0.5 does not move; "task": both classes learned
+    golds = [0] * 80 + [1] * 20
+    minority, majority = [float(g == 1) for g in golds], [float(g == 0) for g in golds]
+    learned = [float(i % 10 != 0) for i in range(100)]
+    args = lb.parse_args([])
+    rows = [{"task": t, "profile": _profile(), "prefix": {"delta": lb.paired_delta(f, minority),
+                                                          "balanced": lb.balanced_delta(f, minority, golds)}}
+            for t, f in (("prior", majority), ("task", learned))]
+    assert [r["task"] for r in lb.panel(rows, args)] == ["prior", "task"]   # the rule is on accuracy: both count
+    assert lb.label_prior(rows, args) == ["prior"]
+
+
 def test_batch_length_is_the_cost_models_padded_length():
     p = {"lengths": list(range(1, 101))}
     assert lb.batch_length(p, 128, 16) == 95  # the longest of 16 prompts: the 16/17 quantile

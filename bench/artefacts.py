@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.cli import cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_atomic  # noqa: E402
@@ -265,12 +266,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        run(parse_args(argv))
-    except UserError as err:
-        print(f"bench.artefacts: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit("bench.artefacts", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -303,4 +303,6 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.compare_optimizers", main))

@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
+from bench.cli import cli_exit  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
@@ -425,16 +426,10 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from l2o.errors import UserError
     from l2o.integrations.lightning.progress import quiet_libraries
 
     quiet_libraries()
-    try:
-        run_suite(parse_args(argv))
-    except UserError as err:
-        print(f"bench.harness: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit("bench.harness", lambda: run_suite(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -716,4 +716,6 @@ def balanced_delta(final: list[float], zero: list[float], golds: list[int]) -> t
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.learnability", main))

@@ -1,0 +1,22 @@
+"""The bench suites' command-line exit: a user error (`l2o.errors.UserError`: a bad flag, a damaged runs.jsonl, no
+panel yet) is one line on stderr, `<prog>: error: <sentence>`, and its exit code (2); anything else is a bug and
+keeps its traceback. A suite's `main` raises, so `bench.evidence` can call another suite's in-process and stop on
+its error; the suite's `python -m` entry goes through `cli_exit`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from l2o.errors import UserError
+
+
+def cli_exit(prog: str, body: Callable[[], object]) -> int:
+    """Run `body`; its return code (0 when it returns anything but an int), or the exit code of the UserError it
+    raised, said in one line."""
+    try:
+        code = body()
+        return code if isinstance(code, int) else 0
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code

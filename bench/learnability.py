@@ -633,11 +633,12 @@ def main(argv=None) -> int:
     from zoo.acquire import ensure_base, ensure_task
 
     quiet_libraries()
+    runner = Runner(args)
+    runner.done()  # a damaged runs.jsonl is refused now, not after the base and the tasks have loaded
     ensure_base(args.base)
     for name in candidate_tasks(args):
         ensure_task(name)
     model, tokenizer, _ = load_base(args.base)
-    runner = Runner(args)
     t_path = runner.out / "forward_time.json"
     if t_path.exists():  # measured once per --out, maybe at another max length: scaled linearly in length
         measured = json.loads(t_path.read_text())

@@ -9,10 +9,10 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   (`<out>/learnability/panel.json`);
 - memory: `bench/fo_memory.py`: peak RSS of FO-SGD, FO-AdamW, MeZO and inference on one batch, written beside
   the doc, `<docs>/data/fo_memory_full_prefix.json` (committed; skipped when it exists);
-- prefix: `bench.harness` on the panel's `--max-tasks` cheapest tasks, prefix tuning, one task at a time and on it
-  one method at a time, in the order of what a claim needs per CPU-hour: MeZO; FO-AdamW (`budget / 10` steps);
-  MeZO-GV and MeZO-Greedy at MeZO's effective step (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen
-  lr); FO-SGD; Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at
+- prefix: `bench.harness` on the panel's first `--max-tasks` tasks (cheapest first, label-prior ones last),
+  prefix tuning, one task at a time and on it one method at a time, in the order of what a claim needs per
+  CPU-hour: MeZO; FO-AdamW (`budget / 10` steps); MeZO-GV and MeZO-Greedy at MeZO's effective step
+  (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); FO-SGD; Bilevel-ZOFO (its first-order lower lr at the paper's prefix value 1e-2, not searched; the rest at
   its defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
@@ -22,9 +22,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   task family (the scanned tasks not on the panel), in rounds of `--meta-steps` until a round no longer improves
   the held-out meta-validation (or `--max-rounds`); the best round's artefacts are used below;
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
-  `--full-tasks` cheapest tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
+  first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one;
-- bf16: MeZO and BSZO in bf16, prefix, on the cheapest panel task, each at its fp32 dev-chosen lr of the prefix
+- bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
   phase (no search in bf16: a bf16 forward is slow on this CPU);
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
@@ -77,8 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--meta-init", default=None, help="zoo id or folder of a Bilevel-ZOFO meta-initialisation")
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--seeds", default="auto")
-    ap.add_argument("--max-tasks", type=int, default=2, help="panel tasks the prefix phase runs (cheapest first)")
-    ap.add_argument("--full-tasks", type=int, default=1, help="panel tasks the full phase runs (cheapest first)")
+    ap.add_argument("--max-tasks", type=int, default=2, help="panel tasks the prefix phase runs (the panel's order)")
+    ap.add_argument("--full-tasks", type=int, default=1, help="panel tasks the full phase runs (the panel's order)")
     ap.add_argument("--max-median", default="48,64,96,128", help="the scan's CPU cuts, in turn while the panel is "
                     "short: tasks whose median prompt is longer are not scanned (bench.learnability --max-median), "
                     "at max length bench.learnability.cut_length(cut)")

@@ -211,8 +211,8 @@ def cuts_section(args, out: Path) -> list[str]:
             f"(PIQA, SIQA, ...) are not classification tasks of this kind. CPU cut: median prompt ≤ "
             f"{args.cuts[0]} tokens, widened to {', then '.join(map(_cut, args.cuts[1:])) or 'nothing'} while the "
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
-            f"- The prefix phase runs on the panel's {args.max_tasks} cheapest task(s), the full-parameter phase on "
-            f"{args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); {args.budget} forward passes per ZO "
+            f"- The prefix phase runs on the panel's first {args.max_tasks} task(s) (cheapest first, label-prior ones "
+            f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); {args.budget} forward passes per ZO "
             "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO "
             "runs at the paper's prefix lower lr 1e-2 and its other defaults, not searched. A phase runs one task "
             "at a time and on it one method at a time (MeZO, the first-order baselines, then by claim), so a "

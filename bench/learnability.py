@@ -22,10 +22,11 @@ the lr chosen on `--num-dev` dev examples; `--lora` adds the same for LoRA.
 
 Delta = final - zero-shot eval accuracy on the same examples; its standard error is the paired one,
 sd(d_i) / sqrt(n) over the per-example differences d_i in {-1, 0, 1}. The report also gives each run's per-class
-accuracies and their mean, the balanced accuracy (`per_class`), which tells a task learned from a label prior
-learned. The evidence panel is every task whose
-delta at its dev-chosen stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first; it is
-established with `--panel-min` (4) tasks. Until then the report (and `--plan`) says what remains to run, its
+accuracies and their mean, the balanced accuracy (`per_class`), and its paired delta (`balanced_delta`), which
+tell a task learned from a label prior learned. The evidence panel is every task whose delta at its dev-chosen
+stage-2 lr is at least `--panel-se` (3) standard errors (`panel`), cheapest first, and last the tasks learned only
+as a label prior (`label_prior`: balanced accuracy did not move by --panel-se se); it is established with
+`--panel-min` (4) tasks. Until then the report (and `--plan`) says what remains to run, its
 estimated CPU-hours and the command that continues the scan (`scan_status`).
 
 Costs are sized from a measured forward: a one-thread forward of batch x max-length tokens, scaled per task by
@@ -390,9 +391,12 @@ def passes(row: dict, args) -> bool:
 
 def panel(rows: list[dict], args) -> list[dict]:
     """The evidence panel: tasks whose prefix delta at the dev-chosen stage-2 lr is >= --panel-se standard
-    errors, their lr grid run whole (until then the dev choice may change: `provisional`), cheapest first."""
+    errors, their lr grid run whole (until then the dev choice may change: `provisional`), cheapest first, the
+    `label_prior` ones last (the suite's CPU cut runs a phase on the panel's first tasks: there, on tasks where
+    what is learnt is the task)."""
     keep = [r for r in rows if passes(r, args) and r["prefix"].get("complete", True)]
-    return sorted(keep, key=lambda r: r["profile"]["stage1_cpu_s"])
+    prior = set(label_prior(keep, args))
+    return sorted(keep, key=lambda r: (r["task"] in prior, r["profile"]["stage1_cpu_s"]))
 
 
 def label_prior(rows: list[dict], args) -> list[str]:

@@ -93,8 +93,9 @@ def test_balanced_delta_and_the_label_prior_flag():
     rows = [{"task": t, "profile": _profile(), "prefix": {"delta": lb.paired_delta(f, minority),
                                                           "balanced": lb.balanced_delta(f, minority, golds)}}
             for t, f in (("prior", majority), ("task", learned))]
-    assert [r["task"] for r in lb.panel(rows, args)] == ["prior", "task"]   # the rule is on accuracy: both count
     assert lb.label_prior(rows, args) == ["prior"]
+    rows[0]["profile"] = _profile(stage1_cpu_s=0)   # the cheaper one, but a label prior: after the task
+    assert [r["task"] for r in lb.panel(rows, args)] == ["task", "prior"]   # the rule is on accuracy: both count
 
 
 def test_batch_length_is_the_cost_models_padded_length():

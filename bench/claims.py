@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 
 from bench.artefacts import best
-from bench.stats import wilson
+from bench.stats import ci_text as _ci, wilson
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this power", "not measured"
 
@@ -32,10 +32,6 @@ HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this po
 def _load(out: Path, phase: str) -> dict | None:
     p = out / phase / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
-
-
-def _ci(d: dict, fmt="{:+.3f}") -> str:
-    return f"{fmt.format(d['mean'])} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
 
 
 def better_verdict(m: dict | None) -> tuple[str, str, str]:
@@ -50,6 +46,7 @@ def better_verdict(m: dict | None) -> tuple[str, str, str]:
                 f"win-rate (acc) {m['win_eval']['rate']:.2f} [{m['win_eval']['lo']:.2f}, {m['win_eval']['hi']:.2f}]")
     need = de.get("pairs_to_separate", math.inf)
     separate = "—" if verdict != INCONCLUSIVE else (
+        f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))" if not math.isfinite(de["lo"]) else
         "no difference to separate (Δ acc mean 0)" if not math.isfinite(need) else
         f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']})")
     return verdict, measured, separate

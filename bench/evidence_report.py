@@ -13,7 +13,7 @@ import math
 import statistics
 from pathlib import Path
 
-from bench.stats import forwards_to_reach, paired_bootstrap, pairs_to_separate, win_rate
+from bench.stats import ci_text as _ci, forwards_to_reach, paired_bootstrap, pairs_to_separate, win_rate
 
 REFERENCE = "mezo"
 
@@ -44,7 +44,7 @@ def k_factor(fo_rec: dict, ref_rec: dict) -> dict:
 
 
 def _ms(values) -> dict:
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
             "n": len(values)} if values else {}
 
 
@@ -114,14 +114,11 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
             "zero_shot": {t: (z["zero_shot"]["eval"] if z else None) for t, z in zero.items()}}
 
 
-def _ci(d: dict | None, fmt: str = "{:+.3f}") -> str:
-    if not d or not d.get("n"):
-        return "—"
-    return f"{fmt.format(d['mean'])} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
-
-
 def _mean_sd(d: dict) -> str:
-    return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "—"
+    """Mean ± sd over seeds ('(1 seed)' for one: its sd is not 0, it is unknown)."""
+    if not d:
+        return "—"
+    return f"{d['mean']:.3f} (1 seed)" if d["n"] == 1 else f"{d['mean']:.3f} ± {d['sd']:.3f}"
 
 
 def _win(w: dict) -> str:

@@ -4,7 +4,8 @@ bootstrap for paired differences, and forwards-to-target on loss curves.
 - `wilson(k, n)`: the Wilson score interval of a proportion k/n (k may be fractional: ties count half).
 - `paired_bootstrap(diffs_by_stratum)`: the mean paired difference over all (task, seed) pairs and its 95%
   percentile interval from a bootstrap that resamples seeds within each task (tasks are fixed: the inference
-  is about these tasks, the seeds are the random part).
+  is about these tasks, the seeds are the random part). A task with one seed says nothing about the spread, so
+  then there is no interval (nan), not a zero-width one; `ci_text` writes either.
 - `win_rate(pairs)`: the fraction of pairs where the method beats the reference, ties counting half.
 - `forwards_to_reach(curve, target)`: the first forward count at which a moving mean of the loss is <= target.
 """
@@ -44,11 +45,15 @@ def win_rate(pairs: list[tuple[float, float]], higher_is_better: bool) -> dict:
 
 
 def paired_bootstrap(diffs_by_stratum: dict, reps: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
-    """Mean of all differences and its percentile interval, resampling within each stratum (task)."""
+    """Mean of all differences and its percentile interval, resampling within each stratum (task); lo = hi = nan
+    (no interval) while a stratum has a single difference: resampling it would always draw that one value."""
     strata = [np.asarray(v, dtype=float) for v in diffs_by_stratum.values() if len(v)]
     if not strata:
         return {"n": 0, "mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "sd": float("nan")}
     allv = np.concatenate(strata)
+    if min(len(v) for v in strata) < 2:
+        return {"n": int(len(allv)), "mean": float(allv.mean()), "lo": float("nan"), "hi": float("nan"),
+                "sd": float(allv.std(ddof=1)) if len(allv) > 1 else float("nan")}
     rng = np.random.default_rng(seed)
     total = np.zeros(reps)
     for v in strata:
@@ -58,6 +63,15 @@ def paired_bootstrap(diffs_by_stratum: dict, reps: int = 10000, seed: int = 0, l
     a = (1 - level) / 2
     return {"n": int(len(allv)), "mean": float(allv.mean()), "lo": float(np.quantile(means, a)),
             "hi": float(np.quantile(means, 1 - a)), "sd": float(allv.std(ddof=1)) if len(allv) > 1 else 0.0}
+
+
+def ci_text(d: dict | None, fmt: str = "{:+.3f}") -> str:
+    """'mean [lo, hi]' of a paired_bootstrap result; '—' before any pair; the mean alone without an interval."""
+    if not d or not d.get("n"):
+        return "—"
+    if not (math.isfinite(d["lo"]) and math.isfinite(d["hi"])):
+        return f"{fmt.format(d['mean'])} (no interval: a task with 1 seed)"
+    return f"{fmt.format(d['mean'])} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
 
 
 def pairs_to_separate(mean: float, sd: float, z: float = Z95) -> float:

@@ -33,6 +33,15 @@ def test_better_than_mezo_verdicts(d_eval, d_loss, verdict):
     assert claims.better_verdict(None)[0] == claims.NOT_RUN
 
 
+def test_one_seed_is_inconclusive_whatever_its_sign():
+    """A single (task, seed) pair: the bootstrap gives no interval, so no verdict but 'inconclusive'."""
+    from bench.stats import paired_bootstrap, win_rate
+    d_eval, d_loss = paired_bootstrap({"t": [-0.105]}), paired_bootstrap({"t": [0.0355]})
+    m = {"d_eval": d_eval, "d_loss": d_loss, "win_eval": win_rate([(0.61, 0.715)], True)}
+    v, measured, separate = claims.better_verdict(m)
+    assert v == claims.INCONCLUSIVE and "no interval" in measured and ">= 2 seeds" in separate
+
+
 @pytest.mark.parametrize("wins,n,d_lo,verdict", [(19, 20, 0.01, claims.HOLDS), (9, 20, 0.01, claims.FAILS),
                                                  (7, 9, 0.01, claims.INCONCLUSIVE), (19, 20, -0.01, claims.INCONCLUSIVE)])
 def test_policy_verdicts(wins, n, d_lo, verdict):

@@ -36,10 +36,20 @@ def test_win_rate_counts_ties_half_and_knows_which_way_is_better():
 
 def test_stratified_bootstrap_resamples_seeds_within_tasks():
     out = stats.paired_bootstrap({"a": [1.0, 1.0, 1.0], "b": [0.0, 0.0]})
-    assert out["mean"] == out["lo"] == out["hi"] == pytest.approx(0.6)  # no within-task spread: no interval
+    assert out["mean"] == out["lo"] == out["hi"] == pytest.approx(0.6)  # no within-task spread: zero width
     out = stats.paired_bootstrap({"a": [0.1, -0.1, 0.3, 0.0, 0.2]})
     assert out["mean"] == pytest.approx(0.1) and out["lo"] < 0.1 < out["hi"]
     assert out["lo"] > 0.1 - 2.5 * out["sd"] / math.sqrt(5) and out["hi"] < 0.1 + 2.5 * out["sd"] / math.sqrt(5)
+
+
+@pytest.mark.parametrize("diffs", [{"a": [-0.105]}, {"a": [0.1, 0.3, 0.2], "b": [0.05]}])
+def test_a_task_with_one_seed_has_no_interval(diffs):
+    """One seed says nothing about the spread: no interval (a zero-width one would read as certainty)."""
+    out = stats.paired_bootstrap(diffs)
+    assert math.isnan(out["lo"]) and math.isnan(out["hi"]) and out["n"] == sum(map(len, diffs.values()))
+    assert "no interval" in stats.ci_text(out) and "[" not in stats.ci_text(out)
+    assert stats.ci_text(stats.paired_bootstrap({"a": [0.1, 0.3]})).startswith("+0.200 [")
+    assert stats.ci_text(stats.paired_bootstrap({})) == "—"
 
 
 def test_pairs_to_separate():

@@ -176,8 +176,8 @@ def artefacts_section(out: Path, args) -> list[str]:
               "the tolerance, or after --max-rounds; the suite uses the best round's artefact.", ""]
     what = {"zo-finetuner": "ZO Fine-tuner policy; held-out gain: MeZO's eval loss minus the policy's after the "
                             "meta-validation's ZO steps (higher is better)",
-            "bilevel-zofo": "Bilevel-ZOFO meta-initialisation; held-out gain: quick-adaptation accuracy from it minus "
-                            "from the base (higher is better)"}
+            "bilevel-zofo": "Bilevel-ZOFO meta-initialisation; held-out gain: the eval loss after quick adaptation "
+                            "from the base minus from it (higher is better)"}
     for kind in artefacts.KINDS:
         rows = artefacts.rounds(out, kind)
         stop, top = artefacts.decide(rows, artefacts.TOLERANCE[kind], args.max_rounds)

@@ -57,13 +57,15 @@ def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluat
                 lr: float = 2e-4, batch_size: int = 1, eval_batch_size: int = 16, seed: int = 0) -> dict:
     """Meta-test adaptation on `opt`'s current backbone: a fresh adapter (the initial values), `steps`
     first-order AdamW steps on `train` (batches of `batch_size`, seeded order), then the metric on
-    `evaluate_on`, before ('zero_shot') and after ('adapted'). The training copies are untouched."""
+    `evaluate_on`, before ('zero_shot') and after ('adapted'), and the objective's mean loss there
+    ('zero_shot_loss', 'adapted_loss'). The training copies are untouched."""
     model = opt.model
     metric = "accuracy" if evaluate_on and evaluate_on[0].candidates else "f1"
     fresh = opt.slots.clone(opt.init_copy)
     opt.slots.install(fresh)
     try:
         zero = objective.evaluate(model, tokenizer, list(evaluate_on), eval_batch_size)[metric]
+        zero_loss = objective.mean_loss(model, tokenizer, list(evaluate_on), eval_batch_size)
         adam = torch.optim.AdamW(fresh, lr=lr)
         stream = Stream(list(train), batch_size, mix(0xADA9, seed))
         losses = []
@@ -77,6 +79,8 @@ def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluat
             adam.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         adapted = objective.evaluate(model, tokenizer, list(evaluate_on), eval_batch_size)[metric]
+        adapted_loss = objective.mean_loss(model, tokenizer, list(evaluate_on), eval_batch_size)
     finally:
         opt.adapters.install(opt.adapters.installed)
-    return {"metric": metric, "zero_shot": zero, "adapted": adapted, "losses": losses}
+    return {"metric": metric, "zero_shot": zero, "adapted": adapted, "zero_shot_loss": zero_loss,
+            "adapted_loss": adapted_loss, "losses": losses}

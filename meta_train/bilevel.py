@@ -6,14 +6,15 @@
                       FO step on one task of the current cycle; every t_low steps an upper step over
                       `tasks_per_step` sampled tasks whose ZO backbone estimates are all combined. Validation
                       is quick adaptation on the held-out tasks (fresh adapter, a few FO steps), against the
-                      same adaptation from the original base (computed once, before training) and zero-shot.
+                      same adaptation from the original base (computed once, before training) and zero-shot:
+                      the task metric and the mean eval loss (which moves where a few steps flip no answer).
                       At the end the backbone's change from the base is written as a `bilevel-meta-init` zoo
                       artefact (`export_artefact`; `meta_train` publishes it, as it does a policy).
 
 Both classes take only type-annotated scalars/lists, so LightningCLI can build them from flags.
 TensorBoard tags: lower/loss, upper/loss, upper/lower_g_loss, upper/penalty, upper/objective,
-upper/projected_grad (mean over the step's tasks), upper/projected_grad_norm, heldout/<task>/adapted,
-heldout/<task>/zero_shot, heldout/<task>/base_adapted, heldout/mean_adapted, heldout/mean_base_adapted.
+upper/projected_grad (mean over the step's tasks), upper/projected_grad_norm, heldout/<task>/<f> and
+heldout/<task>/base_<f> for f in HELD_OUT_FIELDS, heldout/mean_adapted(_loss), heldout/mean_base_adapted(_loss).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from l2o.ledger import ledger_delta
 from l2o.meta_init import quick_adapt
 from l2o.optim.bilevel_zofo import BilevelZOFO
 from l2o.streams import BilevelStreams, split_dg_df
+
+HELD_OUT_FIELDS = ("zero_shot", "adapted", "zero_shot_loss", "adapted_loss")  # quick_adapt's, kept per held-out task
+
+
+def _adapted_text(metric: float, loss: float | None) -> str:
+    return f"{metric:.4f}" + ("" if loss is None else f" (eval loss {loss:.4f})")
 
 
 class BilevelTaskData(L.LightningDataModule):
@@ -188,11 +195,10 @@ class BilevelMetaInit(L.LightningModule):
 
     def on_fit_start(self):
         if not self.baseline and self.method.ledger.num_updates == 0 and self._data().heldout_tasks:
-            self.baseline = {k: {"zero_shot": v["zero_shot"], "adapted": v["adapted"]}
-                             for k, v in self.adapt_all().items()}
+            self.baseline = {k: {f: v[f] for f in HELD_OUT_FIELDS} for k, v in self.adapt_all().items()}
             for name, v in self.baseline.items():
-                self.logger_scalar(f"heldout/{name}/base_adapted", v["adapted"], 0)
-                self.logger_scalar(f"heldout/{name}/base_zero_shot", v["zero_shot"], 0)
+                for f in HELD_OUT_FIELDS:
+                    self.logger_scalar(f"heldout/{name}/base_{f}", v[f], 0)
 
     def logger_scalar(self, tag: str, value: float, step: int) -> None:
         exp = getattr(self.logger, "experiment", None) if self.logger is not None else None
@@ -231,12 +237,13 @@ class BilevelMetaInit(L.LightningModule):
         res = self.adapt_all()
         row = {"step": self.global_step}
         for name, v in res.items():
-            self.log(f"heldout/{name}/adapted", v["adapted"])
-            self.log(f"heldout/{name}/zero_shot", v["zero_shot"])
-            row[name] = {"adapted": v["adapted"], "zero_shot": v["zero_shot"]}
-        self.log("heldout/mean_adapted", sum(v["adapted"] for v in res.values()) / len(res))
-        if self.baseline:
-            self.log("heldout/mean_base_adapted", sum(v["adapted"] for v in self.baseline.values()) / len(self.baseline))
+            for f in HELD_OUT_FIELDS:
+                self.log(f"heldout/{name}/{f}", v[f])
+            row[name] = {f: v[f] for f in HELD_OUT_FIELDS}
+        for f in ("adapted", "adapted_loss"):
+            self.log(f"heldout/mean_{f}", sum(v[f] for v in res.values()) / len(res))
+            if self.baseline and all(f in v for v in self.baseline.values()):  # a checkpoint from before losses
+                self.log(f"heldout/mean_base_{f}", sum(v[f] for v in self.baseline.values()) / len(self.baseline))
         self.adaptation.append(row)
 
     def validation_record(self) -> dict:
@@ -276,14 +283,15 @@ class BilevelMetaInit(L.LightningModule):
         """Final held-out adaptation against the base's, the training record and the counters."""
         dm, hp = self._data(), self.hparams
         final = self.adapt_all() if dm.heldout_tasks else {}
-        summary = {name: {"meta_adapted": v["adapted"], "meta_zero_shot": v["zero_shot"],
-                          "base_adapted": self.baseline.get(name, {}).get("adapted"),
-                          "base_zero_shot": self.baseline.get(name, {}).get("zero_shot")} for name, v in final.items()}
+        summary = {name: {**{f"meta_{f}": v[f] for f in HELD_OUT_FIELDS},
+                          **{f"base_{f}": self.baseline.get(name, {}).get(f) for f in HELD_OUT_FIELDS}}
+                   for name, v in final.items()}
         metrics = {}
         for name, v in summary.items():
-            metrics[f"{name}_adapted"] = round(v["meta_adapted"], 4)
-            if v["base_adapted"] is not None:
-                metrics[f"{name}_base_adapted"] = round(v["base_adapted"], 4)
+            for f in ("adapted", "adapted_loss"):
+                metrics[f"{name}_{f}"] = round(v[f"meta_{f}"], 4)
+                if v[f"base_{f}"] is not None:
+                    metrics[f"{name}_base_{f}"] = round(v[f"base_{f}"], 4)
         training = {"method": "bilevel-zofo", "tasks": [t["name"] for t in dm.train_tasks],
                     "heldout_tasks": [t["name"] for t in dm.heldout_tasks], "steps": self.global_step,
                     "upper_steps": self.method.counters["upper_steps"], "peft": hp.peft,
@@ -330,6 +338,7 @@ class BilevelMetaInit(L.LightningModule):
         lines = [f"meta-trained a bilevel-zofo meta-initialisation for {self.hparams.base}: "
                  f"{summary['training']['steps']} steps on {', '.join(summary['training']['tasks'])}"]
         for name, v in summary["heldout"].items():
-            base = "n/a" if v["base_adapted"] is None else f"{v['base_adapted']:.4f}"
-            lines.append(f"  held-out {name}: adapted {v['meta_adapted']:.4f} from the meta-init vs {base} from the base")
+            base = "n/a" if v["base_adapted"] is None else _adapted_text(v["base_adapted"], v.get("base_adapted_loss"))
+            lines.append(f"  held-out {name}: adapted {_adapted_text(v['meta_adapted'], v.get('meta_adapted_loss'))} "
+                         f"from the meta-init vs {base} from the base")
         return lines

@@ -50,7 +50,8 @@ def scripted(monkeypatch):
 
         steps, g = int(argv[argv.index("--max_steps") + 1]), gains[kind].pop(0)
         res = ({"steps": steps, "meta_validation": {"improvement": g}} if kind == "zo-finetuner" else
-               {"training": {"steps": steps}, "heldout": {"x": {"meta_adapted": 0.5 + g, "base_adapted": 0.5}}})
+               {"training": {"steps": steps}, "heldout": {"x": {"meta_adapted": 0.5, "base_adapted": 0.5,  # flat
+                                                                "meta_adapted_loss": 0.7 - g, "base_adapted_loss": 0.7}}})
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(res))
         (Path(out) / "checkpoints").mkdir(exist_ok=True)
@@ -137,3 +138,17 @@ def test_meta_steps_per_kind(tmp_path, scripted):
                            "--meta-steps", "zo-finetuner=5,bilevel-zofo=30"]) == 0
     steps = {a[a.index("--method") + 1]: a[a.index("--max_steps") + 1] for a in calls}
     assert steps == {"zo-finetuner": "5", "bilevel-zofo": "30"}
+
+
+def test_bilevel_gain_is_on_held_out_loss_and_old_results_are_refused():
+    """Accuracy on 100 held-out examples did not move in 5 adaptation steps from either start (0.57 / 0.49 both):
+    the gain is the eval-loss difference, and a results.json without losses is refused, not read as 0."""
+    res = {"heldout": {"a": {"meta_adapted": 0.57, "base_adapted": 0.57, "meta_adapted_loss": 0.60,
+                             "base_adapted_loss": 0.64},
+                       "b": {"meta_adapted": 0.49, "base_adapted": 0.49, "meta_adapted_loss": 0.71,
+                             "base_adapted_loss": 0.70}}}
+    assert artefacts.held_out_metric("bilevel-zofo", res) == pytest.approx((0.04 - 0.01) / 2)
+    for v in res["heldout"].values():
+        del v["meta_adapted_loss"], v["base_adapted_loss"]
+    with pytest.raises(artefacts.ArtefactsError, match="no held-out eval losses"):
+        artefacts.held_out_metric("bilevel-zofo", res)

@@ -353,6 +353,8 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     assert "held-out boolq" in printed and "published:   tiny-llama/meta-init@1" in printed
     res = json.loads((out / "results.json").read_text())
     assert set(res["heldout"]) == {"boolq"} and res["heldout"]["boolq"]["base_adapted"] is not None
+    held = res["heldout"]["boolq"]
+    assert all(0 < held[f"{who}_{f}"] < 10 for who in ("meta", "base") for f in ("zero_shot_loss", "adapted_loss"))
     assert res["published"] == "tiny-llama/meta-init@1" and res["training"]["upper_steps"] == 2
     assert res["training"]["tasks"] == ["sst2", "rte", "cb"]
     assert [row["step"] for row in res["adaptation"]] == [2, 4]  # validation ran every 2 steps
@@ -373,7 +375,8 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("lower/loss", "upper/loss", "upper/penalty", "upper/projected_grad", "heldout/boolq/adapted",
-                "heldout/boolq/base_adapted", "heldout/mean_adapted"):
+                "heldout/boolq/base_adapted", "heldout/mean_adapted", "heldout/boolq/adapted_loss",
+                "heldout/boolq/base_adapted_loss", "heldout/mean_adapted_loss", "heldout/mean_base_adapted_loss"):
         assert tag in tags, tag
     assert [e.step for e in acc.Scalars("upper/penalty")] == [2, 4]  # upper steps only, as steps completed
     from zoo.learned import load_meta_init

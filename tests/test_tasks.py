@@ -527,6 +527,27 @@ def test_evaluate_and_nondiff_objective(tok):
     assert model.training is False
 
 
+def test_mean_loss_weights_every_example_once_in_eval_mode(tok):
+    """Objective.mean_loss (the held-out signal of quick adaptation): batches of 2 and 1 give the mean over the
+    three examples of the hand-computed candidate CE (a mean of the batch means would weight the odd one twice),
+    computed without dropout, and the model's training mode comes back."""
+    model = tiny_model("opt")
+    for m in model.modules():  # OPT keeps its dropout rates as float attributes
+        if isinstance(getattr(m, "dropout", None), float):
+            m.dropout = 0.5
+    model.train()
+    got = CandidateCE().mean_loss(model, tok, BATCH, batch_size=2)
+    assert model.training is True
+    model.eval()
+    expected = []
+    for ex in BATCH:
+        scores = torch.tensor([_manual_mean_logprob(model, tok, ex.prompt, c)[0] for c in ex.candidates])
+        expected.append(-torch.log_softmax(scores, 0)[ex.gold].item())
+    assert got == pytest.approx(sum(expected) / 3, abs=1e-5)
+    with pytest.raises(TaskError):
+        CandidateCE().mean_loss(model, tok, [])
+
+
 def _always_says(model, tok, word: str):
     """Rig a tiny OPT so that greedy decoding emits `word` (one token) at every position: the final
     norm outputs a constant vector b, and the word's output embedding is 100 b."""

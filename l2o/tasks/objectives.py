@@ -253,6 +253,23 @@ class Objective:
         scores = self.example_scores(model, tokenizer, examples, batch_size)
         return {"accuracy" if examples[0].candidates else "f1": sum(scores) / len(scores)}
 
+    def mean_loss(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> float:
+        """This objective's loss over all of `examples` (eval mode, no grad; weighted as `weighted_loss`): a
+        held-out signal that moves where a few steps flip no example's argmax, so accuracy cannot see them."""
+        if not examples:
+            raise TaskError("nothing to evaluate: the example list is empty")
+        was_training = model.training
+        model.eval()
+        total = weight = 0.0
+        try:
+            with torch.no_grad():
+                for i in range(0, len(examples), batch_size):
+                    t, w = self.weighted_loss(model, tokenizer, examples[i:i + batch_size])
+                    total, weight = total + float(t), weight + w
+            return total / weight
+        finally:
+            model.train(was_training)
+
     def example_scores(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> list[float]:
         """Per example, 1.0 if the argmax candidate is correct else 0.0 (cls/mch), or the token F1 of the greedy
         generation (gen): what `evaluate` averages, kept per example for paired comparisons."""

@@ -44,6 +44,7 @@ from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
 
 DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
+DIVERGED, DIVERGED_GAP = 5.0, 2.0  # a meta-loss above both 5x and 2 nats over its task's first one: diverged
 
 
 def _check_inner_method(method: str) -> None:
@@ -322,6 +323,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         out = self.estimator.estimate(self.policy, self._streams, step)
+        self._stop_if_diverged(out.task, out.meta_loss, step)
         out.assign_grad(self.policy)
         if self.trainer.world_size > 1 and self.hparams.estimator == "lookahead":
             self._average_policy_gradients()  # ES: every rank already holds the same gradient
@@ -339,6 +341,23 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         self.log("meta_loss", out.meta_loss, prog_bar=True, logger=False)
         if self.hparams.log_every and step % self.hparams.log_every == 0 and out.sigma is not None:
             self._log_sigma(sigma, step)
+
+    def _stop_if_diverged(self, task: str, loss: float, step: int) -> None:
+        """Stop in one line, rather than train the policy on noise, once an LLM trajectory has diverged: its
+        meta-loss is not finite, or above DIVERGED x and DIVERGED_GAP over the task's first in the run. The
+        paper's lr_llm 0.01 does that on SmolLM2-135M (0.73 -> 9.9 in three steps). The ranks decide together
+        (a one-scalar all-reduce under DDP), so none is left waiting in the next collective."""
+        first = next((r["meta_loss"] for r in self.meta_history if r["task"] == task), loss)
+        bad = not math.isfinite(loss) or loss > max(DIVERGED * first, first + DIVERGED_GAP)
+        if self.trainer.world_size > 1:
+            bad_anywhere = float(self.trainer.strategy.reduce(torch.tensor(float(bad)), reduce_op="sum")) > 0
+            if bad_anywhere and not bad:
+                raise UserError(f"another rank's LLM trajectory diverged at meta-step {step} (its rank says how)")
+        if bad:
+            knob = ("--model.lr_llm", self.hparams.lr_llm) if self.hparams.estimator == "lookahead" else (
+                "--model.inner_lr", self.hparams.inner_lr)
+            raise UserError(f"the LLM trajectory diverged on {task} at meta-step {step}: meta-loss {first:.4g} -> "
+                            f"{loss:.4g}; lower {knob[0]} (now {knob[1]:g}; 1e-4 works for SmolLM2-135M's look-ahead)")
 
     def _average_policy_gradients(self) -> None:
         """The mean of the ranks' meta-gradients, one all-reduce of the policy's flat gradient through the

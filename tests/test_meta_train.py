@@ -302,6 +302,22 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     assert "lr_policy: 0.05" in again and "eps: 0.01" in again and "max_steps: 7" in again
 
 
+def test_a_diverging_llm_trajectory_stops_in_one_line(tiny_base, tmp_path, capsys):
+    """The look-ahead's first-order LLM trajectory at an lr far too large: meta_train stops with one line naming
+    --model.lr_llm (the paper's 0.01 does this to SmolLM2-135M), not a policy meta-trained on noise; at
+    _run_args' lr it runs."""
+    from meta_train.cli import main
+
+    code = main(_run_args(tiny_base, tmp_path / "big", "--max_steps", "6", "--model.lr_llm", "1e4",
+                          "--model.momentum", "0.9"))
+    err = [e for e in capsys.readouterr().err.strip().splitlines() if e.startswith("meta_train: error: ")]
+    assert code == 2 and len(err) == 1 and "diverged" in err[0] and "--model.lr_llm (now 10000" in err[0], err
+    from meta_train.module import DIVERGED, DIVERGED_GAP
+
+    first, last = (float(x) for x in err[0].split("meta-loss ")[1].split(";")[0].split(" -> "))
+    assert last > max(DIVERGED * first, first + DIVERGED_GAP) or last != last
+
+
 def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer(tiny_base, tmp_path, capsys,
                                                                                   monkeypatch):
     """--model.inner_hparams.pool_size sets the deployed zo-finetuner+gv's M (it was fixed at 4), in the inner runs

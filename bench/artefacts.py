@@ -216,6 +216,15 @@ def best(out: Path, kind: str) -> str | None:
     return got["artefact"] if got else None
 
 
+def shown(path: str, out) -> str:
+    """An artefact path as the docs show it: under `out` as given (runs/evidence/...), not the absolute path a round
+    recorded (a machine's own folders); other paths and zoo ids as they are."""
+    try:
+        return str(Path(out) / Path(path).resolve().relative_to(Path(out).resolve()))
+    except (ValueError, OSError):
+        return path
+
+
 def meta_init(given: str | None, out) -> str | None:
     """The meta-initialisation the suite uses: `given` (--meta-init), else the best round's (None before one)."""
     return given or best(Path(out), "bilevel-zofo")

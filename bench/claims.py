@@ -23,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from bench.artefacts import best
+from bench.artefacts import best, shown
 from bench.stats import ci_text as _ci, wilson
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this power", "not measured"
@@ -165,7 +165,7 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
     v, meas, sep = better_verdict((meta or {}).get("methods", {}).get("mezo-init"))
     init = (meta or {}).get("methods", {}).get("mezo-init", {}).get("spec", {}).get("init")
     which = ("none yet" if not init else f"the artefacts phase's {Path(init).parent.name}, meta-trained on the "
-             "panel's task family" if init == best(out, "bilevel-zofo") else f"`{init}` (--meta-init)")
+             "panel's task family" if init == best(out, "bilevel-zofo") else f"`{shown(init, out)}` (--meta-init)")
     rows.append(("Bilevel-ZOFO meta-initialisation: adapts faster on held-out tasks than the plain base",
                  f"MeZO from the meta-initialisation vs from the base, equal forward passes, on the panel; "
                  f"meta-initialisation: {which}",

@@ -280,7 +280,9 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
             for r in runs:
                 hist = json.loads(Path(r["paths"]["history"]).read_text())
                 curves.append([(h["forwards"], h["loss"]) for h in hist if h["loss"] == h["loss"]])
-            ax.plot(*mean_curve(curves), color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g})")
+            fo = str(runs[0].get("config", {}).get("optimizer", "")).startswith("fo-")  # x: its forward+backward steps
+            ax.plot(*mean_curve(curves), color=f"C{i}", label=f"{m} (lr {runs[0]['lr']:.3g}" +
+                    ("; x = forward+backward steps)" if fo else ")"))
             evals = [r["final"]["eval"] for r in runs]
             bx.errorbar(len(names), statistics.mean(evals), yerr=_sd(evals), fmt="o", color=f"C{i}", capsize=5)
             bx.plot([len(names) + 0.12] * len(evals), evals, ".", color="0.4", ms=5)
@@ -294,7 +296,7 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
         if z is not None:
             bx.axhline(z, color="k", ls="--", lw=1, label=f"zero-shot {z:.3f}")
             bx.legend(fontsize=8)
-        bx.set_xticks(range(len(names)), names, fontsize=8)
+        bx.set_xticks(range(len(names)), names, fontsize=8, rotation=20, ha="right")
         bx.set_ylabel("eval metric (mean ± sd; grey: seeds)")
         bx.set_xlim(-0.5, max(1, len(names)) - 0.5)
     fig.tight_layout()

@@ -152,3 +152,17 @@ def test_bilevel_gain_is_on_held_out_loss_and_old_results_are_refused():
         del v["meta_adapted_loss"], v["base_adapted_loss"]
     with pytest.raises(artefacts.ArtefactsError, match="no held-out eval losses"):
         artefacts.held_out_metric("bilevel-zofo", res)
+
+
+def test_docs_show_artefacts_under_the_out_folder_as_given(tmp_path, monkeypatch):
+    """A round records its artefact's absolute path (/work/wt/lead/exp/... on the machine that ran it); the doc shows
+    it under --out as the user gave it, also through a symlink, and leaves zoo ids and other folders alone."""
+    real = tmp_path / "real"
+    (real / "artefacts" / "zo-finetuner" / "round-3" / "policy").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "evidence").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    recorded = str(real / "artefacts" / "zo-finetuner" / "round-3" / "policy")
+    assert artefacts.shown(recorded, "runs/evidence") == "runs/evidence/artefacts/zo-finetuner/round-3/policy"
+    assert artefacts.shown("smollm2-135m/meta-init@1", "runs/evidence") == "smollm2-135m/meta-init@1"
+    assert artefacts.shown(str(tmp_path / "elsewhere"), "runs/evidence") == str(tmp_path / "elsewhere")

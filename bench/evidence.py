@@ -13,7 +13,8 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   prefix tuning, one task at a time and on it one method at a time, in the order of what a claim needs per
   CPU-hour: MeZO; FO-AdamW (`budget / 10` steps); MeZO-GV and MeZO-Greedy at MeZO's effective step
   (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); FO-SGD; Bilevel-ZOFO (its first-order
-  lower lr at the paper's prefix value 1e-2, not searched; the rest at its defaults); MeZO-GV and MeZO-Greedy at
+  lower lr dev-chosen around the paper's prefix value 1e-2, which diverged on valid_parentheses; the rest at its
+  defaults); MeZO-GV and MeZO-Greedy at
   their own dev-chosen lrs;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
@@ -56,7 +57,7 @@ from bench import artefacts, learnability  # noqa: E402  (light at import: the h
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
-                  "fo-sgd", "bilevel-zofo:bilevel-zofo:lr=1e-2:search=0", "mezo-gv", "mezo-greedy"]
+                  "fo-sgd", "bilevel-zofo", "mezo-gv", "mezo-greedy"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings

@@ -213,8 +213,9 @@ def cuts_section(args, out: Path) -> list[str]:
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
             f"- The prefix phase runs on the panel's first {args.max_tasks} task(s) (cheapest first, label-prior ones "
             f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); {args.budget} forward passes per ZO "
-            "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO "
-            "runs at the paper's prefix lower lr 1e-2 and its other defaults, not searched. A phase runs one task "
+            "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO's "
+            "lower lr is dev-chosen like the others' around the paper's prefix 1e-2 (its other hyperparameters at "
+            "their defaults). A phase runs one task "
             "at a time and on it one method at a time (MeZO, the first-order baselines, then by claim), so a "
             "stopped suite holds whole comparisons." + full,
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3). "

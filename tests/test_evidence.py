@@ -236,7 +236,8 @@ def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_
         for r in rows:
             assert f"| {r['round']} | {r['meta_steps']} | {r['metric']:+.4f} | {'yes' if r['improved'] else 'no'} |" \
                 in section
-        assert f"Used: round {artefacts.decide(rows, 0, 9)[1]['round']} (`{artefacts.shown(artefacts.best(out, kind), out)}`)" in section
+        used = artefacts.shown(artefacts.best(out, kind), out)
+        assert f"Used: round {artefacts.decide(rows, 0, 9)[1]['round']} (`{used}`)" in section
     claim = next(line for line in doc.splitlines() if line.startswith("| Bilevel-ZOFO meta-initialisation"))
     assert "the artefacts phase's round-" in claim and "**not measured**" not in claim
 

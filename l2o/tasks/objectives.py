@@ -21,6 +21,7 @@ the virtual tokens PEFT prompt tuning prepends.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -230,6 +231,21 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     return [x.split("\n")[0].strip() for x in texts]
 
 
+@contextlib.contextmanager
+def _evaluating(model, examples: list[Rendered]):
+    """Eval mode and no grad over a non-empty `examples` (refused in one line otherwise); the model's training mode
+    comes back afterwards: what `example_scores` and `mean_loss` share."""
+    if not examples:
+        raise TaskError("nothing to evaluate: the example list is empty")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 # ------------------------------------------------------------------------------------ objectives
 @dataclass
 class Objective:
@@ -256,42 +272,28 @@ class Objective:
     def mean_loss(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> float:
         """This objective's loss over all of `examples` (eval mode, no grad; weighted as `weighted_loss`): a
         held-out signal that moves where a few steps flip no example's argmax, so accuracy cannot see them."""
-        if not examples:
-            raise TaskError("nothing to evaluate: the example list is empty")
-        was_training = model.training
-        model.eval()
         total = weight = 0.0
-        try:
-            with torch.no_grad():
-                for i in range(0, len(examples), batch_size):
-                    t, w = self.weighted_loss(model, tokenizer, examples[i:i + batch_size])
-                    total, weight = total + float(t), weight + w
-            return total / weight
-        finally:
-            model.train(was_training)
+        with _evaluating(model, examples):
+            for i in range(0, len(examples), batch_size):
+                t, w = self.weighted_loss(model, tokenizer, examples[i:i + batch_size])
+                total, weight = total + float(t), weight + w
+        return total / weight
 
     def example_scores(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> list[float]:
         """Per example, 1.0 if the argmax candidate is correct else 0.0 (cls/mch), or the token F1 of the greedy
         generation (gen): what `evaluate` averages, kept per example for paired comparisons."""
-        if not examples:
-            raise TaskError("nothing to evaluate: the example list is empty")
-        was_training = model.training
-        model.eval()
         out: list[float] = []
-        try:
-            with torch.no_grad():
-                for i in range(0, len(examples), batch_size):
-                    chunk = examples[i:i + batch_size]
-                    if examples[0].candidates:
-                        scores = candidate_scores(model, tokenizer, chunk, self.max_length)
-                        out += [float(int(sc.argmax()) in ex.correct) for ex, sc in zip(chunk, scores)]
-                    else:
-                        preds = greedy_generate(model, tokenizer, [e.prompt for e in chunk], self.max_new_tokens,
-                                                self.max_length)
-                        out += [max_f1(p, e.answers) for p, e in zip(preds, chunk)]
-            return out
-        finally:
-            model.train(was_training)
+        with _evaluating(model, examples):
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i:i + batch_size]
+                if examples[0].candidates:
+                    scores = candidate_scores(model, tokenizer, chunk, self.max_length)
+                    out += [float(int(sc.argmax()) in ex.correct) for ex, sc in zip(chunk, scores)]
+                else:
+                    preds = greedy_generate(model, tokenizer, [e.prompt for e in chunk], self.max_new_tokens,
+                                            self.max_length)
+                    out += [max_f1(p, e.answers) for p, e in zip(preds, chunk)]
+        return out
 
 
 @dataclass

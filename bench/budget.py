@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.records import read_records
+from bench.records import read_records, suite_records
 
 
 class NotRun(Exception):
@@ -49,6 +49,6 @@ def spent_hours(out: Path) -> float:
     """CPU-hours of the runs recorded under `out` (its phases' runs.jsonl and the artefacts' rounds.jsonl, see
     bench/artefacts.py; records without cpu_s count 0)."""
     total = 0.0
-    for path in sorted(Path(out).glob("*/runs.jsonl")) + sorted(Path(out).glob("artefacts/*/rounds.jsonl")):
+    for path in suite_records(out):
         total += sum(r.get("cpu_s", 0.0) for r in read_records(path))
     return total / 3600

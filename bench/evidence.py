@@ -38,6 +38,11 @@ has still to run while the panel is short), the harness reports (partial ones sa
 that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase: too small a task
 family) says why in one line and the suite goes on.
 
+The suite's records (each phase's runs.jsonl, the run histories, the artefacts' rounds and policies; bench/snapshot.py)
+are kept in `<docs>/data/evidence/`, committed with the doc: the suite first restores what `--out` lacks from there
+and saves its records there after each phase, so a fresh clone resumes where the committed records stop and
+`--report` rewrites the doc from them alone.
+
 Then `claims` turns the harness summaries into a verdict per seed-paper claim (bench/claims.py) and `--docs`
 (default docs/) gets evidence.md and its plots. The defaults are the CPU cut that fits the suite in about 6-8
 CPU-hours here (docs/evidence.md, "What was cut"); `--max-tasks 4 --full-tasks 4` is the issue's full panel.
@@ -137,11 +142,23 @@ def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
         learnability.main(scan_argv(args, cut) + list(extra))
 
 
-def scan_report(args) -> None:
-    """The scan's table, plot and panel rewritten from its runs, at the cut it last reported (else the first)."""
+def reported_cut(args) -> int:
+    """The cut the scan last reported at (the panel's), else the first: a rerun resumes the scan there, so that a
+    widened panel is not narrowed back to the first cut's tasks."""
     path = Path(args.out) / "learnability" / "panel.json"
     cut = json.loads(path.read_text())["settings"].get("max_median") if path.exists() else None
-    learnability.main(scan_argv(args, cut or args.cuts[0]) + ["--report"])
+    return cut or args.cuts[0]
+
+
+def scan_report(args) -> None:
+    """The scan's table, plot and panel rewritten from its runs, at the cut it last reported."""
+    learnability.main(scan_argv(args, reported_cut(args)) + ["--report"])
+
+
+def resumed_cuts(args) -> list[int]:
+    """`--max-median`'s cuts from the one the scan last reported at."""
+    cut = reported_cut(args)
+    return args.cuts[args.cuts.index(cut):] if cut in args.cuts else args.cuts
 
 
 def prefix_lrs(args, task: str) -> dict[str, float]:
@@ -179,8 +196,13 @@ def skip_reason(args, phase: str) -> str | None:
     if not panel_tasks(args):
         return (f"the panel is empty: no scanned task has moved by the panel rule yet ({panel.parent / 'table.md'} "
                 "says what remains to run)")
-    if phase == "metainit" and not artefacts.meta_init(args.meta_init, args.out):
-        return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
+    if phase == "metainit":
+        init = artefacts.meta_init(args.meta_init, args.out)
+        if not init:
+            return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
+        if not args.meta_init and not Path(init).exists():
+            return (f"the artefacts phase's meta-initialisation {init} is gone (a base's weights are not kept with the "
+                    "records, bench/snapshot.py); give --meta-init, or remove its rounds.jsonl to train it again")
     if phase == "bf16" and not all(m in prefix_lrs(args, panel_tasks(args)[0]) for m in BF16_METHODS):
         return f"the prefix phase has not chosen {' and '.join(BF16_METHODS)}'s lrs on {panel_tasks(args)[0]} yet"
     return None
@@ -219,12 +241,12 @@ def harness_argv(args, phase: str) -> list[str] | None:
 
 def run_phase(args, phase: str) -> None:
     if phase == "scan":
-        scan(args, args.cuts[:1])
+        scan(args, resumed_cuts(args)[:1])
     elif phase == "widen":
-        scan(args, args.cuts)
+        scan(args, resumed_cuts(args))
         run_phase(args, "prefix")
     elif phase == "lora":
-        scan(args, args.cuts, ("--stage", "2", "--lora"))
+        scan(args, resumed_cuts(args), ("--stage", "2", "--lora"))
     elif phase == "artefacts":
         try:
             artefacts.run(artefacts.parse_args(artefacts_argv(args)))
@@ -261,19 +283,29 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from l2o.errors import UserError
 
+    from bench import snapshot
+
+    out, records = Path(args.out), Path(args.docs) / "data" / "evidence"
     try:
+        got = snapshot.restore(records, out)
+        if got:
+            print(f"evidence: {got} file(s) of the kept records restored from {records} into {out}", flush=True)
         if args.report and {"scan", "widen"} & set(args.phase_list):
             print("evidence: phase scan (report only)", flush=True)
             scan_report(args)
         for phase in args.phase_list if not args.report else [p for p in args.phase_list if p in HARNESS_PHASES]:
             print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
             run_phase(args, phase)
+            snapshot.save(out, records)
     except UserError as err:
         print(f"bench.evidence: error: {err}", file=sys.stderr)
         return 2
     from bench.evidence_doc import write_doc
 
-    write_doc(Path(args.out), Path(args.docs), args)
+    write_doc(out, Path(args.docs), args)
+    snapshot.save(out, records)
+    print(f"evidence: the records are kept in {records} ({len(snapshot.kept(records))} files): commit them with "
+          f"{Path(args.docs) / 'evidence.md'}", flush=True)
     return 0
 
 

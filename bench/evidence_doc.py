@@ -65,7 +65,9 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
              "Written by `make evidence` (`python -m bench.evidence`); rerunning it continues the suite where it "
              f"stopped and rewrites this page, within a CPU budget of {args.cpu_hours:g} CPU-hours "
              "(`--cpu-hours`; a rerun with a larger one continues); `python -m bench.evidence --report` rewrites it "
-             "from the runs so far and runs nothing. " + cost_line(out), "", *panel_status(panel, args),
+             "from the runs so far and runs nothing. The runs' records are committed beside this page, in "
+             "`data/evidence/` (`bench/snapshot.py`): on a fresh clone the suite resumes from them and `--report` "
+             "rewrites this page from them alone. " + cost_line(out), "", *panel_status(panel, args),
              "## The claims", "",
              "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
              "|---|---|---|---|---|"]

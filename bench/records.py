@@ -19,7 +19,13 @@ from pathlib import Path
 from l2o.errors import UserError
 from l2o.filelock import append_bytes
 
+SUITE_RECORDS = ("*/runs.jsonl", "artefacts/*/rounds.jsonl")  # under a suite's --out: each phase's, each artefact's
 _CHUNK = 1 << 16  # how far append_record reads back at a time to find the last newline
+
+
+def suite_records(out) -> list[Path]:
+    """The records files under a suite's `out` (bench.evidence's layout), in a fixed order."""
+    return [p for pattern in SUITE_RECORDS for p in sorted(Path(out).glob(pattern))]
 
 
 class RecordsError(UserError):

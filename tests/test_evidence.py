@@ -4,6 +4,7 @@ summaries, and the whole suite at toy sizes on a tiny model: every phase, the cl
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -97,6 +98,17 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert summary["methods"]["gv-matched"]["win_eval"]["n"] == 2 and summary["methods"]["fo-adamw"]["k"]["n"] == 2
     assert sum(1 for r in prefix if r["config"].get("zero_shot")) <= 1   # zero-shot once per task (or from the scan)
     assert evidence.main(argv + ["--phases", "scan,prefix,full,bf16"]) == 0  # resumed: no run repeats
+    assert {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")} == counts
+    doc = (docs / "evidence.md").read_text()
+    assert "median prompt ≤ 128 tokens" in doc  # the rerun resumed the scan at the widened cut, not at the first
+    # a wiped --out (a fresh clone): the records kept beside the doc rewrite the same doc and resume the suite
+    kept = docs / "data" / "evidence"
+    assert (kept / "prefix" / "runs.jsonl").read_bytes() == (out / "prefix" / "runs.jsonl").read_bytes()
+    assert list(kept.glob("prefix/*/history.json")) and not list(kept.rglob("*.ckpt"))
+    shutil.rmtree(out)
+    assert evidence.main(argv + ["--report"]) == 0
+    assert (docs / "evidence.md").read_text() == doc
+    assert evidence.main(argv + ["--phases", "scan,prefix,full,bf16"]) == 0
     assert {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")} == counts
 
 

@@ -1,0 +1,91 @@
+"""The evidence suite's records, kept beside its doc so that CPU-hours survive a wiped `runs/`.
+
+`<docs>/data/evidence/` mirrors the small files of `--out` that the suite resumes and reports from; it is committed
+with the doc. A fresh clone, or a machine whose `runs/` was wiped, then resumes the suite where its records stop and
+`--report` rewrites the doc from them, instead of rerunning the runs:
+
+    restore(records, out)   # before the suite: what `out` lacks, or holds fewer records of, from `records`
+    save(out, records)      # after each phase: `out`'s records into `records`
+
+Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the records, bench/records.py; the
+runs' own seed ledgers are not), every run's `history.json` (its
+loss curve: the harness's reach and k columns), the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at), and the files of
+the learned artefacts' folders up to MAX_BYTES each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a
+whole base is not kept, so after a wipe its rounds' records stand but the metainit phase has no weights to use).
+Checkpoints, TensorBoard logs, plots and reports are not kept: they are rewritten from the records, or not needed.
+
+Records only grow. A records file is copied only when its copy on the other side is missing or a prefix of it, and
+only up to its last newline (a line still being appended is never kept torn); when neither copy is a prefix of the
+other (`--out` was started afresh beside committed records of other runs) the copy is refused in one line.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bench.records import suite_records
+from l2o.errors import UserError
+
+MAX_BYTES = 5 << 20  # an artefact file larger than this is not kept (a base's weights)
+ARTEFACT_FOLDERS = ("artefacts/*/round-*/policy", "artefacts/*/round-*/meta-init")
+
+
+class SnapshotError(UserError):
+    """Two records files that do not extend one another."""
+
+
+def kept(root: Path) -> list[Path]:
+    """The files under `root` that a snapshot keeps, relative to it."""
+    root = Path(root)
+    files = [*suite_records(root), *root.glob("*/*/history.json"),
+             *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json")]
+    for pattern in ARTEFACT_FOLDERS:
+        files += [f for d in root.glob(pattern) for f in d.rglob("*") if f.is_file() and f.stat().st_size <= MAX_BYTES]
+    return sorted({f.relative_to(root) for f in files if f.is_file()})
+
+
+def _whole_lines(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[:data.rfind(b"\n") + 1]
+
+
+def _copy_records(src: Path, dst: Path) -> bool:
+    """`src`'s whole lines onto `dst` when `dst` is missing or a prefix of them (True: copied)."""
+    new = _whole_lines(src)
+    old = dst.read_bytes() if dst.exists() else b""
+    if new.startswith(old):
+        if len(new) == len(old):
+            return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.part")
+        tmp.write_bytes(new)
+        tmp.replace(dst)
+        return True
+    if old.startswith(new):
+        return False  # dst is ahead
+    raise SnapshotError(f"{src} and {dst} hold different runs (neither extends the other); keep one of them, or give "
+                        f"the suite another --out or --docs")
+
+
+def _copy(src_root: Path, dst_root: Path, overwrite: bool) -> int:
+    n, records = 0, set(suite_records(src_root))
+    for rel in kept(src_root):
+        src, dst = src_root / rel, dst_root / rel
+        if src in records:
+            n += _copy_records(src, dst)
+        elif not dst.exists() or (overwrite and dst.read_bytes() != src.read_bytes()):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            n += 1
+    return n
+
+
+def restore(records: Path, out: Path) -> int:
+    """Files of `records` that `out` lacks (records files: also those it holds fewer lines of); how many."""
+    return _copy(Path(records), Path(out), overwrite=False) if Path(records).is_dir() else 0
+
+
+def save(out: Path, records: Path) -> int:
+    """`out`'s kept files into `records` (records files only ever extended); how many changed."""
+    return _copy(Path(out), Path(records), overwrite=True) if Path(out).is_dir() else 0

@@ -1,0 +1,66 @@
+"""The evidence suite's records kept beside its doc (bench/snapshot.py): a wiped --out gets them back, records only
+ever grow, a torn line is never kept, and a base's weights are not. The whole suite's round trip (a wiped --out
+rewrites the same doc and reruns nothing) is in tests/test_evidence.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import snapshot
+from l2o.errors import UserError
+
+
+def _write(path, text: str | bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+
+
+def _lines(*recs) -> str:
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+def test_a_wiped_out_gets_back_every_kept_file_and_nothing_else(tmp_path):
+    out, kept, fresh = tmp_path / "out", tmp_path / "docs" / "data" / "evidence", tmp_path / "fresh"
+    _write(out / "prefix" / "runs.jsonl", _lines({"a": 1}, {"a": 2}))
+    _write(out / "prefix" / "mezo-s0" / "history.json", "[]")
+    _write(out / "prefix" / "mezo-s0" / "ledger.jsonl", _lines({"seed": 1}))  # a run's own ledger: not kept
+    _write(out / "prefix" / "mezo-s0" / "checkpoints" / "last.ckpt", b"\0" * 100)
+    _write(out / "learnability" / "panel.json", "{}")
+    _write(out / "artefacts" / "zo-finetuner" / "rounds.jsonl", _lines({"round": 1}))
+    _write(out / "artefacts" / "zo-finetuner" / "round-1" / "policy" / "model.safetensors", b"\1" * 1000)
+    _write(out / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init" / "model.safetensors",
+           b"\2" * (snapshot.MAX_BYTES + 1))  # a base's weights: not kept
+    assert snapshot.save(out, kept) == 5
+    assert [str(p) for p in snapshot.kept(kept)] == [
+        "artefacts/zo-finetuner/round-1/policy/model.safetensors", "artefacts/zo-finetuner/rounds.jsonl",
+        "learnability/panel.json", "prefix/mezo-s0/history.json", "prefix/runs.jsonl"]
+    assert snapshot.save(out, kept) == 0  # nothing new
+    assert snapshot.restore(kept, fresh) == 5
+    for rel in snapshot.kept(kept):
+        assert (fresh / rel).read_bytes() == (out / rel).read_bytes()
+
+
+def test_records_only_grow_and_a_torn_line_is_not_kept(tmp_path):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    runs = out / "prefix" / "runs.jsonl"
+    _write(runs, _lines({"a": 1}) + '{"a": 2')  # an append in progress
+    snapshot.save(out, kept)
+    assert (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1})
+    _write(runs, _lines({"a": 1}, {"a": 2}))
+    assert snapshot.save(out, kept) == 1 and (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1}, {"a": 2})
+    # an --out behind the kept records (an old runs/ beside a newer clone) is brought up to them, never the reverse
+    _write(runs, _lines({"a": 1}))
+    assert snapshot.save(out, kept) == 0 and (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1}, {"a": 2})
+    assert snapshot.restore(kept, out) == 1 and runs.read_text() == _lines({"a": 1}, {"a": 2})
+
+
+def test_records_of_other_runs_are_refused_in_one_line(tmp_path):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    _write(kept / "prefix" / "runs.jsonl", _lines({"a": 1}))
+    _write(out / "prefix" / "runs.jsonl", _lines({"b": 1}, {"b": 2}))
+    with pytest.raises(UserError, match=r"hold different runs .*another --out or --docs") as err:
+        snapshot.save(out, kept)
+    assert "\n" not in str(err.value)
+    assert (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1})  # left as it was

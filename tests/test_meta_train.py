@@ -744,3 +744,34 @@ def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200
     assert main(["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run", "--gpu-memory", "139"]) == 0
     out = capsys.readouterr().out
     assert "--estimator es" in out and "fits in 139 GiB" in out and "on disk" in out and "\n  momentum " not in out
+
+
+@pytest.mark.parametrize("mine,other", [(0.7, 0.7), (0.7, 99.0), (99.0, 0.7), (float("nan"), 0.7)])
+def test_under_ddp_the_ranks_stop_together_and_each_says_whose_trajectory_diverged(mine, other):
+    """Two ranks, one meta-loss each after a first of 0.7 on the task: every rank calls the one all-reduce (a rank
+    that raised before it would leave the other waiting in it), and both stop when either diverged; the rank that
+    diverged names the lr, the other points to it."""
+    from types import SimpleNamespace
+
+    from l2o.errors import UserError
+    from meta_train.module import ZOFineTunerMeta
+
+    calls = []
+
+    def reduce(t, reduce_op):  # gloo's sum of the two ranks' flags, this rank's own first
+        calls.append(reduce_op)
+        return t + float(not (other == other) or other > 5 * 0.7)
+
+    me = SimpleNamespace(meta_history=[{"task": "t", "meta_loss": 0.7}],
+                         trainer=SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce)),
+                         hparams=SimpleNamespace(estimator="lookahead", lr_llm=0.01, inner_lr=None))
+    stop = ZOFineTunerMeta._stop_if_diverged
+    if mine == 0.7 and other == 0.7:
+        stop(me, "t", mine, 5)
+    else:
+        with pytest.raises(UserError) as err:
+            stop(me, "t", mine, 5)
+        said = str(err.value)
+        assert ("another rank" in said) == (mine == 0.7) and ("--model.lr_llm (now 0.01" in said) == (mine != 0.7)
+        assert "meta-step 5" in said
+    assert calls == ["sum"]  # every rank, the diverged one too, took part in the all-reduce

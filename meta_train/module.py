@@ -410,16 +410,10 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         tb.add_figure("sigma/by_layer", sigma_figure(names, sigma.tolist(), f"step {step}"), step)
 
     # ------------------------------------------------------------------ meta-validation
-    @torch.no_grad()
     def _eval_loss(self, model, task: str) -> float:
-        examples = self.dm.eval_examples(task)
-        fn = self._loss_fn(task)
-        total, n = 0.0, 0
-        for i in range(0, len(examples), self.dm.batch_size):
-            chunk = examples[i:i + self.dm.batch_size]
-            total += float(fn(model, chunk)) * len(chunk)
-            n += len(chunk)
-        return total / max(1, n)
+        """The task's objective over its meta-validation eval examples (Objective.mean_loss: eval mode, no grad)."""
+        return self.dm.objectives[task].mean_loss(model, self.tokenizer, self.dm.eval_examples(task),
+                                                  self.dm.batch_size)
 
     def _metaval_methods(self) -> tuple[str, str]:
         """The deployed inner method (with the policy) and its base method (the same without it: its composition,

@@ -32,8 +32,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
   phase's) on the panel.
 
-No run starts once the suite's runs have spent `--cpu-hours` (8) CPU-hours; every phase then reports what exists,
-and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's report (with what it
+No run starts once the suite's runs have spent `--cpu-hours` CPU-hours (8 the first time; then the budget it last ran
+under, kept in `<out>/suite.json`, so that `--report` states the budget the runs were made under); every phase then
+reports what exists, and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's report (with what it
 has still to run while the panel is short), the harness reports (partial ones say so) and the doc. A harness phase
 that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase: too small a task
 family) says why in one line and the suite goes on.
@@ -68,6 +69,8 @@ FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5
 PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
+DEFAULT_CPU_HOURS = 8.0
+SUITE_FILE = "suite.json"  # under --out (kept with the records): the budget the suite last ran under
 
 
 def parse_args(argv=None):
@@ -76,8 +79,9 @@ def parse_args(argv=None):
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--report", action="store_true", help="run nothing: the harness reports and the doc from the "
                     "runs that exist")
-    ap.add_argument("--cpu-hours", type=float, default=8.0, help="the suite's CPU budget: no run starts once the "
-                    "runs under --out have spent it (rerun with a larger one to continue)")
+    ap.add_argument("--cpu-hours", type=float, default=None, help="the suite's CPU budget: no run starts once the "
+                    "suite's runs have spent it (default: the budget it last ran under, kept in <out>/suite.json, "
+                    f"else {DEFAULT_CPU_HOURS:g})")
     ap.add_argument("--out", default="runs/evidence")
     ap.add_argument("--docs", default="docs")
     ap.add_argument("--policy", default="smollm2-135m/zo-finetuner@1")
@@ -97,6 +101,8 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
+    args.budget_given = args.cpu_hours is not None
+    args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
     args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
@@ -107,6 +113,22 @@ def parse_args(argv=None):
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
     return args
+
+
+def last_budget(args) -> float:
+    """The CPU budget the suite last ran under (<out>/suite.json, else the kept records' copy), else the default."""
+    for path in (Path(args.out) / SUITE_FILE, Path(args.docs) / "data" / "evidence" / SUITE_FILE):
+        if path.exists():
+            return json.loads(path.read_text())["cpu_hours"]
+    return DEFAULT_CPU_HOURS
+
+
+def record_budget(args) -> None:
+    """A run under a given --cpu-hours keeps it in <out>/suite.json (a report does not: it runs nothing)."""
+    if args.budget_given and not args.report:
+        path = Path(args.out) / SUITE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cpu_hours": args.cpu_hours}) + "\n")
 
 
 def budget_argv(args) -> list[str]:
@@ -290,6 +312,7 @@ def main(argv=None) -> int:
         got = snapshot.restore(records, out)
         if got:
             print(f"evidence: {got} file(s) of the kept records restored from {records} into {out}", flush=True)
+        record_budget(args)
         if args.report and {"scan", "widen"} & set(args.phase_list):
             print("evidence: phase scan (report only)", flush=True)
             scan_report(args)

@@ -279,3 +279,20 @@ def test_the_scan_widens_to_longer_prompts_at_a_max_length_that_holds_them():
     assert args.cuts[-1] > 64
     argv = evidence.scan_argv(args, 96)
     assert argv[argv.index("--max-median") + 1] == "96" and argv[argv.index("--max-length") + 1] == "128"
+
+
+def test_a_report_states_the_budget_the_suite_last_ran_under(tmp_path):
+    """--cpu-hours given to a run is kept (<out>/suite.json, and with the records), so a later `--report` without
+    it does not read the default 8 as the budget of runs made under 90."""
+    from bench import evidence, snapshot
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    argv = ["--out", str(out), "--docs", str(docs)]
+    assert evidence.parse_args(argv).cpu_hours == evidence.DEFAULT_CPU_HOURS
+    evidence.record_budget(evidence.parse_args(argv + ["--cpu-hours", "90"]))
+    evidence.record_budget(evidence.parse_args(argv + ["--cpu-hours", "5", "--report"]))  # a report keeps nothing
+    assert evidence.parse_args(argv + ["--report"]).cpu_hours == 90
+    snapshot.save(out, docs / "data" / "evidence")
+    shutil.rmtree(out)  # a fresh clone: the kept copy
+    assert evidence.parse_args(argv + ["--report"]).cpu_hours == 90
+    assert evidence.parse_args(argv + ["--cpu-hours", "100"]).cpu_hours == 100

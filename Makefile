@@ -60,7 +60,7 @@ catalog: install
 	$(PY) -m l2o.catalog
 
 test: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: install data
 	$(PY) -m pytest -q -m slow

@@ -34,10 +34,10 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 
 No run starts once the suite's runs have spent `--cpu-hours` CPU-hours (8 the first time; then the budget it last ran
 under, kept in `<out>/suite.json`, so that `--report` states the budget the runs were made under); every phase then
-reports what exists, and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's report (with what it
-has still to run while the panel is short), the harness reports (partial ones say so) and the doc. A harness phase
-that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase: too small a task
-family) says why in one line and the suite goes on.
+reports what exists, and a rerun with a larger budget continues. `--report` runs nothing and rewrites the scan's
+report (with what it has still to run while the panel is short), the harness reports (partial ones say so) and the
+doc. A harness phase that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase:
+too small a task family) says why in one line and the suite goes on.
 
 The suite's records (each phase's runs.jsonl, the run histories, the artefacts' rounds and policies; bench/snapshot.py)
 are kept in `<docs>/data/evidence/`, committed with the doc: the suite first restores what `--out` lacks from there
@@ -246,8 +246,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
     if args.smoke:
-        methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"], "full": ["mezo:mezo:lr=1e-3"]
-                   }.get(phase, methods)
+        methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"],
+                   "full": ["mezo:mezo:lr=1e-3"]}.get(phase, methods)
         argv += ["--smoke", "--base", args.base, "--lr-grid", "1,3", "--extend", "0", "--seeds", "0,1",
                  "--probe-steps", "2"]
     if phase == "full":

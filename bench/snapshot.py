@@ -8,11 +8,11 @@ with the doc. A fresh clone, or a machine whose `runs/` was wiped, then resumes 
     save(out, records)      # after each phase: `out`'s records into `records`
 
 Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the records, bench/records.py; the
-runs' own seed ledgers are not), every run's `history.json` (its
-loss curve: the harness's reach and k columns), the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at), the suite's
-`suite.json` (the CPU budget it last ran under), and the files of
-the learned artefacts' folders up to MAX_BYTES each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a
-whole base is not kept, so after a wipe its rounds' records stand but the metainit phase has no weights to use).
+runs' own seed ledgers are not); every run's `history.json` (its loss curve: the harness's reach and k columns);
+the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at); the suite's
+`suite.json` (the CPU budget it last ran under); and the files of the learned artefacts' folders up to MAX_BYTES
+each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a whole base is not kept, so after a wipe its
+rounds' records stand but the metainit phase has no weights to use).
 Checkpoints, TensorBoard logs, plots and reports are not kept: they are rewritten from the records, or not needed.
 
 Records only grow. A records file is copied only when its copy on the other side is missing or a prefix of it, and
@@ -39,8 +39,8 @@ class SnapshotError(UserError):
 def kept(root: Path) -> list[Path]:
     """The files under `root` that a snapshot keeps, relative to it."""
     root = Path(root)
-    files = [*suite_records(root), *root.glob("*/*/history.json"),
-             *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json"), *root.glob("suite.json")]
+    files = [*suite_records(root), *root.glob("*/*/history.json"), *root.glob("suite.json"),
+             *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json")]
     for pattern in ARTEFACT_FOLDERS:
         files += [f for d in root.glob(pattern) for f in d.rglob("*") if f.is_file() and f.stat().st_size <= MAX_BYTES]
     return sorted({f.relative_to(root) for f in files if f.is_file()})

@@ -1,6 +1,6 @@
 """`make evidence`: the whole evidence suite, resumable, and the claims table `docs/evidence.md` written from it.
 
-    python -m bench.evidence                          # everything (CPU-hours; rerun to continue where it stopped)
+    python -m bench.evidence --workers 2              # everything (CPU-hours; rerun to continue where it stopped)
     python -m bench.evidence --phases scan,memory     # some phases only; --report rewrites the doc from what ran
     python -m bench.evidence --smoke --base <tiny>    # the whole path in a few CPU-minutes (the fast tests)
 
@@ -39,6 +39,11 @@ report (with what it has still to run while the panel is short), the harness rep
 doc. A harness phase that cannot run yet (no panel, an empty panel, no meta-initialisation; the artefacts phase:
 too small a task family) says why in one line and the suite goes on.
 
+Two cores (`--workers 2`, what `make evidence` runs; one thread per process, as the issue asks): the scan runs in
+two processes, which claim its tasks so that no run is made twice; then, the panel established, the artefacts, full
+and metainit phases run in a second process beside memory, prefix, bf16 and lora here (`lanes`). The two share the
+CPU budget: each runner reads the suite's records before each run (bench/budget.py, `--cpu-suite-out`).
+
 The suite's records (each phase's runs.jsonl, the run histories, the artefacts' rounds and policies; bench/snapshot.py)
 are kept in `<docs>/data/evidence/`, committed with the doc: the suite first restores what `--out` lacks from there
 and saves its records there after each phase, so a fresh clone resumes where the committed records stop and
@@ -69,6 +74,8 @@ FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5
 PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
+SCAN_PHASES = ("scan", "widen")
+SECOND_LANE = ("artefacts", "full", "metainit")  # --workers 2: the second process's phases (they need the panel only)
 DEFAULT_CPU_HOURS = 8.0
 SUITE_FILE = "suite.json"  # under --out (kept with the records): the budget the suite last ran under
 
@@ -98,8 +105,12 @@ def parse_args(argv=None):
                     "bench.artefacts's zo-finetuner=40,bilevel-zofo=400; --smoke 2)")
     ap.add_argument("--max-rounds", type=int, default=None, help="artefacts: at most this many rounds (default 4; "
                     "--smoke 2)")
+    ap.add_argument("--workers", type=int, default=1, help="processes at a time, one thread each: with 2, the scan "
+                    "runs in two processes (they share its tasks), then artefacts, full and metainit in a second "
+                    "process beside memory, prefix, bf16 and lora (make evidence: 2)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.budget_given = args.cpu_hours is not None
     args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
@@ -112,6 +123,8 @@ def parse_args(argv=None):
     unknown = set(args.phase_list) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+    if args.workers not in (1, 2):
+        ap.error(f"--workers {args.workers}: 1 or 2 (the suite has two lanes; the issue's machine has two cores)")
     return args
 
 
@@ -132,10 +145,9 @@ def record_budget(args) -> None:
 
 
 def budget_argv(args) -> list[str]:
-    """The CPU budget flags of a phase's runner: the budget and what the suite's runs have spent so far."""
-    from bench.budget import spent_hours
-
-    return ["--cpu-budget-h", str(args.cpu_hours), "--cpu-spent-h", f"{spent_hours(Path(args.out)):.4f}"]
+    """The CPU budget flags of a phase's runner: the budget, and the suite's records, which it reads before each
+    run (every process's runs count: two processes of the suite share the budget)."""
+    return ["--cpu-budget-h", str(args.cpu_hours), "--cpu-suite-out", str(args.out)]
 
 
 def scan_argv(args, cut: int) -> list[str]:
@@ -161,7 +173,37 @@ def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
         if i:
             print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks; widening the scan to "
                   f"--max-median {cut}", flush=True)
-        learnability.main(scan_argv(args, cut) + list(extra))
+        scan_at(args, scan_argv(args, cut) + list(extra))
+
+
+def scan_at(args, argv: list[str]) -> None:
+    """One cut of the scan: here and, with --workers 2, in a second process at once (they claim tasks, so none
+    runs twice); then a last pass here for what each left the other (a task whose stage 1 finished in one process
+    after the other had chosen its stage-2 tasks) and the report of all their runs."""
+    helper = spawn(args, ["-m", "bench.learnability", *argv]) if args.workers > 1 else None
+    learnability.main(argv)
+    if helper is not None:
+        join(helper, "the scan's second process")
+        learnability.main(argv)
+
+
+def spawn(args, python_argv: list[str]):
+    """A second process of the suite, one thread, its output beside this one's."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print(f"evidence: second process: python {' '.join(python_argv)}", flush=True)
+    return subprocess.Popen([sys.executable, *python_argv], env=env)
+
+
+def join(proc, what: str) -> int:
+    """Wait for a second process; a failure is said in one line (its finished runs are recorded and resume)."""
+    code = proc.wait()
+    if code:
+        print(f"evidence: {what} exited with code {code}; its finished runs are recorded, a rerun continues",
+              flush=True)
+    return code
 
 
 def reported_cut(args) -> int:
@@ -264,6 +306,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
 def run_phase(args, phase: str) -> None:
     if phase == "scan":
         scan(args, resumed_cuts(args)[:1])
+    elif phase == "scan-widened":  # --workers 2: the scan widened first (lanes), the prefix phase comes after
+        scan(args, resumed_cuts(args))
     elif phase == "widen":
         scan(args, resumed_cuts(args))
         run_phase(args, "prefix")
@@ -298,9 +342,24 @@ def run_phase(args, phase: str) -> None:
         harness.run_suite(harness.parse_args(argv))
 
 
+def lanes(args) -> tuple[list[str], list[str]]:
+    """--workers 2: this process's phases, with "lane" where the second process starts, and that process's phases.
+    The scan comes first (widened as far as it will be: the task family of the artefacts is the scanned tasks off
+    the panel), then the artefacts, full and metainit phases in the second process beside the others here."""
+    asked = args.phase_list
+    second = [p for p in asked if p in SECOND_LANE]
+    here = [p for p in asked if p not in SECOND_LANE and p not in SCAN_PHASES]
+    if "widen" in asked and "prefix" not in here:
+        here.insert(0, "prefix")  # widen's own prefix run on the widened panel
+    scans = ["scan-widened" if "widen" in asked else "scan"] if set(asked) & set(SCAN_PHASES) else []
+    return scans + (["lane"] if second else []) + here, second or []
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import os
+
+    import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from l2o.errors import UserError
@@ -308,28 +367,44 @@ def main(argv=None) -> int:
     from bench import snapshot
 
     out, records = Path(args.out), Path(args.docs) / "data" / "evidence"
+    threads, proc, code = torch.get_num_threads(), None, 0
+    if args.workers > 1:
+        torch.set_num_threads(1)  # one thread per process (the second one is started with one)
     try:
         got = snapshot.restore(records, out)
         if got:
             print(f"evidence: {got} file(s) of the kept records restored from {records} into {out}", flush=True)
         record_budget(args)
-        if args.report and {"scan", "widen"} & set(args.phase_list):
+        if args.report and set(SCAN_PHASES) & set(args.phase_list):
             print("evidence: phase scan (report only)", flush=True)
             scan_report(args)
-        for phase in args.phase_list if not args.report else [p for p in args.phase_list if p in HARNESS_PHASES]:
+        if args.report:
+            phases, second = [p for p in args.phase_list if p in HARNESS_PHASES], []
+        elif args.workers > 1:
+            phases, second = lanes(args)
+        else:
+            phases, second = args.phase_list, []
+        for phase in phases:
+            if phase == "lane":
+                proc = spawn(args, ["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])
+                continue
             print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
             run_phase(args, phase)
             snapshot.save(out, records)
     except UserError as err:
         print(f"bench.evidence: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)
+        if proc is not None:
+            code = join(proc, f"the second process (phases {','.join(second)})")
     from bench.evidence_doc import write_doc
 
     write_doc(out, Path(args.docs), args)
     snapshot.save(out, records)
     print(f"evidence: the records are kept in {records} ({len(snapshot.kept(records))} files): commit them with "
           f"{Path(args.docs) / 'evidence.md'}", flush=True)
-    return 0
+    return 2 if code else 0
 
 
 if __name__ == "__main__":

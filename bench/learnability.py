@@ -447,7 +447,8 @@ def remaining(done: dict, profiles: list[dict], excluded: list[dict], t_forward:
 
 def resume_command(args) -> str:
     """The command that continues this scan: the options that differ from their defaults."""
-    default, skip = vars(parse_args([])), {"report", "plan", "docs", "stage", "grid", "cpu_budget_h", "cpu_spent_h"}
+    default, skip = vars(parse_args([])), {"report", "plan", "docs", "stage", "grid", "cpu_budget_h", "cpu_spent_h",
+                                            "cpu_suite_out"}
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
              if k in default and k not in skip and v != default[k]]
     return " ".join(["python -m bench.learnability", *flags])

@@ -22,7 +22,7 @@ other (`--out` was started afresh beside committed records of other runs) the co
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 from bench.records import suite_records
@@ -46,6 +46,14 @@ def kept(root: Path) -> list[Path]:
     return sorted({f.relative_to(root) for f in files if f.is_file()})
 
 
+def _write(dst: Path, data: bytes) -> None:
+    """Atomically (a file of this process's own, then renamed): two suite processes may save at once."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    tmp.write_bytes(data)
+    tmp.replace(dst)
+
+
 def _whole_lines(path: Path) -> bytes:
     data = path.read_bytes()
     return data[:data.rfind(b"\n") + 1]
@@ -58,10 +66,7 @@ def _copy_records(src: Path, dst: Path) -> bool:
     if new.startswith(old):
         if len(new) == len(old):
             return False
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.part")
-        tmp.write_bytes(new)
-        tmp.replace(dst)
+        _write(dst, new)
         return True
     if old.startswith(new):
         return False  # dst is ahead
@@ -76,8 +81,7 @@ def _copy(src_root: Path, dst_root: Path, overwrite: bool) -> int:
         if src in records:
             n += _copy_records(src, dst)
         elif not dst.exists() or (overwrite and dst.read_bytes() != src.read_bytes()):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            _write(dst, src.read_bytes())
             n += 1
     return n
 

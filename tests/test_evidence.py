@@ -296,3 +296,35 @@ def test_a_report_states_the_budget_the_suite_last_ran_under(tmp_path):
     shutil.rmtree(out)  # a fresh clone: the kept copy
     assert evidence.parse_args(argv + ["--report"]).cpu_hours == 90
     assert evidence.parse_args(argv + ["--cpu-hours", "100"]).cpu_hours == 100
+
+
+def test_two_workers_share_the_scan_and_run_the_second_lane_in_a_second_process(tiny_smollm_base, tmp_path):
+    """--workers 2 (make evidence): the scan's two processes run each scan run once between them, and the full
+    phase runs in the second process beside the prefix phase here; both lanes' runs are in the records and the doc."""
+    from bench import evidence
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--docs", str(docs), "--workers", "2",
+            "--phases", "scan,prefix,full", "--max-median", "128"]
+    assert evidence.main(argv) == 0
+    scan = [json.loads(line)["name"] for line in (out / "learnability" / "runs.jsonl").read_text().splitlines()]
+    assert len(scan) == len(set(scan)) >= 3  # stage 1 and stage 2's lrs, none twice
+    full = [json.loads(line) for line in (out / "full" / "runs.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in full} == {"mezo"} and (out / "prefix" / "summary.json").exists()
+    assert (docs / "data" / "evidence" / "full" / "runs.jsonl").exists()  # the parent saved after the child ended
+    assert "## 3. The ZO Fine-tuner policy" in (docs / "evidence.md").read_text()
+
+
+def test_two_workers_widen_the_scan_first_then_run_two_lanes():
+    from bench import evidence
+
+    def lanes(phases):
+        return evidence.lanes(evidence.parse_args(["--workers", "2", "--phases", phases]))
+
+    assert lanes(",".join(evidence.PHASES)) == (
+        ["scan-widened", "lane", "memory", "prefix", "bf16", "lora"], ["artefacts", "full", "metainit"])
+    assert lanes("scan,prefix") == (["scan", "prefix"], [])
+    assert lanes("widen") == (["scan-widened", "prefix"], [])          # widen's own prefix run
+    assert lanes("full,bf16") == (["lane", "bf16"], ["full"])
+    with pytest.raises(SystemExit):
+        evidence.parse_args(["--workers", "3"])

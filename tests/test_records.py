@@ -130,3 +130,18 @@ def test_the_budget_counts_past_a_torn_rounds_jsonl(tmp_path):
     _torn(tmp_path / "full" / "runs.jsonl", [{"cpu_s": 3600.0}], fragment_of={"cpu_s": 7200.0})
     _torn(tmp_path / "artefacts" / "zo-finetuner" / "rounds.jsonl", [{"cpu_s": 1800.0}], fragment_of={"cpu_s": 1.0})
     assert spent_hours(tmp_path) == pytest.approx(1.5)
+
+
+def test_two_processes_of_a_suite_share_one_budget_through_its_records(tmp_path):
+    """A runner given the suite's --out (--cpu-suite-out) counts every process's recorded runs at each check: the
+    other process's runs stop this one at the budget, which a count of its own runs would overrun."""
+    from bench.budget import BudgetSpent, CpuBudget
+
+    mine = CpuBudget(hours=2.0, suite_out=tmp_path)
+    alone = CpuBudget(hours=2.0)  # before: what was spent when it started, plus its own runs
+    _torn(tmp_path / "prefix" / "runs.jsonl", [{"cpu_s": 3600.0}])
+    mine.check("a run")
+    _torn(tmp_path / "full" / "runs.jsonl", [{"cpu_s": 3600.0}])  # the other process's run, recorded meanwhile
+    with pytest.raises(BudgetSpent, match=r"CPU budget of 2 h spent \(2.00 h\): not starting a run"):
+        mine.check("a run")
+    alone.check("a run")

@@ -203,6 +203,7 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0, self.commit = self.out / "runs.jsonl", time.perf_counter(), git_commit()
+        self.lock_path = self.log_path.with_suffix(".lock")
         self.budget = CpuBudget.of(args)
 
     @contextlib.contextmanager
@@ -224,7 +225,12 @@ class Runner:
             lock.release()
 
     def done(self) -> dict:
-        return {r["name"]: r for r in read_records(self.log_path) if r}
+        """The recorded runs by name, read under the lock the appends hold (another process of the scan may be
+        appending: unlocked, its half-written line read as a torn one, with a warning)."""
+        from l2o.filelock import exclusive
+
+        with exclusive(self.lock_path):
+            return {r["name"]: r for r in read_records(self.log_path) if r}
 
     def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
                  zero_shot: bool, note: str = "") -> dict:
@@ -242,7 +248,7 @@ class Runner:
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))
         res.update(name=name, lr=lr, commit=self.commit, cpu_s=time.process_time() - c0)
         self.budget.charge(res["cpu_s"])
-        with exclusive(self.log_path.with_suffix(".lock")):
+        with exclusive(self.lock_path):
             append_record(self.log_path, res)
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
               f" (fit {res['fit_time_s']:.0f} s)", flush=True)

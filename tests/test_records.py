@@ -145,3 +145,26 @@ def test_two_processes_of_a_suite_share_one_budget_through_its_records(tmp_path)
     with pytest.raises(BudgetSpent, match=r"CPU budget of 2 h spent \(2.00 h\): not starting a run"):
         mine.check("a run")
     alone.check("a run")
+
+
+def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under(tmp_path, capsys):
+    """While another process of the scan holds the append lock halfway through a line, a read waits for it (before,
+    it read the half line as a torn one and warned) and then sees the whole record."""
+    import threading
+    import time
+
+    from l2o.filelock import exclusive
+
+    out = tmp_path / "scan"
+    first, second = {"name": "s1-a"}, {"name": "s1-b", "per_example": list(range(100))}
+    runner = lb.Runner(lb.parse_args(["--out", str(out)]))
+    got = []
+    with exclusive(runner.lock_path):  # "another process", mid-append
+        _torn(out / "runs.jsonl", [first], fragment_of=second)
+        reader = threading.Thread(target=lambda: got.append(runner.done()))
+        reader.start()
+        time.sleep(0.3)
+        assert reader.is_alive() and not got  # waiting for the lock, not reading the half line
+        _torn(out / "runs.jsonl", [first, second])
+    reader.join(5)
+    assert got == [{"s1-a": first, "s1-b": second}] and "torn" not in capsys.readouterr().err

@@ -180,14 +180,14 @@ def scan_at(args, argv: list[str]) -> None:
     """One cut of the scan: here and, with --workers 2, in a second process at once (they claim tasks, so none
     runs twice); then a last pass here for what each left the other (a task whose stage 1 finished in one process
     after the other had chosen its stage-2 tasks) and the report of all their runs."""
-    helper = spawn(args, ["-m", "bench.learnability", *argv]) if args.workers > 1 else None
+    helper = spawn(["-m", "bench.learnability", *argv]) if args.workers > 1 else None
     learnability.main(argv)
     if helper is not None:
         join(helper, "the scan's second process")
         learnability.main(argv)
 
 
-def spawn(args, python_argv: list[str]):
+def spawn(python_argv: list[str]):
     """A second process of the suite, one thread, its output beside this one's."""
     import os
     import subprocess
@@ -352,7 +352,7 @@ def lanes(args) -> tuple[list[str], list[str]]:
     if "widen" in asked and "prefix" not in here:
         here.insert(0, "prefix")  # widen's own prefix run on the widened panel
     scans = ["scan-widened" if "widen" in asked else "scan"] if set(asked) & set(SCAN_PHASES) else []
-    return scans + (["lane"] if second else []) + here, second or []
+    return scans + (["lane"] if second else []) + here, second
 
 
 def main(argv=None) -> int:
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
             phases, second = args.phase_list, []
         for phase in phases:
             if phase == "lane":
-                proc = spawn(args, ["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])
+                proc = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])
                 continue
             print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
             run_phase(args, phase)

@@ -53,6 +53,12 @@ def apply_meta_init(model: nn.Module, tensors: dict[str, torch.Tensor], rounding
     return sorted(tensors)
 
 
+def _metric_and_loss(objective, model, tokenizer, examples: Sequence, batch_size: int) -> tuple[float, float]:
+    """The eval metric (accuracy or F1: `Objective.evaluate`'s mean of example scores) and the mean loss."""
+    scores, loss = objective.scores_and_mean_loss(model, tokenizer, list(examples), batch_size)
+    return sum(scores) / len(scores), loss
+
+
 def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluate_on: Sequence, steps: int = 5,
                 lr: float = 2e-4, batch_size: int = 1, eval_batch_size: int = 16, seed: int = 0) -> dict:
     """Meta-test adaptation on `opt`'s current backbone: a fresh adapter (the initial values), `steps`
@@ -64,8 +70,7 @@ def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluat
     fresh = opt.slots.clone(opt.init_copy)
     opt.slots.install(fresh)
     try:
-        zero = objective.evaluate(model, tokenizer, list(evaluate_on), eval_batch_size)[metric]
-        zero_loss = objective.mean_loss(model, tokenizer, list(evaluate_on), eval_batch_size)
+        zero, zero_loss = _metric_and_loss(objective, model, tokenizer, evaluate_on, eval_batch_size)
         adam = torch.optim.AdamW(fresh, lr=lr)
         stream = Stream(list(train), batch_size, mix(0xADA9, seed))
         losses = []
@@ -78,8 +83,7 @@ def quick_adapt(opt: BilevelZOFO, objective, tokenizer, train: Sequence, evaluat
             adam.step()
             adam.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-        adapted = objective.evaluate(model, tokenizer, list(evaluate_on), eval_batch_size)[metric]
-        adapted_loss = objective.mean_loss(model, tokenizer, list(evaluate_on), eval_batch_size)
+        adapted, adapted_loss = _metric_and_loss(objective, model, tokenizer, evaluate_on, eval_batch_size)
     finally:
         opt.adapters.install(opt.adapters.installed)
     return {"metric": metric, "zero_shot": zero, "adapted": adapted, "zero_shot_loss": zero_loss,

@@ -548,6 +548,20 @@ def test_mean_loss_weights_every_example_once_in_eval_mode(tok):
         CandidateCE().mean_loss(model, tok, [])
 
 
+def test_scores_and_mean_loss_is_example_scores_and_mean_loss_from_one_scoring_pass(tok, monkeypatch):
+    """Quick adaptation's held-out accuracy and loss (l2o.meta_init): for candidate CE both come off one scoring
+    pass per batch, equal to the two separate evaluations, which score every batch twice."""
+    from l2o.tasks import objectives
+
+    model, ce = tiny_model("opt"), CandidateCE()
+    apart = (ce.example_scores(model, tok, BATCH, batch_size=2), ce.mean_loss(model, tok, BATCH, batch_size=2))
+    calls = []
+    real = objectives.candidate_scores
+    monkeypatch.setattr(objectives, "candidate_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scores, loss = ce.scores_and_mean_loss(model, tok, BATCH, batch_size=2)
+    assert scores == apart[0] and loss == pytest.approx(apart[1], abs=1e-6) and len(calls) == 2  # 3 examples / 2
+
+
 def _always_says(model, tok, word: str):
     """Rig a tiny OPT so that greedy decoding emits `word` (one token) at every position: the final
     norm outputs a constant vector b, and the word's output embedding is 100 b."""

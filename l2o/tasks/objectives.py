@@ -279,6 +279,12 @@ class Objective:
                 total, weight = total + float(t), weight + w
         return total / weight
 
+    def scores_and_mean_loss(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16
+                             ) -> tuple[list[float], float]:
+        """`example_scores` and `mean_loss` of the same examples (an objective that can reads both off one pass)."""
+        return (self.example_scores(model, tokenizer, examples, batch_size),
+                self.mean_loss(model, tokenizer, examples, batch_size))
+
     def example_scores(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16) -> list[float]:
         """Per example, 1.0 if the argmax candidate is correct else 0.0 (cls/mch), or the token F1 of the greedy
         generation (gen): what `evaluate` averages, kept per example for paired comparisons."""
@@ -301,13 +307,29 @@ class CandidateCE(Objective):
     name: str = "ce"
 
     def loss(self, model, tokenizer, batch: list[Rendered]) -> torch.Tensor:
-        scores = candidate_scores(model, tokenizer, batch, self.max_length)
+        return self._losses(batch, candidate_scores(model, tokenizer, batch, self.max_length)).mean()
+
+    @staticmethod
+    def _losses(batch: list[Rendered], scores: list[torch.Tensor]) -> torch.Tensor:
+        """-log softmax(candidate scores)[gold], per example."""
         losses = []
         for ex, sc in zip(batch, scores):
             if ex.gold is None:
                 raise TaskError("candidate cross-entropy needs a gold candidate")
             losses.append(-F.log_softmax(sc, dim=0)[ex.gold])
-        return torch.stack(losses).mean()
+        return torch.stack(losses)
+
+    def scores_and_mean_loss(self, model, tokenizer, examples: list[Rendered], batch_size: int = 16
+                             ) -> tuple[list[float], float]:
+        """Accuracy per example and the mean candidate CE from one scoring pass (two passes give the same)."""
+        out, total = [], 0.0
+        with _evaluating(model, examples):
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i:i + batch_size]
+                scores = candidate_scores(model, tokenizer, chunk, self.max_length)
+                out += [float(int(sc.argmax()) in ex.correct) for ex, sc in zip(chunk, scores)]
+                total += float(self._losses(chunk, scores).sum())
+        return out, total / len(examples)
 
 
 @dataclass

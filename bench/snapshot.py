@@ -7,6 +7,8 @@ with the doc. A fresh clone, or a machine whose `runs/` was wiped, then resumes 
     restore(records, out)   # before the suite: what `out` lacks, or holds fewer records of, from `records`
     save(out, records)      # after each phase: `out`'s records into `records`
 
+    python -m bench.snapshot [--out runs/evidence] [--docs docs]   # save now, e.g. while a long phase runs
+
 Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the records, bench/records.py; the
 runs' own seed ledgers are not); every run's `history.json` (its loss curve: the harness's reach and k columns);
 the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at); the suite's
@@ -22,8 +24,12 @@ other (`--out` was started afresh beside committed records of other runs) the co
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.records import suite_records
 from l2o.errors import UserError
@@ -94,3 +100,25 @@ def restore(records: Path, out: Path) -> int:
 def save(out: Path, records: Path) -> int:
     """`out`'s kept files into `records` (records files only ever extended); how many changed."""
     return _copy(Path(out), Path(records), overwrite=True) if Path(out).is_dir() else 0
+
+
+def main(argv=None) -> int:
+    from bench.cli import cli_exit
+
+    ap = argparse.ArgumentParser(description="save the evidence suite's records beside its doc now")
+    ap.add_argument("--out", default="runs/evidence", help="the suite's --out")
+    ap.add_argument("--docs", default="docs", help="the suite's --docs (the records go to <docs>/data/evidence)")
+    args = ap.parse_args(argv)
+    records = Path(args.docs) / "data" / "evidence"
+
+    def run():
+        if not Path(args.out).is_dir():
+            raise UserError(f"no suite folder {args.out} (give the suite's --out)")
+        n = save(Path(args.out), records)
+        print(f"bench.snapshot: {n} file(s) saved; {records} holds {len(kept(records))} (commit them)", flush=True)
+
+    return cli_exit("bench.snapshot", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,3 +64,17 @@ def test_records_of_other_runs_are_refused_in_one_line(tmp_path):
         snapshot.save(out, kept)
     assert "\n" not in str(err.value)
     assert (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1})  # left as it was
+
+
+def test_the_command_saves_now_and_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    _write(out / "prefix" / "runs.jsonl", _lines({"a": 1}))
+    assert snapshot.main(["--out", str(out), "--docs", str(docs)]) == 0
+    assert (docs / "data" / "evidence" / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1})
+    assert "1 file(s) saved" in capsys.readouterr().out
+    _write(out / "prefix" / "runs.jsonl", _lines({"b": 1}))  # other runs than the kept ones
+    assert snapshot.main(["--out", str(out), "--docs", str(docs)]) == 2
+    assert snapshot.main(["--out", str(tmp_path / "nowhere"), "--docs", str(docs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("bench.snapshot: error: ") for e in err), err
+    assert "hold different runs" in err[0] and "no suite folder" in err[1]

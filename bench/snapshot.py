@@ -98,8 +98,18 @@ def restore(records: Path, out: Path) -> int:
 
 
 def save(out: Path, records: Path) -> int:
-    """`out`'s kept files into `records` (records files only ever extended); how many changed."""
-    return _copy(Path(out), Path(records), overwrite=True) if Path(out).is_dir() else 0
+    """`out`'s kept files into `records` (records files only ever extended); how many changed. An `out` that lacks
+    a kept records file, or holds fewer of its lines, is refused: its other files (a panel, a forward time) are
+    not those of the kept runs, and would overwrite theirs."""
+    out, records = Path(out), Path(records)
+    if not out.is_dir():
+        return 0
+    for kept_file in suite_records(records):
+        mine = out / kept_file.relative_to(records)
+        if not mine.exists() or len(_whole_lines(mine)) < kept_file.stat().st_size:
+            raise SnapshotError(f"{out} is behind the kept records ({mine} lacks runs that {kept_file} holds): "
+                                "restore them first (the suite does, before it runs) or give the suite's --out")
+    return _copy(out, records, overwrite=True)
 
 
 def main(argv=None) -> int:

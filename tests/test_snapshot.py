@@ -50,10 +50,19 @@ def test_records_only_grow_and_a_torn_line_is_not_kept(tmp_path):
     assert (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1})
     _write(runs, _lines({"a": 1}, {"a": 2}))
     assert snapshot.save(out, kept) == 1 and (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1}, {"a": 2})
-    # an --out behind the kept records (an old runs/ beside a newer clone) is brought up to them, never the reverse
+    # an --out behind the kept records (an old runs/ beside a newer clone, a wrong --out) saves nothing: its panel
+    # or forward time would overwrite the kept runs' own; restoring brings it up to them
     _write(runs, _lines({"a": 1}))
-    assert snapshot.save(out, kept) == 0 and (kept / "prefix" / "runs.jsonl").read_text() == _lines({"a": 1}, {"a": 2})
+    _write(out / "learnability" / "panel.json", "{}")
+    with pytest.raises(UserError, match="is behind the kept records"):
+        snapshot.save(out, kept)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is behind the kept records"):
+        snapshot.save(tmp_path / "empty", kept)
+    assert not (kept / "learnability").exists() and (kept / "prefix" / "runs.jsonl").read_text() == _lines(
+        {"a": 1}, {"a": 2})
     assert snapshot.restore(kept, out) == 1 and runs.read_text() == _lines({"a": 1}, {"a": 2})
+    assert snapshot.save(out, kept) == 1  # now level with them: its panel is saved
 
 
 def test_records_of_other_runs_are_refused_in_one_line(tmp_path):

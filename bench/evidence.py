@@ -139,9 +139,11 @@ def last_budget(args) -> float:
 def record_budget(args) -> None:
     """A run under a given --cpu-hours keeps it in <out>/suite.json (a report does not: it runs nothing)."""
     if args.budget_given and not args.report:
+        from l2o.filelock import write_atomic
+
         path = Path(args.out) / SUITE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"cpu_hours": args.cpu_hours}) + "\n")
+        write_atomic(path, lambda f: f.write((json.dumps({"cpu_hours": args.cpu_hours}) + "\n").encode()))
 
 
 def budget_argv(args) -> list[str]:

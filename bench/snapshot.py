@@ -25,7 +25,6 @@ other (`--out` was started afresh beside committed records of other runs) the co
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.records import suite_records
 from l2o.errors import UserError
+from l2o.filelock import write_atomic
 
 MAX_BYTES = 5 << 20  # an artefact file larger than this is not kept (a base's weights)
 ARTEFACT_FOLDERS = ("artefacts/*/round-*/policy", "artefacts/*/round-*/meta-init")
@@ -53,11 +53,10 @@ def kept(root: Path) -> list[Path]:
 
 
 def _write(dst: Path, data: bytes) -> None:
-    """Atomically (a file of this process's own, then renamed): two suite processes may save at once."""
+    """Atomically (l2o.filelock.write_atomic: a temporary of its own, fsync, rename): two suite processes may save
+    at once, and a full disk leaves the kept file as it was."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    tmp.replace(dst)
+    write_atomic(dst, lambda f: f.write(data))
 
 
 def _whole_lines(path: Path) -> bytes:

@@ -181,12 +181,14 @@ def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
 def scan_at(args, argv: list[str]) -> None:
     """One cut of the scan: here and, with --workers 2, in a second process at once (they claim tasks, so none
     runs twice); then a last pass here for what each left the other (a task whose stage 1 finished in one process
-    after the other had chosen its stage-2 tasks) and the report of all their runs."""
-    helper = spawn(["-m", "bench.learnability", *argv]) if args.workers > 1 else None
-    learnability.main(argv)
-    if helper is not None:
-        join(helper, "the scan's second process")
+    after the other had chosen its stage-2 tasks) and the report of all their runs, written once."""
+    if args.workers == 1:
         learnability.main(argv)
+        return
+    helper = spawn(["-m", "bench.learnability", *argv, "--no-report"])
+    learnability.main(argv + ["--no-report"])
+    join(helper, "the scan's second process")
+    learnability.main(argv)
 
 
 def spawn(python_argv: list[str]):

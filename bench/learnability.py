@@ -67,6 +67,8 @@ def parse_args(argv=None):
     ap.add_argument("--stage", default="all", choices=("1", "2", "all"))
     ap.add_argument("--report", action="store_true", help="only write the table, plot and panel from runs.jsonl")
     ap.add_argument("--plan", action="store_true", help="only print the tasks, their lengths and estimated costs")
+    ap.add_argument("--no-report", action="store_true", help="run and record, but write no table, plot or panel "
+                    "(bench.evidence --workers 2: its last pass reports what both processes ran, once)")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--max-median", type=int, default=None, help="also leave out tasks whose median prompt is longer "
                     "(a cost cut: a forward costs about its length; default: only --max-length)")
@@ -630,7 +632,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     write_bytes_atomic(out / "panel.json", json.dumps(info, indent=1).encode())
     if args.docs:
         Path(args.docs).mkdir(parents=True, exist_ok=True)
-        (Path(args.docs) / "learnability.md").write_text(table)
+        write_bytes_atomic(Path(args.docs) / "learnability.md", table.encode())
         shutil.copyfile(out / "learnability.png", Path(args.docs) / "learnability.png")
     print(table, flush=True)
     return chosen
@@ -678,7 +680,8 @@ def main(argv=None) -> int:
             stage2(args, runner, scanned)
     except BudgetSpent as stop:
         print(f"stopped: {stop}", flush=True)
-    report(args, runner, scanned, excluded, t_forward)
+    if not args.no_report:
+        report(args, runner, scanned, excluded, t_forward)
     return 0
 
 

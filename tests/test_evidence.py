@@ -298,15 +298,17 @@ def test_a_report_states_the_budget_the_suite_last_ran_under(tmp_path):
     assert evidence.parse_args(argv + ["--cpu-hours", "100"]).cpu_hours == 100
 
 
-def test_two_workers_share_the_scan_and_run_the_second_lane_in_a_second_process(tiny_smollm_base, tmp_path):
-    """--workers 2 (make evidence): the scan's two processes run each scan run once between them, and the full
-    phase runs in the second process beside the prefix phase here; both lanes' runs are in the records and the doc."""
+def test_two_workers_share_the_scan_and_run_the_second_lane_in_a_second_process(tiny_smollm_base, tmp_path, capfd):
+    """--workers 2 (make evidence): the scan's two processes run each scan run once between them, and report them
+    once (the last pass); the full phase runs in the second process beside the prefix phase here; both lanes' runs
+    are in the records and the doc."""
     from bench import evidence
 
     out, docs = tmp_path / "ev", tmp_path / "docs"
     argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--docs", str(docs), "--workers", "2",
             "--phases", "scan,prefix,full", "--max-median", "128"]
     assert evidence.main(argv) == 0
+    assert capfd.readouterr().out.count("Panel rule: stage-2") == 1  # the scan's table, printed by one pass
     scan = [json.loads(line)["name"] for line in (out / "learnability" / "runs.jsonl").read_text().splitlines()]
     assert len(scan) == len(set(scan)) >= 3  # stage 1 and stage 2's lrs, none twice
     full = [json.loads(line) for line in (out / "full" / "runs.jsonl").read_text().splitlines()]

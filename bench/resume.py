@@ -3,27 +3,87 @@
 The benchmarks (the learnability scan, the harness) record a run only once it has finished. A run cut short
 by a kill or a session's end leaves its folder with ``checkpoints/last.ckpt``; the next invocation continues
 it from there (``fine_tune --resume`` gives the weights of an uninterrupted run) instead of from step 0, and
-starts it again only when it cannot resume (other flags, a damaged checkpoint)."""
+starts it again only when it cannot resume (other flags, a damaged checkpoint).
+
+A run's CPU time counts every attempt at it: ``<out>/cpu_s`` holds what the attempts so far spent, rewritten
+every ``METER_EVERY_S`` seconds while one runs, so what a killed attempt spent (up to its last write) is charged
+to the run and to the suite's budget, not lost with the process."""
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
+METER_FILE = "cpu_s"  # in the run folder: CPU seconds of its attempts so far; removed once the run is recorded
+METER_EVERY_S = 30.0
+
 
 def run_to_end(cfg, say=print) -> dict:
-    """fine_tune's result of `cfg`, continuing an unfinished run in `cfg.out`. `say`: one line when it resumes
-    (the CPU time the caller measures is then this part's only) or cannot."""
+    """fine_tune's result of `cfg`, continuing an unfinished run in `cfg.out`, with ``cpu_s``: the CPU seconds of
+    this process's attempt plus those earlier attempts recorded. `say`: one line when it resumes or cannot."""
     from fine_tune.run import run
     from l2o.errors import UserError
 
-    if (Path(cfg.out) / "checkpoints" / "last.ckpt").exists():
+    out = Path(cfg.out)
+    with CpuMeter(out) as meter:
+        res = None
+        if (out / "checkpoints" / "last.ckpt").exists():
+            try:
+                res = run(replace(cfg, resume=True), log=lambda m: None)
+                say(f"         resumed {cfg.out} from its last checkpoint ({meter.before:.0f} CPU-s before it, "
+                    f"counted)")
+            except UserError as err:
+                say(f"         cannot resume {cfg.out} ({err}); running it again")
+        if res is None:
+            shutil.rmtree(out, ignore_errors=True)  # what an unresumable interrupted run left
+            res = run(cfg, log=lambda m: None)
+    res["cpu_s"] = meter.total
+    (out / METER_FILE).unlink(missing_ok=True)  # the caller records it with the run
+    return res
+
+
+class CpuMeter:
+    """CPU seconds spent on one run folder over every attempt: `before` (what `<out>/cpu_s` held) plus this
+    process's CPU time since entering, written back to that file every METER_EVERY_S seconds (by a daemon
+    thread) and on exit. One thread per process: time.process_time() is then this run's CPU time."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / METER_FILE
         try:
-            res = run(replace(cfg, resume=True), log=lambda m: None)
-            say(f"         resumed {cfg.out} from its last checkpoint (CPU time below: the resumed part only)")
-            return res
-        except UserError as err:
-            say(f"         cannot resume {cfg.out} ({err}); running it again")
-    shutil.rmtree(cfg.out, ignore_errors=True)  # what an unresumable interrupted run left
-    return run(cfg, log=lambda m: None)
+            self.before = float(self.path.read_text())
+        except (OSError, ValueError):
+            self.before = 0.0
+        self.total = self.before
+        self._stop = threading.Event()
+
+    def _now(self) -> float:
+        return self.before + time.process_time() - self._c0
+
+    def _write(self) -> None:
+        from l2o.filelock import write_bytes_atomic
+
+        if self.out.is_dir():  # fine_tune makes the folder (and refuses one it did not make a run in)
+            try:
+                write_bytes_atomic(self.path, f"{self._now():.1f}\n".encode())
+            except OSError:  # a full disk, or the folder being replaced: the next write tries again
+                pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(METER_EVERY_S):
+            self._write()
+
+    def __enter__(self) -> "CpuMeter":
+        self._c0 = time.process_time()
+        self._thread = threading.Thread(target=self._loop, name="cpu-meter", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.total = self._now()
+        if exc[0] is not None:
+            self._write()  # a failed attempt's CPU counts towards the next one

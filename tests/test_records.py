@@ -121,7 +121,7 @@ def test_the_scan_appends_its_next_record_after_cutting_a_torn_one(tmp_path, mon
     assert runner.done() == {"s1-a": done}
     assert runner("s1-a", task="sst2", peft="prefix", lr=1e-2, eps=1e-3, forwards=4, num_dev=8, zero_shot=False) == done
     monkeypatch.setattr(lb, "run_to_end", lambda cfg, say: {"config": {"max_length": cfg.max_length},
-                                                           "final": {"eval": 0.5}, "fit_time_s": 1.0})
+                                                           "final": {"eval": 0.5}, "fit_time_s": 1.0, "cpu_s": 2.0})
     res = runner("s1-b", task="sst2", peft="prefix", lr=1e-2, eps=1e-3, forwards=4, num_dev=8, zero_shot=False)
     assert _lines(out / "runs.jsonl") == [done, res] and set(runner.done()) == {"s1-a", "s1-b"}
 

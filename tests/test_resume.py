@@ -1,0 +1,68 @@
+"""bench.resume: a benchmark's run continues after a kill, and its CPU time counts every attempt (what a killed
+attempt spent is charged to the run and the suite's budget, not lost with its process)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench import resume
+
+
+@dataclass
+class Cfg:
+    out: str
+    resume: bool = False
+
+
+def _burn(seconds: float) -> None:
+    t0 = time.process_time()
+    while time.process_time() - t0 < seconds:
+        sum(i * i for i in range(1000))
+
+
+def test_a_resumed_run_counts_the_cpu_its_killed_attempts_spent(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    (out / resume.METER_FILE).write_text("1000.0\n")  # what the killed attempts had spent at their last write
+    seen = []
+
+    def fake_run(cfg, log=print):
+        seen.append(cfg.resume)
+        _burn(0.05)
+        return {"final": {}}
+
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    said = []
+    res = resume.run_to_end(Cfg(str(out)), say=said.append)
+    assert seen == [True] and 1000.05 <= res["cpu_s"] < 1010
+    assert "resumed" in said[0] and "1000 CPU-s before it, counted" in said[0]
+    assert not (out / resume.METER_FILE).exists()  # the record holds it now
+
+
+def test_an_attempt_writes_what_it_has_spent_while_it_runs_and_the_next_attempt_adds_it(tmp_path, monkeypatch):
+    """The meter file grows during an attempt (a kill -9 then loses at most METER_EVERY_S of it); an attempt that
+    cannot resume starts the run again and still counts the failed attempt's CPU."""
+    monkeypatch.setattr(resume, "METER_EVERY_S", 0.01)
+    out = tmp_path / "run"
+    midway = []
+
+    def failing_run(cfg, log=print):
+        out.mkdir()
+        _burn(0.3)
+        time.sleep(0.1)  # the meter thread's turn
+        midway.append(float((out / resume.METER_FILE).read_text()))
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr("fine_tune.run.run", failing_run)
+    with pytest.raises(RuntimeError):
+        resume.run_to_end(Cfg(str(out)))
+    assert 0.2 < midway[0] and float((out / resume.METER_FILE).read_text()) >= midway[0]
+
+    monkeypatch.setattr("fine_tune.run.run", lambda cfg, log=print: {"final": {}, "fresh": not Path(out).exists()})
+    res = resume.run_to_end(Cfg(str(out)))  # no checkpoint: the folder is cleared and the run starts again
+    assert res["fresh"] and res["cpu_s"] >= midway[0]

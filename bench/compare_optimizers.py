@@ -219,7 +219,8 @@ def _paired(final, task, method, seeds, field) -> str:
 def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
     a = args
     where = f" of {', '.join(a.select_list)}" if a.select_list else " of each task"
-    chosen_how = (f"lr grid {a.lr_grid} x the method's lr (extended past an edge at most {a.extend} time(s)), chosen on "
+    chosen_how = (f"lr grid {a.lr_grid} x the method's lr (extended past an edge at most {a.extend} time(s)), "
+                  "chosen on "
                   f"{a.num_dev} dev examples{where} by one run of "
                   f"{a.select_budget} forward passes (seed {a.select_seed})" if len(a.grid) > 1
                   else f"lr not tuned ({a.lr_grid} x the method's lr)")

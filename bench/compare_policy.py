@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 # the methods in table order
-METHODS = ("mezo", "mezo-matched", "zo-finetuner", "mezo-gv", "zo-finetuner+gv", "mezo-greedy", "zo-finetuner+greedy", "bszo",
-           "zo-finetuner+bszo", "bszo-b")
+METHODS = ("mezo", "mezo-matched", "zo-finetuner", "mezo-gv", "zo-finetuner+gv", "mezo-greedy", "zo-finetuner+greedy",
+           "bszo", "zo-finetuner+bszo", "bszo-b")
 
 
 def _run_one(args, method: str, seed: int, lr: float | None = None) -> dict:

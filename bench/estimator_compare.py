@@ -159,8 +159,8 @@ def table(a, lr: float, names: list[str]) -> str:
              f"seeds {a.seeds}; Δ = method − MeZO on the same seed; reach ½ = (task, seed) pairs whose train loss "
              "(moving mean over 10% of the run) reaches MeZO's final train loss within half the forward passes; SNR = "
              "the ES/PES meta-gradient's signal-to-noise ratio per meta-step (meta/snr), mean ± sd over the run.", "",
-             "| task | method | meta-training forwards | meta-step SNR | final train loss | eval accuracy | Δ final loss | "
-             "Δ accuracy | reach ½ |", "|---|---|---|---|---|---|---|---|---|"]
+             "| task | method | meta-training forwards | meta-step SNR | final train loss | eval accuracy | "
+             "Δ final loss | Δ accuracy | reach ½ |", "|---|---|---|---|---|---|---|---|---|"]
     for task in a.tasks.split(","):
         base = runs["mezo"]
         for n in ["mezo"] + names:

@@ -146,8 +146,9 @@ def render_table(summary: dict) -> str:
         we, wl, r, k = m["win_eval"], m["win_loss"], m["reach"], m["k"]
         reach_txt = "—" if m["first_order"] or not r["n"] else (f"{r['reached']}/{r['n']}" + (
             f", median {r['median_ratio']:.2f}" if r["median_ratio"] is not None else ""))
-        k_txt = "—" if not m["first_order"] or not k["n"] else (f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
-                                                  if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
+        k_txt = "—" if not m["first_order"] or not k["n"] else (
+            f"median {k['median_k']:.1f} ({k['reached']}/{k['n']} reached)"
+            if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
         lines.append(f"| {label} | {we['n']} | {_win(we)} | {_ci(m['d_eval'])} | {_win(wl)} | "
                      f"{_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | {k_txt} |")
     lines += ["", "| task | zero-shot | method | dev per lr | lr | effective step | eval acc | Δ eval | train loss | "

@@ -204,7 +204,8 @@ def read_panel(path: str, need_tasks: bool = True) -> dict:
     if need_tasks and not panel["tasks"]:
         s = panel["settings"]
         raise UserError(f"the panel {path} is empty: no scanned task has moved by >= {s.get('panel_se', 3):g} standard "
-                        f"errors yet ({Path(path).parent / 'table.md'} says what remains to run), or name tasks with --tasks")
+                        f"errors yet ({Path(path).parent / 'table.md'} says what remains to run), "
+                        "or name tasks with --tasks")
     return panel
 
 
@@ -285,8 +286,8 @@ class Runner:
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         cfg.zero_shot = self.zero_shot(cfg.task) is None
         lr = getattr(cfg, step_size(cfg.optimizer))
-        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: {cfg.steps} steps",
-              flush=True)
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: "
+              f"{cfg.steps} steps", flush=True)
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
         res.update(label=label, lr=lr)
         append_record(self.log_path, res)

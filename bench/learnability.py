@@ -501,7 +501,8 @@ def status(rem: dict, chosen: list[dict], cal: dict, args) -> list[str]:
         model = "CPU-hours are the cost model's (one thread, scaled from the measured forward)"
         wall = f"; their wall time on this shared machine was {cal['wall']:.1f}x their CPU time" if cal["wall"] else ""
         lines.append(f"{model} x {cal['ratio']:.2f}, the measured / estimated CPU time of the {cal['n']} run(s) timed "
-                     f"so far{wall}." if cal["n"] else f"{model}; no run has been timed in CPU seconds yet to check it.")
+                     f"so far{wall}." if cal["n"]
+                     else f"{model}; no run has been timed in CPU seconds yet to check it.")
     return lines
 
 

@@ -9,9 +9,9 @@ For each registered optimizer: a freshly loaded base, `--steps` real steps on a 
 size of its ledger lines (which does not depend on the batch). Replay: for `--replay` optimizers the base
 is loaded again, the ledger replayed (timed per update; an update's cost does not depend on the batch
 either) and the weights compared bit for bit with the trained ones. The forward it is compared with is
-timed on the same model with a batch of `--fwd-batch` x `--fwd-seq` tokens (median of 3). Sizes at 20,000 steps are arithmetic from the measured line
-sizes (one seal per 500-step checkpoint); OPT-13B's header and block count come from its config on the
-meta device (no download). `--json` writes everything measured.
+timed on the same model with a batch of `--fwd-batch` x `--fwd-seq` tokens (median of 3). Sizes at 20,000 steps
+are arithmetic from the measured line sizes (one seal per 500-step checkpoint); OPT-13B's header and block
+count come from its config on the meta device (no download). `--json` writes everything measured.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def run_optimizer(name: str, args, snapshot: bool) -> dict:
         opt.step(closure)
     header, per_step = line_bytes(opt.ledger)
     out = {"optimizer": name, "steps": args.steps, "step_s": (time.perf_counter() - t0) / args.steps,
-           "header_bytes": header, "bytes_per_step": per_step, "blocks": len(opt.ledger.header["blocks"]), "forwards_per_step": opt.forward_passes / args.steps}
+           "header_bytes": header, "bytes_per_step": per_step, "blocks": len(opt.ledger.header["blocks"]),
+           "forwards_per_step": opt.forward_passes / args.steps}
     if snapshot:
         out["trained"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         out["ledger"] = opt.ledger

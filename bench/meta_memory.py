@@ -83,8 +83,8 @@ def main(argv=None) -> int:
 
         ckpt = torch.load(os.path.join(out, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
         times = [r["step_time_s"] for r in ckpt["l2o"]["history"]]
-    print(json.dumps({"label": args.label, "what": "meta", "estimator": args.estimator, "peak_rss_gb": round(rss, 3), "wall_s": round(wall, 1),
-                      "step_s": [round(t, 2) for t in times]}))
+    print(json.dumps({"label": args.label, "what": "meta", "estimator": args.estimator, "peak_rss_gb": round(rss, 3),
+                      "wall_s": round(wall, 1), "step_s": [round(t, 2) for t in times]}))
     return 0
 
 

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "method_memory.json").write_text(json.dumps({"blocks": a.blocks, "dim": a.dim, "rows": rows}, indent=1))
-    print(f"\n{a.blocks} blocks of {a.dim} x {a.dim} fp32 ({rows[0]['weights_mb']:.0f} MB of weights), {a.steps} steps\n")
+    print(f"\n{a.blocks} blocks of {a.dim} x {a.dim} fp32 ({rows[0]['weights_mb']:.0f} MB of weights), "
+          f"{a.steps} steps\n")
     print("| method | state kept between steps (copies) | peak over inference (copies) |\n|---|---|---|")
     for r in rows:
         print(f"| `{r['method']}` | {r['state_copies']:.3f} | {r['peak_copies']:.2f} |")

@@ -114,7 +114,8 @@ def _add_data_args(p: argparse.ArgumentParser, S) -> None:
     r.add_argument("--small-pool", choices=["mezo", "shrink"], default=S,
                    help="train pool < train+dev: mezo keeps dev (WSC 54/500), shrink shrinks dev first")
     r.add_argument("--objective", default=S, help="ce (candidates), lm (answer tokens), nondiff-f1")
-    r.add_argument("--max-length", type=int, default=S, help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
+    r.add_argument("--max-length", type=int, default=S,
+                   help="tokens kept per sequence (prompt left-truncated; default 2048 as MeZO)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-model", type=_save_model, default=S, help=_SAVE_MODEL_HELP)
     r.add_argument("--checkpoint", choices=["ledger", "weights"], default=S, help=_CHECKPOINT_HELP)
     r.add_argument("--zero-shot", type=_bool, default=S, help="evaluate the base model before training")
-    r.add_argument("--resume", action="store_true", default=S, help="continue the run in --out from its last checkpoint")
+    r.add_argument("--resume", action="store_true", default=S,
+                   help="continue the run in --out from its last checkpoint")
     p.add_argument("--config", help="YAML file with options")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--list-tasks", action="store_true", help="list the known tasks and exit")

@@ -291,8 +291,8 @@ class RunOptions:
         if self.save_model not in (True, False, *CHECKPOINT_KINDS):
             raise ConfigError(f"--save-model must be true, false, weights or ledger, got {self.save_model!r}")
         if self.is_first_order() and "ledger" in (self.checkpoint, self.save_model):
-            raise ConfigError(f"{self.optimizer} updates weights by backpropagation, which a seed ledger cannot record; "
-                              "use --checkpoint weights")
+            raise ConfigError(f"{self.optimizer} updates weights by backpropagation, which a seed ledger cannot "
+                              "record; use --checkpoint weights")
         if not self.capability("replayable", True) and "ledger" in (self.checkpoint, self.save_model):
             raise ConfigError(f"{self.optimizer} takes steps that its seed ledger cannot replay; use --checkpoint "
                               "weights and --save-model weights")
@@ -302,8 +302,8 @@ class RunOptions:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
         for name in LR_FLAGS:
             if (getattr(self, name) or 0) > MAX_LR:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is above {MAX_LR:g}, where every "
-                                  "method here diverges (useful values are 1e-7 .. 1e-2)")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is above {MAX_LR:g}, "
+                                  "where every method here diverges (useful values are 1e-7 .. 1e-2)")
         check_device(self.device)
         self._check_accelerator()
         kwargs = self.optimizer_kwargs()
@@ -312,10 +312,11 @@ class RunOptions:
                 raise ConfigError(f"--policy applies to the zo-finetuner optimizers, not {self.optimizer!r}")
             return self
         if self.capability("needs_adapter", False) and self.peft == "full":
-            raise ConfigError(f"{self.optimizer} needs --peft lora, prefix or prompt (it trains the adapter first-order "
-                              f"and the backbone by zeroth order), not {self.peft!r}")
+            raise ConfigError(f"{self.optimizer} needs --peft lora, prefix or prompt (it trains the adapter "
+                              f"first-order and the backbone by zeroth order), not {self.peft!r}")
         if self.uses_policy() and not self.policy:
-            raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: --policy <zoo id or artefact folder>")
+            raise ConfigError(f"--optimizer {self.optimizer} needs a learned policy: "
+                              "--policy <zoo id or artefact folder>")
         if self.policy_size_rule not in (None, "numel", "authors"):
             raise ConfigError(f"--policy-size-rule must be numel or authors, got {self.policy_size_rule!r}")
         if self.policy and not self.uses_policy():

@@ -99,7 +99,8 @@ class FOFineTuneModule(FineTuneModuleBase):
         self.history.append({"step": self.global_step, "loss": value, "forwards": self.forward_passes,
                              "backwards": self.backward_passes, "step_time_s": dt, "skipped": False,
                              "effective_step": None})
-        logs = {"train/forward_passes": float(self.forward_passes), "train/backward_passes": float(self.backward_passes),
+        logs = {"train/forward_passes": float(self.forward_passes),
+                "train/backward_passes": float(self.backward_passes),
                 "train/step_time_s": dt, "train/lr": opt.optimizer.param_groups[0]["lr"]}
         if math.isfinite(value):
             logs["train/loss"] = value

@@ -299,7 +299,8 @@ def configure_checkpoints(module, cfg: FineTuneConfig, n_train: int, out: Path, 
     module.checkpoint_kind = cfg.checkpoint_kind(n_train)
     module.ledger_path = out / "ledger.jsonl" if rank == 0 else None
     module.fresh_model = lambda: fresh_model(cfg, device)
-    log(f"checkpoints hold the {'seed ledger (no weights)' if module.checkpoint_kind == 'ledger' else 'trainable weights'}"
+    log("checkpoints hold the "
+        f"{'seed ledger (no weights)' if module.checkpoint_kind == 'ledger' else 'trainable weights'}"
         f"; the ledger is flushed to {module.ledger_path}")
 
 

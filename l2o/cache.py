@@ -75,7 +75,8 @@ def check_free(folder: Path, need_bytes: int, what: str) -> None:
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        raise _cache_error(folder, os.strerror(errno.EROFS if os.statvfs(probe).f_flag & os.ST_RDONLY else errno.EACCES))
+        raise _cache_error(folder,
+                           os.strerror(errno.EROFS if os.statvfs(probe).f_flag & os.ST_RDONLY else errno.EACCES))
     free = shutil.disk_usage(probe).free
     if free < need_bytes:
         raise _cache_error(folder, f"{free / 1e6:,.1f} MB free, {what} needs about {need_bytes / 1e6:,.0f} MB")

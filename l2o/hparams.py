@@ -94,7 +94,8 @@ class Hyperparameter:
         return False
 
     def check(self, method: str, value):
-        """`value` (a YAML string that reads as a number counts as that number), or ConfigError (a ValueError) in one sentence."""
+        """`value` (a YAML string that reads as a number counts as that number), or ConfigError (a ValueError)
+        in one sentence."""
         if isinstance(value, str) and float in self.types and not (str in self.types and value in self.choices):
             try:
                 value = float(value)

@@ -213,7 +213,8 @@ class Ledger:
 
         for rec in self.records:
             if "seal" not in rec:
-                yield (Direction(tuple(rec["s"]), tuple(rec["w"]), decode_scales(rec.get("b")), tuple(rec.get("k", ()))),
+                yield (Direction(tuple(rec["s"]), tuple(rec["w"]), decode_scales(rec.get("b")),
+                                 tuple(rec.get("k", ()))),
                        rec["c"], rec.get("d", 0.0), rec["r"], rec.get("p", {}))
 
     # ------------------------------------------------------------------ text and files

@@ -246,7 +246,8 @@ def _kernel_device(device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------- random bits, rounding
-def random_bits(seed: int, n: int, device, block: int = 0, tag: int = TAG_ROUND, path: str | None = None) -> torch.Tensor:
+def random_bits(seed: int, n: int, device, block: int = 0, tag: int = TAG_ROUND,
+                path: str | None = None) -> torch.Tensor:
     """The 16-bit words 0..n-1 of the stream key(seed, block, tag), as an int16 tensor on `device`."""
     device = torch.device(device)
     out = torch.empty(n, dtype=torch.int16, device=device)
@@ -495,7 +496,8 @@ class NoiseTable(NoiseSource):
                 "generator": GENERATOR, "levels": "normal-q16:" + LEVELS_SHA256[:16]}
 
 
-SOURCES = {cls.name: cls for cls in (GaussianNoise, NoiseTable)}  # name -> source: the flag's choices, the ledger's names
+# name -> source: the flag's choices, the ledger's names
+SOURCES = {cls.name: cls for cls in (GaussianNoise, NoiseTable)}
 
 
 def make_noise(spec: str | NoiseSource | None = None, **kwargs) -> NoiseSource:

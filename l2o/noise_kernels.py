@@ -8,8 +8,9 @@
     BITS:  out_i = u_i (the raw 16-bit words of the key's stream, stored as int16)
 
 A program covers GROUPS Philox groups of 16 elements: it computes each group's four 64-bit words once,
-for both keys at once when ROUND (a [GROUPS, 2] counter tile), then hands each element its 16 bits. The multiply and the add are two roundings (fp fusion is off at launch), exactly as the CPU
-side computes them, so the result is bit-identical to it whatever the grid, the GPU model or MIG slice.
+for both keys at once when ROUND (a [GROUPS, 2] counter tile), then hands each element its 16 bits. The
+multiply and the add are two roundings (fp fusion is off at launch), exactly as the CPU side computes them,
+so the result is bit-identical to it whatever the grid, the GPU model or MIG slice.
 
 Kernels are built per device: compiled (`triton.jit`) for GPU tensors, interpreted
 (`triton.runtime.interpreter`) for CPU tensors, which is how the tests check them against the CPU side.
@@ -56,7 +57,8 @@ def _noise_kernel(out_ptr, base_ptr, levels_ptr, n, k0, k1, r0, r1, coeff,
     shift, word = ((j % 4) * 16).to(tl.uint64), j // 4
     offs = g[:, None].to(tl.int64) * 16 + j                                               # [G, 16]
     mask = offs < n
-    u = tl.where(word == 0, w0[:, None], tl.where(word == 1, w1[:, None], tl.where(word == 2, w2[:, None], w3[:, None])))
+    u = tl.where(word == 0, w0[:, None],
+                 tl.where(word == 1, w1[:, None], tl.where(word == 2, w2[:, None], w3[:, None])))
     u = (u >> shift) & 0xFFFF
     if BITS:
         tl.store(out_ptr + offs, u.to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
@@ -65,7 +67,8 @@ def _noise_kernel(out_ptr, base_ptr, levels_ptr, n, k0, k1, r0, r1, coeff,
         if HAS_BASE:
             v = tl.load(base_ptr + offs, mask=mask, other=0.0).to(tl.float32) + v * coeff
         if ROUND:
-            r = tl.where(word == 0, q0[:, None], tl.where(word == 1, q1[:, None], tl.where(word == 2, q2[:, None], q3[:, None])))
+            r = tl.where(word == 0, q0[:, None],
+                         tl.where(word == 1, q1[:, None], tl.where(word == 2, q2[:, None], q3[:, None])))
             r = (r >> shift) & 0xFFFF
             bits = (v.to(tl.uint32, bitcast=True) + (r ^ 0x8000).to(tl.uint32)) & 0xFFFF0000  # r + 2^15 as int16
             tl.store(out_ptr + offs, bits.to(tl.float32, bitcast=True).to(tl.bfloat16), mask=mask)

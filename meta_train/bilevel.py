@@ -55,8 +55,9 @@ class BilevelTaskData(L.LightningDataModule):
     """
 
     def __init__(self, tasks: list[str] | None = None, tags: list[str] | None = None,
-                 holdout: list[str] | float | None = 0.25, family_seed: int = 0, data_seed: int = 0, num_train: int = 300,
-                 adapt_examples: int = 5, num_eval: int = 100, max_length: int = 256, source_root: str | None = None):
+                 holdout: list[str] | float | None = 0.25, family_seed: int = 0, data_seed: int = 0,
+                 num_train: int = 300, adapt_examples: int = 5, num_eval: int = 100, max_length: int = 256,
+                 source_root: str | None = None):
         super().__init__()
         self.task_names, self.tags = tasks, tags
         self.holdout = 0.25 if holdout is None else holdout
@@ -214,7 +215,8 @@ class BilevelMetaInit(L.LightningModule):
         opt = self.optimizers()
         t0 = time.perf_counter()
         tasks = self._data().train_tasks
-        losses = self.streams.losses(step, lambda k, batch: tasks[k]["objective"].loss(self.model, self.tokenizer, batch))
+        losses = self.streams.losses(step,
+                                     lambda k, batch: tasks[k]["objective"].loss(self.model, self.tokenizer, batch))
         opt.step(loss=losses, task=self.streams.lower_task(step), upper_tasks=self.streams.upper_tasks(step))
         dt = time.perf_counter() - t0
         m: BilevelZOFO = opt.optimizer

@@ -333,7 +333,8 @@ def _run_in(cli) -> int:
     # has claimed --out, and whatever it wrote would count as there before the run: left behind by a failed run
     if trainer.global_rank == 0:
         (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
-    finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if cfg["resume"] else None),
+    finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule,
+                                   ckpt_path=str(last) if cfg["resume"] else None),
                trainer, cli.stop_cb)
     if trainer.global_rank != 0:  # multi-device runs: rank 0 writes the outputs
         return 0

@@ -145,8 +145,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                  unroll: Optional[int] = None, reset_every: int = 100, pairs: int = 4, es_std: float = 0.05,
                  es_params: str = "bias", meta_loss: str = "final", meta_batches: int = 1,
                  inner_method: str = "zo-finetuner", inner_lr: float = 1e-5,
-                 inner_hparams: Optional[dict[str, Union[bool, int, float, str]]] = None, scratch_dir: Optional[str] = None,
-                 device_map: Optional[str] = None, offload: Optional[str] = None, seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
+                 inner_hparams: Optional[dict[str, Union[bool, int, float, str]]] = None,
+                 scratch_dir: Optional[str] = None, device_map: Optional[str] = None, offload: Optional[str] = None,
+                 seed: int = 0, dtype: str = "auto", gradient_checkpointing: bool = False,
                  attn_implementation: Optional[str] = None, detach_nf: bool = True, size_rule: str = "numel",
                  fixed_step: bool = False,
                  init_policy: Optional[str] = None, val_every: int = 0, val_steps: int = 20,
@@ -249,8 +250,9 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         place(model, device_map=self.hparams.device_map, offload=self.hparams.offload, execution_device=device,
               max_memory=budgets)
         where = ", ".join(f"{n / 1e6:,.1f}M on {k}" for k, n in model._l2o_placement["parameters"].items())
-        print(f"meta_train: placement {'--offload ' + self.hparams.offload if self.hparams.offload else '--device-map ' + self.hparams.device_map}: {where}",
-              file=sys.stderr, flush=True)
+        flag = ("--offload " + self.hparams.offload if self.hparams.offload
+                else "--device-map " + self.hparams.device_map)
+        print(f"meta_train: placement {flag}: {where}", file=sys.stderr, flush=True)
 
     def _build_estimator(self):
         from l2o.estimators import ES, PES, LookaheadEstimator, Unroller
@@ -287,7 +289,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
     def train(self, mode: bool = True):  # dropout off; training mode only for activation checkpointing
         super().train(mode)
         if self.model is not None:
-            self.model.train(bool(self.hparams.gradient_checkpointing) and mode and self.hparams.estimator == "lookahead")
+            self.model.train(bool(self.hparams.gradient_checkpointing) and mode
+                             and self.hparams.estimator == "lookahead")
         return self
 
     def configure_optimizers(self):
@@ -542,7 +545,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                            f"policy (lr {hp.val_lr}, eps {hp.eps}) from the pretrained weights on each held-out task, "
                            f"then its eval loss; {self._baseline_name()} (the same method without the policy) with "
                            "the same forward passes. One seed, so no interval.",
-                "baseline": self._baseline_name(), "metric": f"eval loss after {hp.val_steps} ZO steps (lower is better)",
+                "baseline": self._baseline_name(),
+                "metric": f"eval loss after {hp.val_steps} ZO steps (lower is better)",
                 "seeds": [hp.seed],
                 "rows": [{"task": t, "value": r[method], "baseline_value": r[baseline],
                           "difference": r[method] - r[baseline]} for t, r in mv["tasks"].items()]}

@@ -237,7 +237,8 @@ def main(argv: list[str]) -> int:
                   gpu_gb=float(opt.get("--gpu-memory", 80)), estimator=opt.get("--estimator", "lookahead"),
                   pairs=int(opt.get("--model.pairs", 4)),
                   inner_method=opt.get("--model.inner_method", "zo-finetuner"),
-                  inner_hparams={k.split(".", 2)[2]: v for k, v in opt.items() if k.startswith("--model.inner_hparams.")})
+                  inner_hparams={k.split(".", 2)[2]: v for k, v in opt.items()
+                                 if k.startswith("--model.inner_hparams.")})
         plan = make_plan(**kw)
         hint = None if plan.fits else fitting_flags(kw)
     except (ValueError, OSError) as err:

@@ -33,7 +33,8 @@ _CORPUS = [
     "Does the word have the same meaning in these two sentences? Yes, No?",
     "I found this answer. Is that correct? Yes or No?",
     "The man broke his toe because he dropped a hammer on his foot, so he went to the doctor.",
-    "Title: Paris\nContext: Paris is the capital and largest city of France.\nQuestion: What is the capital of France?\nAnswer: Paris",
+    "Title: Paris\nContext: Paris is the capital and largest city of France.\nQuestion: What is the capital of France?"
+    "\nAnswer: Paris",
     "Passage: The team kicked three field goals in the second quarter.\nQuestion: How many field goals?\nAnswer: 3",
     "What is the answer type? Description Entity Expression Human Location Number",
     "Question: Where do you keep milk?\nAnswer: in the refrigerator",
@@ -328,7 +329,8 @@ def hold_run_folder(folder, writing: str | None = None):
     import sys
     from pathlib import Path
 
-    code = ("import pathlib, sys, time; from l2o.filelock import RunLock, write_atomic; RunLock(sys.argv[1]).acquire()\n"
+    code = ("import pathlib, sys, time; from l2o.filelock import RunLock, write_atomic; "
+            "RunLock(sys.argv[1]).acquire()\n"
             "def half(f):\n    f.write(b'half'); f.flush(); print('held', flush=True); time.sleep(300)\n"
             "if sys.argv[2:]:\n    p = pathlib.Path(sys.argv[1], sys.argv[2]); p.parent.mkdir(exist_ok=True); "
             "write_atomic(p, half)\n"

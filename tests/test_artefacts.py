@@ -51,7 +51,8 @@ def scripted(monkeypatch):
         steps, g = int(argv[argv.index("--max_steps") + 1]), gains[kind].pop(0)
         res = ({"steps": steps, "meta_validation": {"improvement": g}} if kind == "zo-finetuner" else
                {"training": {"steps": steps}, "heldout": {"x": {"meta_adapted": 0.5, "base_adapted": 0.5,  # flat
-                                                                "meta_adapted_loss": 0.7 - g, "base_adapted_loss": 0.7}}})
+                                                                "meta_adapted_loss": 0.7 - g,
+                                                                "base_adapted_loss": 0.7}}})
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(res))
         (Path(out) / "checkpoints").mkdir(exist_ok=True)

@@ -35,7 +35,8 @@ def test_a_damaged_runs_file_stops_a_suite_in_one_line(tmp_path):
     suite = "bench.learnability"  # one subprocess; the other suites' entries are the same one line
     (tmp_path / "runs.jsonl").write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", suite, "--out", str(tmp_path), "--report"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", suite, "--out", str(tmp_path), "--report"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "forward of" not in proc.stdout  # refused before the base loads
     assert proc.stderr.strip().splitlines()[-1] == (f"{suite}: error: {tmp_path / 'runs.jsonl'} line 2 is not a JSON "

@@ -109,7 +109,8 @@ def test_objective_p_gradient_and_zo_estimate_agree_with_a_direct_computation(to
         for _, p in m.backbone:
             p.requires_grad_(False)
     d = Direction.single(derive_seed(m.seed, 0, 0))
-    dir_deriv = sum(float(((a if a is not None else 0) + (b if b is not None else 0)).mul(m.engine.direction_tensor(d, blk)).sum())
+    dir_deriv = sum(float(((a if a is not None else 0) + (b if b is not None else 0))
+                          .mul(m.engine.direction_tensor(d, blk)).sum())
                     for a, b, blk in zip(gp_theta, gw_theta, m.engine.blocks))
     captured = []
     real_step = m.adapters.step
@@ -153,7 +154,8 @@ def test_backbone_moves_only_by_the_engines_update(tok):
     m.engine.update = lambda d, step, decay=0.0, rounding_seed=0, params=None: calls.append((d, step, rounding_seed))
     _run(m, streams, 4)  # 4 lower FO steps, 2 upper steps: 12 ZO evaluations, 4 PEFT backward passes
     assert all(torch.equal(a, b) for a, b in zip(start, _backbone(m)))  # evaluations restored bit-exactly
-    assert len(calls) == 2 and calls[0][0].seeds == (derive_seed(0, 0, 0),) and calls[1][0].seeds == (derive_seed(0, 1, 0),)
+    assert (len(calls) == 2 and calls[0][0].seeds == (derive_seed(0, 0, 0),)
+            and calls[1][0].seeds == (derive_seed(0, 1, 0),))
     assert m.forward_passes == 4 + 2 * 6 and m.backward_passes == 4 + 2 * 2
     # the real update moves theta by -theta_lr * g * z, nothing more
     m.engine.update = real_update
@@ -167,7 +169,8 @@ def test_multi_task_estimate_uses_every_task(tok):
     m = _method(tok, num_tasks=3, theta_lr=1e-3)
     pairs = [split_dg_df(EXAMPLES[i:i + 6], 0) for i in (0, 3, 6)]
     start = _backbone(m)
-    res = m.upper_step(lambda split, k: OBJ.loss(m.model, tok, (pairs[k][1] if split == "upper_f" else pairs[k][0])[:2]),
+    res = m.upper_step(lambda split, k: OBJ.loss(m.model, tok,
+                                                 (pairs[k][1] if split == "upper_f" else pairs[k][0])[:2]),
                        [0, 1, 2])
     assert res.tasks == [0, 1, 2] and len(set(res.seeds)) == 3 and all(g != 0 for g in res.projected_grads)
     total = {blk.index: torch.zeros_like(a) for blk, a in zip(m.engine.blocks, start)}
@@ -222,7 +225,8 @@ def test_meta_init_round_trips_through_the_zoo_and_is_refused_on_another_base(to
     assert entry["id"] == "tiny-llama/meta-init@1"
 
     fresh = tiny_model("llama")  # the same base, before any training
-    changed = apply_meta_init(fresh, load_meta_init("zoo:tiny-llama/meta-init@1", fresh, registry=str(tmp_path / "reg")))
+    changed = apply_meta_init(fresh, load_meta_init("zoo:tiny-llama/meta-init@1", fresh,
+                                                    registry=str(tmp_path / "reg")))
     assert changed == sorted(delta)
     trained = dict(m.backbone)
     for name, p in backbone_params(fresh, exclude=set()):
@@ -285,7 +289,8 @@ def _ft_module(tok):
     splits = Splits(train=EXAMPLES[:9], dev=EXAMPLES[9:], eval=EXAMPLES[9:], seed=0)
     return ZOFineTuneModule(model, tok, OBJ, splits, "bilevel-zofo", dict(lam=3.0, lower_lr=5e-2, upper_lr=1e-2,
                                                                           theta_lr=1e-3, t_low=2),
-                            seed=0, data_seed=0, batch_size=3, eval_batch_size=16, steps=6, fingerprint=fingerprint(model))
+                            seed=0, data_seed=0, batch_size=3, eval_batch_size=16, steps=6,
+                            fingerprint=fingerprint(model))
 
 
 def test_fine_tune_module_runs_under_lightning_and_resumes_exactly(tok, tmp_path):
@@ -318,8 +323,9 @@ def test_bilevel_runs_through_the_one_fine_tune_run_path(tiny_llama_base, tmp_pa
     from fine_tune.config import ConfigError, FineTuneConfig
     from fine_tune.run import run
 
-    cfg = FineTuneConfig(base=tiny_llama_base, task="sst2", source=str(HUB / "sst2"), peft="lora", steps=4, batch_size=2,
-                         num_dev=2, eval_batch_size=8, out=str(tmp_path / "run"), save_model=False, max_length=64,
+    cfg = FineTuneConfig(base=tiny_llama_base, task="sst2", source=str(HUB / "sst2"), peft="lora", steps=4,
+                         batch_size=2, num_dev=2, eval_batch_size=8, out=str(tmp_path / "run"), save_model=False,
+                         max_length=64,
                          optimizer="bilevel-zofo", t_low=2, lam=10.0, lower_lr=1e-2, upper_lr=1e-3, theta_lr=1e-4)
     res = run(cfg, log=lambda *a: None)
     assert res["steps"] == 4 and res["upper_steps"] == 2 and res["forward_passes"] == 4 + 2 * 6
@@ -344,7 +350,8 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     out, reg = tmp_path / "out", tmp_path / "reg"
     assert main(["--method", "bilevel-zofo", "--base", tiny_llama_base, "--tasks", "sst2", "rte", "cb", "boolq",
                  "--holdout", "boolq", "--max_steps", "4", "--out", str(out), "--registry", str(reg),
-                 "--model.lam", "10", "--model.lower_lr", "1e-2", "--model.upper_lr", "1e-3", "--model.theta_lr", "1e-3",
+                 "--model.lam", "10", "--model.lower_lr", "1e-2", "--model.upper_lr", "1e-3",
+                 "--model.theta_lr", "1e-3",
                  "--model.t_low", "2", "--model.tasks_per_step", "2", "--model.batch_size", "2",
                  "--model.adapt_steps", "2", "--model.val_every", "2", "--data.num_train", "6",
                  "--data.adapt_examples", "2", "--data.num_eval", "2", "--data.max_length", "64",

@@ -61,7 +61,8 @@ def test_block_path_z_is_reproducible_gaussian_and_distinct(src):
 
 
 @pytest.mark.parametrize("make", [lambda p: GaussianNoise(chunk_size=64, path=p),
-                                  lambda p: NoiseTable(size=1 << 16, chunk_size=256, path=p)], ids=["gaussian", "table"])
+                                  lambda p: NoiseTable(size=1 << 16, chunk_size=256, path=p)],
+                         ids=["gaussian", "table"])
 def test_both_paths_give_the_same_bits(make):
     """z, theta + c z in float32 (also in place), the fused bf16 perturbation and float64 are the same on
     the CPU's chunked path and the accelerator's block path (the Triton kernel, interpreted here)."""

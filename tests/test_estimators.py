@@ -225,7 +225,8 @@ def test_pes_over_truncations_agrees_with_full_unroll_es_and_the_exact_gradient(
         return (est - g) / norm2.sqrt().unsqueeze(1)
 
     for est in (p, e):
-        assert abs(z(along(est))) < 4 and z(per_coordinate(est)).abs().max() < 4, (z(along(est)), z(per_coordinate(est)))
+        assert abs(z(along(est))) < 4 and z(per_coordinate(est)).abs().max() < 4, \
+            (z(along(est)), z(per_coordinate(est)))
     assert abs(z(along(p) - along(e))) < 4 and z(per_coordinate(p) - per_coordinate(e)).abs().max() < 4
     assert z(along(t)) < -4, z(along(t))
 
@@ -384,7 +385,8 @@ def test_an_estimator_holds_the_copies_of_the_inner_methods_buffers_its_plan_cou
     est = cls(model, policy, Snapshot(Engine(model)).save(), _inner(model, "zo-finetuner+zo-sgd-mmt", seed=0),
               unroll=2, pairs=2, std=1e-2, params="bias", reset_every=0 if cls is ES else 4, seed=5)
     peak, heldout = [], Unroller.heldout_loss
-    monkeypatch.setattr(Unroller, "heldout_loss", lambda self, *a: peak.append(_live_rule_copies()) or heldout(self, *a))
+    monkeypatch.setattr(Unroller, "heldout_loss",
+                        lambda self, *a: peak.append(_live_rule_copies()) or heldout(self, *a))
     for step in range(3):
         est.estimate(policy, lambda key: stream, step)
     est.close()

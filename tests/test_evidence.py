@@ -44,7 +44,8 @@ def test_one_seed_is_inconclusive_whatever_its_sign():
 
 
 @pytest.mark.parametrize("wins,n,d_lo,verdict", [(19, 20, 0.01, claims.HOLDS), (9, 20, 0.01, claims.FAILS),
-                                                 (7, 9, 0.01, claims.INCONCLUSIVE), (19, 20, -0.01, claims.INCONCLUSIVE)])
+                                                 (7, 9, 0.01, claims.INCONCLUSIVE),
+                                                 (19, 20, -0.01, claims.INCONCLUSIVE)])
 def test_policy_verdicts(wins, n, d_lo, verdict):
     from bench.stats import win_rate
 
@@ -89,7 +90,8 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     summary = json.loads((out / "prefix" / "summary.json").read_text())
     prefix = [json.loads(line) for line in (out / "prefix" / "runs.jsonl").read_text().splitlines()]
     mezo_lr = summary["methods"]["mezo"]["per_task"]["strategyqa"]["lr"]
-    assert mezo_lr in (1e-2, 3e-2) and ("mezo", 1, mezo_lr) in {(r["label"], r["config"]["seed"], r["lr"]) for r in prefix}
+    assert mezo_lr in (1e-2, 3e-2) and ("mezo", 1, mezo_lr) in {(r["label"], r["config"]["seed"], r["lr"])
+                                                                for r in prefix}
     gv = summary["methods"]["gv-matched"]["per_task"]["strategyqa"]
     assert gv["effective_step"] > 1.5 and gv["lr"] == pytest.approx(mezo_lr / gv["effective_step"], rel=1e-3)
     probes = [r for r in prefix if r["label"] == "gv-matched" and r["lr"] == mezo_lr]
@@ -117,7 +119,8 @@ def test_mezo_claim_shows_the_memory_before_k_is_measured():
                        {"what": "mezo", "peft": "full", "peak_rss_gb": 1.2},
                        {"what": "fo-adamw", "peft": "full", "peak_rss_gb": 4.8}]}
     v, measured, _ = claims.fo_claim(None, memory)
-    assert v == claims.NOT_RUN and "FO-AdamW 4.80 GiB vs MeZO 1.20 GiB (4.0x)" in measured and "1.20x inference" in measured
+    assert (v == claims.NOT_RUN and "FO-AdamW 4.80 GiB vs MeZO 1.20 GiB (4.0x)" in measured
+            and "1.20x inference" in measured)
     k = {"n": 6, "reached": 6, "median_k": 3.0, "k_at_least": None}
     prefix = {"methods": {"fo-adamw": {"k": k}, "fo-sgd": {"k": {**k, "reached": 0, "median_k": None,
                                                                  "k_at_least": 10.0}}}}
@@ -141,8 +144,9 @@ def test_the_docs_memory_section_is_the_committed_raw_outputs_rendering():
     assert section == "\n".join(memory_section(docs)) + "\n"
     assert f"`{mem['command']}`" in section and "bench/fo_memory.py" in mem["command"] and mem["commit"] in section
     assert claims.memory_text(mem) in doc
-    assert {(r["what"], r["peft"]) for r in mem["rows"]} >= {("inference", None), ("mezo", "full"), ("fo-adamw", "full"),
-                                                              ("mezo", "prefix"), ("fo-adamw", "prefix")}
+    assert {(r["what"], r["peft"]) for r in mem["rows"]} >= {("inference", None), ("mezo", "full"),
+                                                              ("fo-adamw", "full"), ("mezo", "prefix"),
+                                                              ("fo-adamw", "prefix")}
 
 
 def test_the_lora_memory_table_in_the_benchmarks_is_the_committed_raw_output():

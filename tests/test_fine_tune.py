@@ -74,7 +74,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
     assert main(_args(tiny_base, full, *common)) == 0
 
     killed = tmp_path / "killed"
-    code = f"from tests.helpers import run_fine_tune_killed_at; run_fine_tune_killed_at(5, {_args(tiny_base, killed, *common)!r})"
+    code = ("from tests.helpers import run_fine_tune_killed_at; "
+            f"run_fine_tune_killed_at(5, {_args(tiny_base, killed, *common)!r})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 137, proc.stderr[-2000:]
     assert not (killed / "results.json").exists()
@@ -136,7 +137,8 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_base, tmp_path, monkeypa
     (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
     (["--task", "sst2", "--device", "tpu9"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'tpu9'"),
     (["--task", "sst2", "--lr", "1e30"], "--lr 1e+30 is above 1"),
-    (["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "lora", "--theta-lr", "2"], "--theta-lr 2.0 is above 1"),
+    (["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "lora", "--theta-lr", "2"],
+     "--theta-lr 2.0 is above 1"),
 ])
 def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) if "invalid" in needle else _no_raise():

@@ -320,7 +320,8 @@ def test_a_first_order_baselines_plan_counts_gradients_state_and_saved_activatio
     from fine_tune.plan import make_plan
 
     for dtype, b in (("fp32", 4), ("bf16", 2)):
-        rows = {r[0]: r[1] for r in make_plan("opt-125m", dtype=dtype, optimizer="fo-adamw", advise=False).devices[0].rows}
+        rows = {r[0]: r[1]
+                for r in make_plan("opt-125m", dtype=dtype, optimizer="fo-adamw", advise=False).devices[0].rows}
         assert list(rows) == ["weights", "gradients", "optimizer state", "activations", "runtime"]
         assert rows["gradients"] == OPT125_PARAMS * b and rows["optimizer state"] == 2 * OPT125_PARAMS * b
         assert rows["activations"] == opt125_saved(b)

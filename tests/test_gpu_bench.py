@@ -18,7 +18,8 @@ def test_suite_shapes_are_the_issue_s_models():
         model, _ = build(shape, 1, 8, "meta", dtype)
         sizes[shape] = sum(p.numel() for p in model.parameters())
         assert str(next(model.parameters()).dtype) == {"bf16": "torch.bfloat16", "fp32": "torch.float32"}[dtype]
-    assert sizes["opt-13b"] == pytest.approx(12.85e9, rel=0.005) and sizes["opt-1.3b"] == pytest.approx(1.316e9, rel=0.01)
+    assert (sizes["opt-13b"] == pytest.approx(12.85e9, rel=0.005)
+            and sizes["opt-1.3b"] == pytest.approx(1.316e9, rel=0.01))
 
 
 def test_smoke_mode_runs_every_configuration_and_the_portability_check(capsys):

@@ -239,7 +239,8 @@ def test_example_runs_on_the_embedded_smollm2(tmp_path, trainer):
                           "2", "--num-train", "16", "--num-eval", "8", "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=root, timeout=1200)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| mezo |", "| zoo:smollm2-135m/zo-finetuner |"))]
+    rows = [line for line in out.stdout.splitlines()
+            if line.startswith(("| mezo |", "| zoo:smollm2-135m/zo-finetuner |"))]
     assert len(rows) == 2 and all("| 2 | 4 |" in r for r in rows)
     assert (tmp_path / "mezo" / "model.safetensors").is_file()
 

@@ -114,7 +114,8 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base,
     assert max(float((one.tensors()[k] - start[k]).abs().max()) for k in start) > 1e-4  # it trained
     assert all(torch.equal(two.tensors()[k], one.tensors()[k]) for k in start)
     rows = [json.loads((tmp_path / d / "results.json").read_text())["history"] for d in ("ddp", "one")]
-    assert [(r["meta_loss"], r["meta_forwards"]) for r in rows[0]] == [(r["meta_loss"], r["meta_forwards"]) for r in rows[1]]
+    assert ([(r["meta_loss"], r["meta_forwards"]) for r in rows[0]]
+            == [(r["meta_loss"], r["meta_forwards"]) for r in rows[1]])
 
 
 @pytest.mark.parametrize("estimator,killed", [("es", 1), ("es", 0), ("lookahead", 1), ("lookahead", 0)])
@@ -131,7 +132,8 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
     es = (["--estimator", "es", "--model.pairs", "2", "--model.unroll", "1", "--model.inner_lr", "1e-2",
            "--data.num_dev", "2"] if estimator == "es" else []) + ["--save_every", "2"]
     two = [*_args(tiny_base, out, steps=4), *es, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    ranks = launched_ranks(f"from tests.helpers import run_meta_train_killed_at as f; f({step}, {two!r}, rank={killed})")
+    ranks = launched_ranks("from tests.helpers import run_meta_train_killed_at as f; "
+                           f"f({step}, {two!r}, rank={killed})")
     check_a_lost_rank(ranks, killed, "meta_train", step, out, tmp_path / "new", checkpoint=2 if killed == 1 else None)
     if killed == 0:
         return

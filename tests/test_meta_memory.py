@@ -37,7 +37,8 @@ def test_fused_trajectory_is_torch_sgd_momentum_and_never_holds_the_gradient():
         assert all(p.grad is None for p in a.parameters())  # consumed block by block in the backward
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), tiny_model("llama").parameters())) > 1e-3
+    assert max(float((p - q).detach().abs().max())
+               for p, q in zip(a.parameters(), tiny_model("llama").parameters())) > 1e-3
 
 
 def test_bf16_momentum_step_moves_by_the_fp32_step_in_expectation():

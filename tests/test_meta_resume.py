@@ -88,7 +88,8 @@ def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_bas
     proc, ckpt, argv = _reference_then_interrupted(tiny_base, tmp_path, estimator, 3, True,
                                                    ["--registry", str(tmp_path / "reg")])
     last = out / "checkpoints" / "last.ckpt"
-    assert proc.stderr.strip().splitlines()[-1] == f"meta_train: interrupted; continue with --resume (checkpoint {last})"
+    assert proc.stderr.strip().splitlines()[-1] == ("meta_train: interrupted; continue with --resume "
+                                                   f"(checkpoint {last})")
     assert "Traceback" not in proc.stderr
     assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported/published
     assert ckpt["global_step"] == 4  # the interrupted step (number 3) finished; no step after it

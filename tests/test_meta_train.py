@@ -107,7 +107,8 @@ def test_meta_gradient_equals_higher(T):
     def at(params):
         return float(((functional_call(model, dict(zip(names, params)), (X,)) - Y) ** 2).mean())
 
-    with higher.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=eta), copy_initial_weights=True) as (fm, dopt):
+    with higher.innerloop_ctx(model, torch.optim.SGD(model.parameters(), lr=eta),
+                              copy_initial_weights=True) as (fm, dopt):
         state = TaskState()
         for t in range(T):
             params = list(fm.parameters())
@@ -230,8 +231,8 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert json.loads((out / "policy" / "config.json").read_text())["arch"]["size_rule"] == "numel"  # the run's rule
     card = (out / "policy" / "README.md").read_text()
     assert "sports_understanding" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
-    for field in ("| estimator | lookahead", "| unroll horizon | 1 look-ahead step |", "| size rule | numel |", "| inner optimizer |",
-                  "| parameters | ", "| winowhy | "):
+    for field in ("| estimator | lookahead", "| unroll horizon | 1 look-ahead step |", "| size rule | numel |",
+                  "| inner optimizer |", "| parameters | ", "| winowhy | "):
         assert field in card, field
 
     # resume continues from the checkpoint to a longer run
@@ -368,7 +369,8 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
                            "pool_size must be an integer >= 2, got 1"),
                           (["--model.inner_hparams.seed", "3"], "--model.inner_hparams.seed: zo-finetuner+gv does not "
                            "declare seed; it declares weight_decay, pool_size, alpha"),
-                          (["--model.inner_hparams.lr", "0.1"], "--model.inner_hparams.lr: set it with --model.inner_lr")]:
+                          (["--model.inner_hparams.lr", "0.1"],
+                           "--model.inner_hparams.lr: set it with --model.inner_lr")]:
         assert main(_run_args(tiny_base, tmp_path / "bad", "--max_steps", "1", *es, *extra)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"meta_train: error: {needle}"], err
@@ -464,7 +466,8 @@ def test_trainer_callbacks_from_the_command_line_and_yaml_run_beside_meta_trains
     assert list((tmp_path / "cli" / "tb").glob("events.out.tfevents.*"))
     (tmp_path / "run.yaml").write_text(f"trainer:\n  callbacks:\n  - class_path: {__name__}.RecordTraining\n"
                                        "    init_args:\n      tag: yaml\n")
-    assert main(["--config", str(tmp_path / "run.yaml"), *_run_args(tiny_base, tmp_path / "yaml", "--max_steps", "2")]) == 0
+    assert main(["--config", str(tmp_path / "run.yaml"),
+                 *_run_args(tiny_base, tmp_path / "yaml", "--max_steps", "2")]) == 0
     for tag in ("cli", "yaml"):
         seen = RecordTraining.seen[tag]
         assert seen["steps"] == [1, 2], seen
@@ -472,8 +475,10 @@ def test_trainer_callbacks_from_the_command_line_and_yaml_run_beside_meta_trains
         assert names.index("RecordTraining") < names.index("StopOnInterrupt") < names.index("LastCheckpoint"), names
     assert "RecordTraining" in (tmp_path / "yaml" / "config.yaml").read_text()  # the run's config says so too
     capsys.readouterr()
-    io = json.dumps({"class_path": "lightning.fabric.plugins.TorchCheckpointIO"})  # reaches Lightning: a 2nd CheckpointIO
-    for argv, needle in [(["--trainer.callbacks", json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"})],
+    # reaches Lightning: a 2nd CheckpointIO
+    io = json.dumps({"class_path": "lightning.fabric.plugins.TorchCheckpointIO"})
+    for argv, needle in [(["--trainer.callbacks",
+                           json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"})],
                           "--trainer.callbacks: ModelCheckpoint is not supported: meta_train checkpoints itself"),
                          (["--trainer.logger", "false"], "--trainer.logger false is not supported"),
                          (["--trainer.default_root_dir", str(tmp_path)], "--trainer.default_root_dir is not supported"),
@@ -502,7 +507,8 @@ def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path, capsys, monkeyp
                           "knows auto, gpu, cpu, cuda, mps, tpu (this machine has: cpu)"),
                          (["--method", "bilevel-zofo", "--model.device", "cuda:1"], "--model.device cuda:1: this "
                           "machine has no usable CUDA device"),
-                         (["--trainer.devices", "0"], "--trainer options: `Trainer(devices='0')` value is not a valid")]:
+                         (["--trainer.devices", "0"],
+                          "--trainer options: `Trainer(devices='0')` value is not a valid")]:
         assert main(["--base", "smollm2-135m", "--max_steps", "1", "--out", str(tmp_path / "o"), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"meta_train: error: {needle}"), err
@@ -519,7 +525,8 @@ def test_accelerators_come_from_lightnings_registry(monkeypatch):
     monkeypatch.setattr(XLAAccelerator, "is_available", staticmethod(lambda: True))
     check_accelerator("tpu", "--trainer.accelerator", gpu_is_cuda=False)  # usable: no error
     assert "tpu" in available()
-    monkeypatch.setitem(AcceleratorRegistry, "npu", {"accelerator": XLAAccelerator, "description": "", "init_params": {}})
+    monkeypatch.setitem(AcceleratorRegistry, "npu",
+                        {"accelerator": XLAAccelerator, "description": "", "init_params": {}})
     check_accelerator("npu", "--trainer.accelerator", gpu_is_cuda=False)
     monkeypatch.setattr(XLAAccelerator, "is_available", staticmethod(lambda: 1 / 0))  # a broken check: not usable
     with pytest.raises(ConfigError, match="no usable npu accelerator"):
@@ -738,10 +745,12 @@ def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200
         rows = {r[0]: r[1] for r in es.rows}
         assert "momentum" not in rows and "gradient" not in rows
         assert rows["weights"] == dict((r[0], r[1]) for r in la.rows)["weights"] and es.total < la.total
-        assert es.disk == rows["weights"] and make_plan(alias, "fp32", estimator="pes", pairs=3).disk == 6 * es.params * 4
+        assert (es.disk == rows["weights"]
+                and make_plan(alias, "fp32", estimator="pes", pairs=3).disk == 6 * es.params * 4)
     big = make_plan("opt-66b", dtype="bf16", estimator="es", gpu_gb=139)
     assert big.fits and not make_plan("opt-66b", dtype="bf16", gpu_gb=139).fits
-    assert main(["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run", "--gpu-memory", "139"]) == 0
+    assert main(["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run",
+                 "--gpu-memory", "139"]) == 0
     out = capsys.readouterr().out
     assert "--estimator es" in out and "fits in 139 GiB" in out and "on disk" in out and "\n  momentum " not in out
 

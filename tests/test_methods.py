@@ -220,7 +220,8 @@ def near_quadratic() -> Quadratic:
     (Sparse-MeZO's small ones) can reach its part of the optimum."""
     model = Quadratic()
     with torch.no_grad():
-        model.target.copy_(model.theta + 0.1 * torch.randn(model.theta.shape, generator=torch.Generator().manual_seed(9)))
+        model.target.copy_(model.theta
+                           + 0.1 * torch.randn(model.theta.shape, generator=torch.Generator().manual_seed(9)))
     return model
 
 
@@ -332,7 +333,8 @@ def test_per_block_scales_reach_every_evaluation_and_update(name):
     first = opt.blocks[0].name
     after = snapshot(net)
     assert same_bits({first: before[first]}, {first: after[first]})
-    assert not same_bits({k: v for k, v in before.items() if k != first}, {k: v for k, v in after.items() if k != first})
+    assert not same_bits({k: v for k, v in before.items() if k != first},
+                         {k: v for k, v in after.items() if k != first})
 
 
 # ------------------------------------------------------------------------------------------ resume

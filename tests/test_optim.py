@@ -367,8 +367,9 @@ class _Linear(torch.nn.Module):
                                      ("mezo-gv", {}), ("mezo-greedy", {})])
 def test_logged_train_loss_is_unbiased_also_for_loss_guided_directions(name, kw):
     """The logged loss estimates L(theta) (f0 or a two-point pair's mean; every method at its defaults in
-    tests/test_methods.py), also under one-sided and n-SPSA MeZO. Logging L(theta + eps v), as the papers do, would put GV and Greedy below MeZO by ~eps g
-    (their v is chosen to lower the loss): on this linear loss that is off by eps |a . v| ~ 0.1."""
+    tests/test_methods.py), also under one-sided and n-SPSA MeZO. Logging L(theta + eps v), as the papers do,
+    would put GV and Greedy below MeZO by ~eps g (their v is chosen to lower the loss): on this linear loss that
+    is off by eps |a . v| ~ 0.1."""
     model = _Linear()
     with torch.no_grad():
         start = float(model())

@@ -133,7 +133,8 @@ def test_prompt_tuning_scores_skip_the_virtual_tokens(tok):
     p = tok(ex.prompt)["input_ids"]
     full = tok(ex.prompt + ex.candidates[1])["input_ids"]
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full), dtype=torch.long)).logits[0]
+        logits = model(input_ids=torch.tensor([full]),
+                       attention_mask=torch.ones(1, len(full), dtype=torch.long)).logits[0]
         assert logits.shape[0] == len(full) + 10
         lp = torch.log_softmax(logits[10:].double(), -1)
         expected = sum(lp[q - 1, full[q]].item() for q in range(len(p), len(full))) / (len(full) - len(p))

@@ -41,32 +41,40 @@ GOLDEN = {
             "The trophy doesn't fit because it is too large.\nIn the previous sentence, does the pronoun \"it\" "
             "refer to The trophy? Yes or No?\n", NY, 1),
     "wic": ({"word": "bank", "sentence1": "A river bank.", "sentence2": "A savings bank.", "label": 0},
-            'Does the word "bank" have the same meaning in these two sentences? Yes, No?\nA river bank.\nA savings bank.\n',
+            'Does the word "bank" have the same meaning in these two sentences? Yes, No?\nA river bank.\n'
+            'A savings bank.\n',
             NY, 0),
     "multirc": ({"paragraph": "Ada opened a cafe.", "question": "What did Ada open?", "answer": "A cafe", "label": 1},
-                'Ada opened a cafe.\nQuestion: What did Ada open?\nI found this answer "A cafe". Is that correct? Yes or No?\n',
+                'Ada opened a cafe.\nQuestion: What did Ada open?\nI found this answer "A cafe". Is that correct? '
+                'Yes or No?\n',
                 NY, 1),
     "copa": ({"premise": "The girl found a bug in her cereal.", "choice1": "She poured milk in the bowl.",
               "choice2": "I lost my appetite.", "question": "effect", "label": 1},
              "The girl found a bug in her cereal so", [" she poured milk in the bowl.", " I lost my appetite."], 1),
-    "record": ({"passage": "Rain hit Leeds.\n@highlight\nThe band played on", "query": "Fans in @placeholder stayed dry.",
+    "record": ({"passage": "Rain hit Leeds.\n@highlight\nThe band played on",
+                "query": "Fans in @placeholder stayed dry.",
                 "entities": ["Leeds", "band", "Leeds"], "answers": ["Leeds"]},
-               "Rain hit Leeds.\n- The band played on\n-", [" Fans in Leeds stayed dry.", " Fans in band stayed dry."], 0),
+               "Rain hit Leeds.\n- The band played on\n-", [" Fans in Leeds stayed dry.", " Fans in band stayed dry."],
+               0),
     "squad": ({"title": "Paris", "context": "Paris lies on the Seine.", "question": "What river?",
                "answers": {"text": ["the Seine", "Seine"], "answer_start": [15, 19]}},
-              "Title: Paris\nContext: Paris lies on the Seine.\nQuestion: What river?\nAnswer:", [], ["the Seine", "Seine"]),
-    "drop": ({"passage": "They scored 14 and 10.", "question": "How many in total?", "answers_spans": {"spans": ["24"]}},
+              "Title: Paris\nContext: Paris lies on the Seine.\nQuestion: What river?\nAnswer:", [],
+              ["the Seine", "Seine"]),
+    "drop": ({"passage": "They scored 14 and 10.", "question": "How many in total?",
+              "answers_spans": {"spans": ["24"]}},
              "Passage: They scored 14 and 10.\nQuestion: How many in total?\nAnswer:", [], ["24"]),
     "trec": ({"text": "Who wrote Hamlet ?", "coarse_label": 3},
              "Who wrote Hamlet ? Answer type:",
              [" Expression", " Entity", " Description", " Human", " Location", " Number"], 3),
-    "piqa": ({"question": "Make outdoor pillow.", "choices": ["Blow into tin can.", "Blow into trash bag."], "label": 1},
+    "piqa": ({"question": "Make outdoor pillow.", "choices": ["Blow into tin can.", "Blow into trash bag."],
+              "label": 1},
              "Question: Make outdoor pillow.\nAnswer:", [" Blow into tin can.", " Blow into trash bag."], 1),
     "siqa": ({"context": "Tracy resisted.", "question": "What next?", "choices": ["a", "b", "c"], "label": 2},
              "Tracy resisted.\nQuestion: What next?\nAnswer:", [" a", " b", " c"], 2),
     "openbookqa": ({"question": "Predators eat ", "choices": ["lions", "bunnies", "grass", "rocks"], "label": 1},
                    "Predators eat", [" lions", " bunnies", " grass", " rocks"], 1),
-    "commonsenseqa": ({"question": "Where is milk kept?", "choices": ["fridge", "shelf", "car", "sky", "sea"], "label": 0},
+    "commonsenseqa": ({"question": "Where is milk kept?", "choices": ["fridge", "shelf", "car", "sky", "sea"],
+                       "label": 0},
                       "Question: Where is milk kept?\nAnswer:", [" fridge", " shelf", " car", " sky", " sea"], 0),
     "navigate": ({"input": "Take 1 step. Turn around. Take 1 step.", "target_scores": {"True": 1, "False": 0}},
                  "Take 1 step. Turn around. Take 1 step.\nIf you follow these instructions, do you return to the "
@@ -77,15 +85,20 @@ GOLDEN = {
                    "Question: Can a cat fly?\nYes or No?\n", YN, 1),
     "epistemic_reasoning": ({"input": "Premise: A knows B. Hypothesis: B.",
                              "target_scores": {"entailment": 1, "non-entailment": 0}},
-                            "Premise: A knows B. Hypothesis: B.\nDoes the premise entail the hypothesis? Yes or No?\n", YN, 0),
-    "vitaminc_fact_verification": ({"input": "X: y.\nClaim: z.", "target_scores": {"True": 0, "False": 0, "Neither": 1}},
+                            "Premise: A knows B. Hypothesis: B.\nDoes the premise entail the hypothesis? Yes or No?\n",
+                            YN, 0),
+    "vitaminc_fact_verification": ({"input": "X: y.\nClaim: z.",
+                                    "target_scores": {"True": 0, "False": 0, "Neither": 1}},
                                    "X: y.\nClaim: z.\nIs the claim true, false, or neither? True, False, or Neither?\n",
                                    ["True", "False", "Neither"], 2),
-    "implicatures": ({"input": "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'", "target_scores": {"yes": 0.0, "no": 1.0}},
-                     "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'\nDoes Speaker 2's answer mean yes or no?\n", YN, 1),
+    "implicatures": ({"input": "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'",
+                      "target_scores": {"yes": 0.0, "no": 1.0}},
+                     "Speaker 1: 'Coffee?' Speaker 2: 'I'm off caffeine.'\nDoes Speaker 2's answer mean yes or no?\n",
+                     YN, 1),
     "intent_recognition": ({"input": "Utterance: Will it rain in Oslo?",
-                            "target_scores": {"add_to_playlist": 0, "book_restaurant": 0, "get_weather": 1, "play_music": 0,
-                                              "search_screening_event": 0, "search_creative_work": 0, "rate_book": 0}},
+                            "target_scores": {"add_to_playlist": 0, "book_restaurant": 0, "get_weather": 1,
+                                              "play_music": 0, "search_screening_event": 0, "search_creative_work": 0,
+                                              "rate_book": 0}},
                            "Utterance: Will it rain in Oslo?\nIntent:",
                            [" add to playlist", " book restaurant", " get weather", " play music",
                             " search screening event", " search creative work", " rate book"], 2),
@@ -113,15 +126,16 @@ GOLDEN = {
                                    "target_scores": {"Valid": 0, "Invalid": 1}},
                                   "Cats are animals, so animals are cats.\nAnswer (valid or invalid):",
                                   [" valid", " invalid"], 1),
-    "metaphor_boolean": ({"input": "Ann is an early bird. <--> Ann is a bird.", "target_scores": {"True": 0, "False": 1}},
+    "metaphor_boolean": ({"input": "Ann is an early bird. <--> Ann is a bird.",
+                          "target_scores": {"True": 0, "False": 1}},
                          "Ann is an early bird. <--> Ann is a bird.\nIs the second sentence a correct paraphrase of "
                          "the first? Yes or No?\n", YN, 1),
     "valid_parentheses": ({"input": "( [ ] )", "target_scores": {"Valid": 1, "Invalid": 0}},
                           "Sequence: ( [ ] )\nAre the parentheses properly matched? Yes or No?\n", YN, 0),
     "presuppositions_as_nli": ({"input": "Sentence 1: He stopped smoking. \nSentence 2: He smoked.\n\nThe answer is: ",
                                 "target_scores": {"entailment": 1, "neutral": 0, "contradiction": 0}},
-                               "Does sentence 1 entail sentence 2, contradict it, or neither (neutral)?\nSentence 1: He "
-                               "stopped smoking. \nSentence 2: He smoked.\n\nThe answer is:",
+                               "Does sentence 1 entail sentence 2, contradict it, or neither (neutral)?\n"
+                               "Sentence 1: He stopped smoking. \nSentence 2: He smoked.\n\nThe answer is:",
                                [" entailment", " neutral", " contradiction"], 0),
     "social_support": ({"input": "Great question, thanks!", "target_scores": {"unsupportive": 0, "neutral": 0,
                                                                               "supportive": 1}},
@@ -134,7 +148,8 @@ GOLDEN = {
                                        'the sentences "Hi." and "Bye." said by the same or different individuals?\n'
                                        "Answer:", [" same", " different"], 1),
     "formal_fallacies": ({"input": '"All A are B. x is A. So x is B."\n Is the argument, given the explicitly stated '
-                                   "premises, deductively valid or invalid?", "target_scores": {"valid": 1, "invalid": 0}},
+                                   "premises, deductively valid or invalid?",
+                          "target_scores": {"valid": 1, "invalid": 0}},
                          '"All A are B. x is A. So x is B."\n Is the argument, given the explicitly stated premises, '
                          "deductively valid or invalid?\nAnswer:", [" valid", " invalid"], 0),
 }
@@ -506,8 +521,9 @@ def test_left_truncation_keeps_bos_and_candidate(tok):
     assert tok.decode(seqs[0][1:starts[0]]).endswith("It was")
     model = tiny_model("llama")
     sums, lens = continuation_logprobs(model, tok, [prompt, "short It was"], [" great", " terrible"], max_length=32)
-    assert torch.isfinite(sums).all() and lens.tolist() == [len(tok(" great", add_special_tokens=False)["input_ids"]),
-                                                            len(tok(" terrible", add_special_tokens=False)["input_ids"])]
+    assert torch.isfinite(sums).all() and lens.tolist() == [
+        len(tok(" great", add_special_tokens=False)["input_ids"]),
+        len(tok(" terrible", add_special_tokens=False)["input_ids"])]
 
 
 def test_batching_does_not_change_scores(tok):
@@ -734,7 +750,8 @@ def test_without_L2O_BIGBENCH_SDIST_the_sdist_is_downloaded_once_into_the_cache(
     monkeypatch.setattr(acquire.subprocess, "run", pip)
     root = acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")
     assert (tmp_path / "cache" / "bigbench" / sources.BIGBENCH_SDIST).is_file()
-    assert (root / "fake_a" / "task.json").is_file() and "downloading the BIG-bench task files" in capsys.readouterr().err
+    assert (root / "fake_a" / "task.json").is_file() \
+        and "downloading the BIG-bench task files" in capsys.readouterr().err
     acquire.fetch_bigbench(["fake_b/task.json"], "fake_b")  # from the cached sdist
     assert len(calls) == 1 and (root / "fake_b" / "task.json").is_file()
 
@@ -782,7 +799,8 @@ def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and
     assert not folder.exists() and not folder.with_name(folder.name + ".lock").exists()
     assert f"removed 1 stale temp folder(s) .bigbench-dl-* that an interrupted download or copy left in {cache}" \
         in capsys.readouterr().err
-    assert sorted(p.name for p in cache.iterdir()) == sorted([sources.BIGBENCH_SDIST, "tasks", *(f.name for f in foreign)])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([sources.BIGBENCH_SDIST, "tasks",
+                                                              *(f.name for f in foreign)])
 
 
 @pytest.mark.usefixtures("isolated")

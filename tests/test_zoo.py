@@ -149,7 +149,8 @@ def serve(directory: Path, mode: str = "ok"):
 
 
 # ----------------------------------------------------------------------------- ids
-@pytest.mark.parametrize("text", ["smollm2-135m/zo-finetuner", "smollm2-135m/zo-finetuner@1", "a/b@1.2.3", "A.b/c_d@10"])
+@pytest.mark.parametrize("text", ["smollm2-135m/zo-finetuner", "smollm2-135m/zo-finetuner@1", "a/b@1.2.3",
+                                  "A.b/c_d@10"])
 def test_valid_ids(text):
     zid = parse_id(text)
     assert str(zid) == text
@@ -166,7 +167,8 @@ def test_invalid_ids_are_refused(text):
 def test_an_invalid_component_is_named_in_the_ids_one_sentence(text, why):
     with pytest.raises(ZooError) as e:
         parse_id(text)
-    assert str(e.value).startswith(f"invalid zoo id {text!r}: expected") and f"; {why}: use 1-64 characters" in str(e.value)
+    assert (str(e.value).startswith(f"invalid zoo id {text!r}: expected")
+            and f"; {why}: use 1-64 characters" in str(e.value))
 
 
 # ----------------------------------------------------------------------------- artefacts
@@ -321,7 +323,8 @@ def test_a_damaged_manifest_entry_is_one_line_naming_the_manifest_and_the_entry(
 
     with pytest.raises(IntegrityError) as err:
         read_manifest(Location(path=registry))
-    assert str(err.value).startswith(f"registry manifest {path} has an invalid entry {key!r}: ") and why in str(err.value)
+    assert (str(err.value).startswith(f"registry manifest {path} has an invalid entry {key!r}: ")
+            and why in str(err.value))
     assert err.value.__context__ is None  # raised where the problem was found, not a rewrapped ZooError
     rc, _, out = run_cli(capsys, "list", "--registry", str(registry))
     assert_one_line_error(rc, out, "has an invalid entry", why)
@@ -508,7 +511,8 @@ def test_offline_hub_is_skipped_with_a_clear_message(tmp_path, monkeypatch, caps
 def test_hub_source_download_and_push(tmp_path, monkeypatch, capsys):
     art = make_policy(tmp_path / "art")
     # push while offline: clear error, nothing written
-    rc, _, err = run_cli(capsys, "publish", str(art), "--registry", str(tmp_path / "reg"), "--push-to-hub", "org/policy")
+    rc, _, err = run_cli(capsys, "publish", str(art), "--registry", str(tmp_path / "reg"),
+                         "--push-to-hub", "org/policy")
     assert_one_line_error(rc, err, "cannot push", "HF_HUB_OFFLINE=1")
     assert not (tmp_path / "reg").exists()
 
@@ -596,7 +600,8 @@ def test_a_download_or_mirror_killed_mid_way_leaves_staging_the_next_one_there_r
         assert rc == 0 and err.strip().splitlines() == [
             f"removed 1 stale temp folder(s) .staging-* that an interrupted download or copy left in {cache}"], err
         assert not dead[0][1].exists() and (live_folder / "half.bin").is_file()
-        rc, _, err = run_cli(capsys, "mirror", "--to", str(to), "--registry", str(registry), "smollm2-135m/zo-finetuner@1")
+        rc, _, err = run_cli(capsys, "mirror", "--to", str(to), "--registry", str(registry),
+                             "smollm2-135m/zo-finetuner@1")
         assert rc == 0 and err.strip().splitlines() == [
             f"removed 1 stale temp folder(s) .staging-* that an interrupted download or copy left in {to}"], err
         assert not dead[1][1].exists() and not any(p.name.startswith(".staging-") for p in to.iterdir())
@@ -768,7 +773,8 @@ def test_verify_says_what_it_checked_and_folders_name_what_they_lack(registry, t
     empty.mkdir()
     (empty / "model.safetensors").write_bytes(b"")
     for spec in (str(empty), f"{empty}/"):
-        with pytest.raises(ZooError, match=r"not-an-artefact is not an artefact folder: it lacks config.json, README.md"):
+        with pytest.raises(ZooError,
+                           match=r"not-an-artefact is not an artefact folder: it lacks config.json, README.md"):
             load(spec)
     rc, _, err = run_cli(capsys, "verify", str(empty))
     assert_one_line_error(rc, err, "is not an artefact folder: it lacks config.json")

@@ -156,7 +156,8 @@ def test_catalogue_pins_the_released_files_and_the_bases_they_fit():
         assert entry["sources"] == [{"type": "github", "repo": "ASTRAL-Group/ZO_Fine_tuner", "commit": COMMIT,
                                      "path": "learned_finetuner"}]
         fp, names = shipped_identity(entry["base_model"])
-        assert entry["base_fingerprint"] == fp and entry["convert"]["blocks"] == len(names) == BLOCKS[entry["base_model"]]
+        assert (entry["base_fingerprint"] == fp
+                and entry["convert"]["blocks"] == len(names) == BLOCKS[entry["base_model"]])
         assert entry["convert"]["arch"]["size_rule"] == "authors" and entry["license"] == "no-license-file"
     # the shipped shapes give a real config's identity (checked where a real config is at hand)
     assert shipped_identity("smollm2-135m")[0] == base_fingerprint("smollm2-135m")
@@ -387,7 +388,8 @@ def test_card_round_trips_through_publish_to_the_hub_download_and_info(tmp_path,
                    "meta-steps 80", "estimator es", "unroll horizon 16", "inner optimizer MeZO, lr 0.0001, eps 0.001",
                    "size rule numel", "effective step E‖d‖²/d 1", "parameters 1,796", "license apache-2.0",
                    "made by meta_train --base smollm2-135m", "seeds: 0, 1, 2 (3)",
-                   "| tweet_sentiment | 0.31 | 0.26 | 0.05 | [0.03, 0.07] |", f"Hugging Face Hub org/policy at commit {oid}"):
+                   "| tweet_sentiment | 0.31 | 0.26 | 0.05 | [0.03, 0.07] |",
+                   f"Hugging Face Hub org/policy at commit {oid}"):
         assert needle in out, needle
 
 

@@ -67,7 +67,8 @@ def _architecture(config: dict) -> str:
         f, h = arch.get("in_features", 5), arch.get("hidden", 64)
         blocks = len(arch.get("block_names") or []) or (config.get("training") or {}).get("blocks", "?")
         norm = "normalised" if arch.get("normalize", True) else "not normalised"
-        return f"one MLP per parameter block ({blocks} blocks): Linear({f},{h})-Tanh-Linear({h},1), absolute value; {norm}"
+        return (f"one MLP per parameter block ({blocks} blocks): Linear({f},{h})-Tanh-Linear({h},1), "
+                f"absolute value; {norm}")
     if kind == "bilevel-meta-init":
         return "backbone differences theta_meta - theta_base, one tensor per changed parameter"
     if kind == "zo-ledger":
@@ -105,7 +106,8 @@ def made_rows(config: dict, card: dict | None = None, shapes: dict | None = None
     ]
     if kind == "zo-ledger":  # a fine-tune, not a meta-trained optimizer
         arch = config.get("arch") or {}
-        return rows + [("method", _fmt(arch.get("method"))), ("tasks", _fmt(card.get("tasks") or training.get("tasks"))),
+        return rows + [("method", _fmt(arch.get("method"))),
+                       ("tasks", _fmt(card.get("tasks") or training.get("tasks"))),
                        ("architecture", _architecture(config)), ("noise", _fmt(arch.get("noise")))]
     rows += [
         ("meta-training tasks", _fmt(card.get("tasks") or training.get("tasks"))),

@@ -34,8 +34,10 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--registry", metavar="DIR|URL",
-                        help="registry directory, file:// or http(s):// URL holding zoo.json (default: $L2O_ZOO_REGISTRY)")
-    common.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $L2O_CACHE/zoo or ~/.cache/l2o/zoo)")
+                        help="registry directory, file:// or http(s):// URL holding zoo.json "
+                             "(default: $L2O_ZOO_REGISTRY)")
+    common.add_argument("--cache-dir", metavar="DIR",
+                        help="cache directory (default: $L2O_CACHE/zoo or ~/.cache/l2o/zoo)")
 
     p = _Parser(prog="zoo", description="Publish, list, download and verify pretrained optimizers.",
                                 epilog=EPILOG)
@@ -59,12 +61,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("publish", help="add an artefact folder to a registry directory")
     s.add_argument("artefact_dir", metavar="ARTEFACT_DIR")
-    s.add_argument("--registry", metavar="DIR", help="registry directory to write, created if missing (default: $L2O_ZOO_REGISTRY)")
+    s.add_argument("--registry", metavar="DIR",
+                   help="registry directory to write, created if missing (default: $L2O_ZOO_REGISTRY)")
     s.add_argument("--name", help="entry name (default: zo-finetuner or meta-init by kind)")
     s.add_argument("--base", help="id base (default: last part of config.base_model, lower-cased)")
     s.add_argument("--version", help="positive integer or semver-like (default: next integer)")
     s.add_argument("--license", help="license (default: the model card's)")
-    s.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hugging Face Hub model repo and pin its commit")
+    s.add_argument("--push-to-hub", metavar="REPO",
+                   help="also upload to this Hugging Face Hub model repo and pin its commit")
     s.add_argument("--shadow-builtin", action="store_true",
                    help="allow an id that a built-in default already has with different content (it then hides it)")
 
@@ -74,17 +78,21 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("apply", parents=[common], help="materialise a ledger's fine-tuned weights onto its base")
     s.add_argument("id", metavar="ID[@VERSION]|PATH")
-    s.add_argument("--base", required=True, metavar="BASE", help="the base the ledger was recorded on (alias, hub id, folder)")
+    s.add_argument("--base", required=True, metavar="BASE",
+                   help="the base the ledger was recorded on (alias, hub id, folder)")
     s.add_argument("--out", required=True, metavar="DIR", help="folder to write the weights to (save_pretrained)")
-    s.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="refuse unless the ledger was recorded in this dtype")
+    s.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="refuse unless the ledger was recorded in this dtype")
     s.add_argument("--device", default="cpu", help="where to replay (cpu, cuda, ...)")
 
     s = sub.add_parser("import-zo-finetuner", help="convert a released ZO Fine-tuner .pth (no pickle is executed)")
     s.add_argument("file", metavar="FILE")
     s.add_argument("--base", required=True, metavar="ID", help="base model id or alias the policy was trained for")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--fingerprint", metavar="FP", help="base fingerprint sha256:<hex> (default: computed by l2o.models)")
-    g.add_argument("--no-fingerprint", action="store_true", help="record no fingerprint (the result cannot be published)")
+    g.add_argument("--fingerprint", metavar="FP",
+                   help="base fingerprint sha256:<hex> (default: computed by l2o.models)")
+    g.add_argument("--no-fingerprint", action="store_true",
+                   help="record no fingerprint (the result cannot be published)")
     s.add_argument("--out", required=True, metavar="DIR", help="artefact folder to write")
     s.add_argument("--license", help="license for the model card (default: other)")
     return p
@@ -131,8 +139,9 @@ def _cmd_list(a) -> int:
         if a.base:
             print(f"no entries for base {a.base!r}; `zoo list` shows every base")
             return 0
-        where = "no registry configured (set $L2O_ZOO_REGISTRY or pass --registry)" if not (
-            a.registry or os.environ.get("L2O_ZOO_REGISTRY")) else "the registry, the cache and the built-in defaults are empty"
+        where = ("no registry configured (set $L2O_ZOO_REGISTRY or pass --registry)"
+                 if not (a.registry or os.environ.get("L2O_ZOO_REGISTRY"))
+                 else "the registry, the cache and the built-in defaults are empty")
         print(f"no entries: {where}")
         return 0
     header = ("ID", "KIND", "BASE", "SIZE", "SOURCE", "CACHED", "LICENSE")
@@ -248,15 +257,16 @@ def _cmd_mirror(a) -> int:
 
     done = mirror(a.to, a.ids, registry=a.registry, cache_dir=a.cache_dir,
                   warn=lambda message: print(f"zoo: warning: {message}", file=sys.stderr))
-    print(f"mirrored {len(done)} entr{'y' if len(done) == 1 else 'ies'} to {a.to}" + (f": {', '.join(done)}" if done else ""))
+    print(f"mirrored {len(done)} entr{'y' if len(done) == 1 else 'ies'} to {a.to}"
+          + (f": {', '.join(done)}" if done else ""))
     return 0
 
 
 def _cmd_import(a) -> int:
     from .convert import import_zo_finetuner
 
-    out = import_zo_finetuner(a.file, a.base, a.out, fingerprint=a.fingerprint, compute_fingerprint=not a.no_fingerprint,
-                              license=a.license)
+    out = import_zo_finetuner(a.file, a.base, a.out, fingerprint=a.fingerprint,
+                              compute_fingerprint=not a.no_fingerprint, license=a.license)
     print(f"wrote {out}")
     return 0
 

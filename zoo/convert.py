@@ -25,7 +25,8 @@ def _layers(label: str, name: str, module) -> list:
         subs = list((module.state.get("_modules") or {}).values())
         kinds = [getattr(m, "cls_name", type(m).__name__) for m in subs]
         if kinds != ["Linear", "Tanh", "Linear"]:
-            raise ZooError(f"{label}: block {name!r} is Sequential({', '.join(kinds)}), expected (Linear, Tanh, Linear)")
+            raise ZooError(f"{label}: block {name!r} is Sequential({', '.join(kinds)}), "
+                           "expected (Linear, Tanh, Linear)")
         out = []
         for lin in (subs[0], subs[2]):
             params = lin.state.get("_parameters") or {}
@@ -59,7 +60,8 @@ def read_zo_finetuner(path) -> tuple[dict, list, dict]:
         this = tuple(tuple(t.shape) for t in layers)
         h, f = this[0] if len(this[0]) == 2 else (None, None)
         if h is None or this != ((h, f), (h,), (1, h), (1,)):
-            raise ZooError(f"{label}: block {name!r} has shapes {list(this)}, expected Linear(F, H) -> Tanh -> Linear(H, 1)")
+            raise ZooError(f"{label}: block {name!r} has shapes {list(this)}, "
+                           "expected Linear(F, H) -> Tanh -> Linear(H, 1)")
         if shape is not None and (h, f) != shape:
             raise ZooError(f"{label}: block {name!r} has hidden/in sizes {(h, f)} unlike the first block's {shape}")
         shape = (h, f)
@@ -195,7 +197,8 @@ def convert_entry(source: Path, entry: dict, out) -> Path:
     how = (f"```bash\nfine_tune --base {base} --optimizer zoo:{entry['id']}"
            f"{' --policy-size-rule ' + rule if rule else ''} --task <task> ...\n```\n\n"
            f"`zoo download {entry['id']}` fetches, verifies and converts it into the local cache"
-           f"{'; --policy-size-rule ' + rule + ' deploys it with the normaliser it was meta-trained with' if rule else ''}.")
+           f"{'; --policy-size-rule ' + rule if rule else ''}"
+           f"{' deploys it with the normaliser it was meta-trained with' if rule else ''}.")
     card = {"license": entry["license"], "tags": ["zo-fine-tuner", "remote"], "how_to_use": how,
             "title": f"ZO Fine-tuner policy for {base} (the authors' release, converted)", **conv.get("card", {})}
     return _save_policy(out, source, tensors, names, info, base, pinned, conv.get("arch"), training, card)

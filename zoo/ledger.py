@@ -62,7 +62,8 @@ def check_expected(config: dict, expected_fingerprint=None, expected_dtype=None,
         raise ZooError(fingerprint_mismatch(config, expected_fingerprint, model_name))
     if expected_dtype is not None and arch["dtype"] != expected_dtype:
         raise ZooError(f"ledger for base '{config['base_model']}' was recorded in {arch['dtype']}, not "
-                       f"{expected_dtype}; replay is bit-identical only in the recorded dtype (use --dtype {arch['dtype']})")
+                       f"{expected_dtype}; replay is bit-identical only in the recorded dtype "
+                       f"(use --dtype {arch['dtype']})")
     if expected_noise is not None and arch["noise"] != expected_noise:
         raise ZooError(f"ledger for base '{config['base_model']}' was recorded with noise {json.dumps(arch['noise'])}, "
                        f"not {json.dumps(expected_noise)}")

@@ -92,7 +92,8 @@ def publish(artefact_dir, registry, *, name: str | None = None, version: str | i
     with locked(root):
         entries = dict(read_manifest(Location(path=root), "registry", missing_ok=True).entries)
         if version is None:
-            taken = [e.partition("@")[2] for e in (*entries, *shipped.entries) if e.partition("@")[0] == f"{base}/{name}"]
+            taken = [e.partition("@")[2] for e in (*entries, *shipped.entries)
+                     if e.partition("@")[0] == f"{base}/{name}"]
             version = max((int(v.split(".")[0]) for v in taken), default=0) + 1
         entry_id = f"{base}/{name}@{check_version(str(version))}"
         old = entries.get(entry_id)

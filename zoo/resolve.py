@@ -397,7 +397,8 @@ def load(spec, expected_fingerprint=None, expected_kind=None, expected_keys=None
     tensors, config = load_artefact(r.path, expected_fingerprint, expected_kind, expected_keys,
                                     model_name=model_name, device=device)
     if r.entry is not None and config.get("base_fingerprint") != r.entry["base_fingerprint"]:
-        raise IntegrityError(f"'{r.id}' is inconsistent: its config.json and the manifest name different base fingerprints")
+        raise IntegrityError(f"'{r.id}' is inconsistent: its config.json and the manifest name different "
+                             "base fingerprints")
     return tensors, config
 
 
@@ -418,11 +419,13 @@ def verify(spec: str, *, registry=None, cache_dir=None) -> list[str]:
     entry, manifest = _find(cat, s)
     checked = []
     in_registry = any(s["type"] == "registry" for s in entry.get("sources", []))
-    if in_registry and manifest.origin in ("registry", "builtin") and manifest.root is not None and manifest.root.is_local:
+    if (in_registry and manifest.origin in ("registry", "builtin") and manifest.root is not None
+            and manifest.root.is_local):
         reg_folder = manifest.root.path / entry_layout(entry["id"])
         problems = file_problems(reg_folder, entry["files"])
         if problems:
-            raise IntegrityError(f"'{entry['id']}' in {manifest.origin} {manifest.root} is corrupt: {'; '.join(problems)}")
+            raise IntegrityError(f"'{entry['id']}' in {manifest.origin} {manifest.root} is corrupt: "
+                                 f"{'; '.join(problems)}")
         checked.append(str(reg_folder))
     folder = entry_folder(entry, cat.cache)
     if folder.is_dir():  # report a damaged cache copy instead of silently repairing it
@@ -436,7 +439,8 @@ def verify(spec: str, *, registry=None, cache_dir=None) -> list[str]:
         folder = fetch(entry, manifest, cat.cache)
     config, _ = check_artefact_dir(folder)
     if config["kind"] != entry["kind"] or config.get("base_fingerprint") != entry["base_fingerprint"]:
-        raise IntegrityError(f"'{entry['id']}' is inconsistent: its config.json disagrees with the manifest on kind or base fingerprint")
+        raise IntegrityError(f"'{entry['id']}' is inconsistent: its config.json disagrees with the manifest on "
+                             "kind or base fingerprint")
     checked.append(str(folder))
     return checked
 

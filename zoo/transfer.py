@@ -155,7 +155,8 @@ def copy_verified(src: str | Path, dest: Path, expected_sha256: str, expected_si
             announced = announced.get("Content-Length") if announced is not None else None
             if announced is not None and announced.isdigit() and int(announced) > got:
                 raise TransferError(
-                    f"transfer from {src} was interrupted after {got} of {expected_size} bytes (connection closed early)"
+                    f"transfer from {src} was interrupted after {got} of {expected_size} bytes "
+                    "(connection closed early)"
                 )
         if got != expected_size:
             raise TransferError(f"{src} is truncated ({got} of {expected_size} bytes)")

@@ -2,9 +2,12 @@
 
 | name | what it differentiates | memory | module |
 |---|---|---|---|
-| `lookahead` | L(theta - eta c s z) one (or T) step(s) ahead, autograd through the LLM (the ZO Fine-tuner paper) | first-order: weights, momentum, one backward | `lookahead.py` |
-| `es` | a K-step unroll of the deployed optimizer, antithetic ES with common random numbers | inference + the policy | `es.py` |
-| `pes` | whole H-step inner runs, truncated into K-step unrolls, Persistent ES (unbiased) | inference + the policy | `pes.py` |
+| `lookahead` | L(theta - eta c s z) one (or T) step(s) ahead, autograd through the LLM (the ZO Fine-tuner paper) \
+| first-order: weights, momentum, one backward | `lookahead.py` |
+| `es` | a K-step unroll of the deployed optimizer, antithetic ES with common random numbers \
+| inference + the policy | `es.py` |
+| `pes` | whole H-step inner runs, truncated into K-step unrolls, Persistent ES (unbiased) \
+| inference + the policy | `pes.py` |
 
 Each is a `GradientEstimator` (`base.py`): `estimate(policy, streams, step) -> EstimatorOut` (meta-gradient
 and diagnostics) and `state_dict()` (the unroll state). The Lightning module in `meta_train` is only the

@@ -79,7 +79,8 @@ class GradientEstimator:
 
 
 def block_kind(name: str) -> str:
-    """A block's name without its layer number: model.layers.3.mlp.up_proj.weight -> model.layers.#.mlp.up_proj.weight."""
+    """A block's name without its layer number:
+    model.layers.3.mlp.up_proj.weight -> model.layers.#.mlp.up_proj.weight."""
     return re.sub(r"\.\d+\.", ".#.", name)
 
 

@@ -20,10 +20,10 @@ Two ways to get the gradient, the same number:
 - the functional path (T > 1, or `lean=False`; small models only): theta_T is built as tensors and the LLM is
   evaluated at it with `torch.func.functional_call`, holding theta_t and z_t for every step.
 
-In the functional path the LLM is evaluated at theta_T with `torch.func.functional_call`. Tied weights are handled generically:
-each tie-deduplicated block is mapped back to every parameter name that shares its storage, and all of
-them receive the same substituted tensor. The backward pass runs while the substitution is still in
-place, so activation checkpointing (which recomputes forwards during backward) sees theta_T too.
+In the functional path the LLM is evaluated at theta_T with `torch.func.functional_call`. Tied weights are
+handled generically: each tie-deduplicated block is mapped back to every parameter name that shares its
+storage, and all of them receive the same substituted tensor. The backward pass runs while the substitution
+is still in place, so activation checkpointing (which recomputes forwards during backward) sees theta_T too.
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ class Lookahead:
         else:
             meta = self.engine.evaluate(closure, d, -self.eta_meta * c)
         return LookaheadResult(meta_loss=meta, plus=[plus], minus=[minus], c=[c], nf=[float(nf)],
-                               effective_step=[self.effective_step(s)], sigma=sigma.detach().clone(), state=TaskState(plus, minus, sigma.detach().float().clone()))
+                               effective_step=[self.effective_step(s)], sigma=sigma.detach().clone(),
+                               state=TaskState(plus, minus, sigma.detach().float().clone()))
 
 
 class LookaheadEstimator(GradientEstimator):

@@ -108,5 +108,5 @@ def build_optimizer(name: str, model, **overrides) -> ZOOptimizer:
     return optimizer_class(name)(model, **overrides)
 
 
-__all__ = ["METHODS", "REGISTRY", "StepResult", "ZOOptimizer", "build_optimizer", "forwards_per_step", "optimizer_class",
-           "optimizer_defaults", "optimizer_names", "probe"]
+__all__ = ["METHODS", "REGISTRY", "StepResult", "ZOOptimizer", "build_optimizer", "forwards_per_step",
+           "optimizer_class", "optimizer_defaults", "optimizer_names", "probe"]

@@ -84,7 +84,8 @@ class BilevelZOFO(ZOOptimizer):
         HP("lam", float, 1e4, "penalty weight lambda", "official RTE/LoRA sweep", low=0),
         HP("lower_lr", float, 1e-4, "Adam lr of the lower PEFT copy w", "official RTE/LoRA sweep", low=0),
         HP("upper_lr", float, 1e-7, "Adam lr of the upper PEFT copy p", "official RTE/LoRA sweep", low=0),
-        HP("theta_lr", float, 1e-7, "ZO-SGD lr of the backbone theta", "ours (the official code: Adam on theta)", low=0),
+        HP("theta_lr", float, 1e-7, "ZO-SGD lr of the backbone theta", "ours (the official code: Adam on theta)",
+           low=0),
         HP("eps", float, 1e-3, "perturbation scale epsilon of the backbone's ZO estimate", "official sweeps",
            low=0, open_low=True),
         HP("t_low", int, 30, "lower steps per upper step", "official single-task sweeps", low=1),
@@ -107,7 +108,8 @@ class BilevelZOFO(ZOOptimizer):
     step_size = "lower_lr"  # an lr search tunes the inner level's Adam step
 
     def __init__(self, model: nn.Module, *, num_tasks: int = 1, seed: int = 0, noise=None, **hyperparameters):
-        _check(isinstance(num_tasks, int) and num_tasks >= 1, f"bilevel-zofo: num_tasks must be >= 1, got {num_tasks!r}")
+        _check(isinstance(num_tasks, int) and num_tasks >= 1,
+               f"bilevel-zofo: num_tasks must be >= 1, got {num_tasks!r}")
         self.model = model
         self.adapters = AdapterCopies(model, "pw", num_tasks)   # p_k, w_k and their Adam states
         self.slots, self.init_copy = self.adapters.slots, self.adapters.init_copy
@@ -238,7 +240,8 @@ class BilevelZOFO(ZOOptimizer):
             s = derive_seed(self.seed, self.counters["upper_steps"], i * q + j)
             d = Direction.single(s)
             fp = self._objective_at(closure, k, d, eps, lam)
-            g = (fp - f0) / eps if self.hp["one_sided"] else (fp - self._objective_at(closure, k, d, -eps, lam)) / (2 * eps)
+            g = ((fp - f0) / eps if self.hp["one_sided"]
+                 else (fp - self._objective_at(closure, k, d, -eps, lam)) / (2 * eps))
             res.seeds.append(s)
             res.projected_grads.append(g)
         return grads
@@ -251,8 +254,8 @@ class BilevelZOFO(ZOOptimizer):
             p_grads = [(k, self._measure_task(closure, i, k, res)) for i, k in enumerate(tasks)]
         except NonFiniteLoss as err:
             self.counters["skipped"] += 1
-            warnings.warn(f"bilevel-zofo: non-finite loss ({err.args[0]}) in upper step {self.counters['upper_steps']}; "
-                          "p and theta not updated", stacklevel=2)
+            warnings.warn(f"bilevel-zofo: non-finite loss ({err.args[0]}) in upper step "
+                          f"{self.counters['upper_steps']}; p and theta not updated", stacklevel=2)
             res.skipped, p_grads = True, []
         for k, gp in p_grads:
             self._adam_step("p", k, gp)

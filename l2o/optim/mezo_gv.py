@@ -18,7 +18,8 @@ l_i = L + eps |grad| xi_i to first order) and a part orthogonal to u (independen
 which is larger than E||v||^2 / D = sum_i w_i^2 because the ranking picks large slopes. With Phi, phi the normal
 cdf and pdf, n = floor(alpha M), T the sum of the n smallest xi and Z the sum of all (E[TZ] = n, E[Z^2] = M):
     Greedy:  E[(v . u)^2] = E[xi_(1)^2] = M int x^2 phi (1 - Phi)^(M-1) dx
-    GV:      v . u = (1/n + 1/(M-n)) T - Z/(M-n),  so E[(v . u)^2] = c^2 E[T^2] - 2 c n/(M-n) + M/(M-n)^2 (c = 1/n + 1/(M-n))
+    GV:      v . u = (1/n + 1/(M-n)) T - Z/(M-n),  so E[(v . u)^2] = c^2 E[T^2] - 2 c n/(M-n) + M/(M-n)^2
+             (c = 1/n + 1/(M-n))
              E[T^2] = M int x^2 phi P_{M-1,n-1}(Phi) dx - 2 M(M-1) int x phi^2 P_{M-2,n-2}(Phi) dx
              with P_{N,j}(p) = P(Binomial(N, p) <= j)  (both of two pool members among the n smallest iff at most n-2
              of the others lie below the larger one; int_{-inf}^y x phi = -phi(y) does the inner integral)

@@ -163,7 +163,8 @@ def _score_encoded(model, tokenizer, seqs: list[list[int]], starts: list[int]):
     return sums, lens
 
 
-def candidate_scores(model, tokenizer, batch: list[Rendered], max_length: int = DEFAULT_MAX_LENGTH) -> list[torch.Tensor]:
+def candidate_scores(model, tokenizer, batch: list[Rendered],
+                     max_length: int = DEFAULT_MAX_LENGTH) -> list[torch.Tensor]:
     """Per example, the mean token log-prob of each candidate (a 1-D tensor per example)."""
     prompts, conts, sizes = [], [], []
     for ex in batch:
@@ -206,7 +207,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]:
         ids = list(ids)
         if len(ids) > room:
-            ids = ([bos] + ids[len(ids) - room + 1:]) if bos is not None and ids[0] == bos and room >= 2 else ids[-room:]
+            ids = (([bos] + ids[len(ids) - room + 1:]) if bos is not None and ids[0] == bos and room >= 2
+                   else ids[-room:])
         encoded.append(ids)
     pad = _pad_id(tokenizer)
     n, t = len(encoded), max(len(e) for e in encoded)

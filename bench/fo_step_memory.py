@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         phase(step, "zero_grad", lambda: opt.zero_grad(set_to_none=True))
         with torch.enable_grad():
             loss = phase(step, "forward", lambda: objective.loss(model, tok, batch))
-            phase(step, "backward", lambda: loss.backward())
+            phase(step, "backward", loss.backward)
         del loss
         phase(step, "step", opt.step)
     return 0

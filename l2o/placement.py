@@ -23,7 +23,6 @@ their files writable, once).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

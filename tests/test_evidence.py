@@ -266,7 +266,7 @@ def test_the_panel_policy_row_shows_it_against_mezo_and_against_the_shipped_poli
     (tmp_path / "full" / "summary.json").write_text(json.dumps(full))
     row = next(r for r in claims.claim_rows(tmp_path) if "meta-trained for the panel" in r[0])
     assert row[3] == claims.HOLDS and "lower final loss on 9/10 pairs" in row[2]
-    assert f"vs the shipped policy: Δ eval acc -0.030 [-0.050, -0.010]" in row[2] and f"({claims.FAILS})" in row[2]
+    assert "vs the shipped policy: Δ eval acc -0.030 [-0.050, -0.010]" in row[2] and f"({claims.FAILS})" in row[2]
     meta = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO meta-init"))
     assert meta[1].endswith("meta-initialisation: none yet") and meta[3] == claims.NOT_RUN
 

@@ -1,7 +1,6 @@
 """fine_tune end to end on a tiny OPT and the SST-2 fixture: artefacts, resume equality, errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

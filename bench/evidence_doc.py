@@ -53,7 +53,8 @@ def cost_line(out: Path) -> str:
     cpu = sum(r.get("cpu_s", 0.0) for r in runs)
     untimed = sum(1 for r in runs if "cpu_s" not in r)
     commits = sorted({r.get("commit") for r in runs if r.get("commit")})
-    return (f"{len(runs)} fine-tuning runs so far, {cpu / 3600:.2f} CPU-hours measured (one thread each"
+    return (f"{len(runs)} fine-tuning runs so far, {cpu / 3600:.2f} CPU-hours measured (one thread each; a run "
+            "resumed after a kill counts its earlier attempts' CPU too"
             + (f"; {untimed} early scan runs recorded wall time only" if untimed else "") + ")"
             + (f"; the scan ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
 

@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.cli import cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
+from bench.resume import METER_FILE, CpuMeter  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_atomic  # noqa: E402
 
@@ -182,27 +182,26 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
     """Meta-train round r, after `before` meta-steps, in folder/round-<r> (or finish it), and its record."""
     from meta_train.cli import main as meta_train
 
-    run, cpu = folder / f"round-{r}", 0.0
-    if not (run / "results.json").exists():
-        last = run / "checkpoints" / "last.ckpt"
-        if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
-            last.parent.mkdir(parents=True, exist_ok=True)
-            with open(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", "rb") as src:  # killed mid-copy:
-                write_atomic(last, lambda f: shutil.copyfileobj(src, f))  # no half checkpoint to resume from
-        argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
-        print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
-        c0 = time.process_time()
-        with _no_registry():
-            code = meta_train(argv)
-        cpu = time.process_time() - c0
-        if code == 130:  # Ctrl-C (meta_train said how to continue): the suite stops too, a rerun resumes the round
-            raise KeyboardInterrupt
-        if code != 0:
-            raise ArtefactsError(f"meta_train of {kind} round {r} failed (exit {code}); its run is {run}")
+    run = folder / f"round-{r}"
+    with CpuMeter(run) as meter:  # every attempt's CPU: a round killed at a session's end resumes (bench.resume)
+        if not (run / "results.json").exists():
+            last = run / "checkpoints" / "last.ckpt"
+            if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
+                last.parent.mkdir(parents=True, exist_ok=True)
+                with open(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", "rb") as src:  # killed mid-copy:
+                    write_atomic(last, lambda f: shutil.copyfileobj(src, f))  # no half checkpoint to resume from
+            argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
+            print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
+            with _no_registry():
+                code = meta_train(argv)
+            if code == 130:  # Ctrl-C (meta_train said how to continue): the suite stops too, a rerun resumes the round
+                raise KeyboardInterrupt
+            if code != 0:
+                raise ArtefactsError(f"meta_train of {kind} round {r} failed (exit {code}); its run is {run}")
     results = json.loads((run / "results.json").read_text())
     steps = results["steps"] if kind == "zo-finetuner" else results["training"]["steps"]
     return {"round": r, "meta_steps": before + steps if kind == "zo-finetuner" else steps,
-            "metric": held_out_metric(kind, results), "cpu_s": cpu, "artefact": str(run / ARTEFACT_DIR[kind])}
+            "metric": held_out_metric(kind, results), "cpu_s": meter.total, "artefact": str(run / ARTEFACT_DIR[kind])}
 
 
 def rounds(out: Path, kind: str) -> list[dict]:
@@ -256,6 +255,7 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
         budget.charge(row["cpu_s"])
         append_record(folder / "rounds.jsonl", row)
+        (folder / f"round-{row['round']}" / METER_FILE).unlink(missing_ok=True)  # the record holds it now
         prune(folder, kind, row["round"])
         rows.append(row)
         print(f"artefacts: {kind} round {row['round']}: {row['meta_steps']} meta-steps, held-out gain "

@@ -93,6 +93,23 @@ def test_rounds_stop_when_they_no_longer_help_and_a_rerun_skips_finished_rounds(
     assert all((folder / f"round-{r}" / "results.json").exists() for r in (1, 2, 3))
 
 
+def test_a_round_counts_the_cpu_its_killed_attempt_spent(tmp_path, scripted):
+    """A round killed at a session's end (its meter file says what it had spent, bench.resume) is charged that too
+    when the rerun finishes it; once recorded, the meter file goes."""
+    from bench.resume import METER_FILE
+
+    calls, gains = scripted
+    _panel(tmp_path)
+    killed = tmp_path / "artefacts" / "zo-finetuner" / "round-1"
+    killed.mkdir(parents=True)
+    (killed / METER_FILE).write_text("5000.0\n")
+    gains.update({"zo-finetuner": [0.01], "bilevel-zofo": [0.01]})
+    artefacts.main(["--out", str(tmp_path), "--base", "tiny", "--meta-steps", "3", "--max-rounds", "1"])
+    pol, init = (artefacts.rounds(tmp_path, k) for k in artefacts.KINDS)
+    assert 5000 <= pol[0]["cpu_s"] < 5060 and init[0]["cpu_s"] < 60
+    assert not (killed / METER_FILE).exists()
+
+
 def test_the_panel_never_enters_meta_training_or_meta_validation(tmp_path, scripted):
     calls, gains = scripted
     _panel(tmp_path)

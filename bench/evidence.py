@@ -3,6 +3,7 @@
     python -m bench.evidence --workers 2              # everything (CPU-hours; rerun to continue where it stopped)
     python -m bench.evidence --phases scan,memory     # some phases only; --report rewrites the doc from what ran
     python -m bench.evidence --smoke --base <tiny>    # the whole path in a few CPU-minutes (the fast tests)
+    python -m bench.evidence --status                 # where it stands (bench/evidence_status.py; safe beside a run)
 
 Phases (each keeps its runs under `--out`, so a rerun skips what is done), in the order they run:
 - scan: `bench.learnability`, stages 1 and 2 at the first `--max-median` cut -> the evidence panel
@@ -86,6 +87,8 @@ def parse_args(argv=None):
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--report", action="store_true", help="run nothing: the harness reports and the doc from the "
                     "runs that exist")
+    ap.add_argument("--status", action="store_true", help="run nothing, write nothing: print where the suite stands "
+                    "(each phase's runs and CPU-hours, runs under way or interrupted, what cannot start yet and why)")
     ap.add_argument("--cpu-hours", type=float, default=None, help="the suite's CPU budget: no run starts once the "
                     "suite's runs have spent it (default: the budget it last ran under, kept in <out>/suite.json, "
                     f"else {DEFAULT_CPU_HOURS:g})")
@@ -361,6 +364,11 @@ def lanes(args) -> tuple[list[str], list[str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.status:
+        from bench.evidence_status import status
+
+        print(status(args), flush=True)
+        return 0
     import os
 
     import torch

@@ -1,0 +1,124 @@
+"""`python -m bench.evidence --status`: where a long evidence suite stands, read from its folder alone.
+
+It runs nothing and takes no lock, so it is safe beside a running suite (and reads the kept records,
+`<docs>/data/evidence/`, where `--out` does not exist yet: a fresh clone's standing). Per phase folder:
+
+- the runs (or meta-training rounds) recorded and their CPU-hours;
+- its open runs: a folder with a checkpoint or a CPU meter (bench/resume.py) and no record. *Running* while a live
+  process holds it (the pid its run lock records), else *interrupted*: the next `make evidence` resumes it from its
+  checkpoint. With the CPU it has spent so far, by the meter;
+- for a harness phase that has no runs, why it cannot start yet (bench.evidence's `skip_reason`), if it cannot.
+
+Then the suite's CPU-hours against its budget.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from bench.records import read_records
+from bench.resume import METER_FILE
+
+FOLDERS = ("learnability", "prefix", "full", "bf16", "metainit")  # the phases' records folders (scan: learnability)
+HARNESS = ("prefix", "full", "bf16", "metainit")
+
+
+def _recorded(records: list[dict]) -> set[str]:
+    """The run folder names that `records` hold (the scan's by name, the harness's by --out, a round by number)."""
+    names = set()
+    for r in records:
+        names.add(r.get("name"))
+        names.add(Path((r.get("config") or {}).get("out") or "").name)
+        if "round" in r:
+            names.add(f"round-{r['round']}")
+    return names - {None, ""}
+
+
+def _holder(folder: Path) -> int | None:
+    """The pid of the live process that holds `folder`'s run lock (l2o.filelock.RunLock), else None."""
+    try:
+        pid = int((folder / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def open_runs(folder: Path, records: list[dict]) -> list[str]:
+    """One line per unrecorded run folder under `folder` that a run has started in."""
+    done, lines = _recorded(records), []
+    for run in sorted(p for p in folder.glob("*") if p.is_dir() and p.name != "claims" and p.name not in done):
+        ckpt, meter = run / "checkpoints" / "last.ckpt", run / METER_FILE
+        pid = _holder(run)
+        if not (ckpt.exists() or meter.exists() or (pid and (run / "config.yaml").exists())):
+            continue
+        try:
+            spent = f", {float(meter.read_text()) / 60:.0f} CPU-min so far"
+        except (OSError, ValueError):
+            spent = ""
+        saved = (f", checkpoint of {time.strftime('%H:%M UTC', time.gmtime(ckpt.stat().st_mtime))}"
+                 if ckpt.exists() else ", no checkpoint yet")
+        state = f"running (pid {pid})" if pid else "interrupted (the next run resumes it)"
+        lines.append(f"{run.name}: {state}{spent}{saved}")
+    return lines
+
+
+def _hours(records: list[dict]) -> float:
+    return sum(r.get("cpu_s", 0.0) for r in records) / 3600
+
+
+def status(args) -> str:
+    from bench.evidence import last_budget, panel_tasks, skip_reason
+    from bench.evidence_doc import memory_file
+
+    root = Path(args.out)
+    kept = Path(args.docs) / "data" / "evidence"
+    if not root.is_dir():
+        root = kept
+    if not root.is_dir():
+        return f"evidence suite {args.out}: nothing run yet (and no kept records in {kept})"
+    rows, total, said = [], 0.0, None
+    for name in FOLDERS:
+        folder = root / name
+        records = read_records(folder / "runs.jsonl") if (folder / "runs.jsonl").exists() else []
+        total += _hours(records)
+        head = f"  {name:12s} {len(records):3d} runs    {_hours(records):6.2f} CPU-h"
+        if name == "learnability":
+            tasks = panel_tasks(argparse_like(args, root))
+            head += f"   panel: {', '.join(tasks) if tasks else 'none yet'}"
+        elif name in HARNESS and not records:
+            why = skip_reason(argparse_like(args, root), name)
+            head += f"   {'can start' if not why else 'cannot start yet: ' + (why if why != said else 'as above')}"
+            said = why
+        elif (folder / "summary.json").exists():
+            head += "   reported"
+        rows.append(head)
+        rows += [f"      {line}" for line in open_runs(folder, records)]
+    for folder in sorted((root / "artefacts").glob("*")):
+        path = folder / "rounds.jsonl"
+        records = read_records(path) if path.exists() else []
+        total += _hours(records)
+        rows.append(f"  {'artefacts':12s} {len(records):3d} rounds  {_hours(records):6.2f} CPU-h   {folder.name}")
+        rows += [f"      {line}" for line in open_runs(folder, records)]
+    memory = memory_file(Path(args.docs))
+    rows.append(f"  {'memory':12s} {'measured: ' + str(memory) if memory.exists() else 'not measured yet'}")
+    budget = last_budget(args)
+    where = "" if root == Path(args.out) else f" (no {args.out} yet: the kept records)"
+    return "\n".join([f"evidence suite {root}{where}: {total:.2f} of {budget:g} CPU-hours spent "
+                      f"({100 * total / budget:.0f}%)", *rows])
+
+
+def argparse_like(args, root: Path):
+    """`args` with --out at `root` (the kept records, when --out does not exist yet)."""
+    from argparse import Namespace
+
+    return Namespace(**{**vars(args), "out": str(root)})

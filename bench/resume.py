@@ -33,8 +33,9 @@ def run_to_end(cfg, say=print) -> dict:
         if (out / "checkpoints" / "last.ckpt").exists():
             try:
                 res = run(replace(cfg, resume=True), log=lambda m: None)
-                say(f"         resumed {cfg.out} from its last checkpoint ({meter.before:.0f} CPU-s before it, "
-                    f"counted)")
+                before = (f"{meter.before:.0f} CPU-s before it, counted" if meter.metered else
+                          "no CPU meter from its earlier attempts, whose CPU is not counted")
+                say(f"         resumed {cfg.out} from its last checkpoint ({before})")
             except UserError as err:
                 say(f"         cannot resume {cfg.out} ({err}); running it again")
         if res is None:
@@ -53,9 +54,9 @@ class CpuMeter:
     def __init__(self, out: Path):
         self.out, self.path = out, out / METER_FILE
         try:
-            self.before = float(self.path.read_text())
+            self.before, self.metered = float(self.path.read_text()), True
         except (OSError, ValueError):
-            self.before = 0.0
+            self.before, self.metered = 0.0, False  # a first attempt (or one made before this meter existed)
         self.total = self.before
         self._stop = threading.Event()
 

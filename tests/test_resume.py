@@ -42,6 +42,9 @@ def test_a_resumed_run_counts_the_cpu_its_killed_attempts_spent(tmp_path, monkey
     assert seen == [True] and 1000.05 <= res["cpu_s"] < 1010
     assert "resumed" in said[0] and "1000 CPU-s before it, counted" in said[0]
     assert not (out / resume.METER_FILE).exists()  # the record holds it now
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"state")  # an attempt killed before the meter existed
+    resume.run_to_end(Cfg(str(out)), say=said.append)
+    assert "no CPU meter from its earlier attempts, whose CPU is not counted" in said[-1]
 
 
 def test_an_attempt_writes_what_it_has_spent_while_it_runs_and_the_next_attempt_adds_it(tmp_path, monkeypatch):

@@ -28,7 +28,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one;
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
-  phase (no search in bf16: a bf16 forward is slow on this CPU);
+  phase (no search in bf16: a bf16 forward is slow on this CPU). It needs only that task's prefix runs, so it runs
+  as soon as they are done, before the prefix phase's other tasks (`ordered`): every claim gets a verdict before
+  any claim gains power;
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
   phase's) on the panel.
@@ -76,6 +78,7 @@ PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the ship
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 SCAN_PHASES = ("scan", "widen")
+PREFIX_FIRST = "prefix-first"  # the prefix phase on the panel's first task only: bf16 runs after it (`ordered`)
 SECOND_LANE = ("artefacts", "full", "metainit")  # --workers 2: the second process's phases (they need the panel only)
 DEFAULT_CPU_HOURS = 8.0
 SUITE_FILE = "suite.json"  # under --out (kept with the records): the budget the suite last ran under
@@ -284,7 +287,9 @@ def harness_argv(args, phase: str) -> list[str] | None:
     panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
     if skip_reason(args, phase):
         return None
-    tasks = tasks[:{"prefix": args.max_tasks, "full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
+    tasks = tasks[:{"prefix": args.max_tasks, PREFIX_FIRST: 1, "full": args.full_tasks, "bf16": 1}.get(
+        phase, args.max_tasks)]
+    phase = "prefix" if phase == PREFIX_FIRST else phase  # its runs and report are the prefix phase's
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
@@ -349,6 +354,16 @@ def run_phase(args, phase: str) -> None:
         harness.run_suite(harness.parse_args(argv))
 
 
+def ordered(phases: list[str], args) -> list[str]:
+    """The bf16 phase needs only the prefix phase's first task (its lrs there): with both asked, it runs right after
+    that task and before the prefix phase's other tasks, so every claim has a verdict before any gains power."""
+    if "prefix" not in phases or "bf16" not in phases or args.max_tasks < 2:
+        return phases
+    rest = [p for p in phases if p != "bf16"]
+    i = rest.index("prefix")
+    return rest[:i] + [PREFIX_FIRST, "bf16"] + rest[i:]
+
+
 def lanes(args) -> tuple[list[str], list[str]]:
     """--workers 2: this process's phases, with "lane" where the second process starts, and that process's phases.
     The scan comes first (widened as far as it will be: the task family of the artefacts is the scanned tasks off
@@ -359,7 +374,7 @@ def lanes(args) -> tuple[list[str], list[str]]:
     if "widen" in asked and "prefix" not in here:
         here.insert(0, "prefix")  # widen's own prefix run on the widened panel
     scans = ["scan-widened" if "widen" in asked else "scan"] if set(asked) & set(SCAN_PHASES) else []
-    return scans + (["lane"] if second else []) + here, second
+    return scans + (["lane"] if second else []) + ordered(here, args), second
 
 
 def main(argv=None) -> int:
@@ -395,7 +410,7 @@ def main(argv=None) -> int:
         elif args.workers > 1:
             phases, second = lanes(args)
         else:
-            phases, second = args.phase_list, []
+            phases, second = ordered(args.phase_list, args), []
         for phase in phases:
             if phase == "lane":
                 proc = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])

@@ -215,7 +215,8 @@ def cuts_section(args, out: Path) -> list[str]:
             f"{args.cuts[0]} tokens, widened to {', then '.join(map(_cut, args.cuts[1:])) or 'nothing'} while the "
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
             f"- The prefix phase runs on the panel's first {args.max_tasks} task(s) (cheapest first, label-prior ones "
-            f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search); "
+            f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search; it "
+            "runs once the prefix phase is done with the first task, before its other tasks); "
             f"{args.budget} forward passes per ZO "
             "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO's "
             "lower lr is dev-chosen like the others' around the paper's prefix 1e-2 (its other hyperparameters at "

@@ -321,6 +321,33 @@ def test_two_workers_share_the_scan_and_run_the_second_lane_in_a_second_process(
     assert "## 3. The ZO Fine-tuner policy" in (docs / "evidence.md").read_text()
 
 
+def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path):
+    """bf16 needs only the first task's lrs: it comes before the prefix phase's second task, so that every claim has a
+    verdict before any claim gains power; the first-task pass is the prefix phase's (same --out, one task)."""
+    from bench import evidence
+
+    args = evidence.parse_args(["--out", str(tmp_path)])
+    assert evidence.ordered(list(evidence.PHASES), args) == [
+        "scan", "memory", "prefix-first", "bf16", "prefix", "widen", "artefacts", "full", "lora", "metainit"]
+    assert evidence.ordered(["prefix", "lora"], args) == ["prefix", "lora"]
+    one = evidence.parse_args(["--out", str(tmp_path), "--max-tasks", "1"])
+    assert evidence.ordered(["prefix", "bf16"], one) == ["prefix", "bf16"]
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    first, whole = evidence.harness_argv(args, "prefix-first"), evidence.harness_argv(args, "prefix")
+    assert flag(first, "--out") == flag(whole, "--out") == str(tmp_path / "prefix")
+    assert flag(first, "--tasks") == "navigate" and flag(whole, "--tasks") == "navigate,tweet_sentiment"
+
+    def methods(argv):
+        return [a for a, b in zip(argv[1:], argv) if b == "--method"]
+
+    assert methods(first) == methods(whole) == evidence.PREFIX_METHODS
+
+
 def test_two_workers_widen_the_scan_first_then_run_two_lanes():
     from bench import evidence
 
@@ -328,7 +355,7 @@ def test_two_workers_widen_the_scan_first_then_run_two_lanes():
         return evidence.lanes(evidence.parse_args(["--workers", "2", "--phases", phases]))
 
     assert lanes(",".join(evidence.PHASES)) == (
-        ["scan-widened", "lane", "memory", "prefix", "bf16", "lora"], ["artefacts", "full", "metainit"])
+        ["scan-widened", "lane", "memory", "prefix-first", "bf16", "prefix", "lora"], ["artefacts", "full", "metainit"])
     assert lanes("scan,prefix") == (["scan", "prefix"], [])
     assert lanes("widen") == (["scan-widened", "prefix"], [])          # widen's own prefix run
     assert lanes("full,bf16") == (["lane", "bf16"], ["full"])

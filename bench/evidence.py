@@ -28,7 +28,7 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one;
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
-  phase (no search in bf16: a bf16 forward is slow on this CPU). It needs only that task's prefix runs, so it runs
+  phase (no search in bf16: the claim is robustness at the fp32 lr). It needs only that task's prefix runs, so it runs
   as soon as they are done, before the prefix phase's other tasks (`ordered`): every claim gets a verdict before
   any claim gains power;
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);

@@ -212,7 +212,8 @@ def checkpoint_dtype(name: str) -> str | None:
 def resolve_dtype(dtype: str, name: str, device: str | torch.device = "cpu", first_order: bool = False) -> str:
     """The dtype to load a base in; "auto" is decided per device and base:
 
-        CPU          fp32: bf16/fp16 matmuls run several times slower than fp32 there (SmolLM2: ~5x)
+        CPU          fp32: ZO's finite differences lose precision in bf16/fp16, whose speed depends on the CPU's
+                     instructions (SmolLM2 here, AVX-512 BF16: bf16 ~2x faster; docs/benchmarks.md)
         accelerator  the checkpoint's dtype (as Hugging Face's dtype="auto"; fp32 if unknown), except
                      fp16 -> bf16 when the run backpropagates (`first_order`: meta_train's look-ahead,
                      Bilevel-ZOFO's inner steps): fp16 has no loss scaling here and overflows; ZO steps in

@@ -11,9 +11,9 @@
 
 All sequences of a batch (prompt + each candidate) are encoded into one right-padded batch with an
 attention mask; prompts are truncated from the left to `max_length` (keeping BOS) so the candidate
-stays intact. Only the logits at candidate positions are materialised (`logits_to_keep` where the
-model supports it), counted from the end of the sequence, which also makes the code indifferent to
-the virtual tokens PEFT prompt tuning prepends.
+stays intact. Only the logits at candidate positions are computed (`_logits_at`: `logits_to_keep` where the
+model supports it, counted from the end of the sequence, which also makes the code indifferent to the virtual
+tokens PEFT prompt tuning prepends; then the output head sees those positions only).
 
 `evaluate` returns {"accuracy"} for examples with candidates (a prediction counts when it is any index in
 `Rendered.correct`: ReCoRD accepts every gold answer, as MeZO) and {"f1"} for generation examples.
@@ -120,45 +120,72 @@ def _padded(tokenizer, seqs: list[list[int]]):
     return ids, mask
 
 
+_HEAD_GATHER: dict[type, bool] = {}  # False: the model reshapes its logits, so the head sees all kept positions
+
+
+def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """Logits [M, V] at the positions (rows[i], cols[i]) of the right-padded batch `ids`, from one forward.
+
+    Only these positions go through the output head: `logits_to_keep` cuts the positions before the earliest one,
+    and a pre-hook on the head gathers the M wanted ones of the rest into one contiguous [M, d] matrix. The head
+    (d x vocab, the largest matmul of a small model) then costs M rows instead of batch x kept positions, and never
+    reads a strided slice, which this CPU's bf16 matmul ran ~20x slower (docs/benchmarks.md). A model whose logits
+    do not come back as [M, V] (one that reshapes them) is noted and gets the plain slice from then on."""
+    device = _device(model)
+    n, t = ids.shape
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    keep = t - min(cols)  # positions min(cols) .. t - 1
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep
+    else:
+        keep = t
+    head = unwrap_peft(model).get_output_embeddings()
+    kind = type(unwrap_peft(model))
+    if head is not None and _HEAD_GATHER.get(kind, True):
+        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+
+        def gather(module, args):  # [n, P, d] -> [M, d]; the P positions the head gets are the sequence's last
+            if not args or args[0].dim() != 3:
+                return None
+            h = args[0]
+            p = h.shape[1]
+            return (h.reshape(-1, h.shape[-1])[(rows_t * p + cols_t - (t - p)).to(h.device)], *args[1:])
+
+        handle = head.register_forward_pre_hook(gather)
+        try:
+            logits = model(**kwargs).logits
+        finally:
+            handle.remove()
+        if logits.dim() == 2 and logits.shape[0] == len(rows):
+            return logits
+        _HEAD_GATHER[kind] = False
+    logits = model(**kwargs).logits[:, -keep:, :]
+    return logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device) - (t - keep)]
+
+
 def _next_token_logprobs(model, tokenizer, prompts: list[list[int]]) -> torch.Tensor:
     """log p(. | prompt) after each (right-padded) prompt: [n, vocab], from one forward."""
     ids, mask = _padded(tokenizer, prompts)
-    t = ids.shape[1]
-    keep = t - (min(len(p) for p in prompts) - 1)
-    kwargs = {"input_ids": ids.to(_device(model)), "attention_mask": mask.to(_device(model))}
-    if _supports_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:, :]
-    cols = torch.tensor([len(p) - 1 - (t - keep) for p in prompts], device=logits.device)
-    return logits[torch.arange(len(prompts), device=logits.device), cols].float().log_softmax(-1)
+    last = [len(p) - 1 for p in prompts]
+    return _logits_at(model, ids, mask, list(range(len(prompts))), last).float().log_softmax(-1)
 
 
 def _score_encoded(model, tokenizer, seqs: list[list[int]], starts: list[int]):
     """Sum of log-probs of seqs[i][starts[i]:] given seqs[i][:starts[i]], and those lengths (one forward)."""
-    device = _device(model)
     ids, mask = _padded(tokenizer, seqs)
-    n, t = ids.shape
-    # logits at position q-1 predict the token at q; keep from the earliest continuation start - 1 on
-    keep = t - (min(starts) - 1)
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if _supports_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:, :]
-    rows, cols, targets, owner = [], [], [], []
-    offset = t - keep
+    n = ids.shape[0]
+    # the logits at position q - 1 predict the token at q
+    rows, cols, targets = [], [], []
     for i, (s, st) in enumerate(zip(seqs, starts)):
         for q in range(st, len(s)):
             rows.append(i)
-            cols.append(q - 1 - offset)
+            cols.append(q - 1)
             targets.append(s[q])
-            owner.append(i)
-    rows_t = torch.tensor(rows, device=logits.device)
-    cols_t = torch.tensor(cols, device=logits.device)
-    tgt_t = torch.tensor(targets, device=logits.device)
-    picked = logits[rows_t, cols_t].float()  # [M, V]
+    picked = _logits_at(model, ids, mask, rows, cols).float()  # [M, V]
+    tgt_t = torch.tensor(targets, device=picked.device)
     token_lp = picked.log_softmax(-1).gather(1, tgt_t[:, None]).squeeze(1)
     sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add(
-        0, torch.tensor(owner, device=token_lp.device), token_lp)
+        0, torch.tensor(rows, device=token_lp.device), token_lp)
     lens = torch.tensor([len(s) - st for s, st in zip(seqs, starts)], dtype=token_lp.dtype, device=token_lp.device)
     return sums, lens
 

@@ -380,9 +380,12 @@ def lanes(args) -> tuple[list[str], list[str]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.status:
-        from bench.evidence_status import status
+        from bench import evidence_status
 
-        print(status(args), flush=True)
+        root = evidence_status.suite_root(args)
+        there = argparse.Namespace(**{**vars(args), "out": str(root)})
+        print(evidence_status.status(args, root, budget=last_budget(args), panel=panel_tasks(there),
+                                     reasons={p: skip_reason(there, p) for p in evidence_status.HARNESS}), flush=True)
         return 0
     import os
 

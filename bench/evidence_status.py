@@ -76,16 +76,19 @@ def _hours(records: list[dict]) -> float:
     return sum(r.get("cpu_s", 0.0) for r in records) / 3600
 
 
-def status(args) -> str:
-    from bench.evidence import last_budget, panel_tasks, skip_reason
+def suite_root(args) -> Path:
+    """The suite's --out, or the kept records where --out does not exist yet."""
+    root = Path(args.out)
+    return root if root.is_dir() else Path(args.docs) / "data" / "evidence"
+
+
+def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[str, str | None]) -> str:
+    """The standing of the suite in `root` (`suite_root`); bench.evidence gives its budget, the panel's tasks and
+    why each harness phase cannot start yet (`reasons`, None: it can)."""
     from bench.evidence_doc import memory_file
 
-    root = Path(args.out)
-    kept = Path(args.docs) / "data" / "evidence"
     if not root.is_dir():
-        root = kept
-    if not root.is_dir():
-        return f"evidence suite {args.out}: nothing run yet (and no kept records in {kept})"
+        return f"evidence suite {args.out}: nothing run yet (and no kept records in {root})"
     rows, total, said = [], 0.0, None
     for name in FOLDERS:
         folder = root / name
@@ -93,10 +96,9 @@ def status(args) -> str:
         total += _hours(records)
         head = f"  {name:12s} {len(records):3d} runs    {_hours(records):6.2f} CPU-h"
         if name == "learnability":
-            tasks = panel_tasks(argparse_like(args, root))
-            head += f"   panel: {', '.join(tasks) if tasks else 'none yet'}"
+            head += f"   panel: {', '.join(panel) if panel else 'none yet'}"
         elif name in HARNESS and not records:
-            why = skip_reason(argparse_like(args, root), name)
+            why = reasons.get(name)
             head += f"   {'can start' if not why else 'cannot start yet: ' + (why if why != said else 'as above')}"
             said = why
         elif (folder / "summary.json").exists():
@@ -111,14 +113,6 @@ def status(args) -> str:
         rows += [f"      {line}" for line in open_runs(folder, records)]
     memory = memory_file(Path(args.docs))
     rows.append(f"  {'memory':12s} {'measured: ' + str(memory) if memory.exists() else 'not measured yet'}")
-    budget = last_budget(args)
     where = "" if root == Path(args.out) else f" (no {args.out} yet: the kept records)"
     return "\n".join([f"evidence suite {root}{where}: {total:.2f} of {budget:g} CPU-hours spent "
                       f"({100 * total / budget:.0f}%)", *rows])
-
-
-def argparse_like(args, root: Path):
-    """`args` with --out at `root` (the kept records, when --out does not exist yet)."""
-    from argparse import Namespace
-
-    return Namespace(**{**vars(args), "out": str(root)})

@@ -129,8 +129,9 @@ def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int], co
     Only these positions go through the output head: `logits_to_keep` cuts the positions before the earliest one,
     and a pre-hook on the head gathers the M wanted ones of the rest into one contiguous [M, d] matrix. The head
     (d x vocab, the largest matmul of a small model) then costs M rows instead of batch x kept positions, and never
-    reads a strided slice, which this CPU's bf16 matmul ran ~20x slower (docs/benchmarks.md). A model whose logits
-    do not come back as [M, V] (one that reshapes them) is noted and gets the plain slice from then on."""
+    reads a strided slice, which PyTorch's bf16 linear ran ~20x slower with a frozen head (docs/benchmarks.md).
+    A model whose logits do not come back as [M, V] (one that reshapes them) is noted and gets the plain slice from
+    then on."""
     device = _device(model)
     n, t = ids.shape
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

@@ -14,12 +14,13 @@ Then the suite's CPU-hours against its budget.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+from bench.budget import spent_hours
 from bench.records import read_records
 from bench.resume import METER_FILE
+from l2o.filelock import live_holder
 
 FOLDERS = ("learnability", "prefix", "full", "bf16", "metainit")  # the phases' records folders (scan: learnability)
 HARNESS = ("prefix", "full", "bf16", "metainit")
@@ -36,29 +37,12 @@ def _recorded(records: list[dict]) -> set[str]:
     return names - {None, ""}
 
 
-def _holder(folder: Path) -> int | None:
-    """The pid of the live process that holds `folder`'s run lock (l2o.filelock.RunLock), else None."""
-    try:
-        pid = int((folder / ".lock").read_text().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
-
-
 def open_runs(folder: Path, records: list[dict]) -> list[str]:
     """One line per unrecorded run folder under `folder` that a run has started in."""
     done, lines = _recorded(records), []
     for run in sorted(p for p in folder.glob("*") if p.is_dir() and p.name != "claims" and p.name not in done):
         ckpt, meter = run / "checkpoints" / "last.ckpt", run / METER_FILE
-        pid = _holder(run)
+        pid = live_holder(run)
         if not (ckpt.exists() or meter.exists() or (pid and (run / "config.yaml").exists())):
             continue
         try:
@@ -89,11 +73,10 @@ def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[s
 
     if not root.is_dir():
         return f"evidence suite {args.out}: nothing run yet (and no kept records in {root})"
-    rows, total, said = [], 0.0, None
+    rows, said = [], None
     for name in FOLDERS:
         folder = root / name
         records = read_records(folder / "runs.jsonl") if (folder / "runs.jsonl").exists() else []
-        total += _hours(records)
         head = f"  {name:12s} {len(records):3d} runs    {_hours(records):6.2f} CPU-h"
         if name == "learnability":
             head += f"   panel: {', '.join(panel) if panel else 'none yet'}"
@@ -108,11 +91,11 @@ def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[s
     for folder in sorted((root / "artefacts").glob("*")):
         path = folder / "rounds.jsonl"
         records = read_records(path) if path.exists() else []
-        total += _hours(records)
         rows.append(f"  {'artefacts':12s} {len(records):3d} rounds  {_hours(records):6.2f} CPU-h   {folder.name}")
         rows += [f"      {line}" for line in open_runs(folder, records)]
     memory = memory_file(Path(args.docs))
     rows.append(f"  {'memory':12s} {'measured: ' + str(memory) if memory.exists() else 'not measured yet'}")
     where = "" if root == Path(args.out) else f" (no {args.out} yet: the kept records)"
+    total = spent_hours(root)  # what the budget counts
     return "\n".join([f"evidence suite {root}{where}: {total:.2f} of {budget:g} CPU-hours spent "
                       f"({100 * total / budget:.0f}%)", *rows])

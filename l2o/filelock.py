@@ -116,6 +116,28 @@ class RunLock:
         self.release()
 
 
+def live_holder(folder: str | os.PathLike) -> int | None:
+    """The pid a RunLock on `folder` records, while that process lives (None: free, or its holder died). It reads
+    the lock file without taking the lock: for a report beside a running process, never to decide who may write."""
+    try:
+        fd = os.open(Path(folder) / RUN_LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        pid = _read_pid(fd)
+    finally:
+        os.close(fd)
+    if not pid:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return pid
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

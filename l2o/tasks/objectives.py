@@ -140,8 +140,8 @@ def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: list[int], co
         kwargs["logits_to_keep"] = keep
     else:
         keep = t
-    head = unwrap_peft(model).get_output_embeddings()
-    kind = type(unwrap_peft(model))
+    base = unwrap_peft(model)
+    head, kind = base.get_output_embeddings(), type(base)
     if head is not None and _HEAD_GATHER.get(kind, True):
         rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.cli import cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
-from bench.resume import METER_FILE, CpuMeter  # noqa: E402
+from bench.resume import CpuMeter, recorded  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_atomic  # noqa: E402
 
@@ -255,7 +255,7 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         row["improved"] = not rows or row["metric"] > rows[-1]["metric"] + TOLERANCE[kind]
         budget.charge(row["cpu_s"])
         append_record(folder / "rounds.jsonl", row)
-        (folder / f"round-{row['round']}" / METER_FILE).unlink(missing_ok=True)  # the record holds it now
+        recorded(folder / f"round-{row['round']}")
         prune(folder, kind, row["round"])
         rows.append(row)
         print(f"artefacts: {kind} round {row['round']}: {row['meta_steps']} meta-steps, held-out gain "

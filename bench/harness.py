@@ -68,7 +68,7 @@ from bench.cli import cli_exit  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
-from bench.resume import run_to_end  # noqa: E402
+from bench.resume import recorded, run_to_end  # noqa: E402
 
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
@@ -291,6 +291,7 @@ class Runner:
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
         res.update(label=label, lr=lr)
         append_record(self.log_path, res)
+        recorded(cfg.out)
         self.done[key] = res
         self.budget.charge(res["cpu_s"])
         print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "

@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.lr_centres import MEZO_LR  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
-from bench.resume import run_to_end  # noqa: E402
+from bench.resume import recorded, run_to_end  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -251,6 +251,7 @@ class Runner:
         self.budget.charge(res["cpu_s"])
         with exclusive(self.lock_path):
             append_record(self.log_path, res)
+        recorded(cfg.out)
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
               f" (fit {res['fit_time_s']:.0f} s)", flush=True)
         return res

@@ -41,9 +41,15 @@ def run_to_end(cfg, say=print) -> dict:
         if res is None:
             shutil.rmtree(out, ignore_errors=True)  # what an unresumable interrupted run left
             res = run(cfg, log=lambda m: None)
-    res["cpu_s"] = meter.total
-    (out / METER_FILE).unlink(missing_ok=True)  # the caller records it with the run
+    res["cpu_s"] = meter.total  # the meter stays until the caller has recorded the run (`recorded`)
     return res
+
+
+def recorded(out) -> None:
+    """The run in `out` is recorded with its cpu_s: its meter goes. Callers call it after appending the record, so
+    that a kill between the two leaves the meter, and the rerun (which replays the finished run from its last
+    checkpoint) still charges every attempt."""
+    (Path(out) / METER_FILE).unlink(missing_ok=True)
 
 
 class CpuMeter:
@@ -86,5 +92,4 @@ class CpuMeter:
         self._stop.set()
         self._thread.join()
         self.total = self._now()
-        if exc[0] is not None:
-            self._write()  # a failed attempt's CPU counts towards the next one
+        self._write()  # a failed attempt's CPU counts towards the next one, and a finished one's until it is recorded

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,37 @@ def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tm
     assert vs["win_eval"]["rate"] == 1.0 and summary["methods"]["new"]["d_eval"]["mean"] == pytest.approx(0.2)
     with pytest.raises(SystemExit):
         hn.parse_args(["--tasks", "strategyqa", "--method", "new:mezo-gv", "--versus", "new:nobody"])
+
+
+def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_attempt(tmp_path, monkeypatch):
+    """The CPU meter goes only once the run is recorded: a kill between the two (here at append_record) leaves
+    it, and the rerun, a replay from the finished run's last checkpoint, is charged what the first attempt spent."""
+    from bench import resume
+
+    def fake_run(cfg, log=print):
+        ckpt = Path(cfg.out) / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.process_time()
+        while time.process_time() - t0 < (0.01 if cfg.resume else 0.3):  # the replay is cheap
+            sum(i * i for i in range(1000))
+        ckpt.write_bytes(b"state")
+        return {"final": {"eval": 0.5}, "final_train_loss": 0.7, "task": cfg.task}
+
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    args = hn.parse_args(["--tasks", "strategyqa", "--out", str(tmp_path / "h")])
+    cfg = hn.make_config(args, hn.parse_method("mezo"), "strategyqa", 1e-2, 0, args.budget)
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task: {})
+
+    def killed(path, record):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hn, "append_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        hn.Runner(args)(cfg, "mezo")
+    assert float((Path(cfg.out) / resume.METER_FILE).read_text()) >= 0.3
+    monkeypatch.undo()
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task: {})
+    res = hn.Runner(args)(cfg, "mezo")
+    assert res["cpu_s"] >= 0.3 and not (Path(cfg.out) / resume.METER_FILE).exists()
+    assert [r["cpu_s"] for r in hn.read_records(tmp_path / "h" / "runs.jsonl")] == [res["cpu_s"]]

@@ -41,6 +41,8 @@ def test_a_resumed_run_counts_the_cpu_its_killed_attempts_spent(tmp_path, monkey
     res = resume.run_to_end(Cfg(str(out)), say=said.append)
     assert seen == [True] and 1000.05 <= res["cpu_s"] < 1010
     assert "resumed" in said[0] and "1000 CPU-s before it, counted" in said[0]
+    assert (out / resume.METER_FILE).exists()  # until the caller has recorded the run
+    resume.recorded(out)
     assert not (out / resume.METER_FILE).exists()  # the record holds it now
     (out / "checkpoints" / "last.ckpt").write_bytes(b"state")  # an attempt killed before the meter existed
     resume.run_to_end(Cfg(str(out)), say=said.append)

@@ -63,10 +63,12 @@ catalog: install
 lint: install
 	$(PY) -m ruff check .
 
-# Lint first: a cheap failure before the long suite.
+# Lint first: a cheap failure before the long suite. The suite runs in TEST_WORKERS processes (pytest-xdist; the
+# 2 cores here, beside the evidence suite: 6.4 min against 10.2 in one); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install data
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-slow: install data
 	$(PY) -m pytest -q -m slow

@@ -2,9 +2,11 @@
 
 import os
 import signal
+import threading
 
 import pytest
 
+from l2o.integrations.lightning import folder as run_folder
 from l2o.integrations.lightning.folder import RunFolder, RunInterrupted
 from l2o.errors import UserError
 from l2o.filelock import RunLock
@@ -131,3 +133,35 @@ def test_a_temp_folder_without_a_lock_is_removed_once_unchanged_for_an_hour_neve
         pass
     assert not live.exists() and lines[-1].startswith("removed 1 stale temp folder(s)")
     assert sorted(p.name for p in cache.iterdir()) == sorted(f.name for f in (young, busy, foreign))
+
+
+def test_a_survivor_cleans_up_for_a_lost_holder_still_closing_its_lock_and_not_for_a_live_one(tmp_path, monkeypatch):
+    """Rank 0 holds --out and ranks > 0 adopt its record. A survivor can learn of a killed holder's death before the
+    kernel has closed the holder's lock file (seen as a flaky CI failure under load): it waits for the lock, then
+    removes what the run created. A holder that stays alive keeps its lock, and its folder is left to it."""
+    top = tmp_path / "new"
+    out = top / "run"
+    state = {"created_top": str(top), "before": [], "last_mtime": None}
+
+    def fail_as_survivor():
+        survivor = RunFolder(out, holder=False)
+        survivor.adopt(state)
+        with pytest.raises(ValueError), survivor:
+            raise ValueError("the collective lost rank 0")
+
+    holder = hold_run_folder(out)
+    (out / "config.yaml").write_text("written by the holder\n")
+    threading.Timer(0.5, holder.kill).start()  # still holding when the survivor fails, gone half a second later
+    fail_as_survivor()
+    holder.wait()
+    assert not top.exists()
+
+    holder = hold_run_folder(out)
+    (out / "config.yaml").write_text("written by the holder\n")
+    monkeypatch.setattr(run_folder, "HOLDER_EXIT_S", 0.2)
+    try:
+        fail_as_survivor()
+        assert (out / "config.yaml").exists()  # the live holder's: it cleans up itself
+    finally:
+        holder.kill()
+        holder.wait()

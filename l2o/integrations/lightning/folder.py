@@ -19,10 +19,14 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from l2o.errors import ConfigError, RunFailed
 from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock, remove_stale_temps
+
+
+HOLDER_EXIT_S = 5.0  # how long a survivor waits for a lost holder's lock (`RunFolder._holders_lock`)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -120,11 +124,24 @@ class RunFolder:
         if self.holder:
             self._remove_created()
         elif self.adopted:  # the holder's duty, once it is gone: its lock is free
+            self.lock = self._holders_lock()
+            if self.lock is not None and not self.resumable():
+                self._remove_created()
+
+    def _holders_lock(self) -> RunLock | None:
+        """The folder's lock once its holder has let it go, or None if it keeps it (alive: it cleans up itself).
+        A survivor can learn of a killed holder's death (its sockets closed) before the kernel has closed the
+        holder's lock file, so it tries for up to HOLDER_EXIT_S."""
+        deadline = time.monotonic() + HOLDER_EXIT_S
+        while True:
             try:
-                self.lock = RunLock(self.out, self.what).acquire()
-            except (FolderLockedError, OSError):
-                return
-            self._remove_created()
+                return RunLock(self.out, self.what).acquire()
+            except FolderLockedError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+            except OSError:
+                return None
 
     def interrupted_message(self) -> str:
         if self.last.exists():

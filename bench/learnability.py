@@ -33,7 +33,8 @@ Costs are sized from a measured forward: a one-thread forward of batch x max-len
 its prompt lengths (`estimate_cpu_s`). Writes `<out>/runs.jsonl` (one fine_tune results dict per run; rerunning
 skips what is there, so an interrupted scan resumes). Several processes may work on one --out at once: each
 claims a task (a `l2o.filelock.RunLock` under `<out>/claims/`, freed when its process ends, even by kill) and
-skips tasks another live process holds; runs.jsonl is appended under a lock.
+skips tasks another live process holds (in stage 2 each lr of a task's grid is claimed apart, then the task for its
+extension); runs.jsonl is appended under a lock.
 `<out>/table.md`, `<out>/learnability.png` and `<out>/panel.json` (tasks, chosen lrs, the settings) that the
 comparison harness reads. Progress lines go to stdout (one per run) and stderr (fine_tune's, per run).
 """
@@ -338,24 +339,36 @@ def stage2_grid(args, peft: str) -> list[float]:
     return [(args.lr if peft == "prefix" else args.lora_lr) * g for g in args.grid]
 
 
+def stage2_run(args, runner: Runner, task: str, peft: str, lr: float, zero: bool = False) -> dict:
+    """One stage-2 run: MeZO on `task` in `peft` at `lr`."""
+    eps = args.eps if peft == "prefix" else args.lora_eps
+    return runner(s2_name(task, peft, lr), task=task, peft=peft, lr=lr, eps=eps, forwards=args.forwards2,
+                  num_dev=args.num_dev, zero_shot=zero)
+
+
 def stage2_runs(args, runner: Runner, task: str, peft: str, zero: bool = False) -> list[dict]:
     """The dev-selection runs of one task and PEFT mode (bench/compare_optimizers.py's grid and extension)."""
     from bench.compare_optimizers import select_runs
 
-    eps = args.eps if peft == "prefix" else args.lora_eps
-    return select_runs(lambda lr: runner(s2_name(task, peft, lr), task=task, peft=peft, lr=lr, eps=eps,
-                                         forwards=args.forwards2, num_dev=args.num_dev, zero_shot=zero),
-                       stage2_grid(args, peft), args.extend)
+    return select_runs(lambda lr: stage2_run(args, runner, task, peft, lr, zero), stage2_grid(args, peft),
+                       args.extend)
 
 
 def stage2(args, runner: Runner, profiles: list[dict]) -> None:
+    """Each moved task's grid, one run per claim (two processes share a task's lrs), then its extension past an
+    edge once the grid is whole; a task whose grid another process is still running is left to the last pass."""
     todo = moved(runner.done(), profiles, args)
     print(f"stage 2: {len(todo)} task(s) moved in stage 1: {', '.join(p['task'] for p in todo) or 'none'}",
           flush=True)
     for p in todo:
         for peft in ("prefix", "lora") if args.lora else ("prefix",):
+            grid = stage2_grid(args, peft)
+            for lr in grid:
+                with runner.claim(s2_name(p["task"], peft, lr)) as mine:
+                    if mine:
+                        stage2_run(args, runner, p["task"], peft, lr)
             with runner.claim(f"s2-{p['task']}-{peft}") as mine:
-                if mine:
+                if mine and all(s2_name(p["task"], peft, lr) in runner.done() for lr in grid):
                     stage2_runs(args, runner, p["task"], peft)
 
 

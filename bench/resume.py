@@ -26,6 +26,7 @@ def run_to_end(cfg, say=print) -> dict:
     this process's attempt plus those earlier attempts recorded. `say`: one line when it resumes or cannot."""
     from fine_tune.run import run
     from l2o.errors import UserError
+    from l2o.filelock import FolderLockedError
 
     out = Path(cfg.out)
     with CpuMeter(out) as meter:
@@ -36,6 +37,8 @@ def run_to_end(cfg, say=print) -> dict:
                 before = (f"{meter.before:.0f} CPU-s before it, counted" if meter.metered else
                           "no CPU meter from its earlier attempts, whose CPU is not counted")
                 say(f"         resumed {cfg.out} from its last checkpoint ({before})")
+            except FolderLockedError:
+                raise  # another live process is running it: its folder is not ours to clear
             except UserError as err:
                 say(f"         cannot resume {cfg.out} ({err}); running it again")
         if res is None:

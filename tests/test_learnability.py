@@ -242,3 +242,35 @@ def test_the_harness_reuses_the_scans_stage_2_runs():
     assert harness.config_key(scan.to_dict()) == harness.config_key(mine.to_dict())
     other = harness.make_config(h, harness.parse_method("mezo"), "fever", 3e-2, a.seed + 1, a.forwards2)
     assert harness.config_key(other.to_dict()) != harness.config_key(mine.to_dict())
+
+
+def test_two_processes_share_a_tasks_stage_2_lrs_and_the_extension_waits_for_the_whole_grid(tmp_path, monkeypatch):
+    """Stage 2 claims each lr of a task's grid apart: while another process holds one, this one runs the others
+    and leaves the extension past the grid's edge (which needs every lr's dev accuracy) to a later pass; once the
+    grid is whole, that pass runs the held lr's record as recorded and the extension."""
+    from l2o.filelock import RunLock
+
+    from bench.records import append_record
+
+    args = lb.parse_args(["--out", str(tmp_path / "scan"), "--lr-grid", "0.3,1,3", "--extend", "1"])
+    runner, ran = lb.Runner(args), []
+
+    def fake(self, name, *, lr, **kw):
+        if name in (have := self.done()):
+            return have[name]
+        ran.append(name)
+        rec = {"name": name, "lr": lr, "final": {"dev": 1.0 - lr}, "final_train_loss": 0.5}  # best: the lowest lr
+        append_record(self.log_path, rec)
+        return rec
+
+    monkeypatch.setattr(lb.Runner, "__call__", fake)
+    monkeypatch.setattr(lb, "moved", lambda done, profiles, a: profiles)
+    grid = lb.stage2_grid(args, "prefix")
+    held = lb.s2_name("navigate", "prefix", grid[1])
+    (claim := tmp_path / "scan" / "claims" / held).mkdir(parents=True)
+    other = RunLock(claim, what="task").acquire()  # another process's claim (a lock is per open file)
+    lb.stage2(args, runner, [{"task": "navigate"}])
+    assert ran == [lb.s2_name("navigate", "prefix", lr) for lr in (grid[0], grid[2])]  # no extension yet
+    other.release()
+    lb.stage2(args, runner, [{"task": "navigate"}])
+    assert ran[2:] == [held, lb.s2_name("navigate", "prefix", grid[0] / (grid[1] / grid[0]))]

@@ -71,3 +71,21 @@ def test_an_attempt_writes_what_it_has_spent_while_it_runs_and_the_next_attempt_
     monkeypatch.setattr("fine_tune.run.run", lambda cfg, log=print: {"final": {}, "fresh": not Path(out).exists()})
     res = resume.run_to_end(Cfg(str(out)))  # no checkpoint: the folder is cleared and the run starts again
     assert res["fresh"] and res["cpu_s"] >= midway[0]
+
+
+def test_a_run_another_live_process_holds_is_not_cleared_to_start_again(tmp_path, monkeypatch):
+    """Resuming a run whose folder another live process holds fails with that process named; the folder, its
+    checkpoint included, is left to it (before: "cannot resume", and the live run's folder was removed)."""
+    from l2o.filelock import FolderLockedError
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"state")
+
+    def held(cfg, log=print):
+        raise FolderLockedError(f"--out {cfg.out} is in use by process 4242; wait for it to finish")
+
+    monkeypatch.setattr("fine_tune.run.run", held)
+    with pytest.raises(FolderLockedError, match="in use by process 4242"):
+        resume.run_to_end(Cfg(str(out)))
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"state"

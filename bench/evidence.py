@@ -44,7 +44,8 @@ too small a task family) says why in one line and the suite goes on.
 
 Two cores (`--workers 2`, what `make evidence` runs; one thread per process, as the issue asks): the scan runs in
 two processes, which claim its tasks so that no run is made twice; then, the panel established, the artefacts, full
-and metainit phases run in a second process beside memory, prefix, bf16 and lora here (`lanes`). The two share the
+and metainit phases run in a second process beside memory, prefix, bf16 and lora here (`lanes`); lora's scan runs in
+this process alone while that second process runs (`lane_running`). The two share the
 CPU budget: each runner reads the suite's records before each run (bench/budget.py, `--cpu-suite-out`).
 
 The suite's records (each phase's runs.jsonl, the run histories, the artefacts' rounds and policies; bench/snapshot.py)
@@ -122,6 +123,7 @@ def parse_args(argv=None):
     args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
+    args.second_lane = None  # --workers 2: the second lane's process once started (main)
     args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
@@ -188,13 +190,18 @@ def scan_at(args, argv: list[str]) -> None:
     """One cut of the scan: here and, with --workers 2, in a second process at once (they claim tasks, so none
     runs twice); then a last pass here for what each left the other (a task whose stage 1 finished in one process
     after the other had chosen its stage-2 tasks) and the report of all their runs, written once."""
-    if args.workers == 1:
+    if args.workers == 1 or lane_running(args):  # the second lane is the other core's process: no third
         learnability.main(argv)
         return
     helper = spawn(["-m", "bench.learnability", *argv, "--no-report"])
     learnability.main(argv + ["--no-report"])
     join(helper, "the scan's second process")
     learnability.main(argv)
+
+
+def lane_running(args) -> bool:
+    """Whether this process's second lane (--workers 2, `lanes`) still runs."""
+    return args.second_lane is not None and args.second_lane.poll() is None
 
 
 def spawn(python_argv: list[str]):
@@ -416,7 +423,8 @@ def main(argv=None) -> int:
             phases, second = ordered(args.phase_list, args), []
         for phase in phases:
             if phase == "lane":
-                proc = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])
+                proc = args.second_lane = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second),
+                                                 "--workers", "1"])
                 continue
             print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
             run_phase(args, phase)

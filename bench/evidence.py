@@ -43,9 +43,8 @@ doc. A harness phase that cannot run yet (no panel, an empty panel, no meta-init
 too small a task family) says why in one line and the suite goes on.
 
 Two cores (`--workers 2`, what `make evidence` runs; one thread per process, as the issue asks): the scan runs in
-two processes, which claim its tasks so that no run is made twice; then, the panel established, the artefacts, full
-and metainit phases run in a second process beside memory, prefix, bf16 and lora here (`lanes`); lora's scan runs in
-this process alone while that second process runs (`lane_running`). The two share the
+two processes, which claim its tasks so that no run is made twice; then, the panel established, the artefacts, full,
+metainit and lora phases run in a second process beside memory, prefix and bf16 here (`lanes`). The two share the
 CPU budget: each runner reads the suite's records before each run (bench/budget.py, `--cpu-suite-out`).
 
 The suite's records (each phase's runs.jsonl, the run histories, the artefacts' rounds and policies; bench/snapshot.py)
@@ -80,7 +79,9 @@ BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 SCAN_PHASES = ("scan", "widen")
 PREFIX_FIRST = "prefix-first"  # the prefix phase on the panel's first task only: bf16 runs after it (`ordered`)
-SECOND_LANE = ("artefacts", "full", "metainit")  # --workers 2: the second process's phases (they need the panel only)
+# --workers 2: the second process's phases, in this order (they need the panel only); lora is here, not beside the
+# prefix phase, to even the lanes out (estimated from the runs' costs so far: about 25 CPU-hours each on SmolLM2-135M)
+SECOND_LANE = ("artefacts", "full", "metainit", "lora")
 DEFAULT_CPU_HOURS = 8.0
 SUITE_FILE = "suite.json"  # under --out (kept with the records): the budget the suite last ran under
 
@@ -113,8 +114,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-rounds", type=int, default=None, help="artefacts: at most this many rounds (default 4; "
                     "--smoke 2)")
     ap.add_argument("--workers", type=int, default=1, help="processes at a time, one thread each: with 2, the scan "
-                    "runs in two processes (they share its tasks), then artefacts, full and metainit in a second "
-                    "process beside memory, prefix, bf16 and lora (make evidence: 2)")
+                    "runs in two processes (they share its tasks), then artefacts, full, metainit and lora in a second "
+                    "process beside memory, prefix and bf16 (make evidence: 2)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -123,7 +124,6 @@ def parse_args(argv=None):
     args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
     args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
-    args.second_lane = None  # --workers 2: the second lane's process once started (main)
     args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
@@ -190,18 +190,13 @@ def scan_at(args, argv: list[str]) -> None:
     """One cut of the scan: here and, with --workers 2, in a second process at once (they claim tasks, so none
     runs twice); then a last pass here for what each left the other (a task whose stage 1 finished in one process
     after the other had chosen its stage-2 tasks) and the report of all their runs, written once."""
-    if args.workers == 1 or lane_running(args):  # the second lane is the other core's process: no third
+    if args.workers == 1:
         learnability.main(argv)
         return
     helper = spawn(["-m", "bench.learnability", *argv, "--no-report"])
     learnability.main(argv + ["--no-report"])
     join(helper, "the scan's second process")
     learnability.main(argv)
-
-
-def lane_running(args) -> bool:
-    """Whether this process's second lane (--workers 2, `lanes`) still runs."""
-    return args.second_lane is not None and args.second_lane.poll() is None
 
 
 def spawn(python_argv: list[str]):
@@ -376,7 +371,7 @@ def lanes(args) -> tuple[list[str], list[str]]:
     The scan comes first (widened as far as it will be: the task family of the artefacts is the scanned tasks off
     the panel), then the artefacts, full and metainit phases in the second process beside the others here."""
     asked = args.phase_list
-    second = [p for p in asked if p in SECOND_LANE]
+    second = [p for p in SECOND_LANE if p in asked]
     here = [p for p in asked if p not in SECOND_LANE and p not in SCAN_PHASES]
     if "widen" in asked and "prefix" not in here:
         here.insert(0, "prefix")  # widen's own prefix run on the widened panel
@@ -423,8 +418,7 @@ def main(argv=None) -> int:
             phases, second = ordered(args.phase_list, args), []
         for phase in phases:
             if phase == "lane":
-                proc = args.second_lane = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second),
-                                                 "--workers", "1"])
+                proc = spawn(["-m", "bench.evidence", *args.argv, "--phases", ",".join(second), "--workers", "1"])
                 continue
             print(f"evidence: phase {phase}" + (" (report only)" if args.report else ""), flush=True)
             run_phase(args, phase)

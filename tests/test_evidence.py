@@ -355,26 +355,9 @@ def test_two_workers_widen_the_scan_first_then_run_two_lanes():
         return evidence.lanes(evidence.parse_args(["--workers", "2", "--phases", phases]))
 
     assert lanes(",".join(evidence.PHASES)) == (
-        ["scan-widened", "lane", "memory", "prefix-first", "bf16", "prefix", "lora"], ["artefacts", "full", "metainit"])
+        ["scan-widened", "lane", "memory", "prefix-first", "bf16", "prefix"], ["artefacts", "full", "metainit", "lora"])
     assert lanes("scan,prefix") == (["scan", "prefix"], [])
     assert lanes("widen") == (["scan-widened", "prefix"], [])          # widen's own prefix run
     assert lanes("full,bf16") == (["lane", "bf16"], ["full"])
     with pytest.raises(SystemExit):
         evidence.parse_args(["--workers", "3"])
-
-
-def test_a_scan_after_the_second_lane_started_runs_in_one_process_while_that_lane_runs(tmp_path, monkeypatch):
-    """--workers 2: the lora phase's scan comes after the second lane started; while that lane runs, the scan does
-    not start a helper (two processes in all, one per core), and once it has ended the scan has two again."""
-    from bench import evidence
-
-    helpers, passes = [], []
-    monkeypatch.setattr(evidence, "spawn", lambda argv: helpers.append(argv) or type("P", (), {"wait": lambda s: 0})())
-    monkeypatch.setattr(evidence.learnability, "main", lambda argv: passes.append(argv))
-    args = evidence.parse_args(["--out", str(tmp_path), "--workers", "2"])
-    args.second_lane = type("Lane", (), {"poll": lambda self: None})()  # still running
-    evidence.scan_at(args, ["--stage", "2", "--lora"])
-    assert helpers == [] and passes == [["--stage", "2", "--lora"]]
-    args.second_lane = type("Lane", (), {"poll": lambda self: 0})()  # ended
-    evidence.scan_at(args, ["--stage", "2", "--lora"])
-    assert len(helpers) == 1 and len(passes) == 3

@@ -369,7 +369,8 @@ def ordered(phases: list[str], args) -> list[str]:
 def lanes(args) -> tuple[list[str], list[str]]:
     """--workers 2: this process's phases, with "lane" where the second process starts, and that process's phases.
     The scan comes first (widened as far as it will be: the task family of the artefacts is the scanned tasks off
-    the panel), then the artefacts, full and metainit phases in the second process beside the others here."""
+    the panel), then the artefacts, full, metainit and lora phases (SECOND_LANE, in its order) in the second process
+    beside the others here."""
     asked = args.phase_list
     second = [p for p in SECOND_LANE if p in asked]
     here = [p for p in asked if p not in SECOND_LANE and p not in SCAN_PHASES]

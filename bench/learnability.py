@@ -368,7 +368,7 @@ def stage2(args, runner: Runner, profiles: list[dict]) -> None:
                     if mine:
                         stage2_run(args, runner, p["task"], peft, lr)
             with runner.claim(f"s2-{p['task']}-{peft}") as mine:
-                if mine and all(s2_name(p["task"], peft, lr) in runner.done() for lr in grid):
+                if mine and {s2_name(p["task"], peft, lr) for lr in grid} <= runner.done().keys():
                     stage2_runs(args, runner, p["task"], peft)
 
 

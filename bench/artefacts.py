@@ -201,7 +201,8 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
     results = json.loads((run / "results.json").read_text())
     steps = results["steps"] if kind == "zo-finetuner" else results["training"]["steps"]
     return {"round": r, "meta_steps": before + steps if kind == "zo-finetuner" else steps,
-            "metric": held_out_metric(kind, results), "cpu_s": meter.total, "artefact": str(run / ARTEFACT_DIR[kind])}
+            "metric": held_out_metric(kind, results), "cpu_s": meter.total,
+            "artefact": str(artefact(args.out, kind, r))}
 
 
 def rounds(out: Path, kind: str) -> list[dict]:
@@ -209,10 +210,17 @@ def rounds(out: Path, kind: str) -> list[dict]:
     return read_records(path)
 
 
+def artefact(out, kind: str, r: int) -> Path:
+    """Round r's artefact folder under `out` as given. A record's "artefact" says where its process wrote it, a path
+    relative to that process's working folder; read from another folder (`--status` from anywhere), only this
+    finds it."""
+    return Path(out) / "artefacts" / kind / f"round-{r}" / ARTEFACT_DIR[kind]
+
+
 def best(out: Path, kind: str) -> str | None:
     """The artefact folder of `kind`'s best round so far (None before its first round)."""
     got = decide(rounds(out, kind), TOLERANCE[kind], 1)[1]
-    return got["artefact"] if got else None
+    return str(artefact(out, kind, got["round"])) if got else None
 
 
 def shown(path: str, out) -> str:

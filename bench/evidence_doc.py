@@ -191,7 +191,8 @@ def artefacts_section(out: Path, args) -> list[str]:
         lines += ["| round | meta-steps | held-out gain | improved | CPU-hours |", "|---|---|---|---|---|"]
         lines += [f"| {r['round']} | {r['meta_steps']} | {r['metric']:+.4f} | {'yes' if r['improved'] else 'no'} | "
                   f"{r['cpu_s'] / 3600:.2f} |" for r in rows]
-        lines += ["", f"Used: round {top['round']} (`{artefacts.shown(top['artefact'], out)}`)" + ("." if stop else
+        used = artefacts.artefact(out, kind, top["round"])
+        lines += ["", f"Used: round {top['round']} (`{used}`)" + ("." if stop else
                   "; the rounds have not stopped improving yet (a rerun continues them)."), ""]
     return lines
 

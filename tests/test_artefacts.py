@@ -5,6 +5,7 @@ tests/test_evidence.py's smoke suite."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,18 @@ def test_docs_show_artefacts_under_the_out_folder_as_given(tmp_path, monkeypatch
     assert artefacts.shown(recorded, "runs/evidence") == "runs/evidence/artefacts/zo-finetuner/round-3/policy"
     assert artefacts.shown("smollm2-135m/meta-init@1", "runs/evidence") == "smollm2-135m/meta-init@1"
     assert artefacts.shown(str(tmp_path / "elsewhere"), "runs/evidence") == str(tmp_path / "elsewhere")
+
+
+def test_best_finds_a_round_recorded_by_a_process_in_another_folder(tmp_path, monkeypatch):
+    """The suite records "runs/evidence/artefacts/..." relative to its own working folder; `--status` or a report run
+    elsewhere, with --out naming the same folder another way, must still find the meta-initialisation (it said
+    "gone" and that the metainit phase cannot start)."""
+    out = tmp_path / "suite"
+    (out / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init").mkdir(parents=True)
+    row = {"round": 1, "meta_steps": 400, "metric": 0.01, "cpu_s": 9.0, "improved": True,
+           "artefact": "runs/evidence/artefacts/bilevel-zofo/round-1/meta-init"}
+    (out / "artefacts" / "bilevel-zofo" / "rounds.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.chdir(tmp_path)
+    found = artefacts.best(out, "bilevel-zofo")
+    assert found == str(out / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init") and Path(found).is_dir()
+    assert artefacts.best(Path("suite"), "bilevel-zofo") == "suite/artefacts/bilevel-zofo/round-1/meta-init"

@@ -15,6 +15,8 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   interval lies below 0.5 (then k > budget / FO forwards).
 - Bilevel-ZOFO, "faster than MeZO to a target loss": the share of pairs where it reaches MeZO's final train loss
   in fewer forward passes; holds above 0.5 (Wilson), fails below.
+  These two shares are inconclusive while their interval holds 0.5, with the pairs a Wilson interval at the observed
+  share would need to exclude it (0/3 does not, 0/4 does).
 """
 
 from __future__ import annotations
@@ -69,37 +71,40 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
 
 def _wilson_need(w: dict, bar: float) -> str:
     """How many pairs a Wilson interval around the observed rate would need to exclude `bar`."""
-    for n in (10, 20, 40, 80, 160, 320, 640):
+    for n in range(w["n"] + 1, 641):
         lo, hi = wilson(w["rate"] * n, n)
         if lo > bar or hi < bar:
             return f"~{n} pairs at the observed rate {w['rate']:.2f} (have {w['n']})"
     return f"more than 640 pairs (observed rate {w['rate']:.2f} is close to {bar})"
 
 
-def share_verdict(got: int, n: int, what: str) -> tuple[str, str]:
+def share_verdict(got: int, n: int, what: str) -> tuple[str, str, str]:
+    """(verdict, measured, what would separate) for "on a majority of pairs": the share's Wilson interval vs 0.5."""
     if n == 0:
-        return NOT_RUN, "—"
+        return NOT_RUN, "—", "—"
     lo, hi = wilson(got, n)
     verdict = HOLDS if lo > 0.5 else FAILS if hi < 0.5 else INCONCLUSIVE
-    return verdict, f"{what} on {got}/{n} pairs: {got / n:.2f} [{lo:.2f}, {hi:.2f}]"
+    separate = "—" if verdict != INCONCLUSIVE else _wilson_need({"rate": got / n, "n": n}, 0.5)
+    return verdict, f"{what} on {got}/{n} pairs: {got / n:.2f} [{lo:.2f}, {hi:.2f}]", separate
 
 
 def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
     """The verdict is on k (the memory is measured beside it, shown whenever it exists)."""
-    parts, verdicts = [], []
+    parts, verdicts, seps = [], [], []
     for label in ("fo-sgd", "fo-adamw"):
         m = (prefix or {}).get("methods", {}).get(label)
         if not m or not m["k"]["n"]:
             continue
         k = m["k"]
-        v, share = share_verdict(k["reached"], k["n"], f"MeZO reaches {label}'s final loss")
+        v, share, sep = share_verdict(k["reached"], k["n"], f"MeZO reaches {label}'s final loss")
         kk = f"median k {k['median_k']:.1f}" if k["median_k"] is not None else f"k > {k['k_at_least']:.0f}"
         parts.append(f"{share}; {kk}")
         verdicts.append(v)
+        seps += [f"{label}: {sep}"] if sep != "—" else []
     mem = memory_text(memory)
     verdict = HOLDS if verdicts and all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else (
         INCONCLUSIVE if verdicts else NOT_RUN)
-    return verdict, "; ".join(parts + ([mem] if mem else [])) or "—", "—"
+    return verdict, "; ".join(parts + ([mem] if mem else [])) or "—", "; ".join(seps) or "—"
 
 
 def memory_text(memory: dict | None) -> str:
@@ -159,9 +164,9 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
     reach = (bl or {}).get("reach") or {"n": 0}
     faster = sum(1 for t in (bl or {}).get("per_task", {}).values() for r in t["reach"]
                  if r["ratio"] is not None and r["ratio"] < 1)
-    v, meas = share_verdict(faster, reach["n"], "reaches MeZO's final loss in fewer forward passes")
+    v, meas, sep = share_verdict(faster, reach["n"], "reaches MeZO's final loss in fewer forward passes")
     rows.append(("Bilevel-ZOFO: faster than MeZO to a target loss", "forward passes to reach MeZO's final train "
-                 "loss (prefix; Bilevel-ZOFO's backward passes are extra)", meas, v, "—"))
+                 "loss (prefix; Bilevel-ZOFO's backward passes are extra)", meas, v, sep))
     v, meas, sep = better_verdict((meta or {}).get("methods", {}).get("mezo-init"))
     init = (meta or {}).get("methods", {}).get("mezo-init", {}).get("spec", {}).get("init")
     which = ("none yet" if not init else f"the artefacts phase's {Path(init).parent.name}, meta-trained on the "

@@ -60,6 +60,19 @@ def test_share_verdicts():
     assert claims.share_verdict(0, 0, "x")[0] == claims.NOT_RUN
 
 
+def test_an_inconclusive_share_says_how_many_pairs_would_decide_it():
+    """MeZO reached FO-AdamW's loss on 0/3 pairs: Wilson [0, 0.56] straddles 0.5, and 0/4 ([0, 0.49]) would not."""
+    from bench.stats import wilson
+
+    assert wilson(0, 3)[1] > 0.5 > wilson(0, 4)[1]
+    v, _, sep = claims.share_verdict(0, 3, "x")
+    assert v == claims.INCONCLUSIVE and sep.startswith("~4 pairs")
+    assert claims.share_verdict(0, 4, "x")[::2] == (claims.FAILS, "—")
+    k = {"n": 3, "reached": 0, "median_k": None, "k_at_least": 10.0}
+    v, measured, sep = claims.fo_claim({"methods": {"fo-adamw": {"k": k}}}, None)
+    assert v == claims.INCONCLUSIVE and "k > 10" in measured and sep.startswith("fo-adamw: ~4 pairs")
+
+
 def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_path):
     from bench import evidence
 

@@ -34,9 +34,10 @@ its prompt lengths (`estimate_cpu_s`). Writes `<out>/runs.jsonl` (one fine_tune 
 skips what is there, so an interrupted scan resumes). Several processes may work on one --out at once: each
 claims a task (a `l2o.filelock.RunLock` under `<out>/claims/`, freed when its process ends, even by kill) and
 skips tasks another live process holds (in stage 2 each lr of a task's grid is claimed apart, then the task for its
-extension); runs.jsonl is appended under a lock.
-`<out>/table.md`, `<out>/learnability.png` and `<out>/panel.json` (tasks, chosen lrs, the settings) that the
-comparison harness reads. Progress lines go to stdout (one per run) and stderr (fine_tune's, per run).
+extension); runs.jsonl is appended under a lock. The report (`report`) writes `<out>/table.md` and
+`<out>/learnability.png`, rendered by bench/learnability_doc.py, and `<out>/panel.json` (tasks, chosen lrs, the
+settings) that the comparison harness reads. Progress lines go to stdout (one per run) and stderr (fine_tune's, per
+run).
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.learnability_doc import plot, print_plan, render_table, status  # noqa: E402
 from bench.lr_centres import MEZO_LR  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
+from bench.stats import z_score  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -313,12 +316,6 @@ def stage1(args, runner: Runner, profiles: list[dict]) -> None:
                        note=f" (estimated {p['stage1_cpu_s'] / 60:.0f} CPU-min)")
 
 
-def z_score(delta: tuple[float, float]) -> float:
-    """delta / se (+-inf for a nonzero delta with se 0, 0 for no change)."""
-    d, se = delta
-    return d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
-
-
 def stage1_delta(rec: dict) -> tuple[float, float]:
     pe = rec["per_example"]
     return paired_delta(pe["final"]["eval"], pe["zero_shot"]["eval"])
@@ -478,148 +475,7 @@ def resume_command(args) -> str:
 def scan_status(done: dict, profiles: list[dict], excluded: list[dict], chosen: list[dict], t_forward: float,
                 args) -> list[str]:
     return status(remaining(done, profiles, excluded, t_forward, args), chosen,
-                  calibration(done, profiles, t_forward, args), args)
-
-
-def status(rem: dict, chosen: list[dict], cal: dict, args) -> list[str]:
-    """Whether the panel is established and, if the scan is not finished, what remains, its cost and the command
-    that continues it."""
-    def cost(items):
-        return sum(s for _, _, s in items) * cal["ratio"] / 3600
-
-    n, need = len(chosen), args.panel_min
-    lines = [f"**The panel is established** (it needs {need} tasks)." if n >= need else
-             f"**The panel is not established yet**: it needs {need} tasks at ≥ {args.panel_se:g} se."]
-    todo = ([f"stage 1 on {', '.join(t for t, _, _ in rem['stage1'])}"] if rem["stage1"] else []) + (
-        [f"stage 2 on {', '.join(f'{t} ({k} run(s) of {args.forwards2} forward passes)' for t, k, _ in rem['stage2'])}"]
-        if rem["stage2"] else [])
-    if todo:
-        lines.append(f"Still to run at this cut: {'; '.join(todo)}: about {cost(rem['stage1'] + rem['stage2']):.1f} "
-                     "CPU-hours, plus a run past the grid's edge for a task whose best lr sits there and stage 2 on "
-                     f"any task stage 1 still moves. Continue with `{resume_command(args)}` (recorded runs are "
-                     "skipped).")
-    elif n < need:
-        lines.append("Nothing is left to run at this cut.")
-    on = {r.get("task") for r in chosen}
-    reachable = n + len(rem["stage1"]) + len([t for t, _, _ in rem["stage2"] if t not in on])
-    if todo and reachable < need:
-        lines.append(f"Even if every task still to run here reaches the rule, the panel would have {reachable} < "
-                     f"{need} tasks at this cut: it needs tasks with longer prompts (a larger --max-median, or "
-                     "--max-length for the tasks over the max length).")
-    if n < need and rem["widen"]:
-        lines.append(f"Widening: the CPU cut (median prompt ≤ {args.max_median} tokens) leaves out "
-                     f"{', '.join(t for t, _, _ in rem['widen'])}; stage 1 on them would cost about "
-                     f"{cost(rem['widen']):.1f} CPU-hours (`--max-median {args.max_length}`), then stage 2 on those "
-                     "that move (`make evidence` widens while the panel is short).")
-    if todo or n < need:
-        model = "CPU-hours are the cost model's (one thread, scaled from the measured forward)"
-        wall = f"; their wall time on this shared machine was {cal['wall']:.1f}x their CPU time" if cal["wall"] else ""
-        lines.append(f"{model} x {cal['ratio']:.2f}, the measured / estimated CPU time of the {cal['n']} run(s) timed "
-                     f"so far{wall}." if cal["n"]
-                     else f"{model}; no run has been timed in CPU seconds yet to check it.")
-    return lines
-
-
-def _d(delta) -> str:
-    return f"{delta[0]:+.3f} ± {delta[1]:.3f} ({z_score(delta):+.1f} se)"
-
-
-def _per_lr(runs: list[dict]) -> str:
-    return ", ".join(f"{x['lr']:.3g}: {x['final']['dev']:.3f}" for x in runs)
-
-
-def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], args, t_forward: float) -> str:
-    a = args
-    cut = f" and median prompt ≤ {a.max_median} tokens (CPU cut)" if a.max_median is not None else ""
-    head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}{cut}, {a.num_train} train examples, "
-            f"eval on min({a.num_eval}, validation pool) examples (data seed {a.data_seed}, seed {a.seed}). Stage 1: "
-            f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
-            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}, lr chosen "
-            f"on {a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
-            f"standard error. Forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
-            f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
-    if any(r["max_length"] != a.max_length for r in rows):
-        head += (" A task marked with another max length was run in an earlier scan of this --out at that length and "
-                 "is kept: a task is run once, at the max length of the scan that first reached it.")
-    lines = [head, "", "| task | classes | eval n | median tokens | majority | zero-shot | stage 1 | Δ stage 1 | "
-             "stage 2: dev per lr | chosen lr | stage 2 eval | Δ stage 2 | panel |", "|" + "---|" * 13]
-    on, pending = {r["task"] for r in chosen}, set(provisional(rows, args))
-    for r in rows:
-        p, s2 = r["profile"], r.get("prefix")
-        per_lr = _per_lr(s2["runs"]) if s2 else "—"
-        at = f" (max length {r['max_length']})" if r["max_length"] != a.max_length else ""
-        lines.append(f"| {r['task']}{at} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
-                     f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | {per_lr} | "
-                     f"{s2['lr']:.3g} | {s2['eval']:.3f} | {_d(s2['delta'])} | "
-                     f"{'yes' if r['task'] in on else 'pending (grid unfinished)' if r['task'] in pending else 'no'} |"
-                     if s2 else
-                     f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
-                     f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | — | — | — | — | no |")
-    lora = [r for r in rows if "lora" in r]
-    if lora:
-        lines += ["", "| task | LoRA dev per lr | chosen lr | eval | Δ |", "|---|---|---|---|---|"]
-        lines += [f"| {r['task']} | {_per_lr(r['lora']['runs'])} | {r['lora']['lr']:.3g} | {r['lora']['eval']:.3f} | "
-                  f"{_d(r['lora']['delta'])} |" for r in lora]
-    lines += class_table(rows)
-    if excluded:
-        lines += ["", "Not scanned: " + "; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) + "."]
-    lines += ["", f"Panel ({len(chosen)} task(s)): {', '.join(r['task'] for r in chosen) or 'none'}."
-              + (f" Passing the rule at the best lr run so far, their lr grid unfinished (not counted yet): "
-                 f"{', '.join(sorted(pending))}." if pending else "")]
-    prior = label_prior(rows, args)
-    if prior:
-        lines += ["", "Passing by accuracy while balanced accuracy did not move by "
-                  f"{a.panel_se:g} se (Δ balanced at the chosen lr: "
-                  + "; ".join(f"{r['task']} {_d(r['prefix']['balanced'])}" for r in rows if r["task"] in prior)
-                  + "): the accuracy gain is a label prior, answering one label more often (per-class table). The "
-                  "panel rule is on accuracy, so they count; a comparison on them measures how fast each method "
-                  "learns that prior."]
-    return "\n".join(lines) + "\n"
-
-
-def class_table(rows: list[dict]) -> list[str]:
-    """Per-class accuracies and balanced accuracy (their mean; 1/classes for a prompt that always answers one
-    label) per run of each task: whether a Δ is the task or a label prior."""
-    rows = [r for r in rows if "per_class" in r]
-    if not rows:
-        return []
-    lines = ["", "Per class (accuracy on each gold label's eval examples, in label order; balanced = their mean, "
-             "1/classes for a prompt that always answers one label):", "",
-             "| task | run | per class | balanced |", "|---|---|---|---|"]
-    for r in rows:
-        for run, acc in r["per_class"].items():
-            lines.append(f"| {r['task']} | {run} | {' / '.join(f'{a:.3f}' for a in acc.values())} | "
-                         f"{sum(acc.values()) / len(acc):.3f} |")
-    return lines
-
-
-def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
-    """Per task: zero-shot, majority rate, after stage 1 and after stage 2 (dev-chosen lr), with 2 paired se."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.5))
-    on = {r["task"] for r in chosen}
-    for i, r in enumerate(rows):
-        ax.plot([i - 0.3, i + 0.3], [r["majority"]] * 2, color="0.5", lw=2, label="majority rate" if i == 0 else None)
-        ax.plot(i - 0.15, r["zero_shot"], "ko", label="zero-shot" if i == 0 else None)
-        ax.errorbar(i, r["s1_eval"], yerr=2 * r["s1_delta"][1], fmt="s", color="C0", capsize=3,
-                    label=f"stage 1 (lr {args.lr:g}, {args.forwards1} fw)" if i == 0 else None)
-        if "prefix" in r:
-            ax.errorbar(i + 0.15, r["prefix"]["eval"], yerr=2 * r["prefix"]["delta"][1], fmt="D", color="C3",
-                        capsize=3, label=f"stage 2 (dev-chosen lr, {args.forwards2} fw)")
-    ax.set_xticks(range(len(rows)), [r["task"] + (" *" if r["task"] in on else "") for r in rows], rotation=35,
-                  ha="right", fontsize=8)
-    ax.set_ylabel("eval accuracy (bars: ± 2 paired se of Δ)")
-    ax.set_title(f"MeZO prefix learnability scan ({args.base}, batch {args.batch_size}); * = panel", fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                  calibration(done, profiles, t_forward, args), args, resume_command(args))
 
 
 def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_forward: float) -> list[dict]:
@@ -627,8 +483,8 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
 
     done = runner.done()
     rows = summarize(done, profiles, args)
-    chosen = panel(rows, args)
-    table = render_table(rows, excluded, chosen, args, t_forward) + "\n" + "\n\n".join(
+    chosen, pending, prior = panel(rows, args), provisional(rows, args), label_prior(rows, args)
+    table = render_table(rows, excluded, chosen, pending, prior, args, t_forward) + "\n" + "\n\n".join(
         scan_status(done, profiles, excluded, chosen, t_forward, args)) + "\n"
     out = runner.out
     write_bytes_atomic(out / "table.md", table.encode())
@@ -638,7 +494,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     info = {"tasks": [r["task"] for r in chosen], "lr": {r["task"]: r["prefix"]["lr"] for r in chosen},
             "scanned": [p["task"] for p in profiles],  # the task family of bench/artefacts.py: these minus the panel
             "delta": {r["task"]: r["prefix"]["delta"] for r in chosen},
-            "label_prior": [t for t in label_prior(rows, args) if t in {r["task"] for r in chosen}],
+            "label_prior": [t for t in prior if t in {r["task"] for r in chosen}],
             "max_length": {r["task"]: r["max_length"] for r in chosen},  # a task's, where a scan kept another
             "settings": settings,
             "commits": sorted({r["commit"] or "unknown" for r in rows}), "runs": str(runner.log_path),
@@ -697,14 +553,6 @@ def main(argv=None) -> int:
     if not args.no_report:
         report(args, runner, scanned, excluded, t_forward)
     return 0
-
-
-def print_plan(scanned: list[dict], excluded: list[dict], args) -> None:
-    for p in scanned + excluded:
-        print(f"{p['task']:32s} classes {p['classes']} train pool {p['train_pool']:6d} validation pool "
-              f"{p['valid_pool']:6d} tokens p50 {p['len_p50']:4d} p90 {p['len_p90']:4d}  "
-              + (f"stage 1 ~{p['stage1_cpu_s'] / 60:.0f} CPU-min" if not p["excluded"] else f"cut: {p['excluded']}"))
-    print(f"stage 1: {sum(p['stage1_cpu_s'] for p in scanned) / 3600:.2f} CPU-hours")
 
 
 def eval_golds(task: str, args) -> list[int]:

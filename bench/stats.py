@@ -7,6 +7,7 @@ bootstrap for paired differences, and forwards-to-target on loss curves.
   is about these tasks, the seeds are the random part). A task with one seed says nothing about the spread, so
   then there is no interval (nan), not a zero-width one; `ci_text` writes either.
 - `win_rate(pairs)`: the fraction of pairs where the method beats the reference, ties counting half.
+- `z_score(delta)`: a (difference, standard error) pair in standard errors (the learnability scan's rules).
 - `forwards_to_reach(curve, target)`: the first forward count at which a moving mean of the loss is <= target.
 """
 
@@ -72,6 +73,12 @@ def ci_text(d: dict | None, fmt: str = "{:+.3f}") -> str:
     if not (math.isfinite(d["lo"]) and math.isfinite(d["hi"])):
         return f"{fmt.format(d['mean'])} (no interval: a task with 1 seed)"
     return f"{fmt.format(d['mean'])} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
+
+
+def z_score(delta: tuple[float, float]) -> float:
+    """delta / se (+-inf for a nonzero delta with se 0, 0 for no change)."""
+    d, se = delta
+    return d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
 
 
 def pairs_to_separate(mean: float, sd: float, z: float = Z95) -> float:

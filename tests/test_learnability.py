@@ -1,5 +1,6 @@
-"""The learnability scan (bench/learnability.py): paired deltas, the task rules, the panel rule, and the whole
-path (both stages, table, plot, panel.json, resume) on a tiny model with the real SmolLM2 tokenizer."""
+"""The learnability scan (bench/learnability.py; its report, bench/learnability_doc.py): paired deltas, the task
+rules, the panel rule, and the whole path (both stages, table, plot, panel.json, resume) on a tiny model with the
+real SmolLM2 tokenizer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import statistics
 
 import pytest
 
-from bench import learnability as lb
+from bench import learnability as lb, learnability_doc as doc
+from bench.stats import z_score
 
 
 def test_paired_delta_is_the_mean_per_example_difference_with_its_standard_error():
@@ -25,7 +27,7 @@ def test_paired_delta_is_the_mean_per_example_difference_with_its_standard_error
 @pytest.mark.parametrize("delta,z", [((0.1, 0.02), 5.0), ((0.0, 0.0), 0.0), ((0.05, 0.0), math.inf),
                                      ((-0.05, 0.0), -math.inf), ((-0.06, 0.03), -2.0)])
 def test_z_score(delta, z):
-    assert lb.z_score(delta) == z
+    assert z_score(delta) == z
 
 
 def _profile(**kw):
@@ -66,8 +68,8 @@ def test_per_class_accuracy_tells_a_label_prior_from_the_task():
     with pytest.raises(ValueError, match="5 per-example scores for 6 eval labels"):
         lb.per_class(always_0[:5], golds)
     rows = [{"task": "t", "per_class": {"zero-shot": lb.per_class(always_0, golds)}}, {"task": "u"}]
-    assert lb.class_table(rows)[-1] == "| t | zero-shot | 1.000 / 0.000 / 0.000 | 0.333 |"
-    assert lb.class_table([{"task": "u"}]) == []
+    assert doc.class_table(rows)[-1] == "| t | zero-shot | 1.000 / 0.000 / 0.000 | 0.333 |"
+    assert doc.class_table([{"task": "u"}]) == []
 
 
 def test_balanced_delta_and_the_label_prior_flag():
@@ -110,6 +112,10 @@ def _record(name, task, final=None, zero=None, cpu_s=None, fit_time_s=0.0):
     return {**r, "cpu_s": cpu_s} if cpu_s else r
 
 
+def _status(rem, chosen, cal, args):
+    return doc.status(rem, chosen, cal, args, lb.resume_command(args))
+
+
 def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     args = lb.parse_args(["--max-median", "48", "--out", "runs/x"])
     lengths = [30] * 100
@@ -128,19 +134,19 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     assert rem == {"stage1": [("b", 1, 900)], "stage2": [("a", 2, pytest.approx(2 * per2))], "widen": [("c", 1, 1200)]}
     cal = lb.calibration(done, [prof["a"], prof["b"]], 1.0, args)
     assert cal == {"ratio": 2.0, "wall": 2.5, "n": 1}    # the untimed stage-2 record does not count
-    text = "\n".join(lb.status(rem, [], cal, args))
+    text = "\n".join(_status(rem, [], cal, args))
     assert "not established yet" in text and "stage 1 on b; stage 2 on a (2 run(s) of 500 forward passes)" in text
     assert f"about {2 * (900 + 2 * per2) / 3600:.1f} CPU-hours" in text
     assert "`python -m bench.learnability --max-median 48 --out runs/x`" in text
     assert f"leaves out c; stage 1 on them would cost about {2 * 1200 / 3600:.1f} CPU-hours" in text
     assert "x 2.00, the measured / estimated CPU time of the 1 run(s) timed so far; their wall time" in text
-    untimed = "\n".join(lb.status(rem, [], lb.calibration({}, [prof["a"]], 1.0, args), args))
+    untimed = "\n".join(_status(rem, [], lb.calibration({}, [prof["a"]], 1.0, args), args))
     assert f"about {(900 + 2 * per2) / 3600:.1f} CPU-hours" in untimed and "no run has been timed" in untimed
     assert "the panel would have 2 < 4 tasks at this cut" in text    # a and b are all this cut can still give
-    short = "\n".join(lb.status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "3"])))
+    short = "\n".join(_status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "3"])))
     assert "the panel would have 2 < 3 tasks at this cut" in short   # a (chosen, grid unfinished) and b
-    assert "would have" not in "\n".join(lb.status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "2"])))
-    established = lb.status({"stage1": [], "stage2": [], "widen": rem["widen"]}, [{}] * 4, cal, args)
+    assert "would have" not in "\n".join(_status(rem, [{"task": "a"}], cal, lb.parse_args(["--panel-min", "2"])))
+    established = _status({"stage1": [], "stage2": [], "widen": rem["widen"]}, [{}] * 4, cal, args)
     assert established == ["**The panel is established** (it needs 4 tasks)."]
 
 

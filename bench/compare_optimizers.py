@@ -259,7 +259,8 @@ def render_table(final: dict, chosen: dict, zero: dict, args) -> str:
 
 def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
     """Per task: train loss against forward passes (mean over seeds, moving mean) above, and the eval metric
-    per method below (mean ± sd over seeds, grey dots: seeds, dashed: zero-shot)."""
+    per method below (mean ± sd over seeds, grey dots: seeds, dashed: zero-shot). A partial report leaves out the
+    tasks with no final run yet (empty axes say nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,10 +268,10 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
 
     from bench.compare_policy import mean_curve
 
-    n_tasks = len(args.task_list)
-    fig, axes = plt.subplots(2, n_tasks, figsize=(5.5 * n_tasks, 7), squeeze=False,
+    tasks = [t for t in args.task_list if any(key[0] == t for key in final)] or args.task_list[:1]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 2]})
-    for col, task in enumerate(args.task_list):
+    for col, task in enumerate(tasks):
         ax, bx = axes[0][col], axes[1][col]
         names = []
         for i, m in enumerate(args.method_list):

@@ -65,6 +65,25 @@ def test_table_has_zero_shot_chosen_lr_and_paired_columns():
     assert "+0.100 ± 0.000" in rows["gv"] and "| 2 | 0.02 |" in rows["gv"] and "0.01: 0.50" in rows["gv"]
 
 
+def test_a_partial_reports_plot_leaves_out_tasks_without_runs(tmp_path):
+    """docs/evidence_prefix.png showed navigate as empty axes while only valid_parentheses had runs: a task gets a
+    column once it has a final run (the figure is 5.5 inches wide per column, at 110 dpi)."""
+    import json
+
+    from matplotlib.image import imread
+
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"forwards": f, "loss": 0.7 - f / 1000} for f in range(0, 40, 2)]))
+    args = cmp.parse_args(["--tasks", "t,u", "--optimizers", "mezo", "--seeds", "0,1", "--budget", "40"])
+    final = {("t", "mezo", s): {**_run("t", "mezo", s, 0.6, 0.69), "paths": {"history": str(history)}}
+             for s in (0, 1)}
+    widths = []
+    for got in (final, {**final, **{("u", "mezo", 0): final[("t", "mezo", 0)]}}, {}):
+        cmp.plot(got, tmp_path / "plot.png", args)
+        widths.append(imread(tmp_path / "plot.png").shape[1])
+    assert widths == [605, 1210, 605]
+
+
 @pytest.mark.parametrize("name,forwards", [("mezo", 2), ("mezo-gv", 6), ("mezo-greedy", 6), ("bszo", 3),
                                            ("bszo-b", 4), ("zo-finetuner+gv", 6)])
 def test_forward_counts_follow_the_registry(name, forwards):

@@ -135,7 +135,10 @@ def render_table(summary: dict) -> str:
              + "".join(f" ({t}: {L})" for t, L in s.get("max_lengths", {}).items())
              + f", {s['num_eval']} eval examples. "
              "Δ = method − MeZO on the same (task, seed), mean [95% interval: bootstrap over seeds within tasks]; "
-             "win-rate: ties count half, [95% Wilson interval]." + ("" if summary.get("complete", True) else
+             "win-rate: ties count half, [95% Wilson interval]. A seed is the optimizer's randomness (ZO directions, "
+             f"an adapter's initialisation): every run trains on the same data sample in the same batch order (data "
+             f"seed {s['data_seed']}), so the intervals cover the optimizers' randomness, not another training "
+             "sample." + ("" if summary.get("complete", True) else
              f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
              "(a method or task without lr or seeds yet has no row values)."), "",
              "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "

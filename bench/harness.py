@@ -29,8 +29,10 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
 1. lr: one run (seed --select-seed) per lr of `--lr-grid` x the centre, `--select-budget` forward passes, chosen
    on the dev metric (train loss breaks ties), the grid extended past an edge the best lr sits at
    (bench/compare_optimizers.py's `select_runs`).
-2. Seeds: `--seeds` runs at the chosen lr, `--budget` forward passes (steps = budget // forwards per step), the
-   same data sample and, for a given seed, the same batches for every method. `--seeds auto`: 5 seeds where a
+2. Seeds: `--seeds` runs at the chosen lr, `--budget` forward passes (steps = budget // forwards per step). A seed
+   is the optimizer's randomness (ZO directions, an adapter's initialisation); every seed and method trains on the
+   same data sample in the same batch order and is evaluated on the same examples (`--data-seed`), so the pairs
+   share those, and an interval says nothing about another training sample. `--seeds auto`: 5 seeds where a
    MeZO run of the task costs under 10 CPU-minutes (measured on its selection runs), else 3; on a panel task whose
    MeZO selection run is the scan's (reused), seeds 1.. instead of 0..: the scan put the task on the panel by that
    run's eval accuracy, so it would be a pair biased towards MeZO (the selection runs then only choose lrs).

@@ -73,9 +73,9 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
              "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
              "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | **{d}** | {e} |" for a, b, c, d, e in rows]
-    lines += ["", "Verdict rules: `bench/claims.py` (module doc). Intervals: paired differences, a bootstrap "
-              "over seeds within tasks (10 000 resamples); win-rates and shares, Wilson score intervals; ties "
-              "count half.", ""]
+    lines += ["", "Verdict rules: `bench/claims.py` (module doc). Intervals: paired differences, a t interval "
+              "over seeds, stratified by task (Welch-Satterthwaite df; `bench/stats.py`); win-rates and shares, "
+              "Wilson score intervals; ties count half.", ""]
     panel_txt = ("Panel: " + ", ".join(f"{t} (Δ {panel['delta'][t][0]:+.3f} ± {panel['delta'][t][1]:.3f})"
                                        for t in panel["tasks"]) + "." if panel and panel["tasks"] else None)
     lines += _section("1. The learnability scan and the evidence panel",

@@ -1,7 +1,7 @@
 """The harness's numbers and report: per method against MeZO over (task, seed) pairs (bench/harness.py runs them).
 
 `summarize` turns the final runs into a JSON-able summary: per method, the win-rates (Wilson 95%), paired
-differences (stratified bootstrap 95%), forwards to reach MeZO's final loss, and per task the cells of the
+differences (stratified t, 95%), forwards to reach MeZO's final loss, and per task the cells of the
 table; for first-order methods k, the forward passes MeZO needs to reach their final loss over theirs.
 `write_report` writes `table.md`, `summary.json` and `loss_vs_forwards.png`.
 """
@@ -13,7 +13,7 @@ import math
 import statistics
 from pathlib import Path
 
-from bench.stats import ci_text as _ci, forwards_to_reach, paired_bootstrap, pairs_to_separate, win_rate
+from bench.stats import ci_text as _ci, forwards_to_reach, paired_interval, pairs_to_separate, win_rate
 
 REFERENCE = "mezo"
 
@@ -68,12 +68,12 @@ def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first
                        "eval": _ms([r["final"]["eval"] for r in mine]),
                        "loss": _ms([r["final_train_loss"] for r in mine]),
                        "effective_step": statistics.mean(eff) if eff else None,
-                       "d_eval": paired_bootstrap({t: acc_d[t]}) if label != reference else None,
-                       "d_loss": paired_bootstrap({t: loss_d[t]}) if label != reference else None,
+                       "d_eval": paired_interval({t: acc_d[t]}) if label != reference else None,
+                       "d_loss": paired_interval({t: loss_d[t]}) if label != reference else None,
                        "reach": rs, "k": kk}
     out = {"label": label, "first_order": first_order, "per_task": per_task}
     if label != reference:
-        d_eval, d_loss = paired_bootstrap(acc_d), paired_bootstrap(loss_d)
+        d_eval, d_loss = paired_interval(acc_d), paired_interval(loss_d)
         for d in (d_eval, d_loss):
             d["pairs_to_separate"] = pairs_to_separate(d["mean"], d["sd"]) if d["n"] else math.inf
         out.update(win_eval=win_rate(acc_pairs, True), win_loss=win_rate(loss_pairs, False), d_eval=d_eval,
@@ -134,7 +134,7 @@ def render_table(summary: dict) -> str:
              f"steps), batch {s['batch_size']}, max length {s['max_length']}"
              + "".join(f" ({t}: {L})" for t, L in s.get("max_lengths", {}).items())
              + f", {s['num_eval']} eval examples. "
-             "Δ = method − MeZO on the same (task, seed), mean [95% interval: bootstrap over seeds within tasks]; "
+             "Δ = method − MeZO on the same (task, seed), mean [95% interval: t over seeds, stratified by task]; "
              "win-rate: ties count half, [95% Wilson interval]. A seed is the optimizer's randomness (ZO directions, "
              f"an adapter's initialisation): every run trains on the same data sample in the same batch order (data "
              f"seed {s['data_seed']}), so the intervals cover the optimizers' randomness, not another training "

@@ -37,8 +37,8 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
    MeZO selection run is the scan's (reused), seeds 1.. instead of 0..: the scan put the task on the panel by that
    run's eval accuracy, so it would be a pair biased towards MeZO (the selection runs then only choose lrs).
 3. Report (against the reference method, MeZO, over (task, seed) pairs): win-rate on final train loss and on
-   eval accuracy with its 95% Wilson interval (ties count half); paired differences with 95% intervals from a
-   bootstrap that resamples seeds within tasks; forward passes to reach MeZO's final train loss (the mean of its
+   eval accuracy with its 95% Wilson interval (ties count half); paired differences with 95% t intervals over seeds,
+   stratified by task (bench/stats.py); forward passes to reach MeZO's final train loss (the mean of its
    last 10% of steps), for each pair, over the method's moving mean on the same window. First-order methods
    run `steps` backprop steps; the report gives k = the forward passes MeZO needs to reach their final loss,
    over theirs.

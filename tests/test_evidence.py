@@ -35,9 +35,9 @@ def test_better_than_mezo_verdicts(d_eval, d_loss, verdict):
 
 
 def test_one_seed_is_inconclusive_whatever_its_sign():
-    """A single (task, seed) pair: the bootstrap gives no interval, so no verdict but 'inconclusive'."""
-    from bench.stats import paired_bootstrap, win_rate
-    d_eval, d_loss = paired_bootstrap({"t": [-0.105]}), paired_bootstrap({"t": [0.0355]})
+    """A single (task, seed) pair: a task with one seed gives no interval, so no verdict but 'inconclusive'."""
+    from bench.stats import paired_interval, win_rate
+    d_eval, d_loss = paired_interval({"t": [-0.105]}), paired_interval({"t": [0.0355]})
     m = {"d_eval": d_eval, "d_loss": d_loss, "win_eval": win_rate([(0.61, 0.715)], True)}
     v, measured, separate = claims.better_verdict(m)
     assert v == claims.INCONCLUSIVE and "no interval" in measured and ">= 2 seeds" in separate

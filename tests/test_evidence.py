@@ -71,6 +71,9 @@ def test_an_inconclusive_share_says_how_many_pairs_would_decide_it():
     k = {"n": 3, "reached": 0, "median_k": None, "k_at_least": 10.0}
     v, measured, sep = claims.fo_claim({"methods": {"fo-adamw": {"k": k}}}, None)
     assert v == claims.INCONCLUSIVE and "k > 10" in measured and sep.startswith("fo-adamw: ~4 pairs")
+    assert "k itself: MeZO runs past 10x FO's forward passes" in sep and "64x" in sep  # the budget caps k at 10
+    reached = {"n": 3, "reached": 3, "median_k": 4.0, "k_at_least": None}
+    assert "k itself" not in claims.fo_claim({"methods": {"fo-adamw": {"k": reached}}}, None)[2]
 
 
 def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_path):

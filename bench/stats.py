@@ -10,9 +10,10 @@ interval for paired differences, and forwards-to-target on loss curves.
       df   = (sum_t a_t)^2 / sum_t a_t^2 / (n_t - 1)           (Welch-Satterthwaite)
       mean +- t_{0.975}(df) se
 
-  At 3 seeds a percentile bootstrap of the same pairs (what this used to be) covers the true difference 74% of
-  the time, not 95% (tests/test_harness.py simulates it): resampling 3 values cannot see the spread's
-  uncertainty, the t quantile (4.30 at df 2) does. A task with one seed says nothing about the spread, so then
+  At 3 seeds a percentile bootstrap of the same pairs (what this used to be) covered the true difference 74% of
+  the time, not 95% (400 simulated draws of 3 normal pairs; 80% for two tasks of 3): resampling 3 values cannot
+  see the spread's uncertainty, the t quantile (4.30 at df 2) does. tests/test_harness.py holds the t interval's
+  coverage at 95%. A task with one seed says nothing about the spread, so then
   there is no interval (nan), not a zero-width one; `ci_text` writes either.
 - `t_quantile(p, df)`: Student's t quantile, for real df (the regularised incomplete beta by its continued
   fraction, inverted by bisection).

@@ -51,7 +51,7 @@ from bench.cli import cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import CpuMeter, recorded  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
-from l2o.filelock import write_atomic  # noqa: E402
+from l2o.filelock import copy_atomic  # noqa: E402
 
 KINDS = ("zo-finetuner", "bilevel-zofo")
 ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
@@ -188,8 +188,8 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
             last = run / "checkpoints" / "last.ckpt"
             if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
                 last.parent.mkdir(parents=True, exist_ok=True)
-                with open(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", "rb") as src:  # killed mid-copy:
-                    write_atomic(last, lambda f: shutil.copyfileobj(src, f))  # no half checkpoint to resume from
+                # killed mid-copy: no half checkpoint to resume from
+                copy_atomic(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", last)
             argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
             print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
             with _no_registry():

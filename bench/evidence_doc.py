@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from bench import artefacts
@@ -27,8 +26,10 @@ def copy_plot(src: Path, docs: Path, name: str) -> str | None:
     """Copy a plot into the docs folder; its name there (None if the run has not made it yet)."""
     if not src.exists():
         return None
+    from l2o.filelock import copy_atomic  # a report killed midway leaves the old plot, not half a PNG
+
     docs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, docs / name)
+    copy_atomic(src, docs / name)
     return name
 
 

@@ -47,7 +47,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -479,7 +478,7 @@ def scan_status(done: dict, profiles: list[dict], excluded: list[dict], chosen: 
 
 
 def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_forward: float) -> list[dict]:
-    from l2o.filelock import write_bytes_atomic  # other processes (the harness, the suite) read these files
+    from l2o.filelock import copy_atomic, write_bytes_atomic  # other processes (the harness, the suite) read these
 
     done = runner.done()
     rows = summarize(done, profiles, args)
@@ -503,7 +502,7 @@ def report(args, runner: Runner, profiles: list[dict], excluded: list[dict], t_f
     if args.docs:
         Path(args.docs).mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(Path(args.docs) / "learnability.md", table.encode())
-        shutil.copyfile(out / "learnability.png", Path(args.docs) / "learnability.png")
+        copy_atomic(out / "learnability.png", Path(args.docs) / "learnability.png")
     print(table, flush=True)
     return chosen
 

@@ -6,9 +6,9 @@
   A second claimant gets a ``FolderLockedError`` naming the holder's pid. The kernel drops a
   ``flock`` when its process dies, so the lock of a killed run is stale by construction: the next run
   takes it over and learns the dead holder's pid (``RunLock.stale_pid``).
-- ``write_atomic(path, write)`` / ``write_bytes_atomic(path, data)``: replace a file so readers see the
-  old or the new one, never a partial one (the one atomic-write helper; the zoo's manifests, the seed
-  ledger and the apps' checkpoints use it).
+- ``write_atomic(path, write)`` / ``write_bytes_atomic(path, data)`` / ``copy_atomic(src, dst)``: replace a
+  file so readers see the old or the new one, never a partial one (the one atomic-write helper; the zoo's
+  manifests, the seed ledger, the apps' checkpoints and the bench reports' plots use it).
 - ``append_bytes(path, data)``: append to a file durably (fsync); a failed append (a full disk) cuts the file
   back to what it was (the one durable-append helper: the seed ledger's flushes, the bench suites' run records).
 - ``remove_stale_temps(folder)``: the temp files of atomic writes a ``kill -9`` interrupted (a run calls it
@@ -170,6 +170,12 @@ def write_atomic(path: Path, write) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`write_atomic` of the bytes `data`."""
     write_atomic(path, lambda f: f.write(data))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """`write_atomic` of dst from the file src (a copy killed or failed midway leaves dst as it was)."""
+    with open(src, "rb") as f_src:
+        write_atomic(dst, lambda f: shutil.copyfileobj(f_src, f))
 
 
 def append_bytes(path: Path, data: bytes) -> None:

@@ -133,6 +133,29 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path):
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_a_plot_copy_that_fails_midway_leaves_the_old_plot(tmp_path, monkeypatch):
+    """The reports copy their plots into docs/ with l2o.filelock.copy_atomic: a disk that fills mid-copy leaves the
+    previous plot whole (shutil.copyfile would leave half a PNG), and no temp file."""
+    from bench.evidence_doc import copy_plot
+
+    src, docs = tmp_path / "new.png", tmp_path / "docs"
+    src.write_bytes(b"the new plot" * 1000)
+    docs.mkdir()
+    (docs / "plot.png").write_bytes(b"the previous plot")
+
+    def half(f_src, f_dst):
+        f_dst.write(f_src.read(100))
+        f_dst.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("l2o.filelock.shutil.copyfileobj", half)
+    with pytest.raises(OSError, match="No space left"):
+        copy_plot(src, docs, "plot.png")
+    assert (docs / "plot.png").read_bytes() == b"the previous plot" and [p.name for p in docs.iterdir()] == ["plot.png"]
+    monkeypatch.undo()
+    assert copy_plot(src, docs, "plot.png") == "plot.png" and (docs / "plot.png").read_bytes() == src.read_bytes()
+
+
 @pytest.fixture(params=["read-only", "full"])
 def bad_cache(request, tmp_path, monkeypatch):
     """$L2O_CACHE on a read-only filesystem, or on a full one (a 64 KiB tmpfs filled up); as root these need

@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import evidence_report as rep
@@ -78,9 +79,20 @@ def test_a_task_with_one_seed_has_no_interval(diffs):
     assert stats.ci_text(stats.paired_interval({})) == "—"
 
 
-def test_pairs_to_separate():
-    assert stats.pairs_to_separate(0.02, 0.05) == pytest.approx((1.96 * 2.5) ** 2, rel=1e-3)
-    assert stats.pairs_to_separate(0.0, 0.05) == math.inf
+@pytest.mark.parametrize("mean, sd", [(0.02, 0.05), (-0.043, 0.047), (0.1, 0.01), (0.005, 0.05)])
+def test_pairs_to_separate_is_what_the_reported_interval_needs(mean, sd):
+    """n pairs with this mean and sd get a paired_interval that excludes 0, n - 1 pairs do not: the count the
+    claims table states is the one its own intervals would need (the normal rule (1.96 sd / mean)^2 says 5 where
+    the t interval needs 8, for the second case)."""
+    def interval(k):  # k values with exactly this mean and sample sd
+        base = np.linspace(-1, 1, k)
+        return stats.paired_interval({"t": list(mean + sd * base / base.std(ddof=1))})
+
+    n = stats.pairs_to_separate(mean, sd)
+    assert n > (1.96 * sd / mean) ** 2
+    assert interval(n)["lo"] > 0 or interval(n)["hi"] < 0
+    assert n == 2 or interval(n - 1)["lo"] <= 0 <= interval(n - 1)["hi"]
+    assert stats.pairs_to_separate(0.0, sd) == math.inf and stats.pairs_to_separate(mean, 0.0) == 2
 
 
 def test_forwards_to_reach_waits_for_a_full_window():

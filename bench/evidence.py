@@ -26,7 +26,8 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   the held-out meta-validation (or `--max-rounds`); the best round's artefacts are used below;
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
   first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
-  artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one;
+  artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one (these last rows run after
+  the metainit phase, `ordered`);
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
   phase (no search in bf16: the claim is robustness at the fp32 lr). It needs only that task's prefix runs, so it runs
   as soon as they are done, before the prefix phase's other tasks (`ordered`): every claim gets a verdict before
@@ -79,6 +80,7 @@ BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 SCAN_PHASES = ("scan", "widen")
 PREFIX_FIRST = "prefix-first"  # the prefix phase on the panel's first task only: bf16 runs after it (`ordered`)
+FULL_SHIPPED = "full-shipped"  # the full phase without the panel policy's rows: metainit runs after it (`ordered`)
 # --workers 2: the second process's phases, in this order (they need the panel only); lora is here, not beside the
 # prefix phase, to even the lanes out (estimated from the runs' costs so far: about 25 CPU-hours each on SmolLM2-135M)
 SECOND_LANE = ("artefacts", "full", "metainit", "lora")
@@ -289,9 +291,9 @@ def harness_argv(args, phase: str) -> list[str] | None:
     panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
     if skip_reason(args, phase):
         return None
-    tasks = tasks[:{"prefix": args.max_tasks, PREFIX_FIRST: 1, "full": args.full_tasks, "bf16": 1}.get(
-        phase, args.max_tasks)]
-    phase = "prefix" if phase == PREFIX_FIRST else phase  # its runs and report are the prefix phase's
+    tasks = tasks[:{"prefix": args.max_tasks, PREFIX_FIRST: 1, "full": args.full_tasks, FULL_SHIPPED: args.full_tasks,
+                    "bf16": 1}.get(phase, args.max_tasks)]
+    shipped_only, phase = phase == FULL_SHIPPED, {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
@@ -308,7 +310,7 @@ def harness_argv(args, phase: str) -> list[str] | None:
                  "--probe-steps", "2"]
     if phase == "full":
         argv += ["--peft", "full"]
-        methods = methods + panel_policy_methods(args)
+        methods = methods + ([] if shipped_only else panel_policy_methods(args))
         labels = [m.split(":")[0] for m in methods]
         argv += [f"--versus={PANEL_POLICY}:zo-finetuner"] if {PANEL_POLICY, "zo-finetuner"} <= set(labels) else []
     argv += ["--tasks", ",".join(tasks)]
@@ -357,13 +359,20 @@ def run_phase(args, phase: str) -> None:
 
 
 def ordered(phases: list[str], args) -> list[str]:
-    """The bf16 phase needs only the prefix phase's first task (its lrs there): with both asked, it runs right after
-    that task and before the prefix phase's other tasks, so every claim has a verdict before any gains power."""
-    if "prefix" not in phases or "bf16" not in phases or args.max_tasks < 2:
-        return phases
-    rest = [p for p in phases if p != "bf16"]
-    i = rest.index("prefix")
-    return rest[:i] + [PREFIX_FIRST, "bf16"] + rest[i:]
+    """Every claim has a verdict before any gains power, or before the artefacts phase's policy is compared:
+    - the bf16 phase needs only the prefix phase's first task (its lrs there): with both asked, it runs right after
+      that task and before the prefix phase's other tasks;
+    - the metainit phase (Bilevel-ZOFO's second claim) runs right after the full phase's MeZO and shipped ZO
+      Fine-tuner rows (the ZO Fine-tuner claim) and before its rows of the artefacts phase's policy."""
+    if "prefix" in phases and "bf16" in phases and args.max_tasks >= 2:
+        rest = [p for p in phases if p != "bf16"]
+        i = rest.index("prefix")
+        phases = rest[:i] + [PREFIX_FIRST, "bf16"] + rest[i:]
+    if "full" in phases and "metainit" in phases:
+        rest = [p for p in phases if p != "metainit"]
+        i = rest.index("full")
+        phases = rest[:i] + [FULL_SHIPPED, "metainit"] + rest[i:]
+    return phases
 
 
 def lanes(args) -> tuple[list[str], list[str]]:

@@ -344,7 +344,8 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
 
     args = evidence.parse_args(["--out", str(tmp_path)])
     assert evidence.ordered(list(evidence.PHASES), args) == [
-        "scan", "memory", "prefix-first", "bf16", "prefix", "widen", "artefacts", "full", "lora", "metainit"]
+        "scan", "memory", "prefix-first", "bf16", "prefix", "widen", "artefacts", "full-shipped", "metainit", "full",
+        "lora"]
     assert evidence.ordered(["prefix", "lora"], args) == ["prefix", "lora"]
     one = evidence.parse_args(["--out", str(tmp_path), "--max-tasks", "1"])
     assert evidence.ordered(["prefix", "bf16"], one) == ["prefix", "bf16"]
@@ -362,6 +363,36 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
         return [a for a, b in zip(argv[1:], argv) if b == "--method"]
 
     assert methods(first) == methods(whole) == evidence.PREFIX_METHODS
+
+
+def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_policy(tmp_path):
+    """The second lane reaches Bilevel-ZOFO's meta-initialisation claim before it compares the artefacts phase's
+    policy: a first full-phase pass without that policy's rows (same --out, same tasks), metainit, then the whole
+    full phase (the first pass's runs are done by then)."""
+    from bench import evidence
+
+    args = evidence.parse_args(["--out", str(tmp_path)])
+    assert evidence.ordered(["artefacts", "full", "metainit", "lora"], args) == [
+        "artefacts", "full-shipped", "metainit", "full", "lora"]
+    assert evidence.ordered(["full", "lora"], args) == ["full", "lora"]
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
+    (tmp_path / "artefacts" / "zo-finetuner").mkdir(parents=True)
+    (tmp_path / "artefacts" / "zo-finetuner" / "rounds.jsonl").write_text(json.dumps({"round": 1, "metric": 0.05}))
+    assert evidence.panel_policy_methods(args), "the fixture should give the artefacts phase a policy"
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    def methods(argv):
+        return [a for a, b in zip(argv[1:], argv) if b == "--method"]
+
+    first, whole = evidence.harness_argv(args, "full-shipped"), evidence.harness_argv(args, "full")
+    assert flag(first, "--out") == flag(whole, "--out") == str(tmp_path / "full")
+    assert flag(first, "--tasks") == flag(whole, "--tasks") == "navigate" and "--peft" in first
+    assert methods(first) == evidence.FULL_METHODS and "--versus" not in " ".join(first)
+    assert methods(whole) == evidence.FULL_METHODS + evidence.panel_policy_methods(args)
+    assert any(a.startswith(f"--versus={evidence.PANEL_POLICY}") for a in whole)
 
 
 def test_two_workers_widen_the_scan_first_then_run_two_lanes():

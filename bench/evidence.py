@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
+from bench.cli import INTERRUPTED  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
@@ -211,8 +212,22 @@ def spawn(python_argv: list[str]):
     return subprocess.Popen([sys.executable, *python_argv], env=env)
 
 
-def join(proc, what: str) -> int:
-    """Wait for a second process; a failure is said in one line (its finished runs are recorded and resume)."""
+INTERRUPT_GRACE_S = 120  # after Ctrl-C, how long the second process gets to stop by itself (its step, a checkpoint)
+
+
+def join(proc, what: str, interrupted: bool = False) -> int:
+    """Wait for a second process; a failure is said in one line (its finished runs are recorded and resume). After
+    Ctrl-C the terminal interrupted it too; if it is still running `INTERRUPT_GRACE_S` later (only this process
+    was signalled: `kill -INT <pid>`), it gets the Ctrl-C from here (a second one would stop its run unsaved)."""
+    import signal
+    import subprocess
+
+    if interrupted:
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            print(f"evidence: interrupting {what} (pid {proc.pid})", flush=True)
+            proc.send_signal(signal.SIGINT)
     code = proc.wait()
     if code:
         print(f"evidence: {what} exited with code {code}; its finished runs are recorded, a rerun continues",
@@ -409,7 +424,7 @@ def main(argv=None) -> int:
     from bench import snapshot
 
     out, records = Path(args.out), Path(args.docs) / "data" / "evidence"
-    threads, proc, code = torch.get_num_threads(), None, 0
+    threads, proc, code, interrupted = torch.get_num_threads(), None, 0, False
     if args.workers > 1:
         torch.set_num_threads(1)  # one thread per process (the second one is started with one)
     try:
@@ -436,10 +451,16 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"bench.evidence: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         torch.set_num_threads(threads)
         if proc is not None:
-            code = join(proc, f"the second process (phases {','.join(second)})")
+            code = join(proc, f"the second process (phases {','.join(second)})", interrupted)
+    if interrupted:  # the finished runs' records are kept; the doc is rewritten by the run that finishes
+        snapshot.save(out, records)
+        print(f"bench.evidence: {INTERRUPTED}", file=sys.stderr)
+        return 130
     from bench.evidence_doc import write_doc
 
     write_doc(out, Path(args.docs), args)

@@ -31,6 +31,55 @@ def test_a_user_error_is_one_line_and_its_exit_code(capsys):
         cli_exit("bench.x", _raise(KeyError("k")))
 
 
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    """A suite interrupted in a fine-tuning run (RunInterrupted, whose own advice, --resume, is fine_tune's) or
+    between runs says in one line that the same command continues; no traceback."""
+    from bench.cli import INTERRUPTED
+    from l2o.integrations.lightning.folder import RunInterrupted
+
+    for err in (RunInterrupted("interrupted; continue with --resume (checkpoint x/last.ckpt)"), KeyboardInterrupt()):
+        assert cli_exit("bench.x", _raise(err)) == 130
+        assert capsys.readouterr().err == f"bench.x: {INTERRUPTED}\n"
+
+
+@pytest.mark.parametrize("stops_by_itself", [True, False])
+def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypatch, capsys, stops_by_itself):
+    """The terminal's Ctrl-C reaches both processes and the second stops by itself (a second Ctrl-C would stop its
+    run unsaved: none is sent); signalled alone, the first sends it one after the grace period. Either way it
+    waits for it, and says in one line that the same command continues."""
+    import signal
+    import subprocess
+
+    from bench import evidence
+    from bench.cli import INTERRUPTED
+
+    class Child:
+        pid, signals = 4242, []
+
+        def wait(self, timeout=None):
+            if timeout is not None and not stops_by_itself:
+                raise subprocess.TimeoutExpired("bench.evidence", timeout)
+            return 130
+
+        def send_signal(self, sig):
+            self.signals.append(sig)
+
+    child = Child()
+    monkeypatch.setattr(evidence, "spawn", lambda argv: child)
+
+    def interrupted(args, phase):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evidence, "run_phase", interrupted)
+    argv = ["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--workers", "2", "--phases",
+            "prefix,full"]
+    assert evidence.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"bench.evidence: {INTERRUPTED}\n") and "Traceback" not in err
+    assert child.signals == ([] if stops_by_itself else [signal.SIGINT])
+    assert not (tmp_path / "docs" / "evidence.md").exists()  # the doc is the finished suite's
+
+
 def test_a_damaged_runs_file_stops_a_suite_in_one_line(tmp_path):
     suite = "bench.learnability"  # one subprocess; the other suites' entries are the same one line
     (tmp_path / "runs.jsonl").write_text('{"a": 1}\nnot json\n{"b": 2}\n')

@@ -13,10 +13,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - prefix: `bench.harness` on the panel's first `--max-tasks` tasks (cheapest first, label-prior ones last),
   prefix tuning, one task at a time and on it one method at a time, in the order of what a claim needs per
   CPU-hour: MeZO; FO-AdamW (`budget / 10` steps); MeZO-GV and MeZO-Greedy at MeZO's effective step
-  (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); FO-SGD; Bilevel-ZOFO (its first-order
-  lower lr dev-chosen around the paper's prefix value 1e-2, which diverged on valid_parentheses; the rest at its
-  defaults); MeZO-GV and MeZO-Greedy at
-  their own dev-chosen lrs;
+  (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); Bilevel-ZOFO (its first-order lower lr
+  dev-chosen around the paper's prefix value 1e-2, which diverged on valid_parentheses; the rest at its
+  defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (no claim rests on it);
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
   costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
@@ -29,9 +28,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one (these last rows run after
   the metainit phase, `ordered`);
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
-  phase (no search in bf16: the claim is robustness at the fp32 lr). It needs only that task's prefix runs, so it runs
-  as soon as they are done, before the prefix phase's other tasks (`ordered`): every claim gets a verdict before
-  any claim gains power;
+  phase (no search in bf16: the claim is robustness at the fp32 lr). It needs only those two lrs, so it runs as
+  soon as the first task's methods up to BSZO are done, before that task's others and the other tasks (`ordered`):
+  every claim gets a verdict before any claim gains power;
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
   phase's) on the panel.
@@ -73,14 +72,14 @@ from bench.cli import INTERRUPTED  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
-                  "fo-sgd", "bilevel-zofo", "mezo-gv", "mezo-greedy"]
+                  "bilevel-zofo", "mezo-gv", "mezo-greedy", "fo-sgd"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings
 BF16_METHODS = ("mezo", "bszo")  # each at its lr of the prefix phase
 HARNESS_PHASES = ("prefix", "full", "bf16", "metainit")
 SCAN_PHASES = ("scan", "widen")
-PREFIX_FIRST = "prefix-first"  # the prefix phase on the panel's first task only: bf16 runs after it (`ordered`)
+PREFIX_FIRST = "prefix-first"  # the prefix phase on the first task up to BSZO: bf16 runs after it (`ordered`)
 FULL_SHIPPED = "full-shipped"  # the full phase without the panel policy's rows: metainit runs after it (`ordered`)
 # --workers 2: the second process's phases, in this order (they need the panel only); lora is here, not beside the
 # prefix phase, to even the lanes out (estimated from the runs' costs so far: about 25 CPU-hours each on SmolLM2-135M)
@@ -308,7 +307,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
         return None
     tasks = tasks[:{"prefix": args.max_tasks, PREFIX_FIRST: 1, "full": args.full_tasks, FULL_SHIPPED: args.full_tasks,
                     "bf16": 1}.get(phase, args.max_tasks)]
-    shipped_only, phase = phase == FULL_SHIPPED, {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)
+    first, shipped_only = phase == PREFIX_FIRST, phase == FULL_SHIPPED
+    phase = {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
@@ -323,6 +323,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
                    "full": ["mezo:mezo:lr=1e-3"]}.get(phase, methods)
         argv += ["--smoke", "--base", args.base, "--lr-grid", "1,3", "--extend", "0", "--seeds", "0,1",
                  "--probe-steps", "2"]
+    if first:  # up to the last method whose lr bf16 needs
+        methods = methods[:1 + max(i for i, m in enumerate(methods) if m.split(":")[0] in BF16_METHODS)]
     if phase == "full":
         argv += ["--peft", "full"]
         methods = methods + ([] if shipped_only else panel_policy_methods(args))

@@ -338,8 +338,9 @@ def test_two_workers_share_the_scan_and_run_the_second_lane_in_a_second_process(
 
 
 def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path):
-    """bf16 needs only the first task's lrs: it comes before the prefix phase's second task, so that every claim has a
-    verdict before any claim gains power; the first-task pass is the prefix phase's (same --out, one task)."""
+    """bf16 needs only MeZO's and BSZO's lrs on the first task: it comes right after the methods up to BSZO there,
+    before that task's others and the prefix phase's second task, so that every claim has a verdict before any claim
+    gains power; the first-task pass is the prefix phase's (same --out, one task)."""
     from bench import evidence
 
     args = evidence.parse_args(["--out", str(tmp_path)])
@@ -362,7 +363,8 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
     def methods(argv):
         return [a for a, b in zip(argv[1:], argv) if b == "--method"]
 
-    assert methods(first) == methods(whole) == evidence.PREFIX_METHODS
+    assert methods(whole) == evidence.PREFIX_METHODS
+    assert methods(first) == evidence.PREFIX_METHODS[:5] and methods(first)[-1] == "bszo"  # bf16 needs their lrs
 
 
 def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_policy(tmp_path):

@@ -151,8 +151,11 @@ def choose_lr(runs: list[dict]) -> float:
 
 def select_runs(run, grid: list[float], extend: int) -> list[dict]:
     """`run(lr)` for each lr of the ascending geometric `grid`; then, while the best (`choose_lr`) is at an edge
-    of what was tried, one more lr a grid step past that edge, at most `extend` times."""
+    of what was tried, one more lr a grid step past that edge, at most `extend` times (a grid of one lr: no step,
+    that lr)."""
     runs = [run(lr) for lr in grid]
+    if len(grid) < 2:
+        return runs
     step = grid[1] / grid[0]
     for _ in range(extend):
         lrs, best = sorted(r["lr"] for r in runs), choose_lr(runs)

@@ -46,6 +46,13 @@ def test_lr_grid_is_extended_past_an_edge_while_the_best_lr_sits_there(peak, ext
     assert calls == pytest.approx(tried, rel=2e-3) and [r["lr"] for r in runs] == calls
 
 
+def test_a_grid_of_one_lr_runs_that_lr_only():
+    """`--lr-grid 1` (no search: the method's centre) is one run, extended or not (it was an IndexError)."""
+    calls = []
+    runs = cmp.select_runs(lambda lr: calls.append(lr) or _run("t", "m", 0, 0.5, 1.0, lr=lr, dev=0.5), [1e-2], 2)
+    assert calls == [1e-2] and [r["lr"] for r in runs] == [1e-2]
+
+
 def test_paired_differences_are_method_minus_mezo_on_the_same_seed():
     final = {("t", "mezo", s): _run("t", "mezo", s, a, 1.0) for s, a in enumerate([0.50, 0.60, 0.70])}
     final.update({("t", "gv", s): _run("t", "gv", s, a, 0.9) for s, a in enumerate([0.55, 0.70, 0.75])})

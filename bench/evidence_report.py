@@ -103,6 +103,7 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
         methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
     settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
                                               "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}
+    settings["data_per_seed"] = bool(getattr(args, "data_per_seed", False))
     settings["max_lengths"] = {t: L for t, L in getattr(args, "max_lengths", {}).items()
                                if t in args.task_list and L != args.max_length}
     planned = sum(len(seeds.get(t, [])) for t in args.task_list) * len(args.methods)
@@ -111,7 +112,19 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
               for a, b in getattr(args, "versus", [])}  # A against B, paired as against MeZO
     return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods, "versus": versus,
             "final_runs": len(final), "complete": complete,
-            "zero_shot": {t: (z["zero_shot"]["eval"] if z else None) for t, z in zero.items()}}
+            "zero_shot": dict(zero)}
+
+
+def seed_text(s: dict) -> str:
+    """What a seed varies, from the summary's settings."""
+    if s.get("data_per_seed"):
+        return (f"A seed draws its own train, dev and eval sample (data seed {s['data_seed']} + seed, MeZO's protocol; "
+                "a method and MeZO on one seed share it) and the optimizer's randomness (ZO directions, an adapter's "
+                "initialisation), so the intervals cover another training sample too; zero-shot: the mean over the "
+                "seeds' eval samples.")
+    return ("A seed is the optimizer's randomness (ZO directions, an adapter's initialisation): every run trains on "
+            f"the same data sample in the same batch order (data seed {s['data_seed']}), so the intervals cover the "
+            "optimizers' randomness, not another training sample.")
 
 
 def _mean_sd(d: dict) -> str:
@@ -135,12 +148,10 @@ def render_table(summary: dict) -> str:
              + "".join(f" ({t}: {L})" for t, L in s.get("max_lengths", {}).items())
              + f", {s['num_eval']} eval examples. "
              "Δ = method − MeZO on the same (task, seed), mean [95% interval: t over seeds, stratified by task]; "
-             "win-rate: ties count half, [95% Wilson interval]. A seed is the optimizer's randomness (ZO directions, "
-             f"an adapter's initialisation): every run trains on the same data sample in the same batch order (data "
-             f"seed {s['data_seed']}), so the intervals cover the optimizers' randomness, not another training "
-             "sample." + ("" if summary.get("complete", True) else
-             f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
-             "(a method or task without lr or seeds yet has no row values)."), "",
+             "win-rate: ties count half, [95% Wilson interval]. " + seed_text(s)
+             + ("" if summary.get("complete", True) else
+                f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
+                "(a method or task without lr or seeds yet has no row values)."), "",
              "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "
              "reaches MeZO's final loss (median forwards / MeZO's) | k (FO) |", "|" + "---|" * 8]
     for label, m in summary["methods"].items():

@@ -32,7 +32,9 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
 2. Seeds: `--seeds` runs at the chosen lr, `--budget` forward passes (steps = budget // forwards per step). A seed
    is the optimizer's randomness (ZO directions, an adapter's initialisation); every seed and method trains on the
    same data sample in the same batch order and is evaluated on the same examples (`--data-seed`), so the pairs
-   share those, and an interval says nothing about another training sample. `--seeds auto`: 5 seeds where a
+   share those, and an interval says nothing about another training sample. `--data-per-seed`: seed s also draws
+   its own train, dev and eval sample (data seed `--data-seed` + s, MeZO's protocol; a method and MeZO on one seed
+   still share theirs), so the intervals cover another training sample too. `--seeds auto`: 5 seeds where a
    MeZO run of the task costs under 10 CPU-minutes (measured on its selection runs), else 3; on a panel task whose
    MeZO selection run is the scan's (reused), seeds 1.. instead of 0..: the scan put the task on the panel by that
    run's eval accuracy, so it would be a pair biased towards MeZO (the selection runs then only choose lrs).
@@ -155,6 +157,9 @@ def parse_args(argv=None):
     ap.add_argument("--num-eval", type=int, default=500)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--data-per-seed", action="store_true", help="seed s draws its own train, dev and eval sample "
+                    "(data seed = --data-seed + s, MeZO's protocol), so the intervals cover another training sample "
+                    "too; default: every seed trains and is scored on --data-seed's sample")
     ap.add_argument("--reuse", action="append", default=[], help="another runs.jsonl whose matching runs count")
     ap.add_argument("--versus", action="append", default=[], help="A:B (method labels): also A against B over the "
                     "same (task, seed) pairs, as each against MeZO (summary.json 'versus')")
@@ -268,16 +273,25 @@ class Runner:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
         return config_key(record["config"]) in self.from_reuse
 
-    def zero_shot(self, task: str) -> dict | None:
-        """A record of `task` scored zero-shot on this eval sample (any run with the same data settings)."""
+    def zero_shot(self, task: str, data_seed: int | None = None) -> dict | None:
+        """A record of `task` scored zero-shot on the eval sample of `data_seed` (default --data-seed's): any run
+        with the same data settings."""
         a = self.args
+        ds = a.data_seed if data_seed is None else data_seed
         for r in self.done.values():
             c = r["config"]
             if (r["task"] == task and r.get("zero_shot") and r.get("per_example", {}).get("zero_shot")
                     and (c["base"], c["num_eval"], c["data_seed"], c["max_length"], c.get("eval_seed")) ==
-                    (a.base, a.num_eval, a.data_seed, max_length(a, task), None)):
+                    (a.base, a.num_eval, ds, max_length(a, task), None)):
                 return r
         return None
+
+    def zero_shot_eval(self, task: str, seeds: list[int]) -> float | None:
+        """`task`'s zero-shot eval accuracy: on --data-seed's sample, or with --data-per-seed the mean over the
+        samples of `seeds` measured so far (None before any)."""
+        got = [self.zero_shot(task, data_seed_of(self.args, s)) for s in (seeds or [0])]
+        got = [r["zero_shot"]["eval"] for r in got if r is not None]
+        return sum(got) / len(got) if got else None
 
     def __call__(self, cfg, label: str) -> dict:
         key = config_key(cfg.to_dict())
@@ -286,7 +300,7 @@ class Runner:
         if self.args.report:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
-        cfg.zero_shot = self.zero_shot(cfg.task) is None
+        cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
         lr = getattr(cfg, step_size(cfg.optimizer))
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: "
               f"{cfg.steps} steps", flush=True)
@@ -329,10 +343,16 @@ def make_config(args, method: Method, task: str, lr: float, seed: int, budget: i
     return FineTuneConfig(base=args.base, task=task, optimizer=method.optimizer, policy=policy, init=o.get("init"),
                           peft=peft, dtype=o.get("dtype", "auto"),
                           steps=steps or steps_for(method, budget),
-                          batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=args.data_seed,
+                          batch_size=args.batch_size, eval_every=0, seed=seed, data_seed=data_seed_of(args, seed),
                           num_train=args.num_train, num_dev=args.num_dev, num_eval=args.num_eval,
                           max_length=max_length(args, task), out=str(Path(args.out) / name), save_model=False,
                           **flags)
+
+
+def data_seed_of(args, seed: int) -> int:
+    """The data seed of a run of `seed` (--data-per-seed: its own sample; seed 0, the lr selection's by default,
+    keeps --data-seed's, so the selection runs and the scan's are the same either way)."""
+    return args.data_seed + seed if getattr(args, "data_per_seed", False) else args.data_seed
 
 
 def max_length(args, task: str) -> int:
@@ -420,7 +440,7 @@ def run_suite(args) -> dict:
                         finals(task, m, i)
     from bench.evidence_report import summarize, write_report
 
-    summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot(t) for t in args.task_list})
+    summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list})
     write_report(args, summary, final, runner.out)
     return summary
 

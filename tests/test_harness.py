@@ -304,7 +304,7 @@ def test_a_partial_report_shows_dashes_where_a_method_has_no_runs_yet(tmp_path):
            "steps": 10, "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
     chosen = {("strategyqa", "mezo"): (1e-2, [run])}
     summary = rep.summarize(args, {("strategyqa", "mezo", 0): run}, chosen, {"strategyqa": [0]},
-                           {"strategyqa": {"zero_shot": {"eval": 0.5}}})
+                           {"strategyqa": 0.5})
     table = rep.render_table(summary)
     assert "nan" not in table and "None" not in table and "0/0" not in table
     assert "| bszo | 0 | — | — | — | — | — | — |" in table and "| fo-adamw | 0 | — |" in table
@@ -336,6 +336,29 @@ def test_a_panel_tasks_scan_run_chooses_lrs_only_and_its_max_length_is_kept(tmp_
     assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (3e-2, [scan, own])}) == [0, 1, 2, 3, 4]
     slow = {**scan, "cpu_s": 900.0}
     assert hn.seeds_for(args, runner, "fever", {("fever", "mezo"): (1e-2, [slow])}) == [1, 2, 3]
+
+
+def test_data_per_seed_gives_each_seed_its_own_sample_shared_by_the_methods_on_it(tiny_base, tmp_path):
+    """--data-per-seed: seed s trains on, and is scored on, data seed s's sample (MeZO's protocol); the methods on
+    one seed share it (the pairs stay paired); each sample gets its own zero-shot, and the report says what a seed
+    varies. Without it, every run is on --data-seed's sample."""
+    argv = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1", "--extend", "0", "--seeds",
+            "1,2", "--method", "mezo", "--method", "mezo-gv"]
+    summary = hn.run_suite(hn.parse_args(argv + ["--out", str(tmp_path / "per-seed"), "--data-per-seed"]))
+    runs = [json.loads(x) for x in (tmp_path / "per-seed" / "runs.jsonl").read_text().splitlines()]
+    final = [r for r in runs if r["config"]["seed"] in (1, 2)]
+    assert len(final) == 4 and all(r["seeds"]["data_seed"] == r["config"]["seed"] for r in final)
+    assert all(r["seeds"]["data_seed"] == 0 for r in runs if r["config"]["seed"] == 0)  # the lr selection's
+    assert {r["config"]["data_seed"] for r in runs if r.get("zero_shot")} == {0, 1, 2}  # one zero-shot per sample
+    zs = {r["config"]["data_seed"]: r["zero_shot"]["eval"] for r in runs if r.get("zero_shot")}
+    assert summary["zero_shot"]["strategyqa"] == pytest.approx((zs[1] + zs[2]) / 2)
+    assert summary["settings"]["data_per_seed"]
+    assert "draws its own train, dev and eval sample" in (tmp_path / "per-seed" / "table.md").read_text()
+
+    hn.run_suite(hn.parse_args(argv + ["--out", str(tmp_path / "shared")]))
+    runs = [json.loads(x) for x in (tmp_path / "shared" / "runs.jsonl").read_text().splitlines()]
+    assert {r["seeds"]["data_seed"] for r in runs} == {0}
+    assert "every run trains on the same data sample" in (tmp_path / "shared" / "table.md").read_text()
 
 
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
@@ -377,7 +400,7 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     monkeypatch.setattr("fine_tune.run.run", fake_run)
     args = hn.parse_args(["--tasks", "strategyqa", "--out", str(tmp_path / "h")])
     cfg = hn.make_config(args, hn.parse_method("mezo"), "strategyqa", 1e-2, 0, args.budget)
-    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task: {})
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed=None: {})
 
     def killed(path, record):
         raise KeyboardInterrupt
@@ -388,7 +411,7 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     assert float((Path(cfg.out) / resume.METER_FILE).read_text()) >= 0.3
     monkeypatch.undo()
     monkeypatch.setattr("fine_tune.run.run", fake_run)
-    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task: {})
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed=None: {})
     res = hn.Runner(args)(cfg, "mezo")
     assert res["cpu_s"] >= 0.3 and not (Path(cfg.out) / resume.METER_FILE).exists()
     assert [r["cpu_s"] for r in hn.read_records(tmp_path / "h" / "runs.jsonl")] == [res["cpu_s"]]

@@ -218,13 +218,15 @@ def cuts_section(args, out: Path) -> list[str]:
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
             f"- The prefix phase runs on the panel's first {args.max_tasks} task(s) (cheapest first, label-prior ones "
             f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search; it "
-            "runs once the prefix phase is done with the first task, before its other tasks); "
+            "runs once the first task has MeZO's and BSZO's, before the other methods and tasks); "
             f"{args.budget} forward passes per ZO "
             "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO's "
             "lower lr is dev-chosen like the others' around the paper's prefix 1e-2 (its other hyperparameters at "
             "their defaults). A phase runs one task "
-            "at a time and on it one method at a time (MeZO, the first-order baselines, then by claim), so a "
-            "stopped suite holds whole comparisons." + full,
+            "at a time and on it one method at a time (MeZO, FO-AdamW, then by claim; FO-SGD, MeZO's second "
+            "first-order reference, last), so a stopped suite holds whole comparisons; the meta-initialisation "
+            "runs before the full phase's rows of the artefacts phase's policy, so every claim has a verdict first."
+            + full,
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3). "
             "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
             "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",

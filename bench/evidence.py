@@ -296,8 +296,12 @@ def skip_reason(args, phase: str) -> str | None:
         if not args.meta_init and not Path(init).exists():
             return (f"the artefacts phase's meta-initialisation {init} is gone (a base's weights are not kept with the "
                     "records, bench/snapshot.py); give --meta-init, or remove its rounds.jsonl to train it again")
-    if phase == "bf16" and not all(m in prefix_lrs(args, panel_tasks(args)[0]) for m in BF16_METHODS):
-        return f"the prefix phase has not chosen {' and '.join(BF16_METHODS)}'s lrs on {panel_tasks(args)[0]} yet"
+    if phase == "bf16":
+        task = panel_tasks(args)[0]
+        missing = [m for m in BF16_METHODS if m not in prefix_lrs(args, task)]
+        if missing:  # the lrs are read from the report the prefix phase writes when a pass over its methods ends
+            return (f"the prefix phase has not reported {' and '.join(missing)}'s lr on {task} yet (its report comes "
+                    f"at the end of the pass that runs {BF16_METHODS[-1]} there)")
     return None
 
 

@@ -219,6 +219,25 @@ def test_an_empty_panel_skips_the_harness_phases_and_the_doc_says_it_is_not_esta
     assert evidence.skip_reason(args, "prefix").startswith("no panel yet")
 
 
+def test_bf16_waits_for_the_lrs_the_prefix_phase_has_reported_and_names_those_missing(tmp_path):
+    from bench import evidence
+
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate"]}))
+    args = evidence.parse_args(["--out", str(tmp_path)])
+    assert "not reported mezo and bszo's lr on navigate" in evidence.skip_reason(args, "bf16")
+
+    def report(lrs):
+        (tmp_path / "prefix").mkdir(exist_ok=True)
+        (tmp_path / "prefix" / "summary.json").write_text(json.dumps({"methods": {
+            m: {"per_task": {"navigate": {"lr": lr}}} for m, lr in lrs.items()}}))
+
+    report({"mezo": 0.01, "bszo": None})
+    assert "not reported bszo's lr on navigate yet" in evidence.skip_reason(args, "bf16")
+    report({"mezo": 0.01, "bszo": 0.03})
+    assert evidence.skip_reason(args, "bf16") is None
+
+
 def test_a_harness_phase_without_a_final_run_reads_not_run_yet(tmp_path):
     """`--report` on a panel a phase has not reached writes a summary with no final run; the doc shows that phase as
     not run (not a table of dashes and an empty plot), and shows it once it has a run."""

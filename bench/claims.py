@@ -153,9 +153,13 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
                      "second line: at MeZO's effective step (lr x E[(v.u)^2] matched)",
                      f"{meas}<br>matched step: {measm} ({vm})", v, sep))
     v, meas, sep = better_verdict(pm.get("bszo"))
+    vm, measm, sepm = better_verdict(pm.get("bszo-matched"))
+    if v == NOT_RUN and vm != NOT_RUN:
+        v, sep = f"{vm} (matched step)", sepm
     vb, measb, sepb = better_verdict((bf16 or {}).get("methods", {}).get("bszo"))
-    rows.append(("BSZO: better than MeZO, and robust in bf16", "fp32 prefix at dev-chosen lrs; bf16 prefix cell: "
-                 "BSZO vs MeZO both in bf16", f"{meas}<br>bf16: {measb} ({vb})", v, sep))
+    rows.append(("BSZO: better than MeZO, and robust in bf16", "fp32 prefix at dev-chosen lrs; second line: at "
+                 "MeZO's effective step (lr x E[(v.u)^2] matched); bf16 prefix cell: BSZO vs MeZO both in bf16 at "
+                 "their fp32 lrs", f"{meas}<br>matched step: {measm} ({vm})<br>bf16: {measb} ({vb})", v, sep))
     fm = (full or {}).get("methods", {})
     v1, meas1, sep1 = policy_verdict(fm.get("zo-finetuner"))
     v2, meas2, _ = policy_verdict(fm.get("zo-finetuner-matched"))

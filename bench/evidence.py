@@ -15,8 +15,8 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   CPU-hour: MeZO; FO-AdamW (`budget / 10` steps); MeZO-GV and MeZO-Greedy at MeZO's effective step
   (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); Bilevel-ZOFO (its first-order lower lr
   dev-chosen around the paper's prefix value 1e-2, which diverged on valid_parentheses; the rest at its
-  defaults); MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (MeZO's claim has a verdict
-  from FO-AdamW already; FO-SGD is its second first-order reference);
+  defaults); BSZO at MeZO's effective step; MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (MeZO's
+  claim has a verdict from FO-AdamW already; FO-SGD is its second first-order reference);
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
   costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
@@ -73,7 +73,7 @@ from bench.cli import INTERRUPTED  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
-                  "bilevel-zofo", "mezo-gv", "mezo-greedy", "fo-sgd"]
+                  "bilevel-zofo", "bszo-matched:bszo:match=mezo", "mezo-gv", "mezo-greedy", "fo-sgd"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
                 "zo-finetuner-matched:zo-finetuner:match=mezo:eps=1e-3"]
 PANEL_POLICY = "zo-finetuner-panel"  # the artefacts phase's policy, at the shipped one's settings

@@ -293,6 +293,26 @@ def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_
     assert "the artefacts phase's round-" in claim and "**not measured**" not in claim
 
 
+def test_the_bszo_row_shows_the_dev_chosen_lr_the_matched_step_and_bf16(tmp_path):
+    """BSZO's step differs from MeZO's by its definition (its effective step was ~2x at its dev lr): its row shows
+    the matched-step comparison beside the dev-chosen one and the bf16 cell; the verdict is the dev-chosen lr's,
+    with the matched step's standing in until that has run."""
+    def write(phase, methods):
+        (tmp_path / phase).mkdir(exist_ok=True)
+        (tmp_path / phase / "summary.json").write_text(json.dumps({"methods": methods}))
+
+    write("prefix", {"bszo-matched": _m(_d(-0.05, -0.08, -0.02), _d(+0.02, +0.01, +0.03))})
+    row = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("BSZO"))
+    assert row[3] == f"{claims.FAILS} (matched step)" and "matched step: Δ eval acc -0.050 [-0.080, -0.020]" in row[2]
+    write("prefix", {"bszo": _m(_d(-0.02, -0.09, +0.05), _d(-0.01, -0.03, +0.01)),
+                     "bszo-matched": _m(_d(-0.05, -0.08, -0.02), _d(+0.02, +0.01, +0.03))})
+    write("bf16", {"bszo": _m(_d(+0.04, +0.01, +0.07), _d(-0.02, -0.03, -0.01))})
+    row = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("BSZO"))
+    assert row[3] == claims.INCONCLUSIVE and row[2].startswith("Δ eval acc -0.020 [-0.090, +0.050]")
+    assert "matched step: Δ eval acc -0.050 [-0.080, -0.020], Δ train loss +0.0200" in row[2]
+    assert "bf16: Δ eval acc +0.040 [+0.010, +0.070]" in row[2] and f"({claims.HOLDS})" in row[2]
+
+
 def test_the_panel_policy_row_shows_it_against_mezo_and_against_the_shipped_policy(tmp_path):
     w = {"rate": 0.9, "lo": 0.6, "hi": 0.98, "n": 10, "wins": 9, "ties": 0}
     full = {"methods": {"zo-finetuner-panel": {"win_loss": w, "d_eval": _d(0.03, 0.01, 0.05)}},

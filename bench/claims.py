@@ -48,12 +48,15 @@ def better_verdict(m: dict | None) -> tuple[str, str, str]:
     verdict = HOLDS if right and not wrong else FAILS if wrong and not right else INCONCLUSIVE
     measured = (f"Δ eval acc {_ci(de)}, Δ train loss {_ci(dl, '{:+.4f}')} over {de['n']} (task, seed) pairs; "
                 f"win-rate (acc) {m['win_eval']['rate']:.2f} [{m['win_eval']['lo']:.2f}, {m['win_eval']['hi']:.2f}]")
+    return verdict, measured, "—" if verdict != INCONCLUSIVE else _acc_need(de)
+
+
+def _acc_need(de: dict) -> str:
+    """How many pairs would separate the observed mean accuracy difference from 0."""
     need = de.get("pairs_to_separate", math.inf)
-    separate = "—" if verdict != INCONCLUSIVE else (
-        f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))" if not math.isfinite(de["lo"]) else
-        "no difference to separate (Δ acc mean 0)" if not math.isfinite(need) else
-        f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']})")
-    return verdict, measured, separate
+    return (f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))" if not math.isfinite(de["lo"]) else
+            "no difference to separate (Δ acc mean 0)" if not math.isfinite(need) else
+            f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']})")
 
 
 def policy_verdict(m: dict | None) -> tuple[str, str, str]:
@@ -68,7 +71,19 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
         verdict = INCONCLUSIVE
     measured = (f"lower final loss on {w['wins']}/{w['n']} pairs (ties {w['ties']}): {w['rate']:.2f} "
                 f"[{w['lo']:.2f}, {w['hi']:.2f}]; Δ eval acc {_ci(de)}")
-    return verdict, measured, "—" if verdict != INCONCLUSIVE else _wilson_need(w, 0.82)
+    if verdict != INCONCLUSIVE:
+        return verdict, measured, "—"
+    if w["rate"] < 0.82:  # the interval has to fall below 0.82
+        return verdict, measured, _wilson_need(w, 0.82)
+    if w["lo"] <= 0.5:  # the rate is the claim's: its interval has to rise above a coin flip
+        return verdict, measured, _wilson_need(w, 0.5)
+    return verdict, measured, _acc_need(de)
+
+
+def policy_pairs_to_hold() -> int:
+    """The fewest pairs at which the ZO Fine-tuner claim can hold at all: all won, Wilson interval above 0.5 (4;
+    3 of 3 gives [0.44, 1]). The full phase runs at least this many seeds (bench.evidence)."""
+    return next(n for n in range(1, 100) if wilson(n, n)[0] > 0.5)
 
 
 def _wilson_need(w: dict, bar: float) -> str:

@@ -25,7 +25,8 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   task family (the scanned tasks not on the panel), in rounds of `--meta-steps` until a round no longer improves
   the held-out meta-validation (or `--max-rounds`); the best round's artefacts are used below;
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
-  first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step; and the same for the
+  first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step, with `--seeds auto` as
+  many seeds as give the claim's pairs a chance to hold (4 pairs: `claims.policy_pairs_to_hold`); and the same for the
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one (these last rows run after
   the metainit phase, `ordered`);
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
@@ -314,8 +315,13 @@ def harness_argv(args, phase: str) -> list[str] | None:
                     "bf16": 1}.get(phase, args.max_tasks)]
     first, shipped_only = phase == PREFIX_FIRST, phase == FULL_SHIPPED
     phase = {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)
+    seeds = args.seeds
+    if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all
+        from bench.claims import policy_pairs_to_hold
+
+        seeds = ",".join(map(str, range(max(3, -(-policy_pairs_to_hold() // len(tasks))))))
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
-            "--seeds", args.seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
+            "--seeds", seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
                "metainit": ["mezo", f"mezo-init:mezo:init={artefacts.meta_init(args.meta_init, args.out)}"],

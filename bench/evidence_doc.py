@@ -227,7 +227,9 @@ def cuts_section(args, out: Path) -> list[str]:
             "first-order reference, last), so a stopped suite holds whole comparisons; the meta-initialisation "
             "runs before the full phase's rows of the artefacts phase's policy, so every claim has a verdict first."
             + full,
-            f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3). "
+            f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3; in the "
+            "full-parameter phase at least as many as the ZO Fine-tuner claim needs to hold at all: 4 pairs, since "
+            "a Wilson interval of 3 wins in 3 is [0.44, 1]). "
             "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
             "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs, and the policy the "

@@ -53,6 +53,39 @@ def test_policy_verdicts(wins, n, d_lo, verdict):
     assert claims.policy_verdict({"win_loss": w, "d_eval": _d(0.02, d_lo, 0.05)})[0] == verdict
 
 
+@pytest.mark.parametrize("wins,n,d_lo,says", [
+    (3, 3, 0.01, "~4 pairs at the observed rate 1.00 (have 3)"),   # the rate is the claim's; 3 of 3 is [0.44, 1]
+    (2, 3, 0.01, "at the observed rate 0.67 (have 3)"),            # below 0.82: the interval has to drop under it
+    (19, 20, -0.01, "pairs to separate Δ acc +0.020 from 0"),       # the win-rate holds, the accuracy does not yet
+])
+def test_an_inconclusive_policy_verdict_says_what_would_decide_it(wins, n, d_lo, says):
+    from bench.stats import win_rate
+
+    w = win_rate([(0.1, 0.2)] * wins + [(0.3, 0.2)] * (n - wins), higher_is_better=False)
+    verdict, _, separate = claims.policy_verdict({"win_loss": w, "d_eval": _d(0.02, d_lo, 0.05)})
+    assert verdict == claims.INCONCLUSIVE and says in separate
+
+
+def test_the_full_phase_runs_enough_seeds_for_the_policy_claim_to_hold(tmp_path):
+    """3 of 3 wins is [0.44, 1]: the ZO Fine-tuner claim could never hold at 3 pairs; the full phase runs 4
+    (`--seeds auto`), or 4 over its tasks; given seeds are kept."""
+    from bench import evidence
+    from bench.stats import wilson
+
+    n = claims.policy_pairs_to_hold()
+    assert wilson(n, n)[0] > 0.5 >= wilson(n - 1, n - 1)[0] and n == 4
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
+
+    def seeds(*flags, phase="full"):
+        argv = evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path), *flags]), phase)
+        return argv[argv.index("--seeds") + 1]
+
+    assert seeds() == seeds(phase="full-shipped") == "0,1,2,3"
+    assert seeds("--full-tasks", "2") == "0,1,2" and seeds("--seeds", "1,2") == "1,2"
+    assert seeds(phase="prefix") == "auto"
+
+
 def test_share_verdicts():
     assert claims.share_verdict(18, 20, "x")[0] == claims.HOLDS
     assert claims.share_verdict(2, 20, "x")[0] == claims.FAILS

@@ -388,8 +388,8 @@ def run_phase(args, phase: str) -> None:
 
 def ordered(phases: list[str], args) -> list[str]:
     """Every claim has a verdict before any gains power, or before the artefacts phase's policy is compared:
-    - the bf16 phase needs only the prefix phase's first task (its lrs there): with both asked, it runs right after
-      that task and before the prefix phase's other tasks;
+    - the bf16 phase needs only MeZO's and BSZO's lrs on the prefix phase's first task: with both asked, it runs
+      right after the first task's methods up to BSZO (`PREFIX_FIRST`), before that task's others and other tasks;
     - the metainit phase (Bilevel-ZOFO's second claim) runs right after the full phase's MeZO and shipped ZO
       Fine-tuner rows (the ZO Fine-tuner claim) and before its rows of the artefacts phase's policy."""
     if "prefix" in phases and "bf16" in phases and args.max_tasks >= 2:

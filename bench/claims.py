@@ -8,9 +8,10 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   t(n - 1) sd / sqrt(n) < |mean|).
 - ZO Fine-tuner, "lower final loss on >= 82% of pairs, and higher accuracy": holds when the loss win-rate is
   >= 0.82 with its Wilson interval above 0.5 and the Δ accuracy interval above 0; fails when the win-rate's
-  interval lies below 0.82; inconclusive otherwise. The same for the policy meta-trained for the panel's task
-  family (bench/artefacts.py), whose second verdict, against the shipped policy on the same pairs, follows the
-  "better than MeZO" rule.
+  interval lies below 0.82; inconclusive otherwise, and while a task has 1 seed (no accuracy interval: the
+  Wilson interval of 0 wins in 1 pair, [0, 0.79], would otherwise fail the claim on one run). The same for the
+  policy meta-trained for the panel's task family (bench/artefacts.py), whose second verdict, against the shipped
+  policy on the same pairs, follows the "better than MeZO" rule.
 - MeZO, "approaches FO at equal forward passes x k": k is measured where MeZO reaches the FO run's final train
   loss within its budget; holds when it does on a majority of pairs (Wilson interval above 0.5), fails when the
   interval lies below 0.5 (then k > budget / FO forwards, and the row says how long a MeZO run would measure k:
@@ -63,7 +64,9 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
     if not m or not m.get("win_loss") or not m["win_loss"]["n"]:
         return NOT_RUN, "—", "—"
     w, de = m["win_loss"], m["d_eval"]
-    if w["rate"] >= 0.82 and w["lo"] > 0.5 and de["lo"] > 0:
+    if not math.isfinite(de["lo"]):  # a task with 1 seed: no verdict on its pair (0 of 1 is Wilson [0, 0.79])
+        verdict = INCONCLUSIVE
+    elif w["rate"] >= 0.82 and w["lo"] > 0.5 and de["lo"] > 0:
         verdict = HOLDS
     elif w["hi"] < 0.82:
         verdict = FAILS
@@ -73,6 +76,8 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
                 f"[{w['lo']:.2f}, {w['hi']:.2f}]; Δ eval acc {_ci(de)}")
     if verdict != INCONCLUSIVE:
         return verdict, measured, "—"
+    if not math.isfinite(de["lo"]):
+        return verdict, measured, _acc_need(de)
     if w["rate"] < 0.82:  # the interval has to fall below 0.82
         return verdict, measured, _wilson_need(w, 0.82)
     if w["lo"] <= 0.5:  # the rate is the claim's: its interval has to rise above a coin flip

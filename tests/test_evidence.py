@@ -57,6 +57,7 @@ def test_policy_verdicts(wins, n, d_lo, verdict):
     (3, 3, 0.01, "~4 pairs at the observed rate 1.00 (have 3)"),   # the rate is the claim's; 3 of 3 is [0.44, 1]
     (2, 3, 0.01, "at the observed rate 0.67 (have 3)"),            # below 0.82: the interval has to drop under it
     (19, 20, -0.01, "pairs to separate Δ acc +0.020 from 0"),       # the win-rate holds, the accuracy does not yet
+    (0, 1, float("nan"), ">= 2 seeds on every task"),               # one pair: 0 of 1 is [0, 0.79], no verdict
 ])
 def test_an_inconclusive_policy_verdict_says_what_would_decide_it(wins, n, d_lo, says):
     from bench.stats import win_rate

@@ -64,25 +64,19 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
     if not m or not m.get("win_loss") or not m["win_loss"]["n"]:
         return NOT_RUN, "—", "—"
     w, de = m["win_loss"], m["d_eval"]
-    if not math.isfinite(de["lo"]):  # a task with 1 seed: no verdict on its pair (0 of 1 is Wilson [0, 0.79])
-        verdict = INCONCLUSIVE
-    elif w["rate"] >= 0.82 and w["lo"] > 0.5 and de["lo"] > 0:
-        verdict = HOLDS
-    elif w["hi"] < 0.82:
-        verdict = FAILS
-    else:
-        verdict = INCONCLUSIVE
     measured = (f"lower final loss on {w['wins']}/{w['n']} pairs (ties {w['ties']}): {w['rate']:.2f} "
                 f"[{w['lo']:.2f}, {w['hi']:.2f}]; Δ eval acc {_ci(de)}")
-    if verdict != INCONCLUSIVE:
-        return verdict, measured, "—"
-    if not math.isfinite(de["lo"]):
-        return verdict, measured, _acc_need(de)
+    if not math.isfinite(de["lo"]):  # a task with 1 seed: no verdict on its pair (0 of 1 is Wilson [0, 0.79])
+        return INCONCLUSIVE, measured, _acc_need(de)
+    if w["rate"] >= 0.82 and w["lo"] > 0.5 and de["lo"] > 0:
+        return HOLDS, measured, "—"
+    if w["hi"] < 0.82:
+        return FAILS, measured, "—"
     if w["rate"] < 0.82:  # the interval has to fall below 0.82
-        return verdict, measured, _wilson_need(w, 0.82)
+        return INCONCLUSIVE, measured, _wilson_need(w, 0.82)
     if w["lo"] <= 0.5:  # the rate is the claim's: its interval has to rise above a coin flip
-        return verdict, measured, _wilson_need(w, 0.5)
-    return verdict, measured, _acc_need(de)
+        return INCONCLUSIVE, measured, _wilson_need(w, 0.5)
+    return INCONCLUSIVE, measured, _acc_need(de)
 
 
 def policy_pairs_to_hold() -> int:
@@ -154,6 +148,16 @@ def memory_text(memory: dict | None) -> str:
     return ", ".join(out)
 
 
+def _dev_and_matched(pm: dict, label: str, matched: str) -> tuple[str, str, str, str, str]:
+    """(verdict, measured, separate) of a method at its dev-chosen lr, and (measured, verdict) of its matched-step
+    cell; the matched cell runs first (no lr search), so its verdict stands in until the dev-chosen one exists."""
+    v, meas, sep = better_verdict(pm.get(label))
+    vm, measm, sepm = better_verdict(pm.get(matched))
+    if v == NOT_RUN and vm != NOT_RUN:
+        v, sep = f"{vm} (matched step)", sepm
+    return v, meas, sep, measm, vm
+
+
 def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, str, str, str]]:
     """(paper claim, restated here, measured, verdict, what would separate) per claim; `memory` is
     bench/fo_memory.py's output (the suite keeps it in docs/data/, see bench/evidence_doc.memory_file)."""
@@ -165,17 +169,11 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
                  "MeZO (prefix, dev-chosen lr) reaches the final train loss of FO-SGD / FO-AdamW (prefix, "
                  "budget/10 steps) within its budget: k = MeZO's forwards / FO's; peak memory ratio", meas, v, sep))
     for label, name in (("mezo-gv", "MeZO-GV"), ("mezo-greedy", "MeZO-Greedy")):
-        v, meas, sep = better_verdict(pm.get(label))
-        vm, measm, sepm = better_verdict(pm.get(label.replace("mezo-", "") + "-matched"))
-        if v == NOT_RUN and vm != NOT_RUN:  # the matched-step cell runs first (no lr search): its verdict stands in
-            v, sep = f"{vm} (matched step)", sepm
+        v, meas, sep, measm, vm = _dev_and_matched(pm, label, label.replace("mezo-", "") + "-matched")
         rows.append((f"{name}: better than MeZO at equal forward passes", "at each method's dev-chosen lr; "
                      "second line: at MeZO's effective step (lr x E[(v.u)^2] matched)",
                      f"{meas}<br>matched step: {measm} ({vm})", v, sep))
-    v, meas, sep = better_verdict(pm.get("bszo"))
-    vm, measm, sepm = better_verdict(pm.get("bszo-matched"))
-    if v == NOT_RUN and vm != NOT_RUN:
-        v, sep = f"{vm} (matched step)", sepm
+    v, meas, sep, measm, vm = _dev_and_matched(pm, "bszo", "bszo-matched")
     vb, measb, sepb = better_verdict((bf16 or {}).get("methods", {}).get("bszo"))
     rows.append(("BSZO: better than MeZO, and robust in bf16", "fp32 prefix at dev-chosen lrs; second line: at "
                  "MeZO's effective step (lr x E[(v.u)^2] matched); bf16 prefix cell: BSZO vs MeZO both in bf16 at "

@@ -273,23 +273,22 @@ class Runner:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
         return config_key(record["config"]) in self.from_reuse
 
-    def zero_shot(self, task: str, data_seed: int | None = None) -> dict | None:
-        """A record of `task` scored zero-shot on the eval sample of `data_seed` (default --data-seed's): any run
-        with the same data settings."""
+    def zero_shot(self, task: str, data_seed: int) -> dict | None:
+        """A record of `task` scored zero-shot on the eval sample of `data_seed`: any run with the same data
+        settings."""
         a = self.args
-        ds = a.data_seed if data_seed is None else data_seed
         for r in self.done.values():
             c = r["config"]
             if (r["task"] == task and r.get("zero_shot") and r.get("per_example", {}).get("zero_shot")
                     and (c["base"], c["num_eval"], c["data_seed"], c["max_length"], c.get("eval_seed")) ==
-                    (a.base, a.num_eval, ds, max_length(a, task), None)):
+                    (a.base, a.num_eval, data_seed, max_length(a, task), None)):
                 return r
         return None
 
     def zero_shot_eval(self, task: str, seeds: list[int]) -> float | None:
         """`task`'s zero-shot eval accuracy: on --data-seed's sample, or with --data-per-seed the mean over the
         samples of `seeds` measured so far (None before any)."""
-        got = [self.zero_shot(task, data_seed_of(self.args, s)) for s in (seeds or [0])]
+        got = [self.zero_shot(task, ds) for ds in sorted({data_seed_of(self.args, s) for s in seeds or [0]})]
         got = [r["zero_shot"]["eval"] for r in got if r is not None]
         return sum(got) / len(got) if got else None
 

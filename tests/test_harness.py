@@ -400,7 +400,7 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     monkeypatch.setattr("fine_tune.run.run", fake_run)
     args = hn.parse_args(["--tasks", "strategyqa", "--out", str(tmp_path / "h")])
     cfg = hn.make_config(args, hn.parse_method("mezo"), "strategyqa", 1e-2, 0, args.budget)
-    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed=None: {})
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
 
     def killed(path, record):
         raise KeyboardInterrupt
@@ -411,7 +411,7 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     assert float((Path(cfg.out) / resume.METER_FILE).read_text()) >= 0.3
     monkeypatch.undo()
     monkeypatch.setattr("fine_tune.run.run", fake_run)
-    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed=None: {})
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
     res = hn.Runner(args)(cfg, "mezo")
     assert res["cpu_s"] >= 0.3 and not (Path(cfg.out) / resume.METER_FILE).exists()
     assert [r["cpu_s"] for r in hn.read_records(tmp_path / "h" / "runs.jsonl")] == [res["cpu_s"]]

@@ -311,10 +311,9 @@ def harness_argv(args, phase: str) -> list[str] | None:
     panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
     if skip_reason(args, phase):
         return None
-    tasks = tasks[:{"prefix": args.max_tasks, PREFIX_FIRST: 1, "full": args.full_tasks, FULL_SHIPPED: args.full_tasks,
-                    "bf16": 1}.get(phase, args.max_tasks)]
     first, shipped_only = phase == PREFIX_FIRST, phase == FULL_SHIPPED
-    phase = {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)
+    phase = {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)  # a pass of the phase: its --out
+    tasks = tasks[:1 if first else {"full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     seeds = args.seeds
     if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all
         from bench.claims import policy_pairs_to_hold

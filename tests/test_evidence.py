@@ -16,6 +16,14 @@ def _d(mean, lo, hi, n=10, sd=0.05):
             if mean else float("inf")}
 
 
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _methods(argv: list[str]) -> list[str]:
+    return [a for a, b in zip(argv[1:], argv) if b == "--method"]
+
+
 def _m(d_eval, d_loss, wins=5, n=10):
     return {"d_eval": d_eval, "d_loss": d_loss, "win_eval": {"rate": wins / n, "lo": 0.2, "hi": 0.8, "n": n}}
 
@@ -80,7 +88,7 @@ def test_the_full_phase_runs_enough_seeds_for_the_policy_claim_to_hold(tmp_path)
 
     def seeds(*flags, phase="full"):
         argv = evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path), *flags]), phase)
-        return argv[argv.index("--seeds") + 1]
+        return _flag(argv, "--seeds")
 
     assert seeds() == seeds(phase="full-shipped") == "0,1,2,3"
     assert seeds("--full-tasks", "2") == "0,1,2" and seeds("--seeds", "1,2") == "1,2"
@@ -426,18 +434,12 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
     (tmp_path / "learnability").mkdir()
     (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
 
-    def flag(argv, name):
-        return argv[argv.index(name) + 1]
-
     first, whole = evidence.harness_argv(args, "prefix-first"), evidence.harness_argv(args, "prefix")
-    assert flag(first, "--out") == flag(whole, "--out") == str(tmp_path / "prefix")
-    assert flag(first, "--tasks") == "navigate" and flag(whole, "--tasks") == "navigate,tweet_sentiment"
+    assert _flag(first, "--out") == _flag(whole, "--out") == str(tmp_path / "prefix")
+    assert _flag(first, "--tasks") == "navigate" and _flag(whole, "--tasks") == "navigate,tweet_sentiment"
 
-    def methods(argv):
-        return [a for a, b in zip(argv[1:], argv) if b == "--method"]
-
-    assert methods(whole) == evidence.PREFIX_METHODS
-    assert methods(first) == evidence.PREFIX_METHODS[:5] and methods(first)[-1] == "bszo"  # bf16 needs their lrs
+    assert _methods(whole) == evidence.PREFIX_METHODS
+    assert _methods(first) == evidence.PREFIX_METHODS[:5] and _methods(first)[-1] == "bszo"  # bf16 needs their lrs
 
 
 def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_policy(tmp_path):
@@ -456,17 +458,11 @@ def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_pol
     (tmp_path / "artefacts" / "zo-finetuner" / "rounds.jsonl").write_text(json.dumps({"round": 1, "metric": 0.05}))
     assert evidence.panel_policy_methods(args), "the fixture should give the artefacts phase a policy"
 
-    def flag(argv, name):
-        return argv[argv.index(name) + 1]
-
-    def methods(argv):
-        return [a for a, b in zip(argv[1:], argv) if b == "--method"]
-
     first, whole = evidence.harness_argv(args, "full-shipped"), evidence.harness_argv(args, "full")
-    assert flag(first, "--out") == flag(whole, "--out") == str(tmp_path / "full")
-    assert flag(first, "--tasks") == flag(whole, "--tasks") == "navigate" and "--peft" in first
-    assert methods(first) == evidence.FULL_METHODS and "--versus" not in " ".join(first)
-    assert methods(whole) == evidence.FULL_METHODS + evidence.panel_policy_methods(args)
+    assert _flag(first, "--out") == _flag(whole, "--out") == str(tmp_path / "full")
+    assert _flag(first, "--tasks") == _flag(whole, "--tasks") == "navigate" and "--peft" in first
+    assert _methods(first) == evidence.FULL_METHODS and "--versus" not in " ".join(first)
+    assert _methods(whole) == evidence.FULL_METHODS + evidence.panel_policy_methods(args)
     assert any(a.startswith(f"--versus={evidence.PANEL_POLICY}") for a in whole)
 
 

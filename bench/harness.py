@@ -17,9 +17,11 @@ used as given), `eps` (default: MeZO's in the run's PEFT mode, bench/lr_centres.
 1e-1, LoRA 1e-2, full 1e-3; Bilevel-ZOFO, which perturbs the whole backbone: full's), `steps` (first-order methods:
 steps per run, default --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no
 lr search; the lr that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps`
-steps), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...). Any registered method enters by
-its registry name (`python -m fine_tune --list-optimizers`; e.g. `--method zo-sgd-sign`, `--method
-cons:zo-sgd-cons`), its lr grid centred on its bench/lr_centres.py centre (one the table lacks needs `lr=`); an
+steps), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...; the value `lr` sets it to the
+run's lr, e.g. `upper_lr=lr`). `METHOD_DEFAULTS` gives Bilevel-ZOFO its small-scale settings unless the spec sets
+them. Any registered method enters by its registry name (`python -m fine_tune --list-optimizers`; e.g. `--method
+zo-sgd-sign`, `--method cons:zo-sgd-cons`), its lr grid centred on its bench/lr_centres.py centre (one the table
+lacks needs `lr=`). An
 unknown name or key is refused before anything runs. `--method all` enters every registered ZO method (the catalog's
 names; zo-finetuner* only with --policy, their policy) beside any other spec given (e.g. `--method all --method
 fo-sgd`); without --method the suite is mezo, mezo-gv, mezo-greedy, bszo, fo-sgd and fo-adamw (the CPU budget).
@@ -77,6 +79,13 @@ from bench.resume import recorded, run_to_end  # noqa: E402
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
 RUN_KEYS = ("policy", "init", "peft", "dtype")  # method keys that are FineTuneConfig fields beside the optimizer's
+# A method's options unless its spec sets them; a value "lr" follows the run's lr. Bilevel-ZOFO runs at
+# docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, T_low 10, both Adam rates the searched lr: the
+# official OPT-1.3B ablations tie them, and the upper copy p is the one evaluated), not its defaults (the official
+# OPT-13B RTE/LoRA sweep: lam 1e4, upper lr 1e-7, theta_lr 1e-7). Our backbone step is ZO-SGD, not the official Adam
+# over theta, so its size grows with lam: at lam 1e4 the prefix runs on SmolLM2-135M diverged at lower lrs 3e-3 and
+# 1e-2 (train loss 70, 44), and at upper lr 1e-7 the evaluated copy p would barely move.
+METHOD_DEFAULTS = {"bilevel-zofo": {"lam": 10, "theta_lr": 1e-6, "t_low": 10, "upper_lr": "lr"}}
 
 
 @dataclass
@@ -330,8 +339,8 @@ def make_config(args, method: Method, task: str, lr: float, seed: int, budget: i
     from fine_tune.config import OPTIMIZER_FLAGS, FineTuneConfig
     from l2o import catalog
 
-    o = method.options
-    flags = {k: v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr` is the grid's centre
+    o = {**METHOD_DEFAULTS.get(method.optimizer, {}), **method.options}
+    flags = {k: lr if v == "lr" else v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr`: the centre
     peft = o.get("peft", args.peft)
     if not method.first_order:  # MeZO's eps for the weights the method perturbs, unless it sets eps=: the run's
         # PEFT parameters, or all the backbone's for a method that trains the adapter first-order (Bilevel-ZOFO)

@@ -179,6 +179,21 @@ def test_a_zo_methods_default_eps_is_mezos_in_the_runs_peft_mode():
     assert eps("bilevel-zofo", "prefix") == eps("bilevel-zofo", "lora") == 1e-3   # it perturbs the whole backbone
 
 
+def test_bilevel_zofo_runs_at_its_small_scale_settings_with_both_adam_rates_searched():
+    """Bilevel-ZOFO's defaults (lam 1e4, theta_lr 1e-7: the official OPT-13B LoRA sweep) diverged in prefix mode on
+    SmolLM2-135M (our theta step is SGD, so it scales with lam); the harness runs docs/bilevel.md's small-scale
+    settings, the searched lr setting both Adam rates (the evaluated copy p's too), and a spec's own value wins."""
+    a = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo"])
+    def cfg(spec, lr):
+        return hn.make_config(a, hn.parse_method(spec), "strategyqa", lr, 0, 20)
+    c = cfg("bilevel-zofo", 3e-3)
+    assert (c.lam, c.theta_lr, c.t_low, c.lower_lr, c.upper_lr) == (10, 1e-6, 10, 3e-3, 3e-3)
+    assert cfg("bilevel-zofo", 1e-2).upper_lr == 1e-2                  # it follows the run's lr
+    c = cfg("b:bilevel-zofo:lam=1e4:upper_lr=1e-7", 3e-3)
+    assert (c.lam, c.upper_lr, c.lower_lr, c.theta_lr) == (1e4, 1e-7, 3e-3, 1e-6)
+    assert cfg("mezo", 1e-3).lam is None                                # no default leaks into another method
+
+
 @pytest.mark.parametrize("specs,problem", [
     (["mezo", "zo-sgd-sign", "cons:zo-sgd-cons:pool_size=4", "gv:mezo-gv:match=mezo"], None),  # registry names
     (["mezo", "nope"], "unknown optimizer 'nope'"),

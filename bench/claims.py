@@ -200,7 +200,9 @@ def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, st
                  if r["ratio"] is not None and r["ratio"] < 1)
     v, meas, sep = share_verdict(faster, reach["n"], "reaches MeZO's final loss in fewer forward passes")
     rows.append(("Bilevel-ZOFO: faster than MeZO to a target loss", "forward passes to reach MeZO's final train "
-                 "loss (prefix; Bilevel-ZOFO's backward passes are extra)", meas, v, sep))
+                 "loss (prefix; Bilevel-ZOFO's backward passes are extra, and the train loss it logs is its lower copy "
+                 "w's, L(theta, w; D_g), trained by backprop, while its eval accuracy is the upper copy p's)", meas, v,
+                 sep))
     v, meas, sep = better_verdict((meta or {}).get("methods", {}).get("mezo-init"))
     init = (meta or {}).get("methods", {}).get("mezo-init", {}).get("spec", {}).get("init")
     which = ("none yet" if not init else f"the artefacts phase's {Path(init).parent.name}, meta-trained on the "

@@ -328,18 +328,24 @@ def steps_for(method: Method, budget: int) -> int:
     the method's own forwards per step (a mean for Bilevel-ZOFO, whose upper step comes every t_low steps)."""
     from l2o.optim import forwards_per_step, optimizer_defaults
 
-    o = method.options
+    o = options(method)
     if method.first_order:
         return int(o.get("steps", max(1, budget // 10)))
     hp = optimizer_defaults(method.optimizer)
-    return max(1, int(budget / forwards_per_step(method.optimizer, **{k: v for k, v in o.items() if k in hp})))
+    return max(1, int(budget / forwards_per_step(method.optimizer,
+                                                 **{k: v for k, v in o.items() if k in hp and v != "lr"})))
+
+
+def options(method: Method) -> dict:
+    """The method's options: its spec's over its `METHOD_DEFAULTS` (a value "lr" still to be set to the run's)."""
+    return {**METHOD_DEFAULTS.get(method.optimizer, {}), **method.options}
 
 
 def make_config(args, method: Method, task: str, lr: float, seed: int, budget: int, steps: int | None = None):
     from fine_tune.config import OPTIMIZER_FLAGS, FineTuneConfig
     from l2o import catalog
 
-    o = {**METHOD_DEFAULTS.get(method.optimizer, {}), **method.options}
+    o = options(method)
     flags = {k: lr if v == "lr" else v for k, v in o.items() if k != "lr" and k in OPTIMIZER_FLAGS}  # `lr`: the centre
     peft = o.get("peft", args.peft)
     if not method.first_order:  # MeZO's eps for the weights the method perturbs, unless it sets eps=: the run's

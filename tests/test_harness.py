@@ -192,6 +192,9 @@ def test_bilevel_zofo_runs_at_its_small_scale_settings_with_both_adam_rates_sear
     c = cfg("b:bilevel-zofo:lam=1e4:upper_lr=1e-7", 3e-3)
     assert (c.lam, c.upper_lr, c.lower_lr, c.theta_lr) == (1e4, 1e-7, 3e-3, 1e-6)
     assert cfg("mezo", 1e-3).lam is None                                # no default leaks into another method
+    # its steps spend the budget at its T_low: 1 + 6/10 forwards a step (the defaults' T_low 30 would give 416)
+    assert c.steps == hn.steps_for(hn.parse_method("bilevel-zofo"), 20) == int(20 / 1.6)
+    assert cfg("bilevel-zofo", 3e-3).steps == 12 and cfg("b:bilevel-zofo:t_low=30", 3e-3).steps == int(20 / 1.2)
 
 
 @pytest.mark.parametrize("specs,problem", [

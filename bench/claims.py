@@ -79,9 +79,11 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
     return INCONCLUSIVE, measured, _acc_need(de)
 
 
-def policy_pairs_to_hold() -> int:
-    """The fewest pairs at which the ZO Fine-tuner claim can hold at all: all won, Wilson interval above 0.5 (4;
-    3 of 3 gives [0.44, 1]). The full phase runs at least this many seeds (bench.evidence)."""
+def share_pairs_to_decide() -> int:
+    """The fewest pairs at which a claim on a share of pairs (Wilson interval vs 0.5) can be decided when every pair
+    agrees: 4 (3 of 3 gives [0.44, 1], and 0 of 3 [0, 0.56]). The ZO Fine-tuner claim can hold at all from
+    there: the full phase runs at least this many seeds, and the prefix phase's FO-AdamW and Bilevel-ZOFO do
+    (bench.evidence)."""
     return next(n for n in range(1, 100) if wilson(n, n)[0] > 0.5)
 
 

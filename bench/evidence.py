@@ -13,10 +13,12 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
 - prefix: `bench.harness` on the panel's first `--max-tasks` tasks (cheapest first, label-prior ones last),
   prefix tuning, one task at a time and on it one method at a time, in the order of what a claim needs per
   CPU-hour: MeZO; FO-AdamW (`budget / 10` steps); MeZO-GV and MeZO-Greedy at MeZO's effective step
-  (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); Bilevel-ZOFO (its first-order lower lr
-  dev-chosen around the paper's prefix value 1e-2, which diverged on valid_parentheses; the rest at its
-  defaults); BSZO at MeZO's effective step; MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (MeZO's
-  claim has a verdict from FO-AdamW already; FO-SGD is its second first-order reference);
+  (lr x E[(v.u)^2] matched: no lr search); BSZO (its dev-chosen lr); Bilevel-ZOFO (its first-order Adam rates
+  dev-chosen around the paper's prefix value 1e-2, at bench.harness's small-scale `METHOD_DEFAULTS`); BSZO at
+  MeZO's effective step; MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (MeZO's claim has a verdict
+  from FO-AdamW already; FO-SGD is its second first-order reference). With `--seeds auto`, FO-AdamW and
+  Bilevel-ZOFO, whose claims count a share of pairs (`SHARE_CLAIMS`), run 4 seeds on each task
+  (`claims.share_pairs_to_decide`: a share of 3 pairs can never be decided), and MeZO with them;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
   costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
@@ -26,7 +28,7 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   the held-out meta-validation (or `--max-rounds`); the best round's artefacts are used below;
 - full: full-parameter MeZO and the ZO Fine-tuner policy (`--policy`, made for full-parameter runs) on the panel's
   first `--full-tasks` tasks, at the policy's dev-chosen lr and at MeZO's effective step, with `--seeds auto` as
-  many seeds as give the claim's pairs a chance to hold (4 pairs: `claims.policy_pairs_to_hold`); and the same for the
+  many seeds as give the claim's pairs a chance to hold (4 pairs: `claims.share_pairs_to_decide`); and the same for the
   artefacts phase's policy (`zo-finetuner-panel`), also compared with the shipped one (these last rows run after
   the metainit phase, `ordered`);
 - bf16: MeZO and BSZO in bf16, prefix, on the panel's first task, each at its fp32 dev-chosen lr of the prefix
@@ -73,6 +75,7 @@ from bench import artefacts, learnability  # noqa: E402  (light at import: the h
 from bench.cli import INTERRUPTED  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
+SHARE_CLAIMS = ("fo-adamw", "bilevel-zofo")  # prefix methods whose claim counts a share of pairs (k; reach)
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
                   "bilevel-zofo", "bszo-matched:bszo:match=mezo", "mezo-gv", "mezo-greedy", "fo-sgd"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
@@ -316,9 +319,9 @@ def harness_argv(args, phase: str) -> list[str] | None:
     tasks = tasks[:1 if first else {"full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     seeds = args.seeds
     if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all
-        from bench.claims import policy_pairs_to_hold
+        from bench.claims import share_pairs_to_decide
 
-        seeds = ",".join(map(str, range(max(3, -(-policy_pairs_to_hold() // len(tasks))))))
+        seeds = ",".join(map(str, range(max(3, -(-share_pairs_to_decide() // len(tasks))))))
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
@@ -328,6 +331,10 @@ def harness_argv(args, phase: str) -> list[str] | None:
     if phase == "bf16":
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
+    if phase == "prefix" and args.seeds == "auto":  # enough pairs for a share claim to be decided on one task
+        from bench.claims import share_pairs_to_decide
+
+        methods = [f"{m}:{m}:seeds={share_pairs_to_decide()}" if m in SHARE_CLAIMS else m for m in methods]
     if args.smoke:
         methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"],
                    "full": ["mezo:mezo:lr=1e-3"]}.get(phase, methods)

@@ -94,7 +94,11 @@ def _k_summary(ks: list[dict]) -> dict:
 
 
 def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
-    methods = {m.label: method_summary(m.label, args.task_list, seeds, final, m.first_order) for m in args.methods}
+    from bench.harness import seeds_of
+
+    own = {m.label: {t: seeds_of(m, seeds.get(t, []), args.methods) for t in args.task_list} for m in args.methods}
+    methods = {m.label: method_summary(m.label, args.task_list, own[m.label], final, m.first_order)
+               for m in args.methods}
     for m in args.methods:
         for t in args.task_list:
             lr, runs = chosen.get((t, m.label), (None, []))
@@ -106,11 +110,12 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
     settings["data_per_seed"] = bool(getattr(args, "data_per_seed", False))
     settings["max_lengths"] = {t: L for t, L in getattr(args, "max_lengths", {}).items()
                                if t in args.task_list and L != args.max_length}
-    planned = sum(len(seeds.get(t, [])) for t in args.task_list) * len(args.methods)
+    planned = sum(len(ss) for m in own.values() for ss in m.values())
     complete = len(final) == planned and all((t, m.label) in chosen for t in args.task_list for m in args.methods)
-    versus = {f"{a}:{b}": method_summary(a, args.task_list, seeds, final, False, reference=b)
+    versus = {f"{a}:{b}": method_summary(a, args.task_list, own[a], final, False, reference=b)
               for a, b in getattr(args, "versus", [])}  # A against B, paired as against MeZO
-    return {"settings": settings, "tasks": args.task_list, "seeds": seeds, "methods": methods, "versus": versus,
+    every = {t: sorted({s for m in own.values() for s in m[t]}) for t in args.task_list}  # with any method's own
+    return {"settings": settings, "tasks": args.task_list, "seeds": every, "methods": methods, "versus": versus,
             "final_runs": len(final), "complete": complete,
             "zero_shot": dict(zero)}
 

@@ -237,9 +237,11 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
     for m in methods:
         if m.optimizer not in known:
             return f"--method {m.label}: unknown optimizer '{m.optimizer}' (known: {', '.join(sorted(known))})"
-        bad = sorted(set(m.options) - {*OPTIMIZER_FLAGS, *RUN_KEYS, "steps", "match", "search"})
+        bad = sorted(set(m.options) - {*OPTIMIZER_FLAGS, *RUN_KEYS, "steps", "match", "search", "seeds"})
         if bad:
             return f"--method {m.label}: unknown key(s) {', '.join(bad)}"
+        if not isinstance(m.options.get("seeds", 1), int) or m.options.get("seeds", 1) < 1:
+            return f"--method {m.label}: seeds={m.options['seeds']} is not a count of seeds (an integer >= 1)"
         if m.label in seen:
             return f"--method {m.label}: the label is used twice"
         if m.options.get("search", 1) == 0 and "lr" not in m.options:
@@ -413,6 +415,16 @@ def seeds_for(args, runner: Runner, task: str, chosen: dict) -> list[int]:
     return [s for s in range(n + 1) if s != args.select_seed][:n] if selected else list(range(n))
 
 
+def seeds_of(method: Method, seeds: list[int], methods: list[Method]) -> list[int]:
+    """The seeds `method` runs on a task whose seeds (--seeds, or auto) are `seeds`: those, or the first N of them
+    continued (the next integers) where its spec says `seeds=N` (more pairs for a claim, at the cost of that
+    method's runs only); the reference runs every seed any method runs, so that each one is a pair."""
+    wanted = max([len(seeds), *(m.options.get("seeds", 0) for m in
+                                (methods if method.label == REFERENCE else [method]))])
+    more = range(max(seeds, default=-1) + 1, max(seeds, default=-1) + 1 + wanted - len(seeds))
+    return [*seeds, *more] if wanted > len(seeds) else list(seeds)
+
+
 def compare(methods: list[str] | None = None, argv: list[str] | None = None, **options) -> dict:
     """Run the protocol for `methods` (specs) with the harness's flags (`argv`, or keyword options such as
     panel="panel.json", out="runs/x", seeds="0,1,2"); returns the summary (also written to <out>/summary.json)."""
@@ -432,10 +444,11 @@ def run_suite(args) -> dict:
     methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
 
     def finals(task, m, i):
-        if i < len(seeds[task]) and (task, m.label) in chosen:
-            cfg = make_config(args, m, task, chosen[(task, m.label)][0], seeds[task][i], args.budget)
+        mine = seeds_of(m, seeds[task], methods)
+        if i < len(mine) and (task, m.label) in chosen:
+            cfg = make_config(args, m, task, chosen[(task, m.label)][0], mine[i], args.budget)
             with contextlib.suppress(NotRun):
-                final[(task, m.label, seeds[task][i])] = runner(cfg, m.label)
+                final[(task, m.label, mine[i])] = runner(cfg, m.label)
 
     for tasks in [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]:
         for task in tasks:
@@ -445,10 +458,10 @@ def run_suite(args) -> dict:
                 if m.label == REFERENCE:
                     seeds[task] = seeds_for(args, runner, task, chosen) if (task, m.label) in chosen else []
                 if args.order == "tasks":
-                    for i in range(len(seeds[task])):
+                    for i in range(len(seeds_of(m, seeds[task], methods))):
                         finals(task, m, i)
         if args.order == "seeds":
-            for i in range(max(len(seeds[t]) for t in tasks)):
+            for i in range(max(len(seeds_of(m, seeds[t], methods)) for t in tasks for m in methods)):
                 for task in tasks:
                     for m in args.methods:
                         finals(task, m, i)

@@ -75,13 +75,14 @@ def test_an_inconclusive_policy_verdict_says_what_would_decide_it(wins, n, d_lo,
     assert verdict == claims.INCONCLUSIVE and says in separate
 
 
-def test_the_full_phase_runs_enough_seeds_for_the_policy_claim_to_hold(tmp_path):
+def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path):
     """3 of 3 wins is [0.44, 1]: the ZO Fine-tuner claim could never hold at 3 pairs; the full phase runs 4
-    (`--seeds auto`), or 4 over its tasks; given seeds are kept."""
+    (`--seeds auto`), or 4 over its tasks; given seeds are kept. In the prefix phase, FO-AdamW's k and
+    Bilevel-ZOFO's reach (shares too) run 4 seeds on each task with auto (MeZO with them), the others auto's."""
     from bench import evidence
     from bench.stats import wilson
 
-    n = claims.policy_pairs_to_hold()
+    n = claims.share_pairs_to_decide()
     assert wilson(n, n)[0] > 0.5 >= wilson(n - 1, n - 1)[0] and n == 4
     (tmp_path / "learnability").mkdir()
     (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
@@ -93,6 +94,10 @@ def test_the_full_phase_runs_enough_seeds_for_the_policy_claim_to_hold(tmp_path)
     assert seeds() == seeds(phase="full-shipped") == "0,1,2,3"
     assert seeds("--full-tasks", "2") == "0,1,2" and seeds("--seeds", "1,2") == "1,2"
     assert seeds(phase="prefix") == "auto"
+    prefix = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path)]), "prefix"))
+    assert [m for m in prefix if "seeds=" in m] == [f"{m}:{m}:seeds=4" for m in ("fo-adamw", "bilevel-zofo")]
+    given = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path), "--seeds", "1,2"]), "prefix"))
+    assert given == evidence.PREFIX_METHODS
 
 
 def test_share_verdicts():
@@ -438,8 +443,9 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
     assert _flag(first, "--out") == _flag(whole, "--out") == str(tmp_path / "prefix")
     assert _flag(first, "--tasks") == "navigate" and _flag(whole, "--tasks") == "navigate,tweet_sentiment"
 
-    assert _methods(whole) == evidence.PREFIX_METHODS
-    assert _methods(first) == evidence.PREFIX_METHODS[:5] and _methods(first)[-1] == "bszo"  # bf16 needs their lrs
+    labels = [m.split(":")[0] for m in _methods(whole)]
+    assert labels == [m.split(":")[0] for m in evidence.PREFIX_METHODS]
+    assert _methods(first) == _methods(whole)[:5] and _methods(first)[-1] == "bszo"  # bf16 needs their lrs
 
 
 def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_policy(tmp_path):

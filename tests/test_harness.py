@@ -379,6 +379,30 @@ def test_data_per_seed_gives_each_seed_its_own_sample_shared_by_the_methods_on_i
     assert "every run trains on the same data sample" in (tmp_path / "shared" / "table.md").read_text()
 
 
+def test_a_method_with_its_own_seed_count_runs_more_pairs_and_mezo_runs_them_too():
+    """`seeds=N`: that method runs N seeds on each task (the task's continued), MeZO every seed any method runs (each
+    is a pair), the others the task's own; fewer than the task's changes nothing; a non-count is refused."""
+    ms = [hn.parse_method(s) for s in ("mezo", "fo-adamw:fo-adamw:seeds=4", "mezo-gv", "g:mezo-greedy:seeds=2")]
+    assert [hn.seeds_of(m, [1, 2, 3], ms) for m in ms] == [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3], [1, 2, 3]]
+    assert hn.seeds_of(ms[0], [0, 1], ms[:1]) == [0, 1] and hn.seeds_of(ms[1], [], ms) == [0, 1, 2, 3]
+    assert hn.check_methods(ms) is None
+    for bad in ("f:fo-adamw:seeds=0", "f:fo-adamw:seeds=two", "f:fo-adamw:seeds=1.5"):
+        assert "is not a count of seeds" in hn.check_methods([ms[0], hn.parse_method(bad)])
+
+
+def test_the_extra_seeds_run_and_are_paired_in_the_report(tiny_base, tmp_path):
+    summary = hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1",
+                                          "--extend", "0", "--seeds", "0", "--method", "mezo", "--method",
+                                          "gv:mezo-gv:seeds=2", "--method", "zo-sgd-sign", "--out", str(tmp_path)]))
+    runs = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    ran = sorted((r["label"], r["config"]["seed"]) for r in runs)
+    assert ran == [("gv", 0), ("gv", 1), ("mezo", 0), ("mezo", 1), ("zo-sgd-sign", 0)]
+    got = summary["methods"]
+    assert (got["gv"]["d_eval"]["n"], got["zo-sgd-sign"]["d_eval"]["n"]) == (2, 1)
+    assert got["mezo"]["per_task"]["strategyqa"]["eval"]["n"] == 2
+    assert summary["seeds"] == {"strategyqa": [0, 1]} and summary["complete"]
+
+
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
     """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
     that is not a method is refused."""

@@ -15,7 +15,8 @@ A method is `optimizer` or `label:optimizer[:key=value...]`. Keys: `policy` (zoo
 default: bench/lr_centres.py's for the method and the run's PEFT mode), `search` (`search=0`: no lr search, `lr` is
 used as given), `eps` (default: MeZO's in the run's PEFT mode, bench/lr_centres.py's `MEZO_EPS`: prefix and prompt
 1e-1, LoRA 1e-2, full 1e-3; Bilevel-ZOFO, which perturbs the whole backbone: full's), `steps` (first-order methods:
-steps per run, default --budget // 10), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no
+steps per run, default --budget // 10), `seeds` (`seeds=N`: N seeds of each task for this method, the task's
+continued, and MeZO's runs on them too), `match` (`match=<label>` of a method listed before it, e.g. `match=mezo`: no
 lr search; the lr that gives that method's chosen lr x effective step, measured on a probe of `--probe-steps`
 steps), and any other fine_tune optimizer flag (`pool_size=8`, `dtype=bf16` ...; the value `lr` sets it to the
 run's lr, e.g. `upper_lr=lr`). `METHOD_DEFAULTS` gives Bilevel-ZOFO its small-scale settings unless the spec sets
@@ -418,10 +419,13 @@ def seeds_for(args, runner: Runner, task: str, chosen: dict) -> list[int]:
 def seeds_of(method: Method, seeds: list[int], methods: list[Method]) -> list[int]:
     """The seeds `method` runs on a task whose seeds (--seeds, or auto) are `seeds`: those, or the first N of them
     continued (the next integers) where its spec says `seeds=N` (more pairs for a claim, at the cost of that
-    method's runs only); the reference runs every seed any method runs, so that each one is a pair."""
+    method's runs only); the reference runs every seed any method runs, so that each one is a pair. None before
+    the task has seeds (the reference's lr is chosen first)."""
+    if not seeds:
+        return []
     wanted = max([len(seeds), *(m.options.get("seeds", 0) for m in
                                 (methods if method.label == REFERENCE else [method]))])
-    more = range(max(seeds, default=-1) + 1, max(seeds, default=-1) + 1 + wanted - len(seeds))
+    more = range(max(seeds) + 1, max(seeds) + 1 + wanted - len(seeds))
     return [*seeds, *more] if wanted > len(seeds) else list(seeds)
 
 

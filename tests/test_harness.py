@@ -384,7 +384,7 @@ def test_a_method_with_its_own_seed_count_runs_more_pairs_and_mezo_runs_them_too
     is a pair), the others the task's own; fewer than the task's changes nothing; a non-count is refused."""
     ms = [hn.parse_method(s) for s in ("mezo", "fo-adamw:fo-adamw:seeds=4", "mezo-gv", "g:mezo-greedy:seeds=2")]
     assert [hn.seeds_of(m, [1, 2, 3], ms) for m in ms] == [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3], [1, 2, 3]]
-    assert hn.seeds_of(ms[0], [0, 1], ms[:1]) == [0, 1] and hn.seeds_of(ms[1], [], ms) == [0, 1, 2, 3]
+    assert hn.seeds_of(ms[0], [0, 1], ms[:1]) == [0, 1] and hn.seeds_of(ms[1], [], ms) == []
     assert hn.check_methods(ms) is None
     for bad in ("f:fo-adamw:seeds=0", "f:fo-adamw:seeds=two", "f:fo-adamw:seeds=1.5"):
         assert "is not a count of seeds" in hn.check_methods([ms[0], hn.parse_method(bad)])

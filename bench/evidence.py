@@ -37,7 +37,7 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   every claim gets a verdict before any claim gains power;
 - lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
-  phase's) on the panel.
+  phase's) on the panel; the runs from the base are the prefix phase's MeZO runs where it has them (`--reuse`).
 
 No run starts once the suite's runs have spent `--cpu-hours` CPU-hours (8 the first time; then the budget it last ran
 under, kept in `<out>/suite.json`, so that `--report` states the budget the runs were made under); every phase then
@@ -325,6 +325,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []
+    if phase == "metainit":  # MeZO from the base is the prefix phase's MeZO: same configurations, not run twice
+        argv += ["--reuse", str(Path(args.out) / "prefix" / "runs.jsonl")]
     methods = {"prefix": PREFIX_METHODS, "full": FULL_METHODS,
                "metainit": ["mezo", f"mezo-init:mezo:init={artefacts.meta_init(args.meta_init, args.out)}"],
                }.get(phase)

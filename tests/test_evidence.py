@@ -448,6 +448,26 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
     assert _methods(first) == _methods(whole)[:5] and _methods(first)[-1] == "bszo"  # bf16 needs their lrs
 
 
+def test_metainit_reuses_the_prefix_phases_mezo_runs_from_the_base(tmp_path, tiny_base):
+    """MeZO from the base in the metainit phase has the prefix phase's MeZO configurations: its runs there count
+    (`--reuse`), so the phase runs only the meta-initialisation's own."""
+    from bench import evidence
+    from bench import harness as hn
+
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["strategyqa"]}))
+    args = evidence.parse_args(["--out", str(tmp_path), "--meta-init", tiny_base])
+    argv = evidence.harness_argv(args, "metainit")
+    assert _flag(argv, "--reuse") == str(tmp_path / "prefix" / "runs.jsonl")
+    assert "--reuse" not in evidence.harness_argv(args, "prefix")
+    smoke = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1", "--extend", "0", "--seeds",
+             "0,1", "--method", "mezo"]
+    hn.run_suite(hn.parse_args(smoke + ["--out", str(tmp_path / "prefix")]))
+    hn.run_suite(hn.parse_args(smoke + ["--out", str(tmp_path / "metainit"), "--reuse", _flag(argv, "--reuse")]))
+    assert not (tmp_path / "metainit" / "runs.jsonl").exists() or not \
+        (tmp_path / "metainit" / "runs.jsonl").read_text().strip()
+
+
 def test_metainit_runs_after_the_full_phases_shipped_policy_before_the_panel_policy(tmp_path):
     """The second lane reaches Bilevel-ZOFO's meta-initialisation claim before it compares the artefacts phase's
     policy: a first full-phase pass without that policy's rows (same --out, same tasks), metainit, then the whole

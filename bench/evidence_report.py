@@ -43,6 +43,19 @@ def k_factor(fo_rec: dict, ref_rec: dict) -> dict:
     return {"forwards": f, "k": None if f is None else f / fo, "k_at_least": ref_rec["forward_passes"] / fo}
 
 
+def seeds_of(method, seeds: list[int], methods: list) -> list[int]:
+    """The seeds `method` runs on a task whose seeds (--seeds, or auto) are `seeds`: those, or the first N of them
+    continued (the next integers) where its spec says `seeds=N` (more pairs for a claim, at the cost of that
+    method's runs only); the reference runs every seed any method runs, so that each one is a pair. None before
+    the task has seeds (the reference's lr is chosen first). `method`, `methods`: bench.harness's `Method`s."""
+    if not seeds:
+        return []
+    wanted = max([len(seeds), *(m.options.get("seeds", 0) for m in
+                                (methods if method.label == REFERENCE else [method]))])
+    more = range(max(seeds) + 1, max(seeds) + 1 + wanted - len(seeds))
+    return [*seeds, *more] if wanted > len(seeds) else list(seeds)
+
+
 def _ms(values) -> dict:
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
             "n": len(values)} if values else {}
@@ -94,8 +107,6 @@ def _k_summary(ks: list[dict]) -> dict:
 
 
 def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
-    from bench.harness import seeds_of
-
     own = {m.label: {t: seeds_of(m, seeds.get(t, []), args.methods) for t in args.task_list} for m in args.methods}
     methods = {m.label: method_summary(m.label, args.task_list, own[m.label], final, m.first_order)
                for m in args.methods}

@@ -72,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
 from bench.cli import cli_exit  # noqa: E402
+from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
@@ -414,19 +415,6 @@ def seeds_for(args, runner: Runner, task: str, chosen: dict) -> list[int]:
     n = 5 if cost < 600 else 3
     selected = any(r["lr"] == lr and runner.reused(r) for r in runs)
     return [s for s in range(n + 1) if s != args.select_seed][:n] if selected else list(range(n))
-
-
-def seeds_of(method: Method, seeds: list[int], methods: list[Method]) -> list[int]:
-    """The seeds `method` runs on a task whose seeds (--seeds, or auto) are `seeds`: those, or the first N of them
-    continued (the next integers) where its spec says `seeds=N` (more pairs for a claim, at the cost of that
-    method's runs only); the reference runs every seed any method runs, so that each one is a pair. None before
-    the task has seeds (the reference's lr is chosen first)."""
-    if not seeds:
-        return []
-    wanted = max([len(seeds), *(m.options.get("seeds", 0) for m in
-                                (methods if method.label == REFERENCE else [method]))])
-    more = range(max(seeds) + 1, max(seeds) + 1 + wanted - len(seeds))
-    return [*seeds, *more] if wanted > len(seeds) else list(seeds)
 
 
 def compare(methods: list[str] | None = None, argv: list[str] | None = None, **options) -> dict:

@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
+from bench.claims import share_pairs_to_decide  # noqa: E402
 from bench.cli import INTERRUPTED  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
@@ -319,8 +320,6 @@ def harness_argv(args, phase: str) -> list[str] | None:
     tasks = tasks[:1 if first else {"full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     seeds = args.seeds
     if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all
-        from bench.claims import share_pairs_to_decide
-
         seeds = ",".join(map(str, range(max(3, -(-share_pairs_to_decide() // len(tasks))))))
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
@@ -334,8 +333,6 @@ def harness_argv(args, phase: str) -> list[str] | None:
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
     if phase == "prefix" and args.seeds == "auto":  # enough pairs for a share claim to be decided on one task
-        from bench.claims import share_pairs_to_decide
-
         methods = [f"{m}:{m}:seeds={share_pairs_to_decide()}" if m in SHARE_CLAIMS else m for m in methods]
     if args.smoke:
         methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"],

@@ -435,12 +435,11 @@ def run_suite(args) -> dict:
     runner, chosen, seeds, final = Runner(args), {}, {}, {}
     methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
 
-    def finals(task, m, i):
-        mine = seeds_of(m, seeds[task], methods)
-        if i < len(mine) and (task, m.label) in chosen:
-            cfg = make_config(args, m, task, chosen[(task, m.label)][0], mine[i], args.budget)
+    def finals(task, m, seed):
+        if (task, m.label) in chosen:
+            cfg = make_config(args, m, task, chosen[(task, m.label)][0], seed, args.budget)
             with contextlib.suppress(NotRun):
-                final[(task, m.label, mine[i])] = runner(cfg, m.label)
+                final[(task, m.label, seed)] = runner(cfg, m.label)
 
     for tasks in [args.task_list] if args.order == "seeds" else [[t] for t in args.task_list]:
         for task in tasks:
@@ -450,13 +449,15 @@ def run_suite(args) -> dict:
                 if m.label == REFERENCE:
                     seeds[task] = seeds_for(args, runner, task, chosen) if (task, m.label) in chosen else []
                 if args.order == "tasks":
-                    for i in range(len(seeds_of(m, seeds[task], methods))):
-                        finals(task, m, i)
-        if args.order == "seeds":
-            for i in range(max(len(seeds_of(m, seeds[t], methods)) for t in tasks for m in methods)):
+                    for seed in seeds_of(m, seeds[task], methods):
+                        finals(task, m, seed)
+        if args.order == "seeds":  # seed i of every task and method before seed i + 1
+            own = {(t, m.label): seeds_of(m, seeds[t], methods) for t in tasks for m in methods}
+            for i in range(max(map(len, own.values()))):
                 for task in tasks:
                     for m in args.methods:
-                        finals(task, m, i)
+                        if i < len(own[(task, m.label)]):
+                            finals(task, m, own[(task, m.label)][i])
     from bench.evidence_report import summarize, write_report
 
     summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list})

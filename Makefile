@@ -46,7 +46,7 @@ PIPE_OUT ?= runs/pipeline
 PIPE_ID := smollm2-135m/zo-finetuner-demo@1
 demo-pipeline: install data
 	rm -rf $(PIPE_OUT)
-	$(PY) -m meta_train --base smollm2-135m --tasks sports_understanding strategyqa implicatures tweet_sentiment \
+	$(PY) -m meta_train --base smollm2-135m --tasks boolq piqa siqa tweet_sentiment \
 		--holdout tweet_sentiment --max_steps 20 --out $(PIPE_OUT)/meta --registry $(PIPE_OUT)/zoo \
 		--publish_name zo-finetuner-demo --model.lr_policy 0.01 --model.lr_llm 1e-4 --model.val_tasks 1 \
 		--model.val_steps 5 --data.batch_size 4 --data.num_train 200 --data.num_eval 16 --data.max_length 48

@@ -173,8 +173,8 @@ def scan_argv(args, cut: int) -> list[str]:
            "--panel-min", str(args.panel_min), *budget_argv(args)]
     # --smoke: the scan's own tiny length
     out += [] if args.smoke else ["--max-length", str(learnability.cut_length(cut))]
-    return out + (["--smoke", "--tasks", "strategyqa", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
-                   "--extend", "0"] if args.smoke else [])
+    return out + (["--smoke", "--tasks", "tweet_sentiment", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid",
+                   "1,3", "--extend", "0"] if args.smoke else [])
 
 
 def panel_tasks(args) -> list[str]:
@@ -378,8 +378,8 @@ def run_phase(args, phase: str) -> None:
             return
         from bench import fo_memory
 
-        extra = (["--batch-size", "2", "--max-length", "32", "--steps", "1", "--task", "strategyqa", "--peft", "full",
-                  "--methods", "mezo,fo-adamw"] if args.smoke else [])
+        extra = (["--batch-size", "2", "--max-length", "32", "--steps", "1", "--task", "tweet_sentiment", "--peft",
+                  "full", "--methods", "mezo,fo-adamw"] if args.smoke else [])
         fo_memory.main(["--base", args.base, "--out", str(path), *extra])
     else:
         argv = harness_argv(args, phase)

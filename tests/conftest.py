@@ -12,7 +12,7 @@ torch.set_num_threads(2)
 
 import pytest  # noqa: E402
 
-from tests.helpers import BIGBENCH_SDIST  # noqa: E402  (before any test changes $L2O_CACHE)
+from tests.helpers import BIGBENCH_SOURCE  # noqa: E402  (before any test changes $L2O_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -60,19 +60,20 @@ def one_thread():
 @pytest.fixture(scope="session")
 def session_bigbench_tasks(tmp_path_factory):
     """The BIG-bench task files of the session's isolated tests, one folder for all of them: the first test that
-    meets a task extracts it there from the real cache's sdist (a pass over 358 MB, ~4 s), the others read it."""
+    meets a task extracts it there from the real cache's sdist (a pass over 358 MB, ~4 s) or copies it from the
+    real cache's task files, the others read it."""
     return tmp_path_factory.mktemp("bigbench-tasks")
 
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch, session_bigbench_tasks):
-    """A test with its own l2o cache (BIG-bench task files from the session's folder, extracted there from the real
-    cache's sdist), no zoo registry, the Hub offline and no proxies (a module opts in with
+    """A test with its own l2o cache (BIG-bench task files from the session's folder, taken there from the real
+    cache's sdist or files, tests/helpers.py), no zoo registry, the Hub offline and no proxies (a module opts in with
     `pytestmark = pytest.mark.usefixtures("isolated")`)."""
     cache = tmp_path / "l2o-cache"
     monkeypatch.setenv("L2O_CACHE", str(cache))
-    if BIGBENCH_SDIST.is_file():  # read only; the download itself is tested in test_tasks with a stand-in pip
-        monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(BIGBENCH_SDIST))
+    if BIGBENCH_SOURCE:  # read only; the download itself is tested in test_tasks with stand-ins for pip and GitHub
+        monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(BIGBENCH_SOURCE))
         (cache / "bigbench").mkdir(parents=True)
         (cache / "bigbench" / "tasks").symlink_to(session_bigbench_tasks, target_is_directory=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -14,12 +14,22 @@ import functools
 
 import torch
 
-from l2o.tasks.sources import bigbench_sdist_path
+from l2o.tasks.sources import bigbench_root, bigbench_sdist_path
 
-# The bigbench sdist (358 MB) that `make data` fetched into the real cache ($L2O_CACHE or ~/.cache/l2o, or
-# $L2O_BIGBENCH_SDIST), found when the test session starts (conftest imports this module first): a test with its
-# own cache (conftest's `isolated`) extracts its task files from it instead of downloading it again (~30 s each)
-BIGBENCH_SDIST = bigbench_sdist_path()
+
+def _bigbench_source():
+    """Where `make data` got the BIG-bench task files on this machine, found when the test session starts (conftest
+    imports this module first): the sdist (358 MB) in the real cache ($L2O_CACHE or ~/.cache/l2o) or at
+    $L2O_BIGBENCH_SDIST, else the real cache's task files themselves (fetched from GitHub or a checkout: a folder
+    of `<task>/task.json` is a source as a checkout is). None: no BIG-bench here. A test with its own cache
+    (conftest's `isolated`) takes its task files from it instead of fetching them again (~30 s each)."""
+    sdist = bigbench_sdist_path()
+    if sdist.exists():
+        return sdist
+    return bigbench_root() if any(bigbench_root().glob("*/task.json")) else None
+
+
+BIGBENCH_SOURCE = _bigbench_source()
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 

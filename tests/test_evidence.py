@@ -138,7 +138,7 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert verdicts[1].endswith(" (matched step)")  # the smoke runs GV only at MeZO's step: that verdict stands in
     assert verdicts[-1] == claims.NOT_RUN                                # no --meta-init given
     assert verdicts[0] != claims.NOT_RUN and "matched step: Δ eval acc" in rows[1]  # FO and GV-matched measured
-    assert "## 1. The learnability scan" in doc and "| strategyqa |" in doc and "peak RSS" in doc
+    assert "## 1. The learnability scan" in doc and "| tweet_sentiment |" in doc and "peak RSS" in doc
     assert "for the issue's 4, before the full-parameter" in doc      # the cut section's measured run cost
     assert "median prompt ≤ 128 tokens" in doc  # a 1-task panel (< 4) widened the scan to the last cut
     assert (docs / "evidence_learnability.png").exists() and (docs / "evidence_prefix.png").exists()
@@ -148,18 +148,18 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert {r["config"]["dtype"] for r in bf16} == {"bf16"}
     # bf16 runs each method at its fp32 prefix lr, no search: 2 methods x 2 seeds
     assert len(bf16) == 4 and {(r["label"], r["lr"]) for r in bf16} == {
-        (m, evidence.prefix_lrs(evidence.parse_args(argv), "strategyqa")[m]) for m in ("mezo", "bszo")}
+        (m, evidence.prefix_lrs(evidence.parse_args(argv), "tweet_sentiment")[m]) for m in ("mezo", "bszo")}
     # the harness: MeZO's lr chosen on dev, GV at MeZO's lr x effective step, a first-order run of budget // 10 steps
     summary = json.loads((out / "prefix" / "summary.json").read_text())
     prefix = [json.loads(line) for line in (out / "prefix" / "runs.jsonl").read_text().splitlines()]
-    mezo_lr = summary["methods"]["mezo"]["per_task"]["strategyqa"]["lr"]
+    mezo_lr = summary["methods"]["mezo"]["per_task"]["tweet_sentiment"]["lr"]
     assert mezo_lr in (1e-2, 3e-2) and ("mezo", 1, mezo_lr) in {(r["label"], r["config"]["seed"], r["lr"])
                                                                 for r in prefix}
-    gv = summary["methods"]["gv-matched"]["per_task"]["strategyqa"]
+    gv = summary["methods"]["gv-matched"]["per_task"]["tweet_sentiment"]
     assert gv["effective_step"] > 1.5 and gv["lr"] == pytest.approx(mezo_lr / gv["effective_step"], rel=1e-3)
     probes = [r for r in prefix if r["label"] == "gv-matched" and r["lr"] == mezo_lr]
     assert [r["steps"] for r in probes] == [2] and not gv["dev_per_lr"]  # one short probe at MeZO's lr
-    assert summary["methods"]["fo-adamw"]["per_task"]["strategyqa"]["steps"] == 1  # budget 8 // 10 -> 1 step
+    assert summary["methods"]["fo-adamw"]["per_task"]["tweet_sentiment"]["steps"] == 1  # budget 8 // 10 -> 1 step
     assert summary["methods"]["gv-matched"]["win_eval"]["n"] == 2 and summary["methods"]["fo-adamw"]["k"]["n"] == 2
     assert sum(1 for r in prefix if r["config"].get("zero_shot")) <= 1   # zero-shot once per task (or from the scan)
     assert evidence.main(argv + ["--phases", "scan,prefix,full,bf16"]) == 0  # resumed: no run repeats
@@ -237,8 +237,8 @@ def test_fo_memory_writes_one_committed_file_per_set_of_peft_modes():
 def test_harness_stops_at_its_cpu_budget_and_reports_what_exists(tiny_base, tmp_path):
     from bench import harness
 
-    argv = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(tmp_path / "h"), "--lr-grid", "1,3",
-            "--extend", "0", "--method", "mezo", "--method", "fo-sgd", "--cpu-budget-h", "1e-9"]
+    argv = ["--smoke", "--base", tiny_base, "--tasks", "tweet_sentiment", "--out", str(tmp_path / "h"), "--lr-grid",
+            "1,3", "--extend", "0", "--method", "mezo", "--method", "fo-sgd", "--cpu-budget-h", "1e-9"]
     summary = harness.run_suite(harness.parse_args(argv))                # the first run spends the whole budget
     runs = (tmp_path / "h" / "runs.jsonl").read_text().splitlines()
     assert len(runs) == 1 and not summary["complete"] and summary["final_runs"] == 0
@@ -314,15 +314,15 @@ def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_
     assert not (out / "artefacts").exists()
     path = out / "learnability" / "panel.json"
     panel = json.loads(path.read_text())
-    assert panel["scanned"] == ["strategyqa"] == panel["tasks"]
-    path.write_text(json.dumps({**panel, "scanned": ["sports_understanding", "strategyqa", "winowhy"]}))
+    assert panel["scanned"] == ["tweet_sentiment"] == panel["tasks"]
+    path.write_text(json.dumps({**panel, "scanned": ["imdb", "tweet_sentiment", "piqa"]}))
     assert evidence.main(argv + ["--phases", "artefacts,full,metainit"]) == 0
     for kind in artefacts.KINDS:
         rows = artefacts.rounds(out, kind)
         assert 1 <= len(rows) <= 2 and all(r["cpu_s"] > 0 for r in rows)
         res = json.loads((out / "artefacts" / kind / "round-1" / "results.json").read_text())
         trained = res["tasks"] if kind == "zo-finetuner" else res["training"]["tasks"]
-        assert trained == ["winowhy"]  # sports_understanding meta-validates; strategyqa (the panel) is in neither
+        assert trained == ["piqa"]  # imdb meta-validates; tweet_sentiment (the panel) is in neither
     full = json.loads((out / "full" / "summary.json").read_text())
     assert full["methods"]["zo-finetuner-panel"]["spec"]["policy"] == artefacts.best(out, "zo-finetuner")
     meta = json.loads((out / "metainit" / "summary.json").read_text())
@@ -455,12 +455,12 @@ def test_metainit_reuses_the_prefix_phases_mezo_runs_from_the_base(tmp_path, tin
     from bench import harness as hn
 
     (tmp_path / "learnability").mkdir()
-    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["strategyqa"]}))
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["tweet_sentiment"]}))
     args = evidence.parse_args(["--out", str(tmp_path), "--meta-init", tiny_base])
     argv = evidence.harness_argv(args, "metainit")
     assert _flag(argv, "--reuse") == str(tmp_path / "prefix" / "runs.jsonl")
     assert "--reuse" not in evidence.harness_argv(args, "prefix")
-    smoke = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1", "--extend", "0", "--seeds",
+    smoke = ["--smoke", "--base", tiny_base, "--tasks", "tweet_sentiment", "--lr-grid", "1", "--extend", "0", "--seeds",
              "0,1", "--method", "mezo"]
     hn.run_suite(hn.parse_args(smoke + ["--out", str(tmp_path / "prefix")]))
     hn.run_suite(hn.parse_args(smoke + ["--out", str(tmp_path / "metainit"), "--reuse", _flag(argv, "--reuse")]))

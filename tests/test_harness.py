@@ -168,9 +168,9 @@ def test_a_zo_methods_default_eps_is_mezos_in_the_runs_peft_mode():
     """MeZO's eps differs by mode (prefix 1e-1, LoRA 1e-2, full 1e-3): a harness run without eps= takes its mode's,
     where it used to take the prefix value in every mode; eps= wins, and first-order runs get none. Bilevel-ZOFO
     perturbs the backbone (its adapter learns first-order), so it takes the full-parameter eps in every mode."""
-    a = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo"])
+    a = hn.parse_args(["--tasks", "boolq", "--method", "mezo"])
     def eps(spec, peft):
-        return hn.make_config(argparse.Namespace(**{**vars(a), "peft": peft}), hn.parse_method(spec), "strategyqa",
+        return hn.make_config(argparse.Namespace(**{**vars(a), "peft": peft}), hn.parse_method(spec), "boolq",
                               1e-3, 0, 20).eps
     assert [eps("mezo", m) for m in ("prefix", "prompt", "lora", "full")] == [1e-1, 1e-1, 1e-2, 1e-3]
     assert eps("lozo", "full") == 1e-3 and eps("m:mezo:eps=5e-2", "full") == 5e-2
@@ -183,9 +183,9 @@ def test_bilevel_zofo_runs_at_its_small_scale_settings_with_both_adam_rates_sear
     """Bilevel-ZOFO's defaults (lam 1e4, theta_lr 1e-7: the official OPT-13B LoRA sweep) diverged in prefix mode on
     SmolLM2-135M (our theta step is SGD, so it scales with lam); the harness runs docs/bilevel.md's small-scale
     settings, the searched lr setting both Adam rates (the evaluated copy p's too), and a spec's own value wins."""
-    a = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo"])
+    a = hn.parse_args(["--tasks", "boolq", "--method", "mezo"])
     def cfg(spec, lr):
-        return hn.make_config(a, hn.parse_method(spec), "strategyqa", lr, 0, 20)
+        return hn.make_config(a, hn.parse_method(spec), "boolq", lr, 0, 20)
     c = cfg("bilevel-zofo", 3e-3)
     assert (c.lam, c.theta_lr, c.t_low, c.lower_lr, c.upper_lr) == (10, 1e-6, 10, 3e-3, 3e-3)
     assert cfg("bilevel-zofo", 1e-2).upper_lr == 1e-2                  # it follows the run's lr
@@ -210,7 +210,7 @@ def test_method_lists_are_checked_before_anything_runs(specs, problem):
     assert (got is None) if problem is None else (problem in got)
     if problem:
         with pytest.raises(SystemExit):
-            hn.parse_args(["--tasks", "strategyqa", *[a for s in specs for a in ("--method", s)]])
+            hn.parse_args(["--tasks", "boolq", *[a for s in specs for a in ("--method", s)]])
 
 
 def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
@@ -226,8 +226,8 @@ def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "is empty: no scanned task has moved by >= 3 standard errors" in err[0]
     with pytest.raises(UserError):
         hn.compare(["mezo"], panel=str(panel), out=str(tmp_path / "x"))
-    args = hn.parse_args(["--panel", str(panel), "--tasks", "strategyqa"])  # named tasks need no panel task
-    assert args.task_list == ["strategyqa"] and args.reuse == ["r.jsonl"]
+    args = hn.parse_args(["--panel", str(panel), "--tasks", "boolq"])  # named tasks need no panel task
+    assert args.task_list == ["boolq"] and args.reuse == ["r.jsonl"]
     (tmp_path / "runs.jsonl").write_text("")          # the scan's runs beside its panel are found from any directory
     assert hn.parse_args(["--panel", str(panel), "--tasks", "x"]).reuse == [str(tmp_path / "runs.jsonl")]
 
@@ -242,7 +242,7 @@ QUICK = ("mezo", "bilevel-zofo", "zo-sgd-sign")
 def mezo_runs(tiny_base, tmp_path_factory):
     """The reference's runs (MeZO always runs first), made once: the other methods' suites reuse them."""
     out = tmp_path_factory.mktemp("mezo")
-    hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out),
+    hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--out", str(out),
                                 "--lr-grid", "1,3", "--extend", "0", "--seeds", "1", "--method", "mezo"]))
     return out
 
@@ -265,7 +265,7 @@ def test_a_policy_composition_under_method_all_runs_with_the_policy(tiny_base, t
     policy = str(save_policy(ZOPolicy.for_model(model, base_model=tiny_base, seed=2), tmp_path / "policy"))
     monkeypatch.setattr(catalog, "method_names", lambda: ["mezo", "lozo", "zo-finetuner+lozo"])
     out = tmp_path / "h"
-    args = hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out), "--peft", "full",
+    args = hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--out", str(out), "--peft", "full",
                           "--lr-grid", "1,3", "--extend", "0", "--seeds", "0", "--method", "all", "--policy", policy])
     assert [m.label for m in args.methods] == ["mezo", "lozo", "zo-finetuner+lozo"]
     hn.run_suite(args)
@@ -295,7 +295,7 @@ def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_
         ["mezo", *[n for n in catalog.method_names() if n != "mezo"], "fo-sgd"]
     out = mezo_runs if name == "mezo" else tmp_path / "h"
     if name != "mezo":
-        hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--out", str(out),
+        hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--out", str(out),
                                     "--lr-grid", "1,3", "--extend", "0", "--seeds", "1", "--method", name,
                                     "--reuse", str(mezo_runs / "runs.jsonl")]))
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
@@ -306,7 +306,7 @@ def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_
     assert sorted(r["lr"] for r in selection) == pytest.approx([centre, 3 * centre])   # the 2-point grid, on dev
     assert all(r["final"].get("dev") is not None for r in selection)
     best = max(selection, key=lambda r: (r["final"]["dev"], -r["final_train_loss"]))   # ties: lower train loss
-    chosen = json.loads((out / "summary.json").read_text())["methods"][name]["per_task"]["strategyqa"]["lr"]
+    chosen = json.loads((out / "summary.json").read_text())["methods"][name]["per_task"]["boolq"]["lr"]
     assert chosen == best["lr"]
     finals = [r for r in mine if r["config"]["seed"] == 1]
     assert len(finals) == 1 and finals[0]["config"][flag] == chosen and len(mine) == 3
@@ -315,18 +315,18 @@ def test_every_registered_method_gets_a_dev_chosen_lr_in_the_harness(name, tiny_
 def test_a_partial_report_shows_dashes_where_a_method_has_no_runs_yet(tmp_path):
     """Before a method has any final run (a partial suite), its row says "—", not a win-rate of nan over [0, 1],
     "None" as its lr or 0/0 as its reach."""
-    args = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo", "--method", "bszo", "--method", "fo-adamw"])
+    args = hn.parse_args(["--tasks", "boolq", "--method", "mezo", "--method", "bszo", "--method", "fo-adamw"])
     history = tmp_path / "history.json"
     history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
-    run = {"task": "strategyqa", "seed": 0, "lr": 1e-2, "final": {"eval": 0.6, "dev": 0.6}, "final_train_loss": 0.7,
+    run = {"task": "boolq", "seed": 0, "lr": 1e-2, "final": {"eval": 0.6, "dev": 0.6}, "final_train_loss": 0.7,
            "steps": 10, "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
-    chosen = {("strategyqa", "mezo"): (1e-2, [run])}
-    summary = rep.summarize(args, {("strategyqa", "mezo", 0): run}, chosen, {"strategyqa": [0]},
-                           {"strategyqa": 0.5})
+    chosen = {("boolq", "mezo"): (1e-2, [run])}
+    summary = rep.summarize(args, {("boolq", "mezo", 0): run}, chosen, {"boolq": [0]},
+                           {"boolq": 0.5})
     table = rep.render_table(summary)
     assert "nan" not in table and "None" not in table and "0/0" not in table
     assert "| bszo | 0 | — | — | — | — | — | — |" in table and "| fo-adamw | 0 | — |" in table
-    assert "| strategyqa | 0.500 | bszo | — | — | — |" in table
+    assert "| boolq | 0.500 | bszo | — | — | — |" in table
 
 
 def test_a_panel_tasks_scan_run_chooses_lrs_only_and_its_max_length_is_kept(tmp_path):
@@ -360,7 +360,7 @@ def test_data_per_seed_gives_each_seed_its_own_sample_shared_by_the_methods_on_i
     """--data-per-seed: seed s trains on, and is scored on, data seed s's sample (MeZO's protocol); the methods on
     one seed share it (the pairs stay paired); each sample gets its own zero-shot, and the report says what a seed
     varies. Without it, every run is on --data-seed's sample."""
-    argv = ["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1", "--extend", "0", "--seeds",
+    argv = ["--smoke", "--base", tiny_base, "--tasks", "boolq", "--lr-grid", "1", "--extend", "0", "--seeds",
             "1,2", "--method", "mezo", "--method", "mezo-gv"]
     summary = hn.run_suite(hn.parse_args(argv + ["--out", str(tmp_path / "per-seed"), "--data-per-seed"]))
     runs = [json.loads(x) for x in (tmp_path / "per-seed" / "runs.jsonl").read_text().splitlines()]
@@ -369,7 +369,7 @@ def test_data_per_seed_gives_each_seed_its_own_sample_shared_by_the_methods_on_i
     assert all(r["seeds"]["data_seed"] == 0 for r in runs if r["config"]["seed"] == 0)  # the lr selection's
     assert {r["config"]["data_seed"] for r in runs if r.get("zero_shot")} == {0, 1, 2}  # one zero-shot per sample
     zs = {r["config"]["data_seed"]: r["zero_shot"]["eval"] for r in runs if r.get("zero_shot")}
-    assert summary["zero_shot"]["strategyqa"] == pytest.approx((zs[1] + zs[2]) / 2)
+    assert summary["zero_shot"]["boolq"] == pytest.approx((zs[1] + zs[2]) / 2)
     assert summary["settings"]["data_per_seed"]
     assert "draws its own train, dev and eval sample" in (tmp_path / "per-seed" / "table.md").read_text()
 
@@ -391,7 +391,7 @@ def test_a_method_with_its_own_seed_count_runs_more_pairs_and_mezo_runs_them_too
 
 
 def test_the_extra_seeds_run_and_are_paired_in_the_report(tiny_base, tmp_path):
-    summary = hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "strategyqa", "--lr-grid", "1",
+    summary = hn.run_suite(hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--lr-grid", "1",
                                           "--extend", "0", "--seeds", "0", "--method", "mezo", "--method",
                                           "gv:mezo-gv:seeds=2", "--method", "zo-sgd-sign", "--out", str(tmp_path)]))
     runs = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
@@ -399,14 +399,14 @@ def test_the_extra_seeds_run_and_are_paired_in_the_report(tiny_base, tmp_path):
     assert ran == [("gv", 0), ("gv", 1), ("mezo", 0), ("mezo", 1), ("zo-sgd-sign", 0)]
     got = summary["methods"]
     assert (got["gv"]["d_eval"]["n"], got["zo-sgd-sign"]["d_eval"]["n"]) == (2, 1)
-    assert got["mezo"]["per_task"]["strategyqa"]["eval"]["n"] == 2
-    assert summary["seeds"] == {"strategyqa": [0, 1]} and summary["complete"]
+    assert got["mezo"]["per_task"]["boolq"]["eval"]["n"] == 2
+    assert summary["seeds"] == {"boolq": [0, 1]} and summary["complete"]
 
 
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
     """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
     that is not a method is refused."""
-    args = hn.parse_args(["--tasks", "strategyqa", "--method", "mezo", "--method", "new:mezo-gv",
+    args = hn.parse_args(["--tasks", "boolq", "--method", "mezo", "--method", "new:mezo-gv",
                           "--method", "old:mezo-greedy", "--versus", "new:old"])
     history = tmp_path / "history.json"
     history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
@@ -415,14 +415,14 @@ def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tm
         return {"lr": 1e-2, "final": {"eval": acc}, "final_train_loss": loss, "steps": 10,
                 "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
 
-    final = {("strategyqa", label, s): run(acc + s / 100, loss) for s in range(3)
+    final = {("boolq", label, s): run(acc + s / 100, loss) for s in range(3)
              for label, acc, loss in (("mezo", 0.5, 0.7), ("new", 0.7, 0.6), ("old", 0.6, 0.65))}
-    summary = rep.summarize(args, final, {}, {"strategyqa": [0, 1, 2]}, {"strategyqa": None})
+    summary = rep.summarize(args, final, {}, {"boolq": [0, 1, 2]}, {"boolq": None})
     vs = summary["versus"]["new:old"]
     assert vs["d_eval"]["mean"] == pytest.approx(0.1) and vs["d_loss"]["mean"] == pytest.approx(-0.05)
     assert vs["win_eval"]["rate"] == 1.0 and summary["methods"]["new"]["d_eval"]["mean"] == pytest.approx(0.2)
     with pytest.raises(SystemExit):
-        hn.parse_args(["--tasks", "strategyqa", "--method", "new:mezo-gv", "--versus", "new:nobody"])
+        hn.parse_args(["--tasks", "boolq", "--method", "new:mezo-gv", "--versus", "new:nobody"])
 
 
 def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_attempt(tmp_path, monkeypatch):
@@ -440,8 +440,8 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
         return {"final": {"eval": 0.5}, "final_train_loss": 0.7, "task": cfg.task}
 
     monkeypatch.setattr("fine_tune.run.run", fake_run)
-    args = hn.parse_args(["--tasks", "strategyqa", "--out", str(tmp_path / "h")])
-    cfg = hn.make_config(args, hn.parse_method("mezo"), "strategyqa", 1e-2, 0, args.budget)
+    args = hn.parse_args(["--tasks", "boolq", "--out", str(tmp_path / "h")])
+    cfg = hn.make_config(args, hn.parse_method("mezo"), "boolq", 1e-2, 0, args.budget)
     monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
 
     def killed(path, record):
@@ -457,3 +457,43 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     res = hn.Runner(args)(cfg, "mezo")
     assert res["cpu_s"] >= 0.3 and not (Path(cfg.out) / resume.METER_FILE).exists()
     assert [r["cpu_s"] for r in hn.read_records(tmp_path / "h" / "runs.jsonl")] == [res["cpu_s"]]
+
+
+def test_a_task_whose_data_cannot_be_had_is_skipped_and_its_recorded_runs_still_count(tmp_path, monkeypatch, capsys):
+    """A panel task whose files no source has here (BIG-bench since PyPI dropped its sdist, on a machine without
+    GitHub): its recorded runs still answer, its missing ones raise NotRun (the suite goes on with the other tasks),
+    said once, and the data is looked for once per task, not once per run."""
+    from l2o.tasks.errors import TaskError
+
+    ran, looked = [], []
+
+    def fake_run(cfg, log=print):
+        ran.append((cfg.task, cfg.seed))
+        return {"final": {"eval": 0.5}, "final_train_loss": 0.7, "task": cfg.task}
+
+    def ensure_task(task, source=None):
+        looked.append(task)
+        if task == "navigate":
+            raise TaskError("task 'navigate' needs BIG-bench task files: no source here")
+
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    monkeypatch.setattr("zoo.acquire.ensure_task", ensure_task)
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
+    args = hn.parse_args(["--tasks", "imdb,navigate", "--out", str(tmp_path)])
+    mezo = hn.parse_method("mezo")
+
+    def cfg(task, seed):
+        return hn.make_config(args, mezo, task, 1e-2, seed, args.budget)
+
+    before = {"config": cfg("navigate", 0).to_dict(), "final": {"eval": 0.9}, "final_train_loss": 0.3}
+    hn.append_record(tmp_path / "runs.jsonl", before)
+    runner = hn.Runner(args)
+    assert runner(cfg("navigate", 0), "mezo")["final"]["eval"] == 0.9  # recorded: no data needed
+    for seed in (1, 2):
+        with pytest.raises(hn.NotRun, match="navigate: no data"):
+            runner(cfg("navigate", seed), "mezo")
+    assert runner(cfg("imdb", 1), "mezo")["final"]["eval"] == 0.5
+    assert ran == [("imdb", 1)] and looked == ["navigate", "imdb"]
+    out = capsys.readouterr().out
+    assert out.count("harness: navigate's runs that are not recorded yet are skipped, since its data cannot be had "
+                     "here (task 'navigate' needs BIG-bench task files: no source here)") == 1

@@ -21,7 +21,7 @@ STEPS, LR_POLICY, LR_LLM = 3, 0.05, 0.05
 
 
 def _args(base, out, steps=STEPS):
-    return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
+    return ["--base", base, "--tasks", "imdb", "siqa", "piqa", "--holdout", "piqa",
             "--out", str(out), "--max_steps", str(steps), "--model.eta_meta", "1e-2", "--model.lr_llm", str(LR_LLM),
             "--model.lr_policy", str(LR_POLICY), "--model.reset_every", "0", "--model.val_steps", "1",
             "--model.val_tasks", "1", "--model.log_every", "0", "--data.batch_size", "2", "--data.num_train", "8",
@@ -35,7 +35,7 @@ def _one_process_average(base, world=2):
     from l2o.estimators.lookahead import Lookahead, TaskState
     from l2o.weights import Trajectory
 
-    dm = TaskFamilyData(tasks=["sports_understanding", "implicatures", "winowhy"], holdout=["winowhy"], batch_size=2,
+    dm = TaskFamilyData(tasks=["imdb", "siqa", "piqa"], holdout=["piqa"], batch_size=2,
                         num_train=8, num_eval=2, max_length=32)
     dm.setup()
     ranks = []

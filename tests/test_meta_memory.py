@@ -94,7 +94,7 @@ def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_llam
     from meta_train.data import TaskFamilyData
     from meta_train.module import ZOFineTunerMeta
 
-    dm = TaskFamilyData(tasks=["sports_understanding", "winowhy"], holdout=["winowhy"], batch_size=4, num_train=8,
+    dm = TaskFamilyData(tasks=["imdb", "piqa"], holdout=["piqa"], batch_size=4, num_train=8,
                         num_eval=4, max_length=32)
     dm.setup()
 
@@ -108,23 +108,23 @@ def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_llam
     module._tb = lambda: None
     assert not hasattr(module, "pretrained") and not hasattr(module, "_scratch")  # no resident copies
     trajectory = module.estimator.trajectory
-    trajectory.step(module._loss_fn("sports_understanding"), module.model, dm.batch("sports_understanding", 0))
+    trajectory.step(module._loss_fn("imdb"), module.model, dm.batch("imdb", 0))
     theta = [p.detach().clone() for p in module.model.parameters()]
     momentum = {i: m.clone() for i, m in trajectory.buf.items()}
     row = module.meta_validate()
-    assert set(row["tasks"]) == {"winowhy"} and row["tasks"]["winowhy"]["mezo_forwards"] == 4
+    assert set(row["tasks"]) == {"piqa"} and row["tasks"]["piqa"]["mezo_forwards"] == 4
     assert all(torch.equal(p, q) for p, q in zip(module.model.parameters(), theta))
     assert all(torch.equal(trajectory.buf[i], m) for i, m in momentum.items())
     # both fine-tunings started from the pretrained weights: MeZO's result equals a fresh model's
     from l2o.optim import build_optimizer
 
     fresh, _, _ = load_base(tiny_llama_base)
-    fn = module._loss_fn("winowhy")
+    fn = module._loss_fn("piqa")
     opt = build_optimizer("mezo", fresh, lr=module.hparams.val_lr, eps=module.hparams.eps, seed=module.hparams.seed)
     for k in range(2):
-        batch = dm.batch("winowhy", 10 ** 7 + k)
+        batch = dm.batch("piqa", 10 ** 7 + k)
         opt.step(lambda: fn(fresh, batch))
-    assert module._eval_loss(fresh, "winowhy") == pytest.approx(row["tasks"]["winowhy"]["mezo"], rel=1e-6)
+    assert module._eval_loss(fresh, "piqa") == pytest.approx(row["tasks"]["piqa"]["mezo"], rel=1e-6)
 
 
 @pytest.mark.slow

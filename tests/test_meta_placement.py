@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("isolated", "one_thread")
 
 
 def _args(base, out, estimator="es"):
-    return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
+    return ["--base", base, "--tasks", "imdb", "siqa", "piqa", "--holdout", "piqa",
             "--out", str(out), "--estimator", estimator, "--max_steps", "3", "--model.lr_policy", "0.05",
             "--model.reset_every", "2", "--model.val_steps", "1", "--model.val_tasks", "1", "--model.log_every", "0",
             "--model.pairs", "2", "--model.unroll", "2", "--model.inner_lr", "1e-2", "--data.batch_size", "2",

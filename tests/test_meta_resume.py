@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _args(base, out, estimator):
-    return ["--base", base, "--tasks", "sports_understanding", "implicatures", "winowhy", "--holdout", "winowhy",
+    return ["--base", base, "--tasks", "imdb", "siqa", "piqa", "--holdout", "piqa",
             "--out", str(out), "--estimator", estimator, "--max_steps", str(STEPS), "--save_every", "100",
             "--model.lr_policy", "0.05", "--model.eta_meta", "1e-2", "--model.lr_llm", "0.05",
             "--model.reset_every", "3", "--model.val_every", "2", "--model.val_steps", "1", "--model.val_tasks", "1",

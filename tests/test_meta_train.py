@@ -180,7 +180,7 @@ def test_bf16_and_fp32_lean_meta_gradients_agree_in_direction():
 
 # ---------------------------------------------------------------------- the pipeline on a tiny model
 def _run_args(base, out, *extra):
-    return ["--base", base, "--tasks", "sports_understanding", "winowhy", "--holdout", "winowhy",
+    return ["--base", base, "--tasks", "imdb", "piqa", "--holdout", "piqa",
             "--out", str(out), "--model.eta_meta", "1e-2", "--model.lr_llm", "0.05", "--model.reset_every", "0",
             "--model.val_steps", "2", "--model.log_every", "5", "--data.batch_size", "4", "--data.num_train", "16",
             "--data.num_eval", "4", "--data.max_length", "48", *extra]
@@ -193,7 +193,7 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert main(_run_args(tiny_base, out, "--max_steps", "10", "--registry", str(reg), "--save_every", "5")) == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert "meta-validation (winowhy)" in printed and "published:   tiny-opt/zo-finetuner@1" in printed
+    assert "meta-validation (piqa)" in printed and "published:   tiny-opt/zo-finetuner@1" in printed
     progress = [line for line in captured.err.splitlines() if line.startswith("step ")]
     assert progress and all("loss nan" not in line for line in progress), progress  # the meta-loss it logs
 
@@ -217,9 +217,9 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
         for tag in run.Tags()["scalars"]:
             writers.setdefault(tag, set()).add(events.parent)
     assert all(len(w) == 1 for w in writers.values()), {t: w for t, w in writers.items() if len(w) > 1}
-    final = json.loads((out / "results.json").read_text())["meta_validation"]["tasks"]["winowhy"]
-    assert acc.Scalars("metaval/winowhy/policy_loss")[-1].value == pytest.approx(final["zo-finetuner"])
-    assert acc.Scalars("metaval/winowhy/mezo_loss")[-1].value == pytest.approx(final["mezo"])
+    final = json.loads((out / "results.json").read_text())["meta_validation"]["tasks"]["piqa"]
+    assert acc.Scalars("metaval/piqa/policy_loss")[-1].value == pytest.approx(final["zo-finetuner"])
+    assert acc.Scalars("metaval/piqa/mezo_loss")[-1].value == pytest.approx(final["mezo"])
 
     assert (out / "config.yaml").exists() and (out / "tb" / "config.yaml").exists()
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -227,12 +227,12 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert ckpt["optimizer_states"][0]["state"]  # Adam's moments
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 10 and results["published"] == "tiny-opt/zo-finetuner@1"
-    assert results["meta_validation"]["tasks"] == {"winowhy": results["meta_validation"]["tasks"]["winowhy"]}
+    assert results["meta_validation"]["tasks"] == {"piqa": results["meta_validation"]["tasks"]["piqa"]}
     assert json.loads((out / "policy" / "config.json").read_text())["arch"]["size_rule"] == "numel"  # the run's rule
     card = (out / "policy" / "README.md").read_text()
-    assert "sports_understanding" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
+    assert "imdb" in card and "| meta-steps | 10 |" in card and "Meta-validation at meta-step" in card
     for field in ("| estimator | lookahead", "| unroll horizon | 1 look-ahead step |", "| size rule | numel |",
-                  "| inner optimizer |", "| parameters | ", "| winowhy | "):
+                  "| inner optimizer |", "| parameters | ", "| piqa | "):
         assert field in card, field
 
     # resume continues from the checkpoint to a longer run
@@ -349,7 +349,7 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
     assert card["pool_size"] == 3 and card["alpha"] == 0.4
     mv = results["meta_validation"]
     assert (mv["method"], mv["baseline"]) == ("zo-finetuner+gv", "mezo-gv")
-    assert set(mv["tasks"]["winowhy"]) >= {"zo-finetuner+gv", "mezo-gv"}
+    assert set(mv["tasks"]["piqa"]) >= {"zo-finetuner+gv", "mezo-gv"}
     assert mv["improvement"] == pytest.approx(mv["baseline_loss"] - mv["policy_loss"])
     readme = (out / "policy" / "README.md").read_text()
     row = [r for r in readme.splitlines() if "inner optimizer" in r]
@@ -362,7 +362,7 @@ def test_the_inner_methods_declared_hyperparameters_reach_the_es_inner_optimizer
 
     acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    assert {"metaval/mezo-gv_loss", "metaval/winowhy/mezo-gv_loss"} <= set(acc.Tags()["scalars"])
+    assert {"metaval/mezo-gv_loss", "metaval/piqa/mezo-gv_loss"} <= set(acc.Tags()["scalars"])
     assert not any("mezo_loss" in t for t in acc.Tags()["scalars"])
 
     for extra, needle in [(["--model.inner_hparams.pool_size", "1"], "--model.inner_hparams: zo-finetuner+gv: "

@@ -200,7 +200,7 @@ def test_a_read_only_or_full_cache_is_one_line_naming_it_in_every_cli(bad_cache,
     assert main(["--task", "sst2", "--steps", "1", "--out", str(tmp_path / "ft")]) == 2
     assert f"folder {bad_cache / 'models'} (" in _one_error_line(capsys, "fine_tune")
     assert not (tmp_path / "ft").exists()
-    # the BIG-bench task files are extracted into $L2O_CACHE/bigbench on first use
+    # the BIG-bench task files are fetched into $L2O_CACHE/bigbench on first use (it fails before any source)
     assert meta_train(["--base", "smollm2-135m", "--tasks", "sports_understanding", "--max_steps", "1",
                        "--out", str(tmp_path / "mt")]) == 2
     assert f"folder {bad_cache / 'bigbench'} (" in _one_error_line(capsys, "meta_train")

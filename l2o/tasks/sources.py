@@ -137,11 +137,11 @@ def bigbench_sdist_path() -> Path:
 
 
 def bigbench_file(member: str, task: str) -> Path:
-    """A BIG-bench task file (a path under `bigbench/benchmark_tasks/`) extracted into the cache by
-    `zoo.acquire` (`make data`); a clear TaskError when it is not there."""
+    """A BIG-bench task file (a path under `bigbench/benchmark_tasks/`) fetched into the cache by
+    `zoo.acquire` (`make data`, or an app's `ensure_task`); a clear TaskError when it is not there."""
     path = bigbench_root() / member
     if not path.is_file():
         raise TaskError(f"task {task!r} needs BIG-bench task files, which are not in {bigbench_root()}; "
-                        f"`python -m zoo.acquire --tasks {task}` (or `make data`) extracts them from the bigbench "
-                        "sdist")
+                        f"`python -m zoo.acquire --tasks {task}` fetches them (from $L2O_BIGBENCH_SDIST, the "
+                        "bigbench sdist or GitHub)")
     return path

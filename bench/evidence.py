@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
+from zoo.artefact import WEIGHTS_NAME  # noqa: E402
 from bench.claims import share_pairs_to_decide  # noqa: E402
 from bench.cli import INTERRUPTED  # noqa: E402
 
@@ -184,14 +185,21 @@ def panel_tasks(args) -> list[str]:
 
 def scan(args, cuts: list[int], extra: tuple[str, ...] = ()) -> None:
     """The scan at each of `cuts` in turn while the panel has fewer than --panel-min tasks (always at the first);
-    the report (table, plot, panel) is the last cut's."""
-    for i, cut in enumerate(cuts):
-        if i and len(panel_tasks(args)) >= args.panel_min:
-            return
-        if i:
-            print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks; widening the scan to "
-                  f"--max-median {cut}", flush=True)
-        scan_at(args, scan_argv(args, cut) + list(extra))
+    the report (table, plot, panel) is the last cut's. A scan that cannot have every candidate task's data here
+    (BIG-bench's files, with no source of them) is skipped, saying why: it would otherwise rewrite the panel without
+    the tasks it cannot read, and the records of the scan stand as they are."""
+    from l2o.tasks.errors import TaskError
+
+    try:
+        for i, cut in enumerate(cuts):
+            if i and len(panel_tasks(args)) >= args.panel_min:
+                return
+            if i:
+                print(f"evidence: the panel has {len(panel_tasks(args))} < {args.panel_min} tasks; widening the scan "
+                      f"to --max-median {cut}", flush=True)
+            scan_at(args, scan_argv(args, cut) + list(extra))
+    except TaskError as why:
+        print(f"evidence: the scan is skipped, its records and panel stand as they are: {why}", flush=True)
 
 
 def scan_at(args, argv: list[str]) -> None:
@@ -298,9 +306,10 @@ def skip_reason(args, phase: str) -> str | None:
         init = artefacts.meta_init(args.meta_init, args.out)
         if not init:
             return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
-        if not args.meta_init and not Path(init).exists():
+        if not args.meta_init and not (Path(init) / WEIGHTS_NAME).exists():  # the records keep only its card
             return (f"the artefacts phase's meta-initialisation {init} is gone (a base's weights are not kept with the "
-                    "records, bench/snapshot.py); give --meta-init, or remove its rounds.jsonl to train it again")
+                    "records, bench/snapshot.py); give --meta-init, or remove its rounds.jsonl from --out and from "
+                    "the records (<docs>/data/evidence/artefacts) to train it again")
     if phase == "bf16":
         task = panel_tasks(args)[0]
         missing = [m for m in BF16_METHODS if m not in prefix_lrs(args, task)]

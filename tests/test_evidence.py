@@ -505,3 +505,37 @@ def test_two_workers_widen_the_scan_first_then_run_two_lanes():
     assert lanes("full,bf16") == (["lane", "bf16"], ["full"])
     with pytest.raises(SystemExit):
         evidence.parse_args(["--workers", "3"])
+
+
+def test_a_meta_initialisation_restored_without_its_weights_is_gone_and_a_scan_without_its_data_is_skipped(
+        tmp_path, monkeypatch, capsys):
+    """After a wipe the records bring back a meta-initialisation's card and config, not its weights (a base's size):
+    the metainit phase says it is gone instead of running from a folder that cannot load. A scan whose tasks' data
+    cannot be had here is skipped, saying why, and leaves the panel as it was (rewriting it would drop those tasks)."""
+    from bench import evidence, learnability
+    from l2o.tasks.errors import TaskError
+    from zoo.artefact import WEIGHTS_NAME
+
+    panel = {"tasks": ["tweet_sentiment"], "scanned": ["a", "b", "tweet_sentiment"], "settings": {"max_median": 64}}
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps(panel))
+    rounds = tmp_path / "artefacts" / "bilevel-zofo"
+    (rounds / "round-1" / "meta-init").mkdir(parents=True)
+    (rounds / "rounds.jsonl").write_text(json.dumps({"round": 1, "meta_steps": 4, "metric": 0.1, "cpu_s": 1.0}) + "\n")
+    for name in ("README.md", "config.json"):
+        (rounds / "round-1" / "meta-init" / name).write_text("{}")
+    args = evidence.parse_args(["--out", str(tmp_path)])
+    assert "meta-initialisation" in evidence.skip_reason(args, "metainit") and "is gone" in \
+        evidence.skip_reason(args, "metainit")
+    (rounds / "round-1" / "meta-init" / WEIGHTS_NAME).write_bytes(b"weights")
+    assert evidence.skip_reason(args, "metainit") is None
+
+    def no_data(argv):
+        raise TaskError("task 'a' needs BIG-bench task files: no source here")
+
+    monkeypatch.setattr(learnability, "main", no_data)
+    before = (tmp_path / "learnability" / "panel.json").read_text()
+    evidence.run_phase(args, "lora")
+    assert "evidence: the scan is skipped, its records and panel stand as they are: task 'a' needs BIG-bench" \
+        in capsys.readouterr().out
+    assert (tmp_path / "learnability" / "panel.json").read_text() == before

@@ -237,7 +237,8 @@ class RunOptions:
         return self.save_model or None
 
     def optimizer_kwargs(self) -> dict:
-        """The chosen method's declared defaults, overridden by the flags given; refuses flags it does not take."""
+        """The chosen method's declared defaults (its own for --peft where it declares them), overridden by the flags
+        given; refuses flags it does not take."""
         if self.is_first_order():
             from fine_tune.first_order import first_order_kwargs
 
@@ -250,7 +251,7 @@ class RunOptions:
 
             known = sorted([*catalog.method_names(), *FIRST_ORDER])
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(known)}")
-        kwargs = catalog.defaults(self.optimizer)
+        kwargs = catalog.defaults(self.optimizer, self.peft)  # the method's own in this --peft mode, if it has them
         for name in HYPERPARAMETERS:
             value = getattr(self, name)
             if value is None:

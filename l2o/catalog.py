@@ -50,6 +50,10 @@ def build() -> dict:
                          "buffers": [b.as_dict() for b in cls.buffers]}
         if cls.buffer_args:
             methods[name]["buffer_args"] = dict(cls.buffer_args)
+        if cls.peft_defaults:
+            for peft, values in cls.peft_defaults.items():
+                cls.resolve(dict(values))  # each a valid value (a ConfigError at `make catalog`, not at a run)
+            methods[name]["peft_defaults"] = {peft: dict(v) for peft, v in cls.peft_defaults.items()}
     for entry in flags.values():
         entry.pop("default")  # defaults are per method
     return {"flags": flags, "methods": methods, "noise_sources": list(SOURCES),
@@ -104,9 +108,16 @@ def entry(name: str) -> dict:
     return load()["methods"][name]
 
 
-def defaults(method: str) -> dict:
-    """The declared defaults of `method` (no torch)."""
-    return {n: d["default"] for n, d in load()["methods"][method]["hyperparameters"].items()}
+def defaults(method: str, peft: str | None = None) -> dict:
+    """The declared defaults of `method`, with its own for the `peft` mode where it declares them (no torch)."""
+    m = load()["methods"][method]
+    return {**{n: d["default"] for n, d in m["hyperparameters"].items()}, **m.get("peft_defaults", {}).get(peft, {})}
+
+
+def _in_modes(m: dict) -> str:
+    """A method's own defaults per --peft mode, as the listings show them ("" for none)."""
+    return "".join(f"; with --peft {peft}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in values.items())
+                   for peft, values in m.get("peft_defaults", {}).items())
 
 
 def buffers(method: str) -> tuple:
@@ -132,7 +143,7 @@ def listing(catalog: dict | None = None) -> str:
         lines.append(f"{name}  ({m['paper']}; {m['forwards_per_step']} forwards/step)")
         lines.append(f"    update: {m['summary']}")
         lines.append("    " + "  ".join(f"--{n.replace('_', '-')} {_fmt(d['default'])}"
-                                         for n, d in m["hyperparameters"].items()))
+                                         for n, d in m["hyperparameters"].items()) + _in_modes(m))
     return "\n".join(lines)
 
 
@@ -141,7 +152,7 @@ def readme_table(catalog: dict) -> str:
     rows = ["| name | module | forwards/step | update | paper | defaults |", "|---|---|---|---|---|---|"]
     for name, m in catalog["methods"].items():
         module = "l2o/" + m["class"].split(":")[0].split(".", 1)[1].replace(".", "/") + ".py"
-        hps = ", ".join(f"{n} {_fmt(d['default'])}" for n, d in m["hyperparameters"].items())
+        hps = ", ".join(f"{n} {_fmt(d['default'])}" for n, d in m["hyperparameters"].items()) + _in_modes(m)
         rows.append(f"| `{name}` | `{module}` | {m['forwards_per_step']} | {m['summary']} | {m['paper']} | {hps} |")
     return "\n".join([TABLE_BEGIN, *rows, TABLE_END])
 

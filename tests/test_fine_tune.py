@@ -306,6 +306,26 @@ def test_bilevel_zofo_refuses_full_parameter_mode(capsys):
 
 
 
+def test_bilevel_zofo_takes_its_own_prefix_defaults_in_prefix_mode_and_the_official_sweep_elsewhere():
+    """Prefix mode: lam 10, both Adam rates 1e-2, theta_lr 1e-6, T_low 10 (the official LoRA sweep's lam 1e4 diverged
+    there); LoRA and prompt keep the declared official values; a flag given still wins, the others stay the mode's."""
+    official = catalog.defaults("bilevel-zofo")
+    assert (official["lam"], official["upper_lr"], official["t_low"]) == (1e4, 1e-7, 30)
+
+    def kwargs(*flags):
+        return FineTuneConfig(task="sst2", optimizer="bilevel-zofo", **dict(flags)).optimizer_kwargs()
+
+    prefix = kwargs(("peft", "prefix"))
+    assert {k: prefix[k] for k in ("lam", "lower_lr", "upper_lr", "theta_lr", "t_low")} == \
+        {"lam": 10.0, "lower_lr": 1e-2, "upper_lr": 1e-2, "theta_lr": 1e-6, "t_low": 10}
+    assert prefix["eps"] == official["eps"]  # not named for prefix: the declared one
+    for peft in ("lora", "prompt"):
+        assert kwargs(("peft", peft)) == official
+    mixed = kwargs(("peft", "prefix"), ("lam", 100.0))
+    assert mixed["lam"] == 100.0 and mixed["t_low"] == 10
+    assert "with --peft prefix: lam 10, lower_lr 0.01" in catalog.listing()
+
+
 def test_a_held_out_folder_is_refused_and_a_failed_run_removes_what_it_created(tiny_base, tmp_path, capsys):
     import signal
 

@@ -102,6 +102,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         HP("weight_decay", float, 0.0, "lambda, not on biases and norm weights (MeZO's rule)", "MeZO", low=0),
     )
     dropped: tuple[str, ...] = ()  # inherited hyperparameters this method does not take
+    # per --peft mode, defaults that replace the declared ones there (the declared ones are the paper's, which may
+    # hold for one mode only); a flag given still wins. {} : the declared defaults in every mode
+    peft_defaults: dict[str, dict] = {}
     # what a method can do, for the apps and the contract tests (tests/test_methods.py):
     replayable = True     # its ledger alone rebuilds the weights (else `--checkpoint ledger` is refused)
     distributed = True    # its steps split over ranks (l2o.distributed; else one process only)

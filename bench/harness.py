@@ -283,6 +283,7 @@ class Runner:
         self.done = {config_key(r["config"]): r for r in [*reused, *read_records(self.log_path)]}
         self.from_reuse = {config_key(r["config"]) for r in reused}
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)
+        self.fingerprints: dict[tuple, str] = {}  # data_key -> the fingerprint of this machine's sample
 
     def reused(self, record: dict) -> bool:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
@@ -325,6 +326,27 @@ class Runner:
         if self.no_data[task]:
             raise NotRun(f"{task}: no data")
 
+    def same_data(self, cfg) -> None:
+        """UserError when this machine's sample of the task (its examples' fingerprint, l2o.tasks.Splits) is not the
+        one the records of the same data configuration were made on: another copy of the task's files (BIG-bench
+        from another source, another package version). Pairing those runs would compare methods on other examples.
+        Records from before fingerprints were kept are not checked."""
+        from l2o.errors import UserError
+        from l2o.tasks import sample_splits
+
+        key = data_key(cfg.to_dict())
+        if key not in self.fingerprints:
+            self.fingerprints[key] = sample_splits(
+                cfg.task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev, num_eval=cfg.num_eval,
+                source=cfg.source, eval_seed=cfg.eval_seed, small_pool=cfg.small_pool).fingerprint()
+        mine = self.fingerprints[key]
+        other = sorted({fp for r in self.done.values() if data_key(r["config"]) == key
+                        and (fp := r.get("splits", {}).get("fingerprint")) and fp != mine})
+        if other:
+            raise UserError(f"{cfg.task}'s examples here (data seed {cfg.data_seed}) are not those its records were "
+                            f"made on (fingerprint {mine[:19]}, recorded {other[0][:19]}): its files come from another "
+                            "source or version; give the records' data back, or another --out")
+
     def __call__(self, cfg, label: str) -> dict:
         key = config_key(cfg.to_dict())
         if key in self.done:
@@ -333,6 +355,7 @@ class Runner:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         self.need_data(cfg.task, cfg.source)
+        self.same_data(cfg)
         cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
         lr = getattr(cfg, step_size(cfg.optimizer))
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: "
@@ -346,6 +369,13 @@ class Runner:
         print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "
               f"train loss {res['final_train_loss']:.4f}, {res['cpu_s']:.0f} CPU-s", flush=True)
         return res
+
+
+def data_key(cfg: dict) -> tuple:
+    """What a run's data sample depends on (its configuration's fields): runs with one key train and are evaluated
+    on the same examples."""
+    return tuple(cfg.get(k) for k in ("task", "source", "data_seed", "num_train", "num_dev", "num_eval", "eval_seed",
+                                      "small_pool"))
 
 
 def steps_for(method: Method, budget: int) -> int:

@@ -37,6 +37,11 @@ def test_short_fine_tuning_lowers_the_loss_and_writes_its_artefacts(tiny_base, t
     assert results["steps"] == 40 and results["forward_passes"] == 80
     assert set(results["zero_shot"]) == {"dev", "eval"} and set(results["final"]) == {"dev", "eval"}
     assert results["base"]["fingerprint"].startswith("sha256:")
+    from l2o.tasks import sample_splits  # the examples it ran on, as bench.harness compares them across records
+
+    sample = sample_splits("sst2", seed=0, num_train=1000, num_dev=2, num_eval=1000, source=SST2)
+    assert results["splits"]["fingerprint"] == sample.fingerprint() != \
+        sample_splits("sst2", seed=1, num_train=1000, num_dev=2, num_eval=1000, source=SST2).fingerprint()
     assert results["config"]["dtype"] == "auto" and results["base"]["dtype"] == "fp32"  # auto on the CPU: fp32
     assert results["config"]["optimizer"] == "mezo" and results["seeds"] == {"seed": 0, "data_seed": 0}
     assert results["peak_memory_bytes"] > 0 and results["wall_time_s"] > 0

@@ -497,3 +497,42 @@ def test_a_task_whose_data_cannot_be_had_is_skipped_and_its_recorded_runs_still_
     out = capsys.readouterr().out
     assert out.count("harness: navigate's runs that are not recorded yet are skipped, since its data cannot be had "
                      "here (task 'navigate' needs BIG-bench task files: no source here)") == 1
+
+
+def test_runs_on_another_copy_of_a_tasks_data_are_refused_not_paired(tmp_path, monkeypatch):
+    """Each run records its examples' fingerprint (sha256 over the sampled splits). A record of the same data
+    configuration made on other examples (the task's files from another source) stops the harness in one sentence
+    before it runs anything; records that agree, or that predate fingerprints, pass."""
+    from l2o.errors import UserError
+    from l2o.tasks import sample_splits
+
+    ran = []
+
+    def fake_run(cfg, log=print):
+        ran.append(cfg.seed)
+        return {"config": cfg.to_dict(), "final": {"eval": 0.5}, "final_train_loss": 0.7, "task": cfg.task}
+
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
+    args = hn.parse_args(["--tasks", "imdb", "--out", str(tmp_path), "--num-train", "16", "--num-dev", "8",
+                          "--num-eval", "12"])
+    mezo = hn.parse_method("mezo")
+
+    def cfg(seed, data_seed=0):
+        c = hn.make_config(args, mezo, "imdb", 1e-2, seed, args.budget)
+        c.data_seed = data_seed
+        return c
+
+    here = sample_splits("imdb", seed=0, num_train=16, num_dev=8, num_eval=12).fingerprint()
+    assert here.startswith("sha256:") and here != sample_splits("imdb", seed=1, num_train=16, num_dev=8,
+                                                                 num_eval=12).fingerprint()
+    for seed, fp in ((0, here), (1, None)):
+        hn.append_record(tmp_path / "runs.jsonl", {"config": cfg(seed).to_dict(), "final": {"eval": 0.6},
+                                                   "splits": {"fingerprint": fp} if fp else {}})
+    assert hn.Runner(args)(cfg(2), "mezo")["final"]["eval"] == 0.5 and ran == [2]  # agreeing records: it runs
+    hn.append_record(tmp_path / "runs.jsonl", {"config": cfg(3).to_dict(), "final": {"eval": 0.6},
+                                               "splits": {"fingerprint": "sha256:" + "0" * 64}})
+    with pytest.raises(UserError, match=r"imdb's examples here \(data seed 0\) are not those its records were made "
+                                        r"on \(fingerprint sha256:[0-9a-f]{12}, recorded sha256:000000000000\)"):
+        hn.Runner(args)(cfg(4), "mezo")
+    assert hn.Runner(args)(cfg(5, data_seed=1), "mezo") and ran == [2, 5]  # another sample: no record to disagree

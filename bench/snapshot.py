@@ -13,8 +13,8 @@ Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the
 runs' own seed ledgers are not); every run's `history.json` (its loss curve: the harness's reach and k columns);
 the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at); the suite's
 `suite.json` (the CPU budget it last ran under); and the files of the learned artefacts' folders up to MAX_BYTES
-each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a whole base is not kept, so after a wipe its
-rounds' records stand but the metainit phase has no weights to use).
+each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a whole base is not kept: after a wipe its
+rounds' records stand, and the artefacts phase meta-trains it again from them, bench/artefacts.py `rebuild`).
 Checkpoints, TensorBoard logs, plots and reports are not kept: they are rewritten from the records, or not needed.
 
 Records only grow. A records file is copied only when its copy on the other side is missing or a prefix of it, and

@@ -56,6 +56,10 @@ def scripted(monkeypatch):
                                                                 "base_adapted_loss": 0.7}}})
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(res))
+        made = Path(out) / artefacts.ARTEFACT_DIR[kind]  # the artefact: a card, and weights the records do not keep
+        made.mkdir(exist_ok=True)
+        (made / "README.md").write_text(f"card of {kind} at {steps} steps")
+        (made / "model.safetensors").write_text(f"weights of {kind} at {steps} steps, gain {g}")
         (Path(out) / "checkpoints").mkdir(exist_ok=True)
         (Path(out) / "checkpoints" / "last.ckpt").write_text("ckpt")
         return 0
@@ -200,3 +204,40 @@ def test_best_finds_a_round_recorded_by_a_process_in_another_folder(tmp_path, mo
     found = artefacts.best(out, "bilevel-zofo")
     assert found == str(out / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init") and Path(found).is_dir()
     assert artefacts.best(Path("suite"), "bilevel-zofo") == "suite/artefacts/bilevel-zofo/round-1/meta-init"
+
+
+def test_after_a_wipe_the_best_bilevel_round_is_meta_trained_again_and_checked_against_its_record(tmp_path, scripted,
+                                                                                                  capsys):
+    """The records keep a meta-initialisation's card, not its weights. The next artefacts run meta-trains rounds
+    1..best again from their records' meta-steps (seeded: the same gain), checks each gain against its record, records
+    the CPU in rebuilds.jsonl, and leaves the weights where the metainit phase reads them. A rebuilt round whose gain
+    differs is refused: the runs made from the recorded artefact stand on that one."""
+    from bench.records import suite_records
+
+    calls, gains = scripted
+    _panel(tmp_path)
+    argv = ["--out", str(tmp_path), "--base", "tiny", "--meta-steps", "3", "--max-rounds", "5", "--kinds",
+            "bilevel-zofo"]
+    gains["bilevel-zofo"] = [0.01, 0.05, 0.05]  # round 3 no better: stop, round 2 best
+    assert artefacts.main(argv) == 0 and len(calls) == 3
+    folder = tmp_path / "artefacts" / "bilevel-zofo"
+    weights = folder / "round-2" / "meta-init" / "model.safetensors"
+    made = weights.read_text()
+    for f in folder.rglob("*"):  # the wipe: what bench.snapshot keeps comes back (records and cards), nothing else
+        if f.is_file() and f.name not in ("rounds.jsonl", "README.md"):
+            f.unlink()
+    gains["bilevel-zofo"] = [0.01, 0.05]
+    assert artefacts.main(argv) == 0
+    again = calls[3:]
+    assert len(again) == 2 and [a[a.index("--max_steps") + 1] for a in again] == ["3", "6"]
+    assert "--resume" in again[1]  # round 2 continues round 1's checkpoint, as when it was first made
+    assert weights.read_text() == made and not (folder / "round-3" / "meta-init" / "model.safetensors").exists()
+    rebuilt = artefacts.read_records(folder / "rebuilds.jsonl")
+    assert [r["round"] for r in rebuilt] == [1, 2] and folder / "rebuilds.jsonl" in suite_records(tmp_path)
+    assert "rebuilt: held-out gain +0.0500 as recorded" in capsys.readouterr().out
+    assert artefacts.main(argv) == 0 and len(calls) == 5  # the weights are back: nothing to do
+    weights.unlink()
+    gains["bilevel-zofo"] = [0.01, 0.07]  # other code: round 2 comes out another artefact
+    assert artefacts.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bilevel-zofo round 2 meta-trained again gives held-out gain 0.07, its record 0.05" in err

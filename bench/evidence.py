@@ -438,8 +438,10 @@ def main(argv=None) -> int:
 
         root = evidence_status.suite_root(args)
         there = argparse.Namespace(**{**vars(args), "out": str(root)})
-        print(evidence_status.status(args, root, budget=last_budget(args), panel=panel_tasks(there),
-                                     reasons={p: skip_reason(there, p) for p in evidence_status.HARNESS}), flush=True)
+        panel = panel_tasks(there)
+        print(evidence_status.status(args, root, budget=last_budget(args), panel=panel,
+                                     reasons={p: skip_reason(there, p) for p in evidence_status.HARNESS},
+                                     data=evidence_status.panel_data(panel)), flush=True)
         return 0
     import os
 

@@ -66,9 +66,26 @@ def suite_root(args) -> Path:
     return root if root.is_dir() else Path(args.docs) / "data" / "evidence"
 
 
-def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[str, str | None]) -> str:
-    """The standing of the suite in `root` (`suite_root`); bench.evidence gives its budget, the panel's tasks and
-    why each harness phase cannot start yet (`reasons`, None: it can)."""
+def panel_data(tasks: list[str]) -> dict[str, bool]:
+    """Whether each task's data is on this machine now (read, never fetched: --status starts nothing)."""
+    from l2o.tasks import get_task
+    from l2o.tasks.errors import TaskError
+
+    here = {}
+    for task in tasks:
+        try:
+            get_task(task).rows("validation")
+            here[task] = True
+        except TaskError:
+            here[task] = False
+    return here
+
+
+def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[str, str | None],
+           data: dict[str, bool] | None = None) -> str:
+    """The standing of the suite in `root` (`suite_root`); bench.evidence gives its budget, the panel's tasks,
+    why each harness phase cannot start yet (`reasons`, None: it can) and which panel tasks' data is here
+    (`data`, `panel_data`)."""
     from bench.evidence_doc import memory_file
 
     if not root.is_dir():
@@ -80,6 +97,10 @@ def status(args, root: Path, *, budget: float, panel: list[str], reasons: dict[s
         head = f"  {name:12s} {len(records):3d} runs    {_hours(records):6.2f} CPU-h"
         if name == "learnability":
             head += f"   panel: {', '.join(panel) if panel else 'none yet'}"
+            missing = [t for t, ok in (data or {}).items() if not ok]
+            if missing:  # the harness skips their missing runs (bench.harness Runner.need_data)
+                head += (f"\n      data not on this machine: {', '.join(missing)} (their missing runs are skipped; "
+                         "`python -m zoo.acquire --tasks NAME` fetches one where a source can be had)")
         elif name in HARNESS and not records:
             why = reasons.get(name)
             head += f"   {'can start' if not why else 'cannot start yet: ' + (why if why != said else 'as above')}"

@@ -66,3 +66,18 @@ def test_status_of_a_fresh_clone_reads_the_kept_records(tmp_path, capsys):
     assert f"(no {out} yet: the kept records): 1.00 of 8 CPU-hours spent" in said
     assert "prefix         0 runs      0.00 CPU-h   cannot start yet: no panel yet" in said
     assert not out.exists()
+
+
+def test_status_names_the_panel_tasks_whose_data_is_not_on_this_machine_without_fetching_it(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """BIG-bench's files no longer come from PyPI: --status says which panel tasks this machine cannot run (the
+    harness skips their missing runs), and reads only: nothing is fetched into the cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("L2O_CACHE", str(cache))
+    out = tmp_path / "ev"
+    (out / "learnability").mkdir(parents=True)
+    (out / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["navigate", "tweet_sentiment"]}))
+    assert evidence.main(["--status", "--out", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    said = capsys.readouterr().out
+    assert "data not on this machine: navigate (their missing runs are skipped" in said
+    assert "tweet_sentiment (" not in said and not cache.exists()

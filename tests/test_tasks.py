@@ -855,7 +855,7 @@ def test_without_the_sdist_bigbench_task_files_come_from_github_one_by_one(monke
     assert not (root / "unwanted").exists() and len(pip) == 1
     assert "downloaded BIG-bench fake_a/task.json from GitHub" in capsys.readouterr().err
     with pytest.raises(TaskError, match=r"task 'gone' needs BIG-bench task files: gone/task.json is not in the "
-                                        r"BIG-bench source used \(github\)"):
+                                        r"BIG-bench source used \(GitHub\)"):
         acquire.fetch_bigbench(["gone/task.json"], "gone")
     assert len(pip) == 1
 

@@ -364,7 +364,8 @@ def fetch_bigbench(members: Iterable[str], task: str, also: Iterable[str] = ()) 
                                     "archive of google/BIG-bench or a checkout of it")
     missing = [m for m in members if not (root / m).is_file()]
     if missing:
-        raise _bigbench_error(task, f"{missing[0]} is not in the BIG-bench source used ({source})")
+        used = {"sdist": given or "the bigbench sdist", "github": "GitHub"}[source]
+        raise _bigbench_error(task, f"{missing[0]} is not in the BIG-bench source used ({used})")
     print(f"{len(found)} BIG-bench file(s) ready in {time.time() - t0:.1f} s", file=sys.stderr)
     return root
 

@@ -257,8 +257,14 @@ def reported_cut(args) -> int:
 
 
 def scan_report(args) -> None:
-    """The scan's table, plot and panel rewritten from its runs, at the cut it last reported."""
-    learnability.main(scan_argv(args, reported_cut(args)) + ["--report"])
+    """The scan's table, plot and panel rewritten from its runs, at the cut it last reported (kept as they are
+    when its tasks' data cannot be had here: the report profiles every task)."""
+    from l2o.tasks.errors import TaskError
+
+    try:
+        learnability.main(scan_argv(args, reported_cut(args)) + ["--report"])
+    except TaskError as why:
+        print(f"evidence: the scan's report is kept as it is, its tasks' data cannot be had here: {why}", flush=True)
 
 
 def resumed_cuts(args) -> list[int]:
@@ -306,7 +312,8 @@ def skip_reason(args, phase: str) -> str | None:
         init = artefacts.meta_init(args.meta_init, args.out)
         if not init:
             return "no --meta-init given and no meta-initialisation trained by the artefacts phase yet"
-        if not args.meta_init and not (Path(init) / WEIGHTS_NAME).exists():  # the records keep only its card
+        # the records keep only its card; a report needs only the runs' records
+        if not args.meta_init and not args.report and not (Path(init) / WEIGHTS_NAME).exists():
             return (f"the artefacts phase's meta-initialisation {init} is gone (a base's weights are not kept with the "
                     "records, bench/snapshot.py); the artefacts phase meta-trains it again from its records (checked "
                     "against them), or give --meta-init")

@@ -11,7 +11,8 @@ with the doc. A fresh clone, or a machine whose `runs/` was wiped, then resumes 
 
 Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the records, bench/records.py; the
 runs' own seed ledgers are not); every run's `history.json` (its loss curve: the harness's reach and k columns);
-the scan's `forward_time.json` (its cost model) and `panel.json` (the cut it last reported at); the suite's
+the scan's `forward_time.json` (its cost model), `panel.json` (the cut it last reported at) and its report
+(`table.md`, `learnability.png`: rewriting them needs every scanned task's data, which a machine may lack); the suite's
 `suite.json` (the CPU budget it last ran under); and the files of the learned artefacts' folders up to MAX_BYTES
 each (a ZO Fine-tuner policy is ~0.5 MB; a meta-initialisation of a whole base is not kept: after a wipe its
 rounds' records stand, and the artefacts phase meta-trains it again from them, bench/artefacts.py `rebuild`).
@@ -36,6 +37,9 @@ from l2o.filelock import write_atomic
 
 MAX_BYTES = 5 << 20  # an artefact file larger than this is not kept (a base's weights)
 ARTEFACT_FOLDERS = ("artefacts/*/round-*/policy", "artefacts/*/round-*/meta-init")
+# the scan's report: the one report its records cannot rewrite alone (it profiles every task's prompts, so it needs
+# the tasks' data, which a machine may lack: BIG-bench's files since PyPI dropped their sdist)
+SCAN_REPORT = ("table.md", "learnability.png")
 
 
 class SnapshotError(UserError):
@@ -46,7 +50,8 @@ def kept(root: Path) -> list[Path]:
     """The files under `root` that a snapshot keeps, relative to it."""
     root = Path(root)
     files = [*suite_records(root), *root.glob("*/*/history.json"), *root.glob("suite.json"),
-             *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json")]
+             *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json"),
+             *(root / "learnability" / name for name in SCAN_REPORT)]
     for pattern in ARTEFACT_FOLDERS:
         files += [f for d in root.glob(pattern) for f in d.rglob("*") if f.is_file() and f.stat().st_size <= MAX_BYTES]
     return sorted({f.relative_to(root) for f in files if f.is_file()})

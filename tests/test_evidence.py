@@ -527,7 +527,8 @@ def test_a_meta_initialisation_restored_without_its_weights_is_gone_and_a_scan_w
     args = evidence.parse_args(["--out", str(tmp_path)])
     assert "meta-initialisation" in evidence.skip_reason(args, "metainit") and "is gone" in \
         evidence.skip_reason(args, "metainit")
-    (rounds / "round-1" / "meta-init" / WEIGHTS_NAME).write_bytes(b"weights")
+    assert evidence.skip_reason(evidence.parse_args(["--out", str(tmp_path), "--report"]), "metainit") is None
+    (rounds / "round-1" / "meta-init" / WEIGHTS_NAME).write_bytes(b"weights")  # (a report reads only the records)
     assert evidence.skip_reason(args, "metainit") is None
 
     def no_data(argv):
@@ -537,5 +538,8 @@ def test_a_meta_initialisation_restored_without_its_weights_is_gone_and_a_scan_w
     before = (tmp_path / "learnability" / "panel.json").read_text()
     evidence.run_phase(args, "lora")
     assert "evidence: the scan is skipped, its records and panel stand as they are: task 'a' needs BIG-bench" \
+        in capsys.readouterr().out
+    evidence.scan_report(args)  # --report: the scan's table and panel are kept, not rewritten without the task
+    assert "evidence: the scan's report is kept as it is, its tasks' data cannot be had here: task 'a' needs" \
         in capsys.readouterr().out
     assert (tmp_path / "learnability" / "panel.json").read_text() == before

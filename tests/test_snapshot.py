@@ -28,16 +28,18 @@ def test_a_wiped_out_gets_back_every_kept_file_and_nothing_else(tmp_path):
     _write(out / "prefix" / "mezo-s0" / "ledger.jsonl", _lines({"seed": 1}))  # a run's own ledger: not kept
     _write(out / "prefix" / "mezo-s0" / "checkpoints" / "last.ckpt", b"\0" * 100)
     _write(out / "learnability" / "panel.json", "{}")
+    _write(out / "learnability" / "table.md", "| task |")  # the scan's report: rewriting it needs the tasks' data
+    _write(out / "learnability" / "s1-a-prefix-lr0.01" / "loss.png", b"png")  # a run's plot: not kept
     _write(out / "artefacts" / "zo-finetuner" / "rounds.jsonl", _lines({"round": 1}))
     _write(out / "artefacts" / "zo-finetuner" / "round-1" / "policy" / "model.safetensors", b"\1" * 1000)
     _write(out / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init" / "model.safetensors",
            b"\2" * (snapshot.MAX_BYTES + 1))  # a base's weights: not kept
-    assert snapshot.save(out, kept) == 5
+    assert snapshot.save(out, kept) == 6
     assert [str(p) for p in snapshot.kept(kept)] == [
         "artefacts/zo-finetuner/round-1/policy/model.safetensors", "artefacts/zo-finetuner/rounds.jsonl",
-        "learnability/panel.json", "prefix/mezo-s0/history.json", "prefix/runs.jsonl"]
+        "learnability/panel.json", "learnability/table.md", "prefix/mezo-s0/history.json", "prefix/runs.jsonl"]
     assert snapshot.save(out, kept) == 0  # nothing new
-    assert snapshot.restore(kept, fresh) == 5
+    assert snapshot.restore(kept, fresh) == 6
     for rel in snapshot.kept(kept):
         assert (fresh / rel).read_bytes() == (out / rel).read_bytes()
 

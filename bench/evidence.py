@@ -72,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
+from bench.records import read_records  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
 from bench.claims import share_pairs_to_decide  # noqa: E402
 from bench.cli import INTERRUPTED  # noqa: E402
@@ -335,8 +336,12 @@ def harness_argv(args, phase: str) -> list[str] | None:
     phase = {PREFIX_FIRST: "prefix", FULL_SHIPPED: "full"}.get(phase, phase)  # a pass of the phase: its --out
     tasks = tasks[:1 if first else {"full": args.full_tasks, "bf16": 1}.get(phase, args.max_tasks)]
     seeds = args.seeds
-    if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all
-        seeds = ",".join(map(str, range(max(3, -(-share_pairs_to_decide() // len(tasks))))))
+    if phase == "full" and seeds == "auto":  # enough pairs for the ZO Fine-tuner claim to hold at all, and never
+        # fewer seeds than a task has recorded already (a widened phase would otherwise drop its pairs from the report)
+        recorded = [r["config"]["seed"] for r in read_records(Path(args.out) / "full" / "runs.jsonl")
+                    if r["config"]["task"] in tasks and r.get("label") == "mezo"]
+        n = max(3, -(-share_pairs_to_decide() // len(tasks)), max(recorded, default=-1) + 1)
+        seeds = ",".join(map(str, range(n)))
     argv = ["--panel", str(panel), "--out", str(Path(args.out) / phase), "--budget", str(args.budget),
             "--seeds", seeds, "--order", "tasks", "--policy", args.policy, *budget_argv(args)]
     argv += ["--report"] if args.report else []

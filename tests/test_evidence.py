@@ -93,6 +93,11 @@ def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path)
 
     assert seeds() == seeds(phase="full-shipped") == "0,1,2,3"
     assert seeds("--full-tasks", "2") == "0,1,2" and seeds("--seeds", "1,2") == "1,2"
+    (tmp_path / "full").mkdir()  # a task already holds 4 seeds: widening the phase keeps them all in its pairs
+    (tmp_path / "full" / "runs.jsonl").write_text("".join(
+        json.dumps({"label": label, "config": {"task": "navigate", "seed": s}}) + "\n"
+        for s in range(4) for label in ("mezo", "zo-finetuner")))
+    assert seeds("--full-tasks", "2") == "0,1,2,3"
     assert seeds(phase="prefix") == "auto"
     prefix = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path)]), "prefix"))
     assert [m for m in prefix if "seeds=" in m] == [f"{m}:{m}:seeds=4" for m in ("fo-adamw", "bilevel-zofo")]

@@ -332,13 +332,10 @@ class Runner:
         from another source, another package version). Pairing those runs would compare methods on other examples.
         Records from before fingerprints were kept are not checked."""
         from l2o.errors import UserError
-        from l2o.tasks import sample_splits
 
         key = data_key(cfg.to_dict())
         if key not in self.fingerprints:
-            self.fingerprints[key] = sample_splits(
-                cfg.task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev, num_eval=cfg.num_eval,
-                source=cfg.source, eval_seed=cfg.eval_seed, small_pool=cfg.small_pool).fingerprint()
+            self.fingerprints[key] = cfg.sample().fingerprint()  # the sample fine_tune will draw
         mine = self.fingerprints[key]
         other = sorted({fp for r in self.done.values() if data_key(r["config"]) == key
                         and (fp := r.get("splits", {}).get("fingerprint")) and fp != mine})
@@ -372,10 +369,11 @@ class Runner:
 
 
 def data_key(cfg: dict) -> tuple:
-    """What a run's data sample depends on (its configuration's fields): runs with one key train and are evaluated
-    on the same examples."""
-    return tuple(cfg.get(k) for k in ("task", "source", "data_seed", "num_train", "num_dev", "num_eval", "eval_seed",
-                                      "small_pool"))
+    """What a run's data sample depends on (its configuration's SAMPLE_FIELDS): runs with one key train and are
+    evaluated on the same examples."""
+    from fine_tune.config import SAMPLE_FIELDS
+
+    return tuple(cfg.get(k) for k in SAMPLE_FIELDS)
 
 
 def steps_for(method: Method, budget: int) -> int:

@@ -42,6 +42,9 @@ CHECKPOINT_KINDS = ("ledger", "weights")
 # --checkpoint's default: "ledger" for full-parameter runs with at least this many trainable parameters
 # (a 200 MB fp32 weights checkpoint), "weights" otherwise (PEFT adapters and small models are cheap to store)
 LEDGER_THRESHOLD = 50_000_000
+# the fields a run's data sample depends on (`RunOptions.sample`): runs that agree on them train and are evaluated
+# on the same examples
+SAMPLE_FIELDS = ("task", "source", "data_seed", "num_train", "num_dev", "num_eval", "eval_seed", "small_pool")
 
 
 @dataclass
@@ -129,6 +132,15 @@ class RunOptions:
         """What the chosen method can do (l2o/optim/catalog.json: replayable, distributed, needs_adapter)."""
         known = catalog.method_names()
         return catalog.entry(self.optimizer)[name] if self.optimizer in known else default
+
+    def sample(self, task=None):
+        """The run's data sample (l2o.tasks.Splits) of `task` (a Task; default: --task by name), by MeZO's protocol
+        from SAMPLE_FIELDS."""
+        from l2o.tasks import sample_splits
+
+        return sample_splits(self.task if task is None else task, seed=self.data_seed, num_train=self.num_train,
+                             num_dev=self.num_dev, num_eval=self.num_eval, source=self.source,
+                             eval_seed=self.eval_seed, small_pool=self.small_pool)
 
     def is_first_order(self) -> bool:
         from fine_tune.first_order import is_first_order

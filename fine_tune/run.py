@@ -358,14 +358,11 @@ def prepare(cfg: FineTuneConfig, task, out: Path, log, device: str | None = None
     Returns (device, objective, splits, model, tokenizer, base info, zero-shot metrics)."""
     from l2o.models import load_base
     from l2o.peft_modes import apply_peft
-    from l2o.tasks import sample_splits
     from l2o.tasks.objectives import objective_for
 
     device = device or resolve_device(cfg)
     objective = objective_for(task, cfg.objective, max_length=cfg.max_length)
-    splits = sample_splits(task, seed=cfg.data_seed, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                           num_eval=cfg.num_eval, source=cfg.source, eval_seed=cfg.eval_seed,
-                           small_pool=cfg.small_pool)
+    splits = cfg.sample(task)
     log(f"task {task.name}: {len(splits.train)} train / {len(splits.dev)} dev / {len(splits.eval)} eval examples "
         f"(data seed {cfg.data_seed}); objective {objective.name}")
     model, tokenizer, info = load_base(cfg.base, dtype=run_dtype(cfg, device),

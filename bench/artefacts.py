@@ -189,11 +189,11 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
     run = folder / f"round-{r}"
     with CpuMeter(run) as meter:  # every attempt's CPU: a round killed at a session's end resumes (bench.resume)
         if not (run / "results.json").exists():
-            last = run / "checkpoints" / "last.ckpt"
+            last = last_checkpoint(folder, r)
             if kind == "bilevel-zofo" and r > 1 and not last.exists():  # continue round r-1's run (module doc)
                 last.parent.mkdir(parents=True, exist_ok=True)
                 # killed mid-copy: no half checkpoint to resume from
-                copy_atomic(folder / f"round-{r - 1}" / "checkpoints" / "last.ckpt", last)
+                copy_atomic(last_checkpoint(folder, r - 1), last)
             argv = round_argv(kind, args, r, before, run, *family) + (["--resume"] if last.exists() else [])
             print(f"artefacts: {kind} round {r}: meta_train {' '.join(argv)}", flush=True)
             with _no_registry():
@@ -207,6 +207,11 @@ def run_round(kind: str, args, r: int, before: int, folder: Path, family: tuple)
     return {"round": r, "meta_steps": before + steps if kind == "zo-finetuner" else steps,
             "metric": held_out_metric(kind, results), "cpu_s": meter.total,
             "artefact": str(artefact(args.out, kind, r))}
+
+
+def last_checkpoint(folder: Path, r: int) -> Path:
+    """Round r's meta_train checkpoint, where its run resumes and a Bilevel round r+1 continues from."""
+    return folder / f"round-{r}" / "checkpoints" / "last.ckpt"
 
 
 def rounds(out: Path, kind: str) -> list[dict]:
@@ -257,10 +262,12 @@ def train(kind: str, args, family: tuple, budget: CpuBudget) -> dict | None:
     folder = Path(args.out) / "artefacts" / kind
     rows = rounds(args.out, kind)
     stop, top = decide(rows, TOLERANCE[kind], args.max_rounds)
-    upto = max(top["round"] if top and not (artefact(args.out, kind, top["round"]) / WEIGHTS_NAME).exists() else 0,
-               rows[-1]["round"] if not stop and kind == "bilevel-zofo" and rows
-               and not (folder / f"round-{rows[-1]['round']}" / "checkpoints" / "last.ckpt").exists() else 0)
-    if upto:  # the best round's weights, or the state the next round continues, are gone (a wiped machine)
+    # after a wipe: the best round's weights, and the state the next Bilevel round continues, are gone
+    weights_gone = top and not (artefact(args.out, kind, top["round"]) / WEIGHTS_NAME).exists()
+    state_gone = (not stop and kind == "bilevel-zofo" and rows
+                  and not last_checkpoint(folder, rows[-1]["round"]).exists())
+    upto = max(top["round"] if weights_gone else 0, rows[-1]["round"] if state_gone else 0)
+    if upto:
         try:
             budget.check(f"rebuilding {kind} rounds 1-{upto}")
             rebuild(kind, args, rows[:upto], folder, family, budget)

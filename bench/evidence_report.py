@@ -155,6 +155,20 @@ def _win(w: dict) -> str:
     return f"{w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w["n"] else "—"
 
 
+def no_data_text(no_data: dict) -> str:
+    """The tasks whose missing runs cannot be made where the report ran, grouped by why, each why said whole once
+    (what every source answered, and how to add one): "**a, b**: the runs they lack cannot be made where this ran;
+    each needs BIG-bench task files: ..."."""
+    groups: dict[str, list[str]] = {}
+    for task, why in no_data.items():
+        prefix = f"task {task!r} "
+        groups.setdefault(why[len(prefix):] if why.startswith(prefix) else f"\0{why}", []).append(task)
+    return "".join(f" **{', '.join(tasks)}**: the runs {'it lacks' if len(tasks) == 1 else 'they lack'} cannot be "
+                   "made where this ran; " + (why[1:] if why.startswith("\0") else
+                                              f"{'it' if len(tasks) == 1 else 'each'} {why}").rstrip(".") + "."
+                   for why, tasks in groups.items())
+
+
 def render_table(summary: dict) -> str:
     s = summary["settings"]
     lines = [f"base {s['base']}, {s['peft']}; lr chosen per task and method on {s['num_dev']} dev examples from "
@@ -168,8 +182,7 @@ def render_table(summary: dict) -> str:
              + ("" if summary.get("complete", True) else
                 f" **Partial**: {summary['final_runs']} final runs so far; the protocol has not reached the others "
                 "(a method or task without lr or seeds yet has no row values).")
-             + "".join(f" **{t}**: the runs it lacks cannot be made where this ran ({why.split(';')[0]})."
-                       for t, why in summary.get("no_data", {}).items()), "",
+             + no_data_text(summary.get("no_data", {})), "",
              "| method | pairs | win-rate, eval acc | Δ eval acc | win-rate, train loss | Δ train loss | "
              "reaches MeZO's final loss (median forwards / MeZO's) | k (FO) |", "|" + "---|" * 8]
     for label, m in summary["methods"].items():

@@ -541,16 +541,22 @@ def test_runs_on_another_copy_of_a_tasks_data_are_refused_not_paired(tmp_path, m
 def test_the_report_names_the_tasks_whose_missing_runs_cannot_be_made_here(tmp_path, monkeypatch):
     """--report runs nothing, yet it says which tasks lack runs because their data cannot be had on this machine
     (so a partial table is not read as a protocol still under way there)."""
+    from bench.evidence_report import no_data_text
     from l2o.tasks.errors import TaskError
 
     def ensure_task(task, source=None):
-        if task == "navigate":
-            raise TaskError("task 'navigate' needs BIG-bench task files: `pip download` failed; GitHub: no answer")
+        if task in ("navigate", "hyperbaton"):
+            raise TaskError(f"task {task!r} needs BIG-bench task files: `pip download` failed; GitHub: no answer. "
+                            "Set L2O_BIGBENCH_SDIST")
 
     monkeypatch.setattr("zoo.acquire.ensure_task", ensure_task)
-    summary = hn.run_suite(hn.parse_args(["--tasks", "imdb,navigate", "--out", str(tmp_path), "--report",
+    summary = hn.run_suite(hn.parse_args(["--tasks", "imdb,navigate,hyperbaton", "--out", str(tmp_path), "--report",
                                           "--method", "mezo"]))
-    assert list(summary["no_data"]) == ["navigate"] and not summary["complete"]
+    assert list(summary["no_data"]) == ["navigate", "hyperbaton"] and not summary["complete"]
     table = (tmp_path / "table.md").read_text()
-    assert ("**navigate**: the runs it lacks cannot be made where this ran (task 'navigate' needs BIG-bench task "
-            "files: `pip download` failed).") in table and "**imdb**" not in table
+    assert table.count("needs BIG-bench") == 1 and "**imdb**" not in table  # one reason, said whole once
+    assert ("**navigate, hyperbaton**: the runs they lack cannot be made where this ran; each needs BIG-bench task "
+            "files: `pip download` failed; GitHub: no answer. Set L2O_BIGBENCH_SDIST.") in table
+    assert no_data_text({"navigate": "task 'navigate' needs X.", "x": "the disk is gone"}) == (
+        " **navigate**: the runs it lacks cannot be made where this ran; it needs X. **x**: the runs it lacks cannot "
+        "be made where this ran; the disk is gone.")

@@ -114,7 +114,8 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
         for t in args.task_list:
             lr, runs = chosen.get((t, m.label), (None, []))
             methods[m.label]["per_task"][t]["dev_per_lr"] = {} if m.options.get("match") else {  # a probe: no dev
-                f"{r['lr']:.3g}": r["final"].get("dev") for r in runs}
+                f"{r['lr']:.3g}": r["final"].get("dev") for r in sorted(runs, key=lambda r: r["lr"])}  # an edge
+            # extension runs last: in lr order the dev column reads as the curve it is
         methods[m.label]["spec"] = {"optimizer": m.optimizer, **m.options}
     settings = {k: getattr(args, k) for k in ("base", "peft", "budget", "select_budget", "batch_size", "num_train",
                                               "num_dev", "num_eval", "max_length", "data_seed", "lr_grid", "extend")}

@@ -320,11 +320,13 @@ def test_a_partial_report_shows_dashes_where_a_method_has_no_runs_yet(tmp_path):
     history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
     run = {"task": "boolq", "seed": 0, "lr": 1e-2, "final": {"eval": 0.6, "dev": 0.6}, "final_train_loss": 0.7,
            "steps": 10, "paths": {"history": str(history)}, "effective_step": 1.0, "forward_passes": 20}
-    chosen = {("boolq", "mezo"): (1e-2, [run])}
+    edge = {**run, "lr": 3e-3, "final": {"eval": 0.6, "dev": 0.55}}  # the grid extended past its low edge: run last
+    chosen = {("boolq", "mezo"): (1e-2, [run, edge])}
     summary = rep.summarize(args, {("boolq", "mezo", 0): run}, chosen, {"boolq": [0]},
                            {"boolq": 0.5})
     table = rep.render_table(summary)
     assert "nan" not in table and "None" not in table and "0/0" not in table
+    assert "| boolq | 0.500 | mezo | 0.003: 0.550, 0.01: 0.600 | 0.01 |" in table  # the dev column in lr order
     assert "| bszo | 0 | — | — | — | — | — | — |" in table and "| fo-adamw | 0 | — |" in table
     assert "| boolq | 0.500 | bszo | — | — | — |" in table
 

@@ -1,7 +1,8 @@
 """The bench suites' command-line exit: a user error (`l2o.errors.UserError`: a bad flag, a damaged runs.jsonl, no
 panel yet) is one line on stderr, `<prog>: error: <sentence>`, and its exit code (2); anything else is a bug and
-keeps its traceback. Ctrl-C (a KeyboardInterrupt, the fine-tuning run's `RunInterrupted`) is one line too, exit 130:
-the suites keep their finished runs in runs.jsonl, so the same command continues. A suite's `main` raises, so
+keeps its traceback. Ctrl-C (a KeyboardInterrupt, the fine-tuning run's `RunInterrupted`) is one line too, exit
+130, and so is SIGTERM, exit 143 (l2o/stop.py: a scheduler's stop saves the run under way as Ctrl-C does): the
+suites keep their finished runs in runs.jsonl, so the same command continues. A suite's `main` raises, so
 `bench.evidence` can call another suite's in-process and stop on its error; the suite's `python -m` entry goes
 through `cli_exit`."""
 
@@ -11,20 +12,27 @@ import sys
 from typing import Callable
 
 from l2o.errors import UserError
+from l2o.stop import exit_code, stopped, terminate_as_interrupt
+
+CONTINUES = "the same command continues (the runs its runs.jsonl records are not run again)"
+INTERRUPTED = f"interrupted; {CONTINUES}"
 
 
-INTERRUPTED = "interrupted; the same command continues (the runs its runs.jsonl records are not run again)"
+def stop_line(err: BaseException) -> str:
+    """What a suite says when Ctrl-C or SIGTERM (`err`) stopped it."""
+    return f"{stopped(err)}; {CONTINUES}"
 
 
 def cli_exit(prog: str, body: Callable[[], object]) -> int:
     """Run `body`; its return code (0 when it returns anything but an int), or the exit code of the UserError it
-    raised, said in one line; 130 after Ctrl-C."""
+    raised, said in one line; 130 after Ctrl-C, 143 after SIGTERM."""
+    terminate_as_interrupt()
     try:
         code = body()
         return code if isinstance(code, int) else 0
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: {INTERRUPTED}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"{prog}: {stop_line(err)}", file=sys.stderr)
+        return exit_code(err)

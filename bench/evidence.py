@@ -75,7 +75,7 @@ from bench import artefacts, learnability  # noqa: E402  (light at import: the h
 from bench.records import read_records  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
 from bench.claims import share_pairs_to_decide  # noqa: E402
-from bench.cli import INTERRUPTED  # noqa: E402
+from bench.cli import stop_line  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 SHARE_CLAIMS = ("fo-adamw", "bilevel-zofo")  # prefix methods whose claim counts a share of pairs (k; reach)
@@ -461,11 +461,13 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from l2o.errors import UserError
+    from l2o.stop import exit_code, terminate_as_interrupt
 
     from bench import snapshot
 
     out, records = Path(args.out), Path(args.docs) / "data" / "evidence"
-    threads, proc, code, interrupted = torch.get_num_threads(), None, 0, False
+    threads, proc, code, interrupted = torch.get_num_threads(), None, 0, None
+    terminate_as_interrupt()  # SIGTERM (a scheduler's stop) saves the run under way as Ctrl-C does
     if args.workers > 1:
         torch.set_num_threads(1)  # one thread per process (the second one is started with one)
     try:
@@ -492,16 +494,16 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"bench.evidence: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as err:
+        interrupted = err
     finally:
         torch.set_num_threads(threads)
         if proc is not None:
-            code = join(proc, f"the second process (phases {','.join(second)})", interrupted)
-    if interrupted:  # the finished runs' records are kept; the doc is rewritten by the run that finishes
+            code = join(proc, f"the second process (phases {','.join(second)})", interrupted is not None)
+    if interrupted is not None:  # the finished runs' records are kept; the doc is rewritten by the run that finishes
         snapshot.save(out, records)
-        print(f"bench.evidence: {INTERRUPTED}", file=sys.stderr)
-        return 130
+        print(f"bench.evidence: {stop_line(interrupted)}", file=sys.stderr)
+        return exit_code(interrupted)
     from bench.evidence_doc import write_doc
 
     write_doc(out, Path(args.docs), args)

@@ -18,6 +18,7 @@ from fine_tune.config import (ACCELERATORS, DEVICE_MAPS, DTYPES, HYPERPARAMETERS
 from fine_tune.config import dump_yaml, load_yaml
 from l2o import catalog
 from l2o.errors import UserError
+from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -174,6 +175,7 @@ def resolve_config(args: argparse.Namespace) -> FineTuneConfig:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminate_as_interrupt()  # a scheduler's SIGTERM: finish the step, save, stop, as Ctrl-C does
     try:
         if args.list_tasks:
             from l2o.tasks import REGISTRY
@@ -205,8 +207,8 @@ def main(argv=None) -> int:
         if results is None:  # a process other than rank 0 of a multi-process run: rank 0 reports
             return 0
     except KeyboardInterrupt as err:  # RunInterrupted (l2o.integrations.lightning) says if --resume can continue
-        print(f"fine_tune: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
-        return 130
+        print(f"fine_tune: {str(err) or stopped(err) + '; continue with --resume'}", file=sys.stderr)
+        return exit_code(err)
     except UserError as err:  # what a user can cause (the zoo's errors too): one sentence; the rest keeps its traceback
         print(f"fine_tune: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)  # 1: a run stopped from outside (l2o.errors.RunFailed)

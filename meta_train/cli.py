@@ -19,6 +19,7 @@ from typing import Optional
 
 from l2o.integrations.lightning.folder import RunFolder, check_resume, share_folder
 from l2o.integrations.lightning.interrupt import finish_fit, interrupt_callback
+from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 METHODS = ("zo-finetuner", "bilevel-zofo")
 
@@ -250,6 +251,7 @@ def main(argv=None) -> int:
         return _fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     rest = ["--help" if a == "--help-all" else a for a in rest]
     user_errors = _user_errors()
+    terminate_as_interrupt()  # a scheduler's SIGTERM: finish the step, save, stop, as Ctrl-C does
     try:
         from l2o.integrations.lightning.progress import quiet_libraries
 
@@ -261,8 +263,8 @@ def main(argv=None) -> int:
             return int(exit_.code or 0)
         return _run(cli, method)
     except KeyboardInterrupt as err:  # RunInterrupted (l2o.integrations.lightning) says if --resume can continue
-        print(f"meta_train: {str(err) or 'interrupted; continue with --resume'}", file=sys.stderr)
-        return 130
+        print(f"meta_train: {str(err) or stopped(err) + '; continue with --resume'}", file=sys.stderr)
+        return exit_code(err)
     except user_errors as err:  # one sentence; anything else is a bug and keeps its traceback
         text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         if not isinstance(err, user_errors[0]):  # a parser's message may run long; ours are one sentence

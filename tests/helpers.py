@@ -220,9 +220,9 @@ def run_learnability_killed_at(step: int, argv: list[str]) -> None:
     main(argv)
 
 
-def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
-    """The `fine_tune` CLI on `argv`, sent a real SIGINT (as Ctrl-C does) by itself when `step` steps are
-    done; exits with the CLI's exit code. Run it in a subprocess."""
+def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT") -> None:
+    """The `fine_tune` CLI on `argv`, sent a real SIGINT (as Ctrl-C does; or `sig`, e.g. a scheduler's SIGTERM) by
+    itself when `step` steps are done; exits with the CLI's exit code. Run it in a subprocess."""
     import os
     import signal
     import sys
@@ -235,7 +235,7 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str]) -> None:
     class _CtrlC(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), getattr(signal, sig))
 
     real = fine_tune.run.run
     fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _CtrlC()])

@@ -42,16 +42,44 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
         assert capsys.readouterr().err == f"bench.x: {INTERRUPTED}\n"
 
 
-@pytest.mark.parametrize("stops_by_itself", [True, False])
-def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypatch, capsys, stops_by_itself):
+def test_sigterm_between_runs_stops_a_suite_as_ctrl_c_does_and_exits_143():
+    """A scheduler's SIGTERM (preemption, a time limit) reaching a suite outside a fine-tuning run: the same one
+    line as Ctrl-C, naming the signal, exit 143 (128 + 15). Python's default would kill it where it stood
+    (returncode -15), before a run's CPU meter or its folder's clean-up were written."""
+    code = ("import os, signal, time\n"
+            "from bench.cli import cli_exit\n"
+            "def body():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "raise SystemExit(cli_exit('bench.x', body))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr == ("bench.x: stopped by SIGTERM; the same command continues (the runs its runs.jsonl records "
+                           "are not run again)\n")
+
+
+@pytest.fixture
+def sigterm_handler_kept():
+    """bench.evidence's main installs its SIGTERM handler (l2o/stop.py) in this process: put the old one back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("stops_by_itself, sig", [(True, "SIGINT"), (False, "SIGINT"), (True, "SIGTERM")])
+def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypatch, capsys, sigterm_handler_kept,
+                                                             stops_by_itself, sig):
     """The terminal's Ctrl-C reaches both processes and the second stops by itself (a second Ctrl-C would stop its
     run unsaved: none is sent); signalled alone, the first sends it one after the grace period. Either way it
-    waits for it, and says in one line that the same command continues."""
+    waits for it, and says in one line that the same command continues. A scheduler's SIGTERM is said so, exit 143."""
     import signal
     import subprocess
 
     from bench import evidence
     from bench.cli import INTERRUPTED
+    from l2o.stop import interrupt
 
     class Child:
         pid, signals = 4242, []
@@ -68,14 +96,15 @@ def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypat
     monkeypatch.setattr(evidence, "spawn", lambda argv: child)
 
     def interrupted(args, phase):
-        raise KeyboardInterrupt
+        raise interrupt(getattr(signal, sig)) if sig != "SIGINT" else KeyboardInterrupt
 
     monkeypatch.setattr(evidence, "run_phase", interrupted)
     argv = ["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--workers", "2", "--phases",
             "prefix,full"]
-    assert evidence.main(argv) == 130
+    assert evidence.main(argv) == (130 if sig == "SIGINT" else 143)
     err = capsys.readouterr().err
-    assert err.endswith(f"bench.evidence: {INTERRUPTED}\n") and "Traceback" not in err
+    said = INTERRUPTED if sig == "SIGINT" else INTERRUPTED.replace("interrupted", "stopped by SIGTERM")
+    assert err.endswith(f"bench.evidence: {said}\n") and "Traceback" not in err
     assert child.signals == ([] if stops_by_itself else [signal.SIGINT])
     assert not (tmp_path / "docs" / "evidence.md").exists()  # the doc is the finished suite's
 

@@ -33,16 +33,25 @@ def _assert_same_run(a, b):
 
 
 def _in_subprocess(helper: str, *args):
+    """`helper(*args)` in a subprocess on this process's torch thread count: the reference run is made here, and a
+    float sum over another number of threads need not be bit-equal (the test failed under OMP_NUM_THREADS=1)."""
     code = f"from tests.helpers import {helper} as f; f{args!r}"
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
-def test_ctrl_c_between_checkpoints_resumes_to_the_uninterrupted_run_byte_for_byte(tiny_base, reference, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("sig, code, how", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM")])
+def test_ctrl_c_between_checkpoints_resumes_to_the_uninterrupted_run_byte_for_byte(tiny_base, reference, tmp_path,  # noqa: F811
+                                                                                   sig, code, how):
+    """Ctrl-C, or a scheduler's SIGTERM (preemption, a time limit: l2o/stop.py), finishes the step, saves it and
+    stops; --resume then ends equal to the run nothing stopped. Without SIGTERM's handling the process died where
+    it stood, and the steps since the periodic checkpoint were lost."""
     out = tmp_path / "run"
-    proc = _in_subprocess("run_fine_tune_interrupted_at", 3, _args(tiny_base, out, *COMMON))
-    assert proc.returncode == 130, proc.stderr[-2000:]
+    proc = _in_subprocess("run_fine_tune_interrupted_at", 3, _args(tiny_base, out, *COMMON), sig)
+    assert proc.returncode == code, proc.stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
-    assert proc.stderr.strip().splitlines()[-1] == f"fine_tune: interrupted; continue with --resume (checkpoint {last})"
+    assert proc.stderr.strip().splitlines()[-1] == f"fine_tune: {how}; continue with --resume (checkpoint {last})"
     assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
     assert not (out / "results.json").exists()
     # the interrupt's checkpoint, after the step it came in (the periodic one was at step 2), and only one

@@ -3,8 +3,9 @@
 - **One run per folder.** ``RunFolder`` takes an exclusive lock on ``--out`` (``l2o.filelock.RunLock``):
   a second run into the same folder is refused in one line naming the holder's pid; the lock of a
   killed run is released by the kernel, so the next run takes it over.
-- **Ctrl-C.** A KeyboardInterrupt leaving the folder becomes ``RunInterrupted``, whose sentence says
-  whether ``--resume`` can continue (``interrupt.py`` turns SIGINT into "finish the step, save, stop").
+- **Ctrl-C, SIGTERM.** A KeyboardInterrupt leaving the folder becomes ``RunInterrupted``, whose sentence says
+  whether ``--resume`` can continue (``interrupt.py`` turns SIGINT and SIGTERM into "finish the step, save,
+  stop"; l2o/stop.py makes SIGTERM a KeyboardInterrupt outside a fit).
 - **Failure.** A run that fails (or is interrupted) before it has a checkpoint to resume from removes
   what it created in ``--out``; what was there before it started stays. A ``RunFailed`` (a full disk, a
   lost process) leaves with the checkpoint ``--resume`` continues from added to its sentence.
@@ -24,13 +25,19 @@ from pathlib import Path
 
 from l2o.errors import ConfigError, RunFailed
 from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock, remove_stale_temps
+from l2o.stop import signum_of, stopped
 
 
 HOLDER_EXIT_S = 5.0  # how long a survivor waits for a lost holder's lock (`RunFolder._holders_lock`)
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C ended the run; ``str(err)`` says whether and how it can be continued."""
+    """Ctrl-C (or SIGTERM: ``signum``, l2o/stop.py) ended the run; ``str(err)`` says whether and how it can be
+    continued."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -116,7 +123,7 @@ class RunFolder:
             if self.lock is not None:
                 self.lock.release()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
-            raise RunInterrupted(self.interrupted_message()) from None
+            raise RunInterrupted(self.interrupted_message(exc), signum_of(exc)) from None
         if isinstance(exc, RunFailed):
             exc.args = (f"{exc}; {self.survivors(exc.fix)}",)
 
@@ -143,10 +150,11 @@ class RunFolder:
             except OSError:
                 return None
 
-    def interrupted_message(self) -> str:
+    def interrupted_message(self, exc: BaseException | None = None) -> str:
+        how = stopped(exc or KeyboardInterrupt())
         if self.last.exists():
-            return f"interrupted; continue with --resume (checkpoint {self.last})"
-        return f"interrupted before the first checkpoint; nothing to resume, {self.what} {self.out} is as it was"
+            return f"{how}; continue with --resume (checkpoint {self.last})"
+        return f"{how} before the first checkpoint; nothing to resume, {self.what} {self.out} is as it was"
 
     def survivors(self, fix: str = "") -> str:
         """What a failed run leaves: the checkpoint --resume continues from, or nothing."""

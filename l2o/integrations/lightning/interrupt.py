@@ -1,9 +1,9 @@
-"""Ctrl-C during ``Trainer.fit``: finish this step, save ``checkpoints/last.ckpt``, stop.
+"""Ctrl-C (or SIGTERM, l2o/stop.py) during ``Trainer.fit``: finish this step, save ``checkpoints/last.ckpt``, stop.
 
 Lightning would otherwise catch the KeyboardInterrupt and exit 1. ``interrupt_callback`` saves and stops
 the fit; ``finish_fit`` then raises KeyboardInterrupt, which ``RunFolder`` (folder.py) turns into
-``RunInterrupted``, and the CLIs print it and exit 130. ``finish_fit`` also turns a failure from outside
-the run (a full disk, a lost process: failures.py) into one sentence.
+``RunInterrupted``, and the CLIs print it and exit 130 (143 after SIGTERM). ``finish_fit`` also turns a
+failure from outside the run (a full disk, a lost process: failures.py) into one sentence.
 """
 
 from __future__ import annotations
@@ -12,19 +12,23 @@ import signal
 import threading
 from pathlib import Path
 
+from l2o.stop import STOP_SIGNALS, interrupt
+
 
 class StopRequested(BaseException):
     """Raised from the step after which Ctrl-C stops the fit (once its checkpoint is saved)."""
 
 
 def interrupt_callback(last: Path):
-    """A Lightning callback: on SIGINT during fit, finish the step, save ``last``, and stop training.
+    """A Lightning callback: on SIGINT or SIGTERM during fit, finish the step, save ``last``, and stop training.
 
     The checkpoint is the run's own ``LastCheckpoint`` (checkpoints.py), saved as its periodic save would
     be, so resuming from it is exact and no second ``last-v1.ckpt`` appears. The fit stops by an exception
     right after it: ``Trainer.should_stop`` would first run a validation the uninterrupted run does not.
     A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling). ``requested`` tells
-    ``finish_fit`` that the run was interrupted.
+    ``finish_fit`` that the run was interrupted, ``signum`` by which signal. Lightning adds its own SIGTERM
+    handler over this one for the fit and calls this one from it; it may put this one back after the fit, so a
+    signal that reaches it then is a KeyboardInterrupt at once, as it would be without it.
     """
     from lightning.pytorch.callbacks import Callback
 
@@ -34,17 +38,17 @@ def interrupt_callback(last: Path):
         is_interrupt_callback = True
 
         def __init__(self):
-            self.requested = False
-            self._previous = None
+            self.requested, self.signum = False, None  # signum: None on a rank the others' stop reached
+            self._previous: dict = {}
 
         def _handle(self, signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
+            if self.requested or not self._previous:  # a second signal, or one after the fit
+                raise interrupt(signum)
+            self.requested, self.signum = True, signum
 
         def on_fit_start(self, trainer, pl_module):
             if threading.current_thread() is threading.main_thread():
-                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.stop_if_requested(trainer)
@@ -61,9 +65,9 @@ def interrupt_callback(last: Path):
                 raise StopRequested
 
         def _restore(self):
-            if self._previous is not None:
-                signal.signal(signal.SIGINT, self._previous)
-                self._previous = None
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+            self._previous = {}
 
         def on_exception(self, trainer, pl_module, exception):
             self._restore()
@@ -99,10 +103,10 @@ def finish_fit(fit, trainer, stop_cb) -> None:
     try:
         fit()
     except StopRequested:
-        raise KeyboardInterrupt from None
-    except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C)
+        raise interrupt(stop_cb.signum) from None
+    except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C), and on SIGTERM in a validation
         if trainer.interrupted:
-            raise KeyboardInterrupt from None
+            raise interrupt(stop_cb.signum) from None
         raise
     except Exception as err:
         failure = run_failure(err, trainer)
@@ -110,4 +114,4 @@ def finish_fit(fit, trainer, stop_cb) -> None:
             raise
         raise failure from None
     if stop_cb.requested:
-        raise KeyboardInterrupt
+        raise interrupt(stop_cb.signum)

@@ -242,9 +242,10 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT"
     sys.exit(main(argv))
 
 
-def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str = False) -> None:
-    """The `meta_train` CLI on `argv`, sent a real SIGINT by itself once `step` meta-steps are done (from the
-    CLI's own interrupt callback, just before it checks for one), with `during=True` in the middle of step
+def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str = False,
+                                  sig: str = "SIGINT") -> None:
+    """The `meta_train` CLI on `argv`, sent a real SIGINT (or `sig`, e.g. a scheduler's SIGTERM) by itself once
+    `step` meta-steps are done (from the CLI's own interrupt callback, just before it checks for one), with `during=True` in the middle of step
     number `step` (after its meta-gradient, before the policy's update), or with `during="metaval"` in the
     middle of the meta-validation after `step` steps (as its first fine-tuning starts); exits with the CLI's
     exit code. Run it in a subprocess."""
@@ -260,7 +261,7 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
 
         def short_fine_tune(self, *args, _real=ZOFineTunerMeta._short_fine_tune):
             if self.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), getattr(signal, sig))
             return _real(self, *args)
 
         ZOFineTunerMeta._short_fine_tune = short_fine_tune
@@ -279,7 +280,7 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
             def interrupted(policy, streams, s):
                 out = estimate(policy, streams, s)
                 if s == step:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), getattr(signal, sig))
                 return out
 
             self.estimator.estimate = interrupted
@@ -295,7 +296,7 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
 
         def on_train_batch_end(trainer, *args):
             if trainer.global_step == step:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), getattr(signal, sig))
             check(trainer, *args)
 
         cb.on_train_batch_end = on_train_batch_end

@@ -33,13 +33,14 @@ def _args(base, out, estimator):
             "--data.max_length", "32", "--trainer.accelerator", "cpu"]
 
 
-def _interrupted(argv: list[str], step: int, during) -> tuple[subprocess.CompletedProcess, dict]:
-    """`meta_train argv` in a subprocess that sends itself SIGINT (tests.helpers.run_meta_train_interrupted_at);
-    it must exit 130. Returns the process and its checkpoint."""
-    code = f"from tests.helpers import run_meta_train_interrupted_at as f; f({step}, {argv!r}, during={during!r})"
+def _interrupted(argv: list[str], step: int, during, sig: str = "SIGINT") -> tuple[subprocess.CompletedProcess, dict]:
+    """`meta_train argv` in a subprocess that sends itself SIGINT, or `sig`
+    (tests.helpers.run_meta_train_interrupted_at); it must exit 130 (SIGTERM: 143). Returns the process and its checkpoint."""
+    code = (f"from tests.helpers import run_meta_train_interrupted_at as f; "
+            f"f({step}, {argv!r}, during={during!r}, sig={sig!r})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[sig], proc.stderr[-3000:]
     out = Path(argv[argv.index("--out") + 1])
     return proc, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
@@ -56,12 +57,12 @@ def _main(argv: list[str]) -> int:
         torch.set_num_threads(threads)
 
 
-def _reference_then_interrupted(tiny_base, tmp_path, estimator, step, during, extra=()):
+def _reference_then_interrupted(tiny_base, tmp_path, estimator, step, during, extra=(), sig="SIGINT"):
     """An uninterrupted run in tmp_path/ref; then the same run in tmp_path/run, interrupted (`_interrupted`).
     Returns the interrupted process, its checkpoint and its argv."""
     assert _main(_args(tiny_base, tmp_path / "ref", estimator)) == 0
     argv = _args(tiny_base, tmp_path / "run", estimator) + list(extra)
-    return (*_interrupted(argv, step, during), argv)
+    return (*_interrupted(argv, step, during, sig), argv)
 
 
 def _assert_same_outcome(ref: Path, out: Path) -> None:
@@ -76,20 +77,22 @@ def _assert_same_outcome(ref: Path, out: Path) -> None:
     assert ra["meta_validations"] == rb["meta_validations"]
 
 
-@pytest.mark.parametrize("estimator", ["lookahead", "es", pytest.param("pes", marks=pytest.mark.slow)])
-def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_base, tmp_path, estimator):
+@pytest.mark.parametrize("estimator, sig", [("lookahead", "SIGINT"), ("es", "SIGINT"),
+                                            pytest.param("pes", "SIGINT", marks=pytest.mark.slow),
+                                            ("lookahead", "SIGTERM")])
+def test_sigint_mid_step_then_resume_publishes_the_uninterrupted_policy(tiny_base, tmp_path, estimator, sig):
     """(Also the CLI's Ctrl-C contract: exit 130, the resume line, nothing exported or published.)
     SIGINT arrives in the middle of meta-step 3 (after its meta-gradient): the step finishes, its checkpoint
     is saved, and the run exits 130 without another step or the meta-validation due after it (val_every 2).
     --resume then ends with a policy bit-identical to an uninterrupted run's, the same per-step meta-losses
     and the same meta-validations (the resumed run does the one it owes first). Each run crosses a reset
-    (an episode end) at step 3."""
+    (an episode end) at step 3. A scheduler's SIGTERM does the same (l2o/stop.py), saying so, exit 143."""
     out = tmp_path / "run"
     proc, ckpt, argv = _reference_then_interrupted(tiny_base, tmp_path, estimator, 3, True,
-                                                   ["--registry", str(tmp_path / "reg")])
+                                                   ["--registry", str(tmp_path / "reg")], sig)
     last = out / "checkpoints" / "last.ckpt"
-    assert proc.stderr.strip().splitlines()[-1] == ("meta_train: interrupted; continue with --resume "
-                                                   f"(checkpoint {last})")
+    how = "interrupted" if sig == "SIGINT" else "stopped by SIGTERM"
+    assert proc.stderr.strip().splitlines()[-1] == f"meta_train: {how}; continue with --resume (checkpoint {last})"
     assert "Traceback" not in proc.stderr
     assert not (out / "results.json").exists() and not (tmp_path / "reg").exists()  # nothing exported/published
     assert ckpt["global_step"] == 4  # the interrupted step (number 3) finished; no step after it

@@ -245,10 +245,10 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT"
 def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str = False,
                                   sig: str = "SIGINT") -> None:
     """The `meta_train` CLI on `argv`, sent a real SIGINT (or `sig`, e.g. a scheduler's SIGTERM) by itself once
-    `step` meta-steps are done (from the CLI's own interrupt callback, just before it checks for one), with `during=True` in the middle of step
-    number `step` (after its meta-gradient, before the policy's update), or with `during="metaval"` in the
-    middle of the meta-validation after `step` steps (as its first fine-tuning starts); exits with the CLI's
-    exit code. Run it in a subprocess."""
+    `step` meta-steps are done (from the CLI's own interrupt callback, just before it checks for one), with
+    `during=True` in the middle of step number `step` (after its meta-gradient, before the policy's update), or
+    with `during="metaval"` in the middle of the meta-validation after `step` steps (as its first fine-tuning
+    starts); exits with the CLI's exit code. Run it in a subprocess."""
     import os
     import signal
     import sys

@@ -35,7 +35,8 @@ def _args(base, out, estimator):
 
 def _interrupted(argv: list[str], step: int, during, sig: str = "SIGINT") -> tuple[subprocess.CompletedProcess, dict]:
     """`meta_train argv` in a subprocess that sends itself SIGINT, or `sig`
-    (tests.helpers.run_meta_train_interrupted_at); it must exit 130 (SIGTERM: 143). Returns the process and its checkpoint."""
+    (tests.helpers.run_meta_train_interrupted_at); it must exit 130 (SIGTERM: 143). Returns the process and its
+    checkpoint."""
     code = (f"from tests.helpers import run_meta_train_interrupted_at as f; "
             f"f({step}, {argv!r}, during={during!r}, sig={sig!r})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -779,3 +779,25 @@ def test_verify_says_what_it_checked_and_folders_name_what_they_lack(registry, t
     rc, _, err = run_cli(capsys, "verify", str(empty))
     assert_one_line_error(rc, err, "is not an artefact folder: it lacks config.json")
     assert rc == 2
+
+
+def test_sigterm_during_a_download_removes_its_staging_folder_says_so_and_exits_143(tmp_path):
+    """A scheduler's SIGTERM (l2o/stop.py) stops the zoo as Ctrl-C does: the folder a download or copy was staging
+    into is removed with its lock file, one line, exit 143. Python's default killed it where it stood (exit -15),
+    leaving both for the next run's clean-up."""
+    code = ("import os, signal, sys, time\n"
+            "from pathlib import Path\n"
+            "import zoo.cli\n"
+            "from l2o.filelock import writer_folder\n"
+            "def download(args):\n"
+            "    with writer_folder(Path(sys.argv[1]), '.staging-') as folder:\n"
+            "        (folder / 'model.safetensors').write_bytes(b'half')\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "zoo.cli.COMMANDS['download'] = download\n"
+            "raise SystemExit(zoo.cli.main(['download', 'smollm2-135m/zo-finetuner']))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr == "zoo: error: stopped by SIGTERM\n"
+    assert list(tmp_path.iterdir()) == []  # the staging folder and its lock file

@@ -15,6 +15,7 @@ import os
 import sys
 
 from l2o.errors import UserError
+from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 from .errors import IntegrityError, ZooError
 
@@ -293,14 +294,15 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, message already printed by argparse)
         return int(exc.code or 0)
+    terminate_as_interrupt()  # SIGTERM: the staged download or copy is removed, as after Ctrl-C
     try:
         return COMMANDS[args.cmd](args)
     except UserError as err:  # the zoo's errors, and l2o's (a damaged ledger, a read-only or full cache)
         print(f"zoo: error: {err}", file=sys.stderr)
         return 1 if isinstance(err, IntegrityError) else 2
-    except KeyboardInterrupt:
-        print("zoo: error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"zoo: error: {stopped(err)}", file=sys.stderr)
+        return exit_code(err)
     except OSError as err:
         print(f"zoo: error: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}", file=sys.stderr)
         return 2 if err.errno in _PATH_ERRNOS else 1

@@ -184,6 +184,17 @@ def save_tiny_smollm_base(folder) -> str:
     return str(path)
 
 
+def same_threads_env() -> dict:
+    """The environment for a subprocess whose run must be bit-equal to one made in this process: this process's
+    torch thread count for OpenMP and MKL alike. A float sum over another number of threads need not be bit-equal:
+    under `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1` (inherited by the subprocesses, while tests/conftest.py sets 2
+    threads here) 12 resume tests failed."""
+    import os
+
+    n = str(torch.get_num_threads())
+    return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
 def die_at_step(step: int, rank: int | None = None):
     """A Lightning callback that kills its process like `kill -9` (exit 137, no clean-up) as soon as `step`
     steps are done (with `rank`: only the process of that rank): the fault the kill-and-resume tests inject,

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from fine_tune.cli import main
 from l2o.ledger import Ledger
+from tests.helpers import same_threads_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = str(ROOT / "tests" / "fixtures" / "hub" / "sst2")
@@ -35,7 +36,8 @@ def runs(tmp_path_factory, tiny_bases, request):
                  "--save-model", "weights"]) == 0
     argv = ["--base", base, "--out", str(ledger), *COMMON, "--checkpoint", "ledger", "--save-model", "ledger"]
     code = f"from tests.helpers import run_fine_tune_killed_at; run_fine_tune_killed_at(5, {argv!r})"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=same_threads_env())  # its resumed run is compared bit for bit with one made here
     assert proc.returncode == 137, proc.stderr[-2000:]
     assert main([*argv, "--resume"]) == 0
     return {"base": base, "weights": weights, "ledger": ledger, "root": root}

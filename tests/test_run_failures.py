@@ -13,6 +13,7 @@ import torch
 
 from fine_tune.cli import main
 from l2o.filelock import write_atomic
+from tests.helpers import same_threads_env
 from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "6", "--save-every", "2", "--lr", "1e-3", "--save-model", "false", "--zero-shot", "false"]
@@ -33,12 +34,10 @@ def _assert_same_run(a, b):
 
 
 def _in_subprocess(helper: str, *args):
-    """`helper(*args)` in a subprocess on this process's torch thread count: the reference run is made here, and a
-    float sum over another number of threads need not be bit-equal (the test failed under OMP_NUM_THREADS=1)."""
+    """`helper(*args)` in a subprocess on this process's threads (the reference run is made here)."""
     code = f"from tests.helpers import {helper} as f; f{args!r}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env=same_threads_env())
 
 
 @pytest.mark.parametrize("sig, code, how", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM")])

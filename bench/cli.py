@@ -15,7 +15,6 @@ from l2o.errors import UserError
 from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 CONTINUES = "the same command continues (the runs its runs.jsonl records are not run again)"
-INTERRUPTED = f"interrupted; {CONTINUES}"
 
 
 def stop_line(err: BaseException) -> str:

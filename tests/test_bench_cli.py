@@ -34,12 +34,12 @@ def test_a_user_error_is_one_line_and_its_exit_code(capsys):
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     """A suite interrupted in a fine-tuning run (RunInterrupted, whose own advice, --resume, is fine_tune's) or
     between runs says in one line that the same command continues; no traceback."""
-    from bench.cli import INTERRUPTED
+    from bench.cli import CONTINUES
     from l2o.integrations.lightning.folder import RunInterrupted
 
     for err in (RunInterrupted("interrupted; continue with --resume (checkpoint x/last.ckpt)"), KeyboardInterrupt()):
         assert cli_exit("bench.x", _raise(err)) == 130
-        assert capsys.readouterr().err == f"bench.x: {INTERRUPTED}\n"
+        assert capsys.readouterr().err == f"bench.x: interrupted; {CONTINUES}\n"
 
 
 def test_sigterm_between_runs_stops_a_suite_as_ctrl_c_does_and_exits_143():
@@ -78,7 +78,7 @@ def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypat
     import subprocess
 
     from bench import evidence
-    from bench.cli import INTERRUPTED
+    from bench.cli import CONTINUES
     from l2o.stop import interrupt
 
     class Child:
@@ -103,8 +103,8 @@ def test_ctrl_c_stops_the_evidence_suites_second_process_too(tmp_path, monkeypat
             "prefix,full"]
     assert evidence.main(argv) == (130 if sig == "SIGINT" else 143)
     err = capsys.readouterr().err
-    said = INTERRUPTED if sig == "SIGINT" else INTERRUPTED.replace("interrupted", "stopped by SIGTERM")
-    assert err.endswith(f"bench.evidence: {said}\n") and "Traceback" not in err
+    said = "interrupted" if sig == "SIGINT" else "stopped by SIGTERM"
+    assert err.endswith(f"bench.evidence: {said}; {CONTINUES}\n") and "Traceback" not in err
     assert child.signals == ([] if stops_by_itself else [signal.SIGINT])
     assert not (tmp_path / "docs" / "evidence.md").exists()  # the doc is the finished suite's
 

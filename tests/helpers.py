@@ -231,9 +231,10 @@ def run_learnability_killed_at(step: int, argv: list[str]) -> None:
     main(argv)
 
 
-def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT") -> None:
+def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT", rank: int | None = None) -> None:
     """The `fine_tune` CLI on `argv`, sent a real SIGINT (as Ctrl-C does; or `sig`, e.g. a scheduler's SIGTERM) by
-    itself when `step` steps are done; exits with the CLI's exit code. Run it in a subprocess."""
+    itself when `step` steps are done (with `rank`, in a multi-process run: only the process of that rank);
+    exits with the CLI's exit code. Run it in a subprocess."""
     import os
     import signal
     import sys
@@ -245,7 +246,7 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT"
 
     class _CtrlC(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == step:
+            if trainer.global_step == step and rank in (None, trainer.global_rank):
                 os.kill(os.getpid(), getattr(signal, sig))
 
     real = fine_tune.run.run
@@ -254,25 +255,32 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT"
 
 
 def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str = False,
-                                  sig: str = "SIGINT") -> None:
+                                  sig: str = "SIGINT", rank: int | None = None) -> None:
     """The `meta_train` CLI on `argv`, sent a real SIGINT (or `sig`, e.g. a scheduler's SIGTERM) by itself once
     `step` meta-steps are done (from the CLI's own interrupt callback, just before it checks for one), with
     `during=True` in the middle of step number `step` (after its meta-gradient, before the policy's update), or
     with `during="metaval"` in the middle of the meta-validation after `step` steps (as its first fine-tuning
-    starts); exits with the CLI's exit code. Run it in a subprocess."""
+    starts); with `rank` (a process of a multi-process run) only the process of that rank is sent it. Exits with
+    the CLI's exit code. Run it in a subprocess."""
     import os
     import signal
     import sys
 
+    import torch.distributed as dist
+
     import meta_train.cli
     from meta_train.cli import main
+
+    def send():
+        if rank in (None, dist.get_rank() if dist.is_initialized() else 0):
+            os.kill(os.getpid(), getattr(signal, sig))
 
     if during == "metaval":
         from meta_train.module import ZOFineTunerMeta
 
         def short_fine_tune(self, *args, _real=ZOFineTunerMeta._short_fine_tune):
             if self.global_step == step:
-                os.kill(os.getpid(), getattr(signal, sig))
+                send()
             return _real(self, *args)
 
         ZOFineTunerMeta._short_fine_tune = short_fine_tune
@@ -291,7 +299,7 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
             def interrupted(policy, streams, s):
                 out = estimate(policy, streams, s)
                 if s == step:
-                    os.kill(os.getpid(), getattr(signal, sig))
+                    send()
                 return out
 
             self.estimator.estimate = interrupted
@@ -307,7 +315,7 @@ def run_meta_train_interrupted_at(step: int, argv: list[str], during: bool | str
 
         def on_train_batch_end(trainer, *args):
             if trainer.global_step == step:
-                os.kill(os.getpid(), getattr(signal, sig))
+                send()
             check(trainer, *args)
 
         cb.on_train_batch_end = on_train_batch_end
@@ -490,6 +498,17 @@ def check_a_lost_rank(ranks: list[tuple[int, str, float]], killed: int, prog: st
     assert at - dead_at < within_s, f"the survivor exited {at - dead_at:.1f} s after rank {killed} died"
     if checkpoint is None:
         assert not Path(created).exists()  # no .lock, config.yaml or tb/ left behind
+
+
+def check_every_rank_stopped(ranks: list[tuple[int, str, float]], prog: str, last) -> None:
+    """`launched_ranks`' result for a multi-process `prog` run that a SIGTERM stopped: every process exited 143,
+    saying as its last line of stderr that it stopped and what --resume continues from (`last`), with no
+    traceback and no line of Lightning's own SIGTERM handler."""
+    for rc, err, _ in ranks:
+        assert rc == 143, err[-3000:]
+        line = f"{prog}: stopped by SIGTERM; continue with --resume (checkpoint {last})"
+        assert err.strip().splitlines()[-1] == line, err[-3000:]
+        assert "Traceback" not in err and "Received SIGTERM" not in err, err[-3000:]
 
 
 def run_fine_tune_killing_rank(rank: int, step: int, argv: list[str]) -> None:

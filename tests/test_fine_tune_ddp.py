@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
-from tests.helpers import check_a_lost_rank, launched_ranks
+from tests.helpers import check_a_lost_rank, check_every_rank_stopped, launched_ranks
 from tests.test_fine_tune import ROOT, _args, _trainable
 
 COMMON = ["--steps", "4", "--save-every", "2", "--lr", "1e-3", "--eval-every", "2", "--save-model", "false",
@@ -120,3 +120,32 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
         return
     _one_process(tiny_base, out, "--optimizer", "mezo-gv", "--pool-size", "4", "--resume")
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.fixture(scope="module")
+def gv_reference(tiny_base, tmp_path_factory):  # noqa: F811
+    """The uninterrupted 4-step MeZO-GV run on one process: its trainable weights."""
+    out = tmp_path_factory.mktemp("gv") / "one"
+    _one_process(tiny_base, out, "--optimizer", "mezo-gv", "--pool-size", "4")
+    return _trainable(out / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("signalled", [None, 1, 0], ids=["every-rank", "rank-1", "rank-0"])
+def test_sigterm_to_any_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(tiny_base, gv_reference,  # noqa: F811
+                                                                                      tmp_path, signalled):
+    """A scheduler's SIGTERM to every process of a 2-process run, or a `kill` of one of them, after step 3:
+    every process finishes the step, step 3 is saved once, each says so in the same line, exit 143, and the
+    run resumes (on one process) to the uninterrupted run's weights. Lightning's own SIGTERM handler
+    broadcast from inside the handler, a collective the other process did not join: a SIGTERM to one
+    process hung both (l2o/integrations/lightning/interrupt.py)."""
+    out = tmp_path / "run"
+    gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
+    argv = _args(tiny_base, out, *COMMON, "--devices", "2", "--accelerator", "cpu", *gv)
+    ranks = launched_ranks("from tests.helpers import run_fine_tune_interrupted_at as f; "
+                           f"f(3, {argv!r}, 'SIGTERM', {signalled})", timeout=150)
+    last = out / "checkpoints" / "last.ckpt"
+    check_every_rank_stopped(ranks, "fine_tune", last)
+    assert torch.load(last, weights_only=True)["global_step"] == 3 and not (out / "results.json").exists()
+    _one_process(tiny_base, out, *gv, "--resume")
+    resumed = _trainable(last)
+    assert resumed.keys() == gv_reference.keys() and all(torch.equal(resumed[k], gv_reference[k]) for k in resumed)

@@ -13,7 +13,7 @@ import torch
 
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
-from tests.helpers import check_a_lost_rank, launched_ranks, tiny_model
+from tests.helpers import check_a_lost_rank, check_every_rank_stopped, launched_ranks, tiny_model
 from zoo.learned import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +145,32 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
         torch.set_num_threads(threads)
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert load_policy(str(out / "policy")) is not None
+
+
+def test_sigterm_to_one_rank_mid_step_stops_both_after_it_and_resumes_to_the_uninterrupted_policy(tiny_base,  # noqa: F811
+                                                                                                  tmp_path):
+    """A `kill` (SIGTERM) of rank 1 of a 2-process ES run in the middle of meta-step 1 (after its meta-gradient):
+    both processes finish that step, its checkpoint is saved once, both say so in the same line and exit 143.
+    The run then resumes on one process to the policy, bit for bit, of the same run on one process, uninterrupted
+    (2 ranks and 1 process are bit-identical for ES: the test above). Before, Lightning's SIGTERM handler
+    broadcast from inside the handler, a collective rank 0 did not join, and both processes hung."""
+    from meta_train.cli import main
+
+    es = ["--estimator", "es", "--model.pairs", "3", "--model.unroll", "2", "--model.inner_lr", "1e-2",
+          "--model.reset_every", "2", "--data.num_dev", "4"]
+    out = tmp_path / "run"
+    two = [*_args(tiny_base, out), *es, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    ranks = launched_ranks("from tests.helpers import run_meta_train_interrupted_at as f; "
+                           f"f(1, {two!r}, during=True, sig='SIGTERM', rank=1)", timeout=300)
+    last = out / "checkpoints" / "last.ckpt"
+    check_every_rank_stopped(ranks, "meta_train", last)
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # meta-step 1 finished, no step after it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same float reductions
+    try:
+        assert main([*_args(tiny_base, out), *es, "--resume"]) == 0
+        assert main([*_args(tiny_base, tmp_path / "one"), *es]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    resumed, one = load_policy(str(out / "policy")), load_policy(str(tmp_path / "one" / "policy"))
+    assert all(torch.equal(resumed.tensors()[k], one.tensors()[k]) for k in one.tensors())

@@ -12,6 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
+import torch
+
 from l2o.stop import STOP_SIGNALS, interrupt
 
 
@@ -26,9 +28,16 @@ def interrupt_callback(last: Path):
     be, so resuming from it is exact and no second ``last-v1.ckpt`` appears. The fit stops by an exception
     right after it: ``Trainer.should_stop`` would first run a validation the uninterrupted run does not.
     A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling). ``requested`` tells
-    ``finish_fit`` that the run was interrupted, ``signum`` by which signal. Lightning adds its own SIGTERM
-    handler over this one for the fit and calls this one from it; it may put this one back after the fit, so a
-    signal that reaches it then is a KeyboardInterrupt at once, as it would be without it.
+    ``finish_fit`` that the run was interrupted, ``signum`` by which signal.
+
+    In a run of several processes a signal may reach one of them only (``kill`` of one process) or each at
+    another moment (a scheduler's SIGTERM to every task). The handler only takes note; after each step every
+    process learns the largest signal any of them took (one all-reduce), so all of them save the same step,
+    stop, and say the same. Lightning installs a SIGTERM handler of its own after ``on_fit_start``, which
+    broadcasts from inside the handler: a collective that the other processes, somewhere else in their step,
+    do not join, so a SIGTERM to one process hung the run. ``on_train_start`` takes SIGTERM back from it.
+    Lightning may put this callback's handler back after the fit, so a signal that reaches it then is a
+    KeyboardInterrupt at once, as it would be without it.
     """
     from lightning.pytorch.callbacks import Callback
 
@@ -38,7 +47,7 @@ def interrupt_callback(last: Path):
         is_interrupt_callback = True
 
         def __init__(self):
-            self.requested, self.signum = False, None  # signum: None on a rank the others' stop reached
+            self.requested, self.signum = False, None
             self._previous: dict = {}
 
         def _handle(self, signum, frame):
@@ -50,13 +59,21 @@ def interrupt_callback(last: Path):
             if threading.current_thread() is threading.main_thread():
                 self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
+        def on_train_start(self, trainer, pl_module):
+            if self._previous:  # Lightning's SIGTERM handler replaced this one since on_fit_start
+                for s in STOP_SIGNALS:
+                    signal.signal(s, self._handle)
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.stop_if_requested(trainer)
 
         def stop_if_requested(self, trainer):
-            # every rank of a multi-device run stops at the same point (a no-op reduction on one device)
-            if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
-                self.requested = True
+            # every rank of a multi-device run stops at the same point, by the largest signal any rank took
+            # (0: none; on one device the reduction returns the tensor as it is)
+            took = torch.tensor([int(self.signum or 0)], device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(took, reduce_op="max").item())
+            if signum:
+                self.requested, self.signum = True, signum
                 saver = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
                 if saver is not None:
                     saver.save_now(trainer)

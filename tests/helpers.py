@@ -231,9 +231,11 @@ def run_learnability_killed_at(step: int, argv: list[str]) -> None:
     main(argv)
 
 
-def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT", rank: int | None = None) -> None:
+def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT", rank: int | None = None,
+                                 hook: str = "on_train_batch_end") -> None:
     """The `fine_tune` CLI on `argv`, sent a real SIGINT (as Ctrl-C does; or `sig`, e.g. a scheduler's SIGTERM) by
-    itself when `step` steps are done (with `rank`, in a multi-process run: only the process of that rank);
+    itself when `step` steps are done (with `rank`, in a multi-process run: only the process of that rank), from
+    the Lightning callback `hook` (e.g. "on_validation_start": as the validation after that step starts);
     exits with the CLI's exit code. Run it in a subprocess."""
     import os
     import signal
@@ -245,9 +247,13 @@ def run_fine_tune_interrupted_at(step: int, argv: list[str], sig: str = "SIGINT"
     from fine_tune.cli import main
 
     class _CtrlC(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == step and rank in (None, trainer.global_rank):
-                os.kill(os.getpid(), getattr(signal, sig))
+        pass
+
+    def send(self, trainer, *args):
+        if trainer.global_step == step and rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), getattr(signal, sig))
+
+    setattr(_CtrlC, hook, send)
 
     real = fine_tune.run.run
     fine_tune.run.run = lambda cfg, log=print, callbacks=(): real(cfg, log, [*callbacks, _CtrlC()])

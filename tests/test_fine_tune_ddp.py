@@ -130,22 +130,26 @@ def gv_reference(tiny_base, tmp_path_factory):  # noqa: F811
     return _trainable(out / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.parametrize("signalled", [None, 1, 0], ids=["every-rank", "rank-1", "rank-0"])
+@pytest.mark.parametrize("signalled, step, hook", [(None, 3, "on_train_batch_end"), (1, 3, "on_train_batch_end"),
+                                                   (0, 3, "on_train_batch_end"), (1, 4, "on_validation_start")],
+                         ids=["every-rank", "rank-1", "rank-0", "rank-1-in-the-final-validation"])
 def test_sigterm_to_any_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(tiny_base, gv_reference,  # noqa: F811
-                                                                                      tmp_path, signalled):
+                                                                                      tmp_path, signalled, step, hook):
     """A scheduler's SIGTERM to every process of a 2-process run, or a `kill` of one of them, after step 3:
     every process finishes the step, step 3 is saved once, each says so in the same line, exit 143, and the
     run resumes (on one process) to the uninterrupted run's weights. Lightning's own SIGTERM handler
     broadcast from inside the handler, a collective the other process did not join: a SIGTERM to one
-    process hung both (l2o/integrations/lightning/interrupt.py)."""
+    process hung both (l2o/integrations/lightning/interrupt.py). After the last step (in the validation due
+    after step 4), every rank stops too: before, rank 0 finished the run while rank 1 said it stopped."""
     out = tmp_path / "run"
     gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
     argv = _args(tiny_base, out, *COMMON, "--devices", "2", "--accelerator", "cpu", *gv)
     ranks = launched_ranks("from tests.helpers import run_fine_tune_interrupted_at as f; "
-                           f"f(3, {argv!r}, 'SIGTERM', {signalled})", timeout=150)
+                           f"f({step}, {argv!r}, 'SIGTERM', {signalled}, {hook!r})", timeout=150)
     last = out / "checkpoints" / "last.ckpt"
     check_every_rank_stopped(ranks, "fine_tune", last)
-    assert torch.load(last, weights_only=True)["global_step"] == 3 and not (out / "results.json").exists()
+    assert torch.load(last, weights_only=True)["global_step"] == step and not (out / "results.json").exists()
     _one_process(tiny_base, out, *gv, "--resume")
     resumed = _trainable(last)
     assert resumed.keys() == gv_reference.keys() and all(torch.equal(resumed[k], gv_reference[k]) for k in resumed)
+    assert (out / "results.json").exists()

@@ -12,8 +12,6 @@ import signal
 import threading
 from pathlib import Path
 
-import torch
-
 from l2o.stop import STOP_SIGNALS, interrupt
 
 
@@ -67,9 +65,16 @@ def interrupt_callback(last: Path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.stop_if_requested(trainer)
 
+        def on_train_end(self, trainer, pl_module):
+            # a signal after the last step's check (in the final validation): every rank stops here, not only
+            # the one it reached (which alone would say "stopped" while the others finish the run)
+            self.stop_if_requested(trainer)
+
         def stop_if_requested(self, trainer):
             # every rank of a multi-device run stops at the same point, by the largest signal any rank took
             # (0: none; on one device the reduction returns the tensor as it is)
+            import torch
+
             took = torch.tensor([int(self.signum or 0)], device=trainer.strategy.root_device)
             signum = int(trainer.strategy.reduce(took, reduce_op="max").item())
             if signum:

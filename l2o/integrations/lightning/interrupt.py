@@ -126,7 +126,8 @@ def finish_fit(fit, trainer, stop_cb) -> None:
         fit()
     except StopRequested:
         raise interrupt(stop_cb.signum) from None
-    except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C), and on SIGTERM in a validation
+    except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C); SIGTERMException, a SystemExit,
+        # follows a SIGTERM its own handler took before on_train_start took the signal back
         if trainer.interrupted:
             raise interrupt(stop_cb.signum) from None
         raise

@@ -131,7 +131,8 @@ def gv_reference(tiny_base, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("signalled, step, hook", [(None, 3, "on_train_batch_end"), (1, 3, "on_train_batch_end"),
-                                                   (0, 3, "on_train_batch_end"), (1, 4, "on_validation_start")],
+                                                   pytest.param(0, 3, "on_train_batch_end", marks=pytest.mark.slow),
+                                                   (1, 4, "on_validation_start")],
                          ids=["every-rank", "rank-1", "rank-0", "rank-1-in-the-final-validation"])
 def test_sigterm_to_any_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(tiny_base, gv_reference,  # noqa: F811
                                                                                       tmp_path, signalled, step, hook):

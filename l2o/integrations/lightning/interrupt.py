@@ -71,12 +71,14 @@ def interrupt_callback(last: Path):
             self.stop_if_requested(trainer)
 
         def stop_if_requested(self, trainer):
-            # every rank of a multi-device run stops at the same point, by the largest signal any rank took
-            # (0: none; on one device the reduction returns the tensor as it is)
-            import torch
+            # every rank of a multi-device run stops at the same point, by the largest signal any rank took (0:
+            # none); one device needs no exchange (nor a device sync each step)
+            signum = int(self.signum or 0)
+            if trainer.world_size > 1:
+                import torch
 
-            took = torch.tensor([int(self.signum or 0)], device=trainer.strategy.root_device)
-            signum = int(trainer.strategy.reduce(took, reduce_op="max").item())
+                took = torch.tensor([signum], device=trainer.strategy.root_device)
+                signum = int(trainer.strategy.reduce(took, reduce_op="max").item())
             if signum:
                 self.requested, self.signum = True, signum
                 saver = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)

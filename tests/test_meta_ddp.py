@@ -14,6 +14,7 @@ import torch
 from l2o.noise import derive_seed
 from l2o.policy import ZOPolicy
 from tests.helpers import check_a_lost_rank, check_every_rank_stopped, launched_ranks, tiny_model
+from tests.test_meta_resume import _main
 from zoo.learned import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,8 +94,6 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base,
     policy is bit-identical to the same run in one process, and so is every step's meta-loss."""
     import json
 
-    from meta_train.cli import main
-
     base = tiny_base
     es = ["--estimator", "es", "--model.pairs", "3", "--model.unroll", "2", "--model.inner_lr", "1e-2",
           "--model.reset_every", "2", "--data.num_dev", "4"]
@@ -103,12 +102,7 @@ def test_es_pairs_split_over_two_ranks_give_one_process_meta_gradient(tiny_base,
            *_args(base, tmp_path / "ddp"), *es, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same float reductions
-    try:
-        assert main([*_args(base, tmp_path / "one"), *es]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _main([*_args(base, tmp_path / "one"), *es]) == 0  # on 1 thread, as the ranks: the same float sums
     two, one = load_policy(str(tmp_path / "ddp" / "policy")), load_policy(str(tmp_path / "one" / "policy"))
     start = ZOPolicy.for_model(tiny_model("opt"), seed=0).tensors()
     assert max(float((one.tensors()[k] - start[k]).abs().max()) for k in start) > 1e-4  # it trained
@@ -125,8 +119,6 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
     which step, and what --resume continues from, in one line, exit 1, no hang. Rank 1 lost after step 3: the
     step-2 checkpoint is resumable (on one process). Rank 0 (the folder's holder) lost after step 1, before any
     checkpoint: the survivor removes what the run created."""
-    from meta_train.cli import main
-
     out = tmp_path / "new" / "run"
     step = 3 if killed == 1 else 1
     es = (["--estimator", "es", "--model.pairs", "2", "--model.unroll", "1", "--model.inner_lr", "1e-2",
@@ -137,12 +129,7 @@ def test_a_lost_rank_leaves_one_line_exit_1_and_a_resumable_or_clean_out(tiny_ba
     check_a_lost_rank(ranks, killed, "meta_train", step, out, tmp_path / "new", checkpoint=2 if killed == 1 else None)
     if killed == 0:
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*_args(tiny_base, out, steps=4), *es, "--resume"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _main([*_args(tiny_base, out, steps=4), *es, "--resume"]) == 0
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert load_policy(str(out / "policy")) is not None
 
@@ -154,8 +141,6 @@ def test_sigterm_to_one_rank_mid_step_stops_both_after_it_and_resumes_to_the_uni
     The run then resumes on one process to the policy, bit for bit, of the same run on one process, uninterrupted
     (2 ranks and 1 process are bit-identical for ES: the test above). Before, Lightning's SIGTERM handler
     broadcast from inside the handler, a collective rank 0 did not join, and both processes hung."""
-    from meta_train.cli import main
-
     es = ["--estimator", "es", "--model.pairs", "3", "--model.unroll", "2", "--model.inner_lr", "1e-2",
           "--model.reset_every", "2", "--data.num_dev", "4"]
     out = tmp_path / "run"
@@ -165,12 +150,7 @@ def test_sigterm_to_one_rank_mid_step_stops_both_after_it_and_resumes_to_the_uni
     last = out / "checkpoints" / "last.ckpt"
     check_every_rank_stopped(ranks, "meta_train", last)
     assert torch.load(last, weights_only=True)["global_step"] == 2  # meta-step 1 finished, no step after it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same float reductions
-    try:
-        assert main([*_args(tiny_base, out), *es, "--resume"]) == 0
-        assert main([*_args(tiny_base, tmp_path / "one"), *es]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _main([*_args(tiny_base, out), *es, "--resume"]) == 0  # on 1 thread, as the ranks: the same float sums
+    assert _main([*_args(tiny_base, tmp_path / "one"), *es]) == 0
     resumed, one = load_policy(str(out / "policy")), load_policy(str(tmp_path / "one" / "policy"))
     assert all(torch.equal(resumed.tensors()[k], one.tensors()[k]) for k in one.tensors())

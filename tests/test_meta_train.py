@@ -280,6 +280,11 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     one_line(main(_run_args(str(tmp_path / "no-such-model"), tmp_path / "r2", "--max_steps", "1")), "no-such-model")
     one_line(main(["--base", tiny_base, "--tasks", "no_such_task", "--out", str(tmp_path / "r3"), "--max_steps", "1"]),
              "no_such_task")
+    with monkeypatch.context() as m:  # a mistyped alias is named before any task is fetched (a BIG-bench download)
+        m.setattr("zoo.acquire.ensure_task", lambda name, *a: pytest.fail(f"{name} fetched before --base was checked"))
+        one_line(main(_run_args("opt-13x", tmp_path / "r7", "--max_steps", "1")), "unknown base model 'opt-13x'")
+        one_line(main(["--method", "bilevel-zofo", "--base", "opt-13x", "--tasks", "imdb", "piqa", "--holdout", "piqa",
+                       "--out", str(tmp_path / "r8"), "--max_steps", "1"]), "unknown base model 'opt-13x'")
     for steps in ("0", "-1"):  # -1 used to run forever, 0 to publish an untrained policy
         one_line(main(_run_args(tiny_base, tmp_path / "r4", "--max_steps", steps)),
                  f"--max_steps must be a positive integer, got {steps}")

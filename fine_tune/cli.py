@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--config", help="YAML file with options")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    p.add_argument("--list-tasks", action="store_true", help="list the known tasks and exit")
+    p.add_argument("--list-tasks", action="store_true",
+                   help="list the known tasks (and whether each has its data on this machine) and exit")
     p.add_argument("--list-optimizers", action="store_true", help="list the optimizers and their defaults and exit")
     return p
 
@@ -179,10 +180,16 @@ def main(argv=None) -> int:
     try:
         if args.list_tasks:
             from l2o.tasks import REGISTRY
+            from l2o.tasks.registry import data_here
 
-            for name in sorted(REGISTRY):
-                t = REGISTRY[name]
-                print(f"{name:28s} {t.kind:4s} {','.join(sorted(t.tags))}")
+            rows = [(name, REGISTRY[name].kind, ",".join(sorted(REGISTRY[name].tags)), data_here(name))
+                    for name in sorted(REGISTRY)]
+            widths = [max(len(row[i]) for row in rows + [("TASK", "KIND", "TAGS")]) for i in range(3)]
+            for row in [("TASK", "KIND", "TAGS", "DATA")] + rows:
+                print("  ".join(f"{cell:{w}s}" for cell, w in zip(row[:3], widths)), row[3])
+            ready = sum(row[3] == "here" for row in rows)
+            print(f"{ready} of {len(rows)} tasks have their data here; `python -m zoo.acquire --tasks NAME` fetches "
+                  "one where its source can be reached (README: Two commands)")
             return 0
         if args.list_optimizers:
             from fine_tune.first_order import FIRST_ORDER

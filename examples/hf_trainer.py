@@ -138,4 +138,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from l2o.stop import exit_code
+
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: ZOTrainer saved the step and said where
+        raise SystemExit(exit_code(stop)) from None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import signal
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from l2o.integrations.hf import TrainerConfigError, ZOTrainer, check_training_args
 from l2o.optim import build_optimizer
@@ -147,6 +149,68 @@ def test_resume_is_bit_identical_and_tensorboard_eval_save_work(tmp_path):
     trainer.save_model(str(tmp_path / "saved"))
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))
     assert_same_bits(weights(full), weights(loaded))
+
+
+class SignalAt(TrainerCallback):
+    """Sends this process `signals` at the start of step `step` (0-based), or at the end of training (step None)."""
+
+    def __init__(self, step, *signals):
+        self.step, self.signals = step, signals
+
+    def send(self):
+        import os
+
+        for s in self.signals:
+            os.kill(os.getpid(), s)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.send()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.step is None:
+            self.send()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_the_step_and_the_run_resumes_to_the_uninterrupted_weights(tmp_path, signum, caplog):
+    """SIGTERM (a scheduler's preemption) or Ctrl-C in step 3 of 5: the step finishes, checkpoint-3 is saved although
+    save_strategy is "no", train() raises KeyboardInterrupt(.signum) and gives the handlers back; train(resume=True)
+    ends on the uninterrupted run's weights, bit for bit."""
+    from l2o.stop import signum_of
+
+    full = tiny_model("opt")
+    ZOTrainer(model=full, args=make_args(tmp_path / "full", max_steps=5), train_dataset=Examples(),
+              optimizer="mezo").train()
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    model = tiny_model("opt")
+    stopped = ZOTrainer(model=model, args=make_args(tmp_path, max_steps=5), train_dataset=Examples(),
+                        optimizer="mezo", callbacks=[SignalAt(2, signum)])
+    with pytest.raises(KeyboardInterrupt) as err:
+        stopped.train()
+    assert signum_of(err.value) == signum and stopped.state.global_step == 3
+    said = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert f"{said} after step 3: checkpoint {tmp_path / 'out' / 'checkpoint-3'}; continue with" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-3"]
+    assert {s: signal.getsignal(s) for s in before} == before
+    resumed = tiny_model("opt", seed=3)  # other weights: the checkpoint must restore them
+    ZOTrainer(model=resumed, args=make_args(tmp_path, max_steps=5), train_dataset=Examples(),
+              optimizer="mezo").train(resume_from_checkpoint=True)
+    assert_same_bits(weights(full), weights(resumed))
+
+
+def test_a_signal_after_the_last_step_still_leaves_its_checkpoint_and_a_second_one_stops_at_once(tmp_path):
+    trainer = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=2), train_dataset=Examples(),
+                        optimizer="mezo", callbacks=[SignalAt(None, signal.SIGTERM)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    twice = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path / "twice", max_steps=3),
+                      train_dataset=Examples(), optimizer="mezo",
+                      callbacks=[SignalAt(1, signal.SIGTERM, signal.SIGTERM)])
+    with pytest.raises(KeyboardInterrupt):
+        twice.train()
+    assert twice.state.global_step == 1 and not list((tmp_path / "twice").rglob("checkpoint-*"))
 
 
 def test_zoo_names_need_a_resolver_and_take_a_policy(tmp_path):

@@ -23,6 +23,8 @@ checkpoints (`optimizer.pt` is our optimizer's `state_dict()`, so `train(resume_
 continues bit-identically), `save_model`, logging (TensorBoard with `report_to="tensorboard"`): every
 training log adds `zo_forward_passes` (cumulative), `zo_projected_grad` (the last step's projected
 gradient, the mean over its directions) and `zo_skipped_steps`, and drops `grad_norm` (no gradient exists).
+Ctrl-C or SIGTERM during `train()` finishes the step, saves it as a checkpoint and raises KeyboardInterrupt
+(`StopOnSignal`), so a preempted job resumes from the step it was in, not from its last periodic checkpoint.
 
 Where the hyperparameters come from: `learning_rate`, `weight_decay` and `seed` of `TrainingArguments`
 (one source of truth, as for any Trainer optimizer); the method's own ones (`eps`, `pool_size`, `k`, ...)
@@ -50,13 +52,21 @@ policy from the zoo and checks it was made for this base). An already-loaded pol
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import threading
 from typing import Callable
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from l2o.errors import UserError
 from l2o.optim import REGISTRY, ZOOptimizer, build_optimizer, optimizer_names
+from l2o.stop import STOP_SIGNALS, interrupt, stopped
+
+log = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
 FROM_TRAINING_ARGS = {"lr": "learning_rate", "weight_decay": "weight_decay"}
@@ -144,6 +154,60 @@ def resolve_optimizer_name(name: str, kwargs: dict, model, policy_resolver: Call
     return "zo-finetuner", {**kwargs, "policy": policy_resolver(spec, model)}
 
 
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during `train()`: the step under way finishes, a checkpoint of
+    that step is saved (Trainer's own: `optimizer.pt` is our `state_dict()`, so it resumes bit-identically), and
+    `train()` raises the KeyboardInterrupt the signal means (`.signum`, l2o/stop.py). A second signal stops at once.
+    Plain Trainer loses the steps since its last periodic checkpoint to either signal."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.saved_step: int | None = None
+
+    def take(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise interrupt(signum)
+        self.signum = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signum is not None:
+            control.should_save = control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_step = state.global_step
+        return control
+
+    @contextlib.contextmanager
+    def installed(self, trainer):
+        """Takes the stop signals for the length of a `train()` (only the main thread can take a signal)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, self.take)
+        trainer.add_callback(self)
+        try:
+            yield
+        finally:
+            trainer.remove_callback(self)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def stop(self, trainer) -> KeyboardInterrupt:
+        """After a signal: the checkpoint of the last step taken (saved here when Trainer did not save one after
+        the signal: it came after the last step, or `save_strategy="best"` declined), and the interrupt to raise."""
+        step = trainer.state.global_step
+        if self.saved_step != step:
+            trainer._save_checkpoint(trainer.model, trial=None)
+        err = interrupt(self.signum)
+        folder = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
+        log.warning(f"{stopped(err)} after step {step}: checkpoint {folder}; continue with "
+                    "trainer.train(resume_from_checkpoint=True)")
+        return err
+
+
 class ZOTrainerMixin:
     """The zeroth-order training step for `transformers.Trainer` and its subclasses (e.g. TRL's `SFTTrainer`).
 
@@ -196,6 +260,16 @@ class ZOTrainerMixin:
             self._trainer_optimizer = TrainerOptimizer(self.zo_optimizer)
         self.optimizer = self._trainer_optimizer   # accelerate then wraps it
         return self.optimizer
+
+    def train(self, *args, **kwargs):
+        """Trainer's `train()`; Ctrl-C or SIGTERM finishes the step, saves it and raises KeyboardInterrupt
+        (`StopOnSignal`)."""
+        stop = StopOnSignal()
+        with stop.installed(self):
+            output = super().train(*args, **kwargs)
+        if stop.signum is not None:
+            raise stop.stop(self)
+        return output
 
     # ------------------------------------------------------------------ the step
     def _zo_closure(self, model, batches: list, num_items_in_batch) -> Callable[[], torch.Tensor]:
@@ -257,5 +331,5 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
     """`transformers.Trainer` with a zeroth-order optimizer of ours (see the module docstring)."""
 
 
-__all__ = ["TrainerConfigError", "TrainerOptimizer", "ZOTrainer", "ZOTrainerMixin", "check_training_args",
-           "resolve_optimizer_name"]
+__all__ = ["StopOnSignal", "TrainerConfigError", "TrainerOptimizer", "ZOTrainer", "ZOTrainerMixin",
+           "check_training_args", "resolve_optimizer_name"]

@@ -183,11 +183,6 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
         def before_instantiate_classes(self):  # refuse bad step counts before the base model is loaded
             _check_steps(self.config)
             from l2o.errors import ConfigError
-            from l2o.models import resolve_base
-
-            # a mistyped --base, named before anything is fetched: Lightning sets the data up first, and on a fresh
-            # machine that is the BIG-bench download (358 MB), which would otherwise come before this one line
-            resolve_base(self.config["base"])
 
             if "estimator" not in model_params and self.config["estimator"] != "lookahead":
                 raise ConfigError(f"--estimator is the zo-finetuner policy's; --method {method} has none")
@@ -203,6 +198,12 @@ def _build_cli(model_cls, data_cls, method: str, args: list[str]):
             from lightning.pytorch.loggers import TensorBoardLogger
 
             from l2o.errors import ConfigError
+            from l2o.models import resolve_base
+
+            # after the module's own checks (they come first), a mistyped --base is named before anything is
+            # fetched: Lightning sets the data up before the model, and on a fresh machine that is the BIG-bench
+            # download (358 MB)
+            resolve_base(self.config["base"])
 
             from l2o.integrations.lightning.checkpoints import AtomicCheckpointIO, LastCheckpoint
 

@@ -198,6 +198,17 @@ def artefacts_section(out: Path, args) -> list[str]:
     return lines
 
 
+def lora_line(out: Path) -> list[str]:
+    """The scan's LoRA stage, said where it has not run (the issue asks for it where prefix moved), not left out."""
+    path = out / "learnability" / "runs.jsonl"
+    if path.exists() and any("-lora-" in r.get("name", "") for r in read_records(path)):
+        return []
+    return ["- LoRA in the scan (stage 2 in LoRA on the tasks whose prefix run moved; `--phases lora`) has not run: "
+            "it is the second process's last phase (`--workers 2`), after the artefacts, full-parameter and "
+            "meta-initialisation phases, and like the rest of the scan it runs only where every scanned task's data "
+            "can be had (`python -m bench.evidence --status` names what is missing)."]
+
+
 def cuts_section(args, out: Path) -> list[str]:
     c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
     seeds = 5 if c is not None and c < 10 else 3  # --seeds auto; seeds 1.. on a panel task (its seed 0 chose it)
@@ -216,6 +227,7 @@ def cuts_section(args, out: Path) -> list[str]:
             f"(PIQA, SIQA, ...) are not classification tasks of this kind. CPU cut: median prompt ≤ "
             f"{args.cuts[0]} tokens, widened to {', then '.join(map(_cut, args.cuts[1:])) or 'nothing'} while the "
             f"panel has fewer than {args.panel_min} tasks (a task keeps the max length of the cut that first ran it).",
+            *lora_line(out),
             f"- The prefix phase runs on the panel's first {args.max_tasks} task(s) (cheapest first, label-prior ones "
             f"last), the full-parameter phase on {args.full_tasks}, bf16 on 1 (at the fp32 phase's lrs, no search; it "
             "runs once the first task has MeZO's and BSZO's, before the other methods and tasks); "

@@ -307,6 +307,20 @@ def test_a_harness_phase_without_a_final_run_reads_not_run_yet(tmp_path):
     assert "*not run yet*" in full and "| full table |" not in full and "evidence_full.png" not in full
 
 
+def test_the_doc_says_when_the_scans_lora_stage_has_not_run(tmp_path):
+    from bench import evidence, evidence_doc
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    (out / "learnability").mkdir(parents=True)
+    runs = out / "learnability" / "runs.jsonl"
+    runs.write_text(json.dumps({"name": "s2-navigate-prefix-lr0.01"}) + "\n")
+    args = evidence.parse_args(["--out", str(out)])
+    assert "- LoRA in the scan (stage 2 in LoRA" in evidence_doc.render(out, docs, args, [])
+    with runs.open("a") as f:
+        f.write(json.dumps({"name": "s2-navigate-lora-lr0.0001"}) + "\n")
+    assert "LoRA in the scan" not in evidence_doc.render(out, docs, args, [])
+
+
 def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_smollm_base, tmp_path):
     """The artefacts phase on the tiny base: the policy and the meta-initialisation meta-trained in rounds on the
     task family (the scan here admits only the panel task, so two scanned tasks that did not move are added to

@@ -955,7 +955,8 @@ def test_list_tasks_says_which_tasks_have_their_data_here(tmp_path, monkeypatch,
     assert rows["navigate"].startswith("needs BIG-bench task files") and str(tmp_path) in rows["navigate"]
     assert rows["cb"].startswith("needs the Hugging Face Hub (aps/super_glue/cb)")
     path, config, split_map = get_task("cb").hub
-    target = hub_rows_file(path, config, split_map["train"])
-    target.parent.mkdir(parents=True)
-    shutil.copy(FIX / "cb" / "train.jsonl", target)
-    assert listed()["cb"] == "here"
+    for split in ("train", "validation"):  # with the train rows alone a run would still stop: not here yet
+        target = hub_rows_file(path, config, split_map[split])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIX / "cb" / f"{split}.jsonl", target)
+        assert (listed()["cb"] == "here") == (split == "validation")

@@ -61,6 +61,7 @@ from typing import Callable
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from l2o.errors import UserError
 from l2o.optim import REGISTRY, ZOOptimizer, build_optimizer, optimizer_names
@@ -202,7 +203,7 @@ class StopOnSignal(TrainerCallback):
         if self.saved_step != step:
             trainer._save_checkpoint(trainer.model, trial=None)
         err = interrupt(self.signum)
-        folder = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
+        folder = os.path.join(trainer.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")  # as Trainer names it
         log.warning(f"{stopped(err)} after step {step}: checkpoint {folder}; continue with "
                     "trainer.train(resume_from_checkpoint=True)")
         return err

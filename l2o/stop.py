@@ -50,3 +50,49 @@ def stopped(err: BaseException) -> str:
 def exit_code(err: BaseException) -> int:
     """128 + the signal's number: 130 after Ctrl-C, 143 after SIGTERM."""
     return 128 + int(signum_of(err))
+
+
+class StopRequest:
+    """SIGINT and SIGTERM taken as a request to stop at the next safe point (a training loop's step end).
+
+    `install()` takes both signals on the main thread (only there can Python take one) and keeps the handlers it
+    replaced; the first signal is only noted (`signum`), so the step under way finishes; a second, or one after
+    `restore()`, raises its KeyboardInterrupt at once. The Lightning callback (integrations/lightning/interrupt.py)
+    and `ZOTrainer` (integrations/hf.py) each check `requested` after a step, save, and stop.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def _take(self, signum, frame) -> None:
+        if self.requested or not self.installed:  # a second signal, or one after restore()
+            raise interrupt(signum)
+        self.signum = signum
+
+    def install(self) -> bool:
+        """Take the stop signals; False (and nothing taken) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        self._previous = {s: signal.signal(s, self._take) for s in STOP_SIGNALS}
+        return True
+
+    def retake(self) -> None:
+        """Take the signals back from a handler installed since `install()` (Lightning's own SIGTERM handler)."""
+        for s in self._previous:
+            signal.signal(s, self._take)
+
+    def restore(self) -> None:
+        """Put back the handlers `install()` replaced (one not installed from Python, None, cannot be put back)."""
+        for s, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
+        self._previous = {}

@@ -113,8 +113,9 @@ def _assert_forward_only_run_reports(run: Path, estimator: str) -> None:
     card = (run / "policy" / "README.md").read_text()
     expected = {"es": ("| estimator | es (antithetic ES over 2-step unrolls of the deployed zo-finetuner, 2 pairs",
                        "| unroll horizon | 2 inner steps (truncated ES from the trajectory's state; episodes of 6"),
-                "pes": ("| estimator | pes (Persistent ES (Vicol et al. 2021) over 6-step inner runs in 2-step "
-                        "truncations, 2 particles", "| unroll horizon | 6 inner steps (the whole inner run")}
+                "pes": ("| estimator | pes (Persistent ES (Vicol et al. 2021) over 6-step inner runs of the "
+                        "deployed zo-finetuner in 2-step truncations, 2 particles",
+                        "| unroll horizon | 6 inner steps (the whole inner run")}
     for field in expected[estimator]:
         assert field in card, (field, card)
 

@@ -55,8 +55,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 from typing import Callable
 
 import torch
@@ -65,7 +63,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from l2o.errors import UserError
 from l2o.optim import REGISTRY, ZOOptimizer, build_optimizer, optimizer_names
-from l2o.stop import STOP_SIGNALS, interrupt, stopped
+from l2o.stop import StopRequest, interrupt, stopped
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +160,13 @@ class StopOnSignal(TrainerCallback):
     Plain Trainer loses the steps since its last periodic checkpoint to either signal."""
 
     def __init__(self):
-        self.signum: int | None = None
+        self.note = StopRequest()  # the first signal noted, a second raising at once (l2o/stop.py)
         self.saved_step: int | None = None
 
-    def take(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise interrupt(signum)
-        self.signum = signum
+    signum = property(lambda self: self.note.signum)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signum is not None:
+        if self.note.requested:
             control.should_save = control.should_training_stop = True
         return control
 
@@ -182,19 +177,15 @@ class StopOnSignal(TrainerCallback):
     @contextlib.contextmanager
     def installed(self, trainer):
         """Takes the stop signals for the length of a `train()` (only the main thread can take a signal)."""
-        if threading.current_thread() is not threading.main_thread():
+        if not self.note.install():
             yield
             return
-        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-        for s in STOP_SIGNALS:
-            signal.signal(s, self.take)
         trainer.add_callback(self)
         try:
             yield
         finally:
             trainer.remove_callback(self)
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            self.note.restore()
 
     def stop(self, trainer) -> KeyboardInterrupt:
         """After a signal: the checkpoint of the last step taken (saved here when Trainer did not save one after
@@ -268,7 +259,7 @@ class ZOTrainerMixin:
         stop = StopOnSignal()
         with stop.installed(self):
             output = super().train(*args, **kwargs)
-        if stop.signum is not None:
+        if stop.note.requested:
             raise stop.stop(self)
         return output
 

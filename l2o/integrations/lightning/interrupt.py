@@ -8,11 +8,9 @@ failure from outside the run (a full disk, a lost process: failures.py) into one
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
-from l2o.stop import STOP_SIGNALS, interrupt
+from l2o.stop import StopRequest, interrupt
 
 
 class StopRequested(BaseException):
@@ -45,22 +43,16 @@ def interrupt_callback(last: Path):
         is_interrupt_callback = True
 
         def __init__(self):
-            self.requested, self.signum = False, None
-            self._previous: dict = {}
+            self.note = StopRequest()  # the first signal noted, a second raising at once (l2o/stop.py)
 
-        def _handle(self, signum, frame):
-            if self.requested or not self._previous:  # a second signal, or one after the fit
-                raise interrupt(signum)
-            self.requested, self.signum = True, signum
+        requested = property(lambda self: self.note.requested)
+        signum = property(lambda self: self.note.signum)
 
         def on_fit_start(self, trainer, pl_module):
-            if threading.current_thread() is threading.main_thread():
-                self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            self.note.install()
 
         def on_train_start(self, trainer, pl_module):
-            if self._previous:  # Lightning's SIGTERM handler replaced this one since on_fit_start
-                for s in STOP_SIGNALS:
-                    signal.signal(s, self._handle)
+            self.note.retake()  # Lightning's SIGTERM handler replaced this one since on_fit_start
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.stop_if_requested(trainer)
@@ -80,7 +72,7 @@ def interrupt_callback(last: Path):
                 took = torch.tensor([signum], device=trainer.strategy.root_device)
                 signum = int(trainer.strategy.reduce(took, reduce_op="max").item())
             if signum:
-                self.requested, self.signum = True, signum
+                self.note.signum = signum
                 saver = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
                 if saver is not None:
                     saver.save_now(trainer)
@@ -88,16 +80,11 @@ def interrupt_callback(last: Path):
                     trainer.save_checkpoint(str(last), weights_only=False)
                 raise StopRequested
 
-        def _restore(self):
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
-            self._previous = {}
-
         def on_exception(self, trainer, pl_module, exception):
-            self._restore()
+            self.note.restore()
 
         def teardown(self, trainer, pl_module, stage):
-            self._restore()
+            self.note.restore()
 
     return StopOnInterrupt()
 

@@ -344,3 +344,34 @@ def test_the_example_with_an_offloaded_model_reports_the_run_held_normally(tmp_p
         assert out.returncode == 0, out.stderr[-2000:]
         rows += [line.rsplit("|", 2)[0] for line in out.stdout.splitlines() if line.startswith("| mezo |")]
     assert len(rows) == 2 and rows[0] == rows[1] and "| 2 | 4 |" in rows[0]  # steps, forwards, losses; not time
+
+
+def test_a_resume_skips_a_checkpoint_whose_save_was_cut_short_and_refuses_it_by_name(tmp_path, caplog):
+    """A kill or a full disk during a save leaves a checkpoint-N without its trainer_state.json (Trainer writes it
+    last) and with half-written weights. Trainer's resume would take it as the newest and fail (or load the
+    half-written weights); ZOTrainer's resumes from the newest complete one, says so in one line, and ends on the
+    uninterrupted run's weights. Named explicitly, the cut-short one is refused in one line naming the good one."""
+    full = tiny_model("opt")
+    ZOTrainer(model=full, args=make_args(tmp_path / "full", max_steps=4), train_dataset=Examples(),
+              optimizer="mezo").train()
+    ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2),
+              train_dataset=Examples(), optimizer="mezo").train()
+    out = tmp_path / "out"
+    cut = out / "checkpoint-4"
+    (cut / "trainer_state.json").unlink()
+    weights_file = next(cut.glob("model*.safetensors"))
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    good = out / "checkpoint-2"
+    with pytest.raises(TrainerConfigError, match=f"checkpoint {cut} is incomplete .*resume from {good}, the newest"):
+        ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
+                  optimizer="mezo").train(resume_from_checkpoint=str(cut))
+    resumed = tiny_model("opt", seed=3)
+    ZOTrainer(model=resumed, args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
+              optimizer="mezo").train(resume_from_checkpoint=True)
+    assert f"skipping {cut}: incomplete" in caplog.text and f"resuming from {good}" in caplog.text
+    assert_same_bits(weights(full), weights(resumed))
+    (good / "trainer_state.json").unlink()
+    (cut / "trainer_state.json").write_text('{"global_step": 4, "log_hi')   # cut mid-write
+    with pytest.raises(TrainerConfigError, match="no complete checkpoint in .*none of checkpoint-4, checkpoint-2"):
+        ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
+                  optimizer="mezo").train(resume_from_checkpoint=True)

@@ -25,6 +25,7 @@ training log adds `zo_forward_passes` (cumulative), `zo_projected_grad` (the las
 gradient, the mean over its directions) and `zo_skipped_steps`, and drops `grad_norm` (no gradient exists).
 Ctrl-C or SIGTERM during `train()` finishes the step, saves it as a checkpoint and raises KeyboardInterrupt
 (`StopOnSignal`), so a preempted job resumes from the step it was in, not from its last periodic checkpoint.
+A resume skips (or, named, refuses) a checkpoint whose save was cut short (`resume_point`).
 
 Where the hyperparameters come from: `learning_rate`, `weight_decay` and `seed` of `TrainingArguments`
 (one source of truth, as for any Trainer optimizer); the method's own ones (`eps`, `pool_size`, `k`, ...)
@@ -53,12 +54,15 @@ policy from the zoo and checks it was made for this base). An already-loaded pol
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 from typing import Callable
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from l2o.errors import UserError
@@ -200,6 +204,53 @@ class StopOnSignal(TrainerCallback):
         return err
 
 
+def checkpoint_complete(folder: str) -> bool:
+    """Trainer writes a checkpoint's `trainer_state.json` last, after the weights, optimizer and RNG state: a folder
+    without a readable one was cut short (the process killed, or the disk full, during the save)."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """The `checkpoint-N` folders Trainer saved in `output_dir`, newest (largest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = [(int(m.group(1)), os.path.join(output_dir, name)) for name in os.listdir(output_dir)
+             if (m := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
+    return [folder for _, folder in sorted(found, reverse=True)]
+
+
+def resume_point(output_dir: str, resume: str | bool | None) -> str | bool | None:
+    """`train(resume_from_checkpoint=...)` made safe against a save that was cut short. True: the newest complete
+    `checkpoint-N` (an incomplete newer one is skipped with one line; Trainer would take it and fail, or load
+    half-written weights). A folder: refused in one line when incomplete, naming the newest complete one."""
+    if not resume:
+        return resume
+    cut_short = f"no readable {TRAINER_STATE_NAME}: its save was cut short"
+    if isinstance(resume, str):
+        if os.path.isdir(resume) and not checkpoint_complete(resume):
+            good = next(filter(checkpoint_complete, checkpoints(os.path.dirname(os.path.abspath(resume)))), None)
+            raise TrainerConfigError(f"checkpoint {resume} is incomplete ({cut_short}); " + (
+                f"resume from {good}, the newest complete one" if good else
+                "no complete checkpoint is beside it, so start afresh"))
+        return resume
+    found = checkpoints(output_dir)
+    good = next(filter(checkpoint_complete, found), None)
+    if found and good is None:
+        names = ", ".join(map(os.path.basename, found))
+        raise TrainerConfigError(f"no complete checkpoint in {output_dir}: none of {names} has a readable "
+                                 f"{TRAINER_STATE_NAME} (their saves were cut short); start afresh without "
+                                 "resume_from_checkpoint")
+    for cut in found[:found.index(good)] if good else []:
+        log.warning(f"skipping {cut}: incomplete ({cut_short}); resuming from {good}")
+    return good or resume  # none at all: Trainer says so
+
+
 class ZOTrainerMixin:
     """The zeroth-order training step for `transformers.Trainer` and its subclasses (e.g. TRL's `SFTTrainer`).
 
@@ -253,12 +304,13 @@ class ZOTrainerMixin:
         self.optimizer = self._trainer_optimizer   # accelerate then wraps it
         return self.optimizer
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """Trainer's `train()`; Ctrl-C or SIGTERM finishes the step, saves it and raises KeyboardInterrupt
-        (`StopOnSignal`)."""
+        (`StopOnSignal`); a resume skips or refuses a checkpoint whose save was cut short (`resume_point`)."""
+        resume_from_checkpoint = resume_point(self.args.output_dir, resume_from_checkpoint)
         stop = StopOnSignal()
         with stop.installed(self):
-            output = super().train(*args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
         if stop.note.requested:
             raise stop.stop(self)
         return output

@@ -3,6 +3,7 @@
     python bench/meta_memory.py --repo . --out runs/meta-memory            # one meta-training run + one inference
     python bench/meta_memory.py --repo /path/to/old/checkout --label before # the same for another checkout
     python bench/meta_memory.py --estimator es                             # forward-only ES (pairs 2, unroll 2)
+    python bench/meta_memory.py --estimator es --tasks boolq,imdb,tweet_sentiment   # tasks here without BIG-bench
 
 Each measurement is its own process (peak RSS from the kernel: `resource.getrusage(RUSAGE_CHILDREN)`), so
 the numbers are the process peaks. The meta-training run is SmolLM2-135M fp32 at batch 4 x 48 tokens,
@@ -30,7 +31,7 @@ from l2o.models import load_base
 from l2o.tasks import TaskFamily, sample_splits
 from l2o.tasks.objectives import objective_for
 model, tok, info = load_base({base!r})
-task = TaskFamily(names=['sports_understanding'], seed=0, holdout=0.0).train_tasks[0]
+task = TaskFamily(names=[{task!r}], seed=0, holdout=0.0).train_tasks[0]
 batch = sample_splits(task, seed=0, num_train=16, num_dev=0, num_eval=4).train[:4]
 with torch.no_grad():
     print(float(objective_for(task, None, max_length=48).loss(model, tok, batch)))
@@ -59,16 +60,25 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--estimator", choices=["lookahead", "es", "pes"], default="lookahead")
+    ap.add_argument("--tasks", default="sports_understanding,strategyqa,winowhy",
+                    help="the meta-training tasks, then the held-out one (comma-separated); the inference process "
+                         "evaluates a batch of the first. Choose tasks whose answers are one token each, as these "
+                         "are: a task with long answers (piqa) adds its answers' logits to the meta-training peak "
+                         "only")
     args = ap.parse_args(argv)
+    tasks = args.tasks.split(",")
+    if len(tasks) < 2:
+        ap.error(f"--tasks {args.tasks}: name at least one meta-training task and then the held-out one")
     repo = os.path.abspath(args.repo)
     if args.what != "meta":
         libraries = "import lightning, meta_train.module" if args.what == "inference-libraries" else ""
-        rss, wall = _child([sys.executable, "-c", INFERENCE.format(base=args.base, libraries=libraries)], repo)
+        code = INFERENCE.format(base=args.base, libraries=libraries, task=tasks[0])
+        rss, wall = _child([sys.executable, "-c", code], repo)
         print(json.dumps({"label": args.label, "what": args.what, "peak_rss_gb": round(rss, 3)}))
         return 0
     out = tempfile.mkdtemp(prefix="meta-memory-")
-    cmd = [sys.executable, "-m", "meta_train", "--base", args.base, "--tasks", "sports_understanding",
-           "strategyqa", "winowhy", "--holdout", "winowhy", "--max_steps", str(args.steps), "--out", out,
+    cmd = [sys.executable, "-m", "meta_train", "--base", args.base, "--tasks", *tasks, "--holdout", tasks[-1],
+           "--max_steps", str(args.steps), "--out", out,
            "--model.reset_every", "0", "--model.val_steps", "2", "--model.val_tasks", "1", "--model.log_every", "0",
            "--model.lr_llm", "1e-4", "--data.batch_size", "4", "--data.num_train", "16", "--data.num_eval", "4",
            "--data.max_length", "48"]

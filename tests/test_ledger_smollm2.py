@@ -34,7 +34,7 @@ def test_smollm2_fine_tune_published_as_a_ledger_materialises_to_the_same_weight
     expected, got = load_file(as_weights / "model" / "model.safetensors"), load_file(out / "model.safetensors")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    from l2o.models import embedded_smollm2_dir
+    from zoo.acquire import embedded_smollm2_dir
 
     base = load_file(embedded_smollm2_dir() / "model.safetensors")
     assert any(not torch.equal(base[k], got[k]) for k in got)  # the fine-tune moved the weights

@@ -4,6 +4,7 @@
     python examples/hf_trainer.py --trainer sft           # the same through TRL's SFTTrainer
     python examples/hf_trainer.py --optimizers mezo-gv --steps 40 --lr 1e-5
     python examples/hf_trainer.py --offload cpu           # a model larger than the GPU (ZOTrainer(offload="cpu"))
+    python examples/hf_trainer.py --resume                # after Ctrl-C or SIGTERM: continue from the saved step
 
 The embedded SmolLM2-135M-Instruct (offline) learns the sentiment word of real tweets (`tweet_sentiment`):
 the loss is the cross-entropy of the answer tokens after the prompt. Each optimizer starts from the same
@@ -104,6 +105,12 @@ def main(argv=None) -> int:
     ap.add_argument("--num-eval", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/hf_trainer")
+    ap.add_argument("--base", default="smollm2-135m",
+                    help="the model to fine-tune: a base name, a Hugging Face id or a local folder (a zoo: policy "
+                         "needs the base it was made for)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue each optimizer from the newest checkpoint in its output folder (Ctrl-C or "
+                         "SIGTERM saved one); one without a checkpoint starts afresh")
     place = ap.add_mutually_exclusive_group()
     place.add_argument("--device-map", choices=["auto", "balanced", "sequential"], default=None,
                        help="layers across the visible GPUs (ZOTrainer(device_map=...))")
@@ -111,18 +118,19 @@ def main(argv=None) -> int:
                        help="weights in CPU memory, each block streamed to the device (ZOTrainer(offload=...))")
     args = ap.parse_args(argv)
 
+    from l2o.integrations.hf import checkpoints
     from l2o.models import load_base
 
     rows = []
     for name in args.optimizers:
-        model, tokenizer, _ = load_base("smollm2-135m")   # the same starting weights for every optimizer
+        model, tokenizer, _ = load_base(args.base)   # the same starting weights for every optimizer
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         train, evals = data(args, tokenizer)
         trainer = trainer_for(args, name, model, tokenizer, train, evals)
         before = trainer.evaluate()["eval_loss"]
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=True if args.resume and checkpoints(trainer.args.output_dir) else None)
         seconds = time.perf_counter() - t0
         after = trainer.evaluate()["eval_loss"]
         trainer.save_model()
@@ -138,9 +146,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import sys
+
     from l2o.stop import exit_code
 
     try:
         raise SystemExit(main())
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: ZOTrainer saved the step and said where
+        print("hf_trainer: stopped; rerun with --resume to continue from the saved step", file=sys.stderr)
         raise SystemExit(exit_code(stop)) from None

@@ -375,3 +375,38 @@ def test_a_resume_skips_a_checkpoint_whose_save_was_cut_short_and_refuses_it_by_
     with pytest.raises(TrainerConfigError, match="no complete checkpoint in .*none of checkpoint-4, checkpoint-2"):
         ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
                   optimizer="mezo").train(resume_from_checkpoint=True)
+
+
+def test_the_example_stopped_by_sigterm_resumes_with_its_flag_to_the_uninterrupted_model(tiny_bases, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """examples/hf_trainer.py on a tiny base: SIGTERM in step 2 of 4 stops it with the step saved; `--resume`
+    continues from it (steps 3 and 4 only) and saves the model an uninterrupted run saves, bit for bit."""
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location(
+        "hf_trainer_example", Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--base", tiny_bases("smollm"), "--optimizers", "mezo", "--steps", "4", "--batch-size", "2",
+            "--num-train", "8", "--num-eval", "4", "--lr", "1e-3"]
+    assert example.main([*argv, "--out", str(tmp_path / "ref")]) == 0
+    made = example.trainer_for
+    monkeypatch.setattr(example, "trainer_for", lambda *a: (lambda t: t.add_callback(SignalAt(1, signal.SIGTERM))
+                                                             or t)(made(*a)))
+    with pytest.raises(KeyboardInterrupt):
+        example.main([*argv, "--out", str(tmp_path / "run")])
+    assert [p.name for p in (tmp_path / "run" / "mezo").glob("checkpoint-*")] == ["checkpoint-2"]
+    steps = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    monkeypatch.setattr(example, "trainer_for", lambda *a: (lambda t: t.add_callback(Count()) or t)(made(*a)))
+    assert example.main([*argv, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert steps == [3, 4] and "mezo: eval loss" in capsys.readouterr().out  # from the saved step, not afresh
+    ref, run = (load_file(tmp_path / d / "mezo" / "model.safetensors") for d in ("ref", "run"))
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)

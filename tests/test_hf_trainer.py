@@ -375,6 +375,9 @@ def test_a_resume_skips_a_checkpoint_whose_save_was_cut_short_and_refuses_it_by_
     with pytest.raises(TrainerConfigError, match="no complete checkpoint in .*none of checkpoint-4, checkpoint-2"):
         ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
                   optimizer="mezo").train(resume_from_checkpoint=True)
+    with pytest.raises(TrainerConfigError, match="incomplete .*no complete checkpoint is beside it, so start afresh"):
+        ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=4), train_dataset=Examples(),
+                  optimizer="mezo").train(resume_from_checkpoint=str(cut))
 
 
 def test_the_example_stopped_by_sigterm_resumes_with_its_flag_to_the_uninterrupted_model(tiny_bases, tmp_path,

@@ -199,6 +199,76 @@ def test_a_stop_signal_saves_the_step_and_the_run_resumes_to_the_uninterrupted_w
     assert_same_bits(weights(full), weights(resumed))
 
 
+class SignalInEval(TrainerCallback):
+    """Sends this process SIGTERM in the first prediction step of the evaluation after step `step` (1-based)."""
+
+    def __init__(self, step):
+        self.step, self.sent = step, False
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        import os
+
+        if state.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Evaluations(TrainerCallback):
+    """The steps at which Trainer evaluated (test only)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def evals(log_history):
+    return [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+
+
+def test_a_signal_during_an_evaluation_stops_after_it_without_another_step(tmp_path):
+    """SIGTERM while Trainer evaluates after step 2 of 4: that evaluation ends, checkpoint-2 is saved with its
+    metrics, and no step 3 runs first (a scheduler's grace period is short). The resumed run ends on the
+    uninterrupted run's weights and evaluations."""
+    kw = dict(max_steps=4, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=1)
+    full = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path / "full", **kw), train_dataset=Examples(),
+                     eval_dataset=Examples(4, seed=1), optimizer="mezo")
+    full.train()
+    assert [s for s, _ in evals(full.state.log_history)] == [2, 4]
+    stopped = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, **kw), train_dataset=Examples(),
+                        eval_dataset=Examples(4, seed=1), optimizer="mezo", callbacks=[SignalInEval(2)])
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    assert stopped.state.global_step == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = ZOTrainer(model=tiny_model("opt", seed=3), args=make_args(tmp_path, **kw), train_dataset=Examples(),
+                        eval_dataset=Examples(4, seed=1), optimizer="mezo")
+    resumed.train(resume_from_checkpoint=True)
+    assert_same_bits(weights(full.model), weights(resumed.model))
+    assert evals(resumed.state.log_history) == evals(full.state.log_history)
+
+
+def test_a_stop_inside_an_epoch_does_not_run_the_epoch_end_evaluation(tmp_path):
+    """eval_strategy="epoch", SIGTERM in step 2 of an 8-step epoch: the stop saves step 2 and evaluates nothing
+    (the epoch has not ended; the resumed run evaluates when it does)."""
+    seen = Evaluations()
+    stopped = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=8, eval_strategy="epoch",
+                                                                save_strategy="epoch"),
+                        train_dataset=Examples(), eval_dataset=Examples(4, seed=1), optimizer="mezo",
+                        callbacks=[SignalAt(1, signal.SIGTERM), seen])
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    assert stopped.state.global_step == 2 and seen.steps == []
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=8, eval_strategy="epoch",
+                                                                save_strategy="epoch"),
+                        train_dataset=Examples(), eval_dataset=Examples(4, seed=1), optimizer="mezo",
+                        callbacks=[seen])
+    resumed.train(resume_from_checkpoint=True)
+    assert seen.steps == [8]
+
+
 def test_a_signal_after_the_last_step_still_leaves_its_checkpoint_and_a_second_one_stops_at_once(tmp_path):
     trainer = ZOTrainer(model=tiny_model("opt"), args=make_args(tmp_path, max_steps=2), train_dataset=Examples(),
                         optimizer="mezo", callbacks=[SignalAt(None, signal.SIGTERM)])

@@ -158,10 +158,10 @@ def resolve_optimizer_name(name: str, kwargs: dict, model, policy_resolver: Call
 
 
 class StopOnSignal(TrainerCallback):
-    """Ctrl-C or SIGTERM (a scheduler's preemption) during `train()`: the step under way finishes, a checkpoint of
-    that step is saved (Trainer's own: `optimizer.pt` is our `state_dict()`, so it resumes bit-identically), and
-    `train()` raises the KeyboardInterrupt the signal means (`.signum`, l2o/stop.py). A second signal stops at once.
-    Plain Trainer loses the steps since its last periodic checkpoint to either signal."""
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during `train()`: the step under way (or the evaluation after it)
+    finishes, a checkpoint of that step is saved (Trainer's own: `optimizer.pt` is our `state_dict()`, so it resumes
+    bit-identically), and `train()` raises the KeyboardInterrupt the signal means (`.signum`, l2o/stop.py). A second
+    signal stops at once. Plain Trainer loses the steps since its last periodic checkpoint to either signal."""
 
     def __init__(self):
         self.note = StopRequest()  # the first signal noted, a second raising at once (l2o/stop.py)
@@ -172,6 +172,19 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.note.requested:
             control.should_save = control.should_training_stop = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        """A signal during the evaluation after step N: stop after it (its metrics go into checkpoint N), not after
+        step N+1. An evaluation is not abandoned half-way: the resumed run starts at step N+1 and would lose it."""
+        return self.on_step_end(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """A stop inside an epoch breaks Trainer's loop into its epoch-end hooks: no epoch-end evaluation or save
+        there (the epoch has not ended; the resumed run does both when it does)."""
+        inside = state.epoch is not None and state.epoch != int(state.epoch) and state.global_step < state.max_steps
+        if self.note.requested and inside:
+            control.should_evaluate = control.should_save = False
         return control
 
     def on_save(self, args, state, control, **kwargs):

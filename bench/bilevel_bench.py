@@ -326,4 +326,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.bilevel_bench", main, resumable=False))

@@ -4,7 +4,7 @@ keeps its traceback. Ctrl-C (a KeyboardInterrupt, the fine-tuning run's `RunInte
 130, and so is SIGTERM, exit 143 (l2o/stop.py: a scheduler's stop saves the run under way as Ctrl-C does): the
 suites keep their finished runs in runs.jsonl, so the same command continues. A suite's `main` raises, so
 `bench.evidence` can call another suite's in-process and stop on its error; the suite's `python -m` entry goes
-through `cli_exit`."""
+through `cli_exit`, and so does every measurement's (`resumable=False`: it keeps no runs.jsonl)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ from l2o.stop import exit_code, stopped, terminate_as_interrupt
 CONTINUES = "the same command continues (the runs its runs.jsonl records are not run again)"
 
 
-def stop_line(err: BaseException) -> str:
-    """What a suite says when Ctrl-C or SIGTERM (`err`) stopped it."""
-    return f"{stopped(err)}; {CONTINUES}"
+def stop_line(err: BaseException, resumable: bool = True) -> str:
+    """What a suite says when Ctrl-C or SIGTERM (`err`) stopped it; a measurement that keeps no runs.jsonl
+    (`resumable=False`) says only that."""
+    return f"{stopped(err)}; {CONTINUES}" if resumable else stopped(err)
 
 
-def cli_exit(prog: str, body: Callable[[], object]) -> int:
+def cli_exit(prog: str, body: Callable[[], object], resumable: bool = True) -> int:
     """Run `body`; its return code (0 when it returns anything but an int), or the exit code of the UserError it
-    raised, said in one line; 130 after Ctrl-C, 143 after SIGTERM."""
+    raised, said in one line; 130 after Ctrl-C, 143 after SIGTERM. `resumable`: `body` keeps its finished runs in a
+    runs.jsonl, so the stop line says that the same command continues."""
     terminate_as_interrupt()
     try:
         code = body()
@@ -33,5 +35,5 @@ def cli_exit(prog: str, body: Callable[[], object]) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt as err:
-        print(f"{prog}: {stop_line(err)}", file=sys.stderr)
+        print(f"{prog}: {stop_line(err, resumable)}", file=sys.stderr)
         return exit_code(err)

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -111,4 +110,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
+    from bench.cli import cli_exit  # noqa: E402
+
+    raise SystemExit(cli_exit("bench.distributed_bench", main, resumable=False))

@@ -68,4 +68,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.es_snr", main, resumable=False))

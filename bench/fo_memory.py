@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure(args.one, args)))
         return 0
+    from l2o.tasks import get_task
+
+    get_task(args.task)  # an unknown name is one line here, not a child's traceback
     rows = []
     for what in ["inference"] + [f"{m}:{p}" for p in args.peft.split(",") for m in args.methods.split(",")]:
         proc = subprocess.run([sys.executable, __file__, "--one", what, *(argv or sys.argv[1:])], capture_output=True,
@@ -125,4 +128,6 @@ def default_out(peft: str) -> Path:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.fo_memory", main, resumable=False))

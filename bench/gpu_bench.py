@@ -334,4 +334,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
+    from bench.cli import cli_exit  # noqa: E402
+
+    raise SystemExit(cli_exit("bench.gpu_bench", main, resumable=False))

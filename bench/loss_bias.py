@@ -77,4 +77,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.cli import cli_exit
+
+    raise SystemExit(cli_exit("bench.loss_bias", main, resumable=False))

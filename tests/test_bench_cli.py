@@ -40,6 +40,8 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     for err in (RunInterrupted("interrupted; continue with --resume (checkpoint x/last.ckpt)"), KeyboardInterrupt()):
         assert cli_exit("bench.x", _raise(err)) == 130
         assert capsys.readouterr().err == f"bench.x: interrupted; {CONTINUES}\n"
+        assert cli_exit("bench.x", _raise(err), resumable=False) == 130  # a measurement keeps no runs.jsonl
+        assert capsys.readouterr().err == "bench.x: interrupted\n"
 
 
 def test_sigterm_between_runs_stops_a_suite_as_ctrl_c_does_and_exits_143():
@@ -56,6 +58,21 @@ def test_sigterm_between_runs_stops_a_suite_as_ctrl_c_does_and_exits_143():
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stderr == ("bench.x: stopped by SIGTERM; the same command continues (the runs its runs.jsonl records "
                            "are not run again)\n")
+
+
+@pytest.mark.parametrize("bench", ["compare_policy", "es_snr", "fo_memory", "fo_step_memory", "head_bench",
+                                   "loss_bias"])
+def test_a_measurement_run_as_a_script_says_a_bad_task_in_one_line(bench):
+    """`python bench/<name>.py --task <unknown>`, from outside the repository as docs/benchmarks.md runs them: one
+    line naming the bench and the known tasks, exit 2, no traceback (BIG-bench tasks missing their files are
+    refused the same way: zoo.acquire's TaskError)."""
+    flag = "--tasks" if bench == "loss_bias" else "--task"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{bench}.py"), flag, "no_such_task"], cwd="/",
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"bench.{bench}: error: unknown task 'no_such_task'; known")
 
 
 @pytest.fixture

@@ -132,16 +132,19 @@ def gv_reference(tiny_base, tmp_path_factory):  # noqa: F811
 
 @pytest.mark.parametrize("signalled, step, hook", [(None, 3, "on_train_batch_end"), (1, 3, "on_train_batch_end"),
                                                    pytest.param(0, 3, "on_train_batch_end", marks=pytest.mark.slow),
-                                                   (1, 4, "on_validation_start")],
-                         ids=["every-rank", "rank-1", "rank-0", "rank-1-in-the-final-validation"])
+                                                   (1, 2, "on_validation_start"), (1, 4, "on_validation_start")],
+                         ids=["every-rank", "rank-1", "rank-0", "rank-1-in-a-validation",
+                              "rank-1-in-the-final-validation"])
 def test_sigterm_to_any_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(tiny_base, gv_reference,  # noqa: F811
                                                                                       tmp_path, signalled, step, hook):
     """A scheduler's SIGTERM to every process of a 2-process run, or a `kill` of one of them, after step 3:
     every process finishes the step, step 3 is saved once, each says so in the same line, exit 143, and the
     run resumes (on one process) to the uninterrupted run's weights. Lightning's own SIGTERM handler
     broadcast from inside the handler, a collective the other process did not join: a SIGTERM to one
-    process hung both (l2o/integrations/lightning/interrupt.py). After the last step (in the validation due
-    after step 4), every rank stops too: before, rank 0 finished the run while rank 1 said it stopped."""
+    process hung both (l2o/integrations/lightning/interrupt.py). In the validation due after step 2 (saved
+    before it), every rank stops after its first batch, at step 2: before, both finished it and ran step 3. After
+    the last step (in the validation due after step 4), every rank stops too: before, rank 0 finished the run while
+    rank 1 said it stopped."""
     out = tmp_path / "run"
     gv = ["--optimizer", "mezo-gv", "--pool-size", "4"]
     argv = _args(tiny_base, out, *COMMON, "--devices", "2", "--accelerator", "cpu", *gv)

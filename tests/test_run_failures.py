@@ -251,13 +251,35 @@ def test_ctrl_c_at_a_validation_step_resumes_with_that_steps_validation(tiny_bas
     proc = _in_subprocess("run_fine_tune_interrupted_at", step, _args(tiny_base, out, *EVAL))
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
-    assert main(_args(tiny_base, out, *EVAL, "--resume")) == 0
-    want = _validations(evaluated_reference)
+    _resumes_to_the_evaluated_reference(tiny_base, out, evaluated_reference)
+
+
+def _resumes_to_the_evaluated_reference(base, out, reference):
+    """`--resume` of `out` ends as the uninterrupted evaluated run: its dev/eval rows, best-on-dev step, weights."""
+    assert main(_args(base, out, *EVAL, "--resume")) == 0
+    want = _validations(reference)
     assert [s for s, _ in want["dev/accuracy"]] == [1, 3, 5]  # after steps 2, 4, 6 (logged at step - 1)
     assert _validations(out) == want
-    best = [json.loads((d / "results.json").read_text())["best_step"] for d in (out, evaluated_reference)]
+    best = [json.loads((d / "results.json").read_text())["best_step"] for d in (out, reference)]
     assert best[0] == best[1]
-    _assert_same_run(out, evaluated_reference)
+    _assert_same_run(out, reference)
+
+
+@pytest.mark.parametrize("step", [2, 6])
+def test_ctrl_c_during_a_validation_stops_at_its_step_and_the_resumed_run_does_it(tiny_base, evaluated_reference,  # noqa: F811
+                                                                                  tmp_path, step):
+    """Ctrl-C while the validation after step 2 (or after the last step, 6) runs: the run stops after that
+    validation's first batch, at the step (saved before the validation), instead of finishing the validation and
+    running step 3 first (a scheduler's grace period is short). The abandoned validation is not recorded, so the
+    resumed run owes it and does it first; it ends as the uninterrupted run: rows, best-on-dev choice, weights."""
+    out = tmp_path / "run"
+    proc = _in_subprocess("run_fine_tune_interrupted_at", step, _args(tiny_base, out, *EVAL), "SIGINT", None,
+                          "on_validation_start")
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    record = out / "checkpoints" / "validated.json"
+    assert not record.exists() or json.loads(record.read_text())["step"] == step - 2
+    _resumes_to_the_evaluated_reference(tiny_base, out, evaluated_reference)
 
 
 @pytest.mark.parametrize("checkpoint", ["weights", "ledger"])

@@ -119,7 +119,7 @@ class LastCheckpoint(ModelCheckpoint):
     def save_now(self, trainer) -> None:
         """Save `last.ckpt` after the step just done (the same file and contents a periodic save makes),
         unless it is saved already; marked `UNSCHEDULED` off the every-`every`-steps schedule."""
-        if self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step:
+        if self.saved(trainer.global_step):
             return
         self._unscheduled = trainer.global_step % self.every != 0
         try:
@@ -127,9 +127,18 @@ class LastCheckpoint(ModelCheckpoint):
         finally:
             self._unscheduled = False
 
+    def saved(self, step: int) -> bool:
+        """Whether `last.ckpt` holds the end of step `step` (saved after it, periodically or by `save_now`)."""
+        return bool(self._last_checkpoint_saved) and self._last_global_step_saved == step
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self._unscheduled:
             checkpoint[UNSCHEDULED] = True
+
+
+def step_saved(trainer) -> bool:
+    """Whether the run's `last.ckpt` holds the end of the step just done (a run without a `LastCheckpoint`: no)."""
+    return any(cb.saved(trainer.global_step) for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint))
 
 
 _STALE_CALLBACKS = ("Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided "

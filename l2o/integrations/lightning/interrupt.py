@@ -113,8 +113,8 @@ def finish_fit(fit, trainer, stop_cb) -> None:
 
     try:
         fit()
-    except StopRequested:
-        raise interrupt(stop_cb.signum) from None
+    except StopRequested:  # the stop callback set `requested` on every rank before raising it: raised below
+        pass
     except SystemExit:  # Lightning exits 1 on a KeyboardInterrupt (a second Ctrl-C); SIGTERMException, a SystemExit,
         # follows a SIGTERM its own handler took before on_train_start took the signal back
         if trainer.interrupted:
@@ -126,4 +126,11 @@ def finish_fit(fit, trainer, stop_cb) -> None:
             raise
         raise failure from None
     if stop_cb.requested:
+        # Free what the stopped loop left in reference cycles (a validation's data iterators and fetcher, once the
+        # exception's frames are gone) now, while the process is whole. Collected at interpreter exit instead,
+        # after a stop inside a validation one process of a 2-process gloo run aborted ("terminate called without
+        # an active exception", exit -6) in 5 of 20 runs here; 0 of 50 with this collection.
+        import gc
+
+        gc.collect()
         raise interrupt(stop_cb.signum)

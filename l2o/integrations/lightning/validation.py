@@ -10,6 +10,10 @@ the interrupted run did it (kill -9 in a later step): rank 0 records the step of
 `restore_validation_record(record)` when the validation was done after the checkpoint it resumes from. The
 record also keeps the values the run's monitoring `ModelCheckpoint`s (fine_tune's best-on-dev) saw, so such a
 resumed run gives them that validation too: the weights are the checkpoint's, the validated ones.
+
+Ctrl-C (or SIGTERM) during a validation whose step is saved stops after the batch under way, at that step: the
+validation is not recorded, so the resumed run owes it, as above. A scheduler's grace period is short; the rest of
+the validation and one more step no longer run first.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def owed_validation(every: int, folder: Path):
     that step's validation, logged at the step the uninterrupted run logs it at, unless the interrupted run did
     it (then the module gets that validation's record back, if it keeps one)."""
     from lightning.pytorch.callbacks import Callback
+
+    from l2o.integrations.lightning.checkpoints import step_saved
+    from l2o.integrations.lightning.interrupt import stop_if_interrupted
 
     record = folder / "validated.json"
 
@@ -54,6 +61,14 @@ def owed_validation(every: int, folder: Path):
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.validate(trainer, pl_module, 1)  # Lightning counted this batch already
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            # Ctrl-C during a validation whose step is saved: stop now, at that step, not after the rest of the
+            # validation and one more step (a scheduler's grace period is short); the resumed run owes this
+            # validation and does it first. Every rank comes here after the same batch (the stop is agreed there).
+            if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step % every == 0 \
+                    and step_saved(trainer):
+                stop_if_interrupted(trainer)
 
         def on_fit_end(self, trainer, pl_module):
             self.validate(trainer, pl_module, 0)  # resumed at the last step: Lightning ran no training loop

@@ -265,20 +265,22 @@ def _resumes_to_the_evaluated_reference(base, out, reference):
     _assert_same_run(out, reference)
 
 
-@pytest.mark.parametrize("step", [2, 6])
+@pytest.mark.parametrize("step, hook", [(2, "on_validation_start"), (6, "on_validation_start"),
+                                        (2, "on_validation_epoch_end")])
 def test_ctrl_c_during_a_validation_stops_at_its_step_and_the_resumed_run_does_it(tiny_base, evaluated_reference,  # noqa: F811
-                                                                                  tmp_path, step):
-    """Ctrl-C while the validation after step 2 (or after the last step, 6) runs: the run stops after that
-    validation's first batch, at the step (saved before the validation), instead of finishing the validation and
-    running step 3 first (a scheduler's grace period is short). The abandoned validation is not recorded, so the
-    resumed run owes it and does it first; it ends as the uninterrupted run: rows, best-on-dev choice, weights."""
+                                                                                  tmp_path, step, hook):
+    """Ctrl-C while the validation after step 2 (or after the last step, 6) runs: the run stops at the step (saved
+    before the validation), instead of finishing the validation and running step 3 first (a scheduler's grace
+    period is short). In its first batch: the rest is abandoned and not recorded, so the resumed run owes it and
+    does it first. After its last batch: it ends, is recorded, and the run stops before step 3. Either way the
+    resumed run ends as the uninterrupted run: rows, best-on-dev choice, weights."""
     out = tmp_path / "run"
-    proc = _in_subprocess("run_fine_tune_interrupted_at", step, _args(tiny_base, out, *EVAL), "SIGINT", None,
-                          "on_validation_start")
+    proc = _in_subprocess("run_fine_tune_interrupted_at", step, _args(tiny_base, out, *EVAL), "SIGINT", None, hook)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
     record = out / "checkpoints" / "validated.json"
-    assert not record.exists() or json.loads(record.read_text())["step"] == step - 2
+    done = json.loads(record.read_text())["step"] if record.exists() else None
+    assert done == (step if hook == "on_validation_epoch_end" else (step - 2 or None))
     _resumes_to_the_evaluated_reference(tiny_base, out, evaluated_reference)
 
 

@@ -11,9 +11,10 @@ the interrupted run did it (kill -9 in a later step): rank 0 records the step of
 record also keeps the values the run's monitoring `ModelCheckpoint`s (fine_tune's best-on-dev) saw, so such a
 resumed run gives them that validation too: the weights are the checkpoint's, the validated ones.
 
-Ctrl-C (or SIGTERM) during a validation whose step is saved stops after the batch under way, at that step: the
-validation is not recorded, so the resumed run owes it, as above. A scheduler's grace period is short; the rest of
-the validation and one more step no longer run first.
+Ctrl-C (or SIGTERM) during a validation whose step is saved stops the run at that step: after the batch under way
+when batches are left (the validation is not recorded, so the resumed run owes it, as above), else once the
+validation has ended and is recorded. A scheduler's grace period is short; the rest of the validation and one more
+step no longer run first.
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ def owed_validation(every: int, folder: Path):
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.validate(trainer, pl_module, 1)  # Lightning counted this batch already
+            self.stop_at_saved_validation(trainer)  # Ctrl-C in its last batch: the validation is recorded; stop
 
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-            # Ctrl-C during a validation whose step is saved: stop now, at that step, not after the rest of the
-            # validation and one more step (a scheduler's grace period is short); the resumed run owes this
-            # validation and does it first. Every rank comes here after the same batch (the stop is agreed there).
-            if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step % every == 0 \
-                    and step_saved(trainer):
+            last = dataloader_idx == len(trainer.num_val_batches) - 1 and batch_idx == trainer.num_val_batches[-1] - 1
+            if not last:  # Ctrl-C with batches left: abandon them (not recorded, so the resumed run owes them)
+                self.stop_at_saved_validation(trainer)
+
+        @staticmethod
+        def stop_at_saved_validation(trainer):
+            """Ctrl-C during the validation of a saved step: stop at that step, not after the validation's rest and
+            one more step (a scheduler's grace period is short). Every rank comes here at the same point."""
+            if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0 \
+                    and trainer.global_step % every == 0 and step_saved(trainer):
                 stop_if_interrupted(trainer)
 
         def on_fit_end(self, trainer, pl_module):

@@ -24,6 +24,9 @@ import statistics
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
+
 # the methods in table order
 METHODS = ("mezo", "mezo-matched", "zo-finetuner", "mezo-gv", "zo-finetuner+gv", "mezo-greedy", "zo-finetuner+greedy",
            "bszo", "zo-finetuner+bszo", "bszo-b")
@@ -241,10 +244,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.compare_policy", main, resumable=False))

@@ -19,8 +19,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
 CASES = [("mezo-gv", dict(pool_size=4), "direction"), ("mezo", dict(), "data")]
 LR = {"prefix": 1e-3, "full": 1e-6}
@@ -110,10 +115,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.distributed_bench", main, resumable=False))

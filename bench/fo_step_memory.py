@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
 
 def _status(key: str) -> int:
@@ -85,10 +89,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.fo_step_memory", main, resumable=False))

@@ -39,7 +39,10 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_bench import FORWARDS, SHAPES, build, make_step, timed  # noqa: E402
 
@@ -334,10 +337,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.gpu_bench", main, resumable=False))

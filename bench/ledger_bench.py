@@ -19,7 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
 OPT_13B = dict(hidden_size=5120, num_hidden_layers=40, ffn_dim=20480, num_attention_heads=40, vocab_size=50272,
                word_embed_proj_dim=5120, max_position_embeddings=2048)
@@ -160,10 +165,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.ledger_bench", main, resumable=False))

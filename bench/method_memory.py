@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
 CHILD = """
 import json, torch
@@ -92,10 +93,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/<name>.py`
-    from bench.cli import cli_exit  # noqa: E402
+    from bench.cli import cli_exit
 
     raise SystemExit(cli_exit("bench.method_memory", main, resumable=False))

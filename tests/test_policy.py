@@ -392,3 +392,50 @@ def test_shipped_default_policy_for_smollm2_loads_by_id():
     assert pol.size_rule == "authors"  # trained (2026-11-23) before "numel" existed: the authors' rule was the only one
     sigma = pol(features(torch.zeros(pol.num_blocks, 2), 0.0, 0.0, torch.ones(pol.num_blocks)))
     assert torch.isfinite(sigma).all() and (sigma >= 0).all()
+
+
+T_975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582}  # Student t quantiles, by df
+
+
+def test_the_panel_policy_ships_beside_the_default_with_its_records_on_its_card():
+    """zoo/builtin's smollm2-135m/zo-finetuner-panel@1 is the evidence suite's panel policy. Its card's evaluation
+    row (vs the shipped policy on tweets, paired by seed, each at its dev-chosen lr) is recomputed here from the
+    committed records (docs/data/evidence/full/runs.jsonl) by a second, plain computation, so a card number that
+    the records do not give fails; and the unversioned id still resolves to the default @1."""
+    import statistics
+    from pathlib import Path
+
+    import zoo.manifest
+    from l2o.models import base_fingerprint
+    from zoo.resolve import resolve
+
+    entries = zoo.manifest.builtin_manifest().entries
+    fp = entries["smollm2-135m/zo-finetuner-panel@1"]["base_fingerprint"]
+    pol = load_policy("smollm2-135m/zo-finetuner-panel@1", expected_fingerprint=fp, model_name="smollm2-135m")
+    assert fp == base_fingerprint("smollm2-135m") and pol.num_blocks == 272 and pol.size_rule == "numel"
+    assert resolve("smollm2-135m/zo-finetuner").entry["id"] == "smollm2-135m/zo-finetuner@1"
+
+    folder = zoo.manifest.builtin_root() / "smollm2-135m" / "zo-finetuner-panel" / "1"
+    ev = json.loads((folder / "config.json").read_text())["training"]["evaluation"]
+    (row,) = ev["rows"]
+    assert row["task"] == "tweet_sentiment" and ev["baseline"] == "smollm2-135m/zo-finetuner@1"
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "data" / "evidence" / "full" / "runs.jsonl"
+    runs = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+
+    def finals(label):  # seed -> eval accuracy of the runs at the lr the seeds > 0 ran at (the dev-chosen one)
+        mine = [r for r in runs if r["label"] == label and r["task"] == "tweet_sentiment"
+                and not r["config"]["out"].endswith("probe10")]
+        (lr,) = {r["lr"] for r in mine if r["config"]["seed"] > 0}
+        return {r["config"]["seed"]: r["final"]["eval"] for r in mine if r["lr"] == lr}
+
+    new, old = finals("zo-finetuner-panel"), finals("zo-finetuner")
+    seeds = sorted(set(new) & set(old))
+    assert seeds == ev["seeds"] and len(seeds) >= 3
+    d = [new[s] - old[s] for s in seeds]
+    half = T_975[len(d) - 1] * statistics.stdev(d) / len(d) ** 0.5
+    assert row["value"] == pytest.approx(statistics.fmean(new[s] for s in seeds), abs=1e-9)
+    assert row["difference"] == pytest.approx(statistics.fmean(d), abs=1e-9)
+    assert row["interval"] == pytest.approx([statistics.fmean(d) - half, statistics.fmean(d) + half], abs=1e-5)
+    assert row["interval"][0] > 0  # why it ships: better than the default policy on this task
+    assert "weak basis" in (folder / "README.md").read_text()

@@ -251,7 +251,8 @@ def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(t
     assert not cache().exists() and not (tmp_path / "run").exists()
     # mirroring everything offline copies what it can and says which remote entries it skipped
     rc, out, err = run_cli(capsys, "mirror", "--to", str(tmp_path / "usb"))
-    assert rc == 0 and "mirrored 1 entry to" in out and "smollm2-135m/zo-finetuner@1" in out, err
+    assert rc == 0 and "mirrored 2 entries to" in out, err  # the built-in ones
+    assert "smollm2-135m/zo-finetuner@1" in out and "smollm2-135m/zo-finetuner-panel@1" in out, out
     assert err.count("zoo: warning: skipped ") == 4 and "opt-30b/zo-finetuner-authors@1" in err
 
 

@@ -43,8 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_bench import FORWARDS, SHAPES, build, make_step, timed  # noqa: E402
+from bench.engine_bench import FORWARDS, SHAPES, build, make_step, timed  # noqa: E402
 
 SUITE = [("opt-13b", "bf16"), ("opt-1.3b", "fp32")]
 SMOKE = [("tiny", "bf16"), ("tiny", "fp32")]

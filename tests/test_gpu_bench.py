@@ -1,14 +1,11 @@
 """The GPU suite (bench/gpu_bench.py) stays runnable: its smoke mode runs every configuration on the CPU."""
 
-import os
 import re
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import gpu_bench  # noqa: E402
-from engine_bench import build  # noqa: E402
+from bench import gpu_bench
+from bench.engine_bench import build
 
 
 def test_suite_shapes_are_the_issue_s_models():

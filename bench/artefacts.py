@@ -56,6 +56,8 @@ from bench.resume import CpuMeter, recorded  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import copy_atomic  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
+from zoo.ids import sha256_file  # noqa: E402
+from zoo.manifest import builtin_manifest  # noqa: E402
 
 KINDS = ("zo-finetuner", "bilevel-zofo")
 ARTEFACT_DIR = {"zo-finetuner": "policy", "bilevel-zofo": "meta-init"}
@@ -230,6 +232,17 @@ def best(out: Path, kind: str) -> str | None:
     """The artefact folder of `kind`'s best round so far (None before its first round)."""
     got = decide(rounds(out, kind), TOLERANCE[kind], 1)[1]
     return str(artefact(out, kind, got["round"])) if got else None
+
+
+def shipped_as(folder) -> list[str]:
+    """The built-in zoo ids whose weights are `folder`'s, byte for byte (same sha256); [] when none, or when the
+    folder keeps no weights (a meta-initialisation's are not committed with the records)."""
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.exists():
+        return []
+    digest = sha256_file(weights)[0]
+    return sorted(eid for eid, entry in builtin_manifest().entries.items()
+                  if entry["files"].get(WEIGHTS_NAME, {}).get("sha256") == digest)
 
 
 def shown(path: str, out) -> str:

@@ -193,8 +193,10 @@ def artefacts_section(out: Path, args) -> list[str]:
         lines += [f"| {r['round']} | {r['meta_steps']} | {r['metric']:+.4f} | {'yes' if r['improved'] else 'no'} | "
                   f"{r['cpu_s'] / 3600:.2f} |" for r in rows]
         used = artefacts.artefact(out, kind, top["round"])
+        ships = "".join(f" It ships in the built-in zoo as `{eid}` (the same weights, byte for byte)."
+                        for eid in artefacts.shipped_as(used))
         lines += ["", f"Used: round {top['round']} (`{used}`)" + ("." if stop else
-                  "; the rounds have not stopped improving yet (a rerun continues them)."), ""]
+                  "; the rounds have not stopped improving yet (a rerun continues them).") + ships, ""]
     return lines
 
 

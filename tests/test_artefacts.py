@@ -191,6 +191,31 @@ def test_docs_show_artefacts_under_the_out_folder_as_given(tmp_path, monkeypatch
     assert artefacts.shown(str(tmp_path / "elsewhere"), "runs/evidence") == str(tmp_path / "elsewhere")
 
 
+def test_the_doc_names_the_zoo_entry_that_ships_a_rounds_weights_and_only_that_one(tmp_path):
+    """The suite's round-3 policy ships as smollm2-135m/zo-finetuner-panel@1; section 8 says so, from the weights'
+    sha256, not from a name: round 1 (other weights) ships as nothing, and neither does round 3 with one byte changed,
+    or a meta-initialisation folder whose weights are not kept."""
+    from types import SimpleNamespace
+
+    from bench.evidence_doc import artefacts_section
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "data" / "evidence"
+    rounds = records / "artefacts" / "zo-finetuner"
+    assert artefacts.shipped_as(rounds / "round-3" / "policy") == ["smollm2-135m/zo-finetuner-panel@1"]
+    assert artefacts.shipped_as(rounds / "round-1" / "policy") == []
+    assert artefacts.shipped_as(records / "artefacts" / "bilevel-zofo" / "round-1" / "meta-init") == []
+    changed = tmp_path / "policy"
+    changed.mkdir()
+    data = bytearray((rounds / "round-3" / "policy" / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (changed / "model.safetensors").write_bytes(bytes(data))
+    assert artefacts.shipped_as(changed) == []
+    args = SimpleNamespace(meta_steps={"zo-finetuner": 40, "bilevel-zofo": 400}, max_rounds=3)
+    section = "\n".join(artefacts_section(records, args))
+    shipped = section.count("It ships in the built-in zoo as `smollm2-135m/zo-finetuner-panel@1`")
+    assert shipped == 1 and "Used: round 3 (" in section
+
+
 def test_best_finds_a_round_recorded_by_a_process_in_another_folder(tmp_path, monkeypatch):
     """The suite records "runs/evidence/artefacts/..." relative to its own working folder; `--status` or a report run
     elsewhere, with --out naming the same folder another way, must still find the meta-initialisation (it said

@@ -52,8 +52,9 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
 
 A run is identified by its full fine_tune configuration: records in `<out>/runs.jsonl` (and in `--reuse` files,
 e.g. the learnability scan's) whose configuration matches are never rerun, so an interrupted suite resumes and
-a selection run at the final budget doubles as that seed's final run. Writes `<out>/table.md`,
-`<out>/summary.json` and `<out>/loss_vs_forwards.png`.
+a selection run at the final budget doubles as that seed's final run, as does one method's run for another that
+reaches the same configuration (a matched-step lr equal to the dev-chosen one, up to float rounding). Writes
+`<out>/table.md`, `<out>/summary.json` and `<out>/loss_vs_forwards.png`.
 """
 
 from __future__ import annotations
@@ -260,12 +261,19 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
 # ------------------------------------------------------------------------------------ runs
 def config_key(cfg: dict) -> str:
     """What identifies a run: its configuration's fields that differ from FineTuneConfig's defaults (so a field
-    added later with a default does not orphan older records), but the output folder and zero-shot scoring."""
+    added later with a default does not orphan older records), but the output folder and zero-shot scoring; floats
+    to 10 significant digits, so that one lr reached two ways (a grid's 1e-5 x 3 = 3.0000000000000004e-05, a
+    matched step's ratio rounded to 3e-05) is one run, made once."""
     from fine_tune.config import FineTuneConfig
 
-    default = FineTuneConfig().to_dict()
-    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in CONFIG_ONLY and default.get(k, object()) != v},
-                      sort_keys=True, default=str)
+    default = {k: _digits(v) for k, v in FineTuneConfig().to_dict().items()}
+    mine = {k: _digits(v) for k, v in cfg.items() if k not in CONFIG_ONLY}
+    return json.dumps({k: v for k, v in sorted(mine.items()) if default.get(k, object()) != v}, sort_keys=True,
+                      default=str)
+
+
+def _digits(value):
+    return float(f"{value:.10g}") if isinstance(value, float) else value
 
 
 class Runner:
@@ -280,7 +288,9 @@ class Runner:
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
         self.budget = CpuBudget.of(args)
         reused = [r for p in args.reuse for r in read_records(p)]
-        self.done = {config_key(r["config"]): r for r in [*reused, *read_records(self.log_path)]}
+        self.done: dict[str, dict] = {}  # config_key -> the first record made of it here, else in the --reuse files
+        for r in [*read_records(self.log_path), *reused]:
+            self.done.setdefault(config_key(r["config"]), r)
         self.from_reuse = {config_key(r["config"]) for r in reused}
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)
         self.fingerprints: dict[tuple, str] = {}  # data_key -> the fingerprint of this machine's sample

@@ -405,6 +405,33 @@ def test_the_extra_seeds_run_and_are_paired_in_the_report(tiny_base, tmp_path):
     assert summary["seeds"] == {"boolq": [0, 1]} and summary["complete"]
 
 
+def test_one_lr_reached_two_ways_is_one_run_made_once(tiny_base, tmp_path):
+    """A matched-step method whose step equals MeZO's gets MeZO's lr back through a rounded ratio (3e-05), while the
+    grid made it as 1e-5 x 3 = 3.0000000000000004e-05: the same configuration, so its seeds are the runs already
+    made, not copies (the panel policy's matched runs repeated its own, about an hour each). Within a records file
+    the first record of a configuration answers; lrs that differ in the 10th digit are other runs."""
+    mezo = hn.parse_method("mezo:mezo:lr=1e-5")
+    suite = hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--lr-grid", "3", "--extend", "0",
+                           "--seeds", "0", "--method", "mezo:mezo:lr=1e-5", "--method", "m:mezo:match=mezo", "--out",
+                           str(tmp_path)])
+    summary = hn.run_suite(suite)
+    runs = hn.read_records(tmp_path / "runs.jsonl")
+    assert sorted((r["label"], r["steps"] == suite.probe_steps) for r in runs) == [("m", True), ("mezo", False)]
+    assert runs[0]["lr"] == 1e-5 * 3 != 3e-5
+    got = summary["methods"]
+    assert [[got[m]["per_task"]["boolq"][k][s] for k in ("eval", "loss") for s in ("mean", "n")] for m in ("m", "mezo")
+            ] == [[runs[0]["final"]["eval"], 1, runs[0]["final_train_loss"], 1]] * 2
+    args = hn.parse_args(["--tasks", "boolq", "--out", str(tmp_path / "x")])
+    key = [hn.config_key(hn.make_config(args, mezo, "boolq", lr, 0, args.budget).to_dict())
+           for lr in (1e-5 * 3, 3e-5, 3.000000001e-5)]
+    assert key[0] == key[1] != key[2]
+    (tmp_path / "x").mkdir()
+    for n, eval_ in enumerate((0.4, 0.6)):
+        cfg = hn.make_config(args, mezo, "boolq", (1e-5 * 3, 3e-5)[n], 0, args.budget)
+        hn.append_record(tmp_path / "x" / "runs.jsonl", {"config": cfg.to_dict(), "final": {"eval": eval_}})
+    assert hn.Runner(args)(cfg, "mezo")["final"]["eval"] == 0.4
+
+
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
     """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
     that is not a method is refused."""

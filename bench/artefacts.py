@@ -53,6 +53,7 @@ from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.cli import cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import CpuMeter, recorded  # noqa: E402
+from l2o import catalog  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import copy_atomic  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
@@ -65,12 +66,15 @@ TOLERANCE = {"zo-finetuner": 1e-3, "bilevel-zofo": 1e-3}  # eval-loss units
 HELDOUT = 2  # held-out tasks for meta-validation (1 when the family has fewer than 4)
 # SmolLM2-135M on a 2-core CPU. The policy: the shipped smollm2-135m/zo-finetuner@1's recipe (its card: lr_policy
 # 0.01, lr_llm 1e-4, reset_every 40; the defaults' lr_llm 1e-2 took the look-ahead's meta-loss from 0.73 to 9.9 in 3
-# steps here), meta-validated on 100 eval examples. Bilevel-ZOFO at docs/bilevel.md's small-scale meta-init
-# settings (the official lam 1e4 / theta_lr 1e-7 barely move a 135M backbone in a few hundred steps).
+# steps here), meta-validated on 100 eval examples. Bilevel-ZOFO at the small-scale lam and theta_lr it declares for
+# prefix tuning, as the harness runs it (the official lam 1e4 / theta_lr 1e-7 barely move a 135M backbone in a few
+# hundred steps).
+BILEVEL_SMALL = catalog.defaults("bilevel-zofo", "prefix")
 SETTINGS = {"zo-finetuner": ["--model.lr_policy", "0.01", "--model.lr_llm", "1e-4", "--model.reset_every", "40",
                              "--data.num_eval", "100"],
-            "bilevel-zofo": ["--model.lam", "10", "--model.theta_lr", "1e-6", "--model.tasks_per_step", "2",
-                             "--model.batch_size", "4", "--data.num_train", "200", "--data.num_eval", "100"]}
+            "bilevel-zofo": ["--model.lam", f"{BILEVEL_SMALL['lam']:g}", "--model.theta_lr",
+                             f"{BILEVEL_SMALL['theta_lr']:g}", "--model.tasks_per_step", "2", "--model.batch_size", "4",
+                             "--data.num_train", "200", "--data.num_eval", "100"]}
 SMOKE = {"zo-finetuner": ["--model.val_steps", "2", "--data.batch_size", "2", "--data.num_train", "8",
                           "--data.num_eval", "4"],
          "bilevel-zofo": ["--model.lam", "10", "--model.lower_lr", "1e-2", "--model.upper_lr", "1e-3",

@@ -8,6 +8,7 @@ from pathlib import Path
 from bench import artefacts
 from bench.learnability import cut_length
 from bench.claims import NOT_RUN, claim_rows
+from bench.harness import METHOD_DEFAULTS
 from bench.records import read_records
 
 
@@ -213,6 +214,7 @@ def lora_line(out: Path) -> list[str]:
 
 def cuts_section(args, out: Path) -> list[str]:
     c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
+    small = METHOD_DEFAULTS["bilevel-zofo"]
     seeds = 5 if c is not None and c < 10 else 3  # --seeds auto; seeds 1.. on a panel task (its seed 0 chose it)
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
             f"(median of those run), so a panel task costs about {n_methods * (3 + seeds) * c / 60:.0f} CPU-hours in "
@@ -236,8 +238,9 @@ def cuts_section(args, out: Path) -> list[str]:
             f"{args.budget} forward passes per ZO "
             "run; first-order baselines run a tenth of that in steps (each a forward and a backward); Bilevel-ZOFO's "
             "two Adam rates (lower and upper copy, tied) are dev-chosen like the others' lr around the paper's prefix "
-            "1e-2, at docs/bilevel.md's small-scale lam 10, theta_lr 1e-6, T_low 10 (bench/harness.py's "
-            "`METHOD_DEFAULTS`; at the official LoRA sweep's lam 1e4 our ZO-SGD backbone step diverged). A phase "
+            f"1e-2, at docs/bilevel.md's small-scale lam {small['lam']:g}, theta_lr {small['theta_lr']:g}, T_low "
+            f"{small['t_low']} (its declared prefix defaults, bench/harness.py's `METHOD_DEFAULTS`; at the official "
+            "LoRA sweep's lam 1e4 our ZO-SGD backbone step diverged). A phase "
             "runs one task "
             "at a time and on it one method at a time (MeZO, FO-AdamW, then by claim; FO-SGD, MeZO's second "
             "first-order reference, last), so a stopped suite holds whole comparisons; the meta-initialisation "
@@ -255,7 +258,8 @@ def cuts_section(args, out: Path) -> list[str]:
             f"- Learned artefacts (section 8): rounds of {_steps(args)} meta-steps, at most {args.max_rounds}; the "
             "policy with the one-step look-ahead at the shipped policy's recipe (lr_policy 0.01, lr_llm 1e-4, "
             "reset_every 40; meta-validation: 20 ZO steps, 100 eval examples per held-out task); "
-            "the meta-initialisation at docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, 2 tasks per "
+            "the meta-initialisation at docs/bilevel.md's small-scale settings (lam "
+            f"{artefacts.BILEVEL_SMALL['lam']:g}, theta_lr {artefacts.BILEVEL_SMALL['theta_lr']:g}, 2 tasks per "
             "upper step, batch 4), not the paper's 13B ones. One meta-training seed each.", ""]
 
 

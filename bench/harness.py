@@ -78,17 +78,17 @@ from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
+from l2o import catalog  # noqa: E402
 
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
 RUN_KEYS = ("policy", "init", "peft", "dtype")  # method keys that are FineTuneConfig fields beside the optimizer's
-# A method's options unless its spec sets them; a value "lr" follows the run's lr. Bilevel-ZOFO runs at
-# docs/bilevel.md's small-scale settings (lam 10, theta_lr 1e-6, T_low 10, both Adam rates the searched lr: the
-# official OPT-1.3B ablations tie them, and the upper copy p is the one evaluated), not its defaults (the official
-# OPT-13B RTE/LoRA sweep: lam 1e4, upper lr 1e-7, theta_lr 1e-7). Our backbone step is ZO-SGD, not the official Adam
-# over theta, so its size grows with lam: at lam 1e4 the prefix runs on SmolLM2-135M diverged at lower lrs 3e-3 and
-# 1e-2 (train loss 70, 44), and at upper lr 1e-7 the evaluated copy p would barely move.
-METHOD_DEFAULTS = {"bilevel-zofo": {"lam": 10, "theta_lr": 1e-6, "t_low": 10, "upper_lr": "lr"}}
+# A method's options unless its spec sets them; a value "lr" follows the run's lr. Bilevel-ZOFO runs, in any PEFT
+# mode, at the small-scale lam, theta_lr and T_low it declares for prefix tuning (l2o/optim/bilevel_zofo.py says
+# why: its defaults, the official OPT-13B LoRA sweep's, diverged here), both Adam rates the searched lr (the official
+# OPT-1.3B ablations tie them, and the upper copy p is the one evaluated).
+METHOD_DEFAULTS = {"bilevel-zofo": {**{k: v for k, v in catalog.defaults("bilevel-zofo", "prefix").items()
+                                       if k in ("lam", "theta_lr", "t_low")}, "upper_lr": "lr"}}
 
 
 @dataclass
@@ -261,8 +261,8 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
 # ------------------------------------------------------------------------------------ runs
 def config_key(cfg: dict) -> str:
     """What identifies a run: its configuration's fields that differ from FineTuneConfig's defaults (so a field
-    added later with a default does not orphan older records), but the output folder and zero-shot scoring; floats
-    to 10 significant digits, so that one lr reached two ways (a grid's 1e-5 x 3 = 3.0000000000000004e-05, a
+    added later with a default does not orphan older records), but the output folder and zero-shot scoring; numbers
+    as floats to 10 significant digits, so that one lr reached two ways (a grid's 1e-5 x 3 = 3.0000000000000004e-05, a
     matched step's ratio rounded to 3e-05) is one run, made once."""
     from fine_tune.config import FineTuneConfig
 
@@ -273,7 +273,10 @@ def config_key(cfg: dict) -> str:
 
 
 def _digits(value):
-    return float(f"{value:.10g}") if isinstance(value, float) else value
+    """A number as the key compares it: ints as floats (lam 10 and 10.0 are one setting), floats to 10 digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(f"{value:.10g}") if isinstance(value, float) else float(value)
 
 
 class Runner:

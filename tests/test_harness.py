@@ -409,7 +409,8 @@ def test_one_lr_reached_two_ways_is_one_run_made_once(tiny_base, tmp_path):
     """A matched-step method whose step equals MeZO's gets MeZO's lr back through a rounded ratio (3e-05), while the
     grid made it as 1e-5 x 3 = 3.0000000000000004e-05: the same configuration, so its seeds are the runs already
     made, not copies (the panel policy's matched runs repeated its own, about an hour each). Within a records file
-    the first record of a configuration answers; lrs that differ in the 10th digit are other runs."""
+    the first record of a configuration answers; lrs that differ in the 10th digit are other runs; an int and the
+    float of it are one setting."""
     mezo = hn.parse_method("mezo:mezo:lr=1e-5")
     suite = hn.parse_args(["--smoke", "--base", tiny_base, "--tasks", "boolq", "--lr-grid", "3", "--extend", "0",
                            "--seeds", "0", "--method", "mezo:mezo:lr=1e-5", "--method", "m:mezo:match=mezo", "--out",
@@ -425,6 +426,9 @@ def test_one_lr_reached_two_ways_is_one_run_made_once(tiny_base, tmp_path):
     key = [hn.config_key(hn.make_config(args, mezo, "boolq", lr, 0, args.budget).to_dict())
            for lr in (1e-5 * 3, 3e-5, 3.000000001e-5)]
     assert key[0] == key[1] != key[2]
+    bilevel = hn.make_config(args, hn.parse_method("bilevel-zofo"), "boolq", 1e-2, 0, args.budget).to_dict()
+    assert bilevel["lam"] == 10 and isinstance(bilevel["lam"], float)  # the records before it was declared: int 10
+    assert hn.config_key(bilevel) == hn.config_key({**bilevel, "lam": 10}) != hn.config_key({**bilevel, "lam": 11})
     (tmp_path / "x").mkdir()
     for n, eval_ in enumerate((0.4, 0.6)):
         cfg = hn.make_config(args, mezo, "boolq", (1e-5 * 3, 3e-5)[n], 0, args.budget)

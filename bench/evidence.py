@@ -35,7 +35,9 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   phase (no search in bf16: the claim is robustness at the fp32 lr). It needs only those two lrs, so it runs as
   soon as the first task's methods up to BSZO are done, before that task's others and the other tasks (`ordered`):
   every claim gets a verdict before any claim gains power;
-- lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`);
+- lora: the scan's stage 2 in LoRA on the tasks whose prefix run moved (`bench.learnability --lora`), those whose
+  data can be had here (`--skip-missing`: the scan's report is then left as it is, and the page shows LoRA's rows
+  from the records);
 - metainit: MeZO from the base and from a Bilevel-ZOFO meta-initialisation (`--meta-init`, else the artefacts
   phase's) on the panel; the runs from the base are the prefix phase's MeZO runs where it has them (`--reuse`).
 
@@ -382,7 +384,7 @@ def run_phase(args, phase: str) -> None:
         scan(args, resumed_cuts(args))
         run_phase(args, "prefix")
     elif phase == "lora":
-        scan(args, resumed_cuts(args), ("--stage", "2", "--lora"))
+        scan(args, resumed_cuts(args), ("--stage", "2", "--lora", "--skip-missing"))
     elif phase == "artefacts":
         try:
             artefacts.run(artefacts.parse_args(artefacts_argv(args)))

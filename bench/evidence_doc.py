@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import artefacts
+from bench import artefacts, learnability
 from bench.learnability import cut_length
 from bench.claims import NOT_RUN, claim_rows
 from bench.harness import METHOD_DEFAULTS
@@ -87,6 +87,7 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                       "the scan has not finished yet")
     if panel_txt:
         lines += [panel_txt, ""]
+    lines += lora_records(out, args)
     for phase, title in (("prefix", "2. The ZO methods and the first-order baselines (prefix tuning)"),
                          ("full", "3. The ZO Fine-tuner policy (full-parameter)"), ("bf16", "4. bf16 (prefix)"),
                          ("metainit", "5. Bilevel-ZOFO meta-initialisation")):
@@ -201,6 +202,29 @@ def artefacts_section(out: Path, args) -> list[str]:
     return lines
 
 
+def lora_records(out: Path, args) -> list[str]:
+    """The scan's LoRA stage from its records, where the scan's table above lacks it: the table is rewritten only
+    where every scanned task's data can be had (it profiles each), while the lora phase runs on the tasks that have
+    theirs (`bench.learnability --skip-missing`)."""
+    from bench.evidence import scan_argv
+    from bench.learnability_doc import lora_table
+
+    path = out / "learnability" / "runs.jsonl"
+    if not path.exists() or "LoRA dev per lr" in (_read(out / "learnability" / "table.md") or ""):
+        return []
+    done = {r["name"]: r for r in read_records(path)}
+    scan = learnability.parse_args(scan_argv(args, args.cuts[0]))
+    tasks = {r.get("config", {}).get("task") for n, r in done.items() if "-lora-" in n} - {None}
+    rows = [{"task": t, "lora": row} for t in sorted(tasks) if (row := learnability.stage2_row(done, t, "lora", scan))]
+    if not rows:
+        return []
+    unfinished = [r["task"] for r in rows if not r["lora"]["complete"]]
+    return ["LoRA in the scan's stage 2 (`python -m bench.evidence --phases lora`), from its records: the table above "
+            "gains these rows when its report can be rewritten, which needs every scanned task's data"
+            + (f"; lr grid still running on {', '.join(unfinished)}" if unfinished else "") + ".",
+            *lora_table(rows), ""]
+
+
 def lora_line(out: Path) -> list[str]:
     """The scan's LoRA stage, said where it has not run (the issue asks for it where prefix moved), not left out."""
     path = out / "learnability" / "runs.jsonl"
@@ -208,8 +232,8 @@ def lora_line(out: Path) -> list[str]:
         return []
     return ["- LoRA in the scan (stage 2 in LoRA on the tasks whose prefix run moved; `--phases lora`) has not run: "
             "it is the second process's last phase (`--workers 2`), after the artefacts, full-parameter and "
-            "meta-initialisation phases, and like the rest of the scan it runs only where every scanned task's data "
-            "can be had (`python -m bench.evidence --status` names what is missing)."]
+            "meta-initialisation phases, on the moved tasks whose data can be had (`python -m bench.evidence "
+            "--status` names what is missing)."]
 
 
 def cuts_section(args, out: Path) -> list[str]:

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     ap.add_argument("--plan", action="store_true", help="only print the tasks, their lengths and estimated costs")
     ap.add_argument("--no-report", action="store_true", help="run and record, but write no table, plot or panel "
                     "(bench.evidence --workers 2: its last pass reports what both processes ran, once)")
+    ap.add_argument("--skip-missing", action="store_true", help="leave out the tasks whose data cannot be had here "
+                    "(BIG-bench with no source of its files), saying so, and then write no report: it profiles every "
+                    "scanned task, and without them it would rewrite the panel")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--max-median", type=int, default=None, help="also leave out tasks whose median prompt is longer "
                     "(a cost cut: a forward costs about its length; default: only --max-length)")
@@ -372,8 +375,6 @@ def stage2(args, runner: Runner, profiles: list[dict]) -> None:
 # ------------------------------------------------------------------------------------ the report
 def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
     """One row per scanned task: zero-shot, majority, stage 1 and (where run) stage 2 at the dev-chosen lr."""
-    from bench.compare_optimizers import choose_lr
-
     rows = []
     for p in profiles:
         s1 = done.get(s1_name(p["task"], args))
@@ -388,19 +389,32 @@ def summarize(done: dict, profiles: list[dict], args) -> list[dict]:
             row["per_class"] = {"zero-shot": per_class(zero, p["golds"]),
                                 "stage 1": per_class(s1["per_example"]["final"]["eval"], p["golds"])}
         for peft in ("prefix", "lora"):
-            runs = [r for r in done.values() if r["name"].startswith(f"s2-{p['task']}-{peft}-lr")]
-            if runs:
-                lr = choose_lr(runs)
-                best = next(r for r in runs if r["lr"] == lr)
-                row[peft] = {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"],
-                             "delta": paired_delta(best["per_example"]["final"]["eval"], zero),
-                             "complete": all(s2_name(p["task"], peft, x) in done for x in stage2_grid(args, peft))}
+            s2 = stage2_row(done, p["task"], peft, args)
+            if s2:
+                row[peft], final = s2, s2.pop("final")
                 if "golds" in p:
-                    final = best["per_example"]["final"]["eval"]
                     row["per_class"][f"stage 2 {peft}"] = per_class(final, p["golds"])
                     row[peft]["balanced"] = balanced_delta(final, zero, p["golds"])
         rows.append(row)
     return rows
+
+
+def stage2_row(done: dict, task: str, peft: str, args) -> dict | None:
+    """`task`'s stage 2 in `peft` from the records alone (None before its first run): its runs, the dev-chosen lr,
+    that run's eval accuracy and per-example scores ("final"), and its delta over zero-shot on the same examples
+    (the stage-1 run's zero-shot scores)."""
+    from bench.compare_optimizers import choose_lr
+
+    runs = [r for r in done.values() if r["name"].startswith(f"s2-{task}-{peft}-lr")]
+    s1 = done.get(s1_name(task, args))
+    if not runs or s1 is None:
+        return None
+    lr = choose_lr(runs)
+    best = next(r for r in runs if r["lr"] == lr)
+    final = best["per_example"]["final"]["eval"]
+    return {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"], "final": final,
+            "delta": paired_delta(final, s1["per_example"]["zero_shot"]["eval"]),
+            "complete": all(s2_name(task, peft, x) in done for x in stage2_grid(args, peft))}
 
 
 def passes(row: dict, args) -> bool:
@@ -519,8 +533,7 @@ def main(argv=None) -> int:
     runner = Runner(args)
     runner.done()  # a damaged runs.jsonl is refused now, not after the base and the tasks have loaded
     ensure_base(args.base)
-    for name in candidate_tasks(args):
-        ensure_task(name)
+    have_data(args, ensure_task)
     model, tokenizer, _ = load_base(args.base)
     t_path = runner.out / "forward_time.json"
     if t_path.exists():  # measured once per --out, maybe at another max length: scaled linearly in length
@@ -553,6 +566,31 @@ def main(argv=None) -> int:
     if not args.no_report:
         report(args, runner, scanned, excluded, t_forward)
     return 0
+
+
+def have_data(args, ensure_task) -> None:
+    """Each candidate task's data, fetched where missing; with --skip-missing, the tasks that cannot have it are
+    left out of this invocation (args.tasks) and its report (args.no_report), in one line; else the first such
+    task's TaskError."""
+    from l2o.tasks.errors import TaskError
+
+    missing = {}
+    for name in candidate_tasks(args):
+        try:
+            ensure_task(name)
+        except TaskError as why:
+            if not args.skip_missing:
+                raise
+            missing[name] = why
+    if not missing:
+        return
+    left = [n for n in candidate_tasks(args) if n not in missing]
+    if not left:
+        raise next(iter(missing.values()))
+    args.tasks, args.no_report = ",".join(left), True
+    print(f"learnability: left out here, their data cannot be had: {', '.join(missing)} "
+          f"({next(iter(missing.values()))}); the report, which profiles every scanned task, is not rewritten",
+          flush=True)
 
 
 def eval_golds(task: str, args) -> list[int]:

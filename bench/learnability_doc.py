@@ -18,6 +18,17 @@ def _per_lr(runs: list[dict]) -> str:
     return ", ".join(f"{x['lr']:.3g}: {x['final']['dev']:.3f}" for x in runs)
 
 
+def lora_table(rows: list[dict]) -> list[str]:
+    """The LoRA table: stage 2 in LoRA, one row per task that has its runs (`row["lora"]`, learnability's
+    `stage2_row`)."""
+    lora = [r for r in rows if "lora" in r]
+    if not lora:
+        return []
+    return ["", "| task | LoRA dev per lr | chosen lr | eval | Δ |", "|---|---|---|---|---|",
+            *(f"| {r['task']} | {_per_lr(r['lora']['runs'])} | {r['lora']['lr']:.3g} | {r['lora']['eval']:.3f} | "
+              f"{_d(r['lora']['delta'])} |" for r in lora)]
+
+
 def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], pending: list[str], prior: list[str],
                  args, t_forward: float) -> str:
     """table.md's table: the settings, one row per scanned task, the LoRA and per-class tables, the tasks not
@@ -49,11 +60,7 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], pen
                      if s2 else
                      f"| {r['task']} | {p['classes']} | {r['n']} | {p['len_p50']} | {r['majority']:.3f} | "
                      f"{r['zero_shot']:.3f} | {r['s1_eval']:.3f} | {_d(r['s1_delta'])} | — | — | — | — | no |")
-    lora = [r for r in rows if "lora" in r]
-    if lora:
-        lines += ["", "| task | LoRA dev per lr | chosen lr | eval | Δ |", "|---|---|---|---|---|"]
-        lines += [f"| {r['task']} | {_per_lr(r['lora']['runs'])} | {r['lora']['lr']:.3g} | {r['lora']['eval']:.3f} | "
-                  f"{_d(r['lora']['delta'])} |" for r in lora]
+    lines += lora_table(rows)
     lines += class_table(rows)
     if excluded:
         lines += ["", "Not scanned: " + "; ".join(f"{p['task']} ({p['excluded']})" for p in excluded) + "."]

@@ -4,7 +4,9 @@ summaries, and the whole suite at toy sizes on a tiny model: every phase, the cl
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 
 import pytest
 
@@ -319,6 +321,42 @@ def test_the_doc_says_when_the_scans_lora_stage_has_not_run(tmp_path):
     with runs.open("a") as f:
         f.write(json.dumps({"name": "s2-navigate-lora-lr0.0001"}) + "\n")
     assert "LoRA in the scan" not in evidence_doc.render(out, docs, args, [])
+
+
+def test_the_scans_lora_rows_come_from_its_records_where_its_table_cannot_be_rewritten(tmp_path):
+    """The lora phase runs on the tasks whose data is here, and the scan's table (it profiles every scanned task) is
+    then kept; the page shows LoRA's rows from the records: the dev-chosen lr and its paired delta over the stage-1
+    run's zero-shot scores, the grid said unfinished until its three lrs are in. A table that has them adds none."""
+    from bench import evidence, evidence_doc
+
+    out, docs = tmp_path / "ev", tmp_path / "docs"
+    (out / "learnability").mkdir(parents=True)
+    zero = [0, 1, 0, 0, 1, 0, 0, 0]
+    s1 = {"name": "s1-tweet_sentiment-prefix-lr0.01", "config": {"task": "tweet_sentiment"}, "lr": 1e-2,
+          "per_example": {"zero_shot": {"eval": zero}, "final": {"eval": zero}}, "final": {"eval": 0.25}}
+    finals = {3e-4: [0, 1, 1, 0, 1, 0, 0, 0], 1e-3: [1, 1, 1, 0, 1, 1, 0, 1], 3e-3: [1, 0, 0, 0, 0, 0, 0, 0]}
+    dev = {3e-4: 0.30, 1e-3: 0.45, 3e-3: 0.20}
+
+    def s2(lr):
+        return {"name": f"s2-tweet_sentiment-lora-lr{lr:.3g}", "config": {"task": "tweet_sentiment"}, "lr": lr,
+                "final": {"dev": dev[lr], "eval": sum(finals[lr]) / 8}, "final_train_loss": 1.0,
+                "per_example": {"final": {"eval": finals[lr]}}}
+
+    runs = out / "learnability" / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in (s1, s2(3e-4), s2(1e-3))))
+    args = evidence.parse_args(["--out", str(out)])
+    d = [f - z for f, z in zip(finals[1e-3], zero)]
+    row = (f"| tweet_sentiment | 0.0003: 0.300, 0.001: 0.450 | 0.001 | 0.750 | {statistics.mean(d):+.3f} ± "
+           f"{statistics.stdev(d) / math.sqrt(8):.3f} (+2.6 se) |")
+    page = evidence_doc.render(out, docs, args, [])
+    assert "lr grid still running on tweet_sentiment." in page and row in page
+    with runs.open("a") as f:
+        f.write(json.dumps(s2(3e-3)) + "\n")
+    page = evidence_doc.render(out, docs, args, [])
+    assert "lr grid still running" not in page and "from its records" in page
+    assert "| tweet_sentiment | 0.0003: 0.300, 0.001: 0.450, 0.003: 0.200 | 0.001 | 0.750 |" in page
+    (out / "learnability" / "table.md").write_text("| task | LoRA dev per lr | chosen lr | eval | Δ |\n")
+    assert "from its records" not in evidence_doc.render(out, docs, args, [])
 
 
 def test_smoke_suite_trains_the_panel_artefacts_and_uses_them_on_the_panel(tiny_smollm_base, tmp_path):

@@ -280,3 +280,27 @@ def test_two_processes_share_a_tasks_stage_2_lrs_and_the_extension_waits_for_the
     other.release()
     lb.stage2(args, runner, [{"task": "navigate"}])
     assert ran[2:] == [held, lb.s2_name("navigate", "prefix", grid[0] / (grid[1] / grid[0]))]
+
+
+def test_skip_missing_leaves_out_the_tasks_without_data_and_then_writes_no_report(capsys):
+    """BIG-bench's files cannot be had on every machine. --skip-missing runs the tasks that have their data (the lora
+    phase on tweets) and keeps the report, which profiles every scanned task, as it is; without the flag, or with no
+    task left, the first task's TaskError stops it."""
+    from l2o.tasks.errors import TaskError
+
+    def ensure_task(name):
+        if name in ("navigate", "winowhy"):
+            raise TaskError(f"task {name!r} needs BIG-bench task files: no source here")
+
+    args = lb.parse_args(["--tasks", "navigate,tweet_sentiment,winowhy,boolq", "--skip-missing"])
+    lb.have_data(args, ensure_task)
+    assert lb.candidate_tasks(args) == ["tweet_sentiment", "boolq"] and args.no_report
+    assert capsys.readouterr().out == (
+        "learnability: left out here, their data cannot be had: navigate, winowhy (task 'navigate' needs BIG-bench "
+        "task files: no source here); the report, which profiles every scanned task, is not rewritten\n")
+    args = lb.parse_args(["--tasks", "boolq,tweet_sentiment", "--skip-missing"])
+    lb.have_data(args, ensure_task)
+    assert lb.candidate_tasks(args) == ["boolq", "tweet_sentiment"] and not args.no_report
+    for argv in (["--tasks", "tweet_sentiment,navigate"], ["--tasks", "navigate,winowhy", "--skip-missing"]):
+        with pytest.raises(TaskError, match="task 'navigate' needs"):
+            lb.have_data(lb.parse_args(argv), ensure_task)

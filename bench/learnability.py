@@ -465,16 +465,19 @@ def calibration(done: dict, profiles: list[dict], t_forward: float, args) -> dic
 
 def remaining(done: dict, profiles: list[dict], excluded: list[dict], t_forward: float, args) -> dict:
     """What the scan has still to run at this cut, as (task, runs, estimated CPU seconds): stage 1 on the tasks
-    without a stage-1 record, stage 2 (the grid's lrs not run yet, prefix) on the tasks that moved; and `widen`:
-    stage 1 on the tasks that only the --max-median cut leaves out."""
+    without a stage-1 record, stage 2 (the grid's lrs not run yet) on the tasks that moved, in prefix and, with
+    --lora, in LoRA (at the prefix run's cost); and `widen`: stage 1 on the tasks that only the --max-median cut
+    leaves out."""
     wide = argparse.Namespace(**{**vars(args), "max_median": None})
-    s2 = []
+    s2 = {"prefix": [], "lora": []}
     for p in moved(done, profiles, args):
-        todo = [lr for lr in stage2_grid(args, "prefix") if s2_name(p["task"], "prefix", lr) not in done]
-        if todo:
-            s2.append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args)))
+        for peft in ("prefix", "lora") if args.lora else ("prefix",):
+            todo = [lr for lr in stage2_grid(args, peft) if s2_name(p["task"], peft, lr) not in done]
+            if todo:
+                s2[peft].append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args)))
     return {"stage1": [(p["task"], 1, p["stage1_cpu_s"]) for p in profiles if s1_name(p["task"], args) not in done],
-            "stage2": s2, "widen": [(p["task"], 1, p["stage1_cpu_s"]) for p in excluded if exclusion(p, wide) is None]}
+            "stage2": s2["prefix"], "lora": s2["lora"],
+            "widen": [(p["task"], 1, p["stage1_cpu_s"]) for p in excluded if exclusion(p, wide) is None]}
 
 
 def resume_command(args) -> str:

@@ -131,11 +131,12 @@ def status(rem: dict, chosen: list[dict], cal: dict, args, resume: str) -> list[
     n, need = len(chosen), args.panel_min
     lines = [f"**The panel is established** (it needs {need} tasks)." if n >= need else
              f"**The panel is not established yet**: it needs {need} tasks at ≥ {args.panel_se:g} se."]
-    todo = ([f"stage 1 on {', '.join(t for t, _, _ in rem['stage1'])}"] if rem["stage1"] else []) + (
-        [f"stage 2 on {', '.join(f'{t} ({k} run(s) of {args.forwards2} forward passes)' for t, k, _ in rem['stage2'])}"]
-        if rem["stage2"] else [])
+    todo = ([f"stage 1 on {', '.join(t for t, _, _ in rem['stage1'])}"] if rem["stage1"] else []) + [
+        f"stage 2{mode} on {', '.join(f'{t} ({k} run(s) of {args.forwards2} forward passes)' for t, k, _ in rem[key])}"
+        for key, mode in (("stage2", ""), ("lora", " in LoRA")) if rem.get(key)]
     if todo:
-        lines.append(f"Still to run at this cut: {'; '.join(todo)}: about {cost(rem['stage1'] + rem['stage2']):.1f} "
+        runs = rem["stage1"] + rem["stage2"] + rem.get("lora", [])
+        lines.append(f"Still to run at this cut: {'; '.join(todo)}: about {cost(runs):.1f} "
                      "CPU-hours, plus a run past the grid's edge for a task whose best lr sits there and stage 2 on "
                      f"any task stage 1 still moves. Continue with `{resume}` (recorded runs are "
                      "skipped).")

@@ -131,7 +131,13 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     rem = lb.remaining(done, [prof["a"], prof["b"]], [cut, long], 1.0, args)
     per2 = lb.stage2_cpu_s(prof["a"], 1.0, args)
     assert per2 == pytest.approx(30 / 64 * (500 + math.ceil(700 / 16)))  # forwards + (eval + dev) batches
-    assert rem == {"stage1": [("b", 1, 900)], "stage2": [("a", 2, pytest.approx(2 * per2))], "widen": [("c", 1, 1200)]}
+    assert rem == {"stage1": [("b", 1, 900)], "stage2": [("a", 2, pytest.approx(2 * per2))], "lora": [],
+                   "widen": [("c", 1, 1200)]}
+    lora = lb.remaining(done, [prof["a"], prof["b"]], [cut, long], 1.0, lb.parse_args(["--max-median", "48", "--lora"]))
+    assert lora["lora"] == [("a", 3, pytest.approx(3 * per2))] and lora["stage2"] == rem["stage2"]
+    text = "\n".join(_status(lora, [], {"ratio": 1.0, "wall": None, "n": 0}, args))
+    assert ("stage 2 on a (2 run(s) of 500 forward passes); stage 2 in LoRA on a (3 run(s) of 500 forward passes): "
+            f"about {(900 + 5 * per2) / 3600:.1f} CPU-hours") in text
     cal = lb.calibration(done, [prof["a"], prof["b"]], 1.0, args)
     assert cal == {"ratio": 2.0, "wall": 2.5, "n": 1}    # the untimed stage-2 record does not count
     text = "\n".join(_status(rem, [], cal, args))

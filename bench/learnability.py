@@ -152,9 +152,9 @@ def cut_length(cut: int) -> int:
 def candidate_tasks(args) -> list[str]:
     from l2o.tasks import REGISTRY
 
-    if args.tasks:
-        return args.tasks.split(",")
-    return sorted(n for n, t in REGISTRY.items() if "offline" in t.tags and t.kind == "cls")
+    names = args.tasks.split(",") if args.tasks else sorted(n for n, t in REGISTRY.items()
+                                                            if "offline" in t.tags and t.kind == "cls")
+    return [n for n in names if n not in getattr(args, "left_out", {})]  # --skip-missing's (have_data)
 
 
 # ------------------------------------------------------------------------------------ cost model
@@ -536,7 +536,7 @@ def main(argv=None) -> int:
     runner = Runner(args)
     runner.done()  # a damaged runs.jsonl is refused now, not after the base and the tasks have loaded
     ensure_base(args.base)
-    have_data(args, ensure_task)
+    missing = have_data(args, ensure_task)
     model, tokenizer, _ = load_base(args.base)
     t_path = runner.out / "forward_time.json"
     if t_path.exists():  # measured once per --out, maybe at another max length: scaled linearly in length
@@ -556,8 +556,10 @@ def main(argv=None) -> int:
     if args.plan:
         print_plan(scanned, excluded, args)
         done = runner.done()
-        print("\n".join(scan_status(done, scanned, excluded, panel(summarize(done, scanned, args), args), t_forward,
-                                    args)))
+        # with tasks left out, the panel is the one last reported (panel.json), not one of the tasks here alone
+        chosen = ([{"task": t} for t in json.loads((runner.out / "panel.json").read_text())["tasks"]]
+                  if missing and (runner.out / "panel.json").exists() else panel(summarize(done, scanned, args), args))
+        print("\n".join(scan_status(done, scanned, excluded, chosen, t_forward, args)))
         return 0
     try:
         if not args.report and args.stage in ("1", "all"):
@@ -566,15 +568,15 @@ def main(argv=None) -> int:
             stage2(args, runner, scanned)
     except BudgetSpent as stop:
         print(f"stopped: {stop}", flush=True)
-    if not args.no_report:
+    if not args.no_report and not missing:
         report(args, runner, scanned, excluded, t_forward)
     return 0
 
 
-def have_data(args, ensure_task) -> None:
+def have_data(args, ensure_task) -> dict:
     """Each candidate task's data, fetched where missing; with --skip-missing, the tasks that cannot have it are
-    left out of this invocation (args.tasks) and its report (args.no_report), in one line; else the first such
-    task's TaskError."""
+    left out of this invocation (args.left_out) and returned (task -> why), said in one line: then it writes no
+    report; else the first such task's TaskError."""
     from l2o.tasks.errors import TaskError
 
     missing = {}
@@ -586,14 +588,14 @@ def have_data(args, ensure_task) -> None:
                 raise
             missing[name] = why
     if not missing:
-        return
-    left = [n for n in candidate_tasks(args) if n not in missing]
-    if not left:
+        return missing
+    if not [n for n in candidate_tasks(args) if n not in missing]:
         raise next(iter(missing.values()))
-    args.tasks, args.no_report = ",".join(left), True
+    args.left_out = missing
     print(f"learnability: left out here, their data cannot be had: {', '.join(missing)} "
           f"({next(iter(missing.values()))}); the report, which profiles every scanned task, is not rewritten",
           flush=True)
+    return missing
 
 
 def eval_golds(task: str, args) -> list[int]:

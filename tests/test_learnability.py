@@ -299,14 +299,38 @@ def test_skip_missing_leaves_out_the_tasks_without_data_and_then_writes_no_repor
             raise TaskError(f"task {name!r} needs BIG-bench task files: no source here")
 
     args = lb.parse_args(["--tasks", "navigate,tweet_sentiment,winowhy,boolq", "--skip-missing"])
-    lb.have_data(args, ensure_task)
-    assert lb.candidate_tasks(args) == ["tweet_sentiment", "boolq"] and args.no_report
+    assert list(lb.have_data(args, ensure_task)) == ["navigate", "winowhy"]
+    assert lb.candidate_tasks(args) == ["tweet_sentiment", "boolq"]
+    assert "--skip-missing" in lb.resume_command(args) and "boolq" in lb.resume_command(args)  # the user's own
     assert capsys.readouterr().out == (
         "learnability: left out here, their data cannot be had: navigate, winowhy (task 'navigate' needs BIG-bench "
         "task files: no source here); the report, which profiles every scanned task, is not rewritten\n")
+    everything = lb.parse_args(["--skip-missing"])
+    lb.have_data(everything, ensure_task)
+    assert "navigate" not in lb.candidate_tasks(everything) and "tweet_sentiment" in lb.candidate_tasks(everything)
     args = lb.parse_args(["--tasks", "boolq,tweet_sentiment", "--skip-missing"])
-    lb.have_data(args, ensure_task)
-    assert lb.candidate_tasks(args) == ["boolq", "tweet_sentiment"] and not args.no_report
+    assert lb.have_data(args, ensure_task) == {} and lb.candidate_tasks(args) == ["boolq", "tweet_sentiment"]
     for argv in (["--tasks", "tweet_sentiment,navigate"], ["--tasks", "navigate,winowhy", "--skip-missing"]):
         with pytest.raises(TaskError, match="task 'navigate' needs"):
             lb.have_data(lb.parse_args(argv), ensure_task)
+
+
+def test_a_scan_that_left_tasks_out_keeps_its_report_and_panel(tiny_smollm_base, tmp_path, monkeypatch, capsys):
+    """The scan with --skip-missing runs the task that has its data and writes no table or panel: rewritten without
+    the tasks it left out, the panel would lose them. The same scan with every task's data writes both."""
+    from l2o.tasks.errors import TaskError
+
+    def ensure_task(name, source=None):
+        if name == "navigate":
+            raise TaskError("task 'navigate' needs BIG-bench task files: no source here")
+
+    monkeypatch.setattr("zoo.acquire.ensure_task", ensure_task)
+    out = tmp_path / "scan"
+    argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--moved-se", "-100", "--panel-se", "-100",
+            "--lr-grid", "1", "--extend", "0", "--stage", "1"]
+    assert lb.main(argv + ["--tasks", "tweet_sentiment,navigate", "--skip-missing"]) == 0
+    assert [r["task"] for r in lb.read_records(out / "runs.jsonl")] == ["tweet_sentiment"]
+    assert not (out / "table.md").exists() and not (out / "panel.json").exists()
+    assert "left out here, their data cannot be had: navigate" in capsys.readouterr().out
+    assert lb.main(argv + ["--tasks", "tweet_sentiment"]) == 0
+    assert json.loads((out / "panel.json").read_text())["scanned"] == ["tweet_sentiment"]

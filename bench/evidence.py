@@ -177,8 +177,7 @@ def scan_argv(args, cut: int) -> list[str]:
            "--panel-min", str(args.panel_min), *budget_argv(args)]
     # --smoke: the scan's own tiny length
     out += [] if args.smoke else ["--max-length", str(learnability.cut_length(cut))]
-    return out + (["--smoke", "--tasks", "tweet_sentiment", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid",
-                   "1,3", "--extend", "0"] if args.smoke else [])
+    return out + (learnability.SUITE_SMOKE if args.smoke else [])
 
 
 def panel_tasks(args) -> list[str]:

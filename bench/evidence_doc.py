@@ -206,14 +206,13 @@ def lora_records(out: Path, args) -> list[str]:
     """The scan's LoRA stage from its records, where the scan's table above lacks it: the table is rewritten only
     where every scanned task's data can be had (it profiles each), while the lora phase runs on the tasks that have
     theirs (`bench.learnability --skip-missing`)."""
-    from bench.evidence import scan_argv
     from bench.learnability_doc import lora_table
 
     path = out / "learnability" / "runs.jsonl"
     if not path.exists() or "LoRA dev per lr" in (_read(out / "learnability" / "table.md") or ""):
         return []
     done = {r["name"]: r for r in read_records(path)}
-    scan = learnability.parse_args(scan_argv(args, args.cuts[0]))
+    scan = learnability.parse_args(learnability.SUITE_SMOKE if args.smoke else [])  # its stage-2 grids
     tasks = {r.get("config", {}).get("task") for n, r in done.items() if "-lora-" in n} - {None}
     rows = [{"task": t, "lora": row} for t in sorted(tasks) if (row := learnability.stage2_row(done, t, "lora", scan))]
     if not rows:

@@ -63,6 +63,11 @@ from bench.resume import recorded, run_to_end  # noqa: E402
 from bench.stats import z_score  # noqa: E402
 
 
+# The evidence suite's scan under its --smoke: the one short task outside BIG-bench, every task moved and on the panel
+SUITE_SMOKE = ["--smoke", "--tasks", "tweet_sentiment", "--moved-se", "-100", "--panel-se", "-100", "--lr-grid", "1,3",
+               "--extend", "0"]
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")

@@ -353,8 +353,12 @@ def test_the_scans_lora_rows_come_from_its_records_where_its_table_cannot_be_rew
     with runs.open("a") as f:
         f.write(json.dumps(s2(3e-3)) + "\n")
     page = evidence_doc.render(out, docs, args, [])
-    assert "lr grid still running" not in page and "from its records" in page
+    assert "lr grid still running" not in page and "from its records" in page and "edge" not in page
     assert "| tweet_sentiment | 0.0003: 0.300, 0.001: 0.450, 0.003: 0.200 | 0.001 | 0.750 |" in page
+    dev[3e-3] = 0.5  # the best at the grid's top: the run past it is still to come
+    runs.write_text("".join(json.dumps(r) + "\n" for r in (s1, s2(3e-4), s2(1e-3), s2(3e-3))))
+    page = evidence_doc.render(out, docs, args, [])
+    assert "on tweet_sentiment the dev-chosen lr is the edge of those run, so one more run past it" in page
     (out / "learnability" / "table.md").write_text("| task | LoRA dev per lr | chosen lr | eval | Δ |\n")
     assert "from its records" not in evidence_doc.render(out, docs, args, [])
 

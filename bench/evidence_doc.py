@@ -218,9 +218,7 @@ def lora_records(out: Path, args) -> list[str]:
     if not rows:
         return []
     unfinished = [r["task"] for r in rows if not r["lora"]["complete"]]
-    # select_runs extends the grid past an edge the best lr sits at: until that run is in, the choice may change
-    edge = [r["task"] for r in rows if r["lora"]["complete"] and scan.extend
-            and r["lora"]["lr"] in (r["lora"]["runs"][0]["lr"], r["lora"]["runs"][-1]["lr"])]
+    edge = [r["task"] for r in rows if r["lora"]["complete"] and r["lora"]["next"] is not None]
     return ["LoRA in the scan's stage 2 (`python -m bench.evidence --phases lora`), from its records: the table above "
             "gains these rows when its report can be rewritten, which needs every scanned task's data"
             + (f"; lr grid still running on {', '.join(unfinished)}" if unfinished else "")

@@ -419,7 +419,29 @@ def stage2_row(done: dict, task: str, peft: str, args) -> dict | None:
     final = best["per_example"]["final"]["eval"]
     return {"lr": lr, "runs": sorted(runs, key=lambda r: r["lr"]), "eval": best["final"]["eval"], "final": final,
             "delta": paired_delta(final, s1["per_example"]["zero_shot"]["eval"]),
-            "complete": all(s2_name(task, peft, x) in done for x in stage2_grid(args, peft))}
+            "complete": all(s2_name(task, peft, x) in done for x in stage2_grid(args, peft)),
+            "next": stage2_next(done, task, peft, args)}
+
+
+class _NotRecorded(Exception):
+    pass
+
+
+def stage2_next(done: dict, task: str, peft: str, args) -> float | None:
+    """The lr that `task`'s stage 2 in `peft` runs next (None: its choice is final): `stage2_runs`'s selection
+    replayed over the records, so a grid lr or a run past an edge the best sits at, within --extend."""
+    from bench.compare_optimizers import select_runs
+
+    def recorded(lr):
+        if (r := done.get(s2_name(task, peft, lr))) is None:
+            raise _NotRecorded(lr)
+        return r
+
+    try:
+        select_runs(recorded, stage2_grid(args, peft), args.extend)
+    except _NotRecorded as missing:
+        return missing.args[0]
+    return None
 
 
 def passes(row: dict, args) -> bool:

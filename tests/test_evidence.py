@@ -359,6 +359,11 @@ def test_the_scans_lora_rows_come_from_its_records_where_its_table_cannot_be_rew
     runs.write_text("".join(json.dumps(r) + "\n" for r in (s1, s2(3e-4), s2(1e-3), s2(3e-3))))
     page = evidence_doc.render(out, docs, args, [])
     assert "on tweet_sentiment the dev-chosen lr is the edge of those run, so one more run past it" in page
+    finals[1e-2], dev[1e-2] = finals[3e-3], 0.6  # the run past it, best again: --extend 1 is spent, the choice final
+    with runs.open("a") as f:
+        f.write(json.dumps(s2(1e-2)) + "\n")
+    page = evidence_doc.render(out, docs, args, [])
+    assert "edge" not in page and "| 0.01 | 0.125 |" in page
     (out / "learnability" / "table.md").write_text("| task | LoRA dev per lr | chosen lr | eval | Δ |\n")
     assert "from its records" not in evidence_doc.render(out, docs, args, [])
 

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
 from bench.learnability_doc import plot, print_plan, render_table, status  # noqa: E402
 from bench.lr_centres import MEZO_LR  # noqa: E402
-from bench.records import append_record, read_records  # noqa: E402
+from bench.records import append_record, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from bench.stats import z_score  # noqa: E402
 
@@ -217,7 +217,6 @@ class Runner:
         self.args, self.out = args, Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0, self.commit = self.out / "runs.jsonl", time.perf_counter(), git_commit()
-        self.lock_path = self.log_path.with_suffix(".lock")
         self.budget = CpuBudget.of(args)
 
     @contextlib.contextmanager
@@ -241,15 +240,11 @@ class Runner:
     def done(self) -> dict:
         """The recorded runs by name, read under the lock the appends hold (another process of the scan may be
         appending: unlocked, its half-written line read as a torn one, with a warning)."""
-        from l2o.filelock import exclusive
-
-        with exclusive(self.lock_path):
+        with records_lock(self.log_path):
             return {r["name"]: r for r in read_records(self.log_path) if r}
 
     def __call__(self, name: str, *, task: str, peft: str, lr: float, eps: float, forwards: int, num_dev: int,
                  zero_shot: bool, note: str = "") -> dict:
-        from l2o.filelock import exclusive
-
         if name in (have := self.done()):
             if (ran := have[name]["config"]["max_length"]) != self.args.max_length:
                 print(f"{name}: kept, run at max length {ran} (a task is run once per --out)", flush=True)
@@ -261,8 +256,7 @@ class Runner:
         res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
         res.update(name=name, lr=lr, commit=self.commit)
         self.budget.charge(res["cpu_s"])
-        with exclusive(self.lock_path):
-            append_record(self.log_path, res)
+        append_record(self.log_path, res)  # under the lock done() reads under
         recorded(cfg.out)
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {name}: eval {res['final'].get('eval', float('nan')):.3f}"
               f" (fit {res['fit_time_s']:.0f} s)", flush=True)

@@ -5,19 +5,22 @@ A record is large (~100 KB: per-example lists), so a kill or a full disk during 
 line. ``read_records`` drops such a line with a warning (its run simply reruns) and refuses a damaged line
 anywhere else in one sentence naming the file and line; ``append_record`` first cuts a torn last line off (so
 the new record is never glued onto it), then appends durably through ``l2o.filelock.append_bytes`` (fsync; a
-failed append leaves the file as it was). Callers that share a file between processes (the learnability scan's
-shards) hold their lock around ``append_record``.
+failed append leaves the file as it was). It does both under ``records_lock`` (an flock on ``runs.lock`` beside
+``runs.jsonl``): another process's append still in progress is a torn line to anyone without it, and cutting it
+off would lose that record. A reader that shares its file with a live writer (the learnability scan's shards)
+reads under the same lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from l2o.errors import UserError
-from l2o.filelock import append_bytes
+from l2o.filelock import append_bytes, exclusive
 
 SUITE_RECORDS = ("*/runs.jsonl", "artefacts/*/rounds.jsonl",  # under a suite's --out: each phase's, each artefact's
                  "artefacts/*/rebuilds.jsonl")                   # and its rounds meta-trained again after a wipe
@@ -71,12 +74,25 @@ def read_records(path) -> list[dict]:
     return records
 
 
+@contextlib.contextmanager
+def records_lock(path):
+    """Hold the lock every append to the records file `path` holds (an flock on its `.lock` sibling, created if
+    missing): inside it, no other process is halfway through an append. Not re-entrant: `append_record` takes it."""
+    with exclusive(Path(path).with_suffix(".lock")):
+        yield
+
+
 def append_record(path, record: dict) -> None:
-    """Append `record` to `path` (created if missing) as one JSON line, durably. A torn last line (an append cut
-    short) is cut off first, with a one-line warning on stderr; a last line that is a whole record but lacks its
-    newline gets it. A failed append (a full disk) leaves the file as it was and raises OSError."""
-    path = Path(path)
+    """Append `record` to `path` (created if missing) as one JSON line, durably, under `records_lock`. A torn last
+    line (an append cut short) is cut off first, with a one-line warning on stderr; a last line that is a whole
+    record but lacks its newline gets it. A failed append (a full disk) leaves the file as it was and raises
+    OSError."""
     data = (json.dumps(record) + "\n").encode("utf-8")
+    with records_lock(path):
+        _append_line(Path(path), data)
+
+
+def _append_line(path: Path, data: bytes) -> None:
     start = _last_line_start(path)
     if start is not None:
         with path.open("rb") as f:

@@ -14,7 +14,7 @@ from bench import compare_optimizers as co
 from bench import harness as hn
 from bench import learnability as lb
 from bench.budget import spent_hours
-from bench.records import append_record, read_records
+from bench.records import append_record, read_records, records_lock
 from l2o.errors import UserError
 
 
@@ -153,13 +153,11 @@ def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under
     import threading
     import time
 
-    from l2o.filelock import exclusive
-
     out = tmp_path / "scan"
     first, second = {"name": "s1-a"}, {"name": "s1-b", "per_example": list(range(100))}
     runner = lb.Runner(lb.parse_args(["--out", str(out)]))
     got = []
-    with exclusive(runner.lock_path):  # "another process", mid-append
+    with records_lock(out / "runs.jsonl"):  # "another process", mid-append
         _torn(out / "runs.jsonl", [first], fragment_of=second)
         reader = threading.Thread(target=lambda: got.append(runner.done()))
         reader.start()
@@ -168,3 +166,25 @@ def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under
         _torn(out / "runs.jsonl", [first, second])
     reader.join(5)
     assert got == [{"s1-a": first, "s1-b": second}] and "torn" not in capsys.readouterr().err
+
+
+def test_an_append_waits_for_another_append_in_progress_instead_of_cutting_it_off(tmp_path, capsys):
+    """Every suite's appends (the harness's, the scan's, the artefacts' rounds) hold one lock per records file. Two
+    harness commands on one --out: while one is halfway through its line, the other's append waits for it, where
+    before it took that half line for a torn one, cut it off (that record lost) and warned."""
+    import threading
+    import time
+
+    path = tmp_path / "prefix" / "runs.jsonl"
+    first, second, third = {"name": "a"}, {"name": "b", "per_example": list(range(100))}, {"name": "c"}
+    path.parent.mkdir()
+    with records_lock(path):  # the other process, mid-append
+        _torn(path, [first], fragment_of=second)
+        writer = threading.Thread(target=append_record, args=(path, third))
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive() and path.read_text().count("\n") == 1  # waiting, the half line untouched
+        _torn(path, [first, second])  # its append completes
+    writer.join(5)
+    assert not writer.is_alive() and _lines(path) == [first, second, third]
+    assert "torn" not in capsys.readouterr().err

@@ -244,8 +244,8 @@ def _download_bigbench_sdist(task: str) -> Path:
             check_free(target.parent, 400_000_000, f"the {BIGBENCH_PIP} sdist")
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = held.enter_context(writer_folder(target.parent, ".bigbench-dl-"))
-        print(f"downloading the BIG-bench task files ({BIGBENCH_PIP} sdist, 358 MB, one-off) into {target.parent}",
-              file=sys.stderr)
+        print(f"trying `pip download {BIGBENCH_PIP}` for the BIG-bench task files (its sdist, 358 MB, one-off) into "
+              f"{target.parent}", file=sys.stderr)  # an attempt: PyPI no longer serves that release
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),
                                BIGBENCH_PIP], capture_output=True, text=True)
         got = tmp / BIGBENCH_SDIST

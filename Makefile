@@ -70,8 +70,10 @@ test: install data
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
+# The end-to-end tests (pytest's `slow` marker: real SmolLM2-135M runs, DDP, the HF Trainer example), in
+# TEST_WORKERS processes too: 12:47 with 2 here, beside the evidence suite. CI (.ci/run) runs both suites.
 test-slow: install data
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --durations=10
 
 bench: install
 	$(PY) bench/engine_bench.py

@@ -17,8 +17,10 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   dev-chosen around the paper's prefix value 1e-2, at bench.harness's small-scale `METHOD_DEFAULTS`); BSZO at
   MeZO's effective step; MeZO-GV and MeZO-Greedy at their own dev-chosen lrs; FO-SGD (MeZO's claim has a verdict
   from FO-AdamW already; FO-SGD is its second first-order reference). With `--seeds auto`, FO-AdamW and
-  Bilevel-ZOFO, whose claims count a share of pairs (`SHARE_CLAIMS`), run 4 seeds on each task
-  (`claims.share_pairs_to_decide`: a share of 3 pairs can never be decided), and MeZO with them;
+  Bilevel-ZOFO, whose claims count a share of pairs, run 4 seeds on each task
+  (`claims.share_pairs_to_decide`: a share of 3 pairs can never be decided), and MeZO with them; so every other
+  method runs 4 as well (`prefix_seeds`): each of MeZO's runs is then a pair, a fourth pair costing one run of the
+  method only;
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
   costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
@@ -80,7 +82,6 @@ from bench.claims import share_pairs_to_decide  # noqa: E402
 from bench.cli import stop_line  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
-SHARE_CLAIMS = ("fo-adamw", "bilevel-zofo")  # prefix methods whose claim counts a share of pairs (k; reach)
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
                   "bilevel-zofo", "bszo-matched:bszo:match=mezo", "mezo-gv", "mezo-greedy", "fo-sgd"]
 FULL_METHODS = ["mezo:mezo:lr=1e-5:eps=1e-3", "zo-finetuner:zo-finetuner:lr=1e-5:eps=1e-3",  # MeZO's full-parameter eps
@@ -328,6 +329,15 @@ def skip_reason(args, phase: str) -> str | None:
     return None
 
 
+def prefix_seeds(methods: list[str]) -> list[str]:
+    """The prefix phase's methods under `--seeds auto`: the claims on a share of pairs (FO-AdamW's k, Bilevel-ZOFO's
+    reach) need 4 pairs on a task to be decided at all (`share_pairs_to_decide`), so MeZO, which runs every seed any
+    method runs, runs 4; every other method then pairs with each of those runs too (BSZO's claim was ~7 pairs from
+    separating at 6)."""
+    n = share_pairs_to_decide()
+    return [m if m == "mezo" else f"{m if ':' in m else f'{m}:{m}'}:seeds={n}" for m in methods]
+
+
 def harness_argv(args, phase: str) -> list[str] | None:
     """The harness flags of a phase (None: it cannot run yet, `skip_reason` says why)."""
     panel, tasks = Path(args.out) / "learnability" / "panel.json", panel_tasks(args)
@@ -354,8 +364,8 @@ def harness_argv(args, phase: str) -> list[str] | None:
     if phase == "bf16":
         lrs = prefix_lrs(args, tasks[0])
         methods = [f"{m}:{m}:dtype=bf16:lr={lrs[m]:.6g}:search=0" for m in BF16_METHODS]
-    if phase == "prefix" and args.seeds == "auto":  # enough pairs for a share claim to be decided on one task
-        methods = [f"{m}:{m}:seeds={share_pairs_to_decide()}" if m in SHARE_CLAIMS else m for m in methods]
+    if phase == "prefix" and args.seeds == "auto":
+        methods = prefix_seeds(methods)
     if args.smoke:
         methods = {"prefix": ["mezo", "gv-matched:mezo-gv:match=mezo", "fo-adamw", "bszo"],
                    "full": ["mezo:mezo:lr=1e-3"]}.get(phase, methods)

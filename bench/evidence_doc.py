@@ -274,7 +274,8 @@ def cuts_section(args, out: Path) -> list[str]:
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3; in the "
             "full-parameter phase at least as many as the ZO Fine-tuner claim needs to hold at all: 4 pairs, since "
             "a Wilson interval of 3 wins in 3 is [0.44, 1]; for the same reason FO-AdamW and Bilevel-ZOFO, whose "
-            "claims count a share of pairs, run 4 seeds on each prefix task, and MeZO with them). "
+            "claims count a share of pairs, run 4 seeds on each prefix task, and MeZO with them, so every prefix "
+            "method pairs with each of MeZO's 4). "
             "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
             "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs, and the policy the "

@@ -80,7 +80,8 @@ def test_an_inconclusive_policy_verdict_says_what_would_decide_it(wins, n, d_lo,
 def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path):
     """3 of 3 wins is [0.44, 1]: the ZO Fine-tuner claim could never hold at 3 pairs; the full phase runs 4
     (`--seeds auto`), or 4 over its tasks; given seeds are kept. In the prefix phase, FO-AdamW's k and
-    Bilevel-ZOFO's reach (shares too) run 4 seeds on each task with auto (MeZO with them), the others auto's."""
+    Bilevel-ZOFO's reach (shares too) run 4 seeds on each task with auto (MeZO with them), and every other method
+    pairs with each of MeZO's runs."""
     from bench import evidence
     from bench.stats import wilson
 
@@ -102,7 +103,9 @@ def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path)
     assert seeds("--full-tasks", "2") == "0,1,2,3"
     assert seeds(phase="prefix") == "auto"
     prefix = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path)]), "prefix"))
-    assert [m for m in prefix if "seeds=" in m] == [f"{m}:{m}:seeds=4" for m in ("fo-adamw", "bilevel-zofo")]
+    assert prefix[0] == "mezo" and prefix[1:] == [f"{m}:{m}:seeds=4" if ":" not in m else f"{m}:seeds=4"
+                                                  for m in evidence.PREFIX_METHODS[1:]]
+    assert "bszo:bszo:seeds=4" in prefix and "gv-matched:mezo-gv:match=mezo:seeds=4" in prefix
     given = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path), "--seeds", "1,2"]), "prefix"))
     assert given == evidence.PREFIX_METHODS
 
@@ -511,7 +514,7 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
 
     labels = [m.split(":")[0] for m in _methods(whole)]
     assert labels == [m.split(":")[0] for m in evidence.PREFIX_METHODS]
-    assert _methods(first) == _methods(whole)[:5] and _methods(first)[-1] == "bszo"  # bf16 needs their lrs
+    assert _methods(first) == _methods(whole)[:5] and _methods(first)[-1].split(":")[0] == "bszo"  # bf16 needs their lrs
 
 
 def test_metainit_reuses_the_prefix_phases_mezo_runs_from_the_base(tmp_path, tiny_base):

@@ -514,7 +514,8 @@ def test_bf16_runs_after_the_prefix_phases_first_task_before_its_others(tmp_path
 
     labels = [m.split(":")[0] for m in _methods(whole)]
     assert labels == [m.split(":")[0] for m in evidence.PREFIX_METHODS]
-    assert _methods(first) == _methods(whole)[:5] and _methods(first)[-1].split(":")[0] == "bszo"  # bf16 needs their lrs
+    assert _methods(first) == _methods(whole)[:5]
+    assert _methods(first)[-1].split(":")[0] == "bszo"  # bf16 needs their lrs
 
 
 def test_metainit_reuses_the_prefix_phases_mezo_runs_from_the_base(tmp_path, tiny_base):

@@ -76,7 +76,7 @@ from bench.cli import cli_exit  # noqa: E402
 from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
-from bench.records import append_record, read_records  # noqa: E402
+from bench.records import append_record, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from l2o import catalog  # noqa: E402
 
@@ -292,7 +292,9 @@ class Runner:
         self.budget = CpuBudget.of(args)
         reused = [r for p in args.reuse for r in read_records(p)]
         self.done: dict[str, dict] = {}  # config_key -> the first record made of it here, else in the --reuse files
-        for r in [*read_records(self.log_path), *reused]:
+        with records_lock(self.log_path):  # another harness process on this --out may be appending
+            own = read_records(self.log_path)
+        for r in [*own, *reused]:
             self.done.setdefault(config_key(r["config"]), r)
         self.from_reuse = {config_key(r["config"]) for r in reused}
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)

@@ -168,6 +168,29 @@ def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under
     assert got == [{"s1-a": first, "s1-b": second}] and "torn" not in capsys.readouterr().err
 
 
+def test_the_harness_reads_its_records_under_the_lock_another_harness_appends_under(tmp_path, capsys):
+    """A second harness process on one --out starts while the first is halfway through an append: it waits, then
+    counts that run as done (before, it read the half line as a torn one, warned, and would have run it again)."""
+    import threading
+    import time
+
+    out = tmp_path / "h"
+    first = {"config": {"task": "sst2", "seed": 0}, "lr": 1e-3, "cpu_s": 60.0}
+    second = {**first, "config": {"task": "sst2", "seed": 1}}
+    out.mkdir()
+    got = []
+    with records_lock(out / "runs.jsonl"):
+        _torn(out / "runs.jsonl", [first], fragment_of=second)
+        args = hn.parse_args(["--tasks", "sst2", "--out", str(out)])
+        starter = threading.Thread(target=lambda: got.append(hn.Runner(args)))
+        starter.start()
+        time.sleep(0.3)
+        assert starter.is_alive() and not got
+        _torn(out / "runs.jsonl", [first, second])
+    starter.join(5)
+    assert list(got[0].done.values()) == [first, second] and "torn" not in capsys.readouterr().err
+
+
 def test_an_append_waits_for_another_append_in_progress_instead_of_cutting_it_off(tmp_path, capsys):
     """Every suite's appends (the harness's, the scan's, the artefacts' rounds) hold one lock per records file. Two
     harness commands on one --out: while one is halfway through its line, the other's append waits for it, where

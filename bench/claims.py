@@ -4,8 +4,8 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
 - "better than MeZO" (GV, Greedy, BSZO, a meta-initialisation): holds when the paired Δ train loss interval is
   below 0 or the Δ eval accuracy interval above 0, and neither lies on the wrong side; fails when one lies on the
   wrong side and neither on the right one; inconclusive otherwise, with the pairs a 95% interval would need to
-  separate the observed mean accuracy difference from 0 (bench.stats.pairs_to_separate: the least n with
-  t(n - 1) sd / sqrt(n) < |mean|).
+  separate the observed mean accuracy difference from 0 (bench.stats.pairs_to_separate: the least total with
+  each task's seeds grown alike whose stratified interval excludes 0).
 - ZO Fine-tuner, "lower final loss on >= 82% of pairs, and higher accuracy": holds when the loss win-rate is
   >= 0.82 with its Wilson interval above 0.5 and the Δ accuracy interval above 0; fails when the win-rate's
   interval lies below 0.82; inconclusive otherwise, and while a task has 1 seed (no accuracy interval: the

@@ -9,7 +9,6 @@ table; for first-order methods k, the forward passes MeZO needs to reach their f
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -87,8 +86,8 @@ def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first
     out = {"label": label, "first_order": first_order, "per_task": per_task}
     if label != reference:
         d_eval, d_loss = paired_interval(acc_d), paired_interval(loss_d)
-        for d in (d_eval, d_loss):
-            d["pairs_to_separate"] = pairs_to_separate(d["mean"], d["sd"]) if d["n"] else math.inf
+        for d, diffs in ((d_eval, acc_d), (d_loss, loss_d)):
+            d["pairs_to_separate"] = pairs_to_separate(diffs)
         out.update(win_eval=win_rate(acc_pairs, True), win_loss=win_rate(loss_pairs, False), d_eval=d_eval,
                    d_loss=d_loss, reach=_reach_summary(reaches), k=_k_summary(ks))
     return out

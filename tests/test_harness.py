@@ -79,20 +79,46 @@ def test_a_task_with_one_seed_has_no_interval(diffs):
     assert stats.ci_text(stats.paired_interval({})) == "—"
 
 
+def _exact(mean, sd, k):
+    """k values with exactly this mean and sample sd."""
+    base = np.linspace(-1, 1, k)
+    return list(mean + sd * base / base.std(ddof=1))
+
+
 @pytest.mark.parametrize("mean, sd", [(0.02, 0.05), (-0.043, 0.047), (0.1, 0.01), (0.005, 0.05)])
 def test_pairs_to_separate_is_what_the_reported_interval_needs(mean, sd):
-    """n pairs with this mean and sd get a paired_interval that excludes 0, n - 1 pairs do not: the count the
-    claims table states is the one its own intervals would need (the normal rule (1.96 sd / mean)^2 says 5 where
-    the t interval needs 8, for the second case)."""
-    def interval(k):  # k values with exactly this mean and sample sd
-        base = np.linspace(-1, 1, k)
-        return stats.paired_interval({"t": list(mean + sd * base / base.std(ddof=1))})
+    """One task: n pairs with the observed mean and sd get a paired_interval that excludes 0, n - 1 pairs do not:
+    the count the claims table states is the one its own intervals would need (the normal rule (1.96 sd / mean)^2
+    says 5 where the t interval needs 8, for the second case)."""
+    def interval(k):
+        return stats.paired_interval({"t": _exact(mean, sd, k)})
 
-    n = stats.pairs_to_separate(mean, sd)
+    n = stats.pairs_to_separate({"t": _exact(mean, sd, 3)})
     assert n > (1.96 * sd / mean) ** 2
     assert interval(n)["lo"] > 0 or interval(n)["hi"] < 0
-    assert n == 2 or interval(n - 1)["lo"] <= 0 <= interval(n - 1)["hi"]
-    assert stats.pairs_to_separate(0.0, sd) == math.inf and stats.pairs_to_separate(mean, 0.0) == 2
+    assert n == 3 or interval(n - 1)["lo"] <= 0 <= interval(n - 1)["hi"]
+    assert stats.pairs_to_separate({"t": [0.0, 0.0, 0.0]}) == math.inf
+    assert stats.pairs_to_separate({"t": [mean] * 3}) == 3  # no spread: separated already
+
+
+def test_pairs_to_separate_grows_every_task_alike_and_never_says_fewer_than_an_interval_holding_0_has():
+    """BSZO's accuracy differences at 7 pairs (3 on valid_parentheses, sd 0.107; 4 on tweets, sd 0.041): the
+    stratified interval (df 2.8) holds 0, and one pooled sd with df N - 1 said ~6 pairs would separate it. The
+    count is now where growing each task's seeds alike, at its own mean and sd, first gives an interval without
+    0, and not one step earlier."""
+    strata = {"valid_parentheses": _exact(-0.0817, 0.1069, 3), "tweet_sentiment": _exact(-0.073, 0.0409, 4)}
+    now = stats.paired_interval(strata)
+    assert now["lo"] < 0 < now["hi"] and now["n"] == 7
+    n = stats.pairs_to_separate(strata)
+    assert n > 7 and (n - 7) % 2 == 0  # each task gained (n - 7) / 2 seeds
+
+    def grown(k):
+        return stats.paired_interval({t: _exact(float(np.mean(v)), float(np.std(v, ddof=1)), len(v) + k)
+                                      for t, v in strata.items()})
+
+    k = (n - 7) // 2
+    assert grown(k)["hi"] < 0 and grown(k - 1)["lo"] <= 0 <= grown(k - 1)["hi"]
+    assert stats.pairs_to_separate({"a": [0.1], "b": [0.05, 0.15]}) < math.inf  # a task with 1 seed: the pooled sd
 
 
 def test_forwards_to_reach_waits_for_a_full_window():

@@ -10,9 +10,7 @@ with the doc. A fresh clone, or a machine whose `runs/` was wiped, then resumes 
     python -m bench.snapshot [--out runs/evidence] [--docs docs]   # save now, e.g. while a long phase runs
 
 Kept (`kept`): every phase's `runs.jsonl` and the artefacts' `rounds.jsonl` (the records, bench/records.py; the
-runs' own seed ledgers are not); every recorded run's `history.json` (its loss curve: the harness's reach and k
-columns; not a run's still under way or killed, whose folder holds its CPU meter, bench/resume.py: only its record
-makes it count, and its rerun writes the history again);
+runs' own seed ledgers are not); every run's `history.json` (its loss curve: the harness's reach and k columns);
 the scan's `forward_time.json` (its cost model), `panel.json` (the cut it last reported at) and its report
 (`table.md`, `learnability.png`: rewriting them needs every scanned task's data, which a machine may lack); the suite's
 `suite.json` (the CPU budget it last ran under); and the files of the learned artefacts' folders up to MAX_BYTES
@@ -34,7 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.records import suite_records
-from bench.resume import METER_FILE
 from l2o.errors import UserError
 from l2o.filelock import write_atomic
 
@@ -52,8 +49,7 @@ class SnapshotError(UserError):
 def kept(root: Path) -> list[Path]:
     """The files under `root` that a snapshot keeps, relative to it."""
     root = Path(root)
-    histories = [h for h in root.glob("*/*/history.json") if not (h.parent / METER_FILE).exists()]
-    files = [*suite_records(root), *histories, *root.glob("suite.json"),
+    files = [*suite_records(root), *root.glob("*/*/history.json"), *root.glob("suite.json"),
              *root.glob("learnability/forward_time.json"), *root.glob("learnability/panel.json"),
              *(root / "learnability" / name for name in SCAN_REPORT)]
     for pattern in ARTEFACT_FOLDERS:

@@ -27,8 +27,6 @@ def test_a_wiped_out_gets_back_every_kept_file_and_nothing_else(tmp_path):
     _write(out / "prefix" / "mezo-s0" / "history.json", "[]")
     _write(out / "prefix" / "mezo-s0" / "ledger.jsonl", _lines({"seed": 1}))  # a run's own ledger: not kept
     _write(out / "prefix" / "mezo-s0" / "checkpoints" / "last.ckpt", b"\0" * 100)
-    _write(out / "prefix" / "mezo-s1" / "history.json", "[]")  # a run under way (its CPU meter, no record yet):
-    _write(out / "prefix" / "mezo-s1" / "cpu_s", "12.5")        # its partial curve is not kept
     _write(out / "learnability" / "panel.json", "{}")
     _write(out / "learnability" / "table.md", "| task |")  # the scan's report: rewriting it needs the tasks' data
     _write(out / "learnability" / "s1-a-prefix-lr0.01" / "loss.png", b"png")  # a run's plot: not kept

@@ -110,13 +110,22 @@ def paired_interval(diffs_by_stratum: dict, level: float = 0.95) -> dict:
     sd = float(allv.std(ddof=1)) if n > 1 else float("nan")
     if min(len(v) for v in strata) < 2:
         return {"n": n, "mean": mean, "lo": float("nan"), "hi": float("nan"), "sd": sd}
-    a = [len(v) * float(v.var(ddof=1)) / n ** 2 for v in strata]  # a_t = n_t s_t^2 / N^2
-    se = math.sqrt(sum(a))
+    se, df = _se_df([(len(v), float(v.var(ddof=1))) for v in strata])
     if se == 0:
         return {"n": n, "mean": mean, "lo": mean, "hi": mean, "sd": sd}
-    df = sum(a) ** 2 / sum(x * x / (len(v) - 1) for x, v in zip(a, strata) if x > 0)
     half = t_quantile(1 - (1 - level) / 2, df) * se
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "df": df}
+
+
+def _se_df(strata: list[tuple[int, float]]) -> tuple[float, float]:
+    """The stratified standard error and its Welch-Satterthwaite df (module doc) from each task's (n_t, s_t^2),
+    every n_t >= 2; df is nan when se is 0."""
+    total = sum(n for n, _ in strata)
+    a = [n * var / total ** 2 for n, var in strata]  # a_t = n_t s_t^2 / N^2
+    se = math.sqrt(sum(a))
+    if se == 0 or not math.isfinite(se):
+        return se, math.nan
+    return se, sum(a) ** 2 / sum(x * x / (n - 1) for x, (n, _) in zip(a, strata) if x > 0)
 
 
 def ci_text(d: dict | None, fmt: str = "{:+.3f}") -> str:
@@ -146,21 +155,19 @@ def pairs_to_separate(diffs_by_stratum: dict, level: float = 0.95, most: int = 1
         return math.inf
     allv = np.concatenate(strata)
     pooled = float(allv.var(ddof=1)) if len(allv) > 1 else math.inf
-    stats = [(len(v), float(v.mean()), float(v.var(ddof=1)) if len(v) > 1 else pooled) for v in strata]
+    tasks = [(len(v), float(v.mean()), float(v.var(ddof=1)) if len(v) > 1 else pooled) for v in strata]
     for k in range(most):
-        ns = [n + k for n, _, _ in stats]
+        ns = [n + k for n, _, _ in tasks]
         total = sum(ns)
         if total > most:
             break
-        mean = sum(n * m for n, (_, m, _) in zip(ns, stats)) / total
-        a = [n * var / total ** 2 for n, (_, _, var) in zip(ns, stats)]
-        se = math.sqrt(sum(a))
-        if not math.isfinite(se) or mean == 0 or min(ns) < 2:  # a task with one seed: no interval yet
+        mean = sum(n * m for n, (_, m, _) in zip(ns, tasks)) / total
+        if mean == 0 or min(ns) < 2:  # a task with one seed: no interval yet
             continue
+        se, df = _se_df([(n, var) for n, (_, _, var) in zip(ns, tasks)])
         if se == 0:
             return total
-        df = sum(a) ** 2 / sum(x * x / (n - 1) for x, n in zip(a, ns) if x > 0)
-        if t_quantile(1 - (1 - level) / 2, df) * se < abs(mean):
+        if math.isfinite(se) and t_quantile(1 - (1 - level) / 2, df) * se < abs(mean):
             return total
     return math.inf
 

@@ -147,67 +147,54 @@ def test_two_processes_of_a_suite_share_one_budget_through_its_records(tmp_path)
     alone.check("a run")
 
 
-def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under(tmp_path, capsys):
-    """While another process of the scan holds the append lock halfway through a line, a read waits for it (before,
-    it read the half line as a torn one and warned) and then sees the whole record."""
+def _during_an_append(path, first, second, work):
+    """Run `work()` in a thread while "another process" holds `path`'s records lock halfway through appending
+    `second` after `first`: it must still be waiting 0.3 s in, with the half line untouched; the append then
+    completes, and `work`'s result comes back."""
     import threading
     import time
 
+    got = []
+    with records_lock(path):
+        _torn(path, [first], fragment_of=second)
+        thread = threading.Thread(target=lambda: got.append(work()))
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive() and not got and path.read_text().count("\n") == 1
+        _torn(path, [first, second])
+    thread.join(5)
+    assert not thread.is_alive()
+    return got[0]
+
+
+def test_the_scan_reads_its_records_under_the_lock_another_process_appends_under(tmp_path, capsys):
+    """While another process of the scan holds the append lock halfway through a line, a read waits for it (before,
+    it read the half line as a torn one and warned) and then sees the whole record."""
     out = tmp_path / "scan"
     first, second = {"name": "s1-a"}, {"name": "s1-b", "per_example": list(range(100))}
     runner = lb.Runner(lb.parse_args(["--out", str(out)]))
-    got = []
-    with records_lock(out / "runs.jsonl"):  # "another process", mid-append
-        _torn(out / "runs.jsonl", [first], fragment_of=second)
-        reader = threading.Thread(target=lambda: got.append(runner.done()))
-        reader.start()
-        time.sleep(0.3)
-        assert reader.is_alive() and not got  # waiting for the lock, not reading the half line
-        _torn(out / "runs.jsonl", [first, second])
-    reader.join(5)
-    assert got == [{"s1-a": first, "s1-b": second}] and "torn" not in capsys.readouterr().err
+    got = _during_an_append(out / "runs.jsonl", first, second, runner.done)
+    assert got == {"s1-a": first, "s1-b": second} and "torn" not in capsys.readouterr().err
 
 
 def test_the_harness_reads_its_records_under_the_lock_another_harness_appends_under(tmp_path, capsys):
     """A second harness process on one --out starts while the first is halfway through an append: it waits, then
     counts that run as done (before, it read the half line as a torn one, warned, and would have run it again)."""
-    import threading
-    import time
-
     out = tmp_path / "h"
     first = {"config": {"task": "sst2", "seed": 0}, "lr": 1e-3, "cpu_s": 60.0}
     second = {**first, "config": {"task": "sst2", "seed": 1}}
     out.mkdir()
-    got = []
-    with records_lock(out / "runs.jsonl"):
-        _torn(out / "runs.jsonl", [first], fragment_of=second)
-        args = hn.parse_args(["--tasks", "sst2", "--out", str(out)])
-        starter = threading.Thread(target=lambda: got.append(hn.Runner(args)))
-        starter.start()
-        time.sleep(0.3)
-        assert starter.is_alive() and not got
-        _torn(out / "runs.jsonl", [first, second])
-    starter.join(5)
-    assert list(got[0].done.values()) == [first, second] and "torn" not in capsys.readouterr().err
+    args = hn.parse_args(["--tasks", "sst2", "--out", str(out)])
+    runner = _during_an_append(out / "runs.jsonl", first, second, lambda: hn.Runner(args))
+    assert list(runner.done.values()) == [first, second] and "torn" not in capsys.readouterr().err
 
 
 def test_an_append_waits_for_another_append_in_progress_instead_of_cutting_it_off(tmp_path, capsys):
     """Every suite's appends (the harness's, the scan's, the artefacts' rounds) hold one lock per records file. Two
     harness commands on one --out: while one is halfway through its line, the other's append waits for it, where
     before it took that half line for a torn one, cut it off (that record lost) and warned."""
-    import threading
-    import time
-
     path = tmp_path / "prefix" / "runs.jsonl"
     first, second, third = {"name": "a"}, {"name": "b", "per_example": list(range(100))}, {"name": "c"}
     path.parent.mkdir()
-    with records_lock(path):  # the other process, mid-append
-        _torn(path, [first], fragment_of=second)
-        writer = threading.Thread(target=append_record, args=(path, third))
-        writer.start()
-        time.sleep(0.3)
-        assert writer.is_alive() and path.read_text().count("\n") == 1  # waiting, the half line untouched
-        _torn(path, [first, second])  # its append completes
-    writer.join(5)
-    assert not writer.is_alive() and _lines(path) == [first, second, third]
-    assert "torn" not in capsys.readouterr().err
+    _during_an_append(path, first, second, lambda: append_record(path, third))
+    assert _lines(path) == [first, second, third] and "torn" not in capsys.readouterr().err

@@ -5,7 +5,8 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   below 0 or the Δ eval accuracy interval above 0, and neither lies on the wrong side; fails when one lies on the
   wrong side and neither on the right one; inconclusive otherwise, with the pairs a 95% interval would need to
   separate the observed mean accuracy difference from 0 (bench.stats.pairs_to_separate: the least total with
-  each task's seeds grown alike whose stratified interval excludes 0).
+  each task's seeds grown alike whose stratified interval excludes 0; a task whose data cannot be had here keeps
+  its pairs, and the count says so).
 - ZO Fine-tuner, "lower final loss on >= 82% of pairs, and higher accuracy": holds when the loss win-rate is
   >= 0.82 with its Wilson interval above 0.5 and the Δ accuracy interval above 0; fails when the win-rate's
   interval lies below 0.82; inconclusive otherwise, and while a task has 1 seed (no accuracy interval: the
@@ -54,10 +55,12 @@ def better_verdict(m: dict | None) -> tuple[str, str, str]:
 
 def _acc_need(de: dict) -> str:
     """How many pairs would separate the observed mean accuracy difference from 0."""
-    need = de.get("pairs_to_separate", math.inf)
+    need, fixed = de.get("pairs_to_separate", math.inf), de.get("fixed", [])
+    where = f"; {', '.join(fixed)} cannot gain seeds here (no data), the other tasks do" if fixed else ""
     return (f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))" if not math.isfinite(de["lo"]) else
-            "no difference to separate (Δ acc mean 0)" if not math.isfinite(need) else
-            f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']})")
+            "no difference to separate (Δ acc mean 0)" if de["mean"] == 0 else
+            f"no count of seeds separates it here{where}" if not math.isfinite(need) else
+            f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']}{where})")
 
 
 def policy_verdict(m: dict | None) -> tuple[str, str, str]:

@@ -61,7 +61,9 @@ def _ms(values) -> dict:
 
 
 def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first_order: bool,
-                   reference: str = REFERENCE) -> dict:
+                   reference: str = REFERENCE, no_data=()) -> dict:
+    """One method's rows against the reference; `no_data`: the tasks whose data cannot be had here (no seed can join
+    them, so "what would separate" grows only the others)."""
     acc_pairs, loss_pairs, acc_d, loss_d, reaches, ks, per_task = [], [], {}, {}, [], [], {}
     for t in tasks:
         cells = [(final[(t, label, s)], final[(t, reference, s)]) for s in seeds[t]
@@ -87,7 +89,8 @@ def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first
     if label != reference:
         d_eval, d_loss = paired_interval(acc_d), paired_interval(loss_d)
         for d, diffs in ((d_eval, acc_d), (d_loss, loss_d)):
-            d["pairs_to_separate"] = pairs_to_separate(diffs)
+            d["pairs_to_separate"] = pairs_to_separate(diffs, fixed=no_data)
+            d["fixed"] = [t for t in tasks if t in no_data and diffs[t]]  # tasks whose pairs cannot grow here
         out.update(win_eval=win_rate(acc_pairs, True), win_loss=win_rate(loss_pairs, False), d_eval=d_eval,
                    d_loss=d_loss, reach=_reach_summary(reaches), k=_k_summary(ks))
     return out
@@ -105,9 +108,11 @@ def _k_summary(ks: list[dict]) -> dict:
             "k_at_least": min((k["k_at_least"] for k in ks if k["k"] is None), default=None)}
 
 
-def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
+def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict, no_data: dict | None = None) -> dict:
+    """The report's summary; `no_data`: task -> why its data cannot be had here (the harness's Runner)."""
     own = {m.label: {t: seeds_of(m, seeds.get(t, []), args.methods) for t in args.task_list} for m in args.methods}
-    methods = {m.label: method_summary(m.label, args.task_list, own[m.label], final, m.first_order)
+    fixed = set(no_data or {})
+    methods = {m.label: method_summary(m.label, args.task_list, own[m.label], final, m.first_order, no_data=fixed)
                for m in args.methods}
     for m in args.methods:
         for t in args.task_list:
@@ -123,7 +128,7 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict) -> dict:
                                if t in args.task_list and L != args.max_length}
     planned = sum(len(ss) for m in own.values() for ss in m.values())
     complete = len(final) == planned and all((t, m.label) in chosen for t in args.task_list for m in args.methods)
-    versus = {f"{a}:{b}": method_summary(a, args.task_list, own[a], final, False, reference=b)
+    versus = {f"{a}:{b}": method_summary(a, args.task_list, own[a], final, False, reference=b, no_data=fixed)
               for a, b in getattr(args, "versus", [])}  # A against B, paired as against MeZO
     every = {t: sorted({s for m in own.values() for s in m[t]}) for t in args.task_list}  # with any method's own
     return {"settings": settings, "tasks": args.task_list, "seeds": every, "methods": methods, "versus": versus,

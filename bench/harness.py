@@ -524,8 +524,10 @@ def run_suite(args) -> dict:
                             finals(task, m, own[(task, m.label)][i])
     from bench.evidence_report import summarize, write_report
 
-    summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list})
-    summary["no_data"] = {t: why for t, why in runner.no_data.items() if why}
+    no_data = {t: why for t, why in runner.no_data.items() if why}
+    summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list},
+                        no_data)
+    summary["no_data"] = no_data
     write_report(args, summary, final, runner.out)
     return summary
 

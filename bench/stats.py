@@ -18,8 +18,8 @@ interval for paired differences, and forwards-to-target on loss curves.
 - `t_quantile(p, df)`: Student's t quantile, for real df (the regularised incomplete beta by its continued
   fraction, inverted by bisection).
 - `win_rate(pairs)`: the fraction of pairs where the method beats the reference, ties counting half.
-- `pairs_to_separate(diffs_by_stratum)`: how many pairs that interval would need to exclude 0, each task gaining
-  seeds alike.
+- `pairs_to_separate(diffs_by_stratum, fixed)`: how many pairs that interval would need to exclude 0, each task
+  gaining seeds alike but the `fixed` ones (their data cannot be had here: they keep the pairs they have).
 - `z_score(delta)`: a (difference, standard error) pair in standard errors (the learnability scan's rules).
 - `forwards_to_reach(curve, target)`: the first forward count at which a moving mean of the loss is <= target.
 """
@@ -143,28 +143,30 @@ def z_score(delta: tuple[float, float]) -> float:
     return d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
 
 
-def pairs_to_separate(diffs_by_stratum: dict, level: float = 0.95, most: int = 10_000) -> float:
+def pairs_to_separate(diffs_by_stratum: dict, fixed=(), level: float = 0.95, most: int = 10_000) -> float:
     """About how many pairs `paired_interval` needs to exclude 0 at the observed differences: every task gains
     seeds alike (the suite adds seeds per task), each keeping its mean and sd (a task with one seed: the sd of all
     the pairs); the least total N whose stratified interval, at its own Welch-Satterthwaite df, excludes 0 (the
     present N when it does already; inf when the mean stays 0, or past `most` pairs). One pooled sd with df N - 1
     would ignore the strata: it said ~6 pairs for BSZO's 7, 3 on one task and 4 on another, whose interval (df 2.8)
-    still held 0."""
-    strata = [np.asarray(v, dtype=float) for v in diffs_by_stratum.values() if len(v)]
-    if not strata:
+    still held 0. A task in `fixed` keeps the pairs it has (its data cannot be had here, so no seed can join it):
+    only the others grow; with none left to grow, the answer is the present N where that separates, else inf."""
+    kept = {t: np.asarray(v, dtype=float) for t, v in diffs_by_stratum.items() if len(v)}
+    if not kept:
         return math.inf
-    allv = np.concatenate(strata)
+    allv = np.concatenate(list(kept.values()))
     pooled = float(allv.var(ddof=1)) if len(allv) > 1 else math.inf
-    tasks = [(len(v), float(v.mean()), float(v.var(ddof=1)) if len(v) > 1 else pooled) for v in strata]
-    for k in range(most):
-        ns = [n + k for n, _, _ in tasks]
+    tasks = [(len(v), float(v.mean()), float(v.var(ddof=1)) if len(v) > 1 else pooled, t not in fixed)
+             for t, v in kept.items()]
+    for k in range(most if any(grows for *_, grows in tasks) else 1):
+        ns = [n + k * grows for n, _, _, grows in tasks]
         total = sum(ns)
         if total > most:
             break
-        mean = sum(n * m for n, (_, m, _) in zip(ns, tasks)) / total
+        mean = sum(n * m for n, (_, m, _, _) in zip(ns, tasks)) / total
         if mean == 0 or min(ns) < 2:  # a task with one seed: no interval yet
             continue
-        se, df = _se_df([(n, var) for n, (_, _, var) in zip(ns, tasks)])
+        se, df = _se_df([(n, var) for n, (_, _, var, _) in zip(ns, tasks)])
         if se == 0:
             return total
         if math.isfinite(se) and t_quantile(1 - (1 - level) / 2, df) * se < abs(mean):

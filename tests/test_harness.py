@@ -121,6 +121,56 @@ def test_pairs_to_separate_grows_every_task_alike_and_never_says_fewer_than_an_i
     assert stats.pairs_to_separate({"a": [0.1], "b": [0.05, 0.15]}) < math.inf  # a task with 1 seed: the pooled sd
 
 
+def test_pairs_to_separate_grows_only_the_tasks_that_can_gain_seeds():
+    """Here valid_parentheses' data cannot be had (BIG-bench), so only tweets can gain seeds: the count is where
+    growing tweets alone first separates, not one seed earlier. That differs from the count with both growing
+    either way: more where the fixed task is the quiet one, fewer where it is the noisy one (its weight in the
+    stratified mean shrinks). With no task left to grow: the present N if separated already, else inf."""
+    noisy, quiet = _exact(-0.05, 0.2, 3), _exact(-0.05, 0.03, 3)
+    strata = {"valid_parentheses": quiet, "tweet_sentiment": noisy}
+    both, one = stats.pairs_to_separate(strata), stats.pairs_to_separate(strata, fixed={"valid_parentheses"})
+
+    def grown(k):
+        return stats.paired_interval({"valid_parentheses": quiet, "tweet_sentiment": _exact(-0.05, 0.2, 3 + k)})
+
+    assert math.isfinite(one) and one > both
+    swapped = {"valid_parentheses": noisy, "tweet_sentiment": quiet}
+    assert stats.pairs_to_separate(swapped, fixed={"valid_parentheses"}) < stats.pairs_to_separate(swapped)
+    k = one - 6
+    assert grown(k)["hi"] < 0 and grown(k - 1)["lo"] <= 0 <= grown(k - 1)["hi"]
+    assert stats.pairs_to_separate(strata, fixed=set(strata)) == math.inf
+    apart = {"a": _exact(-0.05, 0.01, 3), "b": _exact(-0.05, 0.01, 3)}
+    assert stats.pairs_to_separate(apart, fixed=set(apart)) == 6
+
+
+def test_the_claims_say_which_tasks_cannot_gain_seeds(tmp_path):
+    """The harness's tasks without data reach the summary's "what would separate": the count grows the other
+    tasks only, and the claims table names the fixed task."""
+    from bench import claims
+
+    args = hn.parse_args(["--tasks", "valid_parentheses,tweet_sentiment", "--method", "mezo", "--method", "bszo"])
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"forwards": 2 * i, "loss": 0.7} for i in range(1, 11)]))
+
+    def run(acc):
+        return {"lr": 1e-2, "final": {"eval": acc}, "final_train_loss": 0.7, "steps": 10, "effective_step": 1.0,
+                "forward_passes": 20, "paths": {"history": str(history)}}
+
+    diffs = {"valid_parentheses": _exact(-0.05, 0.03, 3), "tweet_sentiment": _exact(-0.05, 0.2, 3)}
+    final = {(t, label, s): run(0.5 + (d if label == "bszo" else 0.0))
+             for t, ds in diffs.items() for s, d in enumerate(ds) for label in ("mezo", "bszo")}
+    seeds = {t: [0, 1, 2] for t in diffs}
+    free = rep.summarize(args, final, {}, seeds, {t: None for t in diffs})["methods"]["bszo"]["d_eval"]
+    held = rep.summarize(args, final, {}, seeds, {t: None for t in diffs},
+                         {"valid_parentheses": "no BIG-bench files"})["methods"]["bszo"]["d_eval"]
+    assert held["fixed"] == ["valid_parentheses"] and free["fixed"] == []
+    assert held["pairs_to_separate"] == stats.pairs_to_separate(diffs, fixed={"valid_parentheses"})
+    assert held["pairs_to_separate"] > free["pairs_to_separate"]
+    text = claims._acc_need(held)
+    assert f"~{held['pairs_to_separate']} pairs" in text and "valid_parentheses cannot gain seeds" in text
+    assert "cannot gain" not in claims._acc_need(free)
+
+
 def test_forwards_to_reach_waits_for_a_full_window():
     curve = [(2 * (i + 1), loss) for i, loss in enumerate([0.5, 0.9, 0.9, 0.6, 0.5, 0.4, 0.3])]
     assert stats.forwards_to_reach(curve, 0.5, window=1) == 2       # the first step already is at 0.5

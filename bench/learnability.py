@@ -466,20 +466,37 @@ def provisional(rows: list[dict], args) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ what remains
-def stage2_cpu_s(profile: dict, t_forward: float, args) -> float:
-    """Estimated CPU seconds of one stage-2 run: its forwards, then the dev and eval examples scored once each."""
-    return estimate_cpu_s(profile, t_forward, args, args.forwards2, profile["eval_n"] + args.num_dev)
+def stage2_cpu_s(profile: dict, t_forward: float, args, factor: float = 1.0) -> float:
+    """Estimated CPU seconds of one stage-2 run: its forwards, then the dev and eval examples scored once each;
+    `factor`: the PEFT mode's cost over prefix's (`lora_factor`)."""
+    return factor * estimate_cpu_s(profile, t_forward, args, args.forwards2, profile["eval_n"] + args.num_dev)
+
+
+def lora_factor(done: dict) -> float:
+    """A LoRA stage-2 run's CPU time over a prefix one's, measured on the tasks with timed stage-2 runs in both (the
+    mean over those tasks of the ratio of their mean CPU seconds); 1 before any. The forward time the cost model
+    scales is a prefix forward's; LoRA's adapter matmuls add to it (on tweets about 1.1x: 1532 CPU-s against 1400)."""
+    def cpu(task, peft):
+        got = [r["cpu_s"] for name, r in done.items() if name.startswith(f"s2-{task}-{peft}-lr") and r.get("cpu_s")]
+        return sum(got) / len(got) if got else None
+
+    ratios = [lo / pre for t in {r.get("task") for r in done.values()}
+              if (lo := cpu(t, "lora")) and (pre := cpu(t, "prefix"))]
+    return sum(ratios) / len(ratios) if ratios else 1.0
 
 
 def calibration(done: dict, profiles: list[dict], t_forward: float, args) -> dict:
     """How the cost model compares with the recorded runs timed in CPU seconds: measured / estimated CPU time
     (`ratio`, 1 without such runs), wall / CPU time (`wall`, None without), and how many runs (`n`)."""
     by_task, est, cpu, wall, n = {p["task"]: p for p in profiles}, 0.0, 0.0, 0.0, 0
+    lora = lora_factor(done)
     for r in done.values():
         p = by_task.get(r.get("task"))
         if p is None or not r.get("cpu_s"):
             continue
-        est += p["stage1_cpu_s"] if r["name"] == s1_name(p["task"], args) else stage2_cpu_s(p, t_forward, args)
+        factor = lora if r["name"].startswith(f"s2-{p['task']}-lora-") else 1.0
+        est += (p["stage1_cpu_s"] if r["name"] == s1_name(p["task"], args) else
+                stage2_cpu_s(p, t_forward, args, factor))
         cpu, wall, n = cpu + r["cpu_s"], wall + r["fit_time_s"], n + 1
     return {"ratio": cpu / est if n else 1.0, "wall": wall / cpu if n else None, "n": n}
 
@@ -487,15 +504,15 @@ def calibration(done: dict, profiles: list[dict], t_forward: float, args) -> dic
 def remaining(done: dict, profiles: list[dict], excluded: list[dict], t_forward: float, args) -> dict:
     """What the scan has still to run at this cut, as (task, runs, estimated CPU seconds): stage 1 on the tasks
     without a stage-1 record, stage 2 (the grid's lrs not run yet) on the tasks that moved, in prefix and, with
-    --lora, in LoRA (at the prefix run's cost); and `widen`: stage 1 on the tasks that only the --max-median cut
-    leaves out."""
+    --lora, in LoRA (at the prefix run's cost times `lora_factor`); and `widen`: stage 1 on the tasks that only the
+    --max-median cut leaves out."""
     wide = argparse.Namespace(**{**vars(args), "max_median": None})
-    s2 = {"prefix": [], "lora": []}
+    s2, factor = {"prefix": [], "lora": []}, {"prefix": 1.0, "lora": lora_factor(done)}
     for p in moved(done, profiles, args):
         for peft in ("prefix", "lora") if args.lora else ("prefix",):
             todo = [lr for lr in stage2_grid(args, peft) if s2_name(p["task"], peft, lr) not in done]
             if todo:
-                s2[peft].append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args)))
+                s2[peft].append((p["task"], len(todo), len(todo) * stage2_cpu_s(p, t_forward, args, factor[peft])))
     return {"stage1": [(p["task"], 1, p["stage1_cpu_s"]) for p in profiles if s1_name(p["task"], args) not in done],
             "stage2": s2["prefix"], "lora": s2["lora"],
             "widen": [(p["task"], 1, p["stage1_cpu_s"]) for p in excluded if exclusion(p, wide) is None]}

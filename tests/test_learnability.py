@@ -156,6 +156,22 @@ def test_the_status_says_what_remains_its_cost_and_the_command_that_continues():
     assert established == ["**The panel is established** (it needs 4 tasks)."]
 
 
+def test_lora_runs_are_estimated_at_their_measured_cost_over_prefix():
+    """The cost model times a prefix forward; a LoRA run cost 1.1x a prefix one on tweets. LoRA's remaining runs
+    and its runs in the calibration are estimated at that measured factor (1 before any task has both)."""
+    args = lb.parse_args(["--max-median", "48", "--lora"])
+    prof = _profile(task="a", lengths=[30] * 100, eval_n=500, stage1_cpu_s=600)
+    up = [1] * 40 + [0] * 60
+    timed = [(lb.s2_name("a", "prefix", 1e-2), 1000.0), (lb.s2_name("a", "prefix", 3e-2), 1400.0),
+             (lb.s2_name("a", "lora", args.lora_lr), 1320.0)]
+    done = {r["name"]: r for r in [_record(lb.s1_name("a", args), "a", up, [0] * 100),
+                                   *(_record(n, "a", up, [0] * 100, cpu_s=c, fit_time_s=c) for n, c in timed)]}
+    assert lb.lora_factor(done) == pytest.approx(1320 / 1200) and lb.lora_factor({}) == 1.0
+    per2 = lb.stage2_cpu_s(prof, 1.0, args)
+    assert lb.remaining(done, [prof], [], 1.0, args)["lora"] == [("a", 2, pytest.approx(2 * 1.1 * per2))]
+    assert lb.calibration(done, [prof], 1.0, args)["ratio"] == pytest.approx(3720 / ((2 + 1.1) * per2))
+
+
 def test_smoke_runs_both_stages_writes_the_report_and_resumes(tiny_smollm_base, tmp_path, capsys):
     out = tmp_path / "scan"
     argv = ["--smoke", "--base", tiny_smollm_base, "--out", str(out), "--moved-se", "-100", "--panel-se", "-100",

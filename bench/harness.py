@@ -53,7 +53,9 @@ Protocol, per task (the panel's tasks, or --tasks) and method:
 A run is identified by its full fine_tune configuration: records in `<out>/runs.jsonl` (and in `--reuse` files,
 e.g. the learnability scan's) whose configuration matches are never rerun, so an interrupted suite resumes and
 a selection run at the final budget doubles as that seed's final run, as does one method's run for another that
-reaches the same configuration (a matched-step lr equal to the dev-chosen one, up to float rounding). Writes
+reaches the same configuration (a matched-step lr equal to the dev-chosen one, up to float rounding). Two harness
+commands may share one --out (two lanes, each with its own methods): a run is made by one process at a time (its
+claim, `claim_path`), and a process that reaches a run another is making waits for it and takes its record. Writes
 `<out>/table.md`, `<out>/summary.json` and `<out>/loss_vs_forwards.png`.
 """
 
@@ -79,6 +81,7 @@ from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
 from bench.records import append_record, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from l2o import catalog  # noqa: E402
+from l2o.filelock import exclusive  # noqa: E402
 
 REFERENCE = "mezo"
 CONFIG_ONLY = ("out", "zero_shot", "resume")  # fields that do not change what a run computes
@@ -300,6 +303,14 @@ class Runner:
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)
         self.fingerprints: dict[tuple, str] = {}  # data_key -> the fingerprint of this machine's sample
 
+    def recorded_meanwhile(self, key: str) -> dict | None:
+        """The record of `key` another harness process on this --out appended while this one waited for the run's
+        claim (None: there is none; the run is this process's to make)."""
+        with records_lock(self.log_path):
+            for r in read_records(self.log_path):
+                self.done.setdefault(config_key(r["config"]), r)
+        return self.done.get(key)
+
     def reused(self, record: dict) -> bool:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
         return config_key(record["config"]) in self.from_reuse
@@ -368,19 +379,33 @@ class Runner:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
         self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         self.same_data(cfg)
-        cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
         lr = getattr(cfg, step_size(cfg.optimizer))
-        print(f"[{time.perf_counter() - self.t0:6.0f} s] {label} {cfg.task} lr {lr:.3g} seed {cfg.seed}: "
-              f"{cfg.steps} steps", flush=True)
-        res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
-        res.update(label=label, lr=lr)
-        append_record(self.log_path, res)
-        recorded(cfg.out)
+        what = f"{label} {cfg.task} lr {lr:.3g} seed {cfg.seed}"
+        with exclusive(claim_path(cfg.out), waiting=lambda: print(
+                f"[{time.perf_counter() - self.t0:6.0f} s] {what}: another process is making this run ({cfg.out}); "
+                "waiting for its record", flush=True)):
+            if (res := self.recorded_meanwhile(key)) is not None:
+                return res
+            cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
+            print(f"[{time.perf_counter() - self.t0:6.0f} s] {what}: {cfg.steps} steps", flush=True)
+            res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
+            res.update(label=label, lr=lr)
+            append_record(self.log_path, res)
+            recorded(cfg.out)
         self.done[key] = res
         self.budget.charge(res["cpu_s"])
         print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "
               f"train loss {res['final_train_loss']:.4f}, {res['cpu_s']:.0f} CPU-s", flush=True)
         return res
+
+
+def claim_path(out) -> Path:
+    """The lock a harness process holds while it makes the run in folder `out`, from before it looks at the folder
+    until its record is appended: a second process (two harness commands on one --out) waits there and then takes
+    the record, where it used to find no checkpoint yet, clear the folder the first was writing and run it again
+    beside it. A file beside the folder, `<name>.claim`: clearing or resuming the folder never touches it."""
+    out = Path(out)
+    return out.with_name(out.name + ".claim")
 
 
 def data_key(cfg: dict) -> tuple:

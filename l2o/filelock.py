@@ -1,7 +1,8 @@
 """Advisory file locks (POSIX ``fcntl.flock``) for shared files and run folders (stdlib only).
 
 - ``exclusive(lock_path)``: wait for an exclusive lock; wrap a read-modify-write of a shared file
-  (a registry's or the cache's ``zoo.json``) in it, so concurrent writers never lose each other's entries.
+  (a registry's or the cache's ``zoo.json``) in it, so concurrent writers never lose each other's entries (also the
+  bench harness's claim on a run it is about to make).
 - ``RunLock(folder)``: claim a run folder (``fine_tune --out``, ``meta_train --out``) without waiting.
   A second claimant gets a ``FolderLockedError`` naming the holder's pid. The kernel drops a
   ``flock`` when its process dies, so the lock of a killed run is stale by construction: the next run
@@ -50,11 +51,18 @@ class FolderLockedError(UserError):
     """Another live process holds the folder's lock."""
 
 
-def lock_fd(lock_path: str | os.PathLike) -> int:
-    """Open ``lock_path`` (created if missing) and wait for an exclusive ``flock`` on it; closing the
-    returned descriptor releases the lock. OSError if the file cannot be created."""
+def lock_fd(lock_path: str | os.PathLike, waiting=None) -> int:
+    """Open ``lock_path`` (created if missing) and wait for an exclusive ``flock`` on it (`waiting()` called
+    first if it is held); closing the returned descriptor releases the lock. OSError if the file cannot be
+    created."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        if waiting is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                waiting()
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:
         os.close(fd)
@@ -63,9 +71,10 @@ def lock_fd(lock_path: str | os.PathLike) -> int:
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: str | os.PathLike):
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the ``with`` body."""
-    fd = lock_fd(lock_path)
+def exclusive(lock_path: str | os.PathLike, waiting=None):
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the ``with`` body; `waiting()` is
+    called once, before it waits, when another process holds it."""
+    fd = lock_fd(lock_path, waiting)
     try:
         yield
     finally:

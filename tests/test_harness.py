@@ -568,6 +568,47 @@ def test_a_run_killed_after_it_finished_but_before_its_record_is_charged_every_a
     assert [r["cpu_s"] for r in hn.read_records(tmp_path / "h" / "runs.jsonl")] == [res["cpu_s"]]
 
 
+def test_a_second_harness_process_waits_for_the_run_the_first_is_making_and_takes_its_record(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """Two harness commands on one --out reach the same run: the second waits on the run's claim while the first
+    makes it, never touching its folder, then takes the first's record instead of making the run again. Before, it
+    found no checkpoint yet, cleared the folder the first was writing and ran the configuration beside it."""
+    import threading
+
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def fake_run(cfg, log=print):
+        me = threading.current_thread().name
+        ran.append(me)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "partial.txt").write_text(me)
+        started.set()
+        release.wait(5)
+        return {"config": cfg.to_dict(), "final": {"eval": 0.5}, "final_train_loss": 0.7, "task": cfg.task}
+
+    monkeypatch.setattr("fine_tune.run.run", fake_run)
+    monkeypatch.setattr(hn.Runner, "zero_shot", lambda self, task, data_seed: {})
+    args = hn.parse_args(["--tasks", "boolq", "--out", str(tmp_path / "h")])
+
+    def cfg():
+        return hn.make_config(args, hn.parse_method("mezo"), "boolq", 1e-2, 0, args.budget)
+
+    got, runners = {}, {name: hn.Runner(args) for name in ("first", "second")}
+    threads = {name: threading.Thread(target=lambda n=name: got.update({n: runners[n](cfg(), "mezo")}), name=name)
+               for name in runners}
+    threads["first"].start()
+    assert started.wait(5)
+    threads["second"].start()
+    time.sleep(0.3)
+    assert threads["second"].is_alive() and (Path(cfg().out) / "partial.txt").read_text() == "first"
+    release.set()
+    for t in threads.values():
+        t.join(5)
+    assert ran == ["first"] and got["second"] == got["first"]
+    assert len(hn.read_records(tmp_path / "h" / "runs.jsonl")) == 1
+    assert "mezo boolq lr 0.01 seed 0: another process is making this run" in capsys.readouterr().out
+
+
 def test_a_task_whose_data_cannot_be_had_is_skipped_and_its_recorded_runs_still_count(tmp_path, monkeypatch, capsys):
     """A panel task whose files no source has here (BIG-bench since PyPI dropped its sdist, on a machine without
     GitHub): its recorded runs still answer, its missing ones raise NotRun (the suite goes on with the other tasks),

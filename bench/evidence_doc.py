@@ -7,9 +7,10 @@ from pathlib import Path
 
 from bench import artefacts, learnability
 from bench.learnability import cut_length
-from bench.claims import NOT_RUN, claim_rows
+from bench.claims import NOT_RUN, claim_rows, share_pairs_to_decide
 from bench.harness import METHOD_DEFAULTS
 from bench.records import read_records
+from zoo.artefact import WEIGHTS_NAME
 
 
 def _read(path: Path) -> str | None:
@@ -58,7 +59,7 @@ def cost_line(out: Path) -> str:
     return (f"{len(runs)} fine-tuning runs so far, {cpu / 3600:.2f} CPU-hours measured (one thread each; a run "
             "resumed after a kill counts its earlier attempts' CPU too"
             + (f"; {untimed} early scan runs recorded wall time only" if untimed else "") + ")"
-            + (f"; the scan ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
+            + (f"; the runs ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
 
 
 def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
@@ -71,13 +72,22 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
              "from the runs so far and runs nothing. The runs' records are committed beside this page, in "
              "`data/evidence/` (`bench/snapshot.py`): on a fresh clone the suite resumes from them and `--report` "
              "rewrites this page from them alone. " + cost_line(out), "", *panel_status(panel, args),
+             *where_ran(out, panel, args),
              "## The claims", "",
              "| claim (paper) | restated at our scale | measured (95% intervals) | verdict | what would separate |",
              "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | **{d}** | {e} |" for a, b, c, d, e in rows]
     lines += ["", "Verdict rules: `bench/claims.py` (module doc). Intervals: paired differences, a t interval "
               "over seeds, stratified by task (Welch-Satterthwaite df; `bench/stats.py`); win-rates and shares, "
-              "Wilson score intervals; ties count half.", ""]
+              "Wilson score intervals; ties count half.", "",
+              "Terms. *Pair*: a method's run and MeZO's on the same task and seed; Δ = method − MeZO. *Effective "
+              "step*: the lr multiplier of a step's expected update to first order, E[Δθ] = −lr·(effective step)·∇L "
+              "(MeZO's is 1; docs/benchmarks.md §3); a *matched-step* row sets a method's lr so that lr x its "
+              "effective step equals MeZO's dev-chosen lr, which takes the step size out of the comparison. *k*: "
+              "the forward passes MeZO needs to reach a first-order run's final train loss, over that run's. "
+              "*Stratified by task*: each task's pairs give a mean and a spread, and the tasks are weighted by their "
+              "pairs (Welch-Satterthwaite df). *Label prior*: an accuracy gain from answering one label more often, "
+              "seen when balanced accuracy does not move (section 1).", ""]
     panel_txt = ("Panel: " + ", ".join(f"{t} (Δ {panel['delta'][t][0]:+.3f} ± {panel['delta'][t][1]:.3f})"
                                        for t in panel["tasks"]) + "." if panel and panel["tasks"] else None)
     lines += _section("1. The learnability scan and the evidence panel",
@@ -97,8 +107,49 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
                           _plot(out, docs, f"{phase}/loss_vs_forwards.png", f"evidence_{phase}.png") if ran else "",
                           "not run yet" if phase != "metainit" or artefacts.meta_init(args.meta_init, out) else
                           "no meta-initialisation yet (--meta-init, or the artefacts phase's)")
+        lines += meta_init_gone(out, args) if phase == "metainit" else []
     lines += memory_section(docs) + own_section(out) + artefacts_section(out, args) + cuts_section(args, out)
     return "\n".join(lines) + "\n"
+
+
+def meta_init_gone(out: Path, args) -> list[str]:
+    """Under section 5, when the artefacts phase's meta-initialisation is not on this machine: why its rows stop."""
+    init = artefacts.meta_init(args.meta_init, out)
+    if args.meta_init or not init or (Path(init) / WEIGHTS_NAME).exists():
+        return []
+    try:
+        train, held, _ = artefacts.split_family(out)
+    except artefacts.ArtefactsError:
+        train, held = [], []
+    return [f"*The meta-initialisation these rows use (`{artefacts.shown(init, out)}`) is not on this machine: a "
+            "base's weights are not kept with the records (bench/snapshot.py). The artefacts phase meta-trains it "
+            f"again from its records, on its task family ({', '.join(sorted(train + held))}), which needs those tasks' "
+            "data; until then its missing runs cannot be made.*", ""]
+
+
+def where_ran(out: Path, panel: dict | None, args) -> list[str]:
+    """A note above the claims when some panel tasks' data cannot be had where the suite ran (the harness phases'
+    summaries say which): the runs per panel task, so a reader sees what the verdicts rest on."""
+    if not panel or not panel.get("tasks"):
+        return []
+    runs, no_data = {t: 0 for t in panel["tasks"]}, {}
+    for phase in ("prefix", "full", "bf16", "metainit"):
+        for r in read_records(out / phase / "runs.jsonl"):
+            if r.get("task") in runs:
+                runs[r["task"]] += 1
+        summary = out / phase / "summary.json"
+        no_data.update(json.loads(summary.read_text()).get("no_data", {}) if summary.exists() else {})
+    lacking = [t for t in panel["tasks"] if t in no_data]
+    if not lacking:
+        return []
+    beyond = [t for t in panel["tasks"][max(args.max_tasks, args.full_tasks):] if not runs[t]]
+    have = [t for t in panel["tasks"] if t not in no_data and t not in beyond]
+    return ["**Where this ran.** Fine-tuning runs of the harness phases per panel task: "
+            + ", ".join(f"{t} {n}" for t, n in runs.items())
+            + (f" ({', '.join(beyond)}: past --max-tasks {args.max_tasks})" if beyond else "") + ". "
+            f"The data of {', '.join(lacking)} cannot be had on the machine this page was written on (section 2 says "
+            f"why), so their runs stay as recorded and the remaining runs are on {', '.join(have) or 'no task'}. "
+            "Each claim below names the tasks its pairs are on.", ""]
 
 
 def panel_status(panel: dict | None, args) -> list[str]:
@@ -197,7 +248,8 @@ def artefacts_section(out: Path, args) -> list[str]:
         used = artefacts.artefact(out, kind, top["round"])
         ships = "".join(f" It ships in the built-in zoo as `{eid}` (the same weights, byte for byte)."
                         for eid in artefacts.shipped_as(used))
-        lines += ["", f"Used: round {top['round']} (`{used}`)" + ("." if stop else
+        lines += ["", f"Used: round {top['round']} (`{used}`), the round with the highest held-out gain ('improved' "
+                  "compares a round with the one before it, the first with nothing)" + ("." if stop else
                   "; the rounds have not stopped improving yet (a rerun continues them).") + ships, ""]
     return lines
 
@@ -241,10 +293,12 @@ def cuts_section(args, out: Path) -> list[str]:
     c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
     small = METHOD_DEFAULTS["bilevel-zofo"]
     seeds = 5 if c is not None and c < 10 else 3  # --seeds auto; seeds 1.. on a panel task (its seed 0 chose it)
+    seeds = max(seeds, share_pairs_to_decide()) if args.seeds == "auto" else seeds  # bench.evidence.prefix_seeds
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
             f"(median of those run), so a panel task costs about {n_methods * (3 + seeds) * c / 60:.0f} CPU-hours in "
             f"the prefix phase ({n_methods} methods x (3 lrs + {seeds} seeds)): about "
-            f"{args.max_tasks * n_methods * (3 + seeds) * c / 60:.0f} on the {args.max_tasks} task(s) run here, "
+            f"{args.max_tasks * n_methods * (3 + seeds) * c / 60:.0f} on the {args.max_tasks} task(s) --max-tasks "
+            "takes, "
             f"{4 * n_methods * (3 + seeds) * c / 60:.0f} for the issue's 4, before the full-parameter, bf16, LoRA and "
             f"artefact cells. The issue's budget was 6-8 CPU-hours; `--cpu-hours` ({args.cpu_hours:g}) stops the "
             "suite there, every phase reports what exists, and a rerun with a larger budget continues.")
@@ -268,14 +322,16 @@ def cuts_section(args, out: Path) -> list[str]:
             "LoRA sweep's lam 1e4 our ZO-SGD backbone step diverged). A phase "
             "runs one task "
             "at a time and on it one method at a time (MeZO, FO-AdamW, then by claim; FO-SGD, MeZO's second "
-            "first-order reference, last), so a stopped suite holds whole comparisons; the meta-initialisation "
-            "runs before the full phase's rows of the artefacts phase's policy, so every claim has a verdict first."
+            "first-order reference, last), so a stopped suite holds whole comparisons; the meta-initialisation is "
+            "scheduled before the full phase's rows of the artefacts phase's policy, so that every claim whose "
+            "tasks' data can be had gets a verdict before any gains power."
             + full,
             f"- Seeds: `{args.seeds}` (auto: 5 where a MeZO run of the task costs under 10 CPU-minutes, else 3; in the "
             "full-parameter phase at least as many as the ZO Fine-tuner claim needs to hold at all: 4 pairs, since "
             "a Wilson interval of 3 wins in 3 is [0.44, 1]; for the same reason FO-AdamW and Bilevel-ZOFO, whose "
             "claims count a share of pairs, run 4 seeds on each prefix task, and MeZO with them, so every prefix "
-            "method pairs with each of MeZO's 4). "
+            "method pairs with each of MeZO's 4; a task whose data cannot be had where the suite runs keeps the "
+            "seeds recorded before). "
             "Where MeZO's seed-0 run is the scan's (prefix), seeds 1.. instead: that run put the task on the panel "
             "by its eval accuracy, so it only chooses lrs, and is no comparison pair.",
             "- The ZO Fine-tuner rows use the shipped policy, made for full-parameter runs, and the policy the "

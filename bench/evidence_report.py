@@ -91,6 +91,7 @@ def method_summary(label: str, tasks: list[str], seeds: dict, final: dict, first
         for d, diffs in ((d_eval, acc_d), (d_loss, loss_d)):
             d["pairs_to_separate"] = pairs_to_separate(diffs, fixed=no_data)
             d["fixed"] = [t for t in tasks if t in no_data and diffs[t]]  # tasks whose pairs cannot grow here
+            d["tasks"] = {t: len(diffs[t]) for t in tasks if diffs[t]}  # the pairs per task (the claims name them)
         out.update(win_eval=win_rate(acc_pairs, True), win_loss=win_rate(loss_pairs, False), d_eval=d_eval,
                    d_loss=d_loss, reach=_reach_summary(reaches), k=_k_summary(ks))
     return out

@@ -39,8 +39,9 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], pen
     head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}{cut}, {a.num_train} train examples, "
             f"eval on min({a.num_eval}, validation pool) examples (data seed {a.data_seed}, seed {a.seed}). Stage 1: "
             f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
-            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}, lr chosen "
-            f"on {a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
+            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g} (up to "
+            f"{a.extend} more lr(s) past the grid's edge where the best dev score is at that edge), lr chosen on "
+            f"{a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
             f"standard error. Forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
             f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
     if any(r["max_length"] != a.max_length for r in rows):
@@ -68,8 +69,8 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], pen
               + (f" Passing the rule at the best lr run so far, their lr grid unfinished (not counted yet): "
                  f"{', '.join(sorted(pending))}." if pending else "")]
     if prior:
-        lines += ["", "Passing by accuracy while balanced accuracy did not move by "
-                  f"{a.panel_se:g} se (Δ balanced at the chosen lr: "
+        lines += ["", f"{', '.join(sorted(prior))} passed the rule on accuracy, but balanced accuracy did not move "
+                  f"by {a.panel_se:g} se (Δ balanced at the chosen lr: "
                   + "; ".join(f"{r['task']} {_d(r['prefix']['balanced'])}" for r in rows if r["task"] in prior)
                   + "): the accuracy gain is a label prior, answering one label more often (per-class table). The "
                   "panel rule is on accuracy, so they count; a comparison on them measures how fast each method "

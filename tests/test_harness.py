@@ -145,7 +145,7 @@ def test_pairs_to_separate_grows_only_the_tasks_that_can_gain_seeds():
 
 def test_the_claims_say_which_tasks_cannot_gain_seeds(tmp_path):
     """The harness's tasks without data reach the summary's "what would separate": the count grows the other
-    tasks only, and the claims table names the fixed task."""
+    tasks only, and the claims table names the fixed task, and each claim its pairs per task."""
     from bench import claims
 
     args = hn.parse_args(["--tasks", "valid_parentheses,tweet_sentiment", "--method", "mezo", "--method", "bszo"])
@@ -161,14 +161,16 @@ def test_the_claims_say_which_tasks_cannot_gain_seeds(tmp_path):
              for t, ds in diffs.items() for s, d in enumerate(ds) for label in ("mezo", "bszo")}
     seeds = {t: [0, 1, 2] for t in diffs}
     free = rep.summarize(args, final, {}, seeds, {t: None for t in diffs})["methods"]["bszo"]["d_eval"]
-    held = rep.summarize(args, final, {}, seeds, {t: None for t in diffs},
-                         {"valid_parentheses": "no BIG-bench files"})["methods"]["bszo"]["d_eval"]
+    bszo = rep.summarize(args, final, {}, seeds, {t: None for t in diffs},
+                         {"valid_parentheses": "no BIG-bench files"})["methods"]["bszo"]
+    held = bszo["d_eval"]
     assert held["fixed"] == ["valid_parentheses"] and free["fixed"] == []
     assert held["pairs_to_separate"] == stats.pairs_to_separate(diffs, fixed={"valid_parentheses"})
     assert held["pairs_to_separate"] > free["pairs_to_separate"]
     text = claims._acc_need(held)
     assert f"~{held['pairs_to_separate']} pairs" in text and "valid_parentheses cannot gain seeds" in text
     assert "cannot gain" not in claims._acc_need(free)
+    assert "over 6 (task, seed) pairs (valid_parentheses 3, tweet_sentiment 3)" in claims.better_verdict(bszo)[1]
 
 
 def test_forwards_to_reach_waits_for_a_full_window():

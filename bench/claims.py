@@ -56,19 +56,27 @@ def better_verdict(m: dict | None) -> tuple[str, str, str]:
 
 
 def on_tasks(d: dict | None) -> str:
-    """" (valid_parentheses 3, tweet_sentiment 4)": the pairs of an interval per task, where the summary has them."""
+    """The pairs of an interval per task, " (valid_parentheses 3, tweet_sentiment 4)", where the summary has them."""
     got = (d or {}).get("tasks")
     return f" ({', '.join(f'{t} {n}' for t, n in got.items())})" if got else ""
 
 
 def _acc_need(de: dict) -> str:
-    """How many pairs would separate the observed mean accuracy difference from 0."""
+    """How many pairs would separate the observed mean accuracy difference from 0 (`pairs_to_separate`: inf when
+    no count of the seeds that can be had would, or past 10,000 pairs)."""
     need, fixed = de.get("pairs_to_separate", math.inf), de.get("fixed", [])
-    where = f"; {', '.join(fixed)} cannot gain seeds here (no data), the other tasks do" if fixed else ""
-    return (f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))" if not math.isfinite(de["lo"]) else
-            "no difference to separate (Δ acc mean 0)" if de["mean"] == 0 else
-            f"no count of seeds separates it here{where}" if not math.isfinite(need) else
-            f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']}{where})")
+    if not math.isfinite(de["lo"]):  # a task with 1 seed
+        alone = [t for t in fixed if de.get("tasks", {}).get(t) == 1]
+        return (f"no interval here: {', '.join(alone)} has 1 pair and cannot gain seeds (no data)" if alone else
+                f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))")
+    if math.isfinite(need):
+        where = f"; {', '.join(fixed)} cannot gain seeds here (no data), the other tasks do" if fixed else ""
+        return f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']}{where})"
+    if fixed and set(fixed) >= set(de.get("tasks", fixed)):
+        return f"no more seeds here: {', '.join(fixed)} cannot gain any (no data; have {de['n']} pair(s))"
+    if de["mean"] == 0:
+        return "no difference to separate (Δ acc mean 0)"
+    return f"more than 10,000 pairs (Δ acc {de['mean']:+.3f} is close to 0)"
 
 
 def policy_verdict(m: dict | None) -> tuple[str, str, str]:
@@ -125,7 +133,8 @@ PAPER_K = ("MeZO's own OPT recipe gave it about 64x fine-tuning's forward passes
 
 def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
     """The verdict is on k (the memory is measured beside it, shown whenever it exists)."""
-    parts, verdicts, seps, beyond = [], [], [], None  # beyond: k's bound where MeZO never reached an FO loss
+    parts, verdicts, seps, beyond, cap = [], [], [], None, None  # beyond: k's bound where MeZO never reached an FO
+    # loss; cap: the largest budget (in FO forwards) a failing FO method's pairs ran within
     for label in ("fo-sgd", "fo-adamw"):
         m = (prefix or {}).get("methods", {}).get(label)
         if not m or not m["k"]["n"]:
@@ -138,14 +147,16 @@ def fo_claim(prefix: dict | None, memory: dict | None) -> tuple[str, str, str]:
         verdicts.append(v)
         seps += [f"{label}: {sep}"] if sep != "—" else []
         if k["median_k"] is None and k["k_at_least"] is not None:
-            beyond = k["k_at_least"]
+            beyond = max(beyond or 0.0, k["k_at_least"])
+        if v == FAILS:  # the budget it failed within: MeZO's forwards over this FO method's
+            cap = max(cap or 0.0, k.get("cap") or k["k_at_least"] or math.inf)
     if beyond is not None:
         seps.append(f"to measure k: MeZO runs past {beyond:.0f}x FO's forward passes ({PAPER_K})")
     mem = memory_text(memory)
     verdict = HOLDS if verdicts and all(v == HOLDS for v in verdicts) else FAILS if FAILS in verdicts else (
         INCONCLUSIVE if verdicts else NOT_RUN)
-    if verdict == FAILS and beyond is not None and beyond < PAPER_K_X:  # the restated claim fails; the paper's k
-        verdict = f"{FAILS} within {beyond:.0f}x (the paper's ~{PAPER_K_X}x not run)"  # is past this budget
+    if verdict == FAILS and cap is not None and cap < PAPER_K_X:  # the restated claim fails; the paper's k is past
+        verdict = f"{FAILS} within {cap:.0f}x (the paper's ~{PAPER_K_X}x not run)"  # this budget
     return verdict, "; ".join(parts + ([mem] if mem else [])) or "—", "; ".join(seps) or "—"
 
 

@@ -114,17 +114,18 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
 
 def meta_init_gone(out: Path, args) -> list[str]:
     """Under section 5, when the artefacts phase's meta-initialisation is not on this machine: why its rows stop."""
-    init = artefacts.meta_init(args.meta_init, out)
-    if args.meta_init or not init or (Path(init) / WEIGHTS_NAME).exists():
+    init, summary = artefacts.meta_init(args.meta_init, out), out / "metainit" / "summary.json"
+    if args.meta_init or not init or (Path(init) / WEIGHTS_NAME).exists() or (
+            summary.exists() and json.loads(summary.read_text()).get("complete")):
         return []
     try:
-        train, held, _ = artefacts.split_family(out)
+        family = sorted(sum(artefacts.split_family(out)[:2], []))
     except artefacts.ArtefactsError:
-        train, held = [], []
+        family = []
     return [f"*The meta-initialisation these rows use (`{artefacts.shown(init, out)}`) is not on this machine: a "
             "base's weights are not kept with the records (bench/snapshot.py). The artefacts phase meta-trains it "
-            f"again from its records, on its task family ({', '.join(sorted(train + held))}), which needs those tasks' "
-            "data; until then its missing runs cannot be made.*", ""]
+            "again from its records, on its task family" + (f" ({', '.join(family)})" if family else "")
+            + ", which needs those tasks' data; until then its missing runs cannot be made.*", ""]
 
 
 def where_ran(out: Path, panel: dict | None, args) -> list[str]:
@@ -146,7 +147,8 @@ def where_ran(out: Path, panel: dict | None, args) -> list[str]:
     have = [t for t in panel["tasks"] if t not in no_data and t not in beyond]
     return ["**Where this ran.** Fine-tuning runs of the harness phases per panel task: "
             + ", ".join(f"{t} {n}" for t, n in runs.items())
-            + (f" ({', '.join(beyond)}: past --max-tasks {args.max_tasks})" if beyond else "") + ". "
+            + (f" ({', '.join(beyond)}: past the phases' --max-tasks {args.max_tasks} and --full-tasks "
+               f"{args.full_tasks})" if beyond else "") + ". "
             f"The data of {', '.join(lacking)} cannot be had on the machine this page was written on (section 2 says "
             f"why), so their runs stay as recorded and the remaining runs are on {', '.join(have) or 'no task'}. "
             "Each claim below names the tasks its pairs are on.", ""]

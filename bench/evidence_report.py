@@ -106,7 +106,8 @@ def _reach_summary(reaches: list[dict]) -> dict:
 def _k_summary(ks: list[dict]) -> dict:
     got = sorted(k["k"] for k in ks if k["k"] is not None)
     return {"n": len(ks), "reached": len(got), "median_k": statistics.median(got) if got else None,
-            "k_at_least": min((k["k_at_least"] for k in ks if k["k"] is None), default=None)}
+            "k_at_least": min((k["k_at_least"] for k in ks if k["k"] is None), default=None),
+            "cap": max((k["k_at_least"] for k in ks), default=None)}  # the budget, in FO forwards, MeZO ran within
 
 
 def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict, no_data: dict | None = None) -> dict:

@@ -303,9 +303,12 @@ class Runner:
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)
         self.fingerprints: dict[tuple, str] = {}  # data_key -> the fingerprint of this machine's sample
 
+    def say(self, line: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.0f} s] {line}", flush=True)
+
     def recorded_meanwhile(self, key: str) -> dict | None:
-        """The record of `key` another harness process on this --out appended while this one waited for the run's
-        claim (None: there is none; the run is this process's to make)."""
+        """The record of `key` another harness process on this --out appended since this one read the records (the
+        run's claim held: none is being appended; None: the run is this process's to make)."""
         with records_lock(self.log_path):
             for r in read_records(self.log_path):
                 self.done.setdefault(config_key(r["config"]), r)
@@ -377,25 +380,24 @@ class Runner:
         self.need_data(cfg.task, cfg.source)  # also under --report: the report says which tasks have no data here
         if self.args.report:
             raise NotRun(f"{label} {cfg.task} seed {cfg.seed}")
-        self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
         self.same_data(cfg)
         lr = getattr(cfg, step_size(cfg.optimizer))
         what = f"{label} {cfg.task} lr {lr:.3g} seed {cfg.seed}"
-        with exclusive(claim_path(cfg.out), waiting=lambda: print(
-                f"[{time.perf_counter() - self.t0:6.0f} s] {what}: another process is making this run ({cfg.out}); "
-                "waiting for its record", flush=True)):
+        with exclusive(claim_path(cfg.out), waiting=lambda: self.say(f"{what}: another process is making this run "
+                                                                     f"({cfg.out}); waiting for its record")):
             if (res := self.recorded_meanwhile(key)) is not None:
-                return res
+                return res  # another process's run: not charged here
+            self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
             cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
-            print(f"[{time.perf_counter() - self.t0:6.0f} s] {what}: {cfg.steps} steps", flush=True)
+            self.say(f"{what}: {cfg.steps} steps")
             res = run_to_end(cfg, say=lambda m: print(m, flush=True))  # its cpu_s: every attempt's
             res.update(label=label, lr=lr)
             append_record(self.log_path, res)
             recorded(cfg.out)
         self.done[key] = res
         self.budget.charge(res["cpu_s"])
-        print(f"[{time.perf_counter() - self.t0:6.0f} s]   eval {res['final'].get('eval', float('nan')):.3f}, "
-              f"train loss {res['final_train_loss']:.4f}, {res['cpu_s']:.0f} CPU-s", flush=True)
+        self.say(f"  eval {res['final'].get('eval', float('nan')):.3f}, train loss {res['final_train_loss']:.4f}, "
+                 f"{res['cpu_s']:.0f} CPU-s")
         return res
 
 
@@ -549,6 +551,9 @@ def run_suite(args) -> dict:
                             finals(task, m, own[(task, m.label)][i])
     from bench.evidence_report import summarize, write_report
 
+    for task in args.task_list:  # a task whose runs were all recorded before its data went: no run asked yet
+        with contextlib.suppress(NotRun):
+            runner.need_data(task, None)
     no_data = {t: why for t, why in runner.no_data.items() if why}
     summary = summarize(args, final, chosen, seeds, {t: runner.zero_shot_eval(t, seeds.get(t)) for t in args.task_list},
                         no_data)

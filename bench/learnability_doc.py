@@ -39,10 +39,11 @@ def render_table(rows: list[dict], excluded: list[dict], chosen: list[dict], pen
     head = (f"base {a.base}, MeZO, batch {a.batch_size}, max length {a.max_length}{cut}, {a.num_train} train examples, "
             f"eval on min({a.num_eval}, validation pool) examples (data seed {a.data_seed}, seed {a.seed}). Stage 1: "
             f"prefix, lr {a.lr:g}, eps {a.eps:g}, {a.forwards1} forward passes. Stage 2 (tasks with stage-1 Δ ≥ "
-            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g} (up to "
-            f"{a.extend} more lr(s) past the grid's edge where the best dev score is at that edge), lr chosen on "
-            f"{a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, ± its paired "
-            f"standard error. Forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
+            f"{a.moved_se:g} se): prefix, {a.forwards2} forward passes per lr of {a.lr_grid} x {a.lr:g}"
+            + (f" (up to {a.extend} more lr(s) past the grid's edge where the best dev score is at that edge)"
+               if a.extend else "")
+            + f", lr chosen on {a.num_dev} dev examples. Δ = accuracy after − zero-shot on the same eval examples, "
+            f"± its paired standard error. Forward: {t_forward:.2f} CPU-s for {a.batch_size} x {a.max_length} tokens "
             f"(one thread). Panel rule: stage-2 Δ ≥ {a.panel_se:g} se.")
     if any(r["max_length"] != a.max_length for r in rows):
         head += (" A task marked with another max length was run in an earlier scan of this --out at that length and "

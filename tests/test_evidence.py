@@ -45,6 +45,19 @@ def test_better_than_mezo_verdicts(d_eval, d_loss, verdict):
     assert claims.better_verdict(None)[0] == claims.NOT_RUN
 
 
+def test_what_would_separate_says_when_no_seed_can_be_had():
+    """Every task fixed (its data cannot be had here): no count of seeds; a mean of 0 whose tasks' differences do
+    not cancel when one grows: the count, not "no difference"; a count past 10,000 is not called impossible."""
+    base = {"mean": -0.05, "lo": -0.2, "hi": 0.1, "n": 3, "tasks": {"a": 3}}
+    assert claims._acc_need({**base, "fixed": ["a"], "pairs_to_separate": math.inf}) == (
+        "no more seeds here: a cannot gain any (no data; have 3 pair(s))")
+    cancel = {**base, "mean": 0.0, "tasks": {"a": 3, "b": 3}, "fixed": ["a"], "pairs_to_separate": 8}
+    assert claims._acc_need(cancel).startswith("~8 pairs") and "a cannot gain seeds here" in claims._acc_need(cancel)
+    assert claims._acc_need({**base, "pairs_to_separate": math.inf}).startswith("more than 10,000 pairs")
+    lone = {**base, "lo": math.nan, "tasks": {"a": 1, "b": 3}, "fixed": ["a"], "pairs_to_separate": math.inf}
+    assert claims._acc_need(lone) == "no interval here: a has 1 pair and cannot gain seeds (no data)"
+
+
 def test_one_seed_is_inconclusive_whatever_its_sign():
     """A single (task, seed) pair: a task with one seed gives no interval, so no verdict but 'inconclusive'."""
     from bench.stats import paired_interval, win_rate
@@ -203,6 +216,11 @@ def test_mezo_claim_shows_the_memory_before_k_is_measured():
     assert v == f"{claims.FAILS} within 10x (the paper's ~64x not run)"  # restated, at a k the paper's recipe passes
     prefix["methods"]["fo-sgd"]["k"]["k_at_least"] = 100.0
     assert claims.fo_claim(prefix, None)[0] == claims.FAILS  # past the paper's k: a plain failure
+    short = {"n": 3, "reached": 0, "median_k": None, "k_at_least": 10.0}  # FO-AdamW inconclusive within 10x
+    assert claims.fo_claim({"methods": {"fo-adamw": {"k": short}, **prefix["methods"]}}, None)[0] == claims.FAILS
+    once = {"n": 8, "reached": 1, "median_k": 9.0, "k_at_least": 10.0, "cap": 10.0}  # reached once within 10x
+    assert claims.fo_claim({"methods": {"fo-sgd": {"k": once}}}, None)[0] == f"{claims.FAILS} within 10x (the " \
+        "paper's ~64x not run)"
 
 
 def test_the_page_says_where_the_runs_are_when_some_panel_tasks_have_no_data(tmp_path):
@@ -227,13 +245,18 @@ def test_the_page_says_where_the_runs_are_when_some_panel_tasks_have_no_data(tmp
     assert evidence_doc.where_ran(out, panel, args) == []
     (out / "prefix" / "summary.json").write_text(json.dumps({"no_data": {"a": "no BIG-bench files here"}}))
     note = evidence_doc.where_ran(out, panel, args)[0]
-    assert "per panel task: a 2, b 1, c 0 (c: past --max-tasks 2)" in note
+    assert "per panel task: a 2, b 1, c 0 (c: past the phases' --max-tasks 2 and --full-tasks 2)" in note
     assert "The data of a cannot be had" in note and "the remaining runs are on b" in note
 
     assert evidence_doc.meta_init_gone(out, args) == []  # no meta-initialisation yet
     append_record(out / "artefacts" / "bilevel-zofo" / "rounds.jsonl", {"round": 1, "meta_steps": 4, "metric": 0.1})
     gone = evidence_doc.meta_init_gone(out, args)[0]
     assert "round-1/meta-init" in gone and "is not on this machine" in gone and "(f1, f2)" in gone
+    (out / "metainit").mkdir()
+    (out / "metainit" / "summary.json").write_text(json.dumps({"complete": True}))
+    assert evidence_doc.meta_init_gone(out, args) == []  # every run made: nothing stops
+    (out / "metainit" / "summary.json").write_text(json.dumps({"complete": False}))
+    assert evidence_doc.meta_init_gone(out, args)[0] == gone
     weights = artefacts.artefact(out, "bilevel-zofo", 1) / WEIGHTS_NAME
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"w")

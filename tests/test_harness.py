@@ -709,6 +709,13 @@ def test_the_report_names_the_tasks_whose_missing_runs_cannot_be_made_here(tmp_p
     assert table.count("needs BIG-bench") == 1 and "**imdb**" not in table  # one reason, said whole once
     assert ("**navigate, hyperbaton**: the runs they lack cannot be made where this ran; each needs BIG-bench task "
             "files: `pip download` failed; GitHub: no answer. Set L2O_BIGBENCH_SDIST.") in table
+    def recorded_or_not_run(self, cfg, label):  # no run asks for the data: as if every run were recorded
+        raise hn.NotRun(label)
+
+    monkeypatch.setattr(hn.Runner, "__call__", recorded_or_not_run)
+    summary = hn.run_suite(hn.parse_args(["--tasks", "imdb,navigate,hyperbaton", "--out", str(tmp_path / "r"),
+                                          "--report", "--method", "mezo"]))
+    assert list(summary["no_data"]) == ["navigate", "hyperbaton"]  # every task's data is checked for the report
     assert no_data_text({"navigate": "task 'navigate' needs X.", "x": "the disk is gone"}) == (
         " **navigate**: the runs it lacks cannot be made where this ran; it needs X. **x**: the runs it lacks cannot "
         "be made where this ran; the disk is gone.")

@@ -295,9 +295,8 @@ class Runner:
         self.budget = CpuBudget.of(args)
         reused = [r for p in args.reuse for r in read_records(p)]
         self.done: dict[str, dict] = {}  # config_key -> the first record made of it here, else in the --reuse files
-        with records_lock(self.log_path):  # another harness process on this --out may be appending
-            own = read_records(self.log_path)
-        for r in [*own, *reused]:
+        self.read_own()
+        for r in reused:
             self.done.setdefault(config_key(r["config"]), r)
         self.from_reuse = {config_key(r["config"]) for r in reused}
         self.no_data: dict[str, str | None] = {}  # task -> why its data cannot be had here (None: it can)
@@ -306,13 +305,12 @@ class Runner:
     def say(self, line: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.0f} s] {line}", flush=True)
 
-    def recorded_meanwhile(self, key: str) -> dict | None:
-        """The record of `key` another harness process on this --out appended since this one read the records (the
-        run's claim held: none is being appended; None: the run is this process's to make)."""
+    def read_own(self) -> None:
+        """Adds this --out's records to `done`, read under the lock another harness process on this --out appends
+        under (at the start, and again once a run's claim is held: that run may have been recorded meanwhile)."""
         with records_lock(self.log_path):
             for r in read_records(self.log_path):
                 self.done.setdefault(config_key(r["config"]), r)
-        return self.done.get(key)
 
     def reused(self, record: dict) -> bool:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""
@@ -385,8 +383,9 @@ class Runner:
         what = f"{label} {cfg.task} lr {lr:.3g} seed {cfg.seed}"
         with exclusive(claim_path(cfg.out), waiting=lambda: self.say(f"{what}: another process is making this run "
                                                                      f"({cfg.out}); waiting for its record")):
-            if (res := self.recorded_meanwhile(key)) is not None:
-                return res  # another process's run: not charged here
+            self.read_own()
+            if key in self.done:
+                return self.done[key]  # another process's run: not charged here
             self.budget.check(f"{label} {cfg.task} seed {cfg.seed}")
             cfg.zero_shot = self.zero_shot(cfg.task, cfg.data_seed) is None
             self.say(f"{what}: {cfg.steps} steps")

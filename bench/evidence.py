@@ -20,7 +20,7 @@ Phases (each keeps its runs under `--out`, so a rerun skips what is done), in th
   Bilevel-ZOFO, whose claims count a share of pairs, run 4 seeds on each task
   (`claims.share_pairs_to_decide`: a share of 3 pairs can never be decided), and MeZO with them; so every other
   method runs 4 as well (`prefix_seeds`): each of MeZO's runs is then a pair, a fourth pair costing one run of the
-  method only;
+  method only; BSZO at its own lr runs 6 (`MORE_PREFIX_SEEDS`: the count its interval at 4 said would separate it);
 - widen: while the panel has fewer than `--panel-min` tasks, the scan at the next `--max-median` cut (48, 64,
   96, 128 tokens by default; past 64 at a max length of 128, `learnability.cut_length`: longer prompts, each
   costing more per forward): stage 1 on the newly admitted tasks, stage 2 on those that moved; then
@@ -329,13 +329,21 @@ def skip_reason(args, phase: str) -> str | None:
     return None
 
 
+# A method's prefix seeds past the 4 every method runs (`prefix_seeds`), fixed once from a power estimate, never raised
+# again as results come in (no stopping rule): BSZO at its own lr stood at -0.077 [-0.173, +0.019] over 7 pairs
+# (valid_parentheses 3, tweet_sentiment 4) with "what would separate" at ~9 pairs, valid_parentheses' data no longer
+# to be had: 2 more seeds on each task. MeZO runs them too (it runs every seed any method runs), so each is a pair.
+MORE_PREFIX_SEEDS = {"bszo": 6}
+
+
 def prefix_seeds(methods: list[str]) -> list[str]:
     """The prefix phase's methods under `--seeds auto`: the claims on a share of pairs (FO-AdamW's k, Bilevel-ZOFO's
     reach) need 4 pairs on a task to be decided at all (`share_pairs_to_decide`), so MeZO, which runs every seed any
-    method runs, runs 4; every other method then pairs with each of those runs too (BSZO's claim was ~7 pairs from
-    separating at 6)."""
+    method runs, runs 4; every other method then pairs with each of those runs too, and a method in
+    `MORE_PREFIX_SEEDS` with that many."""
     n = share_pairs_to_decide()
-    return [m if m == "mezo" else f"{m if ':' in m else f'{m}:{m}'}:seeds={n}" for m in methods]
+    return [m if m == "mezo" else f"{m if ':' in m else f'{m}:{m}'}:seeds={MORE_PREFIX_SEEDS.get(m, n)}"
+            for m in methods]
 
 
 def harness_argv(args, phase: str) -> list[str] | None:

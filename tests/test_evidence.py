@@ -117,9 +117,11 @@ def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path)
     assert seeds("--full-tasks", "2") == "0,1,2,3"
     assert seeds(phase="prefix") == "auto"
     prefix = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path)]), "prefix"))
-    assert prefix[0] == "mezo" and prefix[1:] == [f"{m}:{m}:seeds=4" if ":" not in m else f"{m}:seeds=4"
+    more = evidence.MORE_PREFIX_SEEDS
+    assert prefix[0] == "mezo" and prefix[1:] == [f"{m}:{m}:seeds={more.get(m, 4)}" if ":" not in m else f"{m}:seeds=4"
                                                   for m in evidence.PREFIX_METHODS[1:]]
-    assert "bszo:bszo:seeds=4" in prefix and "gv-matched:mezo-gv:match=mezo:seeds=4" in prefix
+    assert more == {"bszo": 6} and "bszo:bszo:seeds=6" in prefix and "fo-adamw:fo-adamw:seeds=4" in prefix
+    assert "bszo-matched:bszo:match=mezo:seeds=4" in prefix and "gv-matched:mezo-gv:match=mezo:seeds=4" in prefix
     given = _methods(evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path), "--seeds", "1,2"]), "prefix"))
     assert given == evidence.PREFIX_METHODS
 
@@ -166,6 +168,7 @@ def test_smoke_suite_writes_the_claims_table_and_resumes(tiny_smollm_base, tmp_p
     assert "for the issue's 4, before the full-parameter" in doc      # the cut section's measured run cost
     assert "median prompt ≤ 128 tokens" in doc  # a 1-task panel (< 4) widened the scan to the last cut
     assert (docs / "evidence_learnability.png").exists() and (docs / "evidence_prefix.png").exists()
+    assert "![evidence_claims.png](evidence_claims.png)" in doc and (docs / "evidence_claims.png").exists()
     counts = {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("*/runs.jsonl")}
     assert set(counts) >= {"learnability", "prefix", "full", "bf16"}
     bf16 = [json.loads(line) for line in (out / "bf16" / "runs.jsonl").read_text().splitlines()]
@@ -502,6 +505,29 @@ def test_the_panel_policy_row_shows_it_against_mezo_and_against_the_shipped_poli
     assert "vs the shipped policy: Δ eval acc -0.030 [-0.050, -0.010]" in row[2] and f"({claims.FAILS})" in row[2]
     meta = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO meta-init"))
     assert meta[1].endswith("meta-initialisation: none yet") and meta[3] == claims.NOT_RUN
+
+
+def test_the_claims_plot_draws_each_compared_method_on_the_side_of_0_its_interval_is(tmp_path):
+    """bench/claims_plot.py: one row per comparison with a pair, in the claims table's order, coloured by where its
+    interval lies (a flipped comparison would colour a failing method green); rows with no pair are left out."""
+    from bench import claims_plot
+
+    assert not claims_plot.plot(tmp_path, tmp_path / "c.png") and not (tmp_path / "c.png").exists()
+    for phase, part in (("prefix", {"methods": {"mezo": {}, "fo-adamw": {"d_eval": _d(0.16, 0.12, 0.2, n=8)},
+                                                "bszo": {"d_eval": _d(-0.08, -0.17, 0.02, n=7)},
+                                                "mezo-greedy": {"d_eval": _d(-0.02, math.nan, math.nan, n=1)},
+                                                "gv-matched": {"d_eval": _d(-0.08, -0.12, -0.04, n=7)}}}),
+                        ("full", {"methods": {}, "versus": {"zo-finetuner-panel:zo-finetuner":
+                                                            {"d_eval": _d(0.03, 0.01, 0.05, n=4)}}}),
+                        ("metainit", {"methods": {"mezo-init": {"d_eval": _d(math.nan, math.nan, math.nan, n=0)}}})):
+        (tmp_path / phase).mkdir()
+        (tmp_path / phase / "summary.json").write_text(json.dumps(part))
+    got = [(r["label"], r["side"]) for r in claims_plot.rows(tmp_path)]
+    assert got == [("FO-AdamW (first-order ceiling)", "above"), ("MeZO-GV, matched step", "below"),
+                   ("MeZO-Greedy, own lr", "no interval"), ("BSZO, own lr", "spans"),
+                   ("ZO Fine-tuner panel policy − shipped policy (full)", "above")]
+    assert claims_plot.plot(tmp_path, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_scan_widens_to_longer_prompts_at_a_max_length_that_holds_them():

@@ -43,7 +43,8 @@ def side(d: dict) -> str:
 
 
 def rows(out: Path) -> list[dict]:
-    """The comparisons with at least one pair: label, phase, Δ eval accuracy (the summary's d_eval), side."""
+    """The comparisons with at least one pair: label, phase, Δ eval accuracy (the summary's d_eval), side, and the
+    summary key whose runs they are where a row repeats another's (bench.evidence_report.same_runs)."""
     summaries, got = {}, []
     for phase, part, key, label in ROWS:
         if phase not in summaries:
@@ -51,7 +52,8 @@ def rows(out: Path) -> list[dict]:
             summaries[phase] = json.loads(path.read_text()) if path.exists() else {}
         d = summaries[phase].get(part, {}).get(key, {}).get("d_eval")
         if d and d.get("n"):
-            got.append({"label": label, "phase": phase, "d": d, "side": side(d)})
+            same = summaries[phase].get("same_runs", {}).get(key) if part == "methods" else None
+            got.append({"label": label, "phase": phase, "d": d, "side": side(d), "same_as": same})
     return got
 
 
@@ -73,7 +75,8 @@ def plot(out: Path, path: Path) -> bool:
         ax.plot(d["mean"], y, "o", color=colour, ms=6)
         tasks = ", ".join(f"{t} {n}" for t, n in d.get("tasks", {}).items())
         ax.annotate(f"{d['n']} pair{'s' if d['n'] != 1 else ''}" + (f" ({tasks})" if tasks else "")
-                    + ("; no interval" if r["side"] == "no interval" else ""),
+                    + ("; no interval" if r["side"] == "no interval" else "")
+                    + (f"; the same runs as {r['same_as']}" if r["same_as"] else ""),
                     (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=7, color="0.3")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(got)), [r["label"] for r in reversed(got)], fontsize=8)

@@ -297,10 +297,10 @@ def _more_seeds_text() -> str:
     """The methods given more prefix seeds than the 4 (bench.evidence.MORE_PREFIX_SEEDS), and why."""
     from bench.evidence import MORE_PREFIX_SEEDS
 
-    more = ", ".join(f"{m} at its own lr {n}" for m, n in MORE_PREFIX_SEEDS.items())
-    return (f"{more}, and MeZO with it: a count fixed once, from that claim's interval at 4 seeds and what it said "
-            "would separate it, then not raised again as results came in (so no stopping rule biases the "
-            "interval); ") if more else ""
+    more = ", ".join(f"`{m}` (at its own lr) runs {n}" for m, n in MORE_PREFIX_SEEDS.items())
+    return (f"{more}, and MeZO with it: one more look at that claim, its count fixed once from its interval at 4 "
+            "seeds and the pairs that interval said would separate it, not raised again as results came in (a "
+            "second look, not a stopping rule); ") if more else ""
 
 
 def cuts_section(args, out: Path) -> list[str]:

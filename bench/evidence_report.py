@@ -134,8 +134,23 @@ def summarize(args, final: dict, chosen: dict, seeds: dict, zero: dict, no_data:
               for a, b in getattr(args, "versus", [])}  # A against B, paired as against MeZO
     every = {t: sorted({s for m in own.values() for s in m[t]}) for t in args.task_list}  # with any method's own
     return {"settings": settings, "tasks": args.task_list, "seeds": every, "methods": methods, "versus": versus,
-            "final_runs": len(final), "complete": complete,
+            "final_runs": len(final), "complete": complete, "same_runs": same_runs(final, [m.label for m in
+                                                                                      args.methods]),
             "zero_shot": dict(zero)}
+
+
+def same_runs(final: dict, labels: list[str]) -> dict[str, str]:
+    """label -> an earlier label whose final runs are the very runs it has (the harness keys runs by configuration:
+    a matched-step method whose matched lr is its dev-chosen one makes no run of its own), so its rows repeat
+    that method's."""
+    same = {}
+    for i, b in enumerate(labels):
+        mine = [(t, s) for t, label, s in final if label == b]
+        for a in labels[:i]:
+            if mine and all(final.get((t, a, s)) == final[(t, b, s)] for t, s in mine):  # one record: one run
+                same[b] = a
+                break
+    return same
 
 
 def seed_text(s: dict) -> str:
@@ -203,6 +218,8 @@ def render_table(summary: dict) -> str:
             if k["median_k"] is not None else f"> {k['k_at_least']:.0f}")
         lines.append(f"| {label} | {we['n']} | {_win(we)} | {_ci(m['d_eval'])} | {_win(wl)} | "
                      f"{_ci(m['d_loss'], '{:+.4f}')} | {reach_txt} | {k_txt} |")
+    lines += [f"\n{b}: the same runs as {a} (one configuration: its lr is {a}'s), so its rows repeat {a}'s."
+              for b, a in summary.get("same_runs", {}).items()]
     lines += ["", "| task | zero-shot | method | dev per lr | lr | effective step | eval acc | Δ eval | train loss | "
               "Δ loss |", "|" + "---|" * 10]
     for t in summary["tasks"]:

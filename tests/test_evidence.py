@@ -517,15 +517,18 @@ def test_the_claims_plot_draws_each_compared_method_on_the_side_of_0_its_interva
                                                 "bszo": {"d_eval": _d(-0.08, -0.17, 0.02, n=7)},
                                                 "mezo-greedy": {"d_eval": _d(-0.02, math.nan, math.nan, n=1)},
                                                 "gv-matched": {"d_eval": _d(-0.08, -0.12, -0.04, n=7)}}}),
-                        ("full", {"methods": {}, "versus": {"zo-finetuner-panel:zo-finetuner":
-                                                            {"d_eval": _d(0.03, 0.01, 0.05, n=4)}}}),
+                        ("full", {"methods": {"zo-finetuner-panel-matched": {"d_eval": _d(0.0, -0.02, 0.01, n=4)}},
+                                  "versus": {"zo-finetuner-panel:zo-finetuner": {"d_eval": _d(0.03, 0.01, 0.05, n=4)}},
+                                  "same_runs": {"zo-finetuner-panel-matched": "zo-finetuner-panel"}}),
                         ("metainit", {"methods": {"mezo-init": {"d_eval": _d(math.nan, math.nan, math.nan, n=0)}}})):
         (tmp_path / phase).mkdir()
         (tmp_path / phase / "summary.json").write_text(json.dumps(part))
     got = [(r["label"], r["side"]) for r in claims_plot.rows(tmp_path)]
     assert got == [("FO-AdamW (first-order ceiling)", "above"), ("MeZO-GV, matched step", "below"),
                    ("MeZO-Greedy, own lr", "no interval"), ("BSZO, own lr", "spans"),
+                   ("ZO Fine-tuner panel policy, matched step (full)", "spans"),
                    ("ZO Fine-tuner panel policy − shipped policy (full)", "above")]
+    assert [r["same_as"] for r in claims_plot.rows(tmp_path)][-2:] == ["zo-finetuner-panel", None]
     assert claims_plot.plot(tmp_path, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

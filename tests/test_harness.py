@@ -500,6 +500,8 @@ def test_one_lr_reached_two_ways_is_one_run_made_once(tiny_base, tmp_path):
     got = summary["methods"]
     assert [[got[m]["per_task"]["boolq"][k][s] for k in ("eval", "loss") for s in ("mean", "n")] for m in ("m", "mezo")
             ] == [[runs[0]["final"]["eval"], 1, runs[0]["final_train_loss"], 1]] * 2
+    assert summary["same_runs"] == {"m": "mezo"}  # and the report says its rows repeat MeZO's
+    assert "m: the same runs as mezo (one configuration: its lr is mezo's)" in (tmp_path / "table.md").read_text()
     args = hn.parse_args(["--tasks", "boolq", "--out", str(tmp_path / "x")])
     key = [hn.config_key(hn.make_config(args, mezo, "boolq", lr, 0, args.budget).to_dict())
            for lr in (1e-5 * 3, 3e-5, 3.000000001e-5)]
@@ -532,6 +534,7 @@ def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tm
     vs = summary["versus"]["new:old"]
     assert vs["d_eval"]["mean"] == pytest.approx(0.1) and vs["d_loss"]["mean"] == pytest.approx(-0.05)
     assert vs["win_eval"]["rate"] == 1.0 and summary["methods"]["new"]["d_eval"]["mean"] == pytest.approx(0.2)
+    assert summary["same_runs"] == {}  # three methods' own runs (their histories one file here: not what tells)
     with pytest.raises(SystemExit):
         hn.parse_args(["--tasks", "boolq", "--method", "new:mezo-gv", "--versus", "new:nobody"])
 

@@ -98,6 +98,14 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
     return INCONCLUSIVE, measured, _acc_need(de)
 
 
+# A method's prefix seeds past the 4 every method runs (bench.evidence.prefix_seeds): a count fixed once from a power
+# estimate, not raised again as results come in (a second look, not a stopping rule). BSZO at its own lr stood at
+# -0.077 [-0.173, +0.019] over 7 pairs (valid_parentheses 3, tweet_sentiment 4), "what would separate" at ~9 pairs
+# with valid_parentheses' data no longer to be had: 2 more seeds per task. MeZO runs them too (it runs every seed any
+# method runs), so each is a pair.
+MORE_PREFIX_SEEDS = {"bszo": 6}
+
+
 def share_pairs_to_decide() -> int:
     """The fewest pairs at which a claim on a share of pairs (Wilson interval vs 0.5) can be decided when every pair
     agrees: 4 (3 of 3 gives [0.44, 1], and 0 of 3 [0, 0.56]). The ZO Fine-tuner claim can hold at all from

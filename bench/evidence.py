@@ -78,7 +78,7 @@ sys.path.insert(0, str(ROOT))
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
 from bench.records import read_records  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
-from bench.claims import share_pairs_to_decide  # noqa: E402
+from bench.claims import MORE_PREFIX_SEEDS, share_pairs_to_decide  # noqa: E402
 from bench.cli import stop_line  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
@@ -327,13 +327,6 @@ def skip_reason(args, phase: str) -> str | None:
             return (f"the prefix phase has not reported {' and '.join(missing)}'s lr on {task} yet (its report comes "
                     f"at the end of the pass that runs {BF16_METHODS[-1]} there)")
     return None
-
-
-# A method's prefix seeds past the 4 every method runs (`prefix_seeds`), fixed once from a power estimate, never raised
-# again as results come in (no stopping rule): BSZO at its own lr stood at -0.077 [-0.173, +0.019] over 7 pairs
-# (valid_parentheses 3, tweet_sentiment 4) with "what would separate" at ~9 pairs, valid_parentheses' data no longer
-# to be had: 2 more seeds on each task. MeZO runs them too (it runs every seed any method runs), so each is a pair.
-MORE_PREFIX_SEEDS = {"bszo": 6}
 
 
 def prefix_seeds(methods: list[str]) -> list[str]:

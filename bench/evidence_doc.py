@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import artefacts, claims_plot, learnability
 from bench.learnability import cut_length
-from bench.claims import NOT_RUN, claim_rows, share_pairs_to_decide
+from bench.claims import MORE_PREFIX_SEEDS, NOT_RUN, claim_rows, share_pairs_to_decide
 from bench.harness import METHOD_DEFAULTS
 from bench.records import read_records
 from zoo.artefact import WEIGHTS_NAME
@@ -294,9 +294,7 @@ def lora_line(out: Path) -> list[str]:
 
 
 def _more_seeds_text() -> str:
-    """The methods given more prefix seeds than the 4 (bench.evidence.MORE_PREFIX_SEEDS), and why."""
-    from bench.evidence import MORE_PREFIX_SEEDS
-
+    """The methods given more prefix seeds than the 4 (MORE_PREFIX_SEEDS), and why."""
     more = ", ".join(f"`{m}` (at its own lr) runs {n}" for m, n in MORE_PREFIX_SEEDS.items())
     return (f"{more}, and MeZO with it: one more look at that claim, its count fixed once from its interval at 4 "
             "seeds and the pairs that interval said would separate it, not raised again as results came in (a "

@@ -36,7 +36,8 @@ from bench.stats import ci_text as _ci, wilson
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this power", "not measured"
 
 
-def _load(out: Path, phase: str) -> dict | None:
+def load_summary(out: Path, phase: str) -> dict | None:
+    """A harness phase's summary (`<out>/<phase>/summary.json`), None before its first report."""
     p = out / phase / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
 
@@ -198,7 +199,7 @@ def _dev_and_matched(pm: dict, label: str, matched: str) -> tuple[str, str, str,
 def claim_rows(out: Path, memory: dict | None = None) -> list[tuple[str, str, str, str, str]]:
     """(paper claim, restated here, measured, verdict, what would separate) per claim; `memory` is
     bench/fo_memory.py's output (the suite keeps it in docs/data/, see bench/evidence_doc.memory_file)."""
-    prefix, full, bf16, meta = (_load(out, p) for p in ("prefix", "full", "bf16", "metainit"))
+    prefix, full, bf16, meta = (load_summary(out, p) for p in ("prefix", "full", "bf16", "metainit"))
     pm = (prefix or {}).get("methods", {})
     rows = []
     v, meas, sep = fo_claim(prefix, memory)

@@ -8,9 +8,10 @@ drawn green, wholly below red, one that spans 0 (or a mean with no interval: a t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from bench.claims import load_summary
 
 # (phase, "methods" or "versus", summary key, row label); the groups read top to bottom as the claims table does
 ROWS = (
@@ -45,11 +46,9 @@ def side(d: dict) -> str:
 def rows(out: Path) -> list[dict]:
     """The comparisons with at least one pair: label, phase, Δ eval accuracy (the summary's d_eval), side, and the
     summary key whose runs they are where a row repeats another's (bench.evidence_report.same_runs)."""
-    summaries, got = {}, []
+    summaries = {phase: load_summary(out, phase) or {} for phase in dict.fromkeys(r[0] for r in ROWS)}
+    got = []
     for phase, part, key, label in ROWS:
-        if phase not in summaries:
-            path = out / phase / "summary.json"
-            summaries[phase] = json.loads(path.read_text()) if path.exists() else {}
         d = summaries[phase].get(part, {}).get(key, {}).get("d_eval")
         if d and d.get("n"):
             same = summaries[phase].get("same_runs", {}).get(key) if part == "methods" else None

@@ -78,7 +78,7 @@ sys.path.insert(0, str(ROOT))
 from bench import artefacts, learnability  # noqa: E402  (light at import: the heavy parts load lazily)
 from bench.records import read_records  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
-from bench.claims import MORE_PREFIX_SEEDS, share_pairs_to_decide  # noqa: E402
+from bench.claims import MORE_PREFIX_SEEDS, load_summary, share_pairs_to_decide  # noqa: E402
 from bench.cli import stop_line  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
@@ -278,10 +278,7 @@ def resumed_cuts(args) -> list[int]:
 
 def prefix_lrs(args, task: str) -> dict[str, float]:
     """The prefix phase's chosen lr per method label on `task` (empty before that phase has run there)."""
-    path = Path(args.out) / "prefix" / "summary.json"
-    if not path.exists():
-        return {}
-    methods = json.loads(path.read_text())["methods"]
+    methods = (load_summary(Path(args.out), "prefix") or {"methods": {}})["methods"]
     return {label: m["per_task"][task]["lr"] for label, m in methods.items()
             if task in m["per_task"] and m["per_task"][task]["lr"] is not None}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import artefacts, claims_plot, learnability
 from bench.learnability import cut_length
-from bench.claims import MORE_PREFIX_SEEDS, NOT_RUN, claim_rows, share_pairs_to_decide
+from bench.claims import MORE_PREFIX_SEEDS, NOT_RUN, claim_rows, load_summary, share_pairs_to_decide
 from bench.harness import METHOD_DEFAULTS
 from bench.records import read_records
 from zoo.artefact import WEIGHTS_NAME
@@ -43,8 +43,7 @@ def _plot(out: Path, docs: Path, src: str, name: str) -> str:
 def _phase_ran(out: Path, phase: str) -> bool:
     """Whether a harness phase has any final run: a partial report before its first one (an lr search under way,
     or `--report` on a panel it has not reached) is a table of dashes and an empty plot, shown as not run."""
-    path = out / phase / "summary.json"
-    return path.exists() and json.loads(path.read_text()).get("final_runs", 0) > 0
+    return (load_summary(out, phase) or {}).get("final_runs", 0) > 0
 
 
 def _section(title: str, command: str, table: str | None, plot: str, missing: str) -> list[str]:
@@ -116,9 +115,9 @@ def render(out: Path, docs: Path, args, rows: list[tuple]) -> str:
 
 def meta_init_gone(out: Path, args) -> list[str]:
     """Under section 5, when the artefacts phase's meta-initialisation is not on this machine: why its rows stop."""
-    init, summary = artefacts.meta_init(args.meta_init, out), out / "metainit" / "summary.json"
+    init = artefacts.meta_init(args.meta_init, out)
     if args.meta_init or not init or (Path(init) / WEIGHTS_NAME).exists() or (
-            summary.exists() and json.loads(summary.read_text()).get("complete")):
+            load_summary(out, "metainit") or {}).get("complete"):
         return []
     try:
         family = sorted(sum(artefacts.split_family(out)[:2], []))
@@ -140,8 +139,7 @@ def where_ran(out: Path, panel: dict | None, args) -> list[str]:
         for r in read_records(out / phase / "runs.jsonl"):
             if r.get("task") in runs:
                 runs[r["task"]] += 1
-        summary = out / phase / "summary.json"
-        no_data.update(json.loads(summary.read_text()).get("no_data", {}) if summary.exists() else {})
+        no_data.update((load_summary(out, phase) or {}).get("no_data", {}))
     lacking = [t for t in panel["tasks"] if t in no_data]
     if not lacking:
         return []

@@ -299,17 +299,30 @@ def _more_seeds_text() -> str:
             "second look, not a stopping rule); ") if more else ""
 
 
+def prefix_runs(methods: list[str], seeds: int, mezo_seeds: int, more: dict[str, int]) -> tuple[int, int]:
+    """(lr-selection runs, seed runs) the prefix phase makes on one task: 3 lrs for a method with its own lr (a
+    `match=` method takes its reference's lr after a short probe, counted as nothing); `seeds` seeds for each method
+    but MeZO, `more` for those it names; MeZO `mezo_seeds`, or every seed any method runs if that is more
+    (bench.evidence.prefix_seeds)."""
+    n = {m.split(":")[0]: (0 if "match=" in m else 3, more.get(m, seeds)) for m in methods if m != "mezo"}
+    mezo = max([mezo_seeds, *(s for _, s in n.values())]) if "mezo" in methods else 0
+    return sum(lr for lr, _ in n.values()) + 3 * ("mezo" in methods), sum(s for _, s in n.values()) + mezo
+
+
 def cuts_section(args, out: Path) -> list[str]:
-    c, n_methods = run_cost(out, args.budget), len(args.prefix_methods)
+    c = run_cost(out, args.budget)
     small = METHOD_DEFAULTS["bilevel-zofo"]
-    seeds = 5 if c is not None and c < 10 else 3  # --seeds auto; seeds 1.. on a panel task (its seed 0 chose it)
-    seeds = max(seeds, share_pairs_to_decide()) if args.seeds == "auto" else seeds  # bench.evidence.prefix_seeds
+    if args.seeds == "auto":  # MeZO: 5 where a run costs under 10 CPU-minutes, else 3 (seeds 1.. on a panel task:
+        mezo = 5 if c is not None and c < 10 else 3  # its seed 0 chose it); the others bench.evidence.prefix_seeds'
+        lrs, seeded = prefix_runs(args.prefix_methods, share_pairs_to_decide(), mezo, MORE_PREFIX_SEEDS)
+    else:
+        lrs, seeded = prefix_runs(args.prefix_methods, *[len(args.seeds.split(","))] * 2, {})
+    per_task = (lrs + seeded) * c / 60 if c is not None else 0
     full = ("" if c is None else f" A MeZO prefix run of {args.budget} forward passes costs {c:.0f} CPU-minutes "
-            f"(median of those run), so a panel task costs about {n_methods * (3 + seeds) * c / 60:.0f} CPU-hours in "
-            f"the prefix phase ({n_methods} methods x (3 lrs + {seeds} seeds)): about "
-            f"{args.max_tasks * n_methods * (3 + seeds) * c / 60:.0f} on the {args.max_tasks} task(s) --max-tasks "
-            "takes, "
-            f"{4 * n_methods * (3 + seeds) * c / 60:.0f} for the issue's 4, before the full-parameter, bf16, LoRA and "
+            f"(median of those run), so a panel task costs about {per_task:.0f} CPU-hours in the prefix phase "
+            f"({len(args.prefix_methods)} methods: {lrs} lr-selection runs and {seeded} seed runs, first-order ones "
+            f"counted as ZO ones): about {args.max_tasks * per_task:.0f} on the {args.max_tasks} task(s) --max-tasks "
+            f"takes, {4 * per_task:.0f} for the issue's 4, before the full-parameter, bf16, LoRA and "
             f"artefact cells. The issue's budget was 6-8 CPU-hours; `--cpu-hours` ({args.cpu_hours:g}) stops the "
             "suite there, every phase reports what exists, and a rerun with a larger budget continues.")
     return ["## What was cut, and why", "",

@@ -126,6 +126,23 @@ def test_the_claims_on_a_share_of_pairs_get_enough_seeds_to_be_decided(tmp_path)
     assert given == evidence.PREFIX_METHODS
 
 
+def test_the_cost_estimate_counts_the_runs_the_prefix_phase_asks_for(tmp_path):
+    """The page's prefix cost counts what the phase's argv asks for: each method's seeds= (BSZO's 6 from
+    MORE_PREFIX_SEEDS), MeZO as many as the most any method runs, 3 lrs for a method without match=."""
+    from bench import evidence, evidence_doc
+
+    (tmp_path / "learnability").mkdir()
+    (tmp_path / "learnability" / "panel.json").write_text(json.dumps({"tasks": ["tweet_sentiment"]}))
+    argv = evidence.harness_argv(evidence.parse_args(["--out", str(tmp_path)]), "prefix")
+    specs = [m for m in _methods(argv) if m != "mezo"]
+    seeds = [int(m.split("seeds=")[1]) for m in specs]
+    lrs = 3 * (1 + sum("match=" not in m for m in specs))
+    assert max(seeds) == 6 and evidence_doc.prefix_runs(evidence.PREFIX_METHODS, 4, 3, evidence.MORE_PREFIX_SEEDS) \
+        == (lrs, sum(seeds) + max(seeds)) == (21, 44)
+    assert evidence_doc.prefix_runs(["mezo", "bszo"], 4, 5, {}) == (6, 9)          # MeZO's own count when it is more
+    assert evidence_doc.prefix_runs(["bszo", "x:y:match=bszo"], 2, 2, {"bszo": 3}) == (3, 5)  # no MeZO, no lrs
+
+
 def test_share_verdicts():
     assert claims.share_verdict(18, 20, "x")[0] == claims.HOLDS
     assert claims.share_verdict(2, 20, "x")[0] == claims.FAILS

@@ -284,6 +284,26 @@ def test_ctrl_c_during_a_validation_stops_at_its_step_and_the_resumed_run_does_i
     _resumes_to_the_evaluated_reference(tiny_base, out, evaluated_reference)
 
 
+@pytest.mark.parametrize("hook", ["on_validation_start", "on_validation_epoch_end"])
+def test_ctrl_c_during_the_validation_of_an_unsaved_step_stops_at_that_step(tiny_base, tmp_path, hook):  # noqa: F811
+    """--save-every 4, --eval-every 2: Ctrl-C during the validation after step 2, which has no checkpoint. The
+    validation ends (a checkpoint taken half-way through it would not resume), is recorded, and the run stops at
+    step 2, saving it there; it no longer runs step 3 first (a scheduler's grace period is short). The resumed run
+    ends as the uninterrupted run: rows, best-on-dev choice, weights."""
+    argv = [*EVAL, "--save-every", "4", "--lr", "3e-2", "--eps", "1e-2"]  # the later flag wins
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert main(_args(tiny_base, full, *argv)) == 0
+    proc = _in_subprocess("run_fine_tune_interrupted_at", 2, _args(tiny_base, out, *argv), "SIGINT", None, hook)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert json.loads((out / "checkpoints" / "validated.json").read_text())["step"] == 2
+    assert main(_args(tiny_base, out, *argv, "--resume")) == 0
+    assert _validations(out) == _validations(full)
+    best = [json.loads((d / "results.json").read_text())["best_step"] for d in (out, full)]
+    assert best[0] == best[1] == 2, best  # step 2's validation, which the stopped run's best-on-dev never saw
+    _assert_same_run(out, full)
+
+
 @pytest.mark.parametrize("checkpoint", ["weights", "ledger"])
 def test_kill_after_a_validation_resumes_with_its_best_on_dev_choice(tiny_base, tmp_path, checkpoint):  # noqa: F811
     """kill -9 in step 3, after step 2's validation, whose checkpoint (saved before it) the run resumes from: the

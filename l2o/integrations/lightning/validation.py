@@ -11,10 +11,12 @@ the interrupted run did it (kill -9 in a later step): rank 0 records the step of
 record also keeps the values the run's monitoring `ModelCheckpoint`s (fine_tune's best-on-dev) saw, so such a
 resumed run gives them that validation too: the weights are the checkpoint's, the validated ones.
 
-Ctrl-C (or SIGTERM) during a validation whose step is saved stops the run at that step: after the batch under way
-when batches are left (the validation is not recorded, so the resumed run owes it, as above), else once the
-validation has ended and is recorded. A scheduler's grace period is short; the rest of the validation and one more
-step no longer run first.
+Ctrl-C (or SIGTERM) during a validation stops the run at its step. When the step is saved: after the batch under
+way when batches are left (the validation is not recorded, so the resumed run owes it, as above), else once the
+validation has ended and is recorded. When it is not (--save-every off the validation steps): once the validation
+has ended and is recorded, saving the step then (a checkpoint taken half-way through a validation would not
+resume). A scheduler's grace period is short; one more step (and where it can, the rest of the validation) no
+longer runs first.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def owed_validation(every: int, folder: Path):
                          "monitored": {cb.monitor: float(trainer.callback_metrics[cb.monitor])
                                        for cb in _monitoring(trainer) if cb.monitor in trainer.callback_metrics}}
                 write_atomic(record, lambda f: f.write(json.dumps(entry).encode()))
+            if self.in_fit(trainer):  # Ctrl-C during it: stop at its step, recorded, saved now if it was not
+                stop_if_interrupted(trainer)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.validate(trainer, pl_module, 1)  # Lightning counted this batch already
@@ -70,11 +74,16 @@ def owed_validation(every: int, folder: Path):
                 self.stop_at_saved_validation(trainer)
 
         @staticmethod
-        def stop_at_saved_validation(trainer):
+        def in_fit(trainer) -> bool:
+            """Whether this is the validation after a training step (not a sanity check, nor a resumed run's owed one
+            before its first step)."""
+            return trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0 \
+                and trainer.global_step % every == 0
+
+        def stop_at_saved_validation(self, trainer):
             """Ctrl-C during the validation of a saved step: stop at that step, not after the validation's rest and
             one more step (a scheduler's grace period is short). Every rank comes here at the same point."""
-            if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0 \
-                    and trainer.global_step % every == 0 and step_saved(trainer):
+            if self.in_fit(trainer) and step_saved(trainer):
                 stop_if_interrupted(trainer)
 
         def on_fit_end(self, trainer, pl_module):

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from bench.claims import load_summary
+from l2o.filelock import write_atomic
 
 # (phase, "methods" or "versus", summary key, row label); the groups read top to bottom as the claims table does
 ROWS = (
@@ -85,6 +86,6 @@ def plot(out: Path, path: Path) -> bool:
                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))  # never half-written
     plt.close(fig)
     return True

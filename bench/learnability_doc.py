@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.stats import z_score
+from l2o.filelock import write_atomic
 
 
 def _d(delta) -> str:
@@ -120,7 +121,7 @@ def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
     plt.close(fig)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
 from fine_tune.placement import base_only, place_model
+from l2o.filelock import write_atomic
 
 
 def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
@@ -65,7 +66,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
     plt.close(fig)
 
 

@@ -238,7 +238,7 @@ def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(t
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1, err
     for needle in ("'opt-30b/zo-finetuner-authors@1'", "opt30B_finetuner.pth", "raw.githubusercontent.com",
-                   "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`", "--registry DIR"):
+                   "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`", "set L2O_ZOO_REGISTRY=DIR"):
         assert needle in lines[0], needle
     assert not cache().exists()
     # fine_tune fetches the policy before the base (gigabytes), so it fails first, in the same one line
@@ -248,6 +248,7 @@ def test_offline_the_failure_is_one_line_naming_the_entry_and_how_to_mirror_it(t
                     "--out", str(tmp_path / "run")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "`zoo mirror --to DIR opt-30b/zo-finetuner-authors@1`" in lines[0], lines
+    assert "set L2O_ZOO_REGISTRY=DIR" in lines[0]  # fine_tune has no --registry: the advice it gives must work
     assert not cache().exists() and not (tmp_path / "run").exists()
     # mirroring everything offline copies what it can and says which remote entries it skipped
     rc, out, err = run_cli(capsys, "mirror", "--to", str(tmp_path / "usb"))

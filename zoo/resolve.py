@@ -319,8 +319,8 @@ def _stage(entry: dict, manifest: Manifest, root: Path, staging: Path) -> dict:
             hint = ""
             if is_remote(entry):
                 key = entry["id"]
-                hint = (f"; on a machine with internet, `zoo mirror --to DIR {key}` copies it, then pass "
-                        f"--registry DIR here (or set {REGISTRY_ENV}=DIR)")
+                hint = (f"; on a machine with internet, `zoo mirror --to DIR {key}` copies it, then "
+                        f"set {REGISTRY_ENV}=DIR (`zoo` also takes --registry DIR)")
             raise IntegrityError(f"could not get a verified copy of {fname} for '{entry['id']}' ({why}){hint}")
     return staged
 

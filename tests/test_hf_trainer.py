@@ -151,6 +151,27 @@ def test_resume_is_bit_identical_and_tensorboard_eval_save_work(tmp_path):
     assert_same_bits(weights(full), weights(loaded))
 
 
+def test_an_evaluation_before_training_logs_into_the_output_dir(tmp_path, monkeypatch):
+    """The zero-shot `evaluate()` before `train()`: Trainer's TensorBoard callback opened its writer in ./runs of the
+    working directory then, and the training's logs followed it there, not into `<output_dir>/runs`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    args = make_args(tmp_path, max_steps=2, report_to=["tensorboard"], output_dir=str(tmp_path / "out"))
+    trainer = ZOTrainer(model=tiny_model("opt"), args=args, train_dataset=Examples(),
+                        eval_dataset=Examples(4, seed=1), optimizer="mezo")
+    trainer.evaluate()
+    trainer.train()
+    assert not (tmp_path / "runs").exists()
+    tags = set()
+    for ev in (tmp_path / "out" / "runs").rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"eval/loss", "train/loss"} <= tags
+
+
 class SignalAt(TrainerCallback):
     """Sends this process `signals` at the start of step `step` (0-based), or at the end of training (step None)."""
 

@@ -283,6 +283,7 @@ class ZOTrainerMixin:
                                      "pass a name as optimizer= or an l2o.optim optimizer")
         super().__init__(*args, **kwargs)
         check_training_args(self.args)
+        _tensorboard_in_output_dir(self)
         self.zo_name, self.zo_kwargs = optimizer, dict(optimizer_kwargs or {})
         self.policy_resolver = policy_resolver
         self._zo_batches: list = []
@@ -382,6 +383,18 @@ def _place_for_trainer(args: tuple, kwargs: dict, device_map, offload) -> None:
     if model is None or training_args is None:
         raise TrainerConfigError("device_map= and offload= need model= and args= (TrainingArguments)")
     place(model, device_map=device_map, offload=offload, execution_device=training_args.device)
+
+
+def _tensorboard_in_output_dir(trainer) -> None:
+    """Trainer's TensorBoard callback names its folder (`<output_dir>/runs/<date>_<host>`) when `train()` starts. An
+    `evaluate()` before that (the usual zero-shot score) opened a writer with no folder, in `./runs` of the working
+    directory, and every later log of the run went there too (transformers 5.23). The folder is named here instead,
+    as `train()` would name it ($TENSORBOARD_LOGGING_DIR, where set, still wins)."""
+    from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None and cb.tb_writer is None:
+            cb.logging_dir = os.path.join(trainer.args.output_dir, default_logdir())
 
 
 class ZOTrainer(ZOTrainerMixin, Trainer):

@@ -50,33 +50,16 @@ over-budget plan names the options that fit. Everything here is a plan (an estim
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import sys
 from dataclasses import dataclass, field
 
-from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, GiB, activation_bytes, base_config, count,
-                             forward_activation_bytes, format_rows, meta_model, method_buffers, temporaries,
-                             tied_copy_bytes)
+from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, Device, GiB, activation_bytes, base_config, block_bytes, count,
+                             device_map_weights, format_devices, forward_activation_bytes, meta_model,
+                             method_buffers, temporaries, tied_copy_bytes)
 
 MAX_GPUS = 16
 CARDS_GB = (16, 24, 32, 40, 48, 80, 94, 141)  # common accelerator memory sizes, for "fits GPUs of"
-
-
-@dataclass
-class Device:
-    name: str
-    rows: list = field(default_factory=list)  # (what, bytes, how)
-    budget: float | None = None  # None: no budget (CPU memory, disk)
-
-    @property
-    def total(self) -> int:
-        return sum(r[1] for r in self.rows)
-
-    @property
-    def fits(self) -> bool:
-        return self.budget is None or self.total <= self.budget
 
 
 @dataclass
@@ -304,21 +287,9 @@ def plan_single(base: str, s: Shape, gpu_bytes: float, model) -> FineTunePlan:
     return FineTunePlan(base, "one device", n, trainable, [Device("GPU", rows, gpu_bytes)])
 
 
-def _block_sizes(model, nbytes: int) -> tuple[list[int], int, int]:
-    """Bytes of each transformer block, of everything else (embeddings, final norm, head), and the largest
-    tensor inside a block (in elements)."""
-    from l2o.blocks import named_blocks
-    from l2o.streaming import transformer_blocks
-
-    blocks = transformer_blocks(model)
-    per = [sum(p.numel() for p in m.parameters()) * nbytes for _, m in blocks]
-    total = sum(p.numel() for _, p in named_blocks(model, trainable_only=False)) * nbytes
-    return per, total - sum(per), max(p.numel() for _, m in blocks for p in m.parameters())
-
-
 def plan_offload(base: str, s: Shape, gpu_bytes: float, model, where: str) -> FineTunePlan:
     n, trainable, largest = _trainable(base, s, model)
-    per, resident, in_block = _block_sizes(model, s.nbytes)
+    per, resident, in_block = block_bytes(model, s.nbytes)
     on_gpu = resident / (resident + sum(per))
     weights = [("resident weights", resident, "embeddings, positions, final norm, head: stay on the GPU"),
                ("streamed blocks", 2 * max(per), f"2 of {len(per)} transformer blocks in flight (the one running, "
@@ -334,45 +305,16 @@ def plan_offload(base: str, s: Shape, gpu_bytes: float, model, where: str) -> Fi
                         [Device("GPU", _gpu_rows(s, largest, weights), gpu_bytes), host])
 
 
-@contextlib.contextmanager
-def _quiet_accelerate():
-    """accelerate warns that the planned GPUs are not on this machine: that is the point of a plan."""
-    log = logging.getLogger("accelerate.utils.modeling")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpus: int) -> FineTunePlan:
     """accelerate's placement of the meta model over `gpus` GPUs whose weight budgets leave room for the rest."""
-    import torch
-    from accelerate.utils import compute_module_sizes
-
-    from l2o.placement import infer_device_map
-
     n, trainable, largest = _trainable(base, s, model)
     overhead = sum(r[1] for r in _gpu_rows(s, largest, []))
     weight_total = n * s.nbytes
     budget = max(0, int((gpu_bytes - overhead) / (1 + state_bytes(s, model)[0] / weight_total)))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.dtype]
-    with _quiet_accelerate():
-        dmap = infer_device_map(model, kind, {**{i: budget for i in range(gpus)}, "cpu": 1 << 60}, dtype=dtype)
-        sizes = compute_module_sizes(model, dtype=dtype)
-    on = {}
-    for module, device in dmap.items():
-        on[device] = on.get(device, 0) + sizes[module]
-    devices = []
-    for i in range(gpus):
-        held = [m for m, d in dmap.items() if d == i]
-        layers = [m.rsplit(".", 1)[-1] for m in held if m.rsplit(".", 1)[-1].isdigit()]
-        what = (f"layers {layers[0]}-{layers[-1]}" if layers else "no layers") + \
-            (f" + {len(held) - len(layers)} other modules" if len(held) > len(layers) else "")
-        devices.append(Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what),
-                                                                 *state_rows(s, model, on.get(i, 0) / weight_total)]),
-                              gpu_bytes))
+    on, what = device_map_weights(model, kind, gpus, budget, s.dtype)
+    devices = [Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what[i]),
+                                                          *state_rows(s, model, on.get(i, 0) / weight_total)]),
+                      gpu_bytes) for i in range(gpus)]
     spilled = on.get("cpu", 0) + on.get("disk", 0)
     if spilled:
         devices.append(Device("CPU memory", [("spilled weights", spilled, "offloaded: copied in for each forward"),
@@ -451,15 +393,7 @@ def format_plan(plan: FineTunePlan) -> str:
     trainable = "all trainable" if plan.trainable == plan.params else f"{plan.trainable / 1e6:,.2f}M trainable"
     lines = [f"memory plan per device: fine_tune --base {plan.base} ({plan.params / 1e9:.2f}B parameters, "
              f"{trainable}), {plan.setting}"]
-    for device in plan.devices:
-        lines.append(f"{device.name}:")
-        lines += format_rows(device.rows)
-        total = f"  {'total':<22} {device.total / GiB:8.2f} GiB"
-        if device.budget is not None:
-            room = device.budget - device.total
-            total += f"   {'fits in' if device.fits else 'does NOT fit in'} {device.budget / GiB:.0f} GiB " \
-                     f"({abs(room) / GiB:.1f} GiB {'to spare' if device.fits else 'short'})"
-        lines.append(total)
+    lines += format_devices(plan.devices)
     if plan.devices[0].name == "GPU":  # one GPU (held or offloaded; not a device map): its need, any --gpu-memory
         need = plan.devices[0].total
         cards = [c for c in CARDS_GB if need <= c * GiB]

@@ -11,7 +11,9 @@ backward's; `forward_activation_bytes`: the working set of a forward without gra
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,22 @@ class Plan:
     @property
     def fits(self) -> bool:
         return self.total <= self.gpu_bytes
+
+
+@dataclass
+class Device:
+    """One device of a placed plan (a GPU of a device map, the host memory of an offload)."""
+    name: str
+    rows: list = field(default_factory=list)  # (what, bytes, how)
+    budget: float | None = None  # None: no budget (CPU memory, disk)
+
+    @property
+    def total(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or self.total <= self.budget
 
 
 @functools.lru_cache(maxsize=4)
@@ -205,3 +223,66 @@ def method_buffers(method: str, shapes, weight_bytes: int, hparams: dict | None 
 
 def format_rows(rows, indent: str = "  ") -> list[str]:
     return [f"{indent}{what:<22} {nbytes / GiB:8.2f} GiB   {how}" for what, nbytes, how in rows]
+
+
+def format_devices(devices) -> list[str]:
+    """Each device's rows and its total against its budget."""
+    lines = []
+    for device in devices:
+        lines.append(f"{device.name}:")
+        lines += format_rows(device.rows)
+        total = f"  {'total':<22} {device.total / GiB:8.2f} GiB"
+        if device.budget is not None:
+            room = device.budget - device.total
+            total += f"   {'fits in' if device.fits else 'does NOT fit in'} {device.budget / GiB:.0f} GiB " \
+                     f"({abs(room) / GiB:.1f} GiB {'to spare' if device.fits else 'short'})"
+        lines.append(total)
+    return lines
+
+
+def block_bytes(model, nbytes: int) -> tuple[list[int], int, int]:
+    """Bytes of each transformer block, of everything else (embeddings, final norm, head), and the largest
+    tensor inside a block (in elements): what `--offload` streams and what stays resident."""
+    from l2o.blocks import named_blocks
+    from l2o.streaming import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    per = [sum(p.numel() for p in m.parameters()) * nbytes for _, m in blocks]
+    total = sum(p.numel() for _, p in named_blocks(model, trainable_only=False)) * nbytes
+    return per, total - sum(per), max(p.numel() for _, m in blocks for p in m.parameters())
+
+
+@contextlib.contextmanager
+def _quiet_accelerate():
+    """accelerate warns that the planned GPUs are not on this machine: that is the point of a plan."""
+    log = logging.getLogger("accelerate.utils.modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def device_map_weights(model, kind: str, gpus: int, budget: int, dtype: str) -> tuple[dict, dict]:
+    """accelerate's placement (l2o.placement.infer_device_map, as a run places) of the meta `model` over `gpus` GPUs
+    of `budget` bytes of weights each, the rest to CPU memory: ({device: bytes of weights}, {GPU index: what it
+    holds, e.g. "layers 0-19 + 2 other modules"})."""
+    import torch
+    from accelerate.utils import compute_module_sizes
+
+    from l2o.placement import infer_device_map
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    with _quiet_accelerate():
+        dmap = infer_device_map(model, kind, {**{i: budget for i in range(gpus)}, "cpu": 1 << 60}, dtype=dt)
+        sizes = compute_module_sizes(model, dtype=dt)
+    on, what = {}, {}
+    for module, device in dmap.items():
+        on[device] = on.get(device, 0) + sizes[module]
+    for i in range(gpus):
+        held = [m for m, d in dmap.items() if d == i]
+        layers = [m.rsplit(".", 1)[-1] for m in held if m.rsplit(".", 1)[-1].isdigit()]
+        what[i] = (f"layers {layers[0]}-{layers[-1]}" if layers else "no layers") + \
+            (f" + {len(held) - len(layers)} other modules" if len(held) > len(layers) else "")
+    return on, what

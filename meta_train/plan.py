@@ -40,6 +40,13 @@ With the forward-only estimators (`--estimator es|pes`) a step is ZO fine-tuning
 
 Under the look-ahead the inner method runs only in meta-validation (one copy of its buffers, beside the momentum).
 
+`--device-map auto|balanced|sequential` or `--offload cpu` (ES/PES: the LLM placed by l2o.placement) plans each
+device as the run places it (`place`): a device map over the fewest GPUs that hold the weights, each GPU's weight
+budget its memory less the step's other rows (accelerate's placement of the meta model, as fine_tune --dry-run
+plans it); an offload keeps the embeddings, final norm and head and two transformer blocks in flight on the GPU
+and the other blocks in CPU memory. The inner method's state sits beside the weights it belongs to, in their share.
+A forward-only plan that does not fit one device names the placement that fits.
+
 Activations are what transformers' layers save for a backward, per layer and token
 (l2o.memory_plan.layer_bytes_per_token: norms, q k v and the attention output, SDPA's mask copy, the MLP's
 4f gated or f for OPT's ReLU, eager attention's float32 softmax); logits tokens x vocab x (bytes + 8) for
@@ -49,23 +56,33 @@ the float32 cross-entropy. With gradient checkpointing: one hidden state per lay
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from l2o.memory_plan import (RUNTIME_RESERVE, GiB, Plan, activation_bytes, base_config, count,
-                             forward_activation_bytes, format_rows, meta_model, method_buffers, shapes, temporaries,
-                             tied_copy_bytes)
+from l2o.memory_plan import (RUNTIME_RESERVE, Device, GiB, Plan, activation_bytes, base_config, block_bytes, count,
+                             device_map_weights, format_devices, forward_activation_bytes, format_rows, meta_model,
+                             method_buffers, shapes, temporaries, tied_copy_bytes)
 
 __all__ = ["base_config", "format_plan", "main", "make_plan", "shapes", "table"]
 ESTIMATORS = ("lookahead", "es", "pes")  # l2o.estimators.ESTIMATORS (not imported: --dry-run stays light)
 BYTES = {"fp32": 4, "bf16": 2}  # meta-training's dtypes (fp16 overflows without loss scaling)
 POLICY_FLOATS_PER_BLOCK = 449
+MAX_GPUS = 16  # the most GPUs a --device-map plan tries (fine_tune.plan's)
 
 
 @dataclass
 class MetaPlan(Plan):
     estimator: str = "lookahead"
     disk: int = 0  # parked weights of the forward-only estimators (host disk, not device memory)
+    devices: list = field(default_factory=list)  # --device-map / --offload: each device's rows (else `rows`)
+    placement: str = ""  # e.g. "--device-map auto on 2 GPU(s)"
+    spilled: int = 0  # bytes of weights a device map could not place on the GPUs
+
+    @property
+    def fits(self) -> bool:
+        if self.devices:
+            return not self.spilled and all(d.fits for d in self.devices)
+        return self.total <= self.gpu_bytes
 
 
 def plan_dtype(base: str, dtype: str) -> tuple[str, str]:
@@ -128,11 +145,57 @@ def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) ->
     return sum(r[1] for r in rows if r[0] != "weights")
 
 
+def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) -> MetaPlan:
+    """A forward-only plan's rows spread as `--device-map` or `--offload cpu` places the LLM (l2o.placement). Each
+    GPU holds its weights, the inner method's state in their proportion (it sits beside them), and the step's other
+    rows whole (perturbation, activations, policy, runtime), as a run places it: a GPU's weight budget is its memory
+    less those rows (meta_train.module._place). A device map takes the fewest GPUs that hold the model."""
+    b = BYTES[plan.dtype]
+    weights = plan.rows[0][1]
+    state = sum(r[1] for r in plan.rows if r[0] == "inner-method state")
+    rest = [r for r in plan.rows[1:] if r[0] != "inner-method state"]
+
+    def share(part: float) -> list:
+        return [("inner-method state", int(state * part), f"{part:.0%} of it, beside these weights")] if state else []
+
+    if offload is not None:
+        per, resident, _ = block_bytes(model, b)
+        on_gpu = resident / (resident + sum(per))
+        gpu = Device("GPU", [("resident weights", resident, "embeddings, positions, final norm, head"),
+                             ("streamed blocks", 2 * max(per), f"2 of {len(per)} transformer blocks in flight"),
+                             *share(on_gpu), *rest], plan.gpu_bytes)
+        host = Device("CPU memory", [("offloaded weights", sum(per), f"{len(per)} blocks, pinned"),
+                                     *share(1 - on_gpu)])
+        plan.devices, plan.placement = [gpu, host], f"--offload {offload}"
+        return plan
+    budget = max(0, int((plan.gpu_bytes - sum(r[1] for r in rest)) / (1 + state / weights)))
+    for gpus in range(1, MAX_GPUS + 1):
+        on, what = device_map_weights(model, device_map, gpus, budget, plan.dtype)
+        plan.devices = [Device(f"GPU {i}", [("weights", on.get(i, 0), what[i]), *share(on.get(i, 0) / weights),
+                                            *rest], plan.gpu_bytes) for i in range(gpus)]
+        plan.spilled = on.get("cpu", 0) + on.get("disk", 0)
+        if plan.spilled:
+            plan.devices.append(Device("CPU memory", [("spilled weights", plan.spilled, "copied in for each "
+                                                       "forward"), *share(plan.spilled / weights)]))
+        plan.placement = f"--device-map {device_map} on {gpus} GPU(s)"
+        if plan.fits or not on.get(gpus - 1):  # fits, or the last GPU got no weights (the rows fill it): more
+            break                              # GPUs will not help
+    return plan
+
+
 def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
               unroll: int = 1, eager: bool = False, gpu_gb: float = 80.0, estimator: str = "lookahead",
-              pairs: int = 4, inner_method: str = "zo-finetuner", inner_hparams: dict | None = None) -> MetaPlan:
+              pairs: int = 4, inner_method: str = "zo-finetuner", inner_hparams: dict | None = None,
+              device_map: str | None = None, offload: str | None = None) -> MetaPlan:
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if (device_map or offload) and estimator == "lookahead":
+        raise ValueError("--device-map and --offload need a forward-only estimator (--estimator es or pes)")
+    if device_map and offload:
+        raise ValueError("choose one of --device-map and --offload cpu, not both")
+    if device_map not in (None, "auto", "balanced", "sequential") or offload not in (None, "cpu"):
+        raise ValueError(f"--device-map takes auto, balanced or sequential and --offload cpu, got "
+                         f"{device_map or offload!r}")
     config = base_config(base)
     dtype, how = plan_dtype(base, dtype)
     if dtype not in BYTES:
@@ -145,7 +208,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
         plan.rows = forward_only_rows(config, n, sizes, dtype, batch, length, eager, how)
         plan.rows[1:1] = state
         plan.disk = n * b * (1 if estimator == "es" else 2 * pairs)
-        return plan
+        return place(plan, meta_model(base), device_map, offload) if device_map or offload else plan
     plan.rows = [
         ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype}{'; ' + how if how else ''})"),
         ("momentum", n * b, f"SGD momentum in {dtype}" + (", fp32 arithmetic + stochastic rounding" if b < 4 else "")),
@@ -164,16 +227,25 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
     return plan
 
 
-def format_plan(plan: Plan) -> str:
+def format_plan(plan: MetaPlan) -> str:
     lines = [f"memory plan per device: meta_train --base {plan.base} --estimator {plan.estimator} "
-             f"({plan.params / 1e9:.2f}B parameters, {plan.blocks} blocks)"]
-    lines += format_rows(plan.rows)
-    room = plan.gpu_bytes - plan.total
-    lines.append(f"  {'total':<22} {plan.total / GiB:8.2f} GiB")
-    verdict = "fits" if plan.fits else "does NOT fit"
-    lines.append(f"  {verdict} in {plan.gpu_bytes / GiB:.0f} GiB ({abs(room) / GiB:.1f} GiB "
-                 f"{'to spare' if plan.fits else 'short'}); pretrained weights for resets are re-read from the "
-                 "model files, meta-validation parks the trajectory on disk")
+             f"({plan.params / 1e9:.2f}B parameters, {plan.blocks} blocks)" + (f", {plan.placement}, "
+                                                                               f"{plan.gpu_bytes / GiB:.0f} GiB per GPU"
+                                                                               if plan.devices else "")]
+    resets = ("pretrained weights for resets are re-read from the model files, meta-validation parks the trajectory "
+              "on disk")
+    if plan.devices:
+        lines += format_devices(plan.devices)
+        if plan.spilled:
+            lines.append(f"  the GPUs hold all but {plan.spilled / GiB:.1f} GiB of weights (CPU memory: it runs, "
+                         "slowly)")
+        lines.append(f"  {'fits' if plan.fits else 'does NOT fit'}; {resets}")
+    else:
+        lines += format_rows(plan.rows)
+        room = plan.gpu_bytes - plan.total
+        lines.append(f"  {'total':<22} {plan.total / GiB:8.2f} GiB")
+        lines.append(f"  {'fits' if plan.fits else 'does NOT fit'} in {plan.gpu_bytes / GiB:.0f} GiB "
+                     f"({abs(room) / GiB:.1f} GiB {'to spare' if plan.fits else 'short'}); {resets}")
     if plan.disk:
         lines.append(f"  {'on disk (not device)':<22} {plan.disk / GiB:8.2f} GiB   parked weights "
                      f"({'theta_t' if plan.estimator == 'es' else '2 runs per particle'}; --model.scratch_dir)")
@@ -215,13 +287,21 @@ def _options(argv: list[str]) -> dict:
 
 
 def fitting_flags(kw: dict) -> str | None:
-    """The first of --model.dtype bf16, --model.gradient_checkpointing true, both, under which the plan `kw`
-    (make_plan's arguments) fits; None when none does."""
+    """The first change of the plan `kw` (make_plan's arguments) under which it fits, or None: --model.dtype bf16,
+    --model.gradient_checkpointing true (the look-ahead's backward), both; for the forward-only estimators, the LLM
+    spread over GPUs (--device-map auto, on the fewest that hold it) or streamed from CPU memory (--offload cpu), in
+    the dtype given, then in bf16."""
     tries = [{"dtype": "bf16"}, {"checkpointing": True}, {"dtype": "bf16", "checkpointing": True}]
-    flags = {"dtype": "--model.dtype bf16", "checkpointing": "--model.gradient_checkpointing true"}
+    if kw.get("estimator", "lookahead") != "lookahead":
+        tries = [{"dtype": "bf16"}, *({**d, "device_map": "auto", "offload": None} for d in ({}, {"dtype": "bf16"})),
+                 *({**d, "offload": "cpu", "device_map": None} for d in ({}, {"dtype": "bf16"}))]
     for change in tries:
-        if make_plan(**{**kw, **change}).fits:
-            return " ".join(flags[k] for k in change)
+        plan = make_plan(**{**kw, **change})
+        if plan.fits:
+            flags = {"dtype": "--model.dtype bf16", "checkpointing": "--model.gradient_checkpointing true",
+                     "device_map": f"--device-map auto ({plan.placement.split(' on ')[-1]})",
+                     "offload": "--offload cpu"}
+            return " ".join(flags[k] for k, v in change.items() if v)
     return None
 
 
@@ -238,21 +318,17 @@ def main(argv: list[str]) -> int:
                   pairs=int(opt.get("--model.pairs", 4)),
                   inner_method=opt.get("--model.inner_method", "zo-finetuner"),
                   inner_hparams={k.split(".", 2)[2]: v for k, v in opt.items()
-                                 if k.startswith("--model.inner_hparams.")})
+                                 if k.startswith("--model.inner_hparams.")},
+                  device_map=opt.get("--device-map", opt.get("--device_map")), offload=opt.get("--offload"))
         plan = make_plan(**kw)
         hint = None if plan.fits else fitting_flags(kw)
     except (ValueError, OSError) as err:
         print(f"meta_train: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     print(format_plan(plan))
-    placed = [f for f in ("--device-map", "--device_map", "--offload") if opt.get(f)]
-    if placed and plan.estimator != "lookahead":
-        print(f"  {placed[0].replace('_', '-')} {opt[placed[0]]}: this plan is one device's; `fine_tune --base "
-              f"{plan.base} --dry-run {placed[0].replace('_', '-')} {opt[placed[0]]}` plans the same forward-only step "
-              f"per device (the policy adds {plan.blocks * POLICY_FLOATS_PER_BLOCK * 20 / 2 ** 20:.1f} MiB)")
     if not plan.fits:
-        print(f"  fits with {hint}" if hint else "  no flag makes it fit (not bf16 with gradient checkpointing "
-              "either): a device with more memory (--gpu-memory) or a smaller base or batch")
+        print(f"  fits with {hint}" if hint else "  no flag makes it fit: a device with more memory "
+              "(--gpu-memory) or a smaller base or batch")
     return 0 if plan.fits else 1
 
 

@@ -760,6 +760,42 @@ def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200
     assert "--estimator es" in out and "fits in 139 GiB" in out and "on disk" in out and "\n  momentum " not in out
 
 
+def test_dry_run_plans_each_device_of_a_placed_forward_only_run(capsys):
+    """`--dry-run --device-map auto` / `--offload cpu` (ES): it printed the one-device plan, "does NOT fit" and "no
+    flag makes it fit" for OPT-66B bf16 on 80 GiB GPUs, a base the flag places over two. Each GPU now holds its
+    layers' weights (together the one-device plan's, as accelerate sizes them) and the step's other rows whole; an
+    offload the resident weights and two blocks on the GPU, the other blocks in CPU memory; an inner method's
+    state is split with the weights; and a plan that fits no one device names the placement that fits."""
+    from meta_train.cli import main
+    from meta_train.plan import make_plan
+
+    one = make_plan("opt-66b", "bf16", estimator="es")
+    weights, rest = one.rows[0][1], one.rows[1:]
+    spread = make_plan("opt-66b", "bf16", estimator="es", device_map="auto")
+    gpus = [d for d in spread.devices if d.budget]
+    assert spread.fits and not one.fits and len(gpus) == len(spread.devices) == 2 and not spread.spilled
+    assert abs(sum(d.rows[0][1] for d in gpus) - weights) < 1e-3 * weights and all(d.rows[0][1] for d in gpus)
+    assert all(d.rows[1:] == rest and d.total <= 80 * 2 ** 30 for d in gpus)
+    streamed = make_plan("opt-66b", "bf16", estimator="es", offload="cpu")
+    gpu, host = streamed.devices
+    assert streamed.fits and abs(gpu.rows[0][1] + host.rows[0][1] - weights) < 1e-3 * weights
+    assert gpu.rows[1][1] < 0.05 * weights and gpu.rows[2:] == rest  # two of 64 blocks in flight
+    mmt = make_plan("opt-66b", "bf16", estimator="es", inner_method="zo-finetuner+zo-sgd-mmt", device_map="auto",
+                    gpu_gb=139)
+    state = dict((r[0], r[1]) for r in make_plan("opt-66b", "bf16", estimator="es",
+                                                  inner_method="zo-finetuner+zo-sgd-mmt").rows)["inner-method state"]
+    held = [r[1] for d in mmt.devices for r in d.rows if r[0] == "inner-method state"]
+    assert len(held) == len(mmt.devices) >= 2 and abs(sum(held) - state) < 1e-3 * state
+    flags = ["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run"]
+    assert main([*flags, "--device-map", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "--device-map auto on 2 GPU(s)" in out and "GPU 1:" in out and "does NOT fit" not in out
+    assert main(flags) == 1 and "fits with --device-map auto (2 GPU(s))" in capsys.readouterr().out
+    assert main([*flags, "--offload", "cpu"]) == 0 and "CPU memory:" in capsys.readouterr().out
+    assert main(["--base", "opt-66b", "--dry-run", "--device-map", "auto"]) == 2  # the look-ahead backpropagates
+    assert capsys.readouterr().err.startswith("meta_train: error: --device-map and --offload need a forward-only")
+
+
 @pytest.mark.parametrize("mine,other", [(0.7, 0.7), (0.7, 99.0), (99.0, 0.7), (float("nan"), 0.7)])
 def test_under_ddp_the_ranks_stop_together_and_each_says_whose_trajectory_diverged(mine, other):
     """Two ranks, one meta-loss each after a first of 0.7 on the task: every rank calls the one all-reduce (a rank

@@ -143,6 +143,45 @@ def test_bf16_projected_gradient_agrees_with_fp32_within_sampling_noise():
     assert abs(b_rtn - 1.0) > 4 * se_rtn, (b_rtn, se_rtn)  # round-to-nearest fails the same check
 
 
+def test_bf16_evaluation_along_a_several_seed_direction_is_unbiased():
+    """A direction of several terms (GV's guide v, BSZO-B's eigenvector, any HiZOO perturbation through P) is
+    accumulated in float32 and rounded to bf16 stochastically, like a single seed: with weights near 1, eps d is
+    below half a bf16 ulp almost everywhere, so rounding to nearest would leave the forward unperturbed. The
+    perturbation the forward sees regresses on eps d with slope 1 (round to nearest: about 0)."""
+    n, eps = 1 << 16, 5e-4
+    g = torch.Generator().manual_seed(0)
+    w16 = (1.0 + 0.01 * torch.randn(n, generator=g)).to(torch.bfloat16)
+    model = _Vector(w16, torch.zeros(n))
+    engine = Engine(model)
+    d = Direction((1, 2), (0.6, 0.8))
+    engine.evaluate(model, d, eps)
+    x = eps * engine.direction_tensor(d, engine.blocks[0]).double()
+    y = model.seen[-1].double() - w16.double()
+    slope = float((x * y).sum() / (x * x).sum())
+    se = float((y - slope * x).std() / (x * x).sum().sqrt())
+    assert se < 0.05 and abs(slope - 1.0) < 4 * se, (slope, se)
+
+
+def test_the_differentiable_swap_in_gives_the_directional_derivative_of_a_weighted_direction():
+    """Inside `differentiable(d, alpha, scales)` the forward sees theta + alpha s d with d = sum_j w_j z_j, and
+    the backward gives dL/ds = alpha <grad L(theta'), d> (the meta-gradient of a block scale). For
+    L = a . w + |w|^2 / 2, grad L(theta') = a + theta' in closed form, so the weights w_j must enter the
+    backward's regenerated d as they enter the forward's."""
+    n, alpha = 500, 1e-2
+    g = torch.Generator().manual_seed(4)
+    model = _Vector(torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64))
+    engine = Engine(model)
+    d = Direction((3, 8), (0.5, -2.0))
+    direction = engine.direction_tensor(d, engine.blocks[0]).double()
+    scales = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    with engine.differentiable(d, alpha, scales):
+        model().backward()
+    shifted = model.w.detach() + alpha * direction
+    assert torch.allclose(model.seen[-1], shifted, rtol=0, atol=1e-8)  # d made in float32 here
+    want = alpha * float((model.a + shifted) @ direction)
+    assert float(scales.grad) == pytest.approx(want, rel=1e-6)
+
+
 def test_evaluate_sees_theta_plus_eps_direction():
     model = TwoBlock()
     engine = Engine(model)

@@ -63,3 +63,40 @@ def test_a_block_at_zero_scale_keeps_its_preconditioner():
     assert not torch.equal(plain.engine.rule.precondition(plain.blocks[1]), torch.ones_like(frozen))
     for b in (opt.blocks[0], opt.blocks[2]):
         assert not torch.equal(rule.precondition(b), torch.ones_like(b.param))
+
+
+class Concave(torch.nn.Module):
+    """L(theta) = -0.5 sum_i lam_i theta_i^2 (float64): negative curvature along every direction, as a loss has
+    near a saddle or a maximum."""
+
+    def __init__(self, dim=30):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.theta = torch.nn.Parameter(torch.randn(dim, generator=g, dtype=torch.float64))
+        self.lam = torch.linspace(1.0, 10.0, dim, dtype=torch.float64)
+
+    def forward(self):
+        return -0.5 * (self.lam * self.theta ** 2).sum()
+
+    def at(self, theta) -> float:
+        return float(-0.5 * (self.lam * theta ** 2).sum())
+
+
+def test_negative_curvature_enters_the_hessian_estimate_by_its_magnitude():
+    """HiZOO's curvature estimate is |L+ + L- - 2 L0| / (2 eps^2): the absolute value keeps H positive where the
+    loss curves down (a signed estimate drives 1 - a + a c z^2 below 0 and P = H^(-1/2) to NaN, or inflates P).
+    One step on a concave loss against the official formula: P = 1 / sqrt(1 - a + a |c| z^2), finite."""
+    a, eps, lr = 0.3, 1e-2, 1e-3
+    model = Concave()
+    opt = build_optimizer("hizoo", model, lr=lr, eps=eps, hessian_smooth=a, seed=2)
+    theta = model.theta.detach().clone()
+    z = opt.engine.noise.z(opt.seeds(1)[0], 0, theta.shape).double()
+    f0, plus, minus = model.at(theta), model.at(theta + eps * z), model.at(theta - eps * z)
+    c = abs(plus + minus - 2 * f0) / (2 * eps * eps)
+    assert plus + minus - 2 * f0 < 0  # the loss curves down along z
+    h = (1 - a) + a * c * z * z
+    opt.step(model)
+    p = opt.engine.rule.precondition(opt.blocks[0])
+    assert torch.isfinite(p).all() and torch.allclose(p.double(), 1 / h.sqrt(), rtol=1e-5)
+    g = (plus - minus) / (2 * eps)
+    assert torch.allclose(model.theta.detach(), theta - lr * g * z / h.sqrt(), rtol=1e-5, atol=1e-8)

@@ -115,6 +115,17 @@ def test_truncated_ledgers_are_refused(written):
     _refused(cut.text(), "not the ledger that was recorded", **summary)
 
 
+def test_another_run_s_ledger_with_as_many_updates_is_refused_against_the_recorded_summary(written):
+    """A checkpoint or zoo config pins its ledger by update count and last h: another run's ledger on the same base
+    (another seed), intact, sealed and with the same number of updates, matches the count alone but not the head,
+    so it is refused before any weight is written rather than replayed into other weights."""
+    _, summary = written
+    _, other = _run("zo-finetuner", torch.bfloat16, steps=5, seed=1)
+    other.ledger.seal()
+    assert other.ledger.num_updates == summary["updates"] and other.ledger.head != summary["head"]
+    _refused(other.ledger.text(), "not the ledger that was recorded", **summary)
+
+
 def test_reordered_and_edited_ledgers_are_refused(written):
     path, _ = written
     lines = path.read_text().splitlines(keepends=True)

@@ -84,3 +84,22 @@ def test_the_matrix_perturbation_has_rank_r():
     opt.step(model)
     line = opt.ledger.records[-1]
     assert line["k"] == [opt.v_key(0)]  # V's key travels in the ledger line
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_v_is_drawn_apart_from_every_u(interval):
+    """U (fresh each step) and V (kept nu steps) are independent draws: V's key is never a seed some step draws U
+    from. A V keyed like a step's U would share its noise stream with that U (the same Gaussian numbers in both
+    factors: z = U V^T correlated with itself), at every step when nu = 1. Read from the ledger's lines (U's seed
+    in "s", V's key in "k") over 6 steps, and the factors themselves."""
+    model = Matrix()
+    opt = build_optimizer("lozo", model, lr=1e-3, eps=1e-3, rank=2, interval=interval, seed=5)
+    for _ in range(6):
+        opt.step(model)
+    lines = [r for r in opt.ledger.records if "seal" not in r]
+    u_seeds, v_keys = {r["s"][0] for r in lines}, {r["k"][0] for r in lines}
+    assert len(u_seeds) == 6 and len(v_keys) == -(-6 // interval)
+    assert not u_seeds & v_keys
+    for r in lines:
+        u, v, _ = factors(opt, r["s"][0], r["k"][0])
+        assert not torch.equal(u[:v.shape[0]], v)

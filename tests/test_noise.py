@@ -146,3 +146,15 @@ def test_the_kernel_compiles_for_a_gpu_without_fused_multiply_adds(flags):
     assert not re.search(r"\bfma\.", ptx)
     if not flags["BITS"]:
         assert re.search(r"mul(\.rn)?\.f32", ptx)
+
+
+def test_every_step_and_index_of_a_run_gets_its_own_seed():
+    """derive_seed(run seed, step t, index j) keys every direction a run draws (direction j of step t, the step's
+    rounding bits at index 2^20, LOZO's V at 2^21): two (t, j) with one seed would reuse a direction, e.g. an n-SPSA
+    step's or GV pool's direction j at step t coming back as direction t at step j. All distinct, across run seeds
+    too."""
+    from l2o.noise import derive_seed
+
+    indices = list(range(8)) + [1 << 20, 1 << 21]
+    seeds = [derive_seed(run, t, j) for run in range(3) for t in range(64) for j in indices]
+    assert len(set(seeds)) == len(seeds)

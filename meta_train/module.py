@@ -236,17 +236,20 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
 
     def _place(self, model, device, dtype: str) -> None:
         """--device-map / --offload (ES and PES): the LLM placed by l2o.placement, each of this process's GPUs
-        given its memory less the step's other rows of the plan (meta_train.plan) for weights."""
+        given its memory less the step's other rows of the plan for weights, shared with the inner method's state
+        (meta_train.plan.weight_budget, as --dry-run plans it)."""
         from l2o.placement import place
 
         device = torch.device(device)
         budgets = None
         if device.type == "cuda" and self.hparams.device_map:
-            from meta_train.plan import forward_only_overhead
+            from meta_train.plan import BYTES, forward_only_overhead, inner_state_bytes, weight_budget
 
-            rest = forward_only_overhead(model.config, [b.param.numel() for b in Engine(model).blocks], dtype,
-                                         self.dm.batch_size, self.dm.max_length)
-            budgets = {i: max(0, torch.cuda.get_device_properties(i).total_memory - rest) for i in _rank_gpus(self)}
+            hp, sizes = self.hparams, [b.param.numel() for b in Engine(model).blocks]
+            rest = forward_only_overhead(model.config, sizes, dtype, self.dm.batch_size, self.dm.max_length)
+            state = inner_state_bytes(hp.base, dtype, hp.estimator, hp.pairs, hp.inner_method, hp.inner_hparams)
+            budgets = {i: weight_budget(torch.cuda.get_device_properties(i).total_memory, rest, state,
+                                        sum(sizes) * BYTES[dtype]) for i in _rank_gpus(self)}
         place(model, device_map=self.hparams.device_map, offload=self.hparams.offload, execution_device=device,
               max_memory=budgets)
         where = ", ".join(f"{n / 1e6:,.1f}M on {k}" for k, n in model._l2o_placement["parameters"].items())

@@ -145,6 +145,19 @@ def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) ->
     return sum(r[1] for r in rows if r[0] != "weights")
 
 
+def weight_budget(gpu_bytes: float, rest: int, state: int, weights: int) -> int:
+    """Bytes of weights one GPU of a device map may hold: its memory less the step's other rows (`rest`), shared
+    with the inner method's state (`state` over all `weights`), which sits beside the weights it belongs to. The
+    plan and the run (meta_train.module._place) place by it."""
+    return max(0, int((gpu_bytes - rest) / (1 + state / weights)))
+
+
+def inner_state_bytes(base: str, dtype: str, estimator: str, pairs: int, inner_method: str,
+                      inner_hparams: dict | None) -> int:
+    """The inner method's buffers times the copies the estimator keeps (0 for a method without buffers)."""
+    return sum(r[1] for r in inner_state_rows(base, BYTES[dtype], estimator, pairs, inner_method, inner_hparams))
+
+
 def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) -> MetaPlan:
     """A forward-only plan's rows spread as `--device-map` or `--offload cpu` places the LLM (l2o.placement). Each
     GPU holds its weights, the inner method's state in their proportion (it sits beside them), and the step's other
@@ -168,7 +181,7 @@ def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) ->
                                      *share(1 - on_gpu)])
         plan.devices, plan.placement = [gpu, host], f"--offload {offload}"
         return plan
-    budget = max(0, int((plan.gpu_bytes - sum(r[1] for r in rest)) / (1 + state / weights)))
+    budget = weight_budget(plan.gpu_bytes, sum(r[1] for r in rest), state, weights)
     for gpus in range(1, MAX_GPUS + 1):
         on, what = device_map_weights(model, device_map, gpus, budget, plan.dtype)
         plan.devices = [Device(f"GPU {i}", [("weights", on.get(i, 0), what[i]), *share(on.get(i, 0) / weights),

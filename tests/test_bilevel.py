@@ -452,3 +452,54 @@ def test_meta_train_resumed_does_the_held_out_validations_of_an_uninterrupted_ru
     x, y = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]["zo_ledger"]
             for d in (full, run))
     assert x == y
+
+
+def test_one_sided_estimate_and_the_clipped_backbone_step_by_hand(tok):
+    """The default one-sided estimate is g = [F(theta + eps z) - F(theta)] / eps (not / 2 eps: half the step), F
+    evaluated here with z added to the backbone by hand; theta_clip bounds |g| on both sides, so a projection of
+    -66 moves the backbone by -theta_lr * (-0.5) z, not by 66 theta_lr z."""
+    m = _method(tok, seed=1, lam=3.0, theta_lr=1e-3, one_sided=True, eps=1e-2, theta_clip=0.5)
+    d_g, d_f = split_dg_df(EXAMPLES, 0)
+    bf, bg = d_f[:3], d_g[:4]
+    fn = _batches(m, tok, lower=d_g[:4], upper_f=bf, upper_g=bg)
+    for _ in range(3):  # make w differ from p so the penalty is not trivially zero
+        m.lower_step(fn, 0)
+    z = [m.engine.direction_tensor(Direction.single(derive_seed(m.seed, 0, 0)), b) for b in m.engine.blocks]
+
+    @torch.no_grad()
+    def objective():
+        m.slots.install(m.p[0])
+        lf, lgp = float(OBJ.loss(m.model, tok, bf)), float(OBJ.loss(m.model, tok, bg))
+        m.slots.install(m.w[0])
+        return lf + 3.0 * (lgp - float(OBJ.loss(m.model, tok, bg)))
+
+    before = [b.param.detach().clone() for b in m.engine.blocks]
+    f0 = objective()
+    with torch.no_grad():
+        for b, zb in zip(m.engine.blocks, z):
+            b.param.add_(zb * 1e-2)
+    g = (objective() - f0) / 1e-2
+    with torch.no_grad():
+        for b, x in zip(m.engine.blocks, before):
+            b.param.copy_(x)
+    res = m.upper_step(fn, [0])
+    assert res.projected_grads[0] == pytest.approx(g, rel=1e-4) and g < -0.5
+    for b, x, zb in zip(m.engine.blocks, before, z):
+        torch.testing.assert_close(b.param.detach(), x + 1e-3 * 0.5 * zb, rtol=0, atol=1e-6)
+
+
+def test_each_copy_takes_adam_steps_at_its_own_levels_lr(tok):
+    """The lower copy w learns at lower_lr and the upper copy p at upper_lr: Adam's first step moves every
+    coordinate with a gradient well above adam_eps by lr, so after one lower and one upper step the largest change
+    of w is lower_lr (5e-2) and of p upper_lr (1e-2); swapped rates would train the evaluated copy p 5x faster
+    than meant."""
+    m = _method(tok, theta_lr=0.0, lower_lr=5e-2, upper_lr=1e-2)
+    d_g, d_f = split_dg_df(EXAMPLES, 0)
+    fn = _batches(m, tok, lower=d_g[:4], upper_f=d_f[:3], upper_g=d_g[4:8])
+    w0, p0 = [q.detach().clone() for q in m.w[0]], [q.detach().clone() for q in m.p[0]]
+    m.lower_step(fn, 0)
+    assert all(torch.equal(a, b) for a, b in zip(p0, m.p[0]))  # the lower step leaves p as it is
+    dw = max(float((q.detach() - a).abs().max()) for q, a in zip(m.w[0], w0))
+    m.upper_step(fn, [0])
+    dp = max(float((q.detach() - a).abs().max()) for q, a in zip(m.p[0], p0))
+    assert dw == pytest.approx(5e-2, rel=1e-3) and dp == pytest.approx(1e-2, rel=1e-3)

@@ -456,3 +456,70 @@ def test_an_unroll_leaves_no_hooks_and_continues_the_runs_family_through_the_pub
     fresh.adopt_family(state.family)
     assert fresh.engine.family.config() == state.family
     assert unroller.optimizer(policy, state, 0).engine.family.config() == state.family
+
+
+def test_pes_weights_a_truncation_by_the_perturbations_of_its_own_episode_only():
+    """PES's estimate at truncation j of an episode is (L+ - L-) / (2 std) xi_j, xi_j the sum of the epsilons the
+    episode's runs were given so far. One particle, 2 truncations per episode: meta-steps 0, 1, 2 lie along eps_0,
+    eps_0 + eps_1 and eps_2 (step 2 starts a new episode from the pretrained weights, and its sum afresh: the last
+    episode's perturbations never touched its runs), each of length |L+ - L-| / (2 std) |xi|. The runs themselves
+    are perturbed by +- std eps_j, this truncation's own epsilon (the sum weights the estimate, it does not move the
+    policy the runs use)."""
+    from l2o.noise import mix
+
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    est, _ = _estimator(PES, model, policy, unroll=1, pairs=1, std=1e-2, params="bias", reset_every=2, seed=7,
+                        stagger=False)
+    eps = [est.coords.noise(mix(7, step, 0)) for step in range(3)]  # epsilon_ij ~ N(0, I) keyed by (seed, step, i)
+    seen, run = [], est.unroller.run
+
+    def spy(pol, *args, **kw):  # the policy each inner run is given: its output biases less psi's
+        seen.append((pol.b2.detach().double() - policy.b2.detach().double()).reshape(-1))
+        return run(pol, *args, **kw)
+
+    est.unroller.run = spy
+    for step, xi in enumerate([eps[0], eps[0] + eps[1], eps[2]]):
+        out = est.estimate(policy, lambda key: stream, step)
+        torch.testing.assert_close(seen[-2:], [1e-2 * eps[step], -1e-2 * eps[step]], rtol=0, atol=1e-6)
+        g = _flat(out.grad, est.coords, policy)
+        assert abs(float(g @ xi) / float(g.norm() * xi.norm())) == pytest.approx(1.0, abs=1e-6), step
+        assert float(g.norm()) == pytest.approx(out.metrics["delta_loss_abs"] / 2e-2 * float(xi.norm()), rel=1e-5)
+    est.close()
+
+
+def test_pes_staggers_each_particles_first_episode_only():
+    """Particle i's first episode is cut to n - floor(i n / N) truncations, so the particles sit at different phases
+    of fine-tuning; every later episode is the whole run of n truncations (H = n K inner steps). N = 2, n = 2, K = 1:
+    particle 1's first episode is 1 truncation, its second 2, so after 3 meta-steps its runs are 2 inner steps into
+    that episode while particle 0 has just begun its second (1 step): mean 1.5. Cutting every episode would have
+    meta-trained on 1-step runs only (mean 1)."""
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3)
+    est, _ = _estimator(PES, model, policy, unroll=1, pairs=2, std=1e-2, params="bias", reset_every=2, seed=7)
+    means = [est.estimate(policy, lambda key: stream, step).metrics["episode_step_mean"] for step in range(3)]
+    assert means == [1.0, 1.5, 1.5]
+    assert est.state_dict()["episodes_started"] == 4  # particle 0 at steps 0 and 2, particle 1 at steps 0 and 1
+    est.close()
+
+
+def test_the_lookahead_trajectory_decays_its_lr_within_each_restart_period_and_then_resets():
+    """The look-ahead's first-order trajectory (the ZO Fine-tuner authors' trainer): within each period of
+    `reset_every` meta-steps the LLM's lr falls linearly, lr (1 - (t mod P) / P), and at the period's end the LLM is
+    back at its pretrained weights, so every period is a fresh fine-tuning run from the start of its schedule (a
+    decay over the whole run would leave every later period at lr 0, the trajectory frozen)."""
+    from l2o.estimators import LookaheadEstimator
+
+    model, stream = mlp(), regression_stream()
+    policy = ZOPolicy.for_model(model, seed=3).double()
+    start = [p.detach().clone() for p in model.parameters()]
+    est = LookaheadEstimator(model, policy, Snapshot(Engine(model)).save(), batch_size=16, eps=EPS, eta_meta=1e-3,
+                             lr_llm=0.1, momentum=0.5, reset_every=3)
+    lrs, moved = [], []
+    for step in range(6):
+        out = est.estimate(policy, lambda key: stream, step)
+        lrs.append(out.metrics["llm_lr"])
+        moved.append(any(not torch.equal(a, b) for a, b in zip(start, model.parameters())))
+    assert lrs == pytest.approx([0.1, 0.1 * 2 / 3, 0.1 / 3] * 2, rel=1e-12)
+    assert moved == [True, True, False] * 2  # reset at the end of each period, and moving again in the next
+    est.close()

@@ -721,3 +721,16 @@ def test_a_meta_initialisation_restored_without_its_weights_is_gone_and_a_scan_w
     assert "evidence: the scan's report is kept as it is, its tasks' data cannot be had here: task 'a' needs" \
         in capsys.readouterr().out
     assert (tmp_path / "learnability" / "panel.json").read_text() == before
+
+
+def test_bilevel_counts_as_faster_only_where_it_needs_fewer_forward_passes_than_mezo(tmp_path):
+    """The claim "faster than MeZO to a target loss": a pair counts where Bilevel-ZOFO reaches MeZO's final train
+    loss in fewer forward passes than MeZO's run took (ratio < 1). Reaching it only at MeZO's own count (ratio 1:
+    e.g. at the last step of an equal budget) is not faster, nor is never reaching it: 1 of these 4 pairs, not 3."""
+    reach = [{"forwards": 30, "ratio": 0.75}, {"forwards": 40, "ratio": 1.0}, {"forwards": 40, "ratio": 1.0},
+             {"forwards": None, "ratio": None}]
+    prefix = {"methods": {"bilevel-zofo": {"reach": {"n": 4, "reached": 3}, "per_task": {"t": {"reach": reach}}}}}
+    (tmp_path / "prefix").mkdir()
+    (tmp_path / "prefix" / "summary.json").write_text(json.dumps(prefix))
+    row = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO: faster"))
+    assert "in fewer forward passes on 1/4 pairs" in row[2] and row[3] == claims.INCONCLUSIVE

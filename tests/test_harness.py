@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -722,3 +723,35 @@ def test_the_report_names_the_tasks_whose_missing_runs_cannot_be_made_here(tmp_p
     assert no_data_text({"navigate": "task 'navigate' needs X.", "x": "the disk is gone"}) == (
         " **navigate**: the runs it lacks cannot be made where this ran; it needs X. **x**: the runs it lacks cannot "
         "be made where this ran; the disk is gone.")
+
+
+def test_pairs_to_separate_grows_a_one_seed_task_with_the_sample_sd_of_all_the_pairs():
+    """A task with one seed has no sd of its own, so it grows at the sample sd (n - 1 in the denominator) of all the
+    pairs, as the intervals are computed: 0.3 alone beside 0.05 and 0.15 needs 7 pairs (its interval at 5 still
+    holds 0); the population sd (n in the denominator, 0.103 for 0.126) said 5."""
+    strata = {"a": [0.3], "b": [0.05, 0.15]}
+    sd_all, sd_b = statistics.stdev([0.3, 0.05, 0.15]), statistics.stdev([0.05, 0.15])
+    n = stats.pairs_to_separate(strata)
+
+    def grown(k):
+        return stats.paired_interval({"a": _exact(0.3, sd_all, 1 + k), "b": _exact(0.1, sd_b, 2 + k)})
+
+    k = (n - 3) // 2
+    assert n == 7 and (n - 3) % 2 == 0
+    assert grown(k)["lo"] > 0 and grown(k - 1)["lo"] <= 0 <= grown(k - 1)["hi"]
+
+
+def test_pairs_to_separate_weighs_each_task_mean_by_its_pairs():
+    """The interval is about the mean of all the pairs, so a task that grows weighs more in it: a fixed task of 3
+    pairs at +0.1 beside a growing one at -0.3 moves the mean towards -0.3, and the count is where that interval
+    (computed from the grown pairs themselves) first excludes 0. The unweighted mean of the task means (-0.1 for
+    ever) would need about 140."""
+    fixed, growing = _exact(0.1, 0.05, 3), _exact(-0.3, 0.6, 3)
+    n = stats.pairs_to_separate({"a": fixed, "b": growing}, fixed={"a"})
+
+    def grown(k):
+        return stats.paired_interval({"a": fixed, "b": _exact(-0.3, 0.6, 3 + k)})
+
+    k = n - 6
+    assert grown(k)["hi"] < 0 and grown(k - 1)["lo"] <= 0 <= grown(k - 1)["hi"]
+    assert grown(k)["mean"] == pytest.approx((3 * 0.1 + (3 + k) * -0.3) / n)

@@ -439,3 +439,39 @@ def test_the_panel_policy_ships_beside_the_default_with_its_records_on_its_card(
     assert row["interval"] == pytest.approx([statistics.fmean(d) - half, statistics.fmean(d) + half], abs=1e-5)
     assert row["interval"][0] > 0  # why it ships: better than the default policy on this task
     assert "weak basis" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_deployed_scales_are_nf_sigma_and_the_next_step_sees_sigma(normalize):
+    """The scales a step uses are nf sigma_b (sigma alone for a policy that does not normalise), sigma_b the policy's
+    MLP at x_b = [mean, var (unbiased), L+, L-, sigma_prev] computed here from the weights, with nf =
+    sqrt(sum n_b) / sqrt(sum n_b sigma_b^2); the next step's sigma_prev is sigma itself, not the scale, as in
+    meta-training (l2o.estimators.lookahead keeps sigma)."""
+    model = tiny_model("opt")
+    pol = ZOPolicy.for_model(model, seed=1, normalize=normalize)
+    opt = build_optimizer("zo-finetuner", model, policy=pol, lr=1e-3, policy_batch_size=2)
+    rows = [pol.block_names.index(b.name) for b in opt.blocks]
+    ps = opt.policy_scales
+    x = torch.tensor([[float(b.param.detach().mean()), float(b.param.detach().var()), 0.0, 0.0, 1.0]
+                      for b in opt.blocks])
+    full = torch.zeros(pol.num_blocks, 5)
+    full[rows] = x
+    with torch.no_grad():
+        sigma = pol(full)[rows].double()
+    n = torch.tensor([float(b.param.numel()) for b in opt.blocks], dtype=torch.float64)
+    nf = float(n.sum().sqrt() / (n * sigma ** 2).sum().sqrt()) if normalize else 1.0
+    assert abs(nf - 1) > 1e-3 or not normalize  # the scales are not sigma by chance
+    torch.testing.assert_close(torch.tensor(ps(opt), dtype=torch.float64), nf * sigma, rtol=1e-5, atol=0)
+    x_ids = _batch()
+    opt.step(lambda: model(input_ids=x_ids, labels=x_ids).loss)
+    torch.testing.assert_close(ps.prev_sigma.double(), sigma, rtol=1e-5, atol=0)
+    assert (ps.prev_plus, ps.prev_minus) == tuple(opt.last.pair)
+
+
+def test_weight_stats_are_each_blocks_mean_and_unbiased_variance():
+    """The features' statistics: each block's mean and unbiased variance (sum (x - mean)^2 / (n - 1), torch's .var()
+    as in the authors' code), 0 for a one-element block. On a small block (a bias, a norm's weight) n / (n - 1)
+    is far from 1, so a population variance would feed the policy other features than it was trained on."""
+    st = weight_stats([torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([[2.0, 4.0], [6.0, 8.0]]), torch.tensor([7.0])])
+    assert st.dtype == torch.float32
+    assert st.reshape(-1).tolist() == pytest.approx([2.5, 5 / 3, 5.0, 20 / 3, 7.0, 0.0], rel=1e-6)

@@ -14,6 +14,7 @@ from tests.zo_fixtures import Quadratic, same_bits, snapshot
     (1.0, 0.5, 0.7, -1), (1.0, 0.7, 0.5, 1),    # both better: the lower one
     (1.0, 1.5, 0.5, 1), (1.0, 1.5, 2.0, 0),     # theta - lr g z worse: theta + lr g z only if it beats f0
     (1.0, 0.5, 2.0, -1), (1.0, 1.0, 1.0, 1),    # ties go as ZO-Bench's code: f- <= f0 and f- >= f+ -> +
+    (1.0, 1.0, 2.0, -1),                        # f- level with f0 is taken: theta stays only if f- > f0 < f+
 ])
 def test_the_choice_is_the_lowest_loss_with_zo_bench_ties(f0, f_minus, f_plus, expected):
     assert choose(f0, f_minus, f_plus) == expected

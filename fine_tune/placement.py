@@ -40,6 +40,7 @@ def gpu_budgets(cfg: FineTuneConfig, model, device: str) -> dict | None:
                               f"runs on {device}; drop it, or run on the GPUs (--device cuda / --accelerator gpu)")
         return None
     from fine_tune.plan import overhead_bytes, state_ratio
+    from l2o.memory_plan import weight_budget
 
     rest, ratio = overhead_bytes(cfg, model), state_ratio(cfg, model)  # a stateful method's buffers join the weights
     out = {}
@@ -47,7 +48,7 @@ def gpu_budgets(cfg: FineTuneConfig, model, device: str) -> dict | None:
         cap = torch.cuda.get_device_properties(i).total_memory
         if cfg.gpu_memory:
             cap = min(cap, int(cfg.gpu_memory * 1024 ** 3))
-        out[i] = max(0, int((cap - rest) / (1 + ratio)))
+        out[i] = weight_budget(cap, rest, ratio)
     return out
 
 

@@ -55,10 +55,9 @@ import sys
 from dataclasses import dataclass, field
 
 from l2o.memory_plan import (BYTES, RUNTIME_RESERVE, Device, GiB, activation_bytes, base_config, block_bytes, count,
-                             device_map_weights, format_devices, forward_activation_bytes, meta_model,
-                             method_buffers, temporaries, tied_copy_bytes)
+                             device_map_weights, fewest_gpus, format_devices, forward_activation_bytes, meta_model,
+                             method_buffers, temporaries, tied_copy_bytes, weight_budget)
 
-MAX_GPUS = 16
 CARDS_GB = (16, 24, 32, 40, 48, 80, 94, 141)  # common accelerator memory sizes, for "fits GPUs of"
 
 
@@ -310,7 +309,7 @@ def plan_device_map(base: str, s: Shape, gpu_bytes: float, model, kind: str, gpu
     n, trainable, largest = _trainable(base, s, model)
     overhead = sum(r[1] for r in _gpu_rows(s, largest, []))
     weight_total = n * s.nbytes
-    budget = max(0, int((gpu_bytes - overhead) / (1 + state_bytes(s, model)[0] / weight_total)))
+    budget = weight_budget(gpu_bytes, overhead, state_bytes(s, model)[0] / weight_total)
     on, what = device_map_weights(model, kind, gpus, budget, s.dtype)
     devices = [Device(f"GPU {i}", _gpu_rows(s, largest, [("weights", on.get(i, 0), what[i]),
                                                           *state_rows(s, model, on.get(i, 0) / weight_total)]),
@@ -342,13 +341,10 @@ def make_plan(base: str, dtype: str = "fp32", peft: str = "full", batch: int = 1
     if offload is not None:
         plan = plan_offload(base, s, gpu_bytes, model, offload)
     elif device_map is not None:
-        if gpus is None:
-            for gpus in range(1, MAX_GPUS + 1):
-                plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
-                if plan.fits or any(not d.rows[0][1] for d in plan.devices if d.budget):
-                    break  # fits, or a GPU holds no weights at all (the step's other rows fill it): more won't help
-        else:
-            plan = plan_device_map(base, s, gpu_bytes, model, device_map, gpus)
+        def plan_on(n: int) -> FineTunePlan:
+            return plan_device_map(base, s, gpu_bytes, model, device_map, n)
+
+        plan = fewest_gpus(plan_on) if gpus is None else plan_on(gpus)
     else:
         plan = plan_single(base, s, gpu_bytes, model)
     plan.setting = f"{dtype}, peft {peft}, {plan.setting}, {gpu_gb:g} GiB per GPU"

@@ -21,6 +21,7 @@ from pathlib import Path
 GiB = 1024 ** 3
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 RUNTIME_RESERVE = 2 * GiB
+MAX_GPUS = 16  # the most GPUs a --device-map plan tries
 
 
 def shapes() -> dict:
@@ -262,6 +263,23 @@ def _quiet_accelerate():
         yield
     finally:
         log.setLevel(level)
+
+
+def weight_budget(gpu_bytes: float, rest: int, state_ratio: float = 0.0) -> int:
+    """Bytes of weights one GPU of a device map may hold: its memory less the step's other rows (`rest`), shared
+    with a stateful method's buffers (`state_ratio` bytes per byte of weights), which sit beside the weights they
+    belong to. The plans and the runs of fine_tune and meta_train place by it."""
+    return max(0, int((gpu_bytes - rest) / (1 + state_ratio)))
+
+
+def fewest_gpus(plan_on):
+    """`plan_on(gpus)` for 1, 2, ... up to MAX_GPUS GPUs: the first plan that fits, or the first in which a GPU holds
+    no weights at all (the step's other rows fill it: more GPUs will not help); the last tried otherwise."""
+    for gpus in range(1, MAX_GPUS + 1):
+        plan = plan_on(gpus)
+        if plan.fits or any(not d.rows[0][1] for d in plan.devices if d.budget):
+            break
+    return plan
 
 
 def device_map_weights(model, kind: str, gpus: int, budget: int, dtype: str) -> tuple[dict, dict]:

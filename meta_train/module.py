@@ -42,6 +42,7 @@ from l2o.integrations.lightning.interrupt import interrupt_requested, stop_if_in
 from l2o.integrations.lightning.placed import KeepsPlacement
 from l2o.policy import ZOPolicy
 from l2o.weights import PretrainedFiles, model_folder, park, unpark
+from meta_train.plan import check_placement
 
 DEFAULT_UNROLL = {"lookahead": 1, "es": 4, "pes": 4}
 DIVERGED, DIVERGED_GAP = 5.0, 2.0  # a meta-loss above both 5x and 2 nats over its task's first one: diverged
@@ -177,7 +178,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             raise ConfigError(f"--model.size_rule must be numel or authors (numel with fixed_step), got {size_rule!r}")
         if dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
-        _check_placement(estimator, device_map, offload)
+        check_placement(estimator, device_map, offload)
         self.save_hyperparameters()
         self.hparams.unroll = unroll
         self.automatic_optimization = False
@@ -237,19 +238,21 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
     def _place(self, model, device, dtype: str) -> None:
         """--device-map / --offload (ES and PES): the LLM placed by l2o.placement, each of this process's GPUs
         given its memory less the step's other rows of the plan for weights, shared with the inner method's state
-        (meta_train.plan.weight_budget, as --dry-run plans it)."""
+        (l2o.memory_plan.weight_budget, as --dry-run plans it)."""
         from l2o.placement import place
 
         device = torch.device(device)
         budgets = None
         if device.type == "cuda" and self.hparams.device_map:
-            from meta_train.plan import BYTES, forward_only_overhead, inner_state_bytes, weight_budget
+            from l2o.memory_plan import weight_budget
+            from meta_train.plan import BYTES, forward_only_overhead, inner_state_bytes
 
             hp, sizes = self.hparams, [b.param.numel() for b in Engine(model).blocks]
             rest = forward_only_overhead(model.config, sizes, dtype, self.dm.batch_size, self.dm.max_length)
-            state = inner_state_bytes(hp.base, dtype, hp.estimator, hp.pairs, hp.inner_method, hp.inner_hparams)
-            budgets = {i: weight_budget(torch.cuda.get_device_properties(i).total_memory, rest, state,
-                                        sum(sizes) * BYTES[dtype]) for i in _rank_gpus(self)}
+            ratio = inner_state_bytes(hp.base, dtype, hp.estimator, hp.pairs, hp.inner_method,
+                                      hp.inner_hparams) / (sum(sizes) * BYTES[dtype])
+            budgets = {i: weight_budget(torch.cuda.get_device_properties(i).total_memory, rest, ratio)
+                       for i in _rank_gpus(self)}
         place(model, device_map=self.hparams.device_map, offload=self.hparams.offload, execution_device=device,
               max_memory=budgets)
         where = ", ".join(f"{n / 1e6:,.1f}M on {k}" for k, n in model._l2o_placement["parameters"].items())
@@ -614,21 +617,6 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                          f"{self._baseline_name()} {mv['baseline_loss']:.4f} ({mv['method']} without the policy) at "
                          "equal forward passes")
         return lines
-
-
-def _check_placement(estimator: str, device_map, offload) -> None:
-    from l2o.placement import DEVICE_MAPS
-
-    if device_map not in (None, *DEVICE_MAPS):
-        raise ConfigError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
-    if offload not in (None, "cpu"):
-        raise ConfigError(f"--offload must be cpu, got {offload!r}")
-    if device_map and offload:
-        raise ConfigError("choose one of --device-map (layers across GPUs) and --offload cpu (blocks streamed from "
-                          "CPU memory), not both")
-    if (device_map or offload) and estimator == "lookahead":
-        raise ConfigError("--device-map and --offload need a forward-only estimator (--estimator es or pes): the "
-                          "look-ahead backpropagates through the LLM on one device")
 
 
 def _rank_gpus(module) -> list[int]:

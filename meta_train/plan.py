@@ -59,15 +59,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from l2o.errors import ConfigError
 from l2o.memory_plan import (RUNTIME_RESERVE, Device, GiB, Plan, activation_bytes, base_config, block_bytes, count,
-                             device_map_weights, format_devices, forward_activation_bytes, format_rows, meta_model,
-                             method_buffers, shapes, temporaries, tied_copy_bytes)
+                             device_map_weights, fewest_gpus, format_devices, forward_activation_bytes, format_rows,
+                             meta_model, method_buffers, shapes, temporaries, tied_copy_bytes, weight_budget)
 
 __all__ = ["base_config", "format_plan", "main", "make_plan", "shapes", "table"]
 ESTIMATORS = ("lookahead", "es", "pes")  # l2o.estimators.ESTIMATORS (not imported: --dry-run stays light)
 BYTES = {"fp32": 4, "bf16": 2}  # meta-training's dtypes (fp16 overflows without loss scaling)
 POLICY_FLOATS_PER_BLOCK = 449
-MAX_GPUS = 16  # the most GPUs a --device-map plan tries (fine_tune.plan's)
 
 
 @dataclass
@@ -145,17 +145,26 @@ def forward_only_overhead(config, sizes, dtype: str, batch: int, length: int) ->
     return sum(r[1] for r in rows if r[0] != "weights")
 
 
-def weight_budget(gpu_bytes: float, rest: int, state: int, weights: int) -> int:
-    """Bytes of weights one GPU of a device map may hold: its memory less the step's other rows (`rest`), shared
-    with the inner method's state (`state` over all `weights`), which sits beside the weights it belongs to. The
-    plan and the run (meta_train.module._place) place by it."""
-    return max(0, int((gpu_bytes - rest) / (1 + state / weights)))
-
-
 def inner_state_bytes(base: str, dtype: str, estimator: str, pairs: int, inner_method: str,
                       inner_hparams: dict | None) -> int:
     """The inner method's buffers times the copies the estimator keeps (0 for a method without buffers)."""
     return sum(r[1] for r in inner_state_rows(base, BYTES[dtype], estimator, pairs, inner_method, inner_hparams))
+
+
+def check_placement(estimator: str, device_map, offload) -> None:
+    """--device-map / --offload as meta_train takes them (the run and its --dry-run plan): ES and PES only."""
+    from l2o.placement import DEVICE_MAPS
+
+    if device_map not in (None, *DEVICE_MAPS):
+        raise ConfigError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
+    if offload not in (None, "cpu"):
+        raise ConfigError(f"--offload must be cpu, got {offload!r}")
+    if device_map and offload:
+        raise ConfigError("choose one of --device-map (layers across GPUs) and --offload cpu (blocks streamed from "
+                          "CPU memory), not both")
+    if (device_map or offload) and estimator == "lookahead":
+        raise ConfigError("--device-map and --offload need a forward-only estimator (--estimator es or pes): the "
+                          "look-ahead backpropagates through the LLM on one device")
 
 
 def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) -> MetaPlan:
@@ -181,8 +190,9 @@ def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) ->
                                      *share(1 - on_gpu)])
         plan.devices, plan.placement = [gpu, host], f"--offload {offload}"
         return plan
-    budget = weight_budget(plan.gpu_bytes, sum(r[1] for r in rest), state, weights)
-    for gpus in range(1, MAX_GPUS + 1):
+    budget = weight_budget(plan.gpu_bytes, sum(r[1] for r in rest), state / weights)
+
+    def plan_on(gpus: int) -> MetaPlan:
         on, what = device_map_weights(model, device_map, gpus, budget, plan.dtype)
         plan.devices = [Device(f"GPU {i}", [("weights", on.get(i, 0), what[i]), *share(on.get(i, 0) / weights),
                                             *rest], plan.gpu_bytes) for i in range(gpus)]
@@ -191,9 +201,9 @@ def place(plan: MetaPlan, model, device_map: str | None, offload: str | None) ->
             plan.devices.append(Device("CPU memory", [("spilled weights", plan.spilled, "copied in for each "
                                                        "forward"), *share(plan.spilled / weights)]))
         plan.placement = f"--device-map {device_map} on {gpus} GPU(s)"
-        if plan.fits or not on.get(gpus - 1):  # fits, or the last GPU got no weights (the rows fill it): more
-            break                              # GPUs will not help
-    return plan
+        return plan
+
+    return fewest_gpus(plan_on)
 
 
 def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128, checkpointing: bool = False,
@@ -202,13 +212,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
               device_map: str | None = None, offload: str | None = None) -> MetaPlan:
     if estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-    if (device_map or offload) and estimator == "lookahead":
-        raise ValueError("--device-map and --offload need a forward-only estimator (--estimator es or pes)")
-    if device_map and offload:
-        raise ValueError("choose one of --device-map and --offload cpu, not both")
-    if device_map not in (None, "auto", "balanced", "sequential") or offload not in (None, "cpu"):
-        raise ValueError(f"--device-map takes auto, balanced or sequential and --offload cpu, got "
-                         f"{device_map or offload!r}")
+    check_placement(estimator, device_map, offload)
     config = base_config(base)
     dtype, how = plan_dtype(base, dtype)
     if dtype not in BYTES:

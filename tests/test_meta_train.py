@@ -787,9 +787,9 @@ def test_dry_run_plans_each_device_of_a_placed_forward_only_run(capsys):
     held = [r[1] for d in mmt.devices for r in d.rows if r[0] == "inner-method state"]
     assert len(held) == len(mmt.devices) >= 2 and abs(sum(held) - state) < 1e-3 * state
     assert mmt.fits and all(d.total <= 139 * 2 ** 30 for d in mmt.devices)  # weights and their state both fit
-    from meta_train.plan import weight_budget
+    from l2o.memory_plan import weight_budget
 
-    assert weight_budget(100, 20, 0, 10) == 80 and weight_budget(100, 20, 30, 10) == 20  # 20 of weights + 60 state
+    assert weight_budget(100, 20) == 80 and weight_budget(100, 20, 3.0) == 20  # 20 of weights + 60 of their state
     flags = ["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run"]
     assert main([*flags, "--device-map", "auto"]) == 0
     out = capsys.readouterr().out

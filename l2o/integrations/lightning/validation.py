@@ -75,8 +75,8 @@ def owed_validation(every: int, folder: Path):
 
         @staticmethod
         def in_fit(trainer) -> bool:
-            """Whether this is the validation after a training step (not a sanity check, nor a resumed run's owed one
-            before its first step)."""
+            """Whether this is a validation of fit at a validation step (not a sanity check): the periodic one after
+            that step, or the one a run resumed at that step owes before its first step."""
             return trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0 \
                 and trainer.global_step % every == 0
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from bench.claims import load_summary
-from l2o.filelock import write_atomic
+from l2o.filelock import write_png_atomic
 
 # (phase, "methods" or "versus", summary key, row label); the groups read top to bottom as the claims table does
 ROWS = (
@@ -86,6 +86,5 @@ def plot(out: Path, path: Path) -> bool:
                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))  # never half-written
-    plt.close(fig)
+    write_png_atomic(path, fig, bbox_inches="tight")
     return True

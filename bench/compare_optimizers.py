@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.records import append_record, read_records  # noqa: E402
-from l2o.filelock import write_atomic  # noqa: E402
+from l2o.filelock import write_png_atomic  # noqa: E402
 
 
 def _parse_map(text: str | None) -> dict:
@@ -306,8 +306,7 @@ def plot(final: dict, path: Path, args, zero: dict | None = None) -> None:
         bx.set_ylabel("eval metric (mean ± sd; grey: seeds)")
         bx.set_xlim(-0.5, max(1, len(names)) - 0.5)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
-    plt.close(fig)
+    write_png_atomic(path, fig)
 
 
 if __name__ == "__main__":

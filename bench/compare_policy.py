@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
-from l2o.filelock import write_atomic  # noqa: E402
+from l2o.filelock import write_png_atomic  # noqa: E402
 
 # the methods in table order
 METHODS = ("mezo", "mezo-matched", "zo-finetuner", "mezo-gv", "zo-finetuner+gv", "mezo-greedy", "zo-finetuner+greedy",
@@ -197,8 +197,7 @@ def plot(outs, path: Path, title: str = "") -> None:
     bx.set_ylabel("eval accuracy (mean ± sd; grey: seeds)")
     bx.set_xlim(-0.5, len(labels) - 0.5)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
-    plt.close(fig)
+    write_png_atomic(path, fig)
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.records import read_records  # noqa: E402
-from l2o.filelock import write_atomic  # noqa: E402
+from l2o.filelock import write_png_atomic  # noqa: E402
 
 ESTIMATORS = ("lookahead", "es", "pes")
 
@@ -217,7 +217,7 @@ def _plot(a, runs: dict, path: Path) -> None:
         ax.set_xlabel("forward passes")
         ax.legend()
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))  # never a half-written plot
+    write_png_atomic(path, fig, dpi=100)
 
 
 def main(argv=None) -> int:

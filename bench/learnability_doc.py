@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.stats import z_score
-from l2o.filelock import write_atomic
+from l2o.filelock import write_png_atomic
 
 
 def _d(delta) -> str:
@@ -121,8 +121,7 @@ def plot(rows: list[dict], chosen: list[dict], path: Path, args) -> None:
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
-    plt.close(fig)
+    write_png_atomic(path, fig)
 
 
 def status(rem: dict, chosen: list[dict], cal: dict, args, resume: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fine_tune.config import ConfigError, FineTuneConfig, dump_yaml
 from fine_tune.placement import base_only, place_model
-from l2o.filelock import write_atomic
+from l2o.filelock import write_png_atomic
 
 
 def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
@@ -66,8 +66,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))  # never a half-written plot
-    plt.close(fig)
+    write_png_atomic(path, fig)
 
 
 def _check_run(cfg: FineTuneConfig):

@@ -181,6 +181,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
+def write_png_atomic(path: Path, fig, dpi: int = 110, **savefig_kw) -> None:
+    """The matplotlib figure `fig` as a PNG at `path` through `write_atomic` (never a half-written plot), then
+    closed, also when the write fails (pyplot keeps every figure it made until it is closed)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, **savefig_kw))
+    finally:
+        plt.close(fig)
+
+
 def copy_atomic(src: Path, dst: Path) -> None:
     """`write_atomic` of dst from the file src (a copy killed or failed midway leaves dst as it was)."""
     with open(src, "rb") as f_src:

@@ -345,3 +345,36 @@ def test_resume_with_another_save_every_says_so_in_one_line_not_lightnings_warni
     assert "--save-every 1 differs from the run's 2; checkpoints now every 1 steps" in printed.out + printed.err
     x, y = (_trainable(d / "checkpoints" / "last.ckpt") for d in (out, reference))
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_plot_whose_write_fails_leaves_the_old_plot_and_is_closed(tmp_path):
+    """Every plot goes through l2o.filelock.write_png_atomic: a disk that fills while matplotlib writes the PNG
+    leaves the previous plot whole and no temp file, and the figure is closed either way (a long suite that
+    plots after every run would otherwise keep every figure it ever made)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2o.filelock import write_png_atomic
+
+    target = tmp_path / "loss.png"
+    target.write_bytes(b"the previous plot")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+
+    def full_disk(f, **kw):
+        f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fig.savefig = full_disk
+    with pytest.raises(OSError, match="No space left"):
+        write_png_atomic(target, fig)
+    assert target.read_bytes() == b"the previous plot" and [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+    assert not plt.fignum_exists(fig.number)
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    write_png_atomic(target, fig, dpi=50)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]

@@ -140,7 +140,7 @@ def smollm2_tokenizer_dir() -> Path:
 
 
 def embedded_smollm2_dir() -> Path:
-    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (~15-20 s)."""
+    """The embedded SmolLM2-135M as a plain HF folder in the cache, converted from the GGUF once (about 20 s)."""
     from l2o.models import SMOLLM2_GGUF, SMOLLM2_PIP, embedded_dirs, plain_llama_config, smollm2_package_dir
 
     target = embedded_dirs()[0]
@@ -152,7 +152,7 @@ def embedded_smollm2_dir() -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-        print(f"converting SmolLM2-135M from GGUF into {target} (one-off, ~20 s)", file=sys.stderr)
+        print(f"converting SmolLM2-135M from GGUF into {target} (one-off, about 20 s)", file=sys.stderr)
         tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
         q = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         plain = LlamaForCausalLM(plain_llama_config(q.config, dtype="float32"))

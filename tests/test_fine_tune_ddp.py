@@ -157,3 +157,25 @@ def test_sigterm_to_any_rank_stops_every_rank_after_the_same_step_and_resumes_ex
     resumed = _trainable(last)
     assert resumed.keys() == gv_reference.keys() and all(torch.equal(resumed[k], gv_reference[k]) for k in resumed)
     assert (out / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_in_the_validation_of_an_unsaved_step_stops_every_rank_at_that_step(tiny_base,  # noqa: F811
+                                                                                                gv_reference, tmp_path):
+    """--save-every 4, --eval-every 2 on 2 processes: a SIGTERM to rank 1 as the validation after step 2 (which has
+    no checkpoint) starts. Every rank finishes that validation (the stop is agreed in its on_validation_end, one
+    all-reduce that every rank joins), saves step 2 once and exits 143 with the same line; none runs step 3. The
+    run resumes on one process to the uninterrupted run's weights. The one-process case is in test_run_failures."""
+    out = tmp_path / "run"
+    gv = ["--optimizer", "mezo-gv", "--pool-size", "4", "--save-every", "4"]  # the later flag wins
+    argv = _args(tiny_base, out, *COMMON, "--devices", "2", "--accelerator", "cpu", *gv)
+    ranks = launched_ranks("from tests.helpers import run_fine_tune_interrupted_at as f; "
+                           f"f(2, {argv!r}, 'SIGTERM', 1, 'on_validation_start')", timeout=150)
+    last = out / "checkpoints" / "last.ckpt"
+    check_every_rank_stopped(ranks, "fine_tune", last)
+    assert torch.load(last, weights_only=True)["global_step"] == 2 and not (out / "results.json").exists()
+    assert json.loads((out / "checkpoints" / "validated.json").read_text())["step"] == 2
+    _one_process(tiny_base, out, *gv, "--resume")
+    resumed = _trainable(last)
+    assert resumed.keys() == gv_reference.keys() and all(torch.equal(resumed[k], gv_reference[k]) for k in resumed)
+    assert json.loads((out / "results.json").read_text())["steps"] == 4

@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 # One-off, cached in $$L2O_CACHE or ~/.cache/l2o by the acquisition module (zoo/acquire.py): SmolLM2-135M
-# converted from its GGUF into a plain HF folder (~15 s) and the BIG-bench task files extracted from the
+# converted from its GGUF into a plain HF folder (about 20 s) and the BIG-bench task files extracted from the
 # bigbench sdist (358 MB download, ~20 s).
 data: install
 	$(PY) -m zoo.acquire

@@ -277,15 +277,19 @@ class RunOptions:
             kwargs["noise"] = self.noise
         return kwargs
 
-    def validate(self) -> "FineTuneConfig":
-        if not self.task:
-            raise ConfigError("choose a task with --task (e.g. --task boolq); `fine_tune --list-tasks` lists them")
+    def validate_counts(self) -> None:
+        """The step, batch, example and length counts (also what --dry-run plans with, which has no task)."""
         for name in ("steps", "batch_size", "num_train", "num_eval", "max_length", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("eval_every", "num_dev"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
+
+    def validate(self) -> "FineTuneConfig":
+        if not self.task:
+            raise ConfigError("choose a task with --task (e.g. --task boolq); `fine_tune --list-tasks` lists them")
+        self.validate_counts()
         if self.eval_seed is not None and (not isinstance(self.eval_seed, int) or self.eval_seed < 0):
             raise ConfigError(f"--eval-seed must be an integer >= 0, got {self.eval_seed!r}")
         if self.small_pool not in ("mezo", "shrink"):
@@ -371,18 +375,32 @@ def check_device(device: str) -> None:
         raise ConfigError("--device mps: this machine has no usable Apple MPS device; use --device cpu or auto")
 
 
-def load_yaml(path: str) -> dict:
+def read_yaml_mapping(path, what: str = "config file") -> dict:
+    """The mapping a YAML file holds ({} for an empty file); ConfigError, in one sentence naming `what` and the
+    file, when it cannot be read, is not UTF-8 text (a binary file given by mistake), is not YAML or holds no
+    mapping (the one reader of the YAML files a user gives or a run saved: --config, a run's config.yaml, a
+    bench.reproduce table)."""
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a YAML text file (it is not UTF-8)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        why = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {path} is not valid YAML{at}: {why}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        raise ConfigError(f"{what} {path} must hold a mapping of option: value")
+    return data
+
+
+def load_yaml(path: str) -> dict:
+    data = read_yaml_mapping(path)
     known = {f.name for f in fields(FineTuneConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

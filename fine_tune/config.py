@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -33,7 +32,6 @@ LR_FLAGS = tuple(n for n in HYPERPARAMETERS if n == "lr" or n.endswith("_lr"))
 # Step sizes above MAX_LR are refused: every method here diverges there (the papers and this project use
 # 1e-7 .. 1e-2), and a typo such as `--lr 1e30` would otherwise run and wreck the model.
 MAX_LR = 1.0
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 _IS_TYPE = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -360,19 +358,11 @@ FineTuneConfig = dataclasses.make_dataclass(
 
 
 def check_device(device: str) -> None:
-    """Refuse a device string torch would not take, or an accelerator this machine does not have."""
-    if not _DEVICE.match(device):
-        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    import torch
+    """Refuse a device string torch would not take, or an accelerator this machine does not have
+    (`l2o.models.check_device`, which `zoo apply` shares)."""
+    from l2o.models import check_device as check
 
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = f"only {count} CUDA device(s)" if count else "no usable CUDA device"
-            raise ConfigError(f"--device {device}: this machine has {have}; use --device cpu or auto")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps: this machine has no usable Apple MPS device; use --device cpu or auto")
+    check(device)
 
 
 def read_yaml_mapping(path, what: str = "config file") -> dict:

@@ -61,7 +61,6 @@ claim, `claim_path`), and a process that reaches a run another is making waits f
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -74,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
-from bench.cli import cli_exit  # noqa: E402
+from bench.cli import Parser, check_counts, cli_exit, lr_grid, numbers  # noqa: E402
 from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
@@ -151,7 +150,7 @@ def expand_all(specs: list[str], policy: str | None = None) -> list[str]:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.harness", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--panel", default=None, help="panel.json of bench.learnability (tasks and settings)")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (instead of / narrowing the panel's)")
@@ -200,8 +199,11 @@ def parse_args(argv=None):
         args.seeds = "0,1" if args.seeds == "auto" else args.seeds
     if not args.tasks:
         ap.error("name the tasks: --panel panel.json (bench.learnability) or --tasks a,b")
+    check_counts(args, "budget", "select_budget", "probe_steps")
     args.select_budget = args.select_budget or args.budget
-    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
+    args.grid = lr_grid(args.lr_grid)
+    if args.seeds != "auto":
+        numbers(args.seeds, "--seeds", int)
     args.task_list = args.tasks.split(",")
     args.methods = [parse_method(m) for m in expand_all(args.method or default_methods(), args.policy)]
     if REFERENCE not in [m.label for m in args.methods]:
@@ -522,6 +524,10 @@ def run_suite(args) -> dict:
     """Selection, then the seeds. `--order seeds`: every selection, then seed i of every task and method before
     seed i + 1 (a partial suite covers every cell); `--order tasks`: one task at a time (in the order given) and,
     within it, one method at a time, MeZO first (a partial suite has whole comparisons)."""
+    from l2o.tasks import get_task
+
+    for task in args.task_list:  # a misspelt task was skipped as one "whose data cannot be had here", exit 0
+        get_task(task)
     runner, chosen, seeds, final = Runner(args), {}, {}, {}
     methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
 

@@ -262,6 +262,9 @@ def main(argv=None) -> int:
         from l2o.integrations.lightning.progress import quiet_libraries
 
         quiet_libraries()
+        from meta_train.plan import check_config_files
+
+        check_config_files(rest)
         model_cls, data_cls = _classes(method)
         try:
             cli = _build_cli(model_cls, data_cls, method, rest + ["--method", method])

@@ -165,6 +165,22 @@ def check_count(flag: str, value, least: int = 1) -> int:
     return value
 
 
+def check_config_files(argv: list[str]) -> list[str]:
+    """The --config files of `argv`, in order. One that is not UTF-8 text (a checkpoint given by mistake) is refused
+    in one line: the run's LightningCLI parser raised a UnicodeDecodeError traceback, the dry run said only
+    "'utf-8' codec can't decode byte ..."; a missing one is left to the reader, which names it."""
+    paths = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+             for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
+    for path in paths:
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a YAML text file (it is not UTF-8)") from None
+        except OSError:
+            pass
+    return paths
+
+
 def check_placement(estimator: str, device_map, offload) -> None:
     """--device-map / --offload as meta_train takes them (the run and its --dry-run plan): ES and PES only."""
     from l2o.placement import DEVICE_MAPS
@@ -299,16 +315,14 @@ def _options(argv: list[str]) -> dict:
     import yaml
 
     found = {}
-    for i, a in enumerate(argv):
-        if a == "--config" or a.startswith("--config="):
-            path = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                tree = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise ValueError(f"--config {path}: {err}") from None
-            if not isinstance(tree, dict):
-                raise ValueError(f"--config {path}: expected a mapping of options")
-            found.update(_flatten(tree))
+    for path in check_config_files(argv):
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--config {path}: {err}") from None
+        if not isinstance(tree, dict):
+            raise ValueError(f"--config {path}: expected a mapping of options")
+        found.update(_flatten(tree))
     for i, a in enumerate(argv):
         if a.startswith("--") and "=" in a:
             found[a.split("=", 1)[0]] = a.split("=", 1)[1]

@@ -768,6 +768,19 @@ def test_dry_run_refuses_what_a_run_refuses_in_one_line(argv, said, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [f"meta_train: error: {said}"]
 
 
+def test_a_config_file_that_is_not_yaml_text_is_one_line_in_a_run_and_its_dry_run(tmp_path, capsys):
+    """A binary --config: the run's parser raised a UnicodeDecodeError traceback; the dry run said only "'utf-8'
+    codec can't decode byte 0xff ..."."""
+    from meta_train.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(b"\xff\xfePK\x03\x04")
+    for argv in (["--config", str(cfg), "--max_steps", "1"], [f"--config={cfg}", "--dry-run"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"meta_train: error: config file {cfg} is not a YAML text file (it is not UTF-8)"]
+
+
 def test_dry_run_takes_back_the_configuration_print_config_wrote(tmp_path, capsys):
     """--print_config writes `unroll: null` (the estimator's default); the dry run read it as int(None), a traceback."""
     from meta_train.cli import main

@@ -124,6 +124,21 @@ def test_a_folder_that_does_not_exist_is_named_as_a_folder_not_as_an_invalid_id(
     assert "invalid zoo id 'nope'" in capsys.readouterr().err
 
 
+def test_a_model_folder_given_as_an_artefact_is_named_as_not_an_artefact(published, capsys):
+    """`zoo verify` (or fine_tune --init) of a saved model's folder (config.json, model.safetensors, README.md, as
+    fine_tune's <out>/model has) said "has unknown kind None"."""
+    from transformers import AutoModelForCausalLM
+
+    folder = published["art"].parent / "a-model"
+    AutoModelForCausalLM.from_pretrained(published["base"]).save_pretrained(folder)
+    (folder / "README.md").write_text("a model card")
+    capsys.readouterr()  # transformers' loading bars
+    assert main(["verify", str(folder)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"zoo: error: artefact {folder}: its config.json has no kind, so it is not a zoo artefact (kinds: "
+        "zo-finetuner-policy, bilevel-meta-init, zo-ledger); a model's own config.json is not an artefact's"]
+
+
 def test_load_refuses_another_noise_source_and_a_damaged_ledger(published, tmp_path):
     with pytest.raises(ZooError, match="recorded with noise"):
         load_ledger(published["art"], expected_noise={"name": "table"})

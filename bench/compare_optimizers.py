@@ -185,12 +185,12 @@ def main(argv=None) -> int:
     from bench.lr_centres import centre as lr_centre
 
     args = parse_args(argv)
-    from bench.harness import Method, check_methods  # a misspelt method was a KeyError in bench/lr_centres.py
+    from bench.lr_centres import unrunnable
 
-    problem = check_methods([Method(n, n, {"lr": args.lrs[n]} if n in args.lrs else {}) for n in args.method_list],
-                            args.peft)
-    if problem:
-        raise UserError(problem.replace("--method", "--optimizers", 1))
+    for name in args.method_list:  # a misspelt name was a KeyError in bench/lr_centres.py
+        problem = unrunnable(name, args.peft, lr_given=name in args.lrs)
+        if problem:
+            raise UserError(f"--optimizers {name}: {problem.replace('give lr=', f'give --lr {name}=')}")
     runner = Runner(args)
     chosen = {}
     for task in args.select_list or args.task_list:

@@ -76,7 +76,7 @@ from bench.budget import CpuBudget, NotRun  # noqa: E402
 from bench.cli import Parser, check_counts, cli_exit, lr_grid, numbers  # noqa: E402
 from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
-from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
+from bench.lr_centres import MEZO_EPS, unrunnable  # noqa: E402
 from bench.records import append_record, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from l2o import catalog  # noqa: E402
@@ -238,13 +238,12 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
     method with neither `lr=` nor an lr centre for its PEFT mode (bench/lr_centres.py), a `match` that names no
     method listed before it."""
     from fine_tune.config import OPTIMIZER_FLAGS
-    from fine_tune.first_order import FIRST_ORDER
-    from l2o import catalog
 
-    known, seen = [*catalog.method_names(), *FIRST_ORDER], []
+    seen = []
     for m in methods:
-        if m.optimizer not in known:
-            return f"--method {m.label}: unknown optimizer '{m.optimizer}' (known: {', '.join(sorted(known))})"
+        unknown = unrunnable(m.optimizer, lr_given=True)  # its name; its lr centre (in its mode) below
+        if unknown:
+            return f"--method {m.label}: {unknown}"
         bad = sorted(set(m.options) - {*OPTIMIZER_FLAGS, *RUN_KEYS, "steps", "match", "search", "seeds"})
         if bad:
             return f"--method {m.label}: unknown key(s) {', '.join(bad)}"
@@ -255,8 +254,9 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
         if m.options.get("search", 1) == 0 and "lr" not in m.options:
             return f"--method {m.label}: search=0 needs lr=..."
         mode = m.options.get("peft", peft)
-        if "lr" not in m.options and "match" not in m.options and not has_centre(m.optimizer, mode):
-            return f"--method {m.label}: bench/lr_centres.py has no lr centre for {m.optimizer} in {mode}; give lr=..."
+        problem = unrunnable(m.optimizer, mode, lr_given="lr" in m.options or "match" in m.options)
+        if problem:
+            return f"--method {m.label}: {problem}"
         if m.options.get("match") not in (None, *seen):
             return f"--method {m.label}: match={m.options['match']} names no method listed before it"
         seen.append(m.label)

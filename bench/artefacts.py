@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
-from bench.cli import cli_exit  # noqa: E402
+from bench.cli import Parser, cli_exit  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
 from bench.resume import CpuMeter, recorded  # noqa: E402
 from l2o import catalog  # noqa: E402
@@ -92,14 +92,20 @@ def steps_per_kind(spec) -> dict[str, int]:
     """"N" (every kind), "kind=N,..." (a kind not named keeps DEFAULT_STEPS's) or such a dict -> {kind: N}."""
     if isinstance(spec, dict):
         return dict(spec)
+
+    def count(n: str) -> int:
+        if not n.strip().isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"--meta-steps takes integers >= 1 (N or kind=N,...), got {n!r}")
+        return int(n)
+
     if "=" not in str(spec):
-        return {k: int(spec) for k in KINDS}
+        return {k: count(str(spec)) for k in KINDS}
     pairs = [part.partition("=") for part in str(spec).split(",") if part]
     unknown = [k for k, _, _ in pairs if k not in KINDS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(unknown)} in --meta-steps; kinds: "
                                          f"{', '.join(KINDS)}")
-    return {**DEFAULT_STEPS, **{k: int(n) for k, _, n in pairs}}
+    return {**DEFAULT_STEPS, **{k: count(n) for k, _, n in pairs}}
 
 
 class ArtefactsError(UserError):
@@ -107,7 +113,7 @@ class ArtefactsError(UserError):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.artefacts", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/evidence", help="the evidence suite's --out (its learnability/panel.json)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--meta-steps", default=DEFAULT_STEPS, type=steps_per_kind,

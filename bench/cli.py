@@ -8,6 +8,8 @@ through `cli_exit`, and so does every measurement's (`resumable=False`: it keeps
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from typing import Callable
 
@@ -37,3 +39,38 @@ def cli_exit(prog: str, body: Callable[[], object], resumable: bool = True) -> i
     except KeyboardInterrupt as err:
         print(f"{prog}: {stop_line(err, resumable)}", file=sys.stderr)
         return exit_code(err)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, `<prog>: error: <message> (see <prog> --help)`, as fine_tune's and
+    the zoo's are (plain argparse prints its whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def numbers(text, flag: str, kind=float) -> list:
+    """A comma-separated list of `kind` (float or int: seeds); a UserError naming `flag` otherwise (these flags were
+    read with float()/int() after argparse, so a typo was a traceback)."""
+    try:
+        return [kind(x) for x in str(text).split(",")]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise UserError(f"{flag} must be comma-separated {what}, got {text!r}") from None
+
+
+def lr_grid(text, flag: str = "--lr-grid") -> list[float]:
+    """An lr grid's multipliers, ascending: positive finite numbers (a 0 divided by zero in `select_runs`)."""
+    grid = sorted(numbers(text, flag))
+    if not all(math.isfinite(g) and g > 0 for g in grid):
+        raise UserError(f"{flag} must be positive numbers (multipliers of the lr), got {text!r}")
+    return grid
+
+
+def check_counts(args, *names: str) -> None:
+    """Each of `args`'s `names` that is set (a forward budget, a batch size, ...) is an integer >= 1: a budget of 0
+    or -8 ran one step per run without a word."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")

@@ -29,7 +29,6 @@ runs, mean over seeds, against forward passes; below it the eval metric per meth
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -40,15 +39,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import Parser, check_counts, lr_grid, numbers  # noqa: E402
 from bench.records import append_record, read_records  # noqa: E402
+from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_png_atomic  # noqa: E402
 
 
-def _parse_map(text: str | None) -> dict:
+def _parse_map(text: str | None, flag: str) -> dict:
     out = {}
     for item in filter(None, (text or "").split(",")):
         name, _, value = item.partition("=")
-        out[name] = float(value)
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise UserError(f"{flag} must be name=number,... (e.g. mezo=1e-2), got {item!r}") from None
     return out
 
 
@@ -63,7 +67,7 @@ def _ms(values, fmt="{:.3f}") -> str:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.compare_optimizers", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--tasks", default="sports_understanding,strategyqa,implicatures")
     ap.add_argument("--optimizers", default="mezo,mezo-gv,mezo-greedy,bszo")
@@ -92,10 +96,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--docs", default=None, help="also copy the plot here (e.g. docs/compare_loss.png)")
     args = ap.parse_args(argv)
+    check_counts(args, "budget", "select_budget")  # a budget of -4 ran one step per run
     args.select_budget = args.select_budget or args.budget
-    args.lrs, args.epss = _parse_map(args.lr), _parse_map(args.eps)
-    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
-    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.lrs, args.epss = _parse_map(args.lr, "--lr"), _parse_map(args.eps, "--eps")
+    args.grid = lr_grid(args.lr_grid)
+    args.seed_list = numbers(args.seeds, "--seeds", int)
     args.task_list, args.method_list = args.tasks.split(","), args.optimizers.split(",")
     args.select_list = args.select_tasks.split(",") if args.select_tasks else None
     return args
@@ -180,6 +185,12 @@ def main(argv=None) -> int:
     from bench.lr_centres import centre as lr_centre
 
     args = parse_args(argv)
+    from bench.lr_centres import unrunnable
+
+    for name in args.method_list:  # a misspelt name was a KeyError in bench/lr_centres.py
+        problem = unrunnable(name, args.peft, lr_given=name in args.lrs)
+        if problem:
+            raise UserError(f"--optimizers {name}: {problem.replace('give lr=', f'give --lr {name}=')}")
     runner = Runner(args)
     chosen = {}
     for task in args.select_list or args.task_list:

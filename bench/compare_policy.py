@@ -17,7 +17,6 @@ value at the very start means the loss went up, not down). `--plot F` draws loss
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
 
+from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_png_atomic  # noqa: E402
 
 # the methods in table order
@@ -41,7 +41,11 @@ def _run_one(args, method: str, seed: int, lr: float | None = None) -> dict:
     from l2o.optim import forwards_per_step
 
     optimizer = "mezo" if method.startswith("mezo-matched") else method
-    steps = args.forwards // forwards_per_step(optimizer)
+    per_step = forwards_per_step(optimizer)
+    steps = args.forwards // per_step
+    if steps < 1:  # was refused as "--steps must be a positive integer, got 0", a flag this command does not have
+        raise UserError(f"--forwards {args.forwards} is less than one step of {optimizer} ({per_step:g} forward "
+                        "passes)")
     cfg = FineTuneConfig(base=args.base, task=args.task, optimizer=optimizer,
                          policy=args.policy if "zo-finetuner" in method else None,
                          policy_size_rule=args.policy_size_rule, lr=lr or args.lr, eps=args.eps, steps=steps,
@@ -201,7 +205,9 @@ def plot(outs, path: Path, title: str = "") -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.compare_policy", description=__doc__.split("\n\n")[0])
+    from bench.cli import Parser
+
+    p = Parser(prog="bench.compare_policy", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", help="policy (zoo id or artefact folder) for the zo-finetuner methods")
     p.add_argument("--policy-size-rule", default=None, choices=["numel", "authors"],
                    help="block sizes in the policy's normaliser (numel: E||d||^2/D = 1; authors: a bigger step); "
@@ -228,6 +234,9 @@ def main(argv=None) -> int:
     if len(outs) > 1 and not args.aggregate:
         p.error("several --out folders only with --aggregate")
     out = args.out = Path(outs[0])
+    missing = [o for o in outs if not Path(o).is_dir()]
+    if args.aggregate and missing:  # an empty table, exit 0
+        raise UserError(f"--aggregate: no run folder {missing[0]} (give the --out of a comparison)")
     if not args.aggregate:
         for seed in args.seeds:
             for method in args.methods:

@@ -79,7 +79,8 @@ from bench import artefacts, learnability  # noqa: E402  (light at import: the h
 from bench.records import read_records  # noqa: E402
 from zoo.artefact import WEIGHTS_NAME  # noqa: E402
 from bench.claims import MORE_PREFIX_SEEDS, load_summary, share_pairs_to_decide  # noqa: E402
-from bench.cli import stop_line  # noqa: E402
+from bench.cli import Parser, numbers, stop_line  # noqa: E402
+from l2o.errors import UserError  # noqa: E402
 
 PHASES = ("scan", "memory", "prefix", "widen", "artefacts", "full", "bf16", "lora", "metainit")
 PREFIX_METHODS = ["mezo", "fo-adamw", "gv-matched:mezo-gv:match=mezo", "greedy-matched:mezo-greedy:match=mezo", "bszo",
@@ -100,7 +101,7 @@ SUITE_FILE = "suite.json"  # under --out (kept with the records): the budget the
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.evidence", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--report", action="store_true", help="run nothing: the harness reports and the doc from the "
@@ -135,9 +136,12 @@ def parse_args(argv=None):
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.budget_given = args.cpu_hours is not None
     args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
-    args.cuts = [int(x) for x in args.max_median.split(",")]
     args.prefix_methods = PREFIX_METHODS
-    args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
+    try:  # int() and steps_per_kind's refusal were tracebacks here
+        args.cuts = numbers(args.max_median, "--max-median", int)
+        args.meta_steps = artefacts.steps_per_kind(args.meta_steps or (2 if args.smoke else artefacts.DEFAULT_STEPS))
+    except (UserError, argparse.ArgumentTypeError) as err:
+        ap.error(str(err))
     args.max_rounds = args.max_rounds or (2 if args.smoke else 4)
     if args.smoke:
         args.budget = 8  # the harness's --smoke budget

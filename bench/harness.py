@@ -61,7 +61,6 @@ claim, `claim_path`), and a process that reaches a run another is making waits f
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -74,10 +73,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import CpuBudget, NotRun  # noqa: E402
-from bench.cli import cli_exit  # noqa: E402
+from bench.cli import Parser, check_counts, cli_exit, lr_grid, numbers  # noqa: E402
 from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
-from bench.lr_centres import MEZO_EPS, has_centre  # noqa: E402
+from bench.lr_centres import MEZO_EPS, unrunnable  # noqa: E402
 from bench.records import append_record, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from l2o import catalog  # noqa: E402
@@ -151,7 +150,7 @@ def expand_all(specs: list[str], policy: str | None = None) -> list[str]:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.harness", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--panel", default=None, help="panel.json of bench.learnability (tasks and settings)")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (instead of / narrowing the panel's)")
@@ -200,8 +199,11 @@ def parse_args(argv=None):
         args.seeds = "0,1" if args.seeds == "auto" else args.seeds
     if not args.tasks:
         ap.error("name the tasks: --panel panel.json (bench.learnability) or --tasks a,b")
+    check_counts(args, "budget", "select_budget", "probe_steps")
     args.select_budget = args.select_budget or args.budget
-    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
+    args.grid = lr_grid(args.lr_grid)
+    if args.seeds != "auto":
+        numbers(args.seeds, "--seeds", int)
     args.task_list = args.tasks.split(",")
     args.methods = [parse_method(m) for m in expand_all(args.method or default_methods(), args.policy)]
     if REFERENCE not in [m.label for m in args.methods]:
@@ -236,13 +238,12 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
     method with neither `lr=` nor an lr centre for its PEFT mode (bench/lr_centres.py), a `match` that names no
     method listed before it."""
     from fine_tune.config import OPTIMIZER_FLAGS
-    from fine_tune.first_order import FIRST_ORDER
-    from l2o import catalog
 
-    known, seen = [*catalog.method_names(), *FIRST_ORDER], []
+    seen = []
     for m in methods:
-        if m.optimizer not in known:
-            return f"--method {m.label}: unknown optimizer '{m.optimizer}' (known: {', '.join(sorted(known))})"
+        unknown = unrunnable(m.optimizer, lr_given=True)  # its name; its lr centre (in its mode) below
+        if unknown:
+            return f"--method {m.label}: {unknown}"
         bad = sorted(set(m.options) - {*OPTIMIZER_FLAGS, *RUN_KEYS, "steps", "match", "search", "seeds"})
         if bad:
             return f"--method {m.label}: unknown key(s) {', '.join(bad)}"
@@ -253,8 +254,9 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
         if m.options.get("search", 1) == 0 and "lr" not in m.options:
             return f"--method {m.label}: search=0 needs lr=..."
         mode = m.options.get("peft", peft)
-        if "lr" not in m.options and "match" not in m.options and not has_centre(m.optimizer, mode):
-            return f"--method {m.label}: bench/lr_centres.py has no lr centre for {m.optimizer} in {mode}; give lr=..."
+        problem = unrunnable(m.optimizer, mode, lr_given="lr" in m.options or "match" in m.options)
+        if problem:
+            return f"--method {m.label}: {problem}"
         if m.options.get("match") not in (None, *seen):
             return f"--method {m.label}: match={m.options['match']} names no method listed before it"
         seen.append(m.label)
@@ -522,6 +524,10 @@ def run_suite(args) -> dict:
     """Selection, then the seeds. `--order seeds`: every selection, then seed i of every task and method before
     seed i + 1 (a partial suite covers every cell); `--order tasks`: one task at a time (in the order given) and,
     within it, one method at a time, MeZO first (a partial suite has whole comparisons)."""
+    from l2o.tasks import get_task
+
+    for task in args.task_list:  # a misspelt task was skipped as one "whose data cannot be had here", exit 0
+        get_task(task)
     runner, chosen, seeds, final = Runner(args), {}, {}, {}
     methods = sorted(args.methods, key=lambda m: m.label != REFERENCE)  # MeZO first, then as given
 

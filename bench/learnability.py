@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import BudgetSpent, CpuBudget  # noqa: E402
+from bench.cli import Parser, check_counts, lr_grid  # noqa: E402
 from bench.learnability_doc import plot, print_plan, render_table, status  # noqa: E402
 from bench.lr_centres import MEZO_LR  # noqa: E402
 from bench.records import append_record, read_records, records_lock  # noqa: E402
@@ -69,7 +70,7 @@ SUITE_SMOKE = ["--smoke", "--tasks", "tweet_sentiment", "--moved-se", "-100", "-
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="bench.learnability", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task the rules admit)")
     ap.add_argument("--stage", default="all", choices=("1", "2", "all"))
@@ -115,7 +116,8 @@ def parse_args(argv=None):
         args.batch_size, args.forwards1, args.forwards2 = 2, 4, 4
         args.num_train, args.num_dev, args.num_eval, args.min_eval = 16, 8, 12, 10
         args.tasks = args.tasks or "tweet_sentiment"
-    args.grid = sorted(float(x) for x in args.lr_grid.split(","))
+    check_counts(args, "batch_size", "forwards1", "forwards2")  # a batch of 0 was a traceback in the forward's timing
+    args.grid = lr_grid(args.lr_grid)
     return args
 
 

@@ -79,6 +79,21 @@ ABSOLUTE = {
 }
 
 
+def unrunnable(optimizer: str, peft: str = "prefix", lr_given: bool = False) -> str | None:
+    """Why a comparison cannot run `optimizer` (None: it can): a name fine_tune does not know, or no lr centre in
+    PEFT mode `peft` and no lr given (bench.harness's --method and bench.compare_optimizers's --optimizers; a
+    misspelt name was a KeyError here)."""
+    from fine_tune.first_order import FIRST_ORDER
+    from l2o import catalog
+
+    known = [*catalog.method_names(), *FIRST_ORDER]
+    if optimizer not in known:
+        return f"unknown optimizer '{optimizer}' (known: {', '.join(sorted(known))})"
+    if not lr_given and not has_centre(optimizer, peft):
+        return f"bench/lr_centres.py has no lr centre for {optimizer} in {peft}; give lr=..."
+    return None
+
+
 def has_centre(optimizer: str, peft: str = "prefix") -> bool:
     try:
         centre(optimizer, peft)

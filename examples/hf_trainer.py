@@ -117,6 +117,11 @@ def main(argv=None) -> int:
     place.add_argument("--offload", choices=["cpu"], default=None,
                        help="weights in CPU memory, each block streamed to the device (ZOTrainer(offload=...))")
     args = ap.parse_args(argv)
+    from l2o.errors import ConfigError
+
+    for name in ("steps", "batch_size", "num_train", "num_eval"):  # 0 ran a step anyway, or failed in Trainer
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
 
     from l2o.integrations.hf import checkpoints
     from l2o.models import load_base
@@ -148,10 +153,14 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
+    from l2o.errors import UserError
     from l2o.stop import exit_code
 
     try:
         raise SystemExit(main())
+    except UserError as err:  # a bad option, base, optimizer or zoo id: one line (was a traceback), exit 2
+        print(f"hf_trainer: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: ZOTrainer saved the step and said where
         print("hf_trainer: stopped; rerun with --resume to continue from the saved step", file=sys.stderr)
         raise SystemExit(exit_code(stop)) from None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -33,7 +32,6 @@ LR_FLAGS = tuple(n for n in HYPERPARAMETERS if n == "lr" or n.endswith("_lr"))
 # Step sizes above MAX_LR are refused: every method here diverges there (the papers and this project use
 # 1e-7 .. 1e-2), and a typo such as `--lr 1e30` would otherwise run and wreck the model.
 MAX_LR = 1.0
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 _IS_TYPE = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -277,15 +275,19 @@ class RunOptions:
             kwargs["noise"] = self.noise
         return kwargs
 
-    def validate(self) -> "FineTuneConfig":
-        if not self.task:
-            raise ConfigError("choose a task with --task (e.g. --task boolq); `fine_tune --list-tasks` lists them")
+    def validate_counts(self) -> None:
+        """The step, batch, example and length counts (also what --dry-run plans with, which has no task)."""
         for name in ("steps", "batch_size", "num_train", "num_eval", "max_length", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("eval_every", "num_dev"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
+
+    def validate(self) -> "FineTuneConfig":
+        if not self.task:
+            raise ConfigError("choose a task with --task (e.g. --task boolq); `fine_tune --list-tasks` lists them")
+        self.validate_counts()
         if self.eval_seed is not None and (not isinstance(self.eval_seed, int) or self.eval_seed < 0):
             raise ConfigError(f"--eval-seed must be an integer >= 0, got {self.eval_seed!r}")
         if self.small_pool not in ("mezo", "shrink"):
@@ -356,33 +358,39 @@ FineTuneConfig = dataclasses.make_dataclass(
 
 
 def check_device(device: str) -> None:
-    """Refuse a device string torch would not take, or an accelerator this machine does not have."""
-    if not _DEVICE.match(device):
-        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    import torch
+    """Refuse a device string torch would not take, or an accelerator this machine does not have
+    (`l2o.models.check_device`, which `zoo apply` shares)."""
+    from l2o.models import check_device as check
 
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = f"only {count} CUDA device(s)" if count else "no usable CUDA device"
-            raise ConfigError(f"--device {device}: this machine has {have}; use --device cpu or auto")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps: this machine has no usable Apple MPS device; use --device cpu or auto")
+    check(device)
 
 
-def load_yaml(path: str) -> dict:
+def read_yaml_mapping(path, what: str = "config file") -> dict:
+    """The mapping a YAML file holds ({} for an empty file); ConfigError, in one sentence naming `what` and the
+    file, when it cannot be read, is not UTF-8 text (a binary file given by mistake), is not YAML or holds no
+    mapping (the one reader of the YAML files a user gives or a run saved: --config, a run's config.yaml, a
+    bench.reproduce table)."""
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a YAML text file (it is not UTF-8)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        why = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {path} is not valid YAML{at}: {why}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        raise ConfigError(f"{what} {path} must hold a mapping of option: value")
+    return data
+
+
+def load_yaml(path: str) -> dict:
+    data = read_yaml_mapping(path)
     known = {f.name for f in fields(FineTuneConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

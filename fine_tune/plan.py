@@ -460,6 +460,7 @@ def main(cfg) -> int:
     try:
         if cfg.dtype not in DTYPES or cfg.peft not in PEFT_MODES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)} and --peft one of {', '.join(PEFT_MODES)}")
+        cfg.validate_counts()
         cfg._validate_placement()
         dtype = resolve_dtype(cfg.dtype, cfg.base, "cuda")  # as a run on a GPU resolves "auto"
         plan = make_plan(cfg.base, dtype=dtype, peft=cfg.peft, batch=cfg.batch_size, length=cfg.max_length,

@@ -29,9 +29,9 @@ def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
     check_resume(out, resume)
     saved = out / "config.yaml"
     if resume and saved.exists():
-        import yaml
+        from fine_tune.config import read_yaml_mapping
 
-        old = yaml.safe_load(saved.read_text())
+        old = read_yaml_mapping(saved, "the run's saved configuration")
         old.pop("resume", None)
         old.pop("resolved_optimizer_kwargs", None)
         return old

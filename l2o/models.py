@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from l2o.blocks import named_blocks
 from l2o.cache import cache_dir, hub_offline
-from l2o.errors import UserError
+from l2o.errors import ConfigError, UserError
 from l2o.wrappers import unwrap_peft
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "block_names",
     "block_shapes",
     "cache_dir",
+    "check_device",
     "checkpoint_dtype",
     "embedded_dirs",
     "fingerprint",
@@ -247,6 +249,28 @@ def _source_path(resolved: ResolvedBase) -> str:
         raise BaseModelError(f"the embedded default {DEFAULT_BASE} is not converted yet; `python -m zoo.acquire "
                              f"--base {DEFAULT_BASE}` (or `make data`) converts it from its GGUF once (~20 s)")
     return str(target)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+
+
+def check_device(device: str, auto: bool = True) -> None:
+    """Refuse, in one sentence, a device string torch would not take or an accelerator this machine does not have
+    (before anything is loaded: torch's own errors come after the base has loaded, and a missing CUDA is an
+    AssertionError). `auto`: "auto" is allowed (the caller resolves it)."""
+    ok = _DEVICE.match(device) if isinstance(device, str) else None
+    if not ok or (device == "auto" and not auto):
+        choices = "auto, cpu, cuda, cuda:N or mps" if auto else "cpu, cuda, cuda:N or mps"
+        raise ConfigError(f"--device must be {choices}, got {device!r}")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"only {count} CUDA device(s)" if count else "no usable CUDA device"
+            raise ConfigError(f"--device {device}: this machine has {have}; use --device cpu{' or auto' * auto}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device mps: this machine has no usable Apple MPS device; use --device cpu"
+                          f"{' or auto' * auto}")
 
 
 def load_base(name: str = DEFAULT_BASE, dtype: str = "fp32", device: str | torch.device = "cpu",

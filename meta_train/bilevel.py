@@ -59,6 +59,11 @@ class BilevelTaskData(L.LightningDataModule):
                  num_train: int = 300, adapt_examples: int = 5, num_eval: int = 100, max_length: int = 256,
                  source_root: str | None = None):
         super().__init__()
+        from meta_train.plan import check_count  # --data.max_length -3 ran
+
+        check_count("--data.max_length", max_length)
+        for name, n in (("num_train", num_train), ("adapt_examples", adapt_examples), ("num_eval", num_eval)):
+            check_count(f"--data.{name}", n, least=0)
         self.task_names, self.tags = tasks, tags
         self.holdout = 0.25 if holdout is None else holdout
         self.family_seed, self.data_seed = family_seed, data_seed
@@ -133,6 +138,12 @@ class BilevelMetaInit(L.LightningModule):
             raise ConfigError(f"bilevel-zofo needs --model.peft lora, prefix or prompt, not {peft!r}")
         BilevelZOFO.resolve(dict(lam=lam, lower_lr=lower_lr, upper_lr=upper_lr, theta_lr=theta_lr, eps=eps, t_low=t_low,
                                  one_sided=one_sided, num_directions=num_directions, theta_clip=theta_clip))
+        from meta_train.plan import check_count  # batch_size 0 was a ZeroDivisionError in l2o.streams
+
+        for name in ("tasks_per_step", "batch_size", "adapt_batch_size", "eval_batch_size"):
+            check_count(f"--model.{name}", locals()[name])
+        check_count("--model.adapt_steps", adapt_steps, least=0)
+        check_count("--model.val_every", val_every, least=0)
         self.automatic_optimization = False
         self.strict_loading = False
         self.model = None

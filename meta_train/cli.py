@@ -262,6 +262,9 @@ def main(argv=None) -> int:
         from l2o.integrations.lightning.progress import quiet_libraries
 
         quiet_libraries()
+        from meta_train.plan import check_config_files
+
+        check_config_files(rest)
         model_cls, data_cls = _classes(method)
         try:
             cli = _build_cli(model_cls, data_cls, method, rest + ["--method", method])
@@ -312,6 +315,45 @@ def _check_steps(cfg) -> None:
         raise ConfigError(f"--save_every must be a positive integer, got {every!r}")
 
 
+# --model.* and --data.* options a resumed run may change: where the weights live or park, and the log cadence
+RESUMABLE = ("model.device_map", "model.offload", "model.scratch_dir", "model.log_every")
+LINKED = {"model.base": "--base", "model.estimator": "--estimator", "data.tasks": "--tasks",
+          "data.holdout": "--holdout"}
+
+
+def _check_same_run(saved: Path, options: str) -> None:
+    """--resume continues the run in --out only with its --model.* and --data.* options (its method, base, tasks and
+    hyperparameters), as fine_tune's does: a resume with another --model.lr_policy, say, ran on and overwrote the
+    saved config.yaml, neither the run it continued nor a new one. --max_steps (a longer run), --save_every,
+    --trainer.* (the process layout), the registry and publish options may change, and the `RESUMABLE` ones.
+    Options the saved file lacks (a run from before they existed) are not compared."""
+    import yaml
+
+    from l2o.errors import ConfigError
+
+    if not saved.exists():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"the run's saved configuration {saved} cannot be read ({type(err).__name__}), so --resume "
+                          "cannot check its options; restore it or start the run again in another --out") from None
+
+    def flat(tree, prefix=""):
+        items = tree.items() if isinstance(tree, dict) else ()
+        return {k: v for key, value in items
+                for k, v in (flat(value, f"{prefix}{key}.").items() if isinstance(value, dict)
+                             else [(f"{prefix}{key}", value)])}
+
+    before, now = flat(old), flat(yaml.safe_load(options))
+    diff = sorted(k for k in before.keys() & now.keys()
+                  if k.split(".")[0] in ("model", "data") and k not in RESUMABLE and before[k] != now[k])
+    if diff:
+        flags = ", ".join(LINKED.get(k, f"--{k}") for k in diff)  # as the command line names them
+        raise ConfigError(f"--resume with a different configuration ({flags}); use the "
+                          f"original options (saved in {saved})")
+
+
 def _run(cli, method: str) -> int:
     """Meta-train in --out, held for this run alone (l2o.integrations.lightning.folder), then export and publish."""
     # rank 0 holds the folder for the whole multi-device run (its other ranks are part of the same run)
@@ -330,7 +372,9 @@ def _run_in(cli) -> int:
     last = out / "checkpoints" / "last.ckpt"
     check_resume(out, cfg["resume"])
     trainer = cli.trainer
+    options = cli.parser.dump(cfg, skip_none=False, skip_link_targets=False)
     if cfg["resume"]:
+        _check_same_run(out / "config.yaml", options)
         from l2o.integrations.lightning.checkpoints import LastCheckpoint, cadence_change
 
         saver = next(cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
@@ -340,7 +384,7 @@ def _run_in(cli) -> int:
     # rank 0 (the holder, which made --out) writes it; another rank of a multi-device run may get here before rank 0
     # has claimed --out, and whatever it wrote would count as there before the run: left behind by a failed run
     if trainer.global_rank == 0:
-        (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False, skip_link_targets=False))
+        (out / "config.yaml").write_text(options)
     finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule,
                                    ckpt_path=str(last) if cfg["resume"] else None),
                trainer, cli.stop_cb)

@@ -41,10 +41,14 @@ class TaskFamilyData(L.LightningDataModule):
                  holdout: Optional[list[str]] = None, batch_size: int = 8, num_train: int = 200, num_dev: int = 32,
                  num_eval: int = 32, max_length: int = 128, seed: int = 0, objective: Optional[str] = None):
         super().__init__()
+        from meta_train.plan import check_count  # as the --dry-run plan checks them
+
         self.task_names, self.tags, self.holdout = tasks, tags, holdout
-        self.batch_size, self.num_train, self.num_eval = int(batch_size), int(num_train), int(num_eval)
-        self.num_dev = int(num_dev)
-        self.max_length, self.seed, self.objective_kind = int(max_length), int(seed), objective
+        self.batch_size, self.max_length = check_count("--data.batch_size", batch_size), \
+            check_count("--data.max_length", max_length)
+        self.num_train, self.num_dev, self.num_eval = (check_count(f"--data.{name}", n, least=0) for name, n in (
+            ("num_train", num_train), ("num_dev", num_dev), ("num_eval", num_eval)))
+        self.seed, self.objective_kind = int(seed), objective
         self.family = None
         self.splits: dict = {}
         self.objectives: dict = {}

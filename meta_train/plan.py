@@ -151,6 +151,36 @@ def inner_state_bytes(base: str, dtype: str, estimator: str, pairs: int, inner_m
     return sum(r[1] for r in inner_state_rows(base, BYTES[dtype], estimator, pairs, inner_method, inner_hparams))
 
 
+def check_count(flag: str, value, least: int = 1) -> int:
+    """An integer option of meta_train (`--data.batch_size`, `--model.unroll`, ...) as the run and its --dry-run
+    plan take it: the integer, or a ConfigError naming `flag` (a batch of -2 was planned as negative memory, and a
+    run with `--data.max_length -4` ran)."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{flag} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def check_config_files(argv: list[str]) -> list[str]:
+    """The --config files of `argv`, in order. One that is not UTF-8 text (a checkpoint given by mistake) is refused
+    in one line: the run's LightningCLI parser raised a UnicodeDecodeError traceback, the dry run said only
+    "'utf-8' codec can't decode byte ..."; a missing one is left to the reader, which names it."""
+    paths = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+             for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
+    for path in paths:
+        try:
+            Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a YAML text file (it is not UTF-8)") from None
+        except OSError:
+            pass
+    return paths
+
+
 def check_placement(estimator: str, device_map, offload) -> None:
     """--device-map / --offload as meta_train takes them (the run and its --dry-run plan): ES and PES only."""
     from l2o.placement import DEVICE_MAPS
@@ -285,16 +315,14 @@ def _options(argv: list[str]) -> dict:
     import yaml
 
     found = {}
-    for i, a in enumerate(argv):
-        if a == "--config" or a.startswith("--config="):
-            path = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                tree = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise ValueError(f"--config {path}: {err}") from None
-            if not isinstance(tree, dict):
-                raise ValueError(f"--config {path}: expected a mapping of options")
-            found.update(_flatten(tree))
+    for path in check_config_files(argv):
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"--config {path}: {err}") from None
+        if not isinstance(tree, dict):
+            raise ValueError(f"--config {path}: expected a mapping of options")
+        found.update(_flatten(tree))
     for i, a in enumerate(argv):
         if a.startswith("--") and "=" in a:
             found[a.split("=", 1)[0]] = a.split("=", 1)[1]
@@ -326,13 +354,21 @@ def main(argv: list[str]) -> int:
     """The --dry-run entry point of meta_train (options from --config files and the same command line)."""
     try:
         opt = _options(argv)
+        count = {flag: check_count(flag, default if opt.get(flag) is None else opt[flag]) for flag, default in (
+            ("--data.batch_size", 8), ("--data.max_length", 128), ("--model.unroll", 1), ("--model.pairs", 4))}
+        try:
+            gpu_gb = float(opt.get("--gpu-memory", 80))
+        except ValueError:
+            gpu_gb = None
+        if gpu_gb is None or not gpu_gb > 0:
+            raise ConfigError(f"--gpu-memory must be a positive number of GiB, got {opt.get('--gpu-memory')!r}")
         kw = dict(base=opt.get("--base", "smollm2-135m"), dtype=opt.get("--model.dtype", "auto"),
-                  batch=int(opt.get("--data.batch_size", 8)), length=int(opt.get("--data.max_length", 128)),
+                  batch=count["--data.batch_size"], length=count["--data.max_length"],
                   checkpointing=str(opt.get("--model.gradient_checkpointing", "false")).lower() == "true",
-                  unroll=int(opt.get("--model.unroll", 1)),
+                  unroll=count["--model.unroll"],
                   eager=opt.get("--model.attn_implementation", "") == "eager",
-                  gpu_gb=float(opt.get("--gpu-memory", 80)), estimator=opt.get("--estimator", "lookahead"),
-                  pairs=int(opt.get("--model.pairs", 4)),
+                  gpu_gb=gpu_gb, estimator=opt.get("--estimator", "lookahead"),
+                  pairs=count["--model.pairs"],
                   inner_method=opt.get("--model.inner_method", "zo-finetuner"),
                   inner_hparams={k.split(".", 2)[2]: v for k, v in opt.items()
                                  if k.startswith("--model.inner_hparams.")},

@@ -137,3 +137,37 @@ def test_a_damaged_runs_file_stops_a_suite_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (f"{suite}: error: {tmp_path / 'runs.jsonl'} line 2 is not a JSON "
                                                    "record (the file is damaged there); remove that line and its run "
                                                    "reruns")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--meta-steps", "zo=abc"], "unknown kind(s) zo in --meta-steps; kinds: zo-finetuner, bilevel-zofo"),  # traceback
+    (["--meta-steps", "zo-finetuner=abc"], "--meta-steps takes integers >= 1 (N or kind=N,...), got 'abc'"),
+    (["--max-median", "48,x"], "--max-median must be comma-separated integers, got '48,x'"),
+    (["--workers", "3"], "--workers 3: 1 or 2 (the suite has two lanes; the issue's machine has two cores)"),
+])
+def test_the_evidence_suites_bad_options_are_one_line_not_usage_or_a_traceback(argv, said, tmp_path, capsys):
+    from bench import evidence
+
+    with pytest.raises(SystemExit) as stop:
+        evidence.main(["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bench.evidence: error: {said} (see bench.evidence --help)"], err
+
+
+def test_compare_policy_names_its_own_flag_and_refuses_an_aggregate_of_nothing(tiny_base, tmp_path, capsys):
+    """--forwards below one step was refused as "--steps must be a positive integer" (a flag it does not have);
+    --aggregate of a missing folder printed an empty table, exit 0."""
+    from bench import compare_policy
+
+    argv = ["--methods", "mezo", "--base", tiny_base, "--task", "sst2", "--seeds", "0", "--forwards", "1",
+            "--out", str(tmp_path / "cp")]
+    assert cli_exit("bench.compare_policy", lambda: compare_policy.main(argv), resumable=False) == 2
+    assert capsys.readouterr().err.strip() == ("bench.compare_policy: error: --forwards 1 is less than one step of "
+                                               "mezo (2 forward passes)")
+    missing = tmp_path / "nothere"
+    assert cli_exit("bench.compare_policy", lambda: compare_policy.main(["--aggregate", "--out", str(missing)]),
+                    resumable=False) == 2
+    assert capsys.readouterr().err.strip() == (f"bench.compare_policy: error: --aggregate: no run folder {missing} "
+                                               "(give the --out of a comparison)")
+

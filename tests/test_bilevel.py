@@ -394,6 +394,19 @@ def test_meta_train_cli_publishes_a_meta_init_and_validates_on_heldout_tasks(tin
     assert any(not torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
 
 
+@pytest.mark.parametrize("flag, value, least", [("--model.batch_size", "0", 1),   # a ZeroDivisionError in l2o.streams
+                                                 ("--data.max_length", "-3", 1),  # ran
+                                                 ("--model.eval_batch_size", "0", 1)])
+def test_meta_init_counts_below_their_floor_are_one_line(flag, value, least, tiny_llama_base, tmp_path, capsys):
+    from meta_train.cli import main
+
+    out = tmp_path / "run"
+    assert main([*_meta_init_argv(tiny_llama_base, out), flag, value]) == 2
+    err = [e for e in capsys.readouterr().err.strip().splitlines() if e.startswith("meta_train: error: ")]
+    assert err == [f"meta_train: error: {flag} must be an integer >= {least}, got {value}"], err
+    assert not out.exists()
+
+
 def _meta_init_argv(base, out) -> list[str]:
     return ["--method", "bilevel-zofo", "--base", base, "--tasks", "sst2", "rte", "cb", "boolq", "--holdout", "boolq",
             "--max_steps", "6", "--save_every", "2", "--out", str(out), "--model.lam", "10", "--model.lower_lr", "1e-2",

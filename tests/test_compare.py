@@ -13,6 +13,24 @@ cmp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cmp)
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--lr-grid", "1,x"], "--lr-grid must be comma-separated numbers, got '1,x'"),     # ValueError tracebacks
+    (["--seeds", "x"], "--seeds must be comma-separated integers, got 'x'"),
+    (["--lr", "mezo=abc"], "--lr must be name=number,... (e.g. mezo=1e-2), got 'mezo=abc'"),
+    (["--optimizers", "mezzo"], "--optimizers mezzo: unknown optimizer 'mezzo' (known: "),  # a KeyError in lr_centres
+    (["--budget", "-4"], "--budget must be a positive integer, got -4"),                 # ran 1 step per run, exit 0
+])
+def test_bad_options_are_one_line_before_anything_runs(argv, said, tmp_path, capsys):
+    from bench.cli import cli_exit
+
+    out = tmp_path / "c"
+    assert cli_exit("bench.compare_optimizers", lambda: cmp.main(["--tasks", "boolq", "--optimizers", "mezo",
+                                                                   "--out", str(out), *argv])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bench.compare_optimizers: error: {said}"), err
+    assert not out.exists()
+
+
 def _run(task, method, seed, acc, loss, lr=1e-2, dev=0.5, eff=1.0):
     return {"task": task, "lr": lr, "final": {"dev": dev, "eval": acc}, "final_train_loss": loss, "steps": 10,
             "effective_step": eff, "bszo_prior": None, "config": {"optimizer": method, "seed": seed}}

@@ -233,6 +233,33 @@ def test_an_accelerator_fine_tune_does_not_run_on_names_what_it_runs_on(tmp_path
                        "cpu)"], err
 
 
+def test_a_config_file_that_is_not_yaml_text_is_one_line(tmp_path, capsys):
+    """A binary file given as --config (a checkpoint, say) used to end in a UnicodeDecodeError traceback."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(b"\xff\xfe\x00PK")
+    assert main(["--config", str(cfg), "--print-config"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fine_tune: error: config file {cfg} is not a YAML text file (it is not UTF-8)"]
+    cfg.write_text("task: [sst2\n")
+    assert main(["--config", str(cfg), "--print-config"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fine_tune: error: config file {cfg} is not valid YAML (line 2): expected ',' or ']', but got '<stream end>'"]
+
+
+def test_a_resume_whose_saved_configuration_is_damaged_is_one_line(tiny_base, tmp_path, capsys):
+    """--resume compares the flags with <out>/config.yaml; a damaged one used to end in a yaml traceback."""
+    out = tmp_path / "run"
+    assert main(_args(tiny_base, out, "--steps", "1", "--save-model", "false", "--zero-shot", "false")) == 0
+    saved = out / "config.yaml"
+    saved.write_text(saved.read_text()[:40] + "\n: {[")
+    capsys.readouterr()
+    assert main(_args(tiny_base, out, "--steps", "1", "--save-model", "false", "--zero-shot", "false",
+                      "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fine_tune: error: the run's saved configuration {saved} is not "
+                                               "valid YAML (line "), err
+
+
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("task: boolq\nlearning_rate: 1\n")

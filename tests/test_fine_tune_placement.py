@@ -189,6 +189,14 @@ def test_the_named_plans(capsys):
     assert capsys.readouterr().err.startswith("fine_tune: error: unknown base model 'no-such-base'")
 
 
+@pytest.mark.parametrize("flag, value", [("--batch-size", "-5"), ("--max-length", "0")])
+def test_a_dry_run_refuses_a_batch_or_length_a_run_refuses(flag, value, capsys):
+    """A plan of a batch of -5 used to print negative activations and 'fits' (exit 0)."""
+    assert main(["--base", "smollm2-135m", "--dry-run", flag, value]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fine_tune: error: {flag} must be a positive integer, got {value}"]
+
+
 # OPT-125M's tensors by hand from l2o/base_shapes.json (hidden 768, ffn 3072, 12 layers, vocab 50272, 2048
 # positions + OPT's offset 2, tied head): (rows, elements) of every matrix; the vectors' elements
 H, F, L, V, P = 768, 3072, 12, 50272, 2048 + 2

@@ -292,6 +292,31 @@ def test_method_lists_are_checked_before_anything_runs(specs, problem):
             hn.parse_args(["--tasks", "boolq", *[a for s in specs for a in ("--method", s)]])
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--lr-grid", "1,abc"], "--lr-grid must be comma-separated numbers, got '1,abc'"),            # a ValueError
+    (["--lr-grid", "0,1"], "--lr-grid must be positive numbers (multipliers of the lr), got '0,1'"),  # ZeroDivision
+    (["--budget", "0"], "--budget must be a positive integer, got 0"),         # ran one step per run, exit 0
+    (["--budget", "-8"], "--budget must be a positive integer, got -8"),
+    (["--select-budget", "-2"], "--select-budget must be a positive integer, got -2"),
+    (["--seeds", "x"], "--seeds must be comma-separated integers, got 'x'"),   # a ValueError
+    (["--tasks", "boolx"], "unknown task 'boolx'; known tasks: boolq, "),     # skipped as "no data here", exit 0
+    (["--peft", "bogus"], "--method mezo: bench/lr_centres.py has no lr centre for mezo in bogus; give lr=..."),
+    (["--budget", "x"], "argument --budget: invalid int value: 'x' (see bench.harness --help)"),  # usage + message
+])
+def test_bad_numbers_and_a_misspelt_task_are_one_line_before_anything_runs(argv, said, tmp_path, capsys):
+    out = tmp_path / "h"
+    argv = ["--base", "no-base-is-loaded", "--tasks", "boolq", "--method", "mezo", "--seeds", "1", "--out", str(out),
+            *argv]
+    try:
+        rc = hn.main(argv)
+    except SystemExit as stop:  # argparse's own refusals
+        rc = stop.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bench.harness: error: {said}"), err
+    assert not out.exists()
+
+
 def test_a_missing_or_empty_panel_is_refused_in_one_line(tmp_path, capsys):
     from l2o.errors import UserError
 

@@ -504,3 +504,25 @@ def test_the_example_stopped_by_sigterm_resumes_with_its_flag_to_the_uninterrupt
     assert steps == [3, 4] and "mezo: eval loss" in capsys.readouterr().out  # from the saved step, not afresh
     ref, run = (load_file(tmp_path / d / "mezo" / "model.safetensors") for d in ("ref", "run"))
     assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),            # ran one step anyway
+    (["--num-eval", "0"], "--num-eval must be a positive integer, got 0"),      # KeyError: 'eval_loss'
+    (["--base", "/no/such/base"], "no model folder at '/no/such/base' (and it is not a hub id of the form org/name)"),
+])
+def test_the_example_says_a_user_error_in_one_line(argv, said, tmp_path):
+    """examples/hf_trainer.py let every user error (a base, optimizer or zoo id that does not exist, a bad lr) end in
+    a traceback; it is one line, exit 2, as the CLIs'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "hf_trainer.py"), "--optimizers", "mezo",
+                           "--out", str(tmp_path / "out"), *argv], capture_output=True, text=True, cwd=root, env=env,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"hf_trainer: error: {said}"

@@ -14,6 +14,23 @@ from bench import learnability as lb, learnability_doc as doc
 from bench.stats import z_score
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--lr-grid", "1,x"], "--lr-grid must be comma-separated numbers, got '1,x'"),  # a ValueError traceback
+    (["--lr-grid", "0,1"], "--lr-grid must be positive numbers (multipliers of the lr), got '0,1'"),  # ZeroDivision
+    (["--forwards1", "0"], "--forwards1 must be a positive integer, got 0"),  # ran one step, exit 0
+    (["--forwards2", "-4"], "--forwards2 must be a positive integer, got -4"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),  # a traceback in the forward's timing
+])
+def test_bad_numbers_are_one_line_before_the_base_loads(argv, said, tmp_path, capsys):
+    from bench.cli import cli_exit
+
+    out = tmp_path / "scan"
+    argv = ["--base", "no-base-is-loaded", "--tasks", "tweet_sentiment", "--out", str(out), *argv]
+    assert cli_exit("bench.learnability", lambda: lb.main(argv)) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"bench.learnability: error: {said}"]
+    assert not out.exists()
+
+
 def test_paired_delta_is_the_mean_per_example_difference_with_its_standard_error():
     final, zero = [1, 1, 0, 1, 0, 1], [0, 1, 0, 0, 1, 1]
     d, se = lb.paired_delta(final, zero)

@@ -235,6 +235,15 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
                   "| inner optimizer |", "| parameters | ", "| piqa | "):
         assert field in card, field
 
+    # a resume with other options is refused in one line, before it overwrites the saved config.yaml (it used to run
+    # on with them); a longer run is a resume
+    saved = (out / "config.yaml").read_text()
+    assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume", "--model.lr_policy", "0.5",
+                          "--estimator", "es")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "meta_train: error: --resume with a different configuration (--estimator, --model.lr_policy); use the "
+        f"original options (saved in {out / 'config.yaml'})")
+    assert (out / "config.yaml").read_text() == saved
     # resume continues from the checkpoint to a longer run
     assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 12
@@ -285,6 +294,11 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
         one_line(main(_run_args("opt-13x", tmp_path / "r7", "--max_steps", "1")), "unknown base model 'opt-13x'")
         one_line(main(["--method", "bilevel-zofo", "--base", "opt-13x", "--tasks", "imdb", "piqa", "--holdout", "piqa",
                        "--out", str(tmp_path / "r8"), "--max_steps", "1"]), "unknown base model 'opt-13x'")
+    for flag, value, least in (("--data.batch_size", "0", 1), ("--data.max_length", "-4", 1),
+                               ("--data.num_eval", "-1", 0)):  # batch 0 said "the batch is empty"; length -4 ran
+        one_line(main(_run_args(tiny_base, tmp_path / "r9", "--max_steps", "1", flag, value)),
+                 f"{flag} must be an integer >= {least}, got {value}")
+    assert not (tmp_path / "r9").exists()
     for steps in ("0", "-1"):  # -1 used to run forever, 0 to publish an untrained policy
         one_line(main(_run_args(tiny_base, tmp_path / "r4", "--max_steps", steps)),
                  f"--max_steps must be a positive integer, got {steps}")
@@ -736,6 +750,45 @@ def test_dry_run_reads_config_files_and_the_command_line_wins(tmp_path, capsys):
     capsys.readouterr()
     assert main([f"--config={tmp_path / 'missing.yaml'}", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("meta_train: error: --config")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--data.batch_size", "-2"], "--data.batch_size must be an integer >= 1, got -2"),  # planned negative memory
+    (["--data.max_length", "0"], "--data.max_length must be an integer >= 1, got 0"),
+    (["--model.unroll", "0"], "--model.unroll must be an integer >= 1, got 0"),
+    (["--estimator", "es", "--model.pairs", "-1"], "--model.pairs must be an integer >= 1, got -1"),
+    (["--data.batch_size", "x"], "--data.batch_size must be an integer >= 1, got 'x'"),  # "invalid literal for int()"
+    (["--gpu-memory", "-5"], "--gpu-memory must be a positive number of GiB, got '-5'"),  # "does NOT fit in -5 GiB"
+    (["--gpu-memory", "abc"], "--gpu-memory must be a positive number of GiB, got 'abc'"),
+])
+def test_dry_run_refuses_what_a_run_refuses_in_one_line(argv, said, capsys):
+    from meta_train.cli import main
+
+    assert main(["--base", "smollm2-135m", "--dry-run", *argv]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"meta_train: error: {said}"]
+
+
+def test_a_config_file_that_is_not_yaml_text_is_one_line_in_a_run_and_its_dry_run(tmp_path, capsys):
+    """A binary --config: the run's parser raised a UnicodeDecodeError traceback; the dry run said only "'utf-8'
+    codec can't decode byte 0xff ..."."""
+    from meta_train.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes(b"\xff\xfePK\x03\x04")
+    for argv in (["--config", str(cfg), "--max_steps", "1"], [f"--config={cfg}", "--dry-run"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"meta_train: error: config file {cfg} is not a YAML text file (it is not UTF-8)"]
+
+
+def test_dry_run_takes_back_the_configuration_print_config_wrote(tmp_path, capsys):
+    """--print_config writes `unroll: null` (the estimator's default); the dry run read it as int(None), a traceback."""
+    from meta_train.cli import main
+
+    assert main(["--base", "smollm2-135m", "--max_steps", "3", "--print_config"]) == 0
+    (tmp_path / "run.yaml").write_text(capsys.readouterr().out)
+    assert main(["--config", str(tmp_path / "run.yaml"), "--dry-run"]) == 0
+    assert "batch 8 x 128 tokens" in capsys.readouterr().out
 
 
 def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200(capsys):

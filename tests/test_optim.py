@@ -325,7 +325,10 @@ def test_bad_hyperparameters_raise_clear_errors(name, kw, msg):
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'.*mezo-gv"):
+    """A user error (every CLI's one line): bench.compare_policy --methods mezzo ended in a ValueError traceback."""
+    from l2o.errors import UserError
+
+    with pytest.raises(UserError, match="unknown optimizer 'adam'.*mezo-gv"):
         build_optimizer("adam", Quadratic())
 
 

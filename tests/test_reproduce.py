@@ -13,6 +13,40 @@ from fine_tune.config import FineTuneConfig, load_yaml
 TABLES = ["bilevel_zofo", "bszo_table3", "mezo_gv_table5", "mezo_opt13b", "zo_finetuner"]
 
 
+@pytest.mark.parametrize("content, said", [
+    (b"\xff\xfe", "table {path} is not a YAML text file (it is not UTF-8)"),                  # UnicodeDecodeError
+    (b"tasks: [x\n", "table {path} is not valid YAML (line 2): expected ',' or ']', but got '<stream end>'"),
+    (b"tasks:\n  sst2: {}\nmethods:\n  M: 5\n", "table t.yaml, method 'M': expected a mapping of config, reported, "
+                                                "sweep, tasks"),                                    # a TypeError
+    (b"tasks: [sst2]\nmethods:\n  M: {}\n", "table t.yaml: tasks must be a mapping of name: options"),
+])
+def test_a_damaged_table_file_is_one_line(content, said, tmp_path, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(content)
+    assert main([str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"bench.reproduce: error: {said.format(path=path)}"]
+
+
+def test_options_that_select_nothing_or_cannot_be_written_are_one_line(tmp_path, capsys):
+    """--method matching no row printed an empty table (exit 0); --limit -1 ran every cell but the last;
+    --write-configs onto a file was a FileExistsError traceback."""
+    assert main(["mezo_opt13b", "--smoke", "--method", "nothing"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bench.reproduce: error: --method 'nothing' matches no method of mezo_opt13b (MeZO (full), MeZO (LoRA), "
+        "MeZO (prefix))"]
+    assert main(["mezo_opt13b", "--limit", "-1", "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "bench.reproduce: error: --limit must be a positive integer, got -1"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["mezo_opt13b", "--smoke", "--write-configs", str(blocker)]) == 2
+    assert capsys.readouterr().err.strip() == (f"bench.reproduce: error: --write-configs {blocker} is a file; give a "
+                                               "folder to write the configs to")
+    with pytest.raises(SystemExit) as stop:  # argparse's refusal: one line too, not the usage first
+        main(["mezo_opt13b", "--limit", "x"])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "bench.reproduce: error: argument --limit: invalid int value: 'x' (see bench.reproduce --help)"]
+
+
 def test_one_config_per_paper_table():
     assert list_tables() == TABLES
 

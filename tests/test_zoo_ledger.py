@@ -4,6 +4,7 @@ and one-line refusals of a wrong base, dtype or noise source, or a damaged ledge
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,61 @@ def test_zoo_apply_refuses_another_base_or_dtype_in_one_line(published, tiny_lla
     _one_line(capsys, main(["apply", published["id"], "--base", published["base"], "--dtype", "bf16",
                             "--out", str(tmp_path / "o2"), *reg]), "recorded in fp32, not bf16")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_zoo_apply_refuses_a_device_or_out_it_cannot_use_before_the_base_loads(published, tmp_path, capsys,
+                                                                               monkeypatch):
+    """--device tpu / auto / cuda without CUDA ended in `zoo: error: unexpected RuntimeError` (AssertionError), exit
+    1, after the base had loaded; an --out that is a file in `Not a directory (<out>/.tmp-ledger.json-...)` after the
+    whole replay. Both are one line, exit 2, before the base loads."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("l2o.models.load_base", lambda *a, **k: pytest.fail("the base loaded before the check"))
+    reg = ["--registry", str(published["registry"])]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for extra, said in ((["--device", "tpu"], "--device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+                        (["--device", "auto"], "--device must be cpu, cuda, cuda:N or mps, got 'auto'"),
+                        (["--device", "cuda"], "--device cuda: this machine has no usable CUDA device; use --device "
+                                               "cpu"),
+                        (["--out", str(blocker)], f"--out {blocker} is a file; give the folder to write the weights "
+                                                  "to")):
+        argv = ["apply", published["id"], "--base", published["base"], "--out", str(tmp_path / "o"), *reg, *extra]
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"zoo: error: {said}"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_that_does_not_exist_is_named_as_a_folder_not_as_an_invalid_id(tmp_path, capsys):
+    """`zoo verify /path/to/policy` (or fine_tune --policy) with a mistyped path said "invalid zoo id ...: absolute
+    paths and drive letters are not ids"."""
+    missing = tmp_path / "no-such" / "policy"
+    for spec in (str(missing), "runs/no-such/policy"):
+        assert main(["verify", spec]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"zoo: error: no artefact folder {Path(spec).resolve()} (no such folder), and {spec!r} is an invalid zoo "
+            "id (ids look like base/name@version)"]
+    (tmp_path / "file.json").write_text("{}")
+    assert main(["verify", str(tmp_path / "file.json")]) == 2
+    assert "is a file, not an artefact folder" in capsys.readouterr().err
+    assert main(["verify", "nope"]) == 2  # not a path: still an invalid id
+    assert "invalid zoo id 'nope'" in capsys.readouterr().err
+
+
+def test_a_model_folder_given_as_an_artefact_is_named_as_not_an_artefact(published, capsys):
+    """`zoo verify` (or fine_tune --init) of a saved model's folder (config.json, model.safetensors, README.md, as
+    fine_tune's <out>/model has) said "has unknown kind None"."""
+    from transformers import AutoModelForCausalLM
+
+    folder = published["art"].parent / "a-model"
+    AutoModelForCausalLM.from_pretrained(published["base"]).save_pretrained(folder)
+    (folder / "README.md").write_text("a model card")
+    capsys.readouterr()  # transformers' loading bars
+    assert main(["verify", str(folder)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"zoo: error: artefact {folder}: its config.json has no kind, so it is not a zoo artefact (kinds: "
+        "zo-finetuner-policy, bilevel-meta-init, zo-ledger); a model's own config.json is not an artefact's"]
 
 
 def test_load_refuses_another_noise_source_and_a_damaged_ledger(published, tmp_path):

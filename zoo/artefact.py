@@ -65,6 +65,9 @@ def check_config(config: dict, label: str = "artefact") -> dict:
     if not isinstance(config, dict):
         raise ZooError(f"{label} config is not a JSON object")
     kind = config.get("kind")
+    if "kind" not in config:  # a model folder (fine_tune's <out>/model, a hub download) was "unknown kind None"
+        raise ZooError(f"{label}: its config.json has no kind, so it is not a zoo artefact (kinds: {', '.join(KINDS)});"
+                       " a model's own config.json is not an artefact's")
     if kind not in KINDS:
         raise ZooError(f"{label} has unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
     sv = config.get("schema_version")

@@ -91,17 +91,24 @@ def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str 
                  cache_dir=None, log=print) -> Path:
     """Materialise a full-parameter ledger: the base in the recorded dtype, replayed, `save_pretrained` to `out`."""
     from l2o.ledger import replay
-    from l2o.models import base_fingerprint, load_base
+    from l2o.models import base_fingerprint, check_device, load_base
 
     ledger, config = load_ledger(spec, base_fingerprint(base), dtype, model_name=base, registry=registry,
                                  cache_dir=cache_dir)
     if config["arch"]["peft"] != "full":
         raise ZooError(f"zoo apply materialises full-parameter ledgers; this one moved a {config['arch']['peft']} "
                        "adapter (replay it onto the adapted model with l2o.ledger.replay)")
+    check_device(device, auto=False)  # before the base loads: torch's errors come after it, or an AssertionError
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # found only after the replay, as "Not a directory (<out>/.tmp-...)"
+        raise ZooError(f"--out {out} is a file; give the folder to write the weights to")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ZooError(f"cannot write the weights to --out {out}: {err.strerror or err}") from None
     model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
     log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
     replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
-    out = Path(out)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     write_json_atomic(out / "ledger.json", {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,

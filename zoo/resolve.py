@@ -378,13 +378,21 @@ def resolve(spec: str | os.PathLike, *, registry=None, cache_dir=None) -> Resolv
 
 
 def _find(cat: Catalog, s: str) -> tuple[dict, Manifest]:
-    """``cat.find(s)``; a spec that is not a known id but names a folder gets a message about the folder."""
+    """``cat.find(s)``; a spec that is not a known id but names a folder gets a message about the folder, and so
+    does one that can only be a path (absolute, ``~``, ``./``, or more than one ``/``) naming no folder: a
+    mistyped folder used to be refused as an invalid id."""
     try:
         return cat.find(s)
     except ZooError:
         path = Path(s).expanduser()
         if path.is_dir():
             raise not_an_artefact_folder(path.resolve()) from None
+        if path.exists():
+            raise ZooError(f"{path.resolve()} is a file, not an artefact folder (an artefact folder holds config.json, "
+                           "model.safetensors, README.md; zoo ids look like base/name@version)") from None
+        if s.startswith(("/", "~", ".")) or s.count("/") > 1:
+            raise ZooError(f"no artefact folder {path.resolve()} (no such folder), and {s!r} is an invalid zoo id "
+                           "(ids look like base/name@version)") from None
         raise
 
 

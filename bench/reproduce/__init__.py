@@ -53,11 +53,19 @@ def load_table(name: str) -> dict:
     path = Path(name) if name.endswith(".yaml") else HERE / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown table {name!r}; known tables: {', '.join(list_tables())}")
-    table = yaml.safe_load(path.read_text())
+    from fine_tune.config import read_yaml_mapping  # a file that is not YAML text was a traceback
+
+    table = read_yaml_mapping(path, "table")
     bad = sorted(set(table) - TABLE_KEYS)
     if bad or not table.get("methods") or not table.get("tasks"):
         raise ConfigError(f"table {path.name} needs tasks and methods (unknown keys: {bad})")
+    for key in ("methods", "tasks"):
+        if not isinstance(table[key], dict):
+            raise ConfigError(f"table {path.name}: {key} must be a mapping of name: options")
     for mname, m in table["methods"].items():
+        if not isinstance(m, dict):
+            raise ConfigError(f"table {path.name}, method {mname!r}: expected a mapping of "
+                              f"{', '.join(sorted(METHOD_KEYS))}")
         if set(m) - METHOD_KEYS:
             raise ConfigError(f"table {path.name}, method {mname!r}: unknown keys {sorted(set(m) - METHOD_KEYS)}")
     table["name"] = path.stem
@@ -195,7 +203,12 @@ def format_table(table: dict, rows: list[dict]) -> str:
 
 def write_configs(table: dict, out: Path, folder: Path, smoke: bool) -> list[Path]:
     """One `fine_tune --config` YAML per run of the table."""
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():  # a FileExistsError traceback
+        raise ConfigError(f"--write-configs {folder} is a file; give a folder to write the configs to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write the configs to {folder}: {err.strerror or err}") from None
     seeds = table.get("seeds") or [0]
     written = []
     for cell in cells(table):

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from bench.reproduce import (cells, format_table, list_tables, load_table, run_cell, smoke_cells,
                              summarise, write_configs)
+from bench.cli import Parser
 from l2o.errors import UserError
 from zoo.errors import ZooError
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench.reproduce",
+    ap = Parser(prog="bench.reproduce",
                                  description="Run every cell of a paper's table and print the table.")
     ap.add_argument("table", nargs="?", help=f"one of: {', '.join(list_tables())} (or a path to a table .yaml)")
     ap.add_argument("--smoke", action="store_true", help="2 steps on the embedded base, offline, one cell per "
@@ -42,6 +43,11 @@ def main(argv=None) -> int:
             print(f"{len(paths)} fine_tune configs in {args.write_configs} (run each with fine_tune --config FILE)")
             return 0
         todo = [c for c in cells(table) if args.method is None or args.method in c["method"]]
+        if not todo:  # an empty table, exit 0
+            methods = ", ".join(dict.fromkeys(c["method"] for c in cells(table)))
+            raise UserError(f"--method {args.method!r} matches no method of {table['name']} ({methods})")
+        if args.limit is not None and args.limit < 1:  # -1 ran all cells but the last
+            raise UserError(f"--limit must be a positive integer, got {args.limit}")
         seeds = table.get("seeds") or [0]
         if args.smoke:
             todo, seeds = smoke_cells(todo, args.limit), seeds[:1]

@@ -72,7 +72,9 @@ def optimizer_names() -> list[str]:
 
 def optimizer_class(name: str) -> type[ZOOptimizer]:
     if name not in REGISTRY:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizer_names())}")
+        from l2o.errors import ConfigError  # a user's misspelling: one line from every CLI, not a traceback
+
+        raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(optimizer_names())}")
     return REGISTRY[name]
 
 

@@ -268,7 +268,9 @@ def timing(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from bench.cli import Parser
+
+    ap = Parser("bench.bilevel_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=sorted(METHODS))
     ap.add_argument("--all", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS))

@@ -12,7 +12,6 @@ noise at all (sigma_e at its floor, 0.1 sigma_p).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -60,7 +59,9 @@ def run(model, seed: int, steps: int, **kw):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.bszo_prior", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 400])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 1.0])

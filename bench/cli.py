@@ -8,12 +8,11 @@ through `cli_exit`, and so does every measurement's (`resumable=False`: it keeps
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from typing import Callable
 
-from l2o.errors import UserError
+from l2o.errors import OneLineParser, UserError
 from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 CONTINUES = "the same command continues (the runs its runs.jsonl records are not run again)"
@@ -41,12 +40,9 @@ def cli_exit(prog: str, body: Callable[[], object], resumable: bool = True) -> i
         return exit_code(err)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, `<prog>: error: <message> (see <prog> --help)`, as fine_tune's and
-    the zoo's are (plain argparse prints its whole usage first)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def Parser(prog: str, **kwargs) -> OneLineParser:
+    """A suite's flags (`prog`: bench.<suite>): argparse's refusals are one line, as its UserErrors are."""
+    return OneLineParser(prog=prog, command=f"python -m {prog}", **kwargs)
 
 
 def numbers(text, flag: str, kind=float) -> list:

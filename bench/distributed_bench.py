@@ -15,7 +15,6 @@ Lightning's per-step bookkeeping is left out. Prints one JSON line per case.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -96,7 +95,9 @@ def worker(rank: int, world: int, init_file: str, args) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bench.cli import Parser
+
+    p = Parser("bench.distributed_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3, help="timed steps per case and process count")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--modes", nargs="+", default=["prefix", "full"], choices=["prefix", "full", "lora"])

@@ -277,7 +277,9 @@ def _write_json(args, results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.engine_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="opt-125m", choices=sorted(SHAPES) + [REAL])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)

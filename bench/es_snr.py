@@ -12,7 +12,6 @@ mean |L+ - L-|. One JSON line per (parametrisation, step).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.es_snr", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--task", default="sports_understanding")
     ap.add_argument("--params", default="all,head,bias,type")

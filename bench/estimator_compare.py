@@ -19,7 +19,6 @@ Stages (each resumable; a finished piece is never redone):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -37,7 +36,9 @@ ESTIMATORS = ("lookahead", "es", "pes")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.estimator_compare", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/estimators")
     ap.add_argument("--stage", choices=["all", "lr", "meta", "final", "table"], default="all")
     ap.add_argument("--base", default="smollm2-135m")

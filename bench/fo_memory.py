@@ -78,7 +78,9 @@ def measure(what: str, args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.fo_memory", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--task", default="winowhy")
     ap.add_argument("--methods", default="mezo,fo-sgd,fo-adamw")

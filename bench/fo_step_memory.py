@@ -13,7 +13,6 @@ state at the phase's end. One thread. Prints one JSON line per phase, in MB (10^
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,7 +35,9 @@ def _reset_hwm() -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.fo_step_memory", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--task", default="winowhy")
     ap.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")

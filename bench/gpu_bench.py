@@ -32,7 +32,6 @@ tiny tensors with the block path (the kernel, interpreted) on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import os
@@ -289,7 +288,9 @@ def run_offload(shape: str, dtype: str, cap_gib: float | None, args, in_memory: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.gpu_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, 1 repeat (seconds)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap.add_argument("--batch", type=int, default=None, help="default 16 (2 with --smoke)")

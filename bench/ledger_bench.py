@@ -16,7 +16,6 @@ count come from its config on the meta device (no download). `--json` writes eve
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -123,7 +122,9 @@ def at_20k(header: int, per_step: float, steps: int = 20000, checkpoint_every: i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bench.cli import Parser
+
+    p = Parser("bench.ledger_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="smollm2-135m")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--policy", default="smollm2-135m/zo-finetuner")

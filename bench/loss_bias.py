@@ -13,7 +13,6 @@ measures that gap on real batches at the base weights (and the first-order half-
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -54,7 +53,9 @@ def measure(task_name: str, args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.loss_bias", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--tasks", default="sports_understanding,strategyqa,implicatures")
     ap.add_argument("--peft", default="prefix")

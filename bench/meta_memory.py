@@ -16,7 +16,6 @@ Prints one JSON line per measurement.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -55,7 +54,9 @@ def _child(cmd: list[str], repo: str) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import Parser
+
+    ap = Parser("bench.meta_memory", description=__doc__.splitlines()[0])
     ap.add_argument("--repo", default=".", help="checkout whose code is measured")
     ap.add_argument("--label", default="after")
     ap.add_argument("--what", choices=["meta", "inference", "inference-libraries"], default="meta",

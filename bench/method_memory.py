@@ -20,7 +20,6 @@ the process at once and the high-water mark counts what was alive together, not 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -69,7 +68,9 @@ def measure(name: str, blocks: int, dim: int, steps: int) -> dict:
 def main(argv=None) -> int:
     from l2o.optim import REGISTRY
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bench.cli import Parser
+
+    p = Parser("bench.method_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="*", help="default: every registered method that needs no adapter or policy")
     p.add_argument("--blocks", type=int, default=8)
     p.add_argument("--dim", type=int, default=1024)

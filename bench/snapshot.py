@@ -25,7 +25,6 @@ other (`--out` was started afresh beside committed records of other runs) the co
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -117,9 +116,9 @@ def save(out: Path, records: Path) -> int:
 
 
 def main(argv=None) -> int:
-    from bench.cli import cli_exit
+    from bench.cli import Parser, cli_exit
 
-    ap = argparse.ArgumentParser(description="save the evidence suite's records beside its doc now")
+    ap = Parser("bench.snapshot", description="save the evidence suite's records beside its doc now")
     ap.add_argument("--out", default="runs/evidence", help="the suite's --out")
     ap.add_argument("--docs", default="docs", help="the suite's --docs (the records go to <docs>/data/evidence)")
     args = ap.parse_args(argv)

@@ -16,7 +16,6 @@ It runs on the CPU, unless `--device-map` or `--offload cpu` has GPUs to place t
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -94,7 +93,10 @@ def trainer_for(args, name, model, tokenizer, train, evals):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from l2o.errors import OneLineParser
+
+    ap = OneLineParser(prog="hf_trainer", command="python examples/hf_trainer.py",
+                       description=__doc__.splitlines()[0])
     ap.add_argument("--trainer", choices=["hf", "sft"], default="hf")
     ap.add_argument("--optimizers", nargs="+", default=["mezo", "zoo:smollm2-135m/zo-finetuner"])
     ap.add_argument("--steps", type=int, default=20)

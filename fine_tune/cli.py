@@ -17,7 +17,7 @@ from fine_tune.config import (ACCELERATORS, DEVICE_MAPS, DTYPES, HYPERPARAMETERS
                               STRATEGIES, FineTuneConfig)
 from fine_tune.config import dump_yaml, load_yaml
 from l2o import catalog
-from l2o.errors import UserError
+from l2o.errors import OneLineParser, UserError
 from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 
@@ -38,11 +38,6 @@ _SAVE_MODEL_HELP = ("save the final model: true (as --checkpoint), false, weight
                     "(a zoo ledger artefact: zoo publish <out>/model)")
 _CHECKPOINT_HELP = ("what checkpoints hold: the seed ledger (no tensors; --resume replays it) or the trainable "
                     "weights; default ledger for full-parameter runs of >= 50M trainable parameters")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_process_args(p: argparse.ArgumentParser, S) -> None:
@@ -120,7 +115,7 @@ def _add_data_args(p: argparse.ArgumentParser, S) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fine_tune", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="fine_tune", description=__doc__.split("\n\n")[0])
     S = argparse.SUPPRESS
     g = p.add_argument_group("what to fine-tune")
     g.add_argument("--base", default=S, help="alias (smollm2-135m, opt-13b, llama-3.2-1b, ...), hub id or local folder")

@@ -152,7 +152,7 @@ def test_the_evidence_suites_bad_options_are_one_line_not_usage_or_a_traceback(a
         evidence.main(["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), *argv])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bench.evidence: error: {said} (see bench.evidence --help)"], err
+    assert err == [f"bench.evidence: error: {said} (see `python -m bench.evidence --help`)"], err
 
 
 def test_compare_policy_names_its_own_flag_and_refuses_an_aggregate_of_nothing(tiny_base, tmp_path, capsys):
@@ -171,3 +171,33 @@ def test_compare_policy_names_its_own_flag_and_refuses_an_aggregate_of_nothing(t
     assert capsys.readouterr().err.strip() == (f"bench.compare_policy: error: --aggregate: no run folder {missing} "
                                                "(give the --out of a comparison)")
 
+
+
+SUITES = sorted(p.stem if p.stem != "__main__" else p.parent.name
+                for p in [*(ROOT / "bench").glob("*.py"), ROOT / "bench" / "reproduce" / "__main__.py"]
+                if "\ndef main(argv" in p.read_text())
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suites_flag_refusals_are_one_line_naming_how_to_get_help(suite, capsys):
+    """argparse's own refusals (an unknown flag) print its whole usage first; every bench suite and measurement
+    says them in one line, as their UserErrors, through l2o.errors.OneLineParser (bench.cli.Parser)."""
+    import importlib
+
+    module = importlib.import_module(f"bench.{suite}" if suite != "reproduce" else "bench.reproduce.__main__")
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--no-such-flag"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bench.{suite}: error: unrecognized arguments: --no-such-flag "
+                   f"(see `python -m bench.{suite} --help`)"], err
+
+
+def test_a_subcommands_refusal_names_the_program_and_the_subcommands_help(capsys):
+    """A subcommand's parser (argparse makes it of its parent's class) says it as its program, and points at the
+    subcommand's own help."""
+    from zoo.cli import main as zoo
+
+    assert zoo(["download"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "zoo: error: the following arguments are required: ID[@VERSION] (see `zoo download --help`)"]

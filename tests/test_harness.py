@@ -301,7 +301,7 @@ def test_method_lists_are_checked_before_anything_runs(specs, problem):
     (["--seeds", "x"], "--seeds must be comma-separated integers, got 'x'"),   # a ValueError
     (["--tasks", "boolx"], "unknown task 'boolx'; known tasks: boolq, "),     # skipped as "no data here", exit 0
     (["--peft", "bogus"], "--method mezo: bench/lr_centres.py has no lr centre for mezo in bogus; give lr=..."),
-    (["--budget", "x"], "argument --budget: invalid int value: 'x' (see bench.harness --help)"),  # usage + message
+    (["--budget", "x"], "argument --budget: invalid int value: 'x' (see `python -m bench.harness --help`)"),
 ])
 def test_bad_numbers_and_a_misspelt_task_are_one_line_before_anything_runs(argv, said, tmp_path, capsys):
     out = tmp_path / "h"

@@ -44,7 +44,7 @@ def test_options_that_select_nothing_or_cannot_be_written_are_one_line(tmp_path,
     with pytest.raises(SystemExit) as stop:  # argparse's refusal: one line too, not the usage first
         main(["mezo_opt13b", "--limit", "x"])
     assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
-        "bench.reproduce: error: argument --limit: invalid int value: 'x' (see bench.reproduce --help)"]
+        "bench.reproduce: error: argument --limit: invalid int value: 'x' (see `python -m bench.reproduce --help`)"]
 
 
 def test_one_config_per_paper_table():

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from l2o.errors import UserError
+from l2o.errors import OneLineParser, UserError
 from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 from .errors import IntegrityError, ZooError
@@ -27,20 +27,15 @@ EPILOG = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other zoo error
-        self.exit(2, f"zoo: error: {message} (see `{self.prog} --help`)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--registry", metavar="DIR|URL",
                         help="registry directory, file:// or http(s):// URL holding zoo.json "
                              "(default: $L2O_ZOO_REGISTRY)")
     common.add_argument("--cache-dir", metavar="DIR",
                         help="cache directory (default: $L2O_CACHE/zoo or ~/.cache/l2o/zoo)")
 
-    p = _Parser(prog="zoo", description="Publish, list, download and verify pretrained optimizers.",
+    p = OneLineParser(prog="zoo", description="Publish, list, download and verify pretrained optimizers.",
                                 epilog=EPILOG)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True

@@ -135,6 +135,8 @@ def parse_args(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.phase_list = [p for p in args.phases.split(",") if p]
     args.budget_given = args.cpu_hours is not None
+    if args.budget_given and not 0 < args.cpu_hours < float("inf"):  # it would be kept in suite.json as the budget
+        ap.error(f"--cpu-hours must be a positive number of CPU-hours, got {args.cpu_hours:g}")
     args.cpu_hours = args.cpu_hours if args.budget_given else last_budget(args)
     args.prefix_methods = PREFIX_METHODS
     try:  # int() and steps_per_kind's refusal were tracebacks here

@@ -144,6 +144,7 @@ def test_a_damaged_runs_file_stops_a_suite_in_one_line(tmp_path):
     (["--meta-steps", "zo-finetuner=abc"], "--meta-steps takes integers >= 1 (N or kind=N,...), got 'abc'"),
     (["--max-median", "48,x"], "--max-median must be comma-separated integers, got '48,x'"),
     (["--workers", "3"], "--workers 3: 1 or 2 (the suite has two lanes; the issue's machine has two cores)"),
+    (["--cpu-hours", "-1"], "--cpu-hours must be a positive number of CPU-hours, got -1"),  # kept as the budget
 ])
 def test_the_evidence_suites_bad_options_are_one_line_not_usage_or_a_traceback(argv, said, tmp_path, capsys):
     from bench import evidence

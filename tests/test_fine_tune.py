@@ -1,6 +1,7 @@
 """fine_tune end to end on a tiny OPT and the SST-2 fixture: artefacts, resume equality, errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_short_fine_tuning_lowers_the_loss_and_writes_its_artefacts(tiny_base, t
     losses = [r["loss"] for r in json.loads((out / "history.json").read_text())]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < losses[0]
+    assert results["final_train_loss"] == sum(losses[-4:]) / 4  # the mean over the last tenth of the steps
 
     png = (out / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -96,6 +98,32 @@ def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path):
 
     assert _validations(killed) == _validations(full)
     assert [s for s, _ in _validations(full)["dev/accuracy"]] == [0, 3, 7]  # zero-shot, after steps 4 and 8
+
+
+def test_the_final_model_is_the_best_on_dev_checkpoints_not_the_last_steps(tiny_base, tmp_path, monkeypatch):
+    """MeZO's selection: the validations after steps 2 and 4 score dev 1.0 and 0.0 (scripted), so the run ends on
+    step 2's weights: results name step 2 and the saved model is best.ckpt's, not last.ckpt's."""
+    from safetensors.torch import load_file
+
+    from l2o.tasks import objectives
+
+    real, dev_scores = objectives.CandidateCE.evaluate, iter([1.0, 0.0])
+
+    def scripted(self, model, tokenizer, examples, batch_size=16):
+        got = real(self, model, tokenizer, examples, batch_size)
+        return {**got, "accuracy": next(dev_scores)} if len(examples) == 2 else got  # dev: --num-dev 2
+
+    monkeypatch.setattr(objectives.CandidateCE, "evaluate", scripted)
+    out = tmp_path / "best"
+    assert main(_args(tiny_base, out, "--steps", "4", "--eval-every", "2", "--lr", "1e-3", "--save-model", "weights",
+                      "--zero-shot", "false")) == 0
+    assert json.loads((out / "results.json").read_text())["best_step"] == 2
+    best, last = _trainable(out / "checkpoints" / "best.ckpt"), _trainable(out / "checkpoints" / "last.ckpt")
+    saved = load_file(str(out / "model" / "model.safetensors"))
+    names = [k for k in best if k.removeprefix("model.") in saved]
+    assert len(names) > 10
+    assert all(torch.equal(saved[k.removeprefix("model.")], best[k]) for k in names)
+    assert not all(torch.equal(best[k], last[k]) for k in names)
 
 
 def test_checkpoints_hold_only_the_trainable_tensors(tiny_base, tmp_path):
@@ -152,6 +180,35 @@ def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and needle in err and err.startswith("fine_tune: error:"), err
 
 
+POLICY = dict(optimizer="zo-finetuner", policy="smollm2-135m/zo-finetuner@1")
+BILEVEL = dict(optimizer="bilevel-zofo", peft="lora")
+
+
+@pytest.mark.parametrize("bad, good, why", [
+    (dict(save_every=0), dict(save_every=1), "--save-every must be a positive integer, got 0"),  # not the default
+    (dict(BILEVEL, theta_lr=2.0), dict(BILEVEL, theta_lr=1.0), "--theta-lr 2.0 is above 1"),
+    (dict(num_dev=-1), dict(num_dev=0), "--num-dev must be an integer >= 0, got -1"),
+    (dict(eval_seed=-1), dict(eval_seed=0), "--eval-seed must be an integer >= 0, got -1"),
+    (dict(POLICY, policy_size_rule="paper"), dict(POLICY, policy_size_rule="authors"),
+     "--policy-size-rule must be numel or authors, got 'paper'"),
+], ids=["save-every-0", "theta-lr-2", "num-dev-negative", "eval-seed-negative", "policy-size-rule"])
+def test_the_config_refuses_values_before_anything_loads(bad, good, why):
+    """`validate` refuses them itself, before any base, task or policy is loaded; the nearest valid values pass."""
+    from fine_tune.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        FineTuneConfig(task="sst2", **bad).validate()
+    FineTuneConfig(task="sst2", **good).validate()
+
+
+def test_checkpoints_follow_save_every_else_eval_every_else_a_tenth_of_the_steps():
+    """The default cadence puts a checkpoint at every validation, so best-on-dev and a resume land on one."""
+    assert FineTuneConfig(task="sst2", steps=100, eval_every=5).checkpoint_every() == 5
+    assert FineTuneConfig(task="sst2", steps=100, eval_every=5, save_every=3).checkpoint_every() == 3
+    assert FineTuneConfig(task="sst2", steps=100).checkpoint_every() == 10
+    assert FineTuneConfig(task="sst2", steps=5).checkpoint_every() == 1
+
+
 def test_unwritable_out_is_refused(tiny_base, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -167,6 +224,8 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_config(tiny_base, t
     assert "pass --resume" in capsys.readouterr().err
     assert main(_args(tiny_base, out, "--steps", "2", "--lr", "0.5", "--save-model", "false", "--resume")) == 2
     assert "different configuration (lr)" in capsys.readouterr().err
+    assert main(_args(tiny_base, out, "--steps", "4", "--save-model", "false", "--resume")) == 2  # not a longer run
+    assert "different configuration (steps)" in capsys.readouterr().err
 
 
 def test_print_config_merges_yaml_and_flags(tmp_path, capsys):

@@ -542,6 +542,25 @@ def test_one_lr_reached_two_ways_is_one_run_made_once(tiny_base, tmp_path):
     assert hn.Runner(args)(cfg, "mezo")["final"]["eval"] == 0.4
 
 
+def test_records_count_across_versions_and_this_out_s_own_record_answers_first(tmp_path):
+    """A record written before a config field existed (so without it, at its default) is the same run, not one to
+    make again; a configuration recorded both here and in a --reuse file is answered by this --out's record."""
+    mezo = hn.parse_method("mezo:mezo:lr=1e-5")
+    other = tmp_path / "other" / "runs.jsonl"
+    args = hn.parse_args(["--tasks", "boolq", "--out", str(tmp_path / "x"), "--reuse", str(other)])
+    cfg = hn.make_config(args, mezo, "boolq", 1e-5, 0, args.budget)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "gpu_memory"}  # a field added later, default None
+    assert cfg.gpu_memory is None
+    for folder in (other.parent, tmp_path / "x"):
+        folder.mkdir()
+    hn.append_record(other, {"config": old, "final": {"eval": 0.1}})
+    hn.append_record(tmp_path / "x" / "runs.jsonl", {"config": old, "final": {"eval": 0.9}})
+    key = hn.config_key(cfg.to_dict())
+    assert key == hn.config_key(old)
+    runner = hn.Runner(args)
+    assert runner.done[key]["final"]["eval"] == 0.9
+
+
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
     """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
     that is not a method is refused."""

@@ -41,6 +41,25 @@ def test_fused_trajectory_is_torch_sgd_momentum_and_never_holds_the_gradient():
                for p, q in zip(a.parameters(), tiny_model("llama").parameters())) > 1e-3
 
 
+def test_the_trajectory_moves_only_inside_its_steps_and_starts_over_after_a_reset():
+    """A backward outside `step` (another loss on the same model) leaves the weights and the gradient to their owner;
+    after `reset` (a periodic reset to the pretrained weights) the momentum starts over: the next step is a fresh
+    trajectory's first."""
+    a = tiny_model("llama", num_hidden_layers=1)
+    start = copy.deepcopy(a.state_dict())
+    traj = Trajectory(Engine(a), lr=0.1, momentum=0.8)
+    _lm_loss(a, X).backward()
+    assert all(torch.equal(p, start[n]) and p.grad is not None for n, p in a.named_parameters())
+    a.zero_grad(set_to_none=True)
+    traj.step(_lm_loss, a, X)
+    traj.reset()
+    a.load_state_dict(start)
+    traj.step(_lm_loss, a, X)
+    b = tiny_model("llama", num_hidden_layers=1)
+    Trajectory(Engine(b), lr=0.1, momentum=0.8).step(_lm_loss, b, X)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
 def test_bf16_momentum_step_moves_by_the_fp32_step_in_expectation():
     """A step 40x below bf16's resolution at 1.0: round-to-nearest would not move; stochastic rounding of
     both the weights and the bf16 momentum moves by the fp32 amount on average."""
@@ -61,6 +80,26 @@ def test_bf16_momentum_step_moves_by_the_fp32_step_in_expectation():
     assert mean == pytest.approx(expected, abs=3e-6) and mean != 1.0
 
 
+def test_a_bf16_trajectory_resumed_from_its_state_continues_bit_identically():
+    """The state (momentum buffers and step count, the stochastic rounding's seeds) and the weights are all a resumed
+    bf16 trajectory needs: 1 + 1 steps through a state_dict equal 2 steps straight, bit for bit."""
+    def steps(model, traj, n):
+        for _ in range(n):
+            traj.step(_lm_loss, model, X)
+
+    straight = tiny_model("opt", num_hidden_layers=1).to(torch.bfloat16)
+    resumed = copy.deepcopy(straight)
+    steps(straight, Trajectory(Engine(straight), lr=0.5, momentum=0.8), 2)
+    first = Trajectory(Engine(resumed), lr=0.5, momentum=0.8)
+    steps(resumed, first, 1)
+    state = copy.deepcopy(first.state_dict())
+    first.remove()
+    second = Trajectory(Engine(resumed), lr=0.5, momentum=0.8)
+    second.load_state_dict(state)
+    steps(resumed, second, 1)
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_reset_rereads_the_model_files_bit_identically(tiny_llama_base, dtype):
     model, _, info = load_base(tiny_llama_base, dtype=dtype)
@@ -70,6 +109,30 @@ def test_reset_rereads_the_model_files_bit_identically(tiny_llama_base, dtype):
     assert not files.resident  # every block found in the safetensors files
     Trajectory(engine, lr=0.5, momentum=0.8).step(_lm_loss, model, X)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), fresh))
+    files.restore()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh))
+
+
+def test_reset_finds_files_saved_without_the_base_prefix_and_keeps_a_reshaped_block_resident(tiny_llama_base, tmp_path):
+    """Checkpoints name tensors with or without the base prefix (OPT's own files: `decoder.…`, not `model.decoder.…`):
+    both are found. A block whose file tensor has another shape (resized embeddings) is not read from the files: it is
+    kept resident, with a warning, and a reset still gives every block back."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(tiny_llama_base, tmp_path / "base"))
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({k.removeprefix("model."): v for k, v in tensors.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    model, _, info = load_base(str(folder))
+    assert not PretrainedFiles(info.path, Engine(model)).resident
+    model.resize_token_embeddings(model.config.vocab_size + 8)
+    fresh = [p.detach().clone() for p in model.parameters()]
+    engine = Engine(model)
+    with pytest.warns(UserWarning, match=r"1 block\(s\) are not in the safetensors files"):
+        files = PretrainedFiles(info.path, engine)
+    Trajectory(engine, lr=0.5, momentum=0.8).step(_lm_loss, model, X)
     files.restore()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh))
 
@@ -86,6 +149,25 @@ def test_parked_trajectory_comes_back_bit_identical(tmp_path):
     unpark(engine, tmp_path / "theta.bin")
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert (tmp_path / "theta.bin").stat().st_size == sum(b.param.numel() * 2 for b in engine.blocks)
+
+
+def test_a_snapshot_restores_only_what_was_saved(tmp_path):
+    from l2o.weights import Snapshot
+
+    model = tiny_model("opt")
+    snap = Snapshot(Engine(model), tmp_path)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="nothing saved"):
+        snap.restore()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    snap.save()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    snap.restore()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    snap.close()
+    assert not list(tmp_path.iterdir())
 
 
 def test_meta_validation_runs_on_the_llm_and_gives_the_trajectory_back(tiny_llama_base, isolated):

@@ -318,10 +318,21 @@ def test_bszo_b_equals_bszo_only_to_first_order_under_exact_evaluation_and_diffe
     ("bszo", dict(k=0), "k must be"),
     ("bszo-b", dict(k=2, m=1), "m must be"),
     ("mezo", dict(weight_decay=-0.1), "weight_decay"),
+    ("mezo-gv", dict(alpha=1.5), "alpha must be a number > 0 and <= 1, got 1.5"),
+    ("mezo", dict(pool_size=4), "mezo does not take pool_size"),  # a flag of another method is not ignored
 ])
 def test_bad_hyperparameters_raise_clear_errors(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
         build_optimizer(name, Quadratic(), **kw)
+
+
+def test_a_hyperparameter_string_that_reads_as_a_number_is_that_number():
+    """YAML reads 1e-3 as a string: as a value of a numeric hyperparameter it is the number (a float)."""
+    opt = build_optimizer("mezo", Quadratic(), lr="1e-3", eps="1e-2")
+    assert opt.param_groups[0]["lr"] == 1e-3 and isinstance(opt.param_groups[0]["lr"], float)
+    assert opt.defaults["eps"] == 1e-2
+    with pytest.raises(ValueError, match="lr must be a number >= 0, got 'fast'"):
+        build_optimizer("mezo", Quadratic(), lr="fast")
 
 
 def test_unknown_name_lists_the_known_ones():

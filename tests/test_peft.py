@@ -92,6 +92,19 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
 
 
 @pytest.mark.parametrize("mode", ["lora", "prefix", "prompt"])
+def test_the_init_follows_the_seed_given_and_nothing_else(mode):
+    """The same seed gives the same adapter whatever the global RNG did before; another seed, another adapter."""
+    def init(seed, global_seed):
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            return [p.detach().clone() for _, p in trainable_blocks(apply_peft(tiny_model("opt"), mode, seed=seed))]
+
+    a, again, other = init(5, 0), init(5, 1), init(6, 0)
+    assert all(torch.equal(x, y) for x, y in zip(a, again))
+    assert not all(torch.equal(x, y) for x, y in zip(a, other))
+
+
+@pytest.mark.parametrize("mode", ["lora", "prefix", "prompt"])
 def test_base_fingerprint_survives_peft(mode):
     from l2o.models import block_names, fingerprint
 

@@ -27,6 +27,25 @@ def test_rademacher_is_the_sign_of_the_gaussian():
     assert abs(float(out.mean())) < 0.1
 
 
+def test_the_masked_threshold_keeps_the_nearest_whole_share_of_entries():
+    """Sparse-MeZO perturbs a share (1 - sparsity) of each block's entries: of n distinct magnitudes, the
+    round((1 - sparsity) n) smallest (at least one), not that share rounded down."""
+    for n in (1, 7, 10, 33, 64):
+        w = torch.randperm(n).float() + 1.0  # 1..n, shuffled
+        for sparsity in (0.0, 0.25, 0.5, 0.62, 0.75, 0.9, 0.99):
+            h = threshold(w, sparsity)
+            assert int((w.abs() <= h).sum()) == max(1, round((1.0 - sparsity) * n)), (n, sparsity)
+
+
+def test_masked_thresholds_recorded_for_other_blocks_are_refused():
+    """A replayed Sparse-MeZO family brings one threshold per block of the run it recorded: bound to a model with
+    another number of blocks it is refused, not zipped short."""
+    blocks = as_blocks([torch.randn(4, 3), torch.randn(5)])
+    with pytest.raises(ConfigError, match="masked: 1 thresholds for 2 blocks"):
+        Masked(thresholds=[0.5]).bind(blocks)
+    Masked(thresholds=[0.5, 0.5]).bind(blocks)
+
+
 def test_lowrank_is_u_v_transposed_and_add_needs_no_block_sized_temporary():
     noise, b = GaussianNoise(), block((6, 2, 3))
     fam = LowRank(rank=2)

@@ -46,6 +46,17 @@ def test_a_torn_last_line_is_dropped_and_the_next_append_is_a_whole_line_of_its_
     assert read_records(path) == [a, b, new] and capsys.readouterr().err.count(str(path)) == 1  # the cut's warning
 
 
+def test_a_torn_line_longer_than_one_read_back_is_cut_without_the_records_before_it(tmp_path, capsys):
+    """A real record is ~100 KB: its torn half spans several of the 64 KiB reads that look back for its start."""
+    path = tmp_path / "runs.jsonl"
+    a, b, torn, new = ({"name": n, "per_example": [0.123456789] * 30000} for n in "abcd")  # ~390 KB a line
+    _torn(path, [a, b], fragment_of=torn)
+    assert len(json.dumps(torn)) // 2 > 2 * (1 << 16)
+    append_record(path, new)
+    assert _lines(path) == [a, b, new]
+    assert "cutting off its torn last line" in capsys.readouterr().err
+
+
 def test_a_whole_last_record_without_its_newline_is_kept_and_completed(tmp_path, capsys):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps({"name": "a"}) + "\n" + json.dumps({"name": "b"}))

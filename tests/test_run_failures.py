@@ -200,6 +200,23 @@ def _one_error_line(capsys, prog: str) -> str:
     return err[0]
 
 
+def test_only_write_failures_inside_the_cache_become_the_cache_s_one_line(tmp_path):
+    """A full disk under the cache folder is the cache's problem (CacheError naming it and L2O_CACHE); the same error
+    on a file elsewhere (the user's --out, a base folder) is left as it is, naming its own file."""
+    import errno
+
+    from l2o.cache import CacheError, writing_cache
+
+    cache = tmp_path / "cache"
+    with pytest.raises(CacheError, match=f"cannot write to the cache folder {cache} "):
+        with writing_cache(cache):
+            raise OSError(errno.ENOSPC, "No space left on device", str(cache / "models" / "x.bin"))
+    with pytest.raises(OSError) as err:
+        with writing_cache(cache):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.bin"))
+    assert not isinstance(err.value, CacheError) and err.value.filename == str(tmp_path / "out" / "x.bin")
+
+
 def test_a_read_only_or_full_cache_is_one_line_naming_it_in_every_cli(bad_cache, tmp_path, capsys):
     from meta_train.cli import main as meta_train
     from zoo.cli import main as zoo

@@ -32,6 +32,24 @@ def test_a_held_folder_is_refused_naming_the_holder_and_a_dead_holders_lock_is_t
         assert folder.lock.stale_pid is None  # released cleanly: nothing stale
 
 
+def test_a_released_lock_names_no_holder_and_a_symlink_named_like_a_temp_file_stays(tmp_path):
+    """live_holder reports the live process holding a folder, never the one that let it go; remove_stale_temps removes
+    the atomic writes' temp files, never a symlink that merely carries such a name (nor what it points to)."""
+    from l2o.filelock import live_holder, remove_stale_temps
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        assert live_holder(out) == os.getpid()
+    assert live_holder(out) is None
+    target = tmp_path / "kept.bin"
+    target.write_text("mine")
+    (out / ".tmp-last.ckpt-0123456789ab").symlink_to(target)
+    (out / ".tmp-config.yaml-a1b2c3d4e5f6").write_text("stale")
+    assert remove_stale_temps(out) == 1
+    assert (out / ".tmp-last.ckpt-0123456789ab").is_symlink() and target.read_text() == "mine"
+
+
 def test_a_failed_run_removes_only_what_it_created(tmp_path):
     fresh = tmp_path / "new" / "run"
     with pytest.raises(ValueError), RunFolder(fresh):

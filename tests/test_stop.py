@@ -35,6 +35,35 @@ def test_the_first_signal_is_noted_a_second_raises_and_restore_gives_the_handler
     assert signum_of(err.value) == signal.SIGTERM
 
 
+def test_after_restore_a_signal_reaching_the_note_raises_even_if_none_came_before(handlers):
+    """Restored before any signal came (a fit that ended normally), then put back by someone else: the note is no
+    longer read by any loop, so a SIGTERM arriving there must raise, not be noted and lost."""
+    note = StopRequest()
+    note.install()
+    ours = signal.getsignal(signal.SIGTERM)
+    note.restore()
+    signal.signal(signal.SIGTERM, ours)
+    with pytest.raises(KeyboardInterrupt) as err:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signum_of(err.value) == signal.SIGTERM and not note.requested
+
+
+def test_sigterm_becomes_an_interrupt_unless_the_process_has_a_handler_of_its_own(handlers):
+    from l2o.stop import terminate_as_interrupt
+
+    def own(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, own)
+    terminate_as_interrupt()
+    assert signal.getsignal(signal.SIGTERM) is own
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    terminate_as_interrupt()
+    with pytest.raises(KeyboardInterrupt) as err:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signum_of(err.value) == signal.SIGTERM
+
+
 def test_retake_takes_the_signals_back_from_a_handler_installed_since(handlers):
     note = StopRequest()
     note.install()

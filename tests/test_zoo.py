@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -231,6 +232,30 @@ def test_strict_keys_kind_and_layout(tmp_path):
         load_artefact(art, expected_fingerprint=FP_B)
 
 
+def test_artefact_folders_the_zoo_cannot_trust_are_refused(tmp_path):
+    """A config claiming a fingerprint its weights' header does not carry, a future schema, duplicate block names, and
+    tensors beyond the strict keys asked for are each refused; the weights' data starts 8-byte aligned."""
+    art = make_policy(tmp_path / "art", fp=None)  # its safetensors header records no fingerprint
+    cfg = json.loads((art / "config.json").read_text())
+    (art / "config.json").write_text(json.dumps({**cfg, "base_fingerprint": FP_A}))
+    with pytest.raises(ZooError, match="is inconsistent: model.safetensors says base_fingerprint=''"):
+        load_artefact(art)
+    (art / "config.json").write_text(json.dumps({**cfg, "schema_version": 2}))
+    with pytest.raises(ZooError, match="has schema_version 2 but this zoo reads schema_version 1"):
+        load_artefact(art)
+    dup = policy_config()
+    dup["arch"]["block_names"][1] = dup["arch"]["block_names"][0]
+    with pytest.raises(ZooError, match="block_names has duplicates"):
+        save_artefact(tmp_path / "dup", policy_tensors(), dup, {})
+    cfg = {"kind": "bilevel-meta-init", "base_model": "opt-125m", "base_fingerprint": FP_B, "arch": {"delta": True}}
+    save_artefact(tmp_path / "mi", {"a": torch.ones(2), "b": torch.ones(3)}, cfg, {})
+    with pytest.raises(ZooError, match=r"does not match the expected tensors \(unexpected b\)"):
+        load_artefact(tmp_path / "mi", expected_keys=["a"])
+    for folder in (tmp_path / "mi", make_policy(tmp_path / "aligned")):
+        n = int.from_bytes((folder / "model.safetensors").read_bytes()[:8], "little")
+        assert (8 + n) % 8 == 0
+
+
 def test_load_never_unpickles(tmp_path):
     art = make_policy(tmp_path / "art")
     sentinel = tmp_path / "pwned"
@@ -298,6 +323,41 @@ def test_publish_refuses_different_content_and_is_idempotent(registry, tmp_path,
     assert entry["license"] == "mit"
 
 
+def test_the_next_version_follows_the_highest_one_not_the_count(tmp_path):
+    reg = tmp_path / "reg"
+    assert publish(make_policy(tmp_path / "a", seed=0), reg, version=5)["id"] == "smollm2-135m/zo-finetuner@5"
+    assert publish(make_policy(tmp_path / "b", seed=1), reg)["id"] == "smollm2-135m/zo-finetuner@6"
+
+
+def test_latest_of_two_spellings_of_one_version_is_the_first_manifests(tmp_path):
+    """1 and 1.0.0 are one version: @latest takes the one of the manifest that comes first (the registry before the
+    cache), as for any version both have."""
+    from zoo.manifest import Manifest
+    from zoo.resolve import Catalog
+
+    first, second = {"id": "a/b@1"}, {"id": "a/b@1.0.0"}
+    cat = Catalog([Manifest({"a/b@1": first}), Manifest({"a/b@1.0.0": second})], [], tmp_path)
+    assert cat.find("a/b")[0] is first
+    cat = Catalog([Manifest({"a/b@1.0.0": second}), Manifest({"a/b@1": first})], [], tmp_path)
+    assert cat.find("a/b")[0] is second
+
+
+@pytest.mark.parametrize("size, sha, why", [(100, "0" * 64, "failed its sha256 check"), (101, None, "truncated"),
+                                            (99, None, "larger than the 99 bytes")],
+                         ids=["wrong-hash", "short", "long"])
+def test_a_verified_copy_that_fails_leaves_no_file_behind(tmp_path, size, sha, why):
+    from zoo.transfer import TransferError, copy_verified
+
+    src, dest = tmp_path / "src.bin", tmp_path / "dest.bin"
+    src.write_bytes(bytes(range(100)))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    with pytest.raises(TransferError, match=why):
+        copy_verified(src, dest, sha or digest, size, "src.bin")
+    assert not dest.exists()
+    copy_verified(src, dest, digest, 100, "src.bin")
+    assert dest.read_bytes() == src.read_bytes()
+
+
 def test_publish_refuses_artefact_without_fingerprint(tmp_path):
     art = make_policy(tmp_path / "art", fp=None)
     with pytest.raises(ZooError, match="records no base fingerprint"):
@@ -329,6 +389,45 @@ def test_a_damaged_manifest_entry_is_one_line_naming_the_manifest_and_the_entry(
     rc, _, out = run_cli(capsys, "list", "--registry", str(registry))
     assert_one_line_error(rc, out, "has an invalid entry", why)
     assert rc == 1
+
+
+def _remote(entry):  # the entry as a remote one (a pinned source file and how to convert it), with 0 blocks
+    entry.update(convert={"from": "zo-finetuner-pth", "blocks": 0}, files={"p.pth": entry["files"]["config.json"]})
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda e: e.update(id="smollm2-135m/other@1"), "its id 'smollm2-135m/other@1' differs from its key"),
+    (lambda e: e["files"].update({"/etc/passwd": {"sha256": "0" * 64, "size": 1}}), "unsafe file name '/etc/passwd'"),
+    (lambda e: e["files"]["config.json"].update(size=-1), "file config.json has no valid size"),
+    (lambda e: e["sources"].append({"type": "hf", "repo_id": "org/policy", "revision": "main"}),
+     "a Hub source must pin a 40-hex commit revision"),
+    (lambda e: e["sources"].append({"type": "github", "repo": "org/policy", "commit": COMMIT, "path": "x/../../y"}),
+     "invalid GitHub path 'x/../../y'"),
+    (_remote, "convert.blocks must be a positive integer"),
+])
+def test_a_manifest_entry_that_names_unsafe_or_unpinned_places_is_refused(registry, change, why):
+    """Every manifest is untrusted: an entry filed under another id, a file name that is a path, a negative size, a
+    source not pinned to a commit, a path out of its repository, a conversion into nothing: refused when read."""
+    from zoo.errors import IntegrityError
+    from zoo.manifest import Location, read_manifest
+
+    path = registry / "zoo.json"
+    doc = json.loads(path.read_text())
+    change(doc["entries"]["smollm2-135m/zo-finetuner@1"])
+    path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="has an invalid entry 'smollm2-135m/zo-finetuner@1': .*" + re.escape(why)):
+        read_manifest(Location(path=registry))
+
+
+def test_a_manifest_without_its_schema_version_is_refused(registry):
+    from zoo.manifest import Location, read_manifest
+
+    path = registry / "zoo.json"
+    doc = json.loads(path.read_text())
+    del doc["schema_version"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ZooError, match="has schema_version None but this zoo reads schema_version 1"):
+        read_manifest(Location(path=registry))
 
 
 def test_an_artefact_config_with_a_bad_fingerprint_is_one_sentence_naming_the_artefact(tmp_path):
@@ -578,6 +677,70 @@ def test_mirror_for_offline_machines(registry, tmp_path, monkeypatch, capsys):
     tensors, _ = load("smollm2-135m/zo-finetuner", expected_fingerprint=FP_A)
     assert torch.equal(tensors["w1"], policy_tensors(seed=1)["w1"])
     assert verify("smollm2-135m/zo-finetuner@1")
+
+
+def test_an_entry_whose_manifest_and_config_name_other_bases_is_refused_by_load_and_verify(registry):
+    """The files verify against the manifest, but the manifest names another base than the artefact's config: which
+    base it fits is then unknown, and load and verify refuse it."""
+    from zoo.errors import IntegrityError
+
+    path = registry / "zoo.json"
+    doc = json.loads(path.read_text())
+    doc["entries"]["smollm2-135m/zo-finetuner@1"]["base_fingerprint"] = FP_B
+    path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="'smollm2-135m/zo-finetuner@1' is inconsistent"):
+        load("smollm2-135m/zo-finetuner@1", registry=registry)
+    with pytest.raises(IntegrityError, match="'smollm2-135m/zo-finetuner@1' is inconsistent"):
+        verify("smollm2-135m/zo-finetuner@1", registry=registry)
+
+
+def test_a_mirror_that_fails_midway_keeps_the_entries_it_mirrored(registry, tmp_path):
+    weights = registry / "smollm2-135m/zo-finetuner/2/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    to = tmp_path / "new" / "mirror"
+    with pytest.raises(ZooError, match="sha256"):
+        mirror(to, ["smollm2-135m/zo-finetuner@1", "smollm2-135m/zo-finetuner@2"], registry=registry)
+    assert list(json.loads((to / "zoo.json").read_text())["entries"]) == ["smollm2-135m/zo-finetuner@1"]
+    assert verify("smollm2-135m/zo-finetuner@1", registry=to)
+
+
+def test_mirroring_an_id_the_mirror_holds_with_other_content_is_refused(registry, tmp_path):
+    to = tmp_path / "mirror"
+    mirror(to, ["smollm2-135m/zo-finetuner@1"], registry=registry)
+    other = tmp_path / "other-registry"
+    publish(make_policy(tmp_path / "other", seed=7), other)
+    before = snapshot(to)
+    with pytest.raises(ZooError, match="already exists in registry .* with different content"):
+        mirror(to, ["smollm2-135m/zo-finetuner@1"], registry=other)
+    assert snapshot(to) == before
+
+
+def test_a_mirror_names_no_path_of_this_machine(registry, tmp_path):
+    """An entry downloaded from a local registry is indexed in the cache with that folder as a file:// source; a
+    mirror made from the cache is carried to other machines, so it keeps only its own copy and remote sources."""
+    load("smollm2-135m/zo-finetuner@1", registry=registry)
+    to = tmp_path / "mirror"
+    mirror(to, ["smollm2-135m/zo-finetuner@1"])  # from the cache's index
+    entry = json.loads((to / "zoo.json").read_text())["entries"]["smollm2-135m/zo-finetuner@1"]
+    assert entry["sources"] == [{"type": "registry", "path": "smollm2-135m/zo-finetuner/1"}]
+
+
+def test_one_id_from_two_registries_keeps_two_cache_copies(registry, tmp_path):
+    """Two registries may hold one id with different content: the cache keeps a copy of each (keyed by its files'
+    hashes), so using one never overwrites the other's, and each verifies."""
+    other = tmp_path / "other-registry"
+    publish(make_policy(tmp_path / "other", seed=7), other)
+    a = resolve("smollm2-135m/zo-finetuner@1", registry=registry).path
+    b = resolve("smollm2-135m/zo-finetuner@1", registry=other).path
+    assert a != b and a.is_dir() and b.is_dir()
+    assert verify("smollm2-135m/zo-finetuner@1", registry=registry)
+    assert verify("smollm2-135m/zo-finetuner@1", registry=other)
+    # the cache's index lists the copy used last; the other is checked as a folder, not against that entry
+    from zoo.resolve import verify_artefact_folder
+
+    assert verify_artefact_folder(b) and verify_artefact_folder(a) is None
 
 
 def test_a_download_or_mirror_killed_mid_way_leaves_staging_the_next_one_there_removes(registry, tmp_path, capsys):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import builtins
 import collections
+import io
 import os
+import pickle
+import re
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from zoo.cli import main
 from zoo.convert import import_zo_finetuner, read_zo_finetuner
 from zoo.registry import publish
 from zoo.resolve import load
+from zoo.safe_pickle import restricted_load
 
 from tests import helpers
 
@@ -92,9 +97,15 @@ class _Custom:  # an ordinary class that is simply not on the allow-list
     pass
 
 
+class _Getattr:  # getattr is the usual first step of a gadget chain
+    def __reduce__(self):
+        return (getattr, ("text", "upper"))
+
+
 @pytest.mark.parametrize("payload, global_name", [
     ("system", "system"),
     ("eval", "builtins.eval"),
+    ("getattr", "builtins.getattr"),
     ("custom", "test_zoo_import._Custom"),
     ("counter", "collections.Counter"),
     ("relu", "torch.nn.modules.activation.ReLU"),
@@ -105,6 +116,7 @@ def test_malicious_or_foreign_pickles_are_refused_without_running(tmp_path, payl
     obj = {
         "system": lambda: {"a.weight": _System()},
         "eval": lambda: {"a.weight": _Eval()},
+        "getattr": lambda: {"a.weight": _Getattr()},
         "custom": lambda: {"a.weight": _Custom()},
         "counter": lambda: {"a.weight": collections.Counter(x=1)},
         "relu": lambda: {"a.weight": nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 1))},
@@ -119,6 +131,56 @@ def test_malicious_or_foreign_pickles_are_refused_without_running(tmp_path, payl
     assert global_name in err
     assert not sentinel.exists()
     assert not (tmp_path / "art").exists()
+
+
+class _Storage:  # a storage of a hand-made archive: pickled as the persistent id torch.save writes
+    def __init__(self, key, numel, tag="storage"):
+        self.key, self.numel, self.tag = key, numel, tag
+
+
+class _Tensor:  # a tensor of a hand-made archive: torch._utils._rebuild_tensor_v2 over a _Storage
+    def __init__(self, storage, size):
+        self.storage, self.size = storage, size
+
+    def __reduce__(self):
+        hooks = collections.OrderedDict()
+        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, (self.size,), (1,), False, hooks))
+
+
+class _ArchivePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return (obj.tag, torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def _archive(path: Path, *, key="0", numel=4, data=None, tag="storage", byteorder="little", pkls=("arc",)) -> Path:
+    """A torch zip checkpoint made by hand, {"t": float32 tensor of `numel` elements over storage `key`}, with one
+    thing about it changed (a storage key, its size, the byte order, the persistent id, a second data.pkl)."""
+    buf = io.BytesIO()
+    _ArchivePickler(buf, protocol=2).dump({"t": _Tensor(_Storage(key, numel, tag), numel)})
+    data = torch.arange(1.0, numel + 1).numpy().tobytes() if data is None else data
+    with zipfile.ZipFile(path, "w") as z:
+        for prefix in pkls:
+            z.writestr(f"{prefix}/data.pkl", buf.getvalue())
+            z.writestr(f"{prefix}/byteorder", byteorder)
+            z.writestr(f"{prefix}/data/{key}", data)
+    return path
+
+
+@pytest.mark.parametrize("change, why", [
+    (dict(key="../0"), "bad storage key '../0'"),  # a storage key is a name inside <archive>/data/, never a path
+    (dict(data=b"\0" * 20), "storage 0 has an unexpected size"),  # 20 bytes for 4 float32s
+    (dict(byteorder="big"), "byte order 'big' is not supported"),
+    (dict(tag="module"), "unexpected persistent id"),
+    (dict(pkls=("arc", "other")), "expected one <archive>/data.pkl"),
+])
+def test_hand_made_archives_that_bend_the_format_are_refused(tmp_path, change, why):
+    """The reader takes only what torch.save writes: the same archive loads when nothing about it is bent."""
+    good = restricted_load(_archive(tmp_path / "good.pth"))
+    assert list(good) == ["t"] and torch.equal(good["t"], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    with pytest.raises(ZooError, match=re.escape(why)):
+        restricted_load(_archive(tmp_path / "bent.pth", **change))
 
 
 def test_wrong_shapes_and_non_checkpoints_are_refused(tmp_path):

@@ -4,9 +4,11 @@ and one-line refusals of a wrong base, dtype or noise source, or a damaged ledge
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from l2o.ledger import replay
 from l2o.models import fingerprint, load_base
@@ -155,6 +157,46 @@ def test_load_refuses_another_noise_source_and_a_damaged_ledger(published, tmp_p
     with pytest.raises(ZooError, match="is a ledger"):
         from zoo import load
         load(published["art"])
+
+
+def test_a_ledger_whose_base_is_named_two_ways_is_refused(published, tmp_path):
+    """Its header and its config.json, or the manifest and the config.json, name different bases: which base it
+    replays onto is then unknown."""
+    other = "sha256:" + "77" * 32
+    art = shutil.copytree(published["art"], tmp_path / "art")
+    cfg = json.loads((art / "config.json").read_text())
+    (art / "config.json").write_text(json.dumps({**cfg, "base_fingerprint": other}))
+    with pytest.raises(ZooError, match="disagree on base_fingerprint"):
+        load_ledger(art)
+    reg = shutil.copytree(published["registry"], tmp_path / "registry")
+    doc = json.loads((reg / "zoo.json").read_text())
+    doc["entries"][published["id"]]["base_fingerprint"] = other
+    (reg / "zoo.json").write_text(json.dumps(doc))
+    with pytest.raises(ZooError, match=f"'{published['id']}' is inconsistent"):
+        load_ledger(published["id"], registry=reg, cache_dir=tmp_path / "cache")
+
+
+def test_load_ledger_and_apply_refuse_what_they_cannot_replay(published, tmp_path, capsys):
+    """A folder of another kind is not a ledger; a ledger that moved a LoRA adapter does not apply to the plain
+    base (zoo apply materialises full-parameter ledgers)."""
+    from l2o.peft_modes import apply_peft
+    from zoo.artefact import save_artefact
+
+    mi = save_artefact(tmp_path / "mi", {"lm_head.weight": torch.zeros(2)},
+                       {"kind": "bilevel-meta-init", "base_model": "tiny-opt", "base_fingerprint": "sha256:" + "0" * 64,
+                        "arch": {"delta": True}}, {})
+    with pytest.raises(ZooError, match="is a bilevel-meta-init, not a ledger"):
+        load_ledger(mi)
+    model, _, _ = load_base(published["base"])
+    model = apply_peft(model, "lora", seed=0)
+    batch = tiny_tokenizer()(["The movie was great."], return_tensors="pt")
+    opt = build_optimizer("mezo", model, lr=1e-2, eps=1e-2, seed=3)
+    opt.step(lambda: model(**batch, labels=batch["input_ids"]).loss)
+    art = save_ledger(tmp_path / "lora", opt.ledger, base_model="tiny-opt")
+    capsys.readouterr()
+    _one_line(capsys, main(["apply", str(art), "--base", published["base"], "--out", str(tmp_path / "out")]),
+              "materialises full-parameter ledgers", "lora")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_ledger_is_kilobytes(published):

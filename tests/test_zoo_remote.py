@@ -205,6 +205,27 @@ def test_remote_entry_downloads_verifies_converts_and_loads_from_a_file_mirror(t
     assert torch.equal(policy.w1[5], nets[names[5]][0].weight.float())
 
 
+def test_a_converted_record_that_drops_a_file_does_not_vouch_for_it(tmp_path, no_network, capsys):
+    """converted.json must record every converted file: one that lost model.safetensors' line (with that file then
+    changed) is damaged, so verify fails and a load converts the verified source again."""
+    from zoo.artefact import load_artefact
+    from zoo.resolve import resolve
+
+    reg, _, _ = synthetic_release(tmp_path)
+    folder = resolve(LLAMA1B, registry=reg).path
+    want = {k: t.clone() for k, t in load_artefact(folder)[0].items()}  # not the memory map of a file changed below
+    record = json.loads((folder / "converted.json").read_text())
+    del record["files"]["model.safetensors"]
+    (folder / "converted.json").write_text(json.dumps(record))
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0x40  # a tensor's byte: the header still reads
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    rc, _, err = run_cli(capsys, "verify", LLAMA1B, "--registry", str(reg))
+    assert rc == 1 and "converted.json is missing or damaged" in err, err
+    got, _ = load_artefact(resolve(LLAMA1B, registry=reg).path)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 @pytest.mark.parametrize("damage", ["one byte changed", "bytes appended", "file cut", "http transfer cut"])
 def test_wrong_hash_size_or_truncated_download_is_refused_and_the_cache_unchanged(tmp_path, monkeypatch, damage,
                                                                                    capsys):

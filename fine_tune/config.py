@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from l2o import catalog
+from l2o.config_files import read_yaml_mapping
 from l2o.errors import ConfigError
 
 # the optimizers' declared hyperparameters (l2o/optim/catalog.json, made from the classes): one config field
@@ -319,6 +320,8 @@ class RunOptions:
             if (getattr(self, name) or 0) > MAX_LR:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is above {MAX_LR:g}, "
                                   "where every method here diverges (useful values are 1e-7 .. 1e-2)")
+        from l2o.models import check_device  # zoo apply's check too
+
         check_device(self.device)
         self._check_accelerator()
         kwargs = self.optimizer_kwargs()
@@ -355,38 +358,6 @@ FineTuneConfig = dataclasses.make_dataclass(
     "FineTuneConfig", [_hyperparameter_field(hp) for hp in HYPERPARAMETERS.values()], bases=(RunOptions,),
     namespace={"__doc__": "A fine-tuning run: `RunOptions` and one field per declared optimizer hyperparameter "
                           "(None: the chosen method's paper default).", "__module__": __name__})
-
-
-def check_device(device: str) -> None:
-    """Refuse a device string torch would not take, or an accelerator this machine does not have
-    (`l2o.models.check_device`, which `zoo apply` shares)."""
-    from l2o.models import check_device as check
-
-    check(device)
-
-
-def read_yaml_mapping(path, what: str = "config file") -> dict:
-    """The mapping a YAML file holds ({} for an empty file); ConfigError, in one sentence naming `what` and the
-    file, when it cannot be read, is not UTF-8 text (a binary file given by mistake), is not YAML or holds no
-    mapping (the one reader of the YAML files a user gives or a run saved: --config, a run's config.yaml, a
-    bench.reproduce table)."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path} is not a YAML text file (it is not UTF-8)") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" (line {where.line + 1})" if where is not None else ""
-        why = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{what} {path} is not valid YAML{at}: {why}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of option: value")
-    return data
 
 
 def load_yaml(path: str) -> dict:

@@ -29,9 +29,9 @@ def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
     check_resume(out, resume)
     saved = out / "config.yaml"
     if resume and saved.exists():
-        from fine_tune.config import read_yaml_mapping
+        from l2o.config_files import read_saved_run
 
-        old = read_yaml_mapping(saved, "the run's saved configuration")
+        old = read_saved_run(saved)
         old.pop("resume", None)
         old.pop("resolved_optimizer_kwargs", None)
         return old

@@ -329,15 +329,12 @@ def _check_same_run(saved: Path, options: str) -> None:
     Options the saved file lacks (a run from before they existed) are not compared."""
     import yaml
 
+    from l2o.config_files import read_saved_run
     from l2o.errors import ConfigError
 
     if not saved.exists():
         return
-    try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"the run's saved configuration {saved} cannot be read ({type(err).__name__}), so --resume "
-                          "cannot check its options; restore it or start the run again in another --out") from None
+    old = read_saved_run(saved)
 
     def flat(tree, prefix=""):
         items = tree.items() if isinstance(tree, dict) else ()

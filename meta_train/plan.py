@@ -165,20 +165,20 @@ def check_count(flag: str, value, least: int = 1) -> int:
     return value
 
 
-def check_config_files(argv: list[str]) -> list[str]:
-    """The --config files of `argv`, in order. One that is not UTF-8 text (a checkpoint given by mistake) is refused
-    in one line: the run's LightningCLI parser raised a UnicodeDecodeError traceback, the dry run said only
-    "'utf-8' codec can't decode byte ..."; a missing one is left to the reader, which names it."""
-    paths = [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-             for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
-    for path in paths:
-        try:
-            Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not a YAML text file (it is not UTF-8)") from None
-        except OSError:
-            pass
-    return paths
+def check_config_files(argv: list[str]) -> list[dict]:
+    """The mappings the --config files of `argv` hold, in order (`l2o.config_files.read_yaml_mapping`): one that is
+    not UTF-8 text (a checkpoint given by mistake), not YAML or no mapping is refused in one line, where the run's
+    LightningCLI parser raised a UnicodeDecodeError traceback. A --config that names no file is left to that parser
+    (it also takes YAML text, and names a missing file); the dry-run's `_options` refuses it."""
+    from l2o.config_files import read_yaml_mapping
+
+    return [read_yaml_mapping(path) for path in config_paths(argv) if Path(path).is_file()]
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The --config values of `argv`, in order (`--config x` or `--config=x`)."""
+    return [a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
 
 
 def check_placement(estimator: str, device_map, offload) -> None:
@@ -312,17 +312,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def _options(argv: list[str]) -> dict:
     """The options the plan reads: each --config YAML in order, then the command line (which wins), as the
     LightningCLI resolves them."""
-    import yaml
+    from l2o.config_files import read_yaml_mapping
 
     found = {}
-    for path in check_config_files(argv):
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"--config {path}: {err}") from None
-        if not isinstance(tree, dict):
-            raise ValueError(f"--config {path}: expected a mapping of options")
-        found.update(_flatten(tree))
+    for path in config_paths(argv):
+        found.update(_flatten(read_yaml_mapping(path)))
     for i, a in enumerate(argv):
         if a.startswith("--") and "=" in a:
             found[a.split("=", 1)[0]] = a.split("=", 1)[1]

@@ -317,6 +317,8 @@ def test_a_resume_whose_saved_configuration_is_damaged_is_one_line(tiny_base, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fine_tune: error: the run's saved configuration {saved} is not "
                                                "valid YAML (line "), err
+    assert err[0].endswith("; --resume cannot check its options without it; restore it, or start the run again in "
+                           "another --out"), err
 
 
 def test_yaml_with_unknown_keys_is_refused(tmp_path, capsys):

@@ -244,6 +244,12 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
         "meta_train: error: --resume with a different configuration (--estimator, --model.lr_policy); use the "
         f"original options (saved in {out / 'config.yaml'})")
     assert (out / "config.yaml").read_text() == saved
+    # a damaged saved config.yaml: one line, as fine_tune's resume says it (it was a yaml traceback once)
+    (out / "config.yaml").write_text(saved[:40] + "\n: {[")
+    assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"meta_train: error: the run's saved configuration {out / 'config.yaml'} is not valid YAML (line ")
+    (out / "config.yaml").write_text(saved)
     # resume continues from the checkpoint to a longer run
     assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 12
@@ -749,7 +755,8 @@ def test_dry_run_reads_config_files_and_the_command_line_wins(tmp_path, capsys):
     assert main(["--config", str(cfg), "--model.dtype", "fp32", "--dry-run"]) == 1  # fp32 from the command line
     capsys.readouterr()
     assert main([f"--config={tmp_path / 'missing.yaml'}", "--dry-run"]) == 2
-    assert capsys.readouterr().err.startswith("meta_train: error: --config")
+    assert capsys.readouterr().err.splitlines() == [
+        f"meta_train: error: cannot read config file {tmp_path / 'missing.yaml'}: No such file or directory"]
 
 
 @pytest.mark.parametrize("argv, said", [
@@ -768,17 +775,39 @@ def test_dry_run_refuses_what_a_run_refuses_in_one_line(argv, said, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [f"meta_train: error: {said}"]
 
 
-def test_a_config_file_that_is_not_yaml_text_is_one_line_in_a_run_and_its_dry_run(tmp_path, capsys):
+@pytest.mark.parametrize("content, said", [
+    (b"\xff\xfePK\x03\x04", "is not a YAML text file (it is not UTF-8)"),
+    (b"model:\n  lr_policy: [1\n", "is not valid YAML (line 3): expected ',' or ']', but got '<stream end>'"),
+    (b"- 1\n- 2\n", "must hold a mapping of option: value"),
+])
+def test_a_bad_config_file_is_one_line_in_a_run_and_its_dry_run(content, said, tmp_path, capsys):
     """A binary --config: the run's parser raised a UnicodeDecodeError traceback; the dry run said only "'utf-8'
-    codec can't decode byte 0xff ..."."""
+    codec can't decode byte 0xff ...". Both read it with fine_tune's reader (l2o.config_files), so they say a bad
+    file as fine_tune does."""
     from meta_train.cli import main
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_bytes(b"\xff\xfePK\x03\x04")
+    cfg.write_bytes(content)
     for argv in (["--config", str(cfg), "--max_steps", "1"], [f"--config={cfg}", "--dry-run"]):
         assert main(argv) == 2
-        assert capsys.readouterr().err.strip().splitlines() == [
-            f"meta_train: error: config file {cfg} is not a YAML text file (it is not UTF-8)"]
+        assert capsys.readouterr().err.strip().splitlines() == [f"meta_train: error: config file {cfg} {said}"]
+
+
+def test_the_dry_run_reads_each_config_file_once(tmp_path, monkeypatch, capsys):
+    """It read each --config twice: once to check that it is UTF-8 text, then again to parse it."""
+    import builtins
+
+    from meta_train.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  batch_size: 2\n")
+    opened, real = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real(f, *a, **k))
+    monkeypatch.setattr("pathlib.Path.read_text", lambda self, *a, **k: opened.append(str(self)) or
+                        real(self, encoding=k.get("encoding")).read())
+    assert main(["--base", "smollm2-135m", "--config", str(cfg), "--dry-run"]) == 0
+    assert "batch 2 x 128 tokens" in capsys.readouterr().out
+    assert opened.count(str(cfg)) == 1
 
 
 def test_dry_run_takes_back_the_configuration_print_config_wrote(tmp_path, capsys):

@@ -53,7 +53,7 @@ def load_table(name: str) -> dict:
     path = Path(name) if name.endswith(".yaml") else HERE / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown table {name!r}; known tables: {', '.join(list_tables())}")
-    from fine_tune.config import read_yaml_mapping  # a file that is not YAML text was a traceback
+    from l2o.config_files import read_yaml_mapping  # a file that is not YAML text was a traceback
 
     table = read_yaml_mapping(path, "table")
     bad = sorted(set(table) - TABLE_KEYS)

@@ -66,6 +66,19 @@ def test_zoo_apply_materialises_the_weights(published, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert same_bits(snapshot(model), published["trained"])
     assert json.loads((tmp_path / "out" / "ledger.json").read_text())["updates"] == 5
+    # again into the same folder: refused before the base loads (save_pretrained replaced the weights silently),
+    # then done with --overwrite
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"someone else's weights")
+    argv = ["apply", published["id"], "--base", published["base"], "--out", str(tmp_path / "out"),
+            "--registry", str(published["registry"])]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"zoo: error: --out {tmp_path / 'out'} already holds files (config.json, generation_config.json, ledger.json "
+        "and 3 more); give a new or empty folder, or --overwrite to replace them"]
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"someone else's weights"
+    assert main([*argv, "--overwrite"]) == 0
+    assert same_bits(snapshot(AutoModelForCausalLM.from_pretrained(tmp_path / "out")), published["trained"])
 
 
 def _one_line(capsys, rc, *needles):

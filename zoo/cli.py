@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                    help="refuse unless the ledger was recorded in this dtype")
     s.add_argument("--device", default="cpu", help="where to replay (cpu, cuda, ...)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that already holds files (a model there is replaced)")
 
     s = sub.add_parser("import-zo-finetuner", help="convert a released ZO Fine-tuner .pth (no pickle is executed)")
     s.add_argument("file", metavar="FILE")
@@ -274,7 +276,8 @@ def _cmd_apply(a) -> int:
     from .ledger import apply_ledger
 
     out = apply_ledger(a.id, a.base, a.out, dtype=a.dtype, device=a.device, registry=a.registry,
-                       cache_dir=a.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       cache_dir=a.cache_dir, log=lambda m: print(m, file=sys.stderr, flush=True),
+                       overwrite=a.overwrite)
     print(f"wrote {out}")
     return 0
 

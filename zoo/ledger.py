@@ -88,8 +88,9 @@ def load_ledger(spec, expected_fingerprint=None, expected_dtype=None, expected_n
 
 
 def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str = "cpu", registry=None,
-                 cache_dir=None, log=print) -> Path:
-    """Materialise a full-parameter ledger: the base in the recorded dtype, replayed, `save_pretrained` to `out`."""
+                 cache_dir=None, log=print, overwrite: bool = False) -> Path:
+    """Materialise a full-parameter ledger: the base in the recorded dtype, replayed, `save_pretrained` to `out`
+    (a new or empty folder, or with `overwrite` one whose files the new weights replace)."""
     from l2o.ledger import replay
     from l2o.models import base_fingerprint, check_device, load_base
 
@@ -102,6 +103,11 @@ def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str 
     out = Path(out)
     if out.exists() and not out.is_dir():  # found only after the replay, as "Not a directory (<out>/.tmp-...)"
         raise ZooError(f"--out {out} is a file; give the folder to write the weights to")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() and not overwrite else []
+    if held:  # save_pretrained overwrote another model's weights there without a word
+        names = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ZooError(f"--out {out} already holds files ({names}); give a new or empty folder, or --overwrite to "
+                       "replace them")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -153,54 +153,59 @@ def _header(file: Path) -> dict[str, tuple[int, str, tuple]]:
 
 
 @torch.no_grad()
-def park(engine: Engine, path: str | Path) -> None:
-    """Write every block's weights to `path` (raw bytes, block order), one block in host memory at a time."""
-    with open(path, "wb") as f:
+def park(engine: Engine, where) -> None:
+    """Write every block's weights to `where`, a path or an open binary file (raw bytes, block order), one block in
+    host memory at a time."""
+    with _opened(where, "wb") as f:
         for b in engine.blocks:
             f.write(memoryview(b.param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
+        f.flush()
 
 
-def unpark(engine: Engine, path: str | Path) -> None:
-    """Read back what `park` wrote: the weights are bit-identical to what they were (on the CPU the bytes are
-    read straight into the weights, so restoring needs no memory beyond them)."""
-    with open(path, "rb") as f:
+def unpark(engine: Engine, where) -> None:
+    """Read back what `park` wrote to `where`: the weights are bit-identical to what they were (on the CPU the bytes
+    are read straight into the weights, so restoring needs no memory beyond them)."""
+    with _opened(where, "rb") as f:
         for b in engine.blocks:
             engine.assign_bytes(b, f.readinto)
+
+
+def _opened(where, mode: str):
+    """`where` opened in `mode`, or, an open file, rewound (and emptied for writing) and left open."""
+    import contextlib
+
+    if isinstance(where, (str, Path)):
+        return open(where, mode)
+    where.seek(0)
+    if "w" in mode:
+        where.truncate()
+    return contextlib.nullcontext(where)
 
 
 class Snapshot:
     """The weights at one moment, parked in a file (in `directory`, default the system's temporary folder) and
     restorable any number of times, bit-identically, in any dtype: what an estimator unrolls from.
-    `save()` (re)writes it, `restore()` reads it back, `close()` removes the file."""
+    `save()` (re)writes it, `restore()` reads it back, `close()` frees it. The file has no name (it is unlinked
+    as it is made), so the system frees its space when the process ends however it ends: a named one stayed
+    behind after Ctrl-C, SIGTERM or a lost rank, one base-sized file per stop."""
 
     def __init__(self, engine: Engine, directory: str | Path | None = None, prefix: str = "l2o-snapshot-"):
-        import os
         import tempfile
 
         self.engine = engine
-        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".bin", dir=directory)
-        os.close(fd)
+        self.file = tempfile.TemporaryFile(prefix=prefix, suffix=".bin", dir=directory)
         self.saved = False
 
     def save(self) -> "Snapshot":
-        park(self.engine, self.path)
+        park(self.engine, self.file)
         self.saved = True
         return self
 
     def restore(self) -> None:
         if not self.saved:
             raise RuntimeError("nothing saved in this snapshot yet")
-        unpark(self.engine, self.path)
+        unpark(self.engine, self.file)
 
     def close(self) -> None:
-        import os
-
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        self.file.close()
         self.saved = False
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

@@ -26,7 +26,6 @@ meta-validation before its next ZO step (the resumed run does it).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import time
@@ -114,7 +113,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
             one by one as `--model.inner_hparams.pool_size 8` (zo-finetuner+gv's M; its default 4); unset ones take
             the method's defaults; for the ES/PES inner runs and meta-validation (under the look-ahead: only
             meta-validation). Its lr and eps are inner_lr (val_lr in meta-validation) and eps.
-        scratch_dir: ES/PES: folder for the parked weights (default: the system's temporary folder).
+        scratch_dir: folder for the parked weights: ES/PES's, and the trajectory's during meta-validation
+            (default: the system's temporary folder).
         device_map: ES/PES: auto, balanced or sequential: the LLM's layers spread over this process's GPUs
             (l2o.placement, accelerate's dispatch; `meta_train --device-map`).
         offload: ES/PES: cpu: the LLM's weights in CPU memory, each transformer block streamed to the device
@@ -450,8 +450,8 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         method, baseline = self._metaval_methods()
         row = {"step": int(self.global_step if step is None else step), "method": method, "baseline": baseline,
                "tasks": {}}
-        fd, parked = tempfile.mkstemp(prefix="l2o-trajectory-", suffix=".bin")
-        os.close(fd)
+        # no name: its space is freed however the process ends; in --model.scratch_dir, beside ES/PES's files
+        parked = tempfile.TemporaryFile(prefix="l2o-trajectory-", suffix=".bin", dir=hp.scratch_dir)
         training = self.model.training
         try:
             park(self.engine, parked)
@@ -466,7 +466,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
                     row["tasks"][task].update(result)
         finally:
             unpark(self.engine, parked)
-            os.remove(parked)
+            parked.close()
             self.model.train(training)
         pol = [r[method] for r in row["tasks"].values()]
         bas = [r[baseline] for r in row["tasks"].values()]

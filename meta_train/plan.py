@@ -14,7 +14,8 @@ gradients) with the lean one-step meta-gradient (unroll 1):
     runtime      fixed reserve                             CUDA context, allocator slack, kernels' workspace
 
 Pretrained weights for resets are re-read from the model files; meta-validation fine-tunes the LLM
-itself and parks the trajectory's weights on disk meanwhile, so neither adds device memory.
+itself and parks the trajectory's weights on disk meanwhile (one model size in --model.scratch_dir), so neither
+adds device memory.
 unroll > 1 takes the functional path, which also holds theta_t and z_t of every unrolled step.
 
 --model.dtype auto (the default) is planned as meta_train resolves it on an accelerator: the checkpoint's
@@ -36,7 +37,8 @@ With the forward-only estimators (`--estimator es|pes`) a step is ZO fine-tuning
                                                      particle's two runs' and the running one's)
     policy        B x 449 x 4 x 5                    parameters, gradient, Adam's moments, a perturbed copy
     runtime       fixed reserve
-    on disk       N x bytes x files                  parked weights: ES 1 file (theta_t), PES 2 per particle
+    on disk       N x bytes x (files + 1)            parked weights: ES 1 file (theta_t), PES 2 per particle,
+                                                     and the trajectory while a meta-validation runs
 
 Under the look-ahead the inner method runs only in meta-validation (one copy of its buffers, beside the momentum).
 
@@ -70,10 +72,13 @@ BYTES = {"fp32": 4, "bf16": 2}  # meta-training's dtypes (fp16 overflows without
 POLICY_FLOATS_PER_BLOCK = 449
 
 
+PARKED_BY_METAVAL = 1  # model sizes meta-validation parks on disk: the trajectory, while it fine-tunes the LLM
+
+
 @dataclass
 class MetaPlan(Plan):
     estimator: str = "lookahead"
-    disk: int = 0  # parked weights of the forward-only estimators (host disk, not device memory)
+    disk: int = 0  # parked weights at the peak (host disk, not device memory): ES/PES's files and meta-validation's
     devices: list = field(default_factory=list)  # --device-map / --offload: each device's rows (else `rows`)
     placement: str = ""  # e.g. "--device-map auto on 2 GPU(s)"
     spilled: int = 0  # bytes of weights a device map could not place on the GPUs
@@ -254,7 +259,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
     if estimator != "lookahead":
         plan.rows = forward_only_rows(config, n, sizes, dtype, batch, length, eager, how)
         plan.rows[1:1] = state
-        plan.disk = n * b * (1 if estimator == "es" else 2 * pairs)
+        plan.disk = n * b * ((1 if estimator == "es" else 2 * pairs) + PARKED_BY_METAVAL)
         return place(plan, meta_model(base), device_map, offload) if device_map or offload else plan
     plan.rows = [
         ("weights", n * b, f"{n / 1e9:.2f}B params x {b} B ({dtype}{'; ' + how if how else ''})"),
@@ -271,6 +276,7 @@ def make_plan(base: str, dtype: str = "auto", batch: int = 8, length: int = 128,
         plan.rows.insert(4, ("unrolled theta_t, z_t", 2 * unroll * n * 4,
                              f"functional path, T = {unroll}: small models only"))
     plan.rows[2:2] = state
+    plan.disk = n * b * PARKED_BY_METAVAL
     return plan
 
 
@@ -279,8 +285,7 @@ def format_plan(plan: MetaPlan) -> str:
              f"({plan.params / 1e9:.2f}B parameters, {plan.blocks} blocks)" + (f", {plan.placement}, "
                                                                                f"{plan.gpu_bytes / GiB:.0f} GiB per GPU"
                                                                                if plan.devices else "")]
-    resets = ("pretrained weights for resets are re-read from the model files, meta-validation parks the trajectory "
-              "on disk")
+    resets = "pretrained weights for resets are re-read from the model files"
     if plan.devices:
         lines += format_devices(plan.devices)
         if plan.spilled:
@@ -294,8 +299,9 @@ def format_plan(plan: MetaPlan) -> str:
         lines.append(f"  {'fits' if plan.fits else 'does NOT fit'} in {plan.gpu_bytes / GiB:.0f} GiB "
                      f"({abs(room) / GiB:.1f} GiB {'to spare' if plan.fits else 'short'}); {resets}")
     if plan.disk:
-        lines.append(f"  {'on disk (not device)':<22} {plan.disk / GiB:8.2f} GiB   parked weights "
-                     f"({'theta_t' if plan.estimator == 'es' else '2 runs per particle'}; --model.scratch_dir)")
+        files = {"es": "theta_t, ", "pes": "2 runs per particle, "}.get(plan.estimator, "")
+        lines.append(f"  {'on disk (not device)':<22} {plan.disk / GiB:8.2f} GiB   parked weights ({files}the "
+                     "trajectory during meta-validation; --model.scratch_dir)")
     return "\n".join(lines)
 
 

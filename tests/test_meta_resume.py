@@ -36,13 +36,17 @@ def _args(base, out, estimator):
 def _interrupted(argv: list[str], step: int, during, sig: str = "SIGINT") -> tuple[subprocess.CompletedProcess, dict]:
     """`meta_train argv` in a subprocess that sends itself SIGINT, or `sig`
     (tests.helpers.run_meta_train_interrupted_at); it must exit 130 (SIGTERM: 143). Returns the process and its
-    checkpoint."""
+    checkpoint. The stopped process leaves no parked weights behind in its temporary folder (ES's snapshot of the
+    weights stayed there, one base-sized file per stop)."""
     code = (f"from tests.helpers import run_meta_train_interrupted_at as f; "
             f"f({step}, {argv!r}, during={during!r}, sig={sig!r})")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = Path(argv[argv.index("--out") + 1])
+    scratch = out.parent / f"tmp-{out.name}"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[sig], proc.stderr[-3000:]
-    out = Path(argv[argv.index("--out") + 1])
+    assert [p.name for p in scratch.glob("l2o-*")] == []
     return proc, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
 

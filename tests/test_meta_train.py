@@ -832,8 +832,10 @@ def test_dry_run_plans_the_forward_only_estimators_and_opt66b_bf16_fits_one_h200
         rows = {r[0]: r[1] for r in es.rows}
         assert "momentum" not in rows and "gradient" not in rows
         assert rows["weights"] == dict((r[0], r[1]) for r in la.rows)["weights"] and es.total < la.total
-        assert (es.disk == rows["weights"]
-                and make_plan(alias, "fp32", estimator="pes", pairs=3).disk == 6 * es.params * 4)
+        # on disk at the peak: ES's theta_t, PES's 2 runs per particle, and the trajectory a meta-validation parks
+        # (the look-ahead's only file; the plan left it out)
+        assert la.disk == rows["weights"] and es.disk == 2 * rows["weights"]
+        assert make_plan(alias, "fp32", estimator="pes", pairs=3).disk == (6 + 1) * es.params * 4
     big = make_plan("opt-66b", dtype="bf16", estimator="es", gpu_gb=139)
     assert big.fits and not make_plan("opt-66b", dtype="bf16", gpu_gb=139).fits
     assert main(["--base", "opt-66b", "--estimator", "es", "--model.dtype", "bf16", "--dry-run",

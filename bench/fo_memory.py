@@ -65,16 +65,16 @@ def measure(what: str, args) -> dict:
                                                       max_length=args.max_length)]
         return {"what": "inference", "peft": None, "peak_rss_gb": round(_peak_gb(cmd), 3)}
     method, peft = what.split(":")
-    out = tempfile.mkdtemp(prefix="fo-memory-")
     cmd = [sys.executable, "-m", "fine_tune", "--base", args.base, "--task", args.task, "--optimizer", method,
            "--peft", peft, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length",
            str(args.max_length), "--num-train", "64", "--num-dev", "0", "--num-eval", "16", "--zero-shot", "false",
-           "--save-model", "false", "--out", out]
+           "--save-model", "false"]
     if method == "mezo":
         cmd += ["--lr", "1e-6", "--eps", "1e-3"]
     if method == "bilevel-zofo":
         cmd += ["--t-low", "1"]  # every step both levels, so the peak includes the upper step's
-    return {"what": method, "peft": peft, "peak_rss_gb": round(_peak_gb(cmd), 3)}
+    with tempfile.TemporaryDirectory(prefix="fo-memory-") as out:  # the run folder goes with the measurement
+        return {"what": method, "peft": peft, "peak_rss_gb": round(_peak_gb([*cmd, "--out", out]), 3)}
 
 
 def main(argv=None) -> int:

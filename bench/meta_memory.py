@@ -81,23 +81,23 @@ def main(argv=None) -> int:
         rss, wall = _child([sys.executable, "-c", code], repo)
         print(json.dumps({"label": args.label, "what": args.what, "peak_rss_gb": round(rss, 3)}))
         return 0
-    out = tempfile.mkdtemp(prefix="meta-memory-")
-    cmd = [sys.executable, "-m", "meta_train", "--base", args.base, "--tasks", *tasks, "--holdout", tasks[-1],
-           "--max_steps", str(args.steps), "--out", out,
-           "--model.reset_every", "0", "--model.val_steps", "2", "--model.val_tasks", "1", "--model.log_every", "0",
-           "--model.lr_llm", "1e-4", "--data.batch_size", "4", "--data.num_train", "16", "--data.num_eval", "4",
-           "--data.max_length", "48"]
-    if args.estimator != "lookahead":  # --estimator is a flag of checkouts that have the estimators
-        cmd += ["--estimator", args.estimator, "--model.pairs", "2", "--model.unroll", "2", "--data.num_dev", "8"]
-        cmd[cmd.index("--model.reset_every") + 1] = "2"  # ES/PES: episodes of 2 unrolls (PES needs >= 1)
-    rss, wall = _child(cmd, repo)
-    hist = json.load(open(os.path.join(out, "results.json"))).get("history") or []
-    times = [r["step_time_s"] for r in hist if "step_time_s" in r]
-    if not times:  # older checkouts keep the history in the checkpoint only
-        import torch
+    with tempfile.TemporaryDirectory(prefix="meta-memory-") as out:  # the run folder goes with the measurement
+        cmd = [sys.executable, "-m", "meta_train", "--base", args.base, "--tasks", *tasks, "--holdout", tasks[-1],
+               "--max_steps", str(args.steps), "--out", out,
+               "--model.reset_every", "0", "--model.val_steps", "2", "--model.val_tasks", "1", "--model.log_every", "0",
+               "--model.lr_llm", "1e-4", "--data.batch_size", "4", "--data.num_train", "16", "--data.num_eval", "4",
+               "--data.max_length", "48"]
+        if args.estimator != "lookahead":  # --estimator is a flag of checkouts that have the estimators
+            cmd += ["--estimator", args.estimator, "--model.pairs", "2", "--model.unroll", "2", "--data.num_dev", "8"]
+            cmd[cmd.index("--model.reset_every") + 1] = "2"  # ES/PES: episodes of 2 unrolls (PES needs >= 1)
+        rss, wall = _child(cmd, repo)
+        hist = json.load(open(os.path.join(out, "results.json"))).get("history") or []
+        times = [r["step_time_s"] for r in hist if "step_time_s" in r]
+        if not times:  # older checkouts keep the history in the checkpoint only
+            import torch
 
-        ckpt = torch.load(os.path.join(out, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
-        times = [r["step_time_s"] for r in ckpt["l2o"]["history"]]
+            ckpt = torch.load(os.path.join(out, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+            times = [r["step_time_s"] for r in ckpt["l2o"]["history"]]
     print(json.dumps({"label": args.label, "what": "meta", "estimator": args.estimator, "peak_rss_gb": round(rss, 3),
                       "wall_s": round(wall, 1), "step_s": [round(t, 2) for t in times]}))
     return 0

@@ -734,3 +734,36 @@ def test_bilevel_counts_as_faster_only_where_it_needs_fewer_forward_passes_than_
     (tmp_path / "prefix" / "summary.json").write_text(json.dumps(prefix))
     row = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("Bilevel-ZOFO: faster"))
     assert "in fewer forward passes on 1/4 pairs" in row[2] and row[3] == claims.INCONCLUSIVE
+
+
+def test_the_memory_benches_leave_no_run_folder_behind(tmp_path, monkeypatch, capsys):
+    """bench.fo_memory and bench.meta_memory ran each measured process in a tempfile.mkdtemp folder and never
+    removed it: one fine_tune or meta_train run folder (checkpoints, TensorBoard) in /tmp per measurement."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from bench import fo_memory, meta_memory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+
+    def peak(cmd):
+        out = Path(cmd[cmd.index("--out") + 1])
+        seen.append(out.is_dir() and out.parent == tmp_path)  # the child gets a fresh folder that exists
+        return 1.0
+
+    monkeypatch.setattr(fo_memory, "_peak_gb", peak)
+    args = SimpleNamespace(base="b", task="t", steps=1, batch_size=2, max_length=8)
+    assert fo_memory.measure("mezo:prefix", args)["peak_rss_gb"] == 1.0
+
+    def child(cmd, repo):
+        out = Path(cmd[cmd.index("--out") + 1])
+        seen.append(out.is_dir() and out.parent == tmp_path)
+        (out / "results.json").write_text(json.dumps({"history": [{"step_time_s": 0.5}]}))
+        return 1.0, 2.0
+
+    monkeypatch.setattr(meta_memory, "_child", child)
+    assert meta_memory.main(["--tasks", "a,b"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_s"] == [0.5]
+    assert seen == [True, True] and list(tmp_path.iterdir()) == []

@@ -57,6 +57,19 @@ def _check_inner_method(method: str) -> None:
         raise ConfigError(f"--model.inner_method {problem}")
 
 
+def _check_scratch_dir(scratch_dir: Optional[str]) -> None:
+    """--model.scratch_dir must be a folder this process can write to, found before the run: a mistyped one was a
+    FileNotFoundError traceback as ES/PES set up, or under the look-ahead at the first meta-validation, after the
+    steps before it had run."""
+    if scratch_dir is None:
+        return
+    try:
+        tempfile.TemporaryFile(dir=scratch_dir).close()
+    except OSError as err:
+        raise ConfigError(f"--model.scratch_dir {scratch_dir}: cannot write the parked weights there "
+                          f"({err.strerror or err})") from None
+
+
 def _check_inner_hparams(method: str, hparams: dict) -> None:
     """--model.inner_hparams.*: hyperparameters `method` declares, each within its declaration (the optimizer's
     own check, on a two-weight probe: before the base is loaded). Under every estimator: meta-validation runs the
@@ -179,6 +192,7 @@ class ZOFineTunerMeta(KeepsPlacement, L.LightningModule):
         if dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"--model.dtype must be auto, fp32 or bf16, got {dtype!r}")
         check_placement(estimator, device_map, offload)
+        _check_scratch_dir(scratch_dir)
         self.save_hyperparameters()
         self.hparams.unroll = unroll
         self.automatic_optimization = False

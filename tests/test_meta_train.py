@@ -291,6 +291,10 @@ def test_cli_errors_are_one_line(tiny_base, tmp_path, capsys, monkeypatch):
     one_line(main(_run_args(tiny_base, tmp_path / "r6", "--max_steps", "1", "--estimator", "es",
                             "--model.es_params", "everything")), "es_params must be one of")
     one_line(main(_run_args(tiny_base, tmp_path / "r0", "--max_steps", "1", "--model.eps", "-1")), "eps")
+    one_line(main(_run_args(tiny_base, tmp_path / "r0", "--max_steps", "1", "--model.scratch_dir",
+                            str(tmp_path / "no-such-dir"))),  # the look-ahead met it at the first meta-validation
+             f"--model.scratch_dir {tmp_path / 'no-such-dir'}: cannot write the parked weights there (No such file or "
+             "directory)")
     one_line(main(_run_args(tiny_base, tmp_path / "r1", "--max_steps", "1", "--resume")), "nothing to resume")
     one_line(main(_run_args(str(tmp_path / "no-such-model"), tmp_path / "r2", "--max_steps", "1")), "no-such-model")
     one_line(main(["--base", tiny_base, "--tasks", "no_such_task", "--out", str(tmp_path / "r3"), "--max_steps", "1"]),

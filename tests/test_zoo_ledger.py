@@ -77,8 +77,15 @@ def test_zoo_apply_materialises_the_weights(published, tmp_path, capsys):
         f"zoo: error: --out {tmp_path / 'out'} already holds files (config.json, generation_config.json, ledger.json "
         "and 3 more); give a new or empty folder, or --overwrite to replace them"]
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"someone else's weights"
+    # --overwrite replaces another model's weights, its other shards and index too; the user's other files stay
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "notes.txt"):
+        (tmp_path / "out" / name).write_text("old")
     assert main([*argv, "--overwrite"]) == 0
     assert same_bits(snapshot(AutoModelForCausalLM.from_pretrained(tmp_path / "out")), published["trained"])
+    assert not list((tmp_path / "out").glob("model*-of-*")) and not (tmp_path / "out" / "model.safetensors.index.json"
+                                                                      ).exists()
+    assert (tmp_path / "out" / "notes.txt").read_text() == "old"
 
 
 @pytest.mark.parametrize("stop, rc, said", [(KeyboardInterrupt, 130, "zoo: error: interrupted"),

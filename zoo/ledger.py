@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .errors import ZooError
 from .ids import check_fingerprint
 from .manifest import LEDGER_KIND, first_missing_ancestor, write_json_atomic
 
+WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
 APPLY_STAGING = ".tmp-apply-"  # `zoo apply` writes the weights into <out>/.tmp-apply-<8 characters>, then moves them
 
 
@@ -133,8 +135,14 @@ def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str 
             write_json_atomic(staging / "ledger.json",
                               {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,
                                **{k: config["arch"][k] for k in ("dtype", "updates", "head")}})
-            for f in sorted(staging.iterdir()):
+            written = sorted(staging.iterdir())
+            for f in written:
                 os.replace(f, out / f.name)
+        # --overwrite: the weight files of the model there that the new ones did not replace (its other shards, its
+        # index) go too, as save_pretrained removes them when it writes into a folder itself; other files stay
+        for old in out.iterdir():
+            if WEIGHT_FILE.match(old.name) and old.name not in {f.name for f in written}:
+                old.unlink()
     except BaseException:
         if created is not None:  # --out as it was: no folder this apply made
             shutil.rmtree(created, ignore_errors=True)

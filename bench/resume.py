@@ -25,7 +25,7 @@ def run_to_end(cfg, say=print) -> dict:
     """fine_tune's result of `cfg`, continuing an unfinished run in `cfg.out`, with ``cpu_s``: the CPU seconds of
     this process's attempt plus those earlier attempts recorded. `say`: one line when it resumes or cannot."""
     from fine_tune.run import run
-    from l2o.errors import UserError
+    from l2o.errors import RunFailed, UserError
     from l2o.filelock import FolderLockedError
 
     out = Path(cfg.out)
@@ -39,6 +39,8 @@ def run_to_end(cfg, say=print) -> dict:
                 say(f"         resumed {cfg.out} from its last checkpoint ({before})")
             except FolderLockedError:
                 raise  # another live process is running it: its folder is not ours to clear
+            except RunFailed:
+                raise  # a full disk or a lost process stopped it, not its checkpoint: that still resumes once fixed
             except UserError as err:
                 say(f"         cannot resume {cfg.out} ({err}); running it again")
         if res is None:

@@ -89,3 +89,26 @@ def test_a_run_another_live_process_holds_is_not_cleared_to_start_again(tmp_path
     with pytest.raises(FolderLockedError, match="in use by process 4242"):
         resume.run_to_end(Cfg(str(out)))
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"state"
+
+
+def test_a_run_a_full_disk_stopped_while_resuming_keeps_its_checkpoint_and_stops_the_suite(tmp_path, monkeypatch):
+    """A full disk (or a lost process: l2o.errors.RunFailed) during a resumed attempt is no reason to start the run
+    again: it was taken for "cannot resume", and the folder with its intact checkpoint was removed and the run made
+    again from step 0 (on the same full disk). It stops the suite now, whose next invocation resumes."""
+    from l2o.errors import RunFailed
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    attempts = []
+
+    def full_disk(cfg, log=print):
+        attempts.append(cfg.resume)
+        if cfg.resume:
+            raise RunFailed(f"cannot write {out}/loss.png (No space left on device); the last checkpoint is intact")
+        return {"final": {}}
+
+    monkeypatch.setattr("fine_tune.run.run", full_disk)
+    with pytest.raises(RunFailed, match="No space left on device"):
+        resume.run_to_end(Cfg(str(out)))
+    assert attempts == [True] and (out / "checkpoints" / "last.ckpt").read_bytes() == b"state"

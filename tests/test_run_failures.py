@@ -105,6 +105,39 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_ends_as_the_uninterrup
     _assert_same_run(out, reference)
 
 
+@pytest.mark.parametrize("app", ["fine_tune", "meta_train"])
+def test_a_full_disk_after_the_last_step_is_one_line_and_resume_finishes(tiny_base, tmp_path, monkeypatch, capsys,  # noqa: F811
+                                                                         app):
+    """A disk that fills once training is done, as the run writes its plot (fine_tune) or its artefact (meta_train),
+    was a traceback (the failure handling covered only the fit): it is the full disk's one line, naming the
+    checkpoint --resume finishes the run from."""
+    from meta_train.cli import main as meta_train
+    from tests.test_meta_resume import _args as meta_args
+
+    out = tmp_path / "run"
+    one_step = ["--max_steps", "1", "--model.val_every", "0"]
+    argv, run, target, where = {
+        "fine_tune": (_args(tiny_base, out, *COMMON), main, out / "loss.png", "fine_tune.run.plot_history"),
+        "meta_train": (meta_args(tiny_base, out, "lookahead") + one_step, meta_train,
+                       out / "policy" / "model.safetensors", "zoo.artefact.save_artefact")}[app]
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(where, full)
+    capsys.readouterr()
+    assert run(argv) == 1
+    err = capsys.readouterr().err
+    last = out / "checkpoints" / "last.ckpt"
+    assert err.strip().splitlines()[-1] == (
+        f"{app}: error: cannot write {target} (No space left on device); the last checkpoint {last} (step "
+        f"{torch.load(last, weights_only=True)['global_step']}) is intact: free space, then continue with --resume")
+    assert "Traceback" not in err
+    monkeypatch.undo()  # the disk has room again
+    assert run([*argv, "--resume"]) == 0
+    assert (out / "results.json").is_file() and target.is_file()
+
+
 def test_a_truncated_checkpoint_is_refused_in_one_line_naming_the_last_good_one(tiny_base, reference, tmp_path,  # noqa: F811
                                                                               capsys):
     out = tmp_path / "run"

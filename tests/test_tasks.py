@@ -808,6 +808,69 @@ def test_a_download_killed_mid_way_leaves_a_folder_the_next_download_removes_and
                                                               *(f.name for f in foreign)])
 
 
+# `python -m zoo.acquire --tasks sports_understanding` whose `pip download` is a stand-in that writes its pid into
+# the download folder and then takes its time, as the 358 MB sdist does
+_SLOW_PIP = """
+import subprocess, sys
+from zoo import acquire
+
+def pip(cmd, run=subprocess.run, **kw):
+    code = ("import os, pathlib, sys, time; pathlib.Path(sys.argv[1], 'pid').write_text(str(os.getpid())); "
+            "time.sleep(120)")
+    return run([sys.executable, "-c", code, cmd[cmd.index("-d") + 1]], **kw)
+
+acquire.subprocess.run = pip
+sys.exit(acquire.main(["--tasks", "sports_understanding"]))
+"""
+
+
+@pytest.mark.parametrize("sig, rc, how", [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGINT", 130, "interrupted")])
+def test_a_stopped_zoo_acquire_ends_its_download_and_leaves_no_temp_folder(tmp_path, sig, rc, how):
+    """`make data` (python -m zoo.acquire) sent SIGTERM (`kill`, a scheduler) mid-download died where it stood: its
+    temp folder stayed in the cache, and `pip download` went on filling it with nobody waiting for it (so did the
+    ~540 MB folder of a conversion). It stops as Ctrl-C does now: the download ended, its folder removed, one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "L2O_BIGBENCH_SDIST"}
+    env.update(L2O_CACHE=str(cache), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PIP], cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    pid, deadline = None, time.monotonic() + 120
+    try:
+        while pid is None and proc.poll() is None and time.monotonic() < deadline:
+            pid = next((int(p.read_text()) for p in cache.glob("bigbench/.bigbench-dl-*/pid") if p.read_text()), None)
+            time.sleep(0.05)
+        assert pid is not None, proc.stderr.read() if proc.poll() is not None else "no download started"
+        proc.send_signal(getattr(signal, sig))
+        err, deadline = proc.communicate(timeout=60)[1], time.monotonic() + 10
+        assert proc.returncode == rc, err[-2000:]
+        assert err.strip().splitlines()[-1] == (f"zoo.acquire: {how}; what it finished stays in the cache, the same "
+                                                "command fetches the rest")
+        assert [p.name for p in (cache / "bigbench").iterdir()] == ["tasks"]
+        while _running(pid) and time.monotonic() < deadline:  # the download ends with it (SIGKILL, then reaped)
+            time.sleep(0.05)
+        assert not _running(pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        if pid is not None and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie (one that ended, waiting for its parent to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+
 def _github_mirror(root: Path, tasks: dict) -> str:
     """A file:// stand-in for raw.githubusercontent.com holding google/BIG-bench's task files at the fetched ref."""
     from zoo.acquire import BIGBENCH_GITHUB

@@ -77,8 +77,64 @@ def test_zoo_apply_materialises_the_weights(published, tmp_path, capsys):
         f"zoo: error: --out {tmp_path / 'out'} already holds files (config.json, generation_config.json, ledger.json "
         "and 3 more); give a new or empty folder, or --overwrite to replace them"]
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"someone else's weights"
+    # --overwrite replaces another model's weights, its other shards and index too; the user's other files stay
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "notes.txt"):
+        (tmp_path / "out" / name).write_text("old")
     assert main([*argv, "--overwrite"]) == 0
     assert same_bits(snapshot(AutoModelForCausalLM.from_pretrained(tmp_path / "out")), published["trained"])
+    assert not list((tmp_path / "out").glob("model*-of-*")) and not (tmp_path / "out" / "model.safetensors.index.json"
+                                                                      ).exists()
+    assert (tmp_path / "out" / "notes.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("stop, rc, said", [(KeyboardInterrupt, 130, "zoo: error: interrupted"),
+                                            (OSError(28, "No space left on device"), 1,
+                                             "zoo: error: No space left on device")])
+def test_a_stopped_apply_leaves_out_as_it_was_and_the_next_one_runs(published, tmp_path, capsys, monkeypatch,
+                                                                     stop, rc, said):
+    """Ctrl-C (or SIGTERM, l2o/stop.py), or a full disk, once the base-sized weights are written but not the rest:
+    --out stays as it was (new: no folder; an empty one: empty). It kept the half-written model, which the next apply
+    refused as files already there (unless --overwrite)."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+    def stopped(*args, **kw):
+        raise stop
+
+    reg = ["--registry", str(published["registry"])]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out, before in ((tmp_path / "new" / "out", lambda: not (tmp_path / "new").exists()),
+                        (empty, lambda: list(empty.iterdir()) == [])):
+        argv = ["apply", published["id"], "--base", published["base"], "--out", str(out), *reg]
+        with monkeypatch.context() as m:
+            m.setattr(PreTrainedTokenizerBase, "save_pretrained", stopped)  # after the model's weights
+            assert main(argv) == rc
+        assert capsys.readouterr().err.strip().splitlines()[-1] == said
+        assert before()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert same_bits(snapshot(AutoModelForCausalLM.from_pretrained(out)), published["trained"])
+
+
+def test_the_next_apply_removes_what_a_killed_one_left_in_out(published, tmp_path, capsys):
+    """kill -9 mid-write leaves the staging folder in --out; the next apply into it removes it (it is no file of the
+    user's, so it does not count as --out holding files) and says so; a live apply's is left alone."""
+    from tests.helpers import hold_writer_folder
+
+    out, staging = tmp_path / "out", ".tmp-apply-"  # zoo.ledger.APPLY_STAGING
+    live, live_folder = hold_writer_folder(out, staging)
+    try:
+        argv = ["apply", published["id"], "--base", published["base"], "--out", str(out),
+                "--registry", str(published["registry"])]
+        assert main(argv) == 2  # another apply is writing there
+        assert "already holds files" in capsys.readouterr().err
+    finally:
+        live.kill()
+        live.wait()
+    assert main(argv) == 0
+    assert f"removed the unfinished weights a stopped zoo apply left in {out}" in capsys.readouterr().err
+    assert not live_folder.exists() and not any(p.name.startswith(staging) for p in out.iterdir())
+    assert (out / "ledger.json").is_file()
 
 
 def _one_line(capsys, rc, *needles):

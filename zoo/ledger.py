@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
+
+from l2o.filelock import remove_dead_writers, writer_folder
 
 from .artefact import CARD_NAME, CONFIG_NAME, LEDGER_HEADER_KEYS, LEDGER_NAME, check_config, check_layout
 from .artefact import fingerprint_mismatch, read_ledger
 from .card import render_card
 from .errors import ZooError
 from .ids import check_fingerprint
-from .manifest import LEDGER_KIND, write_json_atomic
+from .manifest import LEDGER_KIND, first_missing_ancestor, write_json_atomic
+
+WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+APPLY_STAGING = ".tmp-apply-"  # `zoo apply` writes the weights into <out>/.tmp-apply-<8 characters>, then moves them
 
 
 
@@ -103,20 +110,41 @@ def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str 
     out = Path(out)
     if out.exists() and not out.is_dir():  # found only after the replay, as "Not a directory (<out>/.tmp-...)"
         raise ZooError(f"--out {out} is a file; give the folder to write the weights to")
+    if out.is_dir() and remove_dead_writers(out, APPLY_STAGING):  # not the user's files: an apply killed mid-write
+        log(f"removed the unfinished weights a stopped zoo apply left in {out}")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() and not overwrite else []
     if held:  # save_pretrained overwrote another model's weights there without a word
         names = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         raise ZooError(f"--out {out} already holds files ({names}); give a new or empty folder, or --overwrite to "
                        "replace them")
+    created = first_missing_ancestor(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ZooError(f"cannot write the weights to --out {out}: {err.strerror or err}") from None
-    model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
-    log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
-    replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    write_json_atomic(out / "ledger.json", {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,
-                                            **{k: config["arch"][k] for k in ("dtype", "updates", "head")}})
+    try:
+        model, tokenizer, info = load_base(base, dtype=config["arch"]["dtype"], device=device)
+        log(f"replaying {ledger.num_updates} updates onto {info.model_id} ({config['arch']['dtype']}, {device})")
+        replay(model, ledger, progress=lambda i, n: log(f"  {i}/{n} updates"))
+        # into a staging folder held by this process, moved into --out once whole: Ctrl-C, SIGTERM or a full disk
+        # mid-write left a half-written model of the base's size there, which the next apply refused as files
+        # already there; a kill -9 leaves the staging folder, which the next apply removes (above)
+        with writer_folder(out, APPLY_STAGING) as staging:
+            model.save_pretrained(str(staging))
+            tokenizer.save_pretrained(str(staging))
+            write_json_atomic(staging / "ledger.json",
+                              {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,
+                               **{k: config["arch"][k] for k in ("dtype", "updates", "head")}})
+            written = sorted(staging.iterdir())
+            for f in written:
+                os.replace(f, out / f.name)
+        # --overwrite: the weight files of the model there that the new ones did not replace (its other shards, its
+        # index) go too, as save_pretrained removes them when it writes into a folder itself; other files stay
+        for old in out.iterdir():
+            if WEIGHT_FILE.match(old.name) and old.name not in {f.name for f in written}:
+                old.unlink()
+    except BaseException:
+        if created is not None:  # --out as it was: no folder this apply made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return out

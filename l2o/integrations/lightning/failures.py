@@ -40,10 +40,18 @@ def lost_peer(err: BaseException, world_size: int) -> bool:
     return isinstance(err, getattr(dist, "DistError", ())) or bool(_PEER_LOST.search(str(err)))
 
 
-def run_failure(err: BaseException, trainer) -> RunFailed | None:
-    """`err` as a one-sentence `RunFailed`, or None when it is not a failure from outside the run."""
+def disk_failure(err: BaseException | None) -> RunFailed | None:
+    """`err` as the one sentence of a full or failing disk, or None when it is not one."""
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         return RunFailed(f"cannot write {err.filename or 'a file of the run'} ({err.strerror})", DISK_ERRNOS[err.errno])
+    return None
+
+
+def run_failure(err: BaseException, trainer) -> RunFailed | None:
+    """`err` as a one-sentence `RunFailed`, or None when it is not a failure from outside the run."""
+    failure = disk_failure(err)
+    if failure is not None:
+        return failure
     if lost_peer(err, trainer.world_size):
         n, me = trainer.world_size, trainer.global_rank
         ranks = (1 - me,) if n == 2 else ()

@@ -8,7 +8,8 @@
   stop"; l2o/stop.py makes SIGTERM a KeyboardInterrupt outside a fit).
 - **Failure.** A run that fails (or is interrupted) before it has a checkpoint to resume from removes
   what it created in ``--out``; what was there before it started stays. A ``RunFailed`` (a full disk, a
-  lost process) leaves with the checkpoint ``--resume`` continues from added to its sentence.
+  lost process; a full disk outside the fit too) leaves with the checkpoint ``--resume`` continues from added to
+  its sentence.
 - **Several processes.** Rank 0 holds the folder. The others get its record of the folder at setup
   (``share_folder``), so a survivor of a lost rank 0 cleans up as rank 0 would have.
 - **Stale temp files.** Once it holds the lock, a run removes the ``.tmp-*`` files that ``kill -9`` left
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from l2o.errors import ConfigError, RunFailed
 from l2o.filelock import RUN_LOCK_NAME, FolderLockedError, RunLock, remove_stale_temps
+from l2o.integrations.lightning.failures import disk_failure
 from l2o.stop import signum_of, stopped
 
 
@@ -126,6 +128,10 @@ class RunFolder:
             raise RunInterrupted(self.interrupted_message(exc), signum_of(exc)) from None
         if isinstance(exc, RunFailed):
             exc.args = (f"{exc}; {self.survivors(exc.fix)}",)
+        failure = disk_failure(exc)  # outside the fit (the final outputs, the artefact): a traceback before
+        if failure is not None:
+            failure.args = (f"{failure}; {self.survivors(failure.fix)}",)
+            raise failure from None
 
     def _clean_up(self) -> None:
         if self.holder:

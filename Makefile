@@ -65,6 +65,7 @@ lint: install
 
 # Lint first: a cheap failure before the long suite. The suite runs in TEST_WORKERS processes (pytest-xdist; the
 # 2 cores here, beside the evidence suite: 6.4 min against 10.2 in one); TEST_WORKERS=0 runs it in one process.
+# Each worker takes min(2, cores / workers) torch threads (tests/conftest.py; TORCH_TEST_THREADS overrides).
 TEST_WORKERS ?= 2
 test: install data
 	$(PY) -m ruff check .

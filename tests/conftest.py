@@ -1,4 +1,4 @@
-"""Test-wide settings: never touch the Hugging Face Hub; one torch thread per worker."""
+"""Test-wide settings: never touch the Hugging Face Hub; torch threads that do not oversubscribe the cores."""
 
 import os
 
@@ -8,7 +8,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+
+def _torch_threads() -> int:
+    """Two intra-op threads, or fewer where the xdist workers would otherwise outnumber the cores (`make test`
+    runs 2 workers on this 2-core box): the OpenMP threads of oversubscribed workers spin-wait on each other at
+    every op, and a forward of a tiny model took 30-60x longer (180 ms against 3 ms) while another process ran.
+    TORCH_TEST_THREADS overrides. Runs compared bit for bit share the count (tests.helpers.same_threads_env)."""
+    if os.environ.get("TORCH_TEST_THREADS"):
+        return int(os.environ["TORCH_TEST_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+torch.set_num_threads(_torch_threads())
 
 import pytest  # noqa: E402
 

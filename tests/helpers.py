@@ -187,8 +187,8 @@ def save_tiny_smollm_base(folder) -> str:
 def same_threads_env() -> dict:
     """The environment for a subprocess whose run must be bit-equal to one made in this process: this process's
     torch thread count for OpenMP and MKL alike. A float sum over another number of threads need not be bit-equal:
-    under `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1` (inherited by the subprocesses, while tests/conftest.py sets 2
-    threads here) 12 resume tests failed."""
+    under `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1` (inherited by the subprocesses, while tests/conftest.py set 2
+    threads here) 12 resume tests failed. (tests/conftest.py gives 1 or 2 threads, by the cores per xdist worker.)"""
     import os
 
     n = str(torch.get_num_threads())

@@ -172,9 +172,11 @@ def test_non_finite_losses_are_skipped_and_counted(tiny_base, tmp_path, monkeypa
     (["--task", "sst2", "--optimizer", "bilevel-zofo", "--peft", "lora", "--theta-lr", "2"],
      "--theta-lr 2.0 is above 1"),
 ])
-def test_cli_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
+def test_cli_errors_are_one_clear_line(argv, needle, tiny_base, tmp_path, capsys):
+    """On the tiny base in one step (a case's own --base or --steps comes later and wins): a check that stopped
+    refusing its case fails the test at once, on `rc == 2`, instead of starting a 1000-step run of SmolLM2-135M."""
     with pytest.raises(SystemExit) if "invalid" in needle else _no_raise():
-        rc = main([*argv, "--out", str(tmp_path / "o"), "--source", SST2])
+        rc = main(["--base", tiny_base, "--steps", "1", *argv, "--out", str(tmp_path / "o"), "--source", SST2])
         assert rc == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and err.startswith("fine_tune: error:"), err

@@ -2,7 +2,6 @@
 one step equals a hand-written backprop step, a killed AdamW run resumes to the same weights, errors are one line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
+from tests.helpers import same_threads_env
 from tests.test_fine_tune import ROOT, SST2
 from tests.test_fine_tune import _args as _ft_args
 
@@ -47,22 +47,19 @@ def test_one_sgd_step_is_theta_minus_lr_times_the_backprop_gradient(tiny_base, t
     assert results["forward_passes"] == 1 and results["backward_passes"] == 1 and results["effective_step"] is None
 
 
-def _fine_tune(code: str) -> subprocess.CompletedProcess:
-    """A fine_tune process on one thread: backward's reductions round differently at other thread counts, so the
-    runs compared bit for bit must share it (this pytest process runs two)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_killed_adamw_run_resumes_to_the_same_weights(tiny_base, tmp_path):
+def test_killed_adamw_run_resumes_to_the_same_weights(tiny_base, tmp_path, one_thread):
+    """Only the killed run is a process of its own, on the one thread `one_thread` gives the uninterrupted run and
+    the resume here: backward's reductions round differently at other thread counts, and the runs are compared bit
+    for bit."""
     common = ["--optimizer", "fo-adamw", "--lr", "1e-2", "--steps", "6", "--save-every", "2", "--save-model", "false"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert _fine_tune(f"from fine_tune.cli import main; main({_args(tiny_base, full, *common)!r})").returncode == 0
-    proc = _fine_tune(f"from tests.helpers import run_fine_tune_killed_at; "
-                      f"run_fine_tune_killed_at(3, {_args(tiny_base, killed, *common)!r})")
+    assert main(_args(tiny_base, full, *common)) == 0
+    code = ("from tests.helpers import run_fine_tune_killed_at; "
+            f"run_fine_tune_killed_at(3, {_args(tiny_base, killed, *common)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=same_threads_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 137, proc.stderr[-2000:]
-    proc = _fine_tune(f"from fine_tune.cli import main; main({_args(tiny_base, killed, *common, '--resume')!r})")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(_args(tiny_base, killed, *common, "--resume")) == 0
     a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["state_dict"].keys() == b["state_dict"].keys()

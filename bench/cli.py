@@ -12,7 +12,7 @@ import math
 import sys
 from typing import Callable
 
-from l2o.errors import OneLineParser, UserError
+from l2o.errors import OneLineParser, RunFailed, UserError
 from l2o.stop import exit_code, stopped, terminate_as_interrupt
 
 CONTINUES = "the same command continues (the runs its runs.jsonl records are not run again)"
@@ -22,6 +22,14 @@ def stop_line(err: BaseException, resumable: bool = True) -> str:
     """What a suite says when Ctrl-C or SIGTERM (`err`) stopped it; a measurement that keeps no runs.jsonl
     (`resumable=False`) says only that."""
     return f"{stopped(err)}; {CONTINUES}" if resumable else stopped(err)
+
+
+def continues_after(failure: RunFailed, kept: str = "") -> RunFailed:
+    """`failure` (a full disk, from a run or from appending its record) as a suite says it: what happened, what to
+    do first, and that the same command then continues; `kept`: what survives (a run's checkpoint). fine_tune's
+    own words end in "continue with --resume", which is not how a suite goes on."""
+    then = f"{failure.fix}, then " if failure.fix else ""
+    return RunFailed(f"{failure.what}; {kept}{then}{CONTINUES}", failure.fix)
 
 
 def cli_exit(prog: str, body: Callable[[], object], resumable: bool = True) -> int:

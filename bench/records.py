@@ -8,7 +8,8 @@ the new record is never glued onto it), then appends durably through ``l2o.filel
 failed append leaves the file as it was). It does both under ``records_lock`` (an flock on ``runs.lock`` beside
 ``runs.jsonl``): another process's append still in progress is a torn line to anyone without it, and cutting it
 off would lose that record. A reader that shares its file with a live writer (the learnability scan's shards)
-reads under the same lock.
+reads under the same lock. A full disk during an append is the suite's one line (`l2o.errors.RunFailed`, exit 1):
+free space, then the same command continues (the unrecorded run replays from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import os
 import sys
 from pathlib import Path
 
+from bench.cli import continues_after
 from l2o.errors import UserError
 from l2o.filelock import append_bytes, exclusive
+from l2o.integrations.lightning.failures import disk_failure
 
 SUITE_RECORDS = ("*/runs.jsonl", "artefacts/*/rounds.jsonl",  # under a suite's --out: each phase's, each artefact's
                  "artefacts/*/rebuilds.jsonl")                   # and its rounds meta-trained again after a wipe
@@ -85,11 +88,17 @@ def records_lock(path):
 def append_record(path, record: dict) -> None:
     """Append `record` to `path` (created if missing) as one JSON line, durably, under `records_lock`. A torn last
     line (an append cut short) is cut off first, with a one-line warning on stderr; a last line that is a whole
-    record but lacks its newline gets it. A failed append (a full disk) leaves the file as it was and raises
-    OSError."""
+    record but lacks its newline gets it. A failed append leaves the file as it was and raises OSError, or
+    `RunFailed` for a full or failing disk (the suite stops in one line; its next invocation continues)."""
     data = (json.dumps(record) + "\n").encode("utf-8")
-    with records_lock(path):
-        _append_line(Path(path), data)
+    try:
+        with records_lock(path):
+            _append_line(Path(path), data)
+    except OSError as err:
+        failure = disk_failure(err)
+        if failure is None:
+            raise
+        raise continues_after(failure) from None
 
 
 def _append_line(path: Path, data: bytes) -> None:

@@ -24,28 +24,34 @@ METER_EVERY_S = 30.0
 def run_to_end(cfg, say=print) -> dict:
     """fine_tune's result of `cfg`, continuing an unfinished run in `cfg.out`, with ``cpu_s``: the CPU seconds of
     this process's attempt plus those earlier attempts recorded. `say`: one line when it resumes or cannot."""
+    from bench.cli import continues_after
     from fine_tune.run import run
     from l2o.errors import RunFailed, UserError
     from l2o.filelock import FolderLockedError
+    from l2o.integrations.lightning.checkpoints import intact
 
     out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
     with CpuMeter(out) as meter:
-        res = None
-        if (out / "checkpoints" / "last.ckpt").exists():
-            try:
-                res = run(replace(cfg, resume=True), log=lambda m: None)
-                before = (f"{meter.before:.0f} CPU-s before it, counted" if meter.metered else
-                          "no CPU meter from its earlier attempts, whose CPU is not counted")
-                say(f"         resumed {cfg.out} from its last checkpoint ({before})")
-            except FolderLockedError:
-                raise  # another live process is running it: its folder is not ours to clear
-            except RunFailed:
-                raise  # a full disk or a lost process stopped it, not its checkpoint: that still resumes once fixed
-            except UserError as err:
-                say(f"         cannot resume {cfg.out} ({err}); running it again")
-        if res is None:
-            shutil.rmtree(out, ignore_errors=True)  # what an unresumable interrupted run left
-            res = run(cfg, log=lambda m: None)
+        try:
+            res = None
+            if last.exists():
+                try:
+                    res = run(replace(cfg, resume=True), log=lambda m: None)
+                    before = (f"{meter.before:.0f} CPU-s before it, counted" if meter.metered else
+                              "no CPU meter from its earlier attempts, whose CPU is not counted")
+                    say(f"         resumed {cfg.out} from its last checkpoint ({before})")
+                except (FolderLockedError, RunFailed):
+                    raise  # another live process is running it (its folder is not ours to clear), or a full disk
+                    #        stopped it, not its checkpoint: that still resumes once fixed
+                except UserError as err:
+                    say(f"         cannot resume {cfg.out} ({err}); running it again")
+            if res is None:
+                shutil.rmtree(out, ignore_errors=True)  # what an unresumable interrupted run left
+                res = run(cfg, log=lambda m: None)
+        except RunFailed as failure:  # in fine_tune's words "continue with --resume": a suite reruns its command
+            kept = f"{intact(last)}: " if last.exists() else ""
+            raise continues_after(failure, kept) from None
     res["cpu_s"] = meter.total  # the meter stays until the caller has recorded the run (`recorded`)
     return res
 

@@ -23,14 +23,14 @@ class ConfigError(UserError):
 
 class RunFailed(UserError):
     """A run stopped by its surroundings, not by its input: a full disk, a lost process. `str(err)` says
-    what happened and what survives (the checkpoint `--resume` continues from); `fix` is what to do first
-    ("free space"), if anything."""
+    what happened and what survives (the checkpoint `--resume` continues from); `what` is what happened alone
+    (the run's folder adds what survives to the message), and `fix` what to do first ("free space"), if anything."""
 
     exit_code = 1
 
     def __init__(self, message: str, fix: str = ""):
         super().__init__(message)
-        self.fix = fix
+        self.what, self.fix = message, fix
 
 
 class PlacementError(UserError):

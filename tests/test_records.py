@@ -15,7 +15,7 @@ from bench import harness as hn
 from bench import learnability as lb
 from bench.budget import spent_hours
 from bench.records import append_record, read_records, records_lock
-from l2o.errors import UserError
+from l2o.errors import RunFailed, UserError
 
 
 def _torn(path, records, fragment_of=None):
@@ -96,10 +96,24 @@ def test_a_failed_append_leaves_the_file_byte_identical(tmp_path, monkeypatch):
 
     disk_full.calls = 0
     monkeypatch.setattr(os, "write", disk_full)
-    with pytest.raises(OSError) as err:
+    with pytest.raises(RunFailed) as err:  # the suite's one line, exit 1, not an OSError's traceback
         append_record(path, {"name": "b", "per_example": list(range(1000))})
-    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path) and disk_full.calls == 1
+    assert str(err.value) == (f"cannot write {path} (No space left on device); free space, then the same command "
+                              "continues (the runs its runs.jsonl records are not run again)")
+    assert disk_full.calls == 1 and err.value.exit_code == 1 and err.value.__suppress_context__
     assert path.read_bytes() == before
+
+
+def test_an_append_that_fails_for_another_reason_keeps_its_oserror(tmp_path, monkeypatch):
+    path = tmp_path / "runs.jsonl"
+
+    def refused(fd, data):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(os, "write", refused)
+    with pytest.raises(OSError) as err:
+        append_record(path, {"name": "a"})
+    assert not isinstance(err.value, RunFailed) and err.value.errno == errno.EBADF and err.value.filename == str(path)
 
 
 # ------------------------------------------------------------------ the suites' resume paths read through it

@@ -3,6 +3,7 @@ attempt spent is charged to the run and the suite's budget, not lost with its pr
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import resume
+from bench.cli import CONTINUES
 
 
 @dataclass
@@ -105,10 +107,39 @@ def test_a_run_a_full_disk_stopped_while_resuming_keeps_its_checkpoint_and_stops
     def full_disk(cfg, log=print):
         attempts.append(cfg.resume)
         if cfg.resume:
-            raise RunFailed(f"cannot write {out}/loss.png (No space left on device); the last checkpoint is intact")
+            raise _fine_tunes_disk_failure(out / "loss.png", "the last checkpoint is intact")
         return {"final": {}}
 
     monkeypatch.setattr("fine_tune.run.run", full_disk)
-    with pytest.raises(RunFailed, match="No space left on device"):
+    with pytest.raises(RunFailed) as err:
         resume.run_to_end(Cfg(str(out)))
     assert attempts == [True] and (out / "checkpoints" / "last.ckpt").read_bytes() == b"state"
+    assert str(err.value) == (f"cannot write {out}/loss.png (No space left on device); the last checkpoint "
+                              f"{out}/checkpoints/last.ckpt is intact: free space, then {CONTINUES}")
+
+
+def _fine_tunes_disk_failure(path, survivors):
+    """A full disk as fine_tune raises it (l2o.integrations.lightning: what happened, then what survives)."""
+    from l2o.integrations.lightning.failures import disk_failure
+
+    failure = disk_failure(OSError(errno.ENOSPC, "No space left on device", str(path)))
+    failure.args = (f"{failure}; {survivors}: free space, then continue with --resume",)
+    return failure
+
+
+def test_a_suite_says_how_it_continues_after_a_full_disk_not_fine_tunes_resume_flag(tmp_path, monkeypatch):
+    """A full disk stops a suite's run in the suite's words: fine_tune's "continue with --resume" is no way on for
+    someone who ran `python -m bench.harness`; the same command is (and nothing survives a first attempt without
+    a checkpoint, so none is named)."""
+    from l2o.errors import RunFailed
+
+    out = tmp_path / "run"
+
+    def full_disk(cfg, log=print):
+        raise _fine_tunes_disk_failure(out / "results.json", f"nothing to resume, --out {out} is as it was")
+
+    monkeypatch.setattr("fine_tune.run.run", full_disk)
+    with pytest.raises(RunFailed) as err:
+        resume.run_to_end(Cfg(str(out)))
+    assert str(err.value) == f"cannot write {out}/results.json (No space left on device); free space, then {CONTINUES}"
+    assert "--resume" not in str(err.value) and err.value.exit_code == 1

@@ -49,6 +49,12 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
+def intact(last: Path) -> str:
+    """"the last checkpoint <last> (step N) is intact": what a failed run's message says survives."""
+    step = checkpoint_step(last)
+    return f"the last checkpoint {last}{f' (step {step})' if step is not None else ''} is intact"
+
+
 def last_good(folder: Path, besides: Path | None = None) -> Path | None:
     """The intact checkpoint in `folder` (other than `besides`) with the highest step."""
     good = [p for p in sorted(folder.glob("*.ckpt")) if p != besides and _intact(p)]

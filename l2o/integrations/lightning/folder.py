@@ -166,12 +166,10 @@ class RunFolder:
         """What a failed run leaves: the checkpoint --resume continues from, or nothing."""
         if not self.last.exists():
             return f"nothing to resume, {self.what} {self.out} is as it was"
-        from l2o.integrations.lightning.checkpoints import checkpoint_step
+        from l2o.integrations.lightning.checkpoints import intact
 
-        step = checkpoint_step(self.last)
         then = f"{fix}, then " if fix else ""
-        return f"the last checkpoint {self.last}{f' (step {step})' if step is not None else ''} is intact: " \
-               f"{then}continue with --resume"
+        return f"{intact(self.last)}: {then}continue with --resume"
 
     def _remove_created(self) -> None:
         if self.created_top is not None:

@@ -280,14 +280,34 @@ def _write_artefacts(cfg: FineTuneConfig, module, results: dict, out: Path, toke
     if results["saved_model"] == "ledger":
         from zoo import save_ledger
 
-        save_ledger(out / "model", module.ledger, base_model=cfg.base,
-                    card={"tasks": [results["task"]], "steps": results["steps"],
-                          "metrics": {f"{k} {results['metric']}": v for k, v in fin.items()}},
-                    training={"task": results["task"], "optimizer": cfg.optimizer, "steps": results["steps"]})
+        _write_model(out, lambda folder: save_ledger(
+            folder, module.ledger, base_model=cfg.base,
+            card={"tasks": [results["task"]], "steps": results["steps"],
+                  "metrics": {f"{k} {results['metric']}": v for k, v in fin.items()}},
+            training={"task": results["task"], "optimizer": cfg.optimizer, "steps": results["steps"]}))
     elif results["saved_model"]:
-        module.export(out / "model", tokenizer, {"base": cfg.base, "model_id": info.model_id,
-                                                 "fingerprint": info.fingerprint, "peft": cfg.peft})
+        _write_model(out, lambda folder: module.export(folder, tokenizer, {
+            "base": cfg.base, "model_id": info.model_id, "fingerprint": info.fingerprint, "peft": cfg.peft}))
     (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+MODEL_STAGING = ".tmp-model-"  # the model is written into <out>/.tmp-model-<8 characters>, then renamed to <out>/model
+
+
+def _write_model(out: Path, write) -> None:
+    """`write(folder)` the model into a staging folder this process holds, renamed to `<out>/model` once whole (a
+    model/ from an earlier attempt of this run goes first). Ctrl-C, SIGTERM or a full disk mid-export left a
+    half-written model/ that loads as a broken model; now they leave none, and a staging folder that a `kill -9`
+    left is removed by the next attempt (`l2o.filelock.writer_folder`)."""
+    import os
+    import shutil
+
+    from l2o.filelock import writer_folder
+
+    with writer_folder(out, MODEL_STAGING) as staging:
+        write(staging)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        os.replace(staging, out / "model")
 
 
 def configure_checkpoints(module, cfg: FineTuneConfig, n_train: int, out: Path, device: str, log,

@@ -138,6 +138,44 @@ def test_a_full_disk_after_the_last_step_is_one_line_and_resume_finishes(tiny_ba
     assert (out / "results.json").is_file() and target.is_file()
 
 
+def test_ctrl_c_during_the_model_export_leaves_no_half_written_model_and_resume_writes_it_whole(
+        tiny_base, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--save-model wrote straight into <out>/model, so Ctrl-C (or SIGTERM, a full disk) mid-export left a model/
+    that loads as a broken model. It is written into a staging folder and renamed once whole: a stop leaves no
+    model/, and the staging folder a `kill -9` left is removed by the resumed run, which writes the model."""
+    from fine_tune.module import ZOFineTuneModule
+    from l2o.filelock import WRITER_LOCK_SUFFIX
+
+    out = tmp_path / "run"
+    argv = _args(tiny_base, out, *[a if a != "false" else "true" for a in COMMON])
+    export = ZOFineTuneModule.export
+
+    def stopped_midway(self, path, *args, **kw):
+        export(self, path, *args, **kw)  # the weights are written: the tokenizer or base.json would be next
+        (path / "config.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ZOFineTuneModule, "export", stopped_midway)
+    assert main(argv) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert not (out / "model").exists() and not (out / "results.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-model-")]
+
+    killed = out / ".tmp-model-abcd1234"  # what a kill -9 mid-export leaves: the folder and its lock, unheld
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    killed.with_name(killed.name + WRITER_LOCK_SUFFIX).touch()
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0
+    assert not killed.exists() and not killed.with_name(killed.name + WRITER_LOCK_SUFFIX).exists()
+    written = {p.name for p in (out / "model").iterdir()}
+    assert {"base.json", "config.json", "model.safetensors", "tokenizer.json"} <= written
+    assert (out / "results.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "model")  # whole: it loads
+
+
 def test_a_truncated_checkpoint_is_refused_in_one_line_naming_the_last_good_one(tiny_base, reference, tmp_path,  # noqa: F811
                                                                               capsys):
     out = tmp_path / "run"

@@ -27,11 +27,10 @@ def _check_out_dir(out: Path, resume: bool, writer: bool = True) -> None:
     from l2o.integrations.lightning.folder import check_resume
 
     check_resume(out, resume)
-    saved = out / "config.yaml"
-    if resume and saved.exists():
+    if resume:
         from l2o.config_files import read_saved_run
 
-        old = read_saved_run(saved)
+        old = read_saved_run(out / "config.yaml")
         old.pop("resume", None)
         old.pop("resolved_optimizer_kwargs", None)
         return old
@@ -238,9 +237,11 @@ def _run_ranked(cfg: FineTuneConfig, task, trainer, tb, rank: int, stop_cb, log,
 def _record_start(cfg: FineTuneConfig, out: Path, tb, rank: int, metric: str, zero_shot: dict, log) -> None:
     """The resolved config (rank 0) and the zero-shot metrics, before training starts."""
     if rank == 0:
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        from l2o.config_files import save_run
+
+        save_run(out / "config.yaml", dump_yaml(cfg))
         (out / "tb").mkdir(parents=True, exist_ok=True)
-        (out / "tb" / "config.yaml").write_text(dump_yaml(cfg))
+        save_run(out / "tb" / "config.yaml", dump_yaml(cfg))
     for split, v in zero_shot.items():
         if not cfg.resume:  # the run being resumed logged them (a resumed run reads them back, not again)
             tb.experiment.add_scalar(f"{split}/{metric}", v, 0)

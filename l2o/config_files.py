@@ -39,6 +39,16 @@ def _read(path, what: str) -> dict:
 
 
 def read_saved_run(path) -> dict:
-    """A run's saved config.yaml, which `--resume` (fine_tune's and meta_train's) compares with the new options."""
+    """A run's saved config.yaml, which `--resume` (fine_tune's and meta_train's) compares with the new options. A
+    missing one is refused too: a run saves it before its first step, so a checkpoint without it means it was
+    removed, and a resume used to go on without comparing anything."""
     return read_yaml_mapping(path, "the run's saved configuration", fix="--resume cannot check its options without "
                              "it; restore it, or start the run again in another --out")
+
+
+def save_run(path, text: str) -> None:
+    """Write a run's config.yaml (`text`) atomically: a kill mid-write on a resume left a truncated file, which the
+    next --resume refused as damaged; and another process of the run may be reading it meanwhile."""
+    from l2o.filelock import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -332,8 +332,6 @@ def _check_same_run(saved: Path, options: str) -> None:
     from l2o.config_files import read_saved_run
     from l2o.errors import ConfigError
 
-    if not saved.exists():
-        return
     old = read_saved_run(saved)
 
     def flat(tree, prefix=""):
@@ -362,6 +360,7 @@ def _run(cli, method: str) -> int:
 
 
 def _run_in(cli) -> int:
+    from l2o.config_files import save_run
     from l2o.errors import ConfigError
 
     cfg = cli.config
@@ -381,7 +380,7 @@ def _run_in(cli) -> int:
     # rank 0 (the holder, which made --out) writes it; another rank of a multi-device run may get here before rank 0
     # has claimed --out, and whatever it wrote would count as there before the run: left behind by a failed run
     if trainer.global_rank == 0:
-        (out / "config.yaml").write_text(options)
+        save_run(out / "config.yaml", options)
     finish_fit(lambda: trainer.fit(cli.model, datamodule=cli.datamodule,
                                    ckpt_path=str(last) if cfg["resume"] else None),
                trainer, cli.stop_cb)

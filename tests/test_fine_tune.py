@@ -307,18 +307,25 @@ def test_a_config_file_that_is_not_yaml_text_is_one_line(tmp_path, capsys):
         f"fine_tune: error: config file {cfg} is not valid YAML (line 2): expected ',' or ']', but got '<stream end>'"]
 
 
-def test_a_resume_whose_saved_configuration_is_damaged_is_one_line(tiny_base, tmp_path, capsys):
-    """--resume compares the flags with <out>/config.yaml; a damaged one used to end in a yaml traceback."""
+@pytest.mark.parametrize("damage", ["truncated", "removed"])
+def test_a_resume_whose_saved_configuration_is_damaged_is_one_line(tiny_base, tmp_path, capsys, damage):
+    """--resume compares the flags with <out>/config.yaml; a damaged one used to end in a yaml traceback, and
+    without one the resume went on comparing nothing (a run saves it before its first step)."""
     out = tmp_path / "run"
     assert main(_args(tiny_base, out, "--steps", "1", "--save-model", "false", "--zero-shot", "false")) == 0
     saved = out / "config.yaml"
-    saved.write_text(saved.read_text()[:40] + "\n: {[")
+    if damage == "truncated":
+        saved.write_text(saved.read_text()[:40] + "\n: {[")
+    else:
+        saved.unlink()
     capsys.readouterr()
-    assert main(_args(tiny_base, out, "--steps", "1", "--save-model", "false", "--zero-shot", "false",
+    assert main(_args(tiny_base, out, "--steps", "2", "--save-model", "false", "--zero-shot", "false",
                       "--resume")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"fine_tune: error: the run's saved configuration {saved} is not "
-                                               "valid YAML (line "), err
+                                               "valid YAML (line " if damage == "truncated" else
+                                               f"fine_tune: error: cannot read the run's saved configuration {saved}: "
+                                               "No such file or directory"), err
     assert err[0].endswith("; --resume cannot check its options without it; restore it, or start the run again in "
                            "another --out"), err
 

@@ -249,6 +249,11 @@ def test_meta_training_run_logs_checkpoints_publishes_and_fine_tune_uses_it(tiny
     assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"meta_train: error: the run's saved configuration {out / 'config.yaml'} is not valid YAML (line ")
+    (out / "config.yaml").unlink()  # a removed one too: the resume went on comparing nothing
+    assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"meta_train: error: cannot read the run's saved configuration {out / 'config.yaml'}: No such file or "
+        "directory; --resume cannot check its options without it; restore it, or start the run again in another --out")
     (out / "config.yaml").write_text(saved)
     # resume continues from the checkpoint to a longer run
     assert main(_run_args(tiny_base, out, "--max_steps", "12", "--resume")) == 0

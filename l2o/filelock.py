@@ -18,7 +18,8 @@
   into (a download or conversion into the cache, a zoo entry's staging) held by a lock file beside it, and the
   removal of those whose writer died, never a live writer's (each new writer_folder does it first); also of a
   folder of that name with no lock file (made by code from before these locks) once nothing in it has changed
-  for ``UNLOCKED_TEMP_AGE_S`` (an hour).
+  for ``UNLOCKED_TEMP_AGE_S`` (an hour). ``staged_files(out, prefix)``: files written in such a folder inside
+  ``out``, renamed into ``out`` once all are whole (``zoo apply``, ``zoo import-zo-finetuner``).
 """
 
 from __future__ import annotations
@@ -262,6 +263,18 @@ def writer_folder(parent: Path, prefix: str, log=None):
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_files(out: Path, prefix: str, log=None):
+    """A `writer_folder(out, prefix)` for the body to write files into, each renamed into `out` (replacing one of its
+    name) once the body has returned: a stop or a failure mid-write leaves `out`'s files as they were, where writing
+    into `out` itself left some new and some old; a `kill -9` leaves the staging folder, which the next
+    staged_files(out, prefix) removes. `out` must exist."""
+    with writer_folder(out, prefix, log) as staging:
+        yield staging
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
 
 
 def remove_dead_writers(parent: Path, prefix: str) -> int:

@@ -69,6 +69,45 @@ def test_import_matches_the_original_modules(tmp_path, dtype, capsys):
     assert "pickle" not in "".join(p.name for p in (tmp_path / "art").iterdir())
 
 
+def test_an_import_stopped_mid_write_leaves_out_as_it_was_and_the_next_one_clears_a_killed_ones(tmp_path,
+                                                                                                 monkeypatch):
+    """The artefact's files were written straight into --out: Ctrl-C after the weights left weights without their
+    config, and a kill -9 mid-write a temp file nothing removed. They are staged and renamed in once all are whole."""
+    from l2o.filelock import WRITER_LOCK_SUFFIX
+    from zoo import artefact
+    from zoo.convert import IMPORT_STAGING
+
+    released_policy(tmp_path / "p.pth")
+    args = (tmp_path / "p.pth", "llama-3.2-1b")
+    write = artefact.write_json_atomic
+
+    def stopped(path, data):  # the weights are written: their config is next
+        assert (path.parent / artefact.WEIGHTS_NAME).exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artefact, "write_json_atomic", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        import_zo_finetuner(*args, tmp_path / "new" / "art", fingerprint=FP)
+    assert not (tmp_path / "new").exists()  # a folder the import made goes
+    old = tmp_path / "old"
+    monkeypatch.setattr(artefact, "write_json_atomic", write)
+    import_zo_finetuner(*args, old, fingerprint=FP)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    monkeypatch.setattr(artefact, "write_json_atomic", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        import_zo_finetuner(tmp_path / "p.pth", "llama-3.2-3b", old, fingerprint=FP)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # the folder's artefact, whole and unchanged
+
+    killed = old / f"{IMPORT_STAGING}abcd1234"  # what a kill -9 mid-write leaves: the folder and its lock, unheld
+    killed.mkdir()
+    (killed / artefact.WEIGHTS_NAME).write_bytes(b"half")
+    killed.with_name(killed.name + WRITER_LOCK_SUFFIX).touch()
+    monkeypatch.setattr(artefact, "write_json_atomic", write)
+    import_zo_finetuner(tmp_path / "p.pth", "llama-3.2-3b", old, fingerprint=FP)
+    assert sorted(p.name for p in old.iterdir()) == sorted(before)
+    assert load_artefact(old, expected_fingerprint=FP)[1]["base_model"] == "llama-3.2-3b"
+
+
 def test_restricted_reader_agrees_with_torch_weights_only_loader(tmp_path):
     """torch.load(weights_only=True) + safe_globals([Sequential, Linear, Tanh]) also works; same numbers."""
     released_policy(tmp_path / "p.pth", torch.float16)

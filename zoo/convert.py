@@ -9,11 +9,15 @@ agreed ``zo-finetuner-policy`` layout: ``w1`` [B, 64, 5], ``b1`` [B, 64], ``w2``
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
+from l2o.filelock import staged_files
+
 from .errors import IntegrityError, ZooError
 from .ids import check_fingerprint, sha256_file
+from .manifest import first_missing_ancestor
 from .safe_pickle import ModuleRecord, restricted_load
 
 
@@ -168,10 +172,25 @@ def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None,
         _check_blocks(file, names, base, base_names)
     if fingerprint is None:
         print(f"zoo: warning: no base fingerprint recorded for '{base}'", file=sys.stderr)
-    return _save_policy(out, file, tensors, names, info, base, fingerprint,
-                        arch={"size_rule": "authors"},   # trained by the authors' code, whose nf is this rule
-                        card={"license": license or "other",
-                              "tasks": ["as released by the ZO Fine-tuner authors (see the paper)"]})
+    out = Path(out)
+    created = first_missing_ancestor(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # the artefact's files are written beside each other and renamed into --out once all are whole: a stop
+        # mid-write left weights without their config (or a temp file that nothing removed, after a kill -9)
+        with staged_files(out, IMPORT_STAGING, log=lambda m: print(f"zoo: {m}", file=sys.stderr)) as staging:
+            _save_policy(staging, file, tensors, names, info, base, fingerprint,
+                         arch={"size_rule": "authors"},   # trained by the authors' code, whose nf is this rule
+                         card={"license": license or "other",
+                               "tasks": ["as released by the ZO Fine-tuner authors (see the paper)"]})
+    except BaseException:
+        if created is not None:  # --out as it was: no folder this import made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return out
+
+
+IMPORT_STAGING = ".tmp-import-"  # `zoo import-zo-finetuner` writes into <out>/.tmp-import-<8 characters>, then moves
 
 
 def convert_entry(source: Path, entry: dict, out) -> Path:

@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from l2o.filelock import remove_dead_writers, writer_folder
+from l2o.filelock import remove_dead_writers, staged_files
 
 from .artefact import CARD_NAME, CONFIG_NAME, LEDGER_HEADER_KEYS, LEDGER_NAME, check_config, check_layout
 from .artefact import fingerprint_mismatch, read_ledger
@@ -129,19 +129,17 @@ def apply_ledger(spec, base: str, out, *, dtype: str | None = None, device: str 
         # into a staging folder held by this process, moved into --out once whole: Ctrl-C, SIGTERM or a full disk
         # mid-write left a half-written model of the base's size there, which the next apply refused as files
         # already there; a kill -9 leaves the staging folder, which the next apply removes (above)
-        with writer_folder(out, APPLY_STAGING) as staging:
+        with staged_files(out, APPLY_STAGING) as staging:
             model.save_pretrained(str(staging))
             tokenizer.save_pretrained(str(staging))
             write_json_atomic(staging / "ledger.json",
                               {"ledger": str(spec), "base": base, "base_fingerprint": info.fingerprint,
                                **{k: config["arch"][k] for k in ("dtype", "updates", "head")}})
-            written = sorted(staging.iterdir())
-            for f in written:
-                os.replace(f, out / f.name)
+            written = {f.name for f in staging.iterdir()}
         # --overwrite: the weight files of the model there that the new ones did not replace (its other shards, its
         # index) go too, as save_pretrained removes them when it writes into a folder itself; other files stay
         for old in out.iterdir():
-            if WEIGHT_FILE.match(old.name) and old.name not in {f.name for f in written}:
+            if WEIGHT_FILE.match(old.name) and old.name not in written:
                 old.unlink()
     except BaseException:
         if created is not None:  # --out as it was: no folder this apply made

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cli import Parser, check_counts, lr_grid, numbers  # noqa: E402
-from bench.records import append_record, read_records  # noqa: E402
+from bench.records import append_record, located, read_records  # noqa: E402
 from l2o.errors import UserError  # noqa: E402
 from l2o.filelock import write_png_atomic  # noqa: E402
 
@@ -114,7 +114,8 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.done, self.t0 = self.out / "runs.jsonl", {}, time.perf_counter()
         for r in read_records(self.log_path):
-            self.done[self.key(r["phase"], r["task"], r["config"]["optimizer"], r["lr"], r["config"]["seed"])] = r
+            self.done[self.key(r["phase"], r["task"], r["config"]["optimizer"], r["lr"], r["config"]["seed"])] = \
+                located(r, self.log_path)
 
     @staticmethod
     def key(phase, task, method, lr, seed):

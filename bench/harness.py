@@ -77,7 +77,7 @@ from bench.cli import Parser, check_counts, cli_exit, lr_grid, numbers  # noqa: 
 from bench.evidence_report import seeds_of  # noqa: E402
 from bench.lr_centres import centre as lr_centre  # noqa: E402
 from bench.lr_centres import MEZO_EPS, unrunnable  # noqa: E402
-from bench.records import append_record, read_records, records_lock  # noqa: E402
+from bench.records import append_record, located, read_records, records_lock  # noqa: E402
 from bench.resume import recorded, run_to_end  # noqa: E402
 from l2o import catalog  # noqa: E402
 from l2o.filelock import exclusive  # noqa: E402
@@ -266,15 +266,30 @@ def check_methods(methods: list[Method], peft: str = "prefix") -> str | None:
 # ------------------------------------------------------------------------------------ runs
 def config_key(cfg: dict) -> str:
     """What identifies a run: its configuration's fields that differ from FineTuneConfig's defaults (so a field
-    added later with a default does not orphan older records), but the output folder and zero-shot scoring; numbers
-    as floats to 10 significant digits, so that one lr reached two ways (a grid's 1e-5 x 3 = 3.0000000000000004e-05, a
-    matched step's ratio rounded to 3e-05) is one run, made once."""
+    added later with a default does not orphan older records), but the output folder and zero-shot scoring; a path
+    under the run's suite relative to it (`_in_suite`); numbers as floats to 10 significant digits, so that one lr
+    reached two ways (a grid's 1e-5 x 3 = 3.0000000000000004e-05, a matched step's ratio rounded to 3e-05) is one
+    run, made once."""
     from fine_tune.config import FineTuneConfig
 
     default = {k: _digits(v) for k, v in FineTuneConfig().to_dict().items()}
-    mine = {k: _digits(v) for k, v in cfg.items() if k not in CONFIG_ONLY}
+    mine = {k: _in_suite(_digits(v), cfg.get("out")) for k, v in cfg.items() if k not in CONFIG_ONLY}
     return json.dumps({k: v for k, v in sorted(mine.items()) if default.get(k, object()) != v}, sort_keys=True,
                       default=str)
+
+
+def _in_suite(value, out):
+    """A path under the suite a run belongs to (the folder above its phase's: `<suite>/<phase>/<run>` is `out`), as
+    `<suite>/...`: a run of the evidence suite names the suite's own artefacts by path (`--policy
+    runs/evidence/artefacts/...`, `--init ...`), so its records, restored into another --out (a fresh clone's
+    `--out /scratch/evidence`), would otherwise name other runs than the suite now asks for, and run them again."""
+    if not isinstance(value, str) or not out:
+        return value
+    suite = Path(out).parent.parent
+    try:
+        return f"<suite>/{Path(value).relative_to(suite).as_posix()}" if suite.parts else value
+    except ValueError:
+        return value
 
 
 def _digits(value):
@@ -295,7 +310,7 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path, self.t0 = self.out / "runs.jsonl", time.perf_counter()
         self.budget = CpuBudget.of(args)
-        reused = [r for p in args.reuse for r in read_records(p)]
+        reused = [located(r, p) for p in args.reuse for r in read_records(p)]
         self.done: dict[str, dict] = {}  # config_key -> the first record made of it here, else in the --reuse files
         self.read_own()
         for r in reused:
@@ -312,7 +327,7 @@ class Runner:
         under (at the start, and again once a run's claim is held: that run may have been recorded meanwhile)."""
         with records_lock(self.log_path):
             for r in read_records(self.log_path):
-                self.done.setdefault(config_key(r["config"]), r)
+                self.done.setdefault(config_key(r["config"]), located(r, self.log_path))
 
     def reused(self, record: dict) -> bool:
         """Whether `record` is one of the --reuse files' (another tool's run, e.g. the scan's)."""

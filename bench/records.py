@@ -77,6 +77,26 @@ def read_records(path) -> list[dict]:
     return records
 
 
+def located(record: dict, path) -> dict:
+    """`record`, read from the records file `path`, with its `paths` (history, plot, TensorBoard, model) in its run
+    folder beside `path`, where a suite keeps its runs (`<out>/<run name>`). A run writes them as it ran: under its
+    --out, from its working folder (``runs/evidence/prefix/<run>/history.json``), so a suite reported with another
+    --out, from another folder, or from the records a fresh clone restores (bench/snapshot.py) found none of them.
+    A path outside the run's folder stays as it is."""
+    run = Path((record.get("config") or {}).get("out") or "")
+    if not run.name or not isinstance(record.get("paths"), dict):
+        return record
+    here = Path(path).parent / run.name
+
+    def moved(p):
+        try:
+            return str(here / Path(p).relative_to(run))
+        except (TypeError, ValueError):  # None (no model saved), or not in the run's folder
+            return p
+
+    return {**record, "paths": {k: moved(v) for k, v in record["paths"].items()}}
+
+
 @contextlib.contextmanager
 def records_lock(path):
     """Hold the lock every append to the records file `path` holds (an flock on its `.lock` sibling, created if

@@ -561,6 +561,38 @@ def test_records_count_across_versions_and_this_out_s_own_record_answers_first(t
     assert runner.done[key]["final"]["eval"] == 0.9
 
 
+def test_records_restored_into_another_suite_folder_answer_the_same_runs_and_find_their_files(tmp_path, monkeypatch):
+    """The evidence suite's records name its own artefacts by path (`--policy runs/evidence/artefacts/...`) and its
+    runs' files as they ran (`runs/evidence/prefix/<run>/history.json`, relative to where it ran). Restored into
+    another --out (a fresh clone's `--out /scratch/ev`, or run from another folder), the runs that use an artefact
+    were other runs (to be made again) and a report died reading a history file that is not there."""
+    made = hn.parse_args(["--tasks", "boolq", "--out", "runs/evidence/full"])  # relative: as the suite ran
+    method = hn.parse_method("p:zo-finetuner:policy=runs/evidence/artefacts/zo-finetuner/round-3/policy")
+    old = hn.make_config(made, method, "boolq", 1e-5, 0, made.budget).to_dict()
+    run = old["out"]
+    assert run.startswith("runs/evidence/full/")
+    here = tmp_path / "ev"
+    (here / "full" / Path(run).name).mkdir(parents=True)
+    (here / "full" / Path(run).name / "history.json").write_text("[]")
+    hn.append_record(here / "full" / "runs.jsonl", {"config": old, "final": {"eval": 0.7}, "paths": {
+        "history": f"{run}/history.json", "model": None, "elsewhere": "/data/x.json"}})
+
+    monkeypatch.chdir(tmp_path)  # not where the suite ran
+    args = hn.parse_args(["--tasks", "boolq", "--out", str(here / "full")])
+    asked = hn.make_config(args, hn.parse_method(f"p:zo-finetuner:policy={here}/artefacts/zo-finetuner/round-3/policy"),
+                           "boolq", 1e-5, 0, args.budget)
+    got = hn.Runner(args)(asked, "p")  # recorded: not made again (it would need the base, and fail here)
+    assert got["final"]["eval"] == 0.7
+    assert got["paths"] == {"history": str(here / "full" / Path(run).name / "history.json"), "model": None,
+                            "elsewhere": "/data/x.json"}
+    assert Path(got["paths"]["history"]).read_text() == "[]"
+    other = hn.make_config(args, hn.parse_method(f"p:zo-finetuner:policy={here}/artefacts/zo-finetuner/round-2/policy"),
+                           "boolq", 1e-5, 0, args.budget)
+    assert hn.config_key(other.to_dict()) != hn.config_key(old)  # another artefact: another run
+    outside = {**old, "policy": "/data/policy"}
+    assert hn.config_key({**outside, "out": str(here / "full" / "r")}) == hn.config_key(outside)  # a path outside
+
+
 def test_versus_compares_two_methods_over_the_same_pairs_as_each_against_mezo(tmp_path):
     """--versus A:B: A against B paired over (task, seed) like a method against MeZO (summary "versus"); a label
     that is not a method is refused."""

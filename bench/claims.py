@@ -22,6 +22,10 @@ Verdict rules (applied to the harness summaries; "interval" = the 95% intervals 
   in fewer forward passes; holds above 0.5 (Wilson), fails below.
   These two shares are inconclusive while their interval holds 0.5, with the pairs a Wilson interval at the observed
   share would need to exclude it (0/3 does not, 0/4 does).
+- A claim whose pairs were looked at twice (`MORE_PREFIX_SEEDS`: more seeds for it after its interval at 4 was
+  inconclusive) is judged on 97.5% intervals, and its "what would separate" counted at that level (Bonferroni over
+  the two looks: at 95% each, the two looks together would say "holds" or "fails" by chance more than 5% of the
+  time).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import math
 from pathlib import Path
 
 from bench.artefacts import best, shown
-from bench.stats import ci_text as _ci, wilson
+from bench.stats import at_level, ci_text as _ci, pairs_to_separate_moments, wilson
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive at this power", "not measured"
 
@@ -42,16 +46,26 @@ def load_summary(out: Path, phase: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def better_verdict(m: dict | None) -> tuple[str, str, str]:
-    """(verdict, measured, what would separate) for a 'better than MeZO' claim."""
+def better_verdict(m: dict | None, looks: int = 1) -> tuple[str, str, str]:
+    """(verdict, measured, what would separate) for a 'better than MeZO' claim; `looks`: how many times its pairs
+    were looked at (`MORE_PREFIX_SEEDS`: once at 4 seeds, again at the count that look fixed): each look at level
+    1 - 0.05 / looks (Bonferroni), so that the claim's chance of a false verdict stays at most 5% over them."""
     if not m or not m.get("d_eval") or not m["d_eval"]["n"]:
         return NOT_RUN, "—", "—"
     dl, de = m["d_loss"], m["d_eval"]
+    note = ""
+    if looks > 1:
+        level = 1 - 0.05 / looks
+        dl, de = corrected(dl, looks), corrected(de, looks)
+        per_task = {t: row["d_eval"] for t, row in m.get("per_task", {}).items() if row.get("d_eval")}
+        de["pairs_to_separate"] = pairs_to_separate_moments(
+            {t: (d["n"], d["mean"], d["sd"]) for t, d in per_task.items()}, de.get("fixed", ()), level)
+        note = f" ({level:.1%} intervals: Bonferroni over its {looks} looks)"
     right = dl["hi"] < 0 or de["lo"] > 0
     wrong = dl["lo"] > 0 or de["hi"] < 0
     verdict = HOLDS if right and not wrong else FAILS if wrong and not right else INCONCLUSIVE
-    measured = (f"Δ eval acc {_ci(de)}, Δ train loss {_ci(dl, '{:+.4f}')} over {de['n']} (task, seed) pairs"
-                f"{on_tasks(de)}; "
+    measured = (f"Δ eval acc {_ci(de)}, Δ train loss {_ci(dl, '{:+.4f}')}{note} over {de['n']} (task, seed) "
+                f"pairs{on_tasks(de)}; "
                 f"win-rate (acc) {m['win_eval']['rate']:.2f} [{m['win_eval']['lo']:.2f}, {m['win_eval']['hi']:.2f}]")
     return verdict, measured, "—" if verdict != INCONCLUSIVE else _acc_need(de)
 
@@ -72,7 +86,8 @@ def _acc_need(de: dict) -> str:
                 f"an interval first: >= 2 seeds on every task (have {de['n']} pair(s))")
     if math.isfinite(need):
         where = f"; {', '.join(fixed)} cannot gain seeds here (no data), the other tasks do" if fixed else ""
-        return f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0 (have {de['n']}{where})"
+        at = f" at {de['level']:.1%}" if de.get("level") else ""
+        return f"~{math.ceil(need)} pairs to separate Δ acc {de['mean']:+.3f} from 0{at} (have {de['n']}{where})"
     if fixed and set(fixed) >= set(de.get("tasks", fixed)):
         return f"no more seeds here: {', '.join(fixed)} cannot gain any (no data; have {de['n']} pair(s))"
     if de["mean"] == 0:
@@ -105,6 +120,17 @@ def policy_verdict(m: dict | None) -> tuple[str, str, str]:
 # with valid_parentheses' data no longer to be had: 2 more seeds per task. MeZO runs them too (it runs every seed any
 # method runs), so each is a pair.
 MORE_PREFIX_SEEDS = {"bszo": 6}
+
+
+def prefix_looks(label: str) -> int:
+    """How many times a prefix-phase method's pairs against MeZO were looked at: 2 for one given more seeds after a
+    look at 4 (`MORE_PREFIX_SEEDS`), else 1."""
+    return 2 if label in MORE_PREFIX_SEEDS else 1
+
+
+def corrected(d: dict, looks: int) -> dict:
+    """A 95% paired interval at the level that keeps `looks` looks at one claim within 5% together (Bonferroni)."""
+    return at_level(d, 1 - 0.05 / looks) if looks > 1 else d
 
 
 def share_pairs_to_decide() -> int:
@@ -188,8 +214,9 @@ def memory_text(memory: dict | None) -> str:
 
 def _dev_and_matched(pm: dict, label: str, matched: str) -> tuple[str, str, str, str, str]:
     """(verdict, measured, separate) of a method at its dev-chosen lr, and (measured, verdict) of its matched-step
-    cell; the matched cell runs first (no lr search), so its verdict stands in until the dev-chosen one exists."""
-    v, meas, sep = better_verdict(pm.get(label))
+    cell; the matched cell runs first (no lr search), so its verdict stands in until the dev-chosen one exists. A
+    method given more seeds after a first look (`MORE_PREFIX_SEEDS`) is judged on intervals corrected for two."""
+    v, meas, sep = better_verdict(pm.get(label), looks=prefix_looks(label))
     vm, measm, sepm = better_verdict(pm.get(matched))
     if v == NOT_RUN and vm != NOT_RUN:
         v, sep = f"{vm} (matched step)", sepm

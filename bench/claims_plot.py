@@ -1,5 +1,6 @@
 """The claims at a glance (docs/evidence.md, under the claims table): each comparison's paired difference in eval
-accuracy against its reference, Δ = method − reference over (task, seed) pairs, with its 95% interval.
+accuracy against its reference, Δ = method − reference over (task, seed) pairs, with its 95% interval (97.5% for
+a method whose pairs were looked at twice, as the claims table judges it: bench.claims.prefix_looks).
 
 Reads the harness phases' summaries (`<out>/<phase>/summary.json`, bench/evidence_report.py), the same numbers the
 claims table's "measured" column states; a comparison with no pair yet is left out. An interval wholly above 0 is
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.claims import load_summary
+from bench.claims import corrected, load_summary, prefix_looks
 from l2o.filelock import write_png_atomic
 
 # (phase, "methods" or "versus", summary key, row label); the groups read top to bottom as the claims table does
@@ -37,7 +38,7 @@ COLOUR = {"above": "tab:green", "below": "tab:red", "spans": "0.45", "no interva
 
 
 def side(d: dict) -> str:
-    """Where a difference's 95% interval lies against 0: above, below, spans, or no interval."""
+    """Where a difference's interval lies against 0: above, below, spans, or no interval."""
     lo, hi = d.get("lo"), d.get("hi")
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return "no interval"
@@ -51,6 +52,9 @@ def rows(out: Path) -> list[dict]:
     got = []
     for phase, part, key, label in ROWS:
         d = summaries[phase].get(part, {}).get(key, {}).get("d_eval")
+        looks = prefix_looks(key) if (phase, part) == ("prefix", "methods") else 1
+        if d and d.get("n") and looks > 1:
+            d, label = corrected(d, looks), f"{label} (97.5%: {looks} looks)"
         if d and d.get("n"):
             same = summaries[phase].get("same_runs", {}).get(key) if part == "methods" else None
             got.append({"label": label, "phase": phase, "d": d, "side": side(d), "same_as": same})

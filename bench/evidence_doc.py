@@ -296,7 +296,8 @@ def _more_seeds_text() -> str:
     more = ", ".join(f"`{m}` (at its own lr) runs {n}" for m, n in MORE_PREFIX_SEEDS.items())
     return (f"{more}, and MeZO with it: one more look at that claim, its count fixed once from its interval at 4 "
             "seeds and the pairs that interval said would separate it, not raised again as results came in (a "
-            "second look, not a stopping rule); ") if more else ""
+            "second look, not a stopping rule, so its claim is judged on intervals corrected for the two looks, "
+            "97.5% each); ") if more else ""
 
 
 def prefix_runs(methods: list[str], seeds: int, mezo_seeds: int, more: dict[str, int]) -> tuple[int, int]:

@@ -19,7 +19,9 @@ interval for paired differences, and forwards-to-target on loss curves.
   fraction, inverted by bisection).
 - `win_rate(pairs)`: the fraction of pairs where the method beats the reference, ties counting half.
 - `pairs_to_separate(diffs_by_stratum, fixed)`: how many pairs that interval would need to exclude 0, each task
-  gaining seeds alike but the `fixed` ones (their data cannot be had here: they keep the pairs they have).
+  gaining seeds alike but the `fixed` ones (their data cannot be had here: they keep the pairs they have);
+  `pairs_to_separate_moments` the same from each task's (n, mean, sd).
+- `at_level(d, level)`: an interval at another level (a claim looked at twice: Bonferroni, 97.5%).
 - `z_score(delta)`: a (difference, standard error) pair in standard errors (the learnability scan's rules).
 - `forwards_to_reach(curve, target)`: the first forward count at which a moving mean of the loss is <= target.
 """
@@ -128,6 +130,19 @@ def _se_df(strata: list[tuple[int, float]]) -> tuple[float, float]:
     return se, sum(a) ** 2 / sum(x * x / (n - 1) for x, (n, _) in zip(a, strata) if x > 0)
 
 
+def at_level(d: dict, level: float) -> dict:
+    """A `paired_interval` result (95%) at another `level`, from its mean, half-width and df: the same standard
+    error, the t quantile of `level` (a Bonferroni correction over k looks at one claim: 1 - 0.05 / k). Without an
+    interval, or without spread, as it is."""
+    df = d.get("df", math.nan)
+    if not math.isfinite(d.get("lo", math.nan)) or d["lo"] == d["hi"]:
+        return {**d, "level": level}
+    if not math.isfinite(df):
+        raise ValueError("at_level needs the interval's df (a paired_interval result)")
+    half = (d["hi"] - d["lo"]) / 2 * t_quantile(1 - (1 - level) / 2, df) / t_quantile(0.975, df)
+    return {**d, "lo": d["mean"] - half, "hi": d["mean"] + half, "level": level}
+
+
 def ci_text(d: dict | None, fmt: str = "{:+.3f}") -> str:
     """'mean [lo, hi]' of a paired_interval result; '—' before any pair; the mean alone without an interval."""
     if not d or not d.get("n"):
@@ -152,12 +167,23 @@ def pairs_to_separate(diffs_by_stratum: dict, fixed=(), level: float = 0.95, mos
     still held 0. A task in `fixed` keeps the pairs it has (its data cannot be had here, so no seed can join it):
     only the others grow; with none left to grow, the answer is the present N where that separates, else inf."""
     kept = {t: np.asarray(v, dtype=float) for t, v in diffs_by_stratum.items() if len(v)}
+    return pairs_to_separate_moments({t: (len(v), float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+                                      for t, v in kept.items()}, fixed, level, most)
+
+
+def pairs_to_separate_moments(strata: dict, fixed=(), level: float = 0.95, most: int = 10_000) -> float:
+    """`pairs_to_separate` from each task's (n, mean, sd) (a paired_interval per task: what a summary keeps), sd
+    nan for one pair; the pooled variance of all the pairs is computed from them (the within-task and the
+    between-task sums of squares)."""
+    kept = {t: (n, m, sd) for t, (n, m, sd) in strata.items() if n}
     if not kept:
         return math.inf
-    allv = np.concatenate(list(kept.values()))
-    pooled = float(allv.var(ddof=1)) if len(allv) > 1 else math.inf
-    tasks = [(len(v), float(v.mean()), float(v.var(ddof=1)) if len(v) > 1 else pooled, t not in fixed)
-             for t, v in kept.items()]
+    total = sum(n for n, _, _ in kept.values())
+    grand = sum(n * m for n, m, _ in kept.values()) / total
+    squares = sum((n - 1) * sd * sd for n, _, sd in kept.values() if n > 1) + \
+        sum(n * (m - grand) ** 2 for n, m, _ in kept.values())
+    pooled = squares / (total - 1) if total > 1 else math.inf
+    tasks = [(n, m, sd * sd if n > 1 else pooled, t not in fixed) for t, (n, m, sd) in kept.items()]
     for k in range(most if any(grows for *_, grows in tasks) else 1):
         ns = [n + k * grows for n, _, _, grows in tasks]
         total = sum(ns)

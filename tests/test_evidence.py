@@ -12,11 +12,12 @@ import statistics
 import pytest
 
 from bench import claims
+from bench.stats import at_level, paired_interval, pairs_to_separate, pairs_to_separate_moments
 
 
 def _d(mean, lo, hi, n=10, sd=0.05):
-    return {"mean": mean, "lo": lo, "hi": hi, "n": n, "sd": sd, "pairs_to_separate": (1.96 * sd / mean) ** 2
-            if mean else float("inf")}
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n, "sd": sd, "df": n - 1, "pairs_to_separate": (1.96 * sd / mean)
+            ** 2 if mean else float("inf")}
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -43,6 +44,52 @@ def test_better_than_mezo_verdicts(d_eval, d_loss, verdict):
     assert v == verdict and "Δ eval acc" in measured
     assert ("pairs to separate" in separate) == (verdict == claims.INCONCLUSIVE and d_eval["mean"] != 0)
     assert claims.better_verdict(None)[0] == claims.NOT_RUN
+
+
+def test_an_interval_at_another_level_is_the_one_computed_at_that_level():
+    """at_level rescales a 95% summary by the t quantiles; paired_interval at that level, from the pairs, agrees."""
+    diffs = {"a": [0.01, -0.03, 0.05], "b": [0.02, 0.04, -0.01, 0.06, 0.0, 0.03]}
+    d95 = paired_interval(diffs)
+    for level in (0.95, 0.975, 0.99):
+        want, got = paired_interval(diffs, level=level), at_level(d95, level)
+        assert math.isclose(got["lo"], want["lo"], abs_tol=1e-12) and math.isclose(got["hi"], want["hi"], abs_tol=1e-12)
+    assert at_level(paired_interval({"a": [0.1]}), 0.975)["mean"] == 0.1  # one pair: no interval to widen
+    with pytest.raises(ValueError, match="df"):
+        at_level({"mean": 0.1, "lo": 0.0, "hi": 0.2}, 0.975)
+
+
+@pytest.mark.parametrize("diffs,fixed", [({"a": [0.01, -0.03, 0.05], "b": [0.02, 0.04, -0.01, 0.06]}, ()),
+                                         ({"a": [0.01, -0.03, 0.05], "b": [0.02, 0.04, -0.01, 0.06]}, ("a",)),
+                                         ({"a": [0.04], "b": [0.02, 0.05, -0.01]}, ()),
+                                         ({"a": [-0.07, -0.02, -0.12], "b": [-0.01, -0.09]}, ("b",))])
+@pytest.mark.parametrize("level", [0.95, 0.975])
+def test_pairs_to_separate_from_each_tasks_moments_is_the_count_from_the_pairs(diffs, fixed, level):
+    moments = {t: (len(v), statistics.mean(v), statistics.stdev(v) if len(v) > 1 else math.nan) for t, v in
+               diffs.items()}
+    assert pairs_to_separate_moments(moments, fixed, level) == pairs_to_separate(diffs, fixed, level)
+
+
+def test_a_claim_looked_at_twice_is_judged_on_intervals_corrected_for_both_looks():
+    """BSZO's pairs were looked at twice (at 4 seeds, then at the 6 that look asked for): at 95% each, the two looks
+    together would call the claim by chance more than 5% of the time. With 2 looks each interval is at 97.5%
+    (Bonferroni), and what would separate is counted at that level."""
+    acc = {"a": [0.021, 0.035, 0.010, 0.030], "b": [0.024, 0.002, 0.040, 0.015, 0.030]}
+    loss = {t: [0.0, 0.001, -0.001, 0.0005, -0.0005][: len(v)] for t, v in acc.items()}
+    m = {"d_eval": paired_interval(acc), "d_loss": paired_interval(loss), "win_eval": {"rate": 1, "lo": .7, "hi": 1},
+         "per_task": {t: {"d_eval": paired_interval({t: v})} for t, v in acc.items()}}
+    assert 0 < m["d_eval"]["lo"] and paired_interval(acc, level=0.975)["lo"] > 0  # separated at both levels
+    assert claims.better_verdict(m)[0] == claims.better_verdict(m, looks=2)[0] == claims.HOLDS
+    acc["b"][1] = -0.027  # now 95% separates, 97.5% does not
+    m.update(d_eval=paired_interval(acc), per_task={t: {"d_eval": paired_interval({t: v})} for t, v in acc.items()})
+    assert m["d_eval"]["lo"] > 0 > paired_interval(acc, level=0.975)["lo"]
+    assert claims.better_verdict(m)[0] == claims.HOLDS
+    v, measured, separate = claims.better_verdict(m, looks=2)
+    assert v == claims.INCONCLUSIVE and "(97.5% intervals: Bonferroni over its 2 looks)" in measured
+    lo, hi = (f"{paired_interval(acc, level=0.975)[k]:+.3f}" for k in ("lo", "hi"))
+    assert measured.startswith(f"Δ eval acc {m['d_eval']['mean']:+.3f} [{lo}, {hi}]")
+    need = pairs_to_separate(acc, level=0.975)
+    assert separate.startswith(f"~{math.ceil(need)} pairs to separate") and "from 0 at 97.5%" in separate
+    assert need > 9
 
 
 def test_what_would_separate_says_when_no_seed_can_be_had():
@@ -506,7 +553,10 @@ def test_the_bszo_row_shows_the_dev_chosen_lr_the_matched_step_and_bf16(tmp_path
                      "bszo-matched": _m(_d(-0.05, -0.08, -0.02), _d(+0.02, +0.01, +0.03))})
     write("bf16", {"bszo": _m(_d(+0.04, +0.01, +0.07), _d(-0.02, -0.03, -0.01))})
     row = next(r for r in claims.claim_rows(tmp_path) if r[0].startswith("BSZO"))
-    assert row[3] == claims.INCONCLUSIVE and row[2].startswith("Δ eval acc -0.020 [-0.090, +0.050]")
+    wider = at_level(_d(-0.02, -0.09, +0.05), 0.975)  # BSZO at its own lr had a second look (MORE_PREFIX_SEEDS)
+    assert row[3] == claims.INCONCLUSIVE and row[2].startswith(f"Δ eval acc -0.020 [{wider['lo']:+.3f}, "
+                                                               f"{wider['hi']:+.3f}]")
+    assert "(97.5% intervals: Bonferroni over its 2 looks) over 10" in row[2]
     assert "matched step: Δ eval acc -0.050 [-0.080, -0.020], Δ train loss +0.0200" in row[2]
     assert "bf16: Δ eval acc +0.040 [+0.010, +0.070]" in row[2] and f"({claims.HOLDS})" in row[2]
 
@@ -542,10 +592,13 @@ def test_the_claims_plot_draws_each_compared_method_on_the_side_of_0_its_interva
         (tmp_path / phase / "summary.json").write_text(json.dumps(part))
     got = [(r["label"], r["side"]) for r in claims_plot.rows(tmp_path)]
     assert got == [("FO-AdamW (first-order ceiling)", "above"), ("MeZO-GV, matched step", "below"),
-                   ("MeZO-Greedy, own lr", "no interval"), ("BSZO, own lr", "spans"),
+                   ("MeZO-Greedy, own lr", "no interval"), ("BSZO, own lr (97.5%: 2 looks)", "spans"),
                    ("ZO Fine-tuner panel policy, matched step (full)", "spans"),
                    ("ZO Fine-tuner panel policy − shipped policy (full)", "above")]
     assert [r["same_as"] for r in claims_plot.rows(tmp_path)][-2:] == ["zo-finetuner-panel", None]
+    bszo = claims_plot.rows(tmp_path)[3]["d"]  # drawn as the claims table judges it: at 97.5%, its 2 looks
+    assert (bszo["lo"], bszo["hi"]) == (at_level(_d(-0.08, -0.17, 0.02, n=7), 0.975)["lo"],
+                                        at_level(_d(-0.08, -0.17, 0.02, n=7), 0.975)["hi"]) and bszo["lo"] < -0.17
     assert claims_plot.plot(tmp_path, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

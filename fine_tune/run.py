@@ -79,10 +79,11 @@ def _check_run(cfg: FineTuneConfig):
     task = get_task(cfg.task)
     from zoo.acquire import ensure_base, ensure_task
 
-    if cfg.policy:  # small, and maybe remote: fetched (and verified) before the base, so it fails first
-        from zoo.resolve import resolve
+    from zoo.resolve import resolve
 
-        resolve(cfg.policy[4:] if cfg.policy.startswith("zoo:") else cfg.policy)
+    for spec in (cfg.policy, cfg.init):  # maybe remote: fetched (and verified) before the base and the task data,
+        if spec:  # so that a mistyped id or version fails first, not after them
+            resolve(spec[4:] if spec.startswith("zoo:") else spec)
     ensure_base(cfg.base)  # the one place that downloads or converts (l2o itself does no network I/O)
     ensure_task(task.name, cfg.source)
     return task

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fine_tune.cli import main
-from fine_tune.config import FineTuneConfig
+from fine_tune.config import ConfigError, FineTuneConfig
 from l2o import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +428,8 @@ def test_bilevel_zofo_takes_its_own_prefix_defaults_in_prefix_mode_and_the_offic
     assert "with --peft prefix: lam 10, lower_lr 0.01" in catalog.listing()
 
 
-def test_a_held_out_folder_is_refused_and_a_failed_run_removes_what_it_created(tiny_base, tmp_path, capsys):
+def test_a_held_out_folder_is_refused_and_a_failed_run_removes_what_it_created(tiny_base, tmp_path, capsys,
+                                                                              monkeypatch):
     import signal
 
     from tests.helpers import hold_run_folder
@@ -444,7 +445,28 @@ def test_a_held_out_folder_is_refused_and_a_failed_run_removes_what_it_created(t
         holder.send_signal(signal.SIGKILL)
         holder.wait()
 
-    fresh = tmp_path / "new" / "run"  # fails after it claimed --out (unknown --init), before any checkpoint
-    assert main(_args(tiny_base, fresh, "--steps", "2", "--init", "zoo:nobody/nothing@1")) == 2
-    assert "nobody/nothing@1" in capsys.readouterr().err
+    fresh = tmp_path / "new" / "run"  # fails after it claimed --out, before any checkpoint
+    claimed = []
+
+    def fails(cfg, task, out, *args):
+        claimed.append(out.exists())
+        raise ConfigError("a refusal once the run holds --out")
+
+    monkeypatch.setattr("fine_tune.run.prepare", fails)
+    assert main(_args(tiny_base, fresh, "--steps", "2")) == 2
+    assert "a refusal once the run holds --out" in capsys.readouterr().err and claimed == [True]
     assert not (tmp_path / "new").exists()  # what the failed run created is gone
+
+
+def test_an_unknown_init_is_refused_before_the_base_and_the_task_data_load(tiny_base, tmp_path, capsys, monkeypatch):
+    """--init zoo:a/b@x was refused only once the base and the task's data had loaded (minutes on a large base)."""
+    def loaded(*args, **kwargs):
+        raise AssertionError("loaded before the --init id was checked")
+
+    monkeypatch.setattr("zoo.acquire.ensure_base", loaded)
+    monkeypatch.setattr("zoo.acquire.ensure_task", loaded)
+    out = tmp_path / "run"
+    assert main(_args(tiny_base, out, "--steps", "2", "--init", "zoo:nobody/nothing@1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fine_tune: error: ") and "nobody/nothing@1" in err[0]
+    assert not out.exists()

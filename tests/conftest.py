@@ -13,7 +13,9 @@ def _torch_threads() -> int:
     """Two intra-op threads, or fewer where the xdist workers would otherwise outnumber the cores (`make test`
     runs 2 workers on this 2-core box): the OpenMP threads of oversubscribed workers spin-wait on each other at
     every op, and a forward of a tiny model took 30-60x longer (180 ms against 3 ms) while another process ran.
-    TORCH_TEST_THREADS overrides. Runs compared bit for bit share the count (tests.helpers.same_threads_env)."""
+    `make test-slow` on this box, one run each, back to back: 984 s with 1 thread per worker, 1354 s with 2
+    (TORCH_TEST_THREADS=2), though its longest tests run in-process on the real SmolLM2. TORCH_TEST_THREADS
+    overrides. Runs compared bit for bit share the count (tests.helpers.same_threads_env)."""
     if os.environ.get("TORCH_TEST_THREADS"):
         return int(os.environ["TORCH_TEST_THREADS"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

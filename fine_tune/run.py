@@ -306,7 +306,7 @@ def _write_model(out: Path, write) -> None:
 
     from l2o.filelock import writer_folder
 
-    with writer_folder(out, MODEL_STAGING) as staging:
+    with writer_folder(out, MODEL_STAGING, what="model export") as staging:
         write(staging)
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(staging, out / "model")

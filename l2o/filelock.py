@@ -240,15 +240,15 @@ def remove_stale_temps(folder: Path) -> int:
 
 
 @contextlib.contextmanager
-def writer_folder(parent: Path, prefix: str, log=None):
+def writer_folder(parent: Path, prefix: str, log=None, what: str = "download or copy"):
     """A new folder ``parent/<prefix><8 random characters>`` for the body to write into (a download, a conversion),
     held by this process: its lock file ``<folder>.lock`` beside it is created and flock'ed before the folder
     exists and removed only after the folder is gone (moved into place by the body, or removed here). So
     ``remove_dead_writers`` can tell a folder a killed writer left from a live writer's; it runs first, and
-    ``log`` (a callable taking one line; default stderr) says how many it removed, if any."""
+    ``log`` (a callable taking one line; default stderr) says how many it removed, if any, and of what (`what`)."""
     removed = remove_dead_writers(parent, prefix)
     if removed:
-        (log or _stderr)(f"removed {removed} stale temp folder(s) {prefix}* that an interrupted download or copy "
+        (log or _stderr)(f"removed {removed} stale temp folder(s) {prefix}* that an interrupted {what} "
                          f"left in {parent}")
     fd, lock = tempfile.mkstemp(prefix=prefix, suffix=WRITER_LOCK_SUFFIX, dir=parent)
     try:
@@ -266,12 +266,12 @@ def writer_folder(parent: Path, prefix: str, log=None):
 
 
 @contextlib.contextmanager
-def staged_files(out: Path, prefix: str, log=None):
+def staged_files(out: Path, prefix: str, log=None, what: str = "write"):
     """A `writer_folder(out, prefix)` for the body to write files into, each renamed into `out` (replacing one of its
     name) once the body has returned: a stop or a failure mid-write leaves `out`'s files as they were, where writing
     into `out` itself left some new and some old; a `kill -9` leaves the staging folder, which the next
     staged_files(out, prefix) removes. `out` must exist."""
-    with writer_folder(out, prefix, log) as staging:
+    with writer_folder(out, prefix, log, what) as staging:
         yield staging
         for f in sorted(staging.iterdir()):
             os.replace(f, out / f.name)

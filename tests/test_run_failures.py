@@ -168,6 +168,8 @@ def test_ctrl_c_during_the_model_export_leaves_no_half_written_model_and_resume_
     monkeypatch.undo()
     assert main([*argv, "--resume"]) == 0
     assert not killed.exists() and not killed.with_name(killed.name + WRITER_LOCK_SUFFIX).exists()
+    assert f"removed 1 stale temp folder(s) .tmp-model-* that an interrupted model export left in {out}" in \
+        capsys.readouterr().err
     written = {p.name for p in (out / "model").iterdir()}
     assert {"base.json", "config.json", "model.safetensors", "tokenizer.json"} <= written
     assert (out / "results.json").is_file()

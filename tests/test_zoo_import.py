@@ -70,7 +70,7 @@ def test_import_matches_the_original_modules(tmp_path, dtype, capsys):
 
 
 def test_an_import_stopped_mid_write_leaves_out_as_it_was_and_the_next_one_clears_a_killed_ones(tmp_path,
-                                                                                                 monkeypatch):
+                                                                                                 monkeypatch, capsys):
     """The artefact's files were written straight into --out: Ctrl-C after the weights left weights without their
     config, and a kill -9 mid-write a temp file nothing removed. They are staged and renamed in once all are whole."""
     from l2o.filelock import WRITER_LOCK_SUFFIX
@@ -103,7 +103,10 @@ def test_an_import_stopped_mid_write_leaves_out_as_it_was_and_the_next_one_clear
     (killed / artefact.WEIGHTS_NAME).write_bytes(b"half")
     killed.with_name(killed.name + WRITER_LOCK_SUFFIX).touch()
     monkeypatch.setattr(artefact, "write_json_atomic", write)
+    capsys.readouterr()
     import_zo_finetuner(tmp_path / "p.pth", "llama-3.2-3b", old, fingerprint=FP)
+    assert capsys.readouterr().err == (f"zoo: removed 1 stale temp folder(s) {IMPORT_STAGING}* that an interrupted "
+                                       f"import left in {old}\n")
     assert sorted(p.name for p in old.iterdir()) == sorted(before)
     assert load_artefact(old, expected_fingerprint=FP)[1]["base_model"] == "llama-3.2-3b"
 

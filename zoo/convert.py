@@ -178,7 +178,8 @@ def import_zo_finetuner(file, base: str, out, *, fingerprint: str | None = None,
         out.mkdir(parents=True, exist_ok=True)
         # the artefact's files are written beside each other and renamed into --out once all are whole: a stop
         # mid-write left weights without their config (or a temp file that nothing removed, after a kill -9)
-        with staged_files(out, IMPORT_STAGING, log=lambda m: print(f"zoo: {m}", file=sys.stderr)) as staging:
+        with staged_files(out, IMPORT_STAGING, log=lambda m: print(f"zoo: {m}", file=sys.stderr),
+                          what="import") as staging:
             _save_policy(staging, file, tensors, names, info, base, fingerprint,
                          arch={"size_rule": "authors"},   # trained by the authors' code, whose nf is this rule
                          card={"license": license or "other",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from statistics import NormalDist
 
 from bench.artefacts import best, shown
 from bench.stats import at_level, ci_text as _ci, pairs_to_separate_moments, wilson
@@ -52,21 +53,23 @@ def better_verdict(m: dict | None, looks: int = 1) -> tuple[str, str, str]:
     1 - 0.05 / looks (Bonferroni), so that the claim's chance of a false verdict stays at most 5% over them."""
     if not m or not m.get("d_eval") or not m["d_eval"]["n"]:
         return NOT_RUN, "—", "—"
-    dl, de = m["d_loss"], m["d_eval"]
+    dl, de, win = m["d_loss"], m["d_eval"], m["win_eval"]
     note = ""
     if looks > 1:
         level = 1 - 0.05 / looks
         dl, de = corrected(dl, looks), corrected(de, looks)
+        z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+        win = dict(zip(("lo", "hi"), wilson(win["rate"] * win["n"], win["n"], z)), rate=win["rate"])
         per_task = {t: row["d_eval"] for t, row in m.get("per_task", {}).items() if row.get("d_eval")}
         de["pairs_to_separate"] = pairs_to_separate_moments(
             {t: (d["n"], d["mean"], d["sd"]) for t, d in per_task.items()}, de.get("fixed", ()), level)
-        note = f" ({level:.1%} intervals: Bonferroni over its {looks} looks)"
+        note = f" ({level:.1%} intervals, the win-rate's too: Bonferroni over its {looks} looks)"
     right = dl["hi"] < 0 or de["lo"] > 0
     wrong = dl["lo"] > 0 or de["hi"] < 0
     verdict = HOLDS if right and not wrong else FAILS if wrong and not right else INCONCLUSIVE
     measured = (f"Δ eval acc {_ci(de)}, Δ train loss {_ci(dl, '{:+.4f}')}{note} over {de['n']} (task, seed) "
                 f"pairs{on_tasks(de)}; "
-                f"win-rate (acc) {m['win_eval']['rate']:.2f} [{m['win_eval']['lo']:.2f}, {m['win_eval']['hi']:.2f}]")
+                f"win-rate (acc) {win['rate']:.2f} [{win['lo']:.2f}, {win['hi']:.2f}]")
     return verdict, measured, "—" if verdict != INCONCLUSIVE else _acc_need(de)
 
 

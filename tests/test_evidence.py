@@ -12,7 +12,7 @@ import statistics
 import pytest
 
 from bench import claims
-from bench.stats import at_level, paired_interval, pairs_to_separate, pairs_to_separate_moments
+from bench.stats import at_level, paired_interval, pairs_to_separate, pairs_to_separate_moments, wilson, win_rate
 
 
 def _d(mean, lo, hi, n=10, sd=0.05):
@@ -75,7 +75,8 @@ def test_a_claim_looked_at_twice_is_judged_on_intervals_corrected_for_both_looks
     (Bonferroni), and what would separate is counted at that level."""
     acc = {"a": [0.021, 0.035, 0.010, 0.030], "b": [0.024, 0.002, 0.040, 0.015, 0.030]}
     loss = {t: [0.0, 0.001, -0.001, 0.0005, -0.0005][: len(v)] for t, v in acc.items()}
-    m = {"d_eval": paired_interval(acc), "d_loss": paired_interval(loss), "win_eval": {"rate": 1, "lo": .7, "hi": 1},
+    m = {"d_eval": paired_interval(acc), "d_loss": paired_interval(loss),
+         "win_eval": win_rate([(1, 0)] * 8 + [(0, 1)], True),
          "per_task": {t: {"d_eval": paired_interval({t: v})} for t, v in acc.items()}}
     assert 0 < m["d_eval"]["lo"] and paired_interval(acc, level=0.975)["lo"] > 0  # separated at both levels
     assert claims.better_verdict(m)[0] == claims.better_verdict(m, looks=2)[0] == claims.HOLDS
@@ -84,7 +85,9 @@ def test_a_claim_looked_at_twice_is_judged_on_intervals_corrected_for_both_looks
     assert m["d_eval"]["lo"] > 0 > paired_interval(acc, level=0.975)["lo"]
     assert claims.better_verdict(m)[0] == claims.HOLDS
     v, measured, separate = claims.better_verdict(m, looks=2)
-    assert v == claims.INCONCLUSIVE and "(97.5% intervals: Bonferroni over its 2 looks)" in measured
+    assert v == claims.INCONCLUSIVE and "(97.5% intervals, the win-rate's too: Bonferroni over its 2 looks)" in measured
+    lo, hi = wilson(8, 9, z=2.241402727604947)  # the normal 98.75% quantile
+    assert measured.endswith(f"win-rate (acc) 0.89 [{lo:.2f}, {hi:.2f}]") and (lo, hi) < wilson(8, 9)
     lo, hi = (f"{paired_interval(acc, level=0.975)[k]:+.3f}" for k in ("lo", "hi"))
     assert measured.startswith(f"Δ eval acc {m['d_eval']['mean']:+.3f} [{lo}, {hi}]")
     need = pairs_to_separate(acc, level=0.975)
@@ -556,7 +559,7 @@ def test_the_bszo_row_shows_the_dev_chosen_lr_the_matched_step_and_bf16(tmp_path
     wider = at_level(_d(-0.02, -0.09, +0.05), 0.975)  # BSZO at its own lr had a second look (MORE_PREFIX_SEEDS)
     assert row[3] == claims.INCONCLUSIVE and row[2].startswith(f"Δ eval acc -0.020 [{wider['lo']:+.3f}, "
                                                                f"{wider['hi']:+.3f}]")
-    assert "(97.5% intervals: Bonferroni over its 2 looks) over 10" in row[2]
+    assert "(97.5% intervals, the win-rate's too: Bonferroni over its 2 looks) over 10" in row[2]
     assert "matched step: Δ eval acc -0.050 [-0.080, -0.020], Δ train loss +0.0200" in row[2]
     assert "bf16: Δ eval acc +0.040 [+0.010, +0.070]" in row[2] and f"({claims.HOLDS})" in row[2]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.records import read_records  # noqa: E402
+from bench.records import located, read_records  # noqa: E402
 from l2o.filelock import write_png_atomic  # noqa: E402
 
 ESTIMATORS = ("lookahead", "es", "pes")
@@ -140,7 +140,7 @@ def _load(folder: Path) -> dict:
     runs = {}
     for r in read_records(folder / "runs.jsonl"):
         if r["phase"] == "final":
-            runs[(r["task"], r["config"]["seed"])] = r
+            runs[(r["task"], r["config"]["seed"])] = located(r, folder / "runs.jsonl")
     return runs
 
 
@@ -187,7 +187,7 @@ def half_reach(run: dict, mezo: dict, budget: int) -> bool:
     """Whether `run` reaches MeZO's final train loss (same task and seed) within budget / 2 forward passes."""
     from bench.compare_policy import _reach
 
-    hist = Path(run["config"]["out"]) / "history.json"
+    hist = Path(run["paths"]["history"])
     if not hist.exists():
         return False
     at = _reach(json.loads(hist.read_text()), mezo["final_train_loss"])
@@ -208,7 +208,7 @@ def _plot(a, runs: dict, path: Path) -> None:
         for n, rs in runs.items():
             curves = []
             for (t, s), r in rs.items():
-                hist = Path(r["config"]["out"]) / "history.json"
+                hist = Path(r["paths"]["history"])
                 if t == task and hist.exists():
                     curves.append([(h["forwards"], h["loss"]) for h in json.loads(hist.read_text())])
             if curves:

@@ -12,8 +12,9 @@ def _run(root, name, task, seed, losses, acc):
     out = root / f"final-{name}" / f"final-{task}-{name}-s{seed}"
     out.mkdir(parents=True)
     (out / "history.json").write_text(json.dumps([{"forwards": 2 * (i + 1), "loss": x} for i, x in enumerate(losses)]))
-    rec = {"phase": "final", "task": task, "config": {"seed": seed, "out": str(out)}, "final_train_loss": losses[-1],
-           "final": {"eval": acc}}
+    ran = f"runs/moved/final-{name}/{out.name}"  # where it ran: the records were moved since (read where they are)
+    rec = {"phase": "final", "task": task, "config": {"seed": seed, "out": ran}, "final_train_loss": losses[-1],
+           "final": {"eval": acc}, "paths": {"history": f"{ran}/history.json", "model": None}}
     with (root / f"final-{name}" / "runs.jsonl").open("a") as f:
         f.write(json.dumps(rec) + "\n")
 

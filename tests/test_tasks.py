@@ -839,7 +839,11 @@ def test_a_stopped_zoo_acquire_ends_its_download_and_leaves_no_temp_folder(tmp_p
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if k != "L2O_BIGBENCH_SDIST"}
     env.update(L2O_CACHE=str(cache), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PIP], cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a shell's background job (`cmd &`, how CI may start the suite) ignores SIGINT, and Python
+    # then installs no KeyboardInterrupt for it (the SIGINT case failed only there, when no earlier test in the
+    # worker had installed a handler, which exec resets to the default)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PIP], cwd=root, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid, deadline = None, time.monotonic() + 120
     try:
         while pid is None and proc.poll() is None and time.monotonic() < deadline:

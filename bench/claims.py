@@ -56,8 +56,8 @@ def better_verdict(m: dict | None, looks: int = 1) -> tuple[str, str, str]:
     dl, de, win = m["d_loss"], m["d_eval"], m["win_eval"]
     note = ""
     if looks > 1:
-        level = 1 - 0.05 / looks
         dl, de = corrected(dl, looks), corrected(de, looks)
+        level = de["level"]
         z = NormalDist().inv_cdf(1 - (1 - level) / 2)
         win = dict(zip(("lo", "hi"), wilson(win["rate"] * win["n"], win["n"], z)), rate=win["rate"])
         per_task = {t: row["d_eval"] for t, row in m.get("per_task", {}).items() if row.get("d_eval")}

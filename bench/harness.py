@@ -273,19 +273,19 @@ def config_key(cfg: dict) -> str:
     from fine_tune.config import FineTuneConfig
 
     default = {k: _digits(v) for k, v in FineTuneConfig().to_dict().items()}
-    mine = {k: _in_suite(_digits(v), cfg.get("out")) for k, v in cfg.items() if k not in CONFIG_ONLY}
+    suite = Path(cfg["out"]).parent.parent if cfg.get("out") else None
+    mine = {k: _in_suite(_digits(v), suite) for k, v in cfg.items() if k not in CONFIG_ONLY}
     return json.dumps({k: v for k, v in sorted(mine.items()) if default.get(k, object()) != v}, sort_keys=True,
                       default=str)
 
 
-def _in_suite(value, out):
-    """A path under the suite a run belongs to (the folder above its phase's: `<suite>/<phase>/<run>` is `out`), as
-    `<suite>/...`: a run of the evidence suite names the suite's own artefacts by path (`--policy
+def _in_suite(value, suite: Path | None):
+    """A path under the suite a run belongs to (`suite`: the folder above its phase's, `<suite>/<phase>/<run>` being
+    the run's out), as `<suite>/...`: a run of the evidence suite names the suite's own artefacts by path (`--policy
     runs/evidence/artefacts/...`, `--init ...`), so its records, restored into another --out (a fresh clone's
     `--out /scratch/evidence`), would otherwise name other runs than the suite now asks for, and run them again."""
-    if not isinstance(value, str) or not out:
+    if not isinstance(value, str) or suite is None:
         return value
-    suite = Path(out).parent.parent
     try:
         return f"<suite>/{Path(value).relative_to(suite).as_posix()}" if suite.parts else value
     except ValueError:
